@@ -1,0 +1,40 @@
+"""Streams of micro-batches: training data (reshuffled each epoch), calibration
+data (a separate stream, never reused for updates) and profile batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+from .tasks.base import Example
+
+
+def shuffled(examples: list[Example], micro_batch_size: int, collate: Callable, seed: int,
+             rank: int = 0, world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+    """Micro-batches forever; epoch e uses permutation seed+e; each rank takes its share."""
+    if len(examples) < micro_batch_size * world_size:
+        from .errors import UserError
+
+        raise UserError("task.batch_size", f"the training set has {len(examples)} examples, fewer than one batch")
+    epoch = 0
+    while True:
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        order = order[rank::world_size]
+        for start in range(0, len(order) - micro_batch_size + 1, micro_batch_size):
+            yield collate([examples[i] for i in order[start:start + micro_batch_size]])
+        epoch += 1
+
+
+def random_tokens(batch_size: int, seq_len: int, vocab_size: int, head: str, num_labels: int,
+                  seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Profile batches: full-length random token ids (no padding), fixed per seed."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        ids = torch.randint(5, max(vocab_size, 6), (batch_size, seq_len), generator=generator)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if head == "causal_lm":
+            batch["labels"] = ids.clone()
+        else:
+            batch["labels"] = torch.randint(0, num_labels, (batch_size,), generator=generator)
+        yield batch

@@ -1,0 +1,33 @@
+"""The method registry: name -> class. Adding a method = one module, one line here,
+one YAML in conf/method/, one row in tests/test_methods.py."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from .base import Method, MethodConfig, MethodContext
+
+REGISTRY: dict[str, str] = {
+    "full": "ftbench.methods.full:FullFineTuning",
+    "lora": "ftbench.methods.lora:Lora",
+}
+
+
+def method_class(name: str) -> type[Method]:
+    module, _, attr = REGISTRY[name].partition(":")
+    return getattr(import_module(module), attr)
+
+
+def method_config_classes() -> dict[str, type[MethodConfig]]:
+    return {name: method_class(name).config_class for name in REGISTRY}
+
+
+def build_method(cfg) -> Method:
+    """Instantiate the method named by `cfg.name` from its (typed) config."""
+    from omegaconf import OmegaConf
+
+    typed = OmegaConf.to_object(cfg) if not isinstance(cfg, MethodConfig) else cfg
+    return method_class(typed.name)(typed)
+
+
+__all__ = ["Method", "MethodConfig", "MethodContext", "REGISTRY", "build_method", "method_class"]

@@ -1,0 +1,170 @@
+"""The method contract: a method turns a loaded model into a trainable one and
+owns everything specific to it. The training loop never asks which method runs.
+
+Call order, per run:
+    model = method.prepare(model, ctx)
+    optimizer = method.build_optimizer(method.param_groups(model, weight_decay), optim_cfg)
+    method.attach(optimizer)
+    for each optimizer step:
+        method.before_step(step)            # before the first micro-batch's forward
+        ... forward/backward over the micro-batches ...
+        method.before_optimizer_step(step)  # grads are complete
+        method.clip_grad_norm(max_norm)
+        optimizer.step()
+        method.after_step(step)             # write-back, rotation, offload
+        if method.scheduler_steps(step): scheduler.step()
+    method.export(model, tokenizer, path)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import MISSING
+from torch import nn
+
+from ..errors import require
+
+
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+    lr: float = 1e-4
+
+    def check(self, key: str) -> None:
+        require(self.lr > 0, f"{key}.lr", f"must be > 0 (got {self.lr})")
+
+
+@dataclass
+class MethodContext:
+    """What a method may use while preparing the model."""
+
+    model_type: str  # the HF model_type: llama, bert, roberta, mistral, ...
+    head: str  # seq_cls | regression | causal_lm
+    device: torch.device
+    precision: str  # bf16-mixed | bf16-pure | fp32
+    gradient_checkpointing: bool
+    seed: int
+    # Yields training micro-batches (already on the device) for calibration;
+    # they are drawn from a separate stream and never reused for updates.
+    calibration_batches: Callable[[int], Iterator[dict[str, torch.Tensor]]]
+    # The loss of one micro-batch, under the run's autocast.
+    loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+
+
+NO_DECAY_MARKERS = ("bias", "norm", "layernorm", "ln_")
+
+
+def is_no_decay(name: str, param: torch.Tensor) -> bool:
+    """Biases and normalisation weights are not decayed (the usual convention)."""
+    lowered = name.lower()
+    return param.ndim < 2 or any(marker in lowered for marker in NO_DECAY_MARKERS)
+
+
+def decay_split(named: list[tuple[str, torch.Tensor]], weight_decay: float) -> list[dict]:
+    decay = [p for n, p in named if not is_no_decay(n, p)]
+    no_decay = [p for n, p in named if is_no_decay(n, p)]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+class Method(ABC):
+    """Base class: the behaviour of a plain trainable model; subclasses override what differs."""
+
+    config_class: type[MethodConfig] = MethodConfig
+
+    def __init__(self, cfg: MethodConfig):
+        self.cfg = cfg
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # -- building ---------------------------------------------------------
+    @abstractmethod
+    def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
+        """Freeze, wrap or replace modules; return the model to train."""
+
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        return decay_split(named, weight_decay)
+
+    def build_optimizer(self, groups: list[dict], optim_cfg, lr: float) -> torch.optim.Optimizer:
+        from ..optim import make_optimizer
+
+        return make_optimizer(groups, optim_cfg, lr)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    # -- the step ---------------------------------------------------------
+    def before_step(self, step: int) -> None:
+        pass
+
+    def before_optimizer_step(self, step: int) -> None:
+        pass
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def scheduler_steps(self, step: int) -> bool:
+        """Whether the LR scheduler advances after optimizer step `step`."""
+        return True
+
+    def schedule_length(self, total_steps: int) -> int:
+        """How many scheduler steps the LR schedule spans for `total_steps` optimizer steps."""
+        return total_steps
+
+    def optimizer_parameters(self) -> list[torch.Tensor]:
+        assert self.optimizer is not None, "attach() the optimizer first"
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def clip_grad_norm(self, max_norm: float | None) -> torch.Tensor | None:
+        """Clip over the tensors the optimizer updates (never over frozen weights)."""
+        params = [p for p in self.optimizer_parameters() if p.grad is not None]
+        if max_norm is None or not params:
+            return None
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    # -- accounting -------------------------------------------------------
+    def master_parameters(self) -> list[torch.Tensor]:
+        """Trainable copies held beside the model's own weights (e.g. fp32 masters)."""
+        return []
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        """Settings that shape memory, and what is trained."""
+        return {"name": self.cfg.name}
+
+    # -- persistence ------------------------------------------------------
+    def snapshot(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """A CPU copy of everything training changed (to restore the best checkpoint)."""
+        return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+    def restore(self, model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in snapshot.items():
+                params[name].copy_(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def export(self, model: nn.Module, tokenizer, path: Path) -> dict[str, str]:
+        """Write a merged dense checkpoint that loads with plain `from_pretrained`."""
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path / "merged")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path / "merged")
+        return {"merged": str(path / "merged")}
+
+
+def trainable_named_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    return ((n, p) for n, p in model.named_parameters() if p.requires_grad)

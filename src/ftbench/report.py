@@ -1,0 +1,163 @@
+"""One table and one plot across runs: what each method costs (memory, speed) and buys (the metric).
+
+Used at the end of every multirun (`SweepReport`, a Hydra callback) and by
+`ftbench-report DIR...` on any result files.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from . import results
+from .measure import GiB
+
+log = logging.getLogger("ftbench")
+
+COLUMNS = ("run", "status", "trainable_pct", "peak_alloc_gib", "state_gib", "weights_gib", "grads_gib",
+           "optim_state_gib", "activations_gib", "step_s", "tokens_per_s", "metric", "value")
+HEADERS = {"run": "run", "status": "status", "trainable_pct": "trainable %", "peak_alloc_gib": "peak alloc GiB",
+           "state_gib": "state GiB", "weights_gib": "weights", "grads_gib": "grads", "optim_state_gib": "optim state",
+           "activations_gib": "activations", "step_s": "step s", "tokens_per_s": "tok/s (non-pad)",
+           "metric": "metric", "value": "value"}
+
+
+def _gib(value: int | None) -> float | None:
+    return None if value is None else value / GiB
+
+
+def _labels(loaded: list[dict]) -> list[str]:
+    """Method name plus the overrides that tell the runs apart (e.g. method.sparse_rate=0.01)."""
+    override_sets = [set(r["run"].get("overrides") or []) for r in loaded]
+    shared = set.intersection(*override_sets) if override_sets else set()
+    labels = []
+    for result, overrides in zip(loaded, override_sets):
+        own = sorted(o for o in overrides - shared if not o.startswith(("method=", "hydra.")))
+        labels.append(" ".join([result["run"]["method"], *own]))
+    return labels
+
+
+def rows(loaded: list[dict]) -> list[dict[str, Any]]:
+    table = []
+    for label, result in zip(_labels(loaded), loaded):
+        memory, breakdown = result["memory"], result["memory"].get("breakdown") or {}
+        held = [breakdown.get(k) for k in ("weights_bytes", "master_bytes", "grad_bytes", "optimizer_state_bytes")]
+        selection = result.get("selection") or {}
+        metric = selection.get("metric")
+        table.append({
+            "run": label,
+            "status": result["status"],
+            "trainable_pct": result["params"]["trainable_pct"],
+            "peak_alloc_gib": _gib(memory.get("train_peak_allocated_bytes")),
+            "state_gib": _gib(sum(v for v in held if v)) if any(held) else None,
+            "weights_gib": _gib(breakdown.get("weights_bytes")),
+            "grads_gib": _gib(breakdown.get("grad_bytes")),
+            "optim_state_gib": _gib(breakdown.get("optimizer_state_bytes")),
+            "activations_gib": _gib(breakdown.get("activations_bytes")),
+            "step_s": result["throughput"].get("step_time_s_p50"),
+            "tokens_per_s": result["throughput"].get("tokens_per_s_nonpad"),
+            "metric": metric,
+            "value": (result.get("metrics") or {}).get(metric) if metric else None,
+        })
+    return table
+
+
+def _fmt(key: str, value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if key == "tokens_per_s":
+            return f"{value:,.0f}"
+        if key == "step_s":
+            return f"{value:.3f}"
+        return f"{value:.4f}" if key == "value" else f"{value:.2f}" if value >= 0.01 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def markdown(table: list[dict]) -> str:
+    lines = ["| " + " | ".join(HEADERS[c] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(c, row[c]) for c in COLUMNS) + " |" for row in table]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(table: list[dict], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(table)
+
+
+def plot(table: list[dict], path: Path) -> Path | None:
+    """Memory against the task metric (or against step time for profile runs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in table if r["status"] == "ok"]
+    on_gpu = all(r["peak_alloc_gib"] is not None for r in ok)
+    x_key, x_label = ("peak_alloc_gib", "train peak allocated (GiB)") if on_gpu else (
+        "state_gib", "weights + grads + optimizer state (GiB)")
+    has_metric = any(r["value"] is not None for r in ok)
+    y_key = "value" if has_metric else "step_s"
+    y_label = (ok[0]["metric"] if has_metric else "step time (s)") if ok else ""
+    points = [r for r in ok if r[x_key] is not None and r[y_key] is not None]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for row in points:
+        ax.scatter(row[x_key], row[y_key], s=36)
+        ax.annotate(row["run"], (row[x_key], row[y_key]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title("memory vs " + ("quality" if has_metric else "speed"))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def print_table(table: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    shown = Table(title="ftbench comparison")
+    for column in COLUMNS:
+        shown.add_column(HEADERS[column], justify="left" if column in ("run", "status", "metric") else "right")
+    for row in table:
+        shown.add_row(*(_fmt(c, row[c]) for c in COLUMNS))
+    Console(width=200).print(shown)
+
+
+def build(paths: list[Path], out_dir: Path) -> dict[str, Path]:
+    """Read every result under `paths`; print the table; write report.md, report.csv, report.png."""
+    found = results.find(paths)
+    if not found:
+        raise ValueError(f"no {results.FILENAME} under {', '.join(map(str, paths))}")
+    loaded = [results.read(p) for p in found]
+    table = rows(loaded)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {"markdown": out_dir / "report.md", "csv": out_dir / "report.csv"}
+    written["markdown"].write_text(markdown(table))
+    write_csv(table, written["csv"])
+    image = plot(table, out_dir / "report.png")
+    if image:
+        written["plot"] = image
+    print_table(table)
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    return written
+
+
+class SweepReport(Callback):
+    """At the end of a multirun: the comparison table and plot, written into the sweep folder."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if results.find([sweep_dir]):
+            build([sweep_dir], sweep_dir)

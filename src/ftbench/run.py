@@ -1,0 +1,248 @@
+"""One job: build the model, apply the method, train, evaluate, write result.json.
+
+`run_job` is what Hydra calls for every run and every job of a multirun. It
+never lets an exception escape without first writing result.json with the
+status and a one-line error.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import batches, results
+from .config import check
+from .environment import environment
+from .errors import UserError, first_line
+from .hardware import resolve, split_batch
+from .logger import make_logger
+from .measure import MemoryMeter, SpeedMeter, flops_per_token, model_bytes, peak_flops, tensor_bytes
+from .methods import MethodContext, build_method
+from .models import load_model, load_tokenizer
+from .optim import make_scheduler
+from .tasks import EvalContext, build_task, task_class
+from .tasks.base import to_device
+from .train import NonFiniteLoss, Plan, train
+
+log = logging.getLogger("ftbench")
+
+# Exit codes: 0 ok, 1 the run failed, 2 bad input, 130 canceled.
+EXIT_CODES = {"ok": 0, "failed": 1, "oom": 1, "nan": 1, "canceled": 130}
+
+
+def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> int:
+    """Run one job and write its result.json; return the process exit code."""
+    result = results.skeleton()
+    started = time.time()
+    result["run"].update(method=cfg.method.name, model=cfg.model.name, seed=cfg.seed, mode=cfg.mode,
+                         task=cfg.task.name if cfg.mode == "train" else "profile", output_dir=str(output_dir),
+                         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                         overrides=list(overrides or []))
+    result["config"] = OmegaConf.to_container(cfg, resolve=True)
+    code, logger = 0, None
+    try:
+        if (output_dir / results.FILENAME).exists():
+            raise UserError("hydra.run.dir", f"{output_dir} already holds a result; pick a new directory")
+        check(cfg)
+        logger = execute(cfg, output_dir, result)
+        result["status"] = "ok"
+    except UserError as exc:
+        result.update(status="failed", error=str(exc))
+        code = 2
+    except NonFiniteLoss as exc:
+        result.update(status="nan", error=str(exc))
+    except torch.cuda.OutOfMemoryError as exc:
+        result.update(status="oom", error=first_line(str(exc)))
+    except KeyboardInterrupt:
+        result.update(status="canceled", error="canceled by the user (Ctrl-C)")
+    except Exception as exc:  # a failure after the run started: record it, then report
+        result.update(status="failed", error=f"{type(exc).__name__}: {first_line(str(exc))}")
+        if cfg.get("debug"):
+            _finish(result, started, output_dir, logger)
+            raise
+    finally:
+        if result["status"] != "ok" and result["error"]:
+            print(f"ftbench: {result['status']}: {result['error']}", file=sys.stderr)
+    _finish(result, started, output_dir, logger)
+    if result["status"] == "canceled":
+        raise KeyboardInterrupt
+    return code or EXIT_CODES[result["status"]]
+
+
+def _finish(result: dict, started: float, output_dir: Path, logger) -> None:
+    result["run"]["duration_s"] = round(time.time() - started, 3)
+    results.write(result, output_dir)
+    if logger is not None:
+        logger.close(result["status"])
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the next job of a multirun starts from a clean device
+
+
+def execute(cfg: DictConfig, output_dir: Path, result: dict):
+    """Build everything, train and evaluate, filling `result` as facts become known."""
+    from accelerate import Accelerator
+    from transformers import set_seed
+
+    hw = resolve(cfg.hardware)
+    set_seed(cfg.seed)
+    accelerator = Accelerator(cpu=hw.device.type == "cpu",
+                              mixed_precision="bf16" if hw.precision == "bf16-mixed" else "no")
+    device = accelerator.device
+    meter = MemoryMeter(device)
+
+    # Data and model.
+    profiling = cfg.mode == "profile"
+    task = None
+    if profiling:
+        head = cfg.profile.objective if cfg.profile.objective != "auto" else (
+            "causal_lm" if cfg.model.kind == "decoder" else "seq_cls")
+        num_labels, tokenizer, pad_id = 2, None, 0
+    else:
+        tokenizer = load_tokenizer(cfg.model) if task_class(cfg.task.family).needs_tokenizer else None
+        task = build_task(cfg.task, tokenizer, cfg.seed)
+        head, num_labels, pad_id = task.head, task.num_labels, task.pad_id
+    model = load_model(cfg.model, head, num_labels, device, hw.precision, hw.attn_implementation)
+    model.config.pad_token_id = pad_id
+    model.config.use_cache = False
+    if hw.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    batch_size = cfg.profile.batch_size if profiling else (cfg.train.batch_size or cfg.task.batch_size)
+    micro, accumulation = split_batch(batch_size, hw.max_micro_batch_size, accelerator.num_processes)
+    if profiling:
+        def stream(seed):
+            return batches.random_tokens(micro, cfg.profile.seq_len, model.config.vocab_size, head, num_labels, seed)
+    else:
+        def stream(seed):
+            collate = lambda examples: task.collate(examples, hw.pad_to_multiple_of)  # noqa: E731
+            return batches.shuffled(task.train_examples(), micro, collate, seed,
+                                    accelerator.process_index, accelerator.num_processes)
+
+    def micro_loss(m, batch):
+        with accelerator.autocast():
+            return m(**to_device(batch, device)).loss
+
+    def calibration_batches(n):
+        it = stream(cfg.seed + 10_007)
+        return (to_device(next(it), device) for _ in range(n))
+
+    # The method.
+    method = build_method(cfg.method)
+    ctx = MethodContext(model_type=model.config.model_type, head=head, device=device, precision=hw.precision,
+                        gradient_checkpointing=hw.gradient_checkpointing, seed=cfg.seed,
+                        calibration_batches=calibration_batches, loss=micro_loss)
+    model = method.prepare(model, ctx)
+    lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.method.lr
+    optimizer = method.build_optimizer(method.param_groups(model, cfg.optim.weight_decay), cfg.optim, lr)
+    method.attach(optimizer)
+    if accelerator.num_processes > 1:
+        model = accelerator.prepare_model(model)
+
+    # The plan.
+    if profiling:
+        steps, measure_from = cfg.profile.warmup_steps + cfg.profile.steps, cfg.profile.warmup_steps
+    else:
+        steps = cfg.train.max_steps or cfg.task.max_steps or max(
+            1, int((cfg.train.epochs or cfg.task.epochs) * len(task.train_examples()) // batch_size))
+        measure_from = min(cfg.train.measure_warmup_steps, steps - 1)
+    scheduler = make_scheduler(optimizer, cfg.optim, method.schedule_length(steps))
+    plan = Plan(steps=steps, micro_batch_size=micro, accumulation=accumulation, measure_from=measure_from,
+                max_grad_norm=cfg.optim.max_grad_norm, eval_every=None if profiling else cfg.eval.every_steps,
+                log_every=cfg.train.log_every, progress=cfg.train.progress)
+    meter.mark_loaded()
+
+    masters = method.master_parameters()
+    trainable = method.optimizer_parameters()
+    total = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in masters)
+    n_trainable = sum(p.numel() for p in trainable)
+    result["params"].update(total=total, trainable=n_trainable, trainable_pct=100.0 * n_trainable / max(total, 1))
+    result["method"] = method.describe(model)
+    result["plan"] = {"batch_size": batch_size, "micro_batch_size": micro, "accumulation": accumulation,
+                      "steps": steps, "lr": lr, "measure_from_step": measure_from}
+    if task is not None:
+        result["protocol"] = task.protocol()
+    logger = make_logger(cfg.logger, f"{cfg.method.name}-{result['run']['task']}", output_dir, result["config"])
+    result["env"] = environment(hw, accelerator.num_processes)
+
+    # Train, evaluating on the way when asked.
+    evals: list[dict] = []
+    eval_ctx = EvalContext(device=device, autocast=accelerator.autocast, batch_size=cfg.eval.batch_size or 2 * micro,
+                           max_samples=cfg.eval.max_samples, output_dir=output_dir,
+                           pad_to_multiple_of=hw.pad_to_multiple_of, num_beams=cfg.eval.num_beams,
+                           max_new_tokens=cfg.eval.max_new_tokens)
+    selector = Selector(cfg, task, method, model)
+
+    def evaluate(step: int) -> None:
+        meter.start_eval()
+        metrics = task.evaluate(model, eval_ctx)
+        meter.end_eval()
+        evals.append({"step": step, "metrics": metrics})
+        logger.log(metrics, step)
+        selector.offer(step, metrics)
+
+    speed = SpeedMeter()
+    history = train(model, method, optimizer, scheduler, stream(cfg.seed), plan, accelerator=accelerator,
+                    head=head, meter=meter, speed=speed, logger=logger, evaluate=None if profiling else evaluate)
+    meter.end_train()
+    if not profiling:
+        if not evals or evals[-1]["step"] != history.steps:
+            evaluate(history.steps)
+        result["metrics"], result["selection"] = selector.chosen(evals)
+        result["eval_history"] = evals
+        if cfg.train.save != "none":
+            selector.restore_if_best()
+            result["export"] = method.export(model, tokenizer, output_dir / "checkpoint")
+
+    # Facts.
+    curve = history.loss_curve
+    result["train"].update(steps=history.steps, samples=history.samples, tokens=history.tokens,
+                           loss_first=curve[0][1] if curve else None, loss_last=curve[-1][1] if curve else None,
+                           loss_curve=curve)
+    result["memory"] = meter.summary(model_bytes(model, masters), sum(tensor_bytes(p) for p in masters))
+    result["memory"]["breakdown"]["trainable_bytes"] = sum(tensor_bytes(p) for p in trainable)
+    seq_len = speed.tokens / max(speed.samples, 1)
+    result["throughput"] = speed.summary(flops_per_token(model, seq_len), peak_flops(result["env"]["device_name"],
+                                                                                       hw.precision))
+    logger.summary({**result["metrics"], **{f"throughput/{k}": v for k, v in result["throughput"].items()}})
+    return logger
+
+
+class Selector:
+    """Which eval is reported: the last, or the best by a metric (loss metrics: lowest)."""
+
+    def __init__(self, cfg: DictConfig, task, method, model):
+        self.policy, self.save = cfg.train.select, cfg.train.save
+        self.metric = cfg.train.select_metric or (task.metric if task else None)
+        self.method, self.model = method, model
+        self.best_value, self.best_step, self.snapshot = None, None, None
+
+    def _better(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        return value < self.best_value if self.metric.endswith("loss") else value > self.best_value
+
+    def offer(self, step: int, metrics: dict[str, float]) -> None:
+        if self.metric not in metrics:
+            raise UserError("train.select_metric", f"'{self.metric}' is not a metric of this task; "
+                            f"choose one of: {', '.join(sorted(metrics))}")
+        if self._better(metrics[self.metric]):
+            self.best_value, self.best_step = metrics[self.metric], step
+            if self.policy == "best" and self.save == "best":
+                self.snapshot = self.method.snapshot(self.model)
+
+    def chosen(self, evals: list[dict]) -> tuple[dict, dict]:
+        pick = evals[-1] if self.policy == "last" else next(e for e in evals if e["step"] == self.best_step)
+        return pick["metrics"], {"policy": self.policy, "metric": self.metric, "step": pick["step"],
+                                 "evaluations": len(evals)}
+
+    def restore_if_best(self) -> None:
+        if self.snapshot is not None:
+            self.method.restore(self.model, self.snapshot)

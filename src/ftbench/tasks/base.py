@@ -1,0 +1,125 @@
+"""The task contract: examples in, metrics out. A task tokenizes its data once,
+collates micro-batches with dynamic padding and scores a model on its eval sets."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import MISSING
+
+from ..errors import require
+
+HEADS = ("seq_cls", "regression", "causal_lm")
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    family: str = MISSING
+    batch_size: int = 32
+    max_length: int = 128
+    epochs: float = 3.0
+    max_steps: Optional[int] = None
+    metric: str = MISSING
+    data_dir: Optional[str] = None
+
+    def check(self, key: str) -> None:
+        require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+        require(self.max_length >= 1, f"{key}.max_length", "must be >= 1")
+        require(self.epochs > 0, f"{key}.epochs", "must be > 0")
+        if self.max_steps is not None:
+            require(self.max_steps >= 1, f"{key}.max_steps", "must be >= 1")
+
+
+@dataclass
+class EvalContext:
+    """What a task needs to score a model."""
+
+    device: torch.device
+    autocast: Callable[[], AbstractContextManager]
+    batch_size: int
+    max_samples: Optional[int]
+    output_dir: Path
+    pad_to_multiple_of: Optional[int]
+    num_beams: Optional[int] = None
+    max_new_tokens: Optional[int] = None
+
+
+Example = dict[str, Any]
+
+
+class Task(ABC):
+    """A tokenized data set with its collator and evaluator."""
+
+    head: str = "seq_cls"
+    num_labels: int = 2
+    needs_tokenizer: bool = True
+
+    def __init__(self, cfg: TaskConfig, tokenizer, seed: int):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.pad_id = 0 if tokenizer is None else tokenizer.pad_token_id
+
+    @property
+    def metric(self) -> str:
+        """The headline metric key, e.g. 'dev/mcc'."""
+        return self.cfg.metric
+
+    @abstractmethod
+    def train_examples(self) -> list[Example]:
+        """Tokenized training examples: dicts with input_ids (and labels)."""
+
+    @abstractmethod
+    def evaluate(self, model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
+        """Score the model on every eval set: {"<split>/<name>": value}."""
+
+    def protocol(self) -> dict[str, Any]:
+        """Choices that move the numbers (recorded in result.json)."""
+        return {}
+
+    def collate(self, examples: list[Example], pad_to_multiple_of: Optional[int] = None) -> dict[str, torch.Tensor]:
+        return pad_collate(examples, self.pad_id, pad_to_multiple_of)
+
+
+def pad_collate(examples: list[Example], pad_id: int, pad_to_multiple_of: Optional[int] = None,
+                padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad to the longest example (dynamic padding); sequence labels pad with -100."""
+    longest = max(len(e["input_ids"]) for e in examples)
+    if pad_to_multiple_of:
+        longest = math.ceil(longest / pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
+    token_labels = "labels" in examples[0] and isinstance(examples[0]["labels"], list)
+    labels = torch.full((len(examples), longest), -100, dtype=torch.long) if token_labels else None
+    for row, example in enumerate(examples):
+        ids = example["input_ids"]
+        span = slice(longest - len(ids), longest) if padding_side == "left" else slice(0, len(ids))
+        input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, span] = 1
+        if token_labels:
+            labels[row, span] = torch.tensor(example["labels"], dtype=torch.long)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if token_labels:
+        batch["labels"] = labels
+    elif "labels" in examples[0]:
+        values = [e["labels"] for e in examples]
+        dtype = torch.float32 if isinstance(values[0], float) else torch.long
+        batch["labels"] = torch.tensor(values, dtype=dtype)
+    return batch
+
+
+def batched(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -1,0 +1,35 @@
+"""Scoring for classification and regression heads, shared by GLUE and the synthetic task."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from . import metrics
+from .base import EvalContext, Example, batched, to_device
+
+
+@torch.no_grad()
+def score(model: torch.nn.Module, examples: list[Example], ctx: EvalContext,
+          collate: Callable, metric_names: Sequence[str], regression: bool, split: str) -> dict[str, float]:
+    """Run the model over `examples`; return {"<split>/<metric>": value} plus the mean loss."""
+    if ctx.max_samples is not None:
+        examples = examples[: ctx.max_samples]
+    was_training = model.training
+    model.eval()
+    predictions, labels, loss_sum = [], [], 0.0
+    for chunk in batched(examples, ctx.batch_size):
+        batch = to_device(collate(chunk, ctx.pad_to_multiple_of), ctx.device)
+        with ctx.autocast():
+            out = model(**batch)
+        logits = out.logits.float()
+        loss_sum += float(out.loss) * len(chunk)
+        predictions.append(logits.squeeze(-1) if regression else logits.argmax(-1))
+        labels.append(batch["labels"])
+    model.train(was_training)
+    preds = torch.cat(predictions).cpu().numpy()
+    golds = torch.cat(labels).cpu().numpy()
+    values = metrics.compute(metric_names, preds, golds)
+    values["loss"] = loss_sum / max(len(examples), 1)
+    return {f"{split}/{name}": value for name, value in values.items()}

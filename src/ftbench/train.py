@@ -1,0 +1,162 @@
+"""The training loop. One optimizer step = `accumulation` micro-batches, then
+clip, step, write-back. Read it top to bottom; methods plug in through their
+hooks (see methods/base.py), never through branches here."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from .measure import GiB, MemoryMeter, SpeedMeter
+from .tasks.base import to_device
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int, value: float):
+        super().__init__(f"loss became {value} at step {step}; lower optim.lr or check the data")
+
+
+@dataclass
+class Plan:
+    steps: int  # optimizer steps
+    micro_batch_size: int
+    accumulation: int  # micro-batches per optimizer step
+    measure_from: int  # first step whose time and memory count (after the warm-up)
+    max_grad_norm: float | None
+    eval_every: int | None = None
+    log_every: int = 10
+    progress: bool = True
+
+
+@dataclass
+class TrainLog:
+    loss_curve: list[list[float]] = field(default_factory=list)
+    steps: int = 0
+    samples: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class Counts:
+    samples: int
+    tokens: int  # every position, padding included
+    nonpad: int
+    loss_units: int  # positions that carry a loss: label tokens, or one per sequence
+
+
+def count(batch: dict[str, torch.Tensor], head: str) -> Counts:
+    """Token counts of a CPU batch (before it moves, so counting never syncs the GPU)."""
+    samples = batch["input_ids"].shape[0]
+    nonpad = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+    if head == "causal_lm":
+        loss_units = int((batch["labels"][:, 1:] != -100).sum())
+    else:
+        loss_units = samples
+    return Counts(samples, batch["input_ids"].numel(), nonpad, loss_units)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Plan, *, accelerator,
+          head: str, meter: MemoryMeter, speed: SpeedMeter, logger,
+          evaluate: Callable[[int], None] | None = None) -> TrainLog:
+    device = accelerator.device
+    history = TrainLog()
+    progress = Progress(plan, enabled=plan.progress)
+    model.train()
+    for step in range(plan.steps):
+        if step == plan.measure_from:
+            meter.start_train()
+        micro = [next(batches) for _ in range(plan.accumulation)]
+        counts = [count(b, head) for b in micro]
+        loss_units = sum(c.loss_units for c in counts) or 1
+
+        synchronize(device)
+        started = time.perf_counter()
+        method.before_step(step)
+        step_loss = torch.zeros((), device=device)
+        for i, batch in enumerate(micro):
+            last = i == len(micro) - 1
+            with nullcontext() if last else accelerator.no_sync(model):
+                with accelerator.autocast():
+                    # Weight by loss positions so N micro-batches equal one N-times larger batch.
+                    loss = model(**to_device(batch, device)).loss * (counts[i].loss_units / loss_units)
+                accelerator.backward(loss)
+            step_loss += loss.detach().float()
+        method.before_optimizer_step(step)
+        meter.sample_grads([*method.optimizer_parameters(), *model.parameters()])
+        grad_norm = method.clip_grad_norm(plan.max_grad_norm)
+        optimizer.step()
+        method.after_step(step)
+        if method.scheduler_steps(step):
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = step_loss.item()  # waits for the step's kernels
+        synchronize(device)
+        seconds = time.perf_counter() - started
+
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(step, loss_value)
+        step_counts = Counts(*(sum(getattr(c, f) for c in counts) for f in ("samples", "tokens", "nonpad", "loss_units")))
+        if step >= plan.measure_from:
+            speed.record(seconds, step_counts.samples, step_counts.tokens, step_counts.nonpad, step_counts.loss_units)
+        meter.after_step(optimizer)
+        history.steps = step + 1
+        history.samples += step_counts.samples
+        history.tokens += step_counts.tokens
+        history.loss_curve.append([step + 1, loss_value])
+        lr = scheduler.get_last_lr()[0]
+        values = {"train/loss": loss_value, "train/lr": lr, "train/tokens_per_s": step_counts.nonpad / seconds}
+        if grad_norm is not None:
+            values["train/grad_norm"] = float(grad_norm)
+        logger.log(values, step + 1)
+        progress.update(step + 1, loss_value, lr, step_counts.nonpad / seconds, _memory_now(device))
+        if evaluate and plan.eval_every and (step + 1) % plan.eval_every == 0 and step + 1 < plan.steps:
+            evaluate(step + 1)
+    progress.close()
+    return history
+
+
+def _memory_now(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / GiB:.1f} GiB peak"
+    return ""
+
+
+class Progress:
+    """A rich progress bar on a terminal; a log line every `log_every` steps elsewhere."""
+
+    def __init__(self, plan: Plan, enabled: bool):
+        self.plan = plan
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
+                TimeRemainingColumn
+
+            self.bar = RichProgress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                    TextColumn("{task.fields[info]}"), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=plan.steps, info="")
+
+    def update(self, step: int, loss: float, lr: float, tokens_per_s: float, memory: str) -> None:
+        info = f"loss {loss:.4f}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s  {memory}"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        elif step % self.plan.log_every == 0 or step == self.plan.steps:
+            log.info("step %d/%d  %s", step, self.plan.steps, info)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
