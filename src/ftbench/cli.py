@@ -38,6 +38,7 @@ def quiet_libraries() -> None:
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     logging.getLogger("peft").setLevel(logging.ERROR)
 
 

@@ -1,0 +1,191 @@
+"""One mechanism for SIFT and S2FT: train a selected part of a frozen dense weight.
+
+The dense weight stays in place (e.g. bf16) and the forward uses it unchanged.
+The selected part is mirrored by a plain trainable tensor, the *master* (fp32 by
+default). A custom autograd Function returns the gradient of the selected part
+only and never keeps a dense weight gradient past the layer's backward:
+
+- ``elements`` (SIFT): the layer's weight gradient is formed, gathered at the
+  selected flat indices, and dropped at once;
+- ``rows`` (S2FT: V, Up): output rows S; a thin GEMM ``g[..., S]ᵀ x``;
+- ``cols`` (S2FT: O, Down): input columns S; only a compact copy of
+  ``x[..., S]`` is saved, and the gradient is one flattened GEMM ``gᵀ x_S``.
+
+After every optimizer step `write_back` copies the masters into the dense
+weights, so the next forward (and any eval or export) sees the update at once.
+Because masters are ordinary `nn.Parameter`s, accumulation, clipping and
+checkpointing need no special cases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Method
+
+KINDS = ("elements", "rows", "cols")
+
+
+class _PartialLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, master, kind: str, index: torch.Tensor):
+        y = F.linear(x, weight, bias)
+        # Input columns need only x[..., S]: index_select makes a compact copy, never a view of x.
+        saved = x.index_select(-1, index) if kind == "cols" else x
+        ctx.save_for_backward(weight, saved, index)
+        ctx.kind = kind
+        ctx.bias_grad = bias is not None and bias.requires_grad
+        ctx.master_dtype = master.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        weight, saved, index = ctx.saved_tensors
+        dtype = grad_out.dtype
+        grad_x = grad_out @ weight.to(dtype) if ctx.needs_input_grad[0] else None
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        x = saved.reshape(-1, saved.shape[-1]).to(dtype)
+        if ctx.kind == "elements":
+            dense = g.t() @ x  # the layer's weight gradient: transient, freed on return
+            grad_master = dense.view(-1).index_select(0, index)
+        elif ctx.kind == "rows":
+            grad_master = g.index_select(1, index).t() @ x  # (|S|, in)
+        else:
+            grad_master = g.t() @ x  # (out, |S|): x already holds only the selected columns
+        grad_bias = g.sum(0) if ctx.bias_grad else None
+        return grad_x, None, grad_bias, grad_master.to(ctx.master_dtype), None, None
+
+
+class PartialLinear(nn.Linear):
+    """An `nn.Linear` whose selected part trains through a master tensor.
+
+    It reuses the wrapped layer's own weight and bias parameters (no copy), so
+    state-dict keys stay those of the base model, plus `<name>.master`.
+    """
+
+    def __init__(self, linear: nn.Linear, kind: str, index: torch.Tensor, master_dtype: torch.dtype | None):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        self.weight.requires_grad_(False)
+        self.kind = kind
+        index = index.to(device=self.weight.device, dtype=torch.long)
+        self.register_buffer("index", index.sort().values, persistent=False)
+        self.master = nn.Parameter(self.selected_values().to(master_dtype or self.weight.dtype))
+
+    def selected_values(self) -> torch.Tensor:
+        """The selected part of the dense weight, as the master's shape."""
+        w = self.weight.detach()
+        if self.kind == "elements":
+            return w.reshape(-1).index_select(0, self.index).clone()
+        return w.index_select(0 if self.kind == "rows" else 1, self.index).clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _PartialLinearFn.apply(x, self.weight, self.bias, self.master, self.kind, self.index)
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy the master into the dense weight (rounded to the weight's dtype)."""
+        values = self.master.detach().to(self.weight.dtype)
+        if self.kind == "elements":
+            self.weight.view(-1).index_copy_(0, self.index, values)
+        else:
+            self.weight.index_copy_(0 if self.kind == "rows" else 1, self.index, values)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, kind={self.kind}, selected={self.index.numel()}"
+
+
+@dataclass(frozen=True)
+class Selection:
+    kind: str  # elements | rows | cols
+    index: torch.Tensor  # flat element indices, row indices or column indices
+
+
+def wrap(model: nn.Module, selections: dict[str, Selection], master_dtype: torch.dtype | None) -> list[PartialLinear]:
+    """Replace each named `nn.Linear` by a `PartialLinear` over its selection."""
+    wrapped = []
+    for name, selection in selections.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        layer = PartialLinear(getattr(parent, child), selection.kind, selection.index, master_dtype)
+        setattr(parent, child, layer)
+        wrapped.append(layer)
+    return wrapped
+
+
+def partial_layers(model: nn.Module) -> dict[str, PartialLinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, PartialLinear)}
+
+
+@torch.no_grad()
+def write_back(model: nn.Module) -> None:
+    for layer in partial_layers(model).values():
+        layer.write_back()
+
+
+def delta_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The compact delta: per layer its indices and the selected values of the dense weight."""
+    out = {}
+    for name, layer in partial_layers(model).items():
+        out[f"{name}.{layer.kind}.index"] = layer.index.cpu()
+        out[f"{name}.{layer.kind}.values"] = layer.selected_values().cpu().contiguous()
+    return out
+
+
+@torch.no_grad()
+def apply_delta(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Write a compact delta into a plain (base) model: reproduces the merged weights exactly."""
+    for key, index in tensors.items():
+        if not key.endswith(".index"):
+            continue
+        prefix = key[: -len(".index")]
+        name, kind = prefix.rsplit(".", 1)
+        weight = model.get_submodule(name).weight
+        values = tensors[f"{prefix}.values"].to(weight.device, weight.dtype)
+        index = index.to(weight.device)
+        if kind == "elements":
+            weight.view(-1).index_copy_(0, index, values.reshape(-1))
+        else:
+            weight.index_copy_(0 if kind == "rows" else 1, index, values)
+
+
+def save_merged(model: nn.Module, tokenizer, path: Path) -> None:
+    """A dense checkpoint that loads with plain `from_pretrained` (masters left out)."""
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith(".master")}
+    model.save_pretrained(path, state_dict=state)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+
+
+class PartialMethod(Method):
+    """Shared behaviour of methods built on `PartialLinear` (SIFT, S2FT): masters are
+    written back after every optimizer step, and exports carry a compact delta."""
+
+    layers: list[PartialLinear]
+
+    def after_step(self, step: int) -> None:
+        for layer in self.layers:
+            layer.write_back()
+
+    def master_parameters(self) -> list[torch.Tensor]:
+        return [layer.master for layer in self.layers]
+
+    def restore(self, model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
+        super().restore(model, snapshot)
+        self.after_step(-1)
+
+    def export(self, model: nn.Module, tokenizer, path: Path) -> dict[str, str]:
+        from safetensors.torch import save_file
+
+        path.mkdir(parents=True, exist_ok=True)
+        save_merged(model, tokenizer, path / "merged")
+        save_file(delta_tensors(model), str(path / "delta.safetensors"), metadata={"method": self.cfg.name})
+        return {"merged": str(path / "merged"), "delta": str(path / "delta.safetensors")}

@@ -1,0 +1,107 @@
+"""Shared test helpers: compose configs, run jobs in-process, build tiny models, fit a few steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from ftbench.cli import config_dir
+from ftbench.config import register_configs
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CPU_DEFAULTS = ["hardware=cpu", "train.progress=false"]
+
+
+def compose(*overrides: str) -> DictConfig:
+    """The composed config of `ftbench <overrides>` on the CPU."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose("config", overrides=[*CPU_DEFAULTS, *overrides])
+
+
+def run(out_dir: Path, *overrides: str) -> dict:
+    """Run one job in-process; return its result.json with the exit code added."""
+    from ftbench.run import run_job
+
+    code = run_job(compose(*overrides), out_dir, overrides=list(overrides))
+    result = json.loads((out_dir / "result.json").read_text())
+    result["exit_code"] = code
+    return result
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the installed `ftbench` entry point in a subprocess."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    exe = Path(sys.executable).with_name(args[0])
+    return subprocess.run([str(exe), *args[1:]], cwd=cwd or REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def tiny_model(model: str = "tiny-llama", head: str = "seq_cls", num_labels: int = 2,
+               dtype: str = "fp32") -> torch.nn.Module:
+    """A random-init tiny model from conf/model/<model>.yaml."""
+    from ftbench.models import load_model
+
+    cfg = compose(f"model={model}")
+    built = load_model(cfg.model, head, num_labels, torch.device("cpu"), dtype, "eager")
+    built.config.pad_token_id = 0
+    return built
+
+
+def synthetic_batches(batch_size: int = 8, seed: int = 0, head: str = "seq_cls",
+                      vocab: int = 64, length: int = 12) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless deterministic batches of token ids (no padding)."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        ids = torch.randint(5, vocab, (batch_size, length), generator=generator)
+        labels = ids.clone() if head == "causal_lm" else torch.randint(0, 2, (batch_size,), generator=generator)
+        yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def method_context(head: str = "seq_cls", checkpointing: bool = False, seed: int = 0, model_type: str = "llama"):
+    from ftbench.methods import MethodContext
+
+    def calibration(n):
+        stream = synthetic_batches(seed=seed + 1, head=head)
+        return (next(stream) for _ in range(n))
+
+    return MethodContext(model_type=model_type, head=head, device=torch.device("cpu"), precision="fp32",
+                         gradient_checkpointing=checkpointing, seed=seed, calibration_batches=calibration,
+                         loss=lambda m, b: m(**b).loss)
+
+
+def fit(model, method, batches: Iterator[dict], steps: int, lr: float = 0.1, optimizer: str = "sgd",
+        accumulation: int = 1, max_grad_norm: float | None = None, weight_decay: float = 0.0):
+    """Train `steps` optimizer steps with the real loop (constant lr); return the optimizer."""
+    from accelerate import Accelerator
+
+    from ftbench.config import OptimConfig
+    from ftbench.measure import MemoryMeter, SpeedMeter
+    from ftbench.logger import NullLogger
+    from ftbench.optim import make_scheduler
+    from ftbench.train import Plan, train
+
+    optim_cfg = OptimConfig(name=optimizer, scheduler="constant", max_grad_norm=max_grad_norm,
+                            weight_decay=weight_decay)
+    opt = method.build_optimizer(method.param_groups(model, weight_decay), optim_cfg, lr)
+    method.attach(opt)
+    scheduler = make_scheduler(opt, optim_cfg, method.schedule_length(steps))
+    plan = Plan(steps=steps, micro_batch_size=0, accumulation=accumulation, measure_from=0,
+                max_grad_norm=max_grad_norm, progress=False)
+    train(model, method, opt, scheduler, batches, plan, accelerator=Accelerator(cpu=True),
+          head=_head_of(model), meter=MemoryMeter(torch.device("cpu")), speed=SpeedMeter(), logger=NullLogger())
+    return opt
+
+
+def _head_of(model) -> str:
+    return "causal_lm" if "CausalLM" in type(model).__name__ else "seq_cls"

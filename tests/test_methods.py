@@ -1,0 +1,68 @@
+"""Every method through the same checks (table-driven): add one row per new method."""
+
+import contextlib
+
+import pytest
+import torch
+
+from ftbench import results
+from ftbench.methods import REGISTRY, build_method
+from helpers import compose, method_context, run, synthetic_batches, tiny_model
+
+# name, overrides for a quick run (each method's own defaults otherwise)
+METHODS = [
+    ("full", ["optim.lr=1e-3"]),
+    ("lora", []),
+]
+QUICK = ["task.max_steps=30", "task.num_train=512", "task.num_eval=64"]
+
+
+def test_every_registered_method_has_a_row():
+    assert {name for name, _ in METHODS} == set(REGISTRY)
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-bert"])
+@pytest.mark.parametrize("name,overrides", METHODS)
+def test_trains_scores_and_exports(tmp_path, name, overrides, model):
+    result = run(tmp_path / "run", f"method={name}", f"model={model}", "train.save=last", *QUICK, *overrides)
+    assert result["exit_code"] == 0, result["error"]
+    assert results.problems(result) == []
+    assert 0 < result["params"]["trainable"] <= result["params"]["total"] + result["memory"]["breakdown"]["master_bytes"]
+    curve = [loss for _, loss in result["train"]["loss_curve"]]
+    assert sum(curve[-5:]) < sum(curve[:5]), "the loss should fall"
+    assert result["memory"]["breakdown"]["optimizer_state_bytes"] > 0
+    # The merged export loads with plain from_pretrained and scores exactly as the trained model did.
+    from transformers import AutoModelForSequenceClassification
+
+    from ftbench.tasks import EvalContext, build_task
+
+    merged = AutoModelForSequenceClassification.from_pretrained(result["export"]["merged"])
+    cfg = compose(f"model={model}", *QUICK)
+    task = build_task(cfg.task, None, cfg.seed)
+    ctx = EvalContext(device=torch.device("cpu"), autocast=contextlib.nullcontext, batch_size=64, max_samples=None,
+                      output_dir=tmp_path, pad_to_multiple_of=None)
+    assert task.evaluate(merged, ctx)["dev/acc"] == pytest.approx(result["metrics"]["dev/acc"], abs=1e-9)
+
+
+@pytest.mark.parametrize("name,overrides", METHODS)
+def test_checkpointing_gives_every_trainable_tensor_a_gradient(name, overrides):
+    model = tiny_model("tiny-llama")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    cfg = compose(f"method={name}", *overrides)
+    method = build_method(cfg.method)
+    model = method.prepare(model, method_context(checkpointing=True))
+    method.attach(method.build_optimizer(method.param_groups(model, 0.0), cfg.optim, 1e-3))
+    model.train()
+    model(**next(synthetic_batches())).loss.backward()
+    missing = [i for i, p in enumerate(method.optimizer_parameters()) if p.grad is None]
+    assert not missing, f"{len(missing)} trainable tensors got no gradient"
+
+
+@pytest.mark.parametrize("name,overrides", METHODS)
+def test_profile_mode(tmp_path, name, overrides):
+    result = run(tmp_path / "run", "mode=profile", f"method={name}", "profile.batch_size=2", "profile.seq_len=16",
+                 "profile.warmup_steps=1", "profile.steps=2", *overrides)
+    assert result["exit_code"] == 0, result["error"]
+    assert results.problems(result) == []
+    assert result["metrics"] == {} and result["run"]["task"] == "profile"
+    assert result["throughput"]["timed_steps"] == 2 and result["throughput"]["tokens_per_s"] > 0
