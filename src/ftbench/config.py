@@ -212,6 +212,9 @@ def check(cfg: DictConfig) -> None:
     require(cfg.seed >= 0, "seed", "must be >= 0")
     for name in ("model", "hardware", "logger", "train", "optim", "eval", "profile", "method", "task"):
         OmegaConf.to_object(cfg[name]).check(name)
+    if cfg.mode == "train" and cfg.train.select == "best":
+        require(cfg.eval.every_steps is not None, "train.select",
+                "best needs periodic evaluations; set eval.every_steps=N (or train.select=last)")
     if cfg.task.data_dir is not None and cfg.mode == "train":
         data_dir = Path(os.path.expanduser(cfg.task.data_dir))
         require(data_dir.is_dir(), "task.data_dir",

@@ -46,8 +46,7 @@ def rows(loaded: list[dict]) -> list[dict[str, Any]]:
     for label, result in zip(_labels(loaded), loaded):
         memory, breakdown = result["memory"], result["memory"].get("breakdown") or {}
         held = [breakdown.get(k) for k in ("weights_bytes", "master_bytes", "grad_bytes", "optimizer_state_bytes")]
-        selection = result.get("selection") or {}
-        metric = selection.get("metric")
+        metric = result["run"].get("metric")
         table.append({
             "run": label,
             "status": result["status"],

@@ -138,7 +138,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
     method = build_method(cfg.method)
     ctx = MethodContext(model_type=model.config.model_type, head=head, device=device, precision=hw.precision,
                         gradient_checkpointing=hw.gradient_checkpointing, seed=cfg.seed,
-                        calibration_batches=calibration_batches, loss=micro_loss)
+                        calibration_batches=calibration_batches, loss=micro_loss, output_dir=output_dir)
     model = method.prepare(model, ctx)
     lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.method.lr
     optimizer = method.build_optimizer(method.param_groups(model, cfg.optim.weight_decay), cfg.optim, lr)
@@ -169,36 +169,40 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
                       "steps": steps, "lr": lr, "measure_from_step": measure_from}
     if task is not None:
         result["protocol"] = task.protocol()
+        result["run"]["metric"] = task.metric
     logger = make_logger(cfg.logger, f"{cfg.method.name}-{result['run']['task']}", output_dir, result["config"])
     result["env"] = environment(hw, accelerator.num_processes)
 
-    # Train, evaluating on the way when asked.
-    evals: list[dict] = []
+    # Train, validating on the way when asked; the final evaluation scores the selected checkpoint.
+    validations: list[dict] = []
     eval_ctx = EvalContext(device=device, autocast=accelerator.autocast, batch_size=cfg.eval.batch_size or 2 * micro,
                            max_samples=cfg.eval.max_samples, output_dir=output_dir,
                            pad_to_multiple_of=hw.pad_to_multiple_of, num_beams=cfg.eval.num_beams,
                            max_new_tokens=cfg.eval.max_new_tokens)
     selector = Selector(cfg, task, method, model)
 
-    def evaluate(step: int) -> None:
+    def validate(step: int) -> None:
         meter.start_eval()
-        metrics = task.evaluate(model, eval_ctx)
+        metrics = task.validate(model, eval_ctx)
         meter.end_eval()
-        evals.append({"step": step, "metrics": metrics})
+        validations.append({"step": step, "metrics": metrics})
         logger.log(metrics, step)
         selector.offer(step, metrics)
 
     speed = SpeedMeter()
     history = train(model, method, optimizer, scheduler, stream(cfg.seed), plan, accelerator=accelerator,
-                    head=head, meter=meter, speed=speed, logger=logger, evaluate=None if profiling else evaluate)
+                    head=head, meter=meter, speed=speed, logger=logger, evaluate=None if profiling else validate)
     meter.end_train()
     if not profiling:
-        if not evals or evals[-1]["step"] != history.steps:
-            evaluate(history.steps)
-        result["metrics"], result["selection"] = selector.chosen(evals)
-        result["eval_history"] = evals
+        if selector.policy == "best" and (not validations or validations[-1]["step"] != history.steps):
+            validate(history.steps)
+        result["selection"] = selector.restore_chosen(history.steps)
+        meter.start_eval()
+        result["metrics"] = task.evaluate(model, eval_ctx)
+        meter.end_eval()
+        logger.log(result["metrics"], history.steps)
+        result["validation_history"] = validations
         if cfg.train.save != "none":
-            selector.restore_if_best()
             result["export"] = method.export(model, tokenizer, output_dir / "checkpoint")
 
     # Facts.
@@ -216,10 +220,12 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
 
 
 class Selector:
-    """Which eval is reported: the last, or the best by a metric (loss metrics: lowest)."""
+    """Which checkpoint the final evaluation scores: the last, or the best validation
+    (by a metric; loss metrics: lowest). The best is kept as a CPU snapshot of what
+    training changed and restored before the final evaluation and export."""
 
     def __init__(self, cfg: DictConfig, task, method, model):
-        self.policy, self.save = cfg.train.select, cfg.train.save
+        self.policy = cfg.train.select
         self.metric = cfg.train.select_metric or (task.metric if task else None)
         self.method, self.model = method, model
         self.best_value, self.best_step, self.snapshot = None, None, None
@@ -231,18 +237,16 @@ class Selector:
 
     def offer(self, step: int, metrics: dict[str, float]) -> None:
         if self.metric not in metrics:
-            raise UserError("train.select_metric", f"'{self.metric}' is not a metric of this task; "
+            raise UserError("train.select_metric", f"'{self.metric}' is not a validation metric of this task; "
                             f"choose one of: {', '.join(sorted(metrics))}")
         if self._better(metrics[self.metric]):
             self.best_value, self.best_step = metrics[self.metric], step
-            if self.policy == "best" and self.save == "best":
+            if self.policy == "best":
                 self.snapshot = self.method.snapshot(self.model)
 
-    def chosen(self, evals: list[dict]) -> tuple[dict, dict]:
-        pick = evals[-1] if self.policy == "last" else next(e for e in evals if e["step"] == self.best_step)
-        return pick["metrics"], {"policy": self.policy, "metric": self.metric, "step": pick["step"],
-                                 "evaluations": len(evals)}
-
-    def restore_if_best(self) -> None:
-        if self.snapshot is not None:
+    def restore_chosen(self, last_step: int) -> dict:
+        if self.policy == "best" and self.snapshot is not None:
             self.method.restore(self.model, self.snapshot)
+            self.snapshot = None
+            return {"policy": "best", "metric": self.metric, "step": self.best_step, "value": self.best_value}
+        return {"policy": "last", "metric": self.metric, "step": last_step}

@@ -55,6 +55,8 @@ class MethodContext:
     calibration_batches: Callable[[int], Iterator[dict[str, torch.Tensor]]]
     # The loss of one micro-batch, under the run's autocast.
     loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+    # The run's folder: a method may record what it selected there (e.g. selection.safetensors).
+    output_dir: Path | None = None
 
 
 NO_DECAY_MARKERS = ("bias", "norm", "layernorm", "ln_")

@@ -79,7 +79,12 @@ class Task(ABC):
 
     @abstractmethod
     def evaluate(self, model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
-        """Score the model on every eval set: {"<split>/<name>": value}."""
+        """Score the model on every eval set: {"<split>/<name>": value}. Runs once, at the end."""
+
+    def validate(self, model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
+        """The periodic evaluation used to pick the best checkpoint (default: the full evaluation).
+        Tasks whose evaluation is expensive (generation) return a cheap validation loss here."""
+        return self.evaluate(model, ctx)
 
     def protocol(self) -> dict[str, Any]:
         """Choices that move the numbers (recorded in result.json)."""
