@@ -98,7 +98,6 @@ def launch(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    quiet_libraries()
     from .config import register_configs
 
     register_configs()
@@ -108,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         if problem:
             print(f"ftbench: error: {problem}", file=sys.stderr)
             sys.exit(2)
+    quiet_libraries()
     try:
         sys.exit(launch(argv))
     except KeyboardInterrupt:

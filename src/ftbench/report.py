@@ -18,16 +18,19 @@ from .measure import GiB
 
 log = logging.getLogger("ftbench")
 
-COLUMNS = ("run", "status", "trainable_pct", "peak_alloc_gib", "state_gib", "weights_gib", "grads_gib",
-           "optim_state_gib", "activations_gib", "step_s", "tokens_per_s", "metric", "value")
-HEADERS = {"run": "run", "status": "status", "trainable_pct": "trainable %", "peak_alloc_gib": "peak alloc GiB",
-           "state_gib": "state GiB", "weights_gib": "weights", "grads_gib": "grads", "optim_state_gib": "optim state",
-           "activations_gib": "activations", "step_s": "step s", "tokens_per_s": "tok/s (non-pad)",
-           "metric": "metric", "value": "value"}
+COLUMNS = ("run", "status", "trainable_pct", "peak_alloc_bytes", "state_bytes", "weights_bytes", "grads_bytes",
+           "optim_state_bytes", "activations_bytes", "step_s", "tokens_per_s", "metric", "value")
+MEMORY = {c for c in COLUMNS if c.endswith("_bytes")}
+HEADERS = {"run": "run", "status": "status", "trainable_pct": "trainable %", "peak_alloc_bytes": "peak alloc",
+           "state_bytes": "state", "weights_bytes": "weights", "grads_bytes": "grads",
+           "optim_state_bytes": "optim state", "activations_bytes": "activations", "step_s": "step s",
+           "tokens_per_s": "tok/s (non-pad)", "metric": "metric", "value": "value"}
 
 
-def _gib(value: int | None) -> float | None:
-    return None if value is None else value / GiB
+def memory_unit(table: list[dict]) -> tuple[str, int]:
+    """GiB when any figure reaches one, else MiB (tiny models)."""
+    largest = max((row[c] or 0 for row in table for c in MEMORY), default=0)
+    return ("GiB", GiB) if largest >= GiB else ("MiB", 2**20)
 
 
 def _labels(loaded: list[dict]) -> list[str]:
@@ -51,12 +54,12 @@ def rows(loaded: list[dict]) -> list[dict[str, Any]]:
             "run": label,
             "status": result["status"],
             "trainable_pct": result["params"]["trainable_pct"],
-            "peak_alloc_gib": _gib(memory.get("train_peak_allocated_bytes")),
-            "state_gib": _gib(sum(v for v in held if v)) if any(held) else None,
-            "weights_gib": _gib(breakdown.get("weights_bytes")),
-            "grads_gib": _gib(breakdown.get("grad_bytes")),
-            "optim_state_gib": _gib(breakdown.get("optimizer_state_bytes")),
-            "activations_gib": _gib(breakdown.get("activations_bytes")),
+            "peak_alloc_bytes": memory.get("train_peak_allocated_bytes"),
+            "state_bytes": sum(v for v in held if v) if any(held) else None,
+            "weights_bytes": breakdown.get("weights_bytes"),
+            "grads_bytes": breakdown.get("grad_bytes"),
+            "optim_state_bytes": breakdown.get("optimizer_state_bytes"),
+            "activations_bytes": breakdown.get("activations_bytes"),
             "step_s": result["throughput"].get("step_time_s_p50"),
             "tokens_per_s": result["throughput"].get("tokens_per_s_nonpad"),
             "metric": metric,
@@ -65,9 +68,11 @@ def rows(loaded: list[dict]) -> list[dict[str, Any]]:
     return table
 
 
-def _fmt(key: str, value: Any) -> str:
+def _fmt(key: str, value: Any, unit: tuple[str, int]) -> str:
     if value is None:
         return "—"
+    if key in MEMORY:
+        return f"{value / unit[1]:.2f}"
     if isinstance(value, float):
         if key == "tokens_per_s":
             return f"{value:,.0f}"
@@ -77,9 +82,14 @@ def _fmt(key: str, value: Any) -> str:
     return str(value)
 
 
+def _header(key: str, unit: tuple[str, int]) -> str:
+    return f"{HEADERS[key]} ({unit[0]})" if key in MEMORY else HEADERS[key]
+
+
 def markdown(table: list[dict]) -> str:
-    lines = ["| " + " | ".join(HEADERS[c] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(c, row[c]) for c in COLUMNS) + " |" for row in table]
+    unit = memory_unit(table)
+    lines = ["| " + " | ".join(_header(c, unit) for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(c, row[c], unit) for c in COLUMNS) + " |" for row in table]
     return "\n".join(lines) + "\n"
 
 
@@ -98,9 +108,10 @@ def plot(table: list[dict], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     ok = [r for r in table if r["status"] == "ok"]
-    on_gpu = all(r["peak_alloc_gib"] is not None for r in ok)
-    x_key, x_label = ("peak_alloc_gib", "train peak allocated (GiB)") if on_gpu else (
-        "state_gib", "weights + grads + optimizer state (GiB)")
+    unit, scale = memory_unit(table)
+    on_gpu = all(r["peak_alloc_bytes"] is not None for r in ok)
+    x_key, x_label = ("peak_alloc_bytes", f"train peak allocated ({unit})") if on_gpu else (
+        "state_bytes", f"weights + grads + optimizer state ({unit})")
     has_metric = any(r["value"] is not None for r in ok)
     y_key = "value" if has_metric else "step_s"
     y_label = (ok[0]["metric"] if has_metric else "step time (s)") if ok else ""
@@ -109,8 +120,9 @@ def plot(table: list[dict], path: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for row in points:
-        ax.scatter(row[x_key], row[y_key], s=36)
-        ax.annotate(row["run"], (row[x_key], row[y_key]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        x = row[x_key] / scale
+        ax.scatter(x, row[y_key], s=36)
+        ax.annotate(row["run"], (x, row[y_key]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.set_title("memory vs " + ("quality" if has_metric else "speed"))
@@ -125,11 +137,12 @@ def print_table(table: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    unit = memory_unit(table)
     shown = Table(title="ftbench comparison")
     for column in COLUMNS:
-        shown.add_column(HEADERS[column], justify="left" if column in ("run", "status", "metric") else "right")
+        shown.add_column(_header(column, unit), justify="left" if column in ("run", "status", "metric") else "right")
     for row in table:
-        shown.add_row(*(_fmt(c, row[c]) for c in COLUMNS))
+        shown.add_row(*(_fmt(c, row[c], unit) for c in COLUMNS))
     Console(width=200).print(shown)
 
 

@@ -28,7 +28,7 @@ class SyntheticConfig(TaskConfig):
     batch_size: int = 32
     max_length: int = 32
     epochs: float = 1.0
-    max_steps: int | None = 150
+    max_steps: int | None = 300
     vocab_size: int = 64
     min_length: int = 8
     num_train: int = 8192

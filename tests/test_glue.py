@@ -1,0 +1,86 @@
+"""GLUE loading from TSV fixtures written here (every task's distribution layout), and a tiny run."""
+
+import pytest
+
+from ftbench.errors import UserError
+from ftbench.models import byte_level_tokenizer
+from ftbench.tasks import build_task
+from helpers import compose, run
+
+# task -> (header, rows); the GLUE distribution's column layouts.
+FIXTURES = {
+    "sst2": ("sentence\tlabel", ["a fine film\t1", "dull and slow\t0"]),
+    "mrpc": ("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String", ["1\t1\t2\tHe left .\tHe went away .", "0\t3\t4\tA cat .\tThe sea ."]),
+    "stsb": ("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
+             ["0\tmain\tf\t2012\t1\ts\ts\tA man plays .\tA man is playing .\t4.6", "1\tmain\tf\t2012\t2\ts\ts\tA dog .\tRain .\t0.2"]),
+    "qqp": ("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate", ["0\t1\t2\tWhy ?\tWhy so ?\t1", "1\t3\t4\tHow ?\tWhere ?\t0"]),
+    "mnli": ("index\tpromptID\tpairID\tgenre\tsentence1\tsentence2\tgold_label",
+             ["0\t1\t1\tfic\tA man sleeps .\tA person rests .\tentailment", "1\t2\t2\tfic\tIt rains .\tIt is dry .\tcontradiction"]),
+    "qnli": ("index\tquestion\tsentence\tlabel", ["0\tWho ?\tBob did .\tentailment", "1\tWhen ?\tA cat .\tnot_entailment"]),
+    "rte": ("index\tsentence1\tsentence2\tlabel", ["0\tA is B .\tB is A .\tentailment", "1\tIt is .\tIt is not .\tnot_entailment"]),
+    "cola": ("sentence\tlabel", ["the cat sat .\t1", "cat the sat .\t0"]),
+}
+EXPECTED_LABELS = {"stsb": [4.6, 0.2], "mnli": [0, 2], "qnli": [0, 1], "rte": [0, 1]}
+
+
+def write_glue(folder, task, header, rows, splits=("train", "dev")):
+    folder.mkdir(parents=True, exist_ok=True)
+    if task == "mnli":
+        splits = ("train", "dev_matched", "dev_mismatched")
+    for split in splits:
+        (folder / f"{split}.tsv").write_text("\n".join([header, *rows]) + "\n" if header else "\n".join(rows) + "\n")
+    return folder
+
+
+def load(task, folder):
+    cfg = compose(f"task={task}", f"task.data_dir={folder}")
+    return build_task(cfg.task, byte_level_tokenizer(), seed=0)
+
+
+@pytest.mark.parametrize("task", sorted(FIXTURES))
+def test_every_task_loads_its_tsv_layout(tmp_path, task):
+    header, rows = FIXTURES[task]
+    loaded = load(task, write_glue(tmp_path, task, header, rows))
+    train = loaded.train_examples()
+    assert len(train) == 2
+    assert [e["labels"] for e in train] == EXPECTED_LABELS.get(task, [1, 0])
+    assert all(e["input_ids"][0] == 1 and e["input_ids"][-1] == 2 for e in train)  # <s> ... </s>
+    assert loaded.head == ("regression" if task == "stsb" else "seq_cls")
+
+
+@pytest.mark.parametrize("rows", [
+    ["the cat sat .\t1", "cat the sat .\t0"],  # header-less sentence<TAB>label (../shared/data)
+    ["gj04\t1\t\tthe cat sat .", "gj04\t0\t*\tcat the sat ."],  # the original header-less 4-column layout
+])
+def test_cola_header_less_layouts(tmp_path, rows):
+    loaded = load("cola", write_glue(tmp_path, "cola", None, rows))
+    assert [e["labels"] for e in loaded.train_examples()] == [1, 0]
+    assert loaded.tokenizer.decode(loaded.train_examples()[0]["input_ids"], skip_special_tokens=True) == "the cat sat ."
+
+
+def test_a_file_without_the_expected_columns_names_the_key(tmp_path):
+    write_glue(tmp_path, "rte", "index\tpremise\tlabel", ["0\tA .\tentailment"])
+    with pytest.raises(UserError, match=r"^task.data_dir: .*train.tsv has no 'sentence1' column"):
+        load("rte", tmp_path)
+
+
+def test_a_missing_file_names_the_key(tmp_path):
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\na\t1\n")
+    with pytest.raises(UserError, match=r"^task.data_dir: no dev.tsv in"):
+        load("sst2", tmp_path)
+
+
+def test_the_hub_while_offline_says_so_in_one_line():
+    cfg = compose("task=rte")
+    with pytest.raises(UserError, match=r"^task.data_dir: could not load nyu-mll/glue/rte: the hub is unreachable"):
+        build_task(cfg.task, byte_level_tokenizer(), seed=0)
+
+
+def test_a_pair_task_trains_end_to_end(tmp_path):
+    header, rows = FIXTURES["rte"]
+    folder = write_glue(tmp_path / "data", "rte", header, rows * 16)
+    result = run(tmp_path / "run", "task=rte", f"task.data_dir={folder}", "model=tiny-bert", "task.batch_size=8",
+                 "train.max_steps=4")
+    assert result["exit_code"] == 0, result["error"]
+    assert set(result["metrics"]) == {"dev/acc", "dev/loss"}
+    assert result["protocol"]["sizes"] == {"train": 32, "dev": 32}
