@@ -13,6 +13,8 @@ from helpers import compose, method_context, run, synthetic_batches, tiny_model
 METHODS = [
     ("full", ["optim.lr=1e-3"]),
     ("lora", []),
+    ("meprop", ["optim.lr=1e-3"]),
+    ("sparsegrad", ["optim.lr=1e-3"]),
 ]
 QUICK = ["task.max_steps=30", "task.num_train=512", "task.num_eval=64"]
 

@@ -28,6 +28,9 @@ PEAK_BF16_FLOPS = (
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor holds; a sparse COO tensor holds its indices and values, not its dense shape."""
+    if t.is_sparse:
+        return tensor_bytes(t._indices()) + tensor_bytes(t._values())
     return t.numel() * t.element_size()
 
 

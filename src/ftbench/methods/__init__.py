@@ -10,6 +10,8 @@ from .base import Method, MethodConfig, MethodContext
 REGISTRY: dict[str, str] = {
     "full": "ftbench.methods.full:FullFineTuning",
     "lora": "ftbench.methods.lora:Lora",
+    "meprop": "ftbench.methods.meprop:MeProp",
+    "sparsegrad": "ftbench.methods.sparsegrad:SparseGrad",
 }
 
 
