@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "lora": "ftbench.methods.lora:Lora",
     "meprop": "ftbench.methods.meprop:MeProp",
     "sparsegrad": "ftbench.methods.sparsegrad:SparseGrad",
+    "s2ft": "ftbench.methods.s2ft:S2ft",
 }
 
 
