@@ -16,6 +16,7 @@ METHODS = [
     ("meprop", ["optim.lr=1e-3"]),
     ("sparsegrad", ["optim.lr=1e-3"]),
     ("s2ft", ["method.lr=1e-2", "method.o_ratio=0.5", "method.d_ratio=0.25"]),
+    ("sift", ["method.lr=1e-2"]),
 ]
 QUICK = ["task.max_steps=30", "task.num_train=512", "task.num_eval=64"]
 

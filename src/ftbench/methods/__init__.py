@@ -13,6 +13,7 @@ REGISTRY: dict[str, str] = {
     "meprop": "ftbench.methods.meprop:MeProp",
     "sparsegrad": "ftbench.methods.sparsegrad:SparseGrad",
     "s2ft": "ftbench.methods.s2ft:S2ft",
+    "sift": "ftbench.methods.sift:Sift",
 }
 
 
