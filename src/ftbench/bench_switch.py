@@ -2,7 +2,7 @@
 
     python -m ftbench.bench_switch                                 # CPU, fp32, d = 1024 2048 4096
     python -m ftbench.bench_switch --device cuda --dtype bf16      # the GPU figure
-    python -m ftbench.bench_switch --sizes 4096 11008 --k 64 --out outputs/switch.json
+    python -m ftbench.bench_switch --sizes 4096 --k 64 --threads 1 --out outputs/switch.json
 
 Parameter parity as in the paper's micro-benchmark (§6.2): an S2FT slice of k rows or
 columns of a d × d weight (k·d values) against LoRA of rank r = k/2 (2·r·d values).
@@ -115,9 +115,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=20, help="timed switches per figure (median)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_switch.json"))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rank = args.rank or max(args.k // 2, 1)
     rows = benchmark(args.sizes, args.k, rank, DTYPES[args.dtype], device, args.repeats)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
