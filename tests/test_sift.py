@@ -104,7 +104,7 @@ def test_small_rate_changes_only_the_selected_entries_of_every_target():
     for name, layer in method.named_layers.items():
         for kind, index in (("weight", layer.index), ("bias", layer.bias_index)):
             changed = (after[f"{name}.{kind}"] != before[f"{name}.{kind}"]).reshape(-1).nonzero().squeeze(1)
-            assert torch.equal(changed, index), f"{name}.{kind}: changed entries differ from the selection"
+            assert torch.equal(changed, index.long()), f"{name}.{kind}: changed entries differ from the selection"
     untouched = [k for k in before if k.split(".weight")[0].split(".bias")[0] not in method.named_layers
                  and not k.startswith("classifier.")]
     assert untouched and all(torch.equal(before[k], after[k]) for k in untouched)
@@ -149,6 +149,7 @@ def test_optimizer_holds_two_states_per_selected_entry_and_no_dense_gradient(dty
         k = selected_count(layer.weight.numel(), 0.05)
         k_total += k
         state = optimizer.state[layer.master]
+        assert layer.index.dtype == torch.int32  # 4 bytes per selected entry, not 8
         assert {n: t.numel() * t.element_size() for n, t in state.items() if n != "step"} == \
             {"exp_avg": state_bytes * k, "exp_avg_sq": state_bytes * k}
     held, _ = optimizer_state_bytes(optimizer, torch.device("cpu"))
@@ -172,6 +173,20 @@ def test_weight_decay_decays_the_selected_weights_not_the_biases():
     shift = (runs[0.5][f"{name}.weight"] - runs[0.0][f"{name}.weight"]).reshape(-1)[layer.index]
     torch.testing.assert_close(shift, -1e-2 * 0.5 * w0)  # AdamW's decoupled decay: W <- W (1 - lr wd)
     assert torch.equal(runs[0.5][f"{name}.bias"], runs[0.0][f"{name}.bias"])
+
+
+@pytest.mark.parametrize("policy", ["sparse", "dense", "frozen"])
+def test_bias_policies(policy):
+    model, method = prepared("tiny-bert", sparse_rate=0.05, bias=policy, exception_modules=[])
+    before = dense_state(model)
+    fit(model, method, synthetic_batches(), 2, lr=1e-2, optimizer="adamw")
+    after = dense_state(model)
+    for name, layer in method.named_layers.items():
+        changed = (after[f"{name}.bias"] != before[f"{name}.bias"]).sum().item()
+        expected = {"sparse": selected_count(layer.bias.numel(), 0.05), "dense": layer.bias.numel(), "frozen": 0}
+        assert changed == expected[policy], name
+    groups = {g["name"]: g["weight_decay"] for g in method.param_groups(model, 0.1)}
+    assert groups.pop("selected") == 0.1 and all(decay == 0.0 for decay in groups.values())
 
 
 def test_export_round_trips(tmp_path):
@@ -260,7 +275,7 @@ def test_grad_selection_is_the_top_k_of_the_calibration_gradient(n_batches):
     untouched = dense_state(fresh())
     model, method = prepared(sparse_rate=0.05, calibration_batches=n_batches)
     for name, grad in calibration_gradients(n_batches).items():
-        assert torch.equal(method.selection()[name], top_k(grad.abs(), selected_count(grad.numel(), 0.05))), name
+        assert torch.equal(method.selection()[name].long(), top_k(grad.abs(), selected_count(grad.numel(), 0.05))), name
     assert all(torch.equal(v, untouched[k]) for k, v in dense_state(model).items())  # no update from calibration
     assert all(p.grad is None for p in model.parameters())
 
@@ -275,7 +290,7 @@ def test_random_and_magnitude_selection():
     assert not torch.equal(q, k)  # equal-sized tensors get different draws
     model, method = prepared(sparse_rate=0.05, selection="magnitude")
     for name, layer in method.named_layers.items():
-        assert torch.equal(layer.index, top_k(layer.weight.detach().abs(), layer.index.numel()))
+        assert torch.equal(layer.index.long(), top_k(layer.weight.detach().abs(), layer.index.numel()))
 
 
 def test_top_k_breaks_ties_towards_the_lower_index():
@@ -287,7 +302,7 @@ def test_selection_is_recorded_and_described(tmp_path):
     model, method = prepared("tiny-bert", sparse_rate=0.02, output_dir=tmp_path)
     recorded = load_file(str(tmp_path / SELECTION_FILE))
     assert recorded.keys() == method.selection().keys()
-    assert all(torch.equal(recorded[n].long(), i) for n, i in method.selection().items())
+    assert all(torch.equal(recorded[n], i) for n, i in method.selection().items())
     info = method.describe(model)
     expected = sum(selected_count(model.get_parameter(n).numel(), 0.02) for n in recorded)
     assert info["selected"] == expected and info["target_layers"] == 8 and info["exception_modules"] == ["classifier"]

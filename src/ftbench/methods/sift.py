@@ -84,12 +84,16 @@ def _names(value, empty: bool = False) -> bool:
 class SiftLinear(PartialLinear):
     """A PartialLinear over selected elements whose bias may train sparsely too.
 
-    The sparse bias is rebuilt from its master in each forward (one d_out-sized copy), so
-    autograd gathers the selected entries' gradient with no custom code."""
+    Element indices are kept as int32 (every linear weight has < 2^31 entries): half the
+    bytes of int64, 0.26 GB less at rate 0.01 on LLaMA-7B. The sparse bias is rebuilt from
+    its master in each forward (one d_out-sized copy), so autograd gathers the selected
+    entries' gradient with no custom code."""
 
     def __init__(self, linear: nn.Linear, index: torch.Tensor, master_dtype: torch.dtype | None,
                  bias_index: torch.Tensor | None):
         super().__init__(linear, "elements", index, master_dtype)
+        if self.weight.numel() < 2**31:
+            self.index = self.index.to(torch.int32)
         self.register_parameter("bias_master", None)
         if bias_index is not None:
             self.register_buffer("bias_index", bias_index.to(self.bias.device).sort().values, persistent=False)
@@ -104,7 +108,8 @@ class SiftLinear(PartialLinear):
 
     @torch.no_grad()
     def write_back(self) -> None:
-        super().write_back()
+        """Copy the masters into the dense weight and bias (index_put_ takes int32 indices)."""
+        self.weight.view(-1).index_put_((self.index,), self.master.detach().to(self.weight.dtype))
         if self.bias_master is not None:
             self.bias.index_copy_(0, self.bias_index, self.bias_master.detach().to(self.bias.dtype))
 
@@ -169,8 +174,7 @@ class Sift(PartialMethod):
         from safetensors.torch import save_file
 
         directory.mkdir(parents=True, exist_ok=True)
-        compact = {n: i.to("cpu", torch.int32 if i.max() < 2**31 else torch.int64) for n, i in self.selection().items()}
-        save_file(compact, str(directory / SELECTION_FILE),
+        save_file({n: i.cpu() for n, i in self.selection().items()}, str(directory / SELECTION_FILE),
                   metadata={"selection": self.cfg.selection, "sparse_rate": str(self.cfg.sparse_rate),
                             "calibration_batches": str(self.cfg.calibration_batches), "seed": str(seed)})
 
@@ -234,7 +238,7 @@ class Sift(PartialMethod):
 @torch.no_grad()
 def apply_delta(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Write a SIFT delta into a plain (base) model: reproduces the merged weights exactly."""
-    partial.apply_delta(model, tensors)
+    partial.apply_delta(model, {k: v.long() if k.endswith(".index") else v for k, v in tensors.items()})
     for key, value in tensors.items():
         if key.endswith(".sparse_index"):
             param = model.get_parameter(key.removesuffix(".sparse_index"))
