@@ -289,7 +289,7 @@ def test_random_and_magnitude_selection():
     q, k = (first[f"model.layers.0.self_attn.{p}.weight"] for p in ("q_proj", "o_proj"))
     assert not torch.equal(q, k)  # equal-sized tensors get different draws
     model, method = prepared(sparse_rate=0.05, selection="magnitude")
-    for name, layer in method.named_layers.items():
+    for layer in method.layers:
         assert torch.equal(layer.index.long(), top_k(layer.weight.detach().abs(), layer.index.numel()))
 
 

@@ -36,8 +36,15 @@ from ..errors import one_of, require
 from . import partial
 from .base import MethodConfig, MethodContext, decay_split
 from .partial import PartialLinear, PartialMethod, _PartialLinearFn
-from .sift_select import (PRESET_NAMES, SELECTIONS, resolve_exceptions, resolve_targets, select, selected_count,
-                          short_name)
+from .sift_select import (
+    PRESET_NAMES,
+    SELECTIONS,
+    resolve_exceptions,
+    resolve_targets,
+    select,
+    selected_count,
+    short_name,
+)
 
 BIAS_POLICIES = ("sparse", "dense", "frozen")
 MASTER_DTYPES = ("fp32", "weight")
@@ -151,14 +158,14 @@ class Sift(PartialMethod):
         dense = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in masters]
         groups = [
             {"params": [layer.master for layer in self.layers], "weight_decay": weight_decay, "name": "selected"},
-            {"params": [l.bias_master for l in self.layers if l.bias_master is not None], "weight_decay": 0.0,
+            {"params": [layer.bias_master for layer in self.layers if layer.bias_master is not None], "weight_decay": 0.0,
              "name": "selected_bias"},
             *decay_split(dense, weight_decay),
         ]
         return [g for g in groups if g["params"]]
 
     def master_parameters(self) -> list[torch.Tensor]:
-        return [*super().master_parameters(), *(l.bias_master for l in self.layers if l.bias_master is not None)]
+        return [*super().master_parameters(), *(layer.bias_master for layer in self.layers if layer.bias_master is not None)]
 
     # -- what was selected -----------------------------------------------------------------------------
     def selection(self) -> dict[str, torch.Tensor]:
@@ -181,7 +188,7 @@ class Sift(PartialMethod):
     def describe(self, model: nn.Module) -> dict[str, Any]:
         selected = sum(i.numel() for i in self.selection().values())
         dense = sum(p.numel() for name in self.exceptions for p in model.get_submodule(name).parameters())
-        dense += sum(l.bias.numel() for l in self.layers if l.bias is not None and l.bias.requires_grad)
+        dense += sum(layer.bias.numel() for layer in self.layers if layer.bias is not None and layer.bias.requires_grad)
         return {
             "name": "sift", "sparse_rate": self.cfg.sparse_rate, "selection": self.cfg.selection,
             "calibration_batches": self.cfg.calibration_batches, "bias": self.cfg.bias,
