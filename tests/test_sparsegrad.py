@@ -12,7 +12,12 @@ from ftbench.measure import optimizer_state_bytes, tensor_bytes
 from ftbench.methods import build_method
 from ftbench.methods.full import FullConfig, FullFineTuning
 from ftbench.methods.meprop import MeProp, MePropConfig
-from ftbench.methods.sparse_adam import SparseMlpOptimizer, add_rounded, clip_grad_norm, unique_entries
+from ftbench.methods.sparse_adam import (
+    SparseMlpOptimizer,
+    add_rounded,
+    clip_grad_norm,
+    unique_entries,
+)
 from ftbench.methods.sparse_linear import Basis, TopKGradLinear, mlp_layers
 from ftbench.methods.sparsegrad import SparseGrad, SparseGradConfig
 from helpers import compose, fit, method_context, synthetic_batches, tiny_model
@@ -196,7 +201,7 @@ def test_lazy_adam_equals_torch_sparse_adam_even_on_repeated_entries():
     theirs = nn.Parameter(mine.detach().clone())
     optimizer = SparseMlpOptimizer([{"params": [mine], "sparse": True}], OptimConfig(), 0.01, {mine: None})
     reference = torch.optim.SparseAdam([theirs], lr=0.01)
-    for step in range(4):
+    for _ in range(4):
         index = torch.tensor([[0, 3, 1, 0], [2, 4, 1, 2]])  # (0, 2) twice: an accumulated, uncoalesced gradient
         grad = torch.sparse_coo_tensor(index, torch.randn(4, dtype=torch.float64), (4, 5), check_invariants=True)
         mine.grad, theirs.grad = grad.clone(), grad.coalesce()
@@ -208,7 +213,8 @@ def test_lazy_adam_equals_torch_sparse_adam_even_on_repeated_entries():
 
 
 def test_unique_entries_and_clipping_sum_repeated_entries():
-    grad = torch.sparse_coo_tensor(torch.tensor([[1, 0, 1], [2, 0, 2]]), torch.tensor([3.0, 1.0, 4.0]), (2, 3))
+    grad = torch.sparse_coo_tensor(torch.tensor([[1, 0, 1], [2, 0, 2]]), torch.tensor([3.0, 1.0, 4.0]), (2, 3),
+                                   check_invariants=True)
     flat, values, first = unique_entries(grad)
     assert flat.tolist() == [0, 5, 5] and values.tolist() == [1.0, 7.0, 7.0] and first.tolist() == [True, True, False]
     param = nn.Parameter(torch.zeros(2, 3))
@@ -254,7 +260,8 @@ def test_bad_values_name_their_key(override, key):
 
 
 def test_presets_compose_for_every_model_and_task():
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     from ftbench.cli import config_dir
     from helpers import CPU_DEFAULTS

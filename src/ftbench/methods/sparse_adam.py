@@ -9,8 +9,8 @@ whatever walks `optimizer.state` (measure.py) sees every byte.
 
 Gradients of the MLP weights are sparse COO tensors. One backward gives k unique
 entries; accumulated micro-batches concatenate their supports, and repeated
-entries are summed here with fixed-size sorts (no `coalesce()`, which would wait
-for the GPU).
+entries are summed here with a fixed-size sort (never `coalesce()`, whose output
+size would make the host wait for the GPU).
 """
 
 from __future__ import annotations
@@ -28,11 +28,8 @@ def unique_entries(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     """(flat index, summed value, first-occurrence mask) per stored entry of a 2-D COO gradient.
     A repeated index carries its total at every occurrence; the mask keeps one of them."""
     rows, cols = grad._indices()
-    flat, values = rows * grad.shape[1] + cols, grad._values()
-    if grad.is_coalesced():
-        return flat, values, torch.ones_like(flat, dtype=torch.bool)
-    flat, order = flat.sort(stable=True)
-    values = values.index_select(0, order)
+    flat, order = (rows * grad.shape[1] + cols).sort(stable=True)
+    values = grad._values().index_select(0, order)
     first = torch.ones_like(flat, dtype=torch.bool)
     first[1:] = flat[1:] != flat[:-1]
     group = first.cumsum(0) - 1

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,7 +45,7 @@ HEAD_MODULES = ("classifier", "score")  # sequence-classification heads (BERT/Ro
 @dataclass
 class SparseMlpConfig(MethodConfig):
     lr: float = 1e-4
-    k: Optional[int] = None
+    k: int | None = None
     density: float = 0.0119
     train_non_mlp: bool = True
     freeze_norms: bool = False
@@ -83,18 +83,17 @@ class SparseMlpMethod(Method):
         self.kinds = {kind: [wrap(model, name, bases[kind], self.k_for(layer)) for name, layer in group]
                       for kind, group in named.items()}
         self.layers = [layer for group in self.kinds.values() for layer in group]
-        self.head = ctx.head
-        self._set_trainable(model)
+        self._set_trainable(model, ctx.head)
         return model
 
     def k_for(self, layer: nn.Linear) -> int:
         return self.cfg.k if self.cfg.k is not None else max(1, round(self.cfg.density * layer.weight.numel()))
 
-    def _set_trainable(self, model: nn.Module) -> None:
+    def _set_trainable(self, model: nn.Module, head: str) -> None:
         cfg = self.cfg
         norms = {id(p) for m in model.modules() if "Norm" in type(m).__name__ for p in m.parameters(recurse=False)}
         heads = {id(p) for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in HEAD_MODULES
-                 and self.head != "causal_lm" for p in m.parameters()}
+                 and head != "causal_lm" for p in m.parameters()}
         for param in model.parameters():
             if cfg.train_non_mlp:
                 param.requires_grad_(not (cfg.freeze_norms and id(param) in norms))
