@@ -55,7 +55,7 @@ SELECTION_FILE = "sift_selection.safetensors"
 @dataclass
 class SiftConfig(MethodConfig):
     name: str = "sift"
-    lr: float = 1e-3
+    lr: float = 2e-3
     sparse_rate: float = 0.01
     target_modules: Any = "auto"
     exception_modules: Any = "head"
