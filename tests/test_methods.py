@@ -13,6 +13,9 @@ from helpers import compose, method_context, run, synthetic_batches, tiny_model
 METHODS = [
     ("full", ["optim.lr=1e-3"]),
     ("lora", []),
+    ("hift", []),
+    ("badam", []),
+    ("lisa", []),
     ("meprop", ["optim.lr=1e-3"]),
     ("sparsegrad", ["optim.lr=1e-3"]),
     ("s2ft", ["method.lr=1e-2", "method.o_ratio=0.5", "method.d_ratio=0.25"]),

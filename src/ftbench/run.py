@@ -161,7 +161,8 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
 
     masters = method.master_parameters()
     trainable = method.optimizer_parameters()
-    total = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in masters)
+    master_ids = {id(p) for p in masters}  # masters may live inside the model (SIFT) or beside it (HiFT)
+    total = sum(p.numel() for p in model.parameters() if id(p) not in master_ids)
     n_trainable = sum(p.numel() for p in trainable)
     result["params"].update(total=total, trainable=n_trainable, trainable_pct=100.0 * n_trainable / max(total, 1))
     result["method"] = method.describe(model)
@@ -193,6 +194,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
     history = train(model, method, optimizer, scheduler, stream(cfg.seed), plan, accelerator=accelerator,
                     head=head, meter=meter, speed=speed, logger=logger, evaluate=None if profiling else validate)
     meter.end_train()
+    result["method"] = method.describe(model)  # again: what training measured (e.g. HiFT's copy times)
     if not profiling:
         if selector.policy == "best" and (not validations or validations[-1]["step"] != history.steps):
             validate(history.steps)
@@ -210,7 +212,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
     result["train"].update(steps=history.steps, samples=history.samples, tokens=history.tokens,
                            loss_first=curve[0][1] if curve else None, loss_last=curve[-1][1] if curve else None,
                            loss_curve=curve)
-    result["memory"] = meter.summary(model_bytes(model, masters), sum(tensor_bytes(p) for p in masters))
+    result["memory"] = meter.summary(model_bytes(model, masters), method.master_bytes())
     result["memory"]["breakdown"]["trainable_bytes"] = sum(tensor_bytes(p) for p in trainable)
     seq_len = speed.tokens / max(speed.samples, 1)
     result["throughput"] = speed.summary(flops_per_token(model, seq_len), peak_flops(result["env"]["device_name"],

@@ -29,6 +29,7 @@ from omegaconf import MISSING
 from torch import nn
 
 from ..errors import require
+from ..measure import tensor_bytes
 
 
 @dataclass
@@ -137,6 +138,10 @@ class Method(ABC):
     def master_parameters(self) -> list[torch.Tensor]:
         """Trainable copies held beside the model's own weights (e.g. fp32 masters)."""
         return []
+
+    def master_bytes(self) -> int:
+        """Device bytes of the masters at their peak (methods whose masters come and go override it)."""
+        return sum(tensor_bytes(t) for t in self.master_parameters())
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         """Settings that shape memory, and what is trained."""

@@ -1,0 +1,246 @@
+"""Where a block-rotating method keeps each unit's optimizer state and fp32 masters
+between visits.
+
+Policies, applied when a unit leaves the active set:
+
+- ``offload`` (HiFT): the unit's device-resident optimizer state and its master are
+  copied into host memory and copied back when the unit returns. Every weight
+  keeps one host buffer per state tensor for the whole run.
+- ``drop`` (BAdam): the state is freed; the master is rebuilt from the weights at
+  the next visit, and the optimizer starts that unit afresh.
+- ``keep`` (LISA as shipped): the state stays on the device; masters as ``drop``.
+
+On CUDA the copies run on a side stream from/to pinned memory with non-blocking
+copies. A copy-out first waits for the main stream (the optimizer step that last
+touched the unit). A copy-in needs only the host buffers, so it overlaps the
+forward and backward of the step that needs it (or, with prefetch, the whole
+previous step). The main stream waits for it right before the optimizer step.
+Device tensors that a copy-in allocates belong to the side stream's pool, and
+the side stream always waits for the main stream before it frees them, so no
+`record_stream` is needed there. On the CPU the same copies run synchronously
+(host and device are one memory), which keeps the bookkeeping under test.
+
+The offloaded tensors stay in `optimizer.state` (as host tensors), so measure.py
+reports them as host bytes by walking it.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..measure import tensor_bytes
+
+MASTER = "master"  # the key of a weight's master among its offloaded tensors
+
+
+@dataclass(eq=False)
+class Slot:
+    """One trainable weight: what the forward uses and what the optimizer steps."""
+
+    name: str
+    param: nn.Parameter  # the model's weight, used by the forward
+    unit: int
+    decay: bool
+    # An fp32 copy the optimizer steps when the weight is low precision. Empty while
+    # the unit is inactive, except under offload, where it then lives on the host.
+    master: nn.Parameter | None = None
+    grad: torch.Tensor | None = None  # the fp32 gradient, accumulated from the weight's own
+
+    @property
+    def handle(self) -> torch.Tensor:
+        """The tensor in the optimizer's param groups (the key of its state)."""
+        return self.master if self.master is not None else self.param
+
+
+class HostArena:
+    """Host buffers carved from large chunks that are never freed.
+
+    The pinned allocator rounds every request up to a power of two. Chunks are
+    powers of two, so that rounding wastes nothing, and one tensor per state
+    would otherwise waste up to half its size.
+    """
+
+    CHUNK_BYTES = 1 << 30
+    ALIGN = 64  # bytes: each buffer starts on a cache line, whatever its dtype
+
+    def __init__(self, pin: bool):
+        self.pin = pin
+        self.chunks: list[torch.Tensor] = []
+        self.used: list[int] = []
+
+    def take(self, like: torch.Tensor) -> torch.Tensor:
+        """A host buffer with the shape and dtype of `like`."""
+        nbytes = tensor_bytes(like)
+        need = -(-nbytes // self.ALIGN) * self.ALIGN
+        index = next((i for i, c in enumerate(self.chunks) if c.numel() - self.used[i] >= need), None)
+        if index is None:
+            size = max(self.CHUNK_BYTES, 1 << max(need - 1, 0).bit_length())
+            self.chunks.append(torch.empty(size, dtype=torch.uint8, pin_memory=self.pin))
+            self.used.append(0)
+            index = len(self.chunks) - 1
+        start = self.used[index]
+        self.used[index] += need
+        return self.chunks[index][start:start + nbytes].view(like.dtype).view(like.shape)
+
+    def holds(self, tensor: torch.Tensor) -> bool:
+        address = tensor.data_ptr()
+        return any(c.data_ptr() <= address < c.data_ptr() + c.numel() for c in self.chunks)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.numel() for c in self.chunks)
+
+
+class StateStore:
+    def __init__(self, policy: str, device: torch.device):
+        self.policy = policy
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.arena = HostArena(pin=self.cuda)
+        self.buffers: dict[tuple[Slot, str], torch.Tensor] = {}  # (weight, key) -> its host buffer
+        self.offloaded: dict[Slot, dict[str, torch.Tensor]] = {}  # weight -> {key: host tensor}
+        self.fetched: dict[Slot, tuple[dict[str, torch.Tensor], object]] = {}  # in-flight copy-ins, with their event
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.timings: list[tuple[str, object, object]] = []  # (copy | wait, start event, end event), not yet read
+        self.totals = {"copy_s": 0.0, "wait_s": 0.0, "h2d_bytes": 0, "d2h_bytes": 0, "switches": 0}
+
+    # -- the three moments of a switch ---------------------------------------------------
+    def leave(self, slots: list[Slot]) -> None:
+        """The units of `slots` stop training (their last optimizer step is queued)."""
+        if not slots:
+            return
+        self.totals["switches"] += 1
+        state = self.optimizer.state if self.optimizer is not None else {}
+        if self.policy != "offload":
+            for slot in slots:
+                if self.policy == "drop":
+                    state.pop(slot.handle, None)
+                if slot.master is not None:
+                    slot.master.data = torch.empty(0, dtype=torch.float32, device=slot.param.device)
+            return
+        with self._side_stream(after_main=True):
+            for slot in slots:
+                moved = {}
+                for key, value in state.get(slot.handle, {}).items():
+                    if torch.is_tensor(value) and value.device.type == self.device.type:
+                        state[slot.handle][key] = moved[key] = self._copy_out(slot, key, value)
+                if slot.master is not None and slot.master.numel():
+                    slot.master.data = moved[MASTER] = self._copy_out(slot, MASTER, slot.master.data)
+                self.offloaded[slot] = moved
+
+    def fetch(self, slots: list[Slot]) -> None:
+        """Start copying offloaded units back to the device (overlaps the main stream)."""
+        todo = [s for s in slots if s in self.offloaded and s not in self.fetched]
+        if not todo:
+            return
+        with self._side_stream(after_main=False):
+            copies = {slot: {key: self._copy_in(host) for key, host in self.offloaded[slot].items()} for slot in todo}
+            done = self._event()
+        for slot, tensors in copies.items():
+            self.fetched[slot] = (tensors, done)
+
+    def install(self, slots: list[Slot]) -> None:
+        """Make the units' state and masters usable by the next optimizer step."""
+        self.fetch(slots)  # whatever was not prefetched: copied now
+        waits = {id(self.fetched[s][1]): self.fetched[s][1] for s in slots if s in self.fetched}
+        if self.cuda and waits:
+            main = torch.cuda.current_stream(self.device)
+            start = self._event()
+            for event in waits.values():
+                main.wait_event(event)
+            self.timings.append(("wait", start, self._event()))
+        state = self.optimizer.state if self.optimizer is not None else {}
+        for slot in slots:
+            if slot in self.fetched:
+                tensors, _ = self.fetched.pop(slot)
+                del self.offloaded[slot]
+                for key, value in tensors.items():
+                    if key == MASTER:
+                        slot.master.data = value
+                    else:
+                        state[slot.handle][key] = value
+            if slot.master is not None and not slot.master.numel():
+                slot.master.data = slot.param.detach().to(torch.float32, copy=True)
+        self._fold()
+
+    # -- resume -----------------------------------------------------------------------
+    def adopt(self, slot: Slot, key: str, value: torch.Tensor, active: bool) -> torch.Tensor:
+        """Place a loaded tensor where this policy keeps it: the device, or (offload, inactive) the host."""
+        if active or self.policy != "offload":
+            return value.to(self.device, copy=True)
+        host = self._buffer(slot, key, value)
+        host.copy_(value)
+        self.offloaded.setdefault(slot, {})[key] = host
+        return host
+
+    def is_offloaded(self, slot: Slot, key: str) -> bool:
+        return key in self.offloaded.get(slot, {})
+
+    def synchronize(self) -> None:
+        """Wait for in-flight copies (before reading host buffers, e.g. for a checkpoint)."""
+        if self.cuda:
+            self.stream.synchronize()
+
+    # -- copies and their timing --------------------------------------------------------
+    def _buffer(self, slot: Slot, key: str, like: torch.Tensor) -> torch.Tensor:
+        host = self.buffers.get((slot, key))
+        if host is None or host.shape != like.shape or host.dtype != like.dtype:
+            host = self.buffers[(slot, key)] = self.arena.take(like)
+        return host
+
+    def _copy_out(self, slot: Slot, key: str, value: torch.Tensor) -> torch.Tensor:
+        host = self._buffer(slot, key, value)
+        host.copy_(value, non_blocking=self.cuda)
+        if self.cuda:
+            value.record_stream(self.stream)  # the main stream may not reuse it before the copy reads it
+        self.totals["d2h_bytes"] += tensor_bytes(value)
+        return host
+
+    def _copy_in(self, host: torch.Tensor) -> torch.Tensor:
+        value = torch.empty_like(host, device=self.device)
+        value.copy_(host, non_blocking=self.cuda)
+        self.totals["h2d_bytes"] += tensor_bytes(host)
+        return value
+
+    @contextmanager
+    def _side_stream(self, after_main: bool):
+        if not self.cuda:
+            yield
+            return
+        if after_main:
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            start = self._event()
+            yield
+            self.timings.append(("copy", start, self._event()))
+
+    def _event(self):
+        if not self.cuda:
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _fold(self) -> None:
+        """Add up the timings whose events have completed (never blocks)."""
+        pending = []
+        for kind, start, end in self.timings:
+            if end.query():
+                self.totals[f"{kind}_s"] += start.elapsed_time(end) / 1000
+            else:
+                pending.append((kind, start, end))
+        self.timings = pending
+
+    def stats(self) -> dict:
+        """Bytes moved each way, seconds the side stream spent copying, seconds the
+        main stream stalled waiting for copies, and the host memory held."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            self._fold()
+        return {**self.totals, "host_buffer_bytes": self.arena.nbytes,
+                "timed": self.cuda}
