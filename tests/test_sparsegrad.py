@@ -103,6 +103,16 @@ def test_warm_start_fine_tunes_during_calibration():
     assert len(changed) == len(before)  # every parameter, as the reference's full fine-tuning steps
 
 
+def test_core_basis_ablation_uses_u3_untransposed():
+    paper, core = SparseGrad(SparseGradConfig()), SparseGrad(SparseGradConfig(core_basis=True))
+    for method in (paper, core):
+        torch.manual_seed(0)
+        prepared(method)
+    for kind in paper.kinds:
+        a, b = paper.kinds[kind][0].basis, core.kinds[kind][0].basis
+        assert torch.equal(a.left, b.left) and torch.equal(a.right, b.right.t())
+
+
 # -- the layer ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("rotate", [True, False])
