@@ -39,12 +39,18 @@ def run(out_dir: Path, *overrides: str) -> dict:
     return result
 
 
+CLI_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def executable(name: str) -> str:
+    """An entry point installed beside this Python (ftbench, ftbench-report, ...)."""
+    return str(Path(sys.executable).with_name(name))
+
+
 def cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the installed `ftbench` entry point in a subprocess."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    exe = Path(sys.executable).with_name(args[0])
-    return subprocess.run([str(exe), *args[1:]], cwd=cwd or REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    """Run an installed entry point (`args[0]`) in a subprocess."""
+    return subprocess.run([executable(args[0]), *args[1:]], cwd=cwd or REPO, env=CLI_ENV, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def tiny_model(model: str = "tiny-llama", head: str = "seq_cls", num_labels: int = 2,

@@ -33,12 +33,13 @@ from .train import NonFiniteLoss, Plan, train
 
 log = logging.getLogger("ftbench")
 
-# Exit codes: 0 ok, 1 the run failed, 2 bad input, 130 canceled.
-EXIT_CODES = {"ok": 0, "failed": 1, "oom": 1, "nan": 1, "canceled": 130}
-
 
 def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> int:
     """Run one job and write its result.json; return the process exit code."""
+    if (output_dir / results.FILENAME).exists():  # never overwrite what an earlier run left
+        print(f"ftbench: error: hydra.run.dir: {output_dir} already holds a result; pick a new directory",
+              file=sys.stderr)
+        return 2
     result = results.skeleton()
     started = time.time()
     result["run"].update(method=cfg.method.name, model=cfg.model.name, seed=cfg.seed, mode=cfg.mode,
@@ -48,32 +49,33 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = Non
     result["config"] = OmegaConf.to_container(cfg, resolve=True)
     code, logger = 0, None
     try:
-        if (output_dir / results.FILENAME).exists():
-            raise UserError("hydra.run.dir", f"{output_dir} already holds a result; pick a new directory")
         check(cfg)
         logger = execute(cfg, output_dir, result)
         result["status"] = "ok"
-    except UserError as exc:
-        result.update(status="failed", error=str(exc))
-        code = 2
-    except NonFiniteLoss as exc:
-        result.update(status="nan", error=str(exc))
-    except torch.cuda.OutOfMemoryError as exc:
-        result.update(status="oom", error=first_line(str(exc)))
-    except KeyboardInterrupt:
-        result.update(status="canceled", error="canceled by the user (Ctrl-C)")
-    except Exception as exc:  # a failure after the run started: record it, then report
-        result.update(status="failed", error=f"{type(exc).__name__}: {first_line(str(exc))}")
-        if cfg.get("debug"):
+    except (Exception, KeyboardInterrupt) as exc:
+        status, error, code = classify(exc)
+        result.update(status=status, error=error)
+        print(f"ftbench: {status}: {error}", file=sys.stderr)
+        if cfg.get("debug") and not isinstance(exc, KeyboardInterrupt):
             _finish(result, started, output_dir, logger)
             raise
-    finally:
-        if result["status"] != "ok" and result["error"]:
-            print(f"ftbench: {result['status']}: {result['error']}", file=sys.stderr)
     _finish(result, started, output_dir, logger)
     if result["status"] == "canceled":
         raise KeyboardInterrupt
-    return code or EXIT_CODES[result["status"]]
+    return code
+
+
+def classify(exc: BaseException) -> tuple[str, str, int]:
+    """(status, one-line error, exit code) of a run that stopped with `exc`."""
+    if isinstance(exc, UserError):
+        return "failed", str(exc), 2
+    if isinstance(exc, KeyboardInterrupt):
+        return "canceled", "canceled by the user (Ctrl-C)", 130
+    if isinstance(exc, NonFiniteLoss):
+        return "nan", str(exc), 1
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "oom", first_line(str(exc)) + " (lower the batch or hardware.max_micro_batch_size)", 1
+    return "failed", f"{type(exc).__name__}: {first_line(str(exc))} (debug=true shows the traceback)", 1
 
 
 def _finish(result: dict, started: float, output_dir: Path, logger) -> None:

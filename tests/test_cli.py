@@ -1,0 +1,86 @@
+"""The real entry points, as a user meets them: one clear line and exit code 2 for bad input,
+result.json for every run that started, Ctrl-C recorded, nothing overwritten."""
+
+import json
+import signal
+import subprocess
+import time
+
+from helpers import CLI_ENV, cli, executable, run
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def test_a_bad_option_is_one_line_and_exit_2():
+    done = cli("ftbench", "method=nonexistent")
+    assert done.returncode == 2
+    assert one_line(done.stderr).startswith("ftbench: error: method=nonexistent: no such option; choose one of:")
+
+
+def test_a_failure_after_start_writes_result_json_and_exits_2(tmp_path):
+    data = tmp_path / "rte"
+    data.mkdir()
+    for split in ("train", "dev"):
+        (data / f"{split}.tsv").write_text("index\tpremise\tlabel\n0\tA .\tentailment\n")
+    out = tmp_path / "run"
+    done = cli("ftbench", "task=rte", f"task.data_dir={data}", "model=tiny-bert", f"hydra.run.dir={out}")
+    assert done.returncode == 2
+    assert one_line(done.stderr).startswith("ftbench: failed: task.data_dir: ")
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "failed" and "has no 'sentence1' column" in result["error"]
+
+
+def test_a_hub_model_while_offline_exits_2(tmp_path):
+    done = cli("ftbench", "model=roberta-base", "task.max_steps=2", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2
+    assert "model.hub_id: could not load FacebookAI/roberta-base: the hub is unreachable" in one_line(done.stderr)
+
+
+def test_output_directories_are_never_reused(tmp_path):
+    out = tmp_path / "run"
+    first = cli("ftbench", "task.max_steps=2", "task.num_train=64", "task.num_eval=32", f"hydra.run.dir={out}")
+    assert first.returncode == 0, first.stderr
+    before = (out / "result.json").read_text()
+    again = cli("ftbench", "task.max_steps=2", f"hydra.run.dir={out}")
+    assert again.returncode == 2
+    assert "already holds a result" in one_line(again.stderr)
+    assert (out / "result.json").read_text() == before
+
+
+def test_ctrl_c_records_a_canceled_run(tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen([executable("ftbench"), "task.max_steps=100000", "train.log_every=1",
+                                f"hydra.run.dir={out}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=CLI_ENV)
+    for line in process.stdout:  # wait until training is under way
+        if "step 3/" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "canceled" and result["error"]
+
+
+def test_a_diverging_run_stops_with_status_nan(tmp_path):
+    result = run(tmp_path / "run", "optim.name=sgd", "optim.lr=1e12", "optim.max_grad_norm=null", "task.max_steps=50")
+    assert result["status"] == "nan" and result["exit_code"] == 1
+    assert "lower optim.lr" in result["error"]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    done = cli("ftbench", "model=roberta-base", "debug=true", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode != 0 and "Traceback" in done.stderr
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "failed"
+
+
+def test_runs_from_any_working_directory(tmp_path):
+    started = time.time()
+    done = cli("ftbench", "task.max_steps=2", "task.num_train=64", "task.num_eval=32",
+               f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["run"]["duration_s"] < time.time() - started

@@ -1,0 +1,50 @@
+"""Measurement primitives: what is counted is what is held."""
+
+import torch
+
+from ftbench.measure import MemoryMeter, SpeedMeter, _rss_peak_bytes, flops_per_token, matmul_params, \
+    optimizer_state_bytes, tensor_bytes
+from helpers import tiny_model
+
+
+def test_optimizer_state_is_read_from_the_optimizer():
+    weight = torch.nn.Parameter(torch.randn(10, 10))
+    optimizer = torch.optim.AdamW([weight], lr=0.1)
+    assert optimizer_state_bytes(optimizer, torch.device("cpu")) == (0, 0)  # lazy: nothing before a step
+    weight.grad = torch.ones_like(weight)
+    optimizer.step()
+    held, host = optimizer_state_bytes(optimizer, torch.device("cpu"))
+    assert held == 2 * 100 * 4 + 4 and host == 0  # exp_avg, exp_avg_sq, and the step counter
+
+
+def test_sparse_tensors_count_what_they_store():
+    sparse = torch.sparse_coo_tensor(torch.tensor([[0, 5]]), torch.tensor([1.0, 2.0]), (1000,))
+    assert tensor_bytes(sparse) == 2 * 8 + 2 * 4
+
+
+def test_cpu_peak_resets_between_phases():
+    meter = MemoryMeter(torch.device("cpu"))
+    block = bytearray(300 * 2**20)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page
+    meter.mark_loaded()
+    high = meter.cpu_peak_rss
+    del block
+    meter.start_train()
+    assert _rss_peak_bytes() < high - 200 * 2**20
+
+
+def test_flops_per_token_counts_matmuls_and_attention():
+    model = tiny_model("tiny-llama")
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert matmul_params(model) == linear
+    assert flops_per_token(model, 16) == 6 * linear + 12 * 2 * 64 * 16
+
+
+def test_speed_summary():
+    speed = SpeedMeter()
+    for seconds in (1.0, 2.0, 3.0):
+        speed.record(seconds, samples=4, tokens=40, nonpad=30, loss_tokens=4)
+    summary = speed.summary(flops_token=None, peak=None)
+    assert summary["step_time_s_p50"] == 2.0 and summary["step_time_s_p90"] == 3.0
+    assert summary["tokens_per_s"] == 120 / 6 and summary["tokens_per_s_nonpad"] == 90 / 6
+    assert summary["mfu"] is None
