@@ -11,7 +11,10 @@ How it is built (sparse_linear.py): the model keeps W, so the forward is the pla
 `F.linear`; the optimizer adds L ΔW̃ Rᵀ to W after each step, which is W = u2 W̃ u3
 materialised once per step without storing W̃ beside W. Memory per MLP weight: W,
 two Adam moments, and k gradient entries, against full fine-tuning's W, a dense
-gradient and two moments; plus one rotation pair per kind.
+gradient and two moments; plus one rotation pair per kind. With gradient
+accumulation each micro-batch keeps its own top-k and the step updates their union
+(at most accumulation × k entries), as the reference did; one top-k of the summed
+gradient would need a dense gradient held across micro-batches.
 
 Differences from the reference code (sayankotor/sparse_grads, lora_benchmark), fixes:
 - the bias gradient is Σ g; the reference rotated it (g·u2), a wrong gradient;
