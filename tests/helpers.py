@@ -89,9 +89,8 @@ def method_context(head: str = "seq_cls", checkpointing: bool = False, seed: int
 def fit(model, method, batches: Iterator[dict], steps: int, lr: float = 0.1, optimizer: str = "sgd",
         accumulation: int = 1, max_grad_norm: float | None = None, weight_decay: float = 0.0):
     """Train `steps` optimizer steps with the real loop (constant lr); return the optimizer."""
-    from accelerate import Accelerator
-
     from ftbench.config import OptimConfig
+    from ftbench.hardware import make_accelerator
     from ftbench.measure import MemoryMeter, SpeedMeter
     from ftbench.logger import NullLogger
     from ftbench.optim import make_scheduler
@@ -104,7 +103,7 @@ def fit(model, method, batches: Iterator[dict], steps: int, lr: float = 0.1, opt
     scheduler = make_scheduler(opt, optim_cfg, method.schedule_length(steps))
     plan = Plan(steps=steps, micro_batch_size=0, accumulation=accumulation, measure_from=0,
                 max_grad_norm=max_grad_norm, progress=False)
-    train(model, method, opt, scheduler, batches, plan, accelerator=Accelerator(cpu=True),
+    train(model, method, opt, scheduler, batches, plan, accelerator=make_accelerator(torch.device("cpu")),
           head=_head_of(model), meter=MemoryMeter(torch.device("cpu")), speed=SpeedMeter(), logger=NullLogger())
     return opt
 

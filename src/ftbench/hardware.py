@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +19,21 @@ class Hardware:
     max_micro_batch_size: int | None
     attn_implementation: str
     pad_to_multiple_of: int | None
+
+    def autocast(self) -> AbstractContextManager:
+        """bf16 autocast under bf16-mixed (fp32 weights); a no-op for the other precisions."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed")
+
+
+def make_accelerator(device: torch.device):
+    """A fresh accelerate `Accelerator` for each job (devices, DDP). Its state is a process-wide
+    singleton and the jobs of a multirun may differ, so it is reset first; mixed precision is
+    ftbench's own autocast (`Hardware.autocast`), so the state never pins a precision."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=not torch.distributed.is_initialized())
+    return Accelerator(cpu=device.type == "cpu")
 
 
 def resolve(cfg) -> Hardware:

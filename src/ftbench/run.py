@@ -21,9 +21,9 @@ from . import batches, results
 from .config import check
 from .environment import environment
 from .errors import UserError, first_line
-from .hardware import resolve, split_batch
+from .hardware import make_accelerator, resolve, split_batch
 from .logger import make_logger
-from .measure import MemoryMeter, SpeedMeter, flops_per_token, model_bytes, peak_flops, tensor_bytes
+from .measure import MemoryMeter, SpeedMeter, flops_per_token, model_bytes, peak_flops
 from .methods import MethodContext, build_method
 from .models import load_model, load_tokenizer
 from .optim import make_scheduler
@@ -90,13 +90,11 @@ def _finish(result: dict, started: float, output_dir: Path, logger) -> None:
 
 def execute(cfg: DictConfig, output_dir: Path, result: dict):
     """Build everything, train and evaluate, filling `result` as facts become known."""
-    from accelerate import Accelerator
     from transformers import set_seed
 
     hw = resolve(cfg.hardware)
     set_seed(cfg.seed)
-    accelerator = Accelerator(cpu=hw.device.type == "cpu",
-                              mixed_precision="bf16" if hw.precision == "bf16-mixed" else "no")
+    accelerator = make_accelerator(hw.device)
     device = accelerator.device
     meter = MemoryMeter(device)
 
@@ -129,7 +127,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
                                     accelerator.process_index, accelerator.num_processes)
 
     def micro_loss(m, batch):
-        with accelerator.autocast():
+        with hw.autocast():
             return m(**to_device(batch, device)).loss
 
     def calibration_batches(n):
@@ -162,10 +160,9 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
     meter.mark_loaded()
 
     masters = method.master_parameters()
-    trainable = method.optimizer_parameters()
+    n_trainable, trainable_bytes = method.trainable_size()
     master_ids = {id(p) for p in masters}  # masters may live inside the model (SIFT) or beside it (HiFT)
     total = sum(p.numel() for p in model.parameters() if id(p) not in master_ids)
-    n_trainable = sum(p.numel() for p in trainable)
     result["params"].update(total=total, trainable=n_trainable, trainable_pct=100.0 * n_trainable / max(total, 1))
     result["method"] = method.describe(model)
     result["plan"] = {"batch_size": batch_size, "micro_batch_size": micro, "accumulation": accumulation,
@@ -178,7 +175,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
 
     # Train, validating on the way when asked; the final evaluation scores the selected checkpoint.
     validations: list[dict] = []
-    eval_ctx = EvalContext(device=device, autocast=accelerator.autocast, batch_size=cfg.eval.batch_size or 2 * micro,
+    eval_ctx = EvalContext(device=device, autocast=hw.autocast, batch_size=cfg.eval.batch_size or 2 * micro,
                            max_samples=cfg.eval.max_samples, output_dir=output_dir,
                            pad_to_multiple_of=hw.pad_to_multiple_of, num_beams=cfg.eval.num_beams,
                            max_new_tokens=cfg.eval.max_new_tokens)
@@ -194,7 +191,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
 
     speed = SpeedMeter()
     history = train(model, method, optimizer, scheduler, stream(cfg.seed), plan, accelerator=accelerator,
-                    head=head, meter=meter, speed=speed, logger=logger, evaluate=None if profiling else validate)
+                    autocast=hw.autocast, head=head, meter=meter, speed=speed, logger=logger, evaluate=None if profiling else validate)
     meter.end_train()
     result["method"] = method.describe(model)  # again: what training measured (e.g. HiFT's copy times)
     if not profiling:
@@ -215,7 +212,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
                            loss_first=curve[0][1] if curve else None, loss_last=curve[-1][1] if curve else None,
                            loss_curve=curve)
     result["memory"] = meter.summary(model_bytes(model, masters), method.master_bytes())
-    result["memory"]["breakdown"]["trainable_bytes"] = sum(tensor_bytes(p) for p in trainable)
+    result["memory"]["breakdown"]["trainable_bytes"] = trainable_bytes
     seq_len = speed.tokens / max(speed.samples, 1)
     result["throughput"] = speed.summary(flops_per_token(model, seq_len), peak_flops(result["env"]["device_name"],
                                                                                        hw.precision))

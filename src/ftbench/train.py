@@ -70,7 +70,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Plan, *, accelerator,
-          head: str, meter: MemoryMeter, speed: SpeedMeter, logger,
+          head: str, meter: MemoryMeter, speed: SpeedMeter, logger, autocast: Callable = nullcontext,
           evaluate: Callable[[int], None] | None = None) -> TrainLog:
     device = accelerator.device
     history = TrainLog()
@@ -90,7 +90,7 @@ def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Pl
         for i, batch in enumerate(micro):
             last = i == len(micro) - 1
             with nullcontext() if last else accelerator.no_sync(model):
-                with accelerator.autocast():
+                with autocast():
                     # Weight by loss positions so N micro-batches equal one N-times larger batch.
                     loss = model(**to_device(batch, device)).loss * (counts[i].loss_units / loss_units)
                 accelerator.backward(loss)

@@ -1,0 +1,91 @@
+"""The training loop's promises: accumulation, precisions, optimizers, schedules, selection, seeds."""
+
+import pytest
+import torch
+
+from ftbench.config import OptimConfig
+from ftbench.hardware import split_batch
+from ftbench.optim import make_optimizer, make_scheduler
+from helpers import run
+
+TINY = ["task.num_train=256", "task.num_eval=64"]
+
+
+def curve(result):
+    return [loss for _, loss in result["train"]["loss_curve"]]
+
+
+def test_accumulation_equals_one_larger_batch(tmp_path):
+    whole = run(tmp_path / "a", "task.batch_size=8", "task.max_steps=6", *TINY)
+    split = run(tmp_path / "b", "task.batch_size=8", "task.max_steps=6", "hardware.max_micro_batch_size=2", *TINY)
+    assert split["plan"]["accumulation"] == 4 and whole["plan"]["accumulation"] == 1
+    assert curve(split) == pytest.approx(curve(whole), rel=1e-5)
+
+
+def test_the_batch_split_keeps_the_effective_batch():
+    assert split_batch(32, 16) == (16, 2)
+    assert split_batch(24, 16) == (12, 2)  # the largest micro-batch that divides the batch
+    assert split_batch(7, 4) == (1, 7)
+    assert split_batch(32, None) == (32, 1)
+    assert split_batch(64, 16, world_size=2) == (16, 2)
+
+
+@pytest.mark.parametrize("precision", ["bf16-pure", "bf16-mixed"])
+def test_bf16_precisions_train(tmp_path, precision):
+    result = run(tmp_path / "run", f"hardware.precision={precision}", "task.max_steps=20", *TINY)
+    assert result["exit_code"] == 0, result["error"]
+    assert result["env"]["precision"] == precision
+    weights = result["memory"]["breakdown"]["weights_bytes"]
+    assert weights == pytest.approx(result["params"]["total"] * (2 if precision == "bf16-pure" else 4), rel=0.01)
+
+
+@pytest.mark.parametrize("optimizer,states", [("sgd", 0), ("adafactor", None), ("adamw", 2)])
+def test_optimizers_and_their_state(tmp_path, optimizer, states):
+    result = run(tmp_path / "run", f"optim.name={optimizer}", "optim.lr=1e-2", "task.max_steps=3", *TINY)
+    assert result["exit_code"] == 0, result["error"]
+    held = result["memory"]["breakdown"]["optimizer_state_bytes"]
+    if states is None:  # Adafactor factors its second moment: far less than one state per weight
+        assert 0 < held < result["memory"]["breakdown"]["weights_bytes"]
+    else:
+        assert held == pytest.approx(states * result["memory"]["breakdown"]["weights_bytes"], rel=0.01)
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("linear", [0.5, 1.0, 0.75, 0.5, 0.25, 0.0]),
+    ("cosine", [0.5, 1.0, 0.8535534, 0.5, 0.1464466, 0.0]),
+    ("constant", [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]),
+])
+def test_schedules_warm_up_then_follow_their_shape(name, expected):
+    optimizer = make_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}], OptimConfig(name="sgd"), 1.0)
+    scheduler = make_scheduler(optimizer, OptimConfig(scheduler=name, warmup_steps=2), total_steps=6)
+    lrs = []
+    for _ in range(6):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(scheduler.get_last_lr()[0])
+    assert lrs == pytest.approx(expected)  # lr after each step: warm-up 0.5, 1.0, then the shape
+
+
+def test_best_checkpoint_is_restored_scored_and_exported(tmp_path):
+    result = run(tmp_path / "run", "train.select=best", "train.save=best", "eval.every_steps=5", "task.max_steps=20",
+                 "optim.lr=3e-3", *TINY)
+    assert result["exit_code"] == 0, result["error"]
+    history = {v["step"]: v["metrics"]["dev/acc"] for v in result["validation_history"]}
+    best_step = max(history, key=lambda s: (history[s], -s))
+    assert result["selection"] == {"policy": "best", "metric": "dev/acc", "step": best_step,
+                                   "value": history[best_step]}
+    assert result["metrics"]["dev/acc"] == history[best_step]  # the final evaluation scored the restored best
+    assert (tmp_path / "run" / "checkpoint" / "merged" / "config.json").is_file()
+
+
+def test_same_seed_same_run_other_seed_other_run(tmp_path):
+    first = run(tmp_path / "a", "task.max_steps=5", *TINY)
+    again = run(tmp_path / "b", "task.max_steps=5", *TINY)
+    other = run(tmp_path / "c", "task.max_steps=5", "seed=1", *TINY)
+    assert curve(first) == curve(again)
+    assert curve(first) != curve(other)
+
+
+def test_epochs_set_the_step_count_when_no_max_steps(tmp_path):
+    result = run(tmp_path / "run", "task.max_steps=null", "train.epochs=0.5", *TINY)
+    assert result["train"]["steps"] == 4  # 0.5 × 256 examples / batch 32
