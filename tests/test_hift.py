@@ -113,7 +113,8 @@ def test_units_follow_the_model_structure(model_type, causal, tied, embedding, h
     assert [u.name for u in units] == ["embedding", "layer.0", "layer.1", "layer.2", "head"]
     names = {u.name: [n for n, _ in u.params] for u in units}
     assert set(embedding) <= set(names["embedding"]) and set(head) <= set(names["head"])
-    assert not any(n.startswith("lm_head") for n in names["head"]) if tied else True
+    if tied:
+        assert not any(n.startswith("lm_head") for n in names["head"])
     # Every parameter in exactly one unit; a tied weight counted once.
     owned = [id(p) for u in units for _, p in u.params]
     assert len(owned) == len(set(owned)) == len({id(p) for p in model.parameters()})
@@ -187,16 +188,18 @@ def reference(model, groups, steps, optimizer, policy, lr, max_grad_norm=None):
     return weights(model)
 
 
-@pytest.mark.parametrize("optimizer,dtype,policy", [
-    *((name, "bf16-pure", "offload") for name in ("adamw", "sgd", "adagrad", "adafactor")),
-    ("adamw", "bf16-pure", "keep"), ("adamw", "bf16-pure", "drop"), ("adamw", "fp32", "offload")])
-def test_rotation_is_block_coordinate_descent(optimizer, dtype, policy):
+@pytest.mark.parametrize("optimizer,dtype,policy,ahead", [
+    *((name, "bf16-pure", "offload", False) for name in ("adamw", "sgd", "adagrad", "adafactor")),
+    ("adamw", "bf16-pure", "offload", True), ("adamw", "bf16-pure", "keep", False),
+    ("adamw", "bf16-pure", "drop", False), ("adamw", "fp32", "offload", False)])
+def test_rotation_is_block_coordinate_descent(optimizer, dtype, policy, ahead):
     steps, lr = 8, 1e-2
-    model, method = prepared(tiny(dtype=dtype), state_policy=policy)
+    model, method = prepared(tiny(dtype=dtype), state_policy=policy, prefetch_ahead=ahead)
     opt_cfg = dict(lr=lr, optimizer=optimizer, max_grad_norm=0.5)
     if optimizer == "sgd":
         method.build_optimizer = lambda groups, cfg, lr: torch.optim.SGD(groups, lr=lr, momentum=0.9)
     fit(model, method, synthetic_batches(), steps=steps, **opt_cfg)
+    assert type(method.optimizer).__name__.lower() == optimizer
     groups = [[i % len(TINY_UNITS)] for i in range(steps)]
     expected = reference(tiny(dtype=dtype), groups, steps, optimizer, policy, lr, max_grad_norm=0.5)
     assert_same_weights(weights(model), expected, exact=False)
@@ -390,9 +393,10 @@ def test_profile_breakdown_holds_one_groups_fp32_grads_masters_and_state(tmp_pat
     assert result["exit_code"] == 0, result["error"]
     units = result["method"]["units"]
     largest = max(units.values())
-    assert largest == units["layer.0"] == result["method"]["trainable_per_step_max"]
+    assert largest == units["layer.0"] == result["method"]["trainable_per_step_max"] == result["params"]["trainable"]
     tensors = len(derive_units(tiny(head="causal_lm"))[1].params)
     breakdown = result["memory"]["breakdown"]
-    assert breakdown["grad_bytes"] == breakdown["master_bytes"] == 4 * largest  # fp32; no bf16 gradient left
+    assert breakdown["grad_bytes"] == breakdown["master_bytes"] == breakdown["trainable_bytes"] == 4 * largest
+    # (fp32 gradients: no bf16 gradient outlives the backward)
     assert breakdown["optimizer_state_bytes"] == 8 * largest + 4 * tensors  # AdamW's two moments + step counts
     assert result["params"]["total"] == sum(units.values()) and result["method"]["steps_done"] == 4

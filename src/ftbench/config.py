@@ -20,7 +20,7 @@ from .errors import UserError, one_of, require
 
 PRECISIONS = ("auto", "bf16-mixed", "bf16-pure", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
-OPTIMIZERS = ("adamw", "sgd", "adafactor")
+OPTIMIZERS = ("adamw", "sgd", "adagrad", "adafactor")
 SCHEDULERS = ("linear", "cosine", "constant")
 
 

@@ -8,13 +8,15 @@ import torch
 
 
 def make_optimizer(groups: list[dict], cfg, lr: float) -> torch.optim.Optimizer:
-    """AdamW, SGD (with optional momentum) or Adafactor over the method's parameter groups."""
+    """AdamW, SGD (with optional momentum), Adagrad or Adafactor over the method's parameter groups."""
     params = [p for g in groups for p in g["params"]]
     on_gpu = bool(params) and all(p.is_cuda for p in params)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=on_gpu or None)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    if cfg.name == "adagrad":
+        return torch.optim.Adagrad(groups, lr=lr, eps=cfg.eps)
     from transformers.optimization import Adafactor
 
     # Fixed lr (no relative step): comparable with the other optimizers' schedules.

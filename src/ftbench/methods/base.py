@@ -127,6 +127,11 @@ class Method(ABC):
         assert self.optimizer is not None, "attach() the optimizer first"
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
+    def trainable_size(self) -> tuple[int, int]:
+        """(elements, bytes) the optimizer updates in a step; methods that rotate what trains report their largest step."""
+        params = self.optimizer_parameters()
+        return sum(p.numel() for p in params), sum(tensor_bytes(p) for p in params)
+
     def clip_grad_norm(self, max_norm: float | None) -> torch.Tensor | None:
         """Clip over the tensors the optimizer updates (never over frozen weights)."""
         params = [p for p in self.optimizer_parameters() if p.grad is not None]

@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import UserError, one_of, require
 from ..measure import tensor_bytes
 from .base import Method, MethodConfig, MethodContext, is_no_decay
-from .state_store import Slot, StateStore
+from .state_store import MASTER_DTYPE, Slot, StateStore
 from .units import ORDERS, Schedule, derive_units, pick
 
 STATE_POLICIES = ("offload", "drop", "keep")
@@ -51,7 +51,7 @@ class BlockRotationConfig(MethodConfig):
     frozen_units: list[str] = field(default_factory=list)
     always_active: list[str] = field(default_factory=list)
     state_policy: str = "offload"
-    prefetch: bool = True
+    prefetch_ahead: bool = False
     lr_policy: str = "per_cycle"
 
     def check(self, key: str) -> None:
@@ -66,7 +66,7 @@ class BlockRotationConfig(MethodConfig):
 
 
 def _low_precision(param: torch.Tensor) -> bool:
-    return param.is_floating_point() and torch.finfo(param.dtype).bits < 32
+    return param.is_floating_point() and param.dtype.itemsize < MASTER_DTYPE.itemsize
 
 
 class BlockRotation(Method):
@@ -103,7 +103,7 @@ class BlockRotation(Method):
             self.slots[i] = [Slot(name, p, i, not is_no_decay(name, p)) for name, p in self.units[i].params]
         for slot in self.all_slots():
             if _low_precision(slot.param):
-                slot.master = nn.Parameter(torch.empty(0, dtype=torch.float32, device=slot.param.device))
+                slot.master = nn.Parameter(torch.empty(0, dtype=MASTER_DTYPE, device=slot.param.device))
                 slot.param.requires_grad_(True)  # (a hook needs it; _switch sets the real flags)
                 slot.param.register_post_accumulate_grad_hook(_accumulate_into(slot))
                 slot.param.requires_grad_(False)
@@ -135,7 +135,7 @@ class BlockRotation(Method):
         if wanted != self.active:
             self._switch(wanted)
         last_of_interval = (self.steps_done + 1) % self.cfg.steps_per_block == 0
-        if self.cfg.prefetch and self.cfg.state_policy == "offload" and last_of_interval:
+        if self.cfg.prefetch_ahead and self.cfg.state_policy == "offload" and last_of_interval:
             upcoming = set(self.schedule.active(interval + 1)) - set(wanted)
             self.store.fetch([s for i in sorted(upcoming) for s in self.slots[i]])
 
@@ -193,9 +193,17 @@ class BlockRotation(Method):
     def master_bytes(self) -> int:
         return self.peak_master_bytes
 
+    def trainable_size(self) -> tuple[int, int]:
+        """The largest group the schedule can make active (HiFT's "trainable per step"), in the
+        dtype the optimizer steps (fp32 masters for low-precision weights)."""
+        def stepped_bytes(unit):
+            return sum(p.numel() * (MASTER_DTYPE.itemsize if _low_precision(p) else p.element_size()) for _, p in unit.params)
+
+        return (self.schedule.largest_group([u.numel for u in self.units]),
+                self.schedule.largest_group([stepped_bytes(u) for u in self.units]))
+
     def describe(self, model: nn.Module) -> dict[str, Any]:
         sizes = [u.numel for u in self.units]
-        trained = [i for i in self.slots]
         cfg = self.cfg
         info = {
             "name": cfg.name,
@@ -206,8 +214,8 @@ class BlockRotation(Method):
             "group_size": cfg.group_size, "groups_per_cycle": self.schedule.groups_per_cycle,
             "steps_per_block": cfg.steps_per_block, "cycle_steps": self.schedule.cycle_steps,
             "order": cfg.order, "reshuffle": cfg.reshuffle, "state_policy": cfg.state_policy,
-            "prefetch": cfg.prefetch and cfg.state_policy == "offload", "lr_policy": cfg.lr_policy,
-            "trainable_total": sum(sizes[i] for i in trained),
+            "prefetch_ahead": cfg.prefetch_ahead and cfg.state_policy == "offload", "lr_policy": cfg.lr_policy,
+            "trainable_total": sum(sizes[i] for i in self.slots),
             "trainable_per_step_max": self.schedule.largest_group(sizes),
             "masters": "fp32, active group only" if any(s.master is not None for s in self.all_slots())
             else "none: the weights are fp32",
@@ -216,9 +224,9 @@ class BlockRotation(Method):
         }
         if cfg.state_policy == "offload":
             transfers = self.store.stats()
-            steps = max(self.steps_done, 1)
-            transfers["copy_s_per_step"] = transfers["copy_s"] / steps if transfers["timed"] else None
-            transfers["wait_s_per_step"] = transfers["wait_s"] / steps if transfers["timed"] else None
+            for key in ("copy_s", "wait_s"):  # side-stream copying, and the part the main stream waited for
+                seconds = transfers[key]
+                transfers[f"{key}_per_step"] = seconds / self.steps_done if seconds is not None and self.steps_done else None
             info["transfers"] = transfers
         return info
 

@@ -10,15 +10,16 @@ Policies, applied when a unit leaves the active set:
   the next visit, and the optimizer starts that unit afresh.
 - ``keep`` (LISA as shipped): the state stays on the device; masters as ``drop``.
 
-On CUDA the copies run on a side stream from/to pinned memory with non-blocking
-copies. A copy-out first waits for the main stream (the optimizer step that last
-touched the unit). A copy-in needs only the host buffers, so it overlaps the
-forward and backward of the step that needs it (or, with prefetch, the whole
-previous step). The main stream waits for it right before the optimizer step.
-Device tensors that a copy-in allocates belong to the side stream's pool, and
-the side stream always waits for the main stream before it frees them, so no
-`record_stream` is needed there. On the CPU the same copies run synchronously
-(host and device are one memory), which keeps the bookkeeping under test.
+On CUDA the copies run on one side stream, non-blocking, from/to pinned memory.
+A copy-out first waits for the main stream (the optimizer step that last touched
+the unit). A copy-in needs only the host buffers, so it overlaps the forward and
+backward of the step that needs it (or, with prefetch_ahead, the previous step);
+the main stream waits for it right before the optimizer step. The tensors a
+copy-in allocates belong to the side stream's pool, and the side stream always
+waits for the main stream before they are freed: the next copy-in reuses the
+blocks the copy-out just released, so the device holds one group's state, not
+two. On the CPU the same copies run synchronously (host and device are one
+memory), which keeps the bookkeeping under test.
 
 The offloaded tensors stay in `optimizer.state` (as host tensors), so measure.py
 reports them as host bytes by walking it.
@@ -35,6 +36,7 @@ from torch import nn
 from ..measure import tensor_bytes
 
 MASTER = "master"  # the key of a weight's master among its offloaded tensors
+MASTER_DTYPE = torch.float32
 
 
 @dataclass(eq=False)
@@ -121,7 +123,7 @@ class StateStore:
                 if self.policy == "drop":
                     state.pop(slot.handle, None)
                 if slot.master is not None:
-                    slot.master.data = torch.empty(0, dtype=torch.float32, device=slot.param.device)
+                    slot.master.data = torch.empty(0, dtype=MASTER_DTYPE, device=slot.param.device)
             return
         with self._side_stream(after_main=True):
             for slot in slots:
@@ -165,7 +167,7 @@ class StateStore:
                     else:
                         state[slot.handle][key] = value
             if slot.master is not None and not slot.master.numel():
-                slot.master.data = slot.param.detach().to(torch.float32, copy=True)
+                slot.master.data = slot.param.detach().to(MASTER_DTYPE, copy=True)
         self._fold()
 
     # -- resume -----------------------------------------------------------------------
@@ -237,10 +239,11 @@ class StateStore:
         self.timings = pending
 
     def stats(self) -> dict:
-        """Bytes moved each way, seconds the side stream spent copying, seconds the
-        main stream stalled waiting for copies, and the host memory held."""
+        """Bytes moved each way, seconds the side stream spent copying and the main
+        stream stalled waiting for copies (CUDA only), and the host memory held."""
         if self.cuda:
             torch.cuda.synchronize(self.device)
             self._fold()
-        return {**self.totals, "host_buffer_bytes": self.arena.nbytes,
-                "timed": self.cuda}
+        timed = {k: v if self.cuda else None for k, v in self.totals.items() if k.endswith("_s")}
+        return {**self.totals, **timed, "host_used_bytes": sum(self.arena.used),
+                "host_reserved_bytes": self.arena.nbytes}

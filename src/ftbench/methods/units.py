@@ -137,9 +137,7 @@ class Schedule:
     def largest_group(self, sizes: list[int]) -> int:
         """Parameters of the largest active set the schedule can produce."""
         always = sum(sizes[i] for i in self.always)
-        if self.order == "sample":
+        if self.order == "sample" or (self.order == "random" and self.reshuffle):  # any units can meet
             return always + sum(sorted((sizes[i] for i in self.queue), reverse=True)[:self.group_size])
-        groups = [self.rotating(i) for i in range(self.groups_per_cycle)]
-        if self.order == "random" and self.reshuffle:  # any group_size units can meet in one group
-            return always + sum(sorted((sizes[i] for i in self.queue), reverse=True)[:self.group_size])
-        return always + max(sum(sizes[i] for i in g) for g in groups)
+        groups = (self.rotating(g) for g in range(self.groups_per_cycle))
+        return always + max(sum(sizes[i] for i in group) for group in groups)
