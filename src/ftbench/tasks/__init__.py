@@ -9,10 +9,16 @@ from .base import EvalContext, Task, TaskConfig
 REGISTRY: dict[str, str] = {
     "synthetic": "ftbench.tasks.synthetic:SyntheticTask",
     "glue": "ftbench.tasks.glue:GlueTask",
+    "instruct": "ftbench.tasks.instruct:AlpacaTask",
+    "reasoning": "ftbench.tasks.reasoning:ReasoningTask",
+    "synthetic_lm": "ftbench.tasks.synthetic_lm:SyntheticLMTask",
 }
 CONFIGS: dict[str, str] = {
     "synthetic": "ftbench.tasks.synthetic:SyntheticConfig",
     "glue": "ftbench.tasks.glue:GlueConfig",
+    "instruct": "ftbench.tasks.instruct:AlpacaConfig",
+    "reasoning": "ftbench.tasks.reasoning:ReasoningConfig",
+    "synthetic_lm": "ftbench.tasks.synthetic_lm:SyntheticLMConfig",
 }
 
 

@@ -1,0 +1,172 @@
+"""Generation for scoring: batched, left-padded, with the KV cache, greedy or beam search.
+
+Works with whatever `method.prepare` returned (a plain HF model, a PEFT model, a model
+whose linears were swapped for partial-weight modules): all expose HF `generate`.
+Every generation is written to a JSONL file beside result.json so a score can be audited.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .answers import AnswerRule
+from .base import EvalContext, pad_collate, to_device
+
+GENERATIONS_FILE = "generations.jsonl"
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The decoding settings of one evaluation (recorded with its metrics)."""
+
+    num_beams: int
+    max_new_tokens: int
+    min_new_tokens: int  # > 0 forces that many tokens (EOS is masked until then): throughput runs
+
+    @classmethod
+    def resolve(cls, ctx: EvalContext, cfg) -> Decoding:
+        """The run's eval.* overrides, else the task's protocol defaults."""
+        decoding = cls(num_beams=ctx.num_beams or cfg.num_beams,
+                       max_new_tokens=ctx.max_new_tokens or cfg.max_new_tokens,
+                       min_new_tokens=cfg.min_new_tokens or 0)
+        if decoding.min_new_tokens > decoding.max_new_tokens:
+            raise UserError("task.min_new_tokens", f"{decoding.min_new_tokens} exceeds the answer cap "
+                            f"{decoding.max_new_tokens} (eval.max_new_tokens / task.max_new_tokens)")
+        return decoding
+
+    def metrics(self) -> dict[str, float]:
+        return {f"generate/{k}": float(v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class Prompt:
+    """One prompt to complete: its eval set, the question as stored, token ids, and the gold answer."""
+
+    eval_set: str
+    question: str
+    ids: list[int]
+    gold: str | None = None
+
+
+@dataclass
+class Throughput:
+    new_tokens: int = 0
+    sequences: int = 0
+    seconds: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        return {"generate/new_tokens": float(self.new_tokens), "generate/seconds": self.seconds,
+                "generate/tokens_per_s": self.new_tokens / self.seconds if self.seconds else 0.0}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model that owns `generate` (DDP hides it behind `.module`)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    if not hasattr(model, "generate"):
+        raise UserError("task", f"{type(model).__name__} cannot generate; generative tasks need a causal LM")
+    return model
+
+
+@contextmanager
+def inference_mode(model: nn.Module) -> Iterator[None]:
+    """eval() with the KV cache on (training keeps it off), restored afterwards."""
+    config = model.config
+    was_training, used_cache = model.training, config.use_cache
+    model.eval()
+    config.use_cache = True
+    try:
+        yield
+    finally:
+        config.use_cache = used_cache
+        model.train(was_training)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def complete(model: nn.Module, tokenizer, prompts: list[Prompt], ctx: EvalContext,
+             decoding: Decoding, throughput: Throughput) -> list[str]:
+    """The decoded continuation of every prompt, in the order given.
+
+    Prompts run longest first, so batches hold similar lengths (less padding) and an
+    out-of-memory shows on the first batch, not the last."""
+    from transformers import GenerationConfig
+
+    model = unwrap(model)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    config = GenerationConfig(do_sample=False, num_beams=decoding.num_beams, max_new_tokens=decoding.max_new_tokens,
+                              min_new_tokens=decoding.min_new_tokens, eos_token_id=eos, pad_token_id=pad,
+                              bos_token_id=tokenizer.bos_token_id)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].ids))
+    texts: list[str] = [""] * len(prompts)
+    with inference_mode(model):
+        for start in range(0, len(order), ctx.batch_size):
+            chunk = order[start:start + ctx.batch_size]
+            batch = pad_collate([{"input_ids": prompts[i].ids} for i in chunk], pad, ctx.pad_to_multiple_of,
+                                padding_side="left")
+            width = batch["input_ids"].shape[1]
+            synchronize(ctx.device)
+            started = time.perf_counter()
+            with ctx.autocast():
+                out = model.generate(**to_device(batch, ctx.device), generation_config=config)
+            new = out[:, width:].cpu()  # waits for the device
+            throughput.seconds += time.perf_counter() - started
+            lengths = generated_lengths(new, eos)
+            throughput.new_tokens += int(lengths.sum())
+            throughput.sequences += len(chunk)
+            for row, i in enumerate(chunk):
+                texts[i] = tokenizer.decode(new[row, :int(lengths[row])], skip_special_tokens=True)
+    return texts
+
+
+def generated_lengths(new_tokens: torch.Tensor, eos: int) -> torch.Tensor:
+    """Tokens each row generated, its EOS included (rows that finished early are padded after it)."""
+    is_eos = new_tokens == eos
+    first_eos = is_eos.int().argmax(dim=1)
+    return torch.where(is_eos.any(dim=1), first_eos + 1, torch.full_like(first_eos, new_tokens.shape[1]))
+
+
+def score(model: nn.Module, tokenizer, sets: dict[str, tuple[list[Prompt], AnswerRule]], ctx: EvalContext,
+          decoding: Decoding) -> dict[str, float]:
+    """Generate, extract and judge every prompt of every set: {"<set>/acc", "<set>/samples", "avg/acc", ...}.
+    The average is the unweighted mean over the sets given (as the papers report it)."""
+    throughput = Throughput()
+    metrics: dict[str, float] = {}
+    records: list[dict[str, Any]] = []
+    for name, (prompts, rule) in sets.items():
+        prompts = prompts[: ctx.max_samples] if ctx.max_samples is not None else prompts
+        outputs = complete(model, tokenizer, prompts, ctx, decoding, throughput)
+        correct = 0
+        for index, (prompt, output) in enumerate(zip(prompts, outputs)):
+            prediction, right = rule.score(output, prompt.gold)
+            correct += right
+            records.append({"set": name, "index": index, "question": prompt.question, "output": output,
+                            "prediction": prediction, "gold": prompt.gold, "correct": right})
+        metrics[f"{name}/acc"] = correct / max(len(prompts), 1)
+        metrics[f"{name}/samples"] = float(len(prompts))
+    accuracies = [metrics[f"{name}/acc"] for name in sets]
+    metrics["avg/acc"] = sum(accuracies) / max(len(accuracies), 1)
+    metrics["avg/sets"] = float(len(accuracies))
+    write_jsonl(ctx.output_dir / GENERATIONS_FILE, records)
+    return {**metrics, **throughput.metrics(), **decoding.metrics()}
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")

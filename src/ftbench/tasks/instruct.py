@@ -1,0 +1,322 @@
+"""Instruction tuning: prompt templates, loss masking, data loading, held-out loss,
+and the Alpaca task built from them (the reasoning tasks reuse all of it).
+
+How the papers' prompts map onto ftbench's tokenizers: the LLM-Adapters scripts write
+a literal "<s> " before the prompt with add_bos_token=False, and Stanford Alpaca lets
+the LLaMA tokenizer add BOS. Both mean "BOS id, then the prompt text", which is what
+`encode` does for any tokenizer (SentencePiece LLaMA: "<s> Below" == [BOS, "▁Below"];
+the in-process byte-level tokenizer would otherwise turn the space after "<s>" into a
+token of its own). The target is the output (plus the template's answer suffix) then
+the EOS id. Prompt and prompt+target are tokenized as whole strings and the first
+len(BOS + prompt) labels are masked, as both reference scripts do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UserError, one_of, require
+from ..hub import hub_error, use_cache_only_if_offline
+from . import generate
+from .base import EvalContext, Example, Task, TaskConfig, batched, to_device
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+_ALPACA_HEAD = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+_ALPACA_INPUT_HEAD = ("Below is an instruction that describes a task, paired with an input that provides further "
+                      "context. Write a response that appropriately completes the request.")
+_PAD_LINE = " " * 16  # the indented blank line of the LLM-Adapters training prompt
+
+
+@dataclass(frozen=True)
+class Template:
+    """A prompt format: training and evaluation prompts (with and without an input) and
+    what goes between the output and EOS."""
+
+    source: str
+    train: str
+    train_with_input: str
+    eval: str
+    eval_with_input: str
+    answer_suffix: str
+
+    def prompt(self, row: dict, training: bool) -> str:
+        has_input = bool(row.get("input"))
+        if training:
+            text = self.train_with_input if has_input else self.train
+        else:
+            text = self.eval_with_input if has_input else self.eval
+        return text.format_map({"instruction": row["instruction"], "input": row.get("input", "")})
+
+    def describe(self) -> dict[str, str]:
+        return {"source": self.source, "train_prompt": self.train, "eval_prompt": self.eval,
+                "target": "{output}" + self.answer_suffix + "<EOS>", "prefix": "BOS id (see tasks/instruct.py)"}
+
+
+_STANFORD = f"{_ALPACA_HEAD}\n\n### Instruction:\n{{instruction}}\n\n### Response:"
+_STANFORD_INPUT = f"{_ALPACA_INPUT_HEAD}\n\n### Instruction:\n{{instruction}}\n\n### Input:\n{{input}}\n\n### Response:"
+TEMPLATES: dict[str, Template] = {
+    # Stanford Alpaca train.py (used by SIFT): one prompt for training and evaluation; target = output + EOS.
+    "alpaca": Template("Stanford Alpaca train.py PROMPT_DICT", _STANFORD, _STANFORD_INPUT, _STANFORD,
+                       _STANFORD_INPUT, answer_suffix=""),
+    # S2FT/LLM-Adapters: the training prompt has two spaces after "request." and an indented blank line;
+    # the evaluation prompt has one space and no such line. Target = output + " " + EOS.
+    "llm-adapters": Template(
+        "S2FT experiments/utils/data_utils.py (train) and experiments/eval/run_*_parallel.py (eval)",
+        train=f"{_ALPACA_HEAD}  \n\n### Instruction:\n{{instruction}}\n{_PAD_LINE}\n### Response:\n",
+        train_with_input=(f"{_ALPACA_HEAD}  \n\n### Instruction:\n{{instruction}}\n\n### Input:\n{{input}}\n"
+                          f"{_PAD_LINE}\n### Response:\n"),
+        eval=f"{_ALPACA_HEAD} \n\n### Instruction:\n{{instruction}}\n\n### Response:\n",
+        eval_with_input=f"{_ALPACA_HEAD} \n\n### Instruction:\n{{instruction}}\n\n### Input:\n{{input}}\n\n### Response:\n",
+        answer_suffix=" "),
+}
+
+
+@dataclass
+class InstructConfig(TaskConfig):
+    template: str = "alpaca"
+    train_on_input: bool = False
+    train_files: list[str] = field(default_factory=list)
+    val_size: int = 0
+    num_beams: int = 1
+    max_new_tokens: int = 256
+    min_new_tokens: int | None = None
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        one_of(self.template, tuple(TEMPLATES), f"{key}.template")
+        require(len(self.train_files) > 0, f"{key}.train_files", "give at least one file name or glob")
+        require(self.val_size >= 0, f"{key}.val_size", "must be >= 0")
+        require(self.num_beams >= 1, f"{key}.num_beams", "must be >= 1")
+        require(self.max_new_tokens >= 1, f"{key}.max_new_tokens", "must be >= 1")
+        if self.min_new_tokens is not None:
+            require(self.min_new_tokens >= 1, f"{key}.min_new_tokens", "must be >= 1, or null to stop at EOS")
+
+
+def special_ids(tokenizer) -> tuple[list[int], int]:
+    """([BOS] or [], EOS) of a tokenizer; generation and training targets need an EOS."""
+    if tokenizer is None or tokenizer.eos_token_id is None:
+        raise UserError("model.tokenizer", "generative tasks need a tokenizer with an end-of-sequence token")
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    return bos, tokenizer.eos_token_id
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    bos, _ = special_ids(tokenizer)
+    return [bos + ids for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+
+
+def encode_pairs(tokenizer, prompts: list[str], targets: list[str], max_length: int,
+                 train_on_input: bool) -> tuple[list[Example], int]:
+    """Token ids and labels of prompt+target+EOS, truncated to max_length; labels are -100 over
+    BOS+prompt unless train_on_input. Returns (examples, dropped): an example whose target was cut
+    off entirely carries no loss and is dropped."""
+    if not prompts:
+        return [], 0
+    bos, eos = special_ids(tokenizer)
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer([p + t for p, t in zip(prompts, targets)], add_special_tokens=False)["input_ids"]
+    examples, dropped = [], 0
+    for prompt, full in zip(prompt_ids, full_ids):
+        ids = (bos + full + [eos])[:max_length]
+        masked = len(bos) + len(prompt)
+        if masked >= len(ids) and not train_on_input:
+            dropped += 1
+            continue
+        labels = list(ids) if train_on_input else [IGNORE] * masked + ids[masked:]
+        examples.append({"input_ids": ids, "labels": labels})
+    return examples, dropped
+
+
+def read_json_rows(path: Path) -> list[dict]:
+    """A JSON list of objects, or JSON Lines."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise UserError("task.data_dir", f"{path} is neither JSON nor JSON Lines ({exc})") from exc
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise UserError("task.data_dir", f"{path} must hold a list of objects, one per example")
+    return rows
+
+
+def require_keys(rows: list[dict], keys: tuple[str, ...], where: str, key: str = "task.data_dir") -> list[dict]:
+    if not rows:
+        raise UserError(key, f"{where} holds no examples")
+    for index, row in enumerate(rows):
+        missing = [k for k in keys if not isinstance(row.get(k), str)]
+        if missing:
+            raise UserError(key, f"{where}: example {index} has no text '{missing[0]}' (it has: "
+                            f"{', '.join(sorted(row))}); expected the fields {', '.join(keys)}")
+    return rows
+
+
+def resolve_files(folder: Path, patterns: list[str]) -> list[Path]:
+    """The files of the first pattern that matches anything (a list of alternatives, best first)."""
+    for pattern in patterns:
+        found = sorted(p for p in folder.glob(pattern) if p.is_file())
+        if found:
+            return found
+    present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+    raise UserError("task.train_files", f"none of {list(patterns)} matches a file in {folder} (it holds: {present}); "
+                    f"name the training files, e.g. task.train_files='[my_train.json]'")
+
+
+def load_remote_rows(key: str, what: str, fix: str, *args, **kwargs) -> list[dict]:
+    """Rows of a hub data set (or a JSON URL through `datasets`); one clear line when it cannot be had."""
+    import datasets
+
+    use_cache_only_if_offline()
+    try:
+        data = datasets.load_dataset(*args, split="train", **kwargs)
+    except Exception as exc:  # no network, no cache, a hub error: say so in one line
+        raise hub_error(key, what, exc, fix) from exc
+    return [dict(row) for row in data]
+
+
+@torch.no_grad()
+def heldout_loss(model: torch.nn.Module, examples: list[Example], ctx: EvalContext, collate) -> float:
+    """Mean loss per target token over `examples` (the training objective, on held-out data)."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for chunk in batched(examples, ctx.batch_size):
+        batch = collate(chunk, ctx.pad_to_multiple_of)
+        count = int((batch["labels"][:, 1:] != IGNORE).sum())
+        with ctx.autocast():
+            loss = model(**to_device(batch, ctx.device)).loss
+        total += float(loss) * count
+        tokens += count
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+class InstructTask(Task):
+    """Instruction/response pairs: a template, masked targets, a held-out split for the validation loss.
+    Subclasses say where the training rows come from and how the model is scored."""
+
+    head = "causal_lm"
+
+    def __init__(self, cfg: InstructConfig, tokenizer, seed: int):
+        super().__init__(cfg, tokenizer, seed)
+        special_ids(tokenizer)
+        self.template = TEMPLATES[cfg.template]
+        self.sources: list[str] = []
+        rows = self.training_rows()
+        random.Random(seed).shuffle(rows)
+        if cfg.val_size >= len(rows):
+            raise UserError("task.val_size", f"{cfg.val_size} held-out examples leave none of the {len(rows)} "
+                            "to train on; lower it")
+        self.val_rows, train_rows = rows[:cfg.val_size], rows[cfg.val_size:]
+        self.train, dropped = self.encode_rows(train_rows)
+        self.val, dropped_val = self.encode_rows(self.val_rows)
+        self.dropped = dropped + dropped_val
+        if self.dropped:
+            log.warning("%d examples dropped: their prompt fills task.max_length=%d", self.dropped, cfg.max_length)
+        if not self.train:
+            raise UserError("task.max_length", f"every training prompt is longer than {cfg.max_length} tokens")
+
+    @abstractmethod
+    def training_rows(self) -> list[dict]:
+        """Rows with instruction, input (optional) and output; record where they came from in self.sources."""
+
+    def encode_rows(self, rows: list[dict]) -> tuple[list[Example], int]:
+        prompts = [self.template.prompt(row, training=True) for row in rows]
+        targets = [row["output"] + self.template.answer_suffix for row in rows]
+        return encode_pairs(self.tokenizer, prompts, targets, self.cfg.max_length, self.cfg.train_on_input)
+
+    def train_examples(self) -> list[Example]:
+        return self.train
+
+    def validate(self, model, ctx: EvalContext) -> dict[str, float]:
+        """The held-out loss: the cheap periodic signal for checkpoint selection."""
+        if not self.val:
+            raise UserError("task.val_size", f"task {self.cfg.name} holds out no validation examples; "
+                            "set task.val_size=N (e.g. 120) to validate on N training examples")
+        examples = self.val[: ctx.max_samples] if ctx.max_samples is not None else self.val
+        return {"val/loss": heldout_loss(model, examples, ctx, self.collate)}
+
+    def decoding(self, ctx: EvalContext) -> generate.Decoding:
+        return generate.Decoding.resolve(ctx, self.cfg)
+
+    def protocol(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"template": {"name": cfg.template, **self.template.describe()},
+                "train_on_input": cfg.train_on_input, "max_length": cfg.max_length, "padding": "right, dynamic",
+                "pad_token": "the tokenizer's (EOS for LLaMA); the S2FT scripts add [PAD] and resize the vocab",
+                "sources": self.sources, "train_examples": len(self.train), "val_examples": len(self.val),
+                "dropped_too_long": self.dropped,
+                "decoding_default": {"num_beams": cfg.num_beams, "max_new_tokens": cfg.max_new_tokens,
+                                     "min_new_tokens": cfg.min_new_tokens, "sampling": False,
+                                     "overridden_by": "eval.num_beams, eval.max_new_tokens"}}
+
+
+@dataclass
+class AlpacaConfig(InstructConfig):
+    name: str = "alpaca"
+    family: str = "instruct"
+    metric: str = "val/loss"
+    hub_id: str = "tatsu-lab/alpaca"
+    template: str = "alpaca"
+    max_length: int = 512
+    batch_size: int = 128
+    epochs: float = 3.0
+    train_files: list[str] = field(default_factory=lambda: ["alpaca_data.json", "*.json"])
+    val_size: int = 200
+    generate_samples: int = 8
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        require(self.generate_samples >= 0, f"{key}.generate_samples", "must be >= 0")
+
+
+class AlpacaTask(InstructTask):
+    """Alpaca instruction tuning. Scored by held-out loss and perplexity (the papers' MT-Bench and
+    MMLU need a judge model or another data set); a few held-out responses are generated for reading."""
+
+    def training_rows(self) -> list[dict]:
+        cfg = self.cfg
+        keys = ("instruction", "output")
+        if cfg.data_dir is None:
+            self.sources = [cfg.hub_id]
+            rows = load_remote_rows("task.data_dir", cfg.hub_id, "download the Alpaca JSON and set task.data_dir=DIR",
+                                    cfg.hub_id)
+            return require_keys(rows, keys, cfg.hub_id, key="task.hub_id")
+        rows = []
+        for path in resolve_files(Path(cfg.data_dir).expanduser(), list(cfg.train_files)):
+            self.sources.append(str(path))
+            rows += require_keys(read_json_rows(path), keys, str(path))
+        return rows
+
+    def evaluate(self, model, ctx: EvalContext) -> dict[str, float]:
+        metrics = self.validate(model, ctx)
+        metrics["val/ppl"] = math.exp(metrics["val/loss"])
+        chosen = self.val_rows[: self.cfg.generate_samples]
+        if chosen:
+            decoding = self.decoding(ctx)
+            prompts = [generate.Prompt("val", row["instruction"], ids) for row, ids in
+                       zip(chosen, encode_prompts(self.tokenizer, [self.template.prompt(r, False) for r in chosen]))]
+            throughput = generate.Throughput()
+            outputs = generate.complete(model, self.tokenizer, prompts, ctx, decoding, throughput)
+            generate.write_jsonl(ctx.output_dir / generate.GENERATIONS_FILE, [
+                {"set": "val", "index": i, "question": row["instruction"], "input": row.get("input", ""),
+                 "output": out, "reference": row["output"]} for i, (row, out) in enumerate(zip(chosen, outputs))])
+            metrics.update({**throughput.metrics(), **decoding.metrics()})
+        return metrics
+
+    def protocol(self) -> dict[str, Any]:
+        return {**super().protocol(), "metrics": "held-out loss per target token and its perplexity",
+                "generated_for_reading": self.cfg.generate_samples, "checkpoint_selection": "last (1 or 3 epochs)"}
