@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from ftbench.config import OptimConfig
+from ftbench.config import OptimConfig, check
 from ftbench.errors import UserError
 from ftbench.measure import optimizer_state_bytes, tensor_bytes
 from ftbench.methods import build_method
@@ -19,8 +19,8 @@ from ftbench.methods.hift import BlockRotation, BlockRotationConfig
 from ftbench.methods.units import derive_units
 from ftbench.models import architecture_config, load_model
 from ftbench.optim import make_optimizer
+from helpers import REPO, fit, method_context, run, synthetic_batches
 from helpers import compose as compose_uncached
-from helpers import fit, method_context, run, synthetic_batches
 
 TINY_UNITS = ["embedding", "layer.0", "layer.1", "head"]
 
@@ -400,3 +400,24 @@ def test_profile_breakdown_holds_one_groups_fp32_grads_masters_and_state(tmp_pat
     # (fp32 gradients: no bf16 gradient outlives the backward)
     assert breakdown["optimizer_state_bytes"] == 8 * largest + 4 * tensors  # AdamW's two moments + step counts
     assert result["params"]["total"] == sum(units.values()) and result["method"]["steps_done"] == 4
+
+
+PRESETS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("hift-*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_compose_to_hifts_settings(preset):
+    cfg = compose(f"experiment={preset}")
+    check(cfg)
+    assert cfg.method.name == "hift" and cfg.method.group_size == 1 and cfg.method.order == "down2up"
+    assert cfg.optim.name == "adamw" and cfg.method.state_policy == "offload"
+    if "roberta" in preset:
+        assert cfg.model.name == preset.split("-glue")[0].removeprefix("hift-") and cfg.task.family == "glue"
+        assert cfg.method.lr == 3e-5 and cfg.train.batch_size == 8 and cfg.task.max_length == 512
+        assert cfg.optim.warmup_ratio == 0.02 and cfg.optim.weight_decay == 0 and cfg.train.epochs == 100
+        assert cfg.method.lr_policy == "per_cycle"
+        assert compose(f"experiment={preset}", "task=cola").task.name == "cola"  # any GLUE task
+    else:
+        assert cfg.mode == "profile" and cfg.model.name == "llama-7b" and cfg.model.random_init
+        assert cfg.profile.batch_size == 4 and cfg.profile.seq_len == 512
+        assert cfg.profile.warmup_steps == cfg.profile.steps == 34  # one cycle: embedding, 32 layers, head

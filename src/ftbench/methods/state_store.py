@@ -98,6 +98,8 @@ class HostArena:
 
 
 class StateStore:
+    """Applies the state policy when units leave, and makes returning units usable again."""
+
     def __init__(self, policy: str, device: torch.device):
         self.policy = policy
         self.device = device
