@@ -111,7 +111,7 @@ class BlockRotation(Method):
                 slot.param.requires_grad_(True)  # (a hook needs it; _switch sets the real flags)
                 slot.param.register_post_accumulate_grad_hook(_accumulate_into(slot))
                 slot.param.requires_grad_(False)
-        self.store = StateStore(cfg.state_policy, ctx.device)
+        self.store = StateStore(cfg.state_policy, ctx.device, window=self.schedule.cycle_steps)
         self._switch(self.schedule.active(0))
         self._install()
         return model
@@ -134,6 +134,7 @@ class BlockRotation(Method):
 
     # -- the step ---------------------------------------------------------------------
     def before_step(self, step: int) -> None:
+        self.store.step = self.steps_done
         interval = self.schedule.interval(self.steps_done)
         wanted = self.schedule.active(interval)
         if wanted != self.active:
@@ -227,11 +228,7 @@ class BlockRotation(Method):
             "steps_done": self.steps_done,
         }
         if cfg.state_policy == "offload":
-            transfers = self.store.stats()
-            for key in ("copy_s", "wait_s"):  # side-stream copying, and the part the main stream waited for
-                seconds = transfers[key]
-                transfers[f"{key}_per_step"] = seconds / self.steps_done if seconds is not None and self.steps_done else None
-            info["transfers"] = transfers
+            info["transfers"] = self.store.stats()
         return info
 
     # -- persistence ------------------------------------------------------------------

@@ -100,7 +100,7 @@ class HostArena:
 class StateStore:
     """Applies the state policy when units leave, and makes returning units usable again."""
 
-    def __init__(self, policy: str, device: torch.device):
+    def __init__(self, policy: str, device: torch.device, window: int):
         self.policy = policy
         self.device = device
         self.cuda = device.type == "cuda"
@@ -110,8 +110,11 @@ class StateStore:
         self.offloaded: dict[Slot, dict[str, torch.Tensor]] = {}  # weight -> {key: host tensor}
         self.fetched: dict[Slot, tuple[dict[str, torch.Tensor], object]] = {}  # in-flight copy-ins, with their event
         self.stream = torch.cuda.Stream(device) if self.cuda else None
-        self.timings: list[tuple[str, object, object]] = []  # (copy | wait, start event, end event), not yet read
+        self.timings: list[tuple[str, int, object, object]] = []  # (copy | wait, step, start, end), not yet read
         self.totals = {"copy_s": 0.0, "wait_s": 0.0, "h2d_bytes": 0, "d2h_bytes": 0, "switches": 0}
+        self.step = 0  # the optimizer step the copies serve (set by the method)
+        self.window = window  # steps of the last cycle, whose copy times are kept per step
+        self.recent: dict[int, dict[str, float]] = {}
 
     # -- the three moments of a switch ---------------------------------------------------
     def leave(self, slots: list[Slot]) -> None:
@@ -157,7 +160,7 @@ class StateStore:
             start = self._event()
             for event in waits.values():
                 main.wait_event(event)
-            self.timings.append(("wait", start, self._event()))
+            self.timings.append(("wait", self.step, start, self._event()))
         state = self.optimizer.state if self.optimizer is not None else {}
         for slot in slots:
             if slot in self.fetched:
@@ -221,7 +224,7 @@ class StateStore:
         with torch.cuda.stream(self.stream):
             start = self._event()
             yield
-            self.timings.append(("copy", start, self._event()))
+            self.timings.append(("copy", self.step, start, self._event()))
 
     def _event(self):
         if not self.cuda:
@@ -233,19 +236,30 @@ class StateStore:
     def _fold(self) -> None:
         """Add up the timings whose events have completed (never blocks)."""
         pending = []
-        for kind, start, end in self.timings:
-            if end.query():
-                self.totals[f"{kind}_s"] += start.elapsed_time(end) / 1000
-            else:
-                pending.append((kind, start, end))
+        for kind, step, start, end in self.timings:
+            if not end.query():
+                pending.append((kind, step, start, end))
+                continue
+            seconds = start.elapsed_time(end) / 1000
+            self.totals[f"{kind}_s"] += seconds
+            per_step = self.recent.setdefault(step, {"copy_s": 0.0, "wait_s": 0.0})
+            per_step[f"{kind}_s"] += seconds
         self.timings = pending
+        for step in [s for s in self.recent if s <= self.step - self.window]:
+            del self.recent[step]
 
     def stats(self) -> dict:
-        """Bytes moved each way, seconds the side stream spent copying and the main
-        stream stalled waiting for copies (CUDA only), and the host memory held."""
+        """Bytes moved each way, the host memory held, and (CUDA only) seconds the side
+        stream spent copying and the main stream stalled waiting for copies: in total,
+        and per step over the last cycle (steady state: every unit has been visited)."""
         if self.cuda:
             torch.cuda.synchronize(self.device)
             self._fold()
         timed = {k: v if self.cuda else None for k, v in self.totals.items() if k.endswith("_s")}
+        last = range(self.step + 1 - self.window, self.step + 1)
+        for key in ("copy_s", "wait_s"):
+            steady = self.cuda and last.start >= self.window  # a whole cycle after the first visits
+            timed[f"last_cycle_{key}_per_step"] = (
+                sum(self.recent.get(s, {}).get(key, 0.0) for s in last) / self.window if steady else None)
         return {**self.totals, **timed, "host_used_bytes": sum(self.arena.used),
                 "host_reserved_bytes": self.arena.nbytes}
