@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import require
+from ..measure import tensor_bytes
 from .base import Method, MethodConfig, MethodContext, decay_split
 from .rotations import calibrate
 from .sparse_adam import SparseMlpOptimizer, clip_grad_norm
@@ -119,6 +120,15 @@ class SparseMlpMethod(Method):
         if max_norm is None:
             return None
         return clip_grad_norm(self.optimizer_parameters(), max_norm)
+
+    def trainable_size(self) -> tuple[int, int]:
+        """What one step updates: the densely trained tensors and k entries of each MLP weight
+        (the optimizer holds the whole MLP weights, but a step moves only their top-k)."""
+        sparse = {id(layer.weight) for layer in self.layers}
+        dense = [p for p in self.optimizer_parameters() if id(p) not in sparse]
+        elements = sum(p.numel() for p in dense) + sum(layer.k for layer in self.layers)
+        return elements, sum(tensor_bytes(p) for p in dense) + sum(
+            layer.k * layer.weight.element_size() for layer in self.layers)
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         sparse = {id(layer.weight) for layer in self.layers}
