@@ -173,6 +173,16 @@ def test_batched_left_padded_generation_matches_one_by_one(tmp_path, tokenizer, 
     assert model.config.use_cache is False and model.training  # restored for training
 
 
+def test_decoding_takes_eval_overrides_then_the_task_defaults(tmp_path):
+    cfg = compose("task=math", "task.min_new_tokens=8").task
+    assert generate.Decoding.resolve(eval_context(tmp_path), cfg) == generate.Decoding(4, 256, 8)
+    ctx = EvalContext(**{**vars(eval_context(tmp_path)), "num_beams": 1, "max_new_tokens": 16})
+    assert generate.Decoding.resolve(ctx, cfg) == generate.Decoding(1, 16, 8)
+    ctx.max_new_tokens = 6
+    with pytest.raises(UserError, match="task.min_new_tokens: 8 exceeds the answer cap 6"):
+        generate.Decoding.resolve(ctx, cfg)
+
+
 def test_min_new_tokens_forces_the_full_length(tmp_path, tokenizer):
     model = tiny_model("tiny-llama", head="causal_lm")
     prompts = [generate.Prompt("s", "q", ids) for ids in encode_prompts(tokenizer, ["1+1=", "22+"])]

@@ -281,6 +281,7 @@ class AlpacaConfig(InstructConfig):
     def check(self, key: str) -> None:
         super().check(key)
         require(self.generate_samples >= 0, f"{key}.generate_samples", "must be >= 0")
+        require(self.val_size >= 1, f"{key}.val_size", "alpaca is scored on held-out examples; must be >= 1")
 
 
 class AlpacaTask(InstructTask):
