@@ -9,10 +9,11 @@ STAMP := $(VENV)/.installed-$(shell echo '$(TORCH)' | tr -c 'a-zA-Z0-9.=' '_')
 # Benchmark shape for `make bench` (CPU-sized by default; see README for the 7B setting).
 BENCH_ARGS ?= model=tiny-llama profile.batch_size=4 profile.seq_len=128
 
-.PHONY: help install demo test bench lint clean
+.PHONY: help install demo test bench lint clean reproduce-sift reproduce-sparsegrad reproduce-s2ft reproduce-hift \
+        reproduce-paper reproduce-memory
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,6 +32,32 @@ test: $(STAMP) ## run the test suite (CPU, tiny models)
 
 bench: $(STAMP) ## profile every method (memory and speed) on synthetic batches; BENCH_ARGS sets the shape
 	$(VENV)/bin/ftbench -m mode=profile 'method=glob(*)' $(BENCH_ARGS)
+
+# Paper tables (recipes/*.yaml) run again and set beside the published numbers: README "Reproducing the papers".
+# REPRODUCE_ARGS adds options: --dry-run (the runs and their estimated GPU hours), --data ../shared/data,
+# --cells 'llama2-7b-*', --seeds 42 3705, --set KEY=VALUE, --out DIR.
+REPRODUCE := $(VENV)/bin/ftbench-reproduce
+REPRODUCE_ARGS ?=
+
+reproduce-sift: $(STAMP) ## SIFT Table 1 (LLaMA-7B memory) and Table 2 (GLUE, RoBERTa-large) vs ours
+	$(REPRODUCE) recipes/sift-table1-memory.yaml recipes/sift-table2-glue.yaml $(REPRODUCE_ARGS)
+
+reproduce-sparsegrad: $(STAMP) ## SparseGrad Table 3 (speed, memory) and Tables 4-5 (GLUE, 3 models, 3 seeds) vs ours
+	$(REPRODUCE) recipes/sparsegrad-table3-speed-memory.yaml recipes/sparsegrad-table4-roberta-large.yaml \
+		recipes/sparsegrad-table5-base.yaml $(REPRODUCE_ARGS)
+
+reproduce-s2ft: $(STAMP) ## S2FT Tables 1-2 (commonsense, arithmetic) and Figure 5 (memory, latency) vs ours
+	$(REPRODUCE) recipes/s2ft-table1-commonsense.yaml recipes/s2ft-table2-math.yaml \
+		recipes/s2ft-figure5-efficiency.yaml $(REPRODUCE_ARGS)
+
+reproduce-hift: $(STAMP) ## HiFT's LLaMA-7B memory table and its RoBERTa GLUE settings (no published GLUE numbers)
+	$(REPRODUCE) recipes/hift-table-llama7b-memory.yaml recipes/hift-roberta-glue.yaml $(REPRODUCE_ARGS)
+
+reproduce-paper: $(STAMP) ## every recipe of the four papers (hundreds of GPU hours: see REPRODUCE_ARGS=--dry-run)
+	$(REPRODUCE) recipes/*.yaml $(REPRODUCE_ARGS)
+
+reproduce-memory: $(STAMP) ## only the memory/speed cells of every recipe: profile mode, random init, any GPU
+	$(REPRODUCE) --only-memory recipes/*.yaml $(REPRODUCE_ARGS)
 
 lint: $(STAMP) ## ruff over the sources and tests
 	$(VENV)/bin/ruff check src tests
