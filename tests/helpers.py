@@ -22,7 +22,8 @@ CPU_DEFAULTS = ["hardware=cpu", "train.progress=false"]
 
 def compose(*overrides: str) -> DictConfig:
     """The composed config of `ftbench <overrides>` on the CPU."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -91,8 +92,8 @@ def fit(model, method, batches: Iterator[dict], steps: int, lr: float = 0.1, opt
     """Train `steps` optimizer steps with the real loop (constant lr); return the optimizer."""
     from ftbench.config import OptimConfig
     from ftbench.hardware import make_accelerator
-    from ftbench.measure import MemoryMeter, SpeedMeter
     from ftbench.logger import NullLogger
+    from ftbench.measure import MemoryMeter, SpeedMeter
     from ftbench.optim import make_scheduler
     from ftbench.train import Plan, train
 

@@ -32,7 +32,7 @@ def test_every_model_carries_its_shape():
 
 
 @pytest.mark.parametrize("overrides,expected", [
-    (["method=nonexistent"], "method=nonexistent: no such option; choose one of: full, lora"),
+    (["method=nonexistent"], f"method=nonexistent: no such option; choose one of: {', '.join(options('method'))}"),
     (["method.rr=3"], "method.rr: no such key"),
     (["method=full", "method.r=8"], "method.r: no such key"),
     (["train.max_steps=abc"], "train.max_steps: Value 'abc'"),

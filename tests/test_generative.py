@@ -29,14 +29,6 @@ QUICK = ["train.max_steps=2", "task.batch_size=4", "eval.batch_size=4", "eval.ma
 needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared data absent")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tokenizer():

@@ -25,14 +25,6 @@ from helpers import compose as compose_uncached
 TINY_UNITS = ["embedding", "layer.0", "layer.1", "head"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest, and spares the cores other suites share."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @functools.cache
 def compose(*overrides):

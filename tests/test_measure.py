@@ -2,8 +2,15 @@
 
 import torch
 
-from ftbench.measure import MemoryMeter, SpeedMeter, _rss_peak_bytes, flops_per_token, matmul_params, \
-    optimizer_state_bytes, tensor_bytes
+from ftbench.measure import (
+    MemoryMeter,
+    SpeedMeter,
+    _rss_peak_bytes,
+    flops_per_token,
+    matmul_params,
+    optimizer_state_bytes,
+    tensor_bytes,
+)
 from helpers import tiny_model
 
 
@@ -18,7 +25,7 @@ def test_optimizer_state_is_read_from_the_optimizer():
 
 
 def test_sparse_tensors_count_what_they_store():
-    sparse = torch.sparse_coo_tensor(torch.tensor([[0, 5]]), torch.tensor([1.0, 2.0]), (1000,))
+    sparse = torch.sparse_coo_tensor(torch.tensor([[0, 5]]), torch.tensor([1.0, 2.0]), (1000,), check_invariants=True)
     assert tensor_bytes(sparse) == 2 * 8 + 2 * 4
 
 

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from ftbench.errors import UserError
-from ftbench.models import architecture_config, auto_class, byte_level_tokenizer, load_model, load_tokenizer
+from ftbench.models import (
+    architecture_config,
+    auto_class,
+    byte_level_tokenizer,
+    load_model,
+    load_tokenizer,
+)
 from helpers import compose
 
 # Parameter counts of the real checkpoints (causal-LM head for decoders, bare encoder + pooler for encoders).

@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from ftbench.methods.partial import PartialLinear, apply_delta, delta_tensors, wrap, Selection
-
+from ftbench.methods.partial import PartialLinear, Selection, apply_delta, delta_tensors, wrap
 
 
 @pytest.fixture(autouse=True)

@@ -20,15 +20,6 @@ from ftbench.methods.sift_select import head_modules, resolve_targets, selected_
 from helpers import compose, fit, method_context, run, synthetic_batches, tiny_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine threads contend."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @functools.cache
 def _pristine(model_name, dtype):
     torch.manual_seed(0)

@@ -61,9 +61,10 @@ def validate(overrides: list[str], multirun: bool) -> str | None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from .config import check
+    from .config import check, register_configs
     from .errors import UserError, explain_compose_error
 
+    register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftbench"):
         try:
             for job in expand(overrides, multirun):

@@ -76,7 +76,7 @@ def byte_level_tokenizer():
 def architecture_config(mcfg, **overrides):
     """A transformers config built from the model's named shape."""
     from omegaconf import DictConfig, OmegaConf
-    from transformers import AutoConfig, CONFIG_MAPPING
+    from transformers import CONFIG_MAPPING, AutoConfig
 
     shape = OmegaConf.to_container(mcfg.shape) if isinstance(mcfg.shape, DictConfig) else dict(mcfg.shape)
     model_type = shape.pop("model_type")

@@ -242,13 +242,29 @@ def _cell(path: Path, index: int, body: Any, seeds: tuple[int, ...], defaults: d
     return cell
 
 
+def recipes_dir() -> Path | None:
+    """The shipped recipes: inside the package (wheel), else at the top of the checkout."""
+    here = Path(__file__).resolve().parent
+    return next((d for d in (here / "recipes", here.parents[1] / "recipes") if d.is_dir()), None)
+
+
+def find(path: Path | str) -> Path:
+    """A recipe file, or the name of a shipped recipe (e.g. sift-table2-glue)."""
+    path = Path(path)
+    shipped = recipes_dir()
+    if not path.is_file() and shipped is not None and (shipped / f"{path.stem}.yaml").is_file():
+        return shipped / f"{path.stem}.yaml"
+    return path
+
+
 def load(path: Path | str) -> Recipe:
     """Read and check a recipe file (structure, units, paths; configs are checked by composing them)."""
     import yaml
 
-    path = Path(path)
+    path = find(path)
     if not path.is_file():
-        raise RecipeError(path, "", "no such recipe file")
+        shipped = sorted(p.stem for p in recipes_dir().glob("*.yaml")) if recipes_dir() else []
+        raise RecipeError(path, "", "no such recipe file" + (f"; shipped recipes: {', '.join(shipped)}" if shipped else ""))
     try:
         body = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -257,7 +257,8 @@ def reproduce(recipe: Recipe, jobs: list[Job], args: argparse.Namespace) -> int:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ftbench-reproduce", description=__doc__.splitlines()[0])
-    parser.add_argument("recipes", nargs="+", type=Path, help="recipe files, e.g. recipes/sift-table2-glue.yaml")
+    parser.add_argument("recipes", nargs="+", type=Path,
+                        help="recipe files or shipped recipe names (recipes/sift-table2-glue.yaml, sift-table2-glue)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their estimated GPU hours only")
     parser.add_argument("--only-memory", action="store_true",
                         help="only the memory and speed cells, in profile mode on random-init models")
