@@ -84,3 +84,9 @@ def test_runs_from_any_working_directory(tmp_path):
                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "run" / "result.json").read_text())["run"]["duration_s"] < time.time() - started
+
+
+def test_an_unknown_target_module_names_the_key(tmp_path):
+    result = run(tmp_path / "run", "method=lora", "method.target_modules=[qkv_proj]", "task.max_steps=2")
+    assert result["exit_code"] == 2 and result["status"] == "failed"
+    assert result["error"].startswith("method.target_modules: no module named 'qkv_proj' in this model; linear layers")

@@ -5,7 +5,7 @@ import torch
 from ftbench.measure import (
     MemoryMeter,
     SpeedMeter,
-    _rss_peak_bytes,
+    rss_peak_bytes,
     flops_per_token,
     matmul_params,
     optimizer_state_bytes,
@@ -37,7 +37,7 @@ def test_cpu_peak_resets_between_phases():
     high = meter.cpu_peak_rss
     del block
     meter.start_train()
-    assert _rss_peak_bytes() < high - 200 * 2**20
+    assert rss_peak_bytes() < high - 200 * 2**20
 
 
 def test_flops_per_token_counts_matmuls_and_attention():

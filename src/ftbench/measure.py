@@ -34,7 +34,7 @@ def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def _rss_peak_bytes() -> int | None:
+def rss_peak_bytes() -> int | None:
     """The process's peak resident set (Linux VmHWM)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -86,7 +86,7 @@ class MemoryMeter:
         """Model, method and optimizer are built: the load phase ends."""
         if self.cuda:
             self.load_allocated = torch.cuda.memory_allocated(self.device)
-        self.cpu_peak_rss = max(self.cpu_peak_rss, _rss_peak_bytes() or 0)
+        self.cpu_peak_rss = max(self.cpu_peak_rss, rss_peak_bytes() or 0)
 
     def start_train(self) -> None:
         """Called once the warm-up steps are done: later peaks are the training peaks."""
@@ -101,7 +101,7 @@ class MemoryMeter:
             self.train_peak["allocated"] = max(self.train_peak["allocated"], stats.get("allocated_bytes.all.peak", 0))
             self.train_peak["reserved"] = max(self.train_peak["reserved"], stats.get("reserved_bytes.all.peak", 0))
             self.train_peak["active"] = max(self.train_peak["active"], stats.get("active_bytes.all.peak", 0))
-        self.cpu_peak_rss = max(self.cpu_peak_rss, _rss_peak_bytes() or 0)
+        self.cpu_peak_rss = max(self.cpu_peak_rss, rss_peak_bytes() or 0)
 
     def sample_grads(self, tensors: list[torch.Tensor]) -> None:
         """Gradient bytes held right before the optimizer step."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .measure import GiB, MemoryMeter, SpeedMeter
+from .measure import GiB, MemoryMeter, SpeedMeter, rss_peak_bytes
 from .tasks.base import to_device
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,8 @@ def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Pl
 def _memory_now(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(device) / GiB:.1f} GiB peak"
-    return ""
+    rss = rss_peak_bytes()
+    return f"{rss / GiB:.2f} GiB peak RSS" if rss else ""
 
 
 class Progress:
