@@ -13,7 +13,7 @@ from helpers import compose, method_context, run, synthetic_batches, tiny_model
 METHODS = [
     ("full", ["optim.lr=1e-3"]),
     ("lora", []),
-    ("hift", []),
+    ("hift", ["method.lr=1e-3"]),  # 30 steps of a random-init model: a few cycles
     ("badam", []),
     ("lisa", []),
     ("meprop", ["optim.lr=1e-3"]),

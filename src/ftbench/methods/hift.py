@@ -43,7 +43,7 @@ LR_POLICIES = ("per_cycle", "per_step")
 @dataclass
 class BlockRotationConfig(MethodConfig):
     name: str = "hift"
-    lr: float = 1e-3
+    lr: float = 3e-4
     group_size: int = 1
     order: str = "down2up"
     reshuffle: bool = False

@@ -56,7 +56,7 @@ SELECTION_FILE = "s2ft_selection.json"
 @dataclass
 class S2ftConfig(MethodConfig):
     name: str = "s2ft"
-    lr: float = 2e-4
+    lr: float = 1e-3
     v_ratio: float = 0.0
     o_ratio: float = 0.052
     u_ratio: float = 0.0
