@@ -5,10 +5,10 @@ import torch
 from ftbench.measure import (
     MemoryMeter,
     SpeedMeter,
-    rss_peak_bytes,
     flops_per_token,
     matmul_params,
     optimizer_state_bytes,
+    rss_peak_bytes,
     tensor_bytes,
 )
 from helpers import tiny_model
