@@ -96,6 +96,7 @@ class TrainConfig:
     log_every: int = 10
     measure_warmup_steps: int = 2
     progress: bool = True
+    loss_chunk_tokens: Optional[int] = 256
 
     def check(self, key: str) -> None:
         if self.max_steps is not None:
@@ -108,6 +109,8 @@ class TrainConfig:
         one_of(self.save, ("none", "last", "best"), f"{key}.save")
         require(self.log_every >= 1, f"{key}.log_every", "must be >= 1")
         require(self.measure_warmup_steps >= 0, f"{key}.measure_warmup_steps", "must be >= 0")
+        if self.loss_chunk_tokens is not None:
+            require(self.loss_chunk_tokens >= 1, f"{key}.loss_chunk_tokens", "must be >= 1, or null for no chunks")
 
 
 @dataclass
@@ -162,6 +165,7 @@ class ProfileConfig:
     warmup_steps: int = 3
     steps: int = 10
     objective: str = "auto"
+    trace_memory: bool = True
 
     def check(self, key: str) -> None:
         require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")

@@ -5,17 +5,22 @@ the warm-up steps are done), during eval (separately). The breakdown is read fro
 what the model, the method, autograd and the optimizer really hold: weights by
 walking the model, gradients right before the optimizer step, optimizer state by
 walking `optimizer.state`. Activations are what is left of the allocated peak.
+The CPU has no allocator counter: there the peak is traced op by op
+(trace_memory.py) when asked.
 """
 
 from __future__ import annotations
 
 import gc
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .trace_memory import LiveTensorPeak
 
 GiB = 2**30
 
@@ -67,15 +72,25 @@ class MemoryMeter:
     optimizer_state_bytes: int = 0
     optimizer_state_host_bytes: int = 0
     training: bool = False
+    trace: bool = False  # CPU only: trace the train peak op by op (slows the step)
+    held_bytes: Callable[[], int] | None = None  # what training holds between steps, for the traced peak
+    traced_peak: int | None = None
+    traced_peak_op: str | None = None  # e.g. "aten::_log_softmax_backward_data": where the peak was
 
     def __post_init__(self):
         self.cuda = self.device.type == "cuda"
+        self.tracer = LiveTensorPeak() if self.trace and not self.cuda else None
         gc.collect()
         if self.cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
             self.baseline_allocated = torch.cuda.memory_allocated(self.device)
         _reset_rss_peak()
+
+    def _trace(self, on: bool) -> None:
+        if on != self.tracer.active:
+            self.tracer.__enter__() if on else self.tracer.__exit__(None, None, None)
+            self.tracer.active = on
 
     def _reset(self) -> None:
         if self.cuda:
@@ -92,10 +107,17 @@ class MemoryMeter:
         """Called once the warm-up steps are done: later peaks are the training peaks."""
         self._reset()
         self.training = True
+        if self.tracer is not None:
+            self.tracer.held_bytes = self.held_bytes() if self.held_bytes else 0
+            self._trace(True)
 
     def _fold_train_peak(self) -> None:
         if not self.training:
             return
+        if self.tracer is not None:
+            self._trace(False)
+            if self.tracer.peak_bytes > (self.traced_peak or 0):
+                self.traced_peak, self.traced_peak_op = self.tracer.peak_bytes, self.tracer.peak_op
         if self.cuda:
             stats = torch.cuda.memory_stats(self.device)
             self.train_peak["allocated"] = max(self.train_peak["allocated"], stats.get("allocated_bytes.all.peak", 0))
@@ -128,6 +150,8 @@ class MemoryMeter:
             peak = torch.cuda.max_memory_allocated(self.device)
             self.eval_peak_allocated = max(self.eval_peak_allocated or 0, peak)
         self._reset()
+        if self.training and self.tracer is not None:
+            self._trace(True)  # training goes on
 
     def end_train(self) -> None:
         self._fold_train_peak()
@@ -136,6 +160,7 @@ class MemoryMeter:
     def summary(self, weights: int, masters: int) -> dict:
         peak = self.train_peak["allocated"] if self.cuda else None
         held = weights + masters + self.grad_bytes + self.optimizer_state_bytes
+        measured_peak = peak or self.traced_peak
         return {
             "device": str(self.device) if not self.cuda else f"cuda:{self.device.index or 0}",
             "baseline_allocated_bytes": self.baseline_allocated,
@@ -143,6 +168,8 @@ class MemoryMeter:
             "train_peak_allocated_bytes": peak,
             "train_peak_reserved_bytes": self.train_peak["reserved"] if self.cuda else None,
             "train_peak_active_bytes": self.train_peak["active"] if self.cuda else None,
+            "train_peak_traced_bytes": self.traced_peak,
+            "train_peak_traced_op": self.traced_peak_op,
             "eval_peak_allocated_bytes": self.eval_peak_allocated,
             "step_reserved_p50_bytes": _percentile(self.step_reserved, 50),
             "step_reserved_p99_bytes": _percentile(self.step_reserved, 99),
@@ -154,7 +181,7 @@ class MemoryMeter:
                 "grad_bytes": self.grad_bytes,
                 "optimizer_state_bytes": self.optimizer_state_bytes,
                 "optimizer_state_host_bytes": self.optimizer_state_host_bytes,
-                "activations_bytes": max(peak - held, 0) if peak else None,
+                "activations_bytes": max(measured_peak - held, 0) if measured_peak else None,
             },
         }
 

@@ -54,7 +54,8 @@ def rows(loaded: list[dict]) -> list[dict[str, Any]]:
             "run": label,
             "status": result["status"],
             "trainable_pct": result["params"]["trainable_pct"],
-            "peak_alloc_bytes": memory.get("train_peak_allocated_bytes"),
+            # CUDA's allocator counter, or on the CPU the peak traced op by op (mode=profile)
+            "peak_alloc_bytes": memory.get("train_peak_allocated_bytes") or memory.get("train_peak_traced_bytes"),
             "state_bytes": sum(v for v in held if v) if any(held) else None,
             "weights_bytes": breakdown.get("weights_bytes"),
             "grads_bytes": breakdown.get("grad_bytes"),

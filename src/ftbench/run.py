@@ -22,8 +22,16 @@ from .config import check
 from .environment import environment
 from .errors import UserError, first_line
 from .hardware import make_accelerator, resolve, split_batch
+from .lm_loss import make_loss, model_loss
 from .logger import make_logger
-from .measure import MemoryMeter, SpeedMeter, flops_per_token, model_bytes, peak_flops
+from .measure import (
+    MemoryMeter,
+    SpeedMeter,
+    flops_per_token,
+    model_bytes,
+    optimizer_state_bytes,
+    peak_flops,
+)
 from .methods import MethodContext, build_method
 from .models import load_model, load_tokenizer
 from .optim import make_scheduler
@@ -96,10 +104,10 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
     set_seed(cfg.seed)
     accelerator = make_accelerator(hw.device)
     device = accelerator.device
-    meter = MemoryMeter(device)
+    profiling = cfg.mode == "profile"
+    meter = MemoryMeter(device, trace=profiling and cfg.profile.trace_memory)
 
     # Data and model.
-    profiling = cfg.mode == "profile"
     task = None
     if profiling:
         head = cfg.profile.objective if cfg.profile.objective != "auto" else (
@@ -126,9 +134,12 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
             return batches.shuffled(task.train_examples(), micro, collate, seed,
                                     accelerator.process_index, accelerator.num_processes)
 
+    # DDP syncs gradients from its own forward; the chunked loss calls the decoder directly.
+    chunk_tokens = cfg.train.loss_chunk_tokens if accelerator.num_processes == 1 else None
+
     def micro_loss(m, batch):
         with hw.autocast():
-            return m(**to_device(batch, device)).loss
+            return make_loss(m, head, chunk_tokens)(m, to_device(batch, device))
 
     def calibration_batches(n):
         it = stream(cfg.seed + 10_007)
@@ -160,13 +171,17 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
     meter.mark_loaded()
 
     masters = method.master_parameters()
+    meter.held_bytes = lambda: (model_bytes(model, masters) + method.master_bytes()
+                                + optimizer_state_bytes(optimizer, device)[0])
     n_trainable, trainable_bytes = method.trainable_size()
     master_ids = {id(p) for p in masters}  # masters may live inside the model (SIFT) or beside it (HiFT)
     total = sum(p.numel() for p in model.parameters() if id(p) not in master_ids)
     result["params"].update(total=total, trainable=n_trainable, trainable_pct=100.0 * n_trainable / max(total, 1))
     result["method"] = method.describe(model)
+    loss_fn = make_loss(model, head, chunk_tokens)
     result["plan"] = {"batch_size": batch_size, "micro_batch_size": micro, "accumulation": accumulation,
-                      "steps": steps, "lr": lr, "measure_from_step": measure_from}
+                      "steps": steps, "lr": lr, "measure_from_step": measure_from,
+                      "loss_chunk_tokens": chunk_tokens if loss_fn is not model_loss else None}
     if task is not None:
         result["protocol"] = task.protocol()
         result["run"]["metric"] = task.metric
@@ -190,9 +205,12 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
         selector.offer(step, metrics)
 
     speed = SpeedMeter()
-    history = train(model, method, optimizer, scheduler, stream(cfg.seed), plan, accelerator=accelerator,
-                    autocast=hw.autocast, head=head, meter=meter, speed=speed, logger=logger, evaluate=None if profiling else validate)
-    meter.end_train()
+    try:
+        history = train(model, method, optimizer, scheduler, stream(cfg.seed), plan, accelerator=accelerator,
+                        autocast=hw.autocast, head=head, meter=meter, speed=speed, logger=logger,
+                        loss_fn=loss_fn, evaluate=None if profiling else validate)
+    finally:
+        meter.end_train()  # also stops the memory trace of a run that failed
     result["method"] = method.describe(model)  # again: what training measured (e.g. HiFT's copy times)
     if not profiling:
         if selector.policy == "best" and (not validations or validations[-1]["step"] != history.steps):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .lm_loss import Loss, model_loss
 from .measure import GiB, MemoryMeter, SpeedMeter, rss_peak_bytes
 from .tasks.base import to_device
 
@@ -71,7 +72,7 @@ def synchronize(device: torch.device) -> None:
 
 def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Plan, *, accelerator,
           head: str, meter: MemoryMeter, speed: SpeedMeter, logger, autocast: Callable = nullcontext,
-          evaluate: Callable[[int], None] | None = None) -> TrainLog:
+          loss_fn: Loss = model_loss, evaluate: Callable[[int], None] | None = None) -> TrainLog:
     device = accelerator.device
     history = TrainLog()
     progress = Progress(plan, enabled=plan.progress)
@@ -92,7 +93,7 @@ def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Pl
             with nullcontext() if last else accelerator.no_sync(model):
                 with autocast():
                     # Weight by loss positions so N micro-batches equal one N-times larger batch.
-                    loss = model(**to_device(batch, device)).loss * (counts[i].loss_units / loss_units)
+                    loss = loss_fn(model, to_device(batch, device)) * (counts[i].loss_units / loss_units)
                 accelerator.backward(loss)
             step_loss += loss.detach().float()
         method.before_optimizer_step(step)

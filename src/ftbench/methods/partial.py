@@ -51,8 +51,9 @@ class _PartialLinearFn(torch.autograd.Function):
         g = grad_out.reshape(-1, grad_out.shape[-1])
         x = saved.reshape(-1, saved.shape[-1]).to(dtype)
         if ctx.kind == "elements":
-            dense = g.t() @ x  # the layer's weight gradient: transient, freed on return
+            dense = g.t() @ x  # the layer's weight gradient: transient
             grad_master = dense.view(-1).index_select(0, index)
+            del dense  # gone before the master-dtype copy below is allocated
         elif ctx.kind == "rows":
             grad_master = g.index_select(1, index).t() @ x  # (|S|, in)
         else:

@@ -1,0 +1,75 @@
+"""Peak allocated memory on a device without an allocator counter (the CPU).
+
+CUDA's caching allocator counts every byte it hands out; the CPU allocator counts
+nothing, and the process RSS mixes in the Python heap, libraries and freed pages
+the allocator kept. `LiveTensorPeak` watches every operator through a dispatch
+mode instead: each storage an operator creates is counted until it is freed, on
+top of the bytes known to be held when tracing starts (weights, masters,
+optimizer state). Autograd's saved tensors, gradients and checkpoint recomputes
+are all operator outputs, so the traced peak is the figure
+`torch.cuda.max_memory_allocated` would give, less kernel workspaces.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+class LiveTensorPeak(TorchDispatchMode):
+    """Live bytes of the storages created while the mode is on, and their peak.
+
+    A storage is new when no input of the operator that returned it shares it
+    (views and in-place results are not allocations). Freed storages are found
+    by weak reference before each operator, so a freed buffer whose address is
+    reused is never counted twice.
+    """
+
+    def __init__(self, held_bytes: int = 0):
+        super().__init__()
+        self.held_bytes = held_bytes
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}  # data_ptr -> (weak ref, bytes)
+        self.live_bytes = 0
+        self.peak_new_bytes = 0
+        self.active = False  # entered and not yet exited
+        self.peak_op: str | None = None  # the operator whose result set the peak
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.held_bytes + self.peak_new_bytes
+
+    def reset_peak(self) -> None:
+        self._sweep()
+        self.peak_new_bytes, self.peak_op = self.live_bytes, None
+
+    def _sweep(self) -> None:
+        dead = [ptr for ptr, (ref, _) in self.live.items() if ref.expired()]
+        for ptr in dead:
+            self.live_bytes -= self.live.pop(ptr)[1]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self._sweep()
+        inputs = {s.data_ptr() for s in _storages((args, kwargs))}
+        for storage in _storages(out):
+            ptr = storage.data_ptr()
+            if ptr in inputs or ptr in self.live or ptr == 0:
+                continue
+            self.live[ptr] = (StorageWeakRef(storage), storage.nbytes())
+            self.live_bytes += storage.nbytes()
+        if self.live_bytes > self.peak_new_bytes:
+            self.peak_new_bytes, self.peak_op = self.live_bytes, func.name()
+        return out
+
+
+def _storages(tree) -> list[torch.UntypedStorage]:
+    """The storages behind the tensors of a pytree; a sparse tensor's are its indices' and values'."""
+    found = []
+    for t in tree_leaves(tree):
+        if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+            continue
+        parts = (t._indices(), t._values()) if t.is_sparse else (t,)
+        found.extend(part.untyped_storage() for part in parts)
+    return found
