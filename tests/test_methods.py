@@ -73,3 +73,16 @@ def test_profile_mode(tmp_path, name, overrides):
     assert results.problems(result) == []
     assert result["metrics"] == {} and result["run"]["task"] == "profile"
     assert result["throughput"]["timed_steps"] == 2 and result["throughput"]["tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("name,overrides", METHODS)
+def test_chunked_loss_trains_like_the_models_loss(tmp_path, name, overrides):
+    """The causal-LM loss in chunks (recomputed in backward) reaches every method's trainable tensors as the
+    model's own loss does: the same loss curve."""
+    common = ["mode=profile", f"method={name}", "profile.batch_size=2", "profile.seq_len=16",
+              "profile.warmup_steps=0", "profile.steps=3", "profile.trace_memory=false", *overrides]
+    chunked = run(tmp_path / "chunked", *common, "train.loss_chunk_tokens=5")
+    whole = run(tmp_path / "whole", *common, "train.loss_chunk_tokens=null")
+    assert chunked["plan"]["loss_chunk_tokens"] == 5 and whole["plan"]["loss_chunk_tokens"] is None
+    curve = lambda r: [loss for _, loss in r["train"]["loss_curve"]]  # noqa: E731
+    assert curve(chunked) == pytest.approx(curve(whole), rel=1e-5)

@@ -4,7 +4,16 @@ import pytest
 import torch
 from torch import nn
 
-from ftbench.methods.partial import PartialLinear, Selection, apply_delta, delta_tensors, wrap
+from ftbench.methods.partial import (
+    BLOCK,
+    PartialLinear,
+    Selection,
+    apply_delta,
+    delta_tensors,
+    pack_elements,
+    unpack_elements,
+    wrap,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -45,6 +54,27 @@ def test_gradients_match_the_dense_layer(kind, index):
     expected = {"elements": lambda: g.reshape(-1)[index], "rows": lambda: g[index], "cols": lambda: g[:, index]}[kind]()
     torch.testing.assert_close(partial.master.grad, expected)
     assert partial.weight.grad is None  # the dense weight never holds a gradient
+
+
+def test_element_positions_pack_into_two_bytes_across_blocks():
+    """A 300 x 250 weight spans three blocks of 2^15 positions; the edges of each block survive."""
+    numel = 300 * 250
+    flat = torch.tensor([0, 1, BLOCK - 1, BLOCK, BLOCK + 7, 2 * BLOCK - 1, 2 * BLOCK, numel - 1])
+    offsets, counts = pack_elements(flat, numel)
+    assert offsets.dtype == torch.int16 and counts.tolist() == [3, 3, 2]
+    assert torch.equal(unpack_elements(offsets, counts).long(), flat)
+    assert unpack_elements(offsets, counts).dtype == torch.int32
+
+    torch.manual_seed(0)
+    dense = nn.Linear(250, 300, bias=False)
+    layer = PartialLinear(nn.Linear(250, 300, bias=False), "elements", flat[torch.randperm(len(flat))], None)
+    with torch.no_grad():
+        layer.weight.copy_(dense.weight)
+    x = torch.randn(4, 250)
+    dense(x).pow(2).sum().backward()
+    layer(x).pow(2).sum().backward()
+    torch.testing.assert_close(layer.master.grad, dense.weight.grad.reshape(-1)[flat])
+    assert torch.equal(layer.selected_index().long(), flat)
 
 
 def test_input_columns_save_only_the_compact_slice():

@@ -93,7 +93,7 @@ def test_small_rate_changes_only_the_selected_entries_of_every_target():
     first = next(iter(method.named_layers))
     assert first == "bert.encoder.layer.0.attention.self.query"  # the one the reference never trained
     for name, layer in method.named_layers.items():
-        for kind, index in (("weight", layer.index), ("bias", layer.bias_index)):
+        for kind, index in (("weight", layer.selected_index()), ("bias", layer.bias_index)):
             changed = (after[f"{name}.{kind}"] != before[f"{name}.{kind}"]).reshape(-1).nonzero().squeeze(1)
             assert torch.equal(changed, index.long()), f"{name}.{kind}: changed entries differ from the selection"
     untouched = [k for k in before if k.split(".weight")[0].split(".bias")[0] not in method.named_layers
@@ -140,7 +140,8 @@ def test_optimizer_holds_two_states_per_selected_entry_and_no_dense_gradient(dty
         k = selected_count(layer.weight.numel(), 0.05)
         k_total += k
         state = optimizer.state[layer.master]
-        assert layer.index.dtype == torch.int32  # 4 bytes per selected entry, not 8
+        assert layer.index.dtype == torch.int16 and layer.index.numel() == k  # 2 bytes per selected entry
+        assert layer.block_counts.numel() == -(-layer.weight.numel() // 2**15)  # and one count per 2^15 entries
         assert {n: t.numel() * t.element_size() for n, t in state.items() if n != "step"} == \
             {"exp_avg": state_bytes * k, "exp_avg_sq": state_bytes * k}
     held, _ = optimizer_state_bytes(optimizer, torch.device("cpu"))
@@ -160,8 +161,8 @@ def test_weight_decay_decays_the_selected_weights_not_the_biases():
         fit(model, method, synthetic_batches(), 1, lr=1e-2, optimizer="adamw", weight_decay=decay)
         runs[decay] = dense_state(model)
     name, layer = next(iter(method.named_layers.items()))
-    w0 = before[f"{name}.weight"].reshape(-1)[layer.index]
-    shift = (runs[0.5][f"{name}.weight"] - runs[0.0][f"{name}.weight"]).reshape(-1)[layer.index]
+    w0 = before[f"{name}.weight"].reshape(-1)[layer.selected_index()]
+    shift = (runs[0.5][f"{name}.weight"] - runs[0.0][f"{name}.weight"]).reshape(-1)[layer.selected_index()]
     torch.testing.assert_close(shift, -1e-2 * 0.5 * w0)  # AdamW's decoupled decay: W <- W (1 - lr wd)
     assert torch.equal(runs[0.5][f"{name}.bias"], runs[0.0][f"{name}.bias"])
 
@@ -281,7 +282,7 @@ def test_random_and_magnitude_selection():
     assert not torch.equal(q, k)  # equal-sized tensors get different draws
     model, method = prepared(sparse_rate=0.05, selection="magnitude")
     for layer in method.layers:
-        assert torch.equal(layer.index.long(), top_k(layer.weight.detach().abs(), layer.index.numel()))
+        assert torch.equal(layer.selected_index().long(), top_k(layer.weight.detach().abs(), layer.master.numel()))
 
 
 def test_top_k_breaks_ties_towards_the_lower_index():
@@ -306,5 +307,5 @@ def test_state_dict_carries_the_selection():
     target.load_state_dict(copy.deepcopy(source.state_dict()))
     assert all(torch.equal(a, b) for a, b in zip(source.selection().values(), target.selection().values()))
     for layer in target.layers:
-        assert torch.equal(layer.master, layer.weight.reshape(-1)[layer.index])
+        assert torch.equal(layer.master, layer.weight.reshape(-1)[layer.selected_index()])
         assert torch.equal(layer.bias_master, layer.bias[layer.bias_index])

@@ -107,7 +107,7 @@ class SiftLinear(PartialLinear):
         bias = self.bias
         if self.bias_master is not None:
             bias = bias.index_copy(0, self.bias_index, self.bias_master.to(bias.dtype))
-        return _PartialLinearFn.apply(x, self.weight, bias, self.master, self.kind, self.index)
+        return _PartialLinearFn.apply(x, self.weight, bias, self.master, self.kind, self.index, self.block_counts)
 
     @torch.no_grad()
     def write_back(self) -> None:
@@ -168,7 +168,7 @@ class Sift(PartialMethod):
         """Sorted flat indices per trained tensor (`<layer>.weight`, `<layer>.bias`)."""
         out = {}
         for name, layer in self.named_layers.items():
-            out[f"{name}.weight"] = layer.index
+            out[f"{name}.weight"] = layer.selected_index()
             if layer.bias_master is not None:
                 out[f"{name}.bias"] = layer.bias_index
         return out
@@ -204,7 +204,7 @@ class Sift(PartialMethod):
         """Adopt a saved selection (same targets and rate): the masters restart from the dense weights."""
         selection = state["selection"]
         for name, layer in self.named_layers.items():
-            layer.index.copy_(selection[f"{name}.weight"])
+            layer.select(selection[f"{name}.weight"])
             layer.master.copy_(layer.selected_values())
             if layer.bias_master is not None:
                 layer.bias_index.copy_(selection[f"{name}.bias"])
