@@ -89,3 +89,31 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path):
 def test_epochs_set_the_step_count_when_no_max_steps(tmp_path):
     result = run(tmp_path / "run", "task.max_steps=null", "train.epochs=0.5", *TINY)
     assert result["train"]["steps"] == 4  # 0.5 × 256 examples / batch 32
+
+
+def test_ctrl_c_stops_when_the_step_ends():
+    """The interrupt lands while a batch is drawn; the step still completes (optimizer step and write-back)
+    and the loop raises KeyboardInterrupt before the next one. The previous handler comes back."""
+    import os
+    import signal
+
+    from ftbench.methods import build_method
+    from helpers import compose, fit, method_context, synthetic_batches, tiny_model
+
+    def interrupted(batches, at: int):
+        for i, batch in enumerate(batches):
+            if i == at:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+    model = tiny_model("tiny-llama")
+    method = build_method(compose("method=sift", "method.sparse_rate=0.1").method)
+    model = method.prepare(model, method_context())
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, method, interrupted(synthetic_batches(), at=2), steps=10, lr=1e-2, optimizer="adamw")
+    assert signal.getsignal(signal.SIGINT) is handler
+    optimizer_steps = {int(method.optimizer.state[p]["step"]) for p in method.master_parameters()}
+    assert optimizer_steps == {3}  # the third step, during which Ctrl-C came, completed
+    for layer in method.layers:  # and its update was written back into the dense weight
+        torch.testing.assert_close(layer.selected_values(), layer.master.detach().reshape(layer.selected_values().shape))

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -77,57 +79,86 @@ def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Pl
     history = TrainLog()
     progress = Progress(plan, enabled=plan.progress)
     model.train()
-    for step in range(plan.steps):
-        if step == plan.measure_from:
-            meter.start_train()
-        micro = [next(batches) for _ in range(plan.accumulation)]
-        counts = [count(b, head) for b in micro]
-        loss_units = sum(c.loss_units for c in counts) or 1
+    with StopAtStepEnd() as stop:
+        for step in range(plan.steps):
+            if step == plan.measure_from:
+                meter.start_train()
+            micro = [next(batches) for _ in range(plan.accumulation)]
+            counts = [count(b, head) for b in micro]
+            loss_units = sum(c.loss_units for c in counts) or 1
 
-        synchronize(device)
-        started = time.perf_counter()
-        method.before_step(step)
-        step_loss = torch.zeros((), device=device)
-        for i, batch in enumerate(micro):
-            last = i == len(micro) - 1
-            with nullcontext() if last else accelerator.no_sync(model):
-                with autocast():
-                    # Weight by loss positions so N micro-batches equal one N-times larger batch.
-                    loss = loss_fn(model, to_device(batch, device)) * (counts[i].loss_units / loss_units)
-                accelerator.backward(loss)
-            step_loss += loss.detach().float()
-        method.before_optimizer_step(step)
-        meter.sample_grads([*method.optimizer_parameters(), *model.parameters()])
-        grad_norm = method.clip_grad_norm(plan.max_grad_norm)
-        optimizer.step()
-        method.after_step(step)
-        if method.scheduler_steps(step):
-            scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = step_loss.item()  # waits for the step's kernels
-        synchronize(device)
-        seconds = time.perf_counter() - started
+            synchronize(device)
+            started = time.perf_counter()
+            method.before_step(step)
+            step_loss = torch.zeros((), device=device)
+            for i, batch in enumerate(micro):
+                last = i == len(micro) - 1
+                with nullcontext() if last else accelerator.no_sync(model):
+                    with autocast():
+                        # Weight by loss positions so N micro-batches equal one N-times larger batch.
+                        loss = loss_fn(model, to_device(batch, device)) * (counts[i].loss_units / loss_units)
+                    accelerator.backward(loss)
+                step_loss += loss.detach().float()
+            method.before_optimizer_step(step)
+            meter.sample_grads([*method.optimizer_parameters(), *model.parameters()])
+            grad_norm = method.clip_grad_norm(plan.max_grad_norm)
+            optimizer.step()
+            method.after_step(step)
+            if method.scheduler_steps(step):
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_value = step_loss.item()  # waits for the step's kernels
+            synchronize(device)
+            seconds = time.perf_counter() - started
 
-        if not math.isfinite(loss_value):
-            raise NonFiniteLoss(step, loss_value)
-        step_counts = Counts(*(sum(getattr(c, f) for c in counts) for f in ("samples", "tokens", "nonpad", "loss_units")))
-        if step >= plan.measure_from:
-            speed.record(seconds, step_counts.samples, step_counts.tokens, step_counts.nonpad, step_counts.loss_units)
-        meter.after_step(optimizer)
-        history.steps = step + 1
-        history.samples += step_counts.samples
-        history.tokens += step_counts.tokens
-        history.loss_curve.append([step + 1, loss_value])
-        lr = scheduler.get_last_lr()[0]
-        values = {"train/loss": loss_value, "train/lr": lr, "train/tokens_per_s": step_counts.nonpad / seconds}
-        if grad_norm is not None:
-            values["train/grad_norm"] = float(grad_norm)
-        logger.log(values, step + 1)
-        progress.update(step + 1, loss_value, lr, step_counts.nonpad / seconds, _memory_now(device))
-        if evaluate and plan.eval_every and (step + 1) % plan.eval_every == 0 and step + 1 < plan.steps:
-            evaluate(step + 1)
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss(step, loss_value)
+            step_counts = Counts(*(sum(getattr(c, f) for c in counts) for f in ("samples", "tokens", "nonpad", "loss_units")))
+            if step >= plan.measure_from:
+                speed.record(seconds, step_counts.samples, step_counts.tokens, step_counts.nonpad, step_counts.loss_units)
+            meter.after_step(optimizer)
+            history.steps = step + 1
+            history.samples += step_counts.samples
+            history.tokens += step_counts.tokens
+            history.loss_curve.append([step + 1, loss_value])
+            lr = scheduler.get_last_lr()[0]
+            values = {"train/loss": loss_value, "train/lr": lr, "train/tokens_per_s": step_counts.nonpad / seconds}
+            if grad_norm is not None:
+                values["train/grad_norm"] = float(grad_norm)
+            logger.log(values, step + 1)
+            progress.update(step + 1, loss_value, lr, step_counts.nonpad / seconds, _memory_now(device))
+            if evaluate and plan.eval_every and (step + 1) % plan.eval_every == 0 and step + 1 < plan.steps:
+                evaluate(step + 1)
+            if stop.requested:
+                raise KeyboardInterrupt
     progress.close()
     return history
+
+
+class StopAtStepEnd:
+    """Ctrl-C during training stops the run when the current step ends; a second Ctrl-C stops it at once.
+
+    The interrupt is then raised by the loop itself, never inside a library finalizer
+    that happens to run when the signal lands (Python swallows exceptions there, and
+    the run would go on), and never between an optimizer step and its write-back.
+    """
+
+    def __enter__(self) -> StopAtStepEnd:
+        self.requested = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after this step (Ctrl-C again to stop now)")
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def _memory_now(device: torch.device) -> str:
