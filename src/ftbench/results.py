@@ -21,7 +21,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "params": ("total", "trainable", "trainable_pct"),
     "train": ("steps", "samples", "tokens", "loss_first", "loss_last", "loss_curve"),
     "memory": ("device", "load_allocated_bytes", "train_peak_allocated_bytes", "train_peak_reserved_bytes",
-               "train_peak_active_bytes", "train_peak_traced_bytes", "eval_peak_allocated_bytes", "step_reserved_p50_bytes",
+               "train_peak_active_bytes", "eval_peak_allocated_bytes", "step_reserved_p50_bytes",
                "step_reserved_p99_bytes", "cpu_peak_rss_bytes", "breakdown"),
     "throughput": ("step_time_s_p50", "step_time_s_p90", "samples_per_s", "tokens_per_s",
                    "tokens_per_s_nonpad", "tokens_per_s_loss", "mfu"),
