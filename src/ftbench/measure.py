@@ -80,6 +80,7 @@ class MemoryMeter:
     def __post_init__(self):
         self.cuda = self.device.type == "cuda"
         self.tracer = LiveTensorPeak() if self.trace and not self.cuda else None
+        self.tracing = False
         gc.collect()
         if self.cuda:
             torch.cuda.empty_cache()
@@ -88,9 +89,10 @@ class MemoryMeter:
         _reset_rss_peak()
 
     def _trace(self, on: bool) -> None:
-        if on != self.tracer.active:
+        """Enter or leave the trace (eval pauses it); a no-op when it is already so."""
+        if on != self.tracing:
             self.tracer.__enter__() if on else self.tracer.__exit__(None, None, None)
-            self.tracer.active = on
+            self.tracing = on
 
     def _reset(self) -> None:
         if self.cuda:

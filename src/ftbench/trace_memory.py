@@ -33,7 +33,6 @@ class LiveTensorPeak(TorchDispatchMode):
         self.live: dict[int, tuple[StorageWeakRef, int]] = {}  # data_ptr -> (weak ref, bytes)
         self.live_bytes = 0
         self.peak_new_bytes = 0
-        self.active = False  # entered and not yet exited
         self.peak_op: str | None = None  # the operator whose result set the peak
 
     @property
