@@ -27,8 +27,10 @@ def test_allocations_views_in_place_and_frees():
         assert trace.live_bytes == MiB // 2
         assert trace.peak_new_bytes == 3 * MiB and trace.peak_bytes == 8 * MiB
         assert trace.peak_op == "aten::ones"
+        assert trace.peak_by_op == {"aten::zeros": MiB, "aten::ones": 2 * MiB}  # what was live then
         trace.reset_peak()
         assert trace.peak_new_bytes == MiB // 2
+        assert trace.peak_by_op == {"aten::empty.memory_format": MiB // 2}
         del d
 
 
@@ -72,6 +74,10 @@ def test_profile_on_the_cpu_reports_the_traced_peak(tmp_path):
     assert memory["train_peak_traced_bytes"] > held
     assert breakdown["activations_bytes"] == memory["train_peak_traced_bytes"] - held
     assert memory["train_peak_traced_op"].startswith("aten::")  # where the peak was reached
+    by_op = memory["train_peak_traced_by_op"]  # what the step had created and still held then, largest first
+    assert 0 < len(by_op) <= 8 and all(op.startswith("aten::") for op in by_op)
+    assert list(by_op.values()) == sorted(by_op.values(), reverse=True)
+    assert sum(by_op.values()) <= breakdown["activations_bytes"] + breakdown["grad_bytes"]  # the step makes both
     assert _get_current_dispatch_mode() is None  # the trace ends with the run
 
 
@@ -86,4 +92,5 @@ def test_untraced_profile_reports_no_peak(tmp_path):
     result = run(tmp_path / "off", "mode=profile", "profile.trace_memory=false", "profile.steps=1",
                  "profile.warmup_steps=0", "profile.batch_size=2", "profile.seq_len=16")
     assert result["memory"]["train_peak_traced_bytes"] is None
+    assert result["memory"]["train_peak_traced_by_op"] is None
     assert result["memory"]["breakdown"]["activations_bytes"] is None

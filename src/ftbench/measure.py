@@ -76,6 +76,7 @@ class MemoryMeter:
     held_bytes: Callable[[], int] | None = None  # what training holds between steps, for the traced peak
     traced_peak: int | None = None
     traced_peak_op: str | None = None  # e.g. "aten::_log_softmax_backward_data": where the peak was
+    traced_peak_by_op: dict[str, int] | None = None  # what the step held at the peak (activations, grads), by op
 
     def __post_init__(self):
         self.cuda = self.device.type == "cuda"
@@ -120,6 +121,7 @@ class MemoryMeter:
             self._trace(False)
             if self.tracer.peak_bytes > (self.traced_peak or 0):
                 self.traced_peak, self.traced_peak_op = self.tracer.peak_bytes, self.tracer.peak_op
+                self.traced_peak_by_op = self.tracer.peak_by_op
         if self.cuda:
             stats = torch.cuda.memory_stats(self.device)
             self.train_peak["allocated"] = max(self.train_peak["allocated"], stats.get("allocated_bytes.all.peak", 0))
@@ -172,6 +174,7 @@ class MemoryMeter:
             "train_peak_active_bytes": self.train_peak["active"] if self.cuda else None,
             "train_peak_traced_bytes": self.traced_peak,
             "train_peak_traced_op": self.traced_peak_op,
+            "train_peak_traced_by_op": _largest(self.traced_peak_by_op, TRACED_OPS_KEPT),
             "eval_peak_allocated_bytes": self.eval_peak_allocated,
             "step_reserved_p50_bytes": _percentile(self.step_reserved, 50),
             "step_reserved_p99_bytes": _percentile(self.step_reserved, 99),
@@ -186,6 +189,15 @@ class MemoryMeter:
                 "activations_bytes": max(measured_peak - held, 0) if measured_peak else None,
             },
         }
+
+
+TRACED_OPS_KEPT = 8  # result.json keeps the operators holding the most at the traced peak
+
+
+def _largest(by_op: dict[str, int] | None, count: int) -> dict[str, int] | None:
+    if by_op is None:
+        return None
+    return dict(sorted(by_op.items(), key=lambda item: -item[1])[:count])
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer, device: torch.device) -> tuple[int, int]:

@@ -7,7 +7,9 @@ mode instead: each storage an operator creates is counted until it is freed, on
 top of the bytes known to be held when tracing starts (weights, masters,
 optimizer state). Autograd's saved tensors, gradients and checkpoint recomputes
 are all operator outputs, so the traced peak is the figure
-`torch.cuda.max_memory_allocated` would give, less kernel workspaces.
+`torch.cuda.max_memory_allocated` would give, less kernel workspaces. What was
+live at the peak is kept by creating operator (e.g. `aten::mm`: GEMM outputs,
+`aten::_to_copy`: dtype casts), which says where a method's memory goes.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ class LiveTensorPeak(TorchDispatchMode):
     def __init__(self, held_bytes: int = 0):
         super().__init__()
         self.held_bytes = held_bytes
-        self.live: dict[int, tuple[StorageWeakRef, int]] = {}  # data_ptr -> (weak ref, bytes)
+        self.live: dict[int, tuple[StorageWeakRef, int, str]] = {}  # data_ptr -> (weak ref, bytes, creating op)
         self.live_bytes = 0
+        self.live_by_op: dict[str, int] = {}
         self.peak_new_bytes = 0
         self.peak_op: str | None = None  # the operator whose result set the peak
+        self.peak_by_op: dict[str, int] = {}  # what was live at the peak, by the operator that created it
 
     @property
     def peak_bytes(self) -> int:
@@ -41,25 +45,31 @@ class LiveTensorPeak(TorchDispatchMode):
 
     def reset_peak(self) -> None:
         self._sweep()
-        self.peak_new_bytes, self.peak_op = self.live_bytes, None
+        self.peak_new_bytes, self.peak_op, self.peak_by_op = self.live_bytes, None, dict(self.live_by_op)
 
     def _sweep(self) -> None:
-        dead = [ptr for ptr, (ref, _) in self.live.items() if ref.expired()]
+        dead = [ptr for ptr, (ref, _, _) in self.live.items() if ref.expired()]
         for ptr in dead:
-            self.live_bytes -= self.live.pop(ptr)[1]
+            _, nbytes, op = self.live.pop(ptr)
+            self.live_bytes -= nbytes
+            self.live_by_op[op] -= nbytes
+            if not self.live_by_op[op]:
+                del self.live_by_op[op]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self._sweep()
         inputs = {s.data_ptr() for s in _storages((args, kwargs))}
+        op = func.name()
         for storage in _storages(out):
-            ptr = storage.data_ptr()
+            ptr, nbytes = storage.data_ptr(), storage.nbytes()
             if ptr in inputs or ptr in self.live or ptr == 0:
                 continue
-            self.live[ptr] = (StorageWeakRef(storage), storage.nbytes())
-            self.live_bytes += storage.nbytes()
+            self.live[ptr] = (StorageWeakRef(storage), nbytes, op)
+            self.live_bytes += nbytes
+            self.live_by_op[op] = self.live_by_op.get(op, 0) + nbytes
         if self.live_bytes > self.peak_new_bytes:
-            self.peak_new_bytes, self.peak_op = self.live_bytes, func.name()
+            self.peak_new_bytes, self.peak_op, self.peak_by_op = self.live_bytes, op, dict(self.live_by_op)
         return out
 
 

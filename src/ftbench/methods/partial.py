@@ -5,8 +5,9 @@ The selected part is mirrored by a plain trainable tensor, the *master* (fp32 by
 default). A custom autograd Function returns the gradient of the selected part
 only and never keeps a dense weight gradient past the layer's backward:
 
-- ``elements`` (SIFT): the layer's weight gradient is formed, gathered at the
-  selected flat indices, and dropped at once;
+- ``elements`` (SIFT): the layer's weight gradient is formed a few output rows
+  at a time (at most `GRAD_CHUNK_BYTES`), gathered at the selected flat indices,
+  and dropped at once;
 - ``rows`` (S2FT: V, Up): output rows S; a thin GEMM ``g[..., S]ᵀ x``;
 - ``cols`` (S2FT: O, Down): input columns S; only a compact copy of
   ``x[..., S]`` is saved, and the gradient is one flattened GEMM ``gᵀ x_S``.
@@ -33,12 +34,13 @@ KINDS = ("elements", "rows", "cols")
 
 class _PartialLinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, master, kind: str, index: torch.Tensor, block_counts: torch.Tensor | None):
+    def forward(ctx, x, weight, bias, master, kind: str, index: torch.Tensor, block_counts: torch.Tensor | None,
+                row_chunks: tuple[tuple[int, int, int, int], ...]):
         y = F.linear(x, weight, bias)
         # Input columns need only x[..., S]: index_select makes a compact copy, never a view of x.
         saved = x.index_select(-1, index) if kind == "cols" else x
         ctx.save_for_backward(weight, saved, index, block_counts)
-        ctx.kind = kind
+        ctx.kind, ctx.row_chunks = kind, row_chunks
         ctx.bias_grad = bias is not None and bias.requires_grad
         ctx.master_dtype = master.dtype
         return y
@@ -51,15 +53,18 @@ class _PartialLinearFn(torch.autograd.Function):
         g = grad_out.reshape(-1, grad_out.shape[-1])
         x = saved.reshape(-1, saved.shape[-1]).to(dtype)
         if ctx.kind == "elements":
-            dense = g.t() @ x  # the layer's weight gradient: transient
-            grad_master = dense.view(-1).index_select(0, unpack_elements(index, block_counts))
-            del dense  # gone before the master-dtype copy below is allocated
+            flat = unpack_elements(index, block_counts)
+            grad_master = torch.empty(flat.numel(), dtype=ctx.master_dtype, device=flat.device)
+            for row_start, row_end, first, last in ctx.row_chunks:
+                dense = g[:, row_start:row_end].t() @ x  # rows of the layer's weight gradient: transient
+                offsets = flat[first:last] - row_start * x.shape[1]
+                grad_master[first:last] = dense.view(-1).index_select(0, offsets)
         elif ctx.kind == "rows":
             grad_master = g.index_select(1, index).t() @ x  # (|S|, in)
         else:
             grad_master = g.t() @ x  # (out, |S|): x already holds only the selected columns
         grad_bias = g.sum(0) if ctx.bias_grad else None
-        return grad_x, None, grad_bias, grad_master.to(ctx.master_dtype), None, None, None
+        return grad_x, None, grad_bias, grad_master.to(ctx.master_dtype), None, None, None, None
 
 
 class PartialLinear(nn.Linear):
@@ -83,6 +88,7 @@ class PartialLinear(nn.Linear):
     def select(self, index: torch.Tensor) -> None:
         """Adopt a selection: element positions are packed (2 bytes each), rows and columns kept as int64."""
         index = index.to(self.weight.device, torch.long).sort().values
+        self.row_chunks = row_chunks(index, self.weight) if self.kind == "elements" else ()
         if self.kind == "elements":
             index, counts = pack_elements(index, self.weight.numel())
         else:
@@ -103,7 +109,7 @@ class PartialLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _PartialLinearFn.apply(x, self.weight, self.bias, self.master, self.kind, self.index,
-                                      self.block_counts)
+                                      self.block_counts, self.row_chunks)
 
     @torch.no_grad()
     def write_back(self) -> None:
@@ -132,6 +138,23 @@ def unpack_elements(offsets: torch.Tensor, counts: torch.Tensor) -> torch.Tensor
     dtype = torch.int32 if counts.numel() * BLOCK < 2**31 else torch.long
     starts = torch.arange(counts.numel(), device=counts.device, dtype=dtype) * BLOCK
     return starts.repeat_interleave(counts, output_size=offsets.numel()) + offsets
+
+
+# SIFT forms a layer's weight gradient at most this many bytes at a time, so its transient
+# stays a slice of the largest weight (LLaMA2-7B's MLP: 32 of 86 MiB) while the GEMMs stay
+# wide enough to run at full speed.
+GRAD_CHUNK_BYTES = 32 * 2**20
+
+
+def row_chunks(flat: torch.Tensor, weight: torch.Tensor) -> tuple[tuple[int, int, int, int], ...]:
+    """(first row, end row, first entry, end entry) per chunk of output rows, for sorted flat
+    positions. Computed once per selection, so backward needs no host sync to slice."""
+    rows, cols = weight.shape
+    step = max(1, GRAD_CHUNK_BYTES // (cols * weight.element_size()))
+    starts = list(range(0, rows, step))
+    ends = starts[1:] + [rows]
+    bounds = torch.searchsorted(flat, torch.tensor(starts + [rows], device=flat.device) * cols).tolist()
+    return tuple(zip(starts, ends, bounds[:-1], bounds[1:]))
 
 
 def write_selected(weight: torch.Tensor, kind: str, index: torch.Tensor, values: torch.Tensor) -> None:

@@ -107,7 +107,8 @@ class SiftLinear(PartialLinear):
         bias = self.bias
         if self.bias_master is not None:
             bias = bias.index_copy(0, self.bias_index, self.bias_master.to(bias.dtype))
-        return _PartialLinearFn.apply(x, self.weight, bias, self.master, self.kind, self.index, self.block_counts)
+        return _PartialLinearFn.apply(x, self.weight, bias, self.master, self.kind, self.index, self.block_counts,
+                                      self.row_chunks)
 
     @torch.no_grad()
     def write_back(self) -> None:
