@@ -59,6 +59,7 @@ class _PartialLinearFn(torch.autograd.Function):
                 dense = g[:, row_start:row_end].t() @ x  # rows of the layer's weight gradient: transient
                 offsets = flat[first:last] - row_start * x.shape[1]
                 grad_master[first:last] = dense.view(-1).index_select(0, offsets)
+                del dense  # freed before the next chunk's GEMM allocates its own
         elif ctx.kind == "rows":
             grad_master = g.index_select(1, index).t() @ x  # (|S|, in)
         else:
