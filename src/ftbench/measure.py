@@ -74,9 +74,6 @@ class MemoryMeter:
     training: bool = False
     trace: bool = False  # CPU only: trace the train peak op by op (slows the step)
     held_bytes: Callable[[], int] | None = None  # what training holds between steps, for the traced peak
-    traced_peak: int | None = None
-    traced_peak_op: str | None = None  # e.g. "aten::_log_softmax_backward_data": where the peak was
-    traced_peak_by_op: dict[str, int] | None = None  # what the step held at the peak (activations, grads), by op
 
     def __post_init__(self):
         self.cuda = self.device.type == "cuda"
@@ -118,10 +115,7 @@ class MemoryMeter:
         if not self.training:
             return
         if self.tracer is not None:
-            self._trace(False)
-            if self.tracer.peak_bytes > (self.traced_peak or 0):
-                self.traced_peak, self.traced_peak_op = self.tracer.peak_bytes, self.tracer.peak_op
-                self.traced_peak_by_op = self.tracer.peak_by_op
+            self._trace(False)  # its peak carries over when eval ends and the trace resumes
         if self.cuda:
             stats = torch.cuda.memory_stats(self.device)
             self.train_peak["allocated"] = max(self.train_peak["allocated"], stats.get("allocated_bytes.all.peak", 0))
@@ -164,7 +158,9 @@ class MemoryMeter:
     def summary(self, weights: int, masters: int) -> dict:
         peak = self.train_peak["allocated"] if self.cuda else None
         held = weights + masters + self.grad_bytes + self.optimizer_state_bytes
-        measured_peak = peak or self.traced_peak
+        traced = self.tracer if self.tracer is not None and self.tracer.peak_op is not None else None
+        traced_peak = traced.peak_bytes if traced else None
+        measured_peak = peak or traced_peak
         return {
             "device": str(self.device) if not self.cuda else f"cuda:{self.device.index or 0}",
             "baseline_allocated_bytes": self.baseline_allocated,
@@ -172,9 +168,9 @@ class MemoryMeter:
             "train_peak_allocated_bytes": peak,
             "train_peak_reserved_bytes": self.train_peak["reserved"] if self.cuda else None,
             "train_peak_active_bytes": self.train_peak["active"] if self.cuda else None,
-            "train_peak_traced_bytes": self.traced_peak,
-            "train_peak_traced_op": self.traced_peak_op,
-            "train_peak_traced_by_op": _largest(self.traced_peak_by_op, TRACED_OPS_KEPT),
+            "train_peak_traced_bytes": traced_peak,
+            "train_peak_traced_op": traced.peak_op if traced else None,
+            "train_peak_traced_by_op": _largest(traced.peak_by_op, TRACED_OPS_KEPT) if traced else None,
             "eval_peak_allocated_bytes": self.eval_peak_allocated,
             "step_reserved_p50_bytes": _percentile(self.step_reserved, 50),
             "step_reserved_p99_bytes": _percentile(self.step_reserved, 99),
@@ -194,9 +190,7 @@ class MemoryMeter:
 TRACED_OPS_KEPT = 8  # result.json keeps the operators holding the most at the traced peak
 
 
-def _largest(by_op: dict[str, int] | None, count: int) -> dict[str, int] | None:
-    if by_op is None:
-        return None
+def _largest(by_op: dict[str, int], count: int) -> dict[str, int]:
     return dict(sorted(by_op.items(), key=lambda item: -item[1])[:count])
 
 

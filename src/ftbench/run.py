@@ -136,10 +136,11 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
 
     # DDP syncs gradients from its own forward; the chunked loss calls the decoder directly.
     chunk_tokens = cfg.train.loss_chunk_tokens if accelerator.num_processes == 1 else None
+    loss_fn = make_loss(model, head, chunk_tokens)  # takes the model as an argument: serves it once wrapped too
 
     def micro_loss(m, batch):
         with hw.autocast():
-            return make_loss(m, head, chunk_tokens)(m, to_device(batch, device))
+            return loss_fn(m, to_device(batch, device))
 
     def calibration_batches(n):
         it = stream(cfg.seed + 10_007)
@@ -178,7 +179,6 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
     total = sum(p.numel() for p in model.parameters() if id(p) not in master_ids)
     result["params"].update(total=total, trainable=n_trainable, trainable_pct=100.0 * n_trainable / max(total, 1))
     result["method"] = method.describe(model)
-    loss_fn = make_loss(model, head, chunk_tokens)
     result["plan"] = {"batch_size": batch_size, "micro_batch_size": micro, "accumulation": accumulation,
                       "steps": steps, "lr": lr, "measure_from_step": measure_from,
                       "loss_chunk_tokens": chunk_tokens if loss_fn is not model_loss else None}
