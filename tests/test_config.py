@@ -67,3 +67,40 @@ def test_config_tree_is_found_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert (config_dir() / "config.yaml").is_file()
     assert validate(["task.max_steps=5"], multirun=False) is None
+
+
+def _preset(path: Path) -> tuple[list[str], dict]:
+    """(the bases a preset file includes, its own settings flattened to dotted keys)."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    bases = [d for d in data.pop("defaults", []) if isinstance(d, str) and d != "_self_"]
+
+    def flat(node, prefix=""):
+        if isinstance(node, dict):
+            return {k: v for key, sub in node.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    return bases, flat(data)
+
+
+def test_presets_hold_only_what_differs_from_their_bases():
+    """Per-paper settings live once, in conf/experiment/base/; a preset never repeats a value its bases set,
+    and every base serves at least two presets."""
+    experiments = config_dir() / "experiment"
+    users: dict[str, int] = {}
+
+    def settings(name: str) -> dict:
+        bases, own = _preset(experiments / f"{name}.yaml")
+        inherited = {}
+        for base in bases:
+            users[base] = users.get(base, 0) + 1
+            inherited.update(settings(f"base/{base.removeprefix('base/')}"))
+        repeated = {k for k, v in own.items() if k in inherited and inherited[k] == v}
+        assert not repeated, f"{name}.yaml repeats {sorted(repeated)} from its bases"
+        return {**inherited, **own}
+
+    for option in options("experiment"):
+        settings(option)
+    for base in sorted((experiments / "base").glob("*.yaml")):
+        assert users.get(f"base/{base.stem}", 0) + users.get(base.stem, 0) >= 2, f"base/{base.stem} serves < 2 presets"
