@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,17 @@ def resolve(cfg) -> Hardware:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return Hardware(device, precision, checkpointing, cfg.max_micro_batch_size, cfg.attn_implementation, pad_multiple)
+
+
+@contextmanager
+def restored_process_settings() -> Iterator[None]:
+    """Put back, when the job ends, the process-wide flags `resolve` may set (TF32 matmuls and
+    convolutions), so the next job of a multirun starts from the process's own settings."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def split_batch(batch_size: int, max_micro: int | None, world_size: int = 1) -> tuple[int, int]:

@@ -142,8 +142,14 @@ class SparseMlpOptimizer(torch.optim.Optimizer):
             delta = (old_avg + avg_step) / ((old_sq + sq_step).sqrt() + group["eps"]) * -step_size
         delta = delta * first
         basis = self.bases[param]
-        if basis is None:
-            param.view(-1).index_add_(0, flat, delta.to(param.dtype))
+        if basis is None:  # MeProp: the k entries themselves, rounded as add_rounded does
+            if param.dtype == torch.bfloat16:
+                unique = flat[first]  # index_copy_ needs each index once
+                values = param.view(-1).index_select(0, unique)
+                add_rounded(values, delta[first])
+                param.view(-1).index_copy_(0, unique, values)
+            else:
+                param.view(-1).index_add_(0, flat, delta.to(param.dtype))
             return
         rotated = torch.zeros(param.shape, dtype=basis.left.dtype, device=param.device)
         rotated.view(-1).index_add_(0, flat, delta.to(rotated.dtype))

@@ -193,6 +193,16 @@ class StateStore:
         if self.cuda:
             self.stream.synchronize()
 
+    def close(self) -> None:
+        """Release the host arena and the in-flight copies (the job's end); on CUDA the pinned
+        pages go back to the system, not to the caching host allocator."""
+        self.synchronize()
+        self.buffers, self.offloaded, self.fetched, self.timings = {}, {}, {}, []
+        self.arena.chunks, self.arena.used = [], []
+        self.optimizer = None
+        if self.cuda:
+            release_host_cache()
+
     # -- copies and their timing --------------------------------------------------------
     def _buffer(self, slot: Slot, key: str, like: torch.Tensor) -> torch.Tensor:
         host = self.buffers.get((slot, key))
@@ -263,3 +273,11 @@ class StateStore:
                 sum(self.recent.get(s, {}).get(key, 0.0) for s in last) / self.window if steady else None)
         return {**self.totals, **timed, "host_used_bytes": sum(self.arena.used),
                 "host_reserved_bytes": self.arena.nbytes}
+
+
+def release_host_cache() -> None:
+    """Return cached pinned host memory to the system (torch.accelerator.empty_host_cache, torch >= 2.9;
+    older versions keep the pages cached for the process's next pinned allocation)."""
+    empty = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
+    if empty is not None:
+        empty()
