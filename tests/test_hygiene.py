@@ -4,7 +4,6 @@ import gc
 import weakref
 
 import pytest
-import torch
 
 import ftbench.run
 from ftbench.methods.base import Method

@@ -239,7 +239,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     result["memory"]["breakdown"]["trainable_bytes"] = trainable_bytes
     seq_len = speed.tokens / max(speed.samples, 1)
     result["throughput"] = speed.summary(flops_per_token(model, seq_len), peak_flops(result["env"]["device_name"],
-                                                                                       hw.precision))
+                                                                                       hw.precision, device.type == "cuda"))
     logger.summary({**result["metrics"], **{f"throughput/{k}": v for k, v in result["throughput"].items()}})
     return logger
 
