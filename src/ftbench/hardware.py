@@ -33,7 +33,12 @@ def make_accelerator(device: torch.device):
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=not torch.distributed.is_initialized())
-    return Accelerator(cpu=device.type == "cpu")
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    if accelerator.mixed_precision == "fp16":  # its GradScaler would scale losses that nothing unscales
+        raise UserError("hardware.precision", "fp16 (accelerate launch --mixed_precision fp16 or accelerate "
+                        "config) is not supported; launch with --mixed_precision no and pick "
+                        "hardware.precision=bf16-pure, bf16-mixed or fp32")
+    return accelerator
 
 
 def resolve(cfg) -> Hardware:

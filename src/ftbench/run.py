@@ -165,7 +165,8 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
 
     # The plan.
     if profiling:
-        steps, measure_from = cfg.profile.warmup_steps + cfg.profile.steps, cfg.profile.warmup_steps
+        warmup = max(cfg.profile.warmup_steps, method.first_visit_steps())  # HiFT: a cycle of first visits
+        steps, measure_from = warmup + cfg.profile.steps, warmup
     else:
         steps = cfg.train.max_steps or cfg.task.max_steps or max(
             1, int((cfg.train.epochs or cfg.task.epochs) * len(task.train_examples()) // batch_size))

@@ -131,6 +131,11 @@ class Method(ABC):
     def after_step(self, step: int) -> None:
         pass
 
+    def first_visit_steps(self) -> int:
+        """Optimizer steps before the method's steady state (state created lazily, buffers first allocated):
+        profile mode's warm-up covers at least these, so timed steps are steady-state steps."""
+        return 0
+
     def scheduler_steps(self, step: int) -> bool:
         """Whether the LR scheduler advances after optimizer step `step`."""
         return True

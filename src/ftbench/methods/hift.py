@@ -130,6 +130,7 @@ class BlockRotation(Method):
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         super().attach(optimizer)
+        self.store.check_host_memory(self.all_slots(), _states_per_weight(optimizer))  # before anything is pinned
         self.store.optimizer = optimizer
         if self.loaded_states is not None:
             self._place_states(self.loaded_states)
@@ -159,6 +160,10 @@ class BlockRotation(Method):
                 if slot.master is not None:
                     slot.param.copy_(slot.master)
         self.steps_done += 1
+
+    def first_visit_steps(self) -> int:
+        """One cycle: every unit's first visit creates its state, masters and (offload) host buffers."""
+        return self.schedule.cycle_steps
 
     def scheduler_steps(self, step: int) -> bool:
         return self.cfg.lr_policy == "per_step" or self.steps_done % self.schedule.cycle_steps == 0
@@ -314,6 +319,16 @@ class BlockRotation(Method):
                     value = self.store.adopt(slot, key, value, slot.unit in self.active)
                 placed[key] = value
             self.optimizer.state[slot.handle] = placed
+
+
+def _states_per_weight(optimizer: torch.optim.Optimizer) -> int:
+    """Tensors of a weight's shape the optimizer keeps per weight: AdamW 2, SGD 1 with momentum (else 0),
+    Adagrad 1; any other optimizer is counted as AdamW (Adafactor keeps less: an upper bound)."""
+    if isinstance(optimizer, torch.optim.SGD):
+        return int(any(g.get("momentum", 0) for g in optimizer.param_groups))
+    if isinstance(optimizer, torch.optim.Adagrad):
+        return 1
+    return 2
 
 
 def _accumulate_into(slot: Slot):
