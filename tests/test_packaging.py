@@ -39,8 +39,8 @@ def test_the_torch_floor_covers_what_the_code_uses_and_the_readme_examples_meet_
     """torch.nn.utils.get_total_norm and transformers 5 need torch 2.6; every `TORCH='torch==X'`
     the README suggests must satisfy the declared floor."""
     import re
-    import tomllib
 
+    import tomllib
     from packaging.requirements import Requirement
     from packaging.version import Version
 
