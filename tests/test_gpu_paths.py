@@ -1,6 +1,7 @@
 """Faults of the GPU code paths that show on the CPU too: the final evaluation's memory, fp16
 launches, TF32 flags that outlive a job."""
 
+import pytest
 import torch
 
 import ftbench.run
@@ -99,3 +100,31 @@ def test_profile_times_hift_after_a_cycle_of_first_visits(tmp_path):
     cycle = result["method"]["cycle_steps"]
     assert cycle > 1 and result["plan"]["measure_from_step"] == cycle
     assert result["throughput"]["timed_steps"] == 2 and result["train"]["steps"] == cycle + 2
+
+
+class _Props:
+    def __init__(self, name, memory, major, minor):
+        self.name, self.total_memory, self.major, self.minor = name, memory, major, minor
+
+
+@pytest.mark.parametrize("props,precision,tf32", [
+    (_Props("NVIDIA H200", 150_119_981_056, 9, 0), "bf16-pure", True),
+    (_Props("NVIDIA A100-SXM4-80GB", 85_089_566_720, 8, 0), "bf16-pure", True),
+    (_Props("Tesla V100-SXM2-32GB", 34_089_730_048, 7, 0), "fp32", False),  # bf16 only emulated there
+])
+def test_hardware_auto_reads_the_device_it_finds(monkeypatch, props, precision, tf32):
+    from omegaconf import OmegaConf
+
+    from ftbench.cli import config_dir
+    from ftbench.hardware import resolve, restored_process_settings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation included
+    with restored_process_settings():
+        torch.backends.cuda.matmul.allow_tf32 = False
+        hw = resolve(OmegaConf.load(config_dir() / "hardware" / "auto.yaml"))
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32
+    assert hw.device.type == "cuda" and hw.precision == precision and hw.gradient_checkpointing
+    assert (hw.info.name, hw.info.memory_bytes, hw.info.bf16, hw.info.tf32) == (
+        props.name, props.total_memory, precision == "bf16-pure", tf32)
