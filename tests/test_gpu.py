@@ -15,15 +15,17 @@ ON_GPU = ["hardware=auto", "hardware.precision=bf16-pure", "mode=profile", "prof
 
 @pytest.mark.parametrize("name,overrides", METHODS)
 def test_a_job_returns_device_memory_to_its_baseline(tmp_path, name, overrides):
-    """After a job (HiFT's offload and pinned host arena included) the device holds what it held before."""
-    gc.collect()
-    torch.cuda.empty_cache()
-    baseline = torch.cuda.memory_allocated()
-    result = run(tmp_path / "run", *ON_GPU, f"method={name}", *overrides)
-    assert result["exit_code"] == 0, result["error"]
-    assert result["memory"]["train_peak_allocated_bytes"] > 0
-    gc.collect()
-    assert torch.cuda.memory_allocated() == baseline
+    """A second job of the same method ends where the first ended: nothing of a job (weights, masters,
+    HiFT's offloaded state) stays allocated. (The first job may leave cuBLAS workspaces, which the
+    caching allocator keeps for the process: hence the first job sets the baseline.)"""
+    allocated = []
+    for job in ("first", "second"):
+        result = run(tmp_path / job, *ON_GPU, f"method={name}", *overrides)
+        assert result["exit_code"] == 0, result["error"]
+        assert result["memory"]["train_peak_allocated_bytes"] > 0
+        gc.collect()
+        allocated.append(torch.cuda.memory_allocated())
+    assert allocated[1] == allocated[0]
 
 
 def test_tf32_is_on_during_the_job_and_restored_after(tmp_path):
