@@ -81,3 +81,16 @@ def test_meprop_rounds_bf16_updates_stochastically():
                                               check_invariants=True)
         optimizer.step()
     assert weight.float().mean().item() == pytest.approx(0.5 - 20 * 1e-4, abs=2e-4)
+
+
+def test_lazy_adam_keeps_fp32_moments_for_bf16_weights():
+    from ftbench.config import OptimConfig
+    from ftbench.methods.sparse_adam import SparseMlpOptimizer
+
+    weight = torch.nn.Parameter(torch.full((8, 8), 0.5, dtype=torch.bfloat16))
+    optimizer = SparseMlpOptimizer([{"params": [weight], "sparse": True, "name": "sparse"}],
+                                   OptimConfig(name="adamw"), 1e-5, {weight: None})
+    weight.grad = torch.sparse_coo_tensor(torch.tensor([[0, 1], [2, 3]]), torch.ones(2, dtype=torch.bfloat16),
+                                          (8, 8), check_invariants=True)
+    optimizer.step()
+    assert optimizer.state[weight]["exp_avg"].dtype == optimizer.state[weight]["exp_avg_sq"].dtype == torch.float32

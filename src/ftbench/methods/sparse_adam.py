@@ -119,9 +119,9 @@ class SparseMlpOptimizer(torch.optim.Optimizer):
         state = self.state[param]
         if not state:
             state["step"] = 0
-            if self.rule == "adam":
-                state["exp_avg"] = torch.zeros_like(param)
-                state["exp_avg_sq"] = torch.zeros_like(param)
+            if self.rule == "adam":  # fp32 moments: a bf16 second moment moves by 1e-3 steps, below its rounding
+                state["exp_avg"] = torch.zeros_like(param, dtype=torch.promote_types(param.dtype, torch.float32))
+                state["exp_avg_sq"] = torch.zeros_like(param, dtype=torch.promote_types(param.dtype, torch.float32))
         state["step"] += 1  # the global step: every sparse weight counts every optimizer step
         if param.grad is None:
             return
