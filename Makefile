@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell echo '$(TORCH)' | tr -c 'a-zA-Z0-9.=' '_')
 BENCH_ARGS ?= model=tiny-llama profile.batch_size=4 profile.seq_len=128
 
 .PHONY: help install demo test bench lint clean reproduce-sift reproduce-sparsegrad reproduce-s2ft reproduce-hift \
-        reproduce-paper reproduce-memory
+        reproduce-paper reproduce-memory gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -58,6 +58,12 @@ reproduce-paper: $(STAMP) ## every recipe of the four papers (hundreds of GPU ho
 
 reproduce-memory: $(STAMP) ## only the memory/speed cells of every recipe: profile mode, random init, any GPU
 	$(REPRODUCE) --only-memory recipes/*.yaml $(REPRODUCE_ARGS)
+
+# The first GPU run, prepared (README "The GPU check"): no venv is created; .venv's Python if there is one.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+
+gpu-check: ## one NVIDIA GPU >= 80 GB: missing wheels from .whl/, the gpu tests, 7B + RoBERTa-large profile sweeps, one table (DRY=1: only list)
+	$(GPU_PY) scripts/gpu_check.py $(if $(DRY),--dry-run)
 
 lint: $(STAMP) ## ruff over the sources and tests
 	$(VENV)/bin/ruff check src tests

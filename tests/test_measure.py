@@ -1,5 +1,8 @@
 """Measurement primitives: what is counted is what is held."""
 
+import logging
+
+import pytest
 import torch
 
 from ftbench.measure import (
@@ -8,6 +11,7 @@ from ftbench.measure import (
     flops_per_token,
     matmul_params,
     optimizer_state_bytes,
+    peak_flops,
     rss_peak_bytes,
     tensor_bytes,
 )
@@ -55,3 +59,26 @@ def test_speed_summary():
     assert summary["step_time_s_p50"] == 2.0 and summary["step_time_s_p90"] == 3.0
     assert summary["tokens_per_s"] == 120 / 6 and summary["tokens_per_s_nonpad"] == 90 / 6
     assert summary["mfu"] is None
+
+
+@pytest.mark.parametrize("name,peak", [
+    ("NVIDIA H100 80GB HBM3", 989e12),
+    ("NVIDIA H100 PCIe", 756e12),
+    ("NVIDIA H100 NVL", 835e12),  # not the SXM peak
+    ("NVIDIA H200", 989e12),
+    ("NVIDIA H800", 989e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12),
+    ("NVIDIA L40", 181e12),  # not L4's
+    ("NVIDIA L40S", 362e12),
+    ("NVIDIA L4", 121e12),
+    ("NVIDIA A40", 149.7e12),  # not A10's
+    ("NVIDIA A10", 125e12),
+    ("NVIDIA Tesla V100-SXM2-32GB", None),
+    ("Some Future GPU H100", None),
+])
+def test_peak_flops_by_exact_device_name(name, peak, caplog):
+    with caplog.at_level(logging.WARNING, logger="ftbench"):
+        assert peak_flops(name, "bf16-pure") == peak
+    assert len(caplog.records) == (peak is None)
+    assert peak_flops(name, "fp32") is None
+    assert peak_flops(name, "bf16-pure", cuda=False) is None

@@ -33,3 +33,19 @@ def test_a_wheel_carries_both_inside_the_package(tmp_path):
     module, conf, recipes, problem = probe.stdout.split("\n")[:4]
     assert module.startswith(str(site)) and conf == str(site / "ftbench" / "conf")
     assert recipes == str(site / "ftbench" / "recipes") and problem == "None"
+
+
+def test_the_torch_floor_covers_what_the_code_uses_and_the_readme_examples_meet_it():
+    """torch.nn.utils.get_total_norm and transformers 5 need torch 2.6; every `TORCH='torch==X'`
+    the README suggests must satisfy the declared floor."""
+    import re
+
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_req = next(Requirement(d) for d in deps if Requirement(d).name == "torch")
+    assert not torch_req.specifier.contains("2.5.1") and torch_req.specifier.contains("2.6.0")
+    examples = re.findall(r"TORCH='torch==([0-9.]+)'", (REPO / "README.md").read_text())
+    assert examples and all(Version(v) >= Version("2.6") for v in examples)

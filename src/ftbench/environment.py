@@ -45,6 +45,7 @@ def environment(hw, world_size: int) -> dict:
         "git_commit": git_commit(),
         "device_name": torch.cuda.get_device_name(hw.device) if on_gpu else platform.processor() or "cpu",
         "cuda": torch.version.cuda if on_gpu else None,
+        "device_memory_bytes": hw.info.memory_bytes if hw.info else None,
         "precision": hw.precision,
         "gradient_checkpointing": hw.gradient_checkpointing,
         "attn_implementation": hw.attn_implementation,

@@ -12,6 +12,7 @@ The CPU has no allocator counter: there the peak is traced op by op
 from __future__ import annotations
 
 import gc
+import logging
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,14 +23,24 @@ from torch import nn
 
 from .trace_memory import LiveTensorPeak
 
+log = logging.getLogger("ftbench")
+
 GiB = 2**30
 
-# Dense bf16 tensor-core peak per GPU, by a substring of the device name (first match wins).
-PEAK_BF16_FLOPS = (
-    ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("B200", 2250e12),
-    ("A100", 312e12), ("L40S", 362e12), ("A6000", 154.8e12), ("A10", 125e12), ("L4", 121e12),
-    ("RTX 4090", 165.2e12), ("RTX 3090", 71e12),
-)
+# Dense bf16 tensor-core peak (FLOP/s, no sparsity) per GPU, by the exact name torch.cuda.get_device_name
+# reports (vendor datasheets). Variants differ (H100 SXM / PCIe / NVL; L40 / L40S / L4): a name not listed
+# gets no peak (MFU null and one log line), never a neighbour's.
+PEAK_BF16_FLOPS = {
+    "NVIDIA B200": 2250e12,
+    "NVIDIA H200": 989e12, "NVIDIA H200 NVL": 835e12, "NVIDIA GH200 480GB": 989e12,
+    "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12,
+    "NVIDIA H800": 989e12, "NVIDIA H800 PCIe": 756e12,
+    "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12, "NVIDIA A100 80GB PCIe": 312e12,
+    "NVIDIA A100-PCIE-40GB": 312e12, "NVIDIA A800-SXM4-80GB": 312e12,
+    "NVIDIA L40S": 362e12, "NVIDIA L40": 181e12, "NVIDIA L4": 121e12,
+    "NVIDIA A40": 149.7e12, "NVIDIA A10": 125e12, "NVIDIA RTX A6000": 154.8e12,
+    "NVIDIA GeForce RTX 4090": 165.2e12, "NVIDIA GeForce RTX 3090": 71e12,
+}
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -241,10 +252,16 @@ def flops_per_token(model: nn.Module, seq_len: float) -> float:
     return 6 * matmul_params(model) + 12 * layers * hidden * seq_len
 
 
-def peak_flops(device_name: str | None, precision: str) -> float | None:
-    if not device_name or not precision.startswith("bf16"):
+def peak_flops(device_name: str | None, precision: str, cuda: bool = True) -> float | None:
+    """The device's dense bf16 peak in FLOP/s, matched by exact name; None off bf16, on the CPU, or for a
+    GPU not in PEAK_BF16_FLOPS (then one log line says so)."""
+    if not cuda or not device_name or not precision.startswith("bf16"):
         return None
-    return next((flops for key, flops in PEAK_BF16_FLOPS if key in device_name), None)
+    peak = PEAK_BF16_FLOPS.get(" ".join(device_name.split()))
+    if peak is None:
+        log.warning("no dense bf16 peak known for GPU %r: throughput.mfu is null (add it to "
+                    "ftbench.measure.PEAK_BF16_FLOPS)", device_name)
+    return peak
 
 
 @dataclass

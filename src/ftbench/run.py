@@ -11,6 +11,7 @@ import gc
 import logging
 import sys
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from . import batches, results
 from .config import check
 from .environment import environment
 from .errors import UserError, first_line
-from .hardware import make_accelerator, resolve, split_batch
+from .hardware import make_accelerator, resolve, restored_process_settings, split_batch
 from .lm_loss import make_loss, model_loss
 from .logger import make_logger
 from .measure import (
@@ -58,7 +59,8 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = Non
     code, logger = 0, None
     try:
         check(cfg)
-        logger = execute(cfg, output_dir, result)
+        with ExitStack() as job_end:  # what the job changed in the process is undone when it ends
+            logger = execute(cfg, output_dir, result, job_end)
         result["status"] = "ok"
     except (Exception, KeyboardInterrupt) as exc:
         status, error, code = classify(exc)
@@ -96,10 +98,12 @@ def _finish(result: dict, started: float, output_dir: Path, logger) -> None:
         torch.cuda.empty_cache()  # the next job of a multirun starts from a clean device
 
 
-def execute(cfg: DictConfig, output_dir: Path, result: dict):
-    """Build everything, train and evaluate, filling `result` as facts become known."""
+def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack):
+    """Build everything, train and evaluate, filling `result` as facts become known; what must be
+    undone when the job ends (hooks, process-wide flags) goes on `job_end`."""
     from transformers import set_seed
 
+    job_end.enter_context(restored_process_settings())
     hw = resolve(cfg.hardware)
     set_seed(cfg.seed)
     accelerator = make_accelerator(hw.device)
@@ -148,6 +152,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
 
     # The method.
     method = build_method(cfg.method)
+    job_end.callback(method.close)
     ctx = MethodContext(model_type=model.config.model_type, head=head, device=device, precision=hw.precision,
                         gradient_checkpointing=hw.gradient_checkpointing, seed=cfg.seed,
                         calibration_batches=calibration_batches, loss=micro_loss, output_dir=output_dir)
@@ -160,7 +165,8 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
 
     # The plan.
     if profiling:
-        steps, measure_from = cfg.profile.warmup_steps + cfg.profile.steps, cfg.profile.warmup_steps
+        warmup = max(cfg.profile.warmup_steps, method.first_visit_steps())  # HiFT: a cycle of first visits
+        steps, measure_from = warmup + cfg.profile.steps, warmup
     else:
         steps = cfg.train.max_steps or cfg.task.max_steps or max(
             1, int((cfg.train.epochs or cfg.task.epochs) * len(task.train_examples()) // batch_size))
@@ -190,7 +196,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
 
     # Train, validating on the way when asked; the final evaluation scores the selected checkpoint.
     validations: list[dict] = []
-    eval_ctx = EvalContext(device=device, autocast=hw.autocast, batch_size=cfg.eval.batch_size or 2 * micro,
+    eval_ctx = EvalContext(device=device, autocast=hw.autocast, batch_size=eval_batch_size(cfg, micro),
                            max_samples=cfg.eval.max_samples, output_dir=output_dir,
                            pad_to_multiple_of=hw.pad_to_multiple_of, num_beams=cfg.eval.num_beams,
                            max_new_tokens=cfg.eval.max_new_tokens)
@@ -216,6 +222,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
         if selector.policy == "best" and (not validations or validations[-1]["step"] != history.steps):
             validate(history.steps)
         result["selection"] = selector.restore_chosen(history.steps)
+        method.release_optimizer()  # the final evaluation (and export) need no optimizer state
         meter.start_eval()
         result["metrics"] = task.evaluate(model, eval_ctx)
         meter.end_eval()
@@ -233,9 +240,16 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
     result["memory"]["breakdown"]["trainable_bytes"] = trainable_bytes
     seq_len = speed.tokens / max(speed.samples, 1)
     result["throughput"] = speed.summary(flops_per_token(model, seq_len), peak_flops(result["env"]["device_name"],
-                                                                                       hw.precision))
+                                                                                       hw.precision, device.type == "cuda"))
     logger.summary({**result["metrics"], **{f"throughput/{k}": v for k, v in result["throughput"].items()}})
     return logger
+
+
+def eval_batch_size(cfg: DictConfig, micro: int) -> int:
+    """Prompts (or examples) per evaluation batch. eval.batch_size (null: two training micro-batches)
+    counts sequences on the device; beam search holds num_beams of them per prompt."""
+    beams = cfg.eval.num_beams or cfg.task.get("num_beams") or 1
+    return max(1, (cfg.eval.batch_size or 2 * micro) // beams)
 
 
 class Selector:

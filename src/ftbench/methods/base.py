@@ -13,7 +13,12 @@ Call order, per run:
         optimizer.step()
         method.after_step(step)             # write-back, rotation, offload
         if method.scheduler_steps(step): scheduler.step()
+    method.release_optimizer()              # before the final evaluation: the state is no longer needed
     method.export(model, tokenizer, path)
+    method.close()                          # always (in a finally): hooks removed, nothing of the job kept
+
+Low-precision tensors that reach the optimizer are stepped through fp32 masters
+(masters.py) unless the method's `master_dtype` is `weight`.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from torch import nn
 
 from ..errors import require
 from ..measure import tensor_bytes
+from .masters import Masters
 
 
 @dataclass
@@ -87,6 +93,7 @@ class Method(ABC):
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg
         self.optimizer: torch.optim.Optimizer | None = None
+        self.masters = Masters()  # fp32 masters of the low-precision tensors the optimizer steps
 
     # -- building ---------------------------------------------------------
     @abstractmethod
@@ -98,9 +105,18 @@ class Method(ABC):
         return decay_split(named, weight_decay)
 
     def build_optimizer(self, groups: list[dict], optim_cfg, lr: float) -> torch.optim.Optimizer:
+        """The optimizer over `groups`; low-precision tensors are stepped through fp32 masters
+        (masters.py) unless the method's `master_dtype` is `weight` (bf16 updates rounded in place)."""
         from ..optim import make_optimizer
 
-        return make_optimizer(groups, optim_cfg, lr)
+        optimizer = make_optimizer(self.with_masters(groups), optim_cfg, lr)
+        self.masters.attach(optimizer)
+        return optimizer
+
+    def with_masters(self, groups: list[dict]) -> list[dict]:
+        if getattr(self.cfg, "master_dtype", "fp32") == "weight":
+            return groups
+        return self.masters.adopt(groups)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
@@ -114,6 +130,11 @@ class Method(ABC):
 
     def after_step(self, step: int) -> None:
         pass
+
+    def first_visit_steps(self) -> int:
+        """Optimizer steps before the method's steady state (state created lazily, buffers first allocated):
+        profile mode's warm-up covers at least these, so timed steps are steady-state steps."""
+        return 0
 
     def scheduler_steps(self, step: int) -> bool:
         """Whether the LR scheduler advances after optimizer step `step`."""
@@ -141,8 +162,8 @@ class Method(ABC):
 
     # -- accounting -------------------------------------------------------
     def master_parameters(self) -> list[torch.Tensor]:
-        """Trainable copies held beside the model's own weights (e.g. fp32 masters)."""
-        return []
+        """Trainable copies held beside the model's own weights (e.g. fp32 masters); overrides add theirs to these."""
+        return self.masters.tensors()
 
     def master_bytes(self) -> int:
         """Device bytes of the masters at their peak (methods whose masters come and go override it)."""
@@ -151,6 +172,19 @@ class Method(ABC):
     def describe(self, model: nn.Module) -> dict[str, Any]:
         """Settings that shape memory, and what is trained."""
         return {"name": self.cfg.name}
+
+    # -- the job's end ----------------------------------------------------
+    def release_optimizer(self) -> None:
+        """Free the optimizer's state (training is over; the final evaluation needs the memory)."""
+        if self.optimizer is not None:
+            self.optimizer.state.clear()
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def close(self) -> None:
+        """Undo what the method did to the process: remove its hooks, drop its references to the
+        model and the optimizer, release caches. Called once per job, in a finally; overrides call it."""
+        self.masters.close()
+        self.optimizer = None
 
     # -- persistence ------------------------------------------------------
     def snapshot(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -162,6 +196,7 @@ class Method(ABC):
         with torch.no_grad():
             for name, value in snapshot.items():
                 params[name].copy_(value)
+        self.masters.refresh()
 
     def state_dict(self) -> dict[str, Any]:
         return {}

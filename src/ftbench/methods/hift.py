@@ -80,6 +80,9 @@ class BlockRotation(Method):
         self.pending: list[Slot] = []  # arrived; installed right before their first optimizer step
         self.loaded_states: dict | None = None  # from load_state_dict before attach()
         self.peak_master_bytes = 0
+        self.hooks: list = []  # gradient hooks on the model's weights, removed by close()
+        self.store: StateStore | None = None
+        self.slots: dict[int, list[Slot]] = {}
 
     # -- building ---------------------------------------------------------------------
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
@@ -109,7 +112,7 @@ class BlockRotation(Method):
             if _low_precision(slot.param):
                 slot.master = nn.Parameter(torch.empty(0, dtype=MASTER_DTYPE, device=slot.param.device))
                 slot.param.requires_grad_(True)  # (a hook needs it; _switch sets the real flags)
-                slot.param.register_post_accumulate_grad_hook(_accumulate_into(slot))
+                self.hooks.append(slot.param.register_post_accumulate_grad_hook(_accumulate_into(slot)))
                 slot.param.requires_grad_(False)
         self.store = StateStore(cfg.state_policy, ctx.device, window=self.schedule.cycle_steps)
         self._switch(self.schedule.active(0))
@@ -127,6 +130,7 @@ class BlockRotation(Method):
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         super().attach(optimizer)
+        self.store.check_host_memory(self.all_slots(), _states_per_weight(optimizer))  # before anything is pinned
         self.store.optimizer = optimizer
         if self.loaded_states is not None:
             self._place_states(self.loaded_states)
@@ -156,6 +160,10 @@ class BlockRotation(Method):
                 if slot.master is not None:
                     slot.param.copy_(slot.master)
         self.steps_done += 1
+
+    def first_visit_steps(self) -> int:
+        """One cycle: every unit's first visit creates its state, masters and (offload) host buffers."""
+        return self.schedule.cycle_steps
 
     def scheduler_steps(self, step: int) -> bool:
         return self.cfg.lr_policy == "per_step" or self.steps_done % self.schedule.cycle_steps == 0
@@ -190,6 +198,19 @@ class BlockRotation(Method):
             self.pending = []
             masters = sum(tensor_bytes(s.master) for s in self.active_slots if s.master is not None)
             self.peak_master_bytes = max(self.peak_master_bytes, masters)
+
+    def close(self) -> None:
+        """Remove the gradient hooks (they hold the slots, which hold the weights), free the
+        masters and the host arena, and return the pinned pages to the system."""
+        for handle in self.hooks:
+            handle.remove()
+        self.hooks = []
+        for slot in self.all_slots():
+            slot.master = slot.grad = None
+        self.active_slots, self.pending, self.slots = [], [], {}
+        if self.store is not None:
+            self.store.close()
+        super().close()
 
     # -- accounting -------------------------------------------------------------------
     def master_parameters(self) -> list[torch.Tensor]:
@@ -298,6 +319,16 @@ class BlockRotation(Method):
                     value = self.store.adopt(slot, key, value, slot.unit in self.active)
                 placed[key] = value
             self.optimizer.state[slot.handle] = placed
+
+
+def _states_per_weight(optimizer: torch.optim.Optimizer) -> int:
+    """Tensors of a weight's shape the optimizer keeps per weight: AdamW 2, SGD 1 with momentum (else 0),
+    Adagrad 1; any other optimizer is counted as AdamW (Adafactor keeps less: an upper bound)."""
+    if isinstance(optimizer, torch.optim.SGD):
+        return int(any(g.get("momentum", 0) for g in optimizer.param_groups))
+    if isinstance(optimizer, torch.optim.Adagrad):
+        return 1
+    return 2
 
 
 def _accumulate_into(slot: Slot):

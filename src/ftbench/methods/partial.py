@@ -235,7 +235,7 @@ class PartialMethod(Method):
             layer.write_back()
 
     def master_parameters(self) -> list[torch.Tensor]:
-        return [layer.master for layer in self.layers]
+        return [*super().master_parameters(), *(layer.master for layer in self.layers)]
 
     def restore(self, model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
         super().restore(model, snapshot)

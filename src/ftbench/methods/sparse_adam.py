@@ -119,9 +119,9 @@ class SparseMlpOptimizer(torch.optim.Optimizer):
         state = self.state[param]
         if not state:
             state["step"] = 0
-            if self.rule == "adam":
-                state["exp_avg"] = torch.zeros_like(param)
-                state["exp_avg_sq"] = torch.zeros_like(param)
+            if self.rule == "adam":  # fp32 moments: a bf16 second moment moves by 1e-3 steps, below its rounding
+                state["exp_avg"] = torch.zeros_like(param, dtype=torch.promote_types(param.dtype, torch.float32))
+                state["exp_avg_sq"] = torch.zeros_like(param, dtype=torch.promote_types(param.dtype, torch.float32))
         state["step"] += 1  # the global step: every sparse weight counts every optimizer step
         if param.grad is None:
             return
@@ -142,8 +142,14 @@ class SparseMlpOptimizer(torch.optim.Optimizer):
             delta = (old_avg + avg_step) / ((old_sq + sq_step).sqrt() + group["eps"]) * -step_size
         delta = delta * first
         basis = self.bases[param]
-        if basis is None:
-            param.view(-1).index_add_(0, flat, delta.to(param.dtype))
+        if basis is None:  # MeProp: the k entries themselves, rounded as add_rounded does
+            if param.dtype == torch.bfloat16:
+                unique = flat[first]  # index_copy_ needs each index once
+                values = param.view(-1).index_select(0, unique)
+                add_rounded(values, delta[first])
+                param.view(-1).index_copy_(0, unique, values)
+            else:
+                param.view(-1).index_add_(0, flat, delta.to(param.dtype))
             return
         rotated = torch.zeros(param.shape, dtype=basis.left.dtype, device=param.device)
         rotated.view(-1).index_add_(0, flat, delta.to(rotated.dtype))

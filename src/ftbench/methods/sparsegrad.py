@@ -114,7 +114,11 @@ class SparseMlpMethod(Method):
                  "sparse": True}]
 
     def build_optimizer(self, groups: list[dict], optim_cfg, lr: float) -> torch.optim.Optimizer:
-        return SparseMlpOptimizer(groups, optim_cfg, lr, {layer.weight: layer.basis for layer in self.layers})
+        # Dense groups step through fp32 masters (masters.py); the sparse MLP weights round stochastically.
+        optimizer = SparseMlpOptimizer(self.with_masters(groups), optim_cfg, lr,
+                                       {layer.weight: layer.basis for layer in self.layers})
+        self.masters.attach(optimizer)
+        return optimizer
 
     def clip_grad_norm(self, max_norm: float | None) -> torch.Tensor | None:
         if max_norm is None:

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..measure import tensor_bytes
 
 MASTER = "master"  # the key of a weight's master among its offloaded tensors
@@ -116,6 +118,21 @@ class StateStore:
         self.window = window  # steps of the last cycle, whose copy times are kept per step
         self.recent: dict[int, dict[str, float]] = {}
 
+    def check_host_memory(self, slots: list[Slot], states_per_weight: int) -> None:
+        """Before anything is pinned: the host must hold every weight's offloaded state and master
+        (AdamW on bf16 weights: 4 + 2 x 4 = 12 bytes per parameter). Raises UserError naming what
+        is needed and what the host has available (/proc/meminfo MemAvailable)."""
+        if self.policy != "offload":
+            return
+        need = sum(slot.param.numel() * MASTER_DTYPE.itemsize * (states_per_weight + 1) if slot.master is not None
+                   else tensor_bytes(slot.param) * states_per_weight for slot in slots)
+        have = host_available_bytes()
+        if have is not None and need > have:
+            raise UserError("method.state_policy", f"offload keeps {need / 2**30:.1f} GiB of optimizer state and "
+                            f"masters in {'pinned ' if self.cuda else ''}host memory; this host has "
+                            f"{have / 2**30:.1f} GiB available. Use method.state_policy=drop or keep, or a "
+                            "host with more memory")
+
     # -- the three moments of a switch ---------------------------------------------------
     def leave(self, slots: list[Slot]) -> None:
         """The units of `slots` stop training (their last optimizer step is queued)."""
@@ -193,6 +210,16 @@ class StateStore:
         if self.cuda:
             self.stream.synchronize()
 
+    def close(self) -> None:
+        """Release the host arena and the in-flight copies (the job's end); on CUDA the pinned
+        pages go back to the system, not to the caching host allocator."""
+        self.synchronize()
+        self.buffers, self.offloaded, self.fetched, self.timings = {}, {}, {}, []
+        self.arena.chunks, self.arena.used = [], []
+        self.optimizer = None
+        if self.cuda:
+            release_host_cache()
+
     # -- copies and their timing --------------------------------------------------------
     def _buffer(self, slot: Slot, key: str, like: torch.Tensor) -> torch.Tensor:
         host = self.buffers.get((slot, key))
@@ -263,3 +290,22 @@ class StateStore:
                 sum(self.recent.get(s, {}).get(key, 0.0) for s in last) / self.window if steady else None)
         return {**self.totals, **timed, "host_used_bytes": sum(self.arena.used),
                 "host_reserved_bytes": self.arena.nbytes}
+
+
+def release_host_cache() -> None:
+    """Return cached pinned host memory to the system (torch.accelerator.empty_host_cache, torch >= 2.9;
+    older versions keep the pages cached for the process's next pinned allocation)."""
+    empty = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
+    if empty is not None:
+        empty()
+
+
+def host_available_bytes() -> int | None:
+    """Memory the host can still give (MemAvailable of /proc/meminfo); None where that is not readable."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -1,0 +1,231 @@
+"""`make gpu-check`: the first GPU run, prepared. On a machine with one NVIDIA GPU of at least 80 GB:
+
+1. install what is missing from the wheels it was given (README "On a GPU machine without network":
+   ../shared/tools/device-wheels.sh fills .whl/), into .site/ of the checkout;
+2. run the `gpu` tests (tests/test_gpu.py);
+3. profile every method at the LLaMA2-7B shape (random init, 4 x 512 tokens, bf16, checkpointing), and
+   the SparseGrad methods at the RoBERTa-large shape (32 x 128 tokens, the README's table), each job in
+   its own process;
+4. print one table: method, peak allocated, reserved, step time, ratio to full fine-tuning in the same
+   sweep, the README's target and pass/fail; write it to <out>/gpu-check.md.
+
+    python scripts/gpu_check.py [--dry-run] [--wheels DIR] [--out DIR]
+
+--dry-run (`make gpu-check DRY=1`) checks nothing and runs nothing: it lists what it would install and
+run, on any machine. Exit status: 0 when every step passed, 1 when a test or a target failed, 2 when
+the machine does not qualify or a package is missing without a wheel. Sized to end within 8 minutes
+on an H100 or H200 (about 3 for the tests, 4 for 13 profile jobs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MIN_GPU_GIB = 80
+GiB, MiB = 2**30, 2**20
+
+# module -> the distribution that provides it (what the GPU machine may lack; README's offline section).
+NEEDED = {"torch": "torch", "transformers": "transformers", "peft": "peft", "accelerate": "accelerate",
+          "hydra": "hydra-core", "omegaconf": "omegaconf", "antlr4": "antlr4-python3-runtime",
+          "datasets": "datasets", "rich": "rich", "safetensors": "safetensors", "scipy": "scipy",
+          "sklearn": "scikit-learn", "matplotlib": "matplotlib", "pytest": "pytest"}
+
+LLAMA = ["mode=profile", "model=llama2-7b", "model.random_init=true", "hardware=auto", "hardware.precision=bf16-pure",
+         "hardware.gradient_checkpointing=true", "profile.batch_size=4", "profile.seq_len=512",
+         "profile.warmup_steps=1", "profile.steps=3", "logger=none", "train.progress=false"]
+ROBERTA = ["mode=profile", "model=roberta-large", "model.random_init=true", "hardware=auto",
+           "hardware.precision=bf16-pure", "hardware.gradient_checkpointing=true", "profile.batch_size=32",
+           "profile.seq_len=128", "profile.warmup_steps=2", "profile.steps=10", "logger=none",
+           "train.progress=false"]
+# BAdam and LISA switch blocks every 50 and 20 steps; profile mode warms up for one cycle (every unit's
+# first visit), so one step per block keeps that cycle short. A step's memory and time do not depend on it.
+SHORT_BLOCKS = ["method.steps_per_block=1"]
+
+
+@dataclass
+class Job:
+    sweep: str  # llama2-7b | roberta-large
+    label: str  # the table's method column
+    overrides: list[str]
+    target: str = "—"  # as the README states it
+    # Pass when peak allocated <= max_gib (GiB), or ratio to full <= max_ratio; None: pass when the job ran.
+    max_gib: float | None = None
+    max_ratio: float | None = None
+    result: dict = field(default_factory=dict)
+
+
+def jobs(gpu_gib: float | None) -> list[Job]:
+    """The two sweeps. Targets: README "GPU figures" (7B: traced on the CPU and projected to 32 layers,
+    without CUDA kernel workspaces: +10 % allowed) and README's RoBERTa-large table (traced MiB; as ratios
+    to full fine-tuning with bf16 updates, the baseline of that table, +0.05 allowed)."""
+    llama = [
+        Job("llama2-7b", "full (bf16 updates)", ["method=full", "method.master_dtype=weight"]),
+        Job("llama2-7b", "lora", ["method=lora"]),
+        Job("llama2-7b", "hift", ["method=hift"]),
+        Job("llama2-7b", "badam", ["method=badam", *SHORT_BLOCKS]),
+        Job("llama2-7b", "lisa", ["method=lisa", *SHORT_BLOCKS]),
+        Job("llama2-7b", "meprop", ["method=meprop"]),
+        Job("llama2-7b", "sparsegrad", ["method=sparsegrad", "method.calibration_steps=2"]),
+        Job("llama2-7b", "s2ft", ["method=s2ft"], "14.1–14.3 GiB", max_gib=14.3 * 1.1),
+        Job("llama2-7b", "sift", ["method=sift"], "14.3–14.5 GiB", max_gib=14.5 * 1.1),
+    ]
+    # Full fine-tuning with fp32 masters holds 18 bytes per parameter (113 GiB at 7B): only a larger card.
+    if gpu_gib is None or gpu_gib >= 130:
+        llama.insert(1, Job("llama2-7b", "full (fp32 masters)", ["method=full"]))
+    roberta = [
+        Job("roberta-large", "full (bf16 updates)", ["method=full", "method.master_dtype=weight"], "2908 MiB"),
+        Job("roberta-large", "sparsegrad", ["method=sparsegrad", "method.calibration_steps=2"],
+            "2748 MiB (0.945 of full)", max_ratio=2748 / 2908 + 0.05),
+        Job("roberta-large", "meprop", ["method=meprop"], "2588 MiB (0.890 of full)", max_ratio=2588 / 2908 + 0.05),
+        Job("roberta-large", "lora", ["method=lora"], "1616 MiB (0.556 of full)", max_ratio=1616 / 2908 + 0.05),
+    ]
+    return llama + roberta
+
+
+def gpu() -> tuple[str, float] | None:
+    """(name, memory in GiB) of the first NVIDIA GPU, from nvidia-smi; None without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not out:
+        return None
+    name, mib = (part.strip() for part in out[0].rsplit(",", 1))
+    return name, float(mib) / 1024
+
+
+def missing_modules(site: Path) -> list[str]:
+    sys.path.insert(0, str(site))
+    try:
+        return [module for module in NEEDED if importlib.util.find_spec(module) is None]
+    finally:
+        sys.path.remove(str(site))
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_step(command: list[str], env: dict, dry: bool, timeout: int) -> int:
+    say(f"$ {shlex.join(command)}")
+    if dry:
+        return 0
+    try:
+        return subprocess.run(command, cwd=REPO, env=env, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        say(f"  (stopped after {timeout} s)")
+        return 124
+
+
+def gib(value: int | None) -> str:
+    return f"{value / GiB:.2f} GiB" if value else "—"
+
+
+def judge(job: Job, full_peak: int | None) -> tuple[str, str]:
+    """(ratio to full, pass/fail) of one finished job."""
+    result = job.result
+    if result.get("status") != "ok":
+        return "—", f"FAIL ({result.get('status', 'no result')}: {str(result.get('error'))[:60]})"
+    peak = result["memory"]["train_peak_allocated_bytes"]
+    ratio = peak / full_peak if peak and full_peak else None
+    shown = f"{ratio:.3f}" if ratio is not None else "—"
+    if job.max_gib is not None:
+        return shown, "pass" if peak and peak <= job.max_gib * GiB else "FAIL"
+    if job.max_ratio is not None:
+        return shown, "pass" if ratio is not None and ratio <= job.max_ratio else "FAIL"
+    return shown, "pass"
+
+
+def table(all_jobs: list[Job]) -> tuple[str, bool]:
+    rows = ["| sweep | method | peak allocated | reserved | step time p50 | ratio to full | target (README) | result |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    ok = True
+    for sweep in dict.fromkeys(j.sweep for j in all_jobs):
+        members = [j for j in all_jobs if j.sweep == sweep]
+        full = next((j for j in members if j.label == "full (bf16 updates)" and j.result.get("status") == "ok"), None)
+        full_peak = full.result["memory"]["train_peak_allocated_bytes"] if full else None
+        for job in members:
+            ratio, verdict = judge(job, full_peak)
+            ok &= verdict == "pass"
+            memory, speed = job.result.get("memory") or {}, job.result.get("throughput") or {}
+            step = speed.get("step_time_s_p50")
+            rows.append(f"| {sweep} | {job.label} | {gib(memory.get('train_peak_allocated_bytes'))} | "
+                        f"{gib(memory.get('train_peak_reserved_bytes'))} | {f'{step:.3f} s' if step else '—'} | "
+                        f"{ratio} | {job.target} | {verdict} |")
+    return "\n".join(rows), ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dry-run", action="store_true", help="list what would be installed and run; run nothing")
+    parser.add_argument("--wheels", type=Path, default=REPO / ".whl", help="wheels of the missing packages (.whl/)")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "gpu-check" / time.strftime("%Y%m%d-%H%M%S"))
+    args = parser.parse_args(argv)
+    dry = args.dry_run
+    started = time.time()
+
+    # 1. The machine.
+    found = gpu()
+    say(f"GPU: {found[0]}, {found[1]:.0f} GiB" if found else "GPU: none found (nvidia-smi)")
+    if not dry and (found is None or found[1] < MIN_GPU_GIB):
+        say(f"gpu-check: error: needs one NVIDIA GPU with at least {MIN_GPU_GIB} GB; `make gpu-check DRY=1` "
+            "lists the steps on any machine")
+        return 2
+
+    # 2. What is missing, from the wheels given.
+    site = REPO / ".site"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    missing = missing_modules(site)
+    say(f"missing: {', '.join(NEEDED[m] for m in missing) or 'nothing'}")
+    if missing:
+        wheels = sorted(args.wheels.glob("*.whl")) + sorted(args.wheels.glob("*.tar.gz"))
+        if not wheels and not dry:
+            say(f"gpu-check: error: {', '.join(NEEDED[m] for m in missing)} missing and no wheels in {args.wheels}; "
+                "fill it with ../shared/tools/device-wheels.sh (README: On a GPU machine without network)")
+            return 2
+        code = run_step([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                         "--no-build-isolation", "--target", str(site), *map(str, wheels or [args.wheels / "*.whl"])],
+                        env, dry, timeout=300)
+        if code:
+            return 2
+
+    # 3. The gpu tests.
+    tests_code = run_step([sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-q", "-p",
+                           "no:cacheprovider"], env, dry, timeout=240)
+
+    # 4. The sweeps, one process per job (each measured alone).
+    all_jobs = jobs(found[1] if found else None)
+    for i, job in enumerate(all_jobs):
+        shape = LLAMA if job.sweep == "llama2-7b" else ROBERTA
+        folder = args.out / f"{i:02d}-{job.sweep}-{job.label.split()[0]}"
+        run_step([sys.executable, "-m", "ftbench.cli", *shape, *job.overrides, f"hydra.run.dir={folder}"],
+                 env, dry, timeout=180)
+        path = folder / "result.json"
+        job.result = json.loads(path.read_text()) if path.is_file() else {}
+    if dry:
+        say(f"dry run: {len(all_jobs)} profile jobs listed; nothing was installed or run")
+        return 0
+
+    # 5. The table.
+    text, targets_ok = table(all_jobs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu-check.md").write_text(f"GPU: {found[0]}\n\n{text}\n")
+    say(f"\n{text}\n\ngpu tests: {'passed' if tests_code == 0 else f'FAILED (exit {tests_code})'}; "
+        f"table: {args.out / 'gpu-check.md'}; {time.time() - started:.0f} s")
+    return 0 if tests_code == 0 and targets_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

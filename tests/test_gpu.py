@@ -1,0 +1,55 @@
+"""What only a GPU shows (marked `gpu`; skipped without CUDA; `make gpu-check` runs them)."""
+
+import gc
+
+import pytest
+import torch
+
+from helpers import run
+from test_methods import METHODS
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+ON_GPU = ["hardware=auto", "hardware.precision=bf16-pure", "mode=profile", "profile.batch_size=2",
+          "profile.seq_len=32", "profile.warmup_steps=1", "profile.steps=2"]
+
+
+@pytest.mark.parametrize("name,overrides", METHODS)
+def test_a_job_returns_device_memory_to_its_baseline(tmp_path, name, overrides):
+    """A second job of the same method ends where the first ended: nothing of a job (weights, masters,
+    HiFT's offloaded state) stays allocated. (The first job may leave cuBLAS workspaces, which the
+    caching allocator keeps for the process: hence the first job sets the baseline.)"""
+    allocated = []
+    for job in ("first", "second"):
+        result = run(tmp_path / job, *ON_GPU, f"method={name}", *overrides)
+        assert result["exit_code"] == 0, result["error"]
+        assert result["memory"]["train_peak_allocated_bytes"] > 0
+        gc.collect()
+        allocated.append(torch.cuda.memory_allocated())
+    assert allocated[1] == allocated[0]
+
+
+def test_tf32_is_on_during_the_job_and_restored_after(tmp_path):
+    before = torch.backends.cuda.matmul.allow_tf32
+    result = run(tmp_path / "run", *ON_GPU, "method=full", "hardware.allow_tf32=true")
+    assert result["exit_code"] == 0, result["error"]
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+def test_hift_offload_round_trips_through_pinned_host_memory(tmp_path):
+    result = run(tmp_path / "run", *ON_GPU, "method=hift", "method.state_policy=offload")
+    assert result["exit_code"] == 0, result["error"]
+    transfers = result["method"]["transfers"]
+    assert transfers["d2h_bytes"] > 0 and transfers["h2d_bytes"] > 0 and transfers["copy_s"] > 0
+
+
+def test_bf16_full_fine_tuning_steps_fp32_masters(tmp_path):
+    result = run(tmp_path / "run", *ON_GPU, "method=full")
+    assert result["exit_code"] == 0, result["error"]
+    assert result["memory"]["breakdown"]["master_bytes"] == 4 * result["params"]["total"]  # fp32 copies
+    assert result["method"]["masters"] == "fp32"
+
+
+def test_the_device_has_a_known_bf16_peak_for_mfu():
+    from ftbench.measure import peak_flops
+
+    assert peak_flops(torch.cuda.get_device_name(), "bf16-pure") is not None, torch.cuda.get_device_name()
