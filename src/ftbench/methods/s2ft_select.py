@@ -9,7 +9,9 @@ The trained slices, in PyTorch's convention W ∈ R^{out×in}, y = x Wᵀ:
 
 Q, K and Gate never train. The slices are given as index tensors in the
 model's own coordinates: no weight is ever permuted, so checkpoints stay
-element-wise comparable with the base model.
+element-wise comparable with the base model. The projections of each block
+come from architecture.py; where one is part of a fused weight (Phi-3's
+qkv_proj, gate_up_proj) its rows are an offset range of that weight.
 
 Grouped-query attention (LLaMA-3, Mistral): V's rows belong to the K/V heads
 (num_key_value_heads × head_dim), O's columns to the query heads
