@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from ftbench.lm_loss import CHUNKABLE, chunked_causal_lm_loss, make_loss, model_loss
+from ftbench.architecture import PLAIN_LM_HEAD
+from ftbench.lm_loss import chunked_causal_lm_loss, make_loss, model_loss
 from ftbench.trace_memory import LiveTensorPeak
 from helpers import run, tiny_model
 
@@ -35,7 +36,7 @@ def grads_of(model, loss) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("model_type,tied", [*((t, False) for t in sorted(CHUNKABLE)), ("llama", True)])
+@pytest.mark.parametrize("model_type,tied", [*((t, False) for t in sorted(PLAIN_LM_HEAD)), ("llama", True)])
 @pytest.mark.parametrize("chunk_tokens", [1, 5, 26, 1000])  # one token, uneven chunks, exact, one chunk
 def test_chunked_loss_equals_the_models_loss_and_gradients(model_type, tied, chunk_tokens):
     model = causal_lm(model_type, tied=tied)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from ftbench.config import check
 from ftbench.errors import UserError
@@ -41,8 +42,8 @@ def prepared(model, model_name="tiny-llama", seed=0, **settings):
     return model, method
 
 
-def projection_weights(model, model_type):
-    return [f"{block[p].name}.weight" for block in find_blocks(model, model_type) for p in "voud"]
+def projection_weights(model):
+    return [f"{block[p].name}.weight" for block in find_blocks(model) for p in "voud"]
 
 
 def recording(method, model, names):
@@ -63,7 +64,7 @@ def test_selecting_everything_is_full_finetuning_of_the_projections(model_name):
     model, method = prepared(copy.deepcopy(reference), model_name, master_dtype="weight", **EVERYTHING)
     dense = FullFineTuning(FullConfig())
     reference = dense.prepare(reference, method_context())
-    trained = projection_weights(reference, MODEL_TYPES[model_name]) + method.head
+    trained = projection_weights(reference) + method.head
     for name, param in reference.named_parameters():
         param.requires_grad_(name in trained)
     stream = synthetic_batches()
@@ -77,7 +78,7 @@ def test_selecting_everything_is_full_finetuning_of_the_projections(model_name):
     for step, (expected, got) in enumerate(zip(*runs)):
         for name in trained:
             torch.testing.assert_close(got[name], expected[name], rtol=1e-10, atol=1e-12, msg=f"step {step}: {name}")
-    assert all(model.get_parameter(n).grad is None for n in projection_weights(model, MODEL_TYPES[model_name]))
+    assert all(model.get_parameter(n).grad is None for n in projection_weights(model))
 
 
 def test_small_ratios_change_only_the_selected_slices():
@@ -144,7 +145,7 @@ def test_accumulation_equals_a_larger_batch():
 
 def test_random_selection_is_reproducible_and_counts_add_up():
     model = base_model()
-    blocks = find_blocks(model, "llama")
+    blocks = find_blocks(model)
     assert [blocks[0][p].units for p in "voud"] == [2, 4, 128, 128]  # GQA: V has the 2 K/V heads
     assert [blocks[0][p].unit_size for p in "voud"] == [16, 16, 1, 1]
     cfg = S2ftConfig(v_ratio=0.5, o_ratio=0.5, u_ratio=0.1, d_ratio=0.1)
@@ -176,7 +177,7 @@ def scale(model, marked, projection, factor, strategy):
     """Multiply the weights that drive the marked units' scores by `factor`."""
     source, axis = SOURCES[strategy][projection]
     with torch.no_grad():
-        for block, (kv_head, channels) in zip(find_blocks(model, "llama"), marked):
+        for block, (kv_head, channels) in zip(find_blocks(model), marked):
             weight = model.get_submodule(block[source].name).weight
             if source in ("v", "o"):  # K/V head rows of V, or the columns of its two query heads in O
                 index = torch.arange(16 * kv_head, 16 * (kv_head + 1)) if source == "v" else \
@@ -208,7 +209,7 @@ def test_each_strategy_selects_what_it_claims(strategy, order, factor, projectio
     scale(model, MARKED, projection, factor, strategy)
     ratios = {f"{p}_ratio": RATIO_FOR[p] if p == projection else 0.0 for p in "voud"}
     cfg = S2ftConfig(strategy=strategy, order=order, allocation="per_layer", calibration_samples=8, **ratios)
-    units = select_units(model, find_blocks(model, "llama"), cfg, method_context())[projection]
+    units = select_units(model, find_blocks(model), cfg, method_context())[projection]
     for got, want in zip(units, expected_units(MARKED, projection)):
         assert torch.equal(got, want.sort().values), f"{strategy}/{order}: got {got.tolist()}"
     assert all(not p.requires_grad and p.grad is None for p in model.parameters())  # calibration left no trace
@@ -216,12 +217,12 @@ def test_each_strategy_selects_what_it_claims(strategy, order, factor, projectio
 
 def test_global_allocation_follows_the_scores_across_layers():
     model = base_model()
-    o_weights = [model.get_submodule(b["o"].name).weight for b in find_blocks(model, "llama")]
+    o_weights = [model.get_submodule(b["o"].name).weight for b in find_blocks(model)]
     with torch.no_grad():
         o_weights[0][:, :48].mul_(10)  # heads 0, 1, 2 of layer 0
         o_weights[1][:, 48:].mul_(10)  # head 3 of layer 1
     cfg = S2ftConfig(strategy="weight", order="largest", o_ratio=0.5, d_ratio=0.0)
-    units = select_units(model, find_blocks(model, "llama"), cfg, method_context())["o"]
+    units = select_units(model, find_blocks(model), cfg, method_context())["o"]
     assert [u.tolist() for u in units] == [[0, 1, 2], [3]]
 
 
@@ -248,8 +249,11 @@ def test_bad_settings_name_the_key():
         with pytest.raises(UserError) as error:
             check(compose("method=s2ft", *overrides))
         assert error.value.key == key
-    with pytest.raises(UserError, match="model_type"):
-        find_blocks(base_model(), "gpt2")
+    gpt2 = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(
+        "gpt2", n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=64))
+    with pytest.raises(UserError, match="Conv1D") as error:
+        find_blocks(gpt2)  # GPT-2's projections are Conv1D, not nn.Linear
+    assert error.value.key == "method"
 
 
 # -- the adapter -----------------------------------------------------------------------------

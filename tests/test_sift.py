@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from ftbench import architecture
 from ftbench.errors import UserError
 from ftbench.measure import optimizer_state_bytes
 from ftbench.methods.base import Method, MethodConfig
@@ -217,26 +218,28 @@ def test_sparse_rate_sweep_runs(tmp_path):
 
 def test_presets_resolve_per_architecture():
     bert, llama = fresh("tiny-bert"), fresh("tiny-llama")
-    attention = resolve_targets(bert, "attention", "bert", [])
+    attention = resolve_targets(bert, "attention", [])
     assert [n.split("layer.0.")[-1] for n in attention][:4] == [
         "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"]
-    mlp = resolve_targets(bert, "mlp", "bert", [])
+    mlp = resolve_targets(bert, "mlp", [])
     assert len(mlp) == 4 and not any("attention" in n for n in mlp)  # output.dense, never attention.output.dense
-    assert list(resolve_targets(bert, "auto", "bert", [])) == list(attention)
-    assert "bert.pooler.dense" in resolve_targets(bert, "all-linear", "bert", head_modules(bert, "seq_cls"))
-    assert "classifier" not in resolve_targets(bert, "all-linear", "bert", [])
-    projections = resolve_targets(llama, "auto", "llama", [])
+    assert list(resolve_targets(bert, "auto", [])) == list(attention)
+    assert "bert.pooler.dense" in resolve_targets(bert, "all-linear", head_modules(bert, "seq_cls"))
+    assert "classifier" not in resolve_targets(bert, "all-linear", [])
+    projections = resolve_targets(llama, "auto", [])
     assert len(projections) == 14 and "score" not in projections
-    assert list(resolve_targets(bert, ["query", "attention.output.dense"], "bert", [])) == [
+    assert list(resolve_targets(bert, ["query", "attention.output.dense"], [])) == [
         n for n in attention if n.endswith(("query", "attention.output.dense"))]
     assert head_modules(bert, "seq_cls") == ["classifier"] and head_modules(llama, "seq_cls") == ["score"]
     assert head_modules(llama, "causal_lm") == []
 
 
-@pytest.mark.parametrize("spec,preset_type", [(["nope"], "bert"), (["attention"], "bert"), ("auto", "gpt2")])
-def test_bad_targets_name_the_key_and_the_linear_layers(spec, preset_type):
+@pytest.mark.parametrize("spec,layouts", [(["nope"], None), (["attention"], None), ("auto", {})])
+def test_bad_targets_name_the_key_and_the_linear_layers(spec, layouts, monkeypatch):
+    if layouts is not None:  # a family whose projections the registry cannot name: no preset
+        monkeypatch.setattr(architecture, "LAYOUTS", layouts)
     with pytest.raises(UserError) as caught:
-        resolve_targets(fresh("tiny-bert"), spec, preset_type, [])
+        resolve_targets(fresh("tiny-bert"), spec, [])
     assert caught.value.key == "method.target_modules" and "attention.self.query" in str(caught.value)
 
 
@@ -253,7 +256,7 @@ def calibration_gradients(n_batches):
     """The dense reference: summed gradients of the target weights on the calibration batches."""
     model = fresh()
     model.requires_grad_(False)
-    targets = resolve_targets(model, "auto", "llama", ["score"])
+    targets = resolve_targets(model, "auto", ["score"])
     for layer in targets.values():
         layer.weight.requires_grad_(True)
     model.train()

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from ftbench.config import OptimConfig, check
 from ftbench.errors import UserError
@@ -50,14 +51,17 @@ def rotated(layer: TopKGradLinear) -> torch.Tensor:
 # -- the MLP layers and the calibration ---------------------------------------------------------
 
 def test_mlp_kinds_per_architecture():
-    bert = mlp_layers(tiny_model("tiny-bert"), "bert")
+    bert = mlp_layers(tiny_model("tiny-bert"), "sparsegrad")
     assert {k: [n for n, _ in v] for k, v in bert.items()} == {
         "intermediate.dense": ["bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.1.intermediate.dense"],
         "output.dense": ["bert.encoder.layer.0.output.dense", "bert.encoder.layer.1.output.dense"]}
-    llama = mlp_layers(tiny_model("tiny-llama"), "llama")
+    llama = mlp_layers(tiny_model("tiny-llama"), "sparsegrad")
     assert sorted(llama) == ["mlp.down_proj", "mlp.gate_proj", "mlp.up_proj"] and all(len(v) == 2 for v in llama.values())
-    with pytest.raises(UserError, match="model_type 'gpt2'"):
-        mlp_layers(tiny_model("tiny-bert"), "gpt2")
+    gpt2 = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(
+        "gpt2", n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=64))
+    with pytest.raises(UserError, match="Conv1D") as error:
+        mlp_layers(gpt2, "sparsegrad")  # GPT-2's MLP is Conv1D, not nn.Linear
+    assert error.value.key == "method"
 
 
 def test_calibration_gives_the_unfoldings_singular_vectors_and_changes_nothing():
@@ -70,7 +74,7 @@ def test_calibration_gives_the_unfoldings_singular_vectors_and_changes_nothing()
     # Reference: stack every gradient of a kind (steps x layers) and take the SVD of the mode-2/3 unfoldings.
     reference = tiny_bert64()
     stacks = {kind: [] for kind in method.kinds}
-    named = {f"{n}.weight": k for k, group in mlp_layers(reference, "bert").items() for n, _ in group}
+    named = {f"{n}.weight": k for k, group in mlp_layers(reference, "sparsegrad").items() for n, _ in group}
     reference.train()  # its RNG stands where the calibrated model's stood: the same dropout masks
     for batch in method_context().calibration_batches(3):
         reference.zero_grad()

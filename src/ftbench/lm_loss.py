@@ -19,11 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-IGNORE = -100  # label of positions without a loss (prompt, padding)
-
-# Causal LMs whose logits are exactly `lm_head(decoder(...))`: no logit scaling or
-# soft-capping that the chunked path would skip.
-CHUNKABLE = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+from .architecture import CAUSAL_LM, IGNORE_INDEX, PLAIN_LM_HEAD
 
 Loss = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 
@@ -34,8 +30,9 @@ def model_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor
 
 
 def make_loss(model: nn.Module, head: str, chunk_tokens: int | None) -> Loss:
-    """The chunked loss where it applies (a causal LM of a known layout, chunks asked for), else the model's own."""
-    if head != "causal_lm" or not chunk_tokens or _language_model(model).config.model_type not in CHUNKABLE:
+    """The chunked loss where it applies (a causal LM whose logits are its plain LM head's, see
+    architecture.PLAIN_LM_HEAD; chunks asked for), else the model's own."""
+    if head != CAUSAL_LM or not chunk_tokens or _language_model(model).config.model_type not in PLAIN_LM_HEAD:
         return model_loss
     return partial(chunked_causal_lm_loss, chunk_tokens=chunk_tokens)
 
@@ -46,18 +43,18 @@ def chunked_causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], chu
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     hidden = lm.get_decoder()(**inputs).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1])
-    labels = F.pad(batch["labels"], (0, 1), value=IGNORE)[:, 1:].reshape(-1)  # position t predicts token t + 1
+    labels = F.pad(batch["labels"], (0, 1), value=IGNORE_INDEX)[:, 1:].reshape(-1)  # position t predicts token t + 1
     head = lm.get_output_embeddings()
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, labels.numel(), chunk_tokens):
         chunk = slice(start, start + chunk_tokens)
         total = total + checkpoint(_summed_cross_entropy, head, hidden[chunk], labels[chunk], use_reentrant=False)
-    return total / (labels != IGNORE).sum().clamp(min=1)
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def _summed_cross_entropy(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logits = head(hidden).float()  # fp32 for the softmax, as the model's own loss does
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def _language_model(model: nn.Module) -> nn.Module:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .architecture import IGNORE_INDEX
 from .lm_loss import Loss, model_loss
 from .measure import GiB, MemoryMeter, SpeedMeter, rss_peak_bytes
 from .tasks.base import to_device
@@ -61,7 +62,7 @@ def count(batch: dict[str, torch.Tensor], head: str) -> Counts:
     samples = batch["input_ids"].shape[0]
     nonpad = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
     if head == "causal_lm":
-        loss_units = int((batch["labels"][:, 1:] != -100).sum())
+        loss_units = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     else:
         loss_units = samples
     return Counts(samples, batch["input_ids"].numel(), nonpad, loss_units)

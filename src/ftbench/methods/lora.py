@@ -1,5 +1,5 @@
 """LoRA through PEFT (never hand-written): low-rank adapters on the target linears,
-the task head trained densely."""
+the new task head (architecture.py) trained densely."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from ..architecture import architecture
 from ..errors import UserError, require
 from .base import Method, MethodConfig, MethodContext
 
@@ -57,6 +58,9 @@ class Lora(Method):
             lora_dropout=self.cfg.dropout,
             target_modules=targets,
             bias=self.cfg.bias,
+            # The new task head trains densely. PEFT finds it by the names `classifier` and `score` only
+            # (not T5's or BART's `classification_head`), so it is named here as architecture.py derives it.
+            modules_to_save=architecture(model).task_heads(ctx.head) or None,
         )
         self.peft_model = get_peft_model(model, config)
         return self.peft_model

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..architecture import replace_module
 from .base import Method
 
 KINDS = ("elements", "rows", "cols")
@@ -178,11 +179,8 @@ def wrap(model: nn.Module, selections: dict[str, Selection], master_dtype: torch
     """Replace each named `nn.Linear` by a `PartialLinear` over its selection."""
     wrapped = []
     for name, selection in selections.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        layer = PartialLinear(getattr(parent, child), selection.kind, selection.index, master_dtype)
-        setattr(parent, child, layer)
-        wrapped.append(layer)
+        wrapped.append(replace_module(model, name, lambda linear, s=selection: PartialLinear(
+            linear, s.kind, s.index, master_dtype)))
     return wrapped
 
 

@@ -15,8 +15,8 @@ comparable with the base model.
 Biases stay frozen, as in the reference (its trained deltas carry no bias): a
 bias entry belongs to an output row, so for the column slices of O and Down it
 is not part of the slice at all, and for V and Up it would add one trainable
-value per selected row. A new task head (classifier/score of a sequence
-classifier) is random at the start, so it trains densely (`train_head`), as
+value per selected row. A new task head (what a sequence classifier adds
+around its base model: architecture.py) is random at the start, so it trains densely (`train_head`), as
 PEFT's LoRA does.
 
 Exports: the merged dense checkpoint, and the compact adapter (s2ft_adapter.py)
@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..architecture import architecture
 from ..errors import one_of, require
 from . import s2ft_adapter
 from .base import MethodConfig, MethodContext
@@ -49,7 +50,6 @@ from .s2ft_select import (
 )
 
 MASTER_DTYPES = {"fp32": torch.float32, "weight": None}
-HEAD_MODULES = ("classifier", "score")  # the new heads of HF sequence classifiers
 SELECTION_FILE = "s2ft_selection.json"
 
 
@@ -96,7 +96,7 @@ class S2ft(PartialMethod):
 
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         model.requires_grad_(False)
-        self.blocks = find_blocks(model, ctx.model_type)
+        self.blocks = find_blocks(model)
         if self.units is None:
             self.units = select_units(model, self.blocks, self.cfg, ctx)
         require(len(next(iter(self.units.values()))) == len(self.blocks), "method",
@@ -109,8 +109,9 @@ class S2ft(PartialMethod):
         require(bool(selections), "method.o_ratio",
                 "the ratios select no head or channel in this model; raise v_ratio, o_ratio, u_ratio or d_ratio")
         self.layers = wrap(model, selections, MASTER_DTYPES[self.cfg.master_dtype])
-        if ctx.head != "causal_lm" and self.cfg.train_head:
-            self.head = [n for n, _ in model.named_parameters() if n.split(".")[0] in HEAD_MODULES]
+        if self.cfg.train_head:
+            heads = architecture(model).task_heads(ctx.head)
+            self.head = [n for n, _ in model.named_parameters() if n.split(".")[0] in heads]
             for name in self.head:
                 model.get_parameter(name).requires_grad_(True)
         where = {f"{name}.weight": (s2ft_adapter.KIND_DIM[s.kind], s.index) for name, s in selections.items()}

@@ -9,7 +9,9 @@ The trained slices, in PyTorch's convention W ∈ R^{out×in}, y = x Wᵀ:
 
 Q, K and Gate never train. The slices are given as index tensors in the
 model's own coordinates: no weight is ever permuted, so checkpoints stay
-element-wise comparable with the base model.
+element-wise comparable with the base model. The projections of each block
+come from architecture.py; where one is part of a fused weight (Phi-3's
+qkv_proj, gate_up_proj) its rows are an offset range of that weight.
 
 Grouped-query attention (LLaMA-3, Mistral): V's rows belong to the K/V heads
 (num_key_value_heads × head_dim), O's columns to the query heads
@@ -42,13 +44,13 @@ scores are summed over ranks, so every rank selects the same slices.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..architecture import architecture
 from ..errors import UserError
 
 PROJECTIONS = ("v", "o", "u", "d")
@@ -58,14 +60,8 @@ STRATEGIES = ("random", "weight", "activation", "weight_x_activation", "gradient
 ORDERS = ("smallest", "largest")
 ALLOCATIONS = ("global", "per_layer")
 
-# Where the four projections live inside one block, per architecture family.
-LAYOUTS = {
-    "llama": {"v": "self_attn.v_proj", "o": "self_attn.o_proj", "u": "mlp.up_proj", "d": "mlp.down_proj"},
-    "bert": {"v": "attention.self.value", "o": "attention.output.dense", "u": "intermediate.dense",
-             "d": "output.dense"},
-}
-FAMILIES = {"llama": "llama", "mistral": "llama", "qwen2": "llama",
-            "bert": "bert", "roberta": "bert", "xlm-roberta": "bert"}
+# The role (architecture.py) of each projection.
+ROLES = {"v": "v", "o": "o", "u": "up", "d": "down"}
 
 
 @dataclass(frozen=True)
@@ -76,15 +72,17 @@ class Projection:
     kind: str  # rows | cols
     units: int  # heads or channels
     unit_size: int  # head_dim, or 1 for an FFN channel
+    offset: int = 0  # first row of the projection in a fused module (Phi-3's qkv_proj, gate_up_proj)
 
     def index(self, units: torch.Tensor) -> torch.Tensor:
         """The weight rows (or columns) of the given units, in the model's coordinates."""
         offsets = torch.arange(self.unit_size, device=units.device)
-        return (units[:, None] * self.unit_size + offsets).reshape(-1)
+        return (units[:, None] * self.unit_size + offsets).reshape(-1) + self.offset
 
     def per_unit(self, feature_values: torch.Tensor) -> torch.Tensor:
-        """Sum a per-row (or per-column) quantity over each unit's rows (or columns)."""
-        return feature_values.reshape(self.units, self.unit_size).sum(1)
+        """Sum a per-row (or per-column) quantity of the module over each unit's rows (or columns)."""
+        own = feature_values[self.offset:self.offset + self.units * self.unit_size]
+        return own.reshape(self.units, self.unit_size).sum(1)
 
 
 @dataclass(frozen=True)
@@ -98,30 +96,31 @@ class Block:
         return self.projections[letter]
 
 
-def find_blocks(model: nn.Module, model_type: str) -> list[Block]:
-    """The V/O/Up/Down projections of every transformer block, in layer order."""
-    family = FAMILIES.get(model_type)
-    if family is None:
-        raise UserError("model.shape.model_type", f"s2ft knows the block layout of {', '.join(FAMILIES)}; "
-                        f"'{model_type}' is not one of them")
-    layout = LAYOUTS[family]
-    modules = dict(model.named_modules())
-    pattern = re.compile(rf"^(.*\.\d+)\.{re.escape(layout['o'])}$")
-    prefixes = [found.group(1) for name in modules if (found := pattern.match(name))]
-    if not prefixes:
-        raise UserError("model.shape.model_type", f"no '{layout['o']}' module found in this {model_type} model")
-    config = model.config
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+def find_blocks(model: nn.Module) -> list[Block]:
+    """The V/O/Up/Down projections of every block of every stack (architecture.py), in forward order.
+    Raises UserError('method') when a block lacks one of them or holds it outside an `nn.Linear`."""
+    arch = architecture(model)
+    arch.require_linear(model, tuple(ROLES.values()), "s2ft")
     blocks = []
-    for prefix in prefixes:
-        linears = {p: modules[f"{prefix}.{layout[p]}"] for p in PROJECTIONS}
-        assert all(isinstance(m, nn.Linear) for m in linears.values()), f"{prefix}: expected nn.Linear projections"
-        channels = linears["u"].out_features
+    for block in arch.blocks:
+        heads, kv_heads, head_dim = arch.attention_heads(model, block)
+        rows = {p: arch.rows(model, block, ROLES[p]) for p in ("v", "u")}
+        cols = {p: block.path(ROLES[p]) for p in ("o", "d")}
+        channels = rows["u"][2]
         units = {"v": kv_heads, "o": heads, "u": channels, "d": channels}
-        widths = {"v": linears["v"].out_features, "o": linears["o"].in_features, "u": channels, "d": channels}
-        blocks.append(Block(prefix, {p: Projection(f"{prefix}.{layout[p]}", KIND[p], units[p], widths[p] // units[p])
-                                     for p in PROJECTIONS}))
+        widths = {"v": rows["v"][2], "o": model.get_submodule(cols["o"]).in_features, "u": channels,
+                  "d": model.get_submodule(cols["d"]).in_features}
+        if widths["v"] != kv_heads * head_dim or widths["d"] != channels:
+            raise UserError("method", f"s2ft cannot map the heads and channels of {block.name} "
+                            f"(V {widths['v']} rows for {kv_heads} x {head_dim}, Down {widths['d']} columns for "
+                            f"{channels} channels); use method=full, lora or hift")
+        names = {**{p: r[0] for p, r in rows.items()}, **cols}
+        offsets = {p: r[1] for p, r in rows.items()}
+        blocks.append(Block(block.name, {p: Projection(names[p], KIND[p], units[p], widths[p] // units[p],
+                                                       offsets.get(p, 0)) for p in PROJECTIONS}))
+    if len({tuple(b[p].units for p in PROJECTIONS) for b in blocks}) > 1:
+        raise UserError("method", "s2ft draws from one (layers x units) table, and this model's blocks differ in "
+                        "heads or channels; use method=full, lora or hift")
     return blocks
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..architecture import replace_module
 from ..errors import one_of, require
 from . import partial
 from .base import MethodConfig, MethodContext, decay_split
@@ -125,7 +126,7 @@ class Sift(PartialMethod):
         cfg = self.cfg
         model.requires_grad_(False)
         self.exceptions = resolve_exceptions(model, cfg.exception_modules, ctx.head)
-        targets = resolve_targets(model, cfg.target_modules, ctx.model_type, self.exceptions)
+        targets = resolve_targets(model, cfg.target_modules, self.exceptions)
         tensors = {f"{name}.weight": layer.weight for name, layer in targets.items()}
         if cfg.bias == "sparse":
             tensors.update({f"{name}.bias": layer.bias for name, layer in targets.items() if layer.bias is not None})
@@ -135,10 +136,9 @@ class Sift(PartialMethod):
 
         master_dtype = torch.float32 if cfg.master_dtype == "fp32" else None
         self.named_layers: dict[str, SiftLinear] = {}
-        for name, linear in targets.items():
-            parent_name, _, child = name.rpartition(".")
-            layer = SiftLinear(linear, chosen[f"{name}.weight"], master_dtype, chosen.get(f"{name}.bias"))
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+        for name in targets:
+            layer = replace_module(model, name, lambda linear, name=name: SiftLinear(
+                linear, chosen[f"{name}.weight"], master_dtype, chosen.get(f"{name}.bias")))
             if cfg.bias == "dense" and layer.bias is not None:
                 layer.bias.requires_grad_(True)
             self.named_layers[name] = layer

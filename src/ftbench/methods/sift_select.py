@@ -16,30 +16,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..architecture import ATTENTION_ROLES, MLP_ROLES, architecture
 from ..errors import UserError
 from .base import MethodContext
 
 SELECTIONS = ("grad", "random", "magnitude")
-PRESET_NAMES = ("auto", "attention", "mlp", "all-linear")
-# Module-name patterns per architecture family. BERT's FFN output is `layer.N.output.dense`;
-# the attention output `layer.N.attention.output.dense` must not match it.
-FAMILY_PRESETS = {
-    "encoder": {
-        "attention": r"\.attention\.(self\.(query|key|value)|output\.dense)$",
-        "mlp": r"\.(intermediate\.dense|layer\.\d+\.output\.dense)$",
-    },
-    "decoder": {
-        "attention": r"\.self_attn\.(q|k|v|o)_proj$",
-        "mlp": r"\.mlp\.(gate|up|down)_proj$",
-    },
-}
-FAMILIES = {
-    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "camembert", "electra"), "encoder"),
-    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"), "decoder"),
-}
-# The paper's default: attention on encoders (GLUE), the 7 projections on decoders (Alpaca).
-AUTO = {"encoder": ("attention",), "decoder": ("attention", "mlp")}
-HEAD_MODULES = ("classifier", "score")  # the task heads of HF *ForSequenceClassification models
+PRESETS = {"attention": ATTENTION_ROLES, "mlp": MLP_ROLES}  # projection roles (architecture.py)
+PRESET_NAMES = ("auto", *PRESETS, "all-linear")
+# The paper's default: attention on encoders (GLUE), the 7 projections on decoders (Alpaca); an
+# encoder-decoder is served as a decoder.
+AUTO = {"encoder": ("attention",), "decoder": ("attention", "mlp"), "encoder-decoder": ("attention", "mlp")}
 
 
 def selected_count(numel: int, rate: float) -> int:
@@ -64,9 +50,7 @@ def linear_names(model: nn.Module) -> list[str]:
 
 def head_modules(model: nn.Module, head: str) -> list[str]:
     """The task head of a classification model (trained densely, as the paper does); none for a causal LM."""
-    if head == "causal_lm":
-        return []
-    return [name for name in HEAD_MODULES if isinstance(getattr(model, name, None), nn.Module)]
+    return architecture(model).task_heads(head)
 
 
 def resolve_exceptions(model: nn.Module, spec, head: str) -> list[str]:
@@ -88,24 +72,30 @@ def _inside(name: str, modules: list[str]) -> bool:
     return any(name == m or name.startswith(m + ".") for m in modules)
 
 
-def resolve_targets(model: nn.Module, spec, model_type: str, excluded: list[str]) -> dict[str, nn.Linear]:
+def resolve_targets(model: nn.Module, spec, excluded: list[str]) -> dict[str, nn.Linear]:
     """The sparse target layers, in forward (registration) order, outside the excluded modules.
 
-    `spec` is a preset (auto, attention, mlp, all-linear) or a list of module names matched
-    as a name suffix (`query` or `attention.self.query`)."""
+    `spec` is a preset (auto, attention, mlp, all-linear: roles from architecture.py) or a list of
+    module names matched as a name suffix (`query` or `attention.self.query`).
+    Raises UserError('method.target_modules') when nothing is selected or a name is not a linear layer,
+    UserError('method') when a preset's projections are not `nn.Linear` (GPT-2's Conv1D)."""
+    arch = architecture(model)
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _inside(n, excluded)}
-    heads = [*HEAD_MODULES, *(n for n, m in model.named_modules() if m is model.get_output_embeddings())]
+    heads = [*arch.heads, *([arch.output_embedding] if arch.output_embedding else [])]
     if isinstance(spec, str):
         if spec == "all-linear":
             chosen = [n for n in linears if not _inside(n, heads)]
         else:
-            family = FAMILIES.get(model_type)
-            if family is None:
-                raise UserError("method.target_modules", f"no preset {spec!r} for model_type {model_type}; "
+            if arch.kind == "unknown":
+                raise UserError("method.target_modules", f"no preset {spec!r} for model_type {arch.model_type}; "
                                 f"name the modules, e.g. [{', '.join(linear_names(model)[:3])}], or use all-linear")
-            presets = AUTO[family] if spec == "auto" else (spec,)
-            pattern = re.compile("|".join(FAMILY_PRESETS[family][p] for p in presets))
-            chosen = [n for n in linears if pattern.search(n)]
+            roles = {r for preset in (AUTO[arch.kind] if spec == "auto" else (spec,)) for r in PRESETS[preset]}
+            found = arch.projections(roles)
+            other = [n for n in found if not isinstance(model.get_submodule(n), nn.Linear)]
+            if other:
+                raise UserError("method", f"sift trains nn.Linear weights; this {arch.model_type} model holds {other[0]} "
+                                f"as a {type(model.get_submodule(other[0])).__name__}: use method=full, lora or hift")
+            chosen = [n for n in linears if n in set(found)]
     else:
         chosen = []
         for entry in spec:

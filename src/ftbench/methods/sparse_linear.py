@@ -14,42 +14,25 @@ materialised after every step, without a second copy of the weight.
 
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
-
-# The MLP linears of each architecture, named as they follow the block index
-# (`layer.3.intermediate.dense`, `layers.3.mlp.up_proj`); BERT's `attention.output.dense` is not one.
-BERT_MLP = ("intermediate.dense", "output.dense")
-LLAMA_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-MLP_KINDS: dict[str, tuple[str, ...]] = {
-    "bert": BERT_MLP,
-    "roberta": BERT_MLP,
-    "xlm-roberta": BERT_MLP,
-    "llama": LLAMA_MLP,
-    "mistral": LLAMA_MLP,
-    "qwen2": LLAMA_MLP,
-}
+from ..architecture import MLP_ROLES, architecture, replace_module
 
 
-def mlp_layers(model: nn.Module, model_type: str) -> dict[str, list[tuple[str, nn.Linear]]]:
-    """The MLP linears of every block, grouped by kind (e.g. all `intermediate.dense`)."""
-    if model_type not in MLP_KINDS:
-        raise UserError("model", f"no MLP layer table for model_type '{model_type}'; sparse MLP methods "
-                        f"support {', '.join(sorted(MLP_KINDS))} (or pick another method)")
-    patterns = {kind: re.compile(rf"(?:^|\.)\d+\.{re.escape(kind)}$") for kind in MLP_KINDS[model_type]}
-    found: dict[str, list[tuple[str, nn.Linear]]] = {kind: [] for kind in patterns}
-    for name, module in model.named_modules():
-        for kind, pattern in patterns.items():
-            if isinstance(module, nn.Linear) and pattern.search(name):
-                found[kind].append((name, module))
-    if not any(found.values()):
-        raise UserError("model", f"found none of the {model_type} MLP layers {', '.join(patterns)} in this model")
-    return {kind: layers for kind, layers in found.items() if layers}
+def mlp_layers(model: nn.Module, method: str) -> dict[str, list[tuple[str, nn.Linear]]]:
+    """The MLP linears of every block (architecture.py), grouped by kind: one kind per projection role
+    and stack, named by its path inside the block (e.g. all `intermediate.dense`), in forward order.
+    Raises UserError('method') when a block has no up/down projection that is an `nn.Linear`."""
+    arch = architecture(model)
+    arch.require_linear(model, ("up", "down"), method)
+    found: dict[str, list[tuple[str, nn.Linear]]] = {}
+    for block in arch.blocks:
+        for role in (r for r in MLP_ROLES if r in block.roles):
+            found.setdefault(arch.kind_name(block, role), []).append(
+                (block.path(role), model.get_submodule(block.path(role))))
+    return found
 
 
 class Basis(nn.Module):
@@ -128,8 +111,4 @@ class TopKGradLinear(nn.Linear):
 
 
 def wrap(model: nn.Module, name: str, basis: Basis | None, k: int) -> TopKGradLinear:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    layer = TopKGradLinear(getattr(parent, child), basis, k)
-    setattr(parent, child, layer)
-    return layer
+    return replace_module(model, name, lambda linear: TopKGradLinear(linear, basis, k))

@@ -36,14 +36,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..architecture import architecture
 from ..errors import require
 from ..measure import tensor_bytes
 from .base import Method, MethodConfig, MethodContext, decay_split
 from .rotations import calibrate
 from .sparse_adam import SparseMlpOptimizer, clip_grad_norm
 from .sparse_linear import Basis, mlp_layers, wrap
-
-HEAD_MODULES = ("classifier", "score")  # sequence-classification heads (BERT/RoBERTa, LLaMA)
 
 
 @dataclass
@@ -82,7 +81,7 @@ class SparseMlpMethod(Method):
         """One basis per MLP layer kind (None: the original basis)."""
 
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
-        named = mlp_layers(model, ctx.model_type)
+        named = mlp_layers(model, self.cfg.name)
         bases = self.bases(model, {kind: [m for _, m in group] for kind, group in named.items()}, ctx)
         self.kinds = {kind: [wrap(model, name, bases[kind], self.k_for(layer)) for name, layer in group]
                       for kind, group in named.items()}
@@ -96,8 +95,7 @@ class SparseMlpMethod(Method):
     def _set_trainable(self, model: nn.Module, head: str) -> None:
         cfg = self.cfg
         norms = {id(p) for m in model.modules() if "Norm" in type(m).__name__ for p in m.parameters(recurse=False)}
-        heads = {id(p) for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in HEAD_MODULES
-                 and head != "causal_lm" for p in m.parameters()}
+        heads = {id(p) for name in architecture(model).task_heads(head) for p in model.get_submodule(name).parameters()}
         for param in model.parameters():
             if cfg.train_non_mlp:
                 param.requires_grad_(not (cfg.freeze_norms and id(param) in norms))

@@ -1,12 +1,14 @@
 """Units and schedules for block-rotating methods (HiFT, BAdam, LISA).
 
-A *unit* is read off the model's structure, never from a per-architecture name
-table: the repeated layer list is the largest `nn.ModuleList` whose children all
-share one class; everything registered before it is the `embedding` unit, each
-block is `layer.<i>`, and everything after it is the `head` (the final norm
-merged with the LM or classification head). Parameters come from
-`named_parameters()`, which yields a tied weight once, so a tied LM head is
-counted with the embedding.
+A *unit* is read off the model's structure (architecture.py), never from a
+per-architecture name table: each block of every layer stack is a unit
+(`layer.<i>` when the model has one stack, the block's module path, e.g.
+`transformer.encoder.block.0`, when it has several: encoder and decoder).
+The `embedding` unit holds what is registered before the first block and every
+embedding table outside the blocks (a decoder's position table); everything
+else outside the blocks is the `head` (final norms merged with the LM or
+classification head). Parameters come from `named_parameters()`, which yields a
+tied weight once, so a tied LM head is counted with the embedding.
 
 The *schedule* says which units train at each optimizer step. It is a pure
 function of the step number (random draws are seeded by the run's seed and the
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from ..architecture import architecture
 from ..errors import UserError
 
 ORDERS = ("down2up", "up2down", "random", "sample")
@@ -29,7 +32,7 @@ ORDERS = ("down2up", "up2down", "random", "sample")
 
 @dataclass
 class Unit:
-    name: str  # embedding | layer.<i> | head
+    name: str  # embedding | layer.<i> (or the block's path, with several stacks) | head
     params: list[tuple[str, nn.Parameter]]
 
     @property
@@ -37,34 +40,28 @@ class Unit:
         return sum(p.numel() for _, p in self.params)
 
 
-def repeated_layers(model: nn.Module) -> nn.ModuleList | None:
-    """The model's block list: the largest `ModuleList` of same-class children."""
-    candidates = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0
-                  and len({type(child) for child in m}) == 1]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda m: sum(p.numel() for p in m.parameters()))
-
-
 def derive_units(model: nn.Module) -> list[Unit]:
-    """embedding, layer.0 .. layer.<L-1>, head: each with its (name, parameter) pairs."""
-    layers = repeated_layers(model)
-    if layers is None:
+    """embedding, one unit per block of every stack, head: each with its (name, parameter) pairs."""
+    arch = architecture(model)
+    if not arch.blocks:
         raise UserError("method.name", f"{type(model).__name__} has no repeated layer list to rotate over; "
-                        "use a transformer (LLaMA, Mistral, BERT, RoBERTa, ...) or method=full")
-    owner = {id(p): i for i, layer in enumerate(layers) for p in layer.parameters()}
+                        "use a transformer (LLaMA, Mistral, BERT, RoBERTa, T5, ...) or method=full")
+    block_modules = [model.get_submodule(block.name) for block in arch.blocks]
+    owner = {id(p): i for i, block in enumerate(block_modules) for p in block.parameters()}
+    tables = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     embedding: list = []
-    blocks: list[list] = [[] for _ in layers]
+    blocks: list[list] = [[] for _ in block_modules]
     head: list = []
     for name, param in model.named_parameters():
         index = owner.get(id(param))
         if index is not None:
             blocks[index].append((name, param))
-        elif any(blocks):
+        elif any(blocks) and id(param) not in tables:
             head.append((name, param))
         else:
             embedding.append((name, param))
-    units = [Unit("embedding", embedding), *(Unit(f"layer.{i}", b) for i, b in enumerate(blocks)), Unit("head", head)]
+    names = [f"layer.{b.index}" if len(arch.stacks) == 1 else b.name for b in arch.blocks]
+    units = [Unit("embedding", embedding), *(Unit(n, b) for n, b in zip(names, blocks)), Unit("head", head)]
     return [u for u in units if u.params]
 
 

@@ -14,9 +14,8 @@ from typing import Any, Optional
 import torch
 from omegaconf import MISSING
 
+from ..architecture import IGNORE_INDEX
 from ..errors import require
-
-HEADS = ("seq_cls", "regression", "causal_lm")
 
 
 @dataclass
@@ -103,7 +102,7 @@ def pad_collate(examples: list[Example], pad_id: int, pad_to_multiple_of: Option
     input_ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
     token_labels = "labels" in examples[0] and isinstance(examples[0]["labels"], list)
-    labels = torch.full((len(examples), longest), -100, dtype=torch.long) if token_labels else None
+    labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long) if token_labels else None
     for row, example in enumerate(examples):
         ids = example["input_ids"]
         span = slice(longest - len(ids), longest) if padding_side == "left" else slice(0, len(ids))

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..architecture import IGNORE_INDEX
 from ..errors import UserError, one_of, require
 from ..hub import hub_error, use_cache_only_if_offline
 from . import generate
@@ -31,7 +32,6 @@ from .base import EvalContext, Example, Task, TaskConfig, batched, to_device
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100
 _ALPACA_HEAD = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 _ALPACA_INPUT_HEAD = ("Below is an instruction that describes a task, paired with an input that provides further "
                       "context. Write a response that appropriately completes the request.")
@@ -133,7 +133,7 @@ def encode_pairs(tokenizer, prompts: list[str], targets: list[str], max_length: 
         if masked >= len(ids) and not train_on_input:
             dropped += 1
             continue
-        labels = list(ids) if train_on_input else [IGNORE] * masked + ids[masked:]
+        labels = list(ids) if train_on_input else [IGNORE_INDEX] * masked + ids[masked:]
         examples.append({"input_ids": ids, "labels": labels})
     return examples, dropped
 
@@ -195,7 +195,7 @@ def heldout_loss(model: torch.nn.Module, examples: list[Example], ctx: EvalConte
     total, tokens = 0.0, 0
     for chunk in batched(examples, ctx.batch_size):
         batch = collate(chunk, ctx.pad_to_multiple_of)
-        count = int((batch["labels"][:, 1:] != IGNORE).sum())
+        count = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         with ctx.autocast():
             loss = model(**to_device(batch, ctx.device)).loss
         total += float(loss) * count

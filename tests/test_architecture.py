@@ -1,0 +1,312 @@
+"""The architecture registry (architecture.py), and every method on every layout the project claims.
+
+Table-driven over tiny random-init models (hidden 32, two layers): BERT, RoBERTa, LLaMA and Qwen2 with
+GQA, GPT-2 (Conv1D, tied LM head), Phi-3 (fused qkv_proj / gate_up_proj), T5 and BART encoder-decoders;
+each crossed with every method, for a sequence classifier and, for decoders, a causal LM. A run either
+trains exactly what the method says (the intended tensors change after two steps, nothing else does, a
+new task head trains densely) or is refused up front with a UserError naming the key.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from ftbench import architecture as registry
+from ftbench.architecture import MLP_ROLES, Layout, architecture
+from ftbench.errors import UserError
+from ftbench.methods import REGISTRY, MethodContext, build_method
+from ftbench.methods.sift_select import AUTO, PRESETS
+from ftbench.methods.units import derive_units
+from helpers import compose, fit
+
+VOCAB = 64
+SHAPES = {
+    "bert": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+    "roberta": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, pad_token_id=1),
+    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2),
+    "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2),
+    "gpt2": dict(n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2),
+    "phi3": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "t5": dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0, eos_token_id=2,
+               pad_token_id=0),
+    "bart": dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                 decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, pad_token_id=1, bos_token_id=0,
+                 eos_token_id=2),
+}
+POSITIONS = {"gpt2": "n_positions", "t5": None}
+DECODERS = ("llama", "qwen2", "gpt2", "phi3")
+CAUSAL = ("llama", "gpt2", "phi3")  # qwen2's causal LM is llama's layout again
+
+# What each layout's registry entry must find in block 0 (role -> path inside the block).
+EXPECTED_ROLES = {
+    "bert": {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+             "o": "attention.output.dense", "up": "intermediate.dense", "down": "output.dense"},
+    "llama": {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+              "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"},
+    "gpt2": {"qkv": "attn.c_attn", "o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj"},
+    "phi3": {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj", "gate_up": "mlp.gate_up_proj",
+             "down": "mlp.down_proj"},
+    "t5": {"q": "layer.0.SelfAttention.q", "k": "layer.0.SelfAttention.k", "v": "layer.0.SelfAttention.v",
+           "o": "layer.0.SelfAttention.o", "up": "layer.1.DenseReluDense.wi", "down": "layer.1.DenseReluDense.wo"},
+    "bart": {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.out_proj",
+             "up": "fc1", "down": "fc2"},
+}
+EXPECTED_ROLES["roberta"], EXPECTED_ROLES["qwen2"] = EXPECTED_ROLES["bert"], EXPECTED_ROLES["llama"]
+EXPECTED = {  # kind, stacks, task head of the sequence classifier
+    "bert": ("encoder", ["bert.encoder.layer"], ["classifier"]),
+    "roberta": ("encoder", ["roberta.encoder.layer"], ["classifier"]),
+    "llama": ("decoder", ["model.layers"], ["score"]),
+    "qwen2": ("decoder", ["model.layers"], ["score"]),
+    "gpt2": ("decoder", ["transformer.h"], ["score"]),
+    "phi3": ("decoder", ["model.layers"], ["score"]),
+    "t5": ("encoder-decoder", ["transformer.encoder.block", "transformer.decoder.block"], ["classification_head"]),
+    "bart": ("encoder-decoder", ["model.encoder.layers", "model.decoder.layers"], ["classification_head"]),
+}
+
+
+def tiny(layout: str, head: str = "seq_cls") -> nn.Module:
+    torch.manual_seed(0)
+    positions = POSITIONS.get(layout, "max_position_embeddings")
+    extra = {positions: 32} if positions else {}
+    config = AutoConfig.for_model(layout, vocab_size=VOCAB, **SHAPES[layout], **extra)
+    if head == "causal_lm":
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    else:
+        model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+        model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    return model
+
+
+def batches(model: nn.Module, head: str, seed: int = 0):
+    """Endless 4 x 10 batches; sequences end with EOS (what T5's and BART's classifiers pool)."""
+    generator = torch.Generator().manual_seed(seed)
+    eos = getattr(model.config, "eos_token_id", None)
+    while True:
+        ids = torch.randint(5, VOCAB, (4, 10), generator=generator)
+        if eos is not None:
+            ids[:, -1] = eos
+        labels = ids.clone() if head == "causal_lm" else torch.randint(0, 2, (4,), generator=generator)
+        yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def context(model: nn.Module, head: str) -> MethodContext:
+    def calibration(n):
+        stream = batches(model, head, seed=1)
+        return (next(stream) for _ in range(n))
+
+    return MethodContext(model_type=model.config.model_type, head=head, device=torch.device("cpu"), precision="fp32",
+                         gradient_checkpointing=False, seed=0, calibration_batches=calibration,
+                         loss=lambda m, b: m(**b).loss)
+
+
+# -- the registry ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", list(SHAPES))
+def test_the_registry_derives_stacks_roles_heads_and_tied_weights(layout):
+    model = tiny(layout)
+    arch = architecture(model)
+    kind, stacks, heads = EXPECTED[layout]
+    assert (arch.kind, list(arch.stacks), list(arch.heads)) == (kind, stacks, heads)
+    assert len(arch.blocks) == 2 * len(stacks)
+    assert arch.blocks[0].roles == EXPECTED_ROLES[layout]
+    assert arch.task_heads("seq_cls") == heads and arch.task_heads("causal_lm") == []
+    if kind == "encoder-decoder":  # the decoder's blocks add cross-attention
+        assert {"cross_q", "cross_k", "cross_v", "cross_o"} <= set(arch.blocks[-1].roles)
+        assert any(len(group) == 3 for group in arch.tied)  # shared, encoder and decoder embed_tokens
+
+
+def test_tied_lm_head_and_fused_rows():
+    gpt2 = architecture(tiny("gpt2", "causal_lm"))
+    assert gpt2.output_embedding == "lm_head" and ("transformer.wte.weight", "lm_head.weight") in gpt2.tied
+    model = tiny("phi3")
+    arch = architecture(model)
+    block = arch.blocks[0]
+    # qkv_proj rows: q (4 heads x 8), k (2 x 8), v (2 x 8); gate_up_proj rows: gate (64), up (64)
+    assert arch.rows(model, block, "v") == ("model.layers.0.self_attn.qkv_proj", 48, 16)
+    assert arch.rows(model, block, "up") == ("model.layers.0.mlp.gate_up_proj", 64, 64)
+
+
+def test_units_of_an_encoder_decoder_are_every_block_of_both_stacks():
+    model = tiny("t5")
+    units = derive_units(model)
+    assert [u.name for u in units] == ["embedding", "transformer.encoder.block.0", "transformer.encoder.block.1",
+                                       "transformer.decoder.block.0", "transformer.decoder.block.1", "head"]
+    assert [n for n, _ in units[0].params] == ["transformer.shared.weight"]
+    assert units[0].numel == VOCAB * 32  # the embedding alone: no encoder block rides with it
+
+
+# -- every method on every layout ------------------------------------------------------------------
+
+METHODS = {  # name -> overrides: small enough for a 2-layer model, and settings that make what trains exact
+    "full": [],
+    "lora": [],
+    "sift": ["method.sparse_rate=0.05"],
+    "s2ft": ["method.v_ratio=0.5", "method.o_ratio=0.5", "method.u_ratio=0.25", "method.d_ratio=0.25",
+             "method.allocation=per_layer"],
+    "sparsegrad": ["method.calibration_steps=2", "method.train_non_mlp=false"],
+    "meprop": ["method.train_non_mlp=false"],
+    "hift": [],
+    "badam": ["method.steps_per_block=1"],
+    "lisa": ["method.steps_per_block=1"],
+}
+# What cannot be served: GPT-2's projections are transformers Conv1D, not the nn.Linear these methods replace.
+REFUSED = {("gpt2", m): "method" for m in ("sift", "s2ft", "sparsegrad", "meprop")}
+CASES = [(layout, name, "seq_cls") for layout in SHAPES for name in METHODS] + [
+    (layout, name, "causal_lm") for layout in CAUSAL for name in METHODS]
+
+
+def test_every_method_is_in_the_table():
+    assert set(METHODS) == set(REGISTRY)
+
+
+def expected_changes(model: nn.Module, name: str, head: str) -> tuple[set[str], set[str]]:
+    """(may change, must change): parameter names of the prepared model."""
+    arch = architecture(model)
+    every = {n for n, _ in model.named_parameters()}
+    heads = {n for n in every if n.split(".")[0] in arch.task_heads(head)}
+    if name == "full":
+        return every, every
+    if name in ("hift", "badam", "lisa"):
+        units = {u.name: {n for n, _ in u.params} for u in derive_units(model)}
+        outside = units["embedding"] | units["head"]
+        if name == "hift":
+            return every, every
+        if name == "badam":  # embedding frozen, head always active, every block visited once per cycle
+            return every - units["embedding"], every - units["embedding"]
+        return every, outside  # lisa: embedding and head always, the sampled blocks with them
+    if name in ("sift", "s2ft"):
+        roles = ({r for preset in AUTO[arch.kind] for r in PRESETS[preset]} if name == "sift"
+                 else {"v", "o", "up", "down"})
+        modules = {arch.path_of(b, r) for b in arch.blocks for r in roles if arch.has(b, r)}
+        trained = {f"{m}.{p}" for m in modules for p in ("weight", "master", "bias_master")} & every
+        biases = {f"{m}.bias" for m in modules} & every if name == "sift" else set()
+        return trained | biases | heads, trained | heads
+    if name in ("sparsegrad", "meprop"):
+        mlp = {f"{p}.weight" for p in arch.projections(MLP_ROLES)}
+        return mlp | heads, mlp | heads
+    raise AssertionError(name)
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("layout,name,head", CASES)
+def test_each_method_trains_what_it_says_on_each_layout(layout, name, head):
+    model = tiny(layout, head)
+    method = build_method(compose(f"method={name}", *METHODS[name]).method)
+    if (layout, name) in REFUSED:
+        with pytest.raises(UserError) as refused:
+            method.prepare(model, context(model, head))
+        assert refused.value.key == REFUSED[(layout, name)] and name in str(refused.value)
+        return
+    if name == "lora":
+        return check_lora(model, method, head)
+    model = method.prepare(model, context(model, head))
+    may, must = expected_changes(model, name, head)
+    before = snapshot(model)
+    steps = len(derive_units(model)) if name in ("hift", "badam") else 2
+    fit(model, method, batches(model, head), steps=steps, lr=1e-2, optimizer="adamw")
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed <= may, f"trained outside the method's part: {sorted(changed - may)[:5]}"
+    assert must <= changed, f"did not train: {sorted(must - changed)[:5]}"
+    for n in (n for n in must if n.split(".")[0] in architecture(model).task_heads(head)):
+        assert (model.get_parameter(n) != before[n]).all(), f"the new head {n} trains densely"
+
+
+def check_lora(model: nn.Module, method, head: str) -> None:
+    heads = architecture(model).task_heads(head)
+    model = method.prepare(model, context(model, head))
+    before = snapshot(model)
+    fit(model, method, batches(model, head), steps=2, lr=1e-2, optimizer="adamw")
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    adapters = {n for n in before if "lora_" in n}
+    copies = {n for n in before if ".modules_to_save." in n}  # PEFT trains a copy of each new head
+    assert adapters and adapters <= changed and changed <= adapters | copies
+    assert {n.split(".")[2] for n in copies} == set(heads)  # base_model.model.<head>.modules_to_save...
+    assert {n for n in copies if n.endswith("weight")} <= changed
+
+
+def test_s2ft_trains_only_the_v_and_up_rows_of_fused_projections():
+    model = tiny("phi3")
+    method = build_method(compose("method=s2ft", *METHODS["s2ft"]).method)
+    model = method.prepare(model, context(model, "seq_cls"))
+    before = snapshot(model)
+    fit(model, method, batches(model, "seq_cls"), steps=2, lr=1e-2, optimizer="adamw")
+    for name, first in (("model.layers.0.self_attn.qkv_proj.weight", 48), ("model.layers.0.mlp.gate_up_proj.weight", 64)):
+        rows = (model.get_parameter(name) != before[name]).any(1).nonzero().squeeze(1)
+        assert rows.numel() and rows.min() >= first  # q, k and gate rows never train
+
+
+# -- a new model family through the registry alone ---------------------------------------------------
+
+class ToyBlock(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.mix = nn.ModuleDict({"wq": nn.Linear(d, d), "wk": nn.Linear(d, d), "wv": nn.Linear(d, d),
+                                  "wo": nn.Linear(d, d)})
+        self.ffn = nn.ModuleDict({"w_in": nn.Linear(d, 2 * d), "w_out": nn.Linear(2 * d, d)})
+
+    def forward(self, x):
+        q, k, v = (self.mix[n](x) for n in ("wq", "wk", "wv"))
+        x = x + self.mix["wo"](torch.softmax(q @ k.transpose(1, 2) / 8, -1) @ v)
+        return x + self.ffn["w_out"](torch.relu(self.ffn["w_in"](x)))
+
+
+class ToyModel(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, d)
+        self.blocks = nn.ModuleList(ToyBlock(d) for _ in range(2))
+
+    def forward(self, input_ids):
+        x = self.embed(input_ids)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class ToyForSequenceClassification(nn.Module):
+    base_model_prefix = "toy"
+
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.config = types.SimpleNamespace(model_type="toy", num_attention_heads=4)
+        self.toy = ToyModel(d)
+        self.head = nn.Linear(d, 2)
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        logits = self.head(self.toy(input_ids)[:, -1])
+        return types.SimpleNamespace(logits=logits, loss=nn.functional.cross_entropy(logits, labels))
+
+
+TOY = Layout("decoder", {"q": r"mix\.wq", "k": r"mix\.wk", "v": r"mix\.wv", "o": r"mix\.wo",
+                         "up": r"ffn\.w_in", "down": r"ffn\.w_out"})
+
+
+def test_a_new_family_is_one_registry_entry(monkeypatch):
+    torch.manual_seed(0)
+    toy = ToyForSequenceClassification()
+    with pytest.raises(UserError) as refused:  # unknown: the methods that need its projections refuse it
+        build_method(compose("method=s2ft").method).prepare(toy, context(toy, "seq_cls"))
+    assert refused.value.key == "method"
+    monkeypatch.setitem(registry.LAYOUTS, "toy", TOY)
+    for name in ("s2ft", "sparsegrad", "hift"):
+        model = ToyForSequenceClassification()
+        method = build_method(compose(f"method={name}", *METHODS[name]).method)
+        model = method.prepare(model, context(model, "seq_cls"))
+        may, must = expected_changes(model, name, "seq_cls")
+        before = snapshot(model)
+        steps = len(derive_units(model)) if name == "hift" else 2
+        fit(model, method, batches(model, "seq_cls"), steps=steps, lr=1e-2, optimizer="adamw")
+        changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+        assert must <= changed <= may, name
+    assert {"head.weight", "toy.blocks.1.ffn.w_out.weight"} <= must
