@@ -134,3 +134,7 @@ def report_main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         print(f"ftbench-report: error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":  # python -m ftbench.cli ...
+    main()

@@ -38,8 +38,20 @@ def local_source(mcfg) -> str | None:
     return None
 
 
+def source_key(mcfg) -> str:
+    """The config key that names where the weights come from (for error lines)."""
+    return "model.path" if mcfg.path else "model.package" if mcfg.package else "model.hub_id"
+
+
+# What from_pretrained raises for a folder or hub id it cannot use: missing or unreadable files (OSError),
+# an unknown model_type or a bad config value (ValueError, KeyError), weights that do not fit (RuntimeError).
+LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
+
+
 def load_tokenizer(mcfg):
-    """The model's tokenizer; a byte-level one built in-process for random-init models."""
+    """The model's tokenizer; a byte-level one built in-process for random-init models.
+
+    Raises UserError naming model.tokenizer when the tokenizer cannot be loaded."""
     from transformers import AutoTokenizer
 
     source = mcfg.tokenizer or local_source(mcfg)
@@ -48,9 +60,10 @@ def load_tokenizer(mcfg):
     source = source or mcfg.hub_id
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline_mode() or Path(source).is_dir())
-    except (OSError, ValueError) as exc:
+    except LOAD_ERRORS as exc:
         raise hub_error("model.tokenizer", f"the tokenizer of {source}", exc,
-                        "set model.tokenizer=DIR (a local tokenizer folder)") from exc
+                        "set model.tokenizer=DIR (a folder saved with tokenizer.save_pretrained)",
+                        local=Path(source).is_dir()) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
@@ -86,7 +99,28 @@ def architecture_config(mcfg, **overrides):
     for key in shape:
         if not hasattr(defaults, key):
             raise UserError(f"model.shape.{key}", f"not a field of the {model_type} config")
-    return AutoConfig.for_model(model_type, **shape, **overrides)
+    return AutoConfig.for_model(model_type, **{**shape, **overrides})
+
+
+def pretrained_config(mcfg):
+    """The architecture config of a checkpoint (no weights), from model.path, model.package or model.hub_id.
+
+    Raises UserError naming that key and the fix when it cannot be read."""
+    from transformers import AutoConfig
+
+    source = local_source(mcfg) or mcfg.hub_id
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=offline_mode() or Path(source).is_dir())
+    except LOAD_ERRORS as exc:
+        raise load_error(mcfg, source, exc) from exc
+
+
+def load_error(mcfg, source: str, exc: BaseException) -> UserError:
+    key = source_key(mcfg)
+    if key == "model.hub_id":
+        return hub_error(key, source, exc, "use model.path=DIR (a local copy) or model.random_init=true")
+    return hub_error(key, source, exc, f"give {key} a folder written by save_pretrained (config.json and weights)",
+                     local=True)
 
 
 def auto_class(head: str):
@@ -96,23 +130,39 @@ def auto_class(head: str):
 
 
 def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision: str,
-               attn_implementation: str) -> nn.Module:
-    """Build the model directly on `device` in the run's weight dtype."""
+               attn_implementation: str, vocab_size: int | None = None) -> nn.Module:
+    """Build the model directly on `device` in the run's weight dtype.
+
+    Random init builds the named shape (`vocab_size` overrides its embedding rows). A checkpoint
+    whose classification head does not fit the task (another number of labels, or regression vs
+    classes: intermediate-task fine-tuning) gets a new head of the task's size, said in one log line.
+    Raises UserError naming model.path / model.package / model.hub_id when the checkpoint cannot be loaded."""
     dtype = DTYPES[precision]
-    head_kwargs = {} if head == "causal_lm" else {"num_labels": num_labels}
-    if head == "regression":
-        head_kwargs["problem_type"] = "regression"
     cls = auto_class(head)
     if mcfg.random_init:
-        config = architecture_config(mcfg, **head_kwargs)
+        head_kwargs = {} if head == "causal_lm" else {"num_labels": num_labels, "problem_type": PROBLEM_TYPES[head]}
+        config = architecture_config(mcfg, **head_kwargs, **({"vocab_size": vocab_size} if vocab_size else {}))
         with torch.device(device):
             model = cls.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
         return model
     source = local_source(mcfg) or mcfg.hub_id
+    config = pretrained_config(mcfg)
+    if head != "causal_lm":
+        config.problem_type = None  # the checkpoint's (e.g. regression) would refuse the new label count
+        config.num_labels = num_labels
+        config.problem_type = PROBLEM_TYPES[head]
     try:
-        model = cls.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation,
-                                    local_files_only=offline_mode() or Path(source).is_dir(), **head_kwargs)
-    except OSError as exc:
-        raise hub_error("model.hub_id", source, exc,
-                        "use model.path=DIR (a local copy) or model.random_init=true") from exc
+        model, info = cls.from_pretrained(source, config=config, dtype=dtype, attn_implementation=attn_implementation,
+                                          local_files_only=offline_mode() or Path(source).is_dir(),
+                                          ignore_mismatched_sizes=head != "causal_lm", output_loading_info=True)
+    except LOAD_ERRORS as exc:
+        raise load_error(mcfg, source, exc) from exc
+    replaced = sorted(str(k[0] if isinstance(k, (tuple, list)) else k) for k in info.get("mismatched_keys") or ())
+    if replaced:
+        log.info("%s: the checkpoint's head (%s) does not fit this task's %d output(s); training a new head",
+                 source_key(mcfg), ", ".join(replaced), num_labels)
     return model.to(device)
+
+
+# transformers' problem_type per ftbench head (the loss the model computes).
+PROBLEM_TYPES = {"seq_cls": "single_label_classification", "regression": "regression"}
