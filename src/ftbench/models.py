@@ -8,6 +8,7 @@ from importlib import import_module
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from .errors import UserError
@@ -44,8 +45,9 @@ def source_key(mcfg) -> str:
 
 
 # What from_pretrained raises for a folder or hub id it cannot use: missing or unreadable files (OSError),
-# an unknown model_type or a bad config value (ValueError, KeyError), weights that do not fit (RuntimeError).
-LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
+# an unknown model_type or a bad config value (ValueError, KeyError), weights that do not fit (RuntimeError),
+# a corrupt weights file (SafetensorError). Out-of-memory is not among them (see load_error).
+LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError)
 
 
 def load_tokenizer(mcfg):
@@ -116,6 +118,9 @@ def pretrained_config(mcfg):
 
 
 def load_error(mcfg, source: str, exc: BaseException) -> UserError:
+    """One line naming the key that gave `source`, the library's reason and the fix (re-raises out-of-memory)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        raise exc
     key = source_key(mcfg)
     if key == "model.hub_id":
         return hub_error(key, source, exc, "use model.path=DIR (a local copy) or model.random_init=true")
