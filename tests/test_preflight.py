@@ -127,6 +127,15 @@ def test_a_profile_longer_than_the_position_table_is_refused(tmp_path, folders):
     assert "32 positions" in refused(result, "profile.seq_len")
 
 
+def test_a_random_init_position_table_is_sized_to_the_sequences(tmp_path):
+    result = run(tmp_path / "run", "mode=profile", "model=tiny-bert", "model.shape.max_position_embeddings=16",
+                 "profile.seq_len=24", "profile.batch_size=2", "profile.steps=1", "profile.warmup_steps=0")
+    trained(result, 1)
+    default = run(tmp_path / "ref", "mode=profile", "model=tiny-bert", "profile.seq_len=24", "profile.batch_size=2",
+                  "profile.steps=1", "profile.warmup_steps=0")  # 512 positions
+    assert default["params"]["total"] - result["params"]["total"] == (512 - 24) * 64  # hidden 64
+
+
 def test_a_random_init_embedding_is_sized_to_its_tokenizer(tmp_path, folders):
     result = trained(run(tmp_path / "run", f"model.tokenizer={folders['big-tokenizer']}",
                          f"task.data_dir={folders['sst2']}", *SST2_QUICK), 2)
@@ -303,7 +312,10 @@ def test_select_best_on_a_metric_validation_lacks_is_refused_before_training(tmp
 def test_a_failing_final_evaluation_keeps_the_loss_curve_and_the_export(tmp_path, monkeypatch):
     from ftbench.tasks.synthetic import SyntheticTask
 
-    def broken(self, model, ctx):
+    on_disk = {}
+
+    def broken(self, model, ctx):  # by now result.json holds the train section, should the process die here
+        on_disk.update(json.loads((ctx.output_dir / "result.json").read_text()))
         raise RuntimeError("evaluation broke")
 
     monkeypatch.setattr(SyntheticTask, "evaluate", broken)
@@ -311,6 +323,7 @@ def test_a_failing_final_evaluation_keeps_the_loss_curve_and_the_export(tmp_path
     assert result["exit_code"] == 1 and "evaluation broke" in result["error"]
     assert len(result["train"]["loss_curve"]) == 2 and result["train"]["steps"] == 2
     assert (tmp_path / "run" / "checkpoint" / "merged" / "config.json").is_file()
+    assert on_disk["train"]["loss_curve"] == result["train"]["loss_curve"] and on_disk["export"]["merged"]
 
 
 # Kind 6: the module entry points run the CLI.

@@ -135,10 +135,10 @@ def auto_class(head: str):
 
 
 def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision: str,
-               attn_implementation: str, vocab_size: int | None = None) -> nn.Module:
+               attn_implementation: str, shape_overrides: dict | None = None) -> nn.Module:
     """Build the model directly on `device` in the run's weight dtype.
 
-    Random init builds the named shape (`vocab_size` overrides its embedding rows). A checkpoint
+    Random init builds the named shape (`shape_overrides`: config values that size it to the inputs). A checkpoint
     whose classification head does not fit the task (another number of labels, or regression vs
     classes: intermediate-task fine-tuning) gets a new head of the task's size, said in one log line.
     Raises UserError naming model.path / model.package / model.hub_id when the checkpoint cannot be loaded."""
@@ -146,7 +146,7 @@ def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision
     cls = auto_class(head)
     if mcfg.random_init:
         head_kwargs = {} if head == "causal_lm" else {"num_labels": num_labels, "problem_type": PROBLEM_TYPES[head]}
-        config = architecture_config(mcfg, **head_kwargs, **({"vocab_size": vocab_size} if vocab_size else {}))
+        config = architecture_config(mcfg, **head_kwargs, **(shape_overrides or {}))
         with torch.device(device):
             model = cls.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
         return model
@@ -163,9 +163,14 @@ def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision
     except LOAD_ERRORS as exc:
         raise load_error(mcfg, source, exc) from exc
     replaced = sorted(str(k[0] if isinstance(k, (tuple, list)) else k) for k in info.get("mismatched_keys") or ())
+    missing = sorted(str(k) for k in info.get("missing_keys") or ())
     if replaced:
         log.info("%s: the checkpoint's head (%s) does not fit this task's %d output(s); training a new head",
                  source_key(mcfg), ", ".join(replaced), num_labels)
+    elif missing:
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        log.info("%s: not in the checkpoint, initialized at random: %s%s", source_key(mcfg),
+                 ", ".join(missing[:4]), more)
     return model.to(device)
 
 

@@ -11,16 +11,19 @@ answer is settled with one log line; the rest ends the run with a `UserError` na
 | the head the task needs vs the architecture  |                                       | model.path (or hub_id, shape.model_type) |
 | pad token (pad, else eos, else unk)          | random init: a `<pad>` token is added | a checkpoint: model.tokenizer           |
 | token ids vs embedding rows                  | random init: rows sized to the ids    | a checkpoint: model.tokenizer, both sizes |
-| task.max_length vs the position table        | cut to the table's length             | profile.seq_len over it                 |
+| task.max_length vs the position table        | random init: table sized to it; a checkpoint: cut to the table | |
+| profile.seq_len vs the position table        | random init: table sized to it        | a checkpoint: profile.seq_len           |
 | held-out set, decoding lengths, selection    |                                       | task.*, train.select_metric             |
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
+
+from omegaconf import OmegaConf
 
 from .errors import UserError
 from .models import architecture_config, load_tokenizer, local_source, pretrained_config, source_key
@@ -37,14 +40,14 @@ OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "ro
 @dataclass
 class Inputs:
     """What the model is built for: the checked tokenizer and task, the head and label count, the pad
-    id, and for random init the embedding rows to build (None: the shape's own)."""
+    id, and for random init the config values that size the shape to the inputs (vocab, positions)."""
 
     tokenizer: Any
     task: Task | None
     head: str
     num_labels: int
     pad_id: int
-    vocab_size: int | None = None
+    shape_overrides: dict[str, int] = field(default_factory=dict)
 
 
 def inputs(cfg) -> Inputs:
@@ -54,27 +57,20 @@ def inputs(cfg) -> Inputs:
     model.path or model.package names the weights) and task.max_length (cut to the position table)."""
     settle_source(cfg.model)
     config = model_config(cfg.model)
-    limit = position_limit(config)
     if cfg.mode == "profile":
         head = cfg.profile.objective if cfg.profile.objective != "auto" else (
             "causal_lm" if cfg.model.kind == "decoder" else "seq_cls")
         check_head(cfg.model, config, head)
-        if limit is not None and cfg.profile.seq_len > limit:
-            raise UserError("profile.seq_len", f"{cfg.profile.seq_len} tokens exceed the {limit} positions of "
-                            f"{describe(cfg.model)}; use profile.seq_len<={limit}")
-        return Inputs(None, None, head, 2, 0)
+        return Inputs(None, None, head, 2, 0, fit_positions(cfg, config, "profile.seq_len"))
     tokenizer = load_tokenizer(cfg.model) if task_class(cfg.task.family).needs_tokenizer else None
     if tokenizer is not None:
         ensure_pad(cfg.model, tokenizer)
-    if limit is not None and cfg.task.max_length > limit:
-        log.warning("task.max_length=%d exceeds the %d positions of %s; sequences are truncated to %d tokens",
-                    cfg.task.max_length, limit, describe(cfg.model), limit)
-        cfg.task.max_length = limit
+    overrides = fit_positions(cfg, config, "task.max_length")
     task = build_task(cfg.task, tokenizer, cfg.seed)
     check_head(cfg.model, config, task.head)
-    vocab_size = fit_vocab(cfg.model, config, tokenizer, task)
+    overrides.update(fit_vocab(cfg.model, config, tokenizer, task))
     check_plan(cfg, task)
-    return Inputs(tokenizer, task, task.head, task.num_labels, task.pad_id, vocab_size)
+    return Inputs(tokenizer, task, task.head, task.num_labels, task.pad_id, overrides)
 
 
 def describe(mcfg) -> str:
@@ -106,6 +102,29 @@ def position_limit(config) -> int | None:
     if config.model_type in OFFSET_POSITIONS:
         limit -= (config.pad_token_id or 0) + 1
     return limit
+
+
+def fit_positions(cfg, config, key: str) -> dict[str, int]:
+    """Sequences (`key`: task.max_length or profile.seq_len) against the position table: a random-init
+    table is sized to them; a checkpoint's cuts task.max_length and refuses a longer profile.seq_len.
+    Returns the random-init config value to override ({} when none)."""
+    limit = position_limit(config)
+    length = OmegaConf.select(cfg, key)
+    if limit is None or length <= limit:
+        return {}
+    if cfg.model.random_init:
+        name = "max_position_embeddings" if "max_position_embeddings" in config.to_dict() else "n_positions"
+        rows = getattr(config, name) + length - limit
+        log.warning("%s=%d exceeds the %d positions of %s: its position table gets %d rows",
+                    key, length, limit, describe(cfg.model), rows)
+        return {name: rows}
+    if key == "profile.seq_len":
+        raise UserError(key, f"{length} tokens exceed the {limit} positions of {describe(cfg.model)}; "
+                        f"use {key}<={limit}")
+    log.warning("%s=%d exceeds the %d positions of %s; sequences are truncated to %d tokens",
+                key, length, limit, describe(cfg.model), limit)
+    OmegaConf.update(cfg, key, limit)
+    return {}
 
 
 def check_head(mcfg, config, head: str) -> None:
@@ -145,9 +164,9 @@ def ensure_pad(mcfg, tokenizer) -> None:
                     "be padded; give a tokenizer that defines one (set tokenizer.pad_token and save_pretrained)")
 
 
-def fit_vocab(mcfg, config, tokenizer, task: Task) -> int | None:
-    """Embedding rows the model must have for the task's token ids: None when the model's are enough,
-    the number to build for random init; raises UserError for a checkpoint with too few rows."""
+def fit_vocab(mcfg, config, tokenizer, task: Task) -> dict[str, int]:
+    """Embedding rows against the task's token ids: {} when the model's are enough, the vocab_size to
+    build for random init; raises UserError for a checkpoint with too few rows."""
     if tokenizer is not None:
         needed, key, what = len(tokenizer), "model.tokenizer", f"the tokenizer has {len(tokenizer)} tokens"
     else:  # tasks that speak token ids directly (synthetic)
@@ -156,10 +175,10 @@ def fit_vocab(mcfg, config, tokenizer, task: Task) -> int | None:
         what = f"the task uses token ids up to {needed - 1}"
     rows = config.vocab_size
     if needed <= rows:
-        return None
+        return {}
     if mcfg.random_init:
         log.warning("%s but model.shape.vocab_size=%d: the random-init embedding gets %d rows", what, rows, needed)
-        return needed
+        return {"vocab_size": needed}
     raise UserError(key, f"{what} but the embedding of {describe(mcfg)} has {rows} rows; give the model's own "
                     "tokenizer (model.tokenizer=null) or a model whose vocabulary covers it")
 

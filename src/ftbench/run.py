@@ -112,7 +112,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
     result["config"] = OmegaConf.to_container(cfg, resolve=True)  # as settled (model source, task.max_length)
     task, tokenizer, head, num_labels = inputs.task, inputs.tokenizer, inputs.head, inputs.num_labels
     model = load_model(cfg.model, head, num_labels, device, hw.precision, hw.attn_implementation,
-                       vocab_size=inputs.vocab_size)
+                       shape_overrides=inputs.shape_overrides)
     model.config.pad_token_id = inputs.pad_id
     model.config.use_cache = False
     if hw.gradient_checkpointing:
@@ -219,6 +219,8 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
         result["selection"] = selector.restore_chosen(history.steps)
         if cfg.train.save != "none":
             result["export"] = method.export(model, tokenizer, output_dir / "checkpoint")
+        # On disk too, should the process die in the evaluation (replaced when the run ends).
+        results.write({**result, "error": "stopped in the final evaluation, after training"}, output_dir)
         meter.start_eval()
         result["metrics"] = task.evaluate(model, eval_ctx)
         meter.end_eval()
