@@ -132,7 +132,7 @@ def test_bad_data_fails_with_the_key_to_fix(tmp_path, tokenizer):
         build_task(cfg.task, tokenizer, seed=0)
     (tmp_path / "broken.train.json").write_text("{not json")
     cfg = compose("task=math", f"task.data_dir={tmp_path}", "task.train_files=[broken.train.json]")
-    with pytest.raises(UserError, match="neither JSON nor JSON Lines"):
+    with pytest.raises(UserError, match="broken.train.json: invalid JSON at line 1"):
         build_task(cfg.task, tokenizer, seed=0)
 
 

@@ -28,8 +28,11 @@ def _reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def hub_error(key: str, what: str, exc: BaseException, fix: str) -> UserError:
-    reason = "the hub is unreachable (offline?)" if offline_mode() else first_line(str(exc))
+def hub_error(key: str, what: str, exc: BaseException, fix: str, local: bool = False) -> UserError:
+    """One line for a failed load: the library's reason (its first line), or that the hub is
+    unreachable when `what` is not a local folder and the machine is offline."""
+    offline = not local and offline_mode()
+    reason = "the hub is unreachable (offline?)" if offline else f"{type(exc).__name__}: {first_line(str(exc))[:300]}"
     return UserError(key, f"could not load {what}: {reason}; {fix}")
 
 

@@ -8,6 +8,7 @@ from importlib import import_module
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from .errors import UserError
@@ -38,8 +39,21 @@ def local_source(mcfg) -> str | None:
     return None
 
 
+def source_key(mcfg) -> str:
+    """The config key that names where the weights come from (for error lines)."""
+    return "model.path" if mcfg.path else "model.package" if mcfg.package else "model.hub_id"
+
+
+# What from_pretrained raises for a folder or hub id it cannot use: missing or unreadable files (OSError),
+# an unknown model_type or a bad config value (ValueError, KeyError), weights that do not fit (RuntimeError),
+# a corrupt weights file (SafetensorError). Out-of-memory is not among them (see load_error).
+LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError)
+
+
 def load_tokenizer(mcfg):
-    """The model's tokenizer; a byte-level one built in-process for random-init models."""
+    """The model's tokenizer; a byte-level one built in-process for random-init models.
+
+    Raises UserError naming model.tokenizer when the tokenizer cannot be loaded."""
     from transformers import AutoTokenizer
 
     source = mcfg.tokenizer or local_source(mcfg)
@@ -48,9 +62,10 @@ def load_tokenizer(mcfg):
     source = source or mcfg.hub_id
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline_mode() or Path(source).is_dir())
-    except (OSError, ValueError) as exc:
+    except LOAD_ERRORS as exc:
         raise hub_error("model.tokenizer", f"the tokenizer of {source}", exc,
-                        "set model.tokenizer=DIR (a local tokenizer folder)") from exc
+                        "set model.tokenizer=DIR (a folder saved with tokenizer.save_pretrained)",
+                        local=Path(source).is_dir()) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
@@ -86,7 +101,31 @@ def architecture_config(mcfg, **overrides):
     for key in shape:
         if not hasattr(defaults, key):
             raise UserError(f"model.shape.{key}", f"not a field of the {model_type} config")
-    return AutoConfig.for_model(model_type, **shape, **overrides)
+    return AutoConfig.for_model(model_type, **{**shape, **overrides})
+
+
+def pretrained_config(mcfg):
+    """The architecture config of a checkpoint (no weights), from model.path, model.package or model.hub_id.
+
+    Raises UserError naming that key and the fix when it cannot be read."""
+    from transformers import AutoConfig
+
+    source = local_source(mcfg) or mcfg.hub_id
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=offline_mode() or Path(source).is_dir())
+    except LOAD_ERRORS as exc:
+        raise load_error(mcfg, source, exc) from exc
+
+
+def load_error(mcfg, source: str, exc: BaseException) -> UserError:
+    """One line naming the key that gave `source`, the library's reason and the fix (re-raises out-of-memory)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        raise exc
+    key = source_key(mcfg)
+    if key == "model.hub_id":
+        return hub_error(key, source, exc, "use model.path=DIR (a local copy) or model.random_init=true")
+    return hub_error(key, source, exc, f"give {key} a folder written by save_pretrained (config.json and weights)",
+                     local=True)
 
 
 def auto_class(head: str):
@@ -96,23 +135,44 @@ def auto_class(head: str):
 
 
 def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision: str,
-               attn_implementation: str) -> nn.Module:
-    """Build the model directly on `device` in the run's weight dtype."""
+               attn_implementation: str, shape_overrides: dict | None = None) -> nn.Module:
+    """Build the model directly on `device` in the run's weight dtype.
+
+    Random init builds the named shape (`shape_overrides`: config values that size it to the inputs). A checkpoint
+    whose classification head does not fit the task (another number of labels, or regression vs
+    classes: intermediate-task fine-tuning) gets a new head of the task's size, said in one log line.
+    Raises UserError naming model.path / model.package / model.hub_id when the checkpoint cannot be loaded."""
     dtype = DTYPES[precision]
-    head_kwargs = {} if head == "causal_lm" else {"num_labels": num_labels}
-    if head == "regression":
-        head_kwargs["problem_type"] = "regression"
     cls = auto_class(head)
     if mcfg.random_init:
-        config = architecture_config(mcfg, **head_kwargs)
+        head_kwargs = {} if head == "causal_lm" else {"num_labels": num_labels, "problem_type": PROBLEM_TYPES[head]}
+        config = architecture_config(mcfg, **head_kwargs, **(shape_overrides or {}))
         with torch.device(device):
             model = cls.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
         return model
     source = local_source(mcfg) or mcfg.hub_id
+    config = pretrained_config(mcfg)
+    if head != "causal_lm":
+        config.problem_type = None  # the checkpoint's (e.g. regression) would refuse the new label count
+        config.num_labels = num_labels
+        config.problem_type = PROBLEM_TYPES[head]
     try:
-        model = cls.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation,
-                                    local_files_only=offline_mode() or Path(source).is_dir(), **head_kwargs)
-    except OSError as exc:
-        raise hub_error("model.hub_id", source, exc,
-                        "use model.path=DIR (a local copy) or model.random_init=true") from exc
+        model, info = cls.from_pretrained(source, config=config, dtype=dtype, attn_implementation=attn_implementation,
+                                          local_files_only=offline_mode() or Path(source).is_dir(),
+                                          ignore_mismatched_sizes=head != "causal_lm", output_loading_info=True)
+    except LOAD_ERRORS as exc:
+        raise load_error(mcfg, source, exc) from exc
+    replaced = sorted(str(k[0] if isinstance(k, (tuple, list)) else k) for k in info.get("mismatched_keys") or ())
+    missing = sorted(str(k) for k in info.get("missing_keys") or ())
+    if replaced:
+        log.info("%s: the checkpoint's head (%s) does not fit this task's %d output(s); training a new head",
+                 source_key(mcfg), ", ".join(replaced), num_labels)
+    elif missing:
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        log.info("%s: not in the checkpoint, initialized at random: %s%s", source_key(mcfg),
+                 ", ".join(missing[:4]), more)
     return model.to(device)
+
+
+# transformers' problem_type per ftbench head (the loss the model computes).
+PROBLEM_TYPES = {"seq_cls": "single_label_classification", "regression": "regression"}

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import batches, results
+from . import batches, preflight, results
 from .config import check
 from .environment import environment
 from .errors import UserError, first_line
@@ -34,9 +34,9 @@ from .measure import (
     peak_flops,
 )
 from .methods import MethodContext, build_method
-from .models import load_model, load_tokenizer
+from .models import load_model
 from .optim import make_scheduler
-from .tasks import EvalContext, build_task, task_class
+from .tasks import EvalContext
 from .tasks.base import to_device
 from .train import NonFiniteLoss, Plan, train
 
@@ -111,18 +111,13 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     profiling = cfg.mode == "profile"
     meter = MemoryMeter(device, trace=profiling and cfg.profile.trace_memory)
 
-    # Data and model.
-    task = None
-    if profiling:
-        head = cfg.profile.objective if cfg.profile.objective != "auto" else (
-            "causal_lm" if cfg.model.kind == "decoder" else "seq_cls")
-        num_labels, tokenizer, pad_id = 2, None, 0
-    else:
-        tokenizer = load_tokenizer(cfg.model) if task_class(cfg.task.family).needs_tokenizer else None
-        task = build_task(cfg.task, tokenizer, cfg.seed)
-        head, num_labels, pad_id = task.head, task.num_labels, task.pad_id
-    model = load_model(cfg.model, head, num_labels, device, hw.precision, hw.attn_implementation)
-    model.config.pad_token_id = pad_id
+    # Data and model: tokenizer, task and the model's config checked against each other before any weight loads.
+    inputs = preflight.inputs(cfg)
+    result["config"] = OmegaConf.to_container(cfg, resolve=True)  # as settled (model source, task.max_length)
+    task, tokenizer, head, num_labels = inputs.task, inputs.tokenizer, inputs.head, inputs.num_labels
+    model = load_model(cfg.model, head, num_labels, device, hw.precision, hw.attn_implementation,
+                       shape_overrides=inputs.shape_overrides)
+    model.config.pad_token_id = inputs.pad_id
     model.config.use_cache = False
     if hw.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -218,24 +213,27 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     finally:
         meter.end_train()  # also stops the memory trace of a run that failed
     result["method"] = method.describe(model)  # again: what training measured (e.g. HiFT's copy times)
-    if not profiling:
-        if selector.policy == "best" and (not validations or validations[-1]["step"] != history.steps):
-            validate(history.steps)
-        result["selection"] = selector.restore_chosen(history.steps)
-        method.release_optimizer()  # the final evaluation (and export) need no optimizer state
-        meter.start_eval()
-        result["metrics"] = task.evaluate(model, eval_ctx)
-        meter.end_eval()
-        logger.log(result["metrics"], history.steps)
-        result["validation_history"] = validations
-        if cfg.train.save != "none":
-            result["export"] = method.export(model, tokenizer, output_dir / "checkpoint")
-
-    # Facts.
+    # What training made is recorded and exported first: a failing evaluation cannot lose it.
     curve = history.loss_curve
     result["train"].update(steps=history.steps, samples=history.samples, tokens=history.tokens,
                            loss_first=curve[0][1] if curve else None, loss_last=curve[-1][1] if curve else None,
                            loss_curve=curve)
+    if not profiling:
+        if selector.policy == "best" and (not validations or validations[-1]["step"] != history.steps):
+            validate(history.steps)
+        result["validation_history"] = validations
+        result["selection"] = selector.restore_chosen(history.steps)
+        method.release_optimizer()  # the export and the final evaluation need no optimizer state
+        if cfg.train.save != "none":
+            result["export"] = method.export(model, tokenizer, output_dir / "checkpoint")
+        # On disk too, should the process die in the evaluation (replaced when the run ends).
+        results.write({**result, "error": "stopped in the final evaluation, after training"}, output_dir)
+        meter.start_eval()
+        result["metrics"] = task.evaluate(model, eval_ctx)
+        meter.end_eval()
+        logger.log(result["metrics"], history.steps)
+
+    # Facts.
     result["memory"] = meter.summary(model_bytes(model, masters), method.master_bytes())
     result["memory"]["breakdown"]["trainable_bytes"] = trainable_bytes
     seq_len = speed.tokens / max(speed.samples, 1)
@@ -269,6 +267,8 @@ class Selector:
         return value < self.best_value if self.metric.endswith("loss") else value > self.best_value
 
     def offer(self, step: int, metrics: dict[str, float]) -> None:
+        if self.metric not in metrics and self.policy == "last":
+            return  # nothing to choose (preflight checked train.select=best's metric before training)
         if self.metric not in metrics:
             raise UserError("train.select_metric", f"'{self.metric}' is not a validation metric of this task; "
                             f"choose one of: {', '.join(sorted(metrics))}")

@@ -15,7 +15,7 @@ import torch
 from omegaconf import MISSING
 
 from ..architecture import IGNORE_INDEX
-from ..errors import require
+from ..errors import UserError, require
 
 
 @dataclass
@@ -85,6 +85,11 @@ class Task(ABC):
         Tasks whose evaluation is expensive (generation) return a cheap validation loss here."""
         return self.evaluate(model, ctx)
 
+    def validation_metrics(self) -> list[str] | None:
+        """The keys `validate` returns, known before training (None: known only once it runs).
+        Raises UserError when the task has nothing to validate on."""
+        return None
+
     def protocol(self) -> dict[str, Any]:
         """Choices that move the numbers (recorded in result.json)."""
         return {}
@@ -118,6 +123,29 @@ def pad_collate(examples: list[Example], pad_id: int, pad_to_multiple_of: Option
         dtype = torch.float32 if isinstance(values[0], float) else torch.long
         batch["labels"] = torch.tensor(values, dtype=dtype)
     return batch
+
+
+def read_text(path: Path, key: str = "task.data_dir") -> str:
+    """A data file's text: UTF-8, with or without a byte-order mark (UTF-16 files with a BOM too).
+
+    Raises UserError naming the file, what is wrong and the fix: unreadable, empty, not UTF-8."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(key, f"{path}: cannot be read ({exc.strerror or exc}); check the path and its permissions") from exc
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encoding = "utf-16"
+    else:
+        encoding = "utf-8-sig"  # drops a UTF-8 byte-order mark (Excel, Notepad)
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise UserError(key, f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save it as UTF-8, "
+                        f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed_{path.name}") from exc
+    if not text.strip():
+        raise UserError(key, f"{path}: the file is empty; give the data file itself (was it fully downloaded?)")
+    return text
 
 
 def batched(items: list, size: int) -> Iterator[list]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError, one_of
 from ..hub import hub_error, use_cache_only_if_offline
 from . import classify
-from .base import EvalContext, Example, Task, TaskConfig
+from .base import EvalContext, Example, Task, TaskConfig, read_text
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ class GlueTask(Task):
                                           regression=self.spec.labels is None, split=SPLIT_NAMES[split]))
         return results
 
+    def validation_metrics(self) -> list[str]:
+        return [f"{SPLIT_NAMES[s]}/{m}" for s in self.spec.eval_splits for m in (*self.spec.metrics, "loss")]
+
     def protocol(self) -> dict:
         sizes = {SPLIT_NAMES.get(s, s): len(v) for s, v in self.splits.items()}
         return {"source": self.cfg.data_dir or self.cfg.hub_id, "max_length": self.cfg.max_length,
@@ -115,8 +119,12 @@ def read_tsv_splits(cfg: GlueConfig, spec: GlueSpec, splits: tuple[str, ...]) ->
 
 def read_tsv(path: Path, task: str, spec: GlueSpec) -> list[dict]:
     """Read one GLUE TSV: the distribution's headed files, or CoLA's header-less layouts."""
-    with path.open(encoding="utf-8", newline="") as handle:
-        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
+        rows = [row for row in reader if row]
+    except csv.Error as exc:
+        raise UserError("task.data_dir", f"{path}: line {reader.line_num} is not TSV ({exc}); "
+                        f"give the GLUE {task.upper()} TSV files (tab-separated, one example a line)") from exc
     if not rows:
         raise UserError("task.data_dir", f"{path} is empty")
     wanted = (*spec.fields, "label")

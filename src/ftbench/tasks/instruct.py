@@ -28,7 +28,7 @@ from ..architecture import IGNORE_INDEX
 from ..errors import UserError, one_of, require
 from ..hub import hub_error, use_cache_only_if_offline
 from . import generate
-from .base import EvalContext, Example, Task, TaskConfig, batched, to_device
+from .base import EvalContext, Example, Task, TaskConfig, batched, read_text, to_device
 
 log = logging.getLogger(__name__)
 
@@ -139,17 +139,27 @@ def encode_pairs(tokenizer, prompts: list[str], targets: list[str], max_length: 
 
 
 def read_json_rows(path: Path) -> list[dict]:
-    """A JSON list of objects, or JSON Lines."""
-    text = path.read_text(encoding="utf-8")
+    """A JSON list of objects, or JSON Lines (one object a line).
+
+    Raises UserError naming the file, the place of a syntax error and the fix."""
+    text = read_text(path)
     try:
         rows = json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise UserError("task.data_dir", f"{path} is neither JSON nor JSON Lines ({exc})") from exc
+    except json.JSONDecodeError as whole:
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        if text.lstrip().startswith("[") or len(lines) < 2:  # meant as one JSON document
+            raise UserError("task.data_dir", f"{path}: invalid JSON at line {whole.lineno} column {whole.colno} "
+                            f"({whole.msg}); fix the file (python -m json.tool {path.name} shows where)") from whole
+        rows = []
+        for number, line in lines:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError("task.data_dir", f"{path}: line {number} is not a JSON object ({exc.msg}); give a "
+                                "JSON list of objects or JSON Lines (one object a line)") from exc
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-        raise UserError("task.data_dir", f"{path} must hold a list of objects, one per example")
+        raise UserError("task.data_dir", f"{path} must hold a list of objects, one per example "
+                        "(e.g. [{\"instruction\": ..., \"output\": ...}])")
     return rows
 
 
@@ -157,10 +167,13 @@ def require_keys(rows: list[dict], keys: tuple[str, ...], where: str, key: str =
     if not rows:
         raise UserError(key, f"{where} holds no examples")
     for index, row in enumerate(rows):
+        for k in keys:  # numbers (e.g. an answer stored as 42) are text to the prompt
+            if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool):
+                row[k] = str(row[k])
         missing = [k for k in keys if not isinstance(row.get(k), str)]
         if missing:
             raise UserError(key, f"{where}: example {index} has no text '{missing[0]}' (it has: "
-                            f"{', '.join(sorted(row))}); expected the fields {', '.join(keys)}")
+                            f"{', '.join(sorted(row))}); give every example the fields {', '.join(keys)}")
     return rows
 
 
@@ -228,6 +241,10 @@ class InstructTask(Task):
             log.warning("%d examples dropped: their prompt fills task.max_length=%d", self.dropped, cfg.max_length)
         if not self.train:
             raise UserError("task.max_length", f"every training prompt is longer than {cfg.max_length} tokens")
+        if self.val_rows and not self.val:
+            raise UserError("task.max_length", f"all {len(self.val_rows)} held-out examples (task.val_size="
+                            f"{cfg.val_size}) have prompts of {cfg.max_length} tokens or more and are dropped; raise "
+                            "task.max_length or task.val_size")
 
     @abstractmethod
     def training_rows(self) -> list[dict]:
@@ -241,11 +258,15 @@ class InstructTask(Task):
     def train_examples(self) -> list[Example]:
         return self.train
 
-    def validate(self, model, ctx: EvalContext) -> dict[str, float]:
-        """The held-out loss: the cheap periodic signal for checkpoint selection."""
+    def validation_metrics(self) -> list[str]:
         if not self.val:
             raise UserError("task.val_size", f"task {self.cfg.name} holds out no validation examples; "
                             "set task.val_size=N (e.g. 120) to validate on N training examples")
+        return ["val/loss"]
+
+    def validate(self, model, ctx: EvalContext) -> dict[str, float]:
+        """The held-out loss: the cheap periodic signal for checkpoint selection."""
+        self.validation_metrics()
         examples = self.val[: ctx.max_samples] if ctx.max_samples is not None else self.val
         return {"val/loss": heldout_loss(model, examples, ctx, self.collate)}
 

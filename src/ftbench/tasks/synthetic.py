@@ -72,6 +72,9 @@ class SyntheticTask(Task):
     def evaluate(self, model, ctx: EvalContext) -> dict[str, float]:
         return classify.score(model, self.dev, ctx, self.collate, ("acc",), regression=False, split="dev")
 
+    def validation_metrics(self) -> list[str]:
+        return ["dev/acc", "dev/loss"]
+
     def protocol(self) -> dict:
         return {"rule": "label = which marker token (A or B) the sequence holds",
                 "num_train": len(self.train), "num_eval": len(self.dev)}

@@ -1,0 +1,336 @@
+"""Real inputs: model, tokenizer, task and data checked against each other before the first step
+(preflight.py), load errors and data-reading errors in one line, checks before training, nothing
+lost when the final evaluation fails, and `python -m ftbench`. Every input is built here: tiny
+random-init model folders (save_pretrained), tiny TSV/JSON files."""
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers as T
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+from ftbench.errors import UserError
+from ftbench.models import byte_level_tokenizer, load_model, load_tokenizer
+from ftbench.tasks import build_task
+from helpers import CLI_ENV, REPO, compose, run
+
+TINY_BERT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+SST2_QUICK = ["task=sst2", "task.batch_size=4", "train.max_steps=2", "eval.max_samples=8"]
+
+
+def refused(result: dict, key: str) -> str:
+    """The error of a run stopped before training with exit 2 naming `key`."""
+    assert result["exit_code"] == 2 and result["status"] == "failed", result["error"]
+    assert result["error"].startswith(f"{key}: ") and "\n" not in result["error"]
+    assert not (result["train"] or {}).get("loss_curve")  # stopped before the first step
+    return result["error"]
+
+
+def trained(result: dict, steps: int) -> dict:
+    assert result["exit_code"] == 0, result["error"]
+    assert len(result["train"]["loss_curve"]) == steps
+    return result
+
+
+def save(folder, model, tokenizer=None):
+    model.save_pretrained(folder)
+    (tokenizer or byte_level_tokenizer()).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Tiny model folders and data files shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("inputs")
+    torch.manual_seed(0)
+    made = {"root": root}
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    core = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(alphabet)}, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    bare = T.PreTrainedTokenizerFast(tokenizer_object=core)  # no pad, eos or unk token
+    made["nospecial"] = save(root / "gpt2-nospecial", T.GPT2LMHeadModel(T.GPT2Config(
+        vocab_size=len(bare), n_positions=64, n_embd=32, n_layer=1, n_head=4, bos_token_id=None,
+        eos_token_id=None)), bare)
+    made["bert-short"] = save(root / "bert-short", T.BertModel(T.BertConfig(
+        vocab_size=260, max_position_embeddings=32, **TINY_BERT)))
+    big = byte_level_tokenizer()
+    big.add_tokens([f"word{i}" for i in range(340)])  # 600 tokens, more than tiny-llama's 512 rows
+    big.save_pretrained(root / "big-tokenizer")
+    made["big-tokenizer"] = root / "big-tokenizer"
+    made["t5"] = save(root / "t5", T.T5ForConditionalGeneration(T.T5Config(
+        vocab_size=260, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4,
+        pad_token_id=0, eos_token_id=2, decoder_start_token_id=0)))
+    made["llama"] = save(root / "llama-local", T.LlamaForCausalLM(T.LlamaConfig(
+        vocab_size=512, hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2)))
+    for name, kw in (("bert-sst2-head", dict(num_labels=2)), ("bert-stsb-head", dict(num_labels=1))):
+        config = T.BertConfig(vocab_size=260, max_position_embeddings=64, **TINY_BERT, **kw)
+        config.problem_type = "regression" if kw["num_labels"] == 1 else "single_label_classification"
+        made[name] = save(root / name, T.BertForSequenceClassification(config))
+    rng = random.Random(0)
+    words = ["a fine film", "dull and slow", "a moving story told with care", "flat", "bright and warm"]
+    made["sst2"] = write_tsv(root / "sst2", ("train", "dev"), "sentence\tlabel",
+                             [f"{rng.choice(words)}\t{i % 2}" for i in range(16)])
+    made["sst2-long"] = write_tsv(root / "sst2-long", ("train", "dev"), "sentence\tlabel",
+                                  [f"{'a long sentence ' * 4}{i}\t{i % 2}" for i in range(8)])
+    pairs = [f"{i}\t{rng.choice(words)}\t{rng.choice(words)}\t{rng.uniform(0, 5):.2f}" for i in range(16)]
+    made["stsb"] = write_tsv(root / "stsb", ("train", "dev"), "index\tsentence1\tsentence2\tscore", pairs)
+    labels = ("entailment", "neutral", "contradiction")
+    rows = [f"{i}\t{rng.choice(words)}\t{rng.choice(words)}\t{labels[i % 3]}" for i in range(15)]
+    made["mnli"] = write_tsv(root / "mnli", ("train", "dev_matched", "dev_mismatched"),
+                             "index\tsentence1\tsentence2\tgold_label", rows)
+    return made
+
+
+def write_tsv(folder, splits, header, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        (folder / f"{split}.tsv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return folder
+
+
+def params(folder, cls=T.AutoModel) -> int:
+    return sum(p.numel() for p in cls.from_pretrained(folder).parameters())
+
+
+# Kind 1: model, tokenizer, task and data against each other, before the first step.
+
+def test_a_checkpoint_tokenizer_without_pad_eos_unk_is_refused_naming_model_tokenizer(tmp_path, folders):
+    result = run(tmp_path / "run", "model.random_init=false", f"model.path={folders['nospecial']}",
+                 f"task.data_dir={folders['sst2']}", *SST2_QUICK)
+    assert "no pad, eos or unk token" in refused(result, "model.tokenizer")
+
+
+def test_a_random_init_model_gets_a_pad_token_added(tmp_path, folders):
+    result = run(tmp_path / "run", f"model.tokenizer={folders['nospecial']}", f"task.data_dir={folders['sst2']}",
+                 *SST2_QUICK)
+    trained(result, 2)
+
+
+def test_sequences_longer_than_the_position_table_are_cut_to_it(tmp_path, folders):
+    result = run(tmp_path / "run", "model=tiny-bert", f"model.path={folders['bert-short']}",
+                 f"task.data_dir={folders['sst2-long']}", *SST2_QUICK)
+    trained(result, 2)
+    assert result["config"]["task"]["max_length"] == 32 and result["protocol"]["max_length"] == 32
+    assert result["config"]["model"]["random_init"] is False  # model.path won over tiny-bert's random init
+
+
+def test_a_profile_longer_than_the_position_table_is_refused(tmp_path, folders):
+    result = run(tmp_path / "run", "mode=profile", "model=tiny-bert", f"model.path={folders['bert-short']}",
+                 "profile.seq_len=64", "profile.steps=1", "profile.warmup_steps=0")
+    assert "32 positions" in refused(result, "profile.seq_len")
+
+
+def test_a_random_init_position_table_is_sized_to_the_sequences(tmp_path):
+    result = run(tmp_path / "run", "mode=profile", "model=tiny-bert", "model.shape.max_position_embeddings=16",
+                 "profile.seq_len=24", "profile.batch_size=2", "profile.steps=1", "profile.warmup_steps=0")
+    trained(result, 1)
+    default = run(tmp_path / "ref", "mode=profile", "model=tiny-bert", "profile.seq_len=24", "profile.batch_size=2",
+                  "profile.steps=1", "profile.warmup_steps=0")  # 512 positions
+    assert default["params"]["total"] - result["params"]["total"] == (512 - 24) * 64  # hidden 64
+
+
+def test_a_random_init_embedding_is_sized_to_its_tokenizer(tmp_path, folders):
+    result = trained(run(tmp_path / "run", f"model.tokenizer={folders['big-tokenizer']}",
+                         f"task.data_dir={folders['sst2']}", *SST2_QUICK), 2)
+    small = trained(run(tmp_path / "small", f"task.data_dir={folders['sst2']}", *SST2_QUICK), 2)
+    assert result["params"]["total"] - small["params"]["total"] == (600 - 512) * 64
+
+
+def test_a_random_init_embedding_is_sized_to_a_task_of_token_ids(tmp_path):
+    result = run(tmp_path / "run", "model.shape.vocab_size=32", "task.vocab_size=64", "task.num_train=64",
+                 "task.num_eval=16", "task.max_steps=1")
+    trained(result, 1)
+
+
+def test_a_checkpoint_with_fewer_rows_than_the_tokenizer_is_refused_with_both_sizes(tmp_path, folders):
+    result = run(tmp_path / "run", f"model.path={folders['llama']}", f"model.tokenizer={folders['big-tokenizer']}",
+                 f"task.data_dir={folders['sst2']}", *SST2_QUICK)
+    error = refused(result, "model.tokenizer")
+    assert "600 tokens" in error and "512 rows" in error
+
+
+@pytest.mark.parametrize("model", ["t5", "bert-short"])
+def test_a_causal_lm_run_refuses_a_model_that_is_not_decoder_only(tmp_path, folders, model):
+    result = run(tmp_path / "run", "mode=profile", "model.random_init=false", f"model.path={folders[model]}",
+                 "profile.seq_len=16", "profile.batch_size=2", "profile.steps=1", "profile.warmup_steps=0")
+    error = refused(result, "model.path")
+    assert ("encoder-decoder" if model == "t5" else "not a decoder-only") in error
+
+
+def test_model_path_wins_over_the_groups_random_init(tmp_path, folders, caplog):
+    with caplog.at_level("WARNING", logger="ftbench"):
+        result = run(tmp_path / "run", f"model.path={folders['llama']}", "task=synthetic_lm", "task.batch_size=8",
+                     "train.max_steps=2", "eval.max_samples=4", "train.save=last", "optim.lr=1e-4")
+    trained(result, 2)
+    assert result["params"]["total"] == params(folders["llama"], T.LlamaForCausalLM)
+    assert any("model.path=" in r.getMessage() and "overridden" in r.getMessage() for r in caplog.records)
+    from safetensors.torch import load_file
+
+    before = load_file(folders["llama"] / "model.safetensors")
+    after = load_file(tmp_path / "run" / "checkpoint" / "merged" / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert max((after[k].float() - before[k].float()).abs().max().item() for k in before) < 5e-3
+
+
+# Kind 2: loading errors translated; a checkpoint with another head gets a new one.
+
+@pytest.mark.parametrize("start,task,outputs", [("bert-sst2-head", "mnli", 3), ("bert-sst2-head", "stsb", 1),
+                                                ("bert-stsb-head", "sst2", 2)])
+def test_a_checkpoint_with_another_head_trains_a_new_one(tmp_path, folders, caplog, start, task, outputs):
+    with caplog.at_level("INFO", logger="ftbench"):
+        result = run(tmp_path / "run", "model=tiny-bert", f"model.path={folders[start]}", f"task={task}",
+                     f"task.data_dir={folders[task]}", "task.batch_size=4", "train.max_steps=2", "eval.max_samples=8")
+    trained(result, 2)
+    body = params(folders[start], T.BertModel)
+    assert result["params"]["total"] == body + 32 * outputs + outputs  # the encoder + the new head
+    assert sum("training a new head" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_model_load_errors_name_the_key_and_the_fix(tmp_path, folders):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = compose("model=tiny-llama", f"model.path={empty}", "model.random_init=false")
+    with pytest.raises(UserError, match=r"^model.path: could not load .*empty: \w+Error: .*save_pretrained"):
+        load_model(cfg.model, "causal_lm", 2, torch.device("cpu"), "fp32", "eager")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((folders["llama"] / "config.json").read_text())
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    cfg = compose("model=tiny-llama", f"model.path={broken}", "model.random_init=false")
+    with pytest.raises(UserError, match=r"^model.path: could not load .*broken: \w+"):
+        load_model(cfg.model, "causal_lm", 2, torch.device("cpu"), "fp32", "eager")
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with pytest.raises(UserError, match=r"^model.path: could not load .*broken: ValueError"):
+        load_model(cfg.model, "causal_lm", 2, torch.device("cpu"), "fp32", "eager")
+    cfg = compose("model=tiny-llama", f"model.tokenizer={empty}")
+    with pytest.raises(UserError, match=r"^model.tokenizer: could not load the tokenizer of .*empty"):
+        load_tokenizer(cfg.model)
+
+
+# Kind 4: every data-reading failure names the file, what is wrong and the fix.
+
+def glue(folder, train: bytes, task="sst2"):
+    folder.mkdir(exist_ok=True)
+    (folder / "train.tsv").write_bytes(train)
+    (folder / "dev.tsv").write_text("sentence\tlabel\na fine film\t1\n")
+    return build_task(compose(f"task={task}", f"task.data_dir={folder}").task, byte_level_tokenizer(), seed=0)
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    task = glue(tmp_path / "bom", "\ufeffsentence\tlabel\ncafé au lait\t1\n".encode())
+    assert [e["labels"] for e in task.train_examples()] == [1]
+    folder = tmp_path / "alpaca"
+    folder.mkdir()
+    rows = [{"instruction": f"say {i}", "input": "", "output": str(i)} for i in range(6)]
+    (folder / "alpaca_data.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows).encode())
+    cfg = compose("task=alpaca", f"task.data_dir={folder}", "task.val_size=2")
+    assert len(build_task(cfg.task, byte_level_tokenizer(), seed=0).train_examples()) == 4
+
+
+@pytest.mark.parametrize("content,message", [
+    ("sentence\tlabel\ncaf\xe9\t1\n".encode("latin-1"), r"train.tsv: not UTF-8 text \(byte 0xe9 on line 2\); save it as UTF-8"),
+    (b"", r"train.tsv: the file is empty"),
+    (b"sentence\tlabel\n" + b"a" * 200_000 + b"\t1\n", r"train.tsv: line 2 is not TSV \(field larger"),
+    (b"text\tscore\na\t1\n", r"train.tsv has no 'sentence' column"),
+])
+def test_a_bad_tsv_names_the_file_and_the_fix(tmp_path, content, message):
+    with pytest.raises(UserError, match=r"^task.data_dir: .*" + message):
+        glue(tmp_path / "data", content)
+
+
+@pytest.mark.parametrize("content,message", [
+    ('[{"instruction": "a", "output": "b"},\n {"instruction": "c" "output": "d"}]', r"alpaca_data.json: invalid JSON "
+     r"at line 2 column \d+ .*json.tool"),
+    ('{"instruction": "a", "output": "b"}\n{"instruction": "c", \n', r"alpaca_data.json: line 2 is not a JSON object"),
+    ('{"rows": []}', r"alpaca_data.json must hold a list of objects"),
+    ('[{"instruction": "a", "response": "b"}]', r"alpaca_data.json: example 0 has no text 'output' \(it has: "
+     r"instruction, response\); give every example the fields instruction, output"),
+    ("  \n", r"alpaca_data.json: the file is empty"),
+])
+def test_a_bad_json_file_names_the_file_and_the_fix(tmp_path, content, message):
+    (tmp_path / "alpaca_data.json").write_text(content, encoding="utf-8")
+    cfg = compose("task=alpaca", f"task.data_dir={tmp_path}", "task.val_size=1")
+    with pytest.raises(UserError, match=r"^task.data_dir: .*" + message):
+        build_task(cfg.task, byte_level_tokenizer(), seed=0)
+
+
+# Kind 5: checks before training; a failing final evaluation loses nothing.
+
+def alpaca_rows(n: int, long_at: set[int]) -> list[dict]:
+    return [{"instruction": f"say {i}", "input": "x" * 400 if i in long_at else "", "output": str(i)}
+            for i in range(n)]
+
+
+def test_a_heldout_set_emptied_by_truncation_is_refused_before_training(tmp_path):
+    order = list(range(20))
+    random.Random(0).shuffle(order)  # the task's split: the first val_size rows of this order are held out
+    folder = tmp_path / "alpaca"
+    folder.mkdir()
+    (folder / "alpaca_data.json").write_text(json.dumps(alpaca_rows(20, set(order[:4]))))
+    result = run(tmp_path / "run", "task=alpaca", f"task.data_dir={folder}", "task.val_size=4",
+                 "task.max_length=200", "task.batch_size=4", "train.max_steps=2", "task.generate_samples=0")
+    error = refused(result, "task.max_length")
+    assert "all 4 held-out examples" in error and "task.val_size" in error
+
+
+def test_min_new_tokens_over_the_answer_cap_is_refused_before_training(tmp_path):
+    result = run(tmp_path / "run", "task=synthetic_lm", "task.min_new_tokens=6", "eval.max_new_tokens=4",
+                 "task.num_train=64", "task.max_steps=2")
+    assert "exceeds the answer cap 4" in refused(result, "task.min_new_tokens")
+
+
+@pytest.fixture
+def commonsense(tmp_path):
+    folder = tmp_path / "commonsense"
+    folder.mkdir()
+    rows = [{"instruction": f"is {i} even?", "input": "", "output": "the answer is true"} for i in range(12)]
+    (folder / "boolq.train.json").write_text(json.dumps(rows))
+    (folder / "boolq.test.json").write_text(json.dumps([{"instruction": "is 2 even?", "answer": "true"}] * 2))
+    return ["task=commonsense", f"task.data_dir={folder}", "task.eval_sets=[boolq]", "task.val_size=2",
+            "task.batch_size=4", "train.max_steps=2", "eval.every_steps=1", "eval.max_new_tokens=2",
+            "eval.num_beams=1"]
+
+
+def test_periodic_validation_with_select_last_needs_no_headline_metric(tmp_path, commonsense):
+    result = trained(run(tmp_path / "run", *commonsense), 2)
+    assert [v["metrics"].keys() == {"val/loss"} for v in result["validation_history"]] == [True]
+    assert "avg/acc" in result["metrics"]
+
+
+def test_select_best_on_a_metric_validation_lacks_is_refused_before_training(tmp_path, commonsense):
+    error = refused(run(tmp_path / "run", *commonsense, "train.select=best"), "train.select_metric")
+    assert "'avg/acc'" in error and "val/loss" in error
+
+
+def test_a_failing_final_evaluation_keeps_the_loss_curve_and_the_export(tmp_path, monkeypatch):
+    from ftbench.tasks.synthetic import SyntheticTask
+
+    on_disk = {}
+
+    def broken(self, model, ctx):  # by now result.json holds the train section, should the process die here
+        on_disk.update(json.loads((ctx.output_dir / "result.json").read_text()))
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(SyntheticTask, "evaluate", broken)
+    result = run(tmp_path / "run", "task.num_train=64", "task.num_eval=16", "task.max_steps=2", "train.save=last")
+    assert result["exit_code"] == 1 and "evaluation broke" in result["error"]
+    assert len(result["train"]["loss_curve"]) == 2 and result["train"]["steps"] == 2
+    assert (tmp_path / "run" / "checkpoint" / "merged" / "config.json").is_file()
+    assert on_disk["train"]["loss_curve"] == result["train"]["loss_curve"] and on_disk["export"]["merged"]
+
+
+# Kind 6: the module entry points run the CLI.
+
+@pytest.mark.parametrize("module", ["ftbench", "ftbench.cli"])
+def test_python_dash_m_runs_the_cli(module):
+    done = subprocess.run([sys.executable, "-m", module, "method=nonexistent"], cwd=REPO, env=CLI_ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().startswith("ftbench: error: method=nonexistent: no such option")
