@@ -1,0 +1,165 @@
+"""Checkpoints and exact resume, for every method: a run stopped at a step's end (Ctrl-C,
+SIGTERM) or killed (SIGKILL) and run again with the same command ends bitwise where the
+run that was never stopped ends (CPU, fp32, gradient accumulation, validation on the way)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import ftbench.batches
+from helpers import CLI_ENV, REPO, run
+
+METHODS = {  # method -> overrides that make its state change within a few steps
+    "full": [],
+    "lora": [],
+    "sift": [],
+    "s2ft": [],
+    "sparsegrad": ["method.calibration_steps=2"],
+    "meprop": [],
+    "hift": [],  # offload, per-cycle schedule: the cycle wraps after step 4
+    "badam": ["method.steps_per_block=2"],  # reshuffled order, states dropped at each switch
+    "lisa": ["method.steps_per_block=2"],  # sampled layers, states kept
+}
+# 5 steps of 2 micro-batches; checkpoints every 2 steps (and after the last); validation every 2.
+COMMAND = ["task.num_train=48", "task.num_eval=8", "task.max_length=16", "task.max_steps=5", "task.batch_size=8",
+           "hardware.max_micro_batch_size=4", "train.checkpoint_every=2", "eval.every_steps=2"]
+
+
+def signal_at(monkeypatch, micro_batch: int, signum: int) -> None:
+    """The training stream sends `signum` to this process while drawing micro-batch `micro_batch`."""
+    shuffled = ftbench.batches.shuffled
+
+    def hooked(examples, micro_batch_size, collate, seed, *args):
+        stream = shuffled(examples, micro_batch_size, collate, seed, *args)
+        if seed != 0:  # calibration draws from its own stream (seed + 10007)
+            yield from stream
+            return
+        for i, batch in enumerate(stream):
+            if i == micro_batch:
+                os.kill(os.getpid(), signum)
+            yield batch
+
+    monkeypatch.setattr(ftbench.batches, "shuffled", hooked)
+
+
+def final_state(run_dir):
+    """The last checkpoint's trainable tensors and optimizer state."""
+    last = run_dir / "checkpoints" / "step-5"
+    state = torch.load(last / "state.pt", weights_only=False)
+    return load_file(str(last / "trainable.safetensors")), state["optimizer"], state["method"]
+
+
+def assert_bitwise(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_bitwise(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_bitwise(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def assert_same_run(resumed: dict, straight: dict, resumed_dir, straight_dir):
+    assert resumed["status"] == straight["status"] == "ok"
+    assert resumed["train"]["loss_curve"] == straight["train"]["loss_curve"]  # exact floats
+    assert resumed["validation_history"] == straight["validation_history"]
+    assert resumed["metrics"] == straight["metrics"]
+    assert_bitwise(final_state(resumed_dir), final_state(straight_dir))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_stopped_run_resumes_bitwise(tmp_path, monkeypatch, method):
+    """Even rows stop at step 2's end (its validation is then still due: it runs first on resume),
+    odd rows at step 3's; Ctrl-C and SIGTERM alternate."""
+    row = list(METHODS).index(method)
+    command = [f"method={method}", *METHODS[method], *COMMAND]
+    straight = run(tmp_path / "straight", *command)
+
+    signum = (signal.SIGINT, signal.SIGTERM)[row % 2]
+    stop_step = 2 + row % 2
+    with monkeypatch.context() as patch:
+        signal_at(patch, (stop_step - 1) * 2, signum)  # while drawing that step's first micro-batch
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "stopped", *command)
+    stopped = json.loads((tmp_path / "stopped" / "result.json").read_text())
+    assert stopped["status"] == "canceled"
+    assert stopped["error"] == f"canceled by {'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}"
+    assert stopped["train"]["steps"] == stop_step
+    assert [c["step"] for c in stopped["checkpoints"]] == sorted({2, stop_step})
+    assert all(c["bytes"] > 0 and c["write_s"] >= 0 for c in stopped["checkpoints"])
+
+    resumed = run(tmp_path / "stopped", *command)  # the same command, the same folder
+    assert resumed["resumed_from"] == {"path": str(tmp_path / "stopped" / "checkpoints" / f"step-{stop_step}"),
+                                       "steps_before": stop_step}
+    assert resumed["train"]["steps"] == 5
+    assert (tmp_path / "stopped" / "result.previous-1.json").exists()  # the canceled result, moved aside
+    assert [p.name for p in (tmp_path / "stopped" / "checkpoints").iterdir()] == ["step-5"]  # keep_checkpoints=1
+    assert_same_run(resumed, straight, tmp_path / "stopped", tmp_path / "straight")
+
+
+KILLER = """
+import os, signal, sys
+import ftbench.batches
+from ftbench.cli import main
+
+shuffled = ftbench.batches.shuffled
+
+def hooked(examples, micro_batch_size, collate, seed, *args):
+    for i, batch in enumerate(shuffled(examples, micro_batch_size, collate, seed, *args)):
+        if seed == 0 and i == int(os.environ["KILL_AT"]):
+            os.kill(os.getpid(), signal.SIGKILL)  # no handler, no result.json: only the checkpoints remain
+        yield batch
+
+ftbench.batches.shuffled = hooked
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("method", ["hift", "sift"])
+def test_a_killed_run_resumes_bitwise_from_its_last_checkpoint(tmp_path, method):
+    command = [f"method={method}", *METHODS[method], *COMMAND, "hardware=cpu", "train.progress=false"]
+    killed = subprocess.run([sys.executable, "-c", KILLER, *command, f"hydra.run.dir={tmp_path / 'killed'}"],
+                            env={**CLI_ENV, "KILL_AT": "6", "PYTHONPATH": str(REPO / "src")},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (tmp_path / "killed" / "result.json").exists()
+    assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["step-2"]  # step 3 was done, not saved
+
+    resumed = run(tmp_path / "killed", *command)
+    assert resumed["resumed_from"]["steps_before"] == 2
+    straight = run(tmp_path / "straight", *command)
+    assert_same_run(resumed, straight, tmp_path / "killed", tmp_path / "straight")
+
+
+def test_a_checkpoint_of_another_config_is_refused_naming_the_keys(tmp_path, monkeypatch, capsys):
+    command = ["method=sift", *COMMAND]
+    with monkeypatch.context() as patch:
+        signal_at(patch, 2, signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "run", *command)
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    capsys.readouterr()
+    from ftbench.run import run_job
+    from helpers import compose
+
+    assert run_job(compose(*command, "optim.lr=0.1", "seed=3"), tmp_path / "run") == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("ftbench: error: train.resume: ") and "differs in: optim.lr, seed)" in error
+    assert len(error.splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before  # nothing moved
+
+    assert run_job(compose(*command, "train.resume=/nonexistent"), tmp_path / "other") == 2
+    assert "train.resume: '/nonexistent' is not a checkpoint folder" in capsys.readouterr().err
