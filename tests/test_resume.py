@@ -33,6 +33,20 @@ COMMAND = ["task.num_train=48", "task.num_eval=8", "task.max_length=16", "task.m
            "hardware.max_micro_batch_size=4", "train.checkpoint_every=2", "eval.every_steps=2"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread_no_gc_scans():
+    """Tiny models: one thread is faster than two fighting over a shared CPU; the objects of
+    the imports are frozen so each run's gc.collect (job hygiene) does not scan them again."""
+    import gc
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    gc.freeze()
+    yield
+    gc.unfreeze()
+    torch.set_num_threads(threads)
+
+
 def signal_at(monkeypatch, micro_batch: int, signum: int) -> None:
     """The training stream sends `signum` to this process while drawing micro-batch `micro_batch`."""
     shuffled = ftbench.batches.shuffled
@@ -132,7 +146,7 @@ main(sys.argv[1:])
 def test_a_killed_run_resumes_bitwise_from_its_last_checkpoint(tmp_path, method):
     command = [f"method={method}", *METHODS[method], *COMMAND, "hardware=cpu", "train.progress=false"]
     killed = subprocess.run([sys.executable, "-c", KILLER, *command, f"hydra.run.dir={tmp_path / 'killed'}"],
-                            env={**CLI_ENV, "KILL_AT": "6", "PYTHONPATH": str(REPO / "src")},
+                            env={**CLI_ENV, "KILL_AT": "6", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")},
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (tmp_path / "killed" / "result.json").exists()
