@@ -154,18 +154,19 @@ class S2ft(PartialMethod):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Adopt a saved selection (after prepare and attach, before the first step; the dense
         weights still the base ones): each slice moves to the saved heads and channels, its
-        master restarts from the dense weight. The selection must have the drawn one's sizes."""
+        master restarts from the dense weight (same Parameter, so the optimizer still holds it).
+        The saved selection must train the same layers as the drawn one."""
         units = {p: [torch.as_tensor(u, dtype=torch.long) for u in per_block] for p, per_block in state["units"].items()}
         for p, per_block in units.items():
             for block, mine, saved in zip(self.blocks, self.units[p], per_block, strict=True):
                 if torch.equal(mine, saved):
                     continue
-                require(mine.numel() == saved.numel(), "method",
+                require(bool(mine.numel()) == bool(saved.numel()), "method",
                         f"the saved selection has {saved.numel()} units in {block[p].name}, this run {mine.numel()}; "
                         "resume with the same method settings")
                 layer = self.named_layers[block[p].name]
                 layer.select(block[p].index(saved))
-                layer.master.copy_(layer.selected_values())
+                layer.master.data = layer.selected_values().to(layer.master.dtype)
                 self.base.update(s2ft_adapter.capture(self.model, {
                     f"{block[p].name}.weight": (s2ft_adapter.KIND_DIM[layer.kind], layer.index)}))
         self.units = units
