@@ -4,6 +4,7 @@ run that was never stopped ends (CPU, fp32, gradient accumulation, validation on
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import ftbench.batches
-from helpers import CLI_ENV, REPO, run
+from helpers import CLI_ENV, REPO, executable, run
 
 METHODS = {  # method -> overrides that make its state change within a few steps
     "full": [],
@@ -177,3 +178,61 @@ def test_a_checkpoint_of_another_config_is_refused_naming_the_keys(tmp_path, mon
 
     assert run_job(compose(*command, "train.resume=/nonexistent"), tmp_path / "other") == 2
     assert "train.resume: '/nonexistent' is not a checkpoint folder" in capsys.readouterr().err
+
+
+def test_a_sweep_goes_on_past_a_failed_job_and_its_rerun_runs_only_that_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = [executable("ftbench"), "-m", "optim.lr=1e-3,1e12,2e-3,3e-3", "optim.name=sgd",
+               "optim.max_grad_norm=null", *COMMAND, "train.progress=false", f"hydra.sweep.dir={sweep}"]
+    env = {**CLI_ENV, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 1, first.stderr  # the worst job's code
+    jobs = sorted(sweep.glob("*_full"))
+    status = {p.name: json.loads((p / "result.json").read_text())["status"] for p in jobs}
+    assert status == {"0_full": "ok", "1_full": "nan", "2_full": "ok", "3_full": "ok"}
+    with (sweep / "report.csv").open() as handle:
+        assert [row["status"] for row in csv.DictReader(handle)] == ["ok", "nan", "ok", "ok"]
+    written = {p.name: (p / "result.json").read_text() for p in jobs}
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1, again.stderr
+    assert again.stderr.count("finished ok earlier with this config; skipped") == 3
+    for job in ("0_full", "2_full", "3_full"):  # untouched
+        assert (sweep / job / "result.json").read_text() == written[job]
+        assert not list((sweep / job).glob("result.previous-*"))
+    rerun = sweep / "1_full"
+    assert (rerun / "result.previous-1.json").read_text() == written["1_full"]  # moved aside, not deleted
+    assert json.loads((rerun / "result.json").read_text())["status"] == "nan"
+
+
+@pytest.mark.parametrize("when", ["validation", "final evaluation"])
+def test_sigterm_during_a_generative_evaluation_stops_at_once(tmp_path, monkeypatch, when):
+    """The third forward pass of the generation sends SIGTERM; none follows it."""
+    import ftbench.tasks.generate as generate
+
+    forwards = []
+    unwrap = generate.unwrap
+
+    def hooked(model):
+        model = unwrap(model)
+
+        def count(module, args):
+            forwards.append(len(forwards))
+            if len(forwards) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        if not forwards:
+            model.register_forward_pre_hook(count)
+        return model
+
+    monkeypatch.setattr(generate, "unwrap", hooked)
+    steps = ["task.max_steps=2", "eval.every_steps=1"] if when == "validation" else ["task.max_steps=1"]
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "run", "task=synthetic_lm", "task.num_train=16", "task.num_eval=64", "task.batch_size=4",
+            "train.checkpoint_every=1", *steps)
+    assert len(forwards) == 3
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "canceled" and result["error"] == "canceled by SIGTERM"
+    if when == "validation":  # the step's checkpoint is written, its validation still due
+        state = torch.load(tmp_path / "run" / "checkpoints" / "step-1" / "state.pt", weights_only=False)
+        assert state["log"]["pending_eval"] and state["validations"] == []

@@ -239,7 +239,7 @@ def test_selection_is_recorded_and_reused_on_resume(tmp_path):
     assert any(not torch.equal(a, b) for p in method.units for a, b in zip(method.units[p], resumed.units[p]))
     resumed.load_state_dict(method.state_dict())  # after prepare (and attach): the loaded selection wins
     assert all(torch.equal(a, b) for p in method.units for a, b in zip(method.units[p], resumed.units[p]))
-    for name, layer in resumed.named_layers.items():  # the slices moved, their masters restart from the weights
+    for layer in resumed.named_layers.values():  # the slices moved, their masters restart from the weights
         assert torch.equal(layer.master, layer.selected_values().to(layer.master.dtype))
     fresh = S2ft(S2ftConfig(o_ratio=0.5, d_ratio=0.1))
     fresh.prepare(base_model(), method_context(seed=5))
