@@ -236,3 +236,9 @@ def test_sigterm_during_a_generative_evaluation_stops_at_once(tmp_path, monkeypa
     if when == "validation":  # the step's checkpoint is written, its validation still due
         state = torch.load(tmp_path / "run" / "checkpoints" / "step-1" / "state.pt", weights_only=False)
         assert state["log"]["pending_eval"] and state["validations"] == []
+    else:  # training was done: run again, the job only evaluates
+        monkeypatch.setattr(generate, "unwrap", unwrap)
+        again = run(tmp_path / "run", "task=synthetic_lm", "task.num_train=16", "task.num_eval=64",
+                    "task.batch_size=4", "train.checkpoint_every=1", *steps)
+        assert again["status"] == "ok" and again["resumed_from"]["steps_before"] == 1
+        assert again["train"]["steps"] == 1 and "dev/acc" in again["metrics"]

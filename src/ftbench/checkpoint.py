@@ -159,7 +159,7 @@ class Checkpointer:
     def __call__(self, log: TrainLog, stopping: bool) -> None:
         """At a step's end: write a checkpoint when one is due."""
         due = self.every is not None and (log.steps % self.every == 0 or log.steps == self.steps)
-        if stopping or due:
+        if (stopping or due) and _is_main_process():  # ranks hold the same weights and states
             self.write(log)
 
     def write(self, log: TrainLog) -> Path:
@@ -200,3 +200,8 @@ class Checkpointer:
             return
         for old in checkpoints(self.run_dir)[:-self.keep]:
             shutil.rmtree(old)
+
+
+def _is_main_process() -> bool:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return not distributed or torch.distributed.get_rank() == 0
