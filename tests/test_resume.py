@@ -8,15 +8,14 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
+import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import ftbench.batches
-from helpers import CLI_ENV, REPO, run
+from helpers import run
 
 METHODS = {  # method -> overrides that make its state change within a few steps
     "full": [],
@@ -49,20 +48,41 @@ def _one_thread_no_gc_scans():
 
 
 def signal_at(monkeypatch, micro_batch: int, signum: int) -> None:
-    """The training stream sends `signum` to this process while drawing micro-batch `micro_batch`."""
+    """The training stream sends `signum` to this process while drawing micro-batch `micro_batch`
+    (counted from the start of training, also in a resumed run)."""
     shuffled = ftbench.batches.shuffled
 
-    def hooked(examples, micro_batch_size, collate, seed, *args):
-        stream = shuffled(examples, micro_batch_size, collate, seed, *args)
+    def hooked(examples, micro_batch_size, collate, seed, rank=0, world_size=1, skip=0):
+        stream = shuffled(examples, micro_batch_size, collate, seed, rank, world_size, skip)
         if seed != 0:  # calibration draws from its own stream (seed + 10007)
             yield from stream
             return
-        for i, batch in enumerate(stream):
+        for i, batch in enumerate(stream, start=skip):
             if i == micro_batch:
                 os.kill(os.getpid(), signum)
             yield batch
 
     monkeypatch.setattr(ftbench.batches, "shuffled", hooked)
+
+
+def killed_in_a_child(monkeypatch, run_dir, command: list[str], micro_batch: int) -> None:
+    """Run the job in a forked process that SIGKILLs itself while drawing `micro_batch`: no
+    handler runs, nothing is written after the last checkpoint."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            signal_at(monkeypatch, micro_batch, signal.SIGKILL)
+            run(run_dir, *command)
+        finally:
+            os._exit(1)
+    for _ in range(600):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError("the child did not finish within 60 s")
 
 
 def final_state(run_dir):
@@ -96,67 +116,40 @@ def assert_same_run(resumed: dict, straight: dict, resumed_dir, straight_dir):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_stopped_run_resumes_bitwise(tmp_path, monkeypatch, method):
-    """Even rows stop at step 2's end (its validation is then still due: it runs first on resume),
-    odd rows at step 3's; Ctrl-C and SIGTERM alternate."""
+def test_a_killed_then_stopped_run_resumes_bitwise(tmp_path, monkeypatch, method):
+    """SIGKILL during step 4 (step 2's checkpoint survives), then the same command resumes and is
+    stopped by Ctrl-C or SIGTERM (alternating by row) at the end of step 4 (its validation is
+    then still due: it runs first on resume) or step 3; the same command finishes the run."""
     row = list(METHODS).index(method)
     command = [f"method={method}", *METHODS[method], *COMMAND]
     straight = run(tmp_path / "straight", *command)
+    folder = tmp_path / "run"
+
+    killed_in_a_child(monkeypatch, folder, command, micro_batch=6)
+    assert not (folder / "result.json").exists()
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-2"]  # step 3 was done, not saved
 
     signum = (signal.SIGINT, signal.SIGTERM)[row % 2]
-    stop_step = 2 + row % 2
+    stop_step = 4 - row % 2
     with monkeypatch.context() as patch:
         signal_at(patch, (stop_step - 1) * 2, signum)  # while drawing that step's first micro-batch
         with pytest.raises(KeyboardInterrupt):
-            run(tmp_path / "stopped", *command)
-    stopped = json.loads((tmp_path / "stopped" / "result.json").read_text())
+            run(folder, *command)
+    stopped = json.loads((folder / "result.json").read_text())
     assert stopped["status"] == "canceled"
     assert stopped["error"] == f"canceled by {'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}"
+    assert stopped["resumed_from"] == {"path": str(folder / "checkpoints" / "step-2"), "steps_before": 2}
     assert stopped["train"]["steps"] == stop_step
-    assert [c["step"] for c in stopped["checkpoints"]] == sorted({2, stop_step})
-    assert all(c["bytes"] > 0 and c["write_s"] >= 0 for c in stopped["checkpoints"])
+    assert [c["step"] for c in stopped["checkpoints"]] == [2, stop_step]
+    assert all(c["bytes"] > 0 for c in stopped["checkpoints"]) and stopped["checkpoints"][-1]["write_s"] >= 0
 
-    resumed = run(tmp_path / "stopped", *command)  # the same command, the same folder
-    assert resumed["resumed_from"] == {"path": str(tmp_path / "stopped" / "checkpoints" / f"step-{stop_step}"),
+    resumed = run(folder, *command)  # the same command, the same folder
+    assert resumed["resumed_from"] == {"path": str(folder / "checkpoints" / f"step-{stop_step}"),
                                        "steps_before": stop_step}
     assert resumed["train"]["steps"] == 5
-    assert (tmp_path / "stopped" / "result.previous-1.json").exists()  # the canceled result, moved aside
-    assert [p.name for p in (tmp_path / "stopped" / "checkpoints").iterdir()] == ["step-5"]  # keep_checkpoints=1
-    assert_same_run(resumed, straight, tmp_path / "stopped", tmp_path / "straight")
-
-
-KILLER = """
-import os, signal, sys
-import ftbench.batches
-from ftbench.cli import main
-
-shuffled = ftbench.batches.shuffled
-
-def hooked(examples, micro_batch_size, collate, seed, *args):
-    for i, batch in enumerate(shuffled(examples, micro_batch_size, collate, seed, *args)):
-        if seed == 0 and i == int(os.environ["KILL_AT"]):
-            os.kill(os.getpid(), signal.SIGKILL)  # no handler, no result.json: only the checkpoints remain
-        yield batch
-
-ftbench.batches.shuffled = hooked
-main(sys.argv[1:])
-"""
-
-
-@pytest.mark.parametrize("method", ["hift", "sift"])
-def test_a_killed_run_resumes_bitwise_from_its_last_checkpoint(tmp_path, method):
-    command = [f"method={method}", *METHODS[method], *COMMAND, "hardware=cpu", "train.progress=false"]
-    killed = subprocess.run([sys.executable, "-c", KILLER, *command, f"hydra.run.dir={tmp_path / 'killed'}"],
-                            env={**CLI_ENV, "KILL_AT": "6", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")},
-                            capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert not (tmp_path / "killed" / "result.json").exists()
-    assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["step-2"]  # step 3 was done, not saved
-
-    resumed = run(tmp_path / "killed", *command)
-    assert resumed["resumed_from"]["steps_before"] == 2
-    straight = run(tmp_path / "straight", *command)
-    assert_same_run(resumed, straight, tmp_path / "killed", tmp_path / "straight")
+    assert (folder / "result.previous-1.json").exists()  # the canceled result, moved aside
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-5"]  # keep_checkpoints=1
+    assert_same_run(resumed, straight, folder, tmp_path / "straight")
 
 
 def test_a_checkpoint_of_another_config_is_refused_naming_the_keys(tmp_path, monkeypatch, capsys):
