@@ -255,3 +255,26 @@ def test_sigterm_during_a_generative_evaluation_stops_at_once(tmp_path, monkeypa
                     "task.batch_size=4", "train.checkpoint_every=1", *steps)
         assert again["status"] == "ok" and again["resumed_from"]["steps_before"] == 1
         assert again["train"]["steps"] == 1 and "dev/acc" in again["metrics"]
+
+
+def test_a_resumed_stream_continues_where_the_stopped_one_was():
+    from itertools import islice
+
+    from ftbench.batches import random_tokens, shuffled
+
+    def same(a, b):
+        assert len(a) == len(b) and all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+                                        for x, y in zip(a, b))
+
+    examples = [{"input_ids": torch.tensor([i])} for i in range(10)]  # 3 micro-batches of 3 per epoch
+
+    def collate(batch):
+        return {"input_ids": torch.cat([e["input_ids"] for e in batch])}
+
+    for rank, world in ((0, 1), (1, 2)):
+        whole = list(islice(shuffled(examples, 3 // world, collate, 7, rank, world), 11))
+        for skip in (1, 3, 7):
+            same(list(islice(shuffled(examples, 3 // world, collate, 7, rank, world, skip), 11 - skip)), whole[skip:])
+    for head in ("causal_lm", "seq_cls"):
+        whole = list(islice(random_tokens(2, 5, 50, head, 3, seed=1), 6))
+        same(list(islice(random_tokens(2, 5, 50, head, 3, seed=1, skip=4), 2)), whole[4:])
