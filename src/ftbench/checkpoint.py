@@ -112,17 +112,18 @@ class Checkpointer:
     """Writes a checkpoint at the end of a step (every `train.checkpoint_every` steps, after
     the last step, and when a stop is requested) and restores one before the first step.
 
-    `progress` objects are the run's own (restored in place): `selector` has
-    `state_dict`/`load_state_dict`, `validations` is the run's list of validations.
+    `selector` (the best-checkpoint choice: `state_dict`/`load_state_dict`) and `validations`
+    (the run's list of validations) are the run's own, restored in place; `result` gets the
+    `checkpoints` written (step, path, bytes, write_s) and `resumed_from` (path, steps_before).
     """
 
-    def __init__(self, cfg, run_dir: Path, *, model, method, optimizer, scheduler, selector,
+    def __init__(self, cfg, run_dir: Path, *, model, method, scheduler, selector,
                  validations: list[dict], accumulation: int, steps: int, result: dict):
         self.every, self.keep = cfg.train.checkpoint_every, cfg.train.keep_checkpoints
         self.resume = cfg.train.resume
         self.folder = Path(run_dir) / FOLDER
         self.run_dir = Path(run_dir)
-        self.model, self.method, self.optimizer, self.scheduler = model, method, optimizer, scheduler
+        self.model, self.method, self.scheduler = model, method, scheduler
         self.selector, self.validations = selector, validations
         self.accumulation, self.steps = accumulation, steps
         self.result = result

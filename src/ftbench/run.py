@@ -210,9 +210,8 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
         logger.log(metrics, step)
         selector.offer(step, metrics)
 
-    saver = Checkpointer(cfg, output_dir, model=model, method=method, optimizer=optimizer, scheduler=scheduler,
-                         selector=selector, validations=validations, accumulation=accumulation, steps=steps,
-                         result=result)
+    saver = Checkpointer(cfg, output_dir, model=model, method=method, scheduler=scheduler, selector=selector,
+                         validations=validations, accumulation=accumulation, steps=steps, result=result)
     history = saver.restore()  # a fresh log, or where the checkpoint to resume from left off
 
     speed = SpeedMeter()
