@@ -88,8 +88,10 @@ def method_context(head: str = "seq_cls", checkpointing: bool = False, seed: int
 
 
 def fit(model, method, batches: Iterator[dict], steps: int, lr: float = 0.1, optimizer: str = "sgd",
-        accumulation: int = 1, max_grad_norm: float | None = None, weight_decay: float = 0.0):
-    """Train `steps` optimizer steps with the real loop (constant lr); return the optimizer."""
+        accumulation: int = 1, max_grad_norm: float | None = None, weight_decay: float = 0.0,
+        method_state: dict | None = None):
+    """Train `steps` optimizer steps with the real loop (constant lr); return the optimizer.
+    `method_state` is loaded once the optimizer is attached (the resume timing rule)."""
     from ftbench.config import OptimConfig
     from ftbench.hardware import make_accelerator
     from ftbench.logger import NullLogger
@@ -101,6 +103,8 @@ def fit(model, method, batches: Iterator[dict], steps: int, lr: float = 0.1, opt
                             weight_decay=weight_decay)
     opt = method.build_optimizer(method.param_groups(model, weight_decay), optim_cfg, lr)
     method.attach(opt)
+    if method_state is not None:
+        method.load_state_dict(method_state)
     scheduler = make_scheduler(opt, optim_cfg, method.schedule_length(steps))
     plan = Plan(steps=steps, micro_batch_size=0, accumulation=accumulation, measure_from=0,
                 max_grad_norm=max_grad_norm, progress=False)

@@ -305,9 +305,8 @@ def test_a_resumed_run_continues_the_same_order_and_the_same_weights():
     resumed = tiny(dtype="bf16-pure")
     resumed.load_state_dict(saved_weights)
     resumed, method = prepared(resumed, **settings)
-    method.load_state_dict(saved_state)
     second = watch(method, resumed)
-    fit(resumed, method, batches, steps=3, lr=1e-2, optimizer="adamw")
+    fit(resumed, method, batches, steps=3, lr=1e-2, optimizer="adamw", method_state=saved_state)
     assert [e["active"] for e in first + second] == straight[1]
     assert straight[1][:4] != straight[1][4:8]  # reshuffled per cycle
     assert_same_weights(weights(resumed), straight[0])

@@ -236,9 +236,18 @@ def test_selection_is_recorded_and_reused_on_resume(tmp_path):
     described = method.describe(None)
     assert described["selected"] == {"o_heads": 4, "d_channels": 25}
     resumed = S2ft(S2ftConfig(o_ratio=0.5, d_ratio=0.1))
-    resumed.load_state_dict(method.state_dict())
-    resumed.prepare(base_model(), method_context(seed=6))  # another seed: the loaded selection wins
+    resumed.prepare(base_model(), method_context(seed=6))  # another seed draws another selection
+    assert any(not torch.equal(a, b) for p in method.units for a, b in zip(method.units[p], resumed.units[p]))
+    resumed.load_state_dict(method.state_dict())  # after prepare (and attach): the loaded selection wins
     assert all(torch.equal(a, b) for p in method.units for a, b in zip(method.units[p], resumed.units[p]))
+    for layer in resumed.named_layers.values():  # the slices moved, their masters restart from the weights
+        assert torch.equal(layer.master, layer.selected_values().to(layer.master.dtype))
+    fresh = S2ft(S2ftConfig(o_ratio=0.5, d_ratio=0.1))
+    fresh.prepare(base_model(), method_context(seed=5))
+    assert resumed.named_layers.keys() == fresh.named_layers.keys()
+    assert all(torch.equal(resumed.named_layers[n].index, layer.index) for n, layer in fresh.named_layers.items())
+    assert all(torch.equal(resumed.base[n].index, s.index) and torch.equal(resumed.base[n].base, s.base)
+               for n, s in fresh.base.items())
 
 
 def test_bad_settings_name_the_key():

@@ -11,25 +11,32 @@ from .tasks.base import Example
 
 
 def shuffled(examples: list[Example], micro_batch_size: int, collate: Callable, seed: int,
-             rank: int = 0, world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
-    """Micro-batches forever; epoch e uses permutation seed+e; each rank takes its share."""
+             rank: int = 0, world_size: int = 1, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Micro-batches forever; epoch e uses permutation seed+e; each rank takes its share.
+    The first `skip` micro-batches are passed over without being built (a resumed run)."""
     if len(examples) < micro_batch_size * world_size:
         from .errors import UserError
 
         raise UserError("task.batch_size", f"the training set has {len(examples)} examples, fewer than one batch")
-    epoch = 0
+    per_epoch = len(examples[rank::world_size]) // micro_batch_size
+    epoch, skip = divmod(skip, per_epoch)
     while True:
         order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
         order = order[rank::world_size]
-        for start in range(0, len(order) - micro_batch_size + 1, micro_batch_size):
+        for start in range(skip * micro_batch_size, len(order) - micro_batch_size + 1, micro_batch_size):
             yield collate([examples[i] for i in order[start:start + micro_batch_size]])
-        epoch += 1
+        epoch, skip = epoch + 1, 0
 
 
 def random_tokens(batch_size: int, seq_len: int, vocab_size: int, head: str, num_labels: int,
-                  seed: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Profile batches: full-length random token ids (no padding), fixed per seed."""
+                  seed: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Profile batches: full-length random token ids (no padding), fixed per seed; the first
+    `skip` are drawn and dropped (a resumed run)."""
     generator = torch.Generator().manual_seed(seed)
+    for _ in range(skip):
+        torch.randint(5, max(vocab_size, 6), (batch_size, seq_len), generator=generator)
+        if head != "causal_lm":
+            torch.randint(0, num_labels, (batch_size,), generator=generator)
     while True:
         ids = torch.randint(5, max(vocab_size, 6), (batch_size, seq_len), generator=generator)
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}

@@ -97,6 +97,9 @@ class TrainConfig:
     measure_warmup_steps: int = 2
     progress: bool = True
     loss_chunk_tokens: Optional[int] = 256
+    checkpoint_every: Optional[int] = None
+    keep_checkpoints: Optional[int] = 1
+    resume: str = "auto"
 
     def check(self, key: str) -> None:
         if self.max_steps is not None:
@@ -111,6 +114,10 @@ class TrainConfig:
         require(self.measure_warmup_steps >= 0, f"{key}.measure_warmup_steps", "must be >= 0")
         if self.loss_chunk_tokens is not None:
             require(self.loss_chunk_tokens >= 1, f"{key}.loss_chunk_tokens", "must be >= 1, or null for no chunks")
+        if self.checkpoint_every is not None:
+            require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", "must be >= 1, or null for none")
+        if self.keep_checkpoints is not None:
+            require(self.keep_checkpoints >= 1, f"{key}.keep_checkpoints", "must be >= 1, or null to keep all")
 
 
 @dataclass

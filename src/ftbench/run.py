@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import batches, preflight, results
+from . import batches, preflight, rerun, results
+from .checkpoint import Checkpointer
 from .config import check
 from .environment import environment
 from .errors import UserError, first_line
@@ -38,16 +39,19 @@ from .models import load_model
 from .optim import make_scheduler
 from .tasks import EvalContext
 from .tasks.base import to_device
-from .train import NonFiniteLoss, Plan, train
+from .train import NonFiniteLoss, Plan, sigterm_cancels, train
 
 log = logging.getLogger("ftbench")
 
 
 def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> int:
     """Run one job and write its result.json; return the process exit code."""
-    if (output_dir / results.FILENAME).exists():  # never overwrite what an earlier run left
-        print(f"ftbench: error: hydra.run.dir: {output_dir} already holds a result; pick a new directory",
-              file=sys.stderr)
+    try:  # a folder that holds a run: skip it (ok), resume it (interrupted) or rerun it (failed)
+        if rerun.prepare(cfg, output_dir):
+            print(f"ftbench: {output_dir}: finished ok earlier with this config; skipped", file=sys.stderr)
+            return 0
+    except UserError as exc:
+        print(f"ftbench: error: {exc}", file=sys.stderr)
         return 2
     result = results.skeleton()
     started = time.time()
@@ -59,7 +63,7 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = Non
     code, logger = 0, None
     try:
         check(cfg)
-        with ExitStack() as job_end:  # what the job changed in the process is undone when it ends
+        with ExitStack() as job_end, sigterm_cancels():  # what the job changed in the process is undone at its end
             logger = execute(cfg, output_dir, result, job_end)
         result["status"] = "ok"
     except (Exception, KeyboardInterrupt) as exc:
@@ -80,7 +84,7 @@ def classify(exc: BaseException) -> tuple[str, str, int]:
     if isinstance(exc, UserError):
         return "failed", str(exc), 2
     if isinstance(exc, KeyboardInterrupt):
-        return "canceled", "canceled by the user (Ctrl-C)", 130
+        return "canceled", str(exc) or "canceled by the user (Ctrl-C)", 130
     if isinstance(exc, NonFiniteLoss):
         return "nan", str(exc), 1
     if isinstance(exc, torch.cuda.OutOfMemoryError):
@@ -125,13 +129,14 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     batch_size = cfg.profile.batch_size if profiling else (cfg.train.batch_size or cfg.task.batch_size)
     micro, accumulation = split_batch(batch_size, hw.max_micro_batch_size, accelerator.num_processes)
     if profiling:
-        def stream(seed):
-            return batches.random_tokens(micro, cfg.profile.seq_len, model.config.vocab_size, head, num_labels, seed)
+        def stream(seed, start=0):
+            return batches.random_tokens(micro, cfg.profile.seq_len, model.config.vocab_size, head, num_labels, seed,
+                                         start)
     else:
-        def stream(seed):
+        def stream(seed, start=0):
             collate = lambda examples: task.collate(examples, hw.pad_to_multiple_of)  # noqa: E731
             return batches.shuffled(task.train_examples(), micro, collate, seed,
-                                    accelerator.process_index, accelerator.num_processes)
+                                    accelerator.process_index, accelerator.num_processes, start)
 
     # DDP syncs gradients from its own forward; the chunked loss calls the decoder directly.
     chunk_tokens = cfg.train.loss_chunk_tokens if accelerator.num_processes == 1 else None
@@ -205,11 +210,16 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
         logger.log(metrics, step)
         selector.offer(step, metrics)
 
+    saver = Checkpointer(cfg, output_dir, model=model, method=method, scheduler=scheduler, selector=selector,
+                         validations=validations, accumulation=accumulation, steps=steps, result=result)
+    history = saver.restore()  # a fresh log, or where the checkpoint to resume from left off
+
     speed = SpeedMeter()
     try:
-        history = train(model, method, optimizer, scheduler, stream(cfg.seed), plan, accelerator=accelerator,
-                        autocast=hw.autocast, head=head, meter=meter, speed=speed, logger=logger,
-                        loss_fn=loss_fn, evaluate=None if profiling else validate)
+        history = train(model, method, optimizer, scheduler, stream(cfg.seed, saver.micro_batches), plan,
+                        accelerator=accelerator, autocast=hw.autocast, head=head, meter=meter, speed=speed,
+                        logger=logger, loss_fn=loss_fn, evaluate=None if profiling else validate, history=history,
+                        checkpoint=saver)
     finally:
         meter.end_train()  # also stops the memory trace of a run that failed
     result["method"] = method.describe(model)  # again: what training measured (e.g. HiFT's copy times)
@@ -276,6 +286,12 @@ class Selector:
             self.best_value, self.best_step = metrics[self.metric], step
             if self.policy == "best":
                 self.snapshot = self.method.snapshot(self.model)
+
+    def state_dict(self) -> dict:
+        return {"best_value": self.best_value, "best_step": self.best_step, "snapshot": self.snapshot}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_value, self.best_step, self.snapshot = state["best_value"], state["best_step"], state["snapshot"]
 
     def restore_chosen(self, last_step: int) -> dict:
         if self.policy == "best" and self.snapshot is not None:

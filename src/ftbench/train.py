@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -47,6 +47,7 @@ class TrainLog:
     steps: int = 0
     samples: int = 0
     tokens: int = 0
+    pending_eval: bool = False  # the validation due after `steps` has not run yet (it was interrupted)
 
 
 @dataclass
@@ -75,14 +76,30 @@ def synchronize(device: torch.device) -> None:
 
 def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Plan, *, accelerator,
           head: str, meter: MemoryMeter, speed: SpeedMeter, logger, autocast: Callable = nullcontext,
-          loss_fn: Loss = model_loss, evaluate: Callable[[int], None] | None = None) -> TrainLog:
+          loss_fn: Loss = model_loss, evaluate: Callable[[int], None] | None = None,
+          history: TrainLog | None = None, checkpoint: Callable[[TrainLog, bool], None] | None = None) -> TrainLog:
+    """Train from `history` (a resumed run's log; None: step 0) to `plan.steps`. `checkpoint(log,
+    stopping)` is called at every step's end, last, so a checkpoint holds the step's validation."""
     device = accelerator.device
-    history = TrainLog()
+    history = history or TrainLog()
     progress = Progress(plan, enabled=plan.progress)
     model.train()
     with StopAtStepEnd() as stop:
-        for step in range(plan.steps):
-            if step == plan.measure_from:
+
+        def validate_pending() -> None:
+            try:
+                with stop.at_once():  # an evaluation has nothing to save: a signal stops it promptly
+                    evaluate(history.steps)
+                history.pending_eval = False
+            except KeyboardInterrupt as exc:  # the step's checkpoint is still written, its validation pending
+                stop.requested, stop.reason = True, str(exc) or "canceled by Ctrl-C"
+
+        if history.pending_eval:
+            validate_pending()
+        for step in range(history.steps, plan.steps):
+            if stop.requested:
+                break
+            if step == max(plan.measure_from, history.steps):
                 meter.start_train()
             micro = [next(batches) for _ in range(plan.accumulation)]
             counts = [count(b, head) for b in micro]
@@ -129,15 +146,24 @@ def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Pl
             logger.log(values, step + 1)
             progress.update(step + 1, loss_value, lr, step_counts.nonpad / seconds, _memory_now(device))
             if evaluate and plan.eval_every and (step + 1) % plan.eval_every == 0 and step + 1 < plan.steps:
-                evaluate(step + 1)
-            if stop.requested:
-                raise KeyboardInterrupt
+                history.pending_eval = True
+                if not stop.requested:
+                    validate_pending()
+            if checkpoint:
+                checkpoint(history, stop.requested)
+        if stop.requested:
+            raise KeyboardInterrupt(stop.reason)
     progress.close()
     return history
 
 
+SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+
 class StopAtStepEnd:
-    """Ctrl-C during training stops the run when the current step ends; a second Ctrl-C stops it at once.
+    """Ctrl-C or SIGTERM (what schedulers send before preemption) during training stops the
+    run when the current step ends; a second one stops it at once, and so does one that
+    lands during an evaluation (`at_once`).
 
     The interrupt is then raised by the loop itself, never inside a library finalizer
     that happens to run when the signal lands (Python swallows exceptions there, and
@@ -145,21 +171,48 @@ class StopAtStepEnd:
     """
 
     def __enter__(self) -> StopAtStepEnd:
-        self.requested = False
-        self.previous = None
+        self.requested, self.reason, self.immediate = False, "", False
+        self.previous = {}
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("Ctrl-C: stopping after this step (Ctrl-C again to stop now)")
+        name = SIGNALS[signum]
+        if self.requested or self.immediate:
+            raise KeyboardInterrupt(f"canceled by {name}")
+        self.requested, self.reason = True, f"canceled by {name}"
+        log.warning("%s: stopping after this step (%s again to stop now)", name, name)
+
+    @contextmanager
+    def at_once(self):
+        self.immediate = True
+        try:
+            yield
+        finally:
+            self.immediate = False
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
+
+
+@contextmanager
+def sigterm_cancels():
+    """Outside the training steps, SIGTERM stops the job at once as Ctrl-C does (its default
+    kills the process before result.json is written)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        raise KeyboardInterrupt("canceled by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _memory_now(device: torch.device) -> str:

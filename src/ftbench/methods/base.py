@@ -5,6 +5,11 @@ Call order, per run:
     model = method.prepare(model, ctx)
     optimizer = method.build_optimizer(method.param_groups(model, weight_decay), optim_cfg)
     method.attach(optimizer)
+    if resuming (checkpoint.py), in this order:
+        method.load_state_dict(saved)             # after prepare and attach, before the first step
+        method.load_optimizer_state_dict(saved)
+        scheduler.load_state_dict(saved)
+        method.restore(model, saved trainable tensors)
     for each optimizer step:
         method.before_step(step)            # before the first micro-batch's forward
         ... forward/backward over the micro-batches ...
@@ -199,10 +204,25 @@ class Method(ABC):
         self.masters.refresh()
 
     def state_dict(self) -> dict[str, Any]:
+        """What a resume needs beyond the trainable tensors and the optimizer: selections,
+        rotations, queue position, states the method keeps outside the optimizer. CPU tensors
+        and plain values; read at a step's end (a checkpoint)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """Continue from `state`. The one timing rule, for every method: call after `prepare`
+        and `attach`, before the first step, and before `load_optimizer_state_dict` and
+        `restore` (which then bring back the optimizer and the trained values)."""
+
+    def optimizer_state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the optimizer (methods that own its state override it)."""
+        assert self.optimizer is not None, "attach() the optimizer first"
+        return self.optimizer.state_dict()
+
+    def load_optimizer_state_dict(self, state: dict[str, Any]) -> None:
+        """Load what `optimizer_state_dict` gave; called right after `load_state_dict`."""
+        assert self.optimizer is not None, "attach() the optimizer first"
+        self.optimizer.load_state_dict(state)
 
     def export(self, model: nn.Module, tokenizer, path: Path) -> dict[str, str]:
         """Write a merged dense checkpoint that loads with plain `from_pretrained`."""

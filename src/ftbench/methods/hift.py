@@ -78,7 +78,6 @@ class BlockRotation(Method):
         self.active: tuple[int, ...] = ()
         self.active_slots: list[Slot] = []
         self.pending: list[Slot] = []  # arrived; installed right before their first optimizer step
-        self.loaded_states: dict | None = None  # from load_state_dict before attach()
         self.peak_master_bytes = 0
         self.hooks: list = []  # gradient hooks on the model's weights, removed by close()
         self.store: StateStore | None = None
@@ -132,9 +131,6 @@ class BlockRotation(Method):
         super().attach(optimizer)
         self.store.check_host_memory(self.all_slots(), _states_per_weight(optimizer))  # before anything is pinned
         self.store.optimizer = optimizer
-        if self.loaded_states is not None:
-            self._place_states(self.loaded_states)
-            self.loaded_states = None
 
     # -- the step ---------------------------------------------------------------------
     def before_step(self, step: int) -> None:
@@ -291,22 +287,31 @@ class BlockRotation(Method):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue where `state` left off; call after prepare(), before or after attach()."""
+        """Continue where `state` left off (after prepare and attach, before the first step).
+        The group that was active when it was saved is active again, with its masters and
+        optimizer states; the other units' states go where the policy keeps them. The next
+        `before_step` then switches groups exactly as the uninterrupted run did."""
         names = [u.name for u in self.units]
         if state["units"] != names:
             raise UserError("method", f"the saved state is for units {state['units'][:3]}.., this model has "
                             f"{names[:3]}..; resume with the same model and method settings")
         self.steps_done = state["steps_done"]
-        self._switch(self.schedule.active(self.schedule.interval(self.steps_done)))
+        self._switch(tuple(names.index(name) for name in state["active_units"]))
         by_name = {s.name: s for s in self.all_slots()}
         for name, value in state["masters"].items():
             slot = by_name[name]
             slot.master.data = self.store.adopt(slot, "master", value, slot.unit in self.active)
         self._install()
-        if self.optimizer is not None:
-            self._place_states(state)
-        else:
-            self.loaded_states = state
+        self._place_states(state)
+
+    def optimizer_state_dict(self) -> dict[str, Any]:
+        """The groups' settings (lr, ...) only: every unit's optimizer state is in `state_dict`."""
+        return {"param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]}
+
+    def load_optimizer_state_dict(self, state: dict[str, Any]) -> None:
+        groups = {g["name"]: g for g in self.optimizer.param_groups}
+        for saved in state["param_groups"]:
+            groups[saved["name"]].update(saved)
 
     def _place_states(self, state: dict[str, Any]) -> None:
         by_name = {s.name: s for s in self.all_slots()}

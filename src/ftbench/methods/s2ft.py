@@ -89,7 +89,7 @@ class S2ft(PartialMethod):
         super().__init__(cfg)
         self.layers = []
         self.blocks = []
-        self.units: dict[str, list[torch.Tensor]] | None = None  # projection -> per block: selected unit ids
+        self.units: dict[str, list[torch.Tensor]] = {}  # projection -> per block: selected unit ids
         self.head: list[str] = []
         self.base: s2ft_adapter.Adapter = {}
         self.selection_file: Path | None = None
@@ -97,10 +97,7 @@ class S2ft(PartialMethod):
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         model.requires_grad_(False)
         self.blocks = find_blocks(model)
-        if self.units is None:
-            self.units = select_units(model, self.blocks, self.cfg, ctx)
-        require(len(next(iter(self.units.values()))) == len(self.blocks), "method",
-                "the loaded selection was made for a model with a different number of layers")
+        self.units = select_units(model, self.blocks, self.cfg, ctx)
         selections = {}
         for p, per_block in self.units.items():
             for block, units in zip(self.blocks, per_block):
@@ -109,6 +106,8 @@ class S2ft(PartialMethod):
         require(bool(selections), "method.o_ratio",
                 "the ratios select no head or channel in this model; raise v_ratio, o_ratio, u_ratio or d_ratio")
         self.layers = wrap(model, selections, MASTER_DTYPES[self.cfg.master_dtype])
+        self.named_layers = dict(zip(selections, self.layers))
+        self.model = model  # load_state_dict re-captures the base slices of a loaded selection
         if self.cfg.train_head:
             heads = architecture(model).task_heads(ctx.head)
             self.head = [n for n, _ in model.named_parameters() if n.split(".")[0] in heads]
@@ -150,12 +149,28 @@ class S2ft(PartialMethod):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"units": {p: [u.clone() for u in per_block] for p, per_block in (self.units or {}).items()}}
+        return {"units": {p: [u.clone() for u in per_block] for p, per_block in self.units.items()}}
 
+    @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Reuse a saved selection: call before `prepare`, which then skips the draw."""
-        self.units = {p: [torch.as_tensor(u, dtype=torch.long) for u in per_block]
-                      for p, per_block in state["units"].items()}
+        """Adopt a saved selection (after prepare and attach, before the first step; the dense
+        weights still the base ones): each slice moves to the saved heads and channels, its
+        master restarts from the dense weight (same Parameter, so the optimizer still holds it).
+        The saved selection must train the same layers as the drawn one."""
+        units = {p: [torch.as_tensor(u, dtype=torch.long) for u in per_block] for p, per_block in state["units"].items()}
+        for p, per_block in units.items():
+            for block, mine, saved in zip(self.blocks, self.units[p], per_block, strict=True):
+                if torch.equal(mine, saved):
+                    continue
+                require(bool(mine.numel()) == bool(saved.numel()), "method",
+                        f"the saved selection has {saved.numel()} units in {block[p].name}, this run {mine.numel()}; "
+                        "resume with the same method settings")
+                layer = self.named_layers[block[p].name]
+                layer.select(block[p].index(saved))
+                layer.master.data = layer.selected_values().to(layer.master.dtype)
+                self.base.update(s2ft_adapter.capture(self.model, {
+                    f"{block[p].name}.weight": (s2ft_adapter.KIND_DIM[layer.kind], layer.index)}))
+        self.units = units
 
     def export(self, model: nn.Module, tokenizer, path: Path) -> dict[str, str]:
         path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,280 @@
+"""Checkpoints and exact resume, for every method: a run stopped at a step's end (Ctrl-C,
+SIGTERM) or killed (SIGKILL) and run again with the same command ends bitwise where the
+run that was never stopped ends (CPU, fp32, gradient accumulation, validation on the way)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import ftbench.batches
+from helpers import run
+
+METHODS = {  # method -> overrides that make its state change within a few steps
+    "full": [],
+    "lora": [],
+    "sift": [],
+    "s2ft": [],
+    "sparsegrad": ["method.calibration_steps=2"],
+    "meprop": [],
+    "hift": [],  # offload, per-cycle schedule: the cycle wraps after step 4
+    "badam": ["method.steps_per_block=2"],  # reshuffled order, states dropped at each switch
+    "lisa": ["method.steps_per_block=2"],  # sampled layers, states kept
+}
+# 5 steps of 2 micro-batches; checkpoints every 2 steps (and after the last); validation every 2.
+COMMAND = ["task.num_train=48", "task.num_eval=8", "task.max_length=16", "task.max_steps=5", "task.batch_size=8",
+           "hardware.max_micro_batch_size=4", "train.checkpoint_every=2", "eval.every_steps=2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread_no_gc_scans():
+    """Tiny models: one thread is faster than two fighting over a shared CPU; the objects of
+    the imports are frozen so each run's gc.collect (job hygiene) does not scan them again."""
+    import gc
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    gc.freeze()
+    yield
+    gc.unfreeze()
+    torch.set_num_threads(threads)
+
+
+def signal_at(monkeypatch, micro_batch: int, signum: int) -> None:
+    """The training stream sends `signum` to this process while drawing micro-batch `micro_batch`
+    (counted from the start of training, also in a resumed run)."""
+    shuffled = ftbench.batches.shuffled
+
+    def hooked(examples, micro_batch_size, collate, seed, rank=0, world_size=1, skip=0):
+        stream = shuffled(examples, micro_batch_size, collate, seed, rank, world_size, skip)
+        if seed != 0:  # calibration draws from its own stream (seed + 10007)
+            yield from stream
+            return
+        for i, batch in enumerate(stream, start=skip):
+            if i == micro_batch:
+                os.kill(os.getpid(), signum)
+            yield batch
+
+    monkeypatch.setattr(ftbench.batches, "shuffled", hooked)
+
+
+def killed_in_a_child(monkeypatch, run_dir, command: list[str], micro_batch: int) -> None:
+    """Run the job in a forked process that SIGKILLs itself while drawing `micro_batch`: no
+    handler runs, nothing is written after the last checkpoint."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            signal_at(monkeypatch, micro_batch, signal.SIGKILL)
+            run(run_dir, *command)
+        finally:
+            os._exit(1)
+    for _ in range(600):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError("the child did not finish within 60 s")
+
+
+def final_state(run_dir):
+    """The last checkpoint's trainable tensors and optimizer state."""
+    last = run_dir / "checkpoints" / "step-5"
+    state = torch.load(last / "state.pt", weights_only=False)
+    return load_file(str(last / "trainable.safetensors")), state["optimizer"], state["method"]
+
+
+def assert_bitwise(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_bitwise(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_bitwise(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def assert_same_run(resumed: dict, straight: dict, resumed_dir, straight_dir):
+    assert resumed["status"] == straight["status"] == "ok"
+    assert resumed["train"]["loss_curve"] == straight["train"]["loss_curve"]  # exact floats
+    assert resumed["validation_history"] == straight["validation_history"]
+    assert resumed["metrics"] == straight["metrics"]
+    assert_bitwise(final_state(resumed_dir), final_state(straight_dir))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_killed_then_stopped_run_resumes_bitwise(tmp_path, monkeypatch, method):
+    """SIGKILL during step 4 (step 2's checkpoint survives), then the same command resumes and is
+    stopped by Ctrl-C or SIGTERM (alternating by row) at the end of step 4 (its validation is
+    then still due: it runs first on resume) or step 3; the same command finishes the run."""
+    row = list(METHODS).index(method)
+    command = [f"method={method}", *METHODS[method], *COMMAND]
+    straight = run(tmp_path / "straight", *command)
+    folder = tmp_path / "run"
+
+    killed_in_a_child(monkeypatch, folder, command, micro_batch=6)
+    assert not (folder / "result.json").exists()
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-2"]  # step 3 was done, not saved
+
+    signum = (signal.SIGINT, signal.SIGTERM)[row % 2]
+    stop_step = 4 - row % 2
+    with monkeypatch.context() as patch:
+        signal_at(patch, (stop_step - 1) * 2, signum)  # while drawing that step's first micro-batch
+        with pytest.raises(KeyboardInterrupt):
+            run(folder, *command)
+    stopped = json.loads((folder / "result.json").read_text())
+    assert stopped["status"] == "canceled"
+    assert stopped["error"] == f"canceled by {'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}"
+    assert stopped["resumed_from"] == {"path": str(folder / "checkpoints" / "step-2"), "steps_before": 2}
+    assert stopped["train"]["steps"] == stop_step
+    assert [c["step"] for c in stopped["checkpoints"]] == [2, stop_step]
+    assert all(c["bytes"] > 0 for c in stopped["checkpoints"]) and stopped["checkpoints"][-1]["write_s"] >= 0
+
+    resumed = run(folder, *command)  # the same command, the same folder
+    assert resumed["resumed_from"] == {"path": str(folder / "checkpoints" / f"step-{stop_step}"),
+                                       "steps_before": stop_step}
+    assert resumed["train"]["steps"] == 5
+    assert (folder / "result.previous-1.json").exists()  # the canceled result, moved aside
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-5"]  # keep_checkpoints=1
+    assert_same_run(resumed, straight, folder, tmp_path / "straight")
+
+
+def test_a_checkpoint_of_another_config_is_refused_naming_the_keys(tmp_path, monkeypatch, capsys):
+    command = ["method=sift", *COMMAND]
+    with monkeypatch.context() as patch:
+        signal_at(patch, 2, signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "run", *command)
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    capsys.readouterr()
+    from ftbench.run import run_job
+    from helpers import compose
+
+    assert run_job(compose(*command, "optim.lr=0.1", "seed=3"), tmp_path / "run") == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("ftbench: error: train.resume: ") and "differs in: optim.lr, seed)" in error
+    assert len(error.splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before  # nothing moved
+
+    assert run_job(compose(*command, "train.resume=/nonexistent"), tmp_path / "other") == 2
+    assert "train.resume: '/nonexistent' is not a checkpoint folder" in capsys.readouterr().err
+
+
+def sweep(argv: list[str], capsys) -> tuple[int, str]:
+    """`ftbench -m ...` in this process (as the CLI runs it): (exit code, stderr). Hydra's
+    logging setup is undone afterwards, so later tests log as before."""
+    import logging
+
+    from ftbench.cli import main
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(level)
+    return done.value.code, capsys.readouterr().err
+
+
+def test_a_sweep_goes_on_past_a_failed_job_and_its_rerun_runs_only_that_job(tmp_path, capsys):
+    folder = tmp_path / "sweep"
+    command = ["-m", "optim.lr=1e-3,1e12,2e-3,3e-3", "optim.name=sgd", "optim.max_grad_norm=null", *COMMAND,
+               "hardware=cpu", "train.progress=false", f"hydra.sweep.dir={folder}"]
+    code, _ = sweep(command, capsys)
+    assert code == 1  # the worst job's code
+    jobs = sorted(folder.glob("*_full"))
+    status = {p.name: json.loads((p / "result.json").read_text())["status"] for p in jobs}
+    assert status == {"0_full": "ok", "1_full": "nan", "2_full": "ok", "3_full": "ok"}
+    with (folder / "report.csv").open() as handle:
+        assert [row["status"] for row in csv.DictReader(handle)] == ["ok", "nan", "ok", "ok"]
+    written = {p.name: (p / "result.json").read_text() for p in jobs}
+
+    code, stderr = sweep(command, capsys)  # the same command, the same sweep folder
+    assert code == 1
+    assert stderr.count("finished ok earlier with this config; skipped") == 3
+    for job in ("0_full", "2_full", "3_full"):  # untouched
+        assert (folder / job / "result.json").read_text() == written[job]
+        assert not list((folder / job).glob("result.previous-*"))
+    rerun = folder / "1_full"
+    assert (rerun / "result.previous-1.json").read_text() == written["1_full"]  # moved aside, not deleted
+    assert json.loads((rerun / "result.json").read_text())["status"] == "nan"
+
+
+@pytest.mark.parametrize("when", ["validation", "final evaluation"])
+def test_sigterm_during_a_generative_evaluation_stops_at_once(tmp_path, monkeypatch, when):
+    """The third forward pass of the generation sends SIGTERM; none follows it."""
+    import ftbench.tasks.generate as generate
+
+    forwards = []
+    unwrap = generate.unwrap
+
+    def hooked(model):
+        model = unwrap(model)
+
+        def count(module, args):
+            forwards.append(len(forwards))
+            if len(forwards) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        if not forwards:
+            model.register_forward_pre_hook(count)
+        return model
+
+    monkeypatch.setattr(generate, "unwrap", hooked)
+    steps = ["task.max_steps=2", "eval.every_steps=1"] if when == "validation" else ["task.max_steps=1"]
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "run", "task=synthetic_lm", "task.num_train=16", "task.num_eval=64", "task.batch_size=4",
+            "train.checkpoint_every=1", *steps)
+    assert len(forwards) == 3
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "canceled" and result["error"] == "canceled by SIGTERM"
+    if when == "validation":  # the step's checkpoint is written, its validation still due
+        state = torch.load(tmp_path / "run" / "checkpoints" / "step-1" / "state.pt", weights_only=False)
+        assert state["log"]["pending_eval"] and state["validations"] == []
+    else:  # training was done: run again, the job only evaluates
+        monkeypatch.setattr(generate, "unwrap", unwrap)
+        again = run(tmp_path / "run", "task=synthetic_lm", "task.num_train=16", "task.num_eval=64",
+                    "task.batch_size=4", "train.checkpoint_every=1", *steps)
+        assert again["status"] == "ok" and again["resumed_from"]["steps_before"] == 1
+        assert again["train"]["steps"] == 1 and "dev/acc" in again["metrics"]
+
+
+def test_a_resumed_stream_continues_where_the_stopped_one_was():
+    from itertools import islice
+
+    from ftbench.batches import random_tokens, shuffled
+
+    def same(a, b):
+        assert len(a) == len(b) and all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+                                        for x, y in zip(a, b))
+
+    examples = [{"input_ids": torch.tensor([i])} for i in range(10)]  # 3 micro-batches of 3 per epoch
+
+    def collate(batch):
+        return {"input_ids": torch.cat([e["input_ids"] for e in batch])}
+
+    for rank, world in ((0, 1), (1, 2)):
+        whole = list(islice(shuffled(examples, 3 // world, collate, 7, rank, world), 11))
+        for skip in (1, 3, 7):
+            same(list(islice(shuffled(examples, 3 // world, collate, 7, rank, world, skip), 11 - skip)), whole[skip:])
+    for head in ("causal_lm", "seq_cls"):
+        whole = list(islice(random_tokens(2, 5, 50, head, 3, seed=1), 6))
+        same(list(islice(random_tokens(2, 5, 50, head, 3, seed=1, skip=4), 2)), whole[4:])
