@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import batches, results
+from . import batches, fit_batch, results
 from .config import check
 from .environment import environment
 from .errors import UserError, first_line
@@ -124,12 +124,11 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     batch_size = cfg.profile.batch_size if profiling else (cfg.train.batch_size or cfg.task.batch_size)
-    micro, accumulation = split_batch(batch_size, hw.max_micro_batch_size, accelerator.num_processes)
     if profiling:
-        def stream(seed):
+        def stream(seed, micro):
             return batches.random_tokens(micro, cfg.profile.seq_len, model.config.vocab_size, head, num_labels, seed)
     else:
-        def stream(seed):
+        def stream(seed, micro):
             collate = lambda examples: task.collate(examples, hw.pad_to_multiple_of)  # noqa: E731
             return batches.shuffled(task.train_examples(), micro, collate, seed,
                                     accelerator.process_index, accelerator.num_processes)
@@ -142,8 +141,22 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
         with hw.autocast():
             return loss_fn(m, to_device(batch, device))
 
+    fits: dict[str, dict] = {}  # hardware.max_micro_batch_size=auto: what the probes measured (fit_batch.py)
+
+    def max_micro(what: str, optimizer_state: int = 0) -> int | None:
+        if hw.max_micro_batch_size != "auto":
+            return hw.max_micro_batch_size
+        per_rank = split_batch(batch_size, None, accelerator.num_processes)[0]
+        sequence = next(stream(cfg.seed, 1)) if profiling else task.collate(
+            [max(task.train_examples(), key=lambda e: len(e["input_ids"]))], hw.pad_to_multiple_of)
+        chosen = fit_batch.fit(model, micro_loss, sequence, per_rank, device, optimizer_state, what)
+        fits[what] = chosen.summary()
+        return chosen.micro_batch_size
+
+    calibration_micro = split_batch(batch_size, max_micro("calibration"), accelerator.num_processes)[0]
+
     def calibration_batches(n):
-        it = stream(cfg.seed + 10_007)
+        it = stream(cfg.seed + 10_007, calibration_micro)
         return (to_device(next(it), device) for _ in range(n))
 
     # The method.
@@ -155,6 +168,9 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
     lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.method.lr
     optimizer = method.build_optimizer(method.param_groups(model, cfg.optim.weight_decay), cfg.optim, lr)
     method.attach(optimizer)
+    optimizer_state = fit_batch.optimizer_state_bytes(method.trainable_size()[1], cfg.optim)
+    micro, accumulation = split_batch(batch_size, max_micro("training", optimizer_state), accelerator.num_processes)
+    method.discard_grads(model)
     if accelerator.num_processes > 1:
         model = accelerator.prepare_model(model)
 
@@ -162,7 +178,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
     if profiling:
         steps, measure_from = cfg.profile.warmup_steps + cfg.profile.steps, cfg.profile.warmup_steps
     else:
-        steps = cfg.train.max_steps or cfg.task.max_steps or max(
+        steps = cfg.train.max_steps if cfg.train.max_steps is not None else cfg.task.max_steps or max(
             1, int((cfg.train.epochs or cfg.task.epochs) * len(task.train_examples()) // batch_size))
         measure_from = min(cfg.train.measure_warmup_steps, steps - 1)
     scheduler = make_scheduler(optimizer, cfg.optim, method.schedule_length(steps))
@@ -181,7 +197,8 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
     result["method"] = method.describe(model)
     result["plan"] = {"batch_size": batch_size, "micro_batch_size": micro, "accumulation": accumulation,
                       "steps": steps, "lr": lr, "measure_from_step": measure_from,
-                      "loss_chunk_tokens": chunk_tokens if loss_fn is not model_loss else None}
+                      "loss_chunk_tokens": chunk_tokens if loss_fn is not model_loss else None,
+                      "micro_batch_fit": fits or None}
     if task is not None:
         result["protocol"] = task.protocol()
         result["run"]["metric"] = task.metric
@@ -206,7 +223,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
 
     speed = SpeedMeter()
     try:
-        history = train(model, method, optimizer, scheduler, stream(cfg.seed), plan, accelerator=accelerator,
+        history = train(model, method, optimizer, scheduler, stream(cfg.seed, micro), plan, accelerator=accelerator,
                         autocast=hw.autocast, head=head, meter=meter, speed=speed, logger=logger,
                         loss_fn=loss_fn, evaluate=None if profiling else validate)
     finally:

@@ -191,6 +191,11 @@ class BlockRotation(Method):
             masters = sum(tensor_bytes(s.master) for s in self.active_slots if s.master is not None)
             self.peak_master_bytes = max(self.peak_master_bytes, masters)
 
+    def discard_grads(self, model: nn.Module) -> None:
+        super().discard_grads(model)
+        for slot in self.all_slots():
+            slot.grad = None  # low-precision weights accumulate here (_accumulate_into)
+
     # -- accounting -------------------------------------------------------------------
     def master_parameters(self) -> list[torch.Tensor]:
         return [s.master for s in self.active_slots if s.master is not None]
