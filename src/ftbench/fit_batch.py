@@ -141,6 +141,7 @@ def fit(model, loss_fn, sequence: dict[str, torch.Tensor], batch_per_rank: int, 
     one-sequence CPU batch at the task's longest length) and choose the micro-batch.
     Raises UserError(hardware.max_micro_batch_size) when not even one sequence fits."""
     budget = budget_bytes(device)
+    log.info("micro-batch for %s: probing one and two sequences of %d tokens", what, sequence["input_ids"].shape[1])
     one = step_growth(model, loss_fn, _on(sequence, 1, device), device)
     measured_by = "cuda max_memory_allocated" if device.type == "cuda" else "traced live tensors"
     seq_len = int(sequence["input_ids"].shape[1])

@@ -35,6 +35,7 @@ from .measure import (
 from .methods import MethodContext, build_method
 from .models import load_model, load_tokenizer
 from .optim import make_scheduler
+from .progress import Work
 from .tasks import EvalContext, build_task, task_class
 from .tasks.base import to_device
 from .train import NonFiniteLoss, Plan, train
@@ -157,7 +158,10 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
 
     def calibration_batches(n):
         it = stream(cfg.seed + 10_007, calibration_micro)
-        return (to_device(next(it), device) for _ in range(n))
+        with Work("calibration", n, "batches", cfg.train.progress) as work:
+            for _ in range(n):
+                yield to_device(next(it), device)
+                work.advance()
 
     # The method.
     method = build_method(cfg.method)
@@ -210,7 +214,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
     eval_ctx = EvalContext(device=device, autocast=hw.autocast, batch_size=cfg.eval.batch_size or 2 * micro,
                            max_samples=cfg.eval.max_samples, output_dir=output_dir,
                            pad_to_multiple_of=hw.pad_to_multiple_of, num_beams=cfg.eval.num_beams,
-                           max_new_tokens=cfg.eval.max_new_tokens)
+                           max_new_tokens=cfg.eval.max_new_tokens, progress=cfg.train.progress)
     selector = Selector(cfg, task, method, model)
 
     def validate(step: int) -> None:

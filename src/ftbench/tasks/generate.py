@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..progress import Work
 from .answers import AnswerRule
 from .base import EvalContext, pad_collate, to_device
 
@@ -113,7 +114,8 @@ def complete(model: nn.Module, tokenizer, prompts: list[Prompt], ctx: EvalContex
                               bos_token_id=tokenizer.bos_token_id)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].ids))
     texts: list[str] = [""] * len(prompts)
-    with inference_mode(model):
+    label = f"generate {prompts[0].eval_set}" if prompts else "generate"
+    with inference_mode(model), Work(label, len(prompts), "prompts", ctx.progress) as work:
         for start in range(0, len(order), ctx.batch_size):
             chunk = order[start:start + ctx.batch_size]
             batch = pad_collate([{"input_ids": prompts[i].ids} for i in chunk], pad, ctx.pad_to_multiple_of,
@@ -130,6 +132,7 @@ def complete(model: nn.Module, tokenizer, prompts: list[Prompt], ctx: EvalContex
             throughput.sequences += len(chunk)
             for row, i in enumerate(chunk):
                 texts[i] = tokenizer.decode(new[row, :int(lengths[row])], skip_special_tokens=True)
+            work.advance(len(chunk))
     return texts
 
 
