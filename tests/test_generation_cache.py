@@ -75,3 +75,17 @@ def test_batches_run_longest_first_and_answers_keep_the_prompt_order(tmp_path, s
     alone = [generate.complete(model, tokenizer, [p], context(tmp_path, 1), decoding, generate.Throughput())[0]
              for p in prompts]
     assert batched == alone
+
+
+def test_long_generation_logs_a_sign_of_life_within_a_batch(tmp_path, setup, monkeypatch, caplog):
+    from ftbench import progress
+
+    tokenizer, model, prompts = setup
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)
+    decoding = generate.Decoding(num_beams=1, max_new_tokens=3, min_new_tokens=3)
+    with caplog.at_level("INFO", logger="ftbench"):
+        generate.complete(model, tokenizer, prompts, context(tmp_path, 5), decoding, generate.Throughput())
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "generate s: 5 prompts ..."
+    assert "generate s: 0/5 prompts done, a batch of 5 at 2 new tokens" in lines
+    assert lines[-1].startswith("generate s: 5 prompts in ")

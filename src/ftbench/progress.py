@@ -1,5 +1,5 @@
 """A sign of life for long work other than training steps (evaluation, generation, calibration):
-a rich progress bar on a terminal, else a log line every `every_s` seconds and one at the end."""
+a rich progress bar on a terminal, else a log line when it starts, every EVERY_S seconds and at the end."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import sys
 import time
 
 log = logging.getLogger("ftbench")
+EVERY_S = 30.0  # seconds between log lines when no bar shows
 
 
 class Work:
     """Counts `total` units of one piece of work (`label`, e.g. "generate gsm8k"). Use as a
     context manager; `advance(n)` after each chunk."""
 
-    def __init__(self, label: str, total: int, unit: str, enabled: bool = True, every_s: float = 30.0):
-        self.label, self.total, self.unit, self.every_s = label, total, unit, every_s
+    def __init__(self, label: str, total: int, unit: str, enabled: bool = True):
+        self.label, self.total, self.unit, self.every_s = label, total, unit, EVERY_S
         self.done = 0
         self.started = self.last_log = time.perf_counter()
         self.bar = None
@@ -43,6 +44,13 @@ class Work:
             rate = self.done / max(now - self.started, 1e-9)
             log.info("%s: %d/%d %s (%.2f/s, ~%.0f s left)", self.label, self.done, self.total, self.unit, rate,
                      (self.total - self.done) / max(rate, 1e-9))
+
+    def heartbeat(self, detail: str) -> None:
+        """Within a long unit (one generation batch): a log line every `every_s` seconds, without a bar."""
+        now = time.perf_counter()
+        if self.bar is None and now - self.last_log >= self.every_s:
+            self.last_log = now
+            log.info("%s: %d/%d %s done, %s", self.label, self.done, self.total, self.unit, detail)
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:

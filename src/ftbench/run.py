@@ -173,7 +173,9 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict):
     optimizer = method.build_optimizer(method.param_groups(model, cfg.optim.weight_decay), cfg.optim, lr)
     method.attach(optimizer)
     optimizer_state = fit_batch.optimizer_state_bytes(method.trainable_size()[1], cfg.optim)
-    micro, accumulation = split_batch(batch_size, max_micro("training", optimizer_state), accelerator.num_processes)
+    scoring_only = not profiling and cfg.train.max_steps == 0  # no step: the calibration fit sizes the eval batch
+    training_micro = calibration_micro if scoring_only else max_micro("training", optimizer_state)
+    micro, accumulation = split_batch(batch_size, training_micro, accelerator.num_processes)
     method.discard_grads(model)
     if accelerator.num_processes > 1:
         model = accelerator.prepare_model(model)

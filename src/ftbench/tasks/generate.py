@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..errors import UserError
 from ..progress import Work
@@ -124,7 +125,8 @@ def complete(model: nn.Module, tokenizer, prompts: list[Prompt], ctx: EvalContex
             synchronize(ctx.device)
             started = time.perf_counter()
             with ctx.autocast():
-                out = model.generate(**to_device(batch, ctx.device), generation_config=config)
+                out = model.generate(**to_device(batch, ctx.device), generation_config=config,
+                                     stopping_criteria=StoppingCriteriaList([Heartbeat(work, width, len(chunk))]))
             new = out[:, width:].cpu()  # waits for the device
             throughput.seconds += time.perf_counter() - started
             lengths = generated_lengths(new, eos)
@@ -134,6 +136,18 @@ def complete(model: nn.Module, tokenizer, prompts: list[Prompt], ctx: EvalContex
                 texts[i] = tokenizer.decode(new[row, :int(lengths[row])], skip_special_tokens=True)
             work.advance(len(chunk))
     return texts
+
+
+class Heartbeat(StoppingCriteria):
+    """A stopping criterion that never stops: it reports the batch's progress token by token
+    (a transformers StoppingCriteria is called once per generated token)."""
+
+    def __init__(self, work: Work, width: int, rows: int):
+        self.work, self.width, self.rows = work, width, rows
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        self.work.heartbeat(f"a batch of {self.rows} at {input_ids.shape[1] - self.width} new tokens")
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def generated_lengths(new_tokens: torch.Tensor, eos: int) -> torch.Tensor:
