@@ -56,13 +56,14 @@ def reload_loss(result: dict) -> float:
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .tasks import EvalContext, build_task
+    from .tasks import EvalContext, build_task, task_config_classes
     from .tasks.instruct import heldout_loss
 
     folder = result["export"]["merged"]
     cfg = OmegaConf.create(result["config"])
+    schema = OmegaConf.structured(task_config_classes()[cfg.task.family])
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    task = build_task(cfg.task, tokenizer, cfg.seed)
+    task = build_task(OmegaConf.merge(schema, cfg.task), tokenizer, cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     ctx = EvalContext(device=torch.device("cpu"), autocast=contextlib.nullcontext,
                       batch_size=cfg.eval.batch_size or 2 * result["plan"]["micro_batch_size"], max_samples=None,
