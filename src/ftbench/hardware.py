@@ -35,7 +35,7 @@ class Hardware:
     device: torch.device
     precision: str  # bf16-mixed | bf16-pure | fp32
     gradient_checkpointing: bool
-    max_micro_batch_size: int | None
+    max_micro_batch_size: int | str | None  # "auto": fitted to the memory budget (fit_batch.py)
     attn_implementation: str
     pad_to_multiple_of: int | None
     info: DeviceInfo | None = None

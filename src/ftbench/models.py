@@ -11,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from . import gguf
 from .errors import UserError
 from .hub import hub_error, offline_mode
 
@@ -32,6 +33,8 @@ def package_dir(package: str) -> Path:
 
 
 def local_source(mcfg) -> str | None:
+    if gguf.wants_gguf(mcfg):
+        return str(gguf.local_folder(mcfg))  # a GGUF file, converted once to a cached HF folder
     if mcfg.path:
         return str(Path(mcfg.path).expanduser())
     if mcfg.package:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import batches, preflight, rerun, results
+from . import batches, fit_batch, preflight, rerun, results
 from .checkpoint import Checkpointer
 from .config import check
 from .environment import environment
@@ -37,6 +37,7 @@ from .measure import (
 from .methods import MethodContext, build_method
 from .models import load_model
 from .optim import make_scheduler
+from .progress import Work
 from .tasks import EvalContext
 from .tasks.base import to_device
 from .train import NonFiniteLoss, Plan, sigterm_cancels, train
@@ -127,13 +128,12 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     batch_size = cfg.profile.batch_size if profiling else (cfg.train.batch_size or cfg.task.batch_size)
-    micro, accumulation = split_batch(batch_size, hw.max_micro_batch_size, accelerator.num_processes)
     if profiling:
-        def stream(seed, start=0):
+        def stream(seed, micro, start=0):
             return batches.random_tokens(micro, cfg.profile.seq_len, model.config.vocab_size, head, num_labels, seed,
                                          start)
     else:
-        def stream(seed, start=0):
+        def stream(seed, micro, start=0):
             collate = lambda examples: task.collate(examples, hw.pad_to_multiple_of)  # noqa: E731
             return batches.shuffled(task.train_examples(), micro, collate, seed,
                                     accelerator.process_index, accelerator.num_processes, start)
@@ -146,9 +146,26 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
         with hw.autocast():
             return loss_fn(m, to_device(batch, device))
 
+    fits: dict[str, dict] = {}  # hardware.max_micro_batch_size=auto: what the probes measured (fit_batch.py)
+
+    def max_micro(what: str, optimizer_state: int = 0) -> int | None:
+        if hw.max_micro_batch_size != "auto":
+            return hw.max_micro_batch_size
+        per_rank = split_batch(batch_size, None, accelerator.num_processes)[0]
+        sequence = next(stream(cfg.seed, 1)) if profiling else task.collate(
+            [max(task.train_examples(), key=lambda e: len(e["input_ids"]))], hw.pad_to_multiple_of)
+        chosen = fit_batch.fit(model, micro_loss, sequence, per_rank, device, optimizer_state, what)
+        fits[what] = chosen.summary()
+        return chosen.micro_batch_size
+
+    calibration_micro = split_batch(batch_size, max_micro("calibration"), accelerator.num_processes)[0]
+
     def calibration_batches(n):
-        it = stream(cfg.seed + 10_007)
-        return (to_device(next(it), device) for _ in range(n))
+        it = stream(cfg.seed + 10_007, calibration_micro)
+        with Work("calibration", n, "batches", cfg.train.progress) as work:
+            for _ in range(n):
+                yield to_device(next(it), device)
+                work.advance()
 
     # The method.
     method = build_method(cfg.method)
@@ -160,6 +177,11 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.method.lr
     optimizer = method.build_optimizer(method.param_groups(model, cfg.optim.weight_decay), cfg.optim, lr)
     method.attach(optimizer)
+    optimizer_state = fit_batch.optimizer_state_bytes(method.trainable_size()[1], cfg.optim)
+    scoring_only = not profiling and cfg.train.max_steps == 0  # no step: the calibration fit sizes the eval batch
+    training_micro = calibration_micro if scoring_only else max_micro("training", optimizer_state)
+    micro, accumulation = split_batch(batch_size, training_micro, accelerator.num_processes)
+    method.discard_grads(model)
     if accelerator.num_processes > 1:
         model = accelerator.prepare_model(model)
 
@@ -168,7 +190,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
         warmup = max(cfg.profile.warmup_steps, method.first_visit_steps())  # HiFT: a cycle of first visits
         steps, measure_from = warmup + cfg.profile.steps, warmup
     else:
-        steps = cfg.train.max_steps or cfg.task.max_steps or max(
+        steps = cfg.train.max_steps if cfg.train.max_steps is not None else cfg.task.max_steps or max(
             1, int((cfg.train.epochs or cfg.task.epochs) * len(task.train_examples()) // batch_size))
         measure_from = min(cfg.train.measure_warmup_steps, steps - 1)
     scheduler = make_scheduler(optimizer, cfg.optim, method.schedule_length(steps))
@@ -187,7 +209,8 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     result["method"] = method.describe(model)
     result["plan"] = {"batch_size": batch_size, "micro_batch_size": micro, "accumulation": accumulation,
                       "steps": steps, "lr": lr, "measure_from_step": measure_from,
-                      "loss_chunk_tokens": chunk_tokens if loss_fn is not model_loss else None}
+                      "loss_chunk_tokens": chunk_tokens if loss_fn is not model_loss else None,
+                      "micro_batch_fit": fits or None}
     if task is not None:
         result["protocol"] = task.protocol()
         result["run"]["metric"] = task.metric
@@ -199,7 +222,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     eval_ctx = EvalContext(device=device, autocast=hw.autocast, batch_size=eval_batch_size(cfg, micro),
                            max_samples=cfg.eval.max_samples, output_dir=output_dir,
                            pad_to_multiple_of=hw.pad_to_multiple_of, num_beams=cfg.eval.num_beams,
-                           max_new_tokens=cfg.eval.max_new_tokens)
+                           max_new_tokens=cfg.eval.max_new_tokens, progress=cfg.train.progress)
     selector = Selector(cfg, task, method, model)
 
     def validate(step: int) -> None:
@@ -216,7 +239,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
 
     speed = SpeedMeter()
     try:
-        history = train(model, method, optimizer, scheduler, stream(cfg.seed, saver.micro_batches), plan,
+        history = train(model, method, optimizer, scheduler, stream(cfg.seed, micro, saver.micro_batches), plan,
                         accelerator=accelerator, autocast=hw.autocast, head=head, meter=meter, speed=speed,
                         logger=logger, loss_fn=loss_fn, evaluate=None if profiling else validate, history=history,
                         checkpoint=saver)

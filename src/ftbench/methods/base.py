@@ -153,6 +153,12 @@ class Method(ABC):
         assert self.optimizer is not None, "attach() the optimizer first"
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
+    def discard_grads(self, model: nn.Module) -> None:
+        """Drop every gradient a forward and backward left behind (the micro-batch probe's), so
+        the first step starts from none; methods that keep gradients elsewhere drop those too."""
+        for p in [*model.parameters(), *self.optimizer_parameters()]:
+            p.grad = None
+
     def trainable_size(self) -> tuple[int, int]:
         """(elements, bytes) the optimizer updates in a step; methods that rotate what trains report their largest step."""
         params = self.optimizer_parameters()

@@ -208,6 +208,11 @@ class BlockRotation(Method):
             self.store.close()
         super().close()
 
+    def discard_grads(self, model: nn.Module) -> None:
+        super().discard_grads(model)
+        for slot in self.all_slots():
+            slot.grad = None  # low-precision weights accumulate here (_accumulate_into)
+
     # -- accounting -------------------------------------------------------------------
     def master_parameters(self) -> list[torch.Tensor]:
         return [s.master for s in self.active_slots if s.master is not None]

@@ -49,6 +49,7 @@ class EvalContext:
     pad_to_multiple_of: Optional[int]
     num_beams: Optional[int] = None
     max_new_tokens: Optional[int] = None
+    progress: bool = True  # a bar on a terminal, else a log line every 30 s (progress.py)
 
 
 Example = dict[str, Any]

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..progress import Work
 from . import metrics
 from .base import EvalContext, Example, batched, to_device
 
@@ -19,14 +20,16 @@ def score(model: torch.nn.Module, examples: list[Example], ctx: EvalContext,
     was_training = model.training
     model.eval()
     predictions, labels, loss_sum = [], [], 0.0
-    for chunk in batched(examples, ctx.batch_size):
-        batch = to_device(collate(chunk, ctx.pad_to_multiple_of), ctx.device)
-        with ctx.autocast():
-            out = model(**batch)
-        logits = out.logits.float()
-        loss_sum += float(out.loss) * len(chunk)
-        predictions.append(logits.squeeze(-1) if regression else logits.argmax(-1))
-        labels.append(batch["labels"])
+    with Work(f"evaluate {split}", len(examples), "examples", ctx.progress) as work:
+        for chunk in batched(examples, ctx.batch_size):
+            batch = to_device(collate(chunk, ctx.pad_to_multiple_of), ctx.device)
+            with ctx.autocast():
+                out = model(**batch)
+            logits = out.logits.float()
+            loss_sum += float(out.loss) * len(chunk)
+            predictions.append(logits.squeeze(-1) if regression else logits.argmax(-1))
+            labels.append(batch["labels"])
+            work.advance(len(chunk))
     model.train(was_training)
     preds = torch.cat(predictions).cpu().numpy()
     golds = torch.cat(labels).cpu().numpy()

@@ -17,8 +17,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..errors import UserError
+from ..progress import Work
 from .answers import AnswerRule
 from .base import EvalContext, pad_collate, to_device
 
@@ -113,7 +115,8 @@ def complete(model: nn.Module, tokenizer, prompts: list[Prompt], ctx: EvalContex
                               bos_token_id=tokenizer.bos_token_id)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].ids))
     texts: list[str] = [""] * len(prompts)
-    with inference_mode(model):
+    label = f"generate {prompts[0].eval_set}" if prompts else "generate"
+    with inference_mode(model), Work(label, len(prompts), "prompts", ctx.progress) as work:
         for start in range(0, len(order), ctx.batch_size):
             chunk = order[start:start + ctx.batch_size]
             batch = pad_collate([{"input_ids": prompts[i].ids} for i in chunk], pad, ctx.pad_to_multiple_of,
@@ -122,7 +125,8 @@ def complete(model: nn.Module, tokenizer, prompts: list[Prompt], ctx: EvalContex
             synchronize(ctx.device)
             started = time.perf_counter()
             with ctx.autocast():
-                out = model.generate(**to_device(batch, ctx.device), generation_config=config)
+                out = model.generate(**to_device(batch, ctx.device), generation_config=config,
+                                     stopping_criteria=StoppingCriteriaList([Heartbeat(work, width, len(chunk))]))
             new = out[:, width:].cpu()  # waits for the device
             throughput.seconds += time.perf_counter() - started
             lengths = generated_lengths(new, eos)
@@ -130,7 +134,20 @@ def complete(model: nn.Module, tokenizer, prompts: list[Prompt], ctx: EvalContex
             throughput.sequences += len(chunk)
             for row, i in enumerate(chunk):
                 texts[i] = tokenizer.decode(new[row, :int(lengths[row])], skip_special_tokens=True)
+            work.advance(len(chunk))
     return texts
+
+
+class Heartbeat(StoppingCriteria):
+    """A stopping criterion that never stops: it reports the batch's progress token by token
+    (a transformers StoppingCriteria is called once per generated token)."""
+
+    def __init__(self, work: Work, width: int, rows: int):
+        self.work, self.width, self.rows = work, width, rows
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        self.work.heartbeat(f"a batch of {self.rows} at {input_ids.shape[1] - self.width} new tokens")
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def generated_lengths(new_tokens: torch.Tensor, eos: int) -> torch.Tensor:

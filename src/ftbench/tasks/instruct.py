@@ -27,6 +27,7 @@ import torch
 from ..architecture import IGNORE_INDEX
 from ..errors import UserError, one_of, require
 from ..hub import hub_error, use_cache_only_if_offline
+from ..progress import Work
 from . import generate
 from .base import EvalContext, Example, Task, TaskConfig, batched, read_text, to_device
 
@@ -206,13 +207,15 @@ def heldout_loss(model: torch.nn.Module, examples: list[Example], ctx: EvalConte
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
-    for chunk in batched(examples, ctx.batch_size):
-        batch = collate(chunk, ctx.pad_to_multiple_of)
-        count = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        with ctx.autocast():
-            loss = model(**to_device(batch, ctx.device)).loss
-        total += float(loss) * count
-        tokens += count
+    with Work("held-out loss", len(examples), "examples", ctx.progress) as work:
+        for chunk in batched(examples, ctx.batch_size):
+            batch = collate(chunk, ctx.pad_to_multiple_of)
+            count = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            with ctx.autocast():
+                loss = model(**to_device(batch, ctx.device)).loss
+            total += float(loss) * count
+            tokens += count
+            work.advance(len(chunk))
     model.train(was_training)
     return total / max(tokens, 1)
 

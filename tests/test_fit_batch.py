@@ -1,0 +1,101 @@
+"""hardware.max_micro_batch_size=auto (the choice from a fake budget, the effective batch kept, the
+one-line refusal, a probe that leaves no trace) and train.max_steps=0 (the untouched model scored)."""
+
+import pytest
+import torch
+
+from ftbench import fit_batch
+from ftbench.errors import UserError
+from helpers import run, tiny_model
+
+QUICK = ["train.max_steps=2", "task.batch_size=16", "train.measure_warmup_steps=0"]
+
+
+@pytest.mark.parametrize("budget, fixed, per_sequence, state, batch, expected", [
+    (100, 10, 20, 0, 16, 4),     # (100 - 10) // 20
+    (100, 10, 20, 30, 16, 3),    # the optimizer state comes off the top
+    (10_000, 10, 20, 0, 16, 16),  # never more than the batch
+    (25, 10, 20, 0, 16, 0),      # not even one
+    (100, 10, 0, 0, 8, 8),       # nothing grows with the batch
+])
+def test_the_largest_micro_batch_that_fits(budget, fixed, per_sequence, state, batch, expected):
+    assert fit_batch.choose(batch, budget, fixed, per_sequence, state) == expected
+
+
+def probe_sequence(length=24):
+    ids = torch.arange(5, 5 + length).unsqueeze(0)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+def loss(model, batch):
+    return model(**batch).loss
+
+
+def test_the_probe_measures_per_sequence_cost_and_leaves_nothing(monkeypatch):
+    model = tiny_model(head="causal_lm")
+    monkeypatch.setattr(fit_batch, "budget_bytes", lambda device: 10**12)
+    state = torch.random.get_rng_state()
+    chosen = fit_batch.fit(model, loss, probe_sequence(), 64, torch.device("cpu"))
+    assert chosen.micro_batch_size == 64 and chosen.per_sequence_bytes > 0
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.random.get_rng_state(), state)
+    # A budget for exactly three sequences (plus what does not grow) gets three.
+    budget = chosen.fixed_bytes + 3 * chosen.per_sequence_bytes + 1000 + chosen.per_sequence_bytes // 2
+    monkeypatch.setattr(fit_batch, "budget_bytes", lambda device: budget - 1000)
+    assert fit_batch.fit(model, loss, probe_sequence(), 64, torch.device("cpu"), optimizer_state=1000).micro_batch_size == 3
+    # Twice the length costs at least about twice as much per sequence (the probe really measures it;
+    # attention scores grow with the square of the length).
+    monkeypatch.setattr(fit_batch, "budget_bytes", lambda device: 10**12)
+    longer = fit_batch.fit(model, loss, probe_sequence(48), 64, torch.device("cpu"))
+    assert longer.per_sequence_bytes > 1.6 * chosen.per_sequence_bytes
+
+
+def test_not_even_one_sequence_is_one_line_naming_the_knobs(monkeypatch):
+    monkeypatch.setattr(fit_batch, "budget_bytes", lambda device: 1000)
+    with pytest.raises(UserError, match=r"^hardware.max_micro_batch_size: one sequence of 24 tokens needs .* GiB "
+                                        r"for training but 0.0 GiB are free .*task.max_length.*gradient_checkpointing"):
+        fit_batch.fit(tiny_model(head="causal_lm"), loss, probe_sequence(), 8, torch.device("cpu"))
+
+
+def test_cpu_budget_reads_the_memory_available():
+    assert 0 < fit_batch.cpu_available_bytes() < 2**50
+    assert fit_batch.budget_bytes(torch.device("cpu")) < fit_batch.cpu_available_bytes()
+
+
+def test_auto_splits_the_batch_to_fit_and_keeps_the_effective_batch(tmp_path, monkeypatch):
+    real_fit = fit_batch.fit
+
+    def three_sequences(model, loss_fn, sequence, batch, device, optimizer_state=0, what="training"):
+        monkeypatch.setattr(fit_batch, "budget_bytes", lambda d: 10**12)
+        measured = real_fit(model, loss_fn, sequence, batch, device, optimizer_state, what)
+        budget = measured.fixed_bytes + optimizer_state + 3 * measured.per_sequence_bytes + 1
+        monkeypatch.setattr(fit_batch, "budget_bytes", lambda d: budget)
+        return real_fit(model, loss_fn, sequence, batch, device, optimizer_state, what)
+
+    monkeypatch.setattr(fit_batch, "fit", three_sequences)
+    auto = run(tmp_path / "auto", *QUICK, "hardware.max_micro_batch_size=auto")
+    assert auto["status"] == "ok"
+    plan = auto["plan"]
+    assert plan["micro_batch_fit"]["training"]["micro_batch_size"] == 3
+    assert (plan["batch_size"], plan["micro_batch_size"], plan["accumulation"]) == (16, 2, 8)  # 2 divides 16
+    assert auto["train"]["samples"] == 2 * 16
+    monkeypatch.setattr(fit_batch, "fit", real_fit)
+    fixed = run(tmp_path / "fixed", *QUICK, "hardware.max_micro_batch_size=2")
+    assert fixed["plan"]["micro_batch_fit"] is None
+    assert auto["train"]["loss_curve"] == fixed["train"]["loss_curve"]  # the probes changed nothing
+
+
+def test_auto_refuses_before_training_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(fit_batch, "budget_bytes", lambda device: 1000)
+    result = run(tmp_path / "r", *QUICK, "hardware.max_micro_batch_size=auto")
+    assert result["exit_code"] == 2 and result["status"] == "failed"
+    assert result["error"].startswith("hardware.max_micro_batch_size: one sequence of")
+    assert "\n" not in result["error"] and result["train"]["steps"] in (None, 0)
+
+
+def test_max_steps_zero_scores_the_untouched_model(tmp_path):
+    full = run(tmp_path / "full", "train.max_steps=0", "method=full")
+    lora = run(tmp_path / "lora", "train.max_steps=0", "method=lora")
+    for result in (full, lora):
+        assert result["status"] == "ok" and result["train"]["steps"] == 0 and result["train"]["loss_curve"] == []
+    assert full["metrics"] and full["metrics"] == pytest.approx(lora["metrics"], rel=1e-6)
