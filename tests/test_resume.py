@@ -197,7 +197,7 @@ def sweep(argv: list[str], capsys) -> tuple[int, str]:
 def test_a_sweep_goes_on_past_a_failed_job_and_its_rerun_runs_only_that_job(tmp_path, capsys):
     folder = tmp_path / "sweep"
     command = ["-m", "optim.lr=1e-3,1e12,2e-3,3e-3", "optim.name=sgd", "optim.max_grad_norm=null", *COMMAND,
-               "hardware=cpu", "train.progress=false", f"hydra.sweep.dir={folder}"]
+               "task.max_steps=2", "hardware=cpu", "train.progress=false", f"hydra.sweep.dir={folder}"]
     code, _ = sweep(command, capsys)
     assert code == 1  # the worst job's code
     jobs = sorted(folder.glob("*_full"))

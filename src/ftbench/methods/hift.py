@@ -204,6 +204,7 @@ class BlockRotation(Method):
         for slot in self.all_slots():
             slot.master = slot.grad = None
         self.active_slots, self.pending, self.slots = [], [], {}
+        self.release_optimizer()  # offloaded state lives in the host arena: freed before the arena goes
         if self.store is not None:
             self.store.close()
         super().close()
