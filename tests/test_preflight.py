@@ -5,7 +5,7 @@ random-init model folders (save_pretrained), tiny TSV/JSON files."""
 
 import json
 import random
-import subprocess
+import runpy
 import sys
 
 import pytest
@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from ftbench.errors import UserError
 from ftbench.models import byte_level_tokenizer, load_model, load_tokenizer
 from ftbench.tasks import build_task
-from helpers import CLI_ENV, REPO, compose, run
+from helpers import compose, run
 
 TINY_BERT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 SST2_QUICK = ["task=sst2", "task.batch_size=4", "train.max_steps=2", "eval.max_samples=8"]
@@ -328,9 +328,12 @@ def test_a_failing_final_evaluation_keeps_the_loss_curve_and_the_export(tmp_path
 
 # Kind 6: the module entry points run the CLI.
 
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy: the CLI module is imported
 @pytest.mark.parametrize("module", ["ftbench", "ftbench.cli"])
-def test_python_dash_m_runs_the_cli(module):
-    done = subprocess.run([sys.executable, "-m", module, "method=nonexistent"], cwd=REPO, env=CLI_ENV,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().startswith("ftbench: error: method=nonexistent: no such option")
+def test_python_dash_m_runs_the_cli(module, monkeypatch, capsys):
+    """`python -m ftbench ...` / `python -m ftbench.cli ...` (and torchrun -m ftbench), run in-process."""
+    monkeypatch.setattr(sys, "argv", [module, "method=nonexistent"])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.startswith("ftbench: error: method=nonexistent: no such option")
