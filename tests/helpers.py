@@ -17,7 +17,9 @@ from ftbench.config import register_configs
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-CPU_DEFAULTS = ["hardware=cpu", "train.progress=false"]
+# The whole batch per micro-batch: a test never depends on this machine's free memory (test_fit_batch
+# tests hardware.max_micro_batch_size=auto, the default, on its own).
+CPU_DEFAULTS = ["hardware=cpu", "train.progress=false", "hardware.max_micro_batch_size=null"]
 
 
 def compose(*overrides: str) -> DictConfig:
