@@ -130,10 +130,6 @@ class Architecture:
         """Module paths of the given roles in every block, in forward order."""
         return [block.path(r) for block in self.blocks for r in block.roles if r in roles]
 
-    def role_names(self, role: str) -> list[str]:
-        """Module paths of one role, one per block that has it."""
-        return [block.path(role) for block in self.blocks if role in block.roles]
-
     def kind_name(self, block: Block, role: str) -> str:
         """The name of a projection across blocks: its path inside the block (`mlp.up_proj`), prefixed
         by the stack's path when the model has several stacks (`model.decoder.layers.*.fc1`)."""
