@@ -47,9 +47,6 @@ ROBERTA = ["mode=profile", "model=roberta-large", "model.random_init=true", "har
            "hardware.precision=bf16-pure", "hardware.gradient_checkpointing=true", "profile.batch_size=32",
            "profile.seq_len=128", "profile.warmup_steps=2", "profile.steps=10", "logger=none",
            "train.progress=false"]
-# BAdam and LISA switch blocks every 50 and 20 steps; profile mode warms up for one cycle (every unit's
-# first visit), so one step per block keeps that cycle short. A step's memory and time do not depend on it.
-SHORT_BLOCKS = ["method.steps_per_block=1"]
 
 
 @dataclass
@@ -72,8 +69,8 @@ def jobs(gpu_gib: float | None) -> list[Job]:
         Job("llama2-7b", "full (bf16 updates)", ["method=full", "method.master_dtype=weight"]),
         Job("llama2-7b", "lora", ["method=lora"]),
         Job("llama2-7b", "hift", ["method=hift"]),
-        Job("llama2-7b", "badam", ["method=badam", *SHORT_BLOCKS]),
-        Job("llama2-7b", "lisa", ["method=lisa", *SHORT_BLOCKS]),
+        Job("llama2-7b", "badam", ["method=badam"]),
+        Job("llama2-7b", "lisa", ["method=lisa"]),
         Job("llama2-7b", "meprop", ["method=meprop"]),
         Job("llama2-7b", "sparsegrad", ["method=sparsegrad", "method.calibration_steps=2"]),
         Job("llama2-7b", "s2ft", ["method=s2ft"], "14.1–14.3 GiB", max_gib=14.3 * 1.1),

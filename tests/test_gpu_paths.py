@@ -39,7 +39,7 @@ def _watch_final_evaluation(monkeypatch) -> dict:
 
 def test_the_final_evaluation_runs_without_optimizer_state(tmp_path, monkeypatch):
     seen = _watch_final_evaluation(monkeypatch)
-    result = run(tmp_path / "run", *LM)
+    result = run(tmp_path / "run", "task.max_steps=2", "task.num_train=64", "task.num_eval=8")
     assert result["exit_code"] == 0, result["error"]
     assert result["memory"]["breakdown"]["optimizer_state_bytes"] > 0  # training had state
     assert seen["state_tensors"] == 0
@@ -100,6 +100,19 @@ def test_profile_times_hift_after_a_cycle_of_first_visits(tmp_path):
     cycle = result["method"]["cycle_steps"]
     assert cycle > 1 and result["plan"]["measure_from_step"] == cycle
     assert result["throughput"]["timed_steps"] == 2 and result["train"]["steps"] == cycle + 2
+
+
+@pytest.mark.parametrize("steps_per_block,timed,warmup", [(5, 3, 1), (5, 6, 6), (2, 3, 3)])
+def test_the_warm_up_grows_only_past_first_visits(steps_per_block, timed, warmup):
+    """BAdam-like blocks (2 rotating layers): a timed window inside the first block needs no longer
+    warm-up; one that reaches the second block's first visit (step 5, or 2) starts right after it."""
+    from ftbench.methods import build_method
+    from helpers import compose, method_context, tiny_model
+
+    cfg = compose("method=badam", f"method.steps_per_block={steps_per_block}")
+    method = build_method(cfg.method)
+    method.prepare(tiny_model("tiny-llama"), method_context())
+    assert method.warmup_steps(1, timed) == warmup
 
 
 class _Props:

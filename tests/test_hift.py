@@ -390,7 +390,10 @@ def test_profile_breakdown_holds_one_groups_fp32_grads_masters_and_state(tmp_pat
     assert breakdown["grad_bytes"] == breakdown["master_bytes"] == breakdown["trainable_bytes"] == 4 * largest
     # (fp32 gradients: no bf16 gradient outlives the backward)
     assert breakdown["optimizer_state_bytes"] == 8 * largest + 4 * tensors  # AdamW's two moments + step counts
-    assert result["params"]["total"] == sum(units.values()) and result["method"]["steps_done"] == 4
+    assert result["params"]["total"] == sum(units.values())
+    # The warm-up covers the first cycle (each unit's first visit), then 2 timed steps.
+    assert result["plan"]["measure_from_step"] == result["method"]["cycle_steps"] == len(units)
+    assert result["method"]["steps_done"] == len(units) + 2
 
 
 PRESETS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("hift-*.yaml"))

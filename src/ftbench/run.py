@@ -187,7 +187,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
 
     # The plan.
     if profiling:
-        warmup = max(cfg.profile.warmup_steps, method.first_visit_steps())  # HiFT: a cycle of first visits
+        warmup = method.warmup_steps(cfg.profile.warmup_steps, cfg.profile.steps)  # HiFT: past first visits
         steps, measure_from = warmup + cfg.profile.steps, warmup
     else:
         steps = cfg.train.max_steps if cfg.train.max_steps is not None else cfg.task.max_steps or max(

@@ -136,10 +136,10 @@ class Method(ABC):
     def after_step(self, step: int) -> None:
         pass
 
-    def first_visit_steps(self) -> int:
-        """Optimizer steps before the method's steady state (state created lazily, buffers first allocated):
-        profile mode's warm-up covers at least these, so timed steps are steady-state steps."""
-        return 0
+    def warmup_steps(self, requested: int, timed: int) -> int:
+        """Profile mode's warm-up: at least `requested` steps, and enough that the `timed` steps after it are
+        steady state (methods whose parts start training later, e.g. HiFT's units, extend it)."""
+        return requested
 
     def scheduler_steps(self, step: int) -> bool:
         """Whether the LR scheduler advances after optimizer step `step`."""

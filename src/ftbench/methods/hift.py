@@ -157,9 +157,24 @@ class BlockRotation(Method):
                     slot.param.copy_(slot.master)
         self.steps_done += 1
 
-    def first_visit_steps(self) -> int:
-        """One cycle: every unit's first visit creates its state, masters and (offload) host buffers."""
-        return self.schedule.cycle_steps
+    def warmup_steps(self, requested: int, timed: int) -> int:
+        """A unit's first visit creates its optimizer state, masters and (offload) host buffers: the
+        warm-up grows until the `timed` steps after it visit no unit for the first time (HiFT, one
+        unit per step: one cycle; BAdam's 50-step blocks: the requested warm-up usually suffices)."""
+        firsts, seen, interval = [], set(), 0
+        every = set(self.schedule.queue) | set(self.schedule.always)
+        while seen != every and interval < 1000 * self.schedule.groups_per_cycle:  # (order=sample draws at random)
+            new = set(self.schedule.active(interval)) - seen
+            if new:
+                firsts.append(interval * self.cfg.steps_per_block)
+                seen |= new
+            interval += 1
+        warmup = requested
+        while True:
+            inside = [step for step in firsts if warmup <= step < warmup + timed]
+            if not inside:
+                return warmup
+            warmup = inside[-1] + 1
 
     def scheduler_steps(self, step: int) -> bool:
         return self.cfg.lr_policy == "per_step" or self.steps_done % self.schedule.cycle_steps == 0
