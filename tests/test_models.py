@@ -16,7 +16,7 @@ from helpers import compose
 # Parameter counts of the real checkpoints (causal-LM head for decoders, bare encoder + pooler for encoders).
 PARAMS = {"llama-7b": 6.738e9, "llama2-7b": 6.738e9, "llama2-13b": 13.016e9, "llama3-8b": 8.030e9,
           "mistral-7b": 7.242e9, "bert-base": 109.5e6, "roberta-base": 124.6e6, "roberta-large": 355.4e6,
-          "minilm": 22.7e6}
+          "minilm": 22.7e6, "smollm2-135m": 134.5e6}
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))

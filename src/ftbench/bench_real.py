@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--methods", nargs="+", default=None, help="default: every method for math, "
                         "full lora s2ft for alpaca")
-    parser.add_argument("--set", nargs="*", default=[], help="overrides replacing the CPU budget's "
-                        f"(default: {' '.join(BUDGET)})")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides, applied last (the CPU budget's "
+                        f"default: {' '.join(BUDGET)})")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for task in args.tasks:
         val_size = budget["task.val_size"].split("=")[1]
-        shared = [*COMMON, f"task={task}", f"task.data_dir={Path(args.data) / task}", *budget.values(),
-                  *TASK_EXTRA[task], f"eval.max_samples={val_size}"]
+        shared = [*COMMON, f"task={task}", f"task.data_dir={Path(args.data) / task}", *TASK_EXTRA[task],
+                  f"eval.max_samples={val_size}", *budget.values()]  # --set last: it wins
         print(f"# {task}: ftbench {' '.join(shared)}", flush=True)
         untouched = [o for o in shared if not o.startswith(("train.max_steps=", "train.save="))]
         base = heldout_val_loss(run_cell(out / f"{task}-base", [*untouched, "train.max_steps=0", "train.save=none"]))

@@ -108,12 +108,28 @@ def _converted(gguf_path: Path, size: int, mtime_ns: int) -> Path:
     return folder
 
 
+def model_class(config):
+    """The Auto class that keeps the file's head: a causal LM, else a sequence-to-sequence LM (T5),
+    else the bare model. A task needing another head builds it from the saved folder."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    )
+
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForCausalLM
+    if config.model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForSeq2SeqLM
+    return AutoModel
+
+
 def convert(gguf_path: Path, folder: Path) -> None:
     """De-quantize `gguf_path` with transformers and save it to `folder` atomically (a temp
     folder beside it, then a rename), so an interrupted conversion never leaves half a cache.
     Raises UserError(model.gguf_file) when the gguf package is missing or transformers cannot
     de-quantize the file's architecture."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
     from transformers.utils.import_utils import is_gguf_available
 
     if not is_gguf_available():
@@ -123,15 +139,16 @@ def convert(gguf_path: Path, folder: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+            where = {"pretrained_model_name_or_path": str(gguf_path.parent), "gguf_file": gguf_path.name}
+            tokenizer = AutoTokenizer.from_pretrained(**where)
+            model = model_class(AutoConfig.from_pretrained(**where)).from_pretrained(**where)
         except (ValueError, KeyError, NotImplementedError) as exc:
             from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
+            known = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"})
             raise UserError("model.gguf_file", f"{gguf_path.name}: transformers cannot de-quantize it "
-                            f"({str(exc).splitlines()[0]}); it reads the architectures "
-                            f"{', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}: convert the file to a "
-                            "Hugging Face folder and give model.path=DIR") from exc
+                            f"({str(exc).splitlines()[0]}); it reads the architectures {', '.join(known)}: "
+                            "convert the file to a Hugging Face folder and give model.path=DIR") from exc
         # The weights are plain tensors now: drop the GGUF marker so the folder loads without gguf.
         model.config.quantization_config = None
         del model.config.quantization_config
