@@ -54,7 +54,7 @@ CUBLAS_WORKSPACE_BYTES = 32 * MiB + 1 * MiB  # cuBLAS (Hopper default, ":4096:8"
 #                                              caching allocator; older GPUs use 8 MiB: the Hopper figure errs safe
 FLASH_BWD_BYTES_PER_TOKEN_PER_DIM = 4  # FlashAttention-2 backward: an fp32 dQ accumulator (tokens × heads × head_dim),
 FLASH_BWD_BYTES_PER_TOKEN_PER_HEAD = 4  # and softmax_d (tokens × heads, fp32), for the layer in backward
-PROBE_BYTES = 256 * MiB  # a probe's weights, state and activations stay under this (host memory, time)
+PROBE_BYTES = 64 * MiB  # a probe's weights, state and activations stay under this (host memory; CPU time, bf16 is slow there)
 MAX_MICRO_BATCH = 4096  # the search for the largest micro-batch stops here
 
 
@@ -189,9 +189,9 @@ def largest_micro_batch_from(the_fit: Fit, tgt: Target, budget_bytes: float) -> 
     def fits(b: int) -> bool:
         return peak_at(the_fit, tgt, b) <= budget_bytes
 
-    if not fits(1) > budget_bytes:
+    if not fits(1):
         return 0
-    low, high = 1, 2  # every op's bytes are affine in B: the peak is convex, so doubling then bisection is exact
+    low, high = 1, 2  # every op's bytes are affine in B, so the peak only grows with B: doubling, then bisection
     while high <= MAX_MICRO_BATCH and fits(high):
         low, high = high, high * 2
     if high > MAX_MICRO_BATCH:

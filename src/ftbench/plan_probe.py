@@ -14,6 +14,7 @@ or optimizer step (clipping, the update, a method's write-back).
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,12 +163,15 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
     masters = method.master_parameters()
     meter.held_bytes = lambda: (model_bytes(model, masters) + method.master_bytes()
                                 + optimizer_state_bytes(optimizer, device)[0])
+    quiet = logging.getLogger("ftbench.train")
+    level, quiet.level = quiet.level, logging.WARNING  # a probe's step logs would read as the run's
     try:
         train(model, method, optimizer, scheduler, stream(cfg.seed), plan, accelerator=accelerator,
               autocast=cpu_hw.autocast, head=head, meter=meter, speed=SpeedMeter(), logger=NullLogger(),
               loss_fn=loss_fn)
     finally:
         meter.end_train()
+        quiet.setLevel(level)
     params = method.optimizer_parameters()
     for_loop_adamw = isinstance(optimizer, torch.optim.AdamW) and not optimizer.defaults.get("fused")
     return Probe(layers=layers, batch=batch, width=1 / width_div, points=meter.tracer.points,

@@ -43,7 +43,11 @@ log = logging.getLogger("ftbench")
 
 
 def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> int:
-    """Run one job and write its result.json; return the process exit code."""
+    """Run one job and write its result.json (a plan: plan.json); return the process exit code."""
+    if cfg.mode == "plan":
+        from .plan_report import run_plan
+
+        return run_plan(cfg, output_dir, overrides)
     if (output_dir / results.FILENAME).exists():  # never overwrite what an earlier run left
         print(f"ftbench: error: hydra.run.dir: {output_dir} already holds a result; pick a new directory",
               file=sys.stderr)
