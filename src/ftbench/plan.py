@@ -5,25 +5,25 @@ The model of the peak, and where each part comes from:
 
 - **Held state** (weights, fp32 masters, gradients, optimizer state) and the
   **per-step part** (activations saved for backward, checkpoint recomputes, the
-  chunked loss's logits, temporaries) are read from probe runs (plan_probe.py):
-  real steps of the planned method on a cut-down copy of the model, traced op by
-  op on the CPU. Every probe timeline is split into the three phases of a step
-  (forward, backward, optimizer step); a phase's peak is extrapolated, with the
-  op that sets it.
-- **Width** (shapes too large for host memory): probes at three widths w (every
-  width divided by d, 2d, 4d; the head counts kept). Every tensor of a step is a
-  weight-like matrix (~w²), a per-token or per-row vector (~w) or a constant, so
-  the bytes live after each op are a quadratic in w: the three timelines are
-  interpolated op by op and evaluated at w = 1, which keeps the right op order
-  even where the largest term changes with width. (Timelines of different
-  lengths, e.g. SIFT's gradient chunks of a fixed 32 MiB, fall back to the
-  phase peaks.)
-- **Layers and tokens**: each phase's peak is bilinear in the layer count L and
-  the micro-batch B at the planned sequence length: a + b·L (held state and
-  everything per layer) + c·B (the loss, one layer's recompute) + d·L·B (the
-  activations every layer keeps per sequence). Four probes (two L, two B) fix the
-  four coefficients; the tokens² term of attention scores is per sequence at a
-  fixed length, so it is in c and d.
+  chunked loss's logits, temporaries) come from probe runs (plan_probe.py): real
+  steps of the planned method on a cut-down copy of the model, traced op by op
+  on the CPU, which give the bytes live after every op and its phase (forward,
+  backward, optimizer step). The planned timeline is extrapolated op by op
+  (plan_fit.py) and its highest point is the peak, with its op and phase.
+- **The model of growth.** At a fixed position in the step, bytes are
+  linear in the layer count L (held state, the boundary activation each
+  checkpointed layer keeps, each layer's gradients) and linear in the
+  micro-batch B at the planned sequence length (activations per sequence,
+  tokens² attention terms included, since the length is fixed); what depends on
+  neither (the embedding and head, one layer's recompute when B is fixed, the
+  optimizer's per-tensor temporaries) is the constant. Probes: L in (g, g + 1)
+  (g = a rotating method's group size, else 1), B in (2, 3) (a single sequence
+  takes shortcuts: views where larger batches copy).
+- **Width** (shapes too large for host memory): probes at three widths w (hidden,
+  FFN, head dimension and vocabulary divided by d, 2d, 4d; the head counts kept).
+  Weight-like tensors grow as w², per-token ones as w, per-head ones not at all,
+  so bytes after each op are a quadratic in w, interpolated through the three
+  probes and evaluated at w = 1.
 - **What a GPU adds** that a CPU trace does not see, as constants below: the
   cuBLAS workspace, FlashAttention's backward buffers, and the fused AdamW the
   run uses on CUDA instead of the CPU's for-loop AdamW and its temporaries.
@@ -54,7 +54,8 @@ CUBLAS_WORKSPACE_BYTES = 32 * MiB + 1 * MiB  # cuBLAS (Hopper default, ":4096:8"
 #                                              caching allocator; older GPUs use 8 MiB: the Hopper figure errs safe
 FLASH_BWD_BYTES_PER_TOKEN_PER_DIM = 4  # FlashAttention-2 backward: an fp32 dQ accumulator (tokens × heads × head_dim),
 FLASH_BWD_BYTES_PER_TOKEN_PER_HEAD = 4  # and softmax_d (tokens × heads, fp32), for the layer in backward
-PROBE_BYTES = 64 * MiB  # a probe's weights, state and activations stay under this (host memory; CPU time, bf16 is slow there)
+PROBE_BYTES = 256 * MiB  # a probe's weights, state and activations stay under this (host memory, CPU time)
+MIN_HEAD_DIM = 4  # the narrowest probe keeps this head dimension (rotary embeddings pair dimensions)
 MAX_MICRO_BATCH = 4096  # the search for the largest micro-batch stops here
 
 
@@ -121,7 +122,7 @@ def width_divisor(cfg: DictConfig, tgt: Target, layers: int) -> int:
         return int(20 * params + 40 * 2 * tgt.seq_len * tgt.hidden / div * layers)
 
     div = 1
-    while probe_bytes(div) > PROBE_BYTES and head_dim % (8 * div) == 0:
+    while probe_bytes(div) > PROBE_BYTES and head_dim % (8 * div * MIN_HEAD_DIM) == 0:
         div *= 2
     return div
 
@@ -158,15 +159,20 @@ def _summary(p: Probe) -> dict:
             "peak_bytes": max(q[0] for q in p.points)}
 
 
+def flash_backward_bytes(tgt: Target, batch: float) -> float:
+    """FlashAttention-2's backward buffers for one layer (0 under eager attention)."""
+    if tgt.hw.attn_implementation == "eager":
+        return 0.0
+    return batch * tgt.seq_len * (tgt.hidden * FLASH_BWD_BYTES_PER_TOKEN_PER_DIM
+                                  + tgt.heads * FLASH_BWD_BYTES_PER_TOKEN_PER_HEAD)
+
+
 def on_device(the_fit: Fit, tgt: Target, batch: float) -> list[Step]:
     """The planned timeline at micro-batch `batch`, with what a GPU adds (module constants)."""
     timeline = the_fit.timeline(tgt.layers, batch)
     if not tgt.gpu:
         return timeline
-    flash = 0.0
-    if tgt.hw.attn_implementation != "eager":
-        flash = batch * tgt.seq_len * (tgt.hidden * FLASH_BWD_BYTES_PER_TOKEN_PER_DIM
-                                       + tgt.heads * FLASH_BWD_BYTES_PER_TOKEN_PER_HEAD)
+    flash = flash_backward_bytes(tgt, batch)
     temps = the_fit.scalar("adamw_temp_bytes", tgt.layers)
     out = []
     for step in timeline:
@@ -255,7 +261,10 @@ def predict(cfg: DictConfig) -> dict:
             "layers": tgt.layers, "phase_peaks_bytes": {p: int(v) for p, (v, _) in peaks.items()},
             "device_memory_bytes": total, "margin": cfg.plan.margin, "budget_bytes": usable,
             "fits": None if usable is None else top <= usable, "largest_micro_batch": largest,
-            "gpu_additions_bytes": {"cublas_workspace": CUBLAS_WORKSPACE_BYTES if tgt.gpu else 0},
+            "gpu_additions_bytes": {  # what the GPU step adds to (or, fused AdamW, takes from) the CPU trace
+                "cublas_workspace": CUBLAS_WORKSPACE_BYTES if tgt.gpu else 0,
+                "flash_attention_backward": int(flash_backward_bytes(tgt, tgt.micro_batch)) if tgt.gpu else 0,
+                "for_loop_adamw_temporaries": -int(the_fit.scalar("adamw_temp_bytes", tgt.layers)) if tgt.gpu else 0},
             "probe_width_divisors": list(the_fit.width_divs), "width_aligned": the_fit.aligned,
             "probes": the_fit.probes,
         },
