@@ -99,6 +99,8 @@ def launch(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plan"]:  # `ftbench plan ...` = `ftbench mode=plan ...`
+        argv = [*argv[1:], "mode=plan"]
     from .config import register_configs
 
     register_configs()

@@ -60,9 +60,12 @@ class HardwareConfig:
     attn_implementation: str = "sdpa"
     pad_to_multiple_of: Optional[int] = None
     allow_tf32: bool = True
+    memory_gib: Optional[float] = None  # the device's memory, for the planner (mode=plan)
 
     def check(self, key: str) -> None:
         one_of(self.device, DEVICES, f"{key}.device")
+        if self.memory_gib is not None:
+            require(self.memory_gib > 0, f"{key}.memory_gib", "must be > 0 (GiB), or null")
         one_of(self.precision, PRECISIONS, f"{key}.precision")
         one_of(self.attn_implementation, ("eager", "sdpa", "flash_attention_2"), f"{key}.attn_implementation")
         micro = self.max_micro_batch_size
@@ -186,6 +189,14 @@ class ProfileConfig:
 
 
 @dataclass
+class PlanConfig:
+    margin: float = 0.1
+
+    def check(self, key: str) -> None:
+        require(0 <= self.margin < 1, f"{key}.margin", "must be in [0, 1): the share of device memory kept free")
+
+
+@dataclass
 class Config:
     method: Any = MISSING
     model: ModelConfig = MISSING
@@ -196,6 +207,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     mode: str = "train"
     seed: int = 0
     debug: bool = False
@@ -222,9 +234,9 @@ def check(cfg: DictConfig) -> None:
     extra = sorted(set(cfg.keys()) - known - {"hydra"})
     if extra:
         raise UserError(extra[0], f"no such top-level key; valid keys: {', '.join(sorted(known))}")
-    one_of(cfg.mode, ("train", "profile"), "mode")
+    one_of(cfg.mode, ("train", "profile", "plan"), "mode")
     require(cfg.seed >= 0, "seed", "must be >= 0")
-    for name in ("model", "hardware", "logger", "train", "optim", "eval", "profile", "method", "task"):
+    for name in ("model", "hardware", "logger", "train", "optim", "eval", "profile", "plan", "method", "task"):
         OmegaConf.to_object(cfg[name]).check(name)
     if cfg.mode == "train" and cfg.train.select == "best":
         require(cfg.eval.every_steps is not None, "train.select",

@@ -13,18 +13,20 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from . import results
+from . import plan_report, results
 from .measure import GiB
 
 log = logging.getLogger("ftbench")
 
 COLUMNS = ("run", "status", "trainable_pct", "peak_alloc_bytes", "state_bytes", "weights_bytes", "grads_bytes",
            "optim_state_bytes", "activations_bytes", "step_s", "tokens_per_s", "metric", "value")
-MEMORY = {c for c in COLUMNS if c.endswith("_bytes")}
+PLAN_COLUMNS = ("predicted_peak_bytes", "predicted_error_pct")  # shown when a run has a plan.json (ftbench plan)
+MEMORY = {c for c in COLUMNS + PLAN_COLUMNS if c.endswith("_bytes")}
 HEADERS = {"run": "run", "status": "status", "trainable_pct": "trainable %", "peak_alloc_bytes": "peak alloc",
            "state_bytes": "state", "weights_bytes": "weights", "grads_bytes": "grads",
            "optim_state_bytes": "optim state", "activations_bytes": "activations", "step_s": "step s",
-           "tokens_per_s": "tok/s (non-pad)", "metric": "metric", "value": "value"}
+           "tokens_per_s": "tok/s (non-pad)", "metric": "metric", "value": "value",
+           "predicted_peak_bytes": "predicted peak", "predicted_error_pct": "predicted vs measured %"}
 
 
 def memory_unit(table: list[dict]) -> tuple[str, int]:
@@ -44,9 +46,9 @@ def _labels(loaded: list[dict]) -> list[str]:
     return labels
 
 
-def rows(loaded: list[dict]) -> list[dict[str, Any]]:
+def rows(loaded: list[dict], plans: list[dict | None] | None = None) -> list[dict[str, Any]]:
     table = []
-    for label, result in zip(_labels(loaded), loaded):
+    for label, result, plan in zip(_labels(loaded), loaded, plans or [None] * len(loaded)):
         memory, breakdown = result["memory"], result["memory"].get("breakdown") or {}
         held = [breakdown.get(k) for k in ("weights_bytes", "master_bytes", "grad_bytes", "optimizer_state_bytes")]
         metric = result["run"].get("metric")
@@ -66,6 +68,11 @@ def rows(loaded: list[dict]) -> list[dict[str, Any]]:
             "metric": metric,
             "value": (result.get("metrics") or {}).get(metric) if metric else None,
         })
+        if plan is not None:  # ftbench plan's prediction for this run (plan.json)
+            predicted = plan["memory"]["train_peak_allocated_bytes"]
+            measured = table[-1]["peak_alloc_bytes"]
+            table[-1]["predicted_peak_bytes"] = predicted
+            table[-1]["predicted_error_pct"] = 100 * (predicted / measured - 1) if measured else None
     return table
 
 
@@ -87,16 +94,21 @@ def _header(key: str, unit: tuple[str, int]) -> str:
     return f"{HEADERS[key]} ({unit[0]})" if key in MEMORY else HEADERS[key]
 
 
+def _columns(table: list[dict]) -> tuple[str, ...]:
+    """COLUMNS, and predicted vs measured where any run has a plan."""
+    return COLUMNS + PLAN_COLUMNS if any("predicted_peak_bytes" in row for row in table) else COLUMNS
+
+
 def markdown(table: list[dict]) -> str:
-    unit = memory_unit(table)
-    lines = ["| " + " | ".join(_header(c, unit) for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(c, row[c], unit) for c in COLUMNS) + " |" for row in table]
+    unit, columns = memory_unit(table), _columns(table)
+    lines = ["| " + " | ".join(_header(c, unit) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(c, row.get(c), unit) for c in columns) + " |" for row in table]
     return "\n".join(lines) + "\n"
 
 
 def write_csv(table: list[dict], path: Path) -> None:
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=_columns(table), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table)
 
@@ -138,23 +150,27 @@ def print_table(table: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    unit = memory_unit(table)
+    unit, columns = memory_unit(table), _columns(table)
     shown = Table(title="ftbench comparison")
-    for column in COLUMNS:
+    for column in columns:
         shown.add_column(_header(column, unit), justify="left" if column in ("run", "status", "metric") else "right")
     for row in table:
-        shown.add_row(*(_fmt(c, row[c], unit) for c in COLUMNS))
+        shown.add_row(*(_fmt(c, row.get(c), unit) for c in columns))
     Console(width=200).print(shown)
 
 
 def build(paths: list[Path], out_dir: Path) -> dict[str, Path]:
-    """Read every result under `paths`; print the table; write report.md, report.csv, report.png."""
+    """Read every result under `paths`; print the table; write report.md, report.csv, report.png.
+    Plans (plan.json, `ftbench plan`) are set beside the runs they predict; plans alone make plan.md."""
     found = results.find(paths)
+    plans = {p: plan_report.read(p) for p in plan_report.find(paths)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not found and plans:
+        return {"plans": plan_report.print_plans(paths, out_dir)}
     if not found:
         raise ValueError(f"no {results.FILENAME} under {', '.join(map(str, paths))}")
     loaded = [results.read(p) for p in found]
-    table = rows(loaded)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    table = rows(loaded, [plan_report.matching_plan(r, p, plans) for r, p in zip(loaded, found)])
     written = {"markdown": out_dir / "report.md", "csv": out_dir / "report.csv"}
     written["markdown"].write_text(markdown(table))
     write_csv(table, written["csv"])
@@ -172,5 +188,5 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if results.find([sweep_dir]):
+        if results.find([sweep_dir]) or plan_report.find([sweep_dir]):
             build([sweep_dir], sweep_dir)

@@ -46,7 +46,11 @@ log = logging.getLogger("ftbench")
 
 
 def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> int:
-    """Run one job and write its result.json; return the process exit code."""
+    """Run one job and write its result.json (a plan: plan.json); return the process exit code."""
+    if cfg.mode == "plan":
+        from .plan_report import run_plan
+
+        return run_plan(cfg, output_dir, overrides)
     try:  # a folder that holds a run: skip it (ok), resume it (interrupted) or rerun it (failed)
         if rerun.prepare(cfg, output_dir):
             print(f"ftbench: {output_dir}: finished ok earlier with this config; skipped", file=sys.stderr)

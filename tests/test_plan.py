@@ -1,0 +1,75 @@
+"""The memory planner: a plan made from probes of fewer layers and smaller micro-batches
+predicts the traced peak of the real run (every method), the largest micro-batch that
+fits a budget, and plan.json sits beside result.json in ftbench-report."""
+
+import json
+
+import pytest
+
+from ftbench import report
+from ftbench.plan import (
+    fit,
+    largest_micro_batch,
+    largest_micro_batch_from,
+    peak_at,
+    predict,
+    target,
+)
+from ftbench.run import run_job
+from helpers import compose, run
+
+LAYERS = 8
+SHAPE = ["model=tiny-llama", f"model.shape.num_hidden_layers={LAYERS}", "hardware.gradient_checkpointing=true",
+         "profile.batch_size=4", "profile.seq_len=32"]
+# (method, overrides, traced steps of the real run: HiFT moves every step, so a whole cycle)
+METHODS = [
+    ("full", [], 1),
+    ("lora", ["method.dropout=0"], 1),
+    ("sift", [], 1),
+    ("s2ft", [], 1),
+    ("sparsegrad", ["method.calibration_steps=2"], 1),
+    ("meprop", [], 1),
+    ("hift", [], LAYERS + 2),
+    ("badam", [], 1),
+    ("lisa", [], 1),
+]
+
+
+@pytest.mark.parametrize("method,overrides,steps", METHODS, ids=[m[0] for m in METHODS])
+def test_plan_from_fewer_layers_predicts_the_traced_peak(tmp_path, method, overrides, steps):
+    args = [*SHAPE, f"method={method}", *overrides]
+    real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=1", f"profile.steps={steps}")
+    assert real["status"] == "ok", real["error"]
+    plan = predict(compose("mode=plan", *args))
+    predicted, traced = plan["memory"]["train_peak_allocated_bytes"], real["memory"]["train_peak_traced_bytes"]
+    assert abs(predicted / traced - 1) < 0.03, (predicted, traced)
+    for key in ("weights_bytes", "master_bytes", "grad_bytes", "optimizer_state_bytes"):  # held state: exact
+        assert plan["memory"]["breakdown"][key] == pytest.approx(real["memory"]["breakdown"][key], rel=1e-3, abs=64), key
+    assert {p["layers"] for p in plan["plan"]["probes"]} < {1, 2, 3}  # made from fewer layers
+
+
+def test_largest_micro_batch_is_the_last_that_fits():
+    cfg = compose("mode=plan", *SHAPE, "method=lora", "hardware=gpu-24gb")
+    tgt = target(cfg)
+    the_fit = fit(cfg, tgt)
+    peaks = [peak_at(the_fit, tgt, b) for b in (1, 5, 6)]
+    assert peaks[0] < peaks[1] < peaks[2]
+    assert largest_micro_batch_from(the_fit, tgt, peaks[1]) == 5
+    assert largest_micro_batch_from(the_fit, tgt, peaks[1] - 1) == 4
+    assert largest_micro_batch_from(the_fit, tgt, peaks[0] - 1) == 0
+    assert largest_micro_batch(cfg, int(peaks[2])) == 6  # the entry point the auto micro-batch calls
+
+
+def test_plan_json_and_report_set_predicted_beside_measured(tmp_path, capsys):
+    args = ["model=tiny-llama", "profile.batch_size=2", "profile.seq_len=16", "method=sift"]
+    measured = run(tmp_path / "run", "mode=profile", *args, "profile.warmup_steps=1", "profile.steps=1")
+    assert run_job(compose("mode=plan", *args), tmp_path / "run") == 0
+    assert "predicted peak" in capsys.readouterr().out
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["status"] == "ok" and plan["run"]["mode"] == "plan"
+    assert set(plan["memory"]["breakdown"]) == set(measured["memory"]["breakdown"]) - {"optimizer_state_host_bytes"}
+    assert plan["memory"]["train_peak_allocated_bytes"] == measured["memory"]["train_peak_traced_bytes"]
+    report.build([tmp_path / "run"], tmp_path / "report")
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert "predicted peak" in table and "| 0.00 |" in table  # predicted vs measured: 0.00 %
+    assert run_job(compose("mode=plan", *args), tmp_path / "run") == 2  # never overwrites a plan
