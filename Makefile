@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell echo '$(TORCH)' | tr -c 'a-zA-Z0-9.=' '_')
 # Benchmark shape for `make bench` (CPU-sized by default; see README for the 7B setting).
 BENCH_ARGS ?= model=tiny-llama profile.batch_size=4 profile.seq_len=128
 
-.PHONY: help install demo test bench lint clean reproduce-sift reproduce-sparsegrad reproduce-s2ft reproduce-hift \
+.PHONY: help install demo test bench bench-peers lint clean reproduce-sift reproduce-sparsegrad reproduce-s2ft reproduce-hift \
         reproduce-paper reproduce-memory
 
 help: ## list the targets
@@ -32,6 +32,16 @@ test: $(STAMP) ## run the test suite (CPU, tiny models)
 
 bench: $(STAMP) ## profile every method (memory and speed) on synthetic batches; BENCH_ARGS sets the shape
 	$(VENV)/bin/ftbench -m mode=profile 'method=glob(*)' $(BENCH_ARGS)
+
+# `make bench-peers BENCH_ARGS="model=llama2-7b profile.seq_len=512"` on a GPU; without BENCH_ARGS on the
+# command line the benchmark's own CPU shape applies (README "Peers"). PEERS_ARGS: --methods, --repeats, --out.
+PEERS_ARGS ?=
+$(VENV)/.installed-peers: $(STAMP)
+	$(PY) -m pip install -q -e ".[peers]" && touch $@
+
+bench-peers: $(VENV)/.installed-peers ## each method beside the implementation a user would pick instead (PyTorch, PEFT, badam, hift)
+	HF_HUB_OFFLINE=1 $(PY) -m ftbench.peers.bench $(PEERS_ARGS) \
+		$(if $(filter command line environment,$(origin BENCH_ARGS)),$(BENCH_ARGS))
 
 # Paper tables (recipes/*.yaml) run again and set beside the published numbers: README "Reproducing the papers".
 # REPRODUCE_ARGS adds options: --dry-run (the runs and their estimated GPU hours), --data ../shared/data,
