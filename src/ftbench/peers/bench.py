@@ -274,7 +274,7 @@ def pairs(methods: list[str], summary: dict[str, dict]) -> list[dict]:
             row = {"method": m, "peer": peer, "own_peer": peer == own, "ftbench": a, "peer_result": b,
                    "time_ratio": _ratio(a["step_time_s"], b["step_time_s"]),
                    "memory_ratio": _ratio(a["peak_bytes"], b["peak_bytes"])}
-            if peer == own and row["time_ratio"] is not None:
+            if peer == own and row["time_ratio"] is not None and row["memory_ratio"] is not None:
                 row["within_limits"] = row["time_ratio"] <= TIME_LIMIT and row["memory_ratio"] <= MEMORY_LIMIT
             if a["loss_first"] is not None and b["loss_first"] is not None:  # same model, same batch
                 row["same_first_loss"] = math.isclose(a["loss_first"], b["loss_first"], rel_tol=1e-4)
@@ -299,10 +299,12 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {row['method']} | {peer} | {_num(a['step_time_s'])} | — | — | {_mib(a['peak_bytes'])} "
                          f"| — | — | {_int(a['trainable'])} | {why} |")
             continue
-        mark = "" if row.get("within_limits", True) else " ⚠"
+        over_time = row["own_peer"] and row["time_ratio"] > TIME_LIMIT
+        over_memory = row["own_peer"] and row["memory_ratio"] is not None and row["memory_ratio"] > MEMORY_LIMIT
         lines.append(f"| {row['method']} | {peer} | {_num(a['step_time_s'])} | {_num(b['step_time_s'])} "
-                     f"| {_num(row['time_ratio'], 2)}{mark} | {_mib(a['peak_bytes'])} | {_mib(b['peak_bytes'])} "
-                     f"| {_num(row['memory_ratio'], 3)}{mark} | {_int(a['trainable'])} | {_int(b['trainable'])} |")
+                     f"| {_num(row['time_ratio'], 2)}{' ⚠' if over_time else ''} | {_mib(a['peak_bytes'])} "
+                     f"| {_mib(b['peak_bytes'])} | {_num(row['memory_ratio'], 3)}{' ⚠' if over_memory else ''} "
+                     f"| {_int(a['trainable'])} | {_int(b['trainable'])} |")
     return "\n".join(lines)
 
 
@@ -361,10 +363,15 @@ def main(argv: list[str] | None = None) -> dict:
         "memory": "cuda allocated peak" if plan.cuda else f"traced peak, {args.memory_steps} traced steps",
         "duration_s": round(time.time() - started, 1), "entries": summary, "rows": rows,
     }
+    differ = [f"{r['method']}/{r['peer']}" for r in rows if r.get("same_first_loss") is False]
     text = (f"`{report['command']}`  \n{report['machine']}  \n{plan.hw.precision}, checkpointing "
             f"{'on' if plan.hw.gradient_checkpointing else 'off'}; {' '.join(plan.overrides)}; step time: median of "
             f"{args.repeats} ABBA rounds of each run's median; memory: {report['memory']}; "
-            f"{report['duration_s'] / 60:.1f} min\n\n{table(rows)}\n")
+            f"{report['duration_s'] / 60:.1f} min\n\n{table(rows)}\n\n"
+            f"× = ftbench / peer; ⚠ = over {TIME_LIMIT} × time or {MEMORY_LIMIT} × memory against its own peer; "
+            f"(baseline) rows give a method's cost against full fine-tuning and LoRA. First-step loss "
+            + (f"differs (not the same model or batch): {', '.join(differ)}" if differ
+               else "identical on both sides of every row (the same model and batches)") + ".\n")
     (out / "peers.json").write_text(json.dumps(report, indent=1))
     (out / "peers.md").write_text(text)
     print(text)
