@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*", help="ftbench overrides: the shape, hardware, profile steps")
     parser.add_argument("--methods", nargs="+", default=None, help="ftbench methods (default: every one)")
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds (ABBA order), medians over them")
-    parser.add_argument("--memory-steps", type=int, default=2, help="CPU: traced steps of the memory run")
+    parser.add_argument("--memory-steps", type=int, default=1, help="CPU: traced steps of the memory run")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per process")
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/bench-peers/<time>")
     args = parser.parse_args(argv)
