@@ -20,8 +20,9 @@ full fine-tuning and LoRA).
   drifts of a shared machine fall on both sides. An entry's time is the median
   over rounds of its runs' median step times.
 - Memory: on a GPU, CUDA's allocated peak of the same runs; on the CPU one more
-  run per entry with the tracer on (it slows every operator, so those runs are
-  never timed), `--memory-steps` traced steps after the same warm-up.
+  run per entry after the first round, with the tracer on (it slows every
+  operator, so those runs are never timed), `--memory-steps` traced steps after
+  the same warm-up. The table is rewritten after every round.
 
 ftbench runs with `train.loss_chunk_tokens=null` (the model's own loss, as the
 peers compute it) and BAdam with the order pinned (see badam_block.py);
@@ -230,20 +231,29 @@ def _brief(record: dict) -> str:
     return ", ".join(parts)
 
 
-def measure(plan: Plan, repeats: int) -> dict[str, dict]:
-    """Every entry's summary: median step time over the rounds, peak, trainable count, status."""
+def measure(plan: Plan, repeats: int, report) -> dict[str, dict]:
+    """Every entry's summary: median step time over the rounds, peak, trainable count, status.
+
+    Phases: timed round 0, the CPU's traced runs, timed rounds 1.. ; `report(summary, rounds)` is
+    called after each, so a run stopped early still leaves its table."""
     runs: dict[tuple[str, str], list[dict]] = {e: [] for e in plan.entries}
+    memory: dict[tuple[str, str], dict] = {}
     for round_ in range(repeats):
         order = plan.entries if round_ % 2 == 0 else plan.entries[::-1]
         for entry in order:
             if runs[entry] and runs[entry][0]["status"] != "ok":
                 continue  # it cannot run: once is enough
             runs[entry].append(plan.run(entry, trace=False, tag=f"time{round_}"))
-    memory = {}
-    if not plan.cuda:
-        for entry in plan.entries:
-            if runs[entry][0]["status"] == "ok":
-                memory[entry] = plan.run(entry, trace=True, tag="memory")
+        if round_ == 0 and not plan.cuda:
+            for entry in plan.entries:
+                if runs[entry][0]["status"] == "ok":
+                    memory[entry] = plan.run(entry, trace=True, tag="memory")
+        summary = summarize(runs, memory)
+        report(summary, round_ + 1)
+    return summary
+
+
+def summarize(runs: dict[tuple[str, str], list[dict]], memory: dict[tuple[str, str], dict]) -> dict[str, dict]:
     summary = {}
     for entry, records in runs.items():
         ok = [r for r in records if r["status"] == "ok"]
@@ -354,29 +364,35 @@ def main(argv: list[str] | None = None) -> dict:
                                                            f"--repeats {args.repeats}", *args.overrides])
     print(f"bench-peers: {len(plan.entries)} entries x {args.repeats} rounds"
           f"{'' if plan.cuda else ' + 1 traced run each'}; writing {out}", flush=True)
-    summary = measure(plan, args.repeats)
-    rows = pairs(methods, summary)
-    report = {
-        "command": command.strip(), "machine": machine(plan), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "overrides": plan.overrides, "device": str(plan.hw.device), "precision": plan.hw.precision,
-        "gradient_checkpointing": plan.hw.gradient_checkpointing, "repeats": args.repeats,
-        "memory": "cuda allocated peak" if plan.cuda else f"traced peak, {args.memory_steps} traced steps",
-        "duration_s": round(time.time() - started, 1), "entries": summary, "rows": rows,
-    }
-    differ = [f"{r['method']}/{r['peer']}" for r in rows if r.get("same_first_loss") is False]
-    text = (f"`{report['command']}`  \n{report['machine']}  \n{plan.hw.precision}, checkpointing "
-            f"{'on' if plan.hw.gradient_checkpointing else 'off'}; {' '.join(plan.overrides)}; step time: median of "
-            f"{args.repeats} ABBA rounds of each run's median; memory: {report['memory']}; "
-            f"{report['duration_s'] / 60:.1f} min\n\n{table(rows)}\n\n"
-            f"× = ftbench / peer; ⚠ = over {TIME_LIMIT} × time or {MEMORY_LIMIT} × memory against its own peer; "
-            f"(baseline) rows give a method's cost against full fine-tuning and LoRA. First-step loss "
-            + (f"differs (not the same model or batch): {', '.join(differ)}" if differ
-               else "identical on both sides of every row (the same model and batches)") + ".\n")
-    (out / "peers.json").write_text(json.dumps(report, indent=1))
-    (out / "peers.md").write_text(text)
-    print(text)
+    final = {}
+
+    def report(summary: dict[str, dict], rounds: int) -> None:
+        rows = pairs(methods, summary)
+        final.update({
+            "command": command.strip(), "machine": machine(plan),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "overrides": plan.overrides,
+            "device": str(plan.hw.device), "precision": plan.hw.precision,
+            "gradient_checkpointing": plan.hw.gradient_checkpointing, "repeats": rounds,
+            "memory": "cuda allocated peak" if plan.cuda else f"traced peak, {args.memory_steps} traced steps",
+            "duration_s": round(time.time() - started, 1), "entries": summary, "rows": rows,
+        })
+        differ = [f"{r['method']}/{r['peer']}" for r in rows if r.get("same_first_loss") is False]
+        done = "" if rounds == args.repeats else f" (of {args.repeats} asked: the run goes on)"
+        text = (f"`{final['command']}`  \n{final['machine']}  \n{plan.hw.precision}, checkpointing "
+                f"{'on' if plan.hw.gradient_checkpointing else 'off'}; {' '.join(plan.overrides)}; step time: median "
+                f"of {rounds} ABBA rounds{done} of each run's median; memory: {final['memory']}; "
+                f"{final['duration_s'] / 60:.1f} min\n\n{table(rows)}\n\n"
+                f"× = ftbench / peer; ⚠ = over {TIME_LIMIT} × time or {MEMORY_LIMIT} × memory against its own "
+                f"peer; (baseline) rows give a method's cost against full fine-tuning and LoRA. First-step loss "
+                + (f"differs (not the same model or batch): {', '.join(differ)}" if differ
+                   else "identical on both sides of every row (the same model and batches)") + ".\n")
+        (out / "peers.json").write_text(json.dumps(final, indent=1))
+        (out / "peers.md").write_text(text)
+        print(text, flush=True)
+
+    measure(plan, args.repeats, report)
     print(f"wrote {out / 'peers.md'}")
-    return report
+    return final
 
 
 if __name__ == "__main__":
