@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ftbench.peers import bench
 
 TINY = ["model=tiny-llama", "profile.batch_size=2", "profile.seq_len=16", "profile.warmup_steps=1",
@@ -41,3 +43,10 @@ def test_a_peer_that_cannot_run_shows_its_error():
 def test_command_line_values_win_over_the_defaults():
     merged = bench.with_defaults(["profile.seq_len=64", "+x=1"], ["profile.seq_len=256", "model=llama-mini"])
     assert merged == ["model=llama-mini", "profile.seq_len=64", "+x=1"]
+
+
+def test_a_bad_option_is_one_line_naming_it(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--methods", "nosuch", "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("bench-peers: error: method=nosuch: no such option")

@@ -44,6 +44,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from ..errors import UserError, explain_compose_error
 from . import PEERS
 
 # The CPU shape: a 4-layer LLaMA of hidden 512, 4 x 256 tokens, fp32, checkpointing. Each key applies
@@ -104,7 +108,6 @@ class Plan:
 
         self.out, self.memory_steps, self.timeout = out, memory_steps, timeout
         self.overrides = with_defaults(with_defaults(overrides, FIXED), DEFAULTS)
-        self.methods = methods
         self.cfgs = {m: compose([*self.overrides, f"method={m}", *PINNED.get(m, [])]) for m in methods}
         peers = [OWN_PEER[m] for m in methods if m in OWN_PEER]
         if any(m not in OWN_PEER or m == "hift" for m in methods):
@@ -118,13 +121,13 @@ class Plan:
         cfg = next(iter(self.cfgs.values()))
         objective = cfg.profile.objective
         if cfg.model.kind != "decoder" or objective == "seq_cls" or cfg.optim.name != "adamw":
-            raise SystemExit("bench-peers: error: the peers train causal LMs with AdamW; use a decoder model "
-                             "(model=llama-mini, llama2-7b, ...), profile.objective=auto and optim.name=adamw")
+            raise UserError("model", "the peers train causal LMs with AdamW; use a decoder model (model=llama-mini, "
+                            "llama2-7b, ...), profile.objective=auto and optim.name=adamw")
         self.cfg = cfg
         self.hw = resolve(cfg.hardware)
         self.micro, self.accumulation = split_batch(cfg.profile.batch_size, self.hw.max_micro_batch_size)
         self.cuda = self.hw.device.type == "cuda"
-        # Interleaved: each method's own peer right after it, the baselines after the first pair.
+        # Interleaved: each method's own peer right after it; the baselines not yet listed at the end.
         order = []
         for m in methods:
             order.append(("ftbench", m))
@@ -359,7 +362,12 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or Path("outputs/bench-peers") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    plan = Plan(methods, args.overrides, out, args.memory_steps, args.timeout)
+    try:
+        plan = Plan(methods, args.overrides, out, args.memory_steps, args.timeout)
+    except (UserError, HydraException, OmegaConfBaseException) as exc:
+        problem = exc if isinstance(exc, UserError) else explain_compose_error(exc)
+        print(f"bench-peers: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     command = "python -m ftbench.peers.bench " + " ".join([*(["--methods", *args.methods] if args.methods else []),
                                                            f"--repeats {args.repeats}", *args.overrides])
     print(f"bench-peers: {len(plan.entries)} entries x {args.repeats} rounds"
