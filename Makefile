@@ -9,8 +9,8 @@ STAMP := $(VENV)/.installed-$(shell echo '$(TORCH)' | tr -c 'a-zA-Z0-9.=' '_')
 # Benchmark shape for `make bench` (CPU-sized by default; see README for the 7B setting).
 BENCH_ARGS ?= model=tiny-llama profile.batch_size=4 profile.seq_len=128
 
-.PHONY: help install demo test bench bench-real lint clean reproduce-sift reproduce-sparsegrad reproduce-s2ft reproduce-hift \
-        reproduce-paper reproduce-memory gpu-check
+.PHONY: help install demo test bench bench-real bench-peers lint clean reproduce-sift reproduce-sparsegrad reproduce-s2ft \
+        reproduce-hift reproduce-paper reproduce-memory gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -37,6 +37,16 @@ bench: $(STAMP) ## profile every method (memory and speed) on synthetic batches;
 BENCH_REAL_ARGS ?= --data ../shared/data
 bench-real: $(STAMP) ## every method on the real SmolLM2-135M (math, alpaca): held-out loss, memory, reload check
 	$(PY) -m ftbench.bench_real $(BENCH_REAL_ARGS)
+
+# `make bench-peers BENCH_ARGS="model=llama2-7b profile.seq_len=512"` on a GPU; without BENCH_ARGS on the
+# command line the benchmark's own CPU shape applies (README "Peers"). PEERS_ARGS: --methods, --repeats, --out.
+PEERS_ARGS ?=
+$(VENV)/.installed-peers: $(STAMP)
+	$(PY) -m pip install -q -e ".[peers]" && touch $@
+
+bench-peers: $(VENV)/.installed-peers ## each method beside the implementation a user would pick instead (PyTorch, PEFT, badam, hift)
+	HF_HUB_OFFLINE=1 $(PY) -m ftbench.peers.bench $(PEERS_ARGS) \
+		$(if $(filter command line environment,$(origin BENCH_ARGS)),$(BENCH_ARGS))
 
 # Paper tables (recipes/*.yaml) run again and set beside the published numbers: README "Reproducing the papers".
 # REPRODUCE_ARGS adds options: --dry-run (the runs and their estimated GPU hours), --data ../shared/data,

@@ -260,6 +260,14 @@ def test_offload_keeps_only_the_active_groups_state_and_masters_on_the_device(dt
         [] if dtype == "fp32" else [n for n, _ in model.named_parameters()])
 
 
+def test_on_the_cpu_the_host_buffers_take_only_what_they_hold():
+    """Host and device are one memory there: a 1 GiB pinned-style chunk was 1 GiB of the traced peak."""
+    model, method = prepared(tiny())
+    fit(model, method, synthetic_batches(), steps=4, lr=1e-2, optimizer="adamw")
+    stats = method.store.stats()
+    assert 0 < stats["host_reserved_bytes"] == stats["host_used_bytes"] < 2**20
+
+
 def test_drop_really_frees_the_leaving_state_and_keep_holds_every_visited_one():
     model, method = prepared(tiny(), state_policy="drop")
     fit(model, method, synthetic_batches(), steps=1, lr=1e-2, optimizer="adamw")

@@ -65,7 +65,9 @@ class HostArena:
 
     The pinned allocator rounds every request up to a power of two. Chunks are
     powers of two, so that rounding wastes nothing, and one tensor per state
-    would otherwise waste up to half its size.
+    would otherwise waste up to half its size. Unpinned (a CPU run, where host
+    and device are one memory) each buffer is its own chunk of exactly its
+    size: a 1 GiB chunk there is 1 GiB of the run's own memory.
     """
 
     CHUNK_BYTES = 1 << 30
@@ -82,7 +84,7 @@ class HostArena:
         need = -(-nbytes // self.ALIGN) * self.ALIGN
         index = next((i for i, c in enumerate(self.chunks) if c.numel() - self.used[i] >= need), None)
         if index is None:
-            size = max(self.CHUNK_BYTES, 1 << max(need - 1, 0).bit_length())
+            size = max(self.CHUNK_BYTES, 1 << max(need - 1, 0).bit_length()) if self.pin else need
             self.chunks.append(torch.empty(size, dtype=torch.uint8, pin_memory=self.pin))
             self.used.append(0)
             index = len(self.chunks) - 1
