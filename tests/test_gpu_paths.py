@@ -4,7 +4,7 @@ launches, TF32 flags that outlive a job."""
 import pytest
 import torch
 
-import ftbench.run
+import ftbench.preflight
 from ftbench.methods.base import Method
 from helpers import run
 
@@ -14,7 +14,7 @@ LM = ["task=synthetic_lm", "task.max_steps=2", "task.num_train=16", "task.num_ev
 def _watch_final_evaluation(monkeypatch) -> dict:
     """What the task's final evaluation sees: its batch size and the optimizer's state then."""
     seen: dict = {}
-    build_task, attach = ftbench.run.build_task, Method.attach
+    build_task, attach = ftbench.preflight.build_task, Method.attach
 
     def recording_attach(self, optimizer):
         seen["optimizer"] = optimizer
@@ -32,7 +32,7 @@ def _watch_final_evaluation(monkeypatch) -> dict:
         task.evaluate = recording_evaluate
         return task
 
-    monkeypatch.setattr(ftbench.run, "build_task", recording_build)
+    monkeypatch.setattr(ftbench.preflight, "build_task", recording_build)
     monkeypatch.setattr(Method, "attach", recording_attach)
     return seen
 

@@ -31,7 +31,7 @@ HEADERS = {"run": "run", "status": "status", "trainable_pct": "trainable %", "pe
 
 def memory_unit(table: list[dict]) -> tuple[str, int]:
     """GiB when any figure reaches one, else MiB (tiny models)."""
-    largest = max((row[c] or 0 for row in table for c in MEMORY), default=0)
+    largest = max((row.get(c) or 0 for row in table for c in MEMORY), default=0)
     return ("GiB", GiB) if largest >= GiB else ("MiB", 2**20)
 
 

@@ -55,7 +55,9 @@ from . import PEERS
 DEFAULTS = ["model=llama-mini", "profile.batch_size=4", "profile.seq_len=256", "profile.warmup_steps=2",
             "profile.steps=5", "hardware.gradient_checkpointing=true"]
 # What makes ftbench's run comparable with a plain loop (a command-line value of the same key wins).
-FIXED = ["mode=profile", "model.random_init=true", "train.loss_chunk_tokens=null", "train.progress=false"]
+# hardware.max_micro_batch_size=null: the whole profile batch in one micro-batch on both sides, no probe steps.
+FIXED = ["mode=profile", "model.random_init=true", "train.loss_chunk_tokens=null", "train.progress=false",
+         "hardware.max_micro_batch_size=null"]
 PINNED = {
     "badam": ["method.order=down2up", "method.reshuffle=false", "method.always_active=[]",
               "method.frozen_units=[embedding,head]"],
