@@ -77,3 +77,12 @@ def test_plan_json_and_report_set_predicted_beside_measured(tmp_path, capsys):
     table = (tmp_path / "report" / "report.md").read_text()
     assert "predicted peak" in table and "| 0.00 |" in table  # predicted vs measured: 0.00 %
     assert run_job(compose("mode=plan", *args), tmp_path / "run") == 2  # never overwrites a plan
+
+
+def test_the_default_auto_micro_batch_plans_the_whole_batch():
+    """hardware.max_micro_batch_size=auto (every group's default) plans the batch at once; the plan says what fits."""
+    tgt = target(compose("mode=plan", "model=tiny-llama", "profile.batch_size=4", "profile.seq_len=16", "method=lora"))
+    assert (tgt.micro_batch, tgt.accumulation) == (4, 1)
+    capped = target(compose("mode=plan", "model=tiny-llama", "profile.batch_size=4", "profile.seq_len=16",
+                            "method=lora", "hardware.max_micro_batch_size=2"))
+    assert (capped.micro_batch, capped.accumulation) == (2, 2)

@@ -99,11 +99,13 @@ def target(cfg: DictConfig) -> Target:
     gpu = hcfg.device != "cpu"  # auto plans for a GPU: that is the question a plan answers
     precision = hcfg.precision if hcfg.precision != "auto" else ("bf16-pure" if gpu else "fp32")
     checkpointing = gpu if hcfg.gradient_checkpointing is None else bool(hcfg.gradient_checkpointing)
-    hw = Hardware(torch.device("cuda" if gpu else "cpu"), precision, checkpointing, hcfg.max_micro_batch_size,
+    # auto (the default): the requested setting is the whole batch at once; the plan then says what fits
+    cap = None if hcfg.max_micro_batch_size == "auto" else hcfg.max_micro_batch_size
+    hw = Hardware(torch.device("cuda" if gpu else "cpu"), precision, checkpointing, cap,
                   hcfg.attn_implementation, hcfg.pad_to_multiple_of)
     head = cfg.profile.objective if cfg.profile.objective != "auto" else (
         "causal_lm" if cfg.model.kind == "decoder" else "seq_cls")
-    micro, accumulation = split_batch(cfg.profile.batch_size, hcfg.max_micro_batch_size)
+    micro, accumulation = split_batch(cfg.profile.batch_size, cap)
     shape = cfg.model.shape
     return Target(hw=hw, gpu=gpu, head=head, layers=int(shape.num_hidden_layers), micro_batch=micro,
                   accumulation=accumulation, seq_len=cfg.profile.seq_len, hidden=int(shape.hidden_size),
