@@ -6,6 +6,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from helpers import CLI_ENV, cli, executable, run
 
 
@@ -90,3 +92,21 @@ def test_an_unknown_target_module_names_the_key(tmp_path):
     result = run(tmp_path / "run", "method=lora", "method.target_modules=[qkv_proj]", "task.max_steps=2")
     assert result["exit_code"] == 2 and result["status"] == "failed"
     assert result["error"].startswith("method.target_modules: no module named 'qkv_proj' in this model; linear layers")
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("", "hydra.run.dir: empty"),
+    ("FILE", "is a file, not a folder"),
+    ("/proc/nope/run", "cannot create folders under /proc"),
+])
+def test_an_unusable_run_dir_is_one_line_and_exit_2(tmp_path, capsys, value, expected):
+    from ftbench.cli import main
+
+    if value == "FILE":
+        value = str(tmp_path / "afile")
+        (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit) as stop:
+        main([f"hydra.run.dir={value}", "train.max_steps=1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err

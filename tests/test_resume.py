@@ -278,3 +278,26 @@ def test_a_resumed_stream_continues_where_the_stopped_one_was():
     for head in ("causal_lm", "seq_cls"):
         whole = list(islice(random_tokens(2, 5, 50, head, 3, seed=1), 6))
         same(list(islice(random_tokens(2, 5, 50, head, 3, seed=1, skip=4), 2)), whole[4:])
+
+
+@pytest.mark.parametrize("broken", ["meta.json", "state.pt"])
+def test_an_unreadable_checkpoint_is_one_line_naming_train_resume(tmp_path, capsys, broken):
+    """A truncated checkpoint file: exit 2 and one line naming train.resume and the way out, never a traceback."""
+    from helpers import run
+
+    args = ["method=sift", "task.max_steps=2", "task.num_train=16", "task.num_eval=8", "task.batch_size=4",
+            "train.checkpoint_every=1", "train.progress=false"]
+    first = run(tmp_path / "run", *args)
+    assert first["status"] == "ok"
+    (tmp_path / "run" / "result.json").unlink()  # as if the process had been killed after its last checkpoint
+    step = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
+    (step / broken).write_bytes((step / broken).read_bytes()[:20])
+    capsys.readouterr()
+    from ftbench.run import run_job
+    from helpers import compose
+
+    assert run_job(compose(*args), tmp_path / "run", overrides=args) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ftbench")]
+    assert len(lines) == 1 and "train.resume:" in lines[0] and "cannot be read" in lines[0], lines
+    written = tmp_path / "run" / "result.json"  # meta.json is read before the run starts; state.pt after
+    assert not written.exists() or json.loads(written.read_text())["status"] == "failed"

@@ -23,6 +23,7 @@ the run that was never stopped.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -36,6 +37,8 @@ import torch
 
 from .errors import UserError
 from .train import TrainLog
+
+log = logging.getLogger(__name__)
 
 FOLDER = "checkpoints"
 PREFIX = "step-"
@@ -69,9 +72,20 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def unreadable(path: Path, exc: BaseException) -> UserError:
+    """One line for a checkpoint whose files cannot be read back (truncated, corrupted)."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UserError("train.resume", f"{path} cannot be read ({type(exc).__name__}: {reason}); resume from an "
+                     "older one (train.resume=PATH) or move this folder aside")
+
+
 def check_config(path: Path, config: dict) -> None:
-    """Refuse, in one line naming the keys, a checkpoint made under another config."""
-    meta = json.loads((path / "meta.json").read_text())
+    """Refuse, in one line naming the keys, a checkpoint made under another config (or one that is unreadable)."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        meta["config"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise unreadable(path, exc) from exc
     keys = differing_keys(meta["config"], config)
     if keys:
         shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
@@ -141,12 +155,16 @@ class Checkpointer:
         check_config(path, self.result["config"])
         from safetensors.torch import load_file
 
-        # Our own file; it holds Python and NumPy RNG states, which weights_only refuses.
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+        try:  # our own file; it holds Python and NumPy RNG states, which weights_only refuses
+            state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+            trained = load_file(str(path / "trainable.safetensors"))
+        except Exception as exc:  # torch and safetensors raise RuntimeError, EOFError, UnpicklingError, ...
+            raise unreadable(path, exc) from exc
+        log.info("resuming from %s (step %d)", path, state["log"]["steps"])
         self.method.load_state_dict(state["method"])
         self.method.load_optimizer_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.method.restore(self.model, load_file(str(path / "trainable.safetensors")))
+        self.method.restore(self.model, trained)
         self.selector.load_state_dict(state["selector"])
         self.validations[:] = state["validations"]
         self.result["checkpoints"] = state["checkpoints"]

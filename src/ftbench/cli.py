@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -97,6 +98,27 @@ def launch(argv: list[str]) -> int:
     return max(codes, default=0)
 
 
+def output_dir_problem(argv: list[str]) -> str | None:
+    """One line when `hydra.run.dir` / `hydra.sweep.dir` cannot hold a run: empty (it would write into the
+    current folder), an existing file, or under a folder this user cannot write; else None."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key.lstrip("+~") not in ("hydra.run.dir", "hydra.sweep.dir"):
+            continue
+        key = key.lstrip("+~")
+        if not value.strip():
+            return f"{key}: empty; give a folder for the run's files (e.g. {key}=outputs/my-run)"
+        path = Path(value).expanduser()
+        if path.exists() and not path.is_dir():
+            return f"{key}: {value} is a file, not a folder; give a folder (new or holding an earlier run)"
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        try:  # a real try: permission bits say nothing for root or on special file systems (/proc)
+            os.rmdir(tempfile.mkdtemp(prefix=".ftbench-probe-", dir=existing))
+        except OSError:
+            return f"{key}: cannot create folders under {existing}; give a folder you can write to"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["plan"]:  # `ftbench plan ...` = `ftbench mode=plan ...`
@@ -106,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     register_configs()
     if not PASSTHROUGH.intersection(argv):
         multirun = "-m" in argv or "--multirun" in argv
-        problem = validate([a for a in argv if not a.startswith("-")], multirun)
+        problem = output_dir_problem(argv) or validate([a for a in argv if not a.startswith("-")], multirun)
         if problem:
             print(f"ftbench: error: {problem}", file=sys.stderr)
             sys.exit(2)
