@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .measure import host_available_bytes
 from .trace_memory import LiveTensorPeak
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,9 @@ def budget_bytes(device: torch.device) -> int:
 
 def cpu_available_bytes() -> int:
     """MemAvailable, or the cgroup's remaining allowance when that is lower (containers)."""
-    available = _meminfo_available()
+    available = host_available_bytes()
+    if available is None:
+        raise OSError("/proc/meminfo has no MemAvailable")
     for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
                                    ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
                                     "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
@@ -92,13 +95,6 @@ def cpu_available_bytes() -> int:
             available = min(available, int(limit) - usage)
         break
     return available
-
-
-def _meminfo_available() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise OSError("/proc/meminfo has no MemAvailable")
 
 
 def step_growth(model, loss_fn, batch: dict[str, torch.Tensor], device: torch.device) -> int:

@@ -50,15 +50,25 @@ def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def rss_peak_bytes() -> int | None:
-    """The process's peak resident set (Linux VmHWM)."""
+def proc_kib_bytes(path: str, field: str) -> int | None:
+    """A `field:  N kB` line of a Linux /proc file, in bytes; None where the file or the field is missing."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def rss_peak_bytes() -> int | None:
+    """The process's peak resident set (Linux VmHWM)."""
+    return proc_kib_bytes("/proc/self/status", "VmHWM")
+
+
+def host_available_bytes() -> int | None:
+    """Memory the host can still give (MemAvailable of /proc/meminfo); None where that is not readable."""
+    return proc_kib_bytes("/proc/meminfo", "MemAvailable")
 
 
 def _reset_rss_peak() -> None:

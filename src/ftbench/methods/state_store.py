@@ -29,13 +29,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import UserError
-from ..measure import tensor_bytes
+from ..measure import host_available_bytes, tensor_bytes
 
 MASTER = "master"  # the key of a weight's master among its offloaded tensors
 MASTER_DTYPE = torch.float32
@@ -301,13 +300,3 @@ def release_host_cache() -> None:
     if empty is not None:
         empty()
 
-
-def host_available_bytes() -> int | None:
-    """Memory the host can still give (MemAvailable of /proc/meminfo); None where that is not readable."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
