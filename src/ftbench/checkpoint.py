@@ -27,7 +27,6 @@ import logging
 import os
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import files
 from .errors import UserError
 from .train import TrainLog
 
@@ -186,7 +186,7 @@ class Checkpointer:
 
         started = time.perf_counter()
         self.folder.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=f".{PREFIX}{log.steps}.", dir=self.folder))
+        temp = files.temp_dir(self.folder, f".{PREFIX}{log.steps}.")
         save_file(self.method.snapshot(self.model), str(temp / "trainable.safetensors"))
         entry = {"step": log.steps, "path": str(self.folder / f"{PREFIX}{log.steps}")}
         torch.save({
@@ -202,6 +202,7 @@ class Checkpointer:
             "checkpoints": [*self.result["checkpoints"], entry],
         }, temp / "state.pt")
         (temp / "meta.json").write_text(json.dumps({"step": log.steps, "config": self.result["config"]}, indent=1))
+        files.normal_modes(temp)  # safetensors writes 0600
         target = self.folder / f"{PREFIX}{log.steps}"
         if target.exists():  # written by an earlier attempt at this very step, under this config
             shutil.rmtree(target)

@@ -135,8 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     quiet_libraries()
     try:
         sys.exit(launch(argv))
-    except KeyboardInterrupt:
-        print("ftbench: canceled", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        from .errors import Canceled
+
+        if not isinstance(exc, Canceled):  # a canceled job printed its own line
+            print("ftbench: canceled", file=sys.stderr)
         sys.exit(130)
 
 
@@ -147,6 +150,7 @@ def report_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="where to write report.md/.csv/.png (default: the first folder)")
     args = parser.parse_args(argv)
     from . import report
+    from .errors import UserError
 
     missing = [p for p in args.paths if not p.exists()]
     if missing:
@@ -155,7 +159,7 @@ def report_main(argv: list[str] | None = None) -> None:
     out = args.out or next((p for p in args.paths if p.is_dir()), args.paths[0].parent)
     try:
         report.build(args.paths, out)
-    except ValueError as exc:
+    except (ValueError, UserError) as exc:  # a file that is not a result (or plan): one line naming it
         print(f"ftbench-report: error: {exc}", file=sys.stderr)
         sys.exit(2)
 

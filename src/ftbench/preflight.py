@@ -3,7 +3,9 @@ weight loads or any step runs.
 
 `inputs(cfg)` reads the model's architecture config (config.json only, or the named shape for
 random init), builds the tokenizer and the task, and compares them. What has one sensible
-answer is settled with one log line; the rest ends the run with a `UserError` naming the key:
+answer is settled with one log line; the rest ends the run with a `UserError` naming the key.
+The head is checked first, before the tokenizer is built: a model that cannot do the task is
+the root cause of every later mismatch (an encoder's tokenizer has no EOS for generation).
 
 | check                                        | settled (one log line)                | refused (exit 2)                        |
 | -------------------------------------------- | ------------------------------------- | --------------------------------------- |
@@ -62,12 +64,15 @@ def inputs(cfg) -> Inputs:
             "causal_lm" if cfg.model.kind == "decoder" else "seq_cls")
         check_head(cfg.model, config, head)
         return Inputs(None, None, head, 2, 0, fit_positions(cfg, config, "profile.seq_len"))
-    tokenizer = load_tokenizer(cfg.model) if task_class(cfg.task.family).needs_tokenizer else None
+    family = task_class(cfg.task.family)
+    check_head(cfg.model, config, family.head)  # the model first: a wrong model is the root cause of the rest
+    tokenizer = load_tokenizer(cfg.model) if family.needs_tokenizer else None
     if tokenizer is not None:
         ensure_pad(cfg.model, tokenizer)
     overrides = fit_positions(cfg, config, "task.max_length")
     task = build_task(cfg.task, tokenizer, cfg.seed)
-    check_head(cfg.model, config, task.head)
+    if task.head != family.head:  # a head that depends on the data set (GLUE's STS-B: regression)
+        check_head(cfg.model, config, task.head)
     overrides.update(fit_vocab(cfg.model, config, tokenizer, task))
     check_plan(cfg, task)
     return Inputs(tokenizer, task, task.head, task.num_labels, task.pad_id, overrides)

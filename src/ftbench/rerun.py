@@ -16,13 +16,12 @@ Nothing is deleted: the result a new attempt will replace is moved aside as
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoint, results
+from . import checkpoint, files, results
 from .errors import UserError
 
 
@@ -34,7 +33,10 @@ def prepare(cfg: DictConfig, run_dir: Path) -> bool:
     """
     config = OmegaConf.to_container(cfg, resolve=True)
     existing = run_dir / results.FILENAME
-    old = json.loads(existing.read_text()) if existing.exists() else None
+    fix = "move it aside or pick a new hydra.run.dir"
+    old = files.read_json(existing, "hydra.run.dir", fix) if existing.exists() else None
+    if old is not None and not isinstance(old, dict):
+        raise UserError("hydra.run.dir", f"{existing} is not a result (a JSON object); {fix}")
     if old is not None and old.get("status") == "ok":
         keys = checkpoint.differing_keys(old.get("config") or {}, config)
         if keys:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from . import files
 
 SCHEMA = 1
 STATUSES = ("ok", "failed", "oom", "nan", "canceled")
@@ -45,13 +45,7 @@ def skeleton() -> dict[str, Any]:
 def write(result: dict[str, Any], directory: Path) -> Path:
     """Write `result.json` atomically: readers never see half a file."""
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / FILENAME
-    handle, temp = tempfile.mkstemp(prefix=".result.", suffix=".json", dir=directory)
-    with os.fdopen(handle, "w") as out:
-        json.dump(_jsonable(result), out, indent=2, allow_nan=False)
-        out.write("\n")
-    os.replace(temp, target)
-    return target
+    return files.write_atomic(directory / FILENAME, json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
 
 
 def _jsonable(value: Any) -> Any:
@@ -94,11 +88,16 @@ def problems(result: dict[str, Any]) -> list[str]:
 
 
 def read(path: Path) -> dict[str, Any]:
-    """Read a result file (or the result.json in a directory) and check it."""
+    """Read a result file (or the result.json in a directory) and check it.
+
+    Raises UserError (unreadable, empty, truncated or invalid JSON) or ValueError (not a valid result),
+    each naming the file."""
     path = Path(path)
     if path.is_dir():
         path = path / FILENAME
-    result = json.loads(path.read_text())
+    result = files.read_json(path, "", "rerun that run (same command and hydra.run.dir) or move the file aside")
+    if not isinstance(result, dict):
+        raise ValueError(f"{path}: holds a JSON {type(result).__name__}, not a result (a JSON object)")
     issues = problems(result)
     if issues:
         raise ValueError(f"{path}: {issues[0]}")

@@ -11,6 +11,7 @@ import gc
 import logging
 import sys
 import time
+import traceback
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,11 +19,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import batches, fit_batch, preflight, rerun, results
+from . import batches, files, fit_batch, preflight, rerun, results
 from .checkpoint import Checkpointer
 from .config import check
 from .environment import environment
-from .errors import UserError, first_line
+from .errors import Canceled, UserError, first_line
 from .hardware import make_accelerator, resolve, restored_process_settings, split_batch
 from .lm_loss import make_loss, model_loss
 from .logger import make_logger
@@ -74,13 +75,12 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = Non
     except (Exception, KeyboardInterrupt) as exc:
         status, error, code = classify(exc)
         result.update(status=status, error=error)
-        print(f"ftbench: {status}: {error}", file=sys.stderr)
         if cfg.get("debug") and not isinstance(exc, KeyboardInterrupt):
-            _finish(result, started, output_dir, logger)
-            raise
+            traceback.print_exc()  # debug=true: the traceback too; the exit code stays (2 for a user error)
+        print(f"ftbench: {status}: {error}", file=sys.stderr)
     _finish(result, started, output_dir, logger)
     if result["status"] == "canceled":
-        raise KeyboardInterrupt
+        raise Canceled(result["error"])  # stops a sweep; its line is printed
     return code
 
 
@@ -263,6 +263,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
         method.release_optimizer()  # the export and the final evaluation need no optimizer state
         if cfg.train.save != "none":
             result["export"] = method.export(model, tokenizer, output_dir / "checkpoint")
+            files.normal_modes(output_dir / "checkpoint")  # safetensors writes 0600: the umask's mode, as any file
         # On disk too, should the process die in the evaluation (replaced when the run ends).
         results.write({**result, "error": "stopped in the final evaluation, after training"}, output_dir)
         meter.start_eval()

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import files
 from ..architecture import replace_module
 from ..errors import one_of, require
 from . import partial
@@ -181,6 +182,7 @@ class Sift(PartialMethod):
         save_file({n: i.cpu() for n, i in self.selection().items()}, str(directory / SELECTION_FILE),
                   metadata={"selection": self.cfg.selection, "sparse_rate": str(self.cfg.sparse_rate),
                             "calibration_batches": str(self.cfg.calibration_batches), "seed": str(seed)})
+        files.normal_modes(directory / SELECTION_FILE)  # safetensors writes 0600
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         selected = sum(i.numel() for i in self.selection().values())

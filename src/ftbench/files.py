@@ -1,0 +1,75 @@
+"""Files ftbench writes and reads: written with the mode any file the user creates gets, read
+back with one line that names the file and what is wrong.
+
+Modes: Python's `tempfile` makes files 0600 and folders 0700, and safetensors writes 0600
+files, so results, checkpoints and exports would be private to their owner whatever the
+user's umask says. Everything here gets 0666 (files) or 0777 (folders) less the umask, as
+`open(path, "w")` and `mkdir` give.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+def umask() -> int:
+    """The process umask (Python can only read it by setting it; it is put back at once)."""
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def normal_modes(path: Path) -> None:
+    """Give `path` (and, for a folder, everything under it) the umask's default mode."""
+    mask = umask()
+    path = Path(path)
+    targets = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for target in targets:
+        if not target.is_symlink():
+            os.chmod(target, (0o777 if target.is_dir() else 0o666) & ~mask)
+
+
+def temp_dir(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named folder in `parent` with the umask's mode (tempfile.mkdtemp makes it 0700)."""
+    path = Path(parent) / f"{prefix}{uuid.uuid4().hex[:12]}"
+    path.mkdir()
+    return path
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write `text` to `path` through a temp file in the same folder and a rename: readers never
+    see half a file, and the file gets the umask's mode."""
+    path = Path(path)
+    temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}{path.suffix}")
+    try:
+        with open(temp, "x", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
+def read_json(path: Path, key: str, fix: str) -> Any:
+    """The JSON document in `path`; raises UserError(key) naming the file, what is wrong (unreadable,
+    empty, truncated or invalid, with line and column) and `fix`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(key, f"{path}: cannot be read ({exc.strerror or exc}); {fix}") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(key, f"{path}: not UTF-8 text, so not a JSON file ftbench wrote; {fix}") from exc
+    if not text.strip():
+        raise UserError(key, f"{path}: the file is empty; {fix}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        what = "truncated" if exc.pos >= len(text.rstrip()) else "not valid JSON"
+        raise UserError(key, f"{path}: {what} (line {exc.lineno} column {exc.colno}: {exc.msg}); {fix}") from exc
