@@ -66,6 +66,8 @@ def test_ctrl_c_records_a_canceled_run(tmp_path):
     assert process.wait(timeout=60) == 130
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "canceled" and result["error"]
+    said = [line for line in process.stdout.read().splitlines() if line.startswith("ftbench: canceled")]
+    assert len(said) == 1, said  # once: the job says it, the entry point does not repeat it
 
 
 def test_a_diverging_run_stops_with_status_nan(tmp_path):
@@ -76,7 +78,7 @@ def test_a_diverging_run_stops_with_status_nan(tmp_path):
 
 def test_debug_shows_the_traceback(tmp_path):
     done = cli("ftbench", "model=roberta-base", "debug=true", f"hydra.run.dir={tmp_path / 'run'}")
-    assert done.returncode != 0 and "Traceback" in done.stderr
+    assert done.returncode == 2 and "Traceback" in done.stderr  # a user error stays exit 2 under debug=true
     assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "failed"
 
 

@@ -122,7 +122,7 @@ def test_bad_data_fails_with_the_key_to_fix(tmp_path, tokenizer):
     (tmp_path / "math_data.train.json").write_text(json.dumps([{"instruction": "q", "output": "a"}] * 4))
     (tmp_path / "gsm8k.test.json").write_text(json.dumps([{"instruction": "q", "output": "a"}]))
     cfg = compose("task=math", f"task.data_dir={tmp_path}")
-    with pytest.raises(UserError, match="task.data_dir: .*gsm8k.test.json: example 0 has no text 'answer'"):
+    with pytest.raises(UserError, match="task.data_dir: .*gsm8k.test.json:1: record 1 has no 'answer' field"):
         build_task(cfg.task, tokenizer, seed=0)
     cfg = compose("task=math", f"task.data_dir={tmp_path}", "task.train_files=[missing.json]")
     with pytest.raises(UserError, match=r"task.train_files: none of \['missing.json'\]"):

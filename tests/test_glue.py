@@ -18,7 +18,7 @@ FIXTURES = {
              ["0\t1\t1\tfic\tA man sleeps .\tA person rests .\tentailment", "1\t2\t2\tfic\tIt rains .\tIt is dry .\tcontradiction"]),
     "qnli": ("index\tquestion\tsentence\tlabel", ["0\tWho ?\tBob did .\tentailment", "1\tWhen ?\tA cat .\tnot_entailment"]),
     "rte": ("index\tsentence1\tsentence2\tlabel", ["0\tA is B .\tB is A .\tentailment", "1\tIt is .\tIt is not .\tnot_entailment"]),
-    "cola": ("sentence\tlabel", ["the cat sat .\t1", "cat the sat .\t0"]),
+    "cola": (None, ["the cat sat .\t1", "cat the sat .\t0"]),  # header-less (the headed sentence/label is SST-2)
 }
 EXPECTED_LABELS = {"stsb": [4.6, 0.2], "mnli": [0, 2], "qnli": [0, 1], "rte": [0, 1]}
 

@@ -237,7 +237,7 @@ def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
 @pytest.mark.parametrize("content,message", [
     ("sentence\tlabel\ncaf\xe9\t1\n".encode("latin-1"), r"train.tsv: not UTF-8 text \(byte 0xe9 on line 2\); save it as UTF-8"),
     (b"", r"train.tsv: the file is empty"),
-    (b"sentence\tlabel\n" + b"a" * 200_000 + b"\t1\n", r"train.tsv: line 2 is not TSV \(field larger"),
+    (b"sentence\tlabel\n" + b"a" * 200_000 + b"\t1\n", r"train.tsv:2: not TSV \(field larger"),
     (b"text\tscore\na\t1\n", r"train.tsv has no 'sentence' column"),
 ])
 def test_a_bad_tsv_names_the_file_and_the_fix(tmp_path, content, message):
@@ -250,8 +250,8 @@ def test_a_bad_tsv_names_the_file_and_the_fix(tmp_path, content, message):
      r"at line 2 column \d+ .*json.tool"),
     ('{"instruction": "a", "output": "b"}\n{"instruction": "c", \n', r"alpaca_data.json: line 2 is not a JSON object"),
     ('{"rows": []}', r"alpaca_data.json must hold a list of objects"),
-    ('[{"instruction": "a", "response": "b"}]', r"alpaca_data.json: example 0 has no text 'output' \(it has: "
-     r"instruction, response\); give every example the fields instruction, output"),
+    ('[{"instruction": "a", "response": "b"}]', r"alpaca_data.json:1: record 1 has no 'output' field \(it has: "
+     r"instruction, response\); give every record the text fields instruction, output"),
     ("  \n", r"alpaca_data.json: the file is empty"),
 ])
 def test_a_bad_json_file_names_the_file_and_the_fix(tmp_path, content, message):

@@ -11,13 +11,19 @@ from .tasks.base import Example
 
 
 def shuffled(examples: list[Example], micro_batch_size: int, collate: Callable, seed: int,
-             rank: int = 0, world_size: int = 1, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+             rank: int = 0, world_size: int = 1, skip: int = 0,
+             key: str = "task.batch_size") -> Iterator[dict[str, torch.Tensor]]:
     """Micro-batches forever; epoch e uses permutation seed+e; each rank takes its share.
-    The first `skip` micro-batches are passed over without being built (a resumed run)."""
+    The first `skip` micro-batches are passed over without being built (a resumed run).
+    Raises UserError on `key` (the batch size the user set) when the data holds less than one micro-batch."""
     if len(examples) < micro_batch_size * world_size:
         from .errors import UserError
 
-        raise UserError("task.batch_size", f"the training set has {len(examples)} examples, fewer than one batch")
+        ranks = f" on each of {world_size} processes" if world_size > 1 else ""
+        most = len(examples) // world_size
+        fix = f"lower {key} to {most} or less" if most else f"run on {len(examples)} processes or fewer"
+        raise UserError(key, f"the training set has {len(examples)} examples, fewer than one micro-batch of "
+                        f"{micro_batch_size}{ranks}; {fix}, or give more training data")
     per_epoch = len(examples[rank::world_size]) // micro_batch_size
     epoch, skip = divmod(skip, per_epoch)
     while True:

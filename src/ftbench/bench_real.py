@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import children
+
 METHODS = ["full", "lora", "sift", "s2ft", "sparsegrad", "meprop", "hift", "badam", "lisa"]
 TASKS = {"math": METHODS, "alpaca": ["full", "lora", "s2ft"]}
 BUDGET = ["task.max_length=256", "train.batch_size=8", "train.max_steps=10", "task.val_size=32"]
@@ -41,7 +43,8 @@ def run_cell(out: Path, overrides: list[str]) -> dict:
     if not (out / "result.json").exists():
         command = [str(Path(sys.executable).with_name("ftbench")), f"hydra.run.dir={out}", *overrides]
         with open(out.parent / f"{out.name}.log", "w") as log:
-            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
+            if children.run(command, stdout=log, stderr=subprocess.STDOUT) == 130:  # canceled: stop the bench
+                raise KeyboardInterrupt
     return json.loads((out / "result.json").read_text())
 
 

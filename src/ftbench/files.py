@@ -71,5 +71,6 @@ def read_json(path: Path, key: str, fix: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        what = "truncated" if exc.pos >= len(text.rstrip()) else "not valid JSON"
+        cut = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
+        what = "truncated" if cut else "not valid JSON"
         raise UserError(key, f"{path}: {what} (line {exc.lineno} column {exc.colno}: {exc.msg}); {fix}") from exc

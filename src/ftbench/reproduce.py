@@ -15,12 +15,12 @@ import fnmatch
 import json
 import shlex
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import children
 from .comparison import CellResults
 from .recipes import Cell, Recipe, RecipeError, load
 
@@ -231,7 +231,7 @@ def execute(job: Job, recipe_dir: Path) -> None:
     set_aside(job, recipe_dir)
     command = [sys.executable, "-c", "from ftbench.cli import main; main()", *job.argv(job.pending)]
     print(f"\n[{job.cell.id}] {shown(job.argv(job.pending))}", flush=True)
-    if subprocess.run(command).returncode == 130:
+    if children.run(command) == 130:  # a Ctrl-C or SIGTERM reaches the run, which records it
         raise KeyboardInterrupt
 
 

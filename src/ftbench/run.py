@@ -140,7 +140,8 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
         def stream(seed, micro, start=0):
             collate = lambda examples: task.collate(examples, hw.pad_to_multiple_of)  # noqa: E731
             return batches.shuffled(task.train_examples(), micro, collate, seed,
-                                    accelerator.process_index, accelerator.num_processes, start)
+                                    accelerator.process_index, accelerator.num_processes, start,
+                                    key="train.batch_size" if cfg.train.batch_size else "task.batch_size")
 
     # DDP syncs gradients from its own forward; the chunked loss calls the decoder directly.
     chunk_tokens = cfg.train.loss_chunk_tokens if accelerator.num_processes == 1 else None

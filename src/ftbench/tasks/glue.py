@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from ..errors import UserError, one_of
 from ..hub import hub_error, use_cache_only_if_offline
 from . import classify
 from .base import EvalContext, Example, Task, TaskConfig, read_text
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,19 @@ SPECS: dict[str, GlueSpec] = {
     "qnli": GlueSpec(("question", "sentence"), NLI2, ("acc",)),
     "rte": GlueSpec(("sentence1", "sentence2"), NLI2, ("acc",)),
 }
+# What marks a headed TSV as one task's file in the GLUE distribution (CoLA's files have no header):
+# a file that bears another task's mark is refused naming both, whatever columns it shares.
+MARKS = {
+    "sst2": lambda header: header == ["sentence", "label"],
+    "qnli": lambda header: {"question", "sentence"} <= set(header),
+    "rte": lambda header: header == ["index", "sentence1", "sentence2", "label"],
+    "mrpc": lambda header: "#1 String" in header,
+    "stsb": lambda header: {"genre", "score"} <= set(header),
+    "qqp": lambda header: "is_duplicate" in header,
+    "mnli": lambda header: "gold_label" in header,
+}
+LAYOUTS = {"cola": "no header; sentence<TAB>label, or source<TAB>label<TAB>mark<TAB>sentence",
+           "sst2": "the header sentence<TAB>label"}
 # Our split names (used in metric keys) and the GLUE distribution's file stems.
 SPLIT_NAMES = {"validation": "dev", "validation_matched": "dev_matched", "validation_mismatched": "dev_mismatched"}
 
@@ -111,52 +127,74 @@ def read_tsv_splits(cfg: GlueConfig, spec: GlueSpec, splits: tuple[str, ...]) ->
         stem = SPLIT_NAMES.get(split, split)
         path = folder / f"{stem}.tsv"
         if not path.is_file():
-            raise UserError("task.data_dir", f"no {path.name} in {folder}; expected the GLUE files "
-                            f"{', '.join(SPLIT_NAMES.get(s, s) + '.tsv' for s in splits)}")
+            present = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) if folder.is_dir() else "no such folder"
+            raise UserError("task.data_dir", f"no {path.name} in {folder} (it holds: {present or 'nothing'}); expected "
+                            f"the GLUE {cfg.name.upper()} files {', '.join(SPLIT_NAMES.get(s, s) + '.tsv' for s in splits)}")
         out[split] = read_tsv(path, cfg.name, spec)
     return out
 
 
 def read_tsv(path: Path, task: str, spec: GlueSpec) -> list[dict]:
-    """Read one GLUE TSV: the distribution's headed files, or CoLA's header-less layouts."""
+    """Read one GLUE TSV: the distribution's headed files, or CoLA's header-less layouts.
+
+    Raises UserError on task.data_dir naming the file: another task's file (by its header or its
+    labels), a missing column, or malformed lines (file:line of the first, and the count) beyond the
+    1% the GLUE distribution has (QQP); fewer are skipped with a warning that names them the same way."""
     reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     try:
-        rows = [row for row in reader if row]
+        rows = [(reader.line_num, row) for row in reader if row]
     except csv.Error as exc:
-        raise UserError("task.data_dir", f"{path}: line {reader.line_num} is not TSV ({exc}); "
+        raise UserError("task.data_dir", f"{path}:{reader.line_num}: not TSV ({exc}); "
                         f"give the GLUE {task.upper()} TSV files (tab-separated, one example a line)") from exc
     if not rows:
         raise UserError("task.data_dir", f"{path} is empty")
+    name = task.upper()
+    header = [h.strip() for h in rows[0][1]]
+    mark = next((other for other, marks in MARKS.items() if marks(header)), None)
+    if mark is not None and mark != task:
+        layout = LAYOUTS.get(task, "its own header")
+        raise UserError("task.data_dir", f"{path} is a GLUE {mark.upper()} file (header: {', '.join(header)}), "
+                        f"not {name} ({layout}); set task={mark}, or give task.data_dir the {name} folder")
     wanted = (*spec.fields, "label")
-    header = [h.strip() for h in rows[0]]
     if task == "cola" and header[1:2] and header[1].strip() in BINARY:
         # Header-less CoLA: `sentence<TAB>label`, or the original `source label star sentence`.
         columns = {"sentence": 0, "label": 1} if len(header) == 2 else {"sentence": 3, "label": 1}
         body = rows
     else:
         columns = {}
-        for name in wanted:
-            found = next((header.index(a) for a in (name, *spec.aliases.get(name, ())) if a in header), None)
+        for column in wanted:
+            found = next((header.index(a) for a in (column, *spec.aliases.get(column, ())) if a in header), None)
             if found is None:
-                choices = " or ".join(repr(a) for a in (name, *spec.aliases.get(name, ())))
+                choices = " or ".join(repr(a) for a in (column, *spec.aliases.get(column, ())))
+                if any(h in BINARY or h in (spec.labels or ()) for h in header):
+                    raise UserError("task.data_dir", f"{path}: line 1 is data, not a header; GLUE {name} files "
+                                    f"start with a header naming the columns {', '.join(wanted)}"
+                                    + (" (a header-less sentence<TAB>label file is CoLA's: task=cola)"
+                                       if task == "sst2" else ""))
                 raise UserError("task.data_dir", f"{path} has no {choices} column (header: {', '.join(header)}); "
-                                f"give the GLUE {task.upper()} TSV files")
-            columns[name] = found
+                                f"give the GLUE {name} TSV files")
+            columns[column] = found
         body = rows[1:]
-    examples, skipped = [], 0
-    for row in body:
+    examples, bad = [], []
+    for line, row in body:
+        if len(row) <= max(columns.values()):
+            bad.append(f"{path}:{line}: {len(row)} columns, expected {max(columns.values()) + 1} or more")
+            continue
+        example = {column: row[i] for column, i in columns.items()}
         try:
-            example = {name: row[i] for name, i in columns.items()}
             example["label"] = convert_label(example["label"], spec)
-        except (IndexError, ValueError):
-            skipped += 1  # malformed lines exist in the GLUE distribution (e.g. QQP); skip them
+        except ValueError:
+            expected = ", ".join(spec.labels) if spec.labels else "a number"
+            bad.append(f"{path}:{line}: label {example['label'].strip()!r} is not one of {name}'s ({expected})")
             continue
         examples.append(example)
+    if bad and (not examples or len(bad) > 0.01 * len(body)):
+        raise UserError("task.data_dir", f"{bad[0]} ({len(bad)} of {len(body)} lines are bad); "
+                        f"give the GLUE {name} TSV files (is task={task} the task of this folder?)")
     if not examples:
-        raise UserError("task.data_dir", f"{path} has no usable rows; is it a GLUE {task.upper()} file?")
-    if skipped > 0.01 * len(body):
-        raise UserError("task.data_dir", f"{path}: {skipped} of {len(body)} rows are malformed; "
-                        f"is it a GLUE {task.upper()} file?")
+        raise UserError("task.data_dir", f"{path} holds a header and no examples; give the GLUE {name} TSV files")
+    if bad:  # malformed lines exist in the GLUE distribution (e.g. QQP); skip them
+        log.warning("%s (%d of %d lines like it skipped)", bad[0], len(bad), len(body))
     return examples
 
 

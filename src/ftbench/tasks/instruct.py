@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import random
+import re
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,18 +165,50 @@ def read_json_rows(path: Path) -> list[dict]:
     return rows
 
 
-def require_keys(rows: list[dict], keys: tuple[str, ...], where: str, key: str = "task.data_dir") -> list[dict]:
+def require_keys(rows: list[dict], keys: tuple[str, ...], where: Path | str, key: str = "task.data_dir") -> list[dict]:
+    """`rows` checked in place: each has text `keys` (numbers become text); an optional `input` that
+    is null is read as empty. Raises UserError naming the first bad record (file:line when `where`
+    is a local file), its field and what is wrong, and how many records have such a problem."""
     if not rows:
         raise UserError(key, f"{where} holds no examples")
+    bad = []
     for index, row in enumerate(rows):
+        if row.get("input", "") is None:  # "input": null in Alpaca-style data means no input
+            row["input"] = ""
         for k in keys:  # numbers (e.g. an answer stored as 42) are text to the prompt
             if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool):
                 row[k] = str(row[k])
-        missing = [k for k in keys if not isinstance(row.get(k), str)]
-        if missing:
-            raise UserError(key, f"{where}: example {index} has no text '{missing[0]}' (it has: "
-                            f"{', '.join(sorted(row))}); give every example the fields {', '.join(keys)}")
-    return rows
+        missing = next((k for k in keys if not isinstance(row.get(k), str)), None)
+        if missing is not None:
+            bad.append((index, missing))
+    if not bad:
+        return rows
+    index, field = bad[0]
+    row = rows[index]
+    if field not in row:
+        what = f"has no '{field}' field (it has: {', '.join(sorted(row))})"
+    elif row[field] is None:
+        what = f"has '{field}': null"
+    else:
+        what = f"has '{field}' of type {type(row[field]).__name__}, not text"
+    line = record_line(where, index) if isinstance(where, Path) else None
+    place = f"{where}:{line}" if line else str(where)
+    count = f" ({len(bad)} of {len(rows)} records have such a problem)" if len(bad) > 1 else ""
+    raise UserError(key, f"{place}: record {index + 1} {what}{count}; give every record the text fields "
+                    f"{', '.join(keys)}")
+
+
+def record_line(path: Path, index: int) -> int | None:
+    """The line on which record `index` (from 0) of a JSON list or JSON Lines file starts (None: not found)."""
+    text = read_text(path)
+    if not text.lstrip().startswith("["):  # JSON Lines: one record a non-blank line
+        lines = [number for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+        return lines[index] if index < len(lines) else None
+    decoder, gap = json.JSONDecoder(), re.compile(r"[\s,]*")
+    position = text.index("[") + 1
+    for _ in range(index):
+        position = decoder.raw_decode(text, gap.match(text, position).end())[1]
+    return text.count("\n", 0, gap.match(text, position).end()) + 1
 
 
 def resolve_files(folder: Path, patterns: list[str]) -> list[Path]:
@@ -323,7 +356,12 @@ class AlpacaTask(InstructTask):
         rows = []
         for path in resolve_files(Path(cfg.data_dir).expanduser(), list(cfg.train_files)):
             self.sources.append(str(path))
-            rows += require_keys(read_json_rows(path), keys, str(path))
+            found = require_keys(read_json_rows(path), keys, path)
+            if all("answer" in row for row in found):  # Alpaca records are instruction, input, output
+                raise UserError("task.data_dir", f"{path}: every record has an 'answer' field: the LLM-Adapters "
+                                "format of task=math and task=commonsense, not Alpaca's (instruction, input, output); "
+                                "set the task of that data, or give task.data_dir the Alpaca folder")
+            rows += found
         return rows
 
     def evaluate(self, model, ctx: EvalContext) -> dict[str, float]:

