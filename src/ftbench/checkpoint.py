@@ -76,7 +76,7 @@ def unreadable(path: Path, exc: BaseException) -> UserError:
     """One line for a checkpoint whose files cannot be read back (truncated, corrupted)."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return UserError("train.resume", f"{path} cannot be read ({type(exc).__name__}: {reason}); resume from an "
-                     "older one (train.resume=PATH) or move this folder aside")
+                     "older one (train.resume=PATH) or move its checkpoint folder aside")
 
 
 def check_config(path: Path, config: dict) -> None:
@@ -85,7 +85,7 @@ def check_config(path: Path, config: dict) -> None:
         meta = json.loads((path / "meta.json").read_text())
         meta["config"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise unreadable(path, exc) from exc
+        raise unreadable(path / "meta.json", exc) from exc
     keys = differing_keys(meta["config"], config)
     if keys:
         shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")

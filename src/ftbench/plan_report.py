@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,6 +42,8 @@ def run_plan(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
         plan.update(predict(cfg))
     except UserError as exc:
         plan.update(status="failed", error=str(exc))
+        if cfg.get("debug"):
+            traceback.print_exc()  # debug=true: the traceback too; the exit code stays 2
         print(f"ftbench: failed: {exc}", file=sys.stderr)
         code = 2
     plan["run"]["duration_s"] = round(time.time() - started, 3)

@@ -170,7 +170,7 @@ def read_tsv(path: Path, task: str, spec: GlueSpec) -> list[dict]:
                     raise UserError("task.data_dir", f"{path}: line 1 is data, not a header; GLUE {name} files "
                                     f"start with a header naming the columns {', '.join(wanted)}"
                                     + (" (a header-less sentence<TAB>label file is CoLA's: task=cola)"
-                                       if task == "sst2" else ""))
+                                       if len(header) == 2 and header[1] in BINARY else ""))
                 raise UserError("task.data_dir", f"{path} has no {choices} column (header: {', '.join(header)}); "
                                 f"give the GLUE {name} TSV files")
             columns[column] = found
