@@ -126,7 +126,7 @@ def test_a_tiny_recipe_runs_end_to_end_and_flags_a_wrong_published_value(tiny_ru
 def test_a_rerun_runs_nothing_that_finished(tiny_run, capsys, monkeypatch):
     recipe, folder, code = tiny_run
     assert code == 0
-    monkeypatch.setattr(reproduce.subprocess, "run", lambda *a, **k: pytest.fail(f"ran again: {a}"))
+    monkeypatch.setattr(reproduce.children, "run", lambda *a, **k: pytest.fail(f"ran again: {a}"))
     before = (folder / "full" / "seed0" / "result.json").read_bytes()
     assert run_main(str(recipe), "--cells", "full", "--cells", "lora", "--out", str(folder.parent)) == 0
     out = capsys.readouterr().out

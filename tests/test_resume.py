@@ -52,8 +52,8 @@ def signal_at(monkeypatch, micro_batch: int, signum: int) -> None:
     (counted from the start of training, also in a resumed run)."""
     shuffled = ftbench.batches.shuffled
 
-    def hooked(examples, micro_batch_size, collate, seed, rank=0, world_size=1, skip=0):
-        stream = shuffled(examples, micro_batch_size, collate, seed, rank, world_size, skip)
+    def hooked(examples, micro_batch_size, collate, seed, rank=0, world_size=1, skip=0, **kwargs):
+        stream = shuffled(examples, micro_batch_size, collate, seed, rank, world_size, skip, **kwargs)
         if seed != 0:  # calibration draws from its own stream (seed + 10007)
             yield from stream
             return
