@@ -26,14 +26,10 @@ METHODS = [
     ("full", [], 1),
     ("lora", ["method.dropout=0"], 1),
     ("sift", [], 1),
-    pytest.param("s2ft", [], 1, marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 19 open: S2FT's selection rounds one draw over all layers (0, 0 and 1 O heads at 1, 2 and 8 tiny "
-        "layers), which a linear fit in depth does not follow"))),
+    ("s2ft", [], 1),
     ("sparsegrad", ["method.calibration_steps=2"], 1),
     ("meprop", [], 1),
-    pytest.param("hift", [], LAYERS + 2, marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 19 open: since the offload arena allocates each buffer at its own size (state_store.py, "
-        "from the peers benchmark) the plan overstates HiFT's traced peak by 43 %; the probes are not yet re-fitted"))),
+    ("hift", [], LAYERS + 2),
     ("badam", [], 1),
     ("lisa", [], 1),
 ]

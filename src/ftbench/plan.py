@@ -45,6 +45,7 @@ from .errors import UserError
 from .hardware import Hardware, split_batch
 from .measure import GiB
 from .plan_fit import Step, at_full_width, extrapolate, lagrange_at_one, peak, phase_peaks, steps_of
+from .plan_held import counted_on_meta, held_state
 from .plan_probe import PHASES, Probe, run_probe
 
 MiB = 2**20
@@ -81,16 +82,31 @@ class Fit:
     probes: list[dict] = field(default_factory=list)
     width_divs: tuple[int, ...] = (1,)
     aligned: bool = True  # width timelines paired op by op
+    counted: dict[str, int] | None = None  # held state counted on the meta model at `counted_layers` (plan_held.py)
+    counted_layers: int = 0
 
-    def scalar(self, name: str, layers: int) -> float:
+    def extrapolated(self, name: str, layers: int) -> float:
         (l1, v1), (l2, v2) = sorted(self.scalars[name].items())
         return v1 + (layers - l1) * (v2 - v1) / (l2 - l1)
 
+    def scalar(self, name: str, layers: int) -> float:
+        if self.counted is not None and layers == self.counted_layers and name in self.counted:
+            return self.counted[name]
+        return self.extrapolated(name, layers)
+
     def timeline(self, layers: int, batch: float) -> list[Step]:
-        """The step timeline extrapolated to `layers` layers and micro-batch `batch`."""
+        """The step timeline extrapolated to `layers` layers and micro-batch `batch`. Where the held state
+        was counted (plan_held.py), the timeline moves by the counted less the extrapolated held state:
+        weights, masters and optimizer state throughout, gradients in the optimizer step (all exist there)."""
         (l1, l2), (b1, b2) = sorted({k[0] for k in self.corners}), sorted({k[1] for k in self.corners})
         by_batch = [extrapolate(self.corners[n, b1], self.corners[n, b2], b1, b2, batch, False) for n in (l1, l2)]
-        return extrapolate(by_batch[0], by_batch[1], l1, l2, layers, True)
+        steps = extrapolate(by_batch[0], by_batch[1], l1, l2, layers, True)
+        if self.counted is None or layers != self.counted_layers:
+            return steps
+        held = sum(self.scalar(k, layers) - self.extrapolated(k, layers)
+                   for k in ("weights_bytes", "master_bytes", "optimizer_state_bytes"))
+        grads = self.scalar("grad_bytes", layers) - self.extrapolated("grad_bytes", layers)
+        return [Step(s.values + held + grads * (s.phases == 2), s.phases, s.ops, s.sizes) for s in steps]
 
 
 def target(cfg: DictConfig) -> Target:
@@ -149,7 +165,9 @@ def fit(cfg: DictConfig, tgt: Target) -> Fit:
                 weights = lagrange_at_one(widths) if len(runs) > 1 else [1.0]
                 for name in SCALARS:
                     scalars.setdefault(name, {})[layers] = sum(w * getattr(p, name) for w, p in zip(weights, runs))
-    return Fit(corners, scalars, probes, divs, aligned)
+    counted = held_state(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing) if counted_on_meta(
+        cfg) else None
+    return Fit(corners, scalars, probes, divs, aligned, counted, tgt.layers)
 
 
 SCALARS = ("weights_bytes", "trainable_bytes", "master_bytes", "grad_bytes", "optimizer_state_bytes",

@@ -154,8 +154,10 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
     # group is seen; with longer blocks (BAdam) one step inside a block is the state of most steps.
     schedule = getattr(method, "schedule", None)
     traced = schedule.cycle_steps if schedule and schedule.steps_per_block == 1 and schedule.order != "sample" else 1
-    scheduler = make_scheduler(optimizer, cfg.optim, method.schedule_length(1 + traced))
-    plan = Plan(steps=1 + traced, micro_batch_size=batch, accumulation=accumulation, measure_from=1,
+    # Warmed up as mode=profile warms up: every unit visited once (its state, masters and host buffers exist).
+    warmup = method.warmup_steps(1, traced)
+    scheduler = make_scheduler(optimizer, cfg.optim, method.schedule_length(warmup + traced))
+    plan = Plan(steps=warmup + traced, micro_batch_size=batch, accumulation=accumulation, measure_from=warmup,
                 max_grad_norm=cfg.optim.max_grad_norm, progress=False)
     meter = ProbeMeter(device)
     store = getattr(method, "store", None)
