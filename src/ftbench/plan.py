@@ -55,8 +55,8 @@ CUBLAS_WORKSPACE_BYTES = 32 * MiB + 1 * MiB  # cuBLAS (Hopper default, ":4096:8"
 #                                              caching allocator; older GPUs use 8 MiB: the Hopper figure errs safe
 FLASH_BWD_BYTES_PER_TOKEN_PER_DIM = 4  # FlashAttention-2 backward: an fp32 dQ accumulator (tokens × heads × head_dim),
 FLASH_BWD_BYTES_PER_TOKEN_PER_HEAD = 4  # and softmax_d (tokens × heads, fp32), for the layer in backward
-PROBE_BYTES = 256 * MiB  # a probe's weights, state and activations stay under this (host memory, CPU time)
-MIN_HEAD_DIM = 4  # the narrowest probe keeps this head dimension (rotary embeddings pair dimensions)
+PROBE_BYTES = 64 * MiB  # the widest probe stays under this: host memory and CPU time (a 7B shape: 1/16 width)
+MIN_HEAD_DIM = 2  # the narrowest probe keeps this head dimension (rotary embeddings rotate pairs)
 MAX_MICRO_BATCH = 4096  # the search for the largest micro-batch stops here
 
 
