@@ -228,6 +228,12 @@ def largest_micro_batch_from(the_fit: Fit, tgt: Target, budget_bytes: float) -> 
     return low
 
 
+def held_when_loaded(the_fit: Fit, tgt: Target) -> float:
+    """What a run holds once its model is built and its method prepared (weights and masters): the
+    part of a predicted peak that is already allocated when a run measures its free memory."""
+    return the_fit.scalar("weights_bytes", tgt.layers) + the_fit.scalar("master_bytes", tgt.layers)
+
+
 def largest_micro_batch(cfg: DictConfig, budget_bytes: int) -> int:
     """The largest micro-batch of `cfg`'s run (method, model, precision, checkpointing, profile.seq_len)
     whose predicted train peak fits in `budget_bytes` (no margin taken); 0 when not even one sequence fits.
