@@ -234,17 +234,6 @@ def held_when_loaded(the_fit: Fit, tgt: Target) -> float:
     return the_fit.scalar("weights_bytes", tgt.layers) + the_fit.scalar("master_bytes", tgt.layers)
 
 
-def largest_micro_batch(cfg: DictConfig, budget_bytes: int) -> int:
-    """The largest micro-batch of `cfg`'s run (method, model, precision, checkpointing, profile.seq_len)
-    whose predicted train peak fits in `budget_bytes` (no margin taken); 0 when not even one sequence fits.
-
-    Runs the probes (seconds on the CPU; a 7B shape in under a minute). Raises UserError
-    for a model shape the probes cannot build.
-    """
-    tgt = target(cfg)
-    return largest_micro_batch_from(fit(cfg, tgt), tgt, budget_bytes)
-
-
 def budget(cfg: DictConfig, tgt: Target) -> tuple[int | None, int | None]:
     """(device bytes, usable bytes after the margin): hardware.memory_gib, else the visible GPU's."""
     total = cfg.hardware.get("memory_gib")
