@@ -9,7 +9,9 @@ The model of the peak, and where each part comes from:
   steps of the planned method on a cut-down copy of the model, traced op by op
   on the CPU, which give the bytes live after every op and its phase (forward,
   backward, optimizer step). The planned timeline is extrapolated op by op
-  (plan_fit.py) and its highest point is the peak, with its op and phase.
+  (plan_fit.py) and its highest point is the peak, with its op and phase. A
+  method whose held state is not linear in depth (S2FT's global allocation)
+  has it counted on the full-depth meta-device model instead (plan_held.py).
 - **The model of growth.** At a fixed position in the step, bytes are
   linear in the layer count L (held state, the boundary activation each
   checkpointed layer keeps, each layer's gradients) and linear in the
