@@ -73,6 +73,7 @@ def test_auto_splits_the_batch_to_fit_and_keeps_the_effective_batch(tmp_path, mo
         return real_fit(model, loss_fn, sequence, batch, device, optimizer_state, what)
 
     monkeypatch.setattr(fit_batch, "fit", three_sequences)
+    monkeypatch.setattr(fit_batch, "planned", lambda *args: None)  # the probe's way (the planner's: below)
     auto = run(tmp_path / "auto", *QUICK, "hardware.max_micro_batch_size=auto")
     assert auto["status"] == "ok"
     plan = auto["plan"]
@@ -99,3 +100,47 @@ def test_max_steps_zero_scores_the_untouched_model(tmp_path):
     for result in (full, lora):
         assert result["status"] == "ok" and result["train"]["steps"] == 0 and result["train"]["loss_curve"] == []
     assert full["metrics"] and full["metrics"] == pytest.approx(lora["metrics"], rel=1e-6)
+
+
+def test_auto_takes_the_training_micro_batch_from_the_planner(tmp_path, monkeypatch):
+    """auto: the memory planner sizes the training micro-batch (no probe step of the model); the
+    calibration passes, which it does not plan, are still probed; result.json says which way."""
+    from ftbench import plan
+
+    probed, budgets = [], []
+    real_fit, real_largest = fit_batch.fit, plan.largest_micro_batch_from
+
+    def spy_fit(*args, **kwargs):
+        probed.append(args[6] if len(args) > 6 else kwargs.get("what", "training"))
+        return real_fit(*args, **kwargs)
+
+    def three(the_fit, tgt, budget):
+        budgets.append(budget)
+        assert real_largest(the_fit, tgt, budget) >= 16  # this machine holds a tiny model's batch
+        return 3
+
+    monkeypatch.setattr(fit_batch, "fit", spy_fit)
+    monkeypatch.setattr(plan, "largest_micro_batch_from", three)
+    auto = run(tmp_path / "auto", *QUICK, "eval.max_samples=8", "hardware.max_micro_batch_size=auto")
+    assert auto["status"] == "ok", auto["error"]
+    fits = auto["plan"]["micro_batch_fit"]
+    assert fits["training"]["chosen_by"] == "planner" and fits["training"]["micro_batch_size"] == 3
+    assert fits["calibration"]["chosen_by"] == "probe" and probed == ["calibration"]
+    assert auto["plan"]["micro_batch_size"] == 2 and budgets  # 3 -> the largest divisor of 16
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no plan")
+
+    monkeypatch.setattr(plan, "fit", broken)  # where the planner cannot answer, the probe does
+    fallback = run(tmp_path / "fallback", *QUICK, "eval.max_samples=8", "hardware.max_micro_batch_size=auto")
+    assert fallback["status"] == "ok" and fallback["plan"]["micro_batch_fit"]["training"]["chosen_by"] == "probe"
+
+
+def test_max_steps_zero_neither_probes_nor_plans_a_training_micro_batch(tmp_path, monkeypatch):
+    asked = []
+    real_planned, real_fit = fit_batch.planned, fit_batch.fit
+    monkeypatch.setattr(fit_batch, "planned", lambda *a: asked.append(("plan", a[-1])) or real_planned(*a))
+    monkeypatch.setattr(fit_batch, "fit", lambda *a: asked.append(("probe", a[-1])) or real_fit(*a))
+    result = run(tmp_path / "r", "train.max_steps=0", "eval.max_samples=8", "hardware.max_micro_batch_size=auto")
+    assert result["status"] == "ok" and result["train"]["steps"] == 0
+    assert "training" not in result["plan"]["micro_batch_fit"] and all(what != "training" for _, what in asked)

@@ -56,7 +56,8 @@ class Fit:
     per_sequence_bytes: int  # what one more sequence in the micro-batch adds
     fixed_bytes: int  # what a step adds whatever its batch (gradients, loss buffers)
     optimizer_state_bytes: int  # predicted (the state appears at the first optimizer step)
-    measured_by: str  # "cuda max_memory_allocated" | "traced live tensors"
+    measured_by: str  # "cuda max_memory_allocated" | "traced live tensors" | the planner's probes
+    chosen_by: str = "probe"  # probe: two steps of the model itself | planner: plan.py's prediction
 
     def summary(self) -> dict:
         return asdict(self)
@@ -157,6 +158,58 @@ def fit(model, loss_fn, sequence: dict[str, torch.Tensor], batch_per_rank: int, 
     log.info("micro-batch for %s: %d of %d sequences at %d tokens (%.2f GiB each + %.2f GiB fixed + %.2f GiB "
              "optimizer state, budget %.1f GiB)", what, chosen.micro_batch_size, batch_per_rank, seq_len,
              per_sequence / GiB, fixed / GiB, optimizer_state / GiB, budget / GiB)
+    return chosen
+
+
+SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+
+def planned(cfg, hw, head: str, model, sequence: dict[str, torch.Tensor], batch_per_rank: int, processes: int,
+            what: str) -> Fit | None:
+    """The training micro-batch from the memory planner (plan.py: traced steps of one and two layers of
+    the same shape, at the run's precision, checkpointing and sequence length), without a step of the
+    model itself; None, with the reason logged, where the planner cannot answer: another phase than
+    training, several processes (DDP's buffers are not planned), or a model whose shape is not
+    `model.shape` (a checkpoint's own config, or preflight's overrides)."""
+    from omegaconf import OmegaConf
+
+    from .plan import fit as plan_fit
+    from .plan import held_when_loaded, largest_micro_batch_from, peak_at, target
+
+    shape = cfg.model.get("shape")
+    loaded = getattr(model, "config", None)
+    differs = [k for k in SHAPE_KEYS if shape is None or loaded is None or shape.get(k) != getattr(loaded, k, None)]
+    why = ("it plans training steps only" if what != "training" else
+           "it plans one process" if processes > 1 else
+           f"the model's {', '.join(differs)} differ from model.shape" if differs else None)
+    if why is None:
+        seq_len = int(sequence["input_ids"].shape[1])
+        plan_cfg = OmegaConf.merge(cfg, {
+            "hardware": {"device": hw.device.type, "precision": hw.precision, "max_micro_batch_size": None,
+                         "gradient_checkpointing": hw.gradient_checkpointing,
+                         "attn_implementation": hw.attn_implementation},
+            "profile": {"batch_size": batch_per_rank, "seq_len": seq_len, "objective": head}})
+        try:
+            tgt = target(plan_cfg)
+            the_fit = plan_fit(plan_cfg, tgt)
+        except Exception as exc:  # noqa: BLE001 -- any failure of the prediction leaves the probe to answer
+            why = f"it failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    if why is not None:
+        log.info("micro-batch for %s: probing (the memory planner cannot answer: %s)", what, why)
+        return None
+    budget = budget_bytes(hw.device)
+    held_now = held_when_loaded(the_fit, tgt)  # weights and masters: allocated before the budget was read
+    micro = min(batch_per_rank, largest_micro_batch_from(the_fit, tgt, budget + held_now))
+    if micro == 0:
+        raise UserError("hardware.max_micro_batch_size", f"one sequence of {seq_len} tokens is predicted to need "
+                        f"{(peak_at(the_fit, tgt, 1) - held_now) / GiB:.1f} GiB for {what} but "
+                        f"{max(budget, 0) / GiB:.1f} GiB are free (memory planner); reduce memory with {REDUCE_MEMORY}")
+    one, two = peak_at(the_fit, tgt, 1), peak_at(the_fit, tgt, 2)
+    state = int(the_fit.scalar("optimizer_state_bytes", tgt.layers))
+    chosen = Fit(int(micro), seq_len, int(budget), int(two - one), int(2 * one - two - held_now - state), state,
+                 "memory planner: traced steps of 1 and 2 layers (plan.py)", "planner")
+    log.info("micro-batch for %s: %d of %d sequences at %d tokens (memory planner: %.2f GiB per sequence, "
+             "budget %.1f GiB)", what, micro, batch_per_rank, seq_len, chosen.per_sequence_bytes / GiB, budget / GiB)
     return chosen
 
 

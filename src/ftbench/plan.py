@@ -9,7 +9,9 @@ The model of the peak, and where each part comes from:
   steps of the planned method on a cut-down copy of the model, traced op by op
   on the CPU, which give the bytes live after every op and its phase (forward,
   backward, optimizer step). The planned timeline is extrapolated op by op
-  (plan_fit.py) and its highest point is the peak, with its op and phase.
+  (plan_fit.py) and its highest point is the peak, with its op and phase. A
+  method whose held state is not linear in depth (S2FT's global allocation)
+  has it counted on the full-depth meta-device model instead (plan_held.py).
 - **The model of growth.** At a fixed position in the step, bytes are
   linear in the layer count L (held state, the boundary activation each
   checkpointed layer keeps, each layer's gradients) and linear in the
@@ -35,6 +37,7 @@ keeps that share of the device free.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +48,7 @@ from .errors import UserError
 from .hardware import Hardware, split_batch
 from .measure import GiB
 from .plan_fit import Step, at_full_width, extrapolate, lagrange_at_one, peak, phase_peaks, steps_of
+from .plan_held import counted_on_meta, held_state
 from .plan_probe import PHASES, Probe, run_probe
 
 MiB = 2**20
@@ -54,8 +58,8 @@ CUBLAS_WORKSPACE_BYTES = 32 * MiB + 1 * MiB  # cuBLAS (Hopper default, ":4096:8"
 #                                              caching allocator; older GPUs use 8 MiB: the Hopper figure errs safe
 FLASH_BWD_BYTES_PER_TOKEN_PER_DIM = 4  # FlashAttention-2 backward: an fp32 dQ accumulator (tokens × heads × head_dim),
 FLASH_BWD_BYTES_PER_TOKEN_PER_HEAD = 4  # and softmax_d (tokens × heads, fp32), for the layer in backward
-PROBE_BYTES = 256 * MiB  # a probe's weights, state and activations stay under this (host memory, CPU time)
-MIN_HEAD_DIM = 4  # the narrowest probe keeps this head dimension (rotary embeddings pair dimensions)
+PROBE_BYTES = 64 * MiB  # the widest probe stays under this: host memory and CPU time (a 7B shape: 1/16 width)
+MIN_HEAD_DIM = 2  # the narrowest probe keeps this head dimension (rotary embeddings rotate pairs)
 MAX_MICRO_BATCH = 4096  # the search for the largest micro-batch stops here
 
 
@@ -81,16 +85,31 @@ class Fit:
     probes: list[dict] = field(default_factory=list)
     width_divs: tuple[int, ...] = (1,)
     aligned: bool = True  # width timelines paired op by op
+    counted: dict[str, int] | None = None  # held state counted on the meta model at `counted_layers` (plan_held.py)
+    counted_layers: int = 0
 
-    def scalar(self, name: str, layers: int) -> float:
+    def extrapolated(self, name: str, layers: int) -> float:
         (l1, v1), (l2, v2) = sorted(self.scalars[name].items())
         return v1 + (layers - l1) * (v2 - v1) / (l2 - l1)
 
+    def scalar(self, name: str, layers: int) -> float:
+        if self.counted is not None and layers == self.counted_layers and name in self.counted:
+            return self.counted[name]
+        return self.extrapolated(name, layers)
+
     def timeline(self, layers: int, batch: float) -> list[Step]:
-        """The step timeline extrapolated to `layers` layers and micro-batch `batch`."""
+        """The step timeline extrapolated to `layers` layers and micro-batch `batch`. Where the held state
+        was counted (plan_held.py), the timeline moves by the counted less the extrapolated held state:
+        weights, masters and optimizer state throughout, gradients in the optimizer step (all exist there)."""
         (l1, l2), (b1, b2) = sorted({k[0] for k in self.corners}), sorted({k[1] for k in self.corners})
         by_batch = [extrapolate(self.corners[n, b1], self.corners[n, b2], b1, b2, batch, False) for n in (l1, l2)]
-        return extrapolate(by_batch[0], by_batch[1], l1, l2, layers, True)
+        steps = extrapolate(by_batch[0], by_batch[1], l1, l2, layers, True)
+        if self.counted is None or layers != self.counted_layers:
+            return steps
+        held = sum(self.scalar(k, layers) - self.extrapolated(k, layers)
+                   for k in ("weights_bytes", "master_bytes", "optimizer_state_bytes"))
+        grads = self.scalar("grad_bytes", layers) - self.extrapolated("grad_bytes", layers)
+        return [Step(s.values + held + grads * (s.phases == 2), s.phases, s.ops, s.sizes) for s in steps]
 
 
 def target(cfg: DictConfig) -> Target:
@@ -129,6 +148,18 @@ def width_divisor(cfg: DictConfig, tgt: Target, layers: int) -> int:
     return div
 
 
+@contextmanager
+def one_thread():
+    """Probes run on one intra-op thread: their ops are small, and a second thread's spin-waits cost more
+    CPU than it saves (a 7B plan on 2 cores: 52 s of CPU time on two threads, 20 s on one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def fit(cfg: DictConfig, tgt: Target) -> Fit:
     """Run the probes (two layer counts x two micro-batches, at one or three widths); see the module docstring."""
     group = int(cfg.method.get("group_size", 1) or 1)
@@ -140,7 +171,8 @@ def fit(cfg: DictConfig, tgt: Target) -> Fit:
     corners, scalars, probes, aligned = {}, {}, [], True
     for layers in layer_points:
         for batch in batch_points:
-            runs = [run_probe(cfg, tgt.hw, layers, batch, d, accumulation, tgt.head, tgt.gpu) for d in divs]
+            with one_thread():
+                runs = [run_probe(cfg, tgt.hw, layers, batch, d, accumulation, tgt.head, tgt.gpu) for d in divs]
             probes += [_summary(p) for p in runs]
             widths = [p.width for p in runs]
             corners[layers, batch], ok = at_full_width([steps_of(p.points) for p in runs], widths)
@@ -149,7 +181,9 @@ def fit(cfg: DictConfig, tgt: Target) -> Fit:
                 weights = lagrange_at_one(widths) if len(runs) > 1 else [1.0]
                 for name in SCALARS:
                     scalars.setdefault(name, {})[layers] = sum(w * getattr(p, name) for w, p in zip(weights, runs))
-    return Fit(corners, scalars, probes, divs, aligned)
+    counted = held_state(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing) if counted_on_meta(
+        cfg) else None
+    return Fit(corners, scalars, probes, divs, aligned, counted, tgt.layers)
 
 
 SCALARS = ("weights_bytes", "trainable_bytes", "master_bytes", "grad_bytes", "optimizer_state_bytes",
@@ -210,15 +244,10 @@ def largest_micro_batch_from(the_fit: Fit, tgt: Target, budget_bytes: float) -> 
     return low
 
 
-def largest_micro_batch(cfg: DictConfig, budget_bytes: int) -> int:
-    """The largest micro-batch of `cfg`'s run (method, model, precision, checkpointing, profile.seq_len)
-    whose predicted train peak fits in `budget_bytes` (no margin taken); 0 when not even one sequence fits.
-
-    Runs the probes (seconds on the CPU; a 7B shape in under a minute). Raises UserError
-    for a model shape the probes cannot build.
-    """
-    tgt = target(cfg)
-    return largest_micro_batch_from(fit(cfg, tgt), tgt, budget_bytes)
+def held_when_loaded(the_fit: Fit, tgt: Target) -> float:
+    """What a run holds once its model is built and its method prepared (weights and masters): the
+    part of a predicted peak that is already allocated when a run measures its free memory."""
+    return the_fit.scalar("weights_bytes", tgt.layers) + the_fit.scalar("master_bytes", tgt.layers)
 
 
 def budget(cfg: DictConfig, tgt: Target) -> tuple[int | None, int | None]:

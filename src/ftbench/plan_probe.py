@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import dataclass
+from itertools import chain, islice
 from pathlib import Path
 
 import torch
@@ -35,6 +36,7 @@ from .trace_memory import LiveTensorPeak
 from .train import Plan, train
 
 PHASES = ("forward", "backward", "optimizer step")
+WARMUP_TOKENS = 8  # the length of a warm-up step's one sequence
 WIDTH_KEYS = ("hidden_size", "intermediate_size", "vocab_size")  # divided by width_div (heads stay)
 
 
@@ -154,8 +156,13 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
     # group is seen; with longer blocks (BAdam) one step inside a block is the state of most steps.
     schedule = getattr(method, "schedule", None)
     traced = schedule.cycle_steps if schedule and schedule.steps_per_block == 1 and schedule.order != "sample" else 1
-    scheduler = make_scheduler(optimizer, cfg.optim, method.schedule_length(1 + traced))
-    plan = Plan(steps=1 + traced, micro_batch_size=batch, accumulation=accumulation, measure_from=1,
+    # Warmed up as mode=profile warms up: every unit visited once (its state, masters and host buffers exist).
+    warmup = method.warmup_steps(1, traced)
+    scheduler = make_scheduler(optimizer, cfg.optim, method.schedule_length(warmup + traced))
+    # The warm-up only has to create what the traced steps hold (optimizer state, masters, host buffers), none
+    # of which depends on the batch: one short sequence per micro-batch makes it cheap.
+    warmup_stream = batches.random_tokens(1, min(WARMUP_TOKENS, cfg.profile.seq_len), vocab, head, 2, cfg.seed + 1)
+    plan = Plan(steps=warmup + traced, micro_batch_size=batch, accumulation=accumulation, measure_from=warmup,
                 max_grad_norm=cfg.optim.max_grad_norm, progress=False)
     meter = ProbeMeter(device)
     store = getattr(method, "store", None)
@@ -166,7 +173,8 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
     quiet = logging.getLogger("ftbench.train")
     level, quiet.level = quiet.level, logging.WARNING  # a probe's step logs would read as the run's
     try:
-        train(model, method, optimizer, scheduler, stream(cfg.seed), plan, accelerator=accelerator,
+        train(model, method, optimizer, scheduler, chain(islice(warmup_stream, warmup * accumulation), stream(cfg.seed)),
+              plan, accelerator=accelerator,
               autocast=cpu_hw.autocast, head=head, meter=meter, speed=SpeedMeter(), logger=NullLogger(),
               loss_fn=loss_fn)
     finally:

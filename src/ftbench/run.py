@@ -159,7 +159,8 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
         per_rank = split_batch(batch_size, None, accelerator.num_processes)[0]
         sequence = next(stream(cfg.seed, 1)) if profiling else task.collate(
             [max(task.train_examples(), key=lambda e: len(e["input_ids"]))], hw.pad_to_multiple_of)
-        chosen = fit_batch.fit(model, micro_loss, sequence, per_rank, device, optimizer_state, what)
+        chosen = fit_batch.planned(cfg, hw, head, model, sequence, per_rank, accelerator.num_processes, what) or \
+            fit_batch.fit(model, micro_loss, sequence, per_rank, device, optimizer_state, what)
         fits[what] = chosen.summary()
         return chosen.micro_batch_size
 

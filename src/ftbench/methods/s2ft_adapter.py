@@ -51,7 +51,8 @@ Adapter = dict[str, Slice]  # parameter name -> its trained slice
 
 
 def _take(param: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
-    return param.detach().index_select(dim, index.to(param.device)).cpu()
+    taken = param.detach().index_select(dim, index.to(param.device))
+    return taken if taken.is_meta else taken.cpu()  # meta: the planner counts a selection's bytes (plan_held.py)
 
 
 def capture(model: nn.Module, where: dict[str, tuple[int, torch.Tensor]]) -> Adapter:
