@@ -61,12 +61,14 @@ class HardwareConfig:
     pad_to_multiple_of: Optional[int] = None
     allow_tf32: bool = True
     memory_gib: Optional[float] = None  # the device's memory, for the planner (mode=plan)
+    shard: str = "none"  # none: data parallel, every rank holds the model | fsdp: FSDP2 (sharding.py)
 
     def check(self, key: str) -> None:
         one_of(self.device, DEVICES, f"{key}.device")
         if self.memory_gib is not None:
             require(self.memory_gib > 0, f"{key}.memory_gib", "must be > 0 (GiB), or null")
         one_of(self.precision, PRECISIONS, f"{key}.precision")
+        one_of(self.shard, ("none", "fsdp"), f"{key}.shard")
         one_of(self.attn_implementation, ("eager", "sdpa", "flash_attention_2"), f"{key}.attn_implementation")
         micro = self.max_micro_batch_size
         if micro is not None and micro != "auto":

@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import batches, fit_batch, preflight, rerun, results
+from . import batches, distributed, fit_batch, preflight, rerun, results, sharding
 from .checkpoint import Checkpointer
 from .config import check
 from .environment import environment
 from .errors import UserError, first_line
 from .hardware import make_accelerator, resolve, restored_process_settings, split_batch
 from .lm_loss import make_loss, model_loss
-from .logger import make_logger
+from .logger import NullLogger, make_logger
 from .measure import (
     MemoryMeter,
     SpeedMeter,
@@ -51,13 +51,13 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = Non
         from .plan_report import run_plan
 
         return run_plan(cfg, output_dir, overrides)
-    try:  # a folder that holds a run: skip it (ok), resume it (interrupted) or rerun it (failed)
-        if rerun.prepare(cfg, output_dir):
-            print(f"ftbench: {output_dir}: finished ok earlier with this config; skipped", file=sys.stderr)
-            return 0
-    except UserError as exc:
-        print(f"ftbench: error: {exc}", file=sys.stderr)
+    outcome = distributed.on_main(lambda: rerun.prepare(cfg, output_dir))  # rank 0 moves files; all ranks follow
+    if isinstance(outcome, UserError):
+        print(f"ftbench: error: {outcome}", file=sys.stderr)
         return 2
+    if outcome:  # a folder that holds a run: skip it (ok), resume it (interrupted) or rerun it (failed)
+        print(f"ftbench: {output_dir}: finished ok earlier with this config; skipped", file=sys.stderr)
+        return 0
     result = results.skeleton()
     started = time.time()
     result["run"].update(method=cfg.method.name, model=cfg.model.name, seed=cfg.seed, mode=cfg.mode,
@@ -99,7 +99,8 @@ def classify(exc: BaseException) -> tuple[str, str, int]:
 
 def _finish(result: dict, started: float, output_dir: Path, logger) -> None:
     result["run"]["duration_s"] = round(time.time() - started, 3)
-    results.write(result, output_dir)
+    if distributed.is_main():
+        results.write(result, output_dir)
     if logger is not None:
         logger.close(result["status"])
     gc.collect()
@@ -132,18 +133,19 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     batch_size = cfg.profile.batch_size if profiling else (cfg.train.batch_size or cfg.task.batch_size)
+    # Data parallel: ranks take their own training micro-batches (rank=0, world=1: every rank the same ones).
+    rank, world = distributed.rank(), distributed.world_size()
     if profiling:
-        def stream(seed, micro, start=0):
-            return batches.random_tokens(micro, cfg.profile.seq_len, model.config.vocab_size, head, num_labels, seed,
-                                         start)
+        def stream(seed, micro, start=0, rank=rank, world=world):
+            return batches.random_tokens(micro, cfg.profile.seq_len, model.config.vocab_size, head, num_labels,
+                                         seed + 100_003 * rank, start)
     else:
-        def stream(seed, micro, start=0):
+        def stream(seed, micro, start=0, rank=rank, world=world):
             collate = lambda examples: task.collate(examples, hw.pad_to_multiple_of)  # noqa: E731
-            return batches.shuffled(task.train_examples(), micro, collate, seed,
-                                    accelerator.process_index, accelerator.num_processes, start)
+            return batches.shuffled(task.train_examples(), micro, collate, seed, rank, world, start)
 
-    # DDP syncs gradients from its own forward; the chunked loss calls the decoder directly.
-    chunk_tokens = cfg.train.loss_chunk_tokens if accelerator.num_processes == 1 else None
+    chunk_tokens = cfg.train.loss_chunk_tokens
+    main = distributed.is_main()  # only rank 0 writes files; the others train alike (distributed.py)
     loss_fn = make_loss(model, head, chunk_tokens)  # takes the model as an argument: serves it once wrapped too
 
     def micro_loss(m, batch):
@@ -155,18 +157,18 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     def max_micro(what: str, optimizer_state: int = 0) -> int | None:
         if hw.max_micro_batch_size != "auto":
             return hw.max_micro_batch_size
-        per_rank = split_batch(batch_size, None, accelerator.num_processes)[0]
+        per_rank = split_batch(batch_size, None, world)[0]
         sequence = next(stream(cfg.seed, 1)) if profiling else task.collate(
             [max(task.train_examples(), key=lambda e: len(e["input_ids"]))], hw.pad_to_multiple_of)
         chosen = fit_batch.fit(model, micro_loss, sequence, per_rank, device, optimizer_state, what)
         fits[what] = chosen.summary()
-        return chosen.micro_batch_size
+        return distributed.smallest(chosen.micro_batch_size, device)  # ranks must agree: they step together
 
-    calibration_micro = split_batch(batch_size, max_micro("calibration"), accelerator.num_processes)[0]
+    calibration_micro = split_batch(batch_size, max_micro("calibration"), world)[0]
 
     def calibration_batches(n):
-        it = stream(cfg.seed + 10_007, calibration_micro)
-        with Work("calibration", n, "batches", cfg.train.progress) as work:
+        it = stream(cfg.seed + 10_007, calibration_micro, rank=0, world=1)  # every rank selects alike, as one process
+        with Work("calibration", n, "batches", cfg.train.progress and distributed.is_main()) as work:
             for _ in range(n):
                 yield to_device(next(it), device)
                 work.advance()
@@ -176,18 +178,18 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     job_end.callback(method.close)
     ctx = MethodContext(model_type=model.config.model_type, head=head, device=device, precision=hw.precision,
                         gradient_checkpointing=hw.gradient_checkpointing, seed=cfg.seed,
-                        calibration_batches=calibration_batches, loss=micro_loss, output_dir=output_dir)
+                        calibration_batches=calibration_batches, loss=micro_loss, output_dir=output_dir if main else None)
     model = method.prepare(model, ctx)
+    sharded = sharding.shard(model, cfg)  # hardware.shard=fsdp on several processes: FSDP2 (sharding.py)
     lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.method.lr
     optimizer = method.build_optimizer(method.param_groups(model, cfg.optim.weight_decay), cfg.optim, lr)
     method.attach(optimizer)
     optimizer_state = fit_batch.optimizer_state_bytes(method.trainable_size()[1], cfg.optim)
     scoring_only = not profiling and cfg.train.max_steps == 0  # no step: the calibration fit sizes the eval batch
     training_micro = calibration_micro if scoring_only else max_micro("training", optimizer_state)
-    micro, accumulation = split_batch(batch_size, training_micro, accelerator.num_processes)
+    micro, accumulation = split_batch(batch_size, training_micro, world)
     method.discard_grads(model)
-    if accelerator.num_processes > 1:
-        model = accelerator.prepare_model(model)
+    sync = distributed.GradientSync(device, sharded, accumulation)  # gradients summed over ranks
 
     # The plan.
     if profiling:
@@ -200,7 +202,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     scheduler = make_scheduler(optimizer, cfg.optim, method.schedule_length(steps))
     plan = Plan(steps=steps, micro_batch_size=micro, accumulation=accumulation, measure_from=measure_from,
                 max_grad_norm=cfg.optim.max_grad_norm, eval_every=None if profiling else cfg.eval.every_steps,
-                log_every=cfg.train.log_every, progress=cfg.train.progress)
+                log_every=cfg.train.log_every, progress=cfg.train.progress and main)
     meter.mark_loaded()
 
     masters = method.master_parameters()
@@ -218,15 +220,16 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     if task is not None:
         result["protocol"] = task.protocol()
         result["run"]["metric"] = task.metric
-    logger = make_logger(cfg.logger, f"{cfg.method.name}-{result['run']['task']}", output_dir, result["config"])
-    result["env"] = environment(hw, accelerator.num_processes)
+    logger = make_logger(cfg.logger, f"{cfg.method.name}-{result['run']['task']}", output_dir,
+                         result["config"]) if main else NullLogger()
+    result["env"] = environment(hw, world)
 
     # Train, validating on the way when asked; the final evaluation scores the selected checkpoint.
     validations: list[dict] = []
     eval_ctx = EvalContext(device=device, autocast=hw.autocast, batch_size=eval_batch_size(cfg, micro),
-                           max_samples=cfg.eval.max_samples, output_dir=output_dir,
+                           max_samples=cfg.eval.max_samples, output_dir=output_dir if main else distributed.scratch(job_end),
                            pad_to_multiple_of=hw.pad_to_multiple_of, num_beams=cfg.eval.num_beams,
-                           max_new_tokens=cfg.eval.max_new_tokens, progress=cfg.train.progress)
+                           max_new_tokens=cfg.eval.max_new_tokens, progress=cfg.train.progress and main)
     selector = Selector(cfg, task, method, model)
 
     def validate(step: int) -> None:
@@ -246,7 +249,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
         history = train(model, method, optimizer, scheduler, stream(cfg.seed, micro, saver.micro_batches), plan,
                         accelerator=accelerator, autocast=hw.autocast, head=head, meter=meter, speed=speed,
                         logger=logger, loss_fn=loss_fn, evaluate=None if profiling else validate, history=history,
-                        checkpoint=saver)
+                        checkpoint=saver, sync=sync)
     finally:
         meter.end_train()  # also stops the memory trace of a run that failed
     result["method"] = method.describe(model)  # again: what training measured (e.g. HiFT's copy times)
@@ -261,10 +264,14 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
         result["validation_history"] = validations
         result["selection"] = selector.restore_chosen(history.steps)
         method.release_optimizer()  # the export and the final evaluation need no optimizer state
-        if cfg.train.save != "none":
+        if cfg.train.save != "none" and sharded:
+            state = sharding.full_state(model)  # a collective: every rank gathers, rank 0 keeps
+            if main:
+                result["export"] = sharding.export(model, tokenizer, output_dir / "checkpoint", state)
+        elif cfg.train.save != "none" and main:
             result["export"] = method.export(model, tokenizer, output_dir / "checkpoint")
-        # On disk too, should the process die in the evaluation (replaced when the run ends).
-        results.write({**result, "error": "stopped in the final evaluation, after training"}, output_dir)
+        if main:  # on disk too, should the process die in the evaluation (replaced when the run ends)
+            results.write({**result, "error": "stopped in the final evaluation, after training"}, output_dir)
         meter.start_eval()
         result["metrics"] = task.evaluate(model, eval_ctx)
         meter.end_eval()
@@ -273,6 +280,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     # Facts.
     result["memory"] = meter.summary(model_bytes(model, masters), method.master_bytes())
     result["memory"]["breakdown"]["trainable_bytes"] = trainable_bytes
+    distributed.record(result, sync)  # world size, gradient bytes per step, every rank's peaks
     seq_len = speed.tokens / max(speed.samples, 1)
     result["throughput"] = speed.summary(flops_per_token(model, seq_len), peak_flops(result["env"]["device_name"],
                                                                                        hw.precision, device.type == "cuda"))
