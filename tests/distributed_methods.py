@@ -20,8 +20,10 @@ METHODS = {
     "meprop": [],
     "hift": [],
     "badam": ["method.steps_per_block=1"],
-    "lisa": ["method.steps_per_block=1", "method.group_size=1", "train.checkpoint_every=2"],  # a checkpoint holds every rank's RNG
+    "lisa": ["method.steps_per_block=1", "method.group_size=1", "train.checkpoint_every=2",
+             "train.keep_checkpoints=null"],  # resumed from step 2 below: every rank's RNG and stream position
 }
+SHARDED = ("full", "lora")
 # Batch 8 in micro-batches of 4: one process accumulates 2 of them; 2 ranks take one each.
 COMMAND = ["task.num_train=32", "task.num_eval=8", "task.max_length=16", "train.max_steps=3", "task.batch_size=8",
            "hardware.max_micro_batch_size=4", "train.save=last", "optim.lr=1e-2"]
@@ -51,6 +53,10 @@ def main(out: Path) -> None:
     ftbench.results.write = counted
     for name, overrides in METHODS.items():
         run_job(compose(f"method={name}", *COMMAND, *overrides), out / name)
+    lisa = ["method=lisa", *COMMAND, *METHODS["lisa"]]
+    run_job(compose(*lisa, f"train.resume={out}/lisa/checkpoints/step-2"), out / "lisa-resumed")
+    for name in SHARDED:  # FSDP2: the same runs, each rank holding half of every weight
+        run_job(compose(f"method={name}", *COMMAND, *METHODS[name], "hardware.shard=fsdp"), out / f"fsdp-{name}")
     (out / f"writes-rank{distributed.rank()}.json").write_text(json.dumps(writes))
     from ftbench.cli import main as ftbench
 

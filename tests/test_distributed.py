@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distributed_methods import COMMAND, METHODS
+from distributed_methods import COMMAND, METHODS, SHARDED
 from helpers import CLI_ENV, REPO, executable, run
 
 ENV = {**CLI_ENV, "OMP_NUM_THREADS": "1"}
@@ -103,14 +103,48 @@ def test_only_rank_0_writes(runs):
     _, _, two, _ = runs
     rank0 = json.loads((two / "writes-rank0.json").read_text())
     rank1 = json.loads((two / "writes-rank1.json").read_text())
-    assert rank1 == [] and sorted({str(two / n) for n in METHODS}) == sorted(set(rank0))
-    assert sorted(p.parent.name for p in two.glob("*/result.json")) == sorted(METHODS)
+    jobs = [*METHODS, "lisa-resumed", *(f"fsdp-{n}" for n in SHARDED)]
+    assert rank1 == [] and sorted(set(rank0)) == sorted(str(two / n) for n in jobs)
+    assert sorted(p.parent.name for p in two.glob("*/result.json")) == sorted(jobs)
+
+
+@pytest.mark.parametrize("name", SHARDED)
+def test_fsdp_on_two_ranks_trains_what_one_process_trains(runs, name):
+    _, reference, two, one = runs
+    result = json.loads((two / f"fsdp-{name}" / "result.json").read_text())
+    assert result["status"] == "ok", result["error"]
+    assert result["distributed"]["sharding"] == "fsdp" and result["distributed"]["world_size"] == 2
+    # FSDP reduce-scatters each micro-batch's whole trainable gradient (one micro-batch per rank here).
+    assert result["distributed"]["reduced_bytes_per_step"]["max"] == result["memory"]["breakdown"]["trainable_bytes"]
+    kind, file = ("adapter", "adapter_model.safetensors") if name == "lora" else ("merged", "model.safetensors")
+    got = load_file(str(two / f"fsdp-{name}" / "checkpoint" / kind / file))
+    want = load_file(str(one / name / "checkpoint" / kind / file))
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=f"fsdp {name}: {key}")
+    got_curve = [v for _, v in result["train"]["loss_curve"]]
+    assert got_curve == pytest.approx([v for _, v in reference[name]["train"]["loss_curve"]], rel=1e-5)
+
+
+def test_methods_fsdp_cannot_shard_refuse_in_one_line(capsys):
+    from ftbench.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["method=sift", "hardware.shard=fsdp", "hardware=cpu"])
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line.count("\n") == 0 and "hardware.shard" in line and "sift cannot be sharded" in line
 
 
 def test_a_checkpoint_holds_every_ranks_rng_and_resumes_only_at_its_world_size(runs, tmp_path):
     _, _, two, _ = runs
     saved = two / "lisa" / "checkpoints" / "step-3"
     assert len(torch.load(saved / "state.pt", weights_only=False)["rng_ranks"]) == 2
+    # 2 ranks resumed from step 2 end where the 2 ranks that never stopped end (LISA draws its layers at random).
+    resumed = json.loads((two / "lisa-resumed" / "result.json").read_text())
+    assert resumed["resumed_from"]["steps_before"] == 2 and resumed["distributed"]["world_size"] == 2
+    straight, again = weights(two / "lisa"), weights(two / "lisa-resumed")
+    assert all(torch.equal(straight[k], again[k]) for k in straight)
     again = run(tmp_path, "method=lisa", *COMMAND, *METHODS["lisa"], f"train.resume={saved}")
     assert again["exit_code"] == 2 and "train.resume" in again["error"] and "2 process" in again["error"]
 

@@ -240,6 +240,9 @@ def check(cfg: DictConfig) -> None:
     require(cfg.seed >= 0, "seed", "must be >= 0")
     for name in ("model", "hardware", "logger", "train", "optim", "eval", "profile", "plan", "method", "task"):
         OmegaConf.to_object(cfg[name]).check(name)
+    from .sharding import check as check_sharding
+
+    check_sharding(cfg)  # hardware.shard=fsdp: the methods and settings FSDP is sound for
     if cfg.mode == "train" and cfg.train.select == "best":
         require(cfg.eval.every_steps is not None, "train.select",
                 "best needs periodic evaluations; set eval.every_steps=N (or train.select=last)")

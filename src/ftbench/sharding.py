@@ -43,7 +43,7 @@ REFUSALS = {
 
 def check(cfg) -> None:
     """Refuse, in one line, what FSDP cannot do here (before anything is built)."""
-    if cfg.hardware.get("shard", "none") != "fsdp":
+    if cfg.hardware.shard != "fsdp":
         return
     name = cfg.method.name
     if name not in SHARDABLE:
@@ -58,16 +58,18 @@ def check(cfg) -> None:
 def shard(model: nn.Module, cfg) -> bool:
     """Apply FSDP2 to every block of every layer stack, then to the whole model (the embeddings and
     heads); return whether it did (hardware.shard=fsdp on more than one process)."""
-    check(cfg)
-    if cfg.hardware.get("shard", "none") != "fsdp" or distributed.world_size() == 1:
+    if cfg.hardware.shard != "fsdp" or distributed.world_size() == 1:
         return False
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import FSDPModule, fully_shard
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps the HF model
     for block in architecture(inner).blocks:
         fully_shard(inner.get_submodule(block.name))
     fully_shard(model)
-    model.set_gradient_divide_factor(1.0)  # a sum: the losses are already weighted by the global batch
+    for module in model.modules():  # each sharded module reduces its own parameters
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)  # a sum: the losses are already weighted by the global batch
+            module.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM, which a factor asks)
     return True
 
 
