@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import batches
 from .hardware import Hardware, make_accelerator
+from .knobs import settle
 from .lm_loss import make_loss
 from .logger import NullLogger
 from .measure import MemoryMeter, SpeedMeter, model_bytes, optimizer_state_bytes, tensor_bytes
@@ -143,8 +144,7 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
                             gradient_checkpointing=hw.gradient_checkpointing, seed=cfg.seed,
                             calibration_batches=calibration_batches, loss=micro_loss, output_dir=Path(tmp))
         model = method.prepare(model, ctx)
-    lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.method.lr
-    optimizer = make_optimizer(method, model, cfg.optim, lr)
+    optimizer = make_optimizer(method, model, cfg.optim, settle(cfg).lr)
     # A method that moves to the next group at every step (HiFT) is traced over a whole cycle, so every
     # group is seen; with longer blocks (BAdam) one step inside a block is the state of most steps.
     schedule = getattr(method, "schedule", None)

@@ -23,6 +23,7 @@ from .checkpoint import Checkpointer
 from .config import check
 from .environment import environment
 from .errors import UserError, first_line
+from .knobs import Settings, settle
 from .lm_loss import model_loss
 from .logger import make_logger
 from .measure import (
@@ -109,19 +110,19 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     s = steps.setup(cfg, job_end)
     inputs = steps.data(cfg)
     result["config"] = OmegaConf.to_container(cfg, resolve=True)  # as settled (model source, task.max_length)
+    settings = settle(cfg, None if s.profiling else len(inputs.task.train_examples()))  # one owner per knob
     model = steps.model(cfg, inputs, s)
-    batch_size = cfg.profile.batch_size if s.profiling else (cfg.train.batch_size or cfg.task.batch_size)
-    feed = steps.Feed(cfg, inputs, model, s, batch_size)
-    lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.method.lr
+    feed = steps.Feed(cfg, inputs, model, s, settings.batch_size)
     model, method, optimizer, calibration_micro = steps.method_and_optimizer(cfg, model, feed, s, output_dir,
-                                                                             job_end, lr)
-    plan, scheduler = steps.plan(cfg, model, method, optimizer, feed, s, calibration_micro,
-                                 None if s.profiling else training_steps(cfg, inputs.task, batch_size))
+                                                                             job_end, settings.lr)
+    plan, scheduler = steps.plan(cfg, model, method, optimizer, feed, s, calibration_micro, settings.steps)
     model = steps.distribute(model, s)
     # Counted before training: what HiFT holds beside the model changes as it rotates.
     masters, trainable = method.master_parameters(), method.trainable_size()
-    logger = record_plan(cfg, output_dir, result, s, model, method, optimizer, feed, plan, lr, masters, trainable)
-    evaluation = None if s.profiling else Evaluation(cfg, output_dir, s, inputs.task, method, model, plan, logger)
+    logger = record_plan(cfg, output_dir, result, s, model, method, optimizer, feed, plan, settings, masters,
+                         trainable)
+    evaluation = None if s.profiling else Evaluation(cfg, output_dir, s, inputs.task, method, model, plan, logger,
+                                                     settings)
     speed = train_job(cfg, output_dir, result, s, model, method, optimizer, scheduler, feed, plan, logger,
                       evaluation)
     if evaluation is not None:
@@ -130,15 +131,8 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     return logger
 
 
-def training_steps(cfg: DictConfig, task, batch_size: int) -> int:
-    """Optimizer steps of a training run: train.max_steps, else task.max_steps, else the epochs over the
-    training set (at least one)."""
-    return cfg.train.max_steps if cfg.train.max_steps is not None else cfg.task.max_steps or max(
-        1, int((cfg.train.epochs or cfg.task.epochs) * len(task.train_examples()) // batch_size))
-
-
 def record_plan(cfg: DictConfig, output_dir: Path, result: dict, s: steps.Setup, model, method, optimizer,
-                feed: steps.Feed, plan: Plan, lr: float, masters: list, trainable: tuple[int, int]):
+                feed: steps.Feed, plan: Plan, settings: Settings, masters: list, trainable: tuple[int, int]):
     """Record what the job will do (params, method, plan, protocol, env) and start the logger (returned);
     the memory meter counts from here. `trainable`: (elements, bytes) a step updates."""
     s.meter.mark_loaded()
@@ -150,10 +144,10 @@ def record_plan(cfg: DictConfig, output_dir: Path, result: dict, s: steps.Setup,
     result["params"].update(total=total, trainable=n_trainable, trainable_pct=100.0 * n_trainable / max(total, 1))
     result["method"] = method.describe(model)
     result["plan"] = {"batch_size": feed.batch_size, "micro_batch_size": plan.micro_batch_size,
-                      "accumulation": plan.accumulation, "steps": plan.steps, "lr": lr,
+                      "accumulation": plan.accumulation, "steps": plan.steps, "lr": settings.lr,
                       "measure_from_step": plan.measure_from,
                       "loss_chunk_tokens": feed.chunk_tokens if feed.loss_fn is not model_loss else None,
-                      "micro_batch_fit": feed.fits or None}
+                      "micro_batch_fit": feed.fits or None, **settings.record()}
     if feed.task is not None:
         result["protocol"] = feed.task.protocol()
         result["run"]["metric"] = feed.task.metric
@@ -192,13 +186,14 @@ class Evaluation:
     """The task's validations during training (with the checkpoint selection) and its final evaluation,
     which scores the selected checkpoint."""
 
-    def __init__(self, cfg: DictConfig, output_dir: Path, s: steps.Setup, task, method, model, plan: Plan, logger):
+    def __init__(self, cfg: DictConfig, output_dir: Path, s: steps.Setup, task, method, model, plan: Plan, logger,
+                 settings: Settings):
         self.s, self.task, self.method, self.model, self.logger = s, task, method, model, logger
         self.ctx = EvalContext(device=s.device, autocast=s.hw.autocast,
-                               batch_size=eval_batch_size(cfg, plan.micro_batch_size),
+                               batch_size=eval_batch_size(cfg, plan.micro_batch_size, settings.num_beams),
                                max_samples=cfg.eval.max_samples, output_dir=output_dir,
-                               pad_to_multiple_of=s.hw.pad_to_multiple_of, num_beams=cfg.eval.num_beams,
-                               max_new_tokens=cfg.eval.max_new_tokens, progress=cfg.train.progress)
+                               pad_to_multiple_of=s.hw.pad_to_multiple_of, num_beams=settings.num_beams,
+                               max_new_tokens=settings.max_new_tokens, progress=cfg.train.progress)
         self.selector = Selector(cfg, task, method, model)
         self.validations: list[dict] = []
 
@@ -242,11 +237,10 @@ def record_facts(result: dict, s: steps.Setup, model, method, speed: SpeedMeter,
     logger.summary({**result["metrics"], **{f"throughput/{k}": v for k, v in result["throughput"].items()}})
 
 
-def eval_batch_size(cfg: DictConfig, micro: int) -> int:
+def eval_batch_size(cfg: DictConfig, micro: int, num_beams: int | None) -> int:
     """Prompts (or examples) per evaluation batch. eval.batch_size (null: two training micro-batches)
-    counts sequences on the device; beam search holds num_beams of them per prompt."""
-    beams = cfg.eval.num_beams or cfg.task.get("num_beams") or 1
-    return max(1, (cfg.eval.batch_size or 2 * micro) // beams)
+    counts sequences on the device; beam search holds `num_beams` (resolved: knobs.settle) per prompt."""
+    return max(1, (cfg.eval.batch_size or 2 * micro) // (num_beams or 1))
 
 
 class Selector:
