@@ -98,16 +98,13 @@ def fit(model, method, batches: Iterator[dict], steps: int, lr: float = 0.1, opt
     from ftbench.hardware import make_accelerator
     from ftbench.logger import NullLogger
     from ftbench.measure import MemoryMeter, SpeedMeter
-    from ftbench.optim import make_scheduler
+    from ftbench.steps import make_optimizer, make_schedule
     from ftbench.train import Plan, train
 
     optim_cfg = OptimConfig(name=optimizer, scheduler="constant", max_grad_norm=max_grad_norm,
                             weight_decay=weight_decay)
-    opt = method.build_optimizer(method.param_groups(model, weight_decay), optim_cfg, lr)
-    method.attach(opt)
-    if method_state is not None:
-        method.load_state_dict(method_state)
-    scheduler = make_scheduler(opt, optim_cfg, method.schedule_length(steps))
+    opt = make_optimizer(method, model, optim_cfg, lr, method_state)
+    scheduler = make_schedule(opt, method, optim_cfg, steps)
     plan = Plan(steps=steps, micro_batch_size=0, accumulation=accumulation, measure_from=0,
                 max_grad_norm=max_grad_norm, progress=False)
     train(model, method, opt, scheduler, batches, plan, accelerator=make_accelerator(torch.device("cpu")),

@@ -245,7 +245,7 @@ def test_fewer_examples_than_a_micro_batch_per_process():
     from ftbench.batches import shuffled
 
     with pytest.raises(UserError, match=r"^task.batch_size: the training set has 6 examples, fewer than one "
-                                        r"micro-batch of 4 on each of 2 processes; lower task.batch_size to 3 or less"):
+                                        r"micro-batch of 4 on each of 2 processes; lower task.batch_size to 6 or less"):
         next(shuffled([{"input_ids": [1]}] * 6, 4, list, seed=0, rank=0, world_size=2))
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import ftbench.preflight
+import ftbench.steps
 from ftbench.methods.base import Method
 from helpers import run
 
@@ -64,14 +65,14 @@ def test_fp16_from_accelerate_is_refused_in_one_line(tmp_path, monkeypatch):
 
 def test_tf32_flags_are_restored_when_the_job_ends(tmp_path, monkeypatch):
     """resolve() switches TF32 on for GPUs; the next job of a multirun must find the process's own setting."""
-    resolve = ftbench.run.resolve
+    resolve = ftbench.steps.resolve
 
     def resolve_as_on_a_gpu(cfg):
         hw = resolve(cfg)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         return hw
 
-    monkeypatch.setattr(ftbench.run, "resolve", resolve_as_on_a_gpu)
+    monkeypatch.setattr(ftbench.steps, "resolve", resolve_as_on_a_gpu)
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:

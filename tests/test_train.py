@@ -20,6 +20,9 @@ def test_accumulation_equals_one_larger_batch(tmp_path):
     split = run(tmp_path / "b", "task.batch_size=8", "task.max_steps=6", "hardware.max_micro_batch_size=2", *TINY)
     assert split["plan"]["accumulation"] == 4 and whole["plan"]["accumulation"] == 1
     assert curve(split) == pytest.approx(curve(whole), rel=1e-5)
+    # result.json names the key that set each shared knob (knobs.settle)
+    assert whole["plan"]["owners"] == {"batch_size": "task.batch_size", "steps": "task.max_steps", "lr": "method.lr",
+                                       "num_beams": None, "max_new_tokens": None}
 
 
 def test_the_batch_split_keeps_the_effective_batch():

@@ -13,23 +13,26 @@ from .tasks.base import Example
 def shuffled(examples: list[Example], micro_batch_size: int, collate: Callable, seed: int,
              rank: int = 0, world_size: int = 1, skip: int = 0,
              key: str = "task.batch_size") -> Iterator[dict[str, torch.Tensor]]:
-    """Micro-batches forever; epoch e uses permutation seed+e; each rank takes its share.
-    The first `skip` micro-batches are passed over without being built (a resumed run).
+    """Micro-batches forever; epoch e uses permutation seed+e. Data parallel: micro-batch i of the
+    one-process stream goes to rank i mod world_size, so ranks never overlap, every rank gets as
+    many per epoch, and W ranks x micro-batch m see what one process sees in W micro-batches of m.
+    The first `skip` micro-batches of this rank are passed over without being built (a resumed run).
     Raises UserError on `key` (the batch size the user set) when the data holds less than one micro-batch."""
     if len(examples) < micro_batch_size * world_size:
         from .errors import UserError
 
         ranks = f" on each of {world_size} processes" if world_size > 1 else ""
-        most = len(examples) // world_size
-        fix = f"lower {key} to {most} or less" if most else f"run on {len(examples)} processes or fewer"
+        # micro-batch x ranks sequences per step at least: the batch may be at most the examples
+        fix = (f"lower {key} to {len(examples)} or less" if len(examples) >= world_size
+               else f"run on {len(examples)} processes or fewer")
         raise UserError(key, f"the training set has {len(examples)} examples, fewer than one micro-batch of "
                         f"{micro_batch_size}{ranks}; {fix}, or give more training data")
-    per_epoch = len(examples[rank::world_size]) // micro_batch_size
+    per_epoch = len(examples) // micro_batch_size // world_size  # this rank's micro-batches per epoch
     epoch, skip = divmod(skip, per_epoch)
     while True:
         order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-        order = order[rank::world_size]
-        for start in range(skip * micro_batch_size, len(order) - micro_batch_size + 1, micro_batch_size):
+        for j in range(skip, per_epoch):
+            start = (j * world_size + rank) * micro_batch_size
             yield collate([examples[i] for i in order[start:start + micro_batch_size]])
         epoch, skip = epoch + 1, 0
 

@@ -6,7 +6,7 @@ A checkpoint is a folder `<run>/checkpoints/step-N/` (N optimizer steps done):
   (SIFT's masters, S2FT's slices, LoRA's adapters, HiFT's units, whole weights for full);
 - `state.pt`: the optimizer (`method.optimizer_state_dict()`), the LR scheduler,
   `method.state_dict()` (selection, rotations, block order, offloaded states), the random
-  number generators (Python, NumPy, torch, CUDA), the position in the data stream
+  number generators (Python, NumPy, torch, CUDA) of every data-parallel rank, the position in the data stream
   (micro-batches drawn), the loss curve, the validation history and the best-checkpoint
   selection;
 - `meta.json`: the step and the resolved config, read to refuse a resume under another config.
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import files
+from . import distributed, files
 from .errors import UserError
 from .train import TrainLog
 
@@ -160,6 +160,10 @@ class Checkpointer:
             trained = load_file(str(path / "trainable.safetensors"))
         except Exception as exc:  # torch and safetensors raise RuntimeError, EOFError, UnpicklingError, ...
             raise unreadable(path, exc) from exc
+        saved_world = len(state["rng_ranks"])
+        if saved_world != distributed.world_size():
+            raise UserError("train.resume", f"{path} was made by {saved_world} process(es), this run has "
+                            f"{distributed.world_size()}; relaunch with {saved_world} (the data split follows it)")
         log.info("resuming from %s (step %d)", path, state["log"]["steps"])
         self.method.load_state_dict(state["method"])
         self.method.load_optimizer_state_dict(state["optimizer"])
@@ -170,18 +174,20 @@ class Checkpointer:
         self.result["checkpoints"] = state["checkpoints"]
         self.result["checkpoints"][-1]["bytes"] = folder_bytes(path)  # known once it was written
         self.result["resumed_from"] = {"path": str(path), "steps_before": state["log"]["steps"]}
-        self.micro_batches = state["micro_batches"]
-        set_rng_states(state["rng"])
+        self.micro_batches = state["micro_batches"]  # this rank's: every rank draws as many
+        set_rng_states(state["rng_ranks"][distributed.rank()])
         return TrainLog(**state["log"])
 
     # -- write ----------------------------------------------------------------------------
     def __call__(self, log: TrainLog, stopping: bool) -> None:
         """At a step's end: write a checkpoint when one is due."""
         due = self.every is not None and (log.steps % self.every == 0 or log.steps == self.steps)
-        if (stopping or due) and _is_main_process():  # ranks hold the same weights and states
-            self.write(log)
+        if stopping or due:  # every rank's random states; the rest is alike on every rank: rank 0 writes
+            every_rank = distributed.gather_objects(rng_states())
+            if distributed.is_main():
+                self.write(log, every_rank)
 
-    def write(self, log: TrainLog) -> Path:
+    def write(self, log: TrainLog, every_rank: list[dict] | None = None) -> Path:
         from safetensors.torch import save_file
 
         started = time.perf_counter()
@@ -193,7 +199,7 @@ class Checkpointer:
             "method": self.method.state_dict(),
             "optimizer": self.method.optimizer_state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng_states(),
+            "rng_ranks": every_rank or [rng_states()],  # rank r resumes with entry r
             "log": {"steps": log.steps, "samples": log.samples, "tokens": log.tokens,
                     "loss_curve": [list(p) for p in log.loss_curve], "pending_eval": log.pending_eval},
             "micro_batches": log.steps * self.accumulation,
@@ -220,8 +226,3 @@ class Checkpointer:
             return
         for old in checkpoints(self.run_dir)[:-self.keep]:
             shutil.rmtree(old)
-
-
-def _is_main_process() -> bool:
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    return not distributed or torch.distributed.get_rank() == 0

@@ -88,6 +88,9 @@ def launch(argv: list[str]) -> int:
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     def job(cfg) -> int:
+        from .distributed import join_job_tasks
+
+        join_job_tasks()  # a cluster job of several tasks (hydra/launcher=slurm): one rank each
         runtime = HydraConfig.get()
         code = run_job(cfg, Path(runtime.runtime.output_dir), overrides=list(runtime.overrides.task))
         codes.append(code)
@@ -133,6 +136,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"ftbench: error: {problem}", file=sys.stderr)
             sys.exit(2)
     quiet_libraries()
+    from .distributed import launch_overrides
+
+    argv = [*argv, *launch_overrides(argv, config_dir() / "config.yaml")]  # torchrun: the ranks make one run
     try:
         sys.exit(launch(argv))
     except KeyboardInterrupt as exc:

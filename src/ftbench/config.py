@@ -61,12 +61,14 @@ class HardwareConfig:
     pad_to_multiple_of: Optional[int] = None
     allow_tf32: bool = True
     memory_gib: Optional[float] = None  # the device's memory, for the planner (mode=plan)
+    shard: str = "none"  # none: data parallel, every rank holds the model | fsdp: FSDP2 (sharding.py)
 
     def check(self, key: str) -> None:
         one_of(self.device, DEVICES, f"{key}.device")
         if self.memory_gib is not None:
             require(self.memory_gib > 0, f"{key}.memory_gib", "must be > 0 (GiB), or null")
         one_of(self.precision, PRECISIONS, f"{key}.precision")
+        one_of(self.shard, ("none", "fsdp"), f"{key}.shard")
         one_of(self.attn_implementation, ("eager", "sdpa", "flash_attention_2"), f"{key}.attn_implementation")
         micro = self.max_micro_batch_size
         if micro is not None and micro != "auto":
@@ -238,6 +240,9 @@ def check(cfg: DictConfig) -> None:
     require(cfg.seed >= 0, "seed", "must be >= 0")
     for name in ("model", "hardware", "logger", "train", "optim", "eval", "profile", "plan", "method", "task"):
         OmegaConf.to_object(cfg[name]).check(name)
+    from .sharding import check as check_sharding
+
+    check_sharding(cfg)  # hardware.shard=fsdp: the methods and settings FSDP is sound for
     if cfg.mode == "train" and cfg.train.select == "best":
         require(cfg.eval.every_steps is not None, "train.select",
                 "best needs periodic evaluations; set eval.every_steps=N (or train.select=last)")

@@ -25,12 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import batches
 from .hardware import Hardware, make_accelerator
+from .knobs import settle
 from .lm_loss import make_loss
 from .logger import NullLogger
 from .measure import MemoryMeter, SpeedMeter, model_bytes, optimizer_state_bytes, tensor_bytes
 from .methods import MethodContext, build_method
 from .models import load_model
-from .optim import make_scheduler
+from .steps import configure_model, make_optimizer, make_schedule
 from .tasks.base import to_device
 from .trace_memory import LiveTensorPeak
 from .train import Plan, train
@@ -122,12 +123,8 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
     accelerator = make_accelerator(device)
     cpu_hw = Hardware(device, hw.precision, hw.gradient_checkpointing, None,
                       "sdpa" if hw.attn_implementation == "flash_attention_2" else hw.attn_implementation, None)
-    model = load_model(probe_model_config(cfg.model, layers, width_div), head, 2, device, hw.precision,
-                       cpu_hw.attn_implementation)
-    model.config.pad_token_id = 0
-    model.config.use_cache = False
-    if hw.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = configure_model(load_model(probe_model_config(cfg.model, layers, width_div), head, 2, device,
+                                       hw.precision, cpu_hw.attn_implementation), 0, hw.gradient_checkpointing)
     vocab = model.config.vocab_size
 
     def stream(seed):
@@ -149,16 +146,14 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
                             gradient_checkpointing=hw.gradient_checkpointing, seed=cfg.seed,
                             calibration_batches=calibration_batches, loss=micro_loss, output_dir=Path(tmp))
         model = method.prepare(model, ctx)
-    lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.method.lr
-    optimizer = method.build_optimizer(method.param_groups(model, cfg.optim.weight_decay), cfg.optim, lr)
-    method.attach(optimizer)
+    optimizer = make_optimizer(method, model, cfg.optim, settle(cfg).lr)
     # A method that moves to the next group at every step (HiFT) is traced over a whole cycle, so every
     # group is seen; with longer blocks (BAdam) one step inside a block is the state of most steps.
     schedule = getattr(method, "schedule", None)
     traced = schedule.cycle_steps if schedule and schedule.steps_per_block == 1 and schedule.order != "sample" else 1
     # Warmed up as mode=profile warms up: every unit visited once (its state, masters and host buffers exist).
     warmup = method.warmup_steps(1, traced)
-    scheduler = make_scheduler(optimizer, cfg.optim, method.schedule_length(warmup + traced))
+    scheduler = make_schedule(optimizer, method, cfg.optim, warmup + traced)
     # The warm-up only has to create what the traced steps hold (optimizer state, masters, host buffers), none
     # of which depends on the batch: one short sequence per micro-batch makes it cheap.
     warmup_stream = batches.random_tokens(1, min(WARMUP_TOKENS, cfg.profile.seq_len), vocab, head, 2, cfg.seed + 1)

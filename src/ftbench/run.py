@@ -19,28 +19,22 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import batches, files, fit_batch, preflight, rerun, results
+from . import distributed, files, rerun, results, sharding, steps
 from .checkpoint import Checkpointer
 from .config import check
 from .environment import environment
 from .errors import Canceled, UserError, first_line
-from .hardware import make_accelerator, resolve, restored_process_settings, split_batch
-from .lm_loss import make_loss, model_loss
-from .logger import make_logger
+from .knobs import Settings, settle
+from .lm_loss import model_loss
+from .logger import NullLogger, make_logger
 from .measure import (
-    MemoryMeter,
     SpeedMeter,
     flops_per_token,
     model_bytes,
     optimizer_state_bytes,
     peak_flops,
 )
-from .methods import MethodContext, build_method
-from .models import load_model
-from .optim import make_scheduler
-from .progress import Work
 from .tasks import EvalContext
-from .tasks.base import to_device
 from .train import NonFiniteLoss, Plan, sigterm_cancels, train
 
 log = logging.getLogger("ftbench")
@@ -52,13 +46,13 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = Non
         from .plan_report import run_plan
 
         return run_plan(cfg, output_dir, overrides)
-    try:  # a folder that holds a run: skip it (ok), resume it (interrupted) or rerun it (failed)
-        if rerun.prepare(cfg, output_dir):
-            print(f"ftbench: {output_dir}: finished ok earlier with this config; skipped", file=sys.stderr)
-            return 0
-    except UserError as exc:
-        print(f"ftbench: error: {exc}", file=sys.stderr)
+    outcome = distributed.on_main(lambda: rerun.prepare(cfg, output_dir))  # rank 0 moves files; all ranks follow
+    if isinstance(outcome, UserError):
+        print(f"ftbench: error: {outcome}", file=sys.stderr)
         return 2
+    if outcome:  # a folder that holds a run: skip it (ok), resume it (interrupted) or rerun it (failed)
+        print(f"ftbench: {output_dir}: finished ok earlier with this config; skipped", file=sys.stderr)
+        return 0
     result = results.skeleton()
     started = time.time()
     result["run"].update(method=cfg.method.name, model=cfg.model.name, seed=cfg.seed, mode=cfg.mode,
@@ -99,7 +93,8 @@ def classify(exc: BaseException) -> tuple[str, str, int]:
 
 def _finish(result: dict, started: float, output_dir: Path, logger) -> None:
     result["run"]["duration_s"] = round(time.time() - started, 3)
-    results.write(result, output_dir)
+    if distributed.is_main():
+        results.write(result, output_dir)
     if logger is not None:
         logger.close(result["status"])
     gc.collect()
@@ -109,185 +104,155 @@ def _finish(result: dict, started: float, output_dir: Path, logger) -> None:
 
 def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack):
     """Build everything, train and evaluate, filling `result` as facts become known; what must be
-    undone when the job ends (hooks, process-wide flags) goes on `job_end`."""
-    from transformers import set_seed
+    undone when the job ends (hooks, process-wide flags) goes on `job_end`. Returns the logger.
 
-    job_end.enter_context(restored_process_settings())
-    hw = resolve(cfg.hardware)
-    set_seed(cfg.seed)
-    accelerator = make_accelerator(hw.device)
-    device = accelerator.device
-    profiling = cfg.mode == "profile"
-    meter = MemoryMeter(device, trace=profiling and cfg.profile.trace_memory)
-
-    # Data and model: tokenizer, task and the model's config checked against each other before any weight loads.
-    inputs = preflight.inputs(cfg)
+    The recipe: set-up, data, model, method and optimizer, plan, train, evaluate, result; steps.py
+    holds the steps that build, this module the ones that record."""
+    s = steps.setup(cfg, job_end)
+    inputs = steps.data(cfg)
     result["config"] = OmegaConf.to_container(cfg, resolve=True)  # as settled (model source, task.max_length)
-    task, tokenizer, head, num_labels = inputs.task, inputs.tokenizer, inputs.head, inputs.num_labels
-    model = load_model(cfg.model, head, num_labels, device, hw.precision, hw.attn_implementation,
-                       shape_overrides=inputs.shape_overrides)
-    model.config.pad_token_id = inputs.pad_id
-    model.config.use_cache = False
-    if hw.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    settings = settle(cfg, None if s.profiling else len(inputs.task.train_examples()))  # one owner per knob
+    model = steps.model(cfg, inputs, s)
+    feed = steps.Feed(cfg, inputs, model, s, settings.batch_size)
+    model, method, optimizer, calibration_micro = steps.method_and_optimizer(cfg, model, feed, s, output_dir,
+                                                                             job_end, settings.lr)
+    plan, scheduler = steps.plan(cfg, model, method, optimizer, feed, s, calibration_micro, settings.steps)
+    sync = steps.distribute(model, s, plan)  # data parallel: the gradients summed over ranks (distributed.py)
+    # Counted before training: what HiFT holds beside the model changes as it rotates.
+    masters, trainable = method.master_parameters(), method.trainable_size()
+    logger = record_plan(cfg, output_dir, result, s, model, method, optimizer, feed, plan, settings, masters,
+                         trainable)
+    scratch = output_dir if distributed.is_main() else distributed.scratch(job_end)  # other ranks' generations
+    evaluation = None if s.profiling else Evaluation(cfg, scratch, s, inputs.task, method, model, plan, logger,
+                                                     settings)
+    speed = train_job(cfg, output_dir, result, s, model, method, optimizer, scheduler, feed, plan, logger,
+                      evaluation, sync)
+    if evaluation is not None:
+        evaluation.final(cfg, output_dir, result, inputs.tokenizer)
+    record_facts(result, s, model, method, speed, logger, masters, trainable[1])
+    distributed.record(result, sync)  # world size, gradient bytes per step, every rank's peaks
+    return logger
 
-    batch_size = cfg.profile.batch_size if profiling else (cfg.train.batch_size or cfg.task.batch_size)
-    if profiling:
-        def stream(seed, micro, start=0):
-            return batches.random_tokens(micro, cfg.profile.seq_len, model.config.vocab_size, head, num_labels, seed,
-                                         start)
-    else:
-        def stream(seed, micro, start=0):
-            collate = lambda examples: task.collate(examples, hw.pad_to_multiple_of)  # noqa: E731
-            return batches.shuffled(task.train_examples(), micro, collate, seed,
-                                    accelerator.process_index, accelerator.num_processes, start,
-                                    key="train.batch_size" if cfg.train.batch_size else "task.batch_size")
 
-    # DDP syncs gradients from its own forward; the chunked loss calls the decoder directly.
-    chunk_tokens = cfg.train.loss_chunk_tokens if accelerator.num_processes == 1 else None
-    loss_fn = make_loss(model, head, chunk_tokens)  # takes the model as an argument: serves it once wrapped too
-
-    def micro_loss(m, batch):
-        with hw.autocast():
-            return loss_fn(m, to_device(batch, device))
-
-    fits: dict[str, dict] = {}  # hardware.max_micro_batch_size=auto: what the probes measured (fit_batch.py)
-
-    def max_micro(what: str, optimizer_state: int = 0) -> int | None:
-        if hw.max_micro_batch_size != "auto":
-            return hw.max_micro_batch_size
-        per_rank = split_batch(batch_size, None, accelerator.num_processes)[0]
-        sequence = next(stream(cfg.seed, 1)) if profiling else task.collate(
-            [max(task.train_examples(), key=lambda e: len(e["input_ids"]))], hw.pad_to_multiple_of)
-        chosen = fit_batch.planned(cfg, hw, head, model, sequence, per_rank, accelerator.num_processes, what) or \
-            fit_batch.fit(model, micro_loss, sequence, per_rank, device, optimizer_state, what)
-        fits[what] = chosen.summary()
-        return chosen.micro_batch_size
-
-    calibration_micro = split_batch(batch_size, max_micro("calibration"), accelerator.num_processes)[0]
-
-    def calibration_batches(n):
-        it = stream(cfg.seed + 10_007, calibration_micro)
-        with Work("calibration", n, "batches", cfg.train.progress) as work:
-            for _ in range(n):
-                yield to_device(next(it), device)
-                work.advance()
-
-    # The method.
-    method = build_method(cfg.method)
-    job_end.callback(method.close)
-    ctx = MethodContext(model_type=model.config.model_type, head=head, device=device, precision=hw.precision,
-                        gradient_checkpointing=hw.gradient_checkpointing, seed=cfg.seed,
-                        calibration_batches=calibration_batches, loss=micro_loss, output_dir=output_dir)
-    model = method.prepare(model, ctx)
-    lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.method.lr
-    optimizer = method.build_optimizer(method.param_groups(model, cfg.optim.weight_decay), cfg.optim, lr)
-    method.attach(optimizer)
-    optimizer_state = fit_batch.optimizer_state_bytes(method.trainable_size()[1], cfg.optim)
-    scoring_only = not profiling and cfg.train.max_steps == 0  # no step: the calibration fit sizes the eval batch
-    training_micro = calibration_micro if scoring_only else max_micro("training", optimizer_state)
-    micro, accumulation = split_batch(batch_size, training_micro, accelerator.num_processes)
-    method.discard_grads(model)
-    if accelerator.num_processes > 1:
-        model = accelerator.prepare_model(model)
-
-    # The plan.
-    if profiling:
-        warmup = method.warmup_steps(cfg.profile.warmup_steps, cfg.profile.steps)  # HiFT: past first visits
-        steps, measure_from = warmup + cfg.profile.steps, warmup
-    else:
-        steps = cfg.train.max_steps if cfg.train.max_steps is not None else cfg.task.max_steps or max(
-            1, int((cfg.train.epochs or cfg.task.epochs) * len(task.train_examples()) // batch_size))
-        measure_from = min(cfg.train.measure_warmup_steps, steps - 1)
-    scheduler = make_scheduler(optimizer, cfg.optim, method.schedule_length(steps))
-    plan = Plan(steps=steps, micro_batch_size=micro, accumulation=accumulation, measure_from=measure_from,
-                max_grad_norm=cfg.optim.max_grad_norm, eval_every=None if profiling else cfg.eval.every_steps,
-                log_every=cfg.train.log_every, progress=cfg.train.progress)
-    meter.mark_loaded()
-
-    masters = method.master_parameters()
-    meter.held_bytes = lambda: (model_bytes(model, masters) + method.master_bytes()
-                                + optimizer_state_bytes(optimizer, device)[0])
-    n_trainable, trainable_bytes = method.trainable_size()
+def record_plan(cfg: DictConfig, output_dir: Path, result: dict, s: steps.Setup, model, method, optimizer,
+                feed: steps.Feed, plan: Plan, settings: Settings, masters: list, trainable: tuple[int, int]):
+    """Record what the job will do (params, method, plan, protocol, env) and start the logger (returned);
+    the memory meter counts from here. `trainable`: (elements, bytes) a step updates."""
+    s.meter.mark_loaded()
+    s.meter.held_bytes = lambda: (model_bytes(model, masters) + method.master_bytes()
+                                  + optimizer_state_bytes(optimizer, s.device)[0])
+    n_trainable = trainable[0]
     master_ids = {id(p) for p in masters}  # masters may live inside the model (SIFT) or beside it (HiFT)
     total = sum(p.numel() for p in model.parameters() if id(p) not in master_ids)
     result["params"].update(total=total, trainable=n_trainable, trainable_pct=100.0 * n_trainable / max(total, 1))
     result["method"] = method.describe(model)
-    result["plan"] = {"batch_size": batch_size, "micro_batch_size": micro, "accumulation": accumulation,
-                      "steps": steps, "lr": lr, "measure_from_step": measure_from,
-                      "loss_chunk_tokens": chunk_tokens if loss_fn is not model_loss else None,
-                      "micro_batch_fit": fits or None}
-    if task is not None:
-        result["protocol"] = task.protocol()
-        result["run"]["metric"] = task.metric
-    logger = make_logger(cfg.logger, f"{cfg.method.name}-{result['run']['task']}", output_dir, result["config"])
-    result["env"] = environment(hw, accelerator.num_processes)
+    result["plan"] = {"batch_size": feed.batch_size, "micro_batch_size": plan.micro_batch_size,
+                      "accumulation": plan.accumulation, "steps": plan.steps, "lr": settings.lr,
+                      "measure_from_step": plan.measure_from,
+                      "loss_chunk_tokens": feed.chunk_tokens if feed.loss_fn is not model_loss else None,
+                      "micro_batch_fit": feed.fits or None, **settings.record()}
+    if feed.task is not None:
+        result["protocol"] = feed.task.protocol()
+        result["run"]["metric"] = feed.task.metric
+    logger = make_logger(cfg.logger, f"{cfg.method.name}-{result['run']['task']}", output_dir,
+                         result["config"]) if distributed.is_main() else NullLogger()
+    result["env"] = environment(s.hw, distributed.world_size())
+    return logger
 
-    # Train, validating on the way when asked; the final evaluation scores the selected checkpoint.
-    validations: list[dict] = []
-    eval_ctx = EvalContext(device=device, autocast=hw.autocast, batch_size=eval_batch_size(cfg, micro),
-                           max_samples=cfg.eval.max_samples, output_dir=output_dir,
-                           pad_to_multiple_of=hw.pad_to_multiple_of, num_beams=cfg.eval.num_beams,
-                           max_new_tokens=cfg.eval.max_new_tokens, progress=cfg.train.progress)
-    selector = Selector(cfg, task, method, model)
 
-    def validate(step: int) -> None:
-        meter.start_eval()
-        metrics = task.validate(model, eval_ctx)
-        meter.end_eval()
-        validations.append({"step": step, "metrics": metrics})
-        logger.log(metrics, step)
-        selector.offer(step, metrics)
-
-    saver = Checkpointer(cfg, output_dir, model=model, method=method, scheduler=scheduler, selector=selector,
-                         validations=validations, accumulation=accumulation, steps=steps, result=result)
+def train_job(cfg: DictConfig, output_dir: Path, result: dict, s: steps.Setup, model, method, optimizer, scheduler,
+              feed: steps.Feed, plan: Plan, logger, evaluation: Evaluation | None, sync) -> SpeedMeter:
+    """Train from where a checkpoint left off (validating on the way when `evaluation` asks) and record
+    what training made. Returns the speed meter."""
+    saver = Checkpointer(cfg, output_dir, model=model, method=method, scheduler=scheduler,
+                         selector=evaluation.selector if evaluation else Selector(cfg, None, method, model),
+                         validations=evaluation.validations if evaluation else [], accumulation=plan.accumulation,
+                         steps=plan.steps, result=result)
     history = saver.restore()  # a fresh log, or where the checkpoint to resume from left off
-
     speed = SpeedMeter()
     try:
-        history = train(model, method, optimizer, scheduler, stream(cfg.seed, micro, saver.micro_batches), plan,
-                        accelerator=accelerator, autocast=hw.autocast, head=head, meter=meter, speed=speed,
-                        logger=logger, loss_fn=loss_fn, evaluate=None if profiling else validate, history=history,
-                        checkpoint=saver)
+        history = train(model, method, optimizer, scheduler,
+                        feed.stream(cfg.seed, plan.micro_batch_size, saver.micro_batches), plan,
+                        accelerator=s.accelerator, autocast=s.hw.autocast, head=feed.head, meter=s.meter, speed=speed,
+                        logger=logger, loss_fn=feed.loss_fn, evaluate=evaluation.validate if evaluation else None,
+                        history=history, checkpoint=saver, sync=sync)
     finally:
-        meter.end_train()  # also stops the memory trace of a run that failed
+        s.meter.end_train()  # also stops the memory trace of a run that failed
     result["method"] = method.describe(model)  # again: what training measured (e.g. HiFT's copy times)
-    # What training made is recorded and exported first: a failing evaluation cannot lose it.
     curve = history.loss_curve
     result["train"].update(steps=history.steps, samples=history.samples, tokens=history.tokens,
                            loss_first=curve[0][1] if curve else None, loss_last=curve[-1][1] if curve else None,
                            loss_curve=curve)
-    if not profiling:
-        if selector.policy == "best" and (not validations or validations[-1]["step"] != history.steps):
-            validate(history.steps)
-        result["validation_history"] = validations
-        result["selection"] = selector.restore_chosen(history.steps)
-        method.release_optimizer()  # the export and the final evaluation need no optimizer state
-        if cfg.train.save != "none":
-            result["export"] = method.export(model, tokenizer, output_dir / "checkpoint")
-            files.normal_modes(output_dir / "checkpoint")  # safetensors writes 0600: the umask's mode, as any file
-        # On disk too, should the process die in the evaluation (replaced when the run ends).
-        results.write({**result, "error": "stopped in the final evaluation, after training"}, output_dir)
-        meter.start_eval()
-        result["metrics"] = task.evaluate(model, eval_ctx)
-        meter.end_eval()
-        logger.log(result["metrics"], history.steps)
+    return speed
 
-    # Facts.
-    result["memory"] = meter.summary(model_bytes(model, masters), method.master_bytes())
+
+class Evaluation:
+    """The task's validations during training (with the checkpoint selection) and its final evaluation,
+    which scores the selected checkpoint."""
+
+    def __init__(self, cfg: DictConfig, output_dir: Path, s: steps.Setup, task, method, model, plan: Plan, logger,
+                 settings: Settings):
+        self.s, self.task, self.method, self.model, self.logger = s, task, method, model, logger
+        self.ctx = EvalContext(device=s.device, autocast=s.hw.autocast,
+                               batch_size=eval_batch_size(cfg, plan.micro_batch_size, settings.num_beams),
+                               max_samples=cfg.eval.max_samples, output_dir=output_dir,
+                               pad_to_multiple_of=s.hw.pad_to_multiple_of, num_beams=settings.num_beams,
+                               max_new_tokens=settings.max_new_tokens,
+                               progress=cfg.train.progress and distributed.is_main())
+        self.selector = Selector(cfg, task, method, model)
+        self.validations: list[dict] = []
+
+    def validate(self, step: int) -> None:
+        """Score the validation split at `step` and offer the scores to the selector."""
+        self.s.meter.start_eval()
+        metrics = self.task.validate(self.model, self.ctx)
+        self.s.meter.end_eval()
+        self.validations.append({"step": step, "metrics": metrics})
+        self.logger.log(metrics, step)
+        self.selector.offer(step, metrics)
+
+    def final(self, cfg: DictConfig, output_dir: Path, result: dict, tokenizer) -> None:
+        """Restore the selected checkpoint, export it, and score it on the evaluation sets. What training
+        made is recorded and exported first: a failing evaluation cannot lose it."""
+        steps_done = result["train"]["steps"]
+        if self.selector.policy == "best" and (not self.validations or self.validations[-1]["step"] != steps_done):
+            self.validate(steps_done)
+        result["validation_history"] = self.validations
+        result["selection"] = self.selector.restore_chosen(steps_done)
+        self.method.release_optimizer()  # the export and the final evaluation need no optimizer state
+        main = distributed.is_main()  # only rank 0 writes
+        if cfg.train.save != "none" and self.s.sharded:
+            state = sharding.full_state(self.model)  # a collective: every rank gathers, rank 0 keeps
+            if main:
+                result["export"] = sharding.export(self.model, tokenizer, output_dir / "checkpoint", state)
+        elif cfg.train.save != "none" and main:
+            result["export"] = self.method.export(self.model, tokenizer, output_dir / "checkpoint")
+        if cfg.train.save != "none" and main:  # safetensors writes 0600: the umask's mode, as any file
+            files.normal_modes(output_dir / "checkpoint")
+        if main:  # on disk too, should the process die in the evaluation (replaced when the run ends)
+            results.write({**result, "error": "stopped in the final evaluation, after training"}, output_dir)
+        self.s.meter.start_eval()
+        result["metrics"] = self.task.evaluate(self.model, self.ctx)
+        self.s.meter.end_eval()
+        self.logger.log(result["metrics"], steps_done)
+
+
+def record_facts(result: dict, s: steps.Setup, model, method, speed: SpeedMeter, logger, masters: list,
+                 trainable_bytes: int) -> None:
+    """Record what was measured: memory (with its breakdown) and throughput."""
+    result["memory"] = s.meter.summary(model_bytes(model, masters), method.master_bytes())
     result["memory"]["breakdown"]["trainable_bytes"] = trainable_bytes
     seq_len = speed.tokens / max(speed.samples, 1)
-    result["throughput"] = speed.summary(flops_per_token(model, seq_len), peak_flops(result["env"]["device_name"],
-                                                                                       hw.precision, device.type == "cuda"))
+    result["throughput"] = speed.summary(flops_per_token(model, seq_len),
+                                         peak_flops(result["env"]["device_name"], s.hw.precision,
+                                                    s.device.type == "cuda"))
     logger.summary({**result["metrics"], **{f"throughput/{k}": v for k, v in result["throughput"].items()}})
-    return logger
 
 
-def eval_batch_size(cfg: DictConfig, micro: int) -> int:
+def eval_batch_size(cfg: DictConfig, micro: int, num_beams: int | None) -> int:
     """Prompts (or examples) per evaluation batch. eval.batch_size (null: two training micro-batches)
-    counts sequences on the device; beam search holds num_beams of them per prompt."""
-    beams = cfg.eval.num_beams or cfg.task.get("num_beams") or 1
-    return max(1, (cfg.eval.batch_size or 2 * micro) // beams)
+    counts sequences on the device; beam search holds `num_beams` (resolved: knobs.settle) per prompt."""
+    return max(1, (cfg.eval.batch_size or 2 * micro) // (num_beams or 1))
 
 
 class Selector:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .architecture import IGNORE_INDEX
+from .distributed import GradientSync
 from .lm_loss import Loss, model_loss
 from .measure import GiB, MemoryMeter, SpeedMeter, rss_peak_bytes
 from .tasks.base import to_device
@@ -77,10 +78,13 @@ def synchronize(device: torch.device) -> None:
 def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Plan, *, accelerator,
           head: str, meter: MemoryMeter, speed: SpeedMeter, logger, autocast: Callable = nullcontext,
           loss_fn: Loss = model_loss, evaluate: Callable[[int], None] | None = None,
-          history: TrainLog | None = None, checkpoint: Callable[[TrainLog, bool], None] | None = None) -> TrainLog:
+          history: TrainLog | None = None, checkpoint: Callable[[TrainLog, bool], None] | None = None,
+          sync: GradientSync | None = None) -> TrainLog:
     """Train from `history` (a resumed run's log; None: step 0) to `plan.steps`. `checkpoint(log,
-    stopping)` is called at every step's end, last, so a checkpoint holds the step's validation."""
+    stopping)` is called at every step's end, last, so a checkpoint holds the step's validation.
+    `sync` sums gradients, counts and the loss over data-parallel ranks (distributed.py)."""
     device = accelerator.device
+    sync = sync or GradientSync(device)
     history = history or TrainLog()
     progress = Progress(plan, enabled=plan.progress)
     model.train()
@@ -103,7 +107,9 @@ def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Pl
                 meter.start_train()
             micro = [next(batches) for _ in range(plan.accumulation)]
             counts = [count(b, head) for b in micro]
-            loss_units = sum(c.loss_units for c in counts) or 1
+            step_counts = Counts(*sync.total_counts(  # over every rank: the loss is the global batch's mean
+                [sum(getattr(c, f) for c in counts) for f in ("samples", "tokens", "nonpad", "loss_units")]))
+            loss_units = step_counts.loss_units or 1
 
             synchronize(device)
             started = time.perf_counter()
@@ -118,6 +124,7 @@ def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Pl
                     accelerator.backward(loss)
                 step_loss += loss.detach().float()
             method.before_optimizer_step(step)
+            sync.reduce(method.optimizer_parameters())
             meter.sample_grads([*method.optimizer_parameters(), *model.parameters()])
             grad_norm = method.clip_grad_norm(plan.max_grad_norm)
             optimizer.step()
@@ -125,13 +132,12 @@ def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Pl
             if method.scheduler_steps(step):
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_value = step_loss.item()  # waits for the step's kernels
+            loss_value = sync.mean_loss(step_loss).item()  # waits for the step's kernels
             synchronize(device)
             seconds = time.perf_counter() - started
 
             if not math.isfinite(loss_value):
                 raise NonFiniteLoss(step, loss_value)
-            step_counts = Counts(*(sum(getattr(c, f) for c in counts) for f in ("samples", "tokens", "nonpad", "loss_units")))
             if step >= plan.measure_from:
                 speed.record(seconds, step_counts.samples, step_counts.tokens, step_counts.nonpad, step_counts.loss_units)
             meter.after_step(optimizer)
@@ -149,6 +155,7 @@ def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Pl
                 history.pending_eval = True
                 if not stop.requested:
                     validate_pending()
+            stop.requested = sync.any(stop.requested)  # every rank stops (and checkpoints) at the same step
             if checkpoint:
                 checkpoint(history, stop.requested)
         if stop.requested:

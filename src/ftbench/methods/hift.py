@@ -86,10 +86,6 @@ class BlockRotation(Method):
     # -- building ---------------------------------------------------------------------
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         cfg = self.cfg
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        require(not distributed or torch.distributed.get_world_size() == 1, "method.name",
-                f"{cfg.name} changes which weights train at every switch, which DDP's gradient reducer does "
-                "not follow; run it on one process")
         self.units = derive_units(model)
         frozen = pick(self.units, cfg.frozen_units, "method.frozen_units")
         always = pick(self.units, cfg.always_active, "method.always_active")

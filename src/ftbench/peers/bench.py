@@ -48,6 +48,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import UserError, explain_compose_error
+from ..knobs import settle
 from . import PEERS
 
 # The CPU shape: a 4-layer LLaMA of hidden 512, 4 x 256 tokens, fp32, checkpointing. Each key applies
@@ -187,7 +188,7 @@ class Plan:
                 "shape": OmegaConf.to_container(cfg.model.shape), "micro_batch_size": self.micro,
                 "accumulation": self.accumulation, "seq_len": cfg.profile.seq_len,
                 "warmup_steps": cfg.profile.warmup_steps, "steps": steps, "trace_memory": trace,
-                "lr": cfg.optim.lr if cfg.optim.lr is not None else cfg.method.lr, "betas": list(cfg.optim.betas),
+                "lr": settle(cfg).lr, "betas": list(cfg.optim.betas),
                 "eps": cfg.optim.eps, "weight_decay": cfg.optim.weight_decay,
                 "max_grad_norm": cfg.optim.max_grad_norm, "scheduler": SCHEDULERS[cfg.optim.scheduler],
                 "scheduler_warmup_steps": warmup, "method": OmegaConf.to_container(cfg.method, resolve=True)}

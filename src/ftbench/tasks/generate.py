@@ -20,6 +20,7 @@ from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..errors import UserError
+from ..knobs import decoding as decoding_knobs
 from ..progress import Work
 from .answers import AnswerRule
 from .base import EvalContext, pad_collate, to_device
@@ -37,9 +38,9 @@ class Decoding:
 
     @classmethod
     def resolve(cls, ctx: EvalContext, cfg) -> Decoding:
-        """The run's eval.* overrides, else the task's protocol defaults."""
-        decoding = cls(num_beams=ctx.num_beams or cfg.num_beams,
-                       max_new_tokens=ctx.max_new_tokens or cfg.max_new_tokens,
+        """The run's eval.* overrides, else the task's protocol defaults (knobs.decoding)."""
+        settled = decoding_knobs(ctx.num_beams, ctx.max_new_tokens, cfg)
+        decoding = cls(num_beams=settled["num_beams"][1], max_new_tokens=settled["max_new_tokens"][1],
                        min_new_tokens=cfg.min_new_tokens or 0)
         if decoding.min_new_tokens > decoding.max_new_tokens:
             raise UserError("task.min_new_tokens", f"{decoding.min_new_tokens} exceeds the answer cap "
