@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .results import GiB
+
 METHODS = ["full", "lora", "sift", "s2ft", "sparsegrad", "meprop", "hift", "badam", "lisa"]
 TASKS = {"math": METHODS, "alpaca": ["full", "lora", "s2ft"]}
 BUDGET = ["task.max_length=256", "train.batch_size=8", "train.max_steps=10", "task.val_size=32"]
@@ -33,8 +35,6 @@ COMMON = ["model=smollm2-135m", "train.save=last", "train.select=best", "train.s
 # set to task.val_size, caps those and leaves the held-out set whole).
 TASK_EXTRA = {"math": ["task.eval_sets=[MultiArith]", "eval.num_beams=1", "eval.max_new_tokens=32"],
               "alpaca": ["task.generate_samples=0"]}
-GiB = 2**30
-
 
 def run_cell(out: Path, overrides: list[str]) -> dict:
     """One ftbench run in its own process (or the result it already left)."""

@@ -43,9 +43,9 @@ from omegaconf import DictConfig
 
 from .errors import UserError
 from .hardware import Hardware, split_batch
-from .measure import GiB
 from .plan_fit import Step, at_full_width, extrapolate, lagrange_at_one, peak, phase_peaks, steps_of
 from .plan_probe import PHASES, Probe, run_probe
+from .results import GiB
 
 MiB = 2**20
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
-from .measure import GiB
+from .results import GiB
 
 FILENAME = "plan.json"
 ROWS = (("weights", "weights_bytes"), ("fp32 masters", "master_bytes"), ("gradients", "grad_bytes"),

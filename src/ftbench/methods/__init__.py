@@ -25,10 +25,6 @@ def method_class(name: str) -> type[Method]:
     return getattr(import_module(module), attr)
 
 
-def method_config_classes() -> dict[str, type[MethodConfig]]:
-    return {name: method_class(name).config_class for name in REGISTRY}
-
-
 def build_method(cfg) -> Method:
     """Instantiate the method named by `cfg.name` from its (typed) config."""
     from omegaconf import OmegaConf

@@ -35,21 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import MISSING
 from torch import nn
 
-from ..errors import require
 from ..measure import tensor_bytes
+from ..method_configs import MethodConfig
 from .masters import Masters
-
-
-@dataclass
-class MethodConfig:
-    name: str = MISSING
-    lr: float = 1e-4
-
-    def check(self, key: str) -> None:
-        require(self.lr > 0, f"{key}.lr", f"must be > 0 (got {self.lr})")
 
 
 @dataclass

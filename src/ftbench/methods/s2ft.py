@@ -26,7 +26,6 @@ that fuses into the base model and unfuses exactly.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +33,14 @@ import torch
 from torch import nn
 
 from ..architecture import architecture
-from ..errors import one_of, require
+from ..errors import require
+from ..method_configs import S2ftConfig
 from . import s2ft_adapter
-from .base import MethodConfig, MethodContext
+from .base import MethodContext
 from .partial import PartialMethod, Selection, save_merged, wrap
 from .s2ft_select import (
-    ALLOCATIONS,
     KIND,
-    ORDERS,
     PROJECTIONS,
-    STRATEGIES,
     UNIT_NAMES,
     find_blocks,
     select_units,
@@ -51,35 +48,6 @@ from .s2ft_select import (
 
 MASTER_DTYPES = {"fp32": torch.float32, "weight": None}
 SELECTION_FILE = "s2ft_selection.json"
-
-
-@dataclass
-class S2ftConfig(MethodConfig):
-    name: str = "s2ft"
-    lr: float = 1e-3
-    v_ratio: float = 0.0
-    o_ratio: float = 0.052
-    u_ratio: float = 0.0
-    d_ratio: float = 0.02
-    allocation: str = "global"
-    strategy: str = "random"
-    order: str = "smallest"
-    calibration_samples: int = 256
-    master_dtype: str = "fp32"
-    train_head: bool = True
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        for p in PROJECTIONS:
-            ratio = getattr(self, f"{p}_ratio")
-            require(0 <= ratio <= 1, f"{key}.{p}_ratio", f"must be in [0, 1] (got {ratio})")
-        require(any(getattr(self, f"{p}_ratio") > 0 for p in PROJECTIONS), f"{key}.o_ratio",
-                "every ratio is 0, so nothing would train; set v_ratio, o_ratio, u_ratio or d_ratio > 0")
-        one_of(self.allocation, ALLOCATIONS, f"{key}.allocation")
-        one_of(self.strategy, STRATEGIES, f"{key}.strategy")
-        one_of(self.order, ORDERS, f"{key}.order")
-        require(self.calibration_samples >= 1, f"{key}.calibration_samples", "must be >= 1")
-        one_of(self.master_dtype, tuple(MASTER_DTYPES), f"{key}.master_dtype")
 
 
 class S2ft(PartialMethod):

@@ -25,7 +25,6 @@ trains them whole (d_out values per layer); `frozen` leaves them. Biases are nev
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,11 @@ import torch
 from torch import nn
 
 from ..architecture import replace_module
-from ..errors import one_of, require
+from ..method_configs import SiftConfig
 from . import partial
-from .base import MethodConfig, MethodContext, decay_split
+from .base import MethodContext, decay_split
 from .partial import PartialLinear, PartialMethod, _PartialLinearFn
 from .sift_select import (
-    PRESET_NAMES,
-    SELECTIONS,
     resolve_exceptions,
     resolve_targets,
     select,
@@ -47,46 +44,8 @@ from .sift_select import (
     short_name,
 )
 
-BIAS_POLICIES = ("sparse", "dense", "frozen")
-MASTER_DTYPES = ("fp32", "weight")
 MASTER_SUFFIXES = (".master", ".bias_master")  # trainable copies: never part of a merged checkpoint
 SELECTION_FILE = "sift_selection.safetensors"
-
-
-@dataclass
-class SiftConfig(MethodConfig):
-    name: str = "sift"
-    lr: float = 2e-3
-    sparse_rate: float = 0.01
-    target_modules: Any = "auto"
-    exception_modules: Any = "head"
-    selection: str = "grad"
-    calibration_batches: int = 1
-    bias: str = "sparse"
-    master_dtype: str = "fp32"
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        require(0 < self.sparse_rate <= 1, f"{key}.sparse_rate",
-                f"must be in (0, 1], the fraction of each target weight that trains (got {self.sparse_rate})")
-        one_of(self.selection, SELECTIONS, f"{key}.selection")
-        require(self.calibration_batches >= 1, f"{key}.calibration_batches", "must be >= 1")
-        one_of(self.bias, BIAS_POLICIES, f"{key}.bias")
-        one_of(self.master_dtype, MASTER_DTYPES, f"{key}.master_dtype")
-        targets = self.target_modules
-        require(targets in PRESET_NAMES if isinstance(targets, str) else _names(targets), f"{key}.target_modules",
-                f"give a preset ({', '.join(PRESET_NAMES)}) or a list of module names, e.g. [query,value]")
-        exceptions = self.exception_modules
-        require(exceptions == "head" or (not isinstance(exceptions, str) and _names(exceptions, empty=True)),
-                f"{key}.exception_modules", "give head (the task head) or a list of module names, e.g. [classifier] or []")
-
-
-def _names(value, empty: bool = False) -> bool:
-    try:
-        items = list(value)
-    except TypeError:
-        return False
-    return (empty or bool(items)) and all(isinstance(item, str) and item for item in items)
 
 
 class SiftLinear(PartialLinear):
