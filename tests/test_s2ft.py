@@ -16,7 +16,7 @@ from ftbench.config import check
 from ftbench.errors import UserError
 from ftbench.methods import s2ft_adapter
 from ftbench.methods.full import FullConfig, FullFineTuning
-from ftbench.methods.partial import partial_layers
+from ftbench.methods.partial_linear import partial_layers
 from ftbench.methods.s2ft import S2ft, S2ftConfig
 from ftbench.methods.s2ft_select import find_blocks, select_units
 from helpers import REPO, compose, fit, method_context, synthetic_batches, tiny_model

@@ -10,9 +10,9 @@ from .base import Method, MethodConfig, MethodContext
 REGISTRY: dict[str, str] = {
     "full": "ftbench.methods.full:FullFineTuning",
     "lora": "ftbench.methods.lora:Lora",
-    "hift": "ftbench.methods.hift:BlockRotation",
-    "badam": "ftbench.methods.hift:BlockRotation",
-    "lisa": "ftbench.methods.hift:BlockRotation",
+    "hift": "ftbench.methods.block_rotation:BlockRotation",
+    "badam": "ftbench.methods.block_rotation:BlockRotation",
+    "lisa": "ftbench.methods.block_rotation:BlockRotation",
     "meprop": "ftbench.methods.meprop:MeProp",
     "sparsegrad": "ftbench.methods.sparsegrad:SparseGrad",
     "s2ft": "ftbench.methods.s2ft:S2ft",

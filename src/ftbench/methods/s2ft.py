@@ -5,7 +5,7 @@ In every block a few heads and channels are selected (see s2ft_select.py for
 the slices, the GQA mapping, the allocations and the strategies) and only their
 slices train: output rows of V and Up, input columns of O and Down. Everything
 else is frozen, and Q, K and Gate never train. The slices run on the shared
-partial-weight mechanism (partial.py): the dense weight stays in place and is
+partial-weight mechanism (partial_linear.py): the dense weight stays in place and is
 used by the forward as is; each slice is mirrored by an fp32 master; O and Down
 save only a compact copy of x[..., S] and get their gradient from one flattened
 thin GEMM; the masters are written back after every optimizer step. No weight
@@ -37,7 +37,7 @@ from ..errors import require
 from ..method_configs import S2ftConfig
 from . import s2ft_adapter
 from .base import MethodContext
-from .partial import PartialMethod, Selection, save_merged, wrap
+from .partial_linear import PartialMethod, Selection, save_merged, wrap
 from .s2ft_select import (
     KIND,
     PROJECTIONS,

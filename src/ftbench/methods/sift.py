@@ -3,7 +3,7 @@
 For every target weight a fixed set of k = ⌊rate·numel⌋+1 entries is chosen once,
 before training (by default the top-k of |∂L/∂W| on calibration batches that are
 never used for an update; see sift_select.py), and only those entries train. The
-shared mechanism (partial.py) keeps the dense weight in place for the forward,
+shared mechanism (partial_linear.py) keeps the dense weight in place for the forward,
 mirrors the selected entries by a master vector (fp32 by default), hands autograd
 only their gradient, and writes the masters back after every optimizer step.
 
@@ -33,9 +33,9 @@ from torch import nn
 
 from ..architecture import replace_module
 from ..method_configs import SiftConfig
-from . import partial
+from . import partial_linear
 from .base import MethodContext, decay_split
-from .partial import PartialLinear, PartialMethod, _PartialLinearFn
+from .partial_linear import PartialLinear, PartialMethod, _PartialLinearFn
 from .sift_select import (
     resolve_exceptions,
     resolve_targets,
@@ -177,13 +177,13 @@ class Sift(PartialMethod):
         from safetensors.torch import save_file
 
         path.mkdir(parents=True, exist_ok=True)
-        partial.save_merged(model, tokenizer, path / "merged", MASTER_SUFFIXES)
+        partial_linear.save_merged(model, tokenizer, path / "merged", MASTER_SUFFIXES)
         save_file(self.delta(model), str(path / "delta.safetensors"),
                   metadata={"method": "sift", "sparse_rate": str(self.cfg.sparse_rate)})
         return {"merged": str(path / "merged"), "delta": str(path / "delta.safetensors")}
 
     def delta(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        out = partial.delta_tensors(model)  # "<layer>.elements.index" / ".values": the weights
+        out = partial_linear.delta_tensors(model)  # "<layer>.elements.index" / ".values": the weights
         for name, layer in self.named_layers.items():
             if layer.bias_master is not None:
                 out[f"{name}.bias.sparse_index"] = layer.bias_index.cpu()
@@ -198,7 +198,7 @@ class Sift(PartialMethod):
 @torch.no_grad()
 def apply_delta(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Write a SIFT delta into a plain (base) model: reproduces the merged weights exactly."""
-    partial.apply_delta(model, tensors)
+    partial_linear.apply_delta(model, tensors)
     for key, value in tensors.items():
         if key.endswith(".sparse_index"):
             param = model.get_parameter(key.removesuffix(".sparse_index"))
