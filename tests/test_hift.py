@@ -42,7 +42,7 @@ def tiny(layers=2, dtype="fp32", head="seq_cls"):
 def prepared(model, name="hift", **settings):
     cfg = compose(f"method={name}", *(f"method.{k}={v}" for k, v in settings.items()))
     method = build_method(cfg.method)
-    return method.prepare(model, method_context(model_type="llama")), method
+    return method.prepare(model, method_context()), method
 
 
 def watch(method, model):

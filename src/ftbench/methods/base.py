@@ -46,7 +46,6 @@ from .masters import Masters
 class MethodContext:
     """What a method may use while preparing the model."""
 
-    model_type: str  # the HF model_type: llama, bert, roberta, mistral, ...
     head: str  # seq_cls | regression | causal_lm
     device: torch.device
     precision: str  # bf16-mixed | bf16-pure | fp32
