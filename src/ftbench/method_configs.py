@@ -8,22 +8,37 @@ Adding a method: its schema here, a row in `CONFIGS`, and its class in methods/_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
 from .errors import one_of, require
 
 MASTER_DTYPES = ("fp32", "weight")  # fp32 masters for low-precision weights, or step the weight's own dtype
+# The choices the checks accept (the method modules import them from here).
+ROTATION_ORDERS = ("down2up", "up2down", "random", "sample")  # hift/badam/lisa: the order of the units (units.py)
+STATE_POLICIES = ("offload", "drop", "keep")  # hift/badam/lisa: a leaving group's optimizer state
+LR_POLICIES = ("per_cycle", "per_step")
+S2FT_PROJECTIONS = ("v", "o", "u", "d")  # the trainable slices: rows of V and Up, columns of O and Down
+S2FT_STRATEGIES = ("random", "weight", "activation", "weight_x_activation", "gradient")
+S2FT_ORDERS = ("smallest", "largest")
+S2FT_ALLOCATIONS = ("global", "per_layer")
+SIFT_SELECTIONS = ("grad", "random", "magnitude")
+SIFT_PRESET_NAMES = ("auto", "attention", "mlp", "all-linear")  # sift_select.PRESETS holds attention and mlp
+SIFT_BIAS_POLICIES = ("sparse", "dense", "frozen")
 
 
 @dataclass
 class MethodConfig:
     name: str = MISSING
     lr: float = 1e-4
+    # setting -> the values it accepts, checked by `check` (a class attribute, not a config key)
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def check(self, key: str) -> None:
         require(self.lr > 0, f"{key}.lr", f"must be > 0 (got {self.lr})")
+        for setting, allowed in self.choices.items():
+            one_of(getattr(self, setting), allowed, f"{key}.{setting}")
 
 
 @dataclass
@@ -31,10 +46,7 @@ class FullConfig(MethodConfig):
     name: str = "full"
     lr: float = 1e-4
     master_dtype: str = "fp32"
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        one_of(self.master_dtype, MASTER_DTYPES, f"{key}.master_dtype")
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"master_dtype": MASTER_DTYPES}
 
 
 @dataclass
@@ -58,11 +70,6 @@ class LoraMethodConfig(MethodConfig):
                 "give 'all-linear' or a list of module names, e.g. [q_proj,v_proj]")
 
 
-ROTATION_ORDERS = ("down2up", "up2down", "random", "sample")  # the order of the units (methods/units.py)
-STATE_POLICIES = ("offload", "drop", "keep")
-LR_POLICIES = ("per_cycle", "per_step")
-
-
 @dataclass
 class BlockRotationConfig(MethodConfig):
     name: str = "hift"
@@ -76,14 +83,13 @@ class BlockRotationConfig(MethodConfig):
     state_policy: str = "offload"
     prefetch_ahead: bool = False
     lr_policy: str = "per_cycle"
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"order": ROTATION_ORDERS, "state_policy": STATE_POLICIES,
+                                                     "lr_policy": LR_POLICIES}
 
     def check(self, key: str) -> None:
         super().check(key)
         require(self.group_size >= 1, f"{key}.group_size", "must be >= 1")
         require(self.steps_per_block >= 1, f"{key}.steps_per_block", "must be >= 1")
-        one_of(self.order, ROTATION_ORDERS, f"{key}.order")
-        one_of(self.state_policy, STATE_POLICIES, f"{key}.state_policy")
-        one_of(self.lr_policy, LR_POLICIES, f"{key}.lr_policy")
         require(not self.reshuffle or self.order == "random", f"{key}.reshuffle",
                 f"only applies to {key}.order=random (got {self.order})")
 
@@ -120,12 +126,6 @@ class MePropConfig(SparseMlpConfig):
     name: str = "meprop"
 
 
-S2FT_PROJECTIONS = ("v", "o", "u", "d")  # the trainable slices: rows of V and Up, columns of O and Down
-S2FT_STRATEGIES = ("random", "weight", "activation", "weight_x_activation", "gradient")
-S2FT_ORDERS = ("smallest", "largest")
-S2FT_ALLOCATIONS = ("global", "per_layer")
-
-
 @dataclass
 class S2ftConfig(MethodConfig):
     name: str = "s2ft"
@@ -140,6 +140,8 @@ class S2ftConfig(MethodConfig):
     calibration_samples: int = 256
     master_dtype: str = "fp32"
     train_head: bool = True
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"allocation": S2FT_ALLOCATIONS, "strategy": S2FT_STRATEGIES,
+                                                     "order": S2FT_ORDERS, "master_dtype": MASTER_DTYPES}
 
     def check(self, key: str) -> None:
         super().check(key)
@@ -148,16 +150,7 @@ class S2ftConfig(MethodConfig):
             require(0 <= ratio <= 1, f"{key}.{p}_ratio", f"must be in [0, 1] (got {ratio})")
         require(any(getattr(self, f"{p}_ratio") > 0 for p in S2FT_PROJECTIONS), f"{key}.o_ratio",
                 "every ratio is 0, so nothing would train; set v_ratio, o_ratio, u_ratio or d_ratio > 0")
-        one_of(self.allocation, S2FT_ALLOCATIONS, f"{key}.allocation")
-        one_of(self.strategy, S2FT_STRATEGIES, f"{key}.strategy")
-        one_of(self.order, S2FT_ORDERS, f"{key}.order")
         require(self.calibration_samples >= 1, f"{key}.calibration_samples", "must be >= 1")
-        one_of(self.master_dtype, MASTER_DTYPES, f"{key}.master_dtype")
-
-
-SIFT_SELECTIONS = ("grad", "random", "magnitude")
-SIFT_PRESET_NAMES = ("auto", "attention", "mlp", "all-linear")  # sift_select.PRESETS holds attention and mlp
-SIFT_BIAS_POLICIES = ("sparse", "dense", "frozen")
 
 
 @dataclass
@@ -171,15 +164,14 @@ class SiftConfig(MethodConfig):
     calibration_batches: int = 1
     bias: str = "sparse"
     master_dtype: str = "fp32"
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"selection": SIFT_SELECTIONS, "bias": SIFT_BIAS_POLICIES,
+                                                     "master_dtype": MASTER_DTYPES}
 
     def check(self, key: str) -> None:
         super().check(key)
         require(0 < self.sparse_rate <= 1, f"{key}.sparse_rate",
                 f"must be in (0, 1], the fraction of each target weight that trains (got {self.sparse_rate})")
-        one_of(self.selection, SIFT_SELECTIONS, f"{key}.selection")
         require(self.calibration_batches >= 1, f"{key}.calibration_batches", "must be >= 1")
-        one_of(self.bias, SIFT_BIAS_POLICIES, f"{key}.bias")
-        one_of(self.master_dtype, MASTER_DTYPES, f"{key}.master_dtype")
         targets = self.target_modules
         require(targets in SIFT_PRESET_NAMES if isinstance(targets, str) else _names(targets),
                 f"{key}.target_modules",

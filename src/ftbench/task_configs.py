@@ -38,39 +38,52 @@ SYNTHETIC_FIRST_FILLER = 5  # ids below are special (pad, the two markers, ...);
 
 
 @dataclass
-class SyntheticConfig(TaskConfig):
-    name: str = "synthetic"
-    family: str = "synthetic"
+class GeneratedConfig(TaskConfig):
+    """What the in-process tasks (no download, deterministic per seed) share: how many examples are
+    generated, and a tiny model's budget."""
+
     metric: str = "dev/acc"
     batch_size: int = 32
     max_length: int = 32
     epochs: float = 1.0
+    num_train: int = 8192
+    num_eval: int = 512
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        require(self.num_train >= 1, f"{key}.num_train", "must be >= 1")
+        require(self.num_eval >= 1, f"{key}.num_eval", "must be >= 1")
+
+
+def check_decoding(cfg, key: str) -> None:
+    """The decoding defaults of a generative task: num_beams, max_new_tokens, min_new_tokens."""
+    require(cfg.num_beams >= 1, f"{key}.num_beams", "must be >= 1")
+    require(cfg.max_new_tokens >= 1, f"{key}.max_new_tokens", "must be >= 1")
+    if cfg.min_new_tokens is not None:
+        require(cfg.min_new_tokens >= 1, f"{key}.min_new_tokens", "must be >= 1, or null to stop at EOS")
+
+
+@dataclass
+class SyntheticConfig(GeneratedConfig):
+    name: str = "synthetic"
+    family: str = "synthetic"
     max_steps: int | None = 300
     vocab_size: int = 64
     min_length: int = 8
-    num_train: int = 8192
-    num_eval: int = 512
 
     def check(self, key: str) -> None:
         super().check(key)
         require(self.vocab_size > SYNTHETIC_FIRST_FILLER, f"{key}.vocab_size", f"must be > {SYNTHETIC_FIRST_FILLER}")
         require(2 <= self.min_length <= self.max_length, f"{key}.min_length",
                 "must be between 2 and task.max_length")
-        require(self.num_train >= 1, f"{key}.num_train", "must be >= 1")
-        require(self.num_eval >= 1, f"{key}.num_eval", "must be >= 1")
 
 
 @dataclass
-class SyntheticLMConfig(TaskConfig):
+class SyntheticLMConfig(GeneratedConfig):
     name: str = "synthetic_lm"
     family: str = "synthetic_lm"
-    metric: str = "dev/acc"
-    batch_size: int = 32
-    max_length: int = 32
-    epochs: float = 1.0
     max_steps: int | None = 2000
     max_operand: int = 9
-    num_train: int = 8192
     num_eval: int = 200
     num_beams: int = 1
     max_new_tokens: int = 8
@@ -79,12 +92,7 @@ class SyntheticLMConfig(TaskConfig):
     def check(self, key: str) -> None:
         super().check(key)
         require(self.max_operand >= 1, f"{key}.max_operand", "must be >= 1")
-        require(self.num_train >= 1, f"{key}.num_train", "must be >= 1")
-        require(self.num_eval >= 1, f"{key}.num_eval", "must be >= 1")
-        require(self.num_beams >= 1, f"{key}.num_beams", "must be >= 1")
-        require(self.max_new_tokens >= 1, f"{key}.max_new_tokens", "must be >= 1")
-        if self.min_new_tokens is not None:
-            require(self.min_new_tokens >= 1, f"{key}.min_new_tokens", "must be >= 1, or null to stop at EOS")
+        check_decoding(self, key)
 
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")  # tasks/glue.py SPECS holds each
@@ -121,10 +129,7 @@ class InstructConfig(TaskConfig):
         one_of(self.template, TEMPLATE_NAMES, f"{key}.template")
         require(len(self.train_files) > 0, f"{key}.train_files", "give at least one file name or glob")
         require(self.val_size >= 0, f"{key}.val_size", "must be >= 0")
-        require(self.num_beams >= 1, f"{key}.num_beams", "must be >= 1")
-        require(self.max_new_tokens >= 1, f"{key}.max_new_tokens", "must be >= 1")
-        if self.min_new_tokens is not None:
-            require(self.min_new_tokens >= 1, f"{key}.min_new_tokens", "must be >= 1, or null to stop at EOS")
+        check_decoding(self, key)
 
 
 @dataclass
