@@ -1,5 +1,5 @@
-"""The method registry: name -> class. Adding a method = one module, one line here,
-one YAML in conf/method/, one row in tests/test_methods.py."""
+"""The method registry: name -> class. Adding a method = its schema in method_configs.py, one
+module, one line here, one YAML in conf/method/, one row in tests/test_methods.py (README)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The task registry: family -> class. A task YAML names its family."""
+"""The task registry: family -> class (the schemas: task_configs.py). A task YAML names its family."""
 
 from __future__ import annotations
 
