@@ -77,14 +77,14 @@ def synthetic_batches(batch_size: int = 8, seed: int = 0, head: str = "seq_cls",
         yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
-def method_context(head: str = "seq_cls", checkpointing: bool = False, seed: int = 0, model_type: str = "llama"):
+def method_context(head: str = "seq_cls", checkpointing: bool = False, seed: int = 0):
     from ftbench.methods import MethodContext
 
     def calibration(n):
         stream = synthetic_batches(seed=seed + 1, head=head)
         return (next(stream) for _ in range(n))
 
-    return MethodContext(model_type=model_type, head=head, device=torch.device("cpu"), precision="fp32",
+    return MethodContext(head=head, device=torch.device("cpu"), precision="fp32",
                          gradient_checkpointing=checkpointing, seed=seed, calibration_batches=calibration,
                          loss=lambda m, b: m(**b).loss)
 

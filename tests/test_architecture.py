@@ -111,7 +111,7 @@ def context(model: nn.Module, head: str) -> MethodContext:
         stream = batches(model, head, seed=1)
         return (next(stream) for _ in range(n))
 
-    return MethodContext(model_type=model.config.model_type, head=head, device=torch.device("cpu"), precision="fp32",
+    return MethodContext(head=head, device=torch.device("cpu"), precision="fp32",
                          gradient_checkpointing=False, seed=0, calibration_batches=calibration,
                          loss=lambda m, b: m(**b).loss)
 

@@ -112,3 +112,30 @@ def test_an_unusable_run_dir_is_one_line_and_exit_2(tmp_path, capsys, value, exp
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
+
+
+HEAVY = ("torch", "sklearn", "scipy", "transformers")
+LIGHT_START = """
+import io, sys
+from contextlib import redirect_stdout
+import ftbench.cli, ftbench.report
+from ftbench.cli import main
+for argv in (["--help"], ["--cfg", "job", "method=sift", "task=math"], ["--help", "method=s2ft", "task=sst2"]):
+    out = io.StringIO()
+    try:
+        with redirect_stdout(out):
+            main(argv)
+    except SystemExit as exc:
+        assert not exc.code, (argv, exc.code)
+    assert "method:" in out.getvalue(), argv
+print("imported:", ",".join(m for m in HEAVY if m in sys.modules))
+"""
+
+
+def test_help_and_cfg_compose_without_torch_sklearn_scipy_or_transformers():
+    """`ftbench --help` and `--cfg job` compose every schema (config.register_configs) and print the
+    config, and the report module loads, without the libraries only a job needs (a fast start)."""
+    done = subprocess.run([executable("python"), "-c", f"HEAVY = {HEAVY!r}" + LIGHT_START], env=CLI_ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "imported: ", done.stdout.splitlines()[-1]

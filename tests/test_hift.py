@@ -15,7 +15,7 @@ from ftbench.errors import UserError
 from ftbench.measure import optimizer_state_bytes, tensor_bytes
 from ftbench.methods import build_method
 from ftbench.methods.base import decay_split
-from ftbench.methods.hift import BlockRotation, BlockRotationConfig
+from ftbench.methods.block_rotation import BlockRotation, BlockRotationConfig
 from ftbench.methods.units import derive_units
 from ftbench.models import architecture_config, load_model
 from ftbench.optim import make_optimizer
@@ -42,7 +42,7 @@ def tiny(layers=2, dtype="fp32", head="seq_cls"):
 def prepared(model, name="hift", **settings):
     cfg = compose(f"method={name}", *(f"method.{k}={v}" for k, v in settings.items()))
     method = build_method(cfg.method)
-    return method.prepare(model, method_context(model_type="llama")), method
+    return method.prepare(model, method_context()), method
 
 
 def watch(method, model):

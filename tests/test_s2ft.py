@@ -16,12 +16,11 @@ from ftbench.config import check
 from ftbench.errors import UserError
 from ftbench.methods import s2ft_adapter
 from ftbench.methods.full import FullConfig, FullFineTuning
-from ftbench.methods.partial import partial_layers
+from ftbench.methods.partial_linear import partial_layers
 from ftbench.methods.s2ft import S2ft, S2ftConfig
 from ftbench.methods.s2ft_select import find_blocks, select_units
 from helpers import REPO, compose, fit, method_context, synthetic_batches, tiny_model
 
-MODEL_TYPES = {"tiny-llama": "llama", "tiny-bert": "bert"}
 EVERYTHING = dict(v_ratio=1.0, o_ratio=1.0, u_ratio=1.0, d_ratio=1.0)
 
 
@@ -38,7 +37,7 @@ def base_model(name="tiny-llama", dtype=torch.float64):
 
 def prepared(model, model_name="tiny-llama", seed=0, **settings):
     method = S2ft(S2ftConfig(**settings))
-    model = method.prepare(model, method_context(seed=seed, model_type=MODEL_TYPES[model_name]))
+    model = method.prepare(model, method_context(seed=seed))
     return model, method
 
 

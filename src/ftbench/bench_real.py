@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from . import children
+from .results import GiB
 
 METHODS = ["full", "lora", "sift", "s2ft", "sparsegrad", "meprop", "hift", "badam", "lisa"]
 TASKS = {"math": METHODS, "alpaca": ["full", "lora", "s2ft"]}
@@ -35,8 +36,6 @@ COMMON = ["model=smollm2-135m", "train.save=last", "train.select=best", "train.s
 # set to task.val_size, caps those and leaves the held-out set whole).
 TASK_EXTRA = {"math": ["task.eval_sets=[MultiArith]", "eval.num_beams=1", "eval.max_new_tokens=32"],
               "alpaca": ["task.generate_samples=0"]}
-GiB = 2**30
-
 
 def run_cell(out: Path, overrides: list[str]) -> dict:
     """One ftbench run in its own process (or the result it already left)."""

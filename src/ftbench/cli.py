@@ -8,6 +8,7 @@ names the key and exit code 2, before any model is built.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import sys
@@ -31,29 +32,44 @@ def config_dir() -> Path:
 
 
 def quiet_libraries() -> None:
-    """Keep library chatter (deprecations, init notices) out of the user's terminal."""
+    """Keep library chatter (deprecations, init notices) out of the user's terminal. Imports no
+    library: `ftbench --help` and `--cfg job` load neither torch nor transformers (a job quiets
+    transformers itself: `quiet_transformers`)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|peft|accelerate)\.")
+    logging.getLogger("peft").setLevel(logging.ERROR)
+
+
+def quiet_transformers() -> None:
+    """transformers' notices and progress bars off (imports transformers: called where jobs run)."""
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("peft").setLevel(logging.ERROR)
 
 
 def expand(overrides: list[str], multirun: bool) -> list[list[str]]:
-    """The override list of every job a command line launches."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The override list of every job a command line launches: the cartesian product of the sweeps,
+    in the order Hydra's basic sweeper launches them (a key given twice: the last wins)."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     if not multirun:
         return [overrides]
-    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-    batches = BasicSweeper.split_arguments(parser.parse_overrides(overrides), max_batch_size=None)
-    return [job for batch in batches for job in batch]
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())  # resolves glob(*)
+    choices: dict[str, list[str]] = {}
+    for override in parser.parse_overrides(overrides):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            raise HydraException(f"{key}: a range or interval sweep needs a sweeper plugin; list the values")
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 def validate(overrides: list[str], multirun: bool) -> str | None:
@@ -82,15 +98,15 @@ def launch(argv: list[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from .run import run_job
-
     codes: list[int] = []
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     def job(cfg) -> int:
         from .distributed import join_job_tasks
+        from .run import run_job  # torch and the rest load when a job runs, not for --help or --cfg
 
         join_job_tasks()  # a cluster job of several tasks (hydra/launcher=slurm): one rank each
+        quiet_transformers()
         runtime = HydraConfig.get()
         code = run_job(cfg, Path(runtime.runtime.output_dir), overrides=list(runtime.overrides.task))
         codes.append(code)
@@ -99,6 +115,30 @@ def launch(argv: list[str]) -> int:
     sys.argv = ["ftbench", *argv]
     job()
     return max(codes, default=0)
+
+
+def print_help(overrides: list[str]) -> None:
+    """`ftbench --help [KEY=VALUE ...]`: Hydra's application help (its `hydra.help` template: the config
+    groups and the composed config). Hydra's own --help finds the groups by building a config
+    repository per group (about 100 deep copies of the config store: seconds); here they are the
+    folders of conf/ and the schema groups this package registers (config.register_configs)."""
+    import string
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf, open_dict
+
+    root = config_dir()
+    groups = {str(d.relative_to(root)): sorted(f.stem for f in d.glob("*.yaml")) for d in root.rglob("*") if d.is_dir()}
+    for group in ("schema/method", "schema/task"):
+        groups[group] = sorted(name.removesuffix(".yaml") for name in ConfigStore.instance().list(group))
+    listing = "".join(f"{group}: {', '.join(options)}\n" for group, options in sorted(groups.items()) if options)
+    with initialize_config_dir(config_dir=str(root), version_base="1.3", job_name="ftbench"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    template = cfg.hydra.help.template
+    with open_dict(cfg):
+        del cfg["hydra"]
+    print(string.Template(template).substitute(APP_CONFIG_GROUPS=listing, CONFIG=OmegaConf.to_yaml(cfg)))
 
 
 def output_dir_problem(argv: list[str]) -> str | None:
@@ -129,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     from .config import register_configs
 
     register_configs()
+    if {"--help", "-h"}.intersection(argv):
+        print_help([a for a in argv if not a.startswith("-")])
+        return
     if not PASSTHROUGH.intersection(argv):
         multirun = "-m" in argv or "--multirun" in argv
         problem = output_dir_problem(argv) or validate([a for a in argv if not a.startswith("-")], multirun)
@@ -136,9 +179,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"ftbench: error: {problem}", file=sys.stderr)
             sys.exit(2)
     quiet_libraries()
-    from .distributed import launch_overrides
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: the ranks make one run (imports torch)
+        from .distributed import launch_overrides
 
-    argv = [*argv, *launch_overrides(argv, config_dir() / "config.yaml")]  # torchrun: the ranks make one run
+        argv = [*argv, *launch_overrides(argv, config_dir() / "config.yaml")]
     try:
         sys.exit(launch(argv))
     except KeyboardInterrupt as exc:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .recipes import OOM, Compare, Recipe, lookup, measured
+from .results import GiB
 
 COLUMNS = ("group", "row", "column", "unit", "published", "ours", "mean", "std", "seeds", "diff", "tolerance",
            "verdict", "status", "protocol", "cell", "note")
-GiB = 2**30  # (measure.GiB; not imported, so that the CLI answers --help and recipe errors without torch)
 DIGITS = {"percent": 1, "value": 2, "GB": 2, "GiB": 2, "MB": 1, "MiB": 1, "ms": 1, "s": 3, "steps/s": 2}
 MARKS = {"within": "✓", "OUTSIDE": "✗"}
 

@@ -219,14 +219,14 @@ def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    from .methods import method_config_classes
-    from .tasks import task_config_classes
+    # torch-free: composing a config imports no method or task code
+    from . import method_configs, task_configs
 
     store = ConfigStore.instance()
     store.store(name="ftbench_schema", node=Config)
-    for name, schema in method_config_classes().items():
+    for name, schema in method_configs.CONFIGS.items():
         store.store(group="schema/method", name=name, node=schema)
-    for family, schema in task_config_classes().items():
+    for family, schema in task_configs.CONFIGS.items():
         store.store(group="schema/task", name=family, node=schema)
 
 

@@ -31,11 +31,11 @@ import torch
 
 from .errors import UserError
 from .measure import host_available_bytes
+from .results import GiB
 from .trace_memory import LiveTensorPeak
 
 log = logging.getLogger(__name__)
 
-GiB = 2**30
 GPU_MARGIN = 0.10
 CPU_MARGIN = 0.20
 CPU_RESERVE = 1 * GiB

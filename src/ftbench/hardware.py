@@ -46,19 +46,30 @@ class Hardware:
 
 
 def make_accelerator(device: torch.device):
-    """A fresh accelerate `Accelerator` for each job (devices, DDP). Its state is a process-wide
-    singleton and the jobs of a multirun may differ, so it is reset first; mixed precision is
-    ftbench's own autocast (`Hardware.autocast`), so the state never pins a precision."""
+    """A fresh accelerate `Accelerator` for each job (devices, DDP), from a reset state
+    (`reset_accelerator_state`); mixed precision is ftbench's own autocast (`Hardware.autocast`),
+    so the state never pins a precision."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
-    AcceleratorState._reset_state(reset_partial_state=not torch.distributed.is_initialized())
+    reset_accelerator_state()
     accelerator = Accelerator(cpu=device.type == "cpu")
     if accelerator.mixed_precision == "fp16":  # its GradScaler would scale losses that nothing unscales
         raise UserError("hardware.precision", "fp16 (accelerate launch --mixed_precision fp16 or accelerate "
                         "config) is not supported; launch with --mixed_precision no and pick "
                         "hardware.precision=bf16-pure, bf16-mixed or fp32")
     return accelerator
+
+
+def reset_accelerator_state() -> None:
+    """Forget the accelerate state a previous job of this process left: it is a process-wide
+    singleton, and the jobs of a multirun may differ (device, precision). The process group of a
+    distributed launch is kept.
+
+    Private API, isolated here: accelerate has no public reset (`AcceleratorState._reset_state` is
+    what its own test utilities call); a new `Accelerator` otherwise inherits the first job's state."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=not torch.distributed.is_initialized())
 
 
 def resolve(cfg) -> Hardware:

@@ -25,8 +25,6 @@ from .trace_memory import LiveTensorPeak
 
 log = logging.getLogger("ftbench")
 
-GiB = 2**30
-
 # Dense bf16 tensor-core peak (FLOP/s, no sparsity) per GPU, by the exact name torch.cuda.get_device_name
 # reports (vendor datasheets). Variants differ (H100 SXM / PCIe / NVL; L40 / L40S / L4): a name not listed
 # gets no peak (MFU null and one log line), never a neighbour's.

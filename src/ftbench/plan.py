@@ -46,10 +46,10 @@ from omegaconf import DictConfig
 
 from .errors import UserError
 from .hardware import Hardware, split_batch
-from .measure import GiB
 from .plan_fit import Step, at_full_width, extrapolate, lagrange_at_one, peak, phase_peaks, steps_of
 from .plan_held import counted_on_meta, held_state
 from .plan_probe import PHASES, Probe, run_probe
+from .results import GiB
 
 MiB = 2**20
 

@@ -142,7 +142,7 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
 
     method = build_method(cfg.method)
     with tempfile.TemporaryDirectory(prefix="ftbench-probe-") as tmp:
-        ctx = MethodContext(model_type=model.config.model_type, head=head, device=device, precision=hw.precision,
+        ctx = MethodContext(head=head, device=device, precision=hw.precision,
                             gradient_checkpointing=hw.gradient_checkpointing, seed=cfg.seed,
                             calibration_batches=calibration_batches, loss=micro_loss, output_dir=Path(tmp))
         model = method.prepare(model, ctx)

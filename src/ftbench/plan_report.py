@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import files
 from .errors import UserError
-from .measure import GiB
+from .results import GiB
 
 FILENAME = "plan.json"
 ROWS = (("weights", "weights_bytes"), ("fp32 masters", "master_bytes"), ("gradients", "grad_bytes"),

@@ -112,6 +112,9 @@ class Reference:
 
 @dataclass(frozen=True)
 class Recipe:
+    """One paper table (recipes/*.yaml): what to run (experiments x tasks x seeds, overrides), the
+    published cells and averages to compare with, and the rows it only quotes."""
+
     path: Path
     name: str
     title: str

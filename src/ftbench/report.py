@@ -14,7 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from . import plan_report, results
-from .measure import GiB
+from .results import GiB
 
 log = logging.getLogger("ftbench")
 

@@ -15,6 +15,7 @@ from typing import Any
 from . import files
 
 SCHEMA = 1
+GiB = 2**30  # result.json counts bytes; tables and messages show GiB
 STATUSES = ("ok", "failed", "oom", "nan", "canceled")
 REQUIRED: dict[str, tuple[str, ...]] = {
     "run": ("method", "model", "task", "seed", "mode", "output_dir", "started_at", "duration_s"),

@@ -151,7 +151,7 @@ def method_and_optimizer(cfg: DictConfig, model: torch.nn.Module, feed: Feed, s:
     calibration_micro = split_batch(feed.batch_size, feed.max_micro("calibration"), distributed.world_size())[0]
     method = build_method(cfg.method)
     job_end.callback(method.close)
-    ctx = MethodContext(model_type=model.config.model_type, head=feed.head, device=s.device,
+    ctx = MethodContext(head=feed.head, device=s.device,
                         precision=s.hw.precision, gradient_checkpointing=s.hw.gradient_checkpointing, seed=cfg.seed,
                         calibration_batches=feed.calibration(calibration_micro), loss=feed.micro_loss,
                         output_dir=output_dir if distributed.is_main() else None)

@@ -19,7 +19,8 @@ import torch
 from .architecture import IGNORE_INDEX
 from .distributed import GradientSync
 from .lm_loss import Loss, model_loss
-from .measure import GiB, MemoryMeter, SpeedMeter, rss_peak_bytes
+from .measure import MemoryMeter, SpeedMeter, rss_peak_bytes
+from .results import GiB
 from .tasks.base import to_device
 
 log = logging.getLogger(__name__)

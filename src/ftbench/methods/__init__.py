@@ -1,5 +1,5 @@
-"""The method registry: name -> class. Adding a method = one module, one line here,
-one YAML in conf/method/, one row in tests/test_methods.py."""
+"""The method registry: name -> class. Adding a method = its schema in method_configs.py, one
+module, one line here, one YAML in conf/method/, one row in tests/test_methods.py (README)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from .base import Method, MethodConfig, MethodContext
 REGISTRY: dict[str, str] = {
     "full": "ftbench.methods.full:FullFineTuning",
     "lora": "ftbench.methods.lora:Lora",
-    "hift": "ftbench.methods.hift:BlockRotation",
-    "badam": "ftbench.methods.hift:BlockRotation",
-    "lisa": "ftbench.methods.hift:BlockRotation",
+    "hift": "ftbench.methods.block_rotation:BlockRotation",
+    "badam": "ftbench.methods.block_rotation:BlockRotation",
+    "lisa": "ftbench.methods.block_rotation:BlockRotation",
     "meprop": "ftbench.methods.meprop:MeProp",
     "sparsegrad": "ftbench.methods.sparsegrad:SparseGrad",
     "s2ft": "ftbench.methods.s2ft:S2ft",
@@ -23,10 +23,6 @@ REGISTRY: dict[str, str] = {
 def method_class(name: str) -> type[Method]:
     module, _, attr = REGISTRY[name].partition(":")
     return getattr(import_module(module), attr)
-
-
-def method_config_classes() -> dict[str, type[MethodConfig]]:
-    return {name: method_class(name).config_class for name in REGISTRY}
 
 
 def build_method(cfg) -> Method:

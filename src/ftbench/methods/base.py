@@ -35,28 +35,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import MISSING
 from torch import nn
 
-from ..errors import require
 from ..measure import tensor_bytes
+from ..method_configs import MethodConfig
 from .masters import Masters
-
-
-@dataclass
-class MethodConfig:
-    name: str = MISSING
-    lr: float = 1e-4
-
-    def check(self, key: str) -> None:
-        require(self.lr > 0, f"{key}.lr", f"must be > 0 (got {self.lr})")
 
 
 @dataclass
 class MethodContext:
     """What a method may use while preparing the model."""
 
-    model_type: str  # the HF model_type: llama, bert, roberta, mistral, ...
     head: str  # seq_cls | regression | causal_lm
     device: torch.device
     precision: str  # bf16-mixed | bf16-pure | fp32

@@ -6,25 +6,10 @@ out (plain bf16 updates, 10 bytes per parameter less)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
 
-from ..errors import one_of
-from .base import Method, MethodConfig, MethodContext
-
-MASTER_DTYPES = ("fp32", "weight")
-
-
-@dataclass
-class FullConfig(MethodConfig):
-    name: str = "full"
-    lr: float = 1e-4
-    master_dtype: str = "fp32"
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        one_of(self.master_dtype, MASTER_DTYPES, f"{key}.master_dtype")
+from ..method_configs import FullConfig
+from .base import Method, MethodContext
 
 
 class FullFineTuning(Method):

@@ -3,38 +3,16 @@ the new task head (architecture.py) trained densely."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
 from ..architecture import architecture
-from ..errors import UserError, require
-from .base import Method, MethodConfig, MethodContext
+from ..errors import UserError
+from ..method_configs import LoraMethodConfig
+from .base import Method, MethodContext
 
 PEFT_TASK_TYPES = {"seq_cls": "SEQ_CLS", "regression": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
-
-
-@dataclass
-class LoraMethodConfig(MethodConfig):
-    name: str = "lora"
-    lr: float = 1e-3
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: Any = "all-linear"
-    bias: str = "none"
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        require(self.r >= 1, f"{key}.r", "must be >= 1")
-        require(self.alpha > 0, f"{key}.alpha", "must be > 0")
-        require(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
-        require(self.bias in ("none", "all", "lora_only"), f"{key}.bias", "must be none, all or lora_only")
-        targets = self.target_modules
-        require(isinstance(targets, str) or (isinstance(targets, list) and targets), f"{key}.target_modules",
-                "give 'all-linear' or a list of module names, e.g. [q_proj,v_proj]")
 
 
 class Lora(Method):

@@ -10,17 +10,11 @@ entries, as for SparseGrad, so the two differ by the rotation alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
 
+from ..method_configs import MePropConfig
 from .base import MethodContext
-from .sparsegrad import SparseMlpConfig, SparseMlpMethod
-
-
-@dataclass
-class MePropConfig(SparseMlpConfig):
-    name: str = "meprop"
+from .sparsegrad import SparseMlpMethod
 
 
 class MeProp(SparseMlpMethod):

@@ -5,7 +5,7 @@ In every block a few heads and channels are selected (see s2ft_select.py for
 the slices, the GQA mapping, the allocations and the strategies) and only their
 slices train: output rows of V and Up, input columns of O and Down. Everything
 else is frozen, and Q, K and Gate never train. The slices run on the shared
-partial-weight mechanism (partial.py): the dense weight stays in place and is
+partial-weight mechanism (partial_linear.py): the dense weight stays in place and is
 used by the forward as is; each slice is mirrored by an fp32 master; O and Down
 save only a compact copy of x[..., S] and get their gradient from one flattened
 thin GEMM; the masters are written back after every optimizer step. No weight
@@ -26,7 +26,6 @@ that fuses into the base model and unfuses exactly.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +33,14 @@ import torch
 from torch import nn
 
 from ..architecture import architecture
-from ..errors import one_of, require
+from ..errors import require
+from ..method_configs import S2ftConfig
 from . import s2ft_adapter
-from .base import MethodConfig, MethodContext
-from .partial import PartialMethod, Selection, save_merged, wrap
+from .base import MethodContext
+from .partial_linear import PartialMethod, Selection, save_merged, wrap
 from .s2ft_select import (
-    ALLOCATIONS,
     KIND,
-    ORDERS,
     PROJECTIONS,
-    STRATEGIES,
     UNIT_NAMES,
     find_blocks,
     select_units,
@@ -51,35 +48,6 @@ from .s2ft_select import (
 
 MASTER_DTYPES = {"fp32": torch.float32, "weight": None}
 SELECTION_FILE = "s2ft_selection.json"
-
-
-@dataclass
-class S2ftConfig(MethodConfig):
-    name: str = "s2ft"
-    lr: float = 1e-3
-    v_ratio: float = 0.0
-    o_ratio: float = 0.052
-    u_ratio: float = 0.0
-    d_ratio: float = 0.02
-    allocation: str = "global"
-    strategy: str = "random"
-    order: str = "smallest"
-    calibration_samples: int = 256
-    master_dtype: str = "fp32"
-    train_head: bool = True
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        for p in PROJECTIONS:
-            ratio = getattr(self, f"{p}_ratio")
-            require(0 <= ratio <= 1, f"{key}.{p}_ratio", f"must be in [0, 1] (got {ratio})")
-        require(any(getattr(self, f"{p}_ratio") > 0 for p in PROJECTIONS), f"{key}.o_ratio",
-                "every ratio is 0, so nothing would train; set v_ratio, o_ratio, u_ratio or d_ratio > 0")
-        one_of(self.allocation, ALLOCATIONS, f"{key}.allocation")
-        one_of(self.strategy, STRATEGIES, f"{key}.strategy")
-        one_of(self.order, ORDERS, f"{key}.order")
-        require(self.calibration_samples >= 1, f"{key}.calibration_samples", "must be >= 1")
-        one_of(self.master_dtype, tuple(MASTER_DTYPES), f"{key}.master_dtype")
 
 
 class S2ft(PartialMethod):

@@ -52,13 +52,10 @@ from torch import nn
 
 from ..architecture import architecture
 from ..errors import UserError
+from ..method_configs import S2FT_PROJECTIONS as PROJECTIONS
 
-PROJECTIONS = ("v", "o", "u", "d")
 KIND = {"v": "rows", "o": "cols", "u": "rows", "d": "cols"}
 UNIT_NAMES = {"v": "v_heads", "o": "o_heads", "u": "u_channels", "d": "d_channels"}
-STRATEGIES = ("random", "weight", "activation", "weight_x_activation", "gradient")
-ORDERS = ("smallest", "largest")
-ALLOCATIONS = ("global", "per_layer")
 
 # The role (architecture.py) of each projection.
 ROLES = {"v": "v", "o": "o", "u": "up", "d": "down"}

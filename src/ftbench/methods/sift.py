@@ -3,7 +3,7 @@
 For every target weight a fixed set of k = ⌊rate·numel⌋+1 entries is chosen once,
 before training (by default the top-k of |∂L/∂W| on calibration batches that are
 never used for an update; see sift_select.py), and only those entries train. The
-shared mechanism (partial.py) keeps the dense weight in place for the forward,
+shared mechanism (partial_linear.py) keeps the dense weight in place for the forward,
 mirrors the selected entries by a master vector (fp32 by default), hands autograd
 only their gradient, and writes the masters back after every optimizer step.
 
@@ -25,7 +25,6 @@ trains them whole (d_out values per layer); `frozen` leaves them. Biases are nev
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +33,11 @@ from torch import nn
 
 from .. import files
 from ..architecture import replace_module
-from ..errors import one_of, require
-from . import partial
-from .base import MethodConfig, MethodContext, decay_split
-from .partial import PartialLinear, PartialMethod, _PartialLinearFn
+from ..method_configs import SiftConfig
+from . import partial_linear
+from .base import MethodContext, decay_split
+from .partial_linear import PartialLinear, PartialMethod, _PartialLinearFn
 from .sift_select import (
-    PRESET_NAMES,
-    SELECTIONS,
     resolve_exceptions,
     resolve_targets,
     select,
@@ -48,46 +45,8 @@ from .sift_select import (
     short_name,
 )
 
-BIAS_POLICIES = ("sparse", "dense", "frozen")
-MASTER_DTYPES = ("fp32", "weight")
 MASTER_SUFFIXES = (".master", ".bias_master")  # trainable copies: never part of a merged checkpoint
 SELECTION_FILE = "sift_selection.safetensors"
-
-
-@dataclass
-class SiftConfig(MethodConfig):
-    name: str = "sift"
-    lr: float = 2e-3
-    sparse_rate: float = 0.01
-    target_modules: Any = "auto"
-    exception_modules: Any = "head"
-    selection: str = "grad"
-    calibration_batches: int = 1
-    bias: str = "sparse"
-    master_dtype: str = "fp32"
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        require(0 < self.sparse_rate <= 1, f"{key}.sparse_rate",
-                f"must be in (0, 1], the fraction of each target weight that trains (got {self.sparse_rate})")
-        one_of(self.selection, SELECTIONS, f"{key}.selection")
-        require(self.calibration_batches >= 1, f"{key}.calibration_batches", "must be >= 1")
-        one_of(self.bias, BIAS_POLICIES, f"{key}.bias")
-        one_of(self.master_dtype, MASTER_DTYPES, f"{key}.master_dtype")
-        targets = self.target_modules
-        require(targets in PRESET_NAMES if isinstance(targets, str) else _names(targets), f"{key}.target_modules",
-                f"give a preset ({', '.join(PRESET_NAMES)}) or a list of module names, e.g. [query,value]")
-        exceptions = self.exception_modules
-        require(exceptions == "head" or (not isinstance(exceptions, str) and _names(exceptions, empty=True)),
-                f"{key}.exception_modules", "give head (the task head) or a list of module names, e.g. [classifier] or []")
-
-
-def _names(value, empty: bool = False) -> bool:
-    try:
-        items = list(value)
-    except TypeError:
-        return False
-    return (empty or bool(items)) and all(isinstance(item, str) and item for item in items)
 
 
 class SiftLinear(PartialLinear):
@@ -220,13 +179,13 @@ class Sift(PartialMethod):
         from safetensors.torch import save_file
 
         path.mkdir(parents=True, exist_ok=True)
-        partial.save_merged(model, tokenizer, path / "merged", MASTER_SUFFIXES)
+        partial_linear.save_merged(model, tokenizer, path / "merged", MASTER_SUFFIXES)
         save_file(self.delta(model), str(path / "delta.safetensors"),
                   metadata={"method": "sift", "sparse_rate": str(self.cfg.sparse_rate)})
         return {"merged": str(path / "merged"), "delta": str(path / "delta.safetensors")}
 
     def delta(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        out = partial.delta_tensors(model)  # "<layer>.elements.index" / ".values": the weights
+        out = partial_linear.delta_tensors(model)  # "<layer>.elements.index" / ".values": the weights
         for name, layer in self.named_layers.items():
             if layer.bias_master is not None:
                 out[f"{name}.bias.sparse_index"] = layer.bias_index.cpu()
@@ -241,7 +200,7 @@ class Sift(PartialMethod):
 @torch.no_grad()
 def apply_delta(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Write a SIFT delta into a plain (base) model: reproduces the merged weights exactly."""
-    partial.apply_delta(model, tensors)
+    partial_linear.apply_delta(model, tensors)
     for key, value in tensors.items():
         if key.endswith(".sparse_index"):
             param = model.get_parameter(key.removesuffix(".sparse_index"))

@@ -20,9 +20,7 @@ from ..architecture import ATTENTION_ROLES, MLP_ROLES, architecture
 from ..errors import UserError
 from .base import MethodContext
 
-SELECTIONS = ("grad", "random", "magnitude")
 PRESETS = {"attention": ATTENTION_ROLES, "mlp": MLP_ROLES}  # projection roles (architecture.py)
-PRESET_NAMES = ("auto", *PRESETS, "all-linear")
 # The paper's default: attention on encoders (GLUE), the 7 projections on decoders (Alpaca); an
 # encoder-decoder is served as a decoder.
 AUTO = {"encoder": ("attention",), "decoder": ("attention", "mlp"), "encoder-decoder": ("attention", "mlp")}

@@ -30,46 +30,18 @@ MeProp (meprop.py) is the same layer and optimizer without the rotation.
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..architecture import architecture
-from ..errors import require
 from ..measure import tensor_bytes
-from .base import Method, MethodConfig, MethodContext, decay_split
+from ..method_configs import SparseGradConfig
+from .base import Method, MethodContext, decay_split
 from .rotations import calibrate
 from .sparse_adam import SparseMlpOptimizer, clip_grad_norm
 from .sparse_linear import Basis, mlp_layers, wrap
-
-
-@dataclass
-class SparseMlpConfig(MethodConfig):
-    lr: float = 1e-4
-    k: int | None = None
-    density: float = 0.0119
-    train_non_mlp: bool = True
-    freeze_norms: bool = False
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        if self.k is not None:
-            require(self.k >= 1, f"{key}.k", f"must be >= 1, or null for density × layer size (got {self.k})")
-        require(0 < self.density <= 1, f"{key}.density", f"must be in (0, 1] (got {self.density})")
-
-
-@dataclass
-class SparseGradConfig(SparseMlpConfig):
-    name: str = "sparsegrad"
-    calibration_steps: int = 11
-    warm_start: bool = False
-    core_basis: bool = False
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        require(self.calibration_steps >= 1, f"{key}.calibration_steps", "must be >= 1")
 
 
 class SparseMlpMethod(Method):

@@ -27,8 +27,6 @@ from torch import nn
 from ..architecture import architecture
 from ..errors import UserError
 
-ORDERS = ("down2up", "up2down", "random", "sample")
-
 
 @dataclass
 class Unit:

@@ -12,29 +12,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from omegaconf import MISSING
 
 from ..architecture import IGNORE_INDEX
-from ..errors import UserError, require
-
-
-@dataclass
-class TaskConfig:
-    name: str = MISSING
-    family: str = MISSING
-    batch_size: int = 32
-    max_length: int = 128
-    epochs: float = 3.0
-    max_steps: Optional[int] = None
-    metric: str = MISSING
-    data_dir: Optional[str] = None
-
-    def check(self, key: str) -> None:
-        require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
-        require(self.max_length >= 1, f"{key}.max_length", "must be >= 1")
-        require(self.epochs > 0, f"{key}.epochs", "must be > 0")
-        if self.max_steps is not None:
-            require(self.max_steps >= 1, f"{key}.max_steps", "must be >= 1")
+from ..errors import UserError
+from ..task_configs import TaskConfig
 
 
 @dataclass

@@ -8,10 +8,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError, one_of
+from ..errors import UserError
 from ..hub import hub_error, use_cache_only_if_offline
+from ..task_configs import GlueConfig
 from . import classify
-from .base import EvalContext, Example, Task, TaskConfig, read_text
+from .base import EvalContext, Example, Task, read_text
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +57,6 @@ LAYOUTS = {"cola": "no header; sentence<TAB>label, or source<TAB>label<TAB>mark<
            "sst2": "the header sentence<TAB>label"}
 # Our split names (used in metric keys) and the GLUE distribution's file stems.
 SPLIT_NAMES = {"validation": "dev", "validation_matched": "dev_matched", "validation_mismatched": "dev_mismatched"}
-
-
-@dataclass
-class GlueConfig(TaskConfig):
-    family: str = "glue"
-    hub_id: str = "nyu-mll/glue"
-    batch_size: int = 32
-    max_length: int = 128
-    epochs: float = 3.0
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        one_of(self.name, tuple(SPECS), f"{key}.name")
 
 
 class GlueTask(Task):

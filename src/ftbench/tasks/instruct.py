@@ -19,18 +19,19 @@ import math
 import random
 import re
 from abc import abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..architecture import IGNORE_INDEX
-from ..errors import UserError, one_of, require
+from ..errors import UserError
 from ..hub import hub_error, use_cache_only_if_offline
 from ..progress import Work
+from ..task_configs import InstructConfig
 from . import generate
-from .base import EvalContext, Example, Task, TaskConfig, batched, read_text, to_device
+from .base import EvalContext, Example, Task, batched, read_text, to_device
 
 log = logging.getLogger(__name__)
 
@@ -82,27 +83,6 @@ TEMPLATES: dict[str, Template] = {
         eval_with_input=f"{_ALPACA_HEAD} \n\n### Instruction:\n{{instruction}}\n\n### Input:\n{{input}}\n\n### Response:\n",
         answer_suffix=" "),
 }
-
-
-@dataclass
-class InstructConfig(TaskConfig):
-    template: str = "alpaca"
-    train_on_input: bool = False
-    train_files: list[str] = field(default_factory=list)
-    val_size: int = 0
-    num_beams: int = 1
-    max_new_tokens: int = 256
-    min_new_tokens: int | None = None
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        one_of(self.template, tuple(TEMPLATES), f"{key}.template")
-        require(len(self.train_files) > 0, f"{key}.train_files", "give at least one file name or glob")
-        require(self.val_size >= 0, f"{key}.val_size", "must be >= 0")
-        require(self.num_beams >= 1, f"{key}.num_beams", "must be >= 1")
-        require(self.max_new_tokens >= 1, f"{key}.max_new_tokens", "must be >= 1")
-        if self.min_new_tokens is not None:
-            require(self.min_new_tokens >= 1, f"{key}.min_new_tokens", "must be >= 1, or null to stop at EOS")
 
 
 def special_ids(tokenizer) -> tuple[list[int], int]:
@@ -319,26 +299,6 @@ class InstructTask(Task):
                 "decoding_default": {"num_beams": cfg.num_beams, "max_new_tokens": cfg.max_new_tokens,
                                      "min_new_tokens": cfg.min_new_tokens, "sampling": False,
                                      "overridden_by": "eval.num_beams, eval.max_new_tokens"}}
-
-
-@dataclass
-class AlpacaConfig(InstructConfig):
-    name: str = "alpaca"
-    family: str = "instruct"
-    metric: str = "val/loss"
-    hub_id: str = "tatsu-lab/alpaca"
-    template: str = "alpaca"
-    max_length: int = 512
-    batch_size: int = 128
-    epochs: float = 3.0
-    train_files: list[str] = field(default_factory=lambda: ["alpaca_data.json", "*.json"])
-    val_size: int = 200
-    generate_samples: int = 8
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        require(self.generate_samples >= 0, f"{key}.generate_samples", "must be >= 0")
-        require(self.val_size >= 1, f"{key}.val_size", "alpaca is scored on held-out examples; must be >= 1")
 
 
 class AlpacaTask(InstructTask):

@@ -11,15 +11,14 @@ over how many sets it was taken (metric avg/sets).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError, one_of, require
+from ..errors import UserError
+from ..task_configs import ReasoningConfig
 from . import answers, generate
 from .base import EvalContext
 from .instruct import (
-    InstructConfig,
     InstructTask,
     encode_prompts,
     load_remote_rows,
@@ -39,29 +38,6 @@ PAPER_SELECTION = {
                    "train.select=best train.select_metric=val/loss eval.every_steps=80",
     "math": "last checkpoint: train.select=last",
 }
-LLM_ADAPTERS = "https://raw.githubusercontent.com/AGI-Edgerunners/LLM-Adapters/main"
-
-
-@dataclass
-class ReasoningConfig(InstructConfig):
-    family: str = "reasoning"
-    metric: str = "avg/acc"
-    template: str = "llm-adapters"
-    max_length: int = 2048
-    batch_size: int = 64
-    epochs: float = 3.0
-    remote: str = LLM_ADAPTERS
-    eval_sets: list[str] = field(default_factory=list)
-    num_beams: int = 4
-    max_new_tokens: int = 256
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        one_of(self.name, tuple(PAPER_SELECTION), f"{key}.name")
-        require(len(self.eval_sets) > 0, f"{key}.eval_sets", "give at least one eval set")
-        require(len(set(self.eval_sets)) == len(self.eval_sets), f"{key}.eval_sets", "names a set twice")
-        for name in self.eval_sets:
-            one_of(name, answers.KNOWN_SETS, f"{key}.eval_sets")
 
 
 class ReasoningTask(InstructTask):

@@ -10,37 +10,13 @@ in a few hundred steps on a CPU.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
-from ..errors import require
+from ..task_configs import SYNTHETIC_FIRST_FILLER, SyntheticConfig
 from . import classify
-from .base import EvalContext, Example, Task, TaskConfig
+from .base import EvalContext, Example, Task
 
 MARKERS = (3, 4)  # token ids of marker A and marker B; 0-2 are pad/bos/eos
-FIRST_FILLER = 5
-
-
-@dataclass
-class SyntheticConfig(TaskConfig):
-    name: str = "synthetic"
-    family: str = "synthetic"
-    metric: str = "dev/acc"
-    batch_size: int = 32
-    max_length: int = 32
-    epochs: float = 1.0
-    max_steps: int | None = 300
-    vocab_size: int = 64
-    min_length: int = 8
-    num_train: int = 8192
-    num_eval: int = 512
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        require(self.vocab_size > FIRST_FILLER, f"{key}.vocab_size", f"must be > {FIRST_FILLER}")
-        require(2 <= self.min_length <= self.max_length, f"{key}.min_length",
-                "must be between 2 and task.max_length")
-        require(self.num_train >= 1, f"{key}.num_train", "must be >= 1")
-        require(self.num_eval >= 1, f"{key}.num_eval", "must be >= 1")
+FIRST_FILLER = SYNTHETIC_FIRST_FILLER
 
 
 def generate(count: int, cfg: SyntheticConfig, rng: random.Random) -> list[Example]:

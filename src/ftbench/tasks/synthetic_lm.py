@@ -11,40 +11,12 @@ the task measures how fast a method fits, not how it generalizes.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Any
 
-from ..errors import require
+from ..task_configs import SyntheticLMConfig
 from . import answers, generate
-from .base import EvalContext, Example, Task, TaskConfig
+from .base import EvalContext, Example, Task
 from .instruct import encode_pairs, encode_prompts
-
-
-@dataclass
-class SyntheticLMConfig(TaskConfig):
-    name: str = "synthetic_lm"
-    family: str = "synthetic_lm"
-    metric: str = "dev/acc"
-    batch_size: int = 32
-    max_length: int = 32
-    epochs: float = 1.0
-    max_steps: int | None = 2000
-    max_operand: int = 9
-    num_train: int = 8192
-    num_eval: int = 200
-    num_beams: int = 1
-    max_new_tokens: int = 8
-    min_new_tokens: int | None = None
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        require(self.max_operand >= 1, f"{key}.max_operand", "must be >= 1")
-        require(self.num_train >= 1, f"{key}.num_train", "must be >= 1")
-        require(self.num_eval >= 1, f"{key}.num_eval", "must be >= 1")
-        require(self.num_beams >= 1, f"{key}.num_beams", "must be >= 1")
-        require(self.max_new_tokens >= 1, f"{key}.max_new_tokens", "must be >= 1")
-        if self.min_new_tokens is not None:
-            require(self.min_new_tokens >= 1, f"{key}.min_new_tokens", "must be >= 1, or null to stop at EOS")
 
 
 def problems(count: int, max_operand: int, rng: random.Random) -> list[tuple[str, str]]:

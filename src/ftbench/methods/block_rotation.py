@@ -24,45 +24,17 @@ counted in steps, barely decays.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import UserError, one_of, require
+from ..errors import UserError, require
 from ..measure import tensor_bytes
-from .base import Method, MethodConfig, MethodContext, is_no_decay
+from ..method_configs import BlockRotationConfig
+from .base import Method, MethodContext, is_no_decay
 from .state_store import MASTER_DTYPE, Slot, StateStore
-from .units import ORDERS, Schedule, derive_units, pick
-
-STATE_POLICIES = ("offload", "drop", "keep")
-LR_POLICIES = ("per_cycle", "per_step")
-
-
-@dataclass
-class BlockRotationConfig(MethodConfig):
-    name: str = "hift"
-    lr: float = 3e-4
-    group_size: int = 1
-    order: str = "down2up"
-    reshuffle: bool = False
-    steps_per_block: int = 1
-    frozen_units: list[str] = field(default_factory=list)
-    always_active: list[str] = field(default_factory=list)
-    state_policy: str = "offload"
-    prefetch_ahead: bool = False
-    lr_policy: str = "per_cycle"
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        require(self.group_size >= 1, f"{key}.group_size", "must be >= 1")
-        require(self.steps_per_block >= 1, f"{key}.steps_per_block", "must be >= 1")
-        one_of(self.order, ORDERS, f"{key}.order")
-        one_of(self.state_policy, STATE_POLICIES, f"{key}.state_policy")
-        one_of(self.lr_policy, LR_POLICIES, f"{key}.lr_policy")
-        require(not self.reshuffle or self.order == "random", f"{key}.reshuffle",
-                f"only applies to {key}.order=random (got {self.order})")
+from .units import Schedule, derive_units, pick
 
 
 def _low_precision(param: torch.Tensor) -> bool:

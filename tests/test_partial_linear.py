@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from ftbench.methods import partial as partial_module
-from ftbench.methods.partial import (
+from ftbench.methods import partial_linear as partial_module
+from ftbench.methods.partial_linear import (
     BLOCK,
     PartialLinear,
     Selection,
