@@ -324,6 +324,9 @@ def test_a_failing_final_evaluation_keeps_the_loss_curve_and_the_export(tmp_path
     assert len(result["train"]["loss_curve"]) == 2 and result["train"]["steps"] == 2
     assert (tmp_path / "run" / "checkpoint" / "merged" / "config.json").is_file()
     assert on_disk["train"]["loss_curve"] == result["train"]["loss_curve"] and on_disk["export"]["merged"]
+    for facts in (on_disk, result):  # what training measured is kept too (was lost with a failed evaluation)
+        assert facts["memory"]["cpu_peak_rss_bytes"] > 0 and facts["memory"]["breakdown"]["weights_bytes"] > 0
+        assert facts["throughput"]["tokens_per_s"] > 0
 
 
 # Kind 6: the module entry points run the CLI.

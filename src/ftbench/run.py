@@ -127,9 +127,11 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
                                                      settings)
     speed = train_job(cfg, output_dir, result, s, model, method, optimizer, scheduler, feed, plan, logger,
                       evaluation, sync)
+    record_facts(result, s, model, method, speed, masters, trainable[1])  # in result.json before the evaluation
     if evaluation is not None:
         evaluation.final(cfg, output_dir, result, inputs.tokenizer)
-    record_facts(result, s, model, method, speed, logger, masters, trainable[1])
+        result["memory"]["eval_peak_allocated_bytes"] = s.meter.eval_peak_allocated  # the evaluation's own peak
+    logger.summary({**result["metrics"], **{f"throughput/{k}": v for k, v in result["throughput"].items()}})
     distributed.record(result, sync)  # world size, gradient bytes per step, every rank's peaks
     return logger
 
@@ -237,16 +239,15 @@ class Evaluation:
         self.logger.log(result["metrics"], steps_done)
 
 
-def record_facts(result: dict, s: steps.Setup, model, method, speed: SpeedMeter, logger, masters: list,
+def record_facts(result: dict, s: steps.Setup, model, method, speed: SpeedMeter, masters: list,
                  trainable_bytes: int) -> None:
-    """Record what was measured: memory (with its breakdown) and throughput."""
+    """Record what training measured: memory (with its breakdown) and throughput."""
     result["memory"] = s.meter.summary(model_bytes(model, masters), method.master_bytes())
     result["memory"]["breakdown"]["trainable_bytes"] = trainable_bytes
     seq_len = speed.tokens / max(speed.samples, 1)
     result["throughput"] = speed.summary(flops_per_token(model, seq_len),
                                          peak_flops(result["env"]["device_name"], s.hw.precision,
                                                     s.device.type == "cuda"))
-    logger.summary({**result["metrics"], **{f"throughput/{k}": v for k, v in result["throughput"].items()}})
 
 
 def eval_batch_size(cfg: DictConfig, micro: int, num_beams: int | None) -> int:
