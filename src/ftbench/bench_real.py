@@ -4,7 +4,7 @@ trainable %, step time, peak memory, and a check that the exported checkpoint re
 
     python -m ftbench.bench_real --data ../shared/data                # make bench-real
     python -m ftbench.bench_real --data ../shared/data --tasks math --methods full lora
-    python -m ftbench.bench_real --data ../shared/data --set task.max_length=256 train.batch_size=8
+    python -m ftbench.bench_real --data ../shared/data --set task.max_length=256 train.batch_size=8 task.val_size=32
 
 Each cell is one `ftbench` run in its own process (measured as if alone) under --out. The base
 loss is a `train.max_steps=0` run of the same task. The held-out loss is the training objective
@@ -28,7 +28,7 @@ from .results import GiB
 
 METHODS = ["full", "lora", "sift", "s2ft", "sparsegrad", "meprop", "hift", "badam", "lisa"]
 TASKS = {"math": METHODS, "alpaca": ["full", "lora", "s2ft"]}
-BUDGET = ["task.max_length=256", "train.batch_size=8", "train.max_steps=10", "task.val_size=32"]
+BUDGET = ["task.max_length=128", "train.batch_size=4", "train.max_steps=10", "task.val_size=16"]  # README table
 # The held-out loss is validated once, after the last step (every_steps beyond any run's length).
 COMMON = ["model=smollm2-135m", "train.save=last", "train.select=best", "train.select_metric=val/loss",
           "eval.every_steps=1000000", "train.progress=false"]
