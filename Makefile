@@ -28,8 +28,10 @@ install: $(STAMP) ## create .venv and install ftbench with its test extra (TORCH
 demo: $(STAMP) ## the embedded default: every method on the synthetic task with a tiny model, then the table
 	HF_HUB_OFFLINE=1 $(VENV)/bin/ftbench -m 'method=glob(*)' task=synthetic model=tiny-llama
 
+# One worker per core (pytest-xdist), one OpenMP thread each: tiny models gain nothing from a second
+# thread, and threads that spin while a neighbour holds the core made the suite 2x slower on 2 cores.
 test: $(STAMP) ## run the test suite (CPU, tiny models)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -n auto tests
 
 bench: $(STAMP) ## profile every method (memory and speed) on synthetic batches; BENCH_ARGS sets the shape
 	$(VENV)/bin/ftbench -m mode=profile 'method=glob(*)' $(BENCH_ARGS)

@@ -38,7 +38,7 @@ def prepared(model_name="tiny-llama", checkpointing=False, dtype="fp32", seed=0,
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     method = Sift(SiftConfig(**settings))
-    ctx = method_context(checkpointing=checkpointing, seed=seed, model_type=model.config.model_type)
+    ctx = method_context(checkpointing=checkpointing, seed=seed)
     ctx.output_dir = output_dir
     return method.prepare(model, ctx), method
 

@@ -40,7 +40,7 @@ def prepared(method, model=None, calibration_steps=2):
     model = model if model is not None else tiny_bert64()
     if isinstance(method, SparseGrad):
         method.cfg.calibration_steps = calibration_steps
-    return method.prepare(model, method_context(model_type=model.config.model_type))
+    return method.prepare(model, method_context())
 
 
 def rotated(layer: TopKGradLinear) -> torch.Tensor:

@@ -43,7 +43,7 @@ def held_state(cfg: DictConfig, head: str, precision: str, gradient_checkpointin
     mcfg = OmegaConf.merge(cfg.model, {"random_init": True})
     model = load_model(mcfg, head, 2, device, precision, "eager")
     method = build_method(OmegaConf.merge(cfg.method, DATA_FREE[cfg.method.name]))
-    ctx = MethodContext(model_type=model.config.model_type, head=head, device=device, precision=precision,
+    ctx = MethodContext(head=head, device=device, precision=precision,
                         gradient_checkpointing=gradient_checkpointing, seed=cfg.seed, calibration_batches=None,
                         loss=None, output_dir=None)
     model = method.prepare(model, ctx)

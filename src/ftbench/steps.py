@@ -97,7 +97,7 @@ class Feed:
                                          seed + 100_003 * rank, start)
         collate = lambda examples: self.task.collate(examples, s.hw.pad_to_multiple_of)  # noqa: E731
         key = "train.batch_size" if cfg.train.batch_size else "task.batch_size"  # the one the user set
-        return batches.shuffled(self.task.train_examples(), micro, collate, seed, rank, world, start, key)
+        return batches.shuffled(self.task.train_examples(), micro, collate, seed, rank, world, start, key=key)
 
     def micro_loss(self, m: torch.nn.Module, batch: dict) -> torch.Tensor:
         """The loss of one micro-batch (moved to the device) under the job's autocast."""
