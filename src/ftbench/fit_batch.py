@@ -24,9 +24,13 @@ Budget, for growth above what the process holds now:
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import UserError
@@ -96,6 +100,19 @@ def cpu_available_bytes() -> int:
             available = min(available, int(limit) - usage)
         break
     return available
+
+
+@contextmanager
+def same_random_streams(device: torch.device) -> Iterator[None]:
+    """Python's, NumPy's and torch's random streams (the device's too) as they were before the block,
+    whatever it seeds or draws (transformers.set_seed seeds all three)."""
+    python, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy_state)
 
 
 def step_growth(model, loss_fn, batch: dict[str, torch.Tensor], device: torch.device) -> int:
@@ -190,8 +207,9 @@ def planned(cfg, hw, head: str, model, sequence: dict[str, torch.Tensor], batch_
                          "attn_implementation": hw.attn_implementation},
             "profile": {"batch_size": batch_per_rank, "seq_len": seq_len, "objective": head}})
         try:
-            tgt = target(plan_cfg)
-            the_fit = plan_fit(plan_cfg, tgt)
+            with same_random_streams(hw.device):  # the probes seed and draw: training starts as if they never ran
+                tgt = target(plan_cfg)
+                the_fit = plan_fit(plan_cfg, tgt)
         except Exception as exc:  # noqa: BLE001 -- any failure of the prediction leaves the probe to answer
             why = f"it failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     if why is not None:
