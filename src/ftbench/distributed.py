@@ -168,6 +168,8 @@ class GradientSync:
 
     def _gather_sparse(self, grad: torch.Tensor) -> torch.Tensor:
         """A COO gradient holding every rank's entries, rank by rank (duplicates are summed by its reader)."""
+        # _indices/_values: the public indices()/values() demand a coalesced tensor, and coalescing here
+        # would sort and sum entries only for the receiver to do it again.
         indices, values = grad._indices(), grad._values()
         n = torch.tensor([values.shape[0]], dtype=torch.int64, device=self.device)
         sizes = [torch.zeros_like(n) for _ in range(self.size)]

@@ -123,7 +123,7 @@ def step_growth(model, loss_fn, batch: dict[str, torch.Tensor], device: torch.de
     before = [p.grad for p in params]
     was_training = model.training
     model.train()  # as training runs it (dropout masks are saved for backward too)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with same_random_streams(device):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             start = torch.cuda.memory_allocated(device)
