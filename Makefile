@@ -30,7 +30,8 @@ demo: $(STAMP) ## the embedded default: every method on the synthetic task with 
 
 # One worker per core (pytest-xdist), one OpenMP thread each: tiny models gain nothing from a second
 # thread, and threads that spin while a neighbour holds the core made the suite 2x slower on 2 cores.
-test: $(STAMP) ## run the test suite (CPU, tiny models)
+test: $(STAMP) ## the import layers (pyproject.toml), then the test suite (CPU, tiny models)
+	$(VENV)/bin/lint-imports --no-cache
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -n auto tests
 
 bench: $(STAMP) ## profile every method (memory and speed) on synthetic batches; BENCH_ARGS sets the shape
@@ -38,7 +39,7 @@ bench: $(STAMP) ## profile every method (memory and speed) on synthetic batches;
 
 BENCH_REAL_ARGS ?= --data ../shared/data
 bench-real: $(STAMP) ## every method on the real SmolLM2-135M (math, alpaca): held-out loss, memory, reload check
-	$(PY) -m ftbench.bench_real $(BENCH_REAL_ARGS)
+	$(PY) -m ftbench.bench.real $(BENCH_REAL_ARGS)
 
 # `make bench-peers BENCH_ARGS="model=llama2-7b profile.seq_len=512"` on a GPU; without BENCH_ARGS on the
 # command line the benchmark's own CPU shape applies (README "Peers"). PEERS_ARGS: --methods, --repeats, --out.
@@ -47,7 +48,7 @@ $(VENV)/.installed-peers: $(STAMP)
 	$(PY) -m pip install -q -e ".[peers]" && touch $@
 
 bench-peers: $(VENV)/.installed-peers ## each method beside the implementation a user would pick instead (PyTorch, PEFT, badam, hift)
-	HF_HUB_OFFLINE=1 $(PY) -m ftbench.peers.bench $(PEERS_ARGS) \
+	HF_HUB_OFFLINE=1 $(PY) -m ftbench.bench.peers.timing $(PEERS_ARGS) \
 		$(if $(filter command line environment,$(origin BENCH_ARGS)),$(BENCH_ARGS))
 
 # Paper tables (recipes/*.yaml) run again and set beside the published numbers: README "Reproducing the papers".
@@ -82,8 +83,9 @@ GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check: ## one NVIDIA GPU >= 80 GB: missing wheels from .whl/, the gpu tests, 7B + RoBERTa-large profile sweeps, one table (DRY=1: only list)
 	$(GPU_PY) scripts/gpu_check.py $(if $(DRY),--dry-run)
 
-lint: $(STAMP) ## ruff over the sources and tests
+lint: $(STAMP) ## ruff over the sources and tests, and the import layers
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/lint-imports --no-cache
 
 clean: ## remove run outputs (never .venv)
 	rm -rf outputs multirun .pytest_cache

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ftbench.peers.bench import FIXED, PINNED, Plan, compose
-from ftbench.peers.loop import train
-from ftbench.run import run_job
+from ftbench.bench.peers.loop import train
+from ftbench.bench.peers.timing import FIXED, PINNED, Plan, compose
+from ftbench.job.run import run_job
 
 SHAPE = ["model=llama-mini", "profile.batch_size=2", "profile.seq_len=32", "hardware.gradient_checkpointing=true",
          "profile.warmup_steps=0"]

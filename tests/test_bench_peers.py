@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ftbench.peers import bench
+from ftbench.bench.peers import timing as bench
 
 TINY = ["model=tiny-llama", "profile.batch_size=2", "profile.seq_len=16", "profile.warmup_steps=1",
         "profile.steps=1"]

@@ -30,8 +30,7 @@ def test_a_submitit_local_sweep_runs_every_job_and_prints_the_table(tmp_path):
 def test_the_slurm_group_asks_one_task_per_gpu():
     from hydra import compose, initialize_config_dir
 
-    from ftbench.cli import config_dir
-    from ftbench.config import register_configs
+    from ftbench.job.compose import config_dir, register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

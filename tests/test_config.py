@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from ftbench.cli import config_dir, validate
-from ftbench.config import check
+from ftbench.cli import validate
+from ftbench.config.schema import check
+from ftbench.job.compose import config_dir
 from helpers import compose
 
 GROUPS = ["method", "model", "task", "hardware", "logger", "experiment"]

@@ -4,8 +4,8 @@ one-line refusal, a probe that leaves no trace) and train.max_steps=0 (the untou
 import pytest
 import torch
 
-from ftbench import fit_batch
 from ftbench.errors import UserError
+from ftbench.plan import micro_batch as fit_batch
 from helpers import run, tiny_model
 
 QUICK = ["train.max_steps=2", "task.batch_size=16", "train.measure_warmup_steps=0"]
@@ -105,7 +105,7 @@ def test_max_steps_zero_scores_the_untouched_model(tmp_path):
 def test_auto_takes_the_training_micro_batch_from_the_planner(tmp_path, monkeypatch):
     """auto: the memory planner sizes the training micro-batch (no probe step of the model); the
     calibration passes, which it does not plan, are still probed; result.json says which way."""
-    from ftbench import plan
+    from ftbench.plan import planner as plan
 
     probed, budgets = [], []
     real_fit, real_largest = fit_batch.fit, plan.largest_micro_batch_from

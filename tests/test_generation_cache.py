@@ -6,8 +6,9 @@ import contextlib
 import pytest
 import torch
 
-from ftbench.models import byte_level_tokenizer
-from ftbench.tasks import EvalContext, generate
+from ftbench.models.loading import byte_level_tokenizer
+from ftbench.tasks import generate
+from ftbench.tasks.base import EvalContext
 from ftbench.tasks.instruct import encode_prompts
 from helpers import tiny_model
 

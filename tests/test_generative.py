@@ -10,9 +10,10 @@ import torch
 
 from ftbench import results
 from ftbench.errors import UserError
-from ftbench.methods import REGISTRY, build_method
-from ftbench.models import byte_level_tokenizer
-from ftbench.tasks import EvalContext, build_task, generate
+from ftbench.methods import build_method, names
+from ftbench.models.loading import byte_level_tokenizer
+from ftbench.tasks import build_task, generate
+from ftbench.tasks.base import EvalContext
 from ftbench.tasks.instruct import (
     TEMPLATES,
     encode_pairs,
@@ -183,7 +184,7 @@ def test_min_new_tokens_forces_the_full_length(tmp_path, tokenizer):
     assert throughput.new_tokens == 2 * 7 and throughput.sequences == 2 and throughput.seconds > 0
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", names())
 def test_every_method_generates_as_the_base_model_before_training(tmp_path, tokenizer, name):
     """Generation works on what each method's prepare() returns (PEFT models, partial-weight modules)."""
     base = tiny_model("tiny-llama", head="causal_lm")

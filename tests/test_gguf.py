@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ftbench import gguf as ftbench_gguf
 from ftbench.errors import UserError
-from ftbench.models import load_model, load_tokenizer
+from ftbench.models import gguf as ftbench_gguf
+from ftbench.models.loading import load_model, load_tokenizer
 from helpers import compose
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install gguf)")

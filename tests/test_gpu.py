@@ -50,6 +50,6 @@ def test_bf16_full_fine_tuning_steps_fp32_masters(tmp_path):
 
 
 def test_the_device_has_a_known_bf16_peak_for_mfu():
-    from ftbench.measure import peak_flops
+    from ftbench.measure.meters import peak_flops
 
     assert peak_flops(torch.cuda.get_device_name(), "bf16-pure") is not None, torch.cuda.get_device_name()

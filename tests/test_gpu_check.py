@@ -4,7 +4,7 @@ import importlib.util
 import subprocess
 import sys
 
-from ftbench.methods import REGISTRY
+from ftbench.methods import names
 from helpers import REPO
 
 SCRIPT = REPO / "scripts" / "gpu_check.py"
@@ -25,7 +25,7 @@ def test_the_dry_mode_lists_every_step_and_runs_nothing(tmp_path):
     lines = done.stdout.splitlines()
     assert any("pytest -m gpu" in line for line in lines)
     llama = [line for line in lines if "model=llama2-7b" in line]
-    assert {m for m in REGISTRY if any(f"method={m} " in line for line in llama)} == set(REGISTRY)
+    assert {m for m in names() if any(f"method={m} " in line for line in llama)} == set(names())
     assert all("profile.batch_size=4 profile.seq_len=512" in line and "hardware.gradient_checkpointing=true" in line
                and "hardware.precision=bf16-pure" in line and "model.random_init=true" in line for line in llama)
     roberta = " ".join(line for line in lines if "model=roberta-large" in line)

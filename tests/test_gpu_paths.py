@@ -4,8 +4,8 @@ launches, TF32 flags that outlive a job."""
 import pytest
 import torch
 
-import ftbench.preflight
-import ftbench.steps
+import ftbench.job.preflight
+import ftbench.job.steps
 from ftbench.methods.base import Method
 from helpers import run
 
@@ -15,7 +15,7 @@ LM = ["task=synthetic_lm", "task.max_steps=2", "task.num_train=16", "task.num_ev
 def _watch_final_evaluation(monkeypatch) -> dict:
     """What the task's final evaluation sees: its batch size and the optimizer's state then."""
     seen: dict = {}
-    build_task, attach = ftbench.preflight.build_task, Method.attach
+    build_task, attach = ftbench.job.preflight.build_task, Method.attach
 
     def recording_attach(self, optimizer):
         seen["optimizer"] = optimizer
@@ -33,7 +33,7 @@ def _watch_final_evaluation(monkeypatch) -> dict:
         task.evaluate = recording_evaluate
         return task
 
-    monkeypatch.setattr(ftbench.preflight, "build_task", recording_build)
+    monkeypatch.setattr(ftbench.job.preflight, "build_task", recording_build)
     monkeypatch.setattr(Method, "attach", recording_attach)
     return seen
 
@@ -65,14 +65,14 @@ def test_fp16_from_accelerate_is_refused_in_one_line(tmp_path, monkeypatch):
 
 def test_tf32_flags_are_restored_when_the_job_ends(tmp_path, monkeypatch):
     """resolve() switches TF32 on for GPUs; the next job of a multirun must find the process's own setting."""
-    resolve = ftbench.steps.resolve
+    resolve = ftbench.job.steps.resolve
 
     def resolve_as_on_a_gpu(cfg):
         hw = resolve(cfg)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         return hw
 
-    monkeypatch.setattr(ftbench.steps, "resolve", resolve_as_on_a_gpu)
+    monkeypatch.setattr(ftbench.job.steps, "resolve", resolve_as_on_a_gpu)
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
@@ -87,7 +87,7 @@ PROFILE = ["mode=profile", "profile.batch_size=2", "profile.seq_len=8", "profile
 
 
 def test_hift_offload_checks_host_memory_before_pinning(tmp_path, monkeypatch):
-    import ftbench.methods.state_store as state_store
+    import ftbench.methods.block_rotation.state_store as state_store
 
     monkeypatch.setattr(state_store, "host_available_bytes", lambda: 2**20)
     result = run(tmp_path / "run", *PROFILE, "method=hift", "profile.warmup_steps=0", "profile.steps=1")
@@ -129,8 +129,8 @@ class _Props:
 def test_hardware_auto_reads_the_device_it_finds(monkeypatch, props, precision, tf32):
     from omegaconf import OmegaConf
 
-    from ftbench.cli import config_dir
-    from ftbench.hardware import resolve, restored_process_settings
+    from ftbench.engine.hardware import resolve, restored_process_settings
+    from ftbench.job.compose import config_dir
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)

@@ -10,15 +10,15 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from ftbench.config import OptimConfig, check
+from ftbench.config.schema import OptimConfig, check
+from ftbench.engine.optim import make_optimizer
 from ftbench.errors import UserError
-from ftbench.measure import optimizer_state_bytes, tensor_bytes
+from ftbench.measure.meters import optimizer_state_bytes, tensor_bytes
 from ftbench.methods import build_method
 from ftbench.methods.base import decay_split
-from ftbench.methods.block_rotation import BlockRotation, BlockRotationConfig
-from ftbench.methods.units import derive_units
-from ftbench.models import architecture_config, load_model
-from ftbench.optim import make_optimizer
+from ftbench.methods.block_rotation.method import BlockRotation, BlockRotationConfig
+from ftbench.methods.block_rotation.units import derive_units
+from ftbench.models.loading import architecture_config, load_model
 from helpers import REPO, fit, method_context, run, synthetic_batches
 from helpers import compose as compose_uncached
 

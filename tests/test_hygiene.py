@@ -5,7 +5,7 @@ import weakref
 
 import pytest
 
-import ftbench.steps
+import ftbench.job.steps
 from ftbench.methods.base import Method
 from helpers import run
 from test_methods import METHODS
@@ -14,7 +14,7 @@ from test_methods import METHODS
 def _record_job_objects(monkeypatch) -> list[weakref.ref]:
     """Weak references to the model's parameters and the optimizer of the next job."""
     refs: list[weakref.ref] = []
-    load_model, attach = ftbench.steps.load_model, Method.attach
+    load_model, attach = ftbench.job.steps.load_model, Method.attach
 
     def recording_load(*args, **kwargs):
         model = load_model(*args, **kwargs)
@@ -25,7 +25,7 @@ def _record_job_objects(monkeypatch) -> list[weakref.ref]:
         refs.append(weakref.ref(optimizer))
         return attach(self, optimizer)
 
-    monkeypatch.setattr(ftbench.steps, "load_model", recording_load)
+    monkeypatch.setattr(ftbench.job.steps, "load_model", recording_load)
     monkeypatch.setattr(Method, "attach", recording_attach)
     return refs
 

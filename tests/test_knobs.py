@@ -3,7 +3,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from ftbench.knobs import settle
+from ftbench.config.knobs import settle
 
 
 def config(mode="train", train=None, task=None, optim=None, method=None, eval=None):

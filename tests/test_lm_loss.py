@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from ftbench.architecture import PLAIN_LM_HEAD
-from ftbench.lm_loss import chunked_causal_lm_loss, make_loss, model_loss
-from ftbench.trace_memory import LiveTensorPeak
+from ftbench.engine.loss import chunked_causal_lm_loss, make_loss, model_loss
+from ftbench.measure.trace import LiveTensorPeak
+from ftbench.models.architecture import PLAIN_LM_HEAD
 from helpers import run, tiny_model
 
 

@@ -15,6 +15,6 @@ def test_wandb_offline_run(tmp_path, monkeypatch):
 
 
 def test_a_run_without_wandb_never_imports_it():
-    code = ("import sys; from ftbench.cli import main; from ftbench.run import run_job; "
+    code = ("import sys; from ftbench.cli import main; from ftbench.job.run import run_job; "
             "print('wandb' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -69,8 +69,8 @@ def test_the_optimizer_steps_no_bf16_tensor(name, overrides):
 def test_meprop_rounds_bf16_updates_stochastically():
     """MeProp's top-k entries of a bf16 weight: updates far below half a unit move the weight on
     average (stochastic rounding), where round-to-nearest would leave it unchanged."""
-    from ftbench.config import OptimConfig
-    from ftbench.methods.sparse_adam import SparseMlpOptimizer
+    from ftbench.config.schema import OptimConfig
+    from ftbench.methods.sparsegrad.sparse_adam import SparseMlpOptimizer
 
     weight = torch.nn.Parameter(torch.full((64, 64), 0.5, dtype=torch.bfloat16))
     optimizer = SparseMlpOptimizer([{"params": [weight], "sparse": True, "name": "sparse"}],
@@ -84,8 +84,8 @@ def test_meprop_rounds_bf16_updates_stochastically():
 
 
 def test_lazy_adam_keeps_fp32_moments_for_bf16_weights():
-    from ftbench.config import OptimConfig
-    from ftbench.methods.sparse_adam import SparseMlpOptimizer
+    from ftbench.config.schema import OptimConfig
+    from ftbench.methods.sparsegrad.sparse_adam import SparseMlpOptimizer
 
     weight = torch.nn.Parameter(torch.full((8, 8), 0.5, dtype=torch.bfloat16))
     optimizer = SparseMlpOptimizer([{"params": [weight], "sparse": True, "name": "sparse"}],

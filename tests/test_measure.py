@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from ftbench.measure import (
+from ftbench.measure.meters import (
     MemoryMeter,
     SpeedMeter,
     flops_per_token,

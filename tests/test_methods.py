@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ftbench import results
-from ftbench.methods import REGISTRY, build_method
+from ftbench.methods import build_method, names
 from helpers import compose, method_context, run, synthetic_batches, tiny_model
 
 # name, overrides for a quick run (each method's own defaults otherwise)
@@ -25,7 +25,7 @@ QUICK = ["task.max_steps=30", "task.num_train=512", "task.num_eval=64"]
 
 
 def test_every_registered_method_has_a_row():
-    assert {name for name, _ in METHODS} == set(REGISTRY)
+    assert {name for name, _ in METHODS} == set(names())
 
 
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-bert"])
@@ -41,7 +41,8 @@ def test_trains_scores_and_exports(tmp_path, name, overrides, model):
     # The merged export loads with plain from_pretrained and scores exactly as the trained model did.
     from transformers import AutoModelForSequenceClassification
 
-    from ftbench.tasks import EvalContext, build_task
+    from ftbench.tasks import build_task
+    from ftbench.tasks.base import EvalContext
 
     merged = AutoModelForSequenceClassification.from_pretrained(result["export"]["merged"])
     cfg = compose(f"model={model}", *QUICK)

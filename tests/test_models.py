@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ftbench.errors import UserError
-from ftbench.models import (
+from ftbench.models.loading import (
     architecture_config,
     auto_class,
     byte_level_tokenizer,

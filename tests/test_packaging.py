@@ -5,11 +5,11 @@ import sys
 
 import pytest
 
-from ftbench.cli import config_dir
-from ftbench.recipes import recipes_dir
+from ftbench.job.compose import config_dir
+from ftbench.paper.recipes import recipes_dir
 from helpers import REPO
 
-PROBE = ("import ftbench, ftbench.cli as c, ftbench.recipes as r; "
+PROBE = ("import ftbench, ftbench.cli as c, ftbench.paper.recipes as r; "
          "print(ftbench.__file__); print(c.config_dir()); print(r.recipes_dir()); "
          "print(c.validate(['method=lora', 'task=cola'], multirun=False))")
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from ftbench.measure.trace import LiveTensorPeak
 from ftbench.methods import partial_linear as partial_module
 from ftbench.methods.partial_linear import (
     BLOCK,
@@ -15,7 +16,6 @@ from ftbench.methods.partial_linear import (
     unpack_elements,
     wrap,
 )
-from ftbench.trace_memory import LiveTensorPeak
 
 
 @pytest.fixture(autouse=True)

@@ -8,14 +8,8 @@ import pytest
 import torch
 
 from ftbench import report
-from ftbench.plan import (
-    fit,
-    largest_micro_batch_from,
-    peak_at,
-    predict,
-    target,
-)
-from ftbench.run import run_job
+from ftbench.job.run import run_job
+from ftbench.plan.planner import fit, largest_micro_batch_from, peak_at, predict, target
 from helpers import compose, run
 
 LAYERS = 8

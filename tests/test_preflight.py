@@ -14,7 +14,7 @@ import transformers as T
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from ftbench.errors import UserError
-from ftbench.models import byte_level_tokenizer, load_model, load_tokenizer
+from ftbench.models.loading import byte_level_tokenizer, load_model, load_tokenizer
 from ftbench.tasks import build_task
 from helpers import compose, run
 

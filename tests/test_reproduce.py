@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ftbench import reproduce
-from ftbench.comparison import CellResults, compare_line, lines
-from ftbench.recipes import Compare, load
+from ftbench.paper import reproduce
+from ftbench.paper.comparison import CellResults, compare_line, lines
+from ftbench.paper.recipes import Compare, load
 from helpers import REPO, cli
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))

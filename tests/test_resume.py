@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import ftbench.batches
+import ftbench.engine.batches
 from helpers import run
 
 METHODS = {  # method -> overrides that make its state change within a few steps
@@ -50,7 +50,7 @@ def _one_thread_no_gc_scans():
 def signal_at(monkeypatch, micro_batch: int, signum: int) -> None:
     """The training stream sends `signum` to this process while drawing micro-batch `micro_batch`
     (counted from the start of training, also in a resumed run)."""
-    shuffled = ftbench.batches.shuffled
+    shuffled = ftbench.engine.batches.shuffled
 
     def hooked(examples, micro_batch_size, collate, seed, rank=0, world_size=1, skip=0, **kwargs):
         stream = shuffled(examples, micro_batch_size, collate, seed, rank, world_size, skip, **kwargs)
@@ -62,7 +62,7 @@ def signal_at(monkeypatch, micro_batch: int, signum: int) -> None:
                 os.kill(os.getpid(), signum)
             yield batch
 
-    monkeypatch.setattr(ftbench.batches, "shuffled", hooked)
+    monkeypatch.setattr(ftbench.engine.batches, "shuffled", hooked)
 
 
 def killed_in_a_child(monkeypatch, run_dir, command: list[str], micro_batch: int) -> None:
@@ -160,7 +160,7 @@ def test_a_checkpoint_of_another_config_is_refused_naming_the_keys(tmp_path, mon
             run(tmp_path / "run", *command)
     before = sorted(p.name for p in (tmp_path / "run").iterdir())
     capsys.readouterr()
-    from ftbench.run import run_job
+    from ftbench.job.run import run_job
     from helpers import compose
 
     assert run_job(compose(*command, "optim.lr=0.1", "seed=3"), tmp_path / "run") == 2
@@ -260,7 +260,7 @@ def test_sigterm_during_a_generative_evaluation_stops_at_once(tmp_path, monkeypa
 def test_a_resumed_stream_continues_where_the_stopped_one_was():
     from itertools import islice
 
-    from ftbench.batches import random_tokens, shuffled
+    from ftbench.engine.batches import random_tokens, shuffled
 
     def same(a, b):
         assert len(a) == len(b) and all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
@@ -293,7 +293,7 @@ def test_an_unreadable_checkpoint_is_one_line_naming_train_resume(tmp_path, caps
     step = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
     (step / broken).write_bytes((step / broken).read_bytes()[:20])
     capsys.readouterr()
-    from ftbench.run import run_job
+    from ftbench.job.run import run_job
     from helpers import compose
 
     assert run_job(compose(*args), tmp_path / "run", overrides=args) == 2

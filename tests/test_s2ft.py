@@ -12,13 +12,13 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from ftbench.config import check
+from ftbench.config.schema import check
 from ftbench.errors import UserError
-from ftbench.methods import s2ft_adapter
-from ftbench.methods.full import FullConfig, FullFineTuning
+from ftbench.methods.full.method import FullConfig, FullFineTuning
 from ftbench.methods.partial_linear import partial_layers
-from ftbench.methods.s2ft import S2ft, S2ftConfig
-from ftbench.methods.s2ft_select import find_blocks, select_units
+from ftbench.methods.s2ft import adapter as s2ft_adapter
+from ftbench.methods.s2ft.method import S2ft, S2ftConfig
+from ftbench.methods.s2ft.select import find_blocks, select_units
 from helpers import REPO, compose, fit, method_context, synthetic_batches, tiny_model
 
 EVERYTHING = dict(v_ratio=1.0, o_ratio=1.0, u_ratio=1.0, d_ratio=1.0)
@@ -327,7 +327,7 @@ def test_adapters_from_different_bases_do_not_fuse():
 
 
 def test_switch_benchmark_writes_its_table(tmp_path, capsys):
-    from ftbench.bench_switch import main
+    from ftbench.bench.switch import main
 
     report = main(["--sizes", "32", "--k", "4", "--repeats", "2", "--out", str(tmp_path / "switch.json")])
     row = json.loads((tmp_path / "switch.json").read_text())["rows"][0]

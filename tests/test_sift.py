@@ -12,12 +12,18 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from ftbench import architecture
 from ftbench.errors import UserError
-from ftbench.measure import optimizer_state_bytes
+from ftbench.measure.meters import optimizer_state_bytes
 from ftbench.methods.base import Method, MethodConfig
-from ftbench.methods.sift import MASTER_SUFFIXES, SELECTION_FILE, Sift, SiftConfig, apply_delta
-from ftbench.methods.sift_select import head_modules, resolve_targets, selected_count, top_k
+from ftbench.methods.sift.method import (
+    MASTER_SUFFIXES,
+    SELECTION_FILE,
+    Sift,
+    SiftConfig,
+    apply_delta,
+)
+from ftbench.methods.sift.select import head_modules, resolve_targets, selected_count, top_k
+from ftbench.models import architecture
 from helpers import compose, fit, method_context, run, synthetic_batches, tiny_model
 
 

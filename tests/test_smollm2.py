@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ftbench.methods import build_method
-from ftbench.models import load_model, load_tokenizer
+from ftbench.models.loading import load_model, load_tokenizer
 from ftbench.tasks.instruct import encode_pairs
 from helpers import compose, fit, method_context
 

@@ -7,20 +7,20 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from ftbench.config import OptimConfig, check
+from ftbench.config.schema import OptimConfig, check
 from ftbench.errors import UserError
-from ftbench.measure import optimizer_state_bytes, tensor_bytes
+from ftbench.measure.meters import optimizer_state_bytes, tensor_bytes
 from ftbench.methods import build_method
-from ftbench.methods.full import FullConfig, FullFineTuning
-from ftbench.methods.meprop import MeProp, MePropConfig
-from ftbench.methods.sparse_adam import (
+from ftbench.methods.full.method import FullConfig, FullFineTuning
+from ftbench.methods.meprop.method import MeProp, MePropConfig
+from ftbench.methods.sparsegrad.method import SparseGrad, SparseGradConfig
+from ftbench.methods.sparsegrad.sparse_adam import (
     SparseMlpOptimizer,
     add_rounded,
     clip_grad_norm,
     unique_entries,
 )
-from ftbench.methods.sparse_linear import Basis, TopKGradLinear, mlp_layers
-from ftbench.methods.sparsegrad import SparseGrad, SparseGradConfig
+from ftbench.methods.sparsegrad.sparse_linear import Basis, TopKGradLinear, mlp_layers
 from helpers import compose, fit, method_context, synthetic_batches, tiny_model
 
 CPU = torch.device("cpu")
@@ -277,7 +277,7 @@ def test_presets_compose_for_every_model_and_task():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from ftbench.cli import config_dir
+    from ftbench.job.compose import config_dir
     from helpers import CPU_DEFAULTS
 
     presets = sorted(p.stem for p in (config_dir() / "experiment").glob("sparsegrad-*.yaml"))

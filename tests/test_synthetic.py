@@ -5,7 +5,7 @@ import random
 
 import torch
 
-from ftbench.tasks import EvalContext
+from ftbench.tasks.base import EvalContext
 from ftbench.tasks.synthetic import MARKERS, SyntheticConfig, SyntheticTask, generate
 from helpers import run, tiny_model
 

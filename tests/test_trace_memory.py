@@ -4,7 +4,7 @@ operator creates, until it is freed, and never a view or an in-place result."""
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from ftbench.trace_memory import LiveTensorPeak
+from ftbench.measure.trace import LiveTensorPeak
 from helpers import run, tiny_model
 
 MiB = 2**20

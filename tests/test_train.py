@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ftbench.config import OptimConfig
-from ftbench.hardware import split_batch
-from ftbench.optim import make_optimizer, make_scheduler
+from ftbench.config.schema import OptimConfig
+from ftbench.engine.hardware import split_batch
+from ftbench.engine.optim import make_optimizer, make_scheduler
 from helpers import run
 
 TINY = ["task.num_train=256", "task.num_eval=64"]

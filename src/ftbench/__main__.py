@@ -1,6 +1,6 @@
 """`python -m ftbench ...` (and `torchrun -m ftbench ...`): the `ftbench` command."""
 
-from .cli import main
+from ftbench.cli import main
 
 if __name__ == "__main__":
     main()

@@ -9,45 +9,21 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import logging
 import os
 import sys
 import tempfile
-import warnings
 from pathlib import Path
+
+from ftbench import report
+from ftbench.config.schema import check
+from ftbench.errors import Canceled, UserError, explain_compose_error
+from ftbench.job.compose import config_dir, register_configs
+from ftbench.quiet import quiet_libraries, quiet_transformers
 
 # Hydra flags that do not launch a run: hand them to Hydra untouched.
 PASSTHROUGH = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--cfg", "-c", "--resolve",
                "--package", "-p", "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn",
                "--config-dir", "-cd", "--experimental-rerun"}
-
-
-def config_dir() -> Path:
-    """The Hydra tree: inside the package (wheel), else at the top of the checkout (editable)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parents[1] / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise SystemExit("ftbench: error: the config tree (conf/config.yaml) is missing; reinstall ftbench")
-
-
-def quiet_libraries() -> None:
-    """Keep library chatter (deprecations, init notices) out of the user's terminal. Imports no
-    library: `ftbench --help` and `--cfg job` load neither torch nor transformers (a job quiets
-    transformers itself: `quiet_transformers`)."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|peft|accelerate)\.")
-    logging.getLogger("peft").setLevel(logging.ERROR)
-
-
-def quiet_transformers() -> None:
-    """transformers' notices and progress bars off (imports transformers: called where jobs run)."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def expand(overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -78,9 +54,6 @@ def validate(overrides: list[str], multirun: bool) -> str | None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from .config import check, register_configs
-    from .errors import UserError, explain_compose_error
-
     register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftbench"):
         try:
@@ -102,8 +75,9 @@ def launch(argv: list[str]) -> int:
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     def job(cfg) -> int:
-        from .distributed import join_job_tasks
-        from .run import run_job  # torch and the rest load when a job runs, not for --help or --cfg
+        # torch and the rest load when a job runs, not for --help or --cfg
+        from ftbench.job.run import run_job
+        from ftbench.parallel.distributed import join_job_tasks
 
         join_job_tasks()  # a cluster job of several tasks (hydra/launcher=slurm): one rank each
         quiet_transformers()
@@ -166,8 +140,6 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["plan"]:  # `ftbench plan ...` = `ftbench mode=plan ...`
         argv = [*argv[1:], "mode=plan"]
-    from .config import register_configs
-
     register_configs()
     if {"--help", "-h"}.intersection(argv):
         print_help([a for a in argv if not a.startswith("-")])
@@ -180,14 +152,12 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
     quiet_libraries()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: the ranks make one run (imports torch)
-        from .distributed import launch_overrides
+        from ftbench.parallel.distributed import launch_overrides  # torch
 
         argv = [*argv, *launch_overrides(argv, config_dir() / "config.yaml")]
     try:
         sys.exit(launch(argv))
     except KeyboardInterrupt as exc:
-        from .errors import Canceled
-
         if not isinstance(exc, Canceled):  # a canceled job printed its own line
             print("ftbench: canceled", file=sys.stderr)
         sys.exit(130)
@@ -199,9 +169,6 @@ def report_main(argv: list[str] | None = None) -> None:
     parser.add_argument("paths", nargs="+", type=Path, help="result.json files or folders holding them")
     parser.add_argument("--out", type=Path, help="where to write report.md/.csv/.png (default: the first folder)")
     args = parser.parse_args(argv)
-    from . import report
-    from .errors import UserError
-
     missing = [p for p in args.paths if not p.exists()]
     if missing:
         print(f"ftbench-report: error: {missing[0]}: no such file or folder", file=sys.stderr)

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ftbench.errors import UserError
 
 
 def umask() -> int:

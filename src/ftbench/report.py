@@ -13,8 +13,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from . import plan_report, results
-from .results import GiB
+from ftbench import results
+from ftbench.plan import report as plan_report
+from ftbench.results import GiB
 
 log = logging.getLogger("ftbench")
 

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from . import files
+from ftbench import files
 
 SCHEMA = 1
 GiB = 2**30  # result.json counts bytes; tables and messages show GiB

@@ -37,9 +37,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..measure import tensor_bytes
-from ..method_configs import MethodConfig
-from .masters import Masters
+from ftbench.engine.optim import make_optimizer, make_scheduler
+from ftbench.measure.meters import tensor_bytes
+from ftbench.methods.config import MethodConfig
+from ftbench.methods.masters import Masters
 
 
 @dataclass
@@ -101,8 +102,6 @@ class Method(ABC):
     def build_optimizer(self, groups: list[dict], optim_cfg, lr: float) -> torch.optim.Optimizer:
         """The optimizer over `groups`; low-precision tensors are stepped through fp32 masters
         (masters.py) unless the method's `master_dtype` is `weight` (bf16 updates rounded in place)."""
-        from ..optim import make_optimizer
-
         optimizer = make_optimizer(self.with_masters(groups), optim_cfg, lr)
         self.masters.attach(optimizer)
         return optimizer
@@ -230,3 +229,20 @@ class Method(ABC):
 
 def trainable_named_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def optimizer_for(method: Method, model: torch.nn.Module, optim_cfg, lr: float,
+                   method_state: dict | None = None) -> torch.optim.Optimizer:
+    """The method's optimizer over its parameter groups, attached to the method; `method_state` (a
+    resume) is loaded once it is attached, the one timing rule of the method contract (methods/base.py)."""
+    optimizer = method.build_optimizer(method.param_groups(model, optim_cfg.weight_decay), optim_cfg, lr)
+    method.attach(optimizer)
+    if method_state is not None:
+        method.load_state_dict(method_state)
+    return optimizer
+
+
+def scheduler_for(optimizer: torch.optim.Optimizer, method: Method, optim_cfg, steps: int):
+    """The learning-rate schedule over `steps` optimizer steps (the method's schedule length: BAdam
+    counts cycles)."""
+    return make_scheduler(optimizer, optim_cfg, method.schedule_length(steps))

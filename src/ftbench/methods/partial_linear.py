@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..architecture import replace_module
-from .base import Method
+from ftbench.methods.base import Method
+from ftbench.models.architecture import replace_module
 
 KINDS = ("elements", "rows", "cols")
 

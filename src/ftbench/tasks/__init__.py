@@ -1,11 +1,16 @@
-"""The task registry: family -> class (the schemas: task_configs.py). A task YAML names its family."""
+"""Tasks: data sets, their tokenization, collation and evaluation, by family (torch-free registry).
+
+A task YAML (`conf/task/<name>.yaml`) names its family; the family's schema lives in `config.py`
+(torch-free, what composing a config imports) and its class in its own module (imported when a job
+builds the task). This package may import `ftbench.errors`, `ftbench.config`, `ftbench.progress`,
+`ftbench.models` (tokenizers, the hub) and `ftbench.engine.batches`.
+"""
 
 from __future__ import annotations
 
 from importlib import import_module
 
-from ..task_configs import CONFIGS
-from .base import EvalContext, Task, TaskConfig
+from ftbench.tasks.config import CONFIGS, TaskConfig
 
 REGISTRY: dict[str, str] = {
     "synthetic": "ftbench.tasks.synthetic:SyntheticTask",
@@ -22,19 +27,21 @@ def _load(path: str):
 
 
 def task_config_classes() -> dict[str, type[TaskConfig]]:
-    """Task family -> its schema (task_configs.py: torch-free)."""
+    """Task family -> its schema (config.py: torch-free)."""
     return dict(CONFIGS)
 
 
-def task_class(family: str) -> type[Task]:
+def task_class(family: str):
+    """The `Task` subclass of `family` (imports its module, and torch)."""
     return _load(REGISTRY[family])
 
 
-def build_task(cfg, tokenizer, seed: int) -> Task:
+def build_task(cfg, tokenizer, seed: int):
+    """The task of config `cfg` (a DictConfig or its schema object) over `tokenizer`."""
     from omegaconf import OmegaConf
 
     typed = OmegaConf.to_object(cfg) if not isinstance(cfg, TaskConfig) else cfg
     return _load(REGISTRY[typed.family])(typed, tokenizer, seed)
 
 
-__all__ = ["EvalContext", "Task", "TaskConfig", "build_task", "task_class"]
+__all__ = ["REGISTRY", "build_task", "task_class", "task_config_classes"]

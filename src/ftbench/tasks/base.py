@@ -13,9 +13,10 @@ from typing import Any, Optional
 
 import torch
 
-from ..architecture import IGNORE_INDEX
-from ..errors import UserError
-from ..task_configs import TaskConfig
+from ftbench.engine.batches import Example
+from ftbench.errors import UserError
+from ftbench.models.architecture import IGNORE_INDEX
+from ftbench.tasks.config import TaskConfig
 
 
 @dataclass
@@ -31,9 +32,6 @@ class EvalContext:
     num_beams: Optional[int] = None
     max_new_tokens: Optional[int] = None
     progress: bool = True  # a bar on a terminal, else a log line every 30 s (progress.py)
-
-
-Example = dict[str, Any]
 
 
 class Task(ABC):
@@ -135,5 +133,3 @@ def batched(items: list, size: int) -> Iterator[list]:
         yield items[start:start + size]
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -6,9 +6,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..progress import Work
-from . import metrics
-from .base import EvalContext, Example, batched, to_device
+from ftbench.engine.batches import to_device
+from ftbench.progress import Work
+from ftbench.tasks import metrics
+from ftbench.tasks.base import EvalContext, Example, batched
 
 
 @torch.no_grad()

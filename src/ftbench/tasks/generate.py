@@ -19,11 +19,12 @@ import torch
 from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ..errors import UserError
-from ..knobs import decoding as decoding_knobs
-from ..progress import Work
-from .answers import AnswerRule
-from .base import EvalContext, pad_collate, to_device
+from ftbench.config.knobs import decoding as decoding_knobs
+from ftbench.engine.batches import to_device
+from ftbench.errors import UserError
+from ftbench.progress import Work
+from ftbench.tasks.answers import AnswerRule
+from ftbench.tasks.base import EvalContext, pad_collate
 
 GENERATIONS_FILE = "generations.jsonl"
 

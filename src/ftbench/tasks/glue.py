@@ -8,11 +8,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
-from ..hub import hub_error, use_cache_only_if_offline
-from ..task_configs import GlueConfig
-from . import classify
-from .base import EvalContext, Example, Task, read_text
+from ftbench.errors import UserError
+from ftbench.models.hub import hub_error, use_cache_only_if_offline
+from ftbench.tasks import classify
+from ftbench.tasks.base import EvalContext, Example, Task, read_text
+from ftbench.tasks.config import GlueConfig
 
 log = logging.getLogger(__name__)
 

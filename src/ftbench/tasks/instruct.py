@@ -25,13 +25,14 @@ from typing import Any
 
 import torch
 
-from ..architecture import IGNORE_INDEX
-from ..errors import UserError
-from ..hub import hub_error, use_cache_only_if_offline
-from ..progress import Work
-from ..task_configs import InstructConfig
-from . import generate
-from .base import EvalContext, Example, Task, batched, read_text, to_device
+from ftbench.engine.batches import to_device
+from ftbench.errors import UserError
+from ftbench.models.architecture import IGNORE_INDEX
+from ftbench.models.hub import hub_error, use_cache_only_if_offline
+from ftbench.progress import Work
+from ftbench.tasks import generate
+from ftbench.tasks.base import EvalContext, Example, Task, batched, read_text
+from ftbench.tasks.config import InstructConfig
 
 log = logging.getLogger(__name__)
 

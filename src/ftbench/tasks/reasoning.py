@@ -14,11 +14,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..task_configs import ReasoningConfig
-from . import answers, generate
-from .base import EvalContext
-from .instruct import (
+from ftbench.errors import UserError
+from ftbench.tasks import answers, generate
+from ftbench.tasks.base import EvalContext
+from ftbench.tasks.config import ReasoningConfig
+from ftbench.tasks.instruct import (
     InstructTask,
     encode_prompts,
     load_remote_rows,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import random
 
-from ..task_configs import SYNTHETIC_FIRST_FILLER, SyntheticConfig
-from . import classify
-from .base import EvalContext, Example, Task
+from ftbench.tasks import classify
+from ftbench.tasks.base import EvalContext, Example, Task
+from ftbench.tasks.config import SYNTHETIC_FIRST_FILLER, SyntheticConfig
 
 MARKERS = (3, 4)  # token ids of marker A and marker B; 0-2 are pad/bos/eos
 FIRST_FILLER = SYNTHETIC_FIRST_FILLER

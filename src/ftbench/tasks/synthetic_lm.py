@@ -13,10 +13,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from ..task_configs import SyntheticLMConfig
-from . import answers, generate
-from .base import EvalContext, Example, Task
-from .instruct import encode_pairs, encode_prompts
+from ftbench.tasks import answers, generate
+from ftbench.tasks.base import EvalContext, Example, Task
+from ftbench.tasks.config import SyntheticLMConfig
+from ftbench.tasks.instruct import encode_pairs, encode_prompts
 
 
 def problems(count: int, max_operand: int, rng: random.Random) -> list[tuple[str, str]]:

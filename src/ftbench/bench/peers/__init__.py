@@ -1,0 +1,26 @@
+"""Peers: the implementations a user would pick instead of ftbench, run beside it.
+
+Each peer is one module with `prepare(model, spec) -> Trainable`: it turns the
+plain transformers model into what that implementation trains, through the
+peer's own public API only. `loop.py` trains it in a plain loop that never
+imports ftbench's training code (only the CPU memory tracer, so both sides are
+measured by the same instrument); `timing.py` runs ftbench and the peers side by
+side (`make bench-peers`).
+
+| peer | what a user would write | stands beside ftbench's |
+| --- | --- | --- |
+| torch | `torch.optim.AdamW` over every weight | full (and every method, as the dense baseline) |
+| peft | `peft.get_peft_model(LoraConfig(...))` + AdamW | lora (and every method, as the adapter baseline) |
+| badam | `badam.BlockOptimizer` around AdamW (PyPI badam 1.4) | badam |
+| hift | the `hift` package (PyPI hift 0.0.5) | hift |
+"""
+
+from __future__ import annotations
+
+# peer name -> (module, what it is, the ftbench method whose settings it copies)
+PEERS = {
+    "torch": ("torch_adamw", "plain PyTorch loop, AdamW", "full"),
+    "peft": ("peft_lora", "PEFT LoRA, AdamW", "lora"),
+    "badam": ("badam_block", "badam 1.4 BlockOptimizer", "badam"),
+    "hift": ("hift_package", "hift 0.0.5", "hift"),
+}

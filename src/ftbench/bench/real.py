@@ -1,0 +1,144 @@
+"""Every method on a real pretrained LLM (SmolLM2-135M), CPU-sized: base -> tuned held-out loss,
+trainable %, step time, peak memory, and a check that the exported checkpoint reloads with plain
+`from_pretrained` and gives the same held-out loss.
+
+    python -m ftbench.bench.real --data ../shared/data                # make bench-real
+    python -m ftbench.bench.real --data ../shared/data --tasks math --methods full lora
+    python -m ftbench.bench.real --data ../shared/data --set task.max_length=256 train.batch_size=8 task.val_size=32
+
+Each cell is one `ftbench` run in its own process (measured as if alone) under --out. The base
+loss is a `train.max_steps=0` run of the same task. The held-out loss is the training objective
+on task.val_size examples held out of the training file, validated at the last step
+(train.select=best over one validation). Runs that already hold a result.json are read, not
+rerun, so an interrupted benchmark resumes. Prints a markdown table and writes table.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ftbench.job import children
+from ftbench.results import GiB
+
+METHODS = ["full", "lora", "sift", "s2ft", "sparsegrad", "meprop", "hift", "badam", "lisa"]
+TASKS = {"math": METHODS, "alpaca": ["full", "lora", "s2ft"]}
+BUDGET = ["task.max_length=128", "train.batch_size=4", "train.max_steps=10", "task.val_size=16"]  # README table
+# The held-out loss is validated once, after the last step (every_steps beyond any run's length).
+COMMON = ["model=smollm2-135m", "train.save=last", "train.select=best", "train.select_metric=val/loss",
+          "eval.every_steps=1000000", "train.progress=false"]
+# What each task scores besides the held-out loss, kept cheap: a few greedy answers (eval.max_samples,
+# set to task.val_size, caps those and leaves the held-out set whole).
+TASK_EXTRA = {"math": ["task.eval_sets=[MultiArith]", "eval.num_beams=1", "eval.max_new_tokens=32"],
+              "alpaca": ["task.generate_samples=0"]}
+
+def run_cell(out: Path, overrides: list[str]) -> dict:
+    """One ftbench run in its own process (or the result it already left)."""
+    if not (out / "result.json").exists():
+        command = [str(Path(sys.executable).with_name("ftbench")), f"hydra.run.dir={out}", *overrides]
+        with open(out.parent / f"{out.name}.log", "w") as log:
+            if children.run(command, stdout=log, stderr=subprocess.STDOUT) == 130:  # canceled: stop the bench
+                raise KeyboardInterrupt
+    return json.loads((out / "result.json").read_text())
+
+
+def heldout_val_loss(result: dict) -> float | None:
+    history = result.get("validation_history") or []
+    return history[-1]["metrics"].get("val/loss") if history else None
+
+
+def reload_loss(result: dict) -> float:
+    """The held-out loss of the exported merged checkpoint, loaded with plain from_pretrained."""
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftbench.tasks import (  # the child process's work: torch loads here
+        build_task,
+        task_config_classes,
+    )
+    from ftbench.tasks.base import EvalContext
+    from ftbench.tasks.instruct import heldout_loss
+
+    folder = result["export"]["merged"]
+    cfg = OmegaConf.create(result["config"])
+    schema = OmegaConf.structured(task_config_classes()[cfg.task.family])
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    task = build_task(OmegaConf.merge(schema, cfg.task), tokenizer, cfg.seed)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    ctx = EvalContext(device=torch.device("cpu"), autocast=contextlib.nullcontext,
+                      batch_size=cfg.eval.batch_size or 2 * result["plan"]["micro_batch_size"], max_samples=None,
+                      output_dir=Path(folder), pad_to_multiple_of=None, progress=False)
+    return heldout_loss(model, task.val, ctx, task.collate)
+
+
+def row(task: str, method: str, base: float | None, result: dict) -> dict:
+    tuned = heldout_val_loss(result)
+    cell = {"task": task, "method": method, "status": result["status"], "error": result.get("error"),
+            "base_loss": base, "tuned_loss": tuned,
+            "trainable_pct": (result.get("params") or {}).get("trainable_pct"),
+            "step_time_s": (result.get("throughput") or {}).get("step_time_s_p50"),
+            "peak_rss_gib": ((result.get("memory") or {}).get("cpu_peak_rss_bytes") or 0) / GiB or None,
+            "micro_batch": (result.get("plan") or {}).get("micro_batch_size"), "reload_loss": None}
+    if result["status"] == "ok" and result.get("export"):
+        cell["reload_loss"] = reload_loss(result)
+    return cell
+
+
+def markdown(rows: list[dict]) -> str:
+    def f(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    lines = ["| task | method | held-out loss base -> tuned | trainable % | step time (s) | peak RSS (GiB) "
+             "| micro-batch | reloaded loss | status |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fell = "" if r["tuned_loss"] is None or r["base_loss"] is None else (
+            " (lower)" if r["tuned_loss"] < r["base_loss"] else " (NOT lower)")
+        same = "-" if r["reload_loss"] is None else (
+            f"{r['reload_loss']:.4f} ({'same' if abs(r['reload_loss'] - r['tuned_loss']) < 1e-4 else 'DIFFERS'})")
+        lines.append(f"| {r['task']} | {r['method']} | {f(r['base_loss'], '.4f')} -> {f(r['tuned_loss'], '.4f')}{fell} "
+                     f"| {f(r['trainable_pct'], '.2f')} | {f(r['step_time_s'], '.2f')} | {f(r['peak_rss_gib'], '.2f')} "
+                     f"| {f(r['micro_batch'], 'd')} | {same} | {r['status']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/data", help="folder holding math/ and alpaca/")
+    parser.add_argument("--out", default="outputs/bench-real")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every method for math, "
+                        "full lora s2ft for alpaca")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides, applied last (the CPU budget's "
+                        f"default: {' '.join(BUDGET)})")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = {o.split("=")[0]: o for o in BUDGET}
+    budget.update({o.split("=")[0]: o for o in args.set})
+    rows = []
+    for task in args.tasks:
+        val_size = budget["task.val_size"].split("=")[1]
+        shared = [*COMMON, f"task={task}", f"task.data_dir={Path(args.data) / task}", *TASK_EXTRA[task],
+                  f"eval.max_samples={val_size}", *budget.values()]  # --set last: it wins
+        print(f"# {task}: ftbench {' '.join(shared)}", flush=True)
+        untouched = [o for o in shared if not o.startswith(("train.max_steps=", "train.save="))]
+        base = heldout_val_loss(run_cell(out / f"{task}-base", [*untouched, "train.max_steps=0", "train.save=none"]))
+        for method in args.methods or TASKS[task]:
+            result = run_cell(out / f"{task}-{method}", [*shared, f"method={method}"])
+            rows.append(row(task, method, base, result))
+            print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+            (out / "table.json").write_text(json.dumps(rows, indent=2))
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Structured-config schemas: every knob has a type, so a typo or a wrong type
+fails at compose time naming the key; `check()` then rejects values that are
+well-typed but meaningless (lr <= 0, batch size 0, a missing data folder).
+
+The method and task groups are polymorphic: each option's YAML lists its own
+schema (`/schema/method/<name>`), registered here from the method and task
+registries.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from ftbench.errors import UserError, one_of, require
+
+PRECISIONS = ("auto", "bf16-mixed", "bf16-pure", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZERS = ("adamw", "sgd", "adagrad", "adafactor")
+SCHEDULERS = ("linear", "cosine", "constant")
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    kind: str = MISSING  # encoder | decoder
+    hub_id: Optional[str] = None
+    path: Optional[str] = None
+    package: Optional[str] = None
+    random_init: bool = False
+    tokenizer: Optional[str] = None
+    gguf_file: Optional[str] = None  # a GGUF file in model.path or model.package (gguf.py)
+    shape: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, key: str) -> None:
+        one_of(self.kind, ("encoder", "decoder"), f"{key}.kind")
+        require("model_type" in self.shape, f"{key}.shape", "needs model_type (e.g. llama, bert)")
+        if self.path is not None and not (self.path.endswith(".gguf") and Path(self.path).expanduser().is_file()):
+            require(Path(self.path).expanduser().is_dir(), f"{key}.path",
+                    f"'{self.path}' is not a directory; give a folder saved with save_pretrained (or a .gguf file)")
+        if self.tokenizer is not None:
+            require(Path(self.tokenizer).is_dir(), f"{key}.tokenizer",
+                    f"'{self.tokenizer}' is not a directory holding a tokenizer")
+        sources = (self.path, self.package, self.hub_id)
+        require(self.random_init or any(sources), f"{key}.random_init",
+                "this model has no hub_id, path or package; set model.random_init=true")
+
+
+@dataclass
+class HardwareConfig:
+    name: str = MISSING
+    device: str = "auto"
+    precision: str = "auto"
+    max_micro_batch_size: Any = "auto"  # auto (fit_batch.py) | N | null (the whole batch at once)
+    gradient_checkpointing: Optional[bool] = None
+    attn_implementation: str = "sdpa"
+    pad_to_multiple_of: Optional[int] = None
+    allow_tf32: bool = True
+    memory_gib: Optional[float] = None  # the device's memory, for the planner (mode=plan)
+    shard: str = "none"  # none: data parallel, every rank holds the model | fsdp: FSDP2 (sharding.py)
+
+    def check(self, key: str) -> None:
+        one_of(self.device, DEVICES, f"{key}.device")
+        if self.memory_gib is not None:
+            require(self.memory_gib > 0, f"{key}.memory_gib", "must be > 0 (GiB), or null")
+        one_of(self.precision, PRECISIONS, f"{key}.precision")
+        one_of(self.shard, ("none", "fsdp"), f"{key}.shard")
+        one_of(self.attn_implementation, ("eager", "sdpa", "flash_attention_2"), f"{key}.attn_implementation")
+        micro = self.max_micro_batch_size
+        if micro is not None and micro != "auto":
+            require(isinstance(micro, int) and not isinstance(micro, bool) and micro >= 1,
+                    f"{key}.max_micro_batch_size", f"must be auto, an integer >= 1 or null (got {micro!r})")
+        if self.pad_to_multiple_of is not None:
+            require(self.pad_to_multiple_of >= 1, f"{key}.pad_to_multiple_of", "must be >= 1")
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    project: str = "ftbench"
+    entity: Optional[str] = None
+    mode: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+    def check(self, key: str) -> None:
+        one_of(self.name, ("none", "wandb"), f"{key}.name")
+        if self.mode is not None:
+            one_of(self.mode, ("online", "offline", "disabled"), f"{key}.mode")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: Optional[int] = None
+    epochs: Optional[float] = None
+    batch_size: Optional[int] = None
+    select: str = "last"
+    select_metric: Optional[str] = None
+    save: str = "none"
+    log_every: int = 10
+    measure_warmup_steps: int = 2
+    progress: bool = True
+    loss_chunk_tokens: Optional[int] = 256
+    checkpoint_every: Optional[int] = None
+    keep_checkpoints: Optional[int] = 1
+    resume: str = "auto"
+
+    def check(self, key: str) -> None:
+        if self.max_steps is not None:
+            require(self.max_steps >= 0, f"{key}.max_steps", "must be >= 0 (0 scores the untouched model)")
+        if self.epochs is not None:
+            require(self.epochs > 0, f"{key}.epochs", "must be > 0")
+        if self.batch_size is not None:
+            require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+        one_of(self.select, ("last", "best"), f"{key}.select")
+        one_of(self.save, ("none", "last", "best"), f"{key}.save")
+        require(self.log_every >= 1, f"{key}.log_every", "must be >= 1")
+        require(self.measure_warmup_steps >= 0, f"{key}.measure_warmup_steps", "must be >= 0")
+        if self.loss_chunk_tokens is not None:
+            require(self.loss_chunk_tokens >= 1, f"{key}.loss_chunk_tokens", "must be >= 1, or null for no chunks")
+        if self.checkpoint_every is not None:
+            require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", "must be >= 1, or null for none")
+        if self.keep_checkpoints is not None:
+            require(self.keep_checkpoints >= 1, f"{key}.keep_checkpoints", "must be >= 1, or null to keep all")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: Optional[float] = None
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.0
+    max_grad_norm: Optional[float] = 1.0
+    scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    warmup_steps: Optional[int] = None
+
+    def check(self, key: str) -> None:
+        one_of(self.name, OPTIMIZERS, f"{key}.name")
+        one_of(self.scheduler, SCHEDULERS, f"{key}.scheduler")
+        if self.lr is not None:
+            require(self.lr > 0, f"{key}.lr", f"must be > 0 (got {self.lr})")
+        require(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{key}.betas",
+                "must be two numbers in [0, 1), e.g. [0.9,0.999]")
+        require(self.eps > 0, f"{key}.eps", "must be > 0")
+        require(self.momentum >= 0, f"{key}.momentum", "must be >= 0")
+        if self.max_grad_norm is not None:
+            require(self.max_grad_norm > 0, f"{key}.max_grad_norm", "must be > 0, or null for no clipping")
+        require(0 <= self.warmup_ratio < 1, f"{key}.warmup_ratio", "must be in [0, 1)")
+        if self.warmup_steps is not None:
+            require(self.warmup_steps >= 0, f"{key}.warmup_steps", "must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    every_steps: Optional[int] = None
+    batch_size: Optional[int] = None
+    max_samples: Optional[int] = None
+    num_beams: Optional[int] = None
+    max_new_tokens: Optional[int] = None
+
+    def check(self, key: str) -> None:
+        for name in ("every_steps", "batch_size", "max_samples", "num_beams", "max_new_tokens"):
+            value = getattr(self, name)
+            if value is not None:
+                require(value >= 1, f"{key}.{name}", "must be >= 1, or null for the default")
+
+
+@dataclass
+class ProfileConfig:
+    batch_size: int = 4
+    seq_len: int = 512
+    warmup_steps: int = 3
+    steps: int = 10
+    objective: str = "auto"
+    trace_memory: bool = True
+
+    def check(self, key: str) -> None:
+        require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+        require(self.seq_len >= 2, f"{key}.seq_len", "must be >= 2")
+        require(self.warmup_steps >= 0, f"{key}.warmup_steps", "must be >= 0")
+        require(self.steps >= 1, f"{key}.steps", "must be >= 1")
+        one_of(self.objective, ("auto", "causal_lm", "seq_cls"), f"{key}.objective")
+
+
+@dataclass
+class PlanConfig:
+    margin: float = 0.1
+
+    def check(self, key: str) -> None:
+        require(0 <= self.margin < 1, f"{key}.margin", "must be in [0, 1): the share of device memory kept free")
+
+
+@dataclass
+class Config:
+    method: Any = MISSING
+    model: ModelConfig = MISSING
+    task: Any = MISSING
+    hardware: HardwareConfig = MISSING
+    logger: LoggerConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    mode: str = "train"
+    seed: int = 0
+    debug: bool = False
+
+
+def check(cfg: DictConfig) -> None:
+    """Reject well-typed but invalid values with a `UserError` naming the key."""
+    known = {f.name for f in fields(Config)}
+    extra = sorted(set(cfg.keys()) - known - {"hydra"})
+    if extra:
+        raise UserError(extra[0], f"no such top-level key; valid keys: {', '.join(sorted(known))}")
+    one_of(cfg.mode, ("train", "profile", "plan"), "mode")
+    require(cfg.seed >= 0, "seed", "must be >= 0")
+    for name in ("model", "hardware", "logger", "train", "optim", "eval", "profile", "plan", "method", "task"):
+        OmegaConf.to_object(cfg[name]).check(name)
+    check_sharding(cfg)
+    if cfg.mode == "train" and cfg.train.select == "best":
+        require(cfg.eval.every_steps is not None, "train.select",
+                "best needs periodic evaluations; set eval.every_steps=N (or train.select=last)")
+    if cfg.task.data_dir is not None and cfg.mode == "train":
+        data_dir = Path(os.path.expanduser(cfg.task.data_dir))
+        require(data_dir.is_dir(), "task.data_dir",
+                f"'{cfg.task.data_dir}' is not a directory; point it at the folder holding the data files")
+
+
+def check_sharding(cfg: DictConfig) -> None:
+    """hardware.shard=fsdp: refuse, in one line, a method or setting FSDP is not sound for (the method
+    declares why on its schema: `fsdp_refusal`; parallel/sharding.py does the sharding)."""
+    if cfg.hardware.shard != "fsdp":
+        return
+    refusal = type(OmegaConf.to_object(cfg.method)).fsdp_refusal
+    if refusal is not None:
+        raise UserError("hardware.shard", f"{cfg.method.name} cannot be sharded: {refusal}; use hardware.shard=none "
+                        "(data parallel), or a method that trains whole parameters (e.g. method=full)")
+    if cfg.train.checkpoint_every is not None or cfg.train.select == "best":
+        raise UserError("hardware.shard", "sharded runs write no mid-run checkpoint or best snapshot yet; unset "
+                        "train.checkpoint_every and use train.select=last, or hardware.shard=none")

@@ -1,0 +1,62 @@
+"""Streams of micro-batches: training data (reshuffled each epoch), calibration
+data (a separate stream, never reused for updates) and profile batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from ftbench.errors import UserError
+
+Example = dict[str, Any]  # one tokenized example: input_ids, and the task's label fields
+
+
+def shuffled(examples: list[Example], micro_batch_size: int, collate: Callable, seed: int,
+             rank: int = 0, world_size: int = 1, skip: int = 0,
+             key: str = "task.batch_size") -> Iterator[dict[str, torch.Tensor]]:
+    """Micro-batches forever; epoch e uses permutation seed+e. Data parallel: micro-batch i of the
+    one-process stream goes to rank i mod world_size, so ranks never overlap, every rank gets as
+    many per epoch, and W ranks x micro-batch m see what one process sees in W micro-batches of m.
+    The first `skip` micro-batches of this rank are passed over without being built (a resumed run).
+    Raises UserError on `key` (the batch size the user set) when the data holds less than one micro-batch."""
+    if len(examples) < micro_batch_size * world_size:
+        ranks = f" on each of {world_size} processes" if world_size > 1 else ""
+        # micro-batch x ranks sequences per step at least: the batch may be at most the examples
+        fix = (f"lower {key} to {len(examples)} or less" if len(examples) >= world_size
+               else f"run on {len(examples)} processes or fewer")
+        raise UserError(key, f"the training set has {len(examples)} examples, fewer than one micro-batch of "
+                        f"{micro_batch_size}{ranks}; {fix}, or give more training data")
+    per_epoch = len(examples) // micro_batch_size // world_size  # this rank's micro-batches per epoch
+    epoch, skip = divmod(skip, per_epoch)
+    while True:
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        for j in range(skip, per_epoch):
+            start = (j * world_size + rank) * micro_batch_size
+            yield collate([examples[i] for i in order[start:start + micro_batch_size]])
+        epoch, skip = epoch + 1, 0
+
+
+def random_tokens(batch_size: int, seq_len: int, vocab_size: int, head: str, num_labels: int,
+                  seed: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Profile batches: full-length random token ids (no padding), fixed per seed; the first
+    `skip` are drawn and dropped (a resumed run)."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(skip):
+        torch.randint(5, max(vocab_size, 6), (batch_size, seq_len), generator=generator)
+        if head != "causal_lm":
+            torch.randint(0, num_labels, (batch_size,), generator=generator)
+    while True:
+        ids = torch.randint(5, max(vocab_size, 6), (batch_size, seq_len), generator=generator)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if head == "causal_lm":
+            batch["labels"] = ids.clone()
+        else:
+            batch["labels"] = torch.randint(0, num_labels, (batch_size,), generator=generator)
+        yield batch
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's tensors on `device` (copies start without waiting where the host memory allows)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

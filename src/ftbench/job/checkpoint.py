@@ -1,0 +1,229 @@
+"""Checkpoints during training, and the exact resume from one.
+
+A checkpoint is a folder `<run>/checkpoints/step-N/` (N optimizer steps done):
+
+- `trainable.safetensors`: what training changed, and only that: `method.snapshot(model)`
+  (SIFT's masters, S2FT's slices, LoRA's adapters, HiFT's units, whole weights for full);
+- `state.pt`: the optimizer (`method.optimizer_state_dict()`), the LR scheduler,
+  `method.state_dict()` (selection, rotations, block order, offloaded states), the random
+  number generators (Python, NumPy, torch, CUDA) of every data-parallel rank, the position in the data stream
+  (micro-batches drawn), the loss curve, the validation history and the best-checkpoint
+  selection;
+- `meta.json`: the step and the resolved config, read to refuse a resume under another config.
+
+It is written into a temporary folder in `checkpoints/` and then renamed, so a run killed
+while writing leaves whole checkpoints only. The last `train.keep_checkpoints` are kept.
+
+Restoring follows the method contract's one timing rule (methods/base.py): after
+`prepare` and `attach`, before the first step. Everything the next step reads is then as
+it was when the checkpoint was written, so on the CPU in fp32 a resumed run is bitwise
+the run that was never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ftbench import files
+from ftbench.engine.loop import TrainLog
+from ftbench.errors import UserError
+from ftbench.parallel import distributed
+
+log = logging.getLogger(__name__)
+
+FOLDER = "checkpoints"
+PREFIX = "step-"
+# Keys that do not change what is trained: a checkpoint made under other values still resumes.
+NEUTRAL_KEYS = ("train.resume", "train.checkpoint_every", "train.keep_checkpoints", "train.progress",
+                "train.log_every", "train.save", "logger", "debug", "eval.batch_size", "eval.max_samples",
+                "eval.num_beams", "eval.max_new_tokens", "profile.trace_memory")
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The finished checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / FOLDER
+    found = [p for p in folder.glob(f"{PREFIX}*") if p.is_dir() and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def differing_keys(saved: dict, current: dict) -> list[str]:
+    """Dotted keys whose values differ between two resolved configs (neutral keys left out)."""
+    flat_saved, flat_current = _flatten(saved), _flatten(current)
+    keys = sorted(set(flat_saved) | set(flat_current))
+    return [k for k in keys if flat_saved.get(k) != flat_current.get(k)
+            and not any(k == n or k.startswith(n + ".") for n in NEUTRAL_KEYS)]
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def unreadable(path: Path, exc: BaseException) -> UserError:
+    """One line for a checkpoint whose files cannot be read back (truncated, corrupted)."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UserError("train.resume", f"{path} cannot be read ({type(exc).__name__}: {reason}); resume from an "
+                     "older one (train.resume=PATH) or move its checkpoint folder aside")
+
+
+def check_config(path: Path, config: dict) -> None:
+    """Refuse, in one line naming the keys, a checkpoint made under another config (or one that is unreadable)."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        meta["config"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise unreadable(path / "meta.json", exc) from exc
+    keys = differing_keys(meta["config"], config)
+    if keys:
+        shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
+        raise UserError("train.resume", f"{path} was made with another config (differs in: {shown}); run the "
+                        "same command, or set a new hydra.run.dir to start afresh")
+
+
+def to_resume(resume: str, run_dir: Path) -> Path | None:
+    """The checkpoint a run continues from: `auto` = the newest in its folder (None: start afresh), or a path."""
+    if resume == "auto":
+        found = checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(os.path.expanduser(resume))
+    if not (path / "meta.json").is_file():
+        raise UserError("train.resume", f"'{resume}' is not a checkpoint folder (<run>/{FOLDER}/{PREFIX}N); "
+                        "give one, or auto")
+    return path
+
+
+def rng_states() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+class Checkpointer:
+    """Writes a checkpoint at the end of a step (every `train.checkpoint_every` steps, after
+    the last step, and when a stop is requested) and restores one before the first step.
+
+    `selector` (the best-checkpoint choice: `state_dict`/`load_state_dict`) and `validations`
+    (the run's list of validations) are the run's own, restored in place; `result` gets the
+    `checkpoints` written (step, path, bytes, write_s) and `resumed_from` (path, steps_before).
+    """
+
+    def __init__(self, cfg, run_dir: Path, *, model, method, scheduler, selector,
+                 validations: list[dict], accumulation: int, steps: int, result: dict):
+        self.every, self.keep = cfg.train.checkpoint_every, cfg.train.keep_checkpoints
+        self.resume = cfg.train.resume
+        self.folder = Path(run_dir) / FOLDER
+        self.run_dir = Path(run_dir)
+        self.model, self.method, self.scheduler = model, method, scheduler
+        self.selector, self.validations = selector, validations
+        self.accumulation, self.steps = accumulation, steps
+        self.result = result
+        self.micro_batches = 0  # the position in the training stream to continue from
+        result.setdefault("checkpoints", [])
+        result.setdefault("resumed_from", None)
+
+    # -- restore --------------------------------------------------------------------------
+    def restore(self) -> TrainLog:
+        """Continue from the checkpoint `train.resume` names (a fresh log when there is none).
+        Call after prepare and attach, before the first step."""
+        path = to_resume(self.resume, self.run_dir)
+        if path is None:
+            return TrainLog()
+        check_config(path, self.result["config"])
+        from safetensors.torch import load_file
+
+        try:  # our own file; it holds Python and NumPy RNG states, which weights_only refuses
+            state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+            trained = load_file(str(path / "trainable.safetensors"))
+        except Exception as exc:  # torch and safetensors raise RuntimeError, EOFError, UnpicklingError, ...
+            raise unreadable(path, exc) from exc
+        saved_world = len(state["rng_ranks"])
+        if saved_world != distributed.world_size():
+            raise UserError("train.resume", f"{path} was made by {saved_world} process(es), this run has "
+                            f"{distributed.world_size()}; relaunch with {saved_world} (the data split follows it)")
+        log.info("resuming from %s (step %d)", path, state["log"]["steps"])
+        self.method.load_state_dict(state["method"])
+        self.method.load_optimizer_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.restore(self.model, trained)
+        self.selector.load_state_dict(state["selector"])
+        self.validations[:] = state["validations"]
+        self.result["checkpoints"] = state["checkpoints"]
+        self.result["checkpoints"][-1]["bytes"] = folder_bytes(path)  # known once it was written
+        self.result["resumed_from"] = {"path": str(path), "steps_before": state["log"]["steps"]}
+        self.micro_batches = state["micro_batches"]  # this rank's: every rank draws as many
+        set_rng_states(state["rng_ranks"][distributed.rank()])
+        return TrainLog(**state["log"])
+
+    # -- write ----------------------------------------------------------------------------
+    def __call__(self, log: TrainLog, stopping: bool) -> None:
+        """At a step's end: write a checkpoint when one is due."""
+        due = self.every is not None and (log.steps % self.every == 0 or log.steps == self.steps)
+        if stopping or due:  # every rank's random states; the rest is alike on every rank: rank 0 writes
+            every_rank = distributed.gather_objects(rng_states())
+            if distributed.is_main():
+                self.write(log, every_rank)
+
+    def write(self, log: TrainLog, every_rank: list[dict] | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        started = time.perf_counter()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temp = files.temp_dir(self.folder, f".{PREFIX}{log.steps}.")
+        save_file(self.method.snapshot(self.model), str(temp / "trainable.safetensors"))
+        entry = {"step": log.steps, "path": str(self.folder / f"{PREFIX}{log.steps}")}
+        torch.save({
+            "method": self.method.state_dict(),
+            "optimizer": self.method.optimizer_state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng_ranks": every_rank or [rng_states()],  # rank r resumes with entry r
+            "log": {"steps": log.steps, "samples": log.samples, "tokens": log.tokens,
+                    "loss_curve": [list(p) for p in log.loss_curve], "pending_eval": log.pending_eval},
+            "micro_batches": log.steps * self.accumulation,
+            "selector": self.selector.state_dict(),
+            "validations": list(self.validations),
+            "checkpoints": [*self.result["checkpoints"], entry],
+        }, temp / "state.pt")
+        (temp / "meta.json").write_text(json.dumps({"step": log.steps, "config": self.result["config"]}, indent=1))
+        files.normal_modes(temp)  # safetensors writes 0600
+        target = self.folder / f"{PREFIX}{log.steps}"
+        if target.exists():  # written by an earlier attempt at this very step, under this config
+            shutil.rmtree(target)
+        os.replace(temp, target)
+        entry.update(bytes=folder_bytes(target), write_s=round(time.perf_counter() - started, 4))
+        self.result["checkpoints"].append(entry)
+        curve = log.loss_curve  # a run stopped now reports the training its checkpoint holds
+        self.result["train"].update(steps=log.steps, samples=log.samples, tokens=log.tokens, loss_curve=curve,
+                                    loss_first=curve[0][1] if curve else None, loss_last=curve[-1][1] if curve else None)
+        self._prune()
+        return target
+
+    def _prune(self) -> None:
+        if self.keep is None:
+            return
+        for old in checkpoints(self.run_dir)[:-self.keep]:
+            shutil.rmtree(old)

@@ -1,0 +1,34 @@
+"""Composing a run's config: where the Hydra tree is, and the schemas Hydra checks it against.
+
+Torch-free: `ftbench --help`, `--cfg job` and the config checks import only the schemas (the method
+and task registries' `config.py` modules), never a method's or a task's code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftbench import methods, tasks
+from ftbench.config.schema import Config
+
+
+def config_dir() -> Path:
+    """The Hydra tree: inside the package (wheel), else at the top of the checkout (editable)."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "conf", package.parents[1] / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise SystemExit("ftbench: error: the config tree (conf/config.yaml) is missing; reinstall ftbench")
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore (idempotent): the run's (`ftbench_schema`), and one
+    per registered method (`schema/method/<name>`) and task family (`schema/task/<family>`)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="ftbench_schema", node=Config)
+    for name, schema in methods.config_classes().items():
+        store.store(group="schema/method", name=name, node=schema)
+    for family, schema in tasks.task_config_classes().items():
+        store.store(group="schema/task", name=family, node=schema)

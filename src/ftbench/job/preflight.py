@@ -1,0 +1,211 @@
+"""The model, its tokenizer, the task and its data, checked against each other before any
+weight loads or any step runs.
+
+`inputs(cfg)` reads the model's architecture config (config.json only, or the named shape for
+random init), builds the tokenizer and the task, and compares them. What has one sensible
+answer is settled with one log line; the rest ends the run with a `UserError` naming the key.
+The head is checked first, before the tokenizer is built: a model that cannot do the task is
+the root cause of every later mismatch (an encoder's tokenizer has no EOS for generation).
+
+| check                                        | settled (one log line)                | refused (exit 2)                        |
+| -------------------------------------------- | ------------------------------------- | --------------------------------------- |
+| model.path / model.package vs random_init     | the given folder is loaded            |                                         |
+| the head the task needs vs the architecture  |                                       | model.path (or hub_id, shape.model_type) |
+| pad token (pad, else eos, else unk)          | random init: a `<pad>` token is added | a checkpoint: model.tokenizer           |
+| token ids vs embedding rows                  | random init: rows sized to the ids    | a checkpoint: model.tokenizer, both sizes |
+| task.max_length vs the position table        | random init: table sized to it; a checkpoint: cut to the table | |
+| profile.seq_len vs the position table        | random init: table sized to it        | a checkpoint: profile.seq_len           |
+| held-out set, decoding lengths, selection    |                                       | task.*, train.select_metric             |
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from ftbench.errors import UserError
+from ftbench.models.loading import (
+    architecture_config,
+    load_tokenizer,
+    local_source,
+    pretrained_config,
+    source_key,
+)
+from ftbench.tasks import build_task, task_class
+from ftbench.tasks.base import Task
+from ftbench.tasks.generate import Decoding
+
+log = logging.getLogger(__name__)
+
+# Architectures whose position ids start after the padding index (RoBERTa's family): the usable
+# length is max_position_embeddings - pad_token_id - 1 (514 rows hold 512 positions).
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm",
+                    "data2vec-text", "longformer", "mpnet", "ernie_m")
+
+
+@dataclass
+class Inputs:
+    """What the model is built for: the checked tokenizer and task, the head and label count, the pad
+    id, and for random init the config values that size the shape to the inputs (vocab, positions)."""
+
+    tokenizer: Any
+    task: Task | None
+    head: str
+    num_labels: int
+    pad_id: int
+    shape_overrides: dict[str, int] = field(default_factory=dict)
+
+
+def inputs(cfg) -> Inputs:
+    """Tokenizer and task built and checked against the model's config; raises UserError (see the table above).
+
+    May settle two config values in place, each with a log line: model.random_init (false when
+    model.path or model.package names the weights) and task.max_length (cut to the position table)."""
+    settle_source(cfg.model)
+    config = model_config(cfg.model)
+    if cfg.mode == "profile":
+        head = cfg.profile.objective if cfg.profile.objective != "auto" else (
+            "causal_lm" if cfg.model.kind == "decoder" else "seq_cls")
+        check_head(cfg.model, config, head)
+        return Inputs(None, None, head, 2, 0, fit_positions(cfg, config, "profile.seq_len"))
+    family = task_class(cfg.task.family)
+    check_head(cfg.model, config, family.head)  # the model first: a wrong model is the root cause of the rest
+    tokenizer = load_tokenizer(cfg.model) if family.needs_tokenizer else None
+    if tokenizer is not None:
+        ensure_pad(cfg.model, tokenizer)
+    overrides = fit_positions(cfg, config, "task.max_length")
+    task = build_task(cfg.task, tokenizer, cfg.seed)
+    if task.head != family.head:  # a head that depends on the data set (GLUE's STS-B: regression)
+        check_head(cfg.model, config, task.head)
+    overrides.update(fit_vocab(cfg.model, config, tokenizer, task))
+    check_plan(cfg, task)
+    return Inputs(tokenizer, task, task.head, task.num_labels, task.pad_id, overrides)
+
+
+def describe(mcfg) -> str:
+    """The model in words, for messages: its folder or hub id, or its named shape."""
+    if mcfg.random_init:
+        return f"the random-init {mcfg.name} shape"
+    return f"{source_key(mcfg)}={local_source(mcfg) or mcfg.hub_id}"
+
+
+def settle_source(mcfg) -> None:
+    """A folder the user names (model.path, model.package) wins over the group's random_init: true."""
+    if mcfg.random_init and (mcfg.path or mcfg.package):
+        key = "model.path" if mcfg.path else "model.package"
+        log.warning("%s=%s given: loading its weights (model.random_init=true of model=%s is overridden)",
+                    key, mcfg.path or mcfg.package, mcfg.name)
+        mcfg.random_init = False
+
+
+def model_config(mcfg):
+    """The architecture config: the named shape for random init, else the checkpoint's config.json."""
+    return architecture_config(mcfg) if mcfg.random_init else pretrained_config(mcfg)
+
+
+def position_limit(config) -> int | None:
+    """The longest sequence the model's position table holds; None when positions are relative (T5)."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not limit:
+        return None
+    if config.model_type in OFFSET_POSITIONS:
+        limit -= (config.pad_token_id or 0) + 1
+    return limit
+
+
+def fit_positions(cfg, config, key: str) -> dict[str, int]:
+    """Sequences (`key`: task.max_length or profile.seq_len) against the position table: a random-init
+    table is sized to them; a checkpoint's cuts task.max_length and refuses a longer profile.seq_len.
+    Returns the random-init config value to override ({} when none)."""
+    limit = position_limit(config)
+    length = OmegaConf.select(cfg, key)
+    if limit is None or length <= limit:
+        return {}
+    if cfg.model.random_init:
+        name = "max_position_embeddings" if "max_position_embeddings" in config.to_dict() else "n_positions"
+        rows = getattr(config, name) + length - limit
+        log.warning("%s=%d exceeds the %d positions of %s: its position table gets %d rows",
+                    key, length, limit, describe(cfg.model), rows)
+        return {name: rows}
+    if key == "profile.seq_len":
+        raise UserError(key, f"{length} tokens exceed the {limit} positions of {describe(cfg.model)}; "
+                        f"use {key}<={limit}")
+    log.warning("%s=%d exceeds the %d positions of %s; sequences are truncated to %d tokens",
+                key, length, limit, describe(cfg.model), limit)
+    OmegaConf.update(cfg, key, limit)
+    return {}
+
+
+def check_head(mcfg, config, head: str) -> None:
+    """Refuse a model that cannot carry the head the run needs (e.g. an encoder-decoder in a causal-LM run)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    key = "model.shape.model_type" if mcfg.random_init else source_key(mcfg)
+    kind = config.model_type
+    if head == "causal_lm":
+        fix = ("causal-LM runs (generative tasks, mode=profile with a decoder) need a decoder-only model such as "
+               "model=tiny-llama; for a classifier use a GLUE task (or profile.objective=seq_cls)")
+        if getattr(config, "is_encoder_decoder", False):
+            raise UserError(key, f"{describe(mcfg)} is an encoder-decoder ({kind}); {fix}")
+        encoder_only = kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
+        if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or encoder_only:
+            raise UserError(key, f"{describe(mcfg)} is not a decoder-only model ({kind}); {fix}")
+    elif kind not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise UserError(key, f"{describe(mcfg)} ({kind}) has no sequence-classification head in transformers; "
+                        "give a model that has one (e.g. model=minilm, roberta-base, tiny-llama)")
+
+
+def ensure_pad(mcfg, tokenizer) -> None:
+    """Batches are padded with the tokenizer's pad token (load_tokenizer falls back to eos, then unk)."""
+    if tokenizer.pad_token is not None:
+        return
+    if mcfg.random_init:  # no checkpoint to keep: the embedding is sized to the tokenizer afterwards
+        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+        log.warning("model.tokenizer has no pad, eos or unk token: added <pad> (id %d) for the random-init model",
+                    tokenizer.pad_token_id)
+        return
+    where = mcfg.tokenizer or local_source(mcfg) or mcfg.hub_id
+    raise UserError("model.tokenizer", f"the tokenizer of {where} has no pad, eos or unk token, so batches cannot "
+                    "be padded; give a tokenizer that defines one (set tokenizer.pad_token and save_pretrained)")
+
+
+def fit_vocab(mcfg, config, tokenizer, task: Task) -> dict[str, int]:
+    """Embedding rows against the task's token ids: {} when the model's are enough, the vocab_size to
+    build for random init; raises UserError for a checkpoint with too few rows."""
+    if tokenizer is not None:
+        needed, key, what = len(tokenizer), "model.tokenizer", f"the tokenizer has {len(tokenizer)} tokens"
+    else:  # tasks that speak token ids directly (synthetic)
+        needed = 1 + max((max(e["input_ids"]) for e in task.train_examples() if e["input_ids"]), default=-1)
+        key = "task.vocab_size" if hasattr(task.cfg, "vocab_size") else "task"
+        what = f"the task uses token ids up to {needed - 1}"
+    rows = config.vocab_size
+    if needed <= rows:
+        return {}
+    if mcfg.random_init:
+        log.warning("%s but model.shape.vocab_size=%d: the random-init embedding gets %d rows", what, rows, needed)
+        return {"vocab_size": needed}
+    raise UserError(key, f"{what} but the embedding of {describe(mcfg)} has {rows} rows; give the model's own "
+                    "tokenizer (model.tokenizer=null) or a model whose vocabulary covers it")
+
+
+def check_plan(cfg, task: Task) -> None:
+    """What would otherwise fail after training: decoding lengths and checkpoint selection."""
+    if hasattr(task.cfg, "min_new_tokens"):
+        Decoding.resolve(SimpleNamespace(num_beams=cfg.eval.num_beams, max_new_tokens=cfg.eval.max_new_tokens),
+                         task.cfg)
+    if cfg.eval.every_steps is None and cfg.train.select != "best":
+        return
+    keys = task.validation_metrics()  # raises when the task has nothing to validate on
+    metric = cfg.train.select_metric or task.metric
+    if cfg.train.select == "best" and keys is not None and metric not in keys:
+        key = "train.select_metric"
+        raise UserError(key, f"'{metric}' is not a validation metric of task {task.cfg.name}; train.select=best "
+                        f"needs one of: {', '.join(keys)} (or train.select=last)")

@@ -1,0 +1,31 @@
+"""LoRA's schema (torch-free); the adapters come from PEFT."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ftbench.errors import require
+from ftbench.methods.config import MethodConfig
+
+
+@dataclass
+class LoraMethodConfig(MethodConfig):
+    name: str = "lora"
+    lr: float = 1e-3
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"
+    bias: str = "none"
+    fsdp_refusal: ClassVar[str | None] = None  # the adapters are whole parameters: FSDP shards them
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        require(self.r >= 1, f"{key}.r", "must be >= 1")
+        require(self.alpha > 0, f"{key}.alpha", "must be > 0")
+        require(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
+        require(self.bias in ("none", "all", "lora_only"), f"{key}.bias", "must be none, all or lora_only")
+        targets = self.target_modules
+        require(isinstance(targets, str) or (isinstance(targets, list) and targets), f"{key}.target_modules",
+                "give 'all-linear' or a list of module names, e.g. [q_proj,v_proj]")

@@ -1,0 +1,61 @@
+"""LoRA through PEFT (never hand-written): low-rank adapters on the target linears,
+the new task head (architecture.py) trained densely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ftbench.errors import UserError
+from ftbench.methods.base import Method, MethodContext
+from ftbench.methods.lora.config import LoraMethodConfig
+from ftbench.models.architecture import architecture
+
+PEFT_TASK_TYPES = {"seq_cls": "SEQ_CLS", "regression": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
+
+
+class Lora(Method):
+    config_class = LoraMethodConfig
+
+    def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        targets = self.cfg.target_modules
+        targets = targets if isinstance(targets, str) else list(targets)
+        if not isinstance(targets, str) or targets != "all-linear":
+            names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+            missing = [t for t in ([targets] if isinstance(targets, str) else targets) if t not in names]
+            if missing:
+                raise UserError("method.target_modules", f"no module named {missing[0]!r} in this model; "
+                                f"linear layers here: {', '.join(sorted(_linear_names(model)))}")
+        config = LoraConfig(
+            task_type=PEFT_TASK_TYPES[ctx.head],
+            r=self.cfg.r,
+            lora_alpha=self.cfg.alpha,
+            lora_dropout=self.cfg.dropout,
+            target_modules=targets,
+            bias=self.cfg.bias,
+            # The new task head trains densely. PEFT finds it by the names `classifier` and `score` only
+            # (not T5's or BART's `classification_head`), so it is named here as architecture.py derives it.
+            modules_to_save=architecture(model).task_heads(ctx.head) or None,
+        )
+        self.peft_model = get_peft_model(model, config)
+        return self.peft_model
+
+    def describe(self, model: nn.Module) -> dict:
+        wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")})
+        return {"name": "lora", "r": self.cfg.r, "alpha": self.cfg.alpha, "target_modules": wrapped}
+
+    def export(self, model: nn.Module, tokenizer, path: Path) -> dict[str, str]:
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path / "adapter")
+        merged = model.merge_and_unload()
+        merged.save_pretrained(path / "merged")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path / "merged")
+        return {"adapter": str(path / "adapter"), "merged": str(path / "merged")}
+
+
+def _linear_names(model: nn.Module) -> set[str]:
+    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}

@@ -1,0 +1,52 @@
+"""SIFT's schema (torch-free)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ftbench.errors import require
+from ftbench.methods.config import MASTER_DTYPES, MethodConfig
+
+SIFT_SELECTIONS = ("grad", "random", "magnitude")
+SIFT_PRESET_NAMES = ("auto", "attention", "mlp", "all-linear")  # select.PRESETS holds attention and mlp
+SIFT_BIAS_POLICIES = ("sparse", "dense", "frozen")
+
+
+@dataclass
+class SiftConfig(MethodConfig):
+    name: str = "sift"
+    lr: float = 2e-3
+    sparse_rate: float = 0.01
+    target_modules: Any = "auto"
+    exception_modules: Any = "head"
+    selection: str = "grad"
+    calibration_batches: int = 1
+    bias: str = "sparse"
+    master_dtype: str = "fp32"
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"selection": SIFT_SELECTIONS, "bias": SIFT_BIAS_POLICIES,
+                                                     "master_dtype": MASTER_DTYPES}
+    fsdp_refusal: ClassVar[str | None] = (
+        "its trainable entries are gathered by index from whole weight gradients, which no rank holds under FSDP "
+        "(and it trains ~1% of the weights: data parallel costs little memory)")
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        require(0 < self.sparse_rate <= 1, f"{key}.sparse_rate",
+                f"must be in (0, 1], the fraction of each target weight that trains (got {self.sparse_rate})")
+        require(self.calibration_batches >= 1, f"{key}.calibration_batches", "must be >= 1")
+        targets = self.target_modules
+        require(targets in SIFT_PRESET_NAMES if isinstance(targets, str) else _names(targets),
+                f"{key}.target_modules",
+                f"give a preset ({', '.join(SIFT_PRESET_NAMES)}) or a list of module names, e.g. [query,value]")
+        exceptions = self.exception_modules
+        require(exceptions == "head" or (not isinstance(exceptions, str) and _names(exceptions, empty=True)),
+                f"{key}.exception_modules", "give head (the task head) or a list of module names, e.g. [classifier] or []")
+
+
+def _names(value, empty: bool = False) -> bool:
+    try:
+        items = list(value)
+    except TypeError:
+        return False
+    return (empty or bool(items)) and all(isinstance(item, str) and item for item in items)

@@ -1,0 +1,37 @@
+"""The sparse MLP methods' schemas (torch-free): SparseGrad, and the base MeProp shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ftbench.errors import require
+from ftbench.methods.config import MethodConfig
+
+
+@dataclass
+class SparseMlpConfig(MethodConfig):
+    lr: float = 1e-4
+    k: int | None = None
+    density: float = 0.0119
+    train_non_mlp: bool = True
+    freeze_norms: bool = False
+    fsdp_refusal: ClassVar[str | None] = "its top-k gradients are sparse tensors that FSDP's reduce-scatter does not take"
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        if self.k is not None:
+            require(self.k >= 1, f"{key}.k", f"must be >= 1, or null for density × layer size (got {self.k})")
+        require(0 < self.density <= 1, f"{key}.density", f"must be in (0, 1] (got {self.density})")
+
+
+@dataclass
+class SparseGradConfig(SparseMlpConfig):
+    name: str = "sparsegrad"
+    calibration_steps: int = 11
+    warm_start: bool = False
+    core_basis: bool = False
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        require(self.calibration_steps >= 1, f"{key}.calibration_steps", "must be >= 1")

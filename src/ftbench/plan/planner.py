@@ -1,0 +1,310 @@
+"""The memory planner: the train-phase peak of a run, predicted before any download
+and without a GPU, and the largest micro-batch that fits.
+
+The model of the peak, and where each part comes from:
+
+- **Held state** (weights, fp32 masters, gradients, optimizer state) and the
+  **per-step part** (activations saved for backward, checkpoint recomputes, the
+  chunked loss's logits, temporaries) come from probe runs (plan_probe.py): real
+  steps of the planned method on a cut-down copy of the model, traced op by op
+  on the CPU, which give the bytes live after every op and its phase (forward,
+  backward, optimizer step). The planned timeline is extrapolated op by op
+  (plan_fit.py) and its highest point is the peak, with its op and phase. A
+  method whose held state is not linear in depth (S2FT's global allocation)
+  has it counted on the full-depth meta-device model instead (plan_held.py).
+- **The model of growth.** At a fixed position in the step, bytes are
+  linear in the layer count L (held state, the boundary activation each
+  checkpointed layer keeps, each layer's gradients) and linear in the
+  micro-batch B at the planned sequence length (activations per sequence,
+  tokens² attention terms included, since the length is fixed); what depends on
+  neither (the embedding and head, one layer's recompute when B is fixed, the
+  optimizer's per-tensor temporaries) is the constant. Probes: L in (g, g + 1)
+  (g = a rotating method's group size, else 1), B in (2, 3) (a single sequence
+  takes shortcuts: views where larger batches copy).
+- **Width** (shapes too large for host memory): probes at three widths w (hidden,
+  FFN, head dimension and vocabulary divided by d, 2d, 4d; the head counts kept).
+  Weight-like tensors grow as w², per-token ones as w, per-head ones not at all,
+  so bytes after each op are a quadratic in w, interpolated through the three
+  probes and evaluated at w = 1.
+- **What a GPU adds** that a CPU trace does not see, as constants below: the
+  cuBLAS workspace, FlashAttention's backward buffers, and the fused AdamW the
+  run uses on CUDA instead of the CPU's for-loop AdamW and its temporaries.
+
+Not modelled: allocator rounding (512 B blocks) and fragmentation (reserved -
+allocated), the CUDA context (~0.5 GiB outside the allocator): `plan.margin`
+keeps that share of the device free.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from ftbench.engine.hardware import Hardware, split_batch
+from ftbench.errors import UserError
+from ftbench.plan.extrapolate import (
+    Step,
+    at_full_width,
+    extrapolate,
+    lagrange_at_one,
+    peak,
+    phase_peaks,
+    steps_of,
+)
+from ftbench.plan.held_state import counted_on_meta, held_state
+from ftbench.plan.probe import PHASES, Probe, run_probe
+from ftbench.results import GiB
+
+MiB = 2**20
+
+# What a GPU step allocates that the CPU trace does not see (bytes).
+CUBLAS_WORKSPACE_BYTES = 32 * MiB + 1 * MiB  # cuBLAS (Hopper default, ":4096:8") + cuBLASLt, per stream, from the
+#                                              caching allocator; older GPUs use 8 MiB: the Hopper figure errs safe
+FLASH_BWD_BYTES_PER_TOKEN_PER_DIM = 4  # FlashAttention-2 backward: an fp32 dQ accumulator (tokens × heads × head_dim),
+FLASH_BWD_BYTES_PER_TOKEN_PER_HEAD = 4  # and softmax_d (tokens × heads, fp32), for the layer in backward
+PROBE_BYTES = 64 * MiB  # the widest probe stays under this: host memory and CPU time (a 7B shape: 1/16 width)
+MIN_HEAD_DIM = 2  # the narrowest probe keeps this head dimension (rotary embeddings rotate pairs)
+MAX_MICRO_BATCH = 4096  # the search for the largest micro-batch stops here
+
+
+@dataclass
+class Target:
+    """The run being planned: its hardware, shape and split."""
+
+    hw: Hardware
+    gpu: bool
+    head: str
+    layers: int
+    micro_batch: int
+    accumulation: int
+    seq_len: int
+    hidden: int
+    heads: int
+
+
+@dataclass
+class Fit:
+    corners: dict[tuple[int, int], list[Step]]  # (layers, micro-batch) -> the probe timeline at width 1
+    scalars: dict[str, dict[int, float]]  # breakdown figures by probe layer count (batch-independent)
+    probes: list[dict] = field(default_factory=list)
+    width_divs: tuple[int, ...] = (1,)
+    aligned: bool = True  # width timelines paired op by op
+    counted: dict[str, int] | None = None  # held state counted on the meta model at `counted_layers` (plan_held.py)
+    counted_layers: int = 0
+
+    def extrapolated(self, name: str, layers: int) -> float:
+        (l1, v1), (l2, v2) = sorted(self.scalars[name].items())
+        return v1 + (layers - l1) * (v2 - v1) / (l2 - l1)
+
+    def scalar(self, name: str, layers: int) -> float:
+        if self.counted is not None and layers == self.counted_layers and name in self.counted:
+            return self.counted[name]
+        return self.extrapolated(name, layers)
+
+    def timeline(self, layers: int, batch: float) -> list[Step]:
+        """The step timeline extrapolated to `layers` layers and micro-batch `batch`. Where the held state
+        was counted (plan_held.py), the timeline moves by the counted less the extrapolated held state:
+        weights, masters and optimizer state throughout, gradients in the optimizer step (all exist there)."""
+        (l1, l2), (b1, b2) = sorted({k[0] for k in self.corners}), sorted({k[1] for k in self.corners})
+        by_batch = [extrapolate(self.corners[n, b1], self.corners[n, b2], b1, b2, batch, False) for n in (l1, l2)]
+        steps = extrapolate(by_batch[0], by_batch[1], l1, l2, layers, True)
+        if self.counted is None or layers != self.counted_layers:
+            return steps
+        held = sum(self.scalar(k, layers) - self.extrapolated(k, layers)
+                   for k in ("weights_bytes", "master_bytes", "optimizer_state_bytes"))
+        grads = self.scalar("grad_bytes", layers) - self.extrapolated("grad_bytes", layers)
+        return [Step(s.values + held + grads * (s.phases == 2), s.phases, s.ops, s.sizes) for s in steps]
+
+
+def target(cfg: DictConfig) -> Target:
+    """The planned hardware as the run would resolve it on its own device (no GPU needed here)."""
+    hcfg = cfg.hardware
+    gpu = hcfg.device != "cpu"  # auto plans for a GPU: that is the question a plan answers
+    precision = hcfg.precision if hcfg.precision != "auto" else ("bf16-pure" if gpu else "fp32")
+    checkpointing = gpu if hcfg.gradient_checkpointing is None else bool(hcfg.gradient_checkpointing)
+    # auto (the default): the requested setting is the whole batch at once; the plan then says what fits
+    cap = None if hcfg.max_micro_batch_size == "auto" else hcfg.max_micro_batch_size
+    hw = Hardware(torch.device("cuda" if gpu else "cpu"), precision, checkpointing, cap,
+                  hcfg.attn_implementation, hcfg.pad_to_multiple_of)
+    head = cfg.profile.objective if cfg.profile.objective != "auto" else (
+        "causal_lm" if cfg.model.kind == "decoder" else "seq_cls")
+    micro, accumulation = split_batch(cfg.profile.batch_size, cap)
+    shape = cfg.model.shape
+    return Target(hw=hw, gpu=gpu, head=head, layers=int(shape.num_hidden_layers), micro_batch=micro,
+                  accumulation=accumulation, seq_len=cfg.profile.seq_len, hidden=int(shape.hidden_size),
+                  heads=int(shape.num_attention_heads))
+
+
+def width_divisor(cfg: DictConfig, tgt: Target, layers: int) -> int:
+    """The smallest power-of-two width divisor whose probe stays under PROBE_BYTES; 1 = the real width."""
+    shape = cfg.model.shape
+    head_dim = int(shape.get("head_dim") or tgt.hidden // tgt.heads)
+    per_layer = 4 * tgt.hidden**2 + 3 * tgt.hidden * int(shape.intermediate_size)
+    vocab = 2 * int(shape.vocab_size) * tgt.hidden
+
+    def probe_bytes(div: int) -> int:  # fp32 weights, grads, masters, 2 states; 40 B per activation element
+        params = (layers * per_layer + vocab) / div**2
+        return int(20 * params + 40 * 2 * tgt.seq_len * tgt.hidden / div * layers)
+
+    div = 1
+    while probe_bytes(div) > PROBE_BYTES and head_dim % (8 * div * MIN_HEAD_DIM) == 0:
+        div *= 2
+    return div
+
+
+@contextmanager
+def one_thread():
+    """Probes run on one intra-op thread: their ops are small, and a second thread's spin-waits cost more
+    CPU than it saves (a 7B plan on 2 cores: 52 s of CPU time on two threads, 20 s on one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def fit(cfg: DictConfig, tgt: Target) -> Fit:
+    """Run the probes (two layer counts x two micro-batches, at one or three widths); see the module docstring."""
+    group = int(cfg.method.get("group_size", 1) or 1)
+    layer_points = (group, group + 1)  # a rotating method needs a whole group of layers
+    batch_points = (2, 3)  # not 1: a single sequence takes shortcuts (views where larger batches copy)
+    div = width_divisor(cfg, tgt, layer_points[1])
+    divs = (div,) if div == 1 else (div, 2 * div, 4 * div)
+    accumulation = 1 if tgt.accumulation == 1 else 2
+    corners, scalars, probes, aligned = {}, {}, [], True
+    for layers in layer_points:
+        for batch in batch_points:
+            with one_thread():
+                runs = [run_probe(cfg, tgt.hw, layers, batch, d, accumulation, tgt.head, tgt.gpu) for d in divs]
+            probes += [_summary(p) for p in runs]
+            widths = [p.width for p in runs]
+            corners[layers, batch], ok = at_full_width([steps_of(p.points) for p in runs], widths)
+            aligned &= ok
+            if batch == batch_points[0]:
+                weights = lagrange_at_one(widths) if len(runs) > 1 else [1.0]
+                for name in SCALARS:
+                    scalars.setdefault(name, {})[layers] = sum(w * getattr(p, name) for w, p in zip(weights, runs))
+    counted = held_state(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing) if counted_on_meta(
+        cfg) else None
+    return Fit(corners, scalars, probes, divs, aligned, counted, tgt.layers)
+
+
+SCALARS = ("weights_bytes", "trainable_bytes", "master_bytes", "grad_bytes", "optimizer_state_bytes",
+           "adamw_temp_bytes")
+
+
+def _summary(p: Probe) -> dict:
+    return {"layers": p.layers, "micro_batch": p.batch, "width": p.width, "ops": len(p.points),
+            "peak_bytes": max(q[0] for q in p.points)}
+
+
+def flash_backward_bytes(tgt: Target, batch: float) -> float:
+    """FlashAttention-2's backward buffers for one layer (0 under eager attention)."""
+    if tgt.hw.attn_implementation == "eager":
+        return 0.0
+    return batch * tgt.seq_len * (tgt.hidden * FLASH_BWD_BYTES_PER_TOKEN_PER_DIM
+                                  + tgt.heads * FLASH_BWD_BYTES_PER_TOKEN_PER_HEAD)
+
+
+def on_device(the_fit: Fit, tgt: Target, batch: float) -> list[Step]:
+    """The planned timeline at micro-batch `batch`, with what a GPU adds (module constants)."""
+    timeline = the_fit.timeline(tgt.layers, batch)
+    if not tgt.gpu:
+        return timeline
+    flash = flash_backward_bytes(tgt, batch)
+    temps = the_fit.scalar("adamw_temp_bytes", tgt.layers)
+    out = []
+    for step in timeline:
+        values = step.values + CUBLAS_WORKSPACE_BYTES
+        values[step.phases == 1] += flash
+        in_optimizer = np.flatnonzero(step.phases == 2)
+        if in_optimizer.size:  # fused AdamW updates in place: none of the for-loop's temporaries
+            floor = values[in_optimizer[0] - 1] if in_optimizer[0] else values[in_optimizer[0]]
+            values[in_optimizer] = np.maximum(values[in_optimizer] - temps, min(floor, values[in_optimizer].max()))
+        out.append(Step(values, step.phases, step.ops, step.sizes))
+    return out
+
+
+def peak_at(the_fit: Fit, tgt: Target, batch: float) -> float:
+    return peak(on_device(the_fit, tgt, batch))[0]
+
+
+def largest_micro_batch_from(the_fit: Fit, tgt: Target, budget_bytes: float) -> int:
+    """The largest micro-batch whose predicted peak stays within `budget_bytes` (0: none fits)."""
+    def fits(b: int) -> bool:
+        return peak_at(the_fit, tgt, b) <= budget_bytes
+
+    if not fits(1):
+        return 0
+    low, high = 1, 2  # every op's bytes are affine in B, so the peak only grows with B: doubling, then bisection
+    while high <= MAX_MICRO_BATCH and fits(high):
+        low, high = high, high * 2
+    if high > MAX_MICRO_BATCH:
+        return MAX_MICRO_BATCH
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
+
+
+def held_when_loaded(the_fit: Fit, tgt: Target) -> float:
+    """What a run holds once its model is built and its method prepared (weights and masters): the
+    part of a predicted peak that is already allocated when a run measures its free memory."""
+    return the_fit.scalar("weights_bytes", tgt.layers) + the_fit.scalar("master_bytes", tgt.layers)
+
+
+def budget(cfg: DictConfig, tgt: Target) -> tuple[int | None, int | None]:
+    """(device bytes, usable bytes after the margin): hardware.memory_gib, else the visible GPU's."""
+    total = cfg.hardware.get("memory_gib")
+    if total is not None:
+        total_bytes = int(total * GiB)
+    elif tgt.gpu and torch.cuda.is_available():
+        total_bytes = torch.cuda.get_device_properties(0).total_memory
+    else:
+        return None, None
+    return total_bytes, int(total_bytes * (1 - cfg.plan.margin))
+
+
+def predict(cfg: DictConfig) -> dict:
+    """The plan of one run: plan.json's content (result.json's memory field names)."""
+    tgt = target(cfg)
+    if tgt.head == "causal_lm" and cfg.model.kind != "decoder":
+        raise UserError("profile.objective", "causal_lm needs a decoder model")
+    the_fit = fit(cfg, tgt)
+    timeline = on_device(the_fit, tgt, tgt.micro_batch)
+    top, phase, op = peak(timeline)
+    peaks = dict(zip(PHASES, phase_peaks(timeline, len(PHASES))))
+    s = {name: int(round(the_fit.scalar(name, tgt.layers))) for name in the_fit.scalars}
+    held = s["weights_bytes"] + s["master_bytes"] + s["grad_bytes"] + s["optimizer_state_bytes"]
+    total, usable = budget(cfg, tgt)
+    largest = largest_micro_batch_from(the_fit, tgt, usable) if usable is not None else None
+    return {
+        "memory": {
+            "device": "cuda:0" if tgt.gpu else "cpu",
+            "train_peak_allocated_bytes": int(top),
+            "train_peak_op": op,
+            "train_peak_phase": PHASES[phase],
+            "breakdown": {"weights_bytes": s["weights_bytes"], "trainable_bytes": s["trainable_bytes"],
+                          "master_bytes": s["master_bytes"], "grad_bytes": s["grad_bytes"],
+                          "optimizer_state_bytes": s["optimizer_state_bytes"],
+                          "activations_bytes": max(int(top) - held, 0)},
+        },
+        "plan": {
+            "precision": tgt.hw.precision, "gradient_checkpointing": tgt.hw.gradient_checkpointing,
+            "micro_batch_size": tgt.micro_batch, "accumulation": tgt.accumulation, "seq_len": tgt.seq_len,
+            "layers": tgt.layers, "phase_peaks_bytes": {p: int(v) for p, (v, _) in peaks.items()},
+            "device_memory_bytes": total, "margin": cfg.plan.margin, "budget_bytes": usable,
+            "fits": None if usable is None else top <= usable, "largest_micro_batch": largest,
+            "gpu_additions_bytes": {  # what the GPU step adds to (or, fused AdamW, takes from) the CPU trace
+                "cublas_workspace": CUBLAS_WORKSPACE_BYTES if tgt.gpu else 0,
+                "flash_attention_backward": int(flash_backward_bytes(tgt, tgt.micro_batch)) if tgt.gpu else 0,
+                "for_loop_adamw_temporaries": -int(the_fit.scalar("adamw_temp_bytes", tgt.layers)) if tgt.gpu else 0},
+            "probe_width_divisors": list(the_fit.width_divs), "width_aligned": the_fit.aligned,
+            "probes": the_fit.probes,
+        },
+    }

@@ -1,0 +1,191 @@
+"""Probe runs for the memory planner: a few real training steps of a cut-down copy
+of the planned model on the CPU, traced op by op.
+
+A probe is the planned run with fewer layers (`layers`), a smaller micro-batch
+(`batch`) and, for shapes too large for host memory, every width divided by
+`width_div` (hidden size, FFN size, head dimension, vocabulary; the head counts
+stay, so every per-token tensor shrinks by the same factor and every weight
+matrix by its square). It is wired like `mode=profile` in run.py (the same
+model builder, method, optimizer, chunked loss and training loop) and records,
+after every operator of the traced steps, the bytes live on the planned device
+and the phase of the step: forward, backward (checkpoint recomputes included),
+or optimizer step (clipping, the update, a method's write-back).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from itertools import chain, islice
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ftbench.config.knobs import settle
+from ftbench.engine import batches
+from ftbench.engine.batches import to_device
+from ftbench.engine.hardware import Hardware, make_accelerator
+from ftbench.engine.loggers import NullLogger
+from ftbench.engine.loop import Plan, train
+from ftbench.engine.loss import make_loss
+from ftbench.measure.meters import (
+    MemoryMeter,
+    SpeedMeter,
+    model_bytes,
+    optimizer_state_bytes,
+    tensor_bytes,
+)
+from ftbench.measure.trace import LiveTensorPeak
+from ftbench.methods import build_method
+from ftbench.methods.base import MethodContext, optimizer_for, scheduler_for
+from ftbench.models.loading import configure_model, load_model
+
+PHASES = ("forward", "backward", "optimizer step")
+WARMUP_TOKENS = 8  # the length of a warm-up step's one sequence
+WIDTH_KEYS = ("hidden_size", "intermediate_size", "vocab_size")  # divided by width_div (heads stay)
+
+
+class Timeline(LiveTensorPeak):
+    """A `LiveTensorPeak` that also keeps, after every operator, the bytes live on the
+    planned device and the phase of the step.
+
+    `host_bytes()` is what the method keeps in host memory on a GPU (HiFT's offloaded
+    state): on the CPU it is an ordinary allocation, on a GPU it is not device memory.
+    """
+
+    def __init__(self, host_bytes=lambda: 0):
+        super().__init__()
+        self.host_bytes = host_bytes
+        self.optimizer_phase = False  # set by ProbeMeter between the last backward and the next step
+        self.step = 0  # traced steps done (ProbeMeter counts them)
+        self.points: list[tuple[int, int, str, int, int]] = []  # (bytes, phase index, op, step, output size)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        # Private API, no public equivalent: whether autograd's engine is running a backward pass
+        # (checkpoint recomputes inside backward then count as backward, as they should).
+        in_backward = torch._C._current_graph_task_id() != -1
+        phase = 2 if self.optimizer_phase else 1 if in_backward else 0
+        first = out if isinstance(out, torch.Tensor) else next(
+            (t for t in out if isinstance(t, torch.Tensor)), None) if isinstance(out, (tuple, list)) else None
+        self.points.append((self.held_bytes + self.live_bytes - self.host_bytes(), phase, func.name(), self.step,
+                            first.numel() if first is not None else -1))
+        return out
+
+
+class ProbeMeter(MemoryMeter):
+    """The training loop's meter, marking where the optimizer phase starts and ends."""
+
+    def __post_init__(self):  # no gc.collect() or counter resets: a probe's peak is traced, not read from counters
+        self.cuda, self.tracer, self.tracing = False, None, False
+
+    def sample_grads(self, tensors):
+        super().sample_grads(tensors)
+        if self.tracing:
+            self.tracer.optimizer_phase = True
+
+    def after_step(self, optimizer):
+        super().after_step(optimizer)
+        if self.tracing:
+            self.tracer.optimizer_phase = False
+            self.tracer.step += 1
+
+
+@dataclass
+class Probe:
+    layers: int
+    batch: int
+    width: float  # 1 / width_div
+    points: list[tuple[int, int, str, int, int]]
+    weights_bytes: int
+    trainable_bytes: int
+    master_bytes: int
+    grad_bytes: int
+    optimizer_state_bytes: int
+    adamw_temp_bytes: int  # what the CPU's for-loop AdamW allocates per tensor (a GPU's fused AdamW does not)
+
+
+def probe_model_config(mcfg: DictConfig, layers: int, width_div: int) -> DictConfig:
+    """The model config of a probe: `layers` layers, widths divided by `width_div`."""
+    shrunk = OmegaConf.to_container(mcfg, resolve=True)
+    shape = shrunk["shape"]
+    shape["num_hidden_layers"] = layers
+    if width_div > 1:
+        for key in WIDTH_KEYS:
+            shape[key] = max(1, round(shape[key] / width_div))
+    shrunk["random_init"] = True
+    return OmegaConf.create(shrunk)
+
+
+def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div: int, accumulation: int,
+              head: str, gpu: bool) -> Probe:
+    """Trace one probe; `hw` is the planned hardware (precision, checkpointing, attention)."""
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    device = torch.device("cpu")
+    accelerator = make_accelerator(device)
+    cpu_hw = Hardware(device, hw.precision, hw.gradient_checkpointing, None,
+                      "sdpa" if hw.attn_implementation == "flash_attention_2" else hw.attn_implementation, None)
+    model = configure_model(load_model(probe_model_config(cfg.model, layers, width_div), head, 2, device,
+                                       hw.precision, cpu_hw.attn_implementation), 0, hw.gradient_checkpointing)
+    vocab = model.config.vocab_size
+
+    def stream(seed):
+        return batches.random_tokens(batch, cfg.profile.seq_len, vocab, head, 2, seed)
+
+    loss_fn = make_loss(model, head, cfg.train.loss_chunk_tokens)
+
+    def micro_loss(m, b):
+        with cpu_hw.autocast():
+            return loss_fn(m, to_device(b, device))
+
+    def calibration_batches(n):
+        it = stream(cfg.seed + 10_007)
+        return (next(it) for _ in range(n))
+
+    method = build_method(cfg.method)
+    with tempfile.TemporaryDirectory(prefix="ftbench-probe-") as tmp:
+        ctx = MethodContext(head=head, device=device, precision=hw.precision,
+                            gradient_checkpointing=hw.gradient_checkpointing, seed=cfg.seed,
+                            calibration_batches=calibration_batches, loss=micro_loss, output_dir=Path(tmp))
+        model = method.prepare(model, ctx)
+    optimizer = optimizer_for(method, model, cfg.optim, settle(cfg).lr)
+    # A method that moves to the next group at every step (HiFT) is traced over a whole cycle, so every
+    # group is seen; with longer blocks (BAdam) one step inside a block is the state of most steps.
+    schedule = getattr(method, "schedule", None)
+    traced = schedule.cycle_steps if schedule and schedule.steps_per_block == 1 and schedule.order != "sample" else 1
+    # Warmed up as mode=profile warms up: every unit visited once (its state, masters and host buffers exist).
+    warmup = method.warmup_steps(1, traced)
+    scheduler = scheduler_for(optimizer, method, cfg.optim, warmup + traced)
+    # The warm-up only has to create what the traced steps hold (optimizer state, masters, host buffers), none
+    # of which depends on the batch: one short sequence per micro-batch makes it cheap.
+    warmup_stream = batches.random_tokens(1, min(WARMUP_TOKENS, cfg.profile.seq_len), vocab, head, 2, cfg.seed + 1)
+    plan = Plan(steps=warmup + traced, micro_batch_size=batch, accumulation=accumulation, measure_from=warmup,
+                max_grad_norm=cfg.optim.max_grad_norm, progress=False)
+    meter = ProbeMeter(device)
+    store = getattr(method, "store", None)
+    meter.tracer = Timeline(host_bytes=(lambda: store.arena.nbytes) if gpu and store is not None else (lambda: 0))
+    masters = method.master_parameters()
+    meter.held_bytes = lambda: (model_bytes(model, masters) + method.master_bytes()
+                                + optimizer_state_bytes(optimizer, device)[0])
+    quiet = logging.getLogger("ftbench.engine.loop")
+    level, quiet.level = quiet.level, logging.WARNING  # a probe's step logs would read as the run's
+    try:
+        train(model, method, optimizer, scheduler, chain(islice(warmup_stream, warmup * accumulation), stream(cfg.seed)),
+              plan, accelerator=accelerator,
+              autocast=cpu_hw.autocast, head=head, meter=meter, speed=SpeedMeter(), logger=NullLogger(),
+              loss_fn=loss_fn)
+    finally:
+        meter.end_train()
+        quiet.setLevel(level)
+    params = method.optimizer_parameters()
+    for_loop_adamw = isinstance(optimizer, torch.optim.AdamW) and not optimizer.defaults.get("fused")
+    return Probe(layers=layers, batch=batch, width=1 / width_div, points=meter.tracer.points,
+                 weights_bytes=model_bytes(model, masters), trainable_bytes=method.trainable_size()[1],
+                 master_bytes=method.master_bytes(), grad_bytes=meter.grad_bytes,
+                 optimizer_state_bytes=meter.optimizer_state_bytes,
+                 # sqrt(v) and its quotient: two temporaries the size of the tensor being updated
+                 adamw_temp_bytes=2 * max((tensor_bytes(p) for p in params), default=0) if for_loop_adamw else 0)

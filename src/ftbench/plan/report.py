@@ -1,0 +1,162 @@
+"""`ftbench plan` / `mode=plan`: predict, print, write plan.json; and the tables that set
+plans beside each other (a `-m` sweep) and beside measured runs (`ftbench-report`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ftbench import files
+from ftbench.config.schema import check
+from ftbench.errors import UserError
+from ftbench.results import GiB
+
+FILENAME = "plan.json"
+ROWS = (("weights", "weights_bytes"), ("fp32 masters", "master_bytes"), ("gradients", "grad_bytes"),
+        ("optimizer state", "optimizer_state_bytes"), ("activations + transient", "activations_bytes"))
+
+
+def run_plan(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> int:
+    """One plan job: predict, print, write plan.json; return the exit code (2: a bad setting)."""
+    from ftbench.plan.planner import predict  # torch: loaded by a plan job, not by ftbench-report
+
+    if (output_dir / FILENAME).exists():
+        print(f"ftbench: error: hydra.run.dir: {output_dir} already holds a plan; pick a new directory",
+              file=sys.stderr)
+        return 2
+    started = time.time()
+    plan = {"schema": 1, "status": "ok", "error": None,
+            "run": {"method": cfg.method.name, "model": cfg.model.name, "mode": "plan", "output_dir": str(output_dir),
+                    "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "overrides": list(overrides or [])},
+            "config": OmegaConf.to_container(cfg, resolve=True)}
+    code = 0
+    try:
+        check(cfg)
+        plan.update(predict(cfg))
+    except UserError as exc:
+        plan.update(status="failed", error=str(exc))
+        if cfg.get("debug"):
+            traceback.print_exc()  # debug=true: the traceback too; the exit code stays 2
+        print(f"ftbench: failed: {exc}", file=sys.stderr)
+        code = 2
+    plan["run"]["duration_s"] = round(time.time() - started, 3)
+    write(plan, output_dir)
+    if code == 0:
+        print(describe(plan))
+    return code
+
+
+def write(plan: dict, directory: Path) -> Path:
+    """plan.json, atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return files.write_atomic(directory / FILENAME, json.dumps(plan, indent=2) + "\n")
+
+
+def _gib(value) -> str:
+    return "—" if value is None else f"{value / GiB:.2f}"
+
+
+def describe(plan: dict) -> str:
+    """The plan of one run, as the terminal shows it."""
+    memory, p, cfg = plan["memory"], plan["plan"], plan["config"]
+    hw = cfg["hardware"]
+    lines = [f"ftbench plan: {plan['run']['method']} on {plan['run']['model']}, {hw['name']}, {p['precision']}, "
+             f"checkpointing {'on' if p['gradient_checkpointing'] else 'off'}, micro-batch {p['micro_batch_size']} x "
+             f"{p['seq_len']} tokens (x{p['accumulation']} accumulated)"]
+    for label, key in ROWS:
+        lines.append(f"  {label:<24}{_gib(memory['breakdown'][key]):>9} GiB")
+    lines.append(f"  {'predicted peak':<24}{_gib(memory['train_peak_allocated_bytes']):>9} GiB   "
+                 f"in the {memory['train_peak_phase']}, at {memory['train_peak_op']}")
+    if p["budget_bytes"] is None:
+        lines.append("  budget: unknown (set hardware.memory_gib=GiB to get the largest micro-batch)")
+    else:
+        verdict = "fits" if p["fits"] else "does NOT fit"
+        lines.append(f"  {'budget':<24}{_gib(p['budget_bytes']):>9} GiB   ({_gib(p['device_memory_bytes'])} GiB, "
+                     f"{p['margin']:.0%} kept free): {verdict}; largest micro-batch that fits: "
+                     f"{p['largest_micro_batch']}")
+    return "\n".join(lines)
+
+
+def find(paths: list[Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in map(Path, paths):
+        found += [path] if path.is_file() and path.name == FILENAME else sorted(path.rglob(FILENAME))
+    return found
+
+
+def read(path: Path) -> dict:
+    """A plan.json; raises UserError naming the file when it is unreadable, truncated or not a plan."""
+    plan = files.read_json(path, "", "rerun `ftbench plan` with the same settings, or move the file aside")
+    if not isinstance(plan, dict) or not isinstance(plan.get("run"), dict):
+        raise UserError("", f"{path}: not a plan (a JSON object with a 'run' section); rerun `ftbench plan` "
+                        "with the same settings, or move the file aside")
+    return plan
+
+
+COLUMNS = ("run", "peak", "weights", "masters", "grads", "optim state", "activations", "phase", "fits",
+           "largest micro-batch")
+
+
+def table_rows(plans: list[dict]) -> list[list[str]]:
+    rows = []
+    for plan in plans:
+        if plan["status"] != "ok":
+            rows.append([plan["run"]["method"], "failed", *["—"] * (len(COLUMNS) - 2)])
+            continue
+        memory, p, b = plan["memory"], plan["plan"], plan["memory"]["breakdown"]
+        rows.append([plan["run"]["method"], _gib(memory["train_peak_allocated_bytes"]), _gib(b["weights_bytes"]),
+                     _gib(b["master_bytes"]), _gib(b["grad_bytes"]), _gib(b["optimizer_state_bytes"]),
+                     _gib(b["activations_bytes"]), memory["train_peak_phase"],
+                     "—" if p["fits"] is None else "yes" if p["fits"] else "no",
+                     "—" if p["largest_micro_batch"] is None else str(p["largest_micro_batch"])])
+    return rows
+
+
+def markdown(plans: list[dict]) -> str:
+    lines = ["| " + " | ".join(f"{c} (GiB)" if c in COLUMNS[1:7] else c for c in COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(plans)]
+    return "\n".join(lines) + "\n"
+
+
+def print_plans(paths: list[Path], out_dir: Path) -> Path | None:
+    """One table across the plans under `paths` (a `-m` sweep); written to plan.md."""
+    plans = [read(p) for p in find(paths)]
+    if not plans:
+        return None
+    from rich.console import Console
+    from rich.table import Table
+
+    shown = Table(title="ftbench plan (predicted train peak)")
+    for column in COLUMNS:
+        shown.add_column(column, justify="left" if column in ("run", "phase") else "right")
+    for row in table_rows(plans):
+        shown.add_row(*row)
+    Console(width=200).print(shown)
+    target = out_dir / "plan.md"
+    target.write_text(markdown(plans))
+    return target
+
+
+def matching_plan(result: dict, result_path: Path, plans: dict[Path, dict]) -> dict | None:
+    """The plan of a measured run: in the same folder, else one of the same method, model, micro-batch
+    and sequence length."""
+    same_folder = plans.get(result_path.parent / FILENAME)
+    if same_folder is not None:
+        return same_folder
+    config = result.get("config") or {}
+    key = (result["run"]["method"], result["run"]["model"], (result.get("plan") or {}).get("micro_batch_size"),
+           (config.get("profile") or {}).get("seq_len"))
+    for plan in plans.values():
+        p = plan.get("plan") or {}
+        if plan["status"] == "ok" and (plan["run"]["method"], plan["run"]["model"], p.get("micro_batch_size"),
+                                       p.get("seq_len")) == key and config.get("mode") == "profile":
+            return plan
+    return None

@@ -1,0 +1,26 @@
+"""Library chatter (deprecation warnings, init notices, progress bars) kept out of the user's terminal."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (deprecations, init notices) out of the user's terminal. Imports no
+    library: `ftbench --help` and `--cfg job` load neither torch nor transformers (a job quiets
+    transformers itself: `quiet_transformers`)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|peft|accelerate)\.")
+    logging.getLogger("peft").setLevel(logging.ERROR)
+
+
+def quiet_transformers() -> None:
+    """transformers' notices and progress bars off (imports transformers: called where jobs run)."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
