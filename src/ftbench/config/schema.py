@@ -225,6 +225,7 @@ def check(cfg: DictConfig) -> None:
     require(cfg.seed >= 0, "seed", "must be >= 0")
     for name in ("model", "hardware", "logger", "train", "optim", "eval", "profile", "plan", "method", "task"):
         OmegaConf.to_object(cfg[name]).check(name)
+    OmegaConf.to_object(cfg.method).check_run(cfg)  # what the method cannot train with, set in other groups
     check_sharding(cfg)
     if cfg.mode == "train" and cfg.train.select == "best":
         require(cfg.eval.every_steps is not None, "train.select",

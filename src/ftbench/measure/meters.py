@@ -89,6 +89,7 @@ class MemoryMeter:
     cpu_peak_rss: int = 0
     grad_bytes: int = 0
     optimizer_state_bytes: int = 0
+    optimizer_state_parts: dict[str, int] = field(default_factory=dict)  # the largest state, by kind
     optimizer_state_host_bytes: int = 0
     training: bool = False
     trace: bool = False  # CPU only: trace the train peak op by op (slows the step)
@@ -153,6 +154,8 @@ class MemoryMeter:
 
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
         device_bytes, host_bytes = optimizer_state_bytes(optimizer, self.device)
+        if device_bytes >= self.optimizer_state_bytes:
+            self.optimizer_state_parts = optimizer_state_parts(optimizer, self.device)
         self.optimizer_state_bytes = max(self.optimizer_state_bytes, device_bytes)
         self.optimizer_state_host_bytes = max(self.optimizer_state_host_bytes, host_bytes)
         if self.cuda and self.training:
@@ -194,6 +197,7 @@ class MemoryMeter:
             "step_reserved_p50_bytes": _percentile(self.step_reserved, 50),
             "step_reserved_p99_bytes": _percentile(self.step_reserved, 99),
             "cpu_peak_rss_bytes": self.cpu_peak_rss or None,
+            "optimizer_state_parts_bytes": dict(self.optimizer_state_parts),
             "breakdown": {
                 "weights_bytes": weights,
                 "trainable_bytes": None,  # filled by the caller
@@ -213,17 +217,46 @@ def _largest(by_op: dict[str, int], count: int) -> dict[str, int]:
     return dict(sorted(by_op.items(), key=lambda item: -item[1])[:count])
 
 
+def state_tensors(value, depth: int = 2):
+    """The tensors one optimizer state entry holds: itself, the items of a list, tuple or dict, or the
+    attributes of an object (GaLore's and APOLLO's projector keeps its projection matrix as
+    `ortho_matrix`), `depth` levels down."""
+    if torch.is_tensor(value):
+        yield value
+    elif depth > 0 and isinstance(value, (list, tuple, dict)):
+        for item in value.values() if isinstance(value, dict) else value:
+            yield from state_tensors(item, depth - 1)
+    elif depth > 0 and hasattr(value, "__dict__") and not isinstance(value, (type, nn.Module)):
+        for item in vars(value).values():
+            yield from state_tensors(item, depth - 1)
+
+
+def optimizer_state_parts(optimizer: torch.optim.Optimizer, device: torch.device | None) -> dict[str, int]:
+    """Bytes of the optimizer's state on `device` (None: anywhere) by kind: the state key (`exp_avg`,
+    bitsandbytes' `state1`, Adam-mini's `vmean`, a projector), followed by ` (rank r)` in a group whose
+    gradients the optimizer projects to rank r (GaLore, APOLLO: their moments are r x n, not m x n)."""
+    parts: dict[str, int] = {}
+    for group in optimizer.param_groups:
+        suffix = f" (rank {group['rank']})" if "rank" in group else ""
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                held = sum(tensor_bytes(t) for t in state_tensors(value) if device is None or t.device.type == device.type)
+                if held:
+                    parts[f"{key}{suffix}"] = parts.get(f"{key}{suffix}", 0) + held
+    return parts
+
+
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer, device: torch.device) -> tuple[int, int]:
-    """Bytes the optimizer really holds: (on the training device, on the host)."""
+    """Bytes the optimizer really holds: (on the training device, on the host); tensors inside state
+    objects (projectors) count too (`state_tensors`)."""
     on_device = on_host = 0
     for state in optimizer.state.values():
         for value in state.values():
-            if not torch.is_tensor(value):
-                continue
-            if value.device.type == device.type:
-                on_device += tensor_bytes(value)
-            else:
-                on_host += tensor_bytes(value)
+            for tensor in state_tensors(value):
+                if tensor.device.type == device.type:
+                    on_device += tensor_bytes(tensor)
+                else:
+                    on_host += tensor_bytes(tensor)
     return on_device, on_host
 
 

@@ -141,6 +141,12 @@ class Method(ABC):
         assert self.optimizer is not None, "attach() the optimizer first"
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
+    def held_gradients(self) -> list[torch.Tensor]:
+        """The tensors whose gradients all exist at once when the optimizer steps (the planner counts
+        them on the meta model): every optimizer parameter, unless a method steps each tensor in its own
+        backward hook and frees its gradient there (GaLore's layer-wise mode: none)."""
+        return self.optimizer_parameters()
+
     def discard_grads(self, model: nn.Module) -> None:
         """Drop every gradient a forward and backward left behind (the micro-batch probe's), so
         the first step starts from none; methods that keep gradients elsewhere drop those too."""

@@ -9,7 +9,8 @@ From a loaded model (an `nn.Module`, usually a Hugging Face transformers model)
 - the *task heads*: the top-level modules that a `*ForSequenceClassification` or
   `*ForCausalLM` class adds around its base model (`base_model_prefix`), e.g.
   `classifier`, `score`, `classification_head`, `lm_head`;
-- the output embedding (`get_output_embeddings()`) and the *tied* weights (one
+- the output embedding (`get_output_embeddings()`), the *embeddings* (every
+  `nn.Embedding`: tokens, positions, token types) and the *tied* weights (one
   tensor under several names, e.g. GPT-2's `lm_head.weight` and `wte.weight`);
 - the attention and MLP *projections* of each block, by role.
 
@@ -120,6 +121,7 @@ class Architecture:
     heads: tuple[str, ...]  # top-level modules outside the base model (task head, LM head)
     output_embedding: str | None  # module path of get_output_embeddings(), if any
     tied: tuple[tuple[str, ...], ...]  # parameter names that share one tensor
+    embeddings: tuple[str, ...] = ()  # module paths of every nn.Embedding (tokens, positions, token types)
 
     def task_heads(self, head: str) -> list[str]:
         """The heads a task adds at random init (trained densely by the sparse methods): every head of
@@ -209,7 +211,9 @@ def architecture(model: nn.Module) -> Architecture:
         kind = "decoder"  # the decoder of an encoder-decoder family on its own (BartForCausalLM)
     else:
         kind = LAYOUTS[next(iter(layouts))].kind if len(layouts) == 1 else "unknown"
-    return Architecture(model_type, kind, tuple(n for n, _ in stacks), blocks, heads, output_name, _tied(model))
+    embeddings = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Embedding))
+    return Architecture(model_type, kind, tuple(n for n, _ in stacks), blocks, heads, output_name, _tied(model),
+                        embeddings)
 
 
 def _stacks(model: nn.Module, base_name: str) -> list[tuple[str, nn.ModuleList]]:

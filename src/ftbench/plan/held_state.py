@@ -24,19 +24,22 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ftbench import methods
-from ftbench.measure.meters import model_bytes, tensor_bytes
+from ftbench.measure.meters import model_bytes, optimizer_state_parts, tensor_bytes
 from ftbench.methods.base import MethodContext
 from ftbench.models.loading import load_model
+
+STATE_PART = "optimizer_state_bytes:"  # prefix of a scalar counting one kind of optimizer state
 
 
 def counted_on_meta(cfg: DictConfig) -> bool:
     """Whether `cfg.method`'s held state is counted on the meta model (see the module docstring)."""
-    return bool(methods.config_class(cfg.method.name).data_free)
+    return methods.config_class(cfg.method.name).data_free is not None
 
 
 def held_state(cfg: DictConfig, head: str, precision: str, gradient_checkpointing: bool) -> dict[str, int]:
-    """Bytes the run holds between steps (plan.json's breakdown names), counted on the full-depth
-    model built on the meta device; `head` and `precision` as the run resolves them."""
+    """Bytes the run holds between steps (plan.json's breakdown names, and the optimizer state by kind
+    under `STATE_PART`), counted on the full-depth model built on the meta device; `head` and
+    `precision` as the run resolves them."""
     device = torch.device("meta")
     mcfg = OmegaConf.merge(cfg.model, {"random_init": True})
     model = load_model(mcfg, head, 2, device, precision, "eager")
@@ -48,12 +51,12 @@ def held_state(cfg: DictConfig, head: str, precision: str, gradient_checkpointin
     lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.method.lr
     optimizer = method.build_optimizer(method.param_groups(model, cfg.optim.weight_decay), cfg.optim, lr)
     method.attach(optimizer)
-    params = method.optimizer_parameters()
-    for p in params:
+    for p in method.optimizer_parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()  # creates the state as the first real step does (AdamW: two moments and a step count)
-    state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    parts = optimizer_state_parts(optimizer, None)  # every tensor, as a run on the CPU counts them
     return {"weights_bytes": model_bytes(model, method.master_parameters()),
             "trainable_bytes": method.trainable_size()[1], "master_bytes": method.master_bytes(),
-            "grad_bytes": sum(tensor_bytes(p) for p in params),
-            "optimizer_state_bytes": sum(tensor_bytes(v) for v in state)}
+            "grad_bytes": sum(tensor_bytes(p) for p in method.held_gradients()),
+            "optimizer_state_bytes": sum(parts.values()),
+            **{f"{STATE_PART}{label}": value for label, value in parts.items()}}

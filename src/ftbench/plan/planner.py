@@ -55,7 +55,7 @@ from ftbench.plan.extrapolate import (
     phase_peaks,
     steps_of,
 )
-from ftbench.plan.held_state import counted_on_meta, held_state
+from ftbench.plan.held_state import STATE_PART, counted_on_meta, held_state
 from ftbench.plan.probe import PHASES, Probe, run_probe
 from ftbench.results import GiB
 
@@ -104,6 +104,13 @@ class Fit:
         if self.counted is not None and layers == self.counted_layers and name in self.counted:
             return self.counted[name]
         return self.extrapolated(name, layers)
+
+    def state_parts(self, layers: int) -> dict[str, int]:
+        """The optimizer state by kind (meters.optimizer_state_parts) at `layers` layers: counted on the meta
+        model where the held state was, else extrapolated from the probes."""
+        source = self.counted if self.counted is not None and layers == self.counted_layers else self.scalars
+        return {name[len(STATE_PART):]: int(round(self.scalar(name, layers))) for name in source
+                if name.startswith(STATE_PART)}
 
     def timeline(self, layers: int, batch: float) -> list[Step]:
         """The step timeline extrapolated to `layers` layers and micro-batch `batch`. Where the held state
@@ -189,6 +196,9 @@ def fit(cfg: DictConfig, tgt: Target) -> Fit:
                 weights = lagrange_at_one(widths) if len(runs) > 1 else [1.0]
                 for name in SCALARS:
                     scalars.setdefault(name, {})[layers] = sum(w * getattr(p, name) for w, p in zip(weights, runs))
+                for label in runs[0].state_parts:  # the optimizer state by kind, extrapolated as its total is
+                    scalars.setdefault(f"{STATE_PART}{label}", {})[layers] = sum(
+                        w * p.state_parts.get(label, 0) for w, p in zip(weights, runs))
     counted = held_state(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing) if counted_on_meta(
         cfg) else None
     return Fit(corners, scalars, probes, divs, aligned, counted, tgt.layers)
@@ -279,7 +289,7 @@ def predict(cfg: DictConfig) -> dict:
     timeline = on_device(the_fit, tgt, tgt.micro_batch)
     top, phase, op = peak(timeline)
     peaks = dict(zip(PHASES, phase_peaks(timeline, len(PHASES))))
-    s = {name: int(round(the_fit.scalar(name, tgt.layers))) for name in the_fit.scalars}
+    s = {name: int(round(the_fit.scalar(name, tgt.layers))) for name in SCALARS}
     held = s["weights_bytes"] + s["master_bytes"] + s["grad_bytes"] + s["optimizer_state_bytes"]
     total, usable = budget(cfg, tgt)
     largest = largest_micro_batch_from(the_fit, tgt, usable) if usable is not None else None
@@ -293,6 +303,7 @@ def predict(cfg: DictConfig) -> dict:
                           "master_bytes": s["master_bytes"], "grad_bytes": s["grad_bytes"],
                           "optimizer_state_bytes": s["optimizer_state_bytes"],
                           "activations_bytes": max(int(top) - held, 0)},
+            "optimizer_state_parts_bytes": the_fit.state_parts(tgt.layers),
         },
         "plan": {
             "precision": tgt.hw.precision, "gradient_checkpointing": tgt.hw.gradient_checkpointing,

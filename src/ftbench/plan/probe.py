@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
 
@@ -105,6 +105,7 @@ class Probe:
     grad_bytes: int
     optimizer_state_bytes: int
     adamw_temp_bytes: int  # what the CPU's for-loop AdamW allocates per tensor (a GPU's fused AdamW does not)
+    state_parts: dict[str, int] = field(default_factory=dict)  # the optimizer state by kind (meters.py)
 
 
 def probe_model_config(mcfg: DictConfig, layers: int, width_div: int) -> DictConfig:
@@ -186,6 +187,6 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
     return Probe(layers=layers, batch=batch, width=1 / width_div, points=meter.tracer.points,
                  weights_bytes=model_bytes(model, masters), trainable_bytes=method.trainable_size()[1],
                  master_bytes=method.master_bytes(), grad_bytes=meter.grad_bytes,
-                 optimizer_state_bytes=meter.optimizer_state_bytes,
+                 optimizer_state_bytes=meter.optimizer_state_bytes, state_parts=dict(meter.optimizer_state_parts),
                  # sqrt(v) and its quotient: two temporaries the size of the tensor being updated
                  adamw_temp_bytes=2 * max((tensor_bytes(p) for p in params), default=0) if for_loop_adamw else 0)

@@ -72,6 +72,9 @@ def describe(plan: dict) -> str:
              f"{p['seq_len']} tokens (x{p['accumulation']} accumulated)"]
     for label, key in ROWS:
         lines.append(f"  {label:<24}{_gib(memory['breakdown'][key]):>9} GiB")
+        if key == "optimizer_state_bytes":  # by kind: projected rank-r moments, 8-bit states, projectors
+            parts = memory.get("optimizer_state_parts_bytes") or {}
+            lines += [f"    {part:<22}{_gib(value):>9} GiB" for part, value in sorted(parts.items(), key=lambda kv: -kv[1])]
     lines.append(f"  {'predicted peak':<24}{_gib(memory['train_peak_allocated_bytes']):>9} GiB   "
                  f"in the {memory['train_peak_phase']}, at {memory['train_peak_op']}")
     if p["budget_bytes"] is None:

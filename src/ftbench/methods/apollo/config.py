@@ -1,0 +1,44 @@
+"""APOLLO's schema (torch-free); the optimizer comes from apollo-torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ftbench.errors import UserError, require
+from ftbench.methods.config import MASTER_DTYPES, MethodConfig
+
+
+@dataclass
+class ApolloConfig(MethodConfig):
+    name: str = "apollo"
+    lr: float = 1e-4
+    rank: int = 16
+    update_proj_gap: int = 200
+    scale: float = 32.0
+    scale_type: str = "channel"
+    proj: str = "random"
+    proj_type: str = "std"
+    scale_front: bool = False
+    norm_growth_limit: bool = True
+    target_modules: Any = "all-linear"
+    master_dtype: str = "fp32"
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"scale_type": ("channel", "tensor"), "proj": ("random", "svd"),
+                                                     "proj_type": ("std", "reverse_std", "right", "left"),
+                                                     "master_dtype": MASTER_DTYPES}
+    fsdp_refusal: ClassVar[str | None] = "APOLLO scales each weight's whole gradient by norms of its projection and " \
+                                         "FSDP holds a shard of it"
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        require(self.rank >= 1, f"{key}.rank", "must be >= 1")
+        require(self.update_proj_gap >= 1, f"{key}.update_proj_gap", "must be >= 1 (steps between new projections)")
+        require(self.scale > 0, f"{key}.scale", "must be > 0")
+        targets = self.target_modules
+        require(isinstance(targets, str) or (isinstance(targets, list) and targets), f"{key}.target_modules",
+                "give 'all-linear' or a list of module names, e.g. [q_proj,v_proj]")
+
+    def check_run(self, cfg) -> None:
+        if cfg.optim.name != "adamw":
+            raise UserError("optim.name", f"apollo steps with apollo-torch's APOLLOAdamW, not {cfg.optim.name}; "
+                            "set optim.name=adamw")

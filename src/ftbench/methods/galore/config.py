@@ -1,0 +1,51 @@
+"""GaLore's schema (torch-free); the optimizer comes from galore-torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ftbench.errors import UserError, require
+from ftbench.methods.config import MASTER_DTYPES, MethodConfig
+
+PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")  # galore-torch's GaLoreProjector
+OPTIMIZERS = ("adamw", "adamw8bit")  # GaLoreAdamW | GaLoreAdamW8bit (bitsandbytes' blockwise 8-bit states)
+
+
+@dataclass
+class GaloreConfig(MethodConfig):
+    name: str = "galore"
+    lr: float = 1e-4
+    rank: int = 16
+    update_proj_gap: int = 200
+    scale: float = 2.0
+    proj_type: str = "std"
+    target_modules: Any = "all-linear"
+    optimizer: str = "adamw"
+    layerwise: bool = False
+    master_dtype: str = "fp32"
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"proj_type": PROJ_TYPES, "optimizer": OPTIMIZERS,
+                                                     "master_dtype": MASTER_DTYPES}
+    fsdp_refusal: ClassVar[str | None] = "GaLore projects each weight's whole gradient (an SVD per matrix) and FSDP " \
+                                         "holds a shard of it"
+    # prepare needs no data: the planner counts the rank-r states on the full-size meta model, exact whatever
+    # the rank (a probe narrower than the rank would keep fewer columns).
+    data_free: ClassVar[dict[str, Any] | None] = {}
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        require(self.rank >= 1, f"{key}.rank", "must be >= 1")
+        require(self.update_proj_gap >= 1, f"{key}.update_proj_gap", "must be >= 1 (steps between SVDs)")
+        require(self.scale > 0, f"{key}.scale", "must be > 0")
+        targets = self.target_modules
+        require(isinstance(targets, str) or (isinstance(targets, list) and targets), f"{key}.target_modules",
+                "give 'all-linear' or a list of module names, e.g. [q_proj,v_proj]")
+
+    def check_run(self, cfg) -> None:
+        if cfg.optim.name != "adamw":
+            raise UserError("optim.name", f"galore steps with galore-torch's AdamW (its 8-bit variant: "
+                            f"method.optimizer=adamw8bit), not {cfg.optim.name}; set optim.name=adamw")
+        if self.layerwise and cfg.optim.max_grad_norm is not None:
+            raise UserError("optim.max_grad_norm", "galore's layer-wise mode steps each weight in its own backward "
+                            "hook, before the global gradient norm exists, so it cannot clip; set "
+                            "optim.max_grad_norm=null (or method.layerwise=false)")
