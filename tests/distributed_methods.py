@@ -22,6 +22,9 @@ METHODS = {
     "badam": ["method.steps_per_block=1"],
     "lisa": ["method.steps_per_block=1", "method.group_size=1", "train.checkpoint_every=2",
              "train.keep_checkpoints=null"],  # resumed from step 2 below: every rank's RNG and stream position
+    "galore": ["method.update_proj_gap=2"],  # the SVD of the summed gradient, every 2 steps
+    "apollo": [],
+    "adam-mini": [],
 }
 SHARDED = ("full", "lora")
 # Batch 8 in micro-batches of 4: one process accumulates 2 of them; 2 ranks take one each.

@@ -176,9 +176,12 @@ METHODS = {  # name -> overrides: small enough for a 2-layer model, and settings
     "hift": [],
     "badam": ["method.steps_per_block=1"],
     "lisa": ["method.steps_per_block=1"],
+    "galore": [],
+    "apollo": [],
+    "adam-mini": [],
 }
 # What cannot be served: GPT-2's projections are transformers Conv1D, not the nn.Linear these methods replace.
-REFUSED = {("gpt2", m): "method" for m in ("sift", "s2ft", "sparsegrad", "meprop")}
+REFUSED = {("gpt2", m): "method" for m in ("sift", "s2ft", "sparsegrad", "meprop", "adam-mini")}
 CASES = [(layout, name, "seq_cls") for layout in SHAPES for name in METHODS] + [
     (layout, name, "causal_lm") for layout in CAUSAL for name in METHODS]
 
@@ -192,7 +195,7 @@ def expected_changes(model: nn.Module, name: str, head: str) -> tuple[set[str], 
     arch = architecture(model)
     every = {n for n, _ in model.named_parameters()}
     heads = {n for n in every if n.split(".")[0] in arch.task_heads(head)}
-    if name == "full":
+    if name in ("full", "galore", "apollo", "adam-mini"):  # full-rank weights, memory-efficient optimizer states
         return every, every
     if name in ("hift", "badam", "lisa"):
         units = {u.name: {n for n, _ in u.params} for u in derive_units(model)}

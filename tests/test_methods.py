@@ -20,6 +20,9 @@ METHODS = [
     ("sparsegrad", ["optim.lr=1e-3"]),
     ("s2ft", ["method.lr=1e-2", "method.o_ratio=0.5", "method.d_ratio=0.25"]),
     ("sift", ["method.lr=1e-2"]),
+    ("galore", ["optim.lr=1e-3"]),
+    ("apollo", ["optim.lr=1e-3"]),
+    ("adam-mini", ["optim.lr=1e-3"]),
 ]
 QUICK = ["task.max_steps=30", "task.num_train=512", "task.num_eval=64"]
 

@@ -26,6 +26,10 @@ METHODS = [
     ("hift", [], LAYERS + 2),
     ("badam", [], 1),
     ("lisa", [], 1),
+    ("galore", [], 1),
+    ("galore", ["method.layerwise=true", "optim.max_grad_norm=null"], 1),  # no whole-model gradient
+    ("apollo", [], 1),
+    ("adam-mini", [], 1),
 ]
 
 

@@ -27,6 +27,9 @@ METHODS = {  # method -> overrides that make its state change within a few steps
     "hift": [],  # offload, per-cycle schedule: the cycle wraps after step 4
     "badam": ["method.steps_per_block=2"],  # reshuffled order, states dropped at each switch
     "lisa": ["method.steps_per_block=2"],  # sampled layers, states kept
+    "galore": ["method.update_proj_gap=2"],  # a new SVD projection every 2 steps: resumed across one
+    "apollo": ["method.update_proj_gap=2"],  # a new seeded random projection every 2 steps
+    "adam-mini": [],
 }
 # 5 steps of 2 micro-batches; checkpoints every 2 steps (and after the last); validation every 2.
 COMMAND = ["task.num_train=48", "task.num_eval=8", "task.max_length=16", "task.max_steps=5", "task.batch_size=8",
@@ -103,6 +106,9 @@ def assert_bitwise(a, b, where=""):
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):
             assert_bitwise(x, y, f"{where}[{i}]")
+    elif hasattr(a, "__dict__") and not isinstance(a, type):  # an object in an optimizer's state (a projector)
+        assert type(a) is type(b), where
+        assert_bitwise(vars(a), vars(b), where)
     else:
         assert a == b, where
 

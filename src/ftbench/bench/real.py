@@ -26,7 +26,8 @@ from pathlib import Path
 from ftbench.job import children
 from ftbench.results import GiB
 
-METHODS = ["full", "lora", "sift", "s2ft", "sparsegrad", "meprop", "hift", "badam", "lisa"]
+METHODS = ["full", "lora", "sift", "s2ft", "sparsegrad", "meprop", "hift", "badam", "lisa", "galore", "apollo",
+           "adam-mini"]
 TASKS = {"math": METHODS, "alpaca": ["full", "lora", "s2ft"]}
 BUDGET = ["task.max_length=128", "train.batch_size=4", "train.max_steps=10", "task.val_size=16"]  # README table
 # The held-out loss is validated once, after the last step (every_steps beyond any run's length).

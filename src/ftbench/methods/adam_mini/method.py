@@ -39,9 +39,7 @@ class AdamMini(Method):
 
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         arch = architecture(model)
-        if not arch.blocks:
-            raise UserError("method", "adam-mini needs the model's attention heads and neurons, and ftbench finds no "
-                            "stack of blocks in this model; use method=full")
+        arch.require_linear(model, ("q", "k", "v", "o"), "adam-mini")  # a head is a block of a weight's rows
         heads, kv_heads, head_dim = arch.attention_heads(model, arch.blocks[0])
         self.dim = model.get_submodule(arch.path_of(arch.blocks[0], "q")).in_features
         if heads * head_dim != self.dim:
