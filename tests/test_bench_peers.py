@@ -25,6 +25,21 @@ def test_full_beside_the_plain_pytorch_loop(tmp_path):
     assert "| full | plain PyTorch loop, AdamW |" in (tmp_path / "peers.md").read_text()
 
 
+def test_galore_beside_galore_torchs_readme_loop(tmp_path):
+    """The same library stepping the same tensors: the same first and last loss (the weights after the
+    steps before it); the peer's held state counts the projection matrices inside its projectors too."""
+    report = bench.main(["--methods", "galore", "--repeats", "1", "--memory-steps", "1", "--out", str(tmp_path),
+                         *TINY, "profile.steps=2"])
+    (row,) = report["rows"]
+    ours, peer = row["ftbench"], row["peer_result"]
+    assert (row["peer"], ours["status"], peer["status"]) == ("galore", "ok", "ok"), (ours["error"], peer["error"])
+    assert row["same_first_loss"] and row["same_last_loss"], (ours, peer)
+    assert ours["trainable"] == peer["trainable"] == 139_584
+    # One embedding-sized AdamW temporary more at ftbench's peak (its decay split puts the embedding and the
+    # head side by side, and galore-torch's loop keeps the previous tensor's update alive): README "Peers".
+    assert 1.0 <= row["memory_ratio"] < 1.07
+
+
 def test_a_peer_that_cannot_run_shows_its_error():
     ok = {"status": "ok", "error": None, "step_time_s": 2.0, "peak_bytes": 2**30, "trainable": 10,
           "loss_first": 1.0, "package": None}

@@ -85,13 +85,14 @@ class ProjectedStates(Method):
         raise NotImplementedError
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
-        """The projected weights in one group (decayed, with the library's rank keys), the rest split by
-        the usual decay rule."""
+        """The rest split by the usual decay rule, then the projected weights in one group (decayed, with
+        the library's rank keys). Last, as both libraries' READMEs order them: APOLLO seeds each weight's
+        random projection by its position among the optimizer's tensors."""
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         projected = [p for _, p in named if id(p) in self.projected]
         rest = [(n, p) for n, p in named if id(p) not in self.projected]
-        return [{"params": projected, "weight_decay": weight_decay, "name": "projected", **self.projection()},
-                *decay_split(rest, weight_decay)]
+        return [*decay_split(rest, weight_decay),
+                {"params": projected, "weight_decay": weight_decay, "name": "projected", **self.projection()}]
 
     def build_optimizer(self, groups: list[dict], optim_cfg, lr: float) -> torch.optim.Optimizer:
         optimizer = self.make(self.with_masters(groups), optim_cfg, lr)

@@ -13,6 +13,9 @@ side (`make bench-peers`).
 | peft | `peft.get_peft_model(LoraConfig(...))` + AdamW | lora (and every method, as the adapter baseline) |
 | badam | `badam.BlockOptimizer` around AdamW (PyPI badam 1.4) | badam |
 | hift | the `hift` package (PyPI hift 0.0.5) | hift |
+| galore | galore-torch's `GaLoreAdamW` over its README's parameter groups | galore |
+| apollo | apollo-torch's `APOLLOAdamW` over its README's parameter groups | apollo |
+| adam-mini | the adam-mini package's `Adam_mini` built as its README shows | adam-mini |
 """
 
 from __future__ import annotations
@@ -23,4 +26,7 @@ PEERS = {
     "peft": ("peft_lora", "PEFT LoRA, AdamW", "lora"),
     "badam": ("badam_block", "badam 1.4 BlockOptimizer", "badam"),
     "hift": ("hift_package", "hift 0.0.5", "hift"),
+    "galore": ("galore_readme", "galore-torch 1.0 GaLoreAdamW (README loop)", "galore"),
+    "apollo": ("apollo_readme", "apollo-torch 1.0.3 APOLLOAdamW (README loop)", "apollo"),
+    "adam-mini": ("adam_mini_readme", "adam-mini 1.1.1 Adam_mini (README loop)", "adam-mini"),
 }

@@ -38,7 +38,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# The CPU tracer ftbench's measure.py uses: both sides are measured by the same instrument.
+# The CPU tracer ftbench's measure.py uses, and its walk of an optimizer's state (tensors inside GaLore's
+# and APOLLO's projector objects too): both sides are measured by the same instrument.
+from ftbench.measure.meters import state_tensors
 from ftbench.measure.trace import LiveTensorPeak
 
 DTYPES = {"fp32": torch.float32, "bf16-pure": torch.bfloat16, "bf16-mixed": torch.float32}
@@ -92,7 +94,7 @@ def held_bytes(trainable: Trainable) -> int:
         for group in optimizer.param_groups:
             tensors.update((id(p), p) for p in group["params"])
         for state in optimizer.state.values():
-            tensors.update((id(v), v) for v in state.values() if torch.is_tensor(v))
+            tensors.update((id(t), t) for v in state.values() for t in state_tensors(v))
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 

@@ -66,9 +66,10 @@ PINNED = {
               "method.frozen_units=[embedding,head]"],
     "sparsegrad": ["method.calibration_steps=2"],
 }
-OWN_PEER = {"full": "torch", "lora": "peft", "badam": "badam", "hift": "hift"}
+OWN_PEER = {"full": "torch", "lora": "peft", "badam": "badam", "hift": "hift", "galore": "galore", "apollo": "apollo",
+            "adam-mini": "adam-mini"}
 BASELINES = ("torch", "peft")
-FIRST = ("full", "lora", "badam", "hift")
+FIRST = ("full", "lora", "badam", "hift", "galore", "apollo", "adam-mini")
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 TIME_LIMIT, MEMORY_LIMIT = 1.05, 1.02  # acceptance: ftbench / peer, own-peer rows
 MiB = 2**20
@@ -203,7 +204,8 @@ def read_ftbench(folder: Path) -> dict:
     peak = memory.get("train_peak_allocated_bytes") or memory.get("train_peak_traced_bytes")
     return _record(result["status"], result.get("error"), step_time=throughput.get("step_time_s_p50"), peak=peak,
                    trainable=(result.get("params") or {}).get("trainable"),
-                   loss_first=(result.get("train") or {}).get("loss_first"))
+                   loss_first=(result.get("train") or {}).get("loss_first"),
+                   loss_last=(result.get("train") or {}).get("loss_last"))
 
 
 def read_peer(folder: Path) -> dict:
@@ -213,12 +215,13 @@ def read_peer(folder: Path) -> dict:
         return _record("failed", None)
     return _record(result["status"], result.get("error"), step_time=result.get("step_time_s_p50"),
                    peak=result.get("peak_bytes"), trainable=result.get("trainable"),
-                   loss_first=result.get("loss_first"), package=result.get("package"))
+                   loss_first=result.get("loss_first"), loss_last=result.get("loss_last"), package=result.get("package"))
 
 
-def _record(status, error, step_time=None, peak=None, trainable=None, loss_first=None, package=None) -> dict:
+def _record(status, error, step_time=None, peak=None, trainable=None, loss_first=None, loss_last=None,
+            package=None) -> dict:
     return {"status": status, "error": error, "step_time_s": step_time, "peak_bytes": peak,
-            "trainable": trainable, "loss_first": loss_first, "package": package}
+            "trainable": trainable, "loss_first": loss_first, "loss_last": loss_last, "package": package}
 
 
 def _last_line(text: str) -> str | None:
@@ -272,7 +275,8 @@ def summarize(runs: dict[tuple[str, str], list[dict]], memory: dict[tuple[str, s
             "step_time_s": statistics.median([r["step_time_s"] for r in ok]) if ok else None,
             "step_time_runs_s": [r["step_time_s"] for r in ok],
             "peak_bytes": (traced["peak_bytes"] if traced else statistics.median(peaks) if peaks else None),
-            "trainable": first["trainable"], "loss_first": first["loss_first"], "package": first["package"],
+            "trainable": first["trainable"], "loss_first": first["loss_first"], "loss_last": first["loss_last"],
+            "package": first["package"],
         }
     return summary
 
@@ -294,6 +298,10 @@ def pairs(methods: list[str], summary: dict[str, dict]) -> list[dict]:
                 row["within_limits"] = row["time_ratio"] <= TIME_LIMIT and row["memory_ratio"] <= MEMORY_LIMIT
             if a["loss_first"] is not None and b["loss_first"] is not None:  # same model, same batch
                 row["same_first_loss"] = math.isclose(a["loss_first"], b["loss_first"], rel_tol=1e-4)
+            if peer == own and a.get("loss_last") is not None and b.get("loss_last") is not None:
+                # the last step's loss is the weights after all the steps before it: the same library stepping
+                # the same tensors gives the same (to the rounding of a differently ordered gradient norm)
+                row["same_last_loss"] = math.isclose(a["loss_last"], b["loss_last"], rel_tol=1e-4)
             rows.append(row)
     return rows
 
@@ -388,6 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
             "duration_s": round(time.time() - started, 1), "entries": summary, "rows": rows,
         })
         differ = [f"{r['method']}/{r['peer']}" for r in rows if r.get("same_first_loss") is False]
+        drift = [f"{r['method']}/{r['peer']}" for r in rows if r.get("same_last_loss") is False]
         done = "" if rounds == args.repeats else f" (of {args.repeats} asked: the run goes on)"
         text = (f"`{final['command']}`  \n{final['machine']}  \n{plan.hw.precision}, checkpointing "
                 f"{'on' if plan.hw.gradient_checkpointing else 'off'}; {' '.join(plan.overrides)}; step time: median "
@@ -396,7 +405,9 @@ def main(argv: list[str] | None = None) -> dict:
                 f"× = ftbench / peer; ⚠ = over {TIME_LIMIT} × time or {MEMORY_LIMIT} × memory against its own "
                 f"peer; (baseline) rows give a method's cost against full fine-tuning and LoRA. First-step loss "
                 + (f"differs (not the same model or batch): {', '.join(differ)}" if differ
-                   else "identical on both sides of every row (the same model and batches)") + ".\n")
+                   else "identical on both sides of every row (the same model and batches)")
+                + "; last-step loss against its own peer (the weights after the steps before it) "
+                + (f"differs: {', '.join(drift)}" if drift else "the same in every own-peer row") + ".\n")
         (out / "peers.json").write_text(json.dumps(final, indent=1))
         (out / "peers.md").write_text(text)
         print(text, flush=True)
