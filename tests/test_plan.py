@@ -55,6 +55,34 @@ def test_plan_from_fewer_layers_predicts_the_traced_peak(tmp_path, method, overr
     assert {p["layers"] for p in plan["plan"]["probes"]} < {1, 2, 3}  # made from fewer layers
 
 
+def test_a_step_whose_op_count_differs_by_width_still_pairs_its_ops():
+    """An optimizer with a data-dependent branch (APOLLO's norm-growth limiter) runs one op more in one
+    probe: the ops before and after it still pair across the widths and take the quadratic (exact at w=1)."""
+    import numpy as np
+
+    from ftbench.plan.extrapolate import Step, at_full_width
+
+    widths = [1 / 16, 1 / 32, 1 / 64]
+    ops = ["mm", "mm", "add", "sqrt", "div", "add_"]
+    phases = np.array([0, 1, 2, 2, 2, 2])
+
+    def bytes_at(w, i):  # weight-like and per-token parts: a quadratic in w per op
+        return 1000.0 * i + 5e6 * w * w * (i + 1) + 3e4 * w
+
+    def step(w, extra):
+        names, values, kinds = list(ops), [bytes_at(w, i) for i in range(len(ops))], list(phases)
+        if extra:  # one more scalar op in the optimizer phase, after `sqrt`
+            names.insert(4, "div.Scalar")
+            values.insert(4, values[3] + 4)
+            kinds.insert(4, 2)
+        return Step(np.array(values), np.array(kinds), names, [1] * len(names))
+
+    timeline, aligned = at_full_width([[step(widths[0], False)], [step(widths[1], True)], [step(widths[2], False)]],
+                                      widths)
+    assert not aligned
+    assert timeline[0].values == pytest.approx([bytes_at(1.0, i) for i in range(len(ops))], rel=1e-9)
+
+
 def test_largest_micro_batch_is_the_last_that_fits():
     cfg = compose("mode=plan", *SHAPE, "method=lora", "hardware=gpu-24gb")
     tgt = target(cfg)

@@ -55,7 +55,10 @@ def lagrange_at_one(widths: list[float]) -> list[float]:
 
 def at_full_width(runs: list[list[Step]], widths: list[float]) -> tuple[list[Step], bool]:
     """One timeline at width 1 from probes at `widths` (the first is the widest); and whether every
-    op was paired across the widths (else ops of the widest probe move with their step's peak)."""
+    op was paired across the widths. Where a step's op counts differ (a data-dependent branch in an
+    optimizer: APOLLO's norm-growth limiter divides by a tensor or by a number), ops are paired within
+    each phase run from the front and from the back (`_width_pairs`); an op paired in every probe takes
+    the quadratic, the others of the widest probe move with their step's extrapolated peak."""
     if len(runs) == 1:
         return runs[0], True
     weights = lagrange_at_one(widths)
@@ -68,8 +71,29 @@ def at_full_width(runs: list[list[Step]], widths: list[float]) -> tuple[list[Ste
             aligned = False
             peak = sum(w * s.values.max() for w, s in zip(weights, others))
             values = base.values + (peak - base.values.max())
+            index = np.stack([_width_pairs(base, s) for s in others])
+            paired = (index >= 0).all(axis=0)
+            if paired.any():
+                values[paired] = sum(w * s.values[index[i, paired]] for i, (w, s) in enumerate(zip(weights, others)))
         out.append(Step(values, base.phases, base.ops, base.sizes))
     return out, aligned
+
+
+def _width_pairs(a: Step, b: Step) -> np.ndarray:
+    """For each op of `a`, its index in `b` (-1: unpaired): within each phase run, the common prefix of
+    op names from the front and the common suffix from the back (never overlapping)."""
+    index = np.full(len(a.ops), -1)
+    runs_a, runs_b = _segments(a.phases), _segments(b.phases)
+    if len(runs_a) != len(runs_b):
+        runs_a, runs_b = [(0, len(a.ops))], [(0, len(b.ops))]
+    for (sa, ea), (sb, eb) in zip(runs_a, runs_b):
+        ops_a, ops_b = a.ops[sa:ea], b.ops[sb:eb]
+        front = _common_prefix(ops_a, ops_b)
+        back = min(_common_prefix(ops_a[::-1], ops_b[::-1]), len(ops_a) - front, len(ops_b) - front)
+        index[sa:sa + front] = np.arange(sb, sb + front)
+        if back:
+            index[ea - back:ea] = np.arange(eb - back, eb)
+    return index
 
 
 def _common_prefix(a: list[str], b: list[str]) -> int:
