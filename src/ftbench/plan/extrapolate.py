@@ -25,6 +25,7 @@ To do that, an op of one probe is paired with the same op of the other:
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 
@@ -57,8 +58,8 @@ def at_full_width(runs: list[list[Step]], widths: list[float]) -> tuple[list[Ste
     """One timeline at width 1 from probes at `widths` (the first is the widest); and whether every
     op was paired across the widths. Where a step's op counts differ (a data-dependent branch in an
     optimizer: APOLLO's norm-growth limiter divides by a tensor or by a number), ops are paired within
-    each phase run from the front and from the back (`_width_pairs`); an op paired in every probe takes
-    the quadratic, the others of the widest probe move with their step's extrapolated peak."""
+    each phase run by aligning their names (`_width_pairs`); an op paired in every probe takes the
+    quadratic, the others of the widest probe move with their step's extrapolated peak."""
     if len(runs) == 1:
         return runs[0], True
     weights = lagrange_at_one(widths)
@@ -80,19 +81,17 @@ def at_full_width(runs: list[list[Step]], widths: list[float]) -> tuple[list[Ste
 
 
 def _width_pairs(a: Step, b: Step) -> np.ndarray:
-    """For each op of `a`, its index in `b` (-1: unpaired): within each phase run, the common prefix of
-    op names from the front and the common suffix from the back (never overlapping)."""
+    """For each op of `a`, its index in `b` (-1: unpaired): within each phase run, the ops of the
+    longest matching runs of op names (difflib's alignment: a few extra ops anywhere, e.g. one per
+    tensor an optimizer branches on, leave every other op paired)."""
     index = np.full(len(a.ops), -1)
     runs_a, runs_b = _segments(a.phases), _segments(b.phases)
     if len(runs_a) != len(runs_b):
         runs_a, runs_b = [(0, len(a.ops))], [(0, len(b.ops))]
     for (sa, ea), (sb, eb) in zip(runs_a, runs_b):
-        ops_a, ops_b = a.ops[sa:ea], b.ops[sb:eb]
-        front = _common_prefix(ops_a, ops_b)
-        back = min(_common_prefix(ops_a[::-1], ops_b[::-1]), len(ops_a) - front, len(ops_b) - front)
-        index[sa:sa + front] = np.arange(sb, sb + front)
-        if back:
-            index[ea - back:ea] = np.arange(eb - back, eb)
+        matcher = difflib.SequenceMatcher(None, a.ops[sa:ea], b.ops[sb:eb], autojunk=False)
+        for i, j, size in matcher.get_matching_blocks():
+            index[sa + i:sa + i + size] = np.arange(sb + j, sb + j + size)
     return index
 
 
