@@ -55,4 +55,11 @@ def register() -> None:
 
 
 def unregister() -> None:
+    """Forget the method, and its options in Hydra's ConfigStore (job/compose.py put them there). The
+    store offers no removal: its `repo` dict (group -> name.yaml -> node) is edited directly."""
+    from hydra.core.config_store import ConfigStore
+
     methods.unregister(NAME)
+    repo = ConfigStore.instance().repo
+    for group in (repo.get("method", {}), repo.get("schema", {}).get("method", {})):
+        group.pop(f"{NAME}.yaml", None)
