@@ -54,7 +54,7 @@ from ftbench.config.knobs import settle
 from ftbench.config.schema import check
 from ftbench.errors import UserError, explain_compose_error
 from ftbench.job.compose import config_dir, register_configs
-from ftbench.methods import config_class, names
+from ftbench.methods import config_classes, names
 
 # The CPU shape: a 4-layer LLaMA of hidden 512, 4 x 256 tokens, fp32, checkpointing. Each key applies
 # unless the command line sets it.
@@ -101,7 +101,8 @@ def pinned(method: str) -> list[str]:
     """What ftbench's run of `method` adds to its defaults here: its schema's short setup
     (methods/config.py), and the overrides that make it run as its own peer does."""
     own = OWN_PEER.get(method)
-    return [*config_class(method).short_setup, *(PEERS[own].matching if own else ())]
+    schema = config_classes().get(method)  # None: no such method, which composing the run then says
+    return [*(schema.short_setup if schema else ()), *(PEERS[own].matching if own else ())]
 
 
 class Plan:
