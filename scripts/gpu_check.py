@@ -3,19 +3,22 @@
 1. install what is missing from the wheels it was given (README "On a GPU machine without network":
    ../shared/tools/device-wheels.sh fills .whl/), into .site/ of the checkout;
 2. run the `gpu` tests (tests/test_gpu.py);
-3. profile every method at the LLaMA2-7B shape (random init, 4 x 512 tokens, bf16, checkpointing), and
-   the SparseGrad methods at the RoBERTa-large shape (32 x 128 tokens, the README's table), each job in
-   its own process;
+3. profile every registered method at the LLaMA2-7B shape (random init, 4 x 512 tokens, bf16,
+   checkpointing), and those whose schema names the RoBERTa-large sweep (32 x 128 tokens, the docs'
+   table) there, each with the variants its schema declares (GaLore's layer-wise mode, ...), each job
+   in its own process, after full fine-tuning with bf16 updates in each sweep;
 4. print one table: method, peak allocated, reserved, step time, ratio to full fine-tuning in the same
-   sweep, the README's target and pass/fail; write it to <out>/gpu-check.md.
+   sweep, the target the method's schema states (`gpu_targets`, methods/config.py) and pass/fail;
+   write it to <out>/gpu-check.md.
 
     python scripts/gpu_check.py [--dry-run] [--wheels DIR] [--out DIR]
 
 --dry-run (`make gpu-check DRY=1`) checks nothing and runs nothing: it lists what it would install and
 run, on any machine. Exit status: 0 when every step passed, 1 when a test or a target failed, 2 when
-the machine does not qualify or a package is missing without a wheel. The nine methods' part was sized
-to end within 8 minutes on an H100 or H200 (about 3 for the tests, 4 for 13 profile jobs); the 6 jobs of
-galore, apollo and adam-mini have not run on a GPU yet.
+the machine does not qualify or a package is missing without a wheel. With the nine methods before
+galore, apollo and adam-mini it was sized to end within 8 minutes on an H100 or H200 (about 3 for the
+tests, 4 for the profile jobs: one per method, variant and sweep); the 6 jobs of galore, apollo and
+adam-mini (with their variants) have not run on a GPU yet.
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ ROBERTA = ["mode=profile", "model=roberta-large", "model.random_init=true", "har
            "hardware.precision=bf16-pure", "hardware.gradient_checkpointing=true", "profile.batch_size=32",
            "profile.seq_len=128", "profile.warmup_steps=2", "profile.steps=10", "logger=none",
            "train.progress=false"]
+SWEEPS = {"llama2-7b": LLAMA, "roberta-large": ROBERTA}  # the names a schema's gpu_targets use
+# Each sweep's baseline, the ratio's denominator: full fine-tuning with bf16 updates (the docs' RoBERTa table).
+BASELINE = "full (bf16 updates)"
+BASELINE_OVERRIDES = ["method=full", "method.master_dtype=weight"]
+BASELINE_TARGETS = {"roberta-large": "2908 MiB"}
 
 
 @dataclass
@@ -64,39 +72,26 @@ class Job:
 
 
 def jobs(gpu_gib: float | None) -> list[Job]:
-    """The two sweeps. Targets: README "GPU figures" (7B: traced on the CPU and projected to 32 layers,
-    without CUDA kernel workspaces: +10 % allowed) and README's RoBERTa-large table (traced MiB; as ratios
-    to full fine-tuning with bf16 updates, the baseline of that table, +0.05 allowed)."""
-    llama = [
-        Job("llama2-7b", "full (bf16 updates)", ["method=full", "method.master_dtype=weight"]),
-        Job("llama2-7b", "lora", ["method=lora"]),
-        Job("llama2-7b", "hift", ["method=hift"]),
-        Job("llama2-7b", "badam", ["method=badam"]),
-        Job("llama2-7b", "lisa", ["method=lisa"]),
-        Job("llama2-7b", "meprop", ["method=meprop"]),
-        Job("llama2-7b", "sparsegrad", ["method=sparsegrad", "method.calibration_steps=2"]),
-        Job("llama2-7b", "s2ft", ["method=s2ft"], "14.1–14.3 GiB", max_gib=14.3 * 1.1),
-        Job("llama2-7b", "sift", ["method=sift"], "14.3–14.5 GiB", max_gib=14.5 * 1.1),
-        # GaLore and APOLLO with fp32 masters: weights, masters and gradients (~63 GiB) + the projected states.
-        Job("llama2-7b", "galore", ["method=galore"]),
-        Job("llama2-7b", "galore (8-bit states)", ["method=galore", "method.optimizer=adamw8bit"]),
-        Job("llama2-7b", "galore (layer-wise)", ["method=galore", "method.layerwise=true", "optim.max_grad_norm=null"]),
-        Job("llama2-7b", "apollo", ["method=apollo"]),
-        Job("llama2-7b", "apollo-mini", ["method=apollo", "method.rank=1", "method.scale_type=tensor",
-                                         "method.scale=128"]),
-    ]
-    # Full fine-tuning with fp32 masters holds 18 bytes per parameter (113 GiB at 7B): only a larger card.
-    if gpu_gib is None or gpu_gib >= 130:
-        llama.insert(1, Job("llama2-7b", "full (fp32 masters)", ["method=full"]))
-        llama.append(Job("llama2-7b", "adam-mini", ["method=adam-mini"]))  # 88 GiB held: m, masters, gradients
-    roberta = [
-        Job("roberta-large", "full (bf16 updates)", ["method=full", "method.master_dtype=weight"], "2908 MiB"),
-        Job("roberta-large", "sparsegrad", ["method=sparsegrad", "method.calibration_steps=2"],
-            "2748 MiB (0.945 of full)", max_ratio=2748 / 2908 + 0.05),
-        Job("roberta-large", "meprop", ["method=meprop"], "2588 MiB (0.890 of full)", max_ratio=2588 / 2908 + 0.05),
-        Job("roberta-large", "lora", ["method=lora"], "1616 MiB (0.556 of full)", max_ratio=1616 / 2908 + 0.05),
-    ]
-    return llama + roberta
+    """Per sweep: the baseline, then every registered method whose schema names the sweep in its
+    `gpu_targets` (with its `short_setup` overrides), each followed by its schema's `variants` that name
+    the sweep (the row "<name> (<label>)", the variant's overrides added), unless it needs a larger GPU
+    than `gpu_gib` (None: list them all). Imports ftbench's registry: call it once the packages are
+    importable."""
+    from ftbench import methods
+
+    listed = []
+    for sweep in SWEEPS:
+        listed.append(Job(sweep, BASELINE, BASELINE_OVERRIDES, BASELINE_TARGETS.get(sweep, "—")))
+        for name in methods.names():
+            schema = methods.config_class(name)
+            rows = [(name, (), schema.gpu_targets.get(sweep))] + [
+                (f"{name} ({label})", variant.overrides, variant.gpu_targets.get(sweep))
+                for label, variant in schema.variants.items()]
+            for label, overrides, target in rows:
+                if target is not None and (gpu_gib is None or gpu_gib >= target.min_gpu_gib):
+                    listed.append(Job(sweep, label, [f"method={name}", *schema.short_setup, *overrides],
+                                      target.stated, target.max_gib, target.max_ratio))
+    return listed
 
 
 def gpu() -> tuple[str, float] | None:
@@ -155,12 +150,12 @@ def judge(job: Job, full_peak: int | None) -> tuple[str, str]:
 
 
 def table(all_jobs: list[Job]) -> tuple[str, bool]:
-    rows = ["| sweep | method | peak allocated | reserved | step time p50 | ratio to full | target (README) | result |",
+    rows = ["| sweep | method | peak allocated | reserved | step time p50 | ratio to full | target | result |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     ok = True
     for sweep in dict.fromkeys(j.sweep for j in all_jobs):
         members = [j for j in all_jobs if j.sweep == sweep]
-        full = next((j for j in members if j.label == "full (bf16 updates)" and j.result.get("status") == "ok"), None)
+        full = next((j for j in members if j.label == BASELINE and j.result.get("status") == "ok"), None)
         full_peak = full.result["memory"]["train_peak_allocated_bytes"] if full else None
         for job in members:
             ratio, verdict = judge(job, full_peak)
@@ -212,10 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     tests_code = run_step([sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-q", "-p",
                            "no:cacheprovider"], env, dry, timeout=240)
 
-    # 4. The sweeps, one process per job (each measured alone).
-    all_jobs = jobs(found[1] if found else None)
+    # 4. The sweeps, one process per job (each measured alone); the methods come from ftbench's registry.
+    sys.path[:0] = [str(site), str(REPO / "src")]
+    try:
+        all_jobs = jobs(found[1] if found else None)
+    except ImportError as exc:  # dry run on a machine that still lacks the packages
+        say(f"dry run: the profile jobs come from ftbench's method registry, which needs {exc.name} (installed "
+            "by step 2); nothing was installed or run")
+        return 0 if dry else 2
     for i, job in enumerate(all_jobs):
-        shape = LLAMA if job.sweep == "llama2-7b" else ROBERTA
+        shape = SWEEPS[job.sweep]
         folder = args.out / f"{i:02d}-{job.sweep}-{job.label.split()[0]}"
         run_step([sys.executable, "-m", "ftbench.cli", *shape, *job.overrides, f"hydra.run.dir={folder}"],
                  env, dry, timeout=180)

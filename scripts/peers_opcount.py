@@ -20,7 +20,7 @@ from pathlib import Path
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ftbench.bench.peers.loop import train
-from ftbench.bench.peers.timing import FIXED, PINNED, Plan, compose
+from ftbench.bench.peers.timing import FIXED, Plan, compose, pinned
 from ftbench.job.run import run_job
 
 SHAPE = ["model=llama-mini", "profile.batch_size=2", "profile.seq_len=32", "hardware.gradient_checkpointing=true",
@@ -38,7 +38,7 @@ class Count(TorchDispatchMode):
 
 
 def ftbench_ops(method: str, steps: int, out: Path) -> collections.Counter:
-    cfg = compose([*SHAPE, *FIXED, f"method={method}", *PINNED.get(method, []), f"profile.steps={steps}",
+    cfg = compose([*SHAPE, *FIXED, f"method={method}", *pinned(method), f"profile.steps={steps}",
                    "profile.trace_memory=false"])
     with Count() as count:
         run_job(cfg, out / f"{method}-{steps}")

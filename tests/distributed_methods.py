@@ -10,23 +10,16 @@ import json
 import sys
 from pathlib import Path
 
-# name -> overrides that make what trains change within the run (rotation switches included)
-METHODS = {
-    "full": [],
-    "lora": ["method.dropout=0"],  # each rank draws its own dropout masks; one process draws them in turn
-    "sift": [],
-    "s2ft": [],
-    "sparsegrad": ["method.calibration_steps=2"],
-    "meprop": [],
-    "hift": [],
-    "badam": ["method.steps_per_block=1"],
-    "lisa": ["method.steps_per_block=1", "method.group_size=1", "train.checkpoint_every=2",
-             "train.keep_checkpoints=null"],  # resumed from step 2 below: every rank's RNG and stream position
-    "galore": ["method.update_proj_gap=2"],  # the SVD of the summed gradient, every 2 steps
-    "apollo": [],
-    "adam-mini": [],
-}
-SHARDED = ("full", "lora")
+from ftbench.methods import config_class
+from helpers import compose, method_table
+
+# name -> overrides: a short setup, what trains switches within the run, and the draws of one process
+METHODS = dict(method_table("short_setup", "switching", "same_draws"))
+# The method whose run is resumed from step 2 below (its layers are drawn at random): every rank's RNG and
+# stream position come back.
+RESUMED = "lisa"
+METHODS[RESUMED] += ["train.checkpoint_every=2", "train.keep_checkpoints=null"]
+SHARDED = [name for name in METHODS if config_class(name).fsdp_refusal is None]  # FSDP is sound for them
 # Batch 8 in micro-batches of 4: one process accumulates 2 of them; 2 ranks take one each.
 COMMAND = ["task.num_train=32", "task.num_eval=8", "task.max_length=16", "train.max_steps=3", "task.batch_size=8",
            "hardware.max_micro_batch_size=4", "train.save=last", "optim.lr=1e-2"]
@@ -42,7 +35,6 @@ def main(out: Path) -> None:
     import ftbench.results
     from ftbench.job.run import run_job
     from ftbench.parallel import distributed
-    from helpers import compose
 
     torch.set_num_threads(1)
     PartialState()  # the process group, from torchrun's environment (as the ftbench command does)
@@ -56,8 +48,8 @@ def main(out: Path) -> None:
     ftbench.results.write = counted
     for name, overrides in METHODS.items():
         run_job(compose(f"method={name}", *COMMAND, *overrides), out / name)
-    lisa = ["method=lisa", *COMMAND, *METHODS["lisa"]]
-    run_job(compose(*lisa, f"train.resume={out}/lisa/checkpoints/step-2"), out / "lisa-resumed")
+    resumed = [f"method={RESUMED}", *COMMAND, *METHODS[RESUMED]]
+    run_job(compose(*resumed, f"train.resume={out}/{RESUMED}/checkpoints/step-2"), out / f"{RESUMED}-resumed")
     for name in SHARDED:  # FSDP2: the same runs, each rank holding half of every weight
         run_job(compose(f"method={name}", *COMMAND, *METHODS[name], "hardware.shard=fsdp"), out / f"fsdp-{name}")
     (out / f"writes-rank{distributed.rank()}.json").write_text(json.dumps(writes))

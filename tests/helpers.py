@@ -12,13 +12,24 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+import toy_method
 from ftbench.job.compose import config_dir, register_configs
+from ftbench.methods import config_class, names
+
+if os.environ.get(toy_method.ENV):  # before any test module builds its table of methods (tests/test_registry.py)
+    toy_method.register()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 # The whole batch per micro-batch: a test never depends on this machine's free memory (test_fit_batch
 # tests hardware.max_micro_batch_size=auto, the default, on its own).
 CPU_DEFAULTS = ["hardware=cpu", "train.progress=false", "hardware.max_micro_batch_size=null"]
+
+
+def method_table(*purposes: str) -> list[tuple[str, list[str]]]:
+    """(name, overrides) of every registered method, the overrides its schema declares for `purposes`
+    (methods/config.py: quick, short_setup, every_part, switching, same_draws), in that order."""
+    return [(name, [o for purpose in purposes for o in getattr(config_class(name), purpose)]) for name in names()]
 
 
 def compose(*overrides: str) -> DictConfig:

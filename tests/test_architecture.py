@@ -2,9 +2,10 @@
 
 Table-driven over tiny random-init models (hidden 32, two layers): BERT, RoBERTa, LLaMA and Qwen2 with
 GQA, GPT-2 (Conv1D, tied LM head), Phi-3 (fused qkv_proj / gate_up_proj), T5 and BART encoder-decoders;
-each crossed with every method, for a sequence classifier and, for decoders, a causal LM. A run either
-trains exactly what the method says (the intended tensors change after two steps, nothing else does, a
-new task head trains densely) or is refused up front with a UserError naming the key.
+each crossed with every registered method, for a sequence classifier and, for decoders, a causal LM. A
+run either trains exactly what the method says it trains (`Method.trains`: the intended tensors change
+within as many steps as the model has units, nothing else does, a new task head trains densely) or, for a
+method that `needs_linear` on GPT-2's Conv1D blocks, is refused up front with a UserError naming the key.
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from ftbench.errors import UserError
-from ftbench.methods import build_method, names
+from ftbench.methods import build_method, method_class
 from ftbench.methods.base import MethodContext
 from ftbench.methods.block_rotation.units import derive_units
-from ftbench.methods.sift.select import AUTO, PRESETS
 from ftbench.models import architecture as registry
-from ftbench.models.architecture import MLP_ROLES, Layout, architecture
-from helpers import compose, fit
+from ftbench.models.architecture import Layout, architecture
+from helpers import compose, fit, method_table
 
 VOCAB = 64
 SHAPES = {
@@ -47,6 +47,7 @@ SHAPES = {
 }
 POSITIONS = {"gpt2": "n_positions", "t5": None}
 DECODERS = ("llama", "qwen2", "gpt2", "phi3")
+CONV1D = ("gpt2",)  # projections held as transformers' Conv1D, not nn.Linear
 CAUSAL = ("llama", "gpt2")  # causal LMs where cheap: LLaMA (GQA), GPT-2 (tied head); fused Phi-3 rows: seq-cls
 
 # What each layout's registry entry must find in block 0 (role -> path inside the block).
@@ -165,57 +166,30 @@ def test_units_of_an_encoder_decoder_are_every_block_of_both_stacks():
 
 # -- every method on every layout ------------------------------------------------------------------
 
-METHODS = {  # name -> overrides: small enough for a 2-layer model, and settings that make what trains exact
-    "full": [],
-    "lora": [],
-    "sift": ["method.sparse_rate=0.05"],
-    "s2ft": ["method.v_ratio=0.5", "method.o_ratio=0.5", "method.u_ratio=0.25", "method.d_ratio=0.25",
-             "method.allocation=per_layer"],
-    "sparsegrad": ["method.calibration_steps=2", "method.train_non_mlp=false"],
-    "meprop": ["method.train_non_mlp=false"],
-    "hift": [],
-    "badam": ["method.steps_per_block=1"],
-    "lisa": ["method.steps_per_block=1"],
-    "galore": [],
-    "apollo": [],
-    "adam-mini": [],
-}
-# What cannot be served: GPT-2's projections are transformers Conv1D, not the nn.Linear these methods replace.
-REFUSED = {("gpt2", m): "method" for m in ("sift", "s2ft", "sparsegrad", "meprop", "adam-mini")}
+# name -> overrides: a short setup, and what makes every part move on a 2-layer model and the claim sharp
+METHODS = dict(method_table("short_setup", "every_part"))
 CASES = [(layout, name, "seq_cls") for layout in SHAPES for name in METHODS] + [
     (layout, name, "causal_lm") for layout in CAUSAL for name in METHODS]
 
 
-def test_every_method_is_in_the_table():
-    assert set(METHODS) == set(names())
-
-
-def expected_changes(model: nn.Module, name: str, head: str) -> tuple[set[str], set[str]]:
-    """(may change, must change): parameter names of the prepared model."""
-    arch = architecture(model)
-    every = {n for n, _ in model.named_parameters()}
-    heads = {n for n in every if n.split(".")[0] in arch.task_heads(head)}
-    if name in ("full", "galore", "apollo", "adam-mini"):  # full-rank weights, memory-efficient optimizer states
-        return every, every
-    if name in ("hift", "badam", "lisa"):
-        units = {u.name: {n for n, _ in u.params} for u in derive_units(model)}
-        outside = units["embedding"] | units["head"]
-        if name == "hift":
-            return every, every
-        if name == "badam":  # embedding frozen, head always active, every block visited once per cycle
-            return every - units["embedding"], every - units["embedding"]
-        return every, outside  # lisa: embedding and head always, the sampled blocks with them
-    if name in ("sift", "s2ft"):
-        roles = ({r for preset in AUTO[arch.kind] for r in PRESETS[preset]} if name == "sift"
-                 else {"v", "o", "up", "down"})
-        modules = {arch.path_of(b, r) for b in arch.blocks for r in roles if arch.has(b, r)}
-        trained = {f"{m}.{p}" for m in modules for p in ("weight", "master", "bias_master")} & every
-        biases = {f"{m}.bias" for m in modules} & every if name == "sift" else set()
-        return trained | biases | heads, trained | heads
-    if name in ("sparsegrad", "meprop"):
-        mlp = {f"{p}.weight" for p in arch.projections(MLP_ROLES)}
-        return mlp | heads, mlp | heads
-    raise AssertionError(name)
+def trains_as_claimed(model: nn.Module, method, head: str):
+    """Prepare `model`, train it one step per unit (a rotation's whole cycle) and hold it to what
+    `method.trains` claims: nothing outside `may` changes, all of `must` does, a new task head densely.
+    Returns the claim."""
+    steps = len(derive_units(model))
+    stream = batches(model, head)
+    model = method.prepare(model, context(model, head))
+    may, must = method.trains(model, head)
+    assert must and must <= may, "the claim: something must train, within what may"
+    before = snapshot(model)
+    fit(model, method, stream, steps=steps, lr=1e-2, optimizer="adamw")
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed <= may, f"trained outside the method's part: {sorted(changed - may)[:5]}"
+    assert must <= changed, f"did not train: {sorted(must - changed)[:5]}"
+    heads = architecture(model).task_heads(head)
+    for n in (n for n in must if n.split(".")[0] in heads):
+        assert (model.get_parameter(n) != before[n]).all(), f"the new head {n} trains densely"
+    return may, must
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -226,37 +200,24 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 def test_each_method_trains_what_it_says_on_each_layout(layout, name, head):
     model = tiny(layout, head)
     method = build_method(method_config(name))
-    if (layout, name) in REFUSED:
+    if layout in CONV1D and method.needs_linear:
         with pytest.raises(UserError) as refused:
             method.prepare(model, context(model, head))
-        assert refused.value.key == REFUSED[(layout, name)] and name in str(refused.value)
+        assert refused.value.key == "method" and name in str(refused.value)
         return
-    if name == "lora":
-        return check_lora(model, method, head)
-    model = method.prepare(model, context(model, head))
-    may, must = expected_changes(model, name, head)
-    before = snapshot(model)
-    steps = len(derive_units(model)) if name in ("hift", "badam") else 2
-    fit(model, method, batches(model, head), steps=steps, lr=1e-2, optimizer="adamw")
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
-    assert changed <= may, f"trained outside the method's part: {sorted(changed - may)[:5]}"
-    assert must <= changed, f"did not train: {sorted(must - changed)[:5]}"
-    heads = architecture(model).task_heads(head)
-    for n in (n for n in must if n.split(".")[0] in heads):
-        assert (model.get_parameter(n) != before[n]).all(), f"the new head {n} trains densely"
+    trains_as_claimed(model, method, head)
 
 
-def check_lora(model: nn.Module, method, head: str) -> None:
-    heads = architecture(model).task_heads(head)
-    model = method.prepare(model, context(model, head))
-    before = snapshot(model)
-    fit(model, method, batches(model, head), steps=2, lr=1e-2, optimizer="adamw")
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
-    adapters = {n for n in before if "lora_" in n}
-    copies = {n for n in before if ".modules_to_save." in n}  # PEFT trains a copy of each new head
-    assert adapters and adapters <= changed and changed <= adapters | copies
-    assert {n.split(".")[2] for n in copies} == set(heads)  # base_model.model.<head>.modules_to_save...
-    assert {n for n in copies if n.endswith("weight")} <= changed
+def test_lora_trains_a_copy_of_each_new_head():
+    """PEFT finds a new head by the names classifier and score only: T5's and BART's
+    classification_head must be named to it (lora/method.py), or it stays random and frozen."""
+    for layout in ("t5", "bart", "llama"):
+        model = tiny(layout)
+        heads = architecture(model).task_heads("seq_cls")
+        method = build_method(method_config("lora"))
+        model = method.prepare(model, context(model, "seq_cls"))
+        copies = {n for n, _ in model.named_parameters() if ".modules_to_save." in n}
+        assert {n.split(".")[2] for n in copies} == set(heads), layout  # base_model.model.<head>.modules_to_save...
 
 
 def test_s2ft_trains_only_the_v_and_up_rows_of_fused_projections():
@@ -317,20 +278,16 @@ TOY = Layout("decoder", {"q": r"mix\.wq", "k": r"mix\.wk", "v": r"mix\.wv", "o":
 
 
 def test_a_new_family_is_one_registry_entry(monkeypatch):
+    """Every method that asks the architecture for projections or units serves the family once it has
+    its entry (LoRA goes through PEFT, which wraps transformers models only)."""
     torch.manual_seed(0)
     toy = ToyForSequenceClassification()
     with pytest.raises(UserError) as refused:  # unknown: the methods that need its projections refuse it
         build_method(method_config("s2ft")).prepare(toy, context(toy, "seq_cls"))
     assert refused.value.key == "method"
     monkeypatch.setitem(registry.LAYOUTS, "toy", TOY)
-    for name in ("s2ft", "sparsegrad", "hift"):
-        model = ToyForSequenceClassification()
-        method = build_method(method_config(name))
-        model = method.prepare(model, context(model, "seq_cls"))
-        may, must = expected_changes(model, name, "seq_cls")
-        before = snapshot(model)
-        steps = len(derive_units(model)) if name == "hift" else 2
-        fit(model, method, batches(model, "seq_cls"), steps=steps, lr=1e-2, optimizer="adamw")
-        changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
-        assert must <= changed <= may, name
-    assert {"head.weight", "toy.blocks.1.ffn.w_out.weight"} <= must
+    served = [name for name in METHODS if method_class(name).needs_linear or method_class(name).rotates]
+    assert served
+    for name in served:
+        may, must = trains_as_claimed(ToyForSequenceClassification(), build_method(method_config(name)), "seq_cls")
+        assert "head.weight" in must and any(n.startswith("toy.blocks.1.") for n in may), name  # the family, found whole

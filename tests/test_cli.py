@@ -139,3 +139,20 @@ def test_help_and_cfg_compose_without_torch_sklearn_scipy_or_transformers():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "imported: ", done.stdout.splitlines()[-1]
+
+
+def test_help_lists_the_groups_a_user_sets_the_presets_by_paper_and_the_docs(capsys):
+    from ftbench.cli import main
+    from ftbench.job.compose import config_dir
+    from ftbench.methods import names
+
+    main(["--help"])
+    out = capsys.readouterr().out
+    assert "schema/" not in out and "experiment/base" not in out  # the internal groups stay out
+    listed = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("method: ")}
+    assert listed["method"].split(", ") == names()
+    papers = sorted({p.stem.split("-")[0] for p in (config_dir() / "experiment").glob("*.yaml")})
+    rows = [line.split()[0] for line in out.splitlines() if line.startswith("  ") and line.split()[0] in papers]
+    assert rows == papers  # one row per paper
+    assert "sift-roberta-large-{cola,mnli,mrpc,qnli,qqp,rte,sst2,stsb}" in out
+    assert "docs/" in out and "make docs" in out and "docs/adding-a-method.md" in out

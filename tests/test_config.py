@@ -3,7 +3,9 @@
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from ftbench import methods, tasks
 from ftbench.cli import validate
 from ftbench.config.schema import check
 from ftbench.job.compose import config_dir
@@ -13,7 +15,8 @@ GROUPS = ["method", "model", "task", "hardware", "logger", "experiment"]
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    """A group's options: its YAMLs; the methods are the registry's (one without a YAML is an option too)."""
+    return methods.names() if group == "method" else sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
@@ -23,6 +26,23 @@ def test_every_option_composes_and_checks(group, option):
         check(cfg)
     if group != "experiment":
         assert cfg[group].name == option
+
+
+@pytest.mark.parametrize("group,option", [(g, p.stem) for g in ("method", "task")
+                                          for p in sorted((config_dir() / g).glob("*.yaml"))])
+def test_every_method_and_task_yaml_agrees_with_its_schema(group, option):
+    """Defaults live in the schema: a YAML repeats each default beside the comment that explains the knob,
+    and never sets another value, except the keys a task family's schema leaves to each task (MISSING:
+    its name, metric, files); those it must set."""
+    composed = compose(f"{group}={option}")[group]
+    schema = methods.config_class(option) if group == "method" else tasks.task_config_classes()[composed.family]
+    defaults = OmegaConf.structured(schema)
+    for key in defaults:
+        if OmegaConf.is_missing(defaults, key):
+            assert not OmegaConf.is_missing(composed, key), f"{group}/{option}.yaml must set {key}"
+        else:
+            assert composed[key] == defaults[key], (f"{group}/{option}.yaml sets {key}={composed[key]}; its schema "
+                                                    f"{schema.__name__} says {defaults[key]}")
 
 
 def test_every_model_carries_its_shape():

@@ -15,7 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distributed_methods import COMMAND, METHODS, SHARDED
+from distributed_methods import COMMAND, METHODS, RESUMED, SHARDED
+from ftbench.methods import method_class
 from helpers import CLI_ENV, REPO, executable, run
 
 ENV = {**CLI_ENV, "OMP_NUM_THREADS": "1"}
@@ -83,27 +84,30 @@ def test_the_gradient_bytes_reduced_per_step_are_the_trainable_gradient(runs, na
     assert len(per_step) == 3
     trainable = parallel[name]["memory"]["breakdown"]["trainable_bytes"]  # fp32: a gradient's bytes
     model_bytes = 4 * parallel[name]["params"]["total"]
-    if name in ("sparsegrad", "meprop"):  # the top-k of each MLP weight: k fp32 values and 2 int64 indices each
+    kind = method_class(name)
+    if kind.sparse_gradients:  # the top-k of each MLP weight: k fp32 values and 2 int64 indices each
         described = parallel[name]["method"]
         k_total = described["per_step_trainable"] - described["dense_trainable"]
         assert per_step == [trainable + 16 * k_total] * 3
-    elif name in ("hift", "badam", "lisa"):  # the active group only, following each switch
+    elif kind.rotates:  # the active group only, following each switch
         assert max(per_step) == trainable < model_bytes
-        if name == "hift":  # the embedding, then each layer: the bytes follow the switch
-            assert per_step[0] != per_step[1] == per_step[2]
-    else:
-        assert per_step == [trainable] * 3
-    if name in ("sift", "s2ft"):
-        assert trainable < model_bytes / 5  # traffic follows what trains, not the model
+    else:  # traffic follows what trains, not the model: 4 bytes per trained element
+        assert per_step == [trainable] * 3 == [4 * parallel[name]["params"]["trainable"]] * 3
     one = reference[name]["distributed"]
     assert one["world_size"] == 1 and one["reduced_bytes_per_step"]["max"] == 0
+
+
+def test_hift_reduces_the_active_units_bytes(runs):
+    """The embedding, then each layer: the bytes follow the switch."""
+    per_step = runs[0]["hift"]["distributed"]["reduced_bytes_per_step"]["first_steps"]
+    assert per_step[0] != per_step[1] == per_step[2]
 
 
 def test_only_rank_0_writes(runs):
     _, _, two, _ = runs
     rank0 = json.loads((two / "writes-rank0.json").read_text())
     rank1 = json.loads((two / "writes-rank1.json").read_text())
-    jobs = [*METHODS, "lisa-resumed", *(f"fsdp-{n}" for n in SHARDED)]
+    jobs = [*METHODS, f"{RESUMED}-resumed", *(f"fsdp-{n}" for n in SHARDED)]
     assert rank1 == [] and sorted(set(rank0)) == sorted(str(two / n) for n in jobs)
     assert sorted(p.parent.name for p in two.glob("*/result.json")) == sorted(jobs)
 
@@ -116,12 +120,14 @@ def test_fsdp_on_two_ranks_trains_what_one_process_trains(runs, name):
     assert result["distributed"]["sharding"] == "fsdp" and result["distributed"]["world_size"] == 2
     # FSDP reduce-scatters each micro-batch's whole trainable gradient (one micro-batch per rank here).
     assert result["distributed"]["reduced_bytes_per_step"]["max"] == result["memory"]["breakdown"]["trainable_bytes"]
-    kind, file = ("adapter", "adapter_model.safetensors") if name == "lora" else ("merged", "model.safetensors")
-    got = load_file(str(two / f"fsdp-{name}" / "checkpoint" / kind / file))
-    want = load_file(str(one / name / "checkpoint" / kind / file))
-    assert got.keys() == want.keys()
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=f"fsdp {name}: {key}")
+    assert result["export"]
+    for kind in result["export"]:  # what the sharded run exports (LoRA: its adapter)
+        (file,) = [p.name for p in (one / name / "checkpoint" / kind).glob("*.safetensors")]
+        got = load_file(str(two / f"fsdp-{name}" / "checkpoint" / kind / file))
+        want = load_file(str(one / name / "checkpoint" / kind / file))
+        assert got.keys() == want.keys()
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=f"fsdp {name} {kind}: {key}")
     got_curve = [v for _, v in result["train"]["loss_curve"]]
     assert got_curve == pytest.approx([v for _, v in reference[name]["train"]["loss_curve"]], rel=1e-5)
 
@@ -138,14 +144,14 @@ def test_methods_fsdp_cannot_shard_refuse_in_one_line(capsys):
 
 def test_a_checkpoint_holds_every_ranks_rng_and_resumes_only_at_its_world_size(runs, tmp_path):
     _, _, two, _ = runs
-    saved = two / "lisa" / "checkpoints" / "step-3"
+    saved = two / RESUMED / "checkpoints" / "step-3"
     assert len(torch.load(saved / "state.pt", weights_only=False)["rng_ranks"]) == 2
     # 2 ranks resumed from step 2 end where the 2 ranks that never stopped end (LISA draws its layers at random).
-    resumed = json.loads((two / "lisa-resumed" / "result.json").read_text())
+    resumed = json.loads((two / f"{RESUMED}-resumed" / "result.json").read_text())
     assert resumed["resumed_from"]["steps_before"] == 2 and resumed["distributed"]["world_size"] == 2
-    straight, again = weights(two / "lisa"), weights(two / "lisa-resumed")
+    straight, again = weights(two / RESUMED), weights(two / f"{RESUMED}-resumed")
     assert all(torch.equal(straight[k], again[k]) for k in straight)
-    again = run(tmp_path, "method=lisa", *COMMAND, *METHODS["lisa"], f"train.resume={saved}")
+    again = run(tmp_path, f"method={RESUMED}", *COMMAND, *METHODS[RESUMED], f"train.resume={saved}")
     assert again["exit_code"] == 2 and "train.resume" in again["error"] and "2 process" in again["error"]
 
 

@@ -9,28 +9,20 @@ import torch
 
 from ftbench import report
 from ftbench.job.run import run_job
+from ftbench.methods import build_method, config_class
+from ftbench.models.loading import load_model
 from ftbench.plan.planner import fit, largest_micro_batch_from, peak_at, predict, target
-from helpers import compose, run
+from helpers import compose, method_context, method_table, run
 
 LAYERS = 8
 SHAPE = ["model=tiny-llama", f"model.shape.num_hidden_layers={LAYERS}", "hardware.gradient_checkpointing=true",
          "profile.batch_size=4", "profile.seq_len=32", "hardware.max_micro_batch_size=null"]
-# (method, overrides, traced steps of the real run: HiFT moves every step, so a whole cycle)
-METHODS = [
-    ("full", [], 1),
-    ("lora", ["method.dropout=0"], 1),
-    ("sift", [], 1),
-    ("s2ft", [], 1),
-    ("sparsegrad", ["method.calibration_steps=2"], 1),
-    ("meprop", [], 1),
-    ("hift", [], LAYERS + 2),
-    ("badam", [], 1),
-    ("lisa", [], 1),
-    ("galore", [], 1),
-    ("galore", ["method.layerwise=true", "optim.max_grad_norm=null"], 1),  # no whole-model gradient
-    ("apollo", [], 1),
-    ("adam-mini", [], 1),
-]
+# (method, overrides): a short setup, and the probes draw what the real run draws; then each variant its schema
+# declares for this check (methods/config.py `Variant.plan_check`: GaLore's layer-wise mode, APOLLO-Mini), with
+# the variant's overrides added
+METHODS = method_table("short_setup", "same_draws")
+METHODS += [pytest.param(name, [*overrides, *variant.overrides], id=f"{name}-{label}") for name, overrides in METHODS
+            for label, variant in config_class(name).variants.items() if variant.plan_check]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -42,9 +34,26 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("method,overrides,steps", METHODS)
-def test_plan_from_fewer_layers_predicts_the_traced_peak(tmp_path, method, overrides, steps):
+def planned_steps(cfg) -> int:
+    """The steps the planner traces (`Method.planned_steps`) at the real run's depth: a method whose
+    steps differ (HiFT: a new unit every step) shows its peak only over all of them."""
+    method = build_method(cfg.method)
+    model = load_model(cfg.model, "causal_lm", 2, torch.device("cpu"), "fp32", "eager")
+    method.prepare(model, method_context(head="causal_lm"))
+    try:
+        return method.planned_steps()
+    finally:
+        method.close()
+
+
+def test_hift_is_traced_over_a_whole_cycle():
+    assert planned_steps(compose(*SHAPE, "method=hift")) == LAYERS + 2  # the embedding, each layer, the head
+
+
+@pytest.mark.parametrize("method,overrides", METHODS)
+def test_plan_from_fewer_layers_predicts_the_traced_peak(tmp_path, method, overrides):
     args = [*SHAPE, f"method={method}", *overrides]
+    steps = planned_steps(compose(*args))
     real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=1", f"profile.steps={steps}")
     assert real["status"] == "ok", real["error"]
     plan = predict(compose("mode=plan", *args))

@@ -15,22 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 import ftbench.engine.batches
-from helpers import run
+from helpers import method_table, run
 
-METHODS = {  # method -> overrides that make its state change within a few steps
-    "full": [],
-    "lora": [],
-    "sift": [],
-    "s2ft": [],
-    "sparsegrad": ["method.calibration_steps=2"],
-    "meprop": [],
-    "hift": [],  # offload, per-cycle schedule: the cycle wraps after step 4
-    "badam": ["method.steps_per_block=2"],  # reshuffled order, states dropped at each switch
-    "lisa": ["method.steps_per_block=2"],  # sampled layers, states kept
-    "galore": ["method.update_proj_gap=2"],  # a new SVD projection every 2 steps: resumed across one
-    "apollo": ["method.update_proj_gap=2"],  # a new seeded random projection every 2 steps
-    "adam-mini": [],
-}
+# method -> overrides: a short setup, and what trains switches within the few steps (HiFT's cycle wraps after
+# step 4 by default: offload, per-cycle schedule)
+METHODS = dict(method_table("short_setup", "switching"))
 # 5 steps of 2 micro-batches; checkpoints every 2 steps (and after the last); validation every 2.
 COMMAND = ["task.num_train=48", "task.num_eval=8", "task.max_length=16", "task.max_steps=5", "task.batch_size=8",
            "hardware.max_micro_batch_size=4", "train.checkpoint_every=2", "eval.every_steps=2"]

@@ -12,13 +12,18 @@ import itertools
 import os
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
-from ftbench import report
+from ftbench import methods, report
 from ftbench.config.schema import check
 from ftbench.errors import Canceled, UserError, explain_compose_error
 from ftbench.job.compose import config_dir, register_configs
 from ftbench.quiet import quiet_libraries, quiet_transformers
+
+# The config groups a user sets (conf/<group>/), in the order `--help` lists them; experiment is listed by paper.
+USER_GROUPS = ("method", "model", "task", "hardware", "logger", "hydra/launcher")
+HELP_WIDTH = 110  # characters per line of the groups' listing
 
 # Hydra flags that do not launch a run: hand them to Hydra untouched.
 PASSTHROUGH = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--cfg", "-c", "--resolve",
@@ -92,27 +97,48 @@ def launch(argv: list[str]) -> int:
 
 
 def print_help(overrides: list[str]) -> None:
-    """`ftbench --help [KEY=VALUE ...]`: Hydra's application help (its `hydra.help` template: the config
-    groups and the composed config). Hydra's own --help finds the groups by building a config
-    repository per group (about 100 deep copies of the config store: seconds); here they are the
-    folders of conf/ and the schema groups this package registers (config.register_configs)."""
+    """`ftbench --help [KEY=VALUE ...]`: the groups a user sets and their options, the paper presets by
+    paper, and the composed config, through Hydra's `hydra.help.template` (conf/config.yaml says where the
+    docs are). Hydra's own --help finds the groups by building a config repository per group (about
+    100 deep copies of the config store: seconds) and lists the internal `schema/*` groups too; here the
+    options are the YAMLs of conf/<group>/, and the methods are the registry's (`ftbench.methods.names()`:
+    one registered without a YAML is an option too)."""
     import string
 
     from hydra import compose, initialize_config_dir
-    from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf, open_dict
 
     root = config_dir()
-    groups = {str(d.relative_to(root)): sorted(f.stem for f in d.glob("*.yaml")) for d in root.rglob("*") if d.is_dir()}
-    for group in ("schema/method", "schema/task"):
-        groups[group] = sorted(name.removesuffix(".yaml") for name in ConfigStore.instance().list(group))
-    listing = "".join(f"{group}: {', '.join(options)}\n" for group, options in sorted(groups.items()) if options)
+    lines = []
+    for group in USER_GROUPS:
+        options = methods.names() if group == "method" else sorted(f.stem for f in (root / group).glob("*.yaml"))
+        lines.append(wrap(f"{group}: {', '.join(options)}", "  "))
+    lines.append("experiment (a paper's preset; it overrides the groups above):")
+    for paper, presets in experiments_by_paper(sorted(f.stem for f in (root / "experiment").glob("*.yaml"))).items():
+        lines.append(wrap(f"  {paper:<11} {', '.join(presets)}", " " * 14))
+    listing = "\n".join(lines) + "\n"
     with initialize_config_dir(config_dir=str(root), version_base="1.3", job_name="ftbench"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
     template = cfg.hydra.help.template
     with open_dict(cfg):
         del cfg["hydra"]
     print(string.Template(template).substitute(APP_CONFIG_GROUPS=listing, CONFIG=OmegaConf.to_yaml(cfg)))
+
+
+def wrap(line: str, indent: str) -> str:
+    """`line` in lines of at most HELP_WIDTH characters, broken only between options."""
+    return textwrap.fill(line, HELP_WIDTH, subsequent_indent=indent, break_on_hyphens=False, break_long_words=False)
+
+
+def experiments_by_paper(names: list[str]) -> dict[str, list[str]]:
+    """Paper presets (conf/experiment/<paper>-<rest>.yaml) by paper, each paper's names shortened: those
+    that differ only in their last part (the GLUE task) are written once, e.g. sift-roberta-large-{cola,rte}."""
+    papers: dict[str, dict[str, list[str]]] = {}
+    for name in names:
+        stem, _, last = name.rpartition("-")
+        papers.setdefault(name.split("-")[0], {}).setdefault(stem, []).append(last)
+    return {paper: [f"{stem}-{lasts[0]}" if len(lasts) == 1 else f"{stem}-{{{','.join(lasts)}}}"
+                    for stem, lasts in stems.items()] for paper, stems in papers.items()}
 
 
 def output_dir_problem(argv: list[str]) -> str | None:

@@ -1,8 +1,8 @@
-"""Every method on a real pretrained LLM (SmolLM2-135M), CPU-sized: base -> tuned held-out loss,
+"""Every registered method on a real pretrained LLM (SmolLM2-135M), CPU-sized: base -> tuned held-out loss,
 trainable %, step time, peak memory, and a check that the exported checkpoint reloads with plain
 `from_pretrained` and gives the same held-out loss.
 
-    python -m ftbench.bench.real --data ../shared/data                # make bench-real
+    python -m ftbench.bench.real --data ../shared/data                # make bench-real: every method, both tasks
     python -m ftbench.bench.real --data ../shared/data --tasks math --methods full lora
     python -m ftbench.bench.real --data ../shared/data --set task.max_length=256 train.batch_size=8 task.val_size=32
 
@@ -24,11 +24,10 @@ import sys
 from pathlib import Path
 
 from ftbench.job import children
+from ftbench.methods import names
 from ftbench.results import GiB
 
-METHODS = ["full", "lora", "sift", "s2ft", "sparsegrad", "meprop", "hift", "badam", "lisa", "galore", "apollo",
-           "adam-mini"]
-TASKS = {"math": METHODS, "alpaca": ["full", "lora", "s2ft"]}
+TASKS = ("math", "alpaca")
 BUDGET = ["task.max_length=128", "train.batch_size=4", "train.max_steps=10", "task.val_size=16"]  # README table
 # The held-out loss is validated once, after the last step (every_steps beyond any run's length).
 COMMON = ["model=smollm2-135m", "train.save=last", "train.select=best", "train.select_metric=val/loss",
@@ -113,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="../shared/data", help="folder holding math/ and alpaca/")
     parser.add_argument("--out", default="outputs/bench-real")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--methods", nargs="+", default=None, help="default: every method for math, "
-                        "full lora s2ft for alpaca")
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     parser.add_argument("--set", nargs="*", default=[], help="overrides, applied last (the CPU budget's "
                         f"default: {' '.join(BUDGET)})")
     args = parser.parse_args(argv)
@@ -132,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {task}: ftbench {' '.join(shared)}", flush=True)
         untouched = [o for o in shared if not o.startswith(("train.max_steps=", "train.save="))]
         base = heldout_val_loss(run_cell(out / f"{task}-base", [*untouched, "train.max_steps=0", "train.save=none"]))
-        for method in args.methods or TASKS[task]:
+        for method in args.methods or names():
             result = run_cell(out / f"{task}-{method}", [*shared, f"method={method}"])
             rows.append(row(task, method, base, result))
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)

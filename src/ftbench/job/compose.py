@@ -23,12 +23,17 @@ def config_dir() -> Path:
 
 def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore (idempotent): the run's (`ftbench_schema`), and one
-    per registered method (`schema/method/<name>`) and task family (`schema/task/<family>`)."""
+    per registered method (`schema/method/<name>`) and task family (`schema/task/<family>`). A method
+    registered without a `conf/method/<name>.yaml` (one a test or a plugin registers at run time) gets
+    its schema as the `method/<name>` option itself, so `method=<name>` composes its defaults."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     store.store(name="ftbench_schema", node=Config)
+    yamls = config_dir() / "method"
     for name, schema in methods.config_classes().items():
         store.store(group="schema/method", name=name, node=schema)
+        if not (yamls / f"{name}.yaml").is_file():
+            store.store(group="method", name=name, node=schema)
     for family, schema in tasks.task_config_classes().items():
         store.store(group="schema/task", name=family, node=schema)

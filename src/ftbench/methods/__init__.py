@@ -2,9 +2,12 @@
 
 A method is a folder here (`methods/<folder>/`: `config.py` its torch-free schema, `method.py` the
 `Method` subclass, with its selection code beside them) whose `__init__.py` calls `register` once per
-name it offers (`block_rotation/` offers hift, badam and lisa). Importing this package imports every
-folder's `__init__` (schemas only), so a new folder is found without editing a list; the method's
-class is imported when a job builds it. Every list of methods in ftbench and its tests is `names()`.
+name it offers (`block_rotation/` offers hift, badam and lisa), plus its `conf/method/<name>.yaml`
+(docs/adding-a-method.md). Importing this package imports every folder's `__init__` (schemas only), so a
+new folder is found without editing a list; the method's class is imported when a job builds it. Every
+list of methods in ftbench, its scripts and its tests is `names()`, and what those checks need to know
+of a method is declared on its schema (methods/config.py) and class (methods/base.py). A name registered
+at run time without a YAML composes from its schema alone (job/compose.py).
 
 This package may import `ftbench.errors` and its own schemas at import time; `build_method` imports
 the method's module (torch) when called.

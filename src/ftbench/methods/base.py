@@ -22,6 +22,10 @@ Call order, per run:
     method.export(model, tokenizer, path)
     method.close()                          # always (in a finally): hooks removed, nothing of the job kept
 
+What the project's checks hold a method to is declared on it: its schema's class attributes
+(methods/config.py: what it can do, the overrides each check adds) and, here, `trains` (which
+parameters training moves) and the class attributes `needs_linear`, `rotates` and `sparse_gradients`.
+
 Low-precision tensors that reach the optimizer are stepped through fp32 masters
 (masters.py) unless the method's `master_dtype` is `weight`.
 """
@@ -32,7 +36,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -80,10 +84,29 @@ def decay_split(named: list[tuple[str, torch.Tensor]], weight_decay: float) -> l
     return [g for g in groups if g["params"]]
 
 
+class Trains(NamedTuple):
+    """Parameter names of a prepared model (as `named_parameters` gives them) that training may change and
+    must change; `must` is a subset of `may`."""
+
+    may: set[str]
+    must: set[str]
+
+
 class Method(ABC):
     """Base class: the behaviour of a plain trainable model; subclasses override what differs."""
 
     config_class: type[MethodConfig] = MethodConfig
+    # What the checks need to know of the method's class (tests/test_architecture.py, test_distributed.py):
+    # needs_linear: it replaces or slices projections, or splits their rows into blocks (Adam-mini's heads), so
+    #   they must be nn.Linear: `prepare` refuses a model that holds them otherwise (GPT-2's Conv1D) with
+    #   UserError("method") before anything trains.
+    needs_linear: ClassVar[bool] = False
+    # rotates: what trains changes between optimizer steps: a step's gradients, and what data parallel reduces,
+    #   are the active part's; `trainable_size` reports the largest step.
+    rotates: ClassVar[bool] = False
+    # sparse_gradients: part of the gradients reaches the optimizer as top-k sparse tensors (a value and two
+    #   int64 indices per entry); `describe` then reports `dense_trainable` and `per_step_trainable` elements.
+    sparse_gradients: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg
@@ -123,6 +146,12 @@ class Method(ABC):
 
     def after_step(self, step: int) -> None:
         pass
+
+    def planned_steps(self) -> int:
+        """Optimizer steps that show every memory state of the run, traced by the planner's probes
+        (plan/probe.py) after their warm-up: 1 when a step holds what most steps hold; a method whose
+        steps differ (HiFT: a new group every step) says how many steps visit them all."""
+        return 1
 
     def warmup_steps(self, requested: int, timed: int) -> int:
         """Profile mode's warm-up: at least `requested` steps, and enough that the `timed` steps after it are
@@ -177,6 +206,16 @@ class Method(ABC):
     def describe(self, model: nn.Module) -> dict[str, Any]:
         """Settings that shape memory, and what is trained."""
         return {"name": self.cfg.name}
+
+    def trains(self, model: nn.Module, head: str) -> Trains:
+        """What training the prepared `model` (task head `head`: seq_cls | regression | causal_lm) changes,
+        derived from the architecture (models/architecture.py) and the settings, not from `requires_grad`:
+        the parameters that may change, and those that must change within as many optimizer steps as the
+        model has units (embedding, each block, head) under the schema's `every_part` overrides. The
+        layout checks hold every method to it on every architecture. Here: every parameter (full
+        fine-tuning's claim); a method that trains less overrides it."""
+        every = {n for n, _ in model.named_parameters()}
+        return Trains(every, every)
 
     # -- the job's end ----------------------------------------------------
     def release_optimizer(self) -> None:

@@ -1,14 +1,16 @@
 """What every method's schema shares (torch-free): the learning rate, the accepted-values check,
-and what the method declares it can do.
+what the method declares it can do, and how the project's own checks run it.
 
 A method's schema (`methods/<name>/config.py`, a Hydra structured config) subclasses
-`MethodConfig`. Composing a config (`ftbench --help`, `--cfg job`, the planner) imports only these
-schemas, never torch or a method's code.
+`MethodConfig`. Its field defaults are the method's defaults; `conf/method/<name>.yaml` repeats them
+beside the comments that explain each knob, and tests/test_config.py checks that the two agree.
+Composing a config (`ftbench --help`, `--cfg job`, the planner) imports only these schemas, never
+torch or a method's code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from omegaconf import MISSING
@@ -18,13 +20,39 @@ from ftbench.errors import one_of, require
 MASTER_DTYPES = ("fp32", "weight")  # fp32 masters for low-precision weights, or step the weight's own dtype
 
 
+@dataclass(frozen=True)
+class GpuTarget:
+    """What `make gpu-check` (scripts/gpu_check.py) holds a method to in one of its sweeps, as the docs
+    state it. Without a bound the job passes when it runs."""
+
+    stated: str = "—"  # the figure as the docs state it, shown in the table
+    max_gib: float | None = None  # pass when the peak allocated is at most this many GiB
+    max_ratio: float | None = None  # pass when the peak / full fine-tuning's (bf16 updates, same sweep) is at most this
+    min_gpu_gib: float = 0  # the job runs only on a GPU with at least this much memory (GiB)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A setting of a method under which a step holds other memory than under its defaults (GaLore's
+    layer-wise mode holds no whole-model gradient, its 8-bit states a quarter of the moments), checked as
+    a row of its own beside the method's (`MethodConfig.variants`)."""
+
+    overrides: tuple[str, ...]  # added after the method's own overrides for the check
+    # tests/test_plan.py plans it and holds the plan to the traced peak, as it does the method; False where the
+    # planner's CPU probes cannot run it or cannot yet predict it (the schema says which, the docs why).
+    plan_check: bool = True
+    # `make gpu-check`'s sweeps it joins and what each holds it to, as `MethodConfig.gpu_targets`.
+    gpu_targets: dict[str, GpuTarget] = field(default_factory=lambda: {"llama2-7b": GpuTarget()})
+
+
 @dataclass
 class MethodConfig:
     name: str = MISSING
     lr: float = 1e-4
     # setting -> the values it accepts, checked by `check` (a class attribute, not a config key)
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
-    # What the method can do, declared once here (class attributes, not config keys):
+
+    # -- What the method can do, declared once here (class attributes, not config keys) -------------------
     # fsdp_refusal: None when hardware.shard=fsdp is sound for it, else why not (one clause, shown to the user).
     fsdp_refusal: ClassVar[str | None] = "it is not one of the methods FSDP is sound for"
     # data_free: settings under which `prepare` needs no data and holds exactly what the run will hold ({}:
@@ -32,6 +60,35 @@ class MethodConfig:
     # (plan/held_state.py). None: the planner extrapolates the held state from its probes, exact when every
     # layer adds the same bytes.
     data_free: ClassVar[dict[str, Any] | None] = None
+
+    # -- How the project's own checks run it (tests/, scripts/gpu_check.py, ftbench.bench) -------------------
+    # Command-line overrides ("method.k=v", "optim.lr=v") added to its defaults, one tuple per purpose; a
+    # purpose its defaults already serve stays empty.
+    # quick: a 30-step run of a tiny random-init model trains visibly, the loss falls (tests/test_methods.py and
+    # the hygiene, masters and GPU tests that reuse its runs).
+    quick: ClassVar[tuple[str, ...]] = ()
+    # short_setup: `prepare` costs little and a training step is unchanged (fewer calibration passes): every
+    # check that measures or compares steps rather than the setup (layouts, planner, resume, data parallel,
+    # the GPU check, the peers benchmark).
+    short_setup: ClassVar[tuple[str, ...]] = ()
+    # every_part: on a 2-layer model every part the method trains moves within as many steps as the model has
+    # units (embedding, each block, head), and nothing that `Method.trains` leaves out does
+    # (tests/test_architecture.py): small ratios raised so each block gets a part, rotations every step,
+    # optional dense extras off so the claim is sharp.
+    every_part: ClassVar[tuple[str, ...]] = ()
+    # switching: what trains, or the subspace the optimizer keeps its state in, changes within a few steps (a
+    # rotation every step or two, a new projection), so the resume and data-parallel runs cross a switch.
+    switching: ClassVar[tuple[str, ...]] = ()
+    # same_draws: a run split over ranks or the planner's probes draws the random numbers one process draws
+    # (no dropout masks that depend on how the batch is split).
+    same_draws: ClassVar[tuple[str, ...]] = ()
+    # gpu_targets: the `make gpu-check` sweeps the method joins (scripts/gpu_check.py SWEEPS: its profile at
+    # the LLaMA2-7B shape, the RoBERTa-large table) and what each holds it to.
+    gpu_targets: ClassVar[dict[str, GpuTarget]] = {"llama2-7b": GpuTarget()}
+    # variants: label -> a setting that changes what a step holds (`Variant`), planned (tests/test_plan.py) and
+    # profiled on a GPU (scripts/gpu_check.py, the row "<name> (<label>)") beside the defaults. The other checks
+    # run the defaults only; a variant's own behaviour is its method's own test file's to check.
+    variants: ClassVar[dict[str, Variant]] = {}
 
     def check(self, key: str) -> None:
         require(self.lr > 0, f"{key}.lr", f"must be > 0 (got {self.lr})")

@@ -227,6 +227,7 @@ class PartialMethod(Method):
     written back after every optimizer step, and exports carry a compact delta."""
 
     layers: list[PartialLinear]
+    needs_linear = True
 
     def after_step(self, step: int) -> None:
         for layer in self.layers:
@@ -238,3 +239,10 @@ class PartialMethod(Method):
     def restore(self, model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
         super().restore(model, snapshot)
         self.after_step(-1)
+
+
+def partial_names(model: nn.Module, modules) -> set[str]:
+    """The parameter names training moves in the `PartialLinear` modules named `modules`: the masters
+    (`master`, `bias_master`) and the dense weight they are written back into."""
+    every = {n for n, _ in model.named_parameters()}
+    return {f"{m}.{p}" for m in modules for p in ("weight", "master", "bias_master")} & every

@@ -154,10 +154,7 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
                             calibration_batches=calibration_batches, loss=micro_loss, output_dir=Path(tmp))
         model = method.prepare(model, ctx)
     optimizer = optimizer_for(method, model, cfg.optim, settle(cfg).lr)
-    # A method that moves to the next group at every step (HiFT) is traced over a whole cycle, so every
-    # group is seen; with longer blocks (BAdam) one step inside a block is the state of most steps.
-    schedule = getattr(method, "schedule", None)
-    traced = schedule.cycle_steps if schedule and schedule.steps_per_block == 1 and schedule.order != "sample" else 1
+    traced = method.planned_steps()  # 1, or every state of a method whose steps differ (HiFT: a whole cycle)
     # Warmed up as mode=profile warms up: every unit visited once (its state, masters and host buffers exist).
     warmup = method.warmup_steps(1, traced)
     scheduler = scheduler_for(optimizer, method, cfg.optim, warmup + traced)

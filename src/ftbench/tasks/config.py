@@ -1,5 +1,7 @@
 """The tasks' config schemas (Hydra structured configs), one dataclass per task family, with the
-choices their checks accept. Torch-free: composing a config imports no task module (those import
+choices their checks accept. A schema's defaults are the family's; what differs between the tasks of a
+family (a GLUE task's name and metric, a reasoning task's files) is MISSING here and set by each task's
+YAML, which repeats the other defaults beside their comments (tests/test_config.py checks they agree). Torch-free: composing a config imports no task module (those import
 torch, scikit-learn and scipy); each task module (tasks/) imports its schema from here.
 
 Adding a task family: its schema here, a row in `CONFIGS`, its class in tasks/__init__.py.
@@ -166,7 +168,9 @@ class ReasoningConfig(InstructConfig):
     batch_size: int = 64
     epochs: float = 3.0
     remote: str = LLM_ADAPTERS
-    eval_sets: list[str] = field(default_factory=list)
+    train_files: list[str] = MISSING  # each task's own (conf/task/<name>.yaml), as eval_sets and val_size
+    eval_sets: list[str] = MISSING
+    val_size: int = MISSING
     num_beams: int = 4
     max_new_tokens: int = 256
 

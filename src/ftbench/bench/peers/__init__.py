@@ -20,13 +20,27 @@ side (`make bench-peers`).
 
 from __future__ import annotations
 
-# peer name -> (module, what it is, the ftbench method whose settings it copies)
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Peer:
+    module: str  # the module here that builds it (bench/peers/<module>.py)
+    what: str  # what it is, in the table
+    method: str  # the ftbench method it stands beside, whose settings it copies
+    matching: tuple[str, ...] = ()  # overrides that make that method run as the peer does
+    loop: bool = True  # False: the package offers no plain loop to time (its row says why)
+
+
 PEERS = {
-    "torch": ("torch_adamw", "plain PyTorch loop, AdamW", "full"),
-    "peft": ("peft_lora", "PEFT LoRA, AdamW", "lora"),
-    "badam": ("badam_block", "badam 1.4 BlockOptimizer", "badam"),
-    "hift": ("hift_package", "hift 0.0.5", "hift"),
-    "galore": ("galore_readme", "galore-torch 1.0 GaLoreAdamW (README loop)", "galore"),
-    "apollo": ("apollo_readme", "apollo-torch 1.0.3 APOLLOAdamW (README loop)", "apollo"),
-    "adam-mini": ("adam_mini_readme", "adam-mini 1.1.1 Adam_mini (README loop)", "adam-mini"),
+    "torch": Peer("torch_adamw", "plain PyTorch loop, AdamW", "full"),
+    "peft": Peer("peft_lora", "PEFT LoRA, AdamW", "lora"),
+    # badam's own blocks: every decoder layer in ascending order, the embedding and the head never (badam_block.py)
+    "badam": Peer("badam_block", "badam 1.4 BlockOptimizer", "badam",
+                  ("method.order=down2up", "method.reshuffle=false", "method.always_active=[]",
+                   "method.frozen_units=[embedding,head]")),
+    "hift": Peer("hift_package", "hift 0.0.5", "hift", loop=False),
+    "galore": Peer("galore_readme", "galore-torch 1.0 GaLoreAdamW (README loop)", "galore"),
+    "apollo": Peer("apollo_readme", "apollo-torch 1.0.3 APOLLOAdamW (README loop)", "apollo"),
+    "adam-mini": Peer("adam_mini_readme", "adam-mini 1.1.1 Adam_mini (README loop)", "adam-mini"),
 }

@@ -11,7 +11,8 @@ sides train the same random-init model (shape, seed, dtype, checkpointing) on
 the same batches with the same optimizer settings, the same warm-up and timed
 steps, and the same measurements (see loop.py).
 
-Pairs: full vs torch, lora vs peft, badam vs badam, hift vs hift; every method
+Pairs: each method beside its own peer (peers/__init__.py: full vs torch, lora
+vs peft, and the methods of the packages those peers are); every method
 without a peer that runs is also set beside torch and peft (its cost against
 full fine-tuning and LoRA).
 
@@ -25,9 +26,11 @@ full fine-tuning and LoRA).
   the same warm-up. The table is rewritten after every round.
 
 ftbench runs with `train.loss_chunk_tokens=null` (the model's own loss, as the
-peers compute it) and BAdam with the order pinned (see badam_block.py);
-SparseGrad calibrates its rotations on 2 batches instead of 11 (setup only:
-the step is the same). Writes peers.json and peers.md under --out.
+peers compute it), each method with its schema's `short_setup` (SparseGrad
+calibrates its rotations on 2 batches instead of 11: setup only, the step is
+the same), and a method beside its own peer with the peer's `matching`
+overrides (BAdam's order pinned: see badam_block.py). Writes peers.json and
+peers.md under --out.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from ftbench.config.knobs import settle
 from ftbench.config.schema import check
 from ftbench.errors import UserError, explain_compose_error
 from ftbench.job.compose import config_dir, register_configs
+from ftbench.methods import config_classes, names
 
 # The CPU shape: a 4-layer LLaMA of hidden 512, 4 x 256 tokens, fp32, checkpointing. Each key applies
 # unless the command line sets it.
@@ -61,15 +65,8 @@ DEFAULTS = ["model=llama-mini", "profile.batch_size=4", "profile.seq_len=256", "
 # hardware.max_micro_batch_size=null: the whole profile batch in one micro-batch on both sides, no probe steps.
 FIXED = ["mode=profile", "model.random_init=true", "train.loss_chunk_tokens=null", "train.progress=false",
          "hardware.max_micro_batch_size=null"]
-PINNED = {
-    "badam": ["method.order=down2up", "method.reshuffle=false", "method.always_active=[]",
-              "method.frozen_units=[embedding,head]"],
-    "sparsegrad": ["method.calibration_steps=2"],
-}
-OWN_PEER = {"full": "torch", "lora": "peft", "badam": "badam", "hift": "hift", "galore": "galore", "apollo": "apollo",
-            "adam-mini": "adam-mini"}
+OWN_PEER = {peer.method: name for name, peer in PEERS.items()}  # method -> the peer it stands beside
 BASELINES = ("torch", "peft")
-FIRST = ("full", "lora", "badam", "hift", "galore", "apollo", "adam-mini")
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 TIME_LIMIT, MEMORY_LIMIT = 1.05, 1.02  # acceptance: ftbench / peer, own-peer rows
 MiB = 2**20
@@ -97,8 +94,16 @@ def compose(overrides: list[str]):
 
 
 def all_methods() -> list[str]:
-    names = sorted(p.stem for p in (config_dir() / "method").glob("*.yaml"))
-    return [m for m in FIRST if m in names] + [m for m in names if m not in FIRST]
+    """Every registered method, those with a peer of their own first (in the peers' order)."""
+    return [*OWN_PEER, *(m for m in names() if m not in OWN_PEER)]
+
+
+def pinned(method: str) -> list[str]:
+    """What ftbench's run of `method` adds to its defaults here: its schema's short setup
+    (methods/config.py), and the overrides that make it run as its own peer does."""
+    own = OWN_PEER.get(method)
+    schema = config_classes().get(method)  # None: no such method, which composing the run then says
+    return [*(schema.short_setup if schema else ()), *(PEERS[own].matching if own else ())]
 
 
 class Plan:
@@ -112,16 +117,15 @@ class Plan:
 
         self.out, self.memory_steps, self.timeout = out, memory_steps, timeout
         self.overrides = with_defaults(with_defaults(overrides, FIXED), DEFAULTS)
-        self.cfgs = {m: compose([*self.overrides, f"method={m}", *PINNED.get(m, [])]) for m in methods}
+        self.cfgs = {m: compose([*self.overrides, f"method={m}", *pinned(m)]) for m in methods}
         peers = [OWN_PEER[m] for m in methods if m in OWN_PEER]
-        if any(m not in OWN_PEER or m == "hift" for m in methods):
+        if any(m not in OWN_PEER or not PEERS[OWN_PEER[m]].loop for m in methods):
             peers += list(BASELINES)
         self.peers = list(dict.fromkeys(peers))
         for peer in self.peers:  # a peer copies the settings of its ftbench counterpart
-            counterpart = PEERS[peer][2]
+            counterpart = PEERS[peer].method
             if counterpart not in self.cfgs:
-                self.cfgs[counterpart] = compose([*self.overrides, f"method={counterpart}",
-                                                  *PINNED.get(counterpart, [])])
+                self.cfgs[counterpart] = compose([*self.overrides, f"method={counterpart}", *pinned(counterpart)])
         cfg = next(iter(self.cfgs.values()))
         objective = cfg.profile.objective
         if cfg.model.kind != "decoder" or objective == "seq_cls" or cfg.optim.name != "adamw":
@@ -153,7 +157,7 @@ class Plan:
         steps = self.memory_steps if trace else self.cfg.profile.steps
         if kind == "ftbench":
             command = [sys.executable, "-c", "from ftbench.cli import main; main()", *self.overrides,
-                       f"method={name}", *PINNED.get(name, []), f"profile.steps={steps}",
+                       f"method={name}", *pinned(name), f"profile.steps={steps}",
                        f"profile.trace_memory={str(trace).lower()}", f"hydra.run.dir={folder}"]
         else:
             folder.mkdir(parents=True, exist_ok=True)
@@ -177,8 +181,7 @@ class Plan:
     def spec(self, peer: str, trace: bool, steps: int) -> dict:
         from omegaconf import OmegaConf
 
-        module, _, counterpart = PEERS[peer]
-        cfg = self.cfgs[counterpart]
+        module, cfg = PEERS[peer].module, self.cfgs[PEERS[peer].method]
         total = cfg.profile.warmup_steps + steps
         warmup = cfg.optim.warmup_steps if cfg.optim.warmup_steps is not None else math.ceil(
             cfg.optim.warmup_ratio * total)
@@ -316,7 +319,7 @@ def table(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for row in rows:
         a, b = row["ftbench"], row["peer_result"]
-        peer = PEERS[row["peer"]][1] + ("" if row["own_peer"] else " (baseline)")
+        peer = PEERS[row["peer"]].what + ("" if row["own_peer"] else " (baseline)")
         if b["status"] != "ok" or a["status"] != "ok":
             failed = [(side, r) for side, r in (("ftbench", a), ("peer", b)) if r["status"] != "ok"]
             why = "; ".join(f"{side} did not run: {r['error']}" for side, r in failed)

@@ -36,6 +36,7 @@ NAME_SETS = ("embd_names", "output_names", "wqk_names", "wv_names", "attn_proj_n
 
 class AdamMini(Method):
     config_class = AdamMiniConfig
+    needs_linear = True  # a head is a block of a q/k/v/o weight's rows: GPT-2's Conv1D is refused in prepare
 
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         arch = architecture(model)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ftbench.errors import UserError, require
-from ftbench.methods.config import MASTER_DTYPES, MethodConfig
+from ftbench.methods.config import MASTER_DTYPES, MethodConfig, Variant
 
 
 @dataclass
@@ -28,6 +28,13 @@ class ApolloConfig(MethodConfig):
                                                      "master_dtype": MASTER_DTYPES}
     fsdp_refusal: ClassVar[str | None] = "APOLLO scales each weight's whole gradient by norms of its projection and " \
                                          "FSDP holds a shard of it"
+    quick: ClassVar[tuple[str, ...]] = ("optim.lr=1e-3",)
+    switching: ClassVar[tuple[str, ...]] = ("method.update_proj_gap=2",)  # a new seeded projection every 2 steps
+    variants: ClassVar[dict[str, Variant]] = {
+        # APOLLO-Mini (paper §4.2): rank 1, one scale per tensor. The planner's check holds it at its tiny shape;
+        # at 7B its plan is still pessimistic (the limiter's data-dependent ops, docs/methods/apollo.md).
+        "mini": Variant(("method.rank=1", "method.scale_type=tensor", "method.scale=128")),
+    }
 
     def check(self, key: str) -> None:
         super().check(key)

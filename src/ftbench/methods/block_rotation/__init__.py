@@ -2,7 +2,8 @@
 (units.py: the units and their order; state_store.py: where a leaving unit's optimizer state goes)."""
 
 from ftbench.methods import register
-from ftbench.methods.block_rotation.config import BlockRotationConfig
+from ftbench.methods.block_rotation.config import BadamConfig, HiftConfig, LisaConfig
 
-for _name in ("hift", "badam", "lisa"):
-    register(_name, BlockRotationConfig, "ftbench.methods.block_rotation.method:BlockRotation")
+register("hift", HiftConfig, "ftbench.methods.block_rotation.method:BlockRotation")
+register("badam", BadamConfig, "ftbench.methods.block_rotation.method:BlockRotation")
+register("lisa", LisaConfig, "ftbench.methods.block_rotation.method:BlockRotation")

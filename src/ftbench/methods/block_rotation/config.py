@@ -1,5 +1,5 @@
-"""The block-rotating strategy's schema (torch-free): HiFT, and BAdam and LISA as its
-configurations (conf/method/{hift,badam,lisa}.yaml)."""
+"""The block-rotating strategy's schemas (torch-free): HiFT's, and BAdam's and LISA's, the same knobs
+with their papers' defaults (conf/method/{hift,badam,lisa}.yaml)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ LR_POLICIES = ("per_cycle", "per_step")
 
 @dataclass
 class BlockRotationConfig(MethodConfig):
+    """The strategy's knobs, with HiFT's defaults (the strategy is HiFT's): one unit per step, bottom up,
+    the leaving unit's state offloaded."""
+
     name: str = "hift"
     lr: float = 3e-4
     group_size: int = 1
@@ -38,3 +41,46 @@ class BlockRotationConfig(MethodConfig):
         require(self.steps_per_block >= 1, f"{key}.steps_per_block", "must be >= 1")
         require(not self.reshuffle or self.order == "random", f"{key}.reshuffle",
                 f"only applies to {key}.order=random (got {self.order})")
+
+
+@dataclass
+class HiftConfig(BlockRotationConfig):
+    """HiFT (Liu et al., 2024): the strategy's own defaults."""
+
+    name: str = "hift"
+    quick: ClassVar[tuple[str, ...]] = ("method.lr=1e-3",)  # 30 steps of a random-init model: a few cycles
+
+
+@dataclass
+class BadamConfig(BlockRotationConfig):
+    """BAdam's defaults (Luo et al., 2024): one layer per block for 50 steps, in a random order drawn anew
+    every block-epoch, the optimizer state dropped at each switch; the embedding frozen, the head always on."""
+
+    name: str = "badam"
+    lr: float = 1e-3
+    order: str = "random"
+    reshuffle: bool = True
+    steps_per_block: int = 50
+    frozen_units: list[str] = field(default_factory=lambda: ["embedding"])
+    always_active: list[str] = field(default_factory=lambda: ["head"])
+    state_policy: str = "drop"
+    lr_policy: str = "per_step"
+    every_part: ClassVar[tuple[str, ...]] = ("method.steps_per_block=1",)
+    switching: ClassVar[tuple[str, ...]] = ("method.steps_per_block=2",)  # reshuffled order, states dropped
+
+
+@dataclass
+class LisaConfig(BlockRotationConfig):
+    """LISA's defaults (Pan et al., 2024) as LMFlow ships it: the embedding and the head at every step, two
+    middle layers drawn at random every 20 steps, every drawn layer's optimizer state kept."""
+
+    name: str = "lisa"
+    lr: float = 1e-3
+    group_size: int = 2
+    order: str = "sample"
+    steps_per_block: int = 20
+    always_active: list[str] = field(default_factory=lambda: ["embedding", "head"])
+    state_policy: str = "keep"
+    lr_policy: str = "per_step"
+    every_part: ClassVar[tuple[str, ...]] = ("method.steps_per_block=1",)
+    switching: ClassVar[tuple[str, ...]] = ("method.steps_per_block=2", "method.group_size=1")  # sampled, kept

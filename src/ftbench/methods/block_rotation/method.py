@@ -31,7 +31,7 @@ from torch import nn
 
 from ftbench.errors import UserError, require
 from ftbench.measure.meters import tensor_bytes
-from ftbench.methods.base import Method, MethodContext, is_no_decay
+from ftbench.methods.base import Method, MethodContext, Trains, is_no_decay
 from ftbench.methods.block_rotation.config import BlockRotationConfig
 from ftbench.methods.block_rotation.state_store import MASTER_DTYPE, Slot, StateStore
 from ftbench.methods.block_rotation.units import Schedule, derive_units, pick
@@ -43,6 +43,7 @@ def _low_precision(param: torch.Tensor) -> bool:
 
 class BlockRotation(Method):
     config_class = BlockRotationConfig
+    rotates = True
 
     def __init__(self, cfg: BlockRotationConfig):
         super().__init__(cfg)
@@ -124,6 +125,12 @@ class BlockRotation(Method):
                 if slot.master is not None:
                     slot.param.copy_(slot.master)
         self.steps_done += 1
+
+    def planned_steps(self) -> int:
+        """A new group every step (HiFT) shows its states over a whole cycle; inside longer blocks (BAdam)
+        one step holds what the block's steps hold, and sampled groups (LISA) are alike."""
+        s = self.schedule
+        return s.cycle_steps if s.steps_per_block == 1 and s.order != "sample" else 1
 
     def warmup_steps(self, requested: int, timed: int) -> int:
         """A unit's first visit creates its optimizer state, masters and (offload) host buffers: the
@@ -238,6 +245,18 @@ class BlockRotation(Method):
         return info
 
     # -- persistence ------------------------------------------------------------------
+    def trains(self, model: nn.Module, head: str) -> Trains:
+        """Every unit but the frozen ones (units.py names them); all of them once a cycle has passed, or
+        under order=sample (units drawn at random) only the always-active ones for sure."""
+        units = derive_units(model)
+
+        def params(key: str, picked) -> set[str]:
+            return {n for i in pick(units, picked, key) for n, _ in units[i].params}
+
+        may = {n for n, _ in model.named_parameters()} - params("method.frozen_units", self.cfg.frozen_units)
+        always = params("method.always_active", self.cfg.always_active)
+        return Trains(may, always if self.cfg.order == "sample" else may)
+
     def snapshot(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {s.name: s.param.detach().to("cpu", copy=True) for s in self.all_slots()}
 

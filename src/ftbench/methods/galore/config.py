@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ftbench.errors import UserError, require
-from ftbench.methods.config import MASTER_DTYPES, MethodConfig
+from ftbench.methods.config import MASTER_DTYPES, MethodConfig, Variant
 
 PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")  # galore-torch's GaLoreProjector
 OPTIMIZERS = ("adamw", "adamw8bit")  # GaLoreAdamW | GaLoreAdamW8bit (bitsandbytes' blockwise 8-bit states)
@@ -31,6 +31,15 @@ class GaloreConfig(MethodConfig):
     # prepare needs no data: the planner counts the rank-r states on the full-size meta model, exact whatever
     # the rank (a probe narrower than the rank would keep fewer columns).
     data_free: ClassVar[dict[str, Any] | None] = {}
+    quick: ClassVar[tuple[str, ...]] = ("optim.lr=1e-3",)
+    switching: ClassVar[tuple[str, ...]] = ("method.update_proj_gap=2",)  # a new SVD projection every 2 steps
+    variants: ClassVar[dict[str, Variant]] = {
+        # no whole-model gradient; the run cannot clip, so the planner's check sets max_grad_norm null as a user must
+        "layer-wise": Variant(("method.layerwise=true", "optim.max_grad_norm=null")),
+        # bitsandbytes' blockwise 8-bit moments: galore-torch's GaLoreAdamW8bit runs only on a CUDA GPU, so the
+        # planner's CPU probes cannot run it (prepare refuses it there)
+        "8-bit states": Variant(("method.optimizer=adamw8bit",), plan_check=False),
+    }
 
     def check(self, key: str) -> None:
         super().check(key)

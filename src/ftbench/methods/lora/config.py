@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ftbench.errors import require
-from ftbench.methods.config import MethodConfig
+from ftbench.methods.config import GpuTarget, MethodConfig
 
 
 @dataclass
@@ -19,6 +19,9 @@ class LoraMethodConfig(MethodConfig):
     target_modules: Any = "all-linear"
     bias: str = "none"
     fsdp_refusal: ClassVar[str | None] = None  # the adapters are whole parameters: FSDP shards them
+    same_draws: ClassVar[tuple[str, ...]] = ("method.dropout=0",)  # each rank draws its own dropout masks
+    gpu_targets: ClassVar[dict[str, GpuTarget]] = {  # the RoBERTa-large table (traced MiB), as a ratio to full
+        "llama2-7b": GpuTarget(), "roberta-large": GpuTarget("1616 MiB (0.556 of full)", max_ratio=1616 / 2908 + 0.05)}
 
     def check(self, key: str) -> None:
         super().check(key)

@@ -8,7 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from ftbench.errors import UserError
-from ftbench.methods.base import Method, MethodContext
+from ftbench.methods.base import Method, MethodContext, Trains
 from ftbench.methods.lora.config import LoraMethodConfig
 from ftbench.models.architecture import architecture
 
@@ -46,6 +46,16 @@ class Lora(Method):
     def describe(self, model: nn.Module) -> dict:
         wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")})
         return {"name": "lora", "r": self.cfg.r, "alpha": self.cfg.alpha, "target_modules": wrapped}
+
+    def trains(self, model: nn.Module, head: str) -> Trains:
+        """The adapters, and PEFT's trainable copy of each new task head (`modules_to_save`); biases too
+        when `bias` is not none."""
+        heads = architecture(model.get_base_model()).task_heads(head)
+        names = [n for n, _ in model.named_parameters()]
+        adapters = {n for n in names if ".lora_" in n}
+        copies = {n for n in names if ".modules_to_save." in n and n.split(".")[2] in heads}  # base_model.model.<head>
+        biases = {n for n in names if n.endswith(".bias")} if self.cfg.bias != "none" else set()
+        return Trains(adapters | copies | biases, adapters | {n for n in copies if n.endswith("weight")})
 
     def export(self, model: nn.Module, tokenizer, path: Path) -> dict[str, str]:
         path.mkdir(parents=True, exist_ok=True)

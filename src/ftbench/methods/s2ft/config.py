@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ftbench.errors import require
-from ftbench.methods.config import MASTER_DTYPES, MethodConfig
+from ftbench.methods.config import MASTER_DTYPES, GpuTarget, MethodConfig
 
 S2FT_PROJECTIONS = ("v", "o", "u", "d")  # the trainable slices: rows of V and Up, columns of O and Down
 S2FT_STRATEGIES = ("random", "weight", "activation", "weight_x_activation", "gradient")
@@ -34,7 +34,12 @@ class S2ftConfig(MethodConfig):
                                           "would split across ranks")
     # A scored selection picks other heads than a random one, never another number of them (every block
     # has the same units): under random selection prepare needs no data and holds what the run holds.
-    data_free: ClassVar[dict[str, Any]] = {"strategy": "random"}
+    data_free: ClassVar[dict[str, Any] | None] = {"strategy": "random"}
+    quick: ClassVar[tuple[str, ...]] = ("method.lr=1e-2", "method.o_ratio=0.5", "method.d_ratio=0.25")
+    every_part: ClassVar[tuple[str, ...]] = ("method.v_ratio=0.5", "method.o_ratio=0.5", "method.u_ratio=0.25",
+                                             "method.d_ratio=0.25", "method.allocation=per_layer")
+    # The docs' GPU figure: traced on the CPU and projected to 32 layers, without CUDA's kernel workspaces (+10 %).
+    gpu_targets: ClassVar[dict[str, GpuTarget]] = {"llama2-7b": GpuTarget("14.1–14.3 GiB", max_gib=14.3 * 1.1)}
 
     def check(self, key: str) -> None:
         super().check(key)

@@ -33,11 +33,24 @@ import torch
 from torch import nn
 
 from ftbench.errors import require
-from ftbench.methods.base import MethodContext
-from ftbench.methods.partial_linear import PartialMethod, Selection, save_merged, wrap
+from ftbench.methods.base import MethodContext, Trains
+from ftbench.methods.partial_linear import (
+    PartialMethod,
+    Selection,
+    partial_names,
+    save_merged,
+    wrap,
+)
 from ftbench.methods.s2ft import adapter
 from ftbench.methods.s2ft.config import S2ftConfig
-from ftbench.methods.s2ft.select import KIND, PROJECTIONS, UNIT_NAMES, find_blocks, select_units
+from ftbench.methods.s2ft.select import (
+    KIND,
+    PROJECTIONS,
+    ROLES,
+    UNIT_NAMES,
+    find_blocks,
+    select_units,
+)
 from ftbench.models.architecture import architecture
 
 MASTER_DTYPES = {"fp32": torch.float32, "weight": None}
@@ -109,6 +122,18 @@ class S2ft(PartialMethod):
             "gqa": "o selects query heads; v selects key/value heads",
             "selection_file": str(self.selection_file) if self.selection_file else None,
         }
+
+    def trains(self, model: nn.Module, head: str) -> Trains:
+        """Slices of the projections whose ratio is above 0 (V, O, Up, Down as the architecture names them),
+        and the new task head when `train_head`. Every such projection of every block must train under
+        per-layer allocation; a global draw may leave a block out, so then only the drawn ones must."""
+        arch = architecture(model)
+        roles = [ROLES[p] for p in PROJECTIONS if getattr(self.cfg, f"{p}_ratio") > 0]
+        sliced = {arch.path_of(b, r) for b in arch.blocks for r in roles if arch.has(b, r)}
+        drawn = sliced if self.cfg.allocation == "per_layer" else set(self.named_layers)
+        heads = {n for n, _ in model.named_parameters() if n.split(".")[0] in arch.task_heads(head)}
+        dense = heads if self.cfg.train_head else set()
+        return Trains(partial_names(model, sliced) | dense, partial_names(model, drawn) | dense)
 
     def state_dict(self) -> dict[str, Any]:
         return {"units": {p: [u.clone() for u in per_block] for p, per_block in self.units.items()}}

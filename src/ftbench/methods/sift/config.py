@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ftbench.errors import require
-from ftbench.methods.config import MASTER_DTYPES, MethodConfig
+from ftbench.methods.config import MASTER_DTYPES, GpuTarget, MethodConfig
 
 SIFT_SELECTIONS = ("grad", "random", "magnitude")
 SIFT_PRESET_NAMES = ("auto", "attention", "mlp", "all-linear")  # select.PRESETS holds attention and mlp
@@ -29,6 +29,10 @@ class SiftConfig(MethodConfig):
     fsdp_refusal: ClassVar[str | None] = (
         "its trainable entries are gathered by index from whole weight gradients, which no rank holds under FSDP "
         "(and it trains ~1% of the weights: data parallel costs little memory)")
+    quick: ClassVar[tuple[str, ...]] = ("method.lr=1e-2",)
+    every_part: ClassVar[tuple[str, ...]] = ("method.sparse_rate=0.05",)
+    # The docs' GPU figure: traced on the CPU and projected to 32 layers, without CUDA's kernel workspaces (+10 %).
+    gpu_targets: ClassVar[dict[str, GpuTarget]] = {"llama2-7b": GpuTarget("14.3–14.5 GiB", max_gib=14.5 * 1.1)}
 
     def check(self, key: str) -> None:
         super().check(key)

@@ -33,17 +33,24 @@ from torch import nn
 
 from ftbench import files
 from ftbench.methods import partial_linear
-from ftbench.methods.base import MethodContext, decay_split
-from ftbench.methods.partial_linear import PartialLinear, PartialMethod, _PartialLinearFn
+from ftbench.methods.base import MethodContext, Trains, decay_split
+from ftbench.methods.partial_linear import (
+    PartialLinear,
+    PartialMethod,
+    _PartialLinearFn,
+    partial_names,
+)
 from ftbench.methods.sift.config import SiftConfig
 from ftbench.methods.sift.select import (
+    AUTO,
+    PRESETS,
     resolve_exceptions,
     resolve_targets,
     select,
     selected_count,
     short_name,
 )
-from ftbench.models.architecture import replace_module
+from ftbench.models.architecture import architecture, replace_module
 
 MASTER_SUFFIXES = (".master", ".bias_master")  # trainable copies: never part of a merged checkpoint
 SELECTION_FILE = "sift_selection.safetensors"
@@ -123,6 +130,20 @@ class Sift(PartialMethod):
 
     def master_parameters(self) -> list[torch.Tensor]:
         return [*super().master_parameters(), *(layer.bias_master for layer in self.layers if layer.bias_master is not None)]
+
+    def trains(self, model: nn.Module, head: str) -> Trains:
+        """The targets' selected entries (of a preset's projections, as the architecture names them; else
+        the modules `target_modules` named) and their biases unless frozen; the exception modules densely."""
+        arch, spec = architecture(model), self.cfg.target_modules
+        presets = AUTO[arch.kind] if spec == "auto" else (spec,) if isinstance(spec, str) and spec in PRESETS else ()
+        roles = {r for preset in presets for r in PRESETS[preset]}
+        targets = {arch.path_of(b, r) for b in arch.blocks for r in roles if arch.has(b, r)} if presets else set(
+            self.named_layers)
+        dense = {n for name in resolve_exceptions(model, self.cfg.exception_modules, head)
+                 for n, _ in model.get_submodule(name).named_parameters(prefix=name)}
+        selected = partial_names(model, targets)
+        biases = {f"{m}.bias" for m in targets} & {n for n, _ in model.named_parameters()}
+        return Trains(selected | dense | (biases if self.cfg.bias != "frozen" else set()), selected | dense)
 
     # -- what was selected -----------------------------------------------------------------------------
     def selection(self) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ftbench.errors import require
-from ftbench.methods.config import MethodConfig
+from ftbench.methods.config import GpuTarget, MethodConfig
 
 
 @dataclass
@@ -17,6 +17,8 @@ class SparseMlpConfig(MethodConfig):
     train_non_mlp: bool = True
     freeze_norms: bool = False
     fsdp_refusal: ClassVar[str | None] = "its top-k gradients are sparse tensors that FSDP's reduce-scatter does not take"
+    quick: ClassVar[tuple[str, ...]] = ("optim.lr=1e-3",)
+    every_part: ClassVar[tuple[str, ...]] = ("method.train_non_mlp=false",)  # only the sparse MLP weights and the head
 
     def check(self, key: str) -> None:
         super().check(key)
@@ -31,6 +33,9 @@ class SparseGradConfig(SparseMlpConfig):
     calibration_steps: int = 11
     warm_start: bool = False
     core_basis: bool = False
+    short_setup: ClassVar[tuple[str, ...]] = ("method.calibration_steps=2",)
+    gpu_targets: ClassVar[dict[str, GpuTarget]] = {  # the RoBERTa-large table (traced MiB), as a ratio to full
+        "llama2-7b": GpuTarget(), "roberta-large": GpuTarget("2748 MiB (0.945 of full)", max_ratio=2748 / 2908 + 0.05)}
 
     def check(self, key: str) -> None:
         super().check(key)

@@ -36,17 +36,20 @@ import torch
 from torch import nn
 
 from ftbench.measure.meters import tensor_bytes
-from ftbench.methods.base import Method, MethodContext, decay_split
+from ftbench.methods.base import Method, MethodContext, Trains, decay_split
 from ftbench.methods.sparsegrad.config import SparseGradConfig
 from ftbench.methods.sparsegrad.rotations import calibrate
 from ftbench.methods.sparsegrad.sparse_adam import SparseMlpOptimizer, clip_grad_norm
 from ftbench.methods.sparsegrad.sparse_linear import Basis, mlp_layers, wrap
-from ftbench.models.architecture import architecture
+from ftbench.models.architecture import MLP_ROLES, architecture
 
 
 class SparseMlpMethod(Method):
     """Top-k sparse gradients on the MLP weights (in a basis the subclass chooses), lazy Adam
     on them, and the usual optimizer on whatever else trains."""
+
+    needs_linear = True
+    sparse_gradients = True
 
     @abstractmethod
     def bases(self, model: nn.Module, layers: dict[str, list[nn.Linear]], ctx: MethodContext) -> dict[str, Basis | None]:
@@ -103,6 +106,19 @@ class SparseMlpMethod(Method):
         elements = sum(p.numel() for p in dense) + sum(layer.k for layer in self.layers)
         return elements, sum(tensor_bytes(p) for p in dense) + sum(
             layer.k * layer.weight.element_size() for layer in self.layers)
+
+    def trains(self, model: nn.Module, head: str) -> Trains:
+        """The MLP weights (their top-k entries each step) and, under `train_non_mlp`, every other
+        parameter densely (norms too unless `freeze_norms`); else only the task head besides them."""
+        arch = architecture(model)
+        if self.cfg.train_non_mlp:
+            norms = {f"{m}.{n}" for m, module in model.named_modules() if "Norm" in type(module).__name__
+                     for n, _ in module.named_parameters(recurse=False)} if self.cfg.freeze_norms else set()
+            trained = {n for n, _ in model.named_parameters()} - norms
+        else:
+            trained = {f"{p}.weight" for p in arch.projections(MLP_ROLES)} | {
+                n for n, _ in model.named_parameters() if n.split(".")[0] in arch.task_heads(head)}
+        return Trains(trained, trained)
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         sparse = {id(layer.weight) for layer in self.layers}
