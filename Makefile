@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 # version so pip never pulls several GB of CUDA wheels; override with TORCH=<pip spec>.
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH)' | tr -c 'a-zA-Z0-9.=' '_')
-# Benchmark shape for `make bench` (CPU-sized by default; see README for the 7B setting).
+# Benchmark shape for `make bench` (CPU-sized by default; docs/usage/profile.md has the 7B setting).
 BENCH_ARGS ?= model=tiny-llama profile.batch_size=4 profile.seq_len=128
 
-.PHONY: help install demo test bench bench-real bench-peers lint clean reproduce-sift reproduce-sparsegrad reproduce-s2ft \
+.PHONY: help install demo test docs bench bench-real bench-peers lint clean reproduce-sift reproduce-sparsegrad reproduce-s2ft \
         reproduce-hift reproduce-paper reproduce-memory gpu-check
 
 help: ## list the targets
@@ -34,6 +34,14 @@ test: $(STAMP) ## the import layers (pyproject.toml), then the test suite (CPU, 
 	$(VENV)/bin/lint-imports --no-cache
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -n auto tests
 
+# The docs site (mkdocs.yml): --strict fails on a broken link, a page left out of the nav or an API reference to a
+# module that is gone. The build reads src/ statically and fetches nothing; .ci/run runs it after the tests.
+$(VENV)/.installed-docs: $(STAMP)
+	$(PY) -m pip install -q -e ".[docs]" && touch $@
+
+docs: $(VENV)/.installed-docs ## the docs site (docs/) into site/ with mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: $(STAMP) ## profile every method (memory and speed) on synthetic batches; BENCH_ARGS sets the shape
 	$(VENV)/bin/ftbench -m mode=profile 'method=glob(*)' $(BENCH_ARGS)
 
@@ -42,7 +50,7 @@ bench-real: $(STAMP) ## every method on the real SmolLM2-135M (math, alpaca): he
 	$(PY) -m ftbench.bench.real $(BENCH_REAL_ARGS)
 
 # `make bench-peers BENCH_ARGS="model=llama2-7b profile.seq_len=512"` on a GPU; without BENCH_ARGS on the
-# command line the benchmark's own CPU shape applies (README "Peers"). PEERS_ARGS: --methods, --repeats, --out.
+# command line the benchmark's own CPU shape applies (docs/peers.md). PEERS_ARGS: --methods, --repeats, --out.
 PEERS_ARGS ?=
 $(VENV)/.installed-peers: $(STAMP)
 	$(PY) -m pip install -q -e ".[peers]" && touch $@
@@ -51,7 +59,7 @@ bench-peers: $(VENV)/.installed-peers ## each method beside the implementation a
 	HF_HUB_OFFLINE=1 $(PY) -m ftbench.bench.peers.timing $(PEERS_ARGS) \
 		$(if $(filter command line environment,$(origin BENCH_ARGS)),$(BENCH_ARGS))
 
-# Paper tables (recipes/*.yaml) run again and set beside the published numbers: README "Reproducing the papers".
+# Paper tables (recipes/*.yaml) run again and set beside the published numbers: docs/papers.md.
 # REPRODUCE_ARGS adds options: --dry-run (the runs and their estimated GPU hours), --data ../shared/data,
 # --cells 'llama2-7b-*', --seeds 42 3705, --set KEY=VALUE, --out DIR.
 REPRODUCE := $(VENV)/bin/ftbench-reproduce
@@ -77,7 +85,7 @@ reproduce-paper: $(STAMP) ## every recipe of the four papers (hundreds of GPU ho
 reproduce-memory: $(STAMP) ## only the memory/speed cells of every recipe: profile mode, random init, any GPU
 	$(REPRODUCE) --only-memory recipes/*.yaml $(REPRODUCE_ARGS)
 
-# The first GPU run, prepared (README "The GPU check"): no venv is created; .venv's Python if there is one.
+# The first GPU run, prepared (docs/gpu-check.md): no venv is created; .venv's Python if there is one.
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 
 gpu-check: ## one NVIDIA GPU >= 80 GB: missing wheels from .whl/, the gpu tests, 7B + RoBERTa-large profile sweeps, one table (DRY=1: only list)
@@ -87,5 +95,5 @@ lint: $(STAMP) ## ruff over the sources and tests, and the import layers
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/lint-imports --no-cache
 
-clean: ## remove run outputs (never .venv)
-	rm -rf outputs multirun .pytest_cache
+clean: ## remove run outputs and the built site (never .venv)
+	rm -rf outputs multirun .pytest_cache site

@@ -1,6 +1,6 @@
 """`make gpu-check`: the first GPU run, prepared. On a machine with one NVIDIA GPU of at least 80 GB:
 
-1. install what is missing from the wheels it was given (README "On a GPU machine without network":
+1. install what is missing from the wheels it was given (docs/gpu-check.md, "On a GPU machine without network":
    ../shared/tools/device-wheels.sh fills .whl/), into .site/ of the checkout;
 2. run the `gpu` tests (tests/test_gpu.py);
 3. profile every registered method at the LLaMA2-7B shape (random init, 4 x 512 tokens, bf16,
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 MIN_GPU_GIB = 80
 GiB, MiB = 2**30, 2**20
 
-# module -> the distribution that provides it (what the GPU machine may lack; README's offline section).
+# module -> the distribution that provides it (what the GPU machine may lack; docs/gpu-check.md's offline section).
 NEEDED = {"torch": "torch", "transformers": "transformers", "peft": "peft", "accelerate": "accelerate",
           "hydra": "hydra-core", "omegaconf": "omegaconf", "antlr4": "antlr4-python3-runtime",
           "datasets": "datasets", "rich": "rich", "safetensors": "safetensors", "scipy": "scipy",
@@ -64,7 +64,7 @@ class Job:
     sweep: str  # llama2-7b | roberta-large
     label: str  # the table's method column
     overrides: list[str]
-    target: str = "—"  # as the README states it
+    target: str = "—"  # as the method's schema states it (gpu_targets)
     # Pass when peak allocated <= max_gib (GiB), or ratio to full <= max_ratio; None: pass when the job ran.
     max_gib: float | None = None
     max_ratio: float | None = None
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         wheels = sorted(args.wheels.glob("*.whl")) + sorted(args.wheels.glob("*.tar.gz"))
         if not wheels and not dry:
             say(f"gpu-check: error: {', '.join(NEEDED[m] for m in missing)} missing and no wheels in {args.wheels}; "
-                "fill it with ../shared/tools/device-wheels.sh (README: On a GPU machine without network)")
+                "fill it with ../shared/tools/device-wheels.sh (docs/gpu-check.md: On a GPU machine without network)")
             return 2
         code = run_step([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
                          "--no-build-isolation", "--target", str(site), *map(str, wheels or [args.wheels / "*.whl"])],

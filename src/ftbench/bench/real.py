@@ -28,7 +28,7 @@ from ftbench.methods import names
 from ftbench.results import GiB
 
 TASKS = ("math", "alpaca")
-BUDGET = ["task.max_length=128", "train.batch_size=4", "train.max_steps=10", "task.val_size=16"]  # README table
+BUDGET = ["task.max_length=128", "train.batch_size=4", "train.max_steps=10", "task.val_size=16"]  # docs/results/real-llm.md
 # The held-out loss is validated once, after the last step (every_steps beyond any run's length).
 COMMON = ["model=smollm2-135m", "train.save=last", "train.select=best", "train.select_metric=val/loss",
           "eval.every_steps=1000000", "train.progress=false"]

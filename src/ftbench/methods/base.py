@@ -2,6 +2,7 @@
 owns everything specific to it. The training loop never asks which method runs.
 
 Call order, per run:
+
     model = method.prepare(model, ctx)
     optimizer = method.build_optimizer(method.param_groups(model, weight_decay), optim_cfg)
     method.attach(optimizer)

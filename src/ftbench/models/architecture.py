@@ -26,7 +26,7 @@ Roles: q k v o (self-attention), qkv (fused q, k, v rows, in that order: Phi-3,
 GPT-2), cross_q cross_k cross_v cross_o (a decoder's cross-attention), gate up
 down (MLP), gate_up (fused gate and up rows, in that order: Phi-3).
 
-Adding a model family: see README "Adding a model family".
+Adding a model family: docs/adding-a-model-family.md.
 """
 
 from __future__ import annotations
