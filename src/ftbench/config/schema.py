@@ -20,7 +20,7 @@ from ftbench.errors import UserError, one_of, require
 
 PRECISIONS = ("auto", "bf16-mixed", "bf16-pure", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
-OPTIMIZERS = ("adamw", "sgd", "adagrad", "adafactor")
+OPTIMIZERS = ("adamw", "adamw8bit", "sgd", "adagrad", "adafactor")
 SCHEDULERS = ("linear", "cosine", "constant")
 
 

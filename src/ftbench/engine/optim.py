@@ -6,13 +6,28 @@ import math
 
 import torch
 
+from ftbench.errors import UserError
+
 
 def make_optimizer(groups: list[dict], cfg, lr: float) -> torch.optim.Optimizer:
-    """AdamW, SGD (with optional momentum), Adagrad or Adafactor over the method's parameter groups."""
+    """AdamW, 8-bit AdamW, SGD (with optional momentum), Adagrad or Adafactor over the method's parameter groups.
+
+    `adamw8bit` is bitsandbytes' `AdamW8bit` (Dettmers et al., 2022, "8-bit Optimizers via Block-wise
+    Quantization"): both moments of a tensor of at least 4096 elements held as uint8 in blocks of 256
+    with one fp32 absmax each and a 256-entry fp32 code book per moment (~2 bytes per element instead
+    of 8); smaller tensors keep fp32 moments (the library's `min_8bit_size`). Raises UserError
+    ('optim.name') naming the extra when bitsandbytes is not installed."""
     params = [p for g in groups for p in g["params"]]
     on_gpu = bool(params) and all(p.is_cuda for p in params)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=on_gpu or None)
+    if cfg.name == "adamw8bit":
+        try:
+            import bitsandbytes
+        except ImportError as exc:
+            raise UserError("optim.name", f"adamw8bit needs bitsandbytes ({exc}); install it with "
+                            "pip install 'ftbench[optimizers]', or set optim.name=adamw") from exc
+        return bitsandbytes.optim.AdamW8bit(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     if cfg.name == "adagrad":

@@ -261,10 +261,35 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer, device: torch.device
 
 
 def model_bytes(model: nn.Module, exclude: list[torch.Tensor]) -> int:
-    """Bytes of the model's parameters and buffers, without the method's master copies."""
+    """Bytes of the model's parameters and buffers, without the method's master copies, with the
+    quantization state of 4-bit weights (`weight_parts`)."""
+    return sum(weight_parts(model, exclude).values())
+
+
+QUANTIZED = "4-bit weights"  # weight_parts' label of bitsandbytes' packed 4-bit weights (2 per byte)
+QUANT_STATE = "quantization state"  # their absmax per block, double-quantization constants, code book
+
+
+def weight_parts(model: nn.Module, exclude: list[torch.Tensor]) -> dict[str, int]:
+    """Bytes of the model's parameters and buffers by kind, without the method's master copies:
+    `weights (<dtype>)` for ordinary tensors; for bitsandbytes' `Params4bit` (QLoRA's NF4 base: one
+    uint8 holds two 4-bit values) the packed data under `QUANTIZED` and its `quant_state` tensors under
+    `QUANT_STATE` (absmax per block of 64 weights: fp32, or uint8 with double quantization plus one fp32
+    absmax per 256 of those and their code book; Dettmers et al., 2023, §3)."""
     skip = {id(t) for t in exclude}
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()] if id(t) not in skip}
-    return sum(tensor_bytes(t) for t in tensors.values())
+    parts: dict[str, int] = {}
+    seen = set(tensors)
+    for tensor in tensors.values():
+        state = getattr(tensor, "quant_state", None)
+        label = QUANTIZED if state is not None else f"weights ({str(tensor.dtype).removeprefix('torch.')})"
+        parts[label] = parts.get(label, 0) + tensor_bytes(tensor)
+        if state is not None:
+            for held in state_tensors(state):
+                if id(held) not in seen and held.device == tensor.device:  # a code book shared by layers: once
+                    seen.add(id(held))
+                    parts[QUANT_STATE] = parts.get(QUANT_STATE, 0) + tensor_bytes(held)
+    return parts
 
 
 def _percentile(values: list[int], q: float) -> int | None:

@@ -95,6 +95,12 @@ class MethodConfig:
         for setting, allowed in self.choices.items():
             one_of(getattr(self, setting), allowed, f"{key}.{setting}")
 
+    def probe_layers(self) -> int:
+        """The fewer-layer probes of the memory planner (plan/planner.py) trace this many layers and one
+        more: a method whose trained part is a number of layers (a rotating group, the last N) needs
+        them all in the smaller probe for the growth per layer to be one more layer's."""
+        return 1
+
     def check_run(self, cfg) -> None:
         """Refuse, with a UserError naming the key, a setting of another group (`cfg`: the whole config)
         that this method cannot train with; called by `config.schema.check` after every group's `check`."""

@@ -45,8 +45,9 @@ GPU_MARGIN = 0.10
 CPU_MARGIN = 0.20
 CPU_RESERVE = 1 * GiB
 # Optimizer state tensors per trainable element (what `optim.name` keeps; adafactor's factored
-# moments are ~0). The state has the dtype of the tensor the optimizer steps.
-STATES_PER_ELEMENT = {"adamw": 2, "sgd": 0, "adagrad": 1, "adafactor": 0}
+# moments are ~0). The state has the dtype of the tensor the optimizer steps; adamw8bit's two uint8
+# moments are counted as fp32 ones (an upper bound: small tensors keep fp32 moments).
+STATES_PER_ELEMENT = {"adamw": 2, "adamw8bit": 2, "sgd": 0, "adagrad": 1, "adafactor": 0}
 REDUCE_MEMORY = ("task.max_length (shorter sequences), hardware.gradient_checkpointing=true, "
                  "hardware.precision=bf16-pure, or a lighter method (e.g. method=lora)")
 

@@ -19,7 +19,8 @@ The model of the peak, and where each part comes from:
   tokens² attention terms included, since the length is fixed); what depends on
   neither (the embedding and head, one layer's recompute when B is fixed, the
   optimizer's per-tensor temporaries) is the constant. Probes: L in (g, g + 1)
-  (g = a rotating method's group size, else 1), B in (2, 3) (a single sequence
+  (g = the method's `probe_layers()`: a rotating group, freeze's trained layers, else 1),
+  B in (2, 3) (a single sequence
   takes shortcuts: views where larger batches copy).
 - **Width** (shapes too large for host memory): probes at three widths w (hidden,
   FFN, head dimension and vocabulary divided by d, 2d, 4d; the head counts kept).
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ftbench.engine.hardware import Hardware, split_batch
 from ftbench.errors import UserError
@@ -177,8 +178,8 @@ def one_thread():
 
 def fit(cfg: DictConfig, tgt: Target) -> Fit:
     """Run the probes (two layer counts x two micro-batches, at one or three widths); see the module docstring."""
-    group = int(cfg.method.get("group_size", 1) or 1)
-    layer_points = (group, group + 1)  # a rotating method needs a whole group of layers
+    group = OmegaConf.to_object(cfg.method).probe_layers()
+    layer_points = (group, group + 1)  # a rotating group, freeze's last N: the smaller probe holds them all
     batch_points = (2, 3)  # not 1: a single sequence takes shortcuts (views where larger batches copy)
     div = width_divisor(cfg, tgt, layer_points[1])
     divs = (div,) if div == 1 else (div, 2 * div, 4 * div)

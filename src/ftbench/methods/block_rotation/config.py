@@ -35,6 +35,9 @@ class BlockRotationConfig(MethodConfig):
     fsdp_refusal: ClassVar[str | None] = ("it changes which layers train at each switch, and FSDP fixes what "
                                           "trains when it shards")
 
+    def probe_layers(self) -> int:
+        return self.group_size  # a rotating group needs a whole group of layers
+
     def check(self, key: str) -> None:
         super().check(key)
         require(self.group_size >= 1, f"{key}.group_size", "must be >= 1")

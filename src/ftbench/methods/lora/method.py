@@ -1,9 +1,15 @@
 """LoRA through PEFT (never hand-written): low-rank adapters on the target linears,
-the new task head (architecture.py) trained densely."""
+the new task head (architecture.py) trained densely.
+
+`Lora` is also the base of the LoRA family: DoRA, PiSSA and LoRA+ are PEFT options on the same
+adapters (`adapter_options`, `build_optimizer`), QLoRA puts them over a 4-bit base (`prepare`'s
+`base_model` step, `merged`); each lives in its own folder and overrides only what differs.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -29,6 +35,8 @@ class Lora(Method):
             if missing:
                 raise UserError("method.target_modules", f"no module named {missing[0]!r} in this model; "
                                 f"linear layers here: {', '.join(sorted(_linear_names(model)))}")
+        heads = architecture(model).task_heads(ctx.head)
+        model = self.base_model(model, ctx)
         config = LoraConfig(
             task_type=PEFT_TASK_TYPES[ctx.head],
             r=self.cfg.r,
@@ -38,18 +46,27 @@ class Lora(Method):
             bias=self.cfg.bias,
             # The new task head trains densely. PEFT finds it by the names `classifier` and `score` only
             # (not T5's or BART's `classification_head`), so it is named here as architecture.py derives it.
-            modules_to_save=architecture(model).task_heads(ctx.head) or None,
+            modules_to_save=heads or None,
+            **self.adapter_options(),
         )
         self.peft_model = get_peft_model(model, config)
         return self.peft_model
 
+    def base_model(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
+        """The model the adapters go over (QLoRA quantizes it); here the loaded model as it is."""
+        return model
+
+    def adapter_options(self) -> dict[str, Any]:
+        """More `peft.LoraConfig` options (DoRA's `use_dora`, PiSSA's `init_lora_weights`); none here."""
+        return {}
+
     def describe(self, model: nn.Module) -> dict:
         wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")})
-        return {"name": "lora", "r": self.cfg.r, "alpha": self.cfg.alpha, "target_modules": wrapped}
+        return {"name": self.cfg.name, "r": self.cfg.r, "alpha": self.cfg.alpha, "target_modules": wrapped}
 
     def trains(self, model: nn.Module, head: str) -> Trains:
-        """The adapters, and PEFT's trainable copy of each new task head (`modules_to_save`); biases too
-        when `bias` is not none."""
+        """The adapters (DoRA's magnitude vectors too), and PEFT's trainable copy of each new task head
+        (`modules_to_save`); biases too when `bias` is not none."""
         heads = architecture(model.get_base_model()).task_heads(head)
         names = [n for n, _ in model.named_parameters()]
         adapters = {n for n in names if ".lora_" in n}
@@ -58,13 +75,22 @@ class Lora(Method):
         return Trains(adapters | copies | biases, adapters | {n for n in copies if n.endswith("weight")})
 
     def export(self, model: nn.Module, tokenizer, path: Path) -> dict[str, str]:
+        """The adapter (PEFT's `save_pretrained`: loads over the base with `PeftModel.from_pretrained`) and the
+        merged dense model (plain `from_pretrained`)."""
         path.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(path / "adapter")
-        merged = model.merge_and_unload()
+        self.save_adapter(model, path / "adapter")
+        merged = self.merged(model)
         merged.save_pretrained(path / "merged")
         if tokenizer is not None:
             tokenizer.save_pretrained(path / "merged")
         return {"adapter": str(path / "adapter"), "merged": str(path / "merged")}
+
+    def save_adapter(self, model: nn.Module, path: Path) -> None:
+        model.save_pretrained(path)
+
+    def merged(self, model: nn.Module) -> nn.Module:
+        """The base model with each adapter's delta added to its weight (PEFT's `merge_and_unload`)."""
+        return model.merge_and_unload()
 
 
 def _linear_names(model: nn.Module) -> set[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ftbench.errors import require
+from ftbench.errors import UserError, require
 from ftbench.methods.config import GpuTarget, MethodConfig
 
 
@@ -19,6 +19,11 @@ class SparseMlpConfig(MethodConfig):
     fsdp_refusal: ClassVar[str | None] = "its top-k gradients are sparse tensors that FSDP's reduce-scatter does not take"
     quick: ClassVar[tuple[str, ...]] = ("optim.lr=1e-3",)
     every_part: ClassVar[tuple[str, ...]] = ("method.train_non_mlp=false",)  # only the sparse MLP weights and the head
+
+    def check_run(self, cfg) -> None:
+        if cfg.optim.name not in ("adamw", "sgd"):  # its lazy Adam shares one state dict with the dense groups'
+            raise UserError("optim.name", f"{self.name} steps its sparse MLP weights with its own lazy Adam and "
+                            f"the rest with adamw or sgd beside it, not {cfg.optim.name}; set optim.name=adamw")
 
     def check(self, key: str) -> None:
         super().check(key)

@@ -1,0 +1,29 @@
+"""LoRA+'s schema (torch-free): LoRA's knobs and the learning-rate ratio of B to A."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ftbench.errors import UserError, require
+from ftbench.methods.config import GpuTarget
+from ftbench.methods.lora.config import LoraMethodConfig
+
+
+@dataclass
+class LoraPlusConfig(LoraMethodConfig):
+    name: str = "loraplus"
+    lr: float = 2e-4
+    lr_ratio: float = 16.0
+    lr_embedding: float = 1e-6
+    gpu_targets: ClassVar[dict[str, GpuTarget]] = {"llama2-7b": GpuTarget()}
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        require(self.lr_ratio >= 1, f"{key}.lr_ratio", "must be >= 1 (the lr of B over the lr of A)")
+        require(self.lr_embedding > 0, f"{key}.lr_embedding", "must be > 0")
+
+    def check_run(self, cfg) -> None:
+        if cfg.optim.name not in ("adamw", "adamw8bit"):
+            raise UserError("optim.name", f"loraplus's ratio is derived for Adam-type updates (Hayou et al., 2024, "
+                            f"§3), not {cfg.optim.name}; set optim.name=adamw or adamw8bit")
