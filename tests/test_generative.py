@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from ftbench import results
 from ftbench.errors import UserError
@@ -186,7 +187,8 @@ def test_min_new_tokens_forces_the_full_length(tmp_path, tokenizer):
 
 @pytest.mark.parametrize("name", names())
 def test_every_method_generates_as_the_base_model_before_training(tmp_path, tokenizer, name):
-    """Generation works on what each method's prepare() returns (PEFT models, partial-weight modules)."""
+    """Generation works on what each method's prepare() returns (PEFT models, partial-weight modules). A method
+    that quantizes the base generates as its merged export (the dequantized base) loads with from_pretrained."""
     base = tiny_model("tiny-llama", head="causal_lm")
     prompts = [generate.Prompt("s", "q", ids) for ids in encode_prompts(tokenizer, ["1+1=", "3+4="])]
     decoding = generate.Decoding(num_beams=1, max_new_tokens=5, min_new_tokens=0)
@@ -194,6 +196,10 @@ def test_every_method_generates_as_the_base_model_before_training(tmp_path, toke
     method = build_method(compose(f"method={name}").method)
     prepared = method.prepare(base, method_context(head="causal_lm"))
     got = generate.complete(prepared, tokenizer, prompts, eval_context(tmp_path), decoding, generate.Throughput())
+    if method.quantizes_base:
+        exported = AutoModelForCausalLM.from_pretrained(method.export(prepared, None, tmp_path / "export")["merged"])
+        expected = generate.complete(exported, tokenizer, prompts, eval_context(tmp_path), decoding,
+                                     generate.Throughput())
     assert got == expected
 
 

@@ -25,7 +25,8 @@ Call order, per run:
 
 What the project's checks hold a method to is declared on it: its schema's class attributes
 (methods/config.py: what it can do, the overrides each check adds) and, here, `trains` (which
-parameters training moves) and the class attributes `needs_linear`, `rotates` and `sparse_gradients`.
+parameters training moves) and the class attributes `needs_linear`, `rotates`, `sparse_gradients` and
+`quantizes_base`.
 
 Low-precision tensors that reach the optimizer are stepped through fp32 masters
 (masters.py) unless the method's `master_dtype` is `weight`.
@@ -108,6 +109,10 @@ class Method(ABC):
     # sparse_gradients: part of the gradients reaches the optimizer as top-k sparse tensors (a value and two
     #   int64 indices per entry); `describe` then reports `dense_trainable` and `per_step_trainable` elements.
     sparse_gradients: ClassVar[bool] = False
+    # quantizes_base: it stores the base weights lossily (QLoRA's 4-bit): the prepared model computes what the
+    #   loaded model computes only up to the quantization error, and what it computes exactly is its merged
+    #   export (the dequantized base plus the adapters).
+    quantizes_base: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg

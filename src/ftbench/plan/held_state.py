@@ -24,11 +24,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ftbench import methods
-from ftbench.measure.meters import model_bytes, optimizer_state_parts, tensor_bytes
+from ftbench.measure.meters import model_bytes, optimizer_state_parts, tensor_bytes, weight_parts
 from ftbench.methods.base import MethodContext
 from ftbench.models.loading import load_model
 
 STATE_PART = "optimizer_state_bytes:"  # prefix of a scalar counting one kind of optimizer state
+WEIGHT_PART = "weights_bytes:"  # prefix of a scalar counting one kind of weights (meters.weight_parts: 4-bit, ...)
 
 
 def counted_on_meta(cfg: DictConfig) -> bool:
@@ -38,7 +39,7 @@ def counted_on_meta(cfg: DictConfig) -> bool:
 
 def held_state(cfg: DictConfig, head: str, precision: str, gradient_checkpointing: bool) -> dict[str, int]:
     """Bytes the run holds between steps (plan.json's breakdown names, and the optimizer state by kind
-    under `STATE_PART`), counted on the full-depth model built on the meta device; `head` and
+    under `STATE_PART`, the weights by kind under `WEIGHT_PART`), counted on the full-depth model built on the meta device; `head` and
     `precision` as the run resolves them."""
     device = torch.device("meta")
     mcfg = OmegaConf.merge(cfg.model, {"random_init": True})
@@ -59,4 +60,5 @@ def held_state(cfg: DictConfig, head: str, precision: str, gradient_checkpointin
             "trainable_bytes": method.trainable_size()[1], "master_bytes": method.master_bytes(),
             "grad_bytes": sum(tensor_bytes(p) for p in method.held_gradients()),
             "optimizer_state_bytes": sum(parts.values()),
-            **{f"{STATE_PART}{label}": value for label, value in parts.items()}}
+            **{f"{STATE_PART}{label}": value for label, value in parts.items()},
+            **{f"{WEIGHT_PART}{label}": value for label, value in weight_parts(model, method.master_parameters()).items()}}

@@ -56,7 +56,7 @@ from ftbench.plan.extrapolate import (
     phase_peaks,
     steps_of,
 )
-from ftbench.plan.held_state import STATE_PART, counted_on_meta, held_state
+from ftbench.plan.held_state import STATE_PART, WEIGHT_PART, counted_on_meta, held_state
 from ftbench.plan.probe import PHASES, Probe, run_probe
 from ftbench.results import GiB
 
@@ -106,12 +106,13 @@ class Fit:
             return self.counted[name]
         return self.extrapolated(name, layers)
 
-    def state_parts(self, layers: int) -> dict[str, int]:
-        """The optimizer state by kind (meters.optimizer_state_parts) at `layers` layers: counted on the meta
-        model where the held state was, else extrapolated from the probes."""
+    def parts(self, prefix: str, layers: int) -> dict[str, int]:
+        """The optimizer state (`STATE_PART`: meters.optimizer_state_parts) or the weights (`WEIGHT_PART`:
+        meters.weight_parts) by kind at `layers` layers: counted on the meta model where the held state
+        was, else extrapolated from the probes."""
         source = self.counted if self.counted is not None and layers == self.counted_layers else self.scalars
-        return {name[len(STATE_PART):]: int(round(self.scalar(name, layers))) for name in source
-                if name.startswith(STATE_PART)}
+        return {name[len(prefix):]: int(round(self.scalar(name, layers))) for name in source
+                if name.startswith(prefix)}
 
     def timeline(self, layers: int, batch: float) -> list[Step]:
         """The step timeline extrapolated to `layers` layers and micro-batch `batch`. Where the held state
@@ -200,6 +201,9 @@ def fit(cfg: DictConfig, tgt: Target) -> Fit:
                 for label in runs[0].state_parts:  # the optimizer state by kind, extrapolated as its total is
                     scalars.setdefault(f"{STATE_PART}{label}", {})[layers] = sum(
                         w * p.state_parts.get(label, 0) for w, p in zip(weights, runs))
+                for label in runs[0].weight_parts:  # the weights by kind (4-bit, quantization state), likewise
+                    scalars.setdefault(f"{WEIGHT_PART}{label}", {})[layers] = sum(
+                        w * p.weight_parts.get(label, 0) for w, p in zip(weights, runs))
     counted = held_state(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing) if counted_on_meta(
         cfg) else None
     return Fit(corners, scalars, probes, divs, aligned, counted, tgt.layers)
@@ -304,7 +308,8 @@ def predict(cfg: DictConfig) -> dict:
                           "master_bytes": s["master_bytes"], "grad_bytes": s["grad_bytes"],
                           "optimizer_state_bytes": s["optimizer_state_bytes"],
                           "activations_bytes": max(int(top) - held, 0)},
-            "optimizer_state_parts_bytes": the_fit.state_parts(tgt.layers),
+            "optimizer_state_parts_bytes": the_fit.parts(STATE_PART, tgt.layers),
+            "weights_parts_bytes": the_fit.parts(WEIGHT_PART, tgt.layers),
         },
         "plan": {
             "precision": tgt.hw.precision, "gradient_checkpointing": tgt.hw.gradient_checkpointing,

@@ -36,6 +36,7 @@ from ftbench.measure.meters import (
     model_bytes,
     optimizer_state_bytes,
     tensor_bytes,
+    weight_parts,
 )
 from ftbench.measure.trace import LiveTensorPeak
 from ftbench.methods import build_method
@@ -106,6 +107,7 @@ class Probe:
     optimizer_state_bytes: int
     adamw_temp_bytes: int  # what the CPU's for-loop AdamW allocates per tensor (a GPU's fused AdamW does not)
     state_parts: dict[str, int] = field(default_factory=dict)  # the optimizer state by kind (meters.py)
+    weight_parts: dict[str, int] = field(default_factory=dict)  # the weights by kind: 4-bit, their quantization state
 
 
 def probe_model_config(mcfg: DictConfig, layers: int, width_div: int) -> DictConfig:
@@ -185,5 +187,6 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
                  weights_bytes=model_bytes(model, masters), trainable_bytes=method.trainable_size()[1],
                  master_bytes=method.master_bytes(), grad_bytes=meter.grad_bytes,
                  optimizer_state_bytes=meter.optimizer_state_bytes, state_parts=dict(meter.optimizer_state_parts),
+                 weight_parts=weight_parts(model, masters),
                  # sqrt(v) and its quotient: two temporaries the size of the tensor being updated
                  adamw_temp_bytes=2 * max((tensor_bytes(p) for p in params), default=0) if for_loop_adamw else 0)

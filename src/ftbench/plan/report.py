@@ -18,6 +18,8 @@ from ftbench.errors import UserError
 from ftbench.results import GiB
 
 FILENAME = "plan.json"
+PARTS = {  # the breakdown rows listed by kind beneath them (a row of one kind alone is not)
+    "weights_bytes": "weights_parts_bytes", "optimizer_state_bytes": "optimizer_state_parts_bytes"}
 ROWS = (("weights", "weights_bytes"), ("fp32 masters", "master_bytes"), ("gradients", "grad_bytes"),
         ("optimizer state", "optimizer_state_bytes"), ("activations + transient", "activations_bytes"))
 
@@ -72,8 +74,9 @@ def describe(plan: dict) -> str:
              f"{p['seq_len']} tokens (x{p['accumulation']} accumulated)"]
     for label, key in ROWS:
         lines.append(f"  {label:<24}{_gib(memory['breakdown'][key]):>9} GiB")
-        if key == "optimizer_state_bytes":  # by kind: projected rank-r moments, 8-bit states, projectors
-            parts = memory.get("optimizer_state_parts_bytes") or {}
+        # by kind: 4-bit weights and their quantization state; projected rank-r moments, 8-bit states, projectors
+        parts = memory.get(PARTS.get(key, "")) or {}
+        if len(parts) > 1 or key == "optimizer_state_bytes":
             lines += [f"    {part:<22}{_gib(value):>9} GiB" for part, value in sorted(parts.items(), key=lambda kv: -kv[1])]
     lines.append(f"  {'predicted peak':<24}{_gib(memory['train_peak_allocated_bytes']):>9} GiB   "
                  f"in the {memory['train_peak_phase']}, at {memory['train_peak_op']}")

@@ -16,6 +16,7 @@ class LoraPlusConfig(LoraMethodConfig):
     lr: float = 2e-4
     lr_ratio: float = 16.0
     lr_embedding: float = 1e-6
+    quick: ClassVar[tuple[str, ...]] = ("optim.lr=1e-3",)  # its default lr is for 7B-scale models
     gpu_targets: ClassVar[dict[str, GpuTarget]] = {"llama2-7b": GpuTarget()}
 
     def check(self, key: str) -> None:

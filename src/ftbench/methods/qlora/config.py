@@ -23,6 +23,7 @@ class QloraConfig(LoraMethodConfig):
     choices: ClassVar[dict[str, tuple[str, ...]]] = {"quant_type": QUANT_TYPES}
     fsdp_refusal: ClassVar[str | None] = "its 4-bit base weights are packed uint8 tensors with their quantization " \
                                          "state beside them, which FSDP's flat parameters do not carry"
+    quick: ClassVar[tuple[str, ...]] = ("optim.lr=1e-3",)  # its default lr is for 7B-scale models
     gpu_targets: ClassVar[dict[str, GpuTarget]] = {"llama2-7b": GpuTarget()}
 
     def check(self, key: str) -> None:

@@ -39,6 +39,7 @@ from ftbench.models.architecture import ATTENTION_ROLES, MLP_ROLES, architecture
 class Qlora(Lora):
     config_class = QloraConfig
     needs_linear = True  # it replaces projections by Linear4bit: GPT-2's Conv1D is refused in prepare
+    quantizes_base = True
 
     def base_model(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         """Replace every block projection by a `Linear4bit` holding its weight quantized (module docstring)."""
