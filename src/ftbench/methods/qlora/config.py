@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ftbench.errors import require
-from ftbench.methods.config import GpuTarget
+from ftbench.methods.config import GpuTarget, Variant
 from ftbench.methods.lora.config import LoraMethodConfig
 
 QUANT_TYPES = ("nf4", "fp4")  # bitsandbytes' 4-bit data types: NormalFloat (QLoRA §3) | plain 4-bit float
@@ -25,6 +25,8 @@ class QloraConfig(LoraMethodConfig):
                                          "state beside them, which FSDP's flat parameters do not carry"
     quick: ClassVar[tuple[str, ...]] = ("optim.lr=1e-3",)  # its default lr is for 7B-scale models
     gpu_targets: ClassVar[dict[str, GpuTarget]] = {"llama2-7b": GpuTarget()}
+    # the QLoRA recipe's 8-bit optimizer states (bitsandbytes' AdamW8bit: uint8 moments of the adapters)
+    variants: ClassVar[dict[str, Variant]] = {"8-bit AdamW": Variant(("optim.name=adamw8bit",))}
 
     def check(self, key: str) -> None:
         super().check(key)
