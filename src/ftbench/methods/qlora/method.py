@@ -82,7 +82,7 @@ class Qlora(Lora):
             plain.weight.copy_(weight)
             if base.bias is not None:
                 plain.bias.copy_(base.bias)
-            replace_module(model, name, lambda _: plain)
+            replace_module(model, name, lambda _, plain=plain: plain)
         merged = model.merge_and_unload()  # nothing quantized is left: this unwraps the task head's copy
         del merged.is_loaded_in_4bit
         return merged
