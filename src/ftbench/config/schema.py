@@ -137,6 +137,7 @@ class OptimConfig:
     eps: float = 1e-8
     momentum: float = 0.0
     max_grad_norm: Optional[float] = 1.0
+    min_8bit_size: int = 4096
     scheduler: str = "linear"
     warmup_ratio: float = 0.0
     warmup_steps: Optional[int] = None
@@ -151,6 +152,7 @@ class OptimConfig:
                 "must be two numbers in [0, 1), e.g. [0.9,0.999]")
         require(self.eps > 0, f"{key}.eps", "must be > 0")
         require(self.momentum >= 0, f"{key}.momentum", "must be >= 0")
+        require(self.min_8bit_size >= 1, f"{key}.min_8bit_size", "must be >= 1 (elements)")
         if self.max_grad_norm is not None:
             require(self.max_grad_norm > 0, f"{key}.max_grad_norm", "must be > 0, or null for no clipping")
         require(0 <= self.warmup_ratio < 1, f"{key}.warmup_ratio", "must be in [0, 1)")

@@ -15,7 +15,7 @@ def make_optimizer(groups: list[dict], cfg, lr: float) -> torch.optim.Optimizer:
     `adamw8bit` is bitsandbytes' `AdamW8bit` (Dettmers et al., 2022, "8-bit Optimizers via Block-wise
     Quantization"): both moments of a tensor of at least 4096 elements held as uint8 in blocks of 256
     with one fp32 absmax each and a 256-entry fp32 code book per moment (~2 bytes per element instead
-    of 8); smaller tensors keep fp32 moments (the library's `min_8bit_size`). Raises UserError
+    of 8); tensors under `optim.min_8bit_size` elements keep fp32 moments. Raises UserError
     ('optim.name') naming the extra when bitsandbytes is not installed."""
     params = [p for g in groups for p in g["params"]]
     on_gpu = bool(params) and all(p.is_cuda for p in params)
@@ -27,7 +27,8 @@ def make_optimizer(groups: list[dict], cfg, lr: float) -> torch.optim.Optimizer:
         except ImportError as exc:
             raise UserError("optim.name", f"adamw8bit needs bitsandbytes ({exc}); install it with "
                             "pip install 'ftbench[optimizers]', or set optim.name=adamw") from exc
-        return bitsandbytes.optim.AdamW8bit(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        return bitsandbytes.optim.AdamW8bit(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                            min_8bit_size=cfg.min_8bit_size)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     if cfg.name == "adagrad":

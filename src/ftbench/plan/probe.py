@@ -122,6 +122,14 @@ def probe_model_config(mcfg: DictConfig, layers: int, width_div: int) -> DictCon
     return OmegaConf.create(shrunk)
 
 
+def probe_optim_config(optim_cfg: DictConfig, width_div: int) -> DictConfig:
+    """The optimizer config of a probe: adamw8bit's `min_8bit_size` divided by `width_div`², so that the
+    tensors kept in 8 bits are those of the full-width run (a weight's elements shrink by `width_div`²)."""
+    if optim_cfg.name != "adamw8bit" or width_div == 1:
+        return optim_cfg
+    return OmegaConf.merge(optim_cfg, {"min_8bit_size": max(1, optim_cfg.min_8bit_size // width_div**2)})
+
+
 def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div: int, accumulation: int,
               head: str, gpu: bool) -> Probe:
     """Trace one probe; `hw` is the planned hardware (precision, checkpointing, attention)."""
@@ -155,7 +163,7 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
                             gradient_checkpointing=hw.gradient_checkpointing, seed=cfg.seed,
                             calibration_batches=calibration_batches, loss=micro_loss, output_dir=Path(tmp))
         model = method.prepare(model, ctx)
-    optimizer = optimizer_for(method, model, cfg.optim, settle(cfg).lr)
+    optimizer = optimizer_for(method, model, probe_optim_config(cfg.optim, width_div), settle(cfg).lr)
     traced = method.planned_steps()  # 1, or every state of a method whose steps differ (HiFT: a whole cycle)
     # Warmed up as mode=profile warms up: every unit visited once (its state, masters and host buffers exist).
     warmup = method.warmup_steps(1, traced)

@@ -17,6 +17,8 @@ class LoraPlusConfig(LoraMethodConfig):
     lr_ratio: float = 16.0
     lr_embedding: float = 1e-6
     quick: ClassVar[tuple[str, ...]] = ("optim.lr=1e-3",)  # its default lr is for 7B-scale models
+    fsdp_refusal: ClassVar[str | None] = "PEFT's create_loraplus_optimizer groups the model's own adapter parameters " \
+                                         "by name, and FSDP hands the optimizer flat shards in their place"
     gpu_targets: ClassVar[dict[str, GpuTarget]] = {"llama2-7b": GpuTarget()}
 
     def check(self, key: str) -> None:
