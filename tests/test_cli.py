@@ -2,6 +2,7 @@
 result.json for every run that started, Ctrl-C recorded, nothing overwritten."""
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -149,8 +150,8 @@ def test_help_lists_the_groups_a_user_sets_the_presets_by_paper_and_the_docs(cap
     main(["--help"])
     out = capsys.readouterr().out
     assert "schema/" not in out and "experiment/base" not in out  # the internal groups stay out
-    listed = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("method: ")}
-    assert listed["method"].split(", ") == names()
+    listed = re.search(r"^method: (.*(?:\n  .*)*)", out, re.M).group(1)  # wrapped onto indented lines
+    assert re.split(r",\s+", listed.strip()) == names()
     papers = sorted({p.stem.split("-")[0] for p in (config_dir() / "experiment").glob("*.yaml")})
     rows = [line.split()[0] for line in out.splitlines() if line.startswith("  ") and line.split()[0] in papers]
     assert rows == papers  # one row per paper
