@@ -169,3 +169,13 @@ def _gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     return GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
+
+
+def test_adamw8bit_state_resumes_bitwise(tmp_path, monkeypatch):
+    """tests/test_resume.py's kill-and-resume run with the 8-bit states (every tensor in 8 bits, however small):
+    the uint8 moments, their absmax and code books travel in the checkpoint and the run continues bitwise."""
+    import test_resume
+
+    monkeypatch.setitem(test_resume.METHODS, "qlora",
+                        [*test_resume.METHODS["qlora"], "optim.name=adamw8bit", "optim.min_8bit_size=1"])
+    test_resume.test_a_killed_then_stopped_run_resumes_bitwise(tmp_path, monkeypatch, "qlora")
