@@ -16,14 +16,13 @@ BLOCK_SIZES = (64, 128, 256, 512, 1024, 2048, 4096)  # what bitsandbytes' 4-bit 
 @dataclass
 class QloraConfig(LoraMethodConfig):
     name: str = "qlora"
-    lr: float = 2e-4
+    lr: float = 1e-3
     quant_type: str = "nf4"
     double_quant: bool = True
     block_size: int = 64
     choices: ClassVar[dict[str, tuple[str, ...]]] = {"quant_type": QUANT_TYPES}
     fsdp_refusal: ClassVar[str | None] = "its 4-bit base weights are packed uint8 tensors with their quantization " \
                                          "state beside them, which FSDP's flat parameters do not carry"
-    quick: ClassVar[tuple[str, ...]] = ("optim.lr=1e-3",)  # its default lr is for 7B-scale models
     gpu_targets: ClassVar[dict[str, GpuTarget]] = {"llama2-7b": GpuTarget()}
     # the QLoRA recipe's 8-bit optimizer states (bitsandbytes' AdamW8bit: uint8 moments of the adapters)
     variants: ClassVar[dict[str, Variant]] = {"8-bit AdamW": Variant(("optim.name=adamw8bit",))}
