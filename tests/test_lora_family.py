@@ -179,3 +179,11 @@ def test_adamw8bit_state_resumes_bitwise(tmp_path, monkeypatch):
     monkeypatch.setitem(test_resume.METHODS, "qlora",
                         [*test_resume.METHODS["qlora"], "optim.name=adamw8bit", "optim.min_8bit_size=1"])
     test_resume.test_a_killed_then_stopped_run_resumes_bitwise(tmp_path, monkeypatch, "qlora")
+
+
+def test_a_4_bit_weight_counts_its_elements_not_its_bytes(tmp_path):
+    from helpers import run
+
+    counts = {name: run(tmp_path / name, f"method={name}", "task.max_steps=1", "task.num_train=16",
+                        "task.num_eval=8")["params"] for name in ("lora", "qlora")}
+    assert counts["qlora"]["total"] == counts["lora"]["total"]

@@ -34,6 +34,7 @@ from ftbench.measure.meters import (
     flops_per_token,
     model_bytes,
     optimizer_state_bytes,
+    parameter_count,
     peak_flops,
 )
 from ftbench.parallel import distributed, sharding
@@ -145,8 +146,7 @@ def record_plan(cfg: DictConfig, output_dir: Path, result: dict, s: steps.Setup,
     s.meter.held_bytes = lambda: (model_bytes(model, masters) + method.master_bytes()
                                   + optimizer_state_bytes(optimizer, s.device)[0])
     n_trainable = trainable[0]
-    master_ids = {id(p) for p in masters}  # masters may live inside the model (SIFT) or beside it (HiFT)
-    total = sum(p.numel() for p in model.parameters() if id(p) not in master_ids)
+    total = parameter_count(model, masters)  # masters may live inside the model (SIFT) or beside it (HiFT)
     result["params"].update(total=total, trainable=n_trainable, trainable_pct=100.0 * n_trainable / max(total, 1))
     result["method"] = method.describe(model)
     result["plan"] = {"batch_size": feed.batch_size, "micro_batch_size": plan.micro_batch_size,

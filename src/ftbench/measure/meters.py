@@ -266,6 +266,19 @@ def model_bytes(model: nn.Module, exclude: list[torch.Tensor]) -> int:
     return sum(weight_parts(model, exclude).values())
 
 
+def parameter_count(model: nn.Module, exclude: list[torch.Tensor]) -> int:
+    """Elements of the model's parameters, without the method's master copies; a 4-bit weight
+    (bitsandbytes' `Params4bit`, two values per stored byte) counts the elements of the weight it
+    holds (its `quant_state.shape`), not its packed bytes."""
+    skip = {id(t) for t in exclude}
+    counted = 0
+    for param in model.parameters():
+        if id(param) not in skip:
+            state = getattr(param, "quant_state", None)
+            counted += state.shape.numel() if state is not None else param.numel()
+    return counted
+
+
 QUANTIZED = "4-bit weights"  # weight_parts' label of bitsandbytes' packed 4-bit weights (2 per byte)
 QUANT_STATE = "quantization state"  # their absmax per block, double-quantization constants, code book
 
