@@ -12,13 +12,12 @@ from ftbench.methods.config import MASTER_DTYPES, MethodConfig
 @dataclass
 class FreezeConfig(MethodConfig):
     name: str = "freeze"
-    lr: float = 1e-4
+    lr: float = 1e-3
     layers: int = 2
     master_dtype: str = "fp32"
     choices: ClassVar[dict[str, tuple[str, ...]]] = {"master_dtype": MASTER_DTYPES}
     fsdp_refusal: ClassVar[str | None] = None  # whole parameters train or stay frozen: FSDP shards them as LoRA's
     data_free: ClassVar[dict[str, Any] | None] = {}  # prepare only sets requires_grad: the meta model counts it
-    quick: ClassVar[tuple[str, ...]] = ("optim.lr=1e-3",)
 
     def check(self, key: str) -> None:
         super().check(key)
