@@ -11,6 +11,7 @@ from ftbench.methods.config import MASTER_DTYPES, GpuTarget, MethodConfig
 SIFT_SELECTIONS = ("grad", "random", "magnitude")
 SIFT_PRESET_NAMES = ("auto", "attention", "mlp", "all-linear")  # select.PRESETS holds attention and mlp
 SIFT_BIAS_POLICIES = ("sparse", "dense", "frozen")
+SIFT_WEIGHT_GRADS = ("auto", "sampled", "dense")  # methods/sampled_grad.py: auto is its cost model
 
 
 @dataclass
@@ -24,8 +25,9 @@ class SiftConfig(MethodConfig):
     calibration_batches: int = 1
     bias: str = "sparse"
     master_dtype: str = "fp32"
+    weight_grad: str = "auto"
     choices: ClassVar[dict[str, tuple[str, ...]]] = {"selection": SIFT_SELECTIONS, "bias": SIFT_BIAS_POLICIES,
-                                                     "master_dtype": MASTER_DTYPES}
+                                                     "master_dtype": MASTER_DTYPES, "weight_grad": SIFT_WEIGHT_GRADS}
     fsdp_refusal: ClassVar[str | None] = (
         "its trainable entries are gathered by index from whole weight gradients, which no rank holds under FSDP "
         "(and it trains ~1% of the weights: data parallel costs little memory)")

@@ -1,0 +1,62 @@
+"""A weight gradient at selected entries only: a sampled dense-dense product (SDDMM).
+
+Entry (i, j) of the weight gradient gᵀx is the dot product of column i of the output
+gradient g (tokens × d_out) and column j of the input x (tokens × d_in) over the
+tokens. For k selected entries that is tokens·k multiply-adds, against the dense
+GEMM's tokens·d_out·d_in: SIFT (rate 0.01) needs about 1 % of it.
+
+`sampled_entries` runs `torch.sparse.sampled_addmm` on the selection as a CSR
+pattern, over chunks of tokens, summing into fp32 values: each chunk transposes its
+rows of g into a contiguous (d_out × chunk) fp32 copy, so the transient is that copy
+and the chunk's x, sized to at most `budget` bytes (SIFT passes what its dense path
+would hold: the weight gradient's rows of one chunk, partial_linear.GRAD_CHUNK_BYTES).
+bf16 and fp16 inputs are widened per chunk (the CPU kernel takes fp32 and wider only);
+the sums are therefore closer to the exact value than a bf16 GEMM's.
+
+`choose` is the cost model: a sampled entry-token costs `SAMPLED_COST[device]` times
+a dense GEMM multiply-add (memory-bound gathers against a compute-bound GEMM), so the
+sampled product wins while k · SAMPLED_COST < d_out · d_in, i.e. below a selected
+fraction of 1 / SAMPLED_COST; the token count cancels, so the choice is fixed per
+layer when its selection is. Sources of the constants:
+- cpu: llama-mini's MLP shapes (1376 × 512, 512 × 1376, 1024 tokens, fp32, 2 cores):
+  the chunked sampled product at rate 0.01 took 0.3-0.5 of the dense GEMM and its
+  gather (a machine shared with other jobs: a rough figure), i.e. 30-50 per entry;
+- cuda: not measured yet (no GPU run); 100 assumes a bf16 tensor-core GEMM is about
+  that many times faster per multiply-add than cuSPARSE's SDDMM, so SIFT's rate 0.01
+  keeps the dense path until `make gpu-check` (which times both) says otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SAMPLED_COST = {"cpu": 40.0, "cuda": 100.0}
+PATHS = ("sampled", "dense")
+
+
+def choose(d_out: int, d_in: int, k: int, device: torch.device) -> str:
+    """'sampled' when k sampled entries cost less than the dense d_out × d_in product on `device`, else 'dense'."""
+    cost = SAMPLED_COST.get(device.type, SAMPLED_COST["cuda"])
+    return "sampled" if k * cost < d_out * d_in else "dense"
+
+
+def csr_pattern(flat: torch.Tensor, d_out: int, d_in: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(crow_indices, col_indices) of sorted, unique flat positions in a d_out × d_in matrix, in flat's dtype."""
+    starts = torch.arange(d_out + 1, device=flat.device, dtype=torch.long) * d_in
+    crow = torch.searchsorted(flat, starts.to(flat.dtype), out_int32=flat.dtype == torch.int32)
+    return crow, flat % d_in
+
+
+def sampled_entries(g: torch.Tensor, x: torch.Tensor, flat: torch.Tensor, budget: int) -> torch.Tensor:
+    """(gᵀx) at the sorted, unique flat positions `flat` (k, fp32) for g (tokens × d_out) and x
+    (tokens × d_in), summed over chunks of tokens whose fp32 copies take at most `budget` bytes."""
+    tokens, d_out, d_in = g.shape[0], g.shape[1], x.shape[1]
+    crow, col = csr_pattern(flat, d_out, d_in)
+    dtype = torch.promote_types(g.dtype, torch.float32)
+    values = torch.zeros(flat.numel(), dtype=dtype, device=g.device)
+    pattern = torch.sparse_csr_tensor(crow, col, values, (d_out, d_in), check_invariants=False)
+    step = max(1, budget // ((d_out + d_in) * torch.finfo(dtype).bits // 8))
+    for start in range(0, tokens, step):
+        g_t = g[start:start + step].t().to(dtype, memory_format=torch.contiguous_format)
+        pattern = torch.sparse.sampled_addmm(pattern, g_t, x[start:start + step].to(dtype))
+    return pattern.values()
