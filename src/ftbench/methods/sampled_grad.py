@@ -28,7 +28,12 @@ layer when its selection is. Sources of the constants:
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+
+# torch says so on the first CSR tensor of a process; the CSR here is an input format only.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 SAMPLED_COST = {"cpu": 40.0, "cuda": 100.0}
 PATHS = ("sampled", "dense")
