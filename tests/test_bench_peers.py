@@ -90,8 +90,11 @@ class FakePlan:
                 "peak_bytes": None, "trainable": 1, "loss_first": None, "loss_last": None, "package": None}
 
 
-def rounds_run(plan, rule=Rounds(max_rounds=12, half_width=0.015)) -> tuple[int, dict]:
-    reports = []
+RULE = Rounds(max_rounds=12, half_width=0.015)
+
+
+def rounds_run(plan) -> tuple[int, dict]:
+    rule, reports = RULE, []
     summary = bench.measure(plan, lambda summary, n: rule.done(
         [r["time_spread"] for r in bench.pairs(["full"], summary)], n), lambda summary, n: reports.append(n))
     (row,) = bench.pairs(["full"], summary)

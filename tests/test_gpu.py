@@ -66,8 +66,8 @@ def test_sampled_entries_on_cuda_equal_the_dense_gradient(dtype, rtol):
     x = torch.randn(2048, 512, device="cuda", generator=generator).to(dtype)
     flat = torch.randperm(1376 * 512, device="cuda", generator=generator)[:7046].sort().values.to(torch.int32)
     exact = (g.double().t() @ x.double()).reshape(-1)[flat.long()]
-    for budget in (2**20, 2**30):  # several token chunks, one
-        got = sampled_entries(g, x, flat, budget)
+    for chunks in (4, 1):
+        got = sampled_entries(g, x, flat, chunks)
         assert got.dtype == torch.float32
         torch.testing.assert_close(got.double(), exact, rtol=rtol, atol=rtol * float(exact.abs().max()))
 

@@ -56,8 +56,7 @@ class _PartialLinearFn(torch.autograd.Function):
         g = grad_out.reshape(-1, grad_out.shape[-1])
         x = saved.reshape(-1, saved.shape[-1]).to(dtype)
         if ctx.kind == "elements" and ctx.sampled:
-            budget = min(GRAD_CHUNK_BYTES, weight.numel() * g.element_size())  # what the dense path holds
-            grad_master = sampled_entries(g, x, unpack_elements(index, block_counts), budget)
+            grad_master = sampled_entries(g, x, unpack_elements(index, block_counts))
         elif ctx.kind == "elements":
             flat = unpack_elements(index, block_counts)
             grad_master = torch.empty(flat.numel(), dtype=ctx.master_dtype, device=flat.device)

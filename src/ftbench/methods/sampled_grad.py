@@ -6,10 +6,13 @@ tokens. For k selected entries that is tokens·k multiply-adds, against the dens
 GEMM's tokens·d_out·d_in: SIFT (rate 0.01) needs about 1 % of it.
 
 `sampled_entries` runs `torch.sparse.sampled_addmm` on the selection as a CSR
-pattern, over chunks of tokens, summing into fp32 values: each chunk transposes its
-rows of g into a contiguous (d_out × chunk) fp32 copy, so the transient is that copy
-and the chunk's x, sized to at most `budget` bytes (SIFT passes what its dense path
-would hold: the weight gradient's rows of one chunk, partial_linear.GRAD_CHUNK_BYTES).
+pattern, over `TOKEN_CHUNKS` chunks of tokens, summing into fp32 values: each chunk
+transposes its rows of g into a contiguous (d_out × chunk) fp32 copy (the kernel's dot
+products then read contiguous memory), so the transient is that copy and the chunk's x:
+a quarter of the layer's g and x in fp32 (half of them in bf16), which are alive
+anyway. A fixed number of chunks keeps the step's operators the same at every batch
+size, as the planner's probes need (docs/planner.md); at the LLaMA2-7B shape (2048
+tokens) a chunk holds 31 MB, the dense path's 32 MiB rows of the weight gradient.
 bf16 and fp16 inputs are widened per chunk (the CPU kernel takes fp32 and wider only);
 the sums are therefore closer to the exact value than a bf16 GEMM's.
 
@@ -36,6 +39,7 @@ import torch
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 SAMPLED_COST = {"cpu": 40.0, "cuda": 100.0}
+TOKEN_CHUNKS = 4
 PATHS = ("sampled", "dense")
 
 
@@ -52,16 +56,16 @@ def csr_pattern(flat: torch.Tensor, d_out: int, d_in: int) -> tuple[torch.Tensor
     return crow, flat % d_in
 
 
-def sampled_entries(g: torch.Tensor, x: torch.Tensor, flat: torch.Tensor, budget: int) -> torch.Tensor:
-    """(gᵀx) at the sorted, unique flat positions `flat` (k, fp32) for g (tokens × d_out) and x
-    (tokens × d_in), summed over chunks of tokens whose fp32 copies take at most `budget` bytes."""
-    tokens, d_out, d_in = g.shape[0], g.shape[1], x.shape[1]
+def sampled_entries(g: torch.Tensor, x: torch.Tensor, flat: torch.Tensor, chunks: int = TOKEN_CHUNKS) -> torch.Tensor:
+    """(gᵀx) at the sorted, unique flat positions `flat` (k, fp32 or wider) for g (tokens × d_out)
+    and x (tokens × d_in), summed over `chunks` chunks of tokens (the last ones empty when there are
+    fewer tokens than chunks)."""
+    d_out, d_in = g.shape[1], x.shape[1]
     crow, col = csr_pattern(flat, d_out, d_in)
     dtype = torch.promote_types(g.dtype, torch.float32)
     values = torch.zeros(flat.numel(), dtype=dtype, device=g.device)
     pattern = torch.sparse_csr_tensor(crow, col, values, (d_out, d_in), check_invariants=False)
-    step = max(1, budget // ((d_out + d_in) * torch.finfo(dtype).bits // 8))
-    for start in range(0, tokens, step):
-        g_t = g[start:start + step].t().to(dtype, memory_format=torch.contiguous_format)
-        pattern = torch.sparse.sampled_addmm(pattern, g_t, x[start:start + step].to(dtype))
+    for g_chunk, x_chunk in zip(g.tensor_split(chunks), x.tensor_split(chunks)):
+        g_t = g_chunk.t().to(dtype, memory_format=torch.contiguous_format)
+        pattern = torch.sparse.sampled_addmm(pattern, g_t, x_chunk.to(dtype))
     return pattern.values()
