@@ -4,7 +4,7 @@
     PYTHONPATH=src python scripts/profile_step.py sparsegrad              # the step's operators, by share
     PYTHONPATH=src python scripts/profile_step.py sift --top 25 method.weight_grad=dense
 
-Runs one profile job in-process (mode=profile, no logger, output under a temporary folder), marks each
+Runs one profile job in-process (mode=profile, tracer off, no logger, output in a temporary folder), marks each
 optimizer step between the loop's two synchronizations as a `step` range, and sums the self CPU time of
 every operator inside the last `--steps` of them. Prints each operator's share of that total, not absolute
 times: shares stay comparable on a shared machine, absolute times do not (and the profiler slows every
@@ -64,7 +64,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps profiled (after profile.warmup_steps)")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
-    overrides = with_defaults(with_defaults([*args.overrides, "logger=none"], FIXED), DEFAULTS)
+    # the tracer off, as in the benchmark's timed runs (its dispatch mode would be a share of every step)
+    overrides = with_defaults(with_defaults([*args.overrides, "logger=none", "profile.trace_memory=false"], FIXED),
+                              DEFAULTS)
     overrides = [*overrides, f"method={args.method}", *pinned(args.method), f"profile.steps={args.steps}"]
     cfg = compose(overrides)
     loop.synchronize = marked_synchronize(loop.synchronize)
