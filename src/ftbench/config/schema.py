@@ -202,18 +202,46 @@ class OptimConfig:
 
 
 @dataclass
+class HarnessConfig:
+    """lm-evaluation-harness after training (tasks/harness.py); no tasks, no harness."""
+
+    tasks: list[str] = field(default_factory=list)
+    limit: Optional[int] = None
+    num_fewshot: Optional[int] = None
+    batch_size: int = 8
+    max_gen_toks: Optional[int] = None
+    data_dir: str = "../shared/data"
+    include_path: Optional[str] = None
+
+    def check(self, key: str) -> None:
+        if self.tasks:
+            require_extra("lm_eval", f"{key}.tasks")
+        for name in ("limit", "batch_size", "max_gen_toks"):
+            value = getattr(self, name)
+            if value is not None:
+                require(value >= 1, f"{key}.{name}", "must be >= 1, or null for the default")
+        if self.num_fewshot is not None:
+            require(self.num_fewshot >= 0, f"{key}.num_fewshot", "must be >= 0, or null for each task's own")
+        if self.include_path is not None:
+            require(Path(os.path.expanduser(self.include_path)).is_dir(), f"{key}.include_path",
+                    f"'{self.include_path}' is not a directory; point it at a folder of harness task YAMLs")
+
+
+@dataclass
 class EvalConfig:
     every_steps: Optional[int] = None
     batch_size: Optional[int] = None
     max_samples: Optional[int] = None
     num_beams: Optional[int] = None
     max_new_tokens: Optional[int] = None
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
 
     def check(self, key: str) -> None:
         for name in ("every_steps", "batch_size", "max_samples", "num_beams", "max_new_tokens"):
             value = getattr(self, name)
             if value is not None:
                 require(value >= 1, f"{key}.{name}", "must be >= 1, or null for the default")
+        self.harness.check(f"{key}.harness")
 
 
 @dataclass

@@ -39,6 +39,7 @@ from ftbench.measure.meters import (
 from ftbench.parallel import distributed, sharding
 from ftbench.plan.report import run_plan
 from ftbench.tasks.base import EvalContext
+from ftbench.tasks.harness import Harness
 
 log = logging.getLogger("ftbench")
 
@@ -111,6 +112,7 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     holds the steps that build, this module the ones that record."""
     s = steps.setup(cfg, job_end)
     inputs = steps.data(cfg)
+    harness = Harness(cfg.eval.harness, output_dir, inputs.head) if cfg.eval.harness.tasks and distributed.is_main() else None
     result["config"] = OmegaConf.to_container(cfg, resolve=True)  # as settled (model source, task.max_length)
     settings = settle(cfg, None if s.profiling else len(inputs.task.train_examples()))  # one owner per knob
     model = steps.model(cfg, inputs, s)
@@ -132,6 +134,8 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     if evaluation is not None:
         evaluation.final(cfg, output_dir, result, inputs.tokenizer)
         result["memory"]["eval_peak_allocated_bytes"] = s.meter.eval_peak_allocated  # the evaluation's own peak
+    if harness is not None:  # lm-evaluation-harness on the model as trained (tasks/harness.py)
+        result["harness"] = harness.score(model, inputs.tokenizer)
     logger.summary({**result["metrics"], **{f"throughput/{k}": v for k, v in result["throughput"].items()}})
     distributed.record(result, sync)  # world size, gradient bytes per step, every rank's peaks
     return logger

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Iterator
@@ -29,8 +28,6 @@ class MlflowRun(NullLogger):
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # the local store's table creation notices
-        logging.getLogger("alembic").setLevel(logging.WARNING)
         local = cfg.tracking_uri is None
         if local:
             at.folder.mkdir(parents=True, exist_ok=True)
