@@ -102,6 +102,8 @@ def test_a_sweep_is_one_experiment_and_one_logdir_with_runs_named_by_method(tmp_
         assert history(client, runs[job], "train/loss") == curve
     kept = {a.path for a in client.list_artifacts(runs["comparison"].info.run_id)}
     assert {"report.md", "report.csv"} <= kept
+    table = (sweep / "report.md").read_text().splitlines()[2:]  # each job once: MLflow's copies are no runs
+    assert sorted(row.split("|")[1].strip() for row in table) == ["full", "lora"]
 
 
 def failing_logger(case: str, tmp_path: Path, stack: ExitStack) -> list[str]:

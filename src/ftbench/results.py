@@ -105,9 +105,15 @@ def read(path: Path) -> dict[str, Any]:
     return result
 
 
+# Where the metric loggers keep copies of a run's result.json (MLflow's local artifact store): not runs.
+LOGGER_COPIES = ("mlartifacts",)
+
+
 def find(paths: list[Path]) -> list[Path]:
-    """Every result.json under the given files or directories, sorted."""
+    """Every result.json under the given files or directories, sorted; the copies a logger keeps as
+    artifacts (`LOGGER_COPIES` folders) left out."""
     found: list[Path] = []
     for path in map(Path, paths):
-        found += [path] if path.is_file() else sorted(path.rglob(FILENAME))
+        found += [path] if path.is_file() else sorted(
+            p for p in path.rglob(FILENAME) if not set(p.relative_to(path).parts) & set(LOGGER_COPIES))
     return found

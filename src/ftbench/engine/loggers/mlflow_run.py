@@ -36,7 +36,7 @@ class MlflowRun(NullLogger):
         with self.limits():
             name = cfg.experiment or at.experiment
             found = self.client.get_experiment_by_name(name)
-            artifacts = (at.folder / "mlartifacts").resolve().as_uri() if local else None
+            artifacts = (at.folder / results.LOGGER_COPIES[0]).resolve().as_uri() if local else None
             experiment = found.experiment_id if found else self.client.create_experiment(name, artifacts)
             self.run_id = self.client.create_run(experiment, run_name=at.job).info.run_id
             params = [Param(k, str(v)[:PARAM_CHARS]) for k, v in flatten(config).items()]
