@@ -65,12 +65,14 @@ def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def figures(result: dict[str, Any]) -> dict[str, float]:
-    """The numeric figures of a result.json a logger keeps at the end of a run: metrics as they are,
-    memory (bytes), throughput, params and the harness scores under their section's name."""
+    """The numeric figures of a result.json a logger keeps at the end of a run: metrics as they are;
+    memory (bytes), throughput, params and the harness scores under their section's name
+    (`memory/breakdown/weights_bytes`, `harness/ftbench_math/acc`)."""
     found = {k: v for k, v in (result.get("metrics") or {}).items() if number(v)}
-    for section in ("memory", "throughput", "params", "harness"):
-        flat = flatten(result.get(section) or {}, section)
-        found.update({k.replace(".", "/"): v for k, v in flat.items() if number(v)})
+    sections = {"memory": result.get("memory"), "throughput": result.get("throughput"), "params": result.get("params"),
+                "harness": (result.get("harness") or {}).get("scores")}
+    for name, section in sections.items():
+        found.update({k.replace(".", "/"): v for k, v in flatten(section or {}, name).items() if number(v)})
     return found
 
 
