@@ -9,12 +9,14 @@ from ftbench.engine.loggers.base import NullLogger, Where
 
 class WandbRun(NullLogger):
     """A wandb run named after the job, its files under the job's folder, the resolved config as its
-    config. Raises ImportError when wandb is not installed (a core dependency)."""
+    config; a sweep's runs grouped under the sweep folder's name unless `group` is set. Raises
+    ImportError when wandb is not installed (a core dependency)."""
 
     def __init__(self, cfg, at: Where, config: dict[str, Any]):
         import wandb
 
-        self.run = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, group=cfg.group,
+        sweep = at.experiment if at.folder != at.output_dir else None
+        self.run = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, group=cfg.group or sweep,
                               tags=list(cfg.tags), name=at.job, dir=str(at.output_dir), config=config,
                               reinit="create_new")
 
