@@ -11,6 +11,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from ftbench.config.schema import check
 from ftbench.errors import UserError
 from ftbench.tasks.harness import local_tasks
 from helpers import SHARED_DATA, compose, run
@@ -109,3 +110,8 @@ def test_a_missing_harness_is_named_in_one_line(monkeypatch):
     with pytest.raises(UserError, match=r"eval.harness.tasks: .*pip install 'ftbench\[harness\]'"):
         OmegaConf.to_object(cfg.eval).check("eval")
 
+
+
+def test_a_sharded_model_is_refused_before_anything_runs():
+    with pytest.raises(UserError, match=r"eval.harness.tasks: .*hardware.shard=fsdp .*model.path=<run>/checkpoint"):
+        check(compose("eval.harness.tasks=[ftbench_math]", "hardware.shard=fsdp"))

@@ -298,6 +298,10 @@ def check(cfg: DictConfig) -> None:
         OmegaConf.to_object(cfg[name]).check(name)
     OmegaConf.to_object(cfg.method).check_run(cfg)  # what the method cannot train with, set in other groups
     check_sharding(cfg)
+    require(not (cfg.eval.harness.tasks and cfg.hardware.shard == "fsdp"), "eval.harness.tasks",
+            "the harness scores the model on rank 0 alone, and hardware.shard=fsdp splits it over the ranks; "
+            "export it (train.save=last), then score the export unsharded: model.path=<run>/checkpoint "
+            "train.max_steps=0")
     if cfg.mode == "train" and cfg.train.select == "best":
         require(cfg.eval.every_steps is not None, "train.select",
                 "best needs periodic evaluations; set eval.every_steps=N (or train.select=last)")

@@ -134,10 +134,10 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     if evaluation is not None:
         evaluation.final(cfg, output_dir, result, inputs.tokenizer)
         result["memory"]["eval_peak_allocated_bytes"] = s.meter.eval_peak_allocated  # the evaluation's own peak
-    if harness is not None:  # lm-evaluation-harness on the model as trained (tasks/harness.py)
-        result["harness"] = harness.score(model, inputs.tokenizer)
     logger.summary({**result["metrics"], **{f"throughput/{k}": v for k, v in result["throughput"].items()}})
     distributed.record(result, sync)  # world size, gradient bytes per step, every rank's peaks
+    if harness is not None:  # lm-evaluation-harness (tasks/harness.py): rank 0, after the collectives
+        result["harness"] = harness.score(model, inputs.tokenizer)
     return logger
 
 
