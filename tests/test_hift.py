@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 from ftbench.config.schema import OptimConfig, check
 from ftbench.engine.optim import make_optimizer
 from ftbench.errors import UserError
-from ftbench.measure.meters import optimizer_state_bytes, tensor_bytes
+from ftbench.measure.meters import held_optimizer_state_bytes, tensor_bytes
 from ftbench.methods import build_method
 from ftbench.methods.base import decay_split
 from ftbench.methods.block_rotation.method import BlockRotation, BlockRotationConfig
@@ -290,7 +290,7 @@ def test_drop_really_frees_the_leaving_state_and_keep_holds_every_visited_one():
         fit(model, method, synthetic_batches(), steps=4, lr=1e-2, optimizer="adamw")
         assert held == expected
         if policy == "drop":  # what measure.py walks: never more than the active group's state
-            bytes_now = optimizer_state_bytes(method.optimizer, torch.device("cpu"))[0]
+            bytes_now = held_optimizer_state_bytes(method.optimizer, torch.device("cpu"))[0]
             assert bytes_now == sum(tensor_bytes(v) for s in method.active_slots
                                     for v in method.optimizer.state[s.handle].values())
 

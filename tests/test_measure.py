@@ -10,7 +10,7 @@ from ftbench.measure.meters import (
     SpeedMeter,
     flops_per_token,
     matmul_params,
-    optimizer_state_bytes,
+    held_optimizer_state_bytes,
     peak_flops,
     rss_peak_bytes,
     tensor_bytes,
@@ -21,10 +21,10 @@ from helpers import tiny_model
 def test_optimizer_state_is_read_from_the_optimizer():
     weight = torch.nn.Parameter(torch.randn(10, 10))
     optimizer = torch.optim.AdamW([weight], lr=0.1)
-    assert optimizer_state_bytes(optimizer, torch.device("cpu")) == (0, 0)  # lazy: nothing before a step
+    assert held_optimizer_state_bytes(optimizer, torch.device("cpu")) == (0, 0)  # lazy: nothing before a step
     weight.grad = torch.ones_like(weight)
     optimizer.step()
-    held, host = optimizer_state_bytes(optimizer, torch.device("cpu"))
+    held, host = held_optimizer_state_bytes(optimizer, torch.device("cpu"))
     assert held == 2 * 100 * 4 + 4 and host == 0  # exp_avg, exp_avg_sq, and the step counter
 
 

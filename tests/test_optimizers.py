@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ftbench.errors import UserError
-from ftbench.measure.meters import optimizer_state_bytes, optimizer_state_parts
+from ftbench.measure.meters import held_optimizer_state_bytes, optimizer_state_parts
 from ftbench.methods import build_method
 from helpers import compose, fit, method_context, run, synthetic_batches, tiny_model
 
@@ -225,7 +225,7 @@ def test_the_state_count_includes_the_projection_matrices():
     moments = sum(optimizer.state[p]["exp_avg"].numel() * 4 for p in projected)
     assert parts["exp_avg (rank 4)"] == parts["exp_avg_sq (rank 4)"] == moments
     assert moments < sum(p.numel() * 4 for p in projected) / 4  # rank 4 of 32..128-wide weights
-    assert optimizer_state_bytes(optimizer, cpu)[0] == sum(parts.values())
+    assert held_optimizer_state_bytes(optimizer, cpu)[0] == sum(parts.values())
 
 
 def test_the_plan_shows_the_rank_r_states_as_lines(tmp_path, capsys):

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from ftbench.errors import UserError
-from ftbench.measure.meters import optimizer_state_bytes
+from ftbench.measure.meters import held_optimizer_state_bytes
 from ftbench.methods.base import Method, MethodConfig
 from ftbench.methods.sift.method import (
     MASTER_SUFFIXES,
@@ -151,7 +151,7 @@ def test_optimizer_holds_two_states_per_selected_entry_and_no_dense_gradient(dty
         assert layer.block_counts.numel() == -(-layer.weight.numel() // 2**15)  # and one count per 2^15 entries
         assert {n: t.numel() * t.element_size() for n, t in state.items() if n != "step"} == \
             {"exp_avg": state_bytes * k, "exp_avg_sq": state_bytes * k}
-    held, _ = optimizer_state_bytes(optimizer, torch.device("cpu"))
+    held, _ = held_optimizer_state_bytes(optimizer, torch.device("cpu"))
     step_counters = sum(s["step"].numel() * s["step"].element_size() for s in optimizer.state.values())
     assert held - step_counters == 2 * state_bytes * k_total
     model.train()

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from ftbench.config.schema import OptimConfig, check
 from ftbench.errors import UserError
-from ftbench.measure.meters import optimizer_state_bytes, tensor_bytes
+from ftbench.measure.meters import held_optimizer_state_bytes, tensor_bytes
 from ftbench.methods import build_method
 from ftbench.methods.full.method import FullConfig, FullFineTuning
 from ftbench.methods.meprop.method import MeProp, MePropConfig
@@ -201,7 +201,7 @@ def test_state_and_gradient_bytes_follow_the_semantics():
     dense = [p for p in method.optimizer_parameters() if id(p) not in sparse]
     expected = sum(2 * tensor_bytes(layer.weight) for layer in method.layers)
     expected += sum(2 * tensor_bytes(p) + 4 for p in dense)
-    assert optimizer_state_bytes(optimizer, CPU) == (expected, 0)
+    assert held_optimizer_state_bytes(optimizer, CPU) == (expected, 0)
     model(**next(synthetic_batches(batch_size=4))).loss.backward()
     for layer in method.layers:
         assert layer.weight.grad.is_sparse and tensor_bytes(layer.weight.grad) == 13 * (4 + 2 * 8)

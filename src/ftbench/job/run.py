@@ -33,7 +33,7 @@ from ftbench.measure.meters import (
     SpeedMeter,
     flops_per_token,
     model_bytes,
-    optimizer_state_bytes,
+    held_optimizer_state_bytes,
     peak_flops,
 )
 from ftbench.parallel import distributed, sharding
@@ -143,7 +143,7 @@ def record_plan(cfg: DictConfig, output_dir: Path, result: dict, s: steps.Setup,
     the memory meter counts from here. `trainable`: (elements, bytes) a step updates."""
     s.meter.mark_loaded()
     s.meter.held_bytes = lambda: (model_bytes(model, masters) + method.master_bytes()
-                                  + optimizer_state_bytes(optimizer, s.device)[0])
+                                  + held_optimizer_state_bytes(optimizer, s.device)[0])
     n_trainable = trainable[0]
     master_ids = {id(p) for p in masters}  # masters may live inside the model (SIFT) or beside it (HiFT)
     total = sum(p.numel() for p in model.parameters() if id(p) not in master_ids)

@@ -115,7 +115,7 @@ class Feed:
             [max(self.task.train_examples(), key=lambda e: len(e["input_ids"]))], hw.pad_to_multiple_of)
         chosen = micro_batch.planned(cfg, hw, self.head, self.model, sequence, per_rank, distributed.world_size(),
                                    what) or \
-            micro_batch.fit(self.model, self.micro_loss, sequence, per_rank, self.s.device, optimizer_state, what)
+            micro_batch.batch_fit(self.model, self.micro_loss, sequence, per_rank, self.s.device, optimizer_state, what)
         self.fits[what] = chosen.summary()
         return distributed.smallest(chosen.micro_batch_size, self.s.device)  # ranks must agree: they step together
 
@@ -156,7 +156,7 @@ def plan(cfg: DictConfig, model: torch.nn.Module, method: Method, optimizer: tor
     schedule. `steps_asked` is the training run's step count (profiling counts its own). Returns
     (plan, scheduler); the gradients the probes left are dropped."""
     profiling = s.profiling
-    optimizer_state = micro_batch.optimizer_state_bytes(method.trainable_size()[1], cfg.optim)
+    optimizer_state = micro_batch.predicted_optimizer_state_bytes(method.trainable_size()[1], cfg.optim)
     scoring_only = not profiling and steps_asked == 0  # no step: the calibration fit sizes the eval batch
     training_micro = calibration_micro if scoring_only else feed.max_micro("training", optimizer_state)
     micro, accumulation = split_batch(feed.batch_size, training_micro, distributed.world_size())

@@ -153,7 +153,7 @@ class MemoryMeter:
         self.grad_bytes = max(self.grad_bytes, total)
 
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
-        device_bytes, host_bytes = optimizer_state_bytes(optimizer, self.device)
+        device_bytes, host_bytes = held_optimizer_state_bytes(optimizer, self.device)
         if device_bytes >= self.optimizer_state_bytes:
             self.optimizer_state_parts = optimizer_state_parts(optimizer, self.device)
         self.optimizer_state_bytes = max(self.optimizer_state_bytes, device_bytes)
@@ -246,7 +246,7 @@ def optimizer_state_parts(optimizer: torch.optim.Optimizer, device: torch.device
     return parts
 
 
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer, device: torch.device) -> tuple[int, int]:
+def held_optimizer_state_bytes(optimizer: torch.optim.Optimizer, device: torch.device) -> tuple[int, int]:
     """Bytes the optimizer really holds: (on the training device, on the host); tensors inside state
     objects (projectors) count too (`state_tensors`)."""
     on_device = on_host = 0

@@ -119,7 +119,7 @@ def check_metrics(recipe: Recipe, cell: Cell, cfg) -> None:
                                   f"{', '.join('metrics.' + k for k in sorted(known))}")
 
 
-def plan(recipe: Recipe, args: argparse.Namespace) -> list[Job]:
+def cells(recipe: Recipe, args: argparse.Namespace) -> list[Job]:
     """Compose and check every cell (its config, its metric paths) and survey its folder."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -293,12 +293,12 @@ def main(argv: list[str] | None = None) -> None:
         if twice:
             raise RecipeError(twice.path, "name", f"'{twice.name}' is the name of another recipe given")
         quiet_libraries()
-        planned = [(recipe, plan(recipe, args)) for recipe in recipes]  # every recipe checked before any run
+        surveyed = [(recipe, cells(recipe, args)) for recipe in recipes]  # every recipe checked before any run
     except RecipeError as exc:
         print(f"ftbench-reproduce: error: {exc}", file=sys.stderr)
         sys.exit(2)
     try:
-        sys.exit(max(reproduce(recipe, jobs, args) for recipe, jobs in planned))
+        sys.exit(max(reproduce(recipe, jobs, args) for recipe, jobs in surveyed))
     except KeyboardInterrupt:
         print("ftbench-reproduce: canceled", file=sys.stderr)
         sys.exit(130)

@@ -34,7 +34,7 @@ from ftbench.measure.meters import (
     MemoryMeter,
     SpeedMeter,
     model_bytes,
-    optimizer_state_bytes,
+    held_optimizer_state_bytes,
     tensor_bytes,
 )
 from ftbench.measure.trace import LiveTensorPeak
@@ -168,7 +168,7 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
     meter.tracer = Timeline(host_bytes=(lambda: store.arena.nbytes) if gpu and store is not None else (lambda: 0))
     masters = method.master_parameters()
     meter.held_bytes = lambda: (model_bytes(model, masters) + method.master_bytes()
-                                + optimizer_state_bytes(optimizer, device)[0])
+                                + held_optimizer_state_bytes(optimizer, device)[0])
     quiet = logging.getLogger("ftbench.engine.loop")
     level, quiet.level = quiet.level, logging.WARNING  # a probe's step logs would read as the run's
     try:
