@@ -107,7 +107,7 @@ def fit(model, method, batches: Iterator[dict], steps: int, lr: float = 0.1, opt
     from ftbench.config.schema import OptimConfig
     from ftbench.engine.hardware import make_accelerator
     from ftbench.engine.loggers import NullLogger
-    from ftbench.engine.loop import Plan, train
+    from ftbench.engine.loop import Compute, Trainee, TrainSpec, Watchers, train
     from ftbench.measure.meters import MemoryMeter, SpeedMeter
     from ftbench.methods.base import optimizer_for, scheduler_for
 
@@ -115,10 +115,11 @@ def fit(model, method, batches: Iterator[dict], steps: int, lr: float = 0.1, opt
                             weight_decay=weight_decay)
     opt = optimizer_for(method, model, optim_cfg, lr, method_state)
     scheduler = scheduler_for(opt, method, optim_cfg, steps)
-    plan = Plan(steps=steps, micro_batch_size=0, accumulation=accumulation, measure_from=0,
-                max_grad_norm=max_grad_norm, progress=False)
-    train(model, method, opt, scheduler, batches, plan, accelerator=make_accelerator(torch.device("cpu")),
-          head=_head_of(model), meter=MemoryMeter(torch.device("cpu")), speed=SpeedMeter(), logger=NullLogger())
+    spec = TrainSpec(steps=steps, micro_batch_size=0, accumulation=accumulation, measure_from=0,
+                     max_grad_norm=max_grad_norm, progress=False)
+    train(Trainee(model, method, opt, scheduler), batches, spec,
+          Compute(make_accelerator(torch.device("cpu")), _head_of(model)),
+          Watchers(MemoryMeter(torch.device("cpu")), SpeedMeter(), NullLogger()))
     return opt
 
 

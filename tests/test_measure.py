@@ -9,8 +9,8 @@ from ftbench.measure.meters import (
     MemoryMeter,
     SpeedMeter,
     flops_per_token,
-    matmul_params,
     held_optimizer_state_bytes,
+    matmul_params,
     peak_flops,
     rss_peak_bytes,
     tensor_bytes,
@@ -56,9 +56,9 @@ def test_speed_summary():
     for seconds in (1.0, 2.0, 3.0):
         speed.record(seconds, samples=4, tokens=40, nonpad=30, loss_tokens=4)
     summary = speed.summary(flops_token=None, peak=None)
-    assert summary["step_time_s_p50"] == 2.0 and summary["step_time_s_p90"] == 3.0
-    assert summary["tokens_per_s"] == 120 / 6 and summary["tokens_per_s_nonpad"] == 90 / 6
-    assert summary["mfu"] is None
+    assert summary.step_time_s_p50 == 2.0 and summary.step_time_s_p90 == 3.0
+    assert summary.tokens_per_s == 120 / 6 and summary.tokens_per_s_nonpad == 90 / 6
+    assert summary.mfu is None
 
 
 @pytest.mark.parametrize("name,peak", [
