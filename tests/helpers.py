@@ -1,4 +1,4 @@
-"""Shared test helpers: compose configs, run jobs in-process, build tiny models, fit a few steps."""
+"""Shared test helpers: compose configs, run jobs in-process, build tiny models, train a few steps."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def method_context(head: str = "seq_cls", checkpointing: bool = False, seed: int
                          loss=lambda m, b: m(**b).loss)
 
 
-def fit(model, method, batches: Iterator[dict], steps: int, lr: float = 0.1, optimizer: str = "sgd",
+def train_steps(model, method, batches: Iterator[dict], steps: int, lr: float = 0.1, optimizer: str = "sgd",
         accumulation: int = 1, max_grad_norm: float | None = None, weight_decay: float = 0.0,
         method_state: dict | None = None):
     """Train `steps` optimizer steps with the real loop (constant lr); return the optimizer.

@@ -1,6 +1,6 @@
 """The building steps of one job, in the order `run.Job.build` calls them: set-up, data, model,
 method and optimizer, the training spec, the data-parallel sync. Each is a plain function of what
-the steps before it built; the test helpers (`tests/helpers.py` `fit`) and the planner's probes
+the steps before it built; the test helpers (`tests/helpers.py` `train_steps`) and the planner's probes
 (`plan/probe.py`) wire a training run from the same pieces (`models.loading.configure_model`,
 `methods.base.optimizer_for`, `methods.base.scheduler_for`).
 """
