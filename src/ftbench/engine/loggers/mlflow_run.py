@@ -76,7 +76,7 @@ class MlflowRun(NullLogger):
         path = self.at.output_dir / results.FILENAME
         with self.limits():
             if path.is_file():
-                result = results.read(path)
+                result = results.load(path).to_json()
                 self._metrics(figures(result), (result.get("train") or {}).get("steps") or self.last_step)
                 self.client.log_artifact(self.run_id, str(path))
             self.client.set_tag(self.run_id, "status", status)

@@ -33,7 +33,7 @@ class TensorBoardRun(NullLogger):
 
     def close(self, status: str) -> None:
         path = self.at.output_dir / results.FILENAME
-        result = results.read(path) if path.is_file() else {}
+        result = results.load(path).to_json() if path.is_file() else {}
         found = figures(result)
         step = (result.get("train") or {}).get("steps") or self.last_step
         if found:  # the HParams tab: the config beside the final figures (also written as scalars at `step`)
