@@ -110,7 +110,7 @@ def pinned(method: str) -> list[str]:
     return [*(schema.short_setup if schema else ()), *(PEERS[own].matching if own else ())]
 
 
-class Plan:
+class Benchmark:
     """The entries of one benchmark run and how to launch each."""
 
     def __init__(self, methods: list[str], overrides: list[str], out: Path, memory_steps: int, timeout: int):
@@ -247,24 +247,24 @@ def _brief(record: dict) -> str:
     return ", ".join(parts)
 
 
-def measure(plan: Plan, stop, report) -> dict[str, dict]:
+def measure(bench: Benchmark, stop, report) -> dict[str, dict]:
     """Every entry's summary: median step time over the rounds, each round's, peak, trainable count, status.
 
     Phases: timed round 0, the CPU's traced runs, timed rounds 1.. until `stop(summary, rounds)`;
     `report(summary, rounds)` is called after each, so a run stopped early still leaves its table."""
-    runs: dict[tuple[str, str], list[dict]] = {e: [] for e in plan.entries}
+    runs: dict[tuple[str, str], list[dict]] = {e: [] for e in bench.entries}
     memory: dict[tuple[str, str], dict] = {}
     round_ = 0
     while True:
-        order = plan.entries if round_ % 2 == 0 else plan.entries[::-1]
+        order = bench.entries if round_ % 2 == 0 else bench.entries[::-1]
         for entry in order:
             if runs[entry] and runs[entry][0]["status"] != "ok":
                 continue  # it cannot run: once is enough
-            runs[entry].append(plan.run(entry, trace=False, tag=f"time{round_}"))
-        if round_ == 0 and not plan.cuda:
-            for entry in plan.entries:
+            runs[entry].append(bench.run(entry, trace=False, tag=f"time{round_}"))
+        if round_ == 0 and not bench.cuda:
+            for entry in bench.entries:
                 if runs[entry][0]["status"] == "ok":
-                    memory[entry] = plan.run(entry, trace=True, tag="memory")
+                    memory[entry] = bench.run(entry, trace=True, tag="memory")
         summary = summarize(runs, memory)
         round_ += 1
         report(summary, round_)
@@ -364,13 +364,13 @@ def _int(x) -> str:
     return "—" if x is None else f"{x:,}"
 
 
-def machine(plan: Plan) -> str:
+def machine(bench: Benchmark) -> str:
     import peft
     import torch
     import transformers
 
-    if plan.cuda:
-        name = torch.cuda.get_device_name(plan.hw.device)
+    if bench.cuda:
+        name = torch.cuda.get_device_name(bench.hw.device)
     else:
         model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     try:
-        plan = Plan(methods, args.overrides, out, args.memory_steps, args.timeout)
+        bench = Benchmark(methods, args.overrides, out, args.memory_steps, args.timeout)
     except (UserError, HydraException, OmegaConfBaseException) as exc:
         problem = exc if isinstance(exc, UserError) else explain_compose_error(exc)
         print(f"bench-peers: error: {problem}", file=sys.stderr)
@@ -405,27 +405,27 @@ def main(argv: list[str] | None = None) -> dict:
                                                            f"--max-rounds {args.max_rounds}",
                                                            f"--half-width {args.half_width}", *args.overrides])
     rule = Rounds(args.max_rounds, args.half_width)
-    print(f"bench-peers: {len(plan.entries)} entries x 2-{args.max_rounds} rounds (until every time ratio's 95 % "
+    print(f"bench-peers: {len(bench.entries)} entries x 2-{args.max_rounds} rounds (until every time ratio's 95 % "
           f"CI half-width <= {args.half_width})"
-          f"{'' if plan.cuda else ' + 1 traced run each'}; writing {out}", flush=True)
+          f"{'' if bench.cuda else ' + 1 traced run each'}; writing {out}", flush=True)
     final = {}
 
     def report(summary: dict[str, dict], rounds: int) -> None:
         rows = pairs(methods, summary)
         final.update({
-            "command": command.strip(), "machine": machine(plan),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "overrides": plan.overrides,
-            "device": str(plan.hw.device), "precision": plan.hw.precision,
-            "gradient_checkpointing": plan.hw.gradient_checkpointing, "rounds": rounds,
+            "command": command.strip(), "machine": machine(bench),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "overrides": bench.overrides,
+            "device": str(bench.hw.device), "precision": bench.hw.precision,
+            "gradient_checkpointing": bench.hw.gradient_checkpointing, "rounds": rounds,
             "half_width": args.half_width, "max_rounds": args.max_rounds,
-            "memory": "cuda allocated peak" if plan.cuda else f"traced peak, {args.memory_steps} traced steps",
+            "memory": "cuda allocated peak" if bench.cuda else f"traced peak, {args.memory_steps} traced steps",
             "duration_s": round(time.time() - started, 1), "entries": summary, "rows": rows,
         })
         differ = [f"{r['method']}/{r['peer']}" for r in rows if r.get("same_first_loss") is False]
         drift = [f"{r['method']}/{r['peer']}" for r in rows if r.get("same_last_loss") is False]
         done = "" if rule.done([r["time_spread"] for r in rows], rounds) else " (so far: the run goes on)"
-        text = (f"`{final['command']}`  \n{final['machine']}  \n{plan.hw.precision}, checkpointing "
-                f"{'on' if plan.hw.gradient_checkpointing else 'off'}; {' '.join(plan.overrides)}; time ×: mean over "
+        text = (f"`{final['command']}`  \n{final['machine']}  \n{bench.hw.precision}, checkpointing "
+                f"{'on' if bench.hw.gradient_checkpointing else 'off'}; {' '.join(bench.overrides)}; time ×: mean over "
                 f"{rounds} ABBA rounds{done} of each round's ratio of the runs' median step times, ± the half-width "
                 f"of its 95 % confidence interval (lowest–highest round); step times: medians over the rounds; "
                 f"memory: {final['memory']}; "
@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "peers.md").write_text(text)
         print(text, flush=True)
 
-    measure(plan, lambda summary, rounds: rule.done([r["time_spread"] for r in pairs(methods, summary)], rounds),
+    measure(bench, lambda summary, rounds: rule.done([r["time_spread"] for r in pairs(methods, summary)], rounds),
             report)
     print(f"wrote {out / 'peers.md'}")
     return final
