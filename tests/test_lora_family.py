@@ -15,9 +15,8 @@ from ftbench.errors import UserError
 from ftbench.measure.meters import QUANT_STATE, QUANTIZED, optimizer_state_parts, weight_parts
 from ftbench.methods import build_method
 from ftbench.models.architecture import architecture
-from ftbench.plan.planner import fit as plan_fit
-from ftbench.plan.planner import target
-from helpers import compose, fit, method_context, synthetic_batches, tiny_model
+from ftbench.plan.planner import plan_fit, target
+from helpers import compose, method_context, synthetic_batches, tiny_model, train_steps
 
 STEPS = 3
 
@@ -26,8 +25,8 @@ def trained(name: str, *overrides: str, optimizer: str = "adamw", lr: float = 1e
     """A tiny causal LM prepared by method `name` and trained STEPS steps; (method, model, optimizer)."""
     method = build_method(compose(f"method={name}", *overrides).method)
     model = method.prepare(tiny_model(head="causal_lm"), method_context(head="causal_lm"))
-    optimizer = fit(model, method, synthetic_batches(batch_size=4, head="causal_lm"), steps=STEPS, lr=lr,
-                    optimizer=optimizer)
+    optimizer = train_steps(model, method, synthetic_batches(batch_size=4, head="causal_lm"), steps=STEPS, lr=lr,
+                            optimizer=optimizer)
     return method, model, optimizer
 
 
@@ -74,7 +73,7 @@ def test_pissa_adapter_converts_to_plain_lora_over_the_original_base(tmp_path):
     base = {n: p.detach().clone() for n, p in original.named_parameters()}
     method = build_method(compose("method=pissa", "method.niter=0").method)
     model = method.prepare(original, method_context(head="causal_lm"))
-    fit(model, method, synthetic_batches(batch_size=4, head="causal_lm"), steps=STEPS, lr=1e-2, optimizer="adamw")
+    train_steps(model, method, synthetic_batches(batch_size=4, head="causal_lm"), steps=STEPS, lr=1e-2, optimizer="adamw")
     expected = logits(model, BATCH)
     paths = method.export(model, None, tmp_path)
     fresh = tiny_model(head="causal_lm")

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from ftbench.config.schema import OptimConfig, check
 from ftbench.errors import UserError
-from ftbench.measure.meters import optimizer_state_bytes, tensor_bytes
+from ftbench.measure.meters import held_optimizer_state_bytes, tensor_bytes
 from ftbench.methods import build_method
 from ftbench.methods.full.method import FullConfig, FullFineTuning
 from ftbench.methods.meprop.method import MeProp, MePropConfig
@@ -21,7 +21,7 @@ from ftbench.methods.sparsegrad.sparse_adam import (
     unique_entries,
 )
 from ftbench.methods.sparsegrad.sparse_linear import Basis, TopKGradLinear, mlp_layers
-from helpers import compose, fit, method_context, synthetic_batches, tiny_model
+from helpers import compose, method_context, synthetic_batches, tiny_model, train_steps
 
 CPU = torch.device("cpu")
 
@@ -143,6 +143,26 @@ def test_layer_equals_nn_linear_and_keeps_the_top_k_of_the_rotated_gradient(rota
     torch.testing.assert_close(grad.to_dense(), expected.view_as(full))
 
 
+@pytest.mark.parametrize("tokens", [3, 7, 12])  # L and R on the tokens, R only (6 < 7 < 9), neither
+@pytest.mark.parametrize("d_out,d_in", [(9, 6), (6, 9)])
+def test_the_rotated_gradient_is_the_same_in_every_order(tokens, d_out, d_in):
+    torch.manual_seed(0)
+    basis = Basis(orthogonal(d_out, 1), orthogonal(d_in, 2))
+    g, x = torch.randn(tokens, d_out, dtype=torch.float64), torch.randn(tokens, d_in, dtype=torch.float64)
+    torch.testing.assert_close(basis.rotated_gradient(g, x), basis.left.t() @ g.t() @ x @ basis.right)
+
+
+@pytest.mark.parametrize("d_out,d_in", [(9, 6), (6, 9)])
+def test_an_update_of_k_entries_unrotates_as_the_dense_product(d_out, d_in):
+    torch.manual_seed(0)
+    basis = Basis(orthogonal(d_out, 1), orthogonal(d_in, 2))
+    flat = torch.tensor([0, 5, 5, 17, d_out * d_in - 1])  # sorted, as the optimizer holds them; a repeat adds
+    values = torch.randn(5, dtype=torch.float64)
+    dense = torch.zeros(d_out * d_in, dtype=torch.float64).index_add_(0, flat, values).view(d_out, d_in)
+    torch.testing.assert_close(basis.unrotate_entries(flat, values, torch.Size((d_out, d_in))),
+                               basis.left @ dense @ basis.right.t())
+
+
 def test_ties_keep_exactly_k_entries_deterministically():
     layer = TopKGradLinear(nn.Linear(4, 3, bias=False), None, k=5)
     supports = []
@@ -166,7 +186,7 @@ def test_k_all_with_sgd_equals_full_fine_tuning(method_class, config_class, accu
     reference = full.prepare(reference, method_context())
     for m, meth in ((model, method), (reference, full)):
         torch.manual_seed(1)  # the same dropout masks in both runs
-        fit(m, meth, synthetic_batches(batch_size=4), steps=4, lr=0.5, accumulation=accumulation, max_grad_norm=0.3)
+        train_steps(m, meth, synthetic_batches(batch_size=4), steps=4, lr=0.5, accumulation=accumulation, max_grad_norm=0.3)
     trained = dict(model.named_parameters())
     for name, param in reference.named_parameters():
         torch.testing.assert_close(trained[name], param, rtol=1e-9, atol=1e-10, msg=name)
@@ -196,12 +216,12 @@ def test_state_and_gradient_bytes_follow_the_semantics():
     model = tiny_model("tiny-bert")
     method = SparseGrad(SparseGradConfig(k=13))
     prepared(method, model)
-    optimizer = fit(model, method, synthetic_batches(batch_size=4), steps=2, lr=1e-3, optimizer="adamw")
+    optimizer = train_steps(model, method, synthetic_batches(batch_size=4), steps=2, lr=1e-3, optimizer="adamw")
     sparse = {id(layer.weight) for layer in method.layers}
     dense = [p for p in method.optimizer_parameters() if id(p) not in sparse]
     expected = sum(2 * tensor_bytes(layer.weight) for layer in method.layers)
     expected += sum(2 * tensor_bytes(p) + 4 for p in dense)
-    assert optimizer_state_bytes(optimizer, CPU) == (expected, 0)
+    assert held_optimizer_state_bytes(optimizer, CPU) == (expected, 0)
     model(**next(synthetic_batches(batch_size=4))).loss.backward()
     for layer in method.layers:
         assert layer.weight.grad.is_sparse and tensor_bytes(layer.weight.grad) == 13 * (4 + 2 * 8)
@@ -307,7 +327,7 @@ def test_export_reproduces_the_trained_function(tmp_path):
     model = tiny_model("tiny-bert")
     method = build_method(compose("method=sparsegrad", "method.calibration_steps=2").method)
     prepared(method, model)
-    fit(model, method, synthetic_batches(batch_size=4), steps=3, lr=1e-2, optimizer="adamw")
+    train_steps(model, method, synthetic_batches(batch_size=4), steps=3, lr=1e-2, optimizer="adamw")
     paths = method.export(model, None, tmp_path)
     saved = load_file(f"{paths['merged']}/model.safetensors")
     assert not any(key.endswith((".left", ".right")) for key in saved)
