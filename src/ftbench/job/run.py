@@ -46,6 +46,7 @@ log = logging.getLogger("ftbench")
 def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> int:
     """Run one job and write its result.json (a plan: plan.json); return the process exit code."""
     if cfg.mode == "plan":
+        rerun.save_hydra_files(cfg, output_dir)
         return run_plan(cfg, output_dir, overrides)
     outcome = distributed.on_main(lambda: rerun.prepare(cfg, output_dir))  # rank 0 moves files; all ranks follow
     if isinstance(outcome, UserError):
@@ -59,7 +60,7 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = Non
     result["run"].update(method=cfg.method.name, model=cfg.model.name, seed=cfg.seed, mode=cfg.mode,
                          task=cfg.task.name if cfg.mode == "train" else "profile", output_dir=str(output_dir),
                          started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                         overrides=list(overrides or []))
+                         overrides=list(overrides or []), phase="setup")  # phases: rerun.py
     result["config"] = OmegaConf.to_container(cfg, resolve=True)
     code, logger = 0, None
     try:
@@ -172,6 +173,7 @@ def train_job(cfg: DictConfig, output_dir: Path, result: dict, s: steps.Setup, m
                          validations=evaluation.validations if evaluation else [], accumulation=plan.accumulation,
                          steps=plan.steps, result=result)
     history = saver.restore()  # a fresh log, or where the checkpoint to resume from left off
+    result["run"]["phase"] = "train"
     speed = SpeedMeter()
     try:
         history = train(model, method, optimizer, scheduler,
@@ -232,6 +234,7 @@ class Evaluation:
             result["export"] = self.method.export(self.model, tokenizer, output_dir / "checkpoint")
         if cfg.train.save != "none" and main:  # safetensors writes 0600: the umask's mode, as any file
             files.normal_modes(output_dir / "checkpoint")
+        result["run"]["phase"] = "evaluate"
         if main:  # on disk too, should the process die in the evaluation (replaced when the run ends)
             results.write({**result, "error": "stopped in the final evaluation, after training"}, output_dir)
         self.s.meter.start_eval()
