@@ -18,6 +18,7 @@ from pathlib import Path
 from ftbench import methods, report
 from ftbench.config.schema import check
 from ftbench.errors import Canceled, UserError, explain_compose_error
+from ftbench.job import sweep
 from ftbench.job.compose import config_dir, register_configs
 from ftbench.quiet import quiet_libraries, quiet_transformers
 
@@ -53,8 +54,9 @@ def expand(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [list(job) for job in itertools.product(*choices.values())]
 
 
-def validate(overrides: list[str], multirun: bool) -> str | None:
-    """Compose and check every job; return the first problem as one line, or None."""
+def validate(overrides: list[str], multirun: bool, folders: list[Path | None] | None = None) -> str | None:
+    """Compose and check every job, and for a sweep its folder against the sweep folder (job/sweep.py);
+    return the first problem as one line, or None. `folders` (a sweep's) gets each job's folder."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -62,17 +64,46 @@ def validate(overrides: list[str], multirun: bool) -> str | None:
     register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftbench"):
         try:
-            for job in expand(overrides, multirun):
-                check(compose("config", overrides=job))
+            jobs = [compose("config", overrides=job, return_hydra_config=multirun)
+                    for job in expand(overrides, multirun)]
+            for job in jobs:
+                check(job)
         except UserError as exc:
             return str(exc)
         except (HydraException, OmegaConfBaseException) as exc:
             return explain_compose_error(exc)
-    return None
+    if not multirun:
+        return None
+    if folders is not None:
+        folders[:] = [sweep.folder(job) for job in jobs]
+    return sweep.refusal(jobs)
 
 
-def launch(argv: list[str]) -> int:
-    """Hand the command line to Hydra; return the worst exit code of its jobs."""
+def sweep_overrides(overrides: list[str]) -> list[str]:
+    """What a multirun adds to the command line: job folders named by the swept keys (job/sweep.py), and the
+    sweep folder resolved once (`${now:...}`), so the folders checked before the launch are the ones written."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftbench"):
+        try:
+            parsed = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader()).parse_overrides(
+                overrides)
+            folder = compose("config", overrides=expand(overrides, True)[0], return_hydra_config=True).hydra.sweep.dir
+        except (HydraException, OmegaConfBaseException):
+            return []  # validate() says what is wrong in one line
+    given = [o for o in overrides if o.partition("=")[0].lstrip("+~") == "hydra.sweep.dir"]
+    pinned = [] if given and "${" not in given[-1] else [f"hydra.sweep.dir={folder}"]
+    return [*sweep.naming(parsed), *pinned]
+
+
+def launch(argv: list[str], folders: list[Path | None] | None = None) -> int:
+    """Hand the command line to Hydra; return the worst exit code of its jobs (a sweep's `folders`: read
+    from their results where the launcher ran the jobs in other processes)."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
@@ -93,7 +124,7 @@ def launch(argv: list[str]) -> int:
 
     sys.argv = ["ftbench", *argv]
     job()
-    return max(codes, default=0)
+    return max(codes, default=0) if folders is None else sweep.exit_code(folders, codes)
 
 
 def print_help(overrides: list[str]) -> None:
@@ -170,9 +201,15 @@ def main(argv: list[str] | None = None) -> None:
     if {"--help", "-h"}.intersection(argv):
         print_help([a for a in argv if not a.startswith("-")])
         return
+    folders: list[Path | None] | None = None
     if not PASSTHROUGH.intersection(argv):
         multirun = "-m" in argv or "--multirun" in argv
-        problem = output_dir_problem(argv) or validate([a for a in argv if not a.startswith("-")], multirun)
+        if multirun:
+            pinned = sweep_overrides([a for a in argv if not a.startswith("-")])
+            argv = [a for a in argv if not (a.startswith("hydra.sweep.dir=") and any(
+                p.startswith("hydra.sweep.dir=") for p in pinned))] + pinned
+            folders = []
+        problem = output_dir_problem(argv) or validate([a for a in argv if not a.startswith("-")], multirun, folders)
         if problem:
             print(f"ftbench: error: {problem}", file=sys.stderr)
             sys.exit(2)
@@ -182,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
 
         argv = [*argv, *launch_overrides(argv, config_dir() / "config.yaml")]
     try:
-        sys.exit(launch(argv))
+        sys.exit(launch(argv, folders))
     except KeyboardInterrupt as exc:
         if not isinstance(exc, Canceled):  # a canceled job printed its own line
             print("ftbench: canceled", file=sys.stderr)

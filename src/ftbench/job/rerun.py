@@ -37,6 +37,7 @@ from ftbench import files, results
 from ftbench.errors import UserError
 from ftbench.job import checkpoint
 
+SKIP, RUN, AFRESH = "skip", "run", "afresh"  # what `decide` says the job does
 FAILED = ("failed", "nan", "oom")  # statuses of an attempt that ended on its own, not stopped from outside
 HYDRA_FILES = ".hydra"
 
@@ -44,38 +45,47 @@ HYDRA_FILES = ".hydra"
 def prepare(cfg: DictConfig, run_dir: Path) -> bool:
     """Make `run_dir` ready for this job; return True when the job is already done (skip it).
 
-    Raises `UserError` (and leaves the folder untouched) when an ok result made with another
-    config is there, or when the checkpoint to resume from was made with another config and the
-    last attempt did not train and fail (see the table above).
+    Raises `UserError` (and leaves the folder untouched) when `decide` refuses the folder.
     """
+    action = decide(cfg, run_dir)
+    if action == SKIP:
+        return True
+    existing = run_dir / results.FILENAME
+    attempt = _free_number(run_dir)
+    if existing.exists():
+        os.replace(existing, run_dir / f"result.previous-{attempt}.json")
+    if action == AFRESH:
+        aside = run_dir / f"{checkpoint.FOLDER}.previous-{attempt}"
+        os.replace(run_dir / checkpoint.FOLDER, aside)
+        print(f"ftbench: {run_dir}: the last attempt failed and its checkpoints were made with another config; "
+              f"moved them to {aside.name}, starting afresh", file=sys.stderr)
+    save_hydra_files(cfg, run_dir)
+    return False
+
+
+def decide(cfg: DictConfig, run_dir: Path, key: str | None = None) -> str:
+    """What the job does with `run_dir` (the table above), changing nothing: SKIP, RUN (afresh, or from the
+    checkpoint train.resume names) or AFRESH (the checkpoints moved aside first). Raises `UserError` when
+    the folder refuses the job, naming `key` (default: the key that names this job's folder)."""
+    key = key or checkpoint.folder_key()
     config = OmegaConf.to_container(cfg, resolve=True)
     existing = run_dir / results.FILENAME
-    fix = "move it aside or pick a new hydra.run.dir"
-    old = files.read_json(existing, "hydra.run.dir", fix) if existing.exists() else None
+    fix = f"move it aside or pick a new {key}"
+    old = files.read_json(existing, key, fix) if existing.exists() else None
     if old is not None and not isinstance(old, dict):
-        raise UserError("hydra.run.dir", f"{existing} is not a result (a JSON object); {fix}")
+        raise UserError(key, f"{existing} is not a result (a JSON object); {fix}")
     if old is not None and old.get("status") == "ok":
         keys = checkpoint.differing_keys(old.get("config") or {}, config)
         if keys:
-            raise UserError("hydra.run.dir", f"{run_dir} already holds a result, made with another config "
-                            f"(differs in: {', '.join(keys[:6])}); pick a new directory")
-        return True
+            raise UserError(key, f"{run_dir} already holds a result, made with another config "
+                            f"(differs in: {', '.join(keys[:6])}); pick a new {key}")
+        return SKIP
     found = checkpoint.to_resume(cfg.train.resume, run_dir)
-    stale = False  # the checkpoints of an attempt that failed under another config: moved aside
     if found is not None and checkpoint.config_differences(found, config):
         if cfg.train.resume != "auto" or not trained_and_failed(old):
-            checkpoint.check_config(found, config)  # refused, naming the keys
-        stale = True
-    attempt = _free_number(run_dir)
-    if old is not None:
-        os.replace(existing, run_dir / f"result.previous-{attempt}.json")
-    if stale:
-        aside = run_dir / f"{checkpoint.FOLDER}.previous-{attempt}"
-        os.replace(run_dir / checkpoint.FOLDER, aside)
-        print(f"ftbench: {run_dir}: the last attempt ended {old['status']} and its checkpoints were made with "
-              f"another config; moved them to {aside.name}, starting afresh", file=sys.stderr)
-    save_hydra_files(cfg, run_dir)
-    return False
+            checkpoint.check_config(found, config, key)  # refused, naming the keys
+        return AFRESH
+    return RUN
 
 
 def trained_and_failed(result: dict | None) -> bool:

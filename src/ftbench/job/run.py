@@ -74,6 +74,7 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = Non
         if cfg.get("debug") and not isinstance(exc, KeyboardInterrupt):
             traceback.print_exc()  # debug=true: the traceback too; the exit code stays (2 for a user error)
         print(f"ftbench: {status}: {error}", file=sys.stderr)
+    result["run"]["exit_code"] = code  # a sweep whose launcher ran the job elsewhere reads it (job/sweep.py)
     _finish(result, started, output_dir, logger)
     if result["status"] == "canceled":
         raise Canceled(result["error"])  # stops a sweep; its line is printed

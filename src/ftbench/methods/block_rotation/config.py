@@ -65,6 +65,7 @@ class BadamConfig(BlockRotationConfig):
     always_active: list[str] = field(default_factory=lambda: ["head"])
     state_policy: str = "drop"
     lr_policy: str = "per_step"
+    quick: ClassVar[tuple[str, ...]] = ("method.steps_per_block=10",)  # 30 steps switch (50 would never: within.py)
     every_part: ClassVar[tuple[str, ...]] = ("method.steps_per_block=1",)
     switching: ClassVar[tuple[str, ...]] = ("method.steps_per_block=2",)  # reshuffled order, states dropped
 
