@@ -95,6 +95,12 @@ class MethodConfig:
         for setting, allowed in self.choices.items():
             one_of(getattr(self, setting), allowed, f"{key}.{setting}")
 
+    def probe_settings(self) -> dict[str, Any]:
+        """Settings the planner's probes (plan/probe.py) train with instead of this config's: ones that change
+        which step holds what, never what a step holds, so that probes of different depths take their steps
+        in the same order and pair step for step ({}: none)."""
+        return {}
+
     def check_run(self, cfg) -> None:
         """Refuse, with a UserError naming the key, a setting of another group (`cfg`: the whole config)
         that this method cannot train with; called by `config.schema.check` after every group's `check`."""

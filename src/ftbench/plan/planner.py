@@ -46,6 +46,7 @@ from omegaconf import DictConfig
 
 from ftbench.engine.hardware import Hardware, split_batch
 from ftbench.errors import UserError
+from ftbench.methods import method_class
 from ftbench.plan.extrapolate import (
     Step,
     at_full_width,
@@ -177,8 +178,12 @@ def one_thread():
 
 def fit(cfg: DictConfig, tgt: Target) -> Fit:
     """Run the probes (two layer counts x two micro-batches, at one or three widths); see the module docstring."""
+    # A rotating method trains one group per step, and a layer below the trained one saves more for backward
+    # (its weights' gradients) than one above it (only the input's): probes of a whole group plus one and
+    # plus two layers, so the first and the last layer trained are different layers in both and the steps
+    # pair layer for layer (with one group alone the only layer is both, and its step grows as neither).
     group = int(cfg.method.get("group_size", 1) or 1)
-    layer_points = (group, group + 1)  # a rotating method needs a whole group of layers
+    layer_points = (group + 1, group + 2) if method_class(cfg.method.name).rotates else (1, 2)
     batch_points = (2, 3)  # not 1: a single sequence takes shortcuts (views where larger batches copy)
     div = width_divisor(cfg, tgt, layer_points[1])
     divs = (div,) if div == 1 else (div, 2 * div, 4 * div)

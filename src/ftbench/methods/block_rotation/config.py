@@ -42,6 +42,11 @@ class BlockRotationConfig(MethodConfig):
         require(not self.reshuffle or self.order == "random", f"{key}.reshuffle",
                 f"only applies to {key}.order=random (got {self.order})")
 
+    def probe_settings(self) -> dict:
+        """A random order visits the same groups as the model's order, holding the same at each: the probes take
+        them bottom up, so the k-th step of a probe trains the k-th group at every depth."""
+        return {"order": "down2up", "reshuffle": False} if self.order == "random" else {}
+
 
 @dataclass
 class HiftConfig(BlockRotationConfig):
