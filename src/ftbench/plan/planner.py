@@ -18,9 +18,10 @@ The model of the peak, and where each part comes from:
   micro-batch B at the planned sequence length (activations per sequence,
   tokens² attention terms included, since the length is fixed); what depends on
   neither (the embedding and head, one layer's recompute when B is fixed, the
-  optimizer's per-tensor temporaries) is the constant. Probes: L in (g, g + 1)
-  (g = a rotating method's group size, else 1), B in (2, 3) (a single sequence
-  takes shortcuts: views where larger batches copy).
+  optimizer's per-tensor temporaries) is the constant. Probes: L in (g + 1, g + 2)
+  (g = a rotating method's group size, else 1: the first layer, which keeps less
+  when nothing below it trains, and the last are then different layers), B in
+  (2, 3) (a single sequence takes shortcuts: views where larger batches copy).
 - **Width** (shapes too large for host memory): probes at three widths w (hidden,
   FFN, head dimension and vocabulary divided by d, 2d, 4d; the head counts kept).
   Weight-like tensors grow as w², per-token ones as w, per-head ones not at all,
@@ -46,7 +47,6 @@ from omegaconf import DictConfig
 
 from ftbench.engine.hardware import Hardware, split_batch
 from ftbench.errors import UserError
-from ftbench.methods import method_class
 from ftbench.plan.extrapolate import (
     Step,
     at_full_width,
@@ -178,12 +178,13 @@ def one_thread():
 
 def fit(cfg: DictConfig, tgt: Target) -> Fit:
     """Run the probes (two layer counts x two micro-batches, at one or three widths); see the module docstring."""
-    # A rotating method trains one group per step, and a layer below the trained one saves more for backward
-    # (its weights' gradients) than one above it (only the input's): probes of a whole group plus one and
-    # plus two layers, so the first and the last layer trained are different layers in both and the steps
-    # pair layer for layer (with one group alone the only layer is both, and its step grows as neither).
+    # The first layer keeps less for backward than the others when nothing below it trains (a frozen
+    # embedding: no input gradient), a trained layer more than one the gradient only passes through (a
+    # rotating method's group): probes of a group (a rotating method's group_size, else 1) plus one and plus
+    # two layers, so that in both the first layer and the last are different layers and every op pairs with
+    # the same role (with one layer alone it is first and last, and grows as neither).
     group = int(cfg.method.get("group_size", 1) or 1)
-    layer_points = (group + 1, group + 2) if method_class(cfg.method.name).rotates else (1, 2)
+    layer_points = (group + 1, group + 2)
     batch_points = (2, 3)  # not 1: a single sequence takes shortcuts (views where larger batches copy)
     div = width_divisor(cfg, tgt, layer_points[1])
     divs = (div,) if div == 1 else (div, 2 * div, 4 * div)
