@@ -31,6 +31,7 @@ def test_trains_scores_and_exports(tmp_path, name, overrides, model):
     from ftbench.tasks.base import EvalContext
 
     merged = AutoModelForSequenceClassification.from_pretrained(result["export"]["merged"])
+    assert merged.config.use_cache == tiny_model(model).config.use_cache  # the model's own, not training's off
     cfg = compose(f"model={model}", *QUICK)
     task = build_task(cfg.task, None, cfg.seed)
     ctx = EvalContext(device=torch.device("cpu"), autocast=contextlib.nullcontext, batch_size=64, max_samples=None,

@@ -9,7 +9,7 @@ import torch
 
 from ftbench import report
 from ftbench.job.run import run_job
-from ftbench.methods import build_method, config_class, method_class
+from ftbench.methods import build_method, config_class
 from ftbench.models.loading import load_model
 from ftbench.plan.planner import fit, largest_micro_batch_from, peak_at, predict, target
 from helpers import compose, method_context, method_table, run
@@ -23,13 +23,15 @@ SHAPE = ["model=tiny-llama", f"model.shape.num_hidden_layers={LAYERS}", "hardwar
 ENCODER = ["model=tiny-bert", "model.shape.num_hidden_layers=6", "profile.batch_size=4", "profile.seq_len=32",
            "hardware.max_micro_batch_size=null"]
 STACKS = {"decoder": (SHAPE, "causal_lm"), "encoder": (ENCODER, "seq_cls")}
-# (stack, method, overrides): a short setup, and the probes draw what the real run draws; a rotating method
-# switches every step, so the traced run visits every group (BAdam's lowest layer, whose step keeps the most,
-# is otherwise reached only after a random number of 50-step blocks); then each variant its schema declares for
-# this check (methods/config.py `Variant.plan_check`: GaLore's layer-wise mode, APOLLO-Mini), with the variant's
+# (stack, method, overrides): a short setup, and the probes draw what the real run draws; a method whose probes
+# take its groups in another order than the run (`probe_settings`: BAdam's random order, bottom up) switches
+# every step, so the traced run visits every group too (BAdam's lowest layer, whose step keeps the most, is
+# otherwise reached after a random number of 50-step blocks); then each variant its schema declares for this
+# check (methods/config.py `Variant.plan_check`: GaLore's layer-wise mode, APOLLO-Mini), with the variant's
 # overrides added
-METHODS = [pytest.param(name, [*overrides, *(config_class(name).every_part if method_class(name).rotates else ())],
-                        id=name) for name, overrides in method_table("short_setup", "same_draws")]
+METHODS = [pytest.param(name, [*overrides, *(config_class(name).every_part if config_class(name)().probe_settings()
+                                              else ())], id=name)
+           for name, overrides in method_table("short_setup", "same_draws")]
 METHODS += [pytest.param(p.values[0], [*p.values[1], *variant.overrides], id=f"{p.values[0]}-{label}")
             for p in METHODS for label, variant in config_class(p.values[0]).variants.items() if variant.plan_check]
 CASES = [pytest.param(stack, *p.values, id=f"{stack}-{p.id}") for stack in STACKS for p in METHODS]

@@ -174,9 +174,10 @@ def test_a_sweep_goes_on_past_a_failed_job_and_its_rerun_runs_only_that_job(tmp_
                "task.max_steps=2", "hardware=cpu", "train.progress=false", f"hydra.sweep.dir={folder}"]
     code, _ = sweep(command, capsys)
     assert code == 1  # the worst job's code
-    jobs = sorted(p for p in folder.iterdir() if p.is_dir())  # named by the swept key
+    jobs = sorted(p for p in folder.iterdir() if p.is_dir())  # named by the swept key, as Hydra writes its values
     status = {p.name: json.loads((p / "result.json").read_text())["status"] for p in jobs}
-    assert status == {"optim.lr=1e-3": "ok", "optim.lr=1e12": "nan", "optim.lr=2e-3": "ok", "optim.lr=3e-3": "ok"}
+    assert status == {"optim.lr=0.001": "ok", "optim.lr=1000000000000.0": "nan", "optim.lr=0.002": "ok",
+                      "optim.lr=0.003": "ok"}
     with (folder / "report.csv").open() as handle:
         assert sorted(row["status"] for row in csv.DictReader(handle)) == ["nan", "ok", "ok", "ok"]
     written = {p.name: (p / "result.json").read_text() for p in jobs}
@@ -184,10 +185,10 @@ def test_a_sweep_goes_on_past_a_failed_job_and_its_rerun_runs_only_that_job(tmp_
     code, stderr = sweep(command, capsys)  # the same command, the same sweep folder
     assert code == 1
     assert stderr.count("finished ok earlier with this config; skipped") == 3
-    for job in ("optim.lr=1e-3", "optim.lr=2e-3", "optim.lr=3e-3"):  # untouched
+    for job in ("optim.lr=0.001", "optim.lr=0.002", "optim.lr=0.003"):  # untouched
         assert (folder / job / "result.json").read_text() == written[job]
         assert not list((folder / job).glob("result.previous-*"))
-    rerun = folder / "optim.lr=1e12"
+    rerun = folder / "optim.lr=1000000000000.0"
     assert (rerun / "result.previous-1.json").read_text() == written["1_full"]  # moved aside, not deleted
     assert json.loads((rerun / "result.json").read_text())["status"] == "nan"
 

@@ -62,14 +62,14 @@ def test_a_sweep_extended_in_front_reuses_its_finished_jobs(tmp_path, capsys):
     folder = tmp_path / "sweep"
     base = ["-m", *QUICK, f"hydra.sweep.dir={folder}"]
     assert sweep([*base, "optim.lr=1e-3,1e-2"], capsys)[0] == 0
-    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["optim.lr=1e-2", "optim.lr=1e-3"]
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["optim.lr=0.001", "optim.lr=0.01"]
     finished = {p.name: (p / "result.json").read_text() for p in folder.iterdir() if p.is_dir()}
 
     code, stderr = sweep([*base, "optim.lr=1e-4,1e-3,1e-2"], capsys)
     assert code == 0 and stderr.count("finished ok earlier with this config; skipped") == 2
     results = {p.name: json.loads((p / "result.json").read_text()) for p in folder.iterdir() if p.is_dir()}
     assert {name: r["config"]["optim"]["lr"] for name, r in results.items()} == {
-        "optim.lr=1e-4": 1e-4, "optim.lr=1e-3": 1e-3, "optim.lr=1e-2": 1e-2}
+        "optim.lr=0.0001": 1e-4, "optim.lr=0.001": 1e-3, "optim.lr=0.01": 1e-2}
     assert all(r["status"] == "ok" for r in results.values())
     assert all((folder / name / "result.json").read_text() == text for name, text in finished.items())
     with (folder / "report.csv").open() as handle:
@@ -105,4 +105,4 @@ def test_the_exit_code_reflects_the_jobs_with_a_launcher_that_runs_them_elsewher
     assert done.returncode == 1, done.stderr
     status = {p.name: json.loads((p / "result.json").read_text())["status"]
               for p in (tmp_path / "sweep").iterdir() if (p / "result.json").is_file()}
-    assert status == {"optim.lr=1e-3": "ok", "optim.lr=1e12": "nan"}
+    assert status == {"optim.lr=0.001": "ok", "optim.lr=1000000000000.0": "nan"}
