@@ -33,8 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 
 from ftbench import files
 from ftbench.engine.loop import TrainLog
@@ -75,12 +73,6 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def folder_key() -> str:
-    """The key that names this job's folder, for messages: hydra.sweep.dir in a multirun, else hydra.run.dir."""
-    return "hydra.sweep.dir" if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN \
-        else "hydra.run.dir"
-
-
 def unreadable(path: Path, exc: BaseException) -> UserError:
     """One line for a checkpoint whose files cannot be read back (truncated, corrupted)."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -100,12 +92,12 @@ def config_differences(path: Path, config: dict) -> list[str]:
 
 def check_config(path: Path, config: dict, folder: str | None = None) -> None:
     """Refuse, in one line naming the keys, a checkpoint made under another config (or one that is unreadable);
-    `folder`: the key naming the run's folder in the message (default: `folder_key()`)."""
+    `folder`: the key naming the run's folder in the message (default: `files.folder_key()`)."""
     keys = config_differences(path, config)
     if keys:
         shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
         raise UserError("train.resume", f"{path} was made with another config (differs in: {shown}); run the "
-                        f"same command, or set a new {folder or folder_key()} to start afresh")
+                        f"same command, or set a new {folder or files.folder_key()} to start afresh")
 
 
 def to_resume(resume: str, run_dir: Path) -> Path | None:

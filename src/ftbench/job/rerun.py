@@ -67,7 +67,7 @@ def decide(cfg: DictConfig, run_dir: Path, key: str | None = None) -> str:
     """What the job does with `run_dir` (the table above), changing nothing: SKIP, RUN (afresh, or from the
     checkpoint train.resume names) or AFRESH (the checkpoints moved aside first). Raises `UserError` when
     the folder refuses the job, naming `key` (default: the key that names this job's folder)."""
-    key = key or checkpoint.folder_key()
+    key = key or files.folder_key()
     config = OmegaConf.to_container(cfg, resolve=True)
     existing = run_dir / results.FILENAME
     fix = f"move it aside or pick a new {key}"

@@ -38,6 +38,7 @@ from ftbench.measure.meters import (
 )
 from ftbench.models.loading import exported_as_loaded
 from ftbench.parallel import distributed, sharding
+from ftbench.plan import report as plan_report
 from ftbench.plan.report import run_plan
 from ftbench.tasks.base import EvalContext
 
@@ -47,7 +48,8 @@ log = logging.getLogger("ftbench")
 def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> int:
     """Run one job and write its result.json (a plan: plan.json); return the process exit code."""
     if cfg.mode == "plan":
-        rerun.save_hydra_files(cfg, output_dir)
+        if not (output_dir / plan_report.FILENAME).exists():  # a refused plan leaves the folder's record as it was
+            rerun.save_hydra_files(cfg, output_dir)
         return run_plan(cfg, output_dir, overrides)
     outcome = distributed.on_main(lambda: rerun.prepare(cfg, output_dir))  # rank 0 moves files; all ranks follow
     if isinstance(outcome, UserError):

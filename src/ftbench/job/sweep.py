@@ -47,7 +47,7 @@ def folder(job: DictConfig) -> Path | None:
 def refusal(jobs: list[DictConfig]) -> str | None:
     """One line naming hydra.sweep.dir when the sweep's folder cannot take every job (an ok result made
     with another config, a checkpoint of another config that would be refused); None when it can."""
-    from ftbench.job import rerun  # torch (checkpoint.py): only a sweep into an existing folder loads it here
+    from ftbench.job import rerun  # torch: loaded here only for a sweep into an existing folder
 
     for job in jobs:
         where = folder(job)

@@ -3,9 +3,8 @@ the hub, or random init from the named architecture shape (no download)."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import logging
+from contextlib import contextmanager
 from importlib import import_module
 from pathlib import Path
 
