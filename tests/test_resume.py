@@ -189,7 +189,7 @@ def test_a_sweep_goes_on_past_a_failed_job_and_its_rerun_runs_only_that_job(tmp_
         assert (folder / job / "result.json").read_text() == written[job]
         assert not list((folder / job).glob("result.previous-*"))
     rerun = folder / "optim.lr=1000000000000.0"
-    assert (rerun / "result.previous-1.json").read_text() == written["1_full"]  # moved aside, not deleted
+    assert (rerun / "result.previous-1.json").read_text() == written[rerun.name]  # moved aside, not deleted
     assert json.loads((rerun / "result.json").read_text())["status"] == "nan"
 
 
