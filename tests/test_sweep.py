@@ -1,10 +1,7 @@
 """Multiruns: one table across jobs (printed, markdown, CSV, PNG), rebuilt by ftbench-report."""
 
 import csv
-import importlib.util
 import json
-
-import pytest
 
 from ftbench.report import rows
 from helpers import cli, sweep
@@ -93,16 +90,3 @@ def test_a_sweep_without_a_swept_key_names_its_job_by_the_method(tmp_path, capsy
     folder = tmp_path / "sweep"
     assert sweep(["-m", *QUICK, "method=lora", f"hydra.sweep.dir={folder}"], capsys)[0] == 0
     assert (folder / "lora" / "result.json").is_file()
-
-
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
-                    reason="pip install ftbench[cluster]")
-def test_the_exit_code_reflects_the_jobs_with_a_launcher_that_runs_them_elsewhere(tmp_path):
-    """submitit's local launcher runs each job in a process of its own and reports nothing back: the
-    sweep's exit code is read from the jobs' results (the nan job: 1)."""
-    done = cli("ftbench", "-m", "hydra/launcher=submitit_local", "optim.lr=1e-3,1e12", "optim.name=sgd",
-               "optim.max_grad_norm=null", *QUICK, f"hydra.sweep.dir={tmp_path / 'sweep'}")
-    assert done.returncode == 1, done.stderr
-    status = {p.name: json.loads((p / "result.json").read_text())["status"]
-              for p in (tmp_path / "sweep").iterdir() if (p / "result.json").is_file()}
-    assert status == {"optim.lr=0.001": "ok", "optim.lr=1000000000000.0": "nan"}
