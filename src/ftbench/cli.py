@@ -79,15 +79,17 @@ def validate(overrides: list[str], multirun: bool, folders: list[Path | None] | 
     return sweep.refusal(jobs)
 
 
-def sweep_overrides(overrides: list[str]) -> list[str]:
-    """What a multirun adds to the command line: job folders named by the swept keys (job/sweep.py), and the
-    sweep folder resolved once (`${now:...}`), so the folders checked before the launch are the ones written."""
+def sweep_argv(argv: list[str]) -> list[str]:
+    """A multirun's command line as launched: job folders named by the swept keys (job/sweep.py; unless the
+    user names them, hydra.sweep.subdir), and the sweep folder resolved once (`${now:...}`), so the folders
+    checked before the launch are the ones the jobs write (under torchrun: `launch_overrides`, rank 0's clock)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    overrides = [a for a in argv if not a.startswith("-")]
     register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftbench"):
         try:
@@ -95,10 +97,13 @@ def sweep_overrides(overrides: list[str]) -> list[str]:
                 overrides)
             folder = compose("config", overrides=expand(overrides, True)[0], return_hydra_config=True).hydra.sweep.dir
         except (HydraException, OmegaConfBaseException):
-            return []  # validate() says what is wrong in one line
-    given = [o for o in overrides if o.partition("=")[0].lstrip("+~") == "hydra.sweep.dir"]
-    pinned = [] if given and "${" not in given[-1] else [f"hydra.sweep.dir={folder}"]
-    return [*sweep.naming(parsed), *pinned]
+            return argv  # validate() says what is wrong in one line
+    given = {o.key_or_group: o for o in parsed}
+    named = [] if "hydra.sweep.subdir" in given else sweep.naming(parsed)
+    ranks = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun: every rank takes rank 0's clock instead
+    if ranks or "hydra.sweep.dir" in given and "${" not in given["hydra.sweep.dir"].input_line:
+        return [*argv, *named]
+    return [*(a for a in argv if not a.startswith("hydra.sweep.dir=")), *named, f"hydra.sweep.dir={folder}"]
 
 
 def launch(argv: list[str], folders: list[Path | None] | None = None) -> int:
@@ -205,10 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     if not PASSTHROUGH.intersection(argv):
         multirun = "-m" in argv or "--multirun" in argv
         if multirun:
-            pinned = sweep_overrides([a for a in argv if not a.startswith("-")])
-            argv = [a for a in argv if not (a.startswith("hydra.sweep.dir=") and any(
-                p.startswith("hydra.sweep.dir=") for p in pinned))] + pinned
-            folders = []
+            argv, folders = sweep_argv(argv), []
         problem = output_dir_problem(argv) or validate([a for a in argv if not a.startswith("-")], multirun, folders)
         if problem:
             print(f"ftbench: error: {problem}", file=sys.stderr)

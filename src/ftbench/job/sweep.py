@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ftbench import files, results
 from ftbench.errors import UserError
@@ -40,7 +41,7 @@ def folder(job: DictConfig) -> Path | None:
     when it depends on what only the launch knows (a user's subdir naming `${hydra.job.num}`)."""
     try:
         return Path(job.hydra.sweep.dir) / str(job.hydra.sweep.subdir)
-    except Exception:  # omegaconf raises several kinds for a value that cannot be resolved yet
+    except OmegaConfBaseException:  # a value that cannot be resolved before the launch
         return None
 
 
