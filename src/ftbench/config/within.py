@@ -5,7 +5,7 @@ train.max_steps, task.max_steps, or epochs over the training set) and to the ste
 learning-rate schedule spans (a method may step the schedule once per cycle: HiFT's
 `lr_policy=per_cycle`). `config.schema.check` calls `check` with the steps known from the
 config alone (before any job of a sweep launches); the job calls it again once the data has
-counted the steps and the method has said how long its schedule is (`job/steps.plan`).
+counted the steps and the method has said how long its schedule is (`job/steps.train_spec`).
 
 | knob                                   | refused when                        | what would happen                      |
 | -------------------------------------- | ----------------------------------- | -------------------------------------- |
