@@ -26,7 +26,7 @@ from ftbench.engine.loggers import NullLogger, make_logger
 from ftbench.engine.loop import NonFiniteLoss, Plan, sigterm_cancels, train
 from ftbench.engine.loss import model_loss
 from ftbench.errors import Canceled, UserError, first_line
-from ftbench.job import rerun, steps
+from ftbench.job import engagement, rerun, steps
 from ftbench.job.checkpoint import Checkpointer
 from ftbench.measure.environment import environment
 from ftbench.measure.meters import (
@@ -123,11 +123,13 @@ def execute(cfg: DictConfig, output_dir: Path, result: dict, job_end: ExitStack)
     masters, trainable = method.master_parameters(), method.trainable_size()
     logger = record_plan(cfg, output_dir, result, s, model, method, optimizer, feed, plan, settings, masters,
                          trainable)
+    watched = engagement.watch(model, method, feed.head, masters, trainable[0])  # before training: what it changes
     scratch = output_dir if distributed.is_main() else distributed.scratch(job_end)  # other ranks' generations
     evaluation = None if s.profiling else Evaluation(cfg, scratch, s, inputs.task, method, model, plan, logger,
                                                      settings)
     speed = train_job(cfg, output_dir, result, s, model, method, optimizer, scheduler, feed, plan, logger,
                       evaluation, sync)
+    result["engagement"] = watched.report()  # how much of what the method claims to train changed (and a warning)
     record_facts(result, s, model, method, speed, masters, trainable[1])  # in result.json before the evaluation
     if evaluation is not None:
         evaluation.final(cfg, output_dir, result, inputs.tokenizer)
