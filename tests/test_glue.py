@@ -102,7 +102,7 @@ def test_a_validation_split_carved_from_train_leaves_the_dev_file_unread(tmp_pat
         load("sst2", folder)  # the reported split is read by default
 
 
-@pytest.mark.parametrize("overrides,key", [(["task.validation_from_train=1.0"], "task.validation_from_train"),
+@pytest.mark.parametrize("overrides,key", [(["task.validation_from_train=1.5"], "task.validation_from_train"),
                                            (["task.evaluate_reported=false"], "task.evaluate_reported"),
                                            (["task=alpaca", "task.validation_from_train=0.1"],
                                             "task.validation_from_train")])

@@ -42,17 +42,18 @@ def score(model: torch.nn.Module, examples: list[Example], ctx: EvalContext,
     return {f"{split}/{name}": value for name, value in values.items()}
 
 
-def hold_out(examples: list[Example], fraction: float | None, seed: int) -> tuple[list[Example], list[Example]]:
-    """(train, validation): `fraction` of `examples` held out, drawn with `seed`, both in their first order
-    (task.validation_from_train; None: all train, no validation). Raises UserError when either would be empty."""
-    if fraction is None:
+def hold_out(examples: list[Example], size: float | None, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, validation): `size` of `examples` held out (a fraction < 1, or a count), drawn with `seed`,
+    both in their first order (task.validation_from_train; None: all train, no validation).
+    Raises UserError when either would be empty."""
+    if size is None:
         return examples, []
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    held = set(order[:round(fraction * len(examples))])
+    held = set(order[:round(size * len(examples)) if size < 1 else int(size)])
     if not held or len(held) == len(examples):
-        raise UserError("task.validation_from_train", f"{fraction} of {len(examples)} training examples leaves "
-                        "an empty split; choose a fraction that holds out some and keeps some")
+        raise UserError("task.validation_from_train", f"{size} of {len(examples)} training examples leaves an "
+                        "empty split; hold out some and keep some (a fraction in (0, 1) or a smaller count)")
     return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
 
 

@@ -31,8 +31,8 @@ class TaskConfig:
     max_steps: Optional[int] = None
     metric: str = MISSING
     data_dir: Optional[str] = None
-    # A fraction of the training examples held out (drawn with the run's seed) as the split `val`: the
-    # validations during training score it, and training never sees it. null = none.
+    # Training examples held out (drawn with the run's seed) as the split `val`: a fraction (< 1) or a count
+    # (>= 1). The validations during training score it, and training never sees it. null = none.
     validation_from_train: Optional[float] = None
     # false: the reported split (GLUE's dev set) is never read; the final evaluation scores `val` instead
     # (ftbench compare's lr search). Needs validation_from_train.
@@ -47,8 +47,9 @@ class TaskConfig:
         if self.validation_from_train is not None:
             require(self.CARVES, f"{key}.validation_from_train", f"the {self.family} tasks hold out their own "
                     "validation examples (val_size); leave it null")
-            require(0 < self.validation_from_train < 1, f"{key}.validation_from_train",
-                    f"must be a fraction in (0, 1) of the training examples (got {self.validation_from_train})")
+            value = self.validation_from_train
+            require(0 < value < 1 or (value >= 1 and value == int(value)), f"{key}.validation_from_train",
+                    f"must be a fraction in (0, 1) or a whole number of training examples (got {value})")
         require(self.evaluate_reported or self.validation_from_train is not None, f"{key}.evaluate_reported",
                 "false needs a split to score instead: set task.validation_from_train (e.g. 0.1)")
 
