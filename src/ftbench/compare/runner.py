@@ -134,7 +134,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="spec keys, e.g. methods=[full,lora] seeds=[0,1] budget.steps=20")
     parser.add_argument("--dry-run", action="store_true", help="list the runs to do and their estimated time only")
     parser.add_argument("--out", type=Path, help="the comparison's folder (default: outputs/compare/<spec name>)")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # spec keys before or after the options
 
 
 def main(argv: list[str] | None = None) -> None:
