@@ -23,6 +23,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 from ftbench.compare.spec import Spec, arm_overrides
 from ftbench.config.schema import check
 from ftbench.errors import UserError, explain_compose_error
@@ -89,8 +94,6 @@ class Composer:
     """Hydra's compose over conf/ for the runs of a comparison; a bad override is a UserError."""
 
     def __enter__(self):
-        from hydra import initialize_config_dir
-
         register_configs()
         self._context = initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftbench")
         self._context.__enter__()
@@ -99,19 +102,18 @@ class Composer:
     def __exit__(self, *exc):
         self._context.__exit__(*exc)
 
-    def config(self, overrides: list[str]) -> dict:
-        """The resolved config of `ftbench <overrides>`, checked."""
-        from hydra import compose
-        from hydra.errors import HydraException
-        from omegaconf import OmegaConf
-        from omegaconf.errors import OmegaConfBaseException
-
+    def compose(self, overrides: list[str]):
+        """The config (a DictConfig) of `ftbench <overrides>`, checked."""
         try:
             cfg = compose("config", overrides=overrides)
             check(cfg)
         except (HydraException, OmegaConfBaseException) as exc:
             raise UserError("set", explain_compose_error(exc)) from None
-        return OmegaConf.to_container(cfg, resolve=True)
+        return cfg
+
+    def config(self, overrides: list[str]) -> dict:
+        """The resolved config of `ftbench <overrides>` as plain data, checked."""
+        return OmegaConf.to_container(self.compose(overrides), resolve=True)
 
 
 def make_runs(composer: Composer, spec: Spec, out: Path, stage: str, task: str, arm: str,

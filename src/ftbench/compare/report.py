@@ -187,7 +187,8 @@ def markdown(summary: dict) -> str:
         rows = task["rows"]
         columns = [c for c in SHOWN if c != "metric" and any(r[c] is not None for r in rows)] or list(SHOWN)
         peak_kinds = sorted({r["peak_kind"] for r in rows if r["peak_kind"]})
-        lines += ["", f"Peak: {' / '.join(peak_kinds) or '—'}; target {fmt('mean', task['target'])}.", "",
+        planned = f"; planned peak: `ftbench plan` on hardware={spec['gpu']}" if spec["gpu"] else ""
+        lines += ["", f"Peak: {' / '.join(peak_kinds) or '—'}{planned}; target {fmt('mean', task['target'])}.", "",
                   "| " + " | ".join(SHOWN[c] for c in columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(fmt(c, r[c]) for c in columns) + " |" for r in rows]
         warned = [f"- {r['arm']}: {r['warnings']}" for r in rows if r["warnings"]]

@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from ftbench.compare import cells, report, stats
+from ftbench.compare import cells, plans, report, stats
 from ftbench.compare.cells import Composer, Run
 from ftbench.compare.spec import Spec, SpecError, arm_method, arms, grid, load
 from ftbench.errors import UserError
@@ -114,11 +114,12 @@ def compare(spec: Spec, name: str, out: Path, dry_run: bool) -> int:
             print(f"to do: ~{total / 3600:.2f} {unit} (steps × seconds per step; evaluation not counted)")
             return 0
         execute(spec, second, out)
+        predicted = plans.predict(composer, spec, out, chosen)
     runs = first + second
     missing = [f"{r.folder.relative_to(out)}: {r.why or 'status ' + r.result()['status']}" for r in runs
                if not r.done or r.result()["status"] != "ok"]
     missing += [f"{task} {arm}: no lr chosen (no stage-1 run scored)" for (task, arm), lr in chosen.items() if lr is None]
-    summary = report.summarize(as_data(spec, name), [counted_run(r, out) for r in runs if r.done], missing)
+    summary = report.summarize(as_data(spec, name), [counted_run(r, out) for r in runs if r.done], missing, predicted)
     written = report.write(summary, out)
     print("\n" + written["markdown"].read_text())
     for kind, path in written.items():
