@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ftbench.compare import cells, plans, report, stats
 from ftbench.compare.cells import Composer, Run
-from ftbench.compare.spec import Spec, SpecError, arm_method, arms, grid, load
+from ftbench.compare.spec import Spec, SpecError, arm_method, arms, find, grid, load
 from ftbench.errors import UserError
 from ftbench.quiet import quiet_libraries
 
@@ -130,7 +130,8 @@ def compare(spec: Spec, name: str, out: Path, dry_run: bool) -> int:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ftbench compare", description=__doc__.splitlines()[0])
-    parser.add_argument("spec", type=Path, help="a comparison spec (comparisons/minilm-glue.yaml)")
+    parser.add_argument("spec", type=Path, help="a spec file or a shipped spec's name (comparisons/minilm-glue.yaml, "
+                        "minilm-glue)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="spec keys, e.g. methods=[full,lora] seeds=[0,1] budget.steps=20")
     parser.add_argument("--dry-run", action="store_true", help="list the runs to do and their estimated time only")
@@ -140,14 +141,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    if not args.spec.is_file():
-        print(f"ftbench compare: error: {args.spec}: no such spec file (comparisons/ holds the shipped ones)",
-              file=sys.stderr)
-        sys.exit(2)
     quiet_libraries()
     out = (args.out or Path("outputs/compare") / args.spec.stem).resolve()
     try:
-        spec = load(args.spec, args.overrides)
+        spec = load(find(args.spec), args.overrides)
         code = compare(spec, args.spec.stem, out, args.dry_run)
     except (SpecError, UserError) as exc:
         print(f"ftbench compare: error: {exc}", file=sys.stderr)

@@ -62,6 +62,23 @@ class Spec:
     estimate: Estimate = field(default_factory=Estimate)
 
 
+def shipped_dir() -> Path:
+    """The shipped specs (comparisons/): inside the package (wheel), else at the top of the checkout."""
+    package = Path(__file__).resolve().parents[1]
+    return next((c for c in (package / "comparisons", package.parents[1] / "comparisons") if c.is_dir()),
+                package / "comparisons")
+
+
+def find(path: Path) -> Path:
+    """A spec file, or the name of a shipped spec (minilm-glue). Raises SpecError naming the shipped ones."""
+    if path.is_file():
+        return path
+    if (shipped_dir() / f"{path.stem}.yaml").is_file():
+        return shipped_dir() / f"{path.stem}.yaml"
+    names = ", ".join(sorted(p.stem for p in shipped_dir().glob("*.yaml")))
+    raise SpecError(path, "file", f"no such spec file; shipped specs: {names or 'none'}")
+
+
 def load(path: Path, overrides: list[str]) -> Spec:
     """The spec in `path` with command-line `overrides` (KEY=VALUE, spec keys) applied; checked."""
     try:
