@@ -115,9 +115,9 @@ def test_a_bad_spec_is_one_line(tmp_path):
     spec = write_spec(tmp_path / "bad.yaml", methods=["full", "nosuch"])
     done = cli("ftbench", "compare", str(spec))
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"ftbench compare: error: {spec}: methods: 'nosuch' is neither a "
-                                                f"method ({done.stderr.split('method (')[1].split(')')[0]}) nor a "
-                                                "variant's label"]
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"ftbench compare: error: {spec}: methods: 'nosuch' is neither a method (adam-mini, ")
+    assert line.endswith(") nor a variant's label")
     with pytest.raises(SpecError, match="seeds"):
         load(write_spec(tmp_path / "seeds.yaml"), ["seeds=[1,1]"])
     with pytest.raises(SpecError, match="include full"):
