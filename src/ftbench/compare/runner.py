@@ -55,8 +55,7 @@ def stage_two(composer: Composer, spec: Spec, out: Path, chosen: dict) -> list[R
 
 
 def counted_run(run: Run, out: Path) -> report.Counted:
-    folder = str(run.folder.relative_to(out)) if run.folder.is_relative_to(out) else str(run.folder)
-    return report.Counted(run.stage, run.task, run.arm, run.lr, run.seed, folder, run.result())
+    return report.Counted(run.stage, run.task, run.arm, run.lr, run.seed, str(run.folder.relative_to(out)), run.result())
 
 
 def step_seconds(spec: Spec, runs: list[Run], task: str, arm: str) -> tuple[float, str]:
