@@ -1,7 +1,8 @@
 """Engagement of one job (measure/engagement.py counts): which parameters to watch and their units.
 
 The watched parameters are those the method says training may change (`Method.trains`), its fp32
-masters excluded (they mirror elements of the dense weights, which are watched); the units come from the
+masters excluded (they mirror elements of the dense weights, which are watched), FSDP's sharded ones
+too (`watched` 0 then says nothing was counted); the units come from the
 architecture (models/architecture.py): `embedding`, `layer <i>` (`layer <stack>.<i>` for several
 stacks), `head`, and `other` (final norms, poolers).
 """
@@ -19,7 +20,9 @@ def watch(model: nn.Module, method: Method, head: str, masters: list, claimed: i
     """Fingerprint what `method` may train in `model` before training (`claimed`: elements it says it trains)."""
     may = method.trains(model, head).may
     master_ids = {id(p) for p in masters}
-    named = {n: p for n, p in model.named_parameters() if n in may and id(p) not in master_ids}
+    # FSDP's sharded parameters (DTensors) are left out: each rank holds a part, and only rank 0 writes
+    named = {n: p for n, p in model.named_parameters()
+             if n in may and id(p) not in master_ids and not hasattr(p, "to_local")}
     return Watch(named, units(model), claimed)
 
 
