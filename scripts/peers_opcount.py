@@ -20,7 +20,7 @@ from pathlib import Path
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ftbench.bench.peers.loop import train
-from ftbench.bench.peers.timing import FIXED, Plan, compose, pinned
+from ftbench.bench.peers.timing import FIXED, Benchmark, compose, pinned
 from ftbench.job.run import run_job
 
 SHAPE = ["model=llama-mini", "profile.batch_size=2", "profile.seq_len=32", "hardware.gradient_checkpointing=true",
@@ -46,7 +46,7 @@ def ftbench_ops(method: str, steps: int, out: Path) -> collections.Counter:
 
 
 def peer_ops(method: str, peer: str, steps: int, out: Path) -> collections.Counter:
-    spec = Plan([method], SHAPE, out, 1, 0).spec(peer, trace=False, steps=steps)
+    spec = Benchmark([method], SHAPE, out, 1, 0).spec(peer, trace=False, steps=steps)
     with Count() as count:
         train(spec)
     return count.ops

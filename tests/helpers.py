@@ -1,4 +1,4 @@
-"""Shared test helpers: compose configs, run jobs in-process, build tiny models, fit a few steps."""
+"""Shared test helpers: compose configs, run jobs in-process, build tiny models, train a few steps."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def method_context(head: str = "seq_cls", checkpointing: bool = False, seed: int
                          loss=lambda m, b: m(**b).loss)
 
 
-def fit(model, method, batches: Iterator[dict], steps: int, lr: float = 0.1, optimizer: str = "sgd",
+def train_steps(model, method, batches: Iterator[dict], steps: int, lr: float = 0.1, optimizer: str = "sgd",
         accumulation: int = 1, max_grad_norm: float | None = None, weight_decay: float = 0.0,
         method_state: dict | None = None):
     """Train `steps` optimizer steps with the real loop (constant lr); return the optimizer.
@@ -107,7 +107,7 @@ def fit(model, method, batches: Iterator[dict], steps: int, lr: float = 0.1, opt
     from ftbench.config.schema import OptimConfig
     from ftbench.engine.hardware import make_accelerator
     from ftbench.engine.loggers import NullLogger
-    from ftbench.engine.loop import Plan, train
+    from ftbench.engine.loop import Compute, Trainee, TrainSpec, Watchers, train
     from ftbench.measure.meters import MemoryMeter, SpeedMeter
     from ftbench.methods.base import optimizer_for, scheduler_for
 
@@ -115,10 +115,11 @@ def fit(model, method, batches: Iterator[dict], steps: int, lr: float = 0.1, opt
                             weight_decay=weight_decay)
     opt = optimizer_for(method, model, optim_cfg, lr, method_state)
     scheduler = scheduler_for(opt, method, optim_cfg, steps)
-    plan = Plan(steps=steps, micro_batch_size=0, accumulation=accumulation, measure_from=0,
-                max_grad_norm=max_grad_norm, progress=False)
-    train(model, method, opt, scheduler, batches, plan, accelerator=make_accelerator(torch.device("cpu")),
-          head=_head_of(model), meter=MemoryMeter(torch.device("cpu")), speed=SpeedMeter(), logger=NullLogger())
+    spec = TrainSpec(steps=steps, micro_batch_size=0, accumulation=accumulation, measure_from=0,
+                     max_grad_norm=max_grad_norm, progress=False)
+    train(Trainee(model, method, opt, scheduler), batches, spec,
+          Compute(make_accelerator(torch.device("cpu")), _head_of(model)),
+          Watchers(MemoryMeter(torch.device("cpu")), SpeedMeter(), NullLogger()))
     return opt
 
 

@@ -26,7 +26,7 @@ from ftbench.methods.base import MethodContext
 from ftbench.methods.block_rotation.units import derive_units
 from ftbench.models import architecture as registry
 from ftbench.models.architecture import Layout, architecture
-from helpers import compose, fit, method_table
+from helpers import compose, method_table, train_steps
 
 VOCAB = 64
 SHAPES = {
@@ -182,7 +182,7 @@ def trains_as_claimed(model: nn.Module, method, head: str):
     may, must = method.trains(model, head)
     assert must and must <= may, "the claim: something must train, within what may"
     before = snapshot(model)
-    fit(model, method, stream, steps=steps, lr=1e-2, optimizer="adamw")
+    train_steps(model, method, stream, steps=steps, lr=1e-2, optimizer="adamw")
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed <= may, f"trained outside the method's part: {sorted(changed - may)[:5]}"
     assert must <= changed, f"did not train: {sorted(must - changed)[:5]}"
@@ -225,7 +225,7 @@ def test_s2ft_trains_only_the_v_and_up_rows_of_fused_projections():
     method = build_method(method_config("s2ft"))
     model = method.prepare(model, context(model, "seq_cls"))
     before = snapshot(model)
-    fit(model, method, batches(model, "seq_cls"), steps=2, lr=1e-2, optimizer="adamw")
+    train_steps(model, method, batches(model, "seq_cls"), steps=2, lr=1e-2, optimizer="adamw")
     for name, first in (("model.layers.0.self_attn.qkv_proj.weight", 48), ("model.layers.0.mlp.gate_up_proj.weight", 64)):
         rows = (model.get_parameter(name) != before[name]).any(1).nonzero().squeeze(1)
         assert rows.numel() and rows.min() >= first  # q, k and gate rows never train

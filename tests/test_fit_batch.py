@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ftbench.errors import UserError
-from ftbench.plan import micro_batch as fit_batch
+from ftbench.plan import micro_batch
 from helpers import run, tiny_model
 
 QUICK = ["train.max_steps=2", "task.batch_size=16", "train.measure_warmup_steps=0"]
@@ -19,7 +19,7 @@ QUICK = ["train.max_steps=2", "task.batch_size=16", "train.measure_warmup_steps=
     (100, 10, 0, 0, 8, 8),       # nothing grows with the batch
 ])
 def test_the_largest_micro_batch_that_fits(budget, fixed, per_sequence, state, batch, expected):
-    assert fit_batch.choose(batch, budget, fixed, per_sequence, state) == expected
+    assert micro_batch.choose(batch, budget, fixed, per_sequence, state) == expected
 
 
 def probe_sequence(length=24):
@@ -33,61 +33,61 @@ def loss(model, batch):
 
 def test_the_probe_measures_per_sequence_cost_and_leaves_nothing(monkeypatch):
     model = tiny_model(head="causal_lm")
-    monkeypatch.setattr(fit_batch, "budget_bytes", lambda device: 10**12)
+    monkeypatch.setattr(micro_batch, "budget_bytes", lambda device: 10**12)
     state = torch.random.get_rng_state()
-    chosen = fit_batch.fit(model, loss, probe_sequence(), 64, torch.device("cpu"))
+    chosen = micro_batch.batch_fit(model, loss, probe_sequence(), 64, torch.device("cpu"))
     assert chosen.micro_batch_size == 64 and chosen.per_sequence_bytes > 0
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(torch.random.get_rng_state(), state)
     # A budget for exactly three sequences (plus what does not grow) gets three.
     budget = chosen.fixed_bytes + 3 * chosen.per_sequence_bytes + 1000 + chosen.per_sequence_bytes // 2
-    monkeypatch.setattr(fit_batch, "budget_bytes", lambda device: budget - 1000)
-    assert fit_batch.fit(model, loss, probe_sequence(), 64, torch.device("cpu"), optimizer_state=1000).micro_batch_size == 3
+    monkeypatch.setattr(micro_batch, "budget_bytes", lambda device: budget - 1000)
+    assert micro_batch.batch_fit(model, loss, probe_sequence(), 64, torch.device("cpu"), optimizer_state=1000).micro_batch_size == 3
     # Twice the length costs at least about twice as much per sequence (the probe really measures it;
     # attention scores grow with the square of the length).
-    monkeypatch.setattr(fit_batch, "budget_bytes", lambda device: 10**12)
-    longer = fit_batch.fit(model, loss, probe_sequence(48), 64, torch.device("cpu"))
+    monkeypatch.setattr(micro_batch, "budget_bytes", lambda device: 10**12)
+    longer = micro_batch.batch_fit(model, loss, probe_sequence(48), 64, torch.device("cpu"))
     assert longer.per_sequence_bytes > 1.6 * chosen.per_sequence_bytes
 
 
 def test_not_even_one_sequence_is_one_line_naming_the_knobs(monkeypatch):
-    monkeypatch.setattr(fit_batch, "budget_bytes", lambda device: 1000)
+    monkeypatch.setattr(micro_batch, "budget_bytes", lambda device: 1000)
     with pytest.raises(UserError, match=r"^hardware.max_micro_batch_size: one sequence of 24 tokens needs .* GiB "
                                         r"for training but 0.0 GiB are free .*task.max_length.*gradient_checkpointing"):
-        fit_batch.fit(tiny_model(head="causal_lm"), loss, probe_sequence(), 8, torch.device("cpu"))
+        micro_batch.batch_fit(tiny_model(head="causal_lm"), loss, probe_sequence(), 8, torch.device("cpu"))
 
 
 def test_cpu_budget_reads_the_memory_available():
-    assert 0 < fit_batch.cpu_available_bytes() < 2**50
-    assert fit_batch.budget_bytes(torch.device("cpu")) < fit_batch.cpu_available_bytes()
+    assert 0 < micro_batch.cpu_available_bytes() < 2**50
+    assert micro_batch.budget_bytes(torch.device("cpu")) < micro_batch.cpu_available_bytes()
 
 
 def test_auto_splits_the_batch_to_fit_and_keeps_the_effective_batch(tmp_path, monkeypatch):
-    real_fit = fit_batch.fit
+    real_fit = micro_batch.batch_fit
 
     def three_sequences(model, loss_fn, sequence, batch, device, optimizer_state=0, what="training"):
-        monkeypatch.setattr(fit_batch, "budget_bytes", lambda d: 10**12)
+        monkeypatch.setattr(micro_batch, "budget_bytes", lambda d: 10**12)
         measured = real_fit(model, loss_fn, sequence, batch, device, optimizer_state, what)
         budget = measured.fixed_bytes + optimizer_state + 3 * measured.per_sequence_bytes + 1
-        monkeypatch.setattr(fit_batch, "budget_bytes", lambda d: budget)
+        monkeypatch.setattr(micro_batch, "budget_bytes", lambda d: budget)
         return real_fit(model, loss_fn, sequence, batch, device, optimizer_state, what)
 
-    monkeypatch.setattr(fit_batch, "fit", three_sequences)
-    monkeypatch.setattr(fit_batch, "planned", lambda *args: None)  # the probe's way (the planner's: below)
+    monkeypatch.setattr(micro_batch, "batch_fit", three_sequences)
+    monkeypatch.setattr(micro_batch, "planned", lambda *args: None)  # the probe's way (the planner's: below)
     auto = run(tmp_path / "auto", *QUICK, "hardware.max_micro_batch_size=auto")
     assert auto["status"] == "ok"
     plan = auto["plan"]
     assert plan["micro_batch_fit"]["training"]["micro_batch_size"] == 3
     assert (plan["batch_size"], plan["micro_batch_size"], plan["accumulation"]) == (16, 2, 8)  # 2 divides 16
     assert auto["train"]["samples"] == 2 * 16
-    monkeypatch.setattr(fit_batch, "fit", real_fit)
+    monkeypatch.setattr(micro_batch, "batch_fit", real_fit)
     fixed = run(tmp_path / "fixed", *QUICK, "hardware.max_micro_batch_size=2")
     assert fixed["plan"]["micro_batch_fit"] is None
     assert auto["train"]["loss_curve"] == fixed["train"]["loss_curve"]  # the probes changed nothing
 
 
 def test_auto_refuses_before_training_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(fit_batch, "budget_bytes", lambda device: 1000)
+    monkeypatch.setattr(micro_batch, "budget_bytes", lambda device: 1000)
     result = run(tmp_path / "r", *QUICK, "hardware.max_micro_batch_size=auto")
     assert result["exit_code"] == 2 and result["status"] == "failed"
     assert result["error"].startswith("hardware.max_micro_batch_size: one sequence of")
@@ -105,10 +105,10 @@ def test_max_steps_zero_scores_the_untouched_model(tmp_path):
 def test_auto_takes_the_training_micro_batch_from_the_planner(tmp_path, monkeypatch):
     """auto: the memory planner sizes the training micro-batch (no probe step of the model); the
     calibration passes, which it does not plan, are still probed; result.json says which way."""
-    from ftbench.plan import planner as plan
+    from ftbench.plan import planner
 
     probed, budgets = [], []
-    real_fit, real_largest = fit_batch.fit, plan.largest_micro_batch_from
+    real_fit, real_largest = micro_batch.batch_fit, planner.largest_micro_batch_from
 
     def spy_fit(*args, **kwargs):
         probed.append(args[6] if len(args) > 6 else kwargs.get("what", "training"))
@@ -119,8 +119,8 @@ def test_auto_takes_the_training_micro_batch_from_the_planner(tmp_path, monkeypa
         assert real_largest(the_fit, tgt, budget) >= 16  # this machine holds a tiny model's batch
         return 3
 
-    monkeypatch.setattr(fit_batch, "fit", spy_fit)
-    monkeypatch.setattr(plan, "largest_micro_batch_from", three)
+    monkeypatch.setattr(micro_batch, "batch_fit", spy_fit)
+    monkeypatch.setattr(planner, "largest_micro_batch_from", three)
     auto = run(tmp_path / "auto", *QUICK, "eval.max_samples=8", "hardware.max_micro_batch_size=auto")
     assert auto["status"] == "ok", auto["error"]
     fits = auto["plan"]["micro_batch_fit"]
@@ -131,16 +131,16 @@ def test_auto_takes_the_training_micro_batch_from_the_planner(tmp_path, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("no plan")
 
-    monkeypatch.setattr(plan, "fit", broken)  # where the planner cannot answer, the probe does
+    monkeypatch.setattr(planner, "plan_fit", broken)  # where the planner cannot answer, the probe does
     fallback = run(tmp_path / "fallback", *QUICK, "eval.max_samples=8", "hardware.max_micro_batch_size=auto")
     assert fallback["status"] == "ok" and fallback["plan"]["micro_batch_fit"]["training"]["chosen_by"] == "probe"
 
 
 def test_max_steps_zero_neither_probes_nor_plans_a_training_micro_batch(tmp_path, monkeypatch):
     asked = []
-    real_planned, real_fit = fit_batch.planned, fit_batch.fit
-    monkeypatch.setattr(fit_batch, "planned", lambda *a: asked.append(("plan", a[-1])) or real_planned(*a))
-    monkeypatch.setattr(fit_batch, "fit", lambda *a: asked.append(("probe", a[-1])) or real_fit(*a))
+    real_planned, real_fit = micro_batch.planned, micro_batch.batch_fit
+    monkeypatch.setattr(micro_batch, "planned", lambda *a: asked.append(("plan", a[-1])) or real_planned(*a))
+    monkeypatch.setattr(micro_batch, "batch_fit", lambda *a: asked.append(("probe", a[-1])) or real_fit(*a))
     result = run(tmp_path / "r", "train.max_steps=0", "eval.max_samples=8", "hardware.max_micro_batch_size=auto")
     assert result["status"] == "ok" and result["train"]["steps"] == 0
     assert "training" not in result["plan"]["micro_batch_fit"] and all(what != "training" for _, what in asked)

@@ -13,13 +13,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 from ftbench.config.schema import OptimConfig, check
 from ftbench.engine.optim import make_optimizer
 from ftbench.errors import UserError
-from ftbench.measure.meters import optimizer_state_bytes, tensor_bytes
+from ftbench.measure.meters import held_optimizer_state_bytes, tensor_bytes
 from ftbench.methods import build_method
 from ftbench.methods.base import decay_split
 from ftbench.methods.block_rotation.method import BlockRotation, BlockRotationConfig
 from ftbench.methods.block_rotation.units import derive_units
 from ftbench.models.loading import architecture_config, load_model
-from helpers import REPO, fit, method_context, run, synthetic_batches
+from helpers import REPO, method_context, run, synthetic_batches, train_steps
 from helpers import compose as compose_uncached
 
 TINY_UNITS = ["embedding", "layer.0", "layer.1", "head"]
@@ -134,7 +134,7 @@ def test_one_group_covering_the_model_is_full_fine_tuning():
     full.prepare(full_model, method_context())
     hift_model, hift = prepared(hift_model, group_size=len(TINY_UNITS))
     for model, method in ((full_model, full), (hift_model, hift)):
-        fit(model, method, synthetic_batches(), steps=4, lr=1e-2, optimizer="adamw", max_grad_norm=0.5,
+        train_steps(model, method, synthetic_batches(), steps=4, lr=1e-2, optimizer="adamw", max_grad_norm=0.5,
             weight_decay=0.1)
     assert_same_weights(weights(full_model), weights(hift_model), exact=False)
 
@@ -190,7 +190,7 @@ def test_rotation_is_block_coordinate_descent(optimizer, dtype, policy, ahead):
     opt_cfg = dict(lr=lr, optimizer=optimizer, max_grad_norm=0.5)
     if optimizer == "sgd":
         method.build_optimizer = lambda groups, cfg, lr: torch.optim.SGD(groups, lr=lr, momentum=0.9)
-    fit(model, method, synthetic_batches(), steps=steps, **opt_cfg)
+    train_steps(model, method, synthetic_batches(), steps=steps, **opt_cfg)
     assert type(method.optimizer).__name__.lower() == optimizer
     groups = [[i % len(TINY_UNITS)] for i in range(steps)]
     expected = reference(tiny(dtype=dtype), groups, steps, optimizer, policy, lr, max_grad_norm=0.5)
@@ -200,7 +200,7 @@ def test_rotation_is_block_coordinate_descent(optimizer, dtype, policy, ahead):
 def test_each_step_changes_only_the_active_group_and_a_cycle_changes_every_unit_once():
     model, method = prepared(tiny(layers=3), group_size=2)
     log = watch(method, model)
-    fit(model, method, synthetic_batches(), steps=6, lr=1e-2, optimizer="adamw")
+    train_steps(model, method, synthetic_batches(), steps=6, lr=1e-2, optimizer="adamw")
     units = ["embedding", "layer.0", "layer.1", "layer.2", "head"]
     assert [e["active"] for e in log[:3]] == [units[0:2], units[2:4], units[4:5]]
     assert [e["active"] for e in log[3:]] == [e["active"] for e in log[:3]]  # the next cycle repeats it
@@ -220,7 +220,7 @@ def test_rotation_waits_for_the_optimizer_step_so_accumulation_equals_a_larger_b
     for accumulation, batches in ((1, synthetic_batches(8)), (2, halves(synthetic_batches(8)))):
         model, method = prepared(tiny())
         log = watch(method, model)
-        fit(model, method, batches, steps=4, lr=0.1, optimizer="sgd", accumulation=accumulation)
+        train_steps(model, method, batches, steps=4, lr=0.1, optimizer="sgd", accumulation=accumulation)
         results.append((weights(model), [e["active"] for e in log]))
     assert results[0][1] == results[1][1] == [[u] for u in TINY_UNITS]
     assert_same_weights(results[0][0], results[1][0], exact=False)
@@ -254,7 +254,7 @@ def test_offload_keeps_only_the_active_groups_state_and_masters_on_the_device(dt
                 assert not slot.master.numel() or method.store.arena.holds(slot.master)
 
     method.after_step = after
-    fit(model, method, synthetic_batches(), steps=8, lr=1e-2, optimizer="adamw")
+    train_steps(model, method, synthetic_batches(), steps=8, lr=1e-2, optimizer="adamw")
     assert all(live == active for live, active in device_bytes)
     assert [s.name for s in method.all_slots() if s.master is not None] == (
         [] if dtype == "fp32" else [n for n, _ in model.named_parameters()])
@@ -263,14 +263,14 @@ def test_offload_keeps_only_the_active_groups_state_and_masters_on_the_device(dt
 def test_on_the_cpu_the_host_buffers_take_only_what_they_hold():
     """Host and device are one memory there: a 1 GiB pinned-style chunk was 1 GiB of the traced peak."""
     model, method = prepared(tiny())
-    fit(model, method, synthetic_batches(), steps=4, lr=1e-2, optimizer="adamw")
+    train_steps(model, method, synthetic_batches(), steps=4, lr=1e-2, optimizer="adamw")
     stats = method.store.stats()
     assert 0 < stats["host_reserved_bytes"] == stats["host_used_bytes"] < 2**20
 
 
 def test_drop_really_frees_the_leaving_state_and_keep_holds_every_visited_one():
     model, method = prepared(tiny(), state_policy="drop")
-    fit(model, method, synthetic_batches(), steps=1, lr=1e-2, optimizer="adamw")
+    train_steps(model, method, synthetic_batches(), steps=1, lr=1e-2, optimizer="adamw")
     first = method.active_slots[0]
     moments = [weakref.ref(v) for v in method.optimizer.state[first.handle].values() if torch.is_tensor(v)]
     method.before_step(1)  # the next group arrives: the embedding's state must go
@@ -287,10 +287,10 @@ def test_drop_really_frees_the_leaving_state_and_keep_holds_every_visited_one():
             held.append(len({s.unit for s in m.all_slots() if s.handle in m.optimizer.state}))
 
         method.after_step = count_units
-        fit(model, method, synthetic_batches(), steps=4, lr=1e-2, optimizer="adamw")
+        train_steps(model, method, synthetic_batches(), steps=4, lr=1e-2, optimizer="adamw")
         assert held == expected
         if policy == "drop":  # what measure.py walks: never more than the active group's state
-            bytes_now = optimizer_state_bytes(method.optimizer, torch.device("cpu"))[0]
+            bytes_now = held_optimizer_state_bytes(method.optimizer, torch.device("cpu"))[0]
             assert bytes_now == sum(tensor_bytes(v) for s in method.active_slots
                                     for v in method.optimizer.state[s.handle].values())
 
@@ -300,13 +300,13 @@ def test_a_resumed_run_continues_the_same_order_and_the_same_weights():
     settings = dict(order="random", reshuffle=True, group_size=1)
     model, method = prepared(tiny(dtype="bf16-pure"), **settings)
     log = watch(method, model)
-    fit(model, method, synthetic_batches(), steps=8, lr=1e-2, optimizer="adamw")
+    train_steps(model, method, synthetic_batches(), steps=8, lr=1e-2, optimizer="adamw")
     straight = weights(model), [e["active"] for e in log]
 
     batches = synthetic_batches()
     model, method = prepared(tiny(dtype="bf16-pure"), **settings)
     first = watch(method, model)
-    fit(model, method, batches, steps=5, lr=1e-2, optimizer="adamw")
+    train_steps(model, method, batches, steps=5, lr=1e-2, optimizer="adamw")
     saved_weights, saved_state = model.state_dict(), method.state_dict()
     assert saved_state["steps_done"] == 5 and saved_state["cycle"] == 1 and saved_state["queue_position"] == 1
 
@@ -314,7 +314,7 @@ def test_a_resumed_run_continues_the_same_order_and_the_same_weights():
     resumed.load_state_dict(saved_weights)
     resumed, method = prepared(resumed, **settings)
     second = watch(method, resumed)
-    fit(resumed, method, batches, steps=3, lr=1e-2, optimizer="adamw", method_state=saved_state)
+    train_steps(resumed, method, batches, steps=3, lr=1e-2, optimizer="adamw", method_state=saved_state)
     assert [e["active"] for e in first + second] == straight[1]
     assert straight[1][:4] != straight[1][4:8]  # reshuffled per cycle
     assert_same_weights(weights(resumed), straight[0])
@@ -324,7 +324,7 @@ def test_a_resumed_run_continues_the_same_order_and_the_same_weights():
 def test_badam_runs_k_steps_per_block_in_a_reshuffled_order_and_restarts_adam_at_each_switch():
     model, method = prepared(tiny(layers=4), name="badam", steps_per_block=2)
     log = watch(method, model)
-    fit(model, method, synthetic_batches(), steps=8, lr=1e-3, optimizer="adamw")
+    train_steps(model, method, synthetic_batches(), steps=8, lr=1e-3, optimizer="adamw")
     layers = [[u for u in e["active"] if u.startswith("layer")] for e in log]
     assert all(e["active"][-1] == "head" and len(layer) == 1 for e, layer in zip(log, layers))
     assert all(layers[i] == layers[i - i % 2] for i in range(8))  # K steps on one block
@@ -344,7 +344,7 @@ def test_badam_runs_k_steps_per_block_in_a_reshuffled_order_and_restarts_adam_at
 def test_lisa_trains_embedding_and_head_always_and_samples_gamma_layers_per_interval():
     model, method = prepared(tiny(layers=4), name="lisa", steps_per_block=2)
     log = watch(method, model)
-    fit(model, method, synthetic_batches(), steps=8, lr=1e-3, optimizer="adamw")
+    train_steps(model, method, synthetic_batches(), steps=8, lr=1e-3, optimizer="adamw")
     sampled = [tuple(u for u in e["active"] if u.startswith("layer")) for e in log]
     assert all(e["active"][0] == "embedding" and e["active"][-1] == "head" for e in log)
     assert all(len(s) == 2 for s in sampled) and all(sampled[i] == sampled[i + 1] for i in range(0, 8, 2))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ftbench.methods import build_method
-from helpers import compose, fit, method_context, synthetic_batches, tiny_model
+from helpers import compose, method_context, synthetic_batches, tiny_model, train_steps
 from test_methods import METHODS
 
 
@@ -15,7 +15,7 @@ def _trained(model, overrides, lr, steps=3):
     cfg = compose("method=full", *overrides)
     method = build_method(cfg.method)
     model = method.prepare(model, method_context())
-    fit(model, method, synthetic_batches(), steps=steps, lr=lr, optimizer="adamw")
+    train_steps(model, method, synthetic_batches(), steps=steps, lr=lr, optimizer="adamw")
     return method, model
 
 

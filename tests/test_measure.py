@@ -9,8 +9,8 @@ from ftbench.measure.meters import (
     MemoryMeter,
     SpeedMeter,
     flops_per_token,
+    held_optimizer_state_bytes,
     matmul_params,
-    optimizer_state_bytes,
     peak_flops,
     rss_peak_bytes,
     tensor_bytes,
@@ -21,10 +21,10 @@ from helpers import tiny_model
 def test_optimizer_state_is_read_from_the_optimizer():
     weight = torch.nn.Parameter(torch.randn(10, 10))
     optimizer = torch.optim.AdamW([weight], lr=0.1)
-    assert optimizer_state_bytes(optimizer, torch.device("cpu")) == (0, 0)  # lazy: nothing before a step
+    assert held_optimizer_state_bytes(optimizer, torch.device("cpu")) == (0, 0)  # lazy: nothing before a step
     weight.grad = torch.ones_like(weight)
     optimizer.step()
-    held, host = optimizer_state_bytes(optimizer, torch.device("cpu"))
+    held, host = held_optimizer_state_bytes(optimizer, torch.device("cpu"))
     assert held == 2 * 100 * 4 + 4 and host == 0  # exp_avg, exp_avg_sq, and the step counter
 
 
@@ -56,9 +56,9 @@ def test_speed_summary():
     for seconds in (1.0, 2.0, 3.0):
         speed.record(seconds, samples=4, tokens=40, nonpad=30, loss_tokens=4)
     summary = speed.summary(flops_token=None, peak=None)
-    assert summary["step_time_s_p50"] == 2.0 and summary["step_time_s_p90"] == 3.0
-    assert summary["tokens_per_s"] == 120 / 6 and summary["tokens_per_s_nonpad"] == 90 / 6
-    assert summary["mfu"] is None
+    assert summary.step_time_s_p50 == 2.0 and summary.step_time_s_p90 == 3.0
+    assert summary.tokens_per_s == 120 / 6 and summary.tokens_per_s_nonpad == 90 / 6
+    assert summary.mfu is None
 
 
 @pytest.mark.parametrize("name,peak", [

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from ftbench.errors import UserError
-from ftbench.measure.meters import optimizer_state_bytes, optimizer_state_parts
+from ftbench.measure.meters import held_optimizer_state_bytes, optimizer_state_parts
 from ftbench.methods import build_method
-from helpers import compose, fit, method_context, run, synthetic_batches, tiny_model
+from helpers import compose, method_context, run, synthetic_batches, tiny_model, train_steps
 
 STEPS = 3
 LR = 1e-2
@@ -28,7 +28,7 @@ def trained_by_ftbench(model: nn.Module, *overrides: str):
     """`model` trained STEPS steps by the method through ftbench's loop (fp32, no clipping, constant lr)."""
     method = build_method(compose(*overrides).method)
     model = method.prepare(model, method_context(head="causal_lm"))
-    optimizer = fit(model, method, batches(), steps=STEPS, lr=LR, optimizer="adamw")
+    optimizer = train_steps(model, method, batches(), steps=STEPS, lr=LR, optimizer="adamw")
     return method, optimizer
 
 
@@ -108,7 +108,7 @@ def test_adam_mini_takes_bert_blocks_from_architecture_py():
     model = tiny_model("tiny-bert")
     method = build_method(compose("method=adam-mini").method)
     model = method.prepare(model, method_context())
-    optimizer = fit(model, method, synthetic_batches(), steps=1, lr=1e-3, optimizer="adamw")
+    optimizer = train_steps(model, method, synthetic_batches(), steps=1, lr=1e-3, optimizer="adamw")
     state = {g["name"]: optimizer.state[g["params"][0]] for g in optimizer.param_groups}  # names lower-cased
     layer = "bert.encoder.layer.0."
     assert state[layer + "attention.self.query.weight"]["vmean"].numel() == 4  # per head
@@ -225,7 +225,7 @@ def test_the_state_count_includes_the_projection_matrices():
     moments = sum(optimizer.state[p]["exp_avg"].numel() * 4 for p in projected)
     assert parts["exp_avg (rank 4)"] == parts["exp_avg_sq (rank 4)"] == moments
     assert moments < sum(p.numel() * 4 for p in projected) / 4  # rank 4 of 32..128-wide weights
-    assert optimizer_state_bytes(optimizer, cpu)[0] == sum(parts.values())
+    assert held_optimizer_state_bytes(optimizer, cpu)[0] == sum(parts.values())
 
 
 def test_the_plan_shows_the_rank_r_states_as_lines(tmp_path, capsys):

@@ -11,7 +11,7 @@ from ftbench import report
 from ftbench.job.run import run_job
 from ftbench.methods import build_method, config_class
 from ftbench.models.loading import load_model
-from ftbench.plan.planner import fit, largest_micro_batch_from, peak_at, predict, target
+from ftbench.plan.planner import largest_micro_batch_from, peak_at, plan_fit, predict, target
 from helpers import compose, method_context, method_table, run
 
 LAYERS = 8
@@ -95,7 +95,7 @@ def test_a_step_whose_op_count_differs_by_width_still_pairs_its_ops():
 def test_largest_micro_batch_is_the_last_that_fits():
     cfg = compose("mode=plan", *SHAPE, "method=lora", "hardware=gpu-24gb")
     tgt = target(cfg)
-    the_fit = fit(cfg, tgt)
+    the_fit = plan_fit(cfg, tgt)
     peaks = [peak_at(the_fit, tgt, b) for b in (1, 5, 6)]
     assert peaks[0] < peaks[1] < peaks[2]
     assert largest_micro_batch_from(the_fit, tgt, peaks[1]) == 5

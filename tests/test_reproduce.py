@@ -143,10 +143,10 @@ def test_a_failed_or_outdated_result_is_moved_aside_never_deleted(tiny_run, tmp_
     (copy / "lora" / "seed0" / "result.json").write_text(json.dumps(failed))
 
     args = reproduce.parse([str(recipe), "--out", str(tmp_path), "--set", "task.max_steps=4"])
-    jobs = {job.cell.id: job for job in reproduce.plan(load(recipe), args)}
-    assert jobs["full"].redo == {0: "made from another config"}
-    assert jobs["lora"].redo[0].startswith("status oom")
-    reproduce.set_aside(jobs["lora"], copy)
+    cell_runs = {cell_run.cell.id: cell_run for cell_run in reproduce.cells(load(recipe), args)}
+    assert cell_runs["full"].redo == {0: "made from another config"}
+    assert cell_runs["lora"].redo[0].startswith("status oom")
+    reproduce.set_aside(cell_runs["lora"], copy)
     moved = list((copy / reproduce.ASIDE / "lora").iterdir())
     assert not (copy / "lora" / "seed0").exists() and len(moved) == 1
     assert json.loads((moved[0] / "result.json").read_text())["status"] == "oom"

@@ -19,7 +19,7 @@ from ftbench.methods.partial_linear import partial_layers
 from ftbench.methods.s2ft import adapter as s2ft_adapter
 from ftbench.methods.s2ft.method import S2ft, S2ftConfig
 from ftbench.methods.s2ft.select import find_blocks, select_units
-from helpers import REPO, compose, fit, method_context, synthetic_batches, tiny_model
+from helpers import REPO, compose, method_context, synthetic_batches, tiny_model, train_steps
 
 EVERYTHING = dict(v_ratio=1.0, o_ratio=1.0, u_ratio=1.0, d_ratio=1.0)
 
@@ -72,7 +72,7 @@ def test_selecting_everything_is_full_finetuning_of_the_projections(model_name):
     for m, how in ((reference, dense), (model, method)):
         runs.append(recording(how, m, trained))
         torch.manual_seed(1)  # the same dropout masks in both (BERT)
-        fit(m, how, iter(batches), steps=3, lr=0.5)
+        train_steps(m, how, iter(batches), steps=3, lr=0.5)
     assert len(runs[1]) == 3
     for step, (expected, got) in enumerate(zip(*runs)):
         for name in trained:
@@ -84,7 +84,7 @@ def test_small_ratios_change_only_the_selected_slices():
     model = base_model(dtype=torch.float32)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model, method = prepared(model, v_ratio=0.5, o_ratio=0.25, u_ratio=0.05, d_ratio=0.05, train_head=False)
-    fit(model, method, synthetic_batches(), steps=3, lr=1e-2, optimizer="adamw")
+    train_steps(model, method, synthetic_batches(), steps=3, lr=1e-2, optimizer="adamw")
     layers = {f"{name}.weight": layer for name, layer in partial_layers(model).items()}
     assert {layer.kind for layer in layers.values()} == {"rows", "cols"}
     for name, param in model.named_parameters():
@@ -134,7 +134,7 @@ def test_accumulation_equals_a_larger_batch():
     for data, accumulation in ((batches, 1), (halves, 2)):
         model, method = prepared(base_model(), master_dtype="weight", o_ratio=0.5, d_ratio=0.25, v_ratio=0.5,
                                  u_ratio=0.1)
-        fit(model, method, iter(data), steps=2, lr=1e-2, optimizer="adamw", accumulation=accumulation)
+        train_steps(model, method, iter(data), steps=2, lr=1e-2, optimizer="adamw", accumulation=accumulation)
         runs.append({n: p.detach() for n, p in model.named_parameters()})
     for name, value in runs[0].items():
         torch.testing.assert_close(runs[1][name], value, rtol=1e-10, atol=1e-12, msg=name)
@@ -269,7 +269,7 @@ def test_bad_settings_name_the_key():
 @functools.cache
 def trained_adapter(seed, tmp_path=None, **ratios):
     model, method = prepared(base_model(dtype=torch.float32), seed=seed, **ratios)
-    fit(model, method, synthetic_batches(seed=seed), steps=2, lr=1e-2, optimizer="adamw")
+    train_steps(model, method, synthetic_batches(seed=seed), steps=2, lr=1e-2, optimizer="adamw")
     if tmp_path is None:
         return model, s2ft_adapter.extract(model, method.base)
     exported = method.export(model, None, tmp_path)

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from ftbench.errors import UserError
-from ftbench.measure.meters import optimizer_state_bytes
+from ftbench.measure.meters import held_optimizer_state_bytes
 from ftbench.methods.base import Method, MethodConfig
 from ftbench.methods.sift.method import (
     MASTER_SUFFIXES,
@@ -24,7 +24,7 @@ from ftbench.methods.sift.method import (
 )
 from ftbench.methods.sift.select import head_modules, resolve_targets, selected_count, top_k
 from ftbench.models import architecture
-from helpers import compose, fit, method_context, run, synthetic_batches, tiny_model
+from helpers import compose, method_context, run, synthetic_batches, tiny_model, train_steps
 
 
 @functools.cache
@@ -83,9 +83,9 @@ def test_rate_one_with_sgd_is_fine_tuning_of_the_targets_step_by_step(model_name
     sift_batches, dense_batches = synthetic_batches(seed=3), synthetic_batches(seed=3)
     for step in range(3):  # SGD has no state: one-step fits are the same run, checked after every step
         torch.manual_seed(step)  # the same dropout masks
-        fit(sift_model, method, sift_batches, 1, lr=0.5)
+        train_steps(sift_model, method, sift_batches, 1, lr=0.5)
         torch.manual_seed(step)
-        fit(dense_model, reference, dense_batches, 1, lr=0.5)
+        train_steps(dense_model, reference, dense_batches, 1, lr=0.5)
         expected = dense_model.state_dict()
         for key, value in dense_state(sift_model).items():
             torch.testing.assert_close(value, expected[key], msg=key)
@@ -95,7 +95,7 @@ def test_rate_one_with_sgd_is_fine_tuning_of_the_targets_step_by_step(model_name
 def test_small_rate_changes_only_the_selected_entries_of_every_target():
     model, method = prepared("tiny-bert", sparse_rate=0.05)
     before = dense_state(model)
-    fit(model, method, synthetic_batches(), 4, lr=1e-2, optimizer="adamw")
+    train_steps(model, method, synthetic_batches(), 4, lr=1e-2, optimizer="adamw")
     after = dense_state(model)
     first = next(iter(method.named_layers))
     assert first == "bert.encoder.layer.0.attention.self.query"  # the one the reference never trained
@@ -118,8 +118,8 @@ def halves(stream):
 def test_accumulation_equals_one_larger_batch():
     whole_model, whole = prepared(sparse_rate=0.1)
     split_model, split = prepared(sparse_rate=0.1)
-    fit(whole_model, whole, synthetic_batches(8, seed=5), 3, lr=0.5)
-    fit(split_model, split, halves(synthetic_batches(8, seed=5)), 3, lr=0.5, accumulation=2)
+    train_steps(whole_model, whole, synthetic_batches(8, seed=5), 3, lr=0.5)
+    train_steps(split_model, split, halves(synthetic_batches(8, seed=5)), 3, lr=0.5, accumulation=2)
     expected = dense_state(whole_model)
     for key, value in dense_state(split_model).items():
         torch.testing.assert_close(value, expected[key], msg=key)
@@ -129,8 +129,8 @@ def test_checkpointing_on_and_off_give_the_same_weights():
     plain_model, plain = prepared(sparse_rate=0.1)
     ckpt_model, ckpt = prepared(sparse_rate=0.1, checkpointing=True)
     assert all(torch.equal(a, b) for a, b in zip(plain.selection().values(), ckpt.selection().values()))
-    fit(plain_model, plain, synthetic_batches(), 3, lr=1e-2, optimizer="adamw")
-    fit(ckpt_model, ckpt, synthetic_batches(), 3, lr=1e-2, optimizer="adamw")
+    train_steps(plain_model, plain, synthetic_batches(), 3, lr=1e-2, optimizer="adamw")
+    train_steps(ckpt_model, ckpt, synthetic_batches(), 3, lr=1e-2, optimizer="adamw")
     expected = dense_state(plain_model)
     for key, value in dense_state(ckpt_model).items():
         torch.testing.assert_close(value, expected[key], msg=key)
@@ -140,7 +140,7 @@ def test_checkpointing_on_and_off_give_the_same_weights():
                                                             ("bf16-pure", "weight", 2)])
 def test_optimizer_holds_two_states_per_selected_entry_and_no_dense_gradient(dtype, master_dtype, state_bytes):
     model, method = prepared(dtype=dtype, sparse_rate=0.05, master_dtype=master_dtype, exception_modules=[])
-    optimizer = fit(model, method, synthetic_batches(), 1, lr=1e-3, optimizer="adamw")
+    optimizer = train_steps(model, method, synthetic_batches(), 1, lr=1e-3, optimizer="adamw")
     assert {id(p) for p in optimizer.state} == {id(p) for p in method.master_parameters()}
     k_total = 0
     for layer in method.layers:
@@ -151,7 +151,7 @@ def test_optimizer_holds_two_states_per_selected_entry_and_no_dense_gradient(dty
         assert layer.block_counts.numel() == -(-layer.weight.numel() // 2**15)  # and one count per 2^15 entries
         assert {n: t.numel() * t.element_size() for n, t in state.items() if n != "step"} == \
             {"exp_avg": state_bytes * k, "exp_avg_sq": state_bytes * k}
-    held, _ = optimizer_state_bytes(optimizer, torch.device("cpu"))
+    held, _ = held_optimizer_state_bytes(optimizer, torch.device("cpu"))
     step_counters = sum(s["step"].numel() * s["step"].element_size() for s in optimizer.state.values())
     assert held - step_counters == 2 * state_bytes * k_total
     model.train()
@@ -165,7 +165,7 @@ def test_weight_decay_decays_the_selected_weights_not_the_biases():
     for decay in (0.0, 0.5):
         model, method = prepared("tiny-bert", sparse_rate=0.05, exception_modules=[])
         before = dense_state(model)
-        fit(model, method, synthetic_batches(), 1, lr=1e-2, optimizer="adamw", weight_decay=decay)
+        train_steps(model, method, synthetic_batches(), 1, lr=1e-2, optimizer="adamw", weight_decay=decay)
         runs[decay] = dense_state(model)
     name, layer = next(iter(method.named_layers.items()))
     w0 = before[f"{name}.weight"].reshape(-1)[layer.selected_index()]
@@ -178,7 +178,7 @@ def test_weight_decay_decays_the_selected_weights_not_the_biases():
 def test_bias_policies(policy):
     model, method = prepared("tiny-bert", sparse_rate=0.05, bias=policy, exception_modules=[])
     before = dense_state(model)
-    fit(model, method, synthetic_batches(), 2, lr=1e-2, optimizer="adamw")
+    train_steps(model, method, synthetic_batches(), 2, lr=1e-2, optimizer="adamw")
     after = dense_state(model)
     for name, layer in method.named_layers.items():
         changed = (after[f"{name}.bias"] != before[f"{name}.bias"]).sum().item()
@@ -193,7 +193,7 @@ def test_export_round_trips(tmp_path):
 
     base = fresh("tiny-bert")
     model, method = prepared("tiny-bert", sparse_rate=0.05)
-    fit(model, method, synthetic_batches(), 3, lr=1e-2, optimizer="adamw")
+    train_steps(model, method, synthetic_batches(), 3, lr=1e-2, optimizer="adamw")
     paths = method.export(model, None, tmp_path)
     merged = AutoModelForSequenceClassification.from_pretrained(paths["merged"]).state_dict()
     trained = dense_state(model)

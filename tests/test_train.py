@@ -101,7 +101,7 @@ def test_ctrl_c_stops_when_the_step_ends():
     import signal
 
     from ftbench.methods import build_method
-    from helpers import compose, fit, method_context, synthetic_batches, tiny_model
+    from helpers import compose, method_context, synthetic_batches, tiny_model, train_steps
 
     def interrupted(batches, at: int):
         for i, batch in enumerate(batches):
@@ -114,7 +114,7 @@ def test_ctrl_c_stops_when_the_step_ends():
     model = method.prepare(model, method_context())
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
-        fit(model, method, interrupted(synthetic_batches(), at=2), steps=10, lr=1e-2, optimizer="adamw")
+        train_steps(model, method, interrupted(synthetic_batches(), at=2), steps=10, lr=1e-2, optimizer="adamw")
     assert signal.getsignal(signal.SIGINT) is handler
     optimizer_steps = {int(method.optimizer.state[p]["step"]) for p in method.master_parameters()}
     assert optimizer_steps == {3}  # the third step, during which Ctrl-C came, completed

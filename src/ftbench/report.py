@@ -15,7 +15,7 @@ from hydra.experimental.callback import Callback
 
 from ftbench import results
 from ftbench.plan import report as plan_report
-from ftbench.results import GiB
+from ftbench.results import GiB, Result
 
 log = logging.getLogger("ftbench")
 
@@ -36,38 +36,38 @@ def memory_unit(table: list[dict]) -> tuple[str, int]:
     return ("GiB", GiB) if largest >= GiB else ("MiB", 2**20)
 
 
-def _labels(loaded: list[dict]) -> list[str]:
+def _labels(loaded: list[Result]) -> list[str]:
     """Method name plus the overrides that tell the runs apart (e.g. method.sparse_rate=0.01)."""
-    override_sets = [set(r["run"].get("overrides") or []) for r in loaded]
+    override_sets = [set(r.run.overrides or []) for r in loaded]
     shared = set.intersection(*override_sets) if override_sets else set()
     labels = []
     for result, overrides in zip(loaded, override_sets):
         own = sorted(o for o in overrides - shared if not o.startswith(("method=", "hydra.")))
-        labels.append(" ".join([result["run"]["method"], *own]))
+        labels.append(" ".join([result.run.method, *own]))
     return labels
 
 
-def rows(loaded: list[dict], plans: list[dict | None] | None = None) -> list[dict[str, Any]]:
+def rows(loaded: list[Result], plans: list[dict | None] | None = None) -> list[dict[str, Any]]:
     table = []
     for label, result, plan in zip(_labels(loaded), loaded, plans or [None] * len(loaded)):
-        memory, breakdown = result["memory"], result["memory"].get("breakdown") or {}
-        held = [breakdown.get(k) for k in ("weights_bytes", "master_bytes", "grad_bytes", "optimizer_state_bytes")]
-        metric = result["run"].get("metric")
+        memory, breakdown = result.memory, result.memory.breakdown
+        held = [breakdown.weights_bytes, breakdown.master_bytes, breakdown.grad_bytes, breakdown.optimizer_state_bytes]
+        metric = result.run.metric
         table.append({
             "run": label,
-            "status": result["status"],
-            "trainable_pct": result["params"]["trainable_pct"],
+            "status": result.status,
+            "trainable_pct": result.params.trainable_pct,
             # CUDA's allocator counter, or on the CPU the peak traced op by op (mode=profile)
-            "peak_alloc_bytes": memory.get("train_peak_allocated_bytes") or memory.get("train_peak_traced_bytes"),
+            "peak_alloc_bytes": memory.train_peak_allocated_bytes or memory.train_peak_traced_bytes,
             "state_bytes": sum(v for v in held if v) if any(held) else None,
-            "weights_bytes": breakdown.get("weights_bytes"),
-            "grads_bytes": breakdown.get("grad_bytes"),
-            "optim_state_bytes": breakdown.get("optimizer_state_bytes"),
-            "activations_bytes": breakdown.get("activations_bytes"),
-            "step_s": result["throughput"].get("step_time_s_p50"),
-            "tokens_per_s": result["throughput"].get("tokens_per_s_nonpad"),
+            "weights_bytes": breakdown.weights_bytes,
+            "grads_bytes": breakdown.grad_bytes,
+            "optim_state_bytes": breakdown.optimizer_state_bytes,
+            "activations_bytes": breakdown.activations_bytes,
+            "step_s": result.throughput.step_time_s_p50,
+            "tokens_per_s": result.throughput.tokens_per_s_nonpad,
             "metric": metric,
-            "value": (result.get("metrics") or {}).get(metric) if metric else None,
+            "value": result.metrics.get(metric) if metric else None,
         })
         if plan is not None:  # ftbench plan's prediction for this run (plan.json)
             predicted = plan["memory"]["train_peak_allocated_bytes"]
@@ -170,7 +170,7 @@ def build(paths: list[Path], out_dir: Path) -> dict[str, Path]:
         return {"plans": plan_report.print_plans(paths, out_dir)}
     if not found:
         raise ValueError(f"no {results.FILENAME} under {', '.join(map(str, paths))}")
-    loaded = [results.read(p) for p in found]
+    loaded = [results.load(p) for p in found]
     table = rows(loaded, [plan_report.matching_plan(r, p, plans) for r, p in zip(loaded, found)])
     written = {"markdown": out_dir / "report.md", "csv": out_dir / "report.csv"}
     written["markdown"].write_text(markdown(table))

@@ -15,7 +15,6 @@ submitit_local) runs them, on a cluster as on a laptop.
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import sys
@@ -28,12 +27,14 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ftbench import results
 from ftbench.compare.spec import Spec, arm_overrides
 from ftbench.config.schema import check
 from ftbench.errors import UserError, explain_compose_error
 from ftbench.job import children
 from ftbench.job.checkpoint import differing_keys
 from ftbench.job.compose import config_dir, register_configs
+from ftbench.results import Result
 
 STAGES = {"lr": "stage 1: the lr on a validation split carved from the training data",
           "seeds": "stage 2: every seed at the chosen lr, scored on the reported split"}
@@ -58,16 +59,12 @@ class Run:
     def done(self) -> bool:
         return self.why is None
 
-    def result(self) -> dict | None:
-        return read_result(self.folder)
-
-
-def read_result(folder: Path) -> dict | None:
-    try:
-        loaded = json.loads((folder / "result.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return loaded if isinstance(loaded, dict) else None
+    def result(self) -> Result | None:
+        """The run's result.json (results.load); None when there is none or it is not a valid result."""
+        try:
+            return results.load(self.folder / results.FILENAME)
+        except (UserError, ValueError):
+            return None
 
 
 def task_overrides(spec: Spec, task: str) -> list[str]:
@@ -138,9 +135,9 @@ def survey(run: Run) -> str | None:
     result = run.result()
     if result is None:
         return "interrupted (no readable result.json): resumes"
-    keys = differing_keys(result.get("config") or {}, run.config)
-    if result.get("status") not in FINDINGS:
-        return f"status {result.get('status')}: runs again"
+    keys = differing_keys(result.config or {}, run.config)
+    if result.status not in FINDINGS:
+        return f"status {result.status}: runs again"
     return f"made from another config (differs in: {', '.join(keys[:4])})" if keys else None
 
 

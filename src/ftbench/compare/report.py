@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ftbench import report as run_report
+from ftbench import results
 from ftbench.compare import stats
+from ftbench.results import Result
 
 FILES = {"json": "comparison.json", "markdown": "comparison.md", "csv": "comparison.csv", "plot": "comparison.png"}
 COLUMNS = ("task", "arm", "method", "lr", "ok_seeds", "metric", "mean", "ci95", "peak_bytes", "peak_kind",
@@ -34,7 +36,7 @@ class Counted:
     lr: float
     seed: int
     folder: str  # relative to the comparison's folder
-    result: dict
+    result: Result
 
 
 def metric_name(spec: dict, task_metric: str) -> tuple[str, str]:
@@ -58,17 +60,17 @@ def summarize(spec: dict, counted: list[Counted], missing: list[str], plans: dic
         if not runs:
             tasks.append({"task": task, "metric": None, "chosen": {}, "rows": []})
             continue
-        split, name = metric_name(spec, runs[0].result["config"]["task"]["metric"])
+        split, name = metric_name(spec, runs[0].result.config["task"]["metric"])
         better = higher_is_better(name)
         chosen = {}
         for arm in spec["arms"]:
-            scores = {c.lr: (c.result.get("metrics") or {}).get(f"val/{name}") for c in runs
+            scores = {c.lr: c.result.metrics.get(f"val/{name}") for c in runs
                       if c.stage == "lr" and c.arm == arm}
             chosen[arm] = {"lr": stats.choose(scores, better), "scores": {repr(k): v for k, v in sorted(scores.items())}}
-        final = {arm: {c.seed: c for c in runs if c.stage == "seeds" and c.arm == arm and c.result["status"] == "ok"}
+        final = {arm: {c.seed: c for c in runs if c.stage == "seeds" and c.arm == arm and c.result.status == "ok"}
                  for arm in spec["arms"]}
-        values = {arm: {s: c.result["metrics"][f"{split}/{name}"] for s, c in by_seed.items()
-                        if f"{split}/{name}" in (c.result.get("metrics") or {})} for arm, by_seed in final.items()}
+        values = {arm: {s: c.result.metrics[f"{split}/{name}"] for s, c in by_seed.items()
+                        if f"{split}/{name}" in c.result.metrics} for arm, by_seed in final.items()}
         full = next((a for a in spec["arms"] if spec["arm_methods"][a] == "full"), None)
         lora = next((a for a in spec["arms"] if spec["arm_methods"][a] == "lora"), None)
         full_val = [last_validation(c.result, name) for c in final.get(full, {}).values()]
@@ -81,13 +83,13 @@ def summarize(spec: dict, counted: list[Counted], missing: list[str], plans: dic
             "runs": sorted(c.folder for c in counted)}
 
 
-def last_validation(result: dict, name: str) -> float | None:
+def last_validation(result: Result, name: str) -> float | None:
     history = validation_curve(result, name)
     return history[-1][1] if history else None
 
 
-def validation_curve(result: dict, name: str) -> list[tuple[int, float]]:
-    return [(v["step"], v["metrics"][f"val/{name}"]) for v in result.get("validation_history") or []
+def validation_curve(result: Result, name: str) -> list[tuple[int, float]]:
+    return [(v["step"], v["metrics"][f"val/{name}"]) for v in result.validation_history or []
             if f"val/{name}" in v["metrics"]]
 
 
@@ -109,15 +111,15 @@ def row(spec: dict, task: str, arm: str, lr: float | None, by_seed: dict[int, Co
         peaks = [r["state_bytes"] for r in table]
     step_s = [r["step_s"] for r in table if r["step_s"] is not None]
     times = [stats.time_to_target(validation_curve(c.result, name), target,
-                                  c.result["throughput"].get("step_time_s_p50"), higher_is_better(name))
+                                  c.result.throughput.step_time_s_p50, higher_is_better(name))
              for c in by_seed.values()] if target is not None else []
     reached = [t for t in times if t is not None]
-    engagement = [c.result.get("engagement") or {} for c in by_seed.values()]
+    engagement = [c.result.engagement or {} for c in by_seed.values()]
     changed = [e["changed_pct_of_claimed"] for e in engagement if e.get("changed_pct_of_claimed") is not None]
     out.update(mean=ci.mean, ci95=ci.half_width, peak_bytes=mean(peaks), peak_kind=kind,
                predicted_peak_bytes=(plan or {}).get("memory", {}).get("train_peak_allocated_bytes"),
                step_s=mean(step_s), tokens_per_s=mean([r["tokens_per_s"] for r in table]),
-               trainable=loaded[0]["params"]["trainable"], trainable_pct=loaded[0]["params"]["trainable_pct"],
+               trainable=loaded[0].params.trainable, trainable_pct=loaded[0].params.trainable_pct,
                time_to_target_s=mean(reached), reached=f"{len(reached)}/{len(mine)}" if target is not None else None,
                changed_pct=min(changed) if changed else None,
                warnings="; ".join(sorted({e["warning"] for e in engagement if e.get("warning")})) or None)
@@ -266,9 +268,8 @@ def counted(folder: Path, runs: list[str]) -> list[Counted]:
     found = []
     for relative in runs:
         task, stage, arm, _ = Path(relative).parts
-        result = json.loads((folder / relative / "result.json").read_text())
-        found.append(Counted(stage, task, arm, result["config"]["optim"]["lr"], result["config"]["seed"], relative,
-                             result))
+        result = results.load(folder / relative / results.FILENAME)
+        found.append(Counted(stage, task, arm, result.config["optim"]["lr"], result.config["seed"], relative, result))
     return found
 
 

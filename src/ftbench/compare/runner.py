@@ -44,7 +44,7 @@ def chosen_lrs(spec: Spec, runs: list[Run]) -> dict[tuple[str, str], float | Non
             mine = [r for r in runs if r.task == task and r.arm == arm]
             if mine and all(r.done for r in mine):
                 _, name = report.metric_name(asdict(spec), mine[0].config["task"]["metric"])
-                scores = {r.lr: (r.result().get("metrics") or {}).get(f"val/{name}") for r in mine}
+                scores = {r.lr: r.result().metrics.get(f"val/{name}") for r in mine}
                 chosen[task, arm] = stats.choose(scores, report.higher_is_better(name))
     return chosen
 
@@ -60,8 +60,8 @@ def counted_run(run: Run, out: Path) -> report.Counted:
 
 def step_seconds(spec: Spec, runs: list[Run], task: str, arm: str) -> tuple[float, str]:
     """Seconds per optimizer step of the arm on the task: the median of its finished runs, else the spec's."""
-    measured = sorted(r.result()["throughput"]["step_time_s_p50"] for r in runs
-                      if r.task == task and r.arm == arm and r.done and r.result()["throughput"].get("step_time_s_p50"))
+    measured = sorted(r.result().throughput.step_time_s_p50 for r in runs
+                      if r.task == task and r.arm == arm and r.done and r.result().throughput.step_time_s_p50)
     return (measured[len(measured) // 2], "measured") if measured else (spec.estimate.step_s, "spec estimate")
 
 
@@ -115,15 +115,15 @@ def compare(spec: Spec, name: str, out: Path, dry_run: bool) -> int:
         execute(spec, second, out)
         predicted = plans.predict(composer, spec, out, chosen)
     runs = first + second
-    missing = [f"{r.folder.relative_to(out)}: {r.why or 'status ' + r.result()['status']}" for r in runs
-               if not r.done or r.result()["status"] != "ok"]
+    missing = [f"{r.folder.relative_to(out)}: {r.why or 'status ' + r.result().status}" for r in runs
+               if not r.done or r.result().status != "ok"]
     missing += [f"{task} {arm}: no lr chosen (no stage-1 run scored)" for (task, arm), lr in chosen.items() if lr is None]
     summary = report.summarize(as_data(spec, name), [counted_run(r, out) for r in runs if r.done], missing, predicted)
     written = report.write(summary, out)
     print("\n" + written["markdown"].read_text())
     for kind, path in written.items():
         print(f"{kind}: {path}")
-    broken = [r for r in runs if not r.done and (r.result() or {}).get("status") not in ("nan", "oom")]
+    broken = [r for r in runs if not r.done and getattr(r.result(), "status", None) not in ("nan", "oom")]
     return 1 if broken else 0
 
 

@@ -51,7 +51,7 @@ class Settings:
     """The resolved values and, for each, the config key that won (`owners`)."""
 
     batch_size: int
-    steps: int | None  # None under mode=profile (the method's warm-up adds to profile.steps: steps.plan),
+    steps: int | None  # None under mode=profile (the method's warm-up adds to profile.steps: steps.train_spec),
     # or when epochs decide and the training set was not counted
     lr: float
     num_beams: int | None  # None: the task does not generate

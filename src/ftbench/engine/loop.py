@@ -32,7 +32,9 @@ class NonFiniteLoss(Exception):
 
 
 @dataclass
-class Plan:
+class TrainSpec:
+    """How many steps of what size: what the loop runs, fixed before it starts."""
+
     steps: int  # optimizer steps
     micro_batch_size: int
     accumulation: int  # micro-batches per optimizer step
@@ -41,6 +43,41 @@ class Plan:
     eval_every: int | None = None
     log_every: int = 10
     progress: bool = True
+
+
+@dataclass
+class Trainee:
+    """What a step changes: the model, its method (hooks, masters), the optimizer and the LR scheduler."""
+
+    model: torch.nn.Module
+    method: object  # methods.base.Method (a layer above: the loop knows only its hooks)
+    optimizer: torch.optim.Optimizer
+    scheduler: object  # torch.optim.lr_scheduler.LRScheduler
+
+
+@dataclass
+class Compute:
+    """How a micro-batch is computed: the accelerator (device, backward, no_sync), the autocast, the
+    head (`causal_lm` counts label tokens), the loss of one micro-batch and the data-parallel sync."""
+
+    accelerator: object  # accelerate.Accelerator
+    head: str
+    autocast: Callable = nullcontext
+    loss_fn: Loss = model_loss
+    sync: GradientSync | None = None  # None: one process
+
+
+@dataclass
+class Watchers:
+    """What runs beside the steps: the memory and speed meters, the metric logger, the validation
+    (`evaluate(step)`, every `TrainSpec.eval_every` steps) and the checkpoint (`checkpoint(log,
+    stopping)`, at every step's end, last, so a checkpoint holds the step's validation)."""
+
+    meter: MemoryMeter
+    speed: SpeedMeter
+    logger: object  # engine.loggers.NullLogger or a subclass
+    evaluate: Callable[[int], None] | None = None
+    checkpoint: Callable[[TrainLog, bool], None] | None = None
 
 
 @dataclass
@@ -76,18 +113,20 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Plan, *, accelerator,
-          head: str, meter: MemoryMeter, speed: SpeedMeter, logger, autocast: Callable = nullcontext,
-          loss_fn: Loss = model_loss, evaluate: Callable[[int], None] | None = None,
-          history: TrainLog | None = None, checkpoint: Callable[[TrainLog, bool], None] | None = None,
-          sync: GradientSync | None = None) -> TrainLog:
-    """Train from `history` (a resumed run's log; None: step 0) to `plan.steps`. `checkpoint(log,
-    stopping)` is called at every step's end, last, so a checkpoint holds the step's validation.
-    `sync` sums gradients, counts and the loss over data-parallel ranks (distributed.py)."""
+def train(trainee: Trainee, batches: Iterator[dict], spec: TrainSpec, compute: Compute, watchers: Watchers,
+          history: TrainLog | None = None) -> TrainLog:
+    """Train from `history` (a resumed run's log; None: step 0) to `spec.steps` optimizer steps of
+    `spec.accumulation` micro-batches each, drawn from `batches` (CPU tensors). Returns the log.
+    Raises NonFiniteLoss (a NaN or infinite loss) and KeyboardInterrupt (Ctrl-C, SIGTERM: at a
+    step's end, after its checkpoint)."""
+    model, method, optimizer, scheduler = trainee.model, trainee.method, trainee.optimizer, trainee.scheduler
+    accelerator, head, autocast, loss_fn = compute.accelerator, compute.head, compute.autocast, compute.loss_fn
+    meter, speed, logger, evaluate, checkpoint = (watchers.meter, watchers.speed, watchers.logger,
+                                                  watchers.evaluate, watchers.checkpoint)
     device = accelerator.device
-    sync = sync or GradientSync(device)
+    sync = compute.sync or GradientSync(device)
     history = history or TrainLog()
-    progress = Progress(plan, enabled=plan.progress)
+    progress = Progress(spec, enabled=spec.progress)
     model.train()
     with StopAtStepEnd() as stop:
 
@@ -101,12 +140,12 @@ def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Pl
 
         if history.pending_eval:
             validate_pending()
-        for step in range(history.steps, plan.steps):
+        for step in range(history.steps, spec.steps):
             if stop.requested:
                 break
-            if step == max(plan.measure_from, history.steps):
+            if step == max(spec.measure_from, history.steps):
                 meter.start_train()
-            micro = [next(batches) for _ in range(plan.accumulation)]
+            micro = [next(batches) for _ in range(spec.accumulation)]
             counts = [count(b, head) for b in micro]
             step_counts = Counts(*sync.total_counts(  # over every rank: the loss is the global batch's mean
                 [sum(getattr(c, f) for c in counts) for f in ("samples", "tokens", "nonpad", "loss_units")]))
@@ -127,7 +166,7 @@ def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Pl
             method.before_optimizer_step(step)
             sync.reduce(method.optimizer_parameters())
             meter.sample_grads([*method.optimizer_parameters(), *model.parameters()])
-            grad_norm = method.clip_grad_norm(plan.max_grad_norm)
+            grad_norm = method.clip_grad_norm(spec.max_grad_norm)
             optimizer.step()
             method.after_step(step)
             if method.scheduler_steps(step):
@@ -139,7 +178,7 @@ def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Pl
 
             if not math.isfinite(loss_value):
                 raise NonFiniteLoss(step, loss_value)
-            if step >= plan.measure_from:
+            if step >= spec.measure_from:
                 speed.record(seconds, step_counts.samples, step_counts.tokens, step_counts.nonpad, step_counts.loss_units)
             meter.after_step(optimizer)
             history.steps = step + 1
@@ -152,7 +191,7 @@ def train(model, method, optimizer, scheduler, batches: Iterator[dict], plan: Pl
                 values["train/grad_norm"] = float(grad_norm)
             logger.log(values, step + 1)
             progress.update(step + 1, loss_value, lr, step_counts.nonpad / seconds, _memory_now(device))
-            if evaluate and plan.eval_every and (step + 1) % plan.eval_every == 0 and step + 1 < plan.steps:
+            if evaluate and spec.eval_every and (step + 1) % spec.eval_every == 0 and step + 1 < spec.steps:
                 history.pending_eval = True
                 if not stop.requested:
                     validate_pending()
@@ -233,8 +272,8 @@ def _memory_now(device: torch.device) -> str:
 class Progress:
     """A rich progress bar on a terminal; a log line every `log_every` steps elsewhere."""
 
-    def __init__(self, plan: Plan, enabled: bool):
-        self.plan = plan
+    def __init__(self, spec: TrainSpec, enabled: bool):
+        self.spec = spec
         self.bar = None
         if enabled and sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
@@ -243,14 +282,14 @@ class Progress:
             self.bar = RichProgress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                                     TextColumn("{task.fields[info]}"), transient=True)
             self.bar.start()
-            self.task = self.bar.add_task("train", total=plan.steps, info="")
+            self.task = self.bar.add_task("train", total=spec.steps, info="")
 
     def update(self, step: int, loss: float, lr: float, tokens_per_s: float, memory: str) -> None:
         info = f"loss {loss:.4f}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s  {memory}"
         if self.bar is not None:
             self.bar.update(self.task, completed=step, info=info)
-        elif step % self.plan.log_every == 0 or step == self.plan.steps:
-            log.info("step %d/%d  %s", step, self.plan.steps, info)
+        elif step % self.spec.log_every == 0 or step == self.spec.steps:
+            log.info("step %d/%d  %s", step, self.spec.steps, info)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -35,9 +35,10 @@ import numpy as np
 import torch
 
 from ftbench import files
-from ftbench.engine.loop import TrainLog
+from ftbench.engine.loop import Trainee, TrainLog, TrainSpec
 from ftbench.errors import UserError
 from ftbench.parallel import distributed
+from ftbench.results import Result, Train
 
 log = logging.getLogger(__name__)
 
@@ -127,24 +128,21 @@ class Checkpointer:
     """Writes a checkpoint at the end of a step (every `train.checkpoint_every` steps, after
     the last step, and when a stop is requested) and restores one before the first step.
 
-    `selector` (the best-checkpoint choice: `state_dict`/`load_state_dict`) and `validations`
-    (the run's list of validations) are the run's own, restored in place; `result` gets the
-    `checkpoints` written (step, path, bytes, write_s) and `resumed_from` (path, steps_before).
+    `selector` (the best-checkpoint choice: `state_dict`/`load_state_dict`, and its `validations`)
+    is the run's own, restored in place; `result` gets the `checkpoints` written (step, path,
+    bytes, write_s), `resumed_from` (path, steps_before) and the `train` section a checkpoint holds.
     """
 
-    def __init__(self, cfg, run_dir: Path, *, model, method, scheduler, selector,
-                 validations: list[dict], accumulation: int, steps: int, result: dict):
+    def __init__(self, cfg, run_dir: Path, trainee: Trainee, spec: TrainSpec, selector, result: Result):
         self.every, self.keep = cfg.train.checkpoint_every, cfg.train.keep_checkpoints
         self.resume = cfg.train.resume
         self.folder = Path(run_dir) / FOLDER
         self.run_dir = Path(run_dir)
-        self.model, self.method, self.scheduler = model, method, scheduler
-        self.selector, self.validations = selector, validations
-        self.accumulation, self.steps = accumulation, steps
+        self.model, self.method, self.scheduler = trainee.model, trainee.method, trainee.scheduler
+        self.selector = selector
+        self.accumulation, self.steps = spec.accumulation, spec.steps
         self.result = result
         self.micro_batches = 0  # the position in the training stream to continue from
-        result.setdefault("checkpoints", [])
-        result.setdefault("resumed_from", None)
 
     # -- restore --------------------------------------------------------------------------
     def restore(self) -> TrainLog:
@@ -153,7 +151,7 @@ class Checkpointer:
         path = to_resume(self.resume, self.run_dir)
         if path is None:
             return TrainLog()
-        check_config(path, self.result["config"])
+        check_config(path, self.result.config)
         from safetensors.torch import load_file
 
         try:  # our own file; it holds Python and NumPy RNG states, which weights_only refuses
@@ -171,10 +169,10 @@ class Checkpointer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.method.restore(self.model, trained)
         self.selector.load_state_dict(state["selector"])
-        self.validations[:] = state["validations"]
-        self.result["checkpoints"] = state["checkpoints"]
-        self.result["checkpoints"][-1]["bytes"] = folder_bytes(path)  # known once it was written
-        self.result["resumed_from"] = {"path": str(path), "steps_before": state["log"]["steps"]}
+        self.selector.validations[:] = state["validations"]
+        self.result.checkpoints = state["checkpoints"]
+        self.result.checkpoints[-1]["bytes"] = folder_bytes(path)  # known once it was written
+        self.result.resumed_from = {"path": str(path), "steps_before": state["log"]["steps"]}
         self.micro_batches = state["micro_batches"]  # this rank's: every rank draws as many
         set_rng_states(state["rng_ranks"][distributed.rank()])
         return TrainLog(**state["log"])
@@ -205,20 +203,18 @@ class Checkpointer:
                     "loss_curve": [list(p) for p in log.loss_curve], "pending_eval": log.pending_eval},
             "micro_batches": log.steps * self.accumulation,
             "selector": self.selector.state_dict(),
-            "validations": list(self.validations),
-            "checkpoints": [*self.result["checkpoints"], entry],
+            "validations": list(self.selector.validations),
+            "checkpoints": [*self.result.checkpoints, entry],
         }, temp / "state.pt")
-        (temp / "meta.json").write_text(json.dumps({"step": log.steps, "config": self.result["config"]}, indent=1))
+        (temp / "meta.json").write_text(json.dumps({"step": log.steps, "config": self.result.config}, indent=1))
         files.normal_modes(temp)  # safetensors writes 0600
         target = self.folder / f"{PREFIX}{log.steps}"
         if target.exists():  # written by an earlier attempt at this very step, under this config
             shutil.rmtree(target)
         os.replace(temp, target)
         entry.update(bytes=folder_bytes(target), write_s=round(time.perf_counter() - started, 4))
-        self.result["checkpoints"].append(entry)
-        curve = log.loss_curve  # a run stopped now reports the training its checkpoint holds
-        self.result["train"].update(steps=log.steps, samples=log.samples, tokens=log.tokens, loss_curve=curve,
-                                    loss_first=curve[0][1] if curve else None, loss_last=curve[-1][1] if curve else None)
+        self.result.checkpoints.append(entry)
+        self.result.train = Train.from_log(log)  # a run stopped now reports the training its checkpoint holds
         self._prune()
         return target
 

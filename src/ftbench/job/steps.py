@@ -1,8 +1,8 @@
-"""The steps of one job, in the order `run.execute` calls them: set-up, data, model, method and
-optimizer, plan, train, evaluate. Each is a plain function of what the steps before it built;
-the test helpers (`tests/helpers.py` `fit`) and the planner's probes (`plan_probe.py`) wire a
-training run from the same pieces (`models.loading.configure_model`, `methods.base.optimizer_for`,
-`methods.base.scheduler_for`).
+"""The building steps of one job, in the order `run.Job.build` calls them: set-up, data, model,
+method and optimizer, the training spec, the data-parallel sync. Each is a plain function of what
+the steps before it built; the test helpers (`tests/helpers.py` `train_steps`) and the planner's probes
+(`plan/probe.py`) wire a training run from the same pieces (`models.loading.configure_model`,
+`methods.base.optimizer_for`, `methods.base.scheduler_for`).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from ftbench.engine.hardware import (
     restored_process_settings,
     split_batch,
 )
-from ftbench.engine.loop import Plan
+from ftbench.engine.loop import TrainSpec
 from ftbench.engine.loss import make_loss
 from ftbench.job import preflight
 from ftbench.measure.meters import MemoryMeter
 from ftbench.methods import build_method
-from ftbench.methods.base import Method, MethodContext, optimizer_for, scheduler_for
+from ftbench.methods.base import Method, MethodContext, optimizer_for
 from ftbench.models.loading import configure_model, load_model
 from ftbench.parallel import distributed, sharding
 from ftbench.plan import micro_batch
@@ -115,7 +115,7 @@ class Feed:
             [max(self.task.train_examples(), key=lambda e: len(e["input_ids"]))], hw.pad_to_multiple_of)
         chosen = micro_batch.planned(cfg, hw, self.head, self.model, sequence, per_rank, distributed.world_size(),
                                    what) or \
-            micro_batch.fit(self.model, self.micro_loss, sequence, per_rank, self.s.device, optimizer_state, what)
+            micro_batch.batch_fit(self.model, self.micro_loss, sequence, per_rank, self.s.device, optimizer_state, what)
         self.fits[what] = chosen.summary()
         return distributed.smallest(chosen.micro_batch_size, self.s.device)  # ranks must agree: they step together
 
@@ -133,9 +133,9 @@ class Feed:
         return calibration_batches
 
 
-def method_and_optimizer(cfg: DictConfig, model: torch.nn.Module, feed: Feed, s: Setup, output_dir: Path,
-                         job_end: ExitStack, lr: float) -> tuple[torch.nn.Module, Method, torch.optim.Optimizer, int]:
-    """Build the method, let it prepare the model (calibrating on micro-batches of the size that fits),
+def method_and_optimizer(cfg: DictConfig, feed: Feed, s: Setup, output_dir: Path, job_end: ExitStack,
+                         lr: float) -> tuple[torch.nn.Module, Method, torch.optim.Optimizer, int]:
+    """Build the method, let it prepare `feed.model` (calibrating on micro-batches of the size that fits),
     and make its optimizer. Returns (model, method, optimizer, calibration micro-batch size)."""
     calibration_micro = split_batch(feed.batch_size, feed.max_micro("calibration"), distributed.world_size())[0]
     method = build_method(cfg.method)
@@ -144,37 +144,36 @@ def method_and_optimizer(cfg: DictConfig, model: torch.nn.Module, feed: Feed, s:
                         precision=s.hw.precision, gradient_checkpointing=s.hw.gradient_checkpointing, seed=cfg.seed,
                         calibration_batches=feed.calibration(calibration_micro), loss=feed.micro_loss,
                         output_dir=output_dir if distributed.is_main() else None)
-    model = method.prepare(model, ctx)
+    model = method.prepare(feed.model, ctx)
     s.sharded = sharding.shard(model, cfg)  # FSDP2 before the optimizer sees the parameters
     feed.model = model
     return model, method, optimizer_for(method, model, cfg.optim, lr), calibration_micro
 
 
-def plan(cfg: DictConfig, model: torch.nn.Module, method: Method, optimizer: torch.optim.Optimizer, feed: Feed,
-         s: Setup, calibration_micro: int, steps_asked: int | None) -> tuple[Plan, object]:
-    """The micro-batch that fits the optimizer's state too, the steps, the measured window and the
-    schedule. `steps_asked` is the training run's step count (profiling counts its own). Returns
-    (plan, scheduler); the gradients the probes left are dropped."""
+def train_spec(cfg: DictConfig, method: Method, feed: Feed, s: Setup, calibration_micro: int,
+               steps_asked: int | None) -> TrainSpec:
+    """The micro-batch that fits the optimizer's state too, the steps and the measured window.
+    `steps_asked` is the training run's step count (profiling counts its own). The gradients the
+    probes left are dropped."""
     profiling = s.profiling
-    optimizer_state = micro_batch.optimizer_state_bytes(method.trainable_size()[1], cfg.optim)
+    optimizer_state = micro_batch.predicted_optimizer_state_bytes(method.trainable_size()[1], cfg.optim)
     scoring_only = not profiling and steps_asked == 0  # no step: the calibration fit sizes the eval batch
     training_micro = calibration_micro if scoring_only else feed.max_micro("training", optimizer_state)
     micro, accumulation = split_batch(feed.batch_size, training_micro, distributed.world_size())
-    method.discard_grads(model)
+    method.discard_grads(feed.model)
     if profiling:
         warmup = method.warmup_steps(cfg.profile.warmup_steps, cfg.profile.steps)  # HiFT: past first visits
         steps, measure_from = warmup + cfg.profile.steps, warmup
     else:
         steps, measure_from = steps_asked, min(cfg.train.measure_warmup_steps, steps_asked - 1)
-    made = Plan(steps=steps, micro_batch_size=micro, accumulation=accumulation, measure_from=measure_from,
-                max_grad_norm=cfg.optim.max_grad_norm, eval_every=None if profiling else cfg.eval.every_steps,
-                log_every=cfg.train.log_every, progress=cfg.train.progress and distributed.is_main())
-    return made, scheduler_for(optimizer, method, cfg.optim, steps)
+    return TrainSpec(steps=steps, micro_batch_size=micro, accumulation=accumulation, measure_from=measure_from,
+                     max_grad_norm=cfg.optim.max_grad_norm, eval_every=None if profiling else cfg.eval.every_steps,
+                     log_every=cfg.train.log_every, progress=cfg.train.progress and distributed.is_main())
 
 
-def distribute(model: torch.nn.Module, s: Setup, plan: Plan) -> distributed.GradientSync:
+def distribute(s: Setup, spec: TrainSpec) -> distributed.GradientSync:
     """Data parallelism when the job runs on several processes: the per-step collectives that sum
     the trainable gradients over ranks (distributed.py; FSDP's own reduce-scatter when sharded). The
     model is not wrapped (DDP's reducer follows neither rotating nor sparse trainable sets)."""
-    return distributed.GradientSync(s.device, s.sharded, plan.accumulation)
+    return distributed.GradientSync(s.device, s.sharded, spec.accumulation)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ftbench import __version__
+from ftbench.results import Env
 
 
 def _version(package: str) -> str | None:
@@ -33,23 +34,23 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def environment(hw, world_size: int) -> dict:
+def environment(hw, world_size: int) -> Env:
     on_gpu = hw.device.type == "cuda"
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": _version("transformers"),
-        "peft": _version("peft"),
-        "accelerate": _version("accelerate"),
-        "ftbench": __version__,
-        "git_commit": git_commit(),
-        "device_name": torch.cuda.get_device_name(hw.device) if on_gpu else platform.processor() or "cpu",
-        "cuda": torch.version.cuda if on_gpu else None,
-        "device_memory_bytes": hw.info.memory_bytes if hw.info else None,
-        "precision": hw.precision,
-        "gradient_checkpointing": hw.gradient_checkpointing,
-        "attn_implementation": hw.attn_implementation,
-        "world_size": world_size,
-        "cpu_threads": torch.get_num_threads(),
-        "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"),
-    }
+    return Env(
+        python=platform.python_version(),
+        torch=torch.__version__,
+        transformers=_version("transformers"),
+        peft=_version("peft"),
+        accelerate=_version("accelerate"),
+        ftbench=__version__,
+        git_commit=git_commit(),
+        device_name=torch.cuda.get_device_name(hw.device) if on_gpu else platform.processor() or "cpu",
+        cuda=torch.version.cuda if on_gpu else None,
+        device_memory_bytes=hw.info.memory_bytes if hw.info else None,
+        precision=hw.precision,
+        gradient_checkpointing=hw.gradient_checkpointing,
+        attn_implementation=hw.attn_implementation,
+        world_size=world_size,
+        cpu_threads=torch.get_num_threads(),
+        alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"),
+    )

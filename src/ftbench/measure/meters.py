@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ftbench.measure.trace import LiveTensorPeak
+from ftbench.results import Breakdown, Memory, Throughput
 
 log = logging.getLogger("ftbench")
 
@@ -153,7 +154,7 @@ class MemoryMeter:
         self.grad_bytes = max(self.grad_bytes, total)
 
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
-        device_bytes, host_bytes = optimizer_state_bytes(optimizer, self.device)
+        device_bytes, host_bytes = held_optimizer_state_bytes(optimizer, self.device)
         if device_bytes >= self.optimizer_state_bytes:
             self.optimizer_state_parts = optimizer_state_parts(optimizer, self.device)
         self.optimizer_state_bytes = max(self.optimizer_state_bytes, device_bytes)
@@ -177,37 +178,38 @@ class MemoryMeter:
         self._fold_train_peak()
         self.training = False
 
-    def summary(self, weights: int, masters: int) -> dict:
+    def summary(self, weights: int, masters: int) -> Memory:
+        """result.json's memory section; `weights` and `masters` in bytes (the breakdown's
+        trainable_bytes is the caller's to fill)."""
         peak = self.train_peak["allocated"] if self.cuda else None
         held = weights + masters + self.grad_bytes + self.optimizer_state_bytes
         traced = self.tracer if self.tracer is not None and self.tracer.peak_op is not None else None
         traced_peak = traced.peak_bytes if traced else None
         measured_peak = peak or traced_peak
-        return {
-            "device": str(self.device) if not self.cuda else f"cuda:{self.device.index or 0}",
-            "baseline_allocated_bytes": self.baseline_allocated,
-            "load_allocated_bytes": self.load_allocated,
-            "train_peak_allocated_bytes": peak,
-            "train_peak_reserved_bytes": self.train_peak["reserved"] if self.cuda else None,
-            "train_peak_active_bytes": self.train_peak["active"] if self.cuda else None,
-            "train_peak_traced_bytes": traced_peak,
-            "train_peak_traced_op": traced.peak_op if traced else None,
-            "train_peak_traced_by_op": _largest(traced.peak_by_op, TRACED_OPS_KEPT) if traced else None,
-            "eval_peak_allocated_bytes": self.eval_peak_allocated,
-            "step_reserved_p50_bytes": _percentile(self.step_reserved, 50),
-            "step_reserved_p99_bytes": _percentile(self.step_reserved, 99),
-            "cpu_peak_rss_bytes": self.cpu_peak_rss or None,
-            "optimizer_state_parts_bytes": dict(self.optimizer_state_parts),
-            "breakdown": {
-                "weights_bytes": weights,
-                "trainable_bytes": None,  # filled by the caller
-                "master_bytes": masters,
-                "grad_bytes": self.grad_bytes,
-                "optimizer_state_bytes": self.optimizer_state_bytes,
-                "optimizer_state_host_bytes": self.optimizer_state_host_bytes,
-                "activations_bytes": max(measured_peak - held, 0) if measured_peak else None,
-            },
-        }
+        return Memory(
+            device=str(self.device) if not self.cuda else f"cuda:{self.device.index or 0}",
+            baseline_allocated_bytes=self.baseline_allocated,
+            load_allocated_bytes=self.load_allocated,
+            train_peak_allocated_bytes=peak,
+            train_peak_reserved_bytes=self.train_peak["reserved"] if self.cuda else None,
+            train_peak_active_bytes=self.train_peak["active"] if self.cuda else None,
+            train_peak_traced_bytes=traced_peak,
+            train_peak_traced_op=traced.peak_op if traced else None,
+            train_peak_traced_by_op=_largest(traced.peak_by_op, TRACED_OPS_KEPT) if traced else None,
+            eval_peak_allocated_bytes=self.eval_peak_allocated,
+            step_reserved_p50_bytes=_percentile(self.step_reserved, 50),
+            step_reserved_p99_bytes=_percentile(self.step_reserved, 99),
+            cpu_peak_rss_bytes=self.cpu_peak_rss or None,
+            optimizer_state_parts_bytes=dict(self.optimizer_state_parts),
+            breakdown=Breakdown(
+                weights_bytes=weights,
+                master_bytes=masters,
+                grad_bytes=self.grad_bytes,
+                optimizer_state_bytes=self.optimizer_state_bytes,
+                optimizer_state_host_bytes=self.optimizer_state_host_bytes,
+                activations_bytes=max(measured_peak - held, 0) if measured_peak else None,
+            ),
+        )
 
 
 TRACED_OPS_KEPT = 8  # result.json keeps the operators holding the most at the traced peak
@@ -246,7 +248,7 @@ def optimizer_state_parts(optimizer: torch.optim.Optimizer, device: torch.device
     return parts
 
 
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer, device: torch.device) -> tuple[int, int]:
+def held_optimizer_state_bytes(optimizer: torch.optim.Optimizer, device: torch.device) -> tuple[int, int]:
     """Bytes the optimizer really holds: (on the training device, on the host); tensors inside state
     objects (projectors) count too (`state_tensors`)."""
     on_device = on_host = 0
@@ -322,21 +324,21 @@ class SpeedMeter:
         self.tokens_nonpad += nonpad
         self.tokens_loss += loss_tokens
 
-    def summary(self, flops_token: float | None, peak: float | None) -> dict:
+    def summary(self, flops_token: float | None, peak: float | None) -> Throughput:
+        """result.json's throughput section over the recorded steps; `flops_token`: FLOPs per token,
+        `peak`: the device's FLOP/s (MFU is None without either)."""
         if not self.durations:
-            return {k: None for k in ("step_time_s_p50", "step_time_s_p90", "samples_per_s", "tokens_per_s",
-                                      "tokens_per_s_nonpad", "tokens_per_s_loss", "mfu")}
+            return Throughput()
         total = sum(self.durations)
         ordered = sorted(self.durations)
         p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
-        tokens_per_s = self.tokens / total
-        return {
-            "step_time_s_p50": statistics.median(self.durations),
-            "step_time_s_p90": p90,
-            "timed_steps": len(self.durations),
-            "samples_per_s": self.samples / total,
-            "tokens_per_s": tokens_per_s,
-            "tokens_per_s_nonpad": self.tokens_nonpad / total,
-            "tokens_per_s_loss": self.tokens_loss / total,
-            "mfu": (self.tokens_nonpad / total) * flops_token / peak if flops_token and peak else None,
-        }
+        return Throughput(
+            step_time_s_p50=statistics.median(self.durations),
+            step_time_s_p90=p90,
+            timed_steps=len(self.durations),
+            samples_per_s=self.samples / total,
+            tokens_per_s=self.tokens / total,
+            tokens_per_s_nonpad=self.tokens_nonpad / total,
+            tokens_per_s_loss=self.tokens_loss / total,
+            mfu=(self.tokens_nonpad / total) * flops_token / peak if flops_token and peak else None,
+        )

@@ -34,8 +34,9 @@ PROFILE_OVERRIDES = ("mode=profile", "model.random_init=true")  # what --only-me
 
 
 @dataclass
-class Job:
-    """One cell under this invocation's options: its overrides, folder and config, and what is done."""
+class CellRun:
+    """One cell's runs (its seeds, launched as one multirun) under this invocation's options: its overrides,
+    folder and config, and which seeds are done."""
 
     cell: Cell
     overrides: list[str]
@@ -119,7 +120,7 @@ def check_metrics(recipe: Recipe, cell: Cell, cfg) -> None:
                                   f"{', '.join('metrics.' + k for k in sorted(known))}")
 
 
-def plan(recipe: Recipe, args: argparse.Namespace) -> list[Job]:
+def cells(recipe: Recipe, args: argparse.Namespace) -> list[CellRun]:
     """Compose and check every cell (its config, its metric paths) and survey its folder."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -129,7 +130,7 @@ def plan(recipe: Recipe, args: argparse.Namespace) -> list[Job]:
 
     register_configs()
     presets = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
-    jobs = []
+    cell_runs = []
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftbench"):
         for cell in recipe.cells:
             if cell.preset and cell.preset not in presets:
@@ -151,10 +152,10 @@ def plan(recipe: Recipe, args: argparse.Namespace) -> list[Job]:
             config = OmegaConf.to_container(cfg, resolve=True)
             config.pop("seed")
             seeds = list(args.seeds or cell.seeds) if selected else list(cell.seeds)
-            job = Job(cell, overrides, seeds, args.out / recipe.name / cell.id, config, selected)
-            survey(job)
-            jobs.append(job)
-    return jobs
+            cell_run = CellRun(cell, overrides, seeds, args.out / recipe.name / cell.id, config, selected)
+            survey(cell_run)
+            cell_runs.append(cell_run)
+    return cell_runs
 
 
 def read_result(folder: Path) -> dict | None:
@@ -164,91 +165,91 @@ def read_result(folder: Path) -> dict | None:
         return None
 
 
-def survey(job: Job) -> None:
+def survey(cell_run: CellRun) -> None:
     """Which seeds have an ok result made from this config; why the others must run again."""
-    job.done, job.redo = [], {}
-    for seed in job.seeds:
-        folder = job.seed_dir(seed)
+    cell_run.done, cell_run.redo = [], {}
+    for seed in cell_run.seeds:
+        folder = cell_run.seed_dir(seed)
         if not folder.exists():
             continue
         result = read_result(folder)
         if result is None:
-            job.redo[seed] = "no readable result.json (the run was interrupted)"
+            cell_run.redo[seed] = "no readable result.json (the run was interrupted)"
         elif result.get("status") != "ok":
-            job.redo[seed] = f"status {result.get('status')}: {result.get('error')}"
-        elif result.get("config") != {**job.config, "seed": seed}:
-            job.redo[seed] = "made from another config"
+            cell_run.redo[seed] = f"status {result.get('status')}: {result.get('error')}"
+        elif result.get("config") != {**cell_run.config, "seed": seed}:
+            cell_run.redo[seed] = "made from another config"
         else:
-            job.done.append(seed)
+            cell_run.done.append(seed)
 
 
-def found(job: Job) -> CellResults:
+def found(cell_run: CellRun) -> CellResults:
     """The cell's results as the comparison reads them."""
     counted, statuses = {}, {}
-    for seed in job.seeds:
-        result = read_result(job.seed_dir(seed)) if job.seed_dir(seed).exists() else None
+    for seed in cell_run.seeds:
+        result = read_result(cell_run.seed_dir(seed)) if cell_run.seed_dir(seed).exists() else None
         if result is None:
-            statuses[seed] = "interrupted" if job.seed_dir(seed).exists() else "not run"
-        elif result.get("status") == "ok" and result.get("config") != {**job.config, "seed": seed}:
+            statuses[seed] = "interrupted" if cell_run.seed_dir(seed).exists() else "not run"
+        elif result.get("status") == "ok" and result.get("config") != {**cell_run.config, "seed": seed}:
             statuses[seed] = "stale"
         else:
             statuses[seed] = result.get("status", "failed")
             if statuses[seed] == "ok":
                 counted[seed] = result
-    return CellResults(job.cell, counted, statuses)
+    return CellResults(cell_run.cell, counted, statuses)
 
 
-def set_aside(job: Job, recipe_dir: Path) -> None:
+def set_aside(cell_run: CellRun, recipe_dir: Path) -> None:
     """Move each seed folder that must run again out of the way: never delete a result."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    for seed, why in job.redo.items():
-        target = recipe_dir / ASIDE / job.cell.id / f"seed{seed}-{stamp}"
+    for seed, why in cell_run.redo.items():
+        target = recipe_dir / ASIDE / cell_run.cell.id / f"seed{seed}-{stamp}"
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(job.seed_dir(seed)), str(target))
-        print(f"  {job.cell.id} seed {seed}: {why}; moved to {target}")
+        shutil.move(str(cell_run.seed_dir(seed)), str(target))
+        print(f"  {cell_run.cell.id} seed {seed}: {why}; moved to {target}")
 
 
 def shown(argv: list[str]) -> str:
     return "ftbench " + " ".join(shlex.quote(a) for a in argv)
 
 
-def describe(recipe: Recipe, jobs: list[Job]) -> float:
+def describe(recipe: Recipe, cell_runs: list[CellRun]) -> float:
     """Print what this invocation runs; return the estimated GPU hours of the runs to do."""
-    chosen = [j for j in jobs if j.selected]
+    chosen = [j for j in cell_runs if j.selected]
     hours = sum(j.cell.gpu_hours * len(j.pending) for j in chosen)
     print(f"{recipe.name}: {recipe.title} ({recipe.path})")
-    for job in chosen:
-        state = "done" if not job.pending else ", ".join(
-            f"seed {s}: " + (f"rerun ({job.redo[s]})" if s in job.redo else "to run") for s in job.pending)
-        print(f"  {job.cell.id}  [{job.cell.kind}, ~{job.cell.gpu_hours:g} GPU h per seed]  {state}")
-        if job.pending:
-            print(f"    {shown(job.argv(job.pending))}")
+    for cell_run in chosen:
+        state = "done" if not cell_run.pending else ", ".join(
+            f"seed {s}: " + (f"rerun ({cell_run.redo[s]})" if s in cell_run.redo else "to run") for s in cell_run.pending)
+        print(f"  {cell_run.cell.id}  [{cell_run.cell.kind}, ~{cell_run.cell.gpu_hours:g} GPU h per seed]  {state}")
+        if cell_run.pending:
+            print(f"    {shown(cell_run.argv(cell_run.pending))}")
     runs = sum(len(j.pending) for j in chosen)
-    print(f"  {len(chosen)} of {len(jobs)} cells selected, {runs} runs to do, ~{hours:.2f} GPU hours "
+    print(f"  {len(chosen)} of {len(cell_runs)} cells selected, {runs} runs to do, ~{hours:.2f} GPU hours "
           "(the recipe's per-run estimates, not measurements)")
     return hours
 
 
-def execute(job: Job, recipe_dir: Path) -> None:
-    set_aside(job, recipe_dir)
-    command = [sys.executable, "-c", "from ftbench.cli import main; main()", *job.argv(job.pending)]
-    print(f"\n[{job.cell.id}] {shown(job.argv(job.pending))}", flush=True)
+def execute(cell_run: CellRun, recipe_dir: Path) -> None:
+    set_aside(cell_run, recipe_dir)
+    command = [sys.executable, "-c", "from ftbench.cli import main; main()", *cell_run.argv(cell_run.pending)]
+    print(f"\n[{cell_run.cell.id}] {shown(cell_run.argv(cell_run.pending))}", flush=True)
     if children.run(command) == 130:  # a Ctrl-C or SIGTERM reaches the run, which records it
         raise KeyboardInterrupt
 
 
-def reproduce(recipe: Recipe, jobs: list[Job], args: argparse.Namespace) -> int:
+def reproduce(recipe: Recipe, cell_runs: list[CellRun], args: argparse.Namespace) -> int:
     """Run what is pending, then write the comparison; 1 when a run failed (OOM and NaN are findings)."""
-    describe(recipe, jobs)
-    if args.dry_run or not any(job.selected for job in jobs):
+    describe(recipe, cell_runs)
+    if args.dry_run or not any(cell_run.selected for cell_run in cell_runs):
         return 0
     recipe_dir = args.out / recipe.name
-    for job in jobs:
-        if job.selected and job.pending:
-            execute(job, recipe_dir)
-    results = [found(job) for job in jobs]
+    for cell_run in cell_runs:
+        if cell_run.selected and cell_run.pending:
+            execute(cell_run, recipe_dir)
+    results = [found(cell_run) for cell_run in cell_runs]
     comparison.build(recipe, results, recipe_dir)
-    broken = [f"{r.cell.id} seed {s}: {status}" for r, job in zip(results, jobs) if job.selected
+    broken = [f"{r.cell.id} seed {s}: {status}" for r, cell_run in zip(results, cell_runs) if cell_run.selected
               for s, status in r.statuses.items() if status not in ("ok", "oom", "nan")]
     for line in broken:
         print(f"ftbench-reproduce: {line}", file=sys.stderr)
@@ -293,12 +294,12 @@ def main(argv: list[str] | None = None) -> None:
         if twice:
             raise RecipeError(twice.path, "name", f"'{twice.name}' is the name of another recipe given")
         quiet_libraries()
-        planned = [(recipe, plan(recipe, args)) for recipe in recipes]  # every recipe checked before any run
+        surveyed = [(recipe, cells(recipe, args)) for recipe in recipes]  # every recipe checked before any run
     except RecipeError as exc:
         print(f"ftbench-reproduce: error: {exc}", file=sys.stderr)
         sys.exit(2)
     try:
-        sys.exit(max(reproduce(recipe, jobs, args) for recipe, jobs in planned))
+        sys.exit(max(reproduce(recipe, cell_runs, args) for recipe, cell_runs in surveyed))
     except KeyboardInterrupt:
         print("ftbench-reproduce: canceled", file=sys.stderr)
         sys.exit(130)

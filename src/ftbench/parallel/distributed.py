@@ -38,6 +38,7 @@ import torch.distributed as dist
 
 from ftbench.errors import UserError
 from ftbench.measure.meters import tensor_bytes
+from ftbench.results import Memory
 
 
 def active() -> bool:
@@ -196,13 +197,12 @@ class GradientSync:
                                            "max": max(steps, default=0), "first_steps": steps[:32]}}
 
 
-def record(result: dict, sync: GradientSync) -> None:
-    """Fill result["distributed"]: world size, gradient bytes per step and every rank's peaks
-    (gathered to rank 0; a collective: every rank calls it)."""
-    memory = result.get("memory") or {}
-    mine = {"rank": rank(), "train_peak_allocated_bytes": memory.get("train_peak_allocated_bytes"),
-            "cpu_peak_rss_bytes": memory.get("cpu_peak_rss_bytes")}
-    result["distributed"] = {**sync.summary(), "rank_peaks": gather_objects(mine)}
+def record(sync: GradientSync, memory: Memory) -> dict:
+    """result.json's `distributed` section: world size, gradient bytes per step and every rank's peaks
+    (bytes, gathered to rank 0; a collective: every rank calls it)."""
+    mine = {"rank": rank(), "train_peak_allocated_bytes": memory.train_peak_allocated_bytes,
+            "cpu_peak_rss_bytes": memory.cpu_peak_rss_bytes}
+    return {**sync.summary(), "rank_peaks": gather_objects(mine)}
 
 
 def launch_overrides(argv: list[str], config_file: Path) -> list[str]:

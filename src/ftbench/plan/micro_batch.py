@@ -52,7 +52,7 @@ REDUCE_MEMORY = ("task.max_length (shorter sequences), hardware.gradient_checkpo
 
 
 @dataclass(frozen=True)
-class Fit:
+class BatchFit:
     """What the probe measured and what was chosen (bytes; recorded in result.json `plan`)."""
 
     micro_batch_size: int
@@ -68,7 +68,7 @@ class Fit:
         return asdict(self)
 
 
-def optimizer_state_bytes(trainable_bytes: int, optim_cfg) -> int:
+def predicted_optimizer_state_bytes(trainable_bytes: int, optim_cfg) -> int:
     """Predicted optimizer state: trainable bytes x the optimizer's state tensors per element."""
     states = STATES_PER_ELEMENT[optim_cfg.name]
     if optim_cfg.name == "sgd" and optim_cfg.momentum > 0:
@@ -150,8 +150,8 @@ def choose(batch_per_rank: int, budget: int, fixed: int, per_sequence: int, opti
     return max(0, min(batch_per_rank, room // per_sequence))
 
 
-def fit(model, loss_fn, sequence: dict[str, torch.Tensor], batch_per_rank: int, device: torch.device,
-        optimizer_state: int = 0, what: str = "training") -> Fit:
+def batch_fit(model, loss_fn, sequence: dict[str, torch.Tensor], batch_per_rank: int, device: torch.device,
+            optimizer_state: int = 0, what: str = "training") -> BatchFit:
     """Probe `model` (as it will run: method applied, grads where it trains) on `sequence` (a
     one-sequence CPU batch at the task's longest length) and choose the micro-batch.
     Raises UserError(hardware.max_micro_batch_size) when not even one sequence fits."""
@@ -172,7 +172,7 @@ def fit(model, loss_fn, sequence: dict[str, torch.Tensor], batch_per_rank: int, 
         per_sequence = max(two - one, 0)
         fixed = max(one - per_sequence, 0)
     micro = max(1, choose(batch_per_rank, budget, fixed, per_sequence, optimizer_state))
-    chosen = Fit(int(micro), seq_len, int(budget), int(per_sequence), int(fixed), int(optimizer_state), measured_by)
+    chosen = BatchFit(int(micro), seq_len, int(budget), int(per_sequence), int(fixed), int(optimizer_state), measured_by)
     log.info("micro-batch for %s: %d of %d sequences at %d tokens (%.2f GiB each + %.2f GiB fixed + %.2f GiB "
              "optimizer state, budget %.1f GiB)", what, chosen.micro_batch_size, batch_per_rank, seq_len,
              per_sequence / GiB, fixed / GiB, optimizer_state / GiB, budget / GiB)
@@ -183,7 +183,7 @@ SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_atte
 
 
 def planned(cfg, hw, head: str, model, sequence: dict[str, torch.Tensor], batch_per_rank: int, processes: int,
-            what: str) -> Fit | None:
+            what: str) -> BatchFit | None:
     """The training micro-batch from the memory planner (plan.py: traced steps of one and two layers of
     the same shape, at the run's precision, checkpointing and sequence length), without a step of the
     model itself; None, with the reason logged, where the planner cannot answer: another phase than
@@ -208,7 +208,7 @@ def planned(cfg, hw, head: str, model, sequence: dict[str, torch.Tensor], batch_
         try:
             with same_random_streams(hw.device):  # the probes seed and draw: training starts as if they never ran
                 tgt = planner.target(plan_cfg)
-                the_fit = planner.fit(plan_cfg, tgt)
+                the_fit = planner.plan_fit(plan_cfg, tgt)
         except Exception as exc:  # noqa: BLE001 -- any failure of the prediction leaves the probe to answer
             why = f"it failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     if why is not None:
@@ -223,7 +223,7 @@ def planned(cfg, hw, head: str, model, sequence: dict[str, torch.Tensor], batch_
                         f"{max(budget, 0) / GiB:.1f} GiB are free (memory planner); reduce memory with {REDUCE_MEMORY}")
     one, two = planner.peak_at(the_fit, tgt, 1), planner.peak_at(the_fit, tgt, 2)
     state = int(the_fit.scalar("optimizer_state_bytes", tgt.layers))
-    chosen = Fit(int(micro), seq_len, int(budget), int(two - one), int(2 * one - two - held_now - state), state,
+    chosen = BatchFit(int(micro), seq_len, int(budget), int(two - one), int(2 * one - two - held_now - state), state,
                  "memory planner: traced steps of 1 and 2 layers (plan.py)", "planner")
     log.info("micro-batch for %s: %d of %d sequences at %d tokens (memory planner: %.2f GiB per sequence, "
              "budget %.1f GiB)", what, micro, batch_per_rank, seq_len, chosen.per_sequence_bytes / GiB, budget / GiB)

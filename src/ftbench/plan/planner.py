@@ -87,7 +87,7 @@ class Target:
 
 
 @dataclass
-class Fit:
+class PlanFit:
     corners: dict[tuple[int, int], list[Step]]  # (layers, micro-batch) -> the probe timeline at width 1
     scalars: dict[str, dict[int, float]]  # breakdown figures by probe layer count (batch-independent)
     probes: list[dict] = field(default_factory=list)
@@ -175,7 +175,7 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def fit(cfg: DictConfig, tgt: Target) -> Fit:
+def plan_fit(cfg: DictConfig, tgt: Target) -> PlanFit:
     """Run the probes (two layer counts x two micro-batches, at one or three widths); see the module docstring."""
     group = int(cfg.method.get("group_size", 1) or 1)
     layer_points = (group, group + 1)  # a rotating method needs a whole group of layers
@@ -201,7 +201,7 @@ def fit(cfg: DictConfig, tgt: Target) -> Fit:
                         w * p.state_parts.get(label, 0) for w, p in zip(weights, runs))
     counted = held_state(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing) if counted_on_meta(
         cfg) else None
-    return Fit(corners, scalars, probes, divs, aligned, counted, tgt.layers)
+    return PlanFit(corners, scalars, probes, divs, aligned, counted, tgt.layers)
 
 
 SCALARS = ("weights_bytes", "trainable_bytes", "master_bytes", "grad_bytes", "optimizer_state_bytes",
@@ -221,7 +221,7 @@ def flash_backward_bytes(tgt: Target, batch: float) -> float:
                                   + tgt.heads * FLASH_BWD_BYTES_PER_TOKEN_PER_HEAD)
 
 
-def on_device(the_fit: Fit, tgt: Target, batch: float) -> list[Step]:
+def on_device(the_fit: PlanFit, tgt: Target, batch: float) -> list[Step]:
     """The planned timeline at micro-batch `batch`, with what a GPU adds (module constants)."""
     timeline = the_fit.timeline(tgt.layers, batch)
     if not tgt.gpu:
@@ -240,11 +240,11 @@ def on_device(the_fit: Fit, tgt: Target, batch: float) -> list[Step]:
     return out
 
 
-def peak_at(the_fit: Fit, tgt: Target, batch: float) -> float:
+def peak_at(the_fit: PlanFit, tgt: Target, batch: float) -> float:
     return peak(on_device(the_fit, tgt, batch))[0]
 
 
-def largest_micro_batch_from(the_fit: Fit, tgt: Target, budget_bytes: float) -> int:
+def largest_micro_batch_from(the_fit: PlanFit, tgt: Target, budget_bytes: float) -> int:
     """The largest micro-batch whose predicted peak stays within `budget_bytes` (0: none fits)."""
     def fits(b: int) -> bool:
         return peak_at(the_fit, tgt, b) <= budget_bytes
@@ -262,7 +262,7 @@ def largest_micro_batch_from(the_fit: Fit, tgt: Target, budget_bytes: float) -> 
     return low
 
 
-def held_when_loaded(the_fit: Fit, tgt: Target) -> float:
+def held_when_loaded(the_fit: PlanFit, tgt: Target) -> float:
     """What a run holds once its model is built and its method prepared (weights and masters): the
     part of a predicted peak that is already allocated when a run measures its free memory."""
     return the_fit.scalar("weights_bytes", tgt.layers) + the_fit.scalar("master_bytes", tgt.layers)
@@ -285,7 +285,7 @@ def predict(cfg: DictConfig) -> dict:
     tgt = target(cfg)
     if tgt.head == "causal_lm" and cfg.model.kind != "decoder":
         raise UserError("profile.objective", "causal_lm needs a decoder model")
-    the_fit = fit(cfg, tgt)
+    the_fit = plan_fit(cfg, tgt)
     timeline = on_device(the_fit, tgt, tgt.micro_batch)
     top, phase, op = peak(timeline)
     peaks = dict(zip(PHASES, phase_peaks(timeline, len(PHASES))))

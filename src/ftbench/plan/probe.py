@@ -28,13 +28,13 @@ from ftbench.engine import batches
 from ftbench.engine.batches import to_device
 from ftbench.engine.hardware import Hardware, make_accelerator
 from ftbench.engine.loggers import NullLogger
-from ftbench.engine.loop import Plan, train
+from ftbench.engine.loop import Compute, Trainee, TrainSpec, Watchers, train
 from ftbench.engine.loss import make_loss
 from ftbench.measure.meters import (
     MemoryMeter,
     SpeedMeter,
+    held_optimizer_state_bytes,
     model_bytes,
-    optimizer_state_bytes,
     tensor_bytes,
 )
 from ftbench.measure.trace import LiveTensorPeak
@@ -161,21 +161,21 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
     # The warm-up only has to create what the traced steps hold (optimizer state, masters, host buffers), none
     # of which depends on the batch: one short sequence per micro-batch makes it cheap.
     warmup_stream = batches.random_tokens(1, min(WARMUP_TOKENS, cfg.profile.seq_len), vocab, head, 2, cfg.seed + 1)
-    plan = Plan(steps=warmup + traced, micro_batch_size=batch, accumulation=accumulation, measure_from=warmup,
+    spec = TrainSpec(steps=warmup + traced, micro_batch_size=batch, accumulation=accumulation, measure_from=warmup,
                 max_grad_norm=cfg.optim.max_grad_norm, progress=False)
     meter = ProbeMeter(device)
     store = getattr(method, "store", None)
     meter.tracer = Timeline(host_bytes=(lambda: store.arena.nbytes) if gpu and store is not None else (lambda: 0))
     masters = method.master_parameters()
     meter.held_bytes = lambda: (model_bytes(model, masters) + method.master_bytes()
-                                + optimizer_state_bytes(optimizer, device)[0])
+                                + held_optimizer_state_bytes(optimizer, device)[0])
     quiet = logging.getLogger("ftbench.engine.loop")
     level, quiet.level = quiet.level, logging.WARNING  # a probe's step logs would read as the run's
     try:
-        train(model, method, optimizer, scheduler, chain(islice(warmup_stream, warmup * accumulation), stream(cfg.seed)),
-              plan, accelerator=accelerator,
-              autocast=cpu_hw.autocast, head=head, meter=meter, speed=SpeedMeter(), logger=NullLogger(),
-              loss_fn=loss_fn)
+        train(Trainee(model, method, optimizer, scheduler),
+              chain(islice(warmup_stream, warmup * accumulation), stream(cfg.seed)), spec,
+              Compute(accelerator, head, autocast=cpu_hw.autocast, loss_fn=loss_fn),
+              Watchers(meter, SpeedMeter(), NullLogger()))
     finally:
         meter.end_train()
         quiet.setLevel(level)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from ftbench import files
 from ftbench.config.schema import check
 from ftbench.errors import UserError
-from ftbench.results import GiB
+from ftbench.results import GiB, Result
 
 FILENAME = "plan.json"
 ROWS = (("weights", "weights_bytes"), ("fp32 masters", "master_bytes"), ("gradients", "grad_bytes"),
@@ -148,14 +148,14 @@ def print_plans(paths: list[Path], out_dir: Path) -> Path | None:
     return target
 
 
-def matching_plan(result: dict, result_path: Path, plans: dict[Path, dict]) -> dict | None:
+def matching_plan(result: Result, result_path: Path, plans: dict[Path, dict]) -> dict | None:
     """The plan of a measured run: in the same folder, else one of the same method, model, micro-batch
     and sequence length."""
     same_folder = plans.get(result_path.parent / FILENAME)
     if same_folder is not None:
         return same_folder
-    config = result.get("config") or {}
-    key = (result["run"]["method"], result["run"]["model"], (result.get("plan") or {}).get("micro_batch_size"),
+    config = result.config or {}
+    key = (result.run.method, result.run.model, (result.plan or {}).get("micro_batch_size"),
            (config.get("profile") or {}).get("seq_len"))
     for plan in plans.values():
         p = plan.get("plan") or {}

@@ -106,7 +106,7 @@ def pinned(method: str) -> list[str]:
     return [*(schema.short_setup if schema else ()), *(PEERS[own].matching if own else ())]
 
 
-class Plan:
+class Benchmark:
     """The entries of one benchmark run and how to launch each."""
 
     def __init__(self, methods: list[str], overrides: list[str], out: Path, memory_steps: int, timeout: int):
@@ -243,23 +243,23 @@ def _brief(record: dict) -> str:
     return ", ".join(parts)
 
 
-def measure(plan: Plan, repeats: int, report) -> dict[str, dict]:
+def measure(bench: Benchmark, repeats: int, report) -> dict[str, dict]:
     """Every entry's summary: median step time over the rounds, peak, trainable count, status.
 
     Phases: timed round 0, the CPU's traced runs, timed rounds 1.. ; `report(summary, rounds)` is
     called after each, so a run stopped early still leaves its table."""
-    runs: dict[tuple[str, str], list[dict]] = {e: [] for e in plan.entries}
+    runs: dict[tuple[str, str], list[dict]] = {e: [] for e in bench.entries}
     memory: dict[tuple[str, str], dict] = {}
     for round_ in range(repeats):
-        order = plan.entries if round_ % 2 == 0 else plan.entries[::-1]
+        order = bench.entries if round_ % 2 == 0 else bench.entries[::-1]
         for entry in order:
             if runs[entry] and runs[entry][0]["status"] != "ok":
                 continue  # it cannot run: once is enough
-            runs[entry].append(plan.run(entry, trace=False, tag=f"time{round_}"))
-        if round_ == 0 and not plan.cuda:
-            for entry in plan.entries:
+            runs[entry].append(bench.run(entry, trace=False, tag=f"time{round_}"))
+        if round_ == 0 and not bench.cuda:
+            for entry in bench.entries:
                 if runs[entry][0]["status"] == "ok":
-                    memory[entry] = plan.run(entry, trace=True, tag="memory")
+                    memory[entry] = bench.run(entry, trace=True, tag="memory")
         summary = summarize(runs, memory)
         report(summary, round_ + 1)
     return summary
@@ -347,13 +347,13 @@ def _int(x) -> str:
     return "—" if x is None else f"{x:,}"
 
 
-def machine(plan: Plan) -> str:
+def machine(bench: Benchmark) -> str:
     import peft
     import torch
     import transformers
 
-    if plan.cuda:
-        name = torch.cuda.get_device_name(plan.hw.device)
+    if bench.cuda:
+        name = torch.cuda.get_device_name(bench.hw.device)
     else:
         model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
@@ -377,32 +377,32 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     try:
-        plan = Plan(methods, args.overrides, out, args.memory_steps, args.timeout)
+        bench = Benchmark(methods, args.overrides, out, args.memory_steps, args.timeout)
     except (UserError, HydraException, OmegaConfBaseException) as exc:
         problem = exc if isinstance(exc, UserError) else explain_compose_error(exc)
         print(f"bench-peers: error: {problem}", file=sys.stderr)
         sys.exit(2)
     command = "python -m ftbench.bench.peers.timing " + " ".join([*(["--methods", *args.methods] if args.methods else []),
                                                            f"--repeats {args.repeats}", *args.overrides])
-    print(f"bench-peers: {len(plan.entries)} entries x {args.repeats} rounds"
-          f"{'' if plan.cuda else ' + 1 traced run each'}; writing {out}", flush=True)
+    print(f"bench-peers: {len(bench.entries)} entries x {args.repeats} rounds"
+          f"{'' if bench.cuda else ' + 1 traced run each'}; writing {out}", flush=True)
     final = {}
 
     def report(summary: dict[str, dict], rounds: int) -> None:
         rows = pairs(methods, summary)
         final.update({
-            "command": command.strip(), "machine": machine(plan),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "overrides": plan.overrides,
-            "device": str(plan.hw.device), "precision": plan.hw.precision,
-            "gradient_checkpointing": plan.hw.gradient_checkpointing, "repeats": rounds,
-            "memory": "cuda allocated peak" if plan.cuda else f"traced peak, {args.memory_steps} traced steps",
+            "command": command.strip(), "machine": machine(bench),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "overrides": bench.overrides,
+            "device": str(bench.hw.device), "precision": bench.hw.precision,
+            "gradient_checkpointing": bench.hw.gradient_checkpointing, "repeats": rounds,
+            "memory": "cuda allocated peak" if bench.cuda else f"traced peak, {args.memory_steps} traced steps",
             "duration_s": round(time.time() - started, 1), "entries": summary, "rows": rows,
         })
         differ = [f"{r['method']}/{r['peer']}" for r in rows if r.get("same_first_loss") is False]
         drift = [f"{r['method']}/{r['peer']}" for r in rows if r.get("same_last_loss") is False]
         done = "" if rounds == args.repeats else f" (of {args.repeats} asked: the run goes on)"
-        text = (f"`{final['command']}`  \n{final['machine']}  \n{plan.hw.precision}, checkpointing "
-                f"{'on' if plan.hw.gradient_checkpointing else 'off'}; {' '.join(plan.overrides)}; step time: median "
+        text = (f"`{final['command']}`  \n{final['machine']}  \n{bench.hw.precision}, checkpointing "
+                f"{'on' if bench.hw.gradient_checkpointing else 'off'}; {' '.join(bench.overrides)}; step time: median "
                 f"of {rounds} ABBA rounds{done} of each run's median; memory: {final['memory']}; "
                 f"{final['duration_s'] / 60:.1f} min\n\n{table(rows)}\n\n"
                 f"× = ftbench / peer; ⚠ = over {TIME_LIMIT} × time or {MEMORY_LIMIT} × memory against its own "
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "peers.md").write_text(text)
         print(text, flush=True)
 
-    measure(plan, args.repeats, report)
+    measure(bench, args.repeats, report)
     print(f"wrote {out / 'peers.md'}")
     return final
 
