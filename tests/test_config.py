@@ -24,7 +24,9 @@ def test_every_option_composes_and_checks(group, option):
     cfg = compose(f"{group}={option}")
     if cfg.task.data_dir is None or Path(cfg.task.data_dir).is_dir():
         check(cfg)
-    if group != "experiment":
+    if group == "logger":  # each logger fills its own key (several at once: logger=[tensorboard,mlflow])
+        assert [k for k, v in cfg.logger.items() if v is not None] == ([] if option == "none" else [option])
+    elif group != "experiment":
         assert cfg[group].name == option
 
 

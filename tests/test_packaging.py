@@ -1,4 +1,5 @@
-"""The config tree and the recipes are found from a checkout (editable install) and from a wheel."""
+"""The config tree, the recipes and the shipped harness tasks are found from a checkout (editable install)
+and from a wheel."""
 
 import subprocess
 import sys
@@ -9,9 +10,10 @@ from ftbench.job.compose import config_dir
 from ftbench.paper.recipes import recipes_dir
 from helpers import REPO
 
-PROBE = ("import ftbench, ftbench.cli as c, ftbench.paper.recipes as r; "
+PROBE = ("import ftbench, ftbench.cli as c, ftbench.paper.recipes as r, ftbench.tasks.harness as h; "
          "print(ftbench.__file__); print(c.config_dir()); print(r.recipes_dir()); "
-         "print(c.validate(['method=lora', 'task=cola'], multirun=False))")
+         "print(c.validate(['method=lora', 'task=cola'], multirun=False)); "
+         "print(all((h.SHIPPED / f).is_file() for f in ('ftbench_math.yaml', 'ftbench_answers.py')))")
 
 
 def test_the_checkout_provides_both():
@@ -30,9 +32,10 @@ def test_a_wheel_carries_both_inside_the_package(tmp_path):
     probe = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, capture_output=True, text=True,
                            env={"PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert probe.returncode == 0, probe.stderr
-    module, conf, recipes, problem = probe.stdout.split("\n")[:4]
+    module, conf, recipes, problem, harness_tasks = probe.stdout.split("\n")[:5]
     assert module.startswith(str(site)) and conf == str(site / "ftbench" / "conf")
     assert recipes == str(site / "ftbench" / "recipes") and problem == "None"
+    assert harness_tasks == "True"  # src/ftbench/tasks/harness_tasks/ travels inside the package
 
 
 def test_the_torch_floor_covers_what_the_code_uses_and_the_readme_examples_meet_it():

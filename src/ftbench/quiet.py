@@ -17,6 +17,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|peft|accelerate)\.")
     logging.getLogger("peft").setLevel(logging.ERROR)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU backend's note on an optional kernel package
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # the local store's table creation notices
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its notes on a model passed in memory, on gen_kwargs
 
 
 def quiet_transformers() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from ftbench import results
+from ftbench.engine.loggers import log_report
 from ftbench.plan import report as plan_report
 from ftbench.results import GiB, Result
 
@@ -185,9 +186,10 @@ def build(paths: list[Path], out_dir: Path) -> dict[str, Path]:
 
 
 class SweepReport(Callback):
-    """At the end of a multirun: the comparison table and plot, written into the sweep folder."""
+    """At the end of a multirun: the comparison table and plot, written into the sweep folder and kept by
+    the sweep's loggers (TensorBoard, MLflow)."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if results.find([sweep_dir]) or plan_report.find([sweep_dir]):
-            build([sweep_dir], sweep_dir)
+            log_report(config.logger, sweep_dir, build([sweep_dir], sweep_dir))

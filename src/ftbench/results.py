@@ -162,7 +162,7 @@ BREAKDOWN = ("weights_bytes", "trainable_bytes", "master_bytes", "grad_bytes", "
              "activations_bytes")
 # Sections their owners write as JSON; absent from the file until written.
 OPEN_SECTIONS = ("method", "plan", "protocol", "validation_history", "selection",
-                 "export", "distributed", "engagement")
+                 "export", "distributed", "harness", "engagement")
 
 
 @dataclass
@@ -189,6 +189,7 @@ class Result:
     selection: dict | None = None  # {policy, metric, step, value}
     export: dict | None = None
     distributed: dict | None = None
+    harness: dict | None = None  # lm-evaluation-harness scores (tasks/harness.py); eval.harness.tasks set
     engagement: dict | None = None  # measure/engagement.py: what the method claims to train that changed
 
     def to_json(self) -> dict[str, Any]:
@@ -282,9 +283,15 @@ def load(path: Path) -> Result:
     return Result.from_json(data)
 
 
+# Where the metric loggers keep copies of a run's result.json (MLflow's local artifact store): not runs.
+LOGGER_COPIES = ("mlartifacts",)
+
+
 def find(paths: list[Path]) -> list[Path]:
-    """Every result.json under the given files or directories, sorted."""
+    """Every result.json under the given files or directories, sorted; the copies a logger keeps as
+    artifacts (`LOGGER_COPIES` folders) left out."""
     found: list[Path] = []
     for path in map(Path, paths):
-        found += [path] if path.is_file() else sorted(path.rglob(FILENAME))
+        found += [path] if path.is_file() else sorted(
+            p for p in path.rglob(FILENAME) if not set(p.relative_to(path).parts) & set(LOGGER_COPIES))
     return found

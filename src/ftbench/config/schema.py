@@ -9,6 +9,7 @@ registries.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -78,9 +79,18 @@ class HardwareConfig:
             require(self.pad_to_multiple_of >= 1, f"{key}.pad_to_multiple_of", "must be >= 1")
 
 
+EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "lm_eval": "harness"}  # module -> ftbench extra
+
+
+def require_extra(module: str, key: str) -> None:
+    """Raise a `UserError` on `key` naming the extra to install when `module` is not importable (checked
+    without importing it)."""
+    require(importlib.util.find_spec(module) is not None, key,
+            f"needs {module}, which is not installed; pip install 'ftbench[{EXTRAS[module]}]'")
+
+
 @dataclass
-class LoggerConfig:
-    name: str = "none"
+class WandbConfig:
     project: str = "ftbench"
     entity: Optional[str] = None
     mode: Optional[str] = None
@@ -88,9 +98,42 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
 
     def check(self, key: str) -> None:
-        one_of(self.name, ("none", "wandb"), f"{key}.name")
         if self.mode is not None:
             one_of(self.mode, ("online", "offline", "disabled"), f"{key}.mode")
+
+
+@dataclass
+class TensorBoardConfig:
+    dir: Optional[str] = None  # null: <sweep folder, or run folder>/tensorboard
+
+    def check(self, key: str) -> None:
+        require_extra("tensorboard", key)
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: Optional[str] = None  # null: sqlite:///<sweep folder, or run folder>/mlflow.db
+    experiment: Optional[str] = None  # null: the sweep folder's name, "ftbench" for a single run
+    timeout_s: float = 10.0  # a server that does not answer within it is given up (one warning line)
+
+    def check(self, key: str) -> None:
+        require_extra("mlflow", key)
+        require(self.timeout_s > 0, f"{key}.timeout_s", "must be > 0 (seconds)")
+
+
+@dataclass
+class LoggerConfig:
+    """The metric loggers of a run: each selected option of the `logger` group fills its own key
+    (`logger=[tensorboard,mlflow]` sets `logger.tensorboard` and `logger.mlflow`); null = not used."""
+
+    wandb: Optional[WandbConfig] = None
+    tensorboard: Optional[TensorBoardConfig] = None
+    mlflow: Optional[MlflowConfig] = None
+
+    def check(self, key: str) -> None:
+        for name in ("wandb", "tensorboard", "mlflow"):
+            if getattr(self, name) is not None:
+                getattr(self, name).check(f"{key}.{name}")
 
 
 @dataclass
@@ -159,18 +202,46 @@ class OptimConfig:
 
 
 @dataclass
+class HarnessConfig:
+    """lm-evaluation-harness after training (tasks/harness.py); no tasks, no harness."""
+
+    tasks: list[str] = field(default_factory=list)
+    limit: Optional[int] = None
+    num_fewshot: Optional[int] = None
+    batch_size: int = 8
+    max_gen_toks: Optional[int] = None
+    data_dir: str = "../shared/data"
+    include_path: Optional[str] = None
+
+    def check(self, key: str) -> None:
+        if self.tasks:
+            require_extra("lm_eval", f"{key}.tasks")
+        for name in ("limit", "batch_size", "max_gen_toks"):
+            value = getattr(self, name)
+            if value is not None:
+                require(value >= 1, f"{key}.{name}", "must be >= 1, or null for the default")
+        if self.num_fewshot is not None:
+            require(self.num_fewshot >= 0, f"{key}.num_fewshot", "must be >= 0, or null for each task's own")
+        if self.include_path is not None:
+            require(Path(os.path.expanduser(self.include_path)).is_dir(), f"{key}.include_path",
+                    f"'{self.include_path}' is not a directory; point it at a folder of harness task YAMLs")
+
+
+@dataclass
 class EvalConfig:
     every_steps: Optional[int] = None
     batch_size: Optional[int] = None
     max_samples: Optional[int] = None
     num_beams: Optional[int] = None
     max_new_tokens: Optional[int] = None
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
 
     def check(self, key: str) -> None:
         for name in ("every_steps", "batch_size", "max_samples", "num_beams", "max_new_tokens"):
             value = getattr(self, name)
             if value is not None:
                 require(value >= 1, f"{key}.{name}", "must be >= 1, or null for the default")
+        self.harness.check(f"{key}.harness")
 
 
 @dataclass
@@ -204,7 +275,7 @@ class Config:
     model: ModelConfig = MISSING
     task: Any = MISSING
     hardware: HardwareConfig = MISSING
-    logger: LoggerConfig = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -227,6 +298,10 @@ def check(cfg: DictConfig) -> None:
         OmegaConf.to_object(cfg[name]).check(name)
     OmegaConf.to_object(cfg.method).check_run(cfg)  # what the method cannot train with, set in other groups
     check_sharding(cfg)
+    require(not (cfg.eval.harness.tasks and cfg.hardware.shard == "fsdp"), "eval.harness.tasks",
+            "the harness scores the model on rank 0 alone, and hardware.shard=fsdp splits it over the ranks; "
+            "export it (train.save=last), then score the export unsharded: model.path=<run>/checkpoint "
+            "train.max_steps=0")
     if cfg.mode == "train" and cfg.train.select == "best":
         require(cfg.eval.every_steps is not None, "train.select",
                 "best needs periodic evaluations; set eval.every_steps=N (or train.select=last)")

@@ -186,7 +186,8 @@ def train(trainee: Trainee, batches: Iterator[dict], spec: TrainSpec, compute: C
             history.tokens += step_counts.tokens
             history.loss_curve.append([step + 1, loss_value])
             lr = scheduler.get_last_lr()[0]
-            values = {"train/loss": loss_value, "train/lr": lr, "train/tokens_per_s": step_counts.nonpad / seconds}
+            values = {"train/loss": loss_value, "train/lr": lr, "train/tokens_per_s": step_counts.nonpad / seconds,
+                      "train/peak_memory_bytes": _peak_bytes(device)}
             if grad_norm is not None:
                 values["train/grad_norm"] = float(grad_norm)
             logger.log(values, step + 1)
@@ -262,11 +263,16 @@ def sigterm_cancels():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _peak_bytes(device: torch.device) -> int | None:
+    """The peak so far: CUDA's allocated bytes, or the process's peak RSS on the CPU (None where unknown)."""
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss_peak_bytes()
+
+
 def _memory_now(device: torch.device) -> str:
+    peak = _peak_bytes(device)
     if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / GiB:.1f} GiB peak"
-    rss = rss_peak_bytes()
-    return f"{rss / GiB:.2f} GiB peak RSS" if rss else ""
+        return f"{peak / GiB:.1f} GiB peak"
+    return f"{peak / GiB:.2f} GiB peak RSS" if peak else ""
 
 
 class Progress:

@@ -47,7 +47,7 @@ PREFIX = "step-"
 # Keys that do not change what is trained: a checkpoint made under other values still resumes.
 NEUTRAL_KEYS = ("train.resume", "train.checkpoint_every", "train.keep_checkpoints", "train.progress",
                 "train.log_every", "train.save", "logger", "debug", "eval.batch_size", "eval.max_samples",
-                "eval.num_beams", "eval.max_new_tokens", "profile.trace_memory")
+                "eval.num_beams", "eval.max_new_tokens", "eval.harness", "profile.trace_memory")
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

@@ -43,6 +43,7 @@ from ftbench.methods.base import scheduler_for
 from ftbench.parallel import distributed
 from ftbench.plan.report import run_plan
 from ftbench.results import Params, Result, Run, Train
+from ftbench.tasks.harness import Harness
 
 
 def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> int:
@@ -77,11 +78,12 @@ class Job:
 
     1. `build`: set-up (device, seed, meters), data, model, method and optimizer, the training
        spec and LR scheduler, the data-parallel sync, what the job will do (in `result`), the logger,
-       the engagement watch (job/engagement.py: before training) and the evaluation;
+       the engagement watch (job/engagement.py: before training), the evaluation and the
+       lm-evaluation-harness tasks (checked before training);
     2. `train`: from where a checkpoint left off (validating on the way), then what training measured
        and changed (engagement, read before the export merges adapters);
     3. `evaluate`: the selected checkpoint, exported, scored on the task's evaluation sets;
-    4. `summarize`: the logger's summary and the data-parallel figures (a collective);
+    4. `summarize`: the logger's summary, the data-parallel figures (a collective), the harness scores;
     5. `write`: result.json, also when a step above raised (with the status and one line).
 
     Each step fills `result` as facts become known, so a run that stops anywhere reports what it
@@ -127,6 +129,8 @@ class Job:
         cfg = self.cfg
         self.s = s = steps.setup(cfg, job_end)
         self.inputs = steps.data(cfg)
+        self.harness = (Harness(cfg.eval.harness, self.output_dir, self.inputs.head)  # its tasks load, or a user error
+                        if cfg.eval.harness.tasks and distributed.is_main() else None)
         self.result.config = OmegaConf.to_container(cfg, resolve=True)  # as settled (model source, task.max_length)
         self.settings = settle(cfg, None if s.profiling else len(self.inputs.task.train_examples()))  # one owner per knob
         self.feed = steps.Feed(cfg, self.inputs, steps.model(cfg, self.inputs, s), s, self.settings.batch_size)
@@ -205,10 +209,13 @@ class Job:
 
     # -- 4. summarize -------------------------------------------------------------------------
     def summarize(self) -> None:
-        """The logger's run summary; world size, gradient bytes per step and every rank's peaks."""
+        """The logger's run summary; world size, gradient bytes per step and every rank's peaks; then, on
+        rank 0, the lm-evaluation-harness scores (eval.harness.tasks)."""
         throughput = dataclasses.asdict(self.result.throughput)
         self.logger.summary({**self.result.metrics, **{f"throughput/{k}": v for k, v in throughput.items()}})
         self.result.distributed = distributed.record(self.sync, self.result.memory)
+        if self.harness is not None:  # lm-evaluation-harness (tasks/harness.py): rank 0, after the collectives
+            self.result.harness = self.harness.score(self.trainee.model, self.inputs.tokenizer)
 
     # -- 5. write -----------------------------------------------------------------------------
     def write(self, logger) -> None:

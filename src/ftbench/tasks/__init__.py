@@ -2,8 +2,9 @@
 
 A task YAML (`conf/task/<name>.yaml`) names its family; the family's schema lives in `config.py`
 (torch-free, what composing a config imports) and its class in its own module (imported when a job
-builds the task). This package may import `ftbench.errors`, `ftbench.config`, `ftbench.progress`,
-`ftbench.models` (tokenizers, the hub) and `ftbench.engine.batches`.
+builds the task). `harness` scores a trained model with lm-evaluation-harness (`eval.harness`) over the
+offline task YAMLs in `harness_tasks/`. This package may import `ftbench.errors`, `ftbench.config`,
+`ftbench.progress`, `ftbench.models` (tokenizers, the hub) and `ftbench.engine.batches`.
 """
 
 from __future__ import annotations
