@@ -7,8 +7,9 @@
    checkpointing), and those whose schema names the RoBERTa-large sweep (32 x 128 tokens, the docs'
    table) there, each with the variants its schema declares (GaLore's layer-wise mode, ...), each job
    in its own process, after full fine-tuning with bf16 updates in each sweep;
-4. print one table: method, peak allocated, reserved, step time, ratio to full fine-tuning in the same
-   sweep, the target the method's schema states (`gpu_targets`, methods/config.py) and pass/fail;
+4. print one table: method, peak allocated, reserved, step time, the peak's and the step time's ratio to
+   full fine-tuning in the same sweep, the targets the method's schema states (`gpu_targets`,
+   methods/config.py: the memory figure, and the step time's bound where it gives one) and pass/fail;
    write it to <out>/gpu-check.md.
 
     python scripts/gpu_check.py [--dry-run] [--wheels DIR] [--out DIR]
@@ -68,6 +69,7 @@ class Job:
     # Pass when peak allocated <= max_gib (GiB), or ratio to full <= max_ratio; None: pass when the job ran.
     max_gib: float | None = None
     max_ratio: float | None = None
+    max_time_ratio: float | None = None  # pass only when the step time / full's is at most this too
     result: dict = field(default_factory=dict)
 
 
@@ -90,7 +92,7 @@ def jobs(gpu_gib: float | None) -> list[Job]:
             for label, overrides, target in rows:
                 if target is not None and (gpu_gib is None or gpu_gib >= target.min_gpu_gib):
                     listed.append(Job(sweep, label, [f"method={name}", *schema.short_setup, *overrides],
-                                      target.stated, target.max_gib, target.max_ratio))
+                                      target.stated, target.max_gib, target.max_ratio, target.max_time_ratio))
     return listed
 
 
@@ -134,37 +136,43 @@ def gib(value: int | None) -> str:
     return f"{value / GiB:.2f} GiB" if value else "—"
 
 
-def judge(job: Job, full_peak: int | None) -> tuple[str, str]:
-    """(ratio to full, pass/fail) of one finished job."""
+def judge(job: Job, full: dict | None) -> tuple[str, str, str]:
+    """(peak's ratio to full, step time's ratio to full, pass/fail) of one finished job."""
     result = job.result
     if result.get("status") != "ok":
-        return "—", f"FAIL ({result.get('status', 'no result')}: {str(result.get('error'))[:60]})"
-    peak = result["memory"]["train_peak_allocated_bytes"]
+        return "—", "—", f"FAIL ({result.get('status', 'no result')}: {str(result.get('error'))[:60]})"
+    peak, step = result["memory"]["train_peak_allocated_bytes"], (result.get("throughput") or {}).get("step_time_s_p50")
+    full_peak = full["memory"]["train_peak_allocated_bytes"] if full else None
+    full_step = (full.get("throughput") or {}).get("step_time_s_p50") if full else None
     ratio = peak / full_peak if peak and full_peak else None
-    shown = f"{ratio:.3f}" if ratio is not None else "—"
+    time_ratio = step / full_step if step and full_step else None
+    passed = True
     if job.max_gib is not None:
-        return shown, "pass" if peak and peak <= job.max_gib * GiB else "FAIL"
-    if job.max_ratio is not None:
-        return shown, "pass" if ratio is not None and ratio <= job.max_ratio else "FAIL"
-    return shown, "pass"
+        passed = bool(peak) and peak <= job.max_gib * GiB
+    elif job.max_ratio is not None:
+        passed = ratio is not None and ratio <= job.max_ratio
+    if job.max_time_ratio is not None:
+        passed &= time_ratio is not None and time_ratio <= job.max_time_ratio
+    shown = [f"{r:.3f}" if r is not None else "—" for r in (ratio, time_ratio)]
+    return shown[0], shown[1], "pass" if passed else "FAIL"
 
 
 def table(all_jobs: list[Job]) -> tuple[str, bool]:
-    rows = ["| sweep | method | peak allocated | reserved | step time p50 | ratio to full | target | result |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| sweep | method | peak allocated | reserved | step time p50 | ratio to full | target | time to full "
+            "| time target | result |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     ok = True
     for sweep in dict.fromkeys(j.sweep for j in all_jobs):
         members = [j for j in all_jobs if j.sweep == sweep]
         full = next((j for j in members if j.label == BASELINE and j.result.get("status") == "ok"), None)
-        full_peak = full.result["memory"]["train_peak_allocated_bytes"] if full else None
         for job in members:
-            ratio, verdict = judge(job, full_peak)
+            ratio, time_ratio, verdict = judge(job, full.result if full else None)
+            time_target = f"≤ {job.max_time_ratio}" if job.max_time_ratio is not None else "—"
             ok &= verdict == "pass"
             memory, speed = job.result.get("memory") or {}, job.result.get("throughput") or {}
             step = speed.get("step_time_s_p50")
             rows.append(f"| {sweep} | {job.label} | {gib(memory.get('train_peak_allocated_bytes'))} | "
                         f"{gib(memory.get('train_peak_reserved_bytes'))} | {f'{step:.3f} s' if step else '—'} | "
-                        f"{ratio} | {job.target} | {verdict} |")
+                        f"{ratio} | {job.target} | {time_ratio} | {time_target} | {verdict} |")
     return "\n".join(rows), ok
 
 

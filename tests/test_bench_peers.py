@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ftbench.bench.peers import timing as bench
+from ftbench.bench.peers.rounds import Rounds, spread
 
 TINY = ["model=tiny-llama", "profile.batch_size=2", "profile.seq_len=16", "profile.warmup_steps=1",
         "profile.steps=1"]
@@ -12,7 +13,7 @@ TINY = ["model=tiny-llama", "profile.batch_size=2", "profile.seq_len=16", "profi
 
 def test_full_beside_the_plain_pytorch_loop(tmp_path):
     """Four processes (ftbench and the peer, timed and traced): same model, same batch, same counts."""
-    report = bench.main(["--methods", "full", "--repeats", "1", "--memory-steps", "1", "--out", str(tmp_path),
+    report = bench.main(["--methods", "full", "--max-rounds", "1", "--memory-steps", "1", "--out", str(tmp_path),
                          *TINY])
     (row,) = report["rows"]
     ours, peer = row["ftbench"], row["peer_result"]
@@ -28,7 +29,7 @@ def test_full_beside_the_plain_pytorch_loop(tmp_path):
 def test_galore_beside_galore_torchs_readme_loop(tmp_path):
     """The same library stepping the same tensors: the same first and last loss (the weights after the
     steps before it); the peer's held state counts the projection matrices inside its projectors too."""
-    report = bench.main(["--methods", "galore", "--repeats", "1", "--memory-steps", "1", "--out", str(tmp_path),
+    report = bench.main(["--methods", "galore", "--max-rounds", "1", "--memory-steps", "1", "--out", str(tmp_path),
                          *TINY, "profile.steps=2"])
     (row,) = report["rows"]
     ours, peer = row["ftbench"], row["peer_result"]
@@ -41,11 +42,13 @@ def test_galore_beside_galore_torchs_readme_loop(tmp_path):
 
 
 def test_a_peer_that_cannot_run_shows_its_error():
-    ok = {"status": "ok", "error": None, "step_time_s": 2.0, "peak_bytes": 2**30, "trainable": 10,
-          "loss_first": 1.0, "package": None}
+    ok = {"status": "ok", "error": None, "step_time_s": 2.0, "step_time_rounds_s": [2.0], "peak_bytes": 2**30,
+          "trainable": 10, "loss_first": 1.0, "package": None}
     failed = {**ok, "status": "failed", "error": "ImportError: cannot import name 'x' from 'transformers'",
-              "step_time_s": None, "peak_bytes": None, "trainable": None, "loss_first": None}
-    summary = {"ftbench:hift": ok, "peer:hift": failed, "peer:torch": {**ok, "step_time_s": 1.0},
+              "step_time_s": None, "step_time_rounds_s": [None], "peak_bytes": None, "trainable": None,
+              "loss_first": None}
+    summary = {"ftbench:hift": ok, "peer:hift": failed, "peer:torch": {**ok, "step_time_s": 1.0,
+                                                                       "step_time_rounds_s": [1.0]},
                "peer:peft": {**ok, "peak_bytes": 2**29}}
     rows = bench.pairs(["hift"], summary)
     assert [r["peer"] for r in rows] == ["hift", "torch", "peft"]  # no peer that runs: the baselines instead
@@ -65,3 +68,68 @@ def test_a_bad_option_is_one_line_naming_it(tmp_path, capsys):
         bench.main(["--methods", "nosuch", "--out", str(tmp_path)])
     assert stop.value.code == 2
     assert capsys.readouterr().err.startswith("bench-peers: error: method=nosuch: no such option")
+
+
+# -- how many rounds: a fake timer, no process runs ----------------------------------------------------
+
+class FakePlan:
+    """full beside torch, whose step times are given per round (an entry's time: one fixed number per round)."""
+
+    cuda = True  # no traced memory runs
+    entries = [("ftbench", "full"), ("peer", "torch")]
+
+    def __init__(self, ftbench_times, torch_times=None):
+        self.times = {("ftbench", "full"): list(ftbench_times),
+                      ("peer", "torch"): list(torch_times or [1.0] * len(ftbench_times))}
+        self.order = []
+
+    def run(self, entry, trace, tag):
+        self.order.append(entry)
+        time = self.times[entry].pop(0)
+        return {"status": "ok" if time else "failed", "error": None if time else "no", "step_time_s": time,
+                "peak_bytes": None, "trainable": 1, "loss_first": None, "loss_last": None, "package": None}
+
+
+RULE = Rounds(max_rounds=12, half_width=0.015)
+
+
+def rounds_run(plan) -> tuple[int, dict]:
+    rule, reports = RULE, []
+    summary = bench.measure(plan, lambda summary, n: rule.done(
+        [r["time_spread"] for r in bench.pairs(["full"], summary)], n), lambda summary, n: reports.append(n))
+    (row,) = bench.pairs(["full"], summary)
+    assert reports == list(range(1, len(reports) + 1))  # a table after every round
+    return reports[-1], row
+
+
+def test_rounds_run_abba_and_stop_once_the_interval_is_narrow():
+    # Ratios 0.99, 1.01, ... : sd ≈ 0.0107; the 95 % half-width t(n-1)·sd/√n is 0.127 at 2 rounds,
+    # 0.0184 at 4, 0.0115 at 6: six rounds.
+    plan = FakePlan([0.99, 1.01] * 6)
+    rounds, row = rounds_run(plan)
+    assert rounds == 6 and plan.order[:4] == [("ftbench", "full"), ("peer", "torch"), ("peer", "torch"),
+                                              ("ftbench", "full")]
+    assert row["time_ratio"] == pytest.approx(1.0) and row["time_spread"]["half_width"] <= 0.015
+    assert (row["time_spread"]["low"], row["time_spread"]["high"], row["time_spread"]["rounds"]) == (0.99, 1.01, 6)
+
+
+def test_rounds_pair_each_round_so_a_drift_on_both_sides_cancels():
+    drift = [1.0 + 0.1 * i for i in range(12)]  # the machine slows down round after round
+    rounds, row = rounds_run(FakePlan([1.2 * d for d in drift], drift))
+    assert rounds == 2 and row["time_ratio"] == pytest.approx(1.2) and row["time_spread"]["half_width"] < 1e-9
+
+
+def test_rounds_stop_at_the_cap_when_the_ratio_stays_noisy():
+    rounds, row = rounds_run(FakePlan([0.8, 1.2] * 6))
+    assert rounds == 12 and row["time_spread"]["half_width"] > 0.1
+
+
+def test_a_row_that_cannot_run_does_not_hold_the_rounds():
+    plan = FakePlan([None] * 12)  # ftbench fails: it is not run again, and its row has no ratio
+    rounds, row = rounds_run(plan)
+    assert rounds == 2 and row["time_ratio"] is None and plan.order.count(("ftbench", "full")) == 1
+
+
+def test_the_spread_of_one_round_has_no_interval():
+    assert spread([1.1]) == {"mean": 1.1, "half_width": None, "low": 1.1, "high": 1.1, "rounds": 1}
+    assert not Rounds().done([spread([1.1])], 1) and Rounds(max_rounds=1).done([spread([1.1])], 1)

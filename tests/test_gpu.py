@@ -53,3 +53,27 @@ def test_the_device_has_a_known_bf16_peak_for_mfu():
     from ftbench.measure.meters import peak_flops
 
     assert peak_flops(torch.cuda.get_device_name(), "bf16-pure") is not None, torch.cuda.get_device_name()
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-4), (torch.bfloat16, 1.6e-2)])
+def test_sampled_entries_on_cuda_equal_the_dense_gradient(dtype, rtol):
+    """SIFT's sampled path (torch.sparse.sampled_addmm, CSR, in token chunks) on CUDA, at a LLaMA MLP
+    shape and SIFT's rate: the selected entries of gᵀx, summed in fp32."""
+    from ftbench.methods.sampled_grad import sampled_entries
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    g = torch.randn(2048, 1376, device="cuda", generator=generator).to(dtype)
+    x = torch.randn(2048, 512, device="cuda", generator=generator).to(dtype)
+    flat = torch.randperm(1376 * 512, device="cuda", generator=generator)[:7046].sort().values.to(torch.int32)
+    exact = (g.double().t() @ x.double()).reshape(-1)[flat.long()]
+    for chunks in (4, 1):
+        got = sampled_entries(g, x, flat, chunks)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), exact, rtol=rtol, atol=rtol * float(exact.abs().max()))
+
+
+@pytest.mark.parametrize("path", ["sampled", "dense"])
+def test_sift_runs_either_weight_gradient_path(tmp_path, path):
+    result = run(tmp_path / "run", *ON_GPU, "method=sift", f"method.weight_grad={path}")
+    assert result["exit_code"] == 0, result["error"]
+    assert set(result["method"]["weight_grad_paths"].values()) == {path}

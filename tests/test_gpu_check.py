@@ -38,10 +38,10 @@ def test_the_table_compares_each_method_with_full_in_the_same_sweep():
     gpu_check = _module()
     gib = 2**30
 
-    def measured(peak_gib):
+    def measured(peak_gib, step_s=0.5):
         return {"status": "ok", "memory": {"train_peak_allocated_bytes": int(peak_gib * gib),
                                            "train_peak_reserved_bytes": int(peak_gib * gib) + gib},
-                "throughput": {"step_time_s_p50": 0.5}}
+                "throughput": {"step_time_s_p50": step_s}}
 
     full = gpu_check.Job("roberta-large", "full (bf16 updates)", [], result=measured(3.0))
     close = gpu_check.Job("roberta-large", "sparsegrad", [], max_ratio=0.95, result=measured(2.7))
@@ -54,3 +54,17 @@ def test_the_table_compares_each_method_with_full_in_the_same_sweep():
     assert "| 0.950 |" in rows["meprop"] and rows["meprop"].endswith("| FAIL |")
     assert rows["sift"].endswith("| pass |") and "14.40 GiB" in rows["sift"]
     assert "FAIL (oom" in rows["lora"] and not ok
+
+
+def test_the_table_holds_a_step_time_bound_beside_full_in_the_same_sweep():
+    gpu_check = _module()
+    result = {"status": "ok", "memory": {"train_peak_allocated_bytes": 2**30, "train_peak_reserved_bytes": 2**31}}
+    full = gpu_check.Job("llama2-7b", "full (bf16 updates)", [], result={**result, "throughput": {"step_time_s_p50": 2.0}})
+    fast = gpu_check.Job("llama2-7b", "sift", [], max_time_ratio=0.85, result={
+        **result, "throughput": {"step_time_s_p50": 1.6}})
+    slow = gpu_check.Job("llama2-7b", "meprop", [], max_time_ratio=1.05, result={
+        **result, "throughput": {"step_time_s_p50": 2.2}})
+    text, ok = gpu_check.table([full, fast, slow])
+    rows = {line.split(" | ")[1]: line for line in text.splitlines()[2:]}
+    assert rows["sift"].endswith("| 0.800 | ≤ 0.85 | pass |") and rows["meprop"].endswith("| 1.100 | ≤ 1.05 | FAIL |")
+    assert not ok

@@ -24,6 +24,7 @@ def test_trains_scores_and_exports(tmp_path, name, overrides, model):
     curve = [loss for _, loss in result["train"]["loss_curve"]]
     assert sum(curve[-5:]) < sum(curve[:5]), "the loss should fall"
     assert result["memory"]["breakdown"]["optimizer_state_bytes"] > 0
+    assert result["engagement"]["changed"] > 0 and result["engagement"]["warning"] is None, result["engagement"]
     # The merged export loads with plain from_pretrained and scores exactly as the trained model did.
     from transformers import AutoModelForSequenceClassification
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from ftbench.errors import UserError
 from ftbench.measure.meters import held_optimizer_state_bytes
 from ftbench.methods.base import Method, MethodConfig
+from ftbench.methods.sampled_grad import choose
 from ftbench.methods.sift.method import (
     MASTER_SUFFIXES,
     SELECTION_FILE,
@@ -308,6 +309,9 @@ def test_selection_is_recorded_and_described(tmp_path):
     expected = sum(selected_count(model.get_parameter(n).numel(), 0.02) for n in recorded)
     assert info["selected"] == expected and info["target_layers"] == 8 and info["exception_modules"] == ["classifier"]
     assert info["dense_trainable"] == sum(p.numel() for p in model.classifier.parameters())
+    assert info["weight_grad"] == "auto" and info["weight_grad_paths"] == {  # the cost model's choice per layer
+        name: choose(*layer.weight.shape, layer.master.numel(), layer.weight.device)
+        for name, layer in method.named_layers.items()}
 
 
 def test_state_dict_carries_the_selection():

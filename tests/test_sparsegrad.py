@@ -143,6 +143,26 @@ def test_layer_equals_nn_linear_and_keeps_the_top_k_of_the_rotated_gradient(rota
     torch.testing.assert_close(grad.to_dense(), expected.view_as(full))
 
 
+@pytest.mark.parametrize("tokens", [3, 7, 12])  # L and R on the tokens, R only (6 < 7 < 9), neither
+@pytest.mark.parametrize("d_out,d_in", [(9, 6), (6, 9)])
+def test_the_rotated_gradient_is_the_same_in_every_order(tokens, d_out, d_in):
+    torch.manual_seed(0)
+    basis = Basis(orthogonal(d_out, 1), orthogonal(d_in, 2))
+    g, x = torch.randn(tokens, d_out, dtype=torch.float64), torch.randn(tokens, d_in, dtype=torch.float64)
+    torch.testing.assert_close(basis.rotated_gradient(g, x), basis.left.t() @ g.t() @ x @ basis.right)
+
+
+@pytest.mark.parametrize("d_out,d_in", [(9, 6), (6, 9)])
+def test_an_update_of_k_entries_unrotates_as_the_dense_product(d_out, d_in):
+    torch.manual_seed(0)
+    basis = Basis(orthogonal(d_out, 1), orthogonal(d_in, 2))
+    flat = torch.tensor([0, 5, 5, 17, d_out * d_in - 1])  # sorted, as the optimizer holds them; a repeat adds
+    values = torch.randn(5, dtype=torch.float64)
+    dense = torch.zeros(d_out * d_in, dtype=torch.float64).index_add_(0, flat, values).view(d_out, d_in)
+    torch.testing.assert_close(basis.unrotate_entries(flat, values, torch.Size((d_out, d_in))),
+                               basis.left @ dense @ basis.right.t())
+
+
 def test_ties_keep_exactly_k_entries_deterministically():
     layer = TopKGradLinear(nn.Linear(4, 3, bias=False), None, k=5)
     supports = []

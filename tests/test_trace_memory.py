@@ -43,6 +43,17 @@ def test_sparse_results_count_their_indices_and_values():
     del sparse
 
 
+def test_csr_results_count_their_row_pointers_columns_and_values():
+    dense = torch.zeros(10, 1000)
+    dense[0, :5] = 1.0
+    with LiveTensorPeak() as trace:
+        csr = dense.to_sparse_csr()
+        # int64 row pointers, float values, and the columns: a view of the conversion's 2 x 5 int64 indices
+        storages = [t.untyped_storage().nbytes() for t in (csr.crow_indices(), csr.col_indices(), csr.values())]
+        assert storages == [11 * 8, 2 * 5 * 8, 5 * 4] and trace.live_bytes == sum(storages)
+    del csr
+
+
 def test_backward_and_checkpoint_recompute_are_traced():
     """Saved activations, recomputed ones and gradients are operator outputs too:
     checkpointing must show a lower traced peak, and the peak must hold the gradients."""

@@ -1,4 +1,5 @@
-"""Entry points: `ftbench` (Hydra runs and sweeps) and `ftbench-report`.
+"""Entry points: `ftbench` (Hydra runs and sweeps; `ftbench compare`: a two-stage comparison) and
+`ftbench-report`.
 
 Before Hydra launches anything, every job of the command line is composed and
 checked here, so a typo, a wrong type or a bad value ends with one line that
@@ -200,6 +201,10 @@ def output_dir_problem(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:  # `ftbench compare SPEC.yaml ...`: a two-stage comparison (compare/runner.py)
+        from ftbench.compare import runner  # lazy: scipy and the job layer, not for --help
+
+        runner.main(argv[1:])
     if argv[:1] == ["plan"]:  # `ftbench plan ...` = `ftbench mode=plan ...`
         argv = [*argv[1:], "mode=plan"]
     register_configs()
@@ -239,7 +244,15 @@ def report_main(argv: list[str] | None = None) -> None:
         print(f"ftbench-report: error: {missing[0]}: no such file or folder", file=sys.stderr)
         sys.exit(2)
     out = args.out or next((p for p in args.paths if p.is_dir()), args.paths[0].parent)
+    comparisons = [p for p in args.paths if (p / "comparison.json").is_file()]
     try:
+        if comparisons:  # an `ftbench compare` folder: its comparison, written again from its runs
+            from ftbench.compare.report import rebuild  # lazy: scipy, only for a comparison
+
+            for folder in comparisons:
+                for kind, path in rebuild(folder, args.out).items():
+                    print(f"{kind}: {path}")
+            return
         report.build(args.paths, out)
     except (ValueError, UserError) as exc:  # a file that is not a result (or plan): one line naming it
         print(f"ftbench-report: error: {exc}", file=sys.stderr)

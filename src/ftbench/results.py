@@ -164,7 +164,7 @@ BREAKDOWN = ("weights_bytes", "trainable_bytes", "master_bytes", "grad_bytes", "
              "activations_bytes")
 # Sections their owners write as JSON; absent from the file until written.
 OPEN_SECTIONS = ("method", "plan", "protocol", "validation_history", "selection",
-                 "export", "distributed", "harness")
+                 "export", "distributed", "harness", "engagement")
 
 
 @dataclass
@@ -192,6 +192,7 @@ class Result:
     export: dict | None = None
     distributed: dict | None = None
     harness: dict | None = None  # lm-evaluation-harness scores (tasks/harness.py); eval.harness.tasks set
+    engagement: dict | None = None  # measure/engagement.py: what the method claims to train that changed
 
     def to_json(self) -> dict[str, Any]:
         """The file's content: every fixed section, the open ones that were written; non-finite floats

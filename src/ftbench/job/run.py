@@ -28,7 +28,7 @@ from ftbench.engine.loggers import NullLogger, make_logger
 from ftbench.engine.loop import Compute, NonFiniteLoss, Trainee, Watchers, sigterm_cancels
 from ftbench.engine.loss import model_loss
 from ftbench.errors import Canceled, UserError, first_line
-from ftbench.job import rerun, steps
+from ftbench.job import engagement, rerun, steps
 from ftbench.job.checkpoint import Checkpointer
 from ftbench.job.evaluation import Evaluation, Selector, eval_context
 from ftbench.measure.environment import environment
@@ -81,8 +81,10 @@ class Job:
 
     1. `build`: set-up (device, seed, meters), data, model, method and optimizer, the training
        spec and LR scheduler, the data-parallel sync, what the job will do (in `result`), the logger,
-       the evaluation and the lm-evaluation-harness tasks (checked before training);
-    2. `train`: from where a checkpoint left off (validating on the way), then what training measured;
+       the engagement watch (job/engagement.py: before training), the evaluation and the
+       lm-evaluation-harness tasks (checked before training);
+    2. `train`: from where a checkpoint left off (validating on the way), then what training measured
+       and changed (engagement, read before the export merges adapters);
     3. `evaluate`: the selected checkpoint, exported, scored on the task's evaluation sets;
     4. `summarize`: the logger's summary, the data-parallel figures (a collective), the harness scores;
     5. `write`: result.json, also when a step above raised (with the status and one line).
@@ -145,6 +147,7 @@ class Job:
         # Counted before training: what HiFT holds beside the model changes as it rotates.
         self.masters, self.trainable = method.master_parameters(), method.trainable_size()
         self.logger = self.record_start()
+        self.watched = engagement.watch(model, method, self.feed.head, self.masters, self.trainable[0])  # before training
         scratch = self.output_dir if distributed.is_main() else distributed.scratch(job_end)  # other ranks' generations
         self.evaluation = None if s.profiling else Evaluation(
             cfg, s, self.inputs.task, self.trainee,
@@ -194,6 +197,7 @@ class Job:
         finally:
             s.meter.end_train()  # also stops the memory trace of a run that failed
         result, model, method = self.result, trainee.model, trainee.method
+        result.engagement = self.watched.report()  # what the method claims to train that changed (and a warning)
         result.method = method.describe(model)  # again: what training measured (e.g. HiFT's copy times)
         result.train = Train.from_log(history)
         result.memory = s.meter.summary(model_bytes(model, self.masters), method.master_bytes())

@@ -74,11 +74,15 @@ class LiveTensorPeak(TorchDispatchMode):
 
 
 def _storages(tree) -> list[torch.UntypedStorage]:
-    """The storages behind the tensors of a pytree; a sparse tensor's are its indices' and values'."""
+    """The storages behind the tensors of a pytree; a sparse tensor's are its indices' and values' (COO),
+    or its row pointers', column indices' and values' (CSR)."""
     found = []
     for t in tree_leaves(tree):
         if not isinstance(t, torch.Tensor) or t.device.type == "meta":
             continue
-        parts = (t._indices(), t._values()) if t.is_sparse else (t,)
+        if t.layout == torch.sparse_csr:
+            parts = (t.crow_indices(), t.col_indices(), t.values())
+        else:
+            parts = (t._indices(), t._values()) if t.is_sparse else (t,)
         found.extend(part.untyped_storage() for part in parts)
     return found

@@ -28,6 +28,8 @@ class GpuTarget:
     stated: str = "—"  # the figure as the docs state it, shown in the table
     max_gib: float | None = None  # pass when the peak allocated is at most this many GiB
     max_ratio: float | None = None  # pass when the peak / full fine-tuning's (bf16 updates, same sweep) is at most this
+    # pass when the step time / full fine-tuning's (bf16 updates, same sweep) is at most this as well
+    max_time_ratio: float | None = None
     min_gpu_gib: float = 0  # the job runs only on a GPU with at least this much memory (GiB)
 
 

@@ -5,9 +5,10 @@ The selected part is mirrored by a plain trainable tensor, the *master* (fp32 by
 default). A custom autograd Function returns the gradient of the selected part
 only and never keeps a dense weight gradient past the layer's backward:
 
-- ``elements`` (SIFT): the layer's weight gradient is formed a few output rows
-  at a time (at most `GRAD_CHUNK_BYTES`), gathered at the selected flat indices,
-  and dropped at once;
+- ``elements`` (SIFT): either only the selected entries of the weight gradient
+  are formed (``sampled``: sampled_grad.py, chunked over tokens), or the weight
+  gradient is formed a few output rows at a time (at most `GRAD_CHUNK_BYTES`),
+  gathered at the selected flat indices, and dropped at once (``dense``);
 - ``rows`` (S2FT: V, Up): output rows S; a thin GEMM ``g[..., S]ᵀ x``;
 - ``cols`` (S2FT: O, Down): input columns S; only a compact copy of
   ``x[..., S]`` is saved, and the gradient is one flattened GEMM ``gᵀ x_S``.
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ftbench.methods.base import Method
+from ftbench.methods.sampled_grad import sampled_entries
 from ftbench.models.architecture import replace_module
 
 KINDS = ("elements", "rows", "cols")
@@ -36,12 +38,12 @@ KINDS = ("elements", "rows", "cols")
 class _PartialLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, master, kind: str, index: torch.Tensor, block_counts: torch.Tensor | None,
-                row_chunks: tuple[tuple[int, int, int, int], ...]):
+                row_chunks: tuple[tuple[int, int, int, int], ...], sampled: bool = False):
         y = F.linear(x, weight, bias)
         # Input columns need only x[..., S]: index_select makes a compact copy, never a view of x.
         saved = x.index_select(-1, index) if kind == "cols" else x
         ctx.save_for_backward(weight, saved, index, block_counts)
-        ctx.kind, ctx.row_chunks = kind, row_chunks
+        ctx.kind, ctx.row_chunks, ctx.sampled = kind, row_chunks, sampled
         ctx.bias_grad = bias is not None and bias.requires_grad
         ctx.master_dtype = master.dtype
         return y
@@ -53,7 +55,9 @@ class _PartialLinearFn(torch.autograd.Function):
         grad_x = grad_out @ weight.to(dtype) if ctx.needs_input_grad[0] else None
         g = grad_out.reshape(-1, grad_out.shape[-1])
         x = saved.reshape(-1, saved.shape[-1]).to(dtype)
-        if ctx.kind == "elements":
+        if ctx.kind == "elements" and ctx.sampled:
+            grad_master = sampled_entries(g, x, unpack_elements(index, block_counts))
+        elif ctx.kind == "elements":
             flat = unpack_elements(index, block_counts)
             grad_master = torch.empty(flat.numel(), dtype=ctx.master_dtype, device=flat.device)
             for row_start, row_end, first, last in ctx.row_chunks:
@@ -66,7 +70,7 @@ class _PartialLinearFn(torch.autograd.Function):
         else:
             grad_master = g.t() @ x  # (out, |S|): x already holds only the selected columns
         grad_bias = g.sum(0) if ctx.bias_grad else None
-        return grad_x, None, grad_bias, grad_master.to(ctx.master_dtype), None, None, None, None
+        return grad_x, None, grad_bias, grad_master.to(ctx.master_dtype), None, None, None, None, None
 
 
 class PartialLinear(nn.Linear):

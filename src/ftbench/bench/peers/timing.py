@@ -1,7 +1,7 @@
 """ftbench's methods beside the implementations a user would pick instead, in one run.
 
     make bench-peers                                              # the CPU shape below, every method
-    python -m ftbench.bench.peers.timing --methods full lora --repeats 3
+    python -m ftbench.bench.peers.timing --methods full lora --max-rounds 4
     python -m ftbench.bench.peers.timing model=llama2-7b profile.seq_len=512   # a GPU: the 7B shape (bf16, checkpointing)
 
 Every entry runs in its own process: ftbench through its CLI (`ftbench
@@ -16,10 +16,13 @@ vs peft, and the methods of the packages those peers are); every method
 without a peer that runs is also set beside torch and peft (its cost against
 full fine-tuning and LoRA).
 
-- Time: `--repeats` rounds, each running every entry once with the tracer off;
-  odd rounds run the entries in reverse order, so each pair runs ABBA and slow
-  drifts of a shared machine fall on both sides. An entry's time is the median
-  over rounds of its runs' median step times.
+- Time: rounds, each running every entry once with the tracer off; odd rounds
+  run the entries in reverse order, so each pair runs ABBA and slow drifts of a
+  shared machine fall on both sides. A row's time ratio is the mean over rounds
+  of that round's ratio of the two runs' median step times, with the half-width
+  of its 95 % confidence interval; rounds go on until every half-width is at
+  most `--half-width` or `--max-rounds` ran (rounds.py). An entry's step time is
+  the median over rounds of its runs' medians.
 - Memory: on a GPU, CUDA's allocated peak of the same runs; on the CPU one more
   run per entry after the first round, with the tracer on (it slows every
   operator, so those runs are never timed), `--memory-steps` traced steps after
@@ -51,6 +54,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from ftbench.bench.peers import PEERS
+from ftbench.bench.peers.rounds import HALF_WIDTH, MAX_ROUNDS, Rounds, paired_ratios, spread
 from ftbench.config.knobs import settle
 from ftbench.config.schema import check
 from ftbench.errors import UserError, explain_compose_error
@@ -243,14 +247,15 @@ def _brief(record: dict) -> str:
     return ", ".join(parts)
 
 
-def measure(bench: Benchmark, repeats: int, report) -> dict[str, dict]:
-    """Every entry's summary: median step time over the rounds, peak, trainable count, status.
+def measure(bench: Benchmark, stop, report) -> dict[str, dict]:
+    """Every entry's summary: median step time over the rounds, each round's, peak, trainable count, status.
 
-    Phases: timed round 0, the CPU's traced runs, timed rounds 1.. ; `report(summary, rounds)` is
-    called after each, so a run stopped early still leaves its table."""
+    Phases: timed round 0, the CPU's traced runs, timed rounds 1.. until `stop(summary, rounds)`;
+    `report(summary, rounds)` is called after each, so a run stopped early still leaves its table."""
     runs: dict[tuple[str, str], list[dict]] = {e: [] for e in bench.entries}
     memory: dict[tuple[str, str], dict] = {}
-    for round_ in range(repeats):
+    round_ = 0
+    while True:
         order = bench.entries if round_ % 2 == 0 else bench.entries[::-1]
         for entry in order:
             if runs[entry] and runs[entry][0]["status"] != "ok":
@@ -261,8 +266,10 @@ def measure(bench: Benchmark, repeats: int, report) -> dict[str, dict]:
                 if runs[entry][0]["status"] == "ok":
                     memory[entry] = bench.run(entry, trace=True, tag="memory")
         summary = summarize(runs, memory)
-        report(summary, round_ + 1)
-    return summary
+        round_ += 1
+        report(summary, round_)
+        if stop(summary, round_):
+            return summary
 
 
 def summarize(runs: dict[tuple[str, str], list[dict]], memory: dict[tuple[str, str], dict]) -> dict[str, dict]:
@@ -276,7 +283,7 @@ def summarize(runs: dict[tuple[str, str], list[dict]], memory: dict[tuple[str, s
             "status": first["status"] if traced is None or first["status"] != "ok" else traced["status"],
             "error": first["error"] if first["status"] != "ok" else (traced or first)["error"],
             "step_time_s": statistics.median([r["step_time_s"] for r in ok]) if ok else None,
-            "step_time_runs_s": [r["step_time_s"] for r in ok],
+            "step_time_rounds_s": [r["step_time_s"] if r["status"] == "ok" else None for r in records],
             "peak_bytes": (traced["peak_bytes"] if traced else statistics.median(peaks) if peaks else None),
             "trainable": first["trainable"], "loss_first": first["loss_first"], "loss_last": first["loss_last"],
             "package": first["package"],
@@ -294,8 +301,10 @@ def pairs(methods: list[str], summary: dict[str, dict]) -> list[dict]:
             peers += [p for p in BASELINES if p != own]
         for peer in peers:
             a, b = summary[f"ftbench:{m}"], summary[f"peer:{peer}"]
+            ratios = paired_ratios(a["step_time_rounds_s"], b["step_time_rounds_s"])
+            time_spread = spread(ratios) if ratios else None
             row = {"method": m, "peer": peer, "own_peer": peer == own, "ftbench": a, "peer_result": b,
-                   "time_ratio": _ratio(a["step_time_s"], b["step_time_s"]),
+                   "time_ratio": time_spread["mean"] if time_spread else None, "time_spread": time_spread,
                    "memory_ratio": _ratio(a["peak_bytes"], b["peak_bytes"])}
             if peer == own and row["time_ratio"] is not None and row["memory_ratio"] is not None:
                 row["within_limits"] = row["time_ratio"] <= TIME_LIMIT and row["memory_ratio"] <= MEMORY_LIMIT
@@ -329,10 +338,18 @@ def table(rows: list[dict]) -> str:
         over_time = row["own_peer"] and row["time_ratio"] > TIME_LIMIT
         over_memory = row["own_peer"] and row["memory_ratio"] is not None and row["memory_ratio"] > MEMORY_LIMIT
         lines.append(f"| {row['method']} | {peer} | {_num(a['step_time_s'])} | {_num(b['step_time_s'])} "
-                     f"| {_num(row['time_ratio'], 2)}{' ⚠' if over_time else ''} | {_mib(a['peak_bytes'])} "
+                     f"| {_num(row['time_ratio'], 2)}{_pm(row['time_spread'])}{' ⚠' if over_time else ''} "
+                     f"| {_mib(a['peak_bytes'])} "
                      f"| {_mib(b['peak_bytes'])} | {_num(row['memory_ratio'], 3)}{' ⚠' if over_memory else ''} "
                      f"| {_int(a['trainable'])} | {_int(b['trainable'])} |")
     return "\n".join(lines)
+
+
+def _pm(time_spread: dict | None) -> str:
+    """' ± half-width (low–high)' of a ratio measured in two rounds or more."""
+    if time_spread is None or time_spread["half_width"] is None:
+        return ""
+    return f" ± {time_spread['half_width']:.3f} ({time_spread['low']:.2f}–{time_spread['high']:.2f})"
 
 
 def _num(x, digits: int = 3) -> str:
@@ -367,7 +384,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m ftbench.bench.peers.timing", description=__doc__.split("\n")[0])
     parser.add_argument("overrides", nargs="*", help="ftbench overrides: the shape, hardware, profile steps")
     parser.add_argument("--methods", nargs="+", default=None, help="ftbench methods (default: every one)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed rounds (ABBA order), medians over them")
+    parser.add_argument("--max-rounds", type=int, default=MAX_ROUNDS, help="timed rounds (ABBA order) at most")
+    parser.add_argument("--half-width", type=float, default=HALF_WIDTH,
+                        help="rounds go on until every time ratio's 95 %% CI half-width is at most this")
     parser.add_argument("--memory-steps", type=int, default=1, help="CPU: traced steps of the memory run")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per process")
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/bench-peers/<time>")
@@ -383,8 +402,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"bench-peers: error: {problem}", file=sys.stderr)
         sys.exit(2)
     command = "python -m ftbench.bench.peers.timing " + " ".join([*(["--methods", *args.methods] if args.methods else []),
-                                                           f"--repeats {args.repeats}", *args.overrides])
-    print(f"bench-peers: {len(bench.entries)} entries x {args.repeats} rounds"
+                                                           f"--max-rounds {args.max_rounds}",
+                                                           f"--half-width {args.half_width}", *args.overrides])
+    rule = Rounds(args.max_rounds, args.half_width)
+    print(f"bench-peers: {len(bench.entries)} entries x 2-{args.max_rounds} rounds (until every time ratio's 95 % "
+          f"CI half-width <= {args.half_width})"
           f"{'' if bench.cuda else ' + 1 traced run each'}; writing {out}", flush=True)
     final = {}
 
@@ -394,16 +416,19 @@ def main(argv: list[str] | None = None) -> dict:
             "command": command.strip(), "machine": machine(bench),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "overrides": bench.overrides,
             "device": str(bench.hw.device), "precision": bench.hw.precision,
-            "gradient_checkpointing": bench.hw.gradient_checkpointing, "repeats": rounds,
+            "gradient_checkpointing": bench.hw.gradient_checkpointing, "rounds": rounds,
+            "half_width": args.half_width, "max_rounds": args.max_rounds,
             "memory": "cuda allocated peak" if bench.cuda else f"traced peak, {args.memory_steps} traced steps",
             "duration_s": round(time.time() - started, 1), "entries": summary, "rows": rows,
         })
         differ = [f"{r['method']}/{r['peer']}" for r in rows if r.get("same_first_loss") is False]
         drift = [f"{r['method']}/{r['peer']}" for r in rows if r.get("same_last_loss") is False]
-        done = "" if rounds == args.repeats else f" (of {args.repeats} asked: the run goes on)"
+        done = "" if rule.done([r["time_spread"] for r in rows], rounds) else " (so far: the run goes on)"
         text = (f"`{final['command']}`  \n{final['machine']}  \n{bench.hw.precision}, checkpointing "
-                f"{'on' if bench.hw.gradient_checkpointing else 'off'}; {' '.join(bench.overrides)}; step time: median "
-                f"of {rounds} ABBA rounds{done} of each run's median; memory: {final['memory']}; "
+                f"{'on' if bench.hw.gradient_checkpointing else 'off'}; {' '.join(bench.overrides)}; time ×: mean over "
+                f"{rounds} ABBA rounds{done} of each round's ratio of the runs' median step times, ± the half-width "
+                f"of its 95 % confidence interval (lowest–highest round); step times: medians over the rounds; "
+                f"memory: {final['memory']}; "
                 f"{final['duration_s'] / 60:.1f} min\n\n{table(rows)}\n\n"
                 f"× = ftbench / peer; ⚠ = over {TIME_LIMIT} × time or {MEMORY_LIMIT} × memory against its own "
                 f"peer; (baseline) rows give a method's cost against full fine-tuning and LoRA. First-step loss "
@@ -415,7 +440,8 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "peers.md").write_text(text)
         print(text, flush=True)
 
-    measure(bench, args.repeats, report)
+    measure(bench, lambda summary, rounds: rule.done([r["time_spread"] for r in pairs(methods, summary)], rounds),
+            report)
     print(f"wrote {out / 'peers.md'}")
     return final
 

@@ -12,5 +12,7 @@ from ftbench.methods.sparsegrad.config import SparseMlpConfig
 @dataclass
 class MePropConfig(SparseMlpConfig):
     name: str = "meprop"
-    gpu_targets: ClassVar[dict[str, GpuTarget]] = {  # the RoBERTa-large table (traced MiB), as a ratio to full
-        "llama2-7b": GpuTarget(), "roberta-large": GpuTarget("2588 MiB (0.890 of full)", max_ratio=2588 / 2908 + 0.05)}
+    gpu_targets: ClassVar[dict[str, GpuTarget]] = {  # the RoBERTa-large table (traced MiB), as a ratio to full;
+        # the 7B step at most 1.05 x full fine-tuning's (issue 28)
+        "llama2-7b": GpuTarget(max_time_ratio=1.05),
+        "roberta-large": GpuTarget("2588 MiB (0.890 of full)", max_ratio=2588 / 2908 + 0.05)}

@@ -18,6 +18,12 @@ Deliberate differences from the reference code (song-wx/SIFT), all fixes of its 
 - calibration_batches > 1 sums the gradients of N batches before the top-k (the
   reference used exactly one micro-batch, which is the default here).
 
+How the selected entries' gradient is formed (`method.weight_grad`): `sampled` computes
+those entries only (a sampled dense-dense product over chunks of tokens, sampled_grad.py),
+`dense` forms the weight gradient a chunk of rows at a time and gathers them (what wins at
+high rates), `auto` lets sampled_grad.py's cost model choose per layer; result.json records
+each layer's choice (`method.weight_grad_paths`).
+
 Biases of targeted layers (`method.bias`): `sparse`, as the reference, makes each bias
 its own target with k = ⌊rate·d_out⌋+1 entries chosen by the same strategy; `dense`
 trains them whole (d_out values per layer); `frozen` leaves them. Biases are never decayed.
@@ -40,6 +46,7 @@ from ftbench.methods.partial_linear import (
     _PartialLinearFn,
     partial_names,
 )
+from ftbench.methods.sampled_grad import choose
 from ftbench.methods.sift.config import SiftConfig
 from ftbench.methods.sift.select import (
     AUTO,
@@ -63,8 +70,11 @@ class SiftLinear(PartialLinear):
     autograd gathers the selected entries' gradient with no custom code."""
 
     def __init__(self, linear: nn.Linear, index: torch.Tensor, master_dtype: torch.dtype | None,
-                 bias_index: torch.Tensor | None):
+                 bias_index: torch.Tensor | None, weight_grad: str):
         super().__init__(linear, "elements", index, master_dtype)
+        out_features, in_features = self.weight.shape
+        self.weight_grad = (choose(out_features, in_features, self.master.numel(), self.weight.device)
+                            if weight_grad == "auto" else weight_grad)
         self.register_parameter("bias_master", None)
         if bias_index is not None:
             self.register_buffer("bias_index", bias_index.to(self.bias.device).sort().values, persistent=False)
@@ -76,7 +86,7 @@ class SiftLinear(PartialLinear):
         if self.bias_master is not None:
             bias = bias.index_copy(0, self.bias_index, self.bias_master.to(bias.dtype))
         return _PartialLinearFn.apply(x, self.weight, bias, self.master, self.kind, self.index, self.block_counts,
-                                      self.row_chunks)
+                                      self.row_chunks, self.weight_grad == "sampled")
 
     @torch.no_grad()
     def write_back(self) -> None:
@@ -105,7 +115,7 @@ class Sift(PartialMethod):
         self.named_layers: dict[str, SiftLinear] = {}
         for name in targets:
             layer = replace_module(model, name, lambda linear, name=name: SiftLinear(
-                linear, chosen[f"{name}.weight"], master_dtype, chosen.get(f"{name}.bias")))
+                linear, chosen[f"{name}.weight"], master_dtype, chosen.get(f"{name}.bias"), cfg.weight_grad))
             if cfg.bias == "dense" and layer.bias is not None:
                 layer.bias.requires_grad_(True)
             self.named_layers[name] = layer
@@ -176,6 +186,8 @@ class Sift(PartialMethod):
             "target_layers": len(self.layers), "target_numel": self.target_numel, "selected": selected,
             "selected_pct": 100.0 * selected / self.target_numel,
             "exception_modules": self.exceptions, "dense_trainable": dense,
+            "weight_grad": self.cfg.weight_grad,
+            "weight_grad_paths": {name: layer.weight_grad for name, layer in self.named_layers.items()},
         }
 
     # -- persistence -----------------------------------------------------------------------------------

@@ -151,6 +151,4 @@ class SparseMlpOptimizer(torch.optim.Optimizer):
             else:
                 param.view(-1).index_add_(0, flat, delta.to(param.dtype))
             return
-        rotated = torch.zeros(param.shape, dtype=basis.left.dtype, device=param.device)
-        rotated.view(-1).index_add_(0, flat, delta.to(rotated.dtype))
-        add_rounded(param, basis.unrotate(rotated))
+        add_rounded(param, basis.unrotate_entries(flat, delta, param.shape))

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ftbench.methods.top_k import top_k
 from ftbench.models.architecture import MLP_ROLES, architecture, replace_module
 
 
@@ -49,16 +50,52 @@ class Basis(nn.Module):
         """Lᵀ G R, in the basis's precision (fp32 or better)."""
         return self.left.t() @ dense.to(self.left.dtype) @ self.right
 
-    def unrotate(self, rotated: torch.Tensor) -> torch.Tensor:
-        """L X Rᵀ: a change of W̃ as the change of W."""
-        return self.left @ rotated @ self.right.t()
+    def rotated_gradient(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Lᵀ gᵀ x R (d_out × d_in, the basis's precision) for output gradients g (tokens × d_out) and
+        inputs x (tokens × d_in). Each rotation goes where it costs least: L on the tokens (g L:
+        tokens·d_out² multiply-adds) when there are fewer tokens than d_in, else on the weight gradient
+        (Lᵀ G: d_out²·d_in); R likewise (x R against G R) when there are fewer tokens than d_out. A
+        token-side product (tokens × d) is then smaller than the weight gradient it replaces."""
+        tokens, d_out, d_in = g.shape[0], g.shape[1], x.shape[1]
+        left_on_tokens, right_on_tokens = tokens < d_in, tokens < d_out
+        if not (left_on_tokens or right_on_tokens):
+            return self.rotate(g.t() @ x)
+        dtype = self.left.dtype
+        a = g.to(dtype) @ self.left if left_on_tokens else g.to(dtype)
+        b = x.to(dtype) @ self.right if right_on_tokens else x.to(dtype)
+        out = a.t() @ b
+        if not left_on_tokens:
+            out = self.left.t() @ out
+        return out if right_on_tokens else out @ self.right
+
+    def unrotate_entries(self, flat: torch.Tensor, values: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """L S Rᵀ (dense, `shape`) for the sparse S holding `values` at the sorted flat positions `flat`
+        (repeats add). The sparse product comes first, on the side that leaves the smaller dense one:
+        (L S) Rᵀ costs k·d_out + d_out·d_in² multiply-adds, L (S Rᵀ) k·d_in + d_out²·d_in (L X Rᵀ of a
+        dense X: d_out·d_in·(d_out + d_in)). The sparse operand is CSR (faster than COO in torch's CPU
+        kernels), built without a host sync."""
+        d_out, d_in = shape
+        rows, cols = flat // d_in, flat % d_in
+        values = values.to(self.left.dtype)
+        if d_out >= d_in:
+            order = cols.argsort(stable=True)  # Sᵀ row by row
+            s_t = _csr(cols.index_select(0, order), rows.index_select(0, order), values.index_select(0, order),
+                       (d_in, d_out))
+            return (s_t @ self.left.t()).t() @ self.right.t()  # (Sᵀ Lᵀ)ᵀ Rᵀ
+        return self.left @ (_csr(rows, cols, values, (d_out, d_in)) @ self.right.t())
+
+
+def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A CSR matrix of entries sorted by row (repeated positions add)."""
+    crow = torch.searchsorted(rows, torch.arange(shape[0] + 1, device=rows.device))
+    return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
 
 
 def top_k_sparse(dense: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
     """The k largest-magnitude entries of a matrix as a coalesced COO tensor.
-    Ties go to `topk`'s choice: always exactly k entries, and no host sync."""
+    Ties go to `topk`'s choice: always exactly k entries (top_k.py: the same set as a full `torch.topk`)."""
     flat = dense.reshape(-1)
-    index = flat.abs().topk(k, sorted=False).indices.sort().values
+    index = top_k(flat.abs(), k).sort().values
     values = flat.index_select(0, index).to(dtype)
     cols = dense.shape[1]
     indices = torch.stack([index // cols, index % cols])
@@ -82,8 +119,9 @@ class _TopKGradLinearFn(torch.autograd.Function):
         g = grad_out.reshape(-1, grad_out.shape[-1])
         grad_weight = grad_bias = None
         if ctx.needs_input_grad[1]:
-            dense = g.t() @ x.reshape(-1, x.shape[-1]).to(dtype)  # ∂L/∂W: transient, freed on return
-            rotated = dense if ctx.basis is None else ctx.basis.rotate(dense)
+            x = x.reshape(-1, x.shape[-1]).to(dtype)
+            # ∂L/∂W in the basis: transient, freed on return
+            rotated = g.t() @ x if ctx.basis is None else ctx.basis.rotated_gradient(g, x)
             grad_weight = top_k_sparse(rotated, ctx.k, weight.dtype)
         if ctx.needs_input_grad[2]:
             grad_bias = g.sum(0)  # Σ g in the original basis (the reference rotated it by mistake)
