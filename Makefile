@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell echo '$(TORCH)' | tr -c 'a-zA-Z0-9.=' '_')
 # Benchmark shape for `make bench` (CPU-sized by default; docs/usage/profile.md has the 7B setting).
 BENCH_ARGS ?= model=tiny-llama profile.batch_size=4 profile.seq_len=128
 
-.PHONY: help install demo test docs bench bench-real bench-peers lint clean reproduce-sift reproduce-sparsegrad reproduce-s2ft \
+.PHONY: help install demo compare-minilm test docs bench bench-real bench-peers lint clean reproduce-sift reproduce-sparsegrad reproduce-s2ft \
         reproduce-hift reproduce-paper reproduce-memory gpu-check
 
 help: ## list the targets
@@ -27,6 +27,12 @@ install: $(STAMP) ## create .venv and install ftbench with its test extra (TORCH
 
 demo: $(STAMP) ## the embedded default: every method on the synthetic task with a tiny model, then the table
 	HF_HUB_OFFLINE=1 $(VENV)/bin/ftbench -m 'method=glob(*)' task=synthetic model=tiny-llama
+	@echo "One seed at each method's default lr: a check that every method trains, not a fair comparison. For that (an lr tuned per method, seeds, intervals, tests): ftbench compare comparisons/minilm-glue.yaml (docs/compare.md)"
+
+# A comparison (comparisons/*.yaml, docs/compare.md): COMPARE_ARGS adds --dry-run, --out DIR or spec keys (seeds=[0,1]).
+COMPARE_ARGS ?=
+compare-minilm: $(STAMP) ## every method on SST-2 and CoLA with MiniLM: tuned lr, 3 seeds, intervals (~90 min on 2 cores)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/ftbench compare comparisons/minilm-glue.yaml $(COMPARE_ARGS)
 
 # One worker per core (pytest-xdist), one OpenMP thread each: tiny models gain nothing from a second
 # thread, and threads that spin while a neighbour holds the core made the suite 2x slower on 2 cores.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
 from omegaconf import DictConfig
 
@@ -125,3 +127,22 @@ def train_steps(model, method, batches: Iterator[dict], steps: int, lr: float = 
 
 def _head_of(model) -> str:
     return "causal_lm" if "CausalLM" in type(model).__name__ else "seq_cls"
+
+
+def sweep(argv: list[str], capsys) -> tuple[int, str]:
+    """`ftbench -m ...` in this process (as the CLI runs it): (exit code, stderr). Hydra's
+    logging setup is undone afterwards, so later tests log as before."""
+    from ftbench.cli import main
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(level)
+    return done.value.code, capsys.readouterr().err

@@ -72,11 +72,11 @@ def test_debug_keeps_exit_2_for_a_user_error_and_shows_the_traceback(tmp_path, c
 def test_a_canceled_job_is_one_line(monkeypatch, capsys, raised, lines):
     from ftbench import cli
 
-    def launch(argv):
+    def launch(argv, folders=None):
         raise raised
 
     monkeypatch.setattr(cli, "launch", launch)
-    monkeypatch.setattr(cli, "validate", lambda overrides, multirun: None)
+    monkeypatch.setattr(cli, "validate", lambda overrides, multirun, folders=None: None)
     with pytest.raises(SystemExit) as stop:
         cli.main(["train.max_steps=1"])
     assert stop.value.code == 130

@@ -20,11 +20,23 @@ def test_a_submitit_local_sweep_runs_every_job_and_prints_the_table(tmp_path):
                f"hydra.sweep.dir={tmp_path}", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in tmp_path.glob("*/result.json")}
-    assert statuses == {"0_full": "ok", "1_lora": "ok"}
+    assert statuses == {"method=full": "ok", "method=lora": "ok"}  # job folders named by the swept key
     assert list((tmp_path / ".submitit").iterdir())  # the jobs went through submitit, not in-process
     table = [line for line in done.stdout.splitlines() if line.startswith("│")]
     assert [row.split("│")[1].strip() for row in table] == ["full", "lora"]
     assert (tmp_path / "report.md").is_file() and (tmp_path / "report.png").is_file()
+
+
+def test_the_exit_code_reflects_the_jobs_with_a_launcher_that_runs_them_elsewhere(tmp_path):
+    """submitit's local launcher runs each job in a process of its own and reports nothing back: the
+    sweep's exit code is read from the jobs' results (the nan job: 1)."""
+    done = cli("ftbench", "-m", "hydra/launcher=submitit_local", "optim.lr=1e-3,1e12", "optim.name=sgd",
+               "optim.max_grad_norm=null", "task.max_steps=2", "task.num_train=16", "task.num_eval=8",
+               "task.batch_size=4", "train.progress=false", "hardware=cpu", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert done.returncode == 1, done.stderr
+    status = {p.name: json.loads((p / "result.json").read_text())["status"]
+              for p in (tmp_path / "sweep").iterdir() if (p / "result.json").is_file()}
+    assert status == {"optim.lr=0.001": "ok", "optim.lr=1000000000000.0": "nan"}
 
 
 def test_the_slurm_group_asks_one_task_per_gpu():

@@ -109,10 +109,12 @@ def test_a_gguf_file_loads_with_the_logits_it_was_written_with(tiny_file, cache,
     assert getattr(model.config, "quantization_config", None) is None  # the cache is a plain HF folder
 
 
-def test_the_first_load_converts_later_loads_read_the_cache(tiny_file, cache, monkeypatch):
+def test_the_first_load_converts_later_loads_read_the_cache(tiny_file, cache, monkeypatch, capfd):
     path, _ = tiny_file
     cfg = compose("model=tiny-llama", "model.random_init=false", f"model.path={path}")
+    capfd.readouterr()
     folder = ftbench_gguf.local_folder(cfg.model)
+    assert "de-quantizing GGUF tensors" not in capfd.readouterr().err  # transformers' own bar stays off
     assert folder.parent == cache and sorted(p.name for p in cache.iterdir()) == [folder.name]  # no temp left
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
     ftbench_gguf._converted.cache_clear()

@@ -84,3 +84,30 @@ def test_a_pair_task_trains_end_to_end(tmp_path):
     assert result["exit_code"] == 0, result["error"]
     assert set(result["metrics"]) == {"dev/acc", "dev/loss"}
     assert result["protocol"]["sizes"] == {"train": 32, "dev": 32}
+
+
+def test_a_validation_split_carved_from_train_leaves_the_dev_file_unread(tmp_path):
+    header, rows = FIXTURES["sst2"]
+    folder = write_glue(tmp_path / "data", "sst2", header, rows * 10)
+    cfg = compose("task=sst2", f"task.data_dir={folder}", "task.validation_from_train=0.25")
+    carved = build_task(cfg.task, byte_level_tokenizer(), seed=0)
+    assert len(carved.train_examples()) == 15 and len(carved.val) == 5 and len(carved.splits["validation"]) == 20
+    assert carved.validation_metrics() == ["val/acc", "val/loss"]
+    (folder / "dev.tsv").write_bytes(b"\xff\xfe garbage")  # not even text
+    cfg = compose("task=sst2", f"task.data_dir={folder}", "task.validation_from_train=0.25",
+                  "task.evaluate_reported=false")
+    blind = build_task(cfg.task, byte_level_tokenizer(), seed=0)
+    assert blind.val == carved.val and "validation" not in blind.splits
+    with pytest.raises(UserError, match="task.data_dir"):
+        load("sst2", folder)  # the reported split is read by default
+
+
+@pytest.mark.parametrize("overrides,key", [(["task.validation_from_train=1.5"], "task.validation_from_train"),
+                                           (["task.evaluate_reported=false"], "task.evaluate_reported"),
+                                           (["task=alpaca", "task.validation_from_train=0.1"],
+                                            "task.validation_from_train")])
+def test_validation_knobs_refuse_what_cannot_work(overrides, key):
+    from ftbench.config.schema import check
+
+    with pytest.raises(UserError, match=key):
+        check(compose(*overrides))

@@ -83,21 +83,21 @@ def test_tensorboard_and_mlflow_hold_what_result_json_holds(tmp_path):
     assert json.loads(kept.read_text())["train"]["loss_curve"] == curve
 
 
-def test_a_sweep_is_one_experiment_and_one_logdir_with_runs_named_by_method(tmp_path):
+def test_a_sweep_is_one_experiment_and_one_logdir_with_runs_named_by_job_folder(tmp_path):
     sweep = tmp_path / "sweep"
     done = cli("ftbench", "-m", "method=full,lora", "logger=[tensorboard,mlflow]", "hardware=cpu",
                "train.progress=false", *QUICK, f"hydra.sweep.dir={sweep}")
     assert done.returncode == 0, done.stderr[-2000:]
     curves = {p.parent.name: json.loads(p.read_text())["train"]["loss_curve"] for p in sweep.glob("*/result.json")}
-    assert sorted(curves) == ["0_full", "1_lora"]
+    assert sorted(curves) == ["method=full", "method=lora"]
 
-    assert sorted(p.name for p in (sweep / "tensorboard").iterdir()) == ["0_full", "1_lora", "comparison"]
+    assert sorted(p.name for p in (sweep / "tensorboard").iterdir()) == ["comparison", "method=full", "method=lora"]
     for job, curve in curves.items():
         assert close_to(scalars(sweep / "tensorboard" / job, "train/loss"), curve)
 
     client, experiments, runs = mlflow_runs(sweep)
     assert [e.name for e in experiments if e.name != "Default"] == [sweep.name]  # one experiment per sweep
-    assert sorted(runs) == ["0_full", "1_lora", "comparison"]
+    assert sorted(runs) == ["comparison", "method=full", "method=lora"]
     for job, curve in curves.items():
         assert history(client, runs[job], "train/loss") == curve
     kept = {a.path for a in client.list_artifacts(runs["comparison"].info.run_id)}

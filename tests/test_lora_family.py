@@ -113,10 +113,11 @@ def test_freeze_trains_the_last_layers_only(layers):
 
 
 def test_freeze_is_planned_from_probes_that_hold_its_trained_layers():
-    """The smaller probe trains all N layers, the larger adds one frozen layer (methods/config.py probe_layers)."""
+    """Both probes train all N layers above one frozen layer (the larger above two): methods/config.py
+    probe_layers, plan/planner.py plan_fit."""
     cfg = compose("mode=plan", "model=tiny-llama", "model.shape.num_hidden_layers=6", "method=freeze",
                   "method.layers=3", "profile.batch_size=2", "profile.seq_len=16")
-    assert {p["layers"] for p in plan_fit(cfg, target(cfg)).probes} == {3, 4}
+    assert {p["layers"] for p in plan_fit(cfg, target(cfg)).probes} == {4, 5}
 
 
 def test_adamw8bit_holds_uint8_moments_for_large_tensors():

@@ -24,6 +24,7 @@ def test_trains_scores_and_exports(tmp_path, name, overrides, model):
     curve = [loss for _, loss in result["train"]["loss_curve"]]
     assert sum(curve[-5:]) < sum(curve[:5]), "the loss should fall"
     assert result["memory"]["breakdown"]["optimizer_state_bytes"] > 0
+    assert result["engagement"]["changed"] > 0 and result["engagement"]["warning"] is None, result["engagement"]
     # The merged export loads with plain from_pretrained and scores exactly as the trained model did.
     from transformers import AutoModelForSequenceClassification
 
@@ -31,6 +32,7 @@ def test_trains_scores_and_exports(tmp_path, name, overrides, model):
     from ftbench.tasks.base import EvalContext
 
     merged = AutoModelForSequenceClassification.from_pretrained(result["export"]["merged"])
+    assert merged.config.use_cache == tiny_model(model).config.use_cache  # the model's own, not training's off
     cfg = compose(f"model={model}", *QUICK)
     task = build_task(cfg.task, None, cfg.seed)
     ctx = EvalContext(device=torch.device("cpu"), autocast=contextlib.nullcontext, batch_size=64, max_samples=None,

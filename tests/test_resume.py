@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import ftbench.engine.batches
-from helpers import method_table, run
+from helpers import method_table, run, sweep
 
 # method -> overrides: a short setup, and what trains switches within the few steps (HiFT's cycle wraps after
 # step 4 by default: offload, per-cycle schedule)
@@ -168,48 +168,28 @@ def test_a_checkpoint_of_another_config_is_refused_naming_the_keys(tmp_path, mon
     assert "train.resume: '/nonexistent' is not a checkpoint folder" in capsys.readouterr().err
 
 
-def sweep(argv: list[str], capsys) -> tuple[int, str]:
-    """`ftbench -m ...` in this process (as the CLI runs it): (exit code, stderr). Hydra's
-    logging setup is undone afterwards, so later tests log as before."""
-    import logging
-
-    from ftbench.cli import main
-
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        with pytest.raises(SystemExit) as done:
-            main(argv)
-    finally:
-        for handler in root.handlers[:]:
-            if handler not in handlers:
-                root.removeHandler(handler)
-                handler.close()
-        root.setLevel(level)
-    return done.value.code, capsys.readouterr().err
-
-
 def test_a_sweep_goes_on_past_a_failed_job_and_its_rerun_runs_only_that_job(tmp_path, capsys):
     folder = tmp_path / "sweep"
     command = ["-m", "optim.lr=1e-3,1e12,2e-3,3e-3", "optim.name=sgd", "optim.max_grad_norm=null", *COMMAND,
                "task.max_steps=2", "hardware=cpu", "train.progress=false", f"hydra.sweep.dir={folder}"]
     code, _ = sweep(command, capsys)
     assert code == 1  # the worst job's code
-    jobs = sorted(folder.glob("*_full"))
+    jobs = sorted(p for p in folder.iterdir() if p.is_dir())  # named by the swept key, as Hydra writes its values
     status = {p.name: json.loads((p / "result.json").read_text())["status"] for p in jobs}
-    assert status == {"0_full": "ok", "1_full": "nan", "2_full": "ok", "3_full": "ok"}
+    assert status == {"optim.lr=0.001": "ok", "optim.lr=1000000000000.0": "nan", "optim.lr=0.002": "ok",
+                      "optim.lr=0.003": "ok"}
     with (folder / "report.csv").open() as handle:
-        assert [row["status"] for row in csv.DictReader(handle)] == ["ok", "nan", "ok", "ok"]
+        assert sorted(row["status"] for row in csv.DictReader(handle)) == ["nan", "ok", "ok", "ok"]
     written = {p.name: (p / "result.json").read_text() for p in jobs}
 
     code, stderr = sweep(command, capsys)  # the same command, the same sweep folder
     assert code == 1
     assert stderr.count("finished ok earlier with this config; skipped") == 3
-    for job in ("0_full", "2_full", "3_full"):  # untouched
+    for job in ("optim.lr=0.001", "optim.lr=0.002", "optim.lr=0.003"):  # untouched
         assert (folder / job / "result.json").read_text() == written[job]
         assert not list((folder / job).glob("result.previous-*"))
-    rerun = folder / "1_full"
-    assert (rerun / "result.previous-1.json").read_text() == written["1_full"]  # moved aside, not deleted
+    rerun = folder / "optim.lr=1000000000000.0"
+    assert (rerun / "result.previous-1.json").read_text() == written[rerun.name]  # moved aside, not deleted
     assert json.loads((rerun / "result.json").read_text())["status"] == "nan"
 
 

@@ -1,9 +1,10 @@
 """Multiruns: one table across jobs (printed, markdown, CSV, PNG), rebuilt by ftbench-report."""
 
 import csv
+import json
 
 from ftbench.report import rows
-from helpers import cli
+from helpers import cli, sweep
 
 
 def test_a_multirun_prints_and_writes_one_table(tmp_path):
@@ -44,3 +45,46 @@ def test_rows_are_labelled_by_what_tells_them_apart():
                   fake("sift", ["method=sift", "method.sparse_rate=0.05", "task=cola"])])
     assert [r["run"] for r in table] == ["sift method.sparse_rate=0.01", "sift method.sparse_rate=0.05"]
     assert table[0]["state_bytes"] == 13 and table[0]["value"] == 0.5
+
+
+QUICK = ["task.max_steps=2", "task.num_train=16", "task.num_eval=8", "task.batch_size=4", "train.progress=false",
+         "hardware=cpu"]
+
+
+def test_a_sweep_extended_in_front_reuses_its_finished_jobs(tmp_path, capsys):
+    """Job folders are named by the swept keys, so a value added in front of a finished sweep gets a folder
+    of its own: the finished jobs are skipped, the new one trains, each value once."""
+    folder = tmp_path / "sweep"
+    base = ["-m", *QUICK, f"hydra.sweep.dir={folder}"]
+    assert sweep([*base, "optim.lr=1e-3,1e-2"], capsys)[0] == 0
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["optim.lr=0.001", "optim.lr=0.01"]
+    finished = {p.name: (p / "result.json").read_text() for p in folder.iterdir() if p.is_dir()}
+
+    code, stderr = sweep([*base, "optim.lr=1e-4,1e-3,1e-2"], capsys)
+    assert code == 0 and stderr.count("finished ok earlier with this config; skipped") == 2
+    results = {p.name: json.loads((p / "result.json").read_text()) for p in folder.iterdir() if p.is_dir()}
+    assert {name: r["config"]["optim"]["lr"] for name, r in results.items()} == {
+        "optim.lr=0.0001": 1e-4, "optim.lr=0.001": 1e-3, "optim.lr=0.01": 1e-2}
+    assert all(r["status"] == "ok" for r in results.values())
+    assert all((folder / name / "result.json").read_text() == text for name, text in finished.items())
+    with (folder / "report.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 3
+
+
+def test_a_sweep_its_folder_cannot_take_is_refused_before_any_job_runs(tmp_path, capsys):
+    folder = tmp_path / "sweep"
+    base = ["-m", *QUICK, f"hydra.sweep.dir={folder}", "optim.lr=1e-3,1e-2"]
+    assert sweep(base, capsys)[0] == 0
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    code, stderr = sweep([*base, "seed=1"], capsys)  # seed is not swept: the same folders, another config
+    lines = [line for line in stderr.splitlines() if line.startswith("ftbench")]
+    assert code == 2 and len(lines) == 1, stderr
+    assert lines[0].startswith("ftbench: error: hydra.sweep.dir: ") and "seed" in lines[0]
+    assert "hydra.run.dir" not in stderr  # a key the user never set
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before  # nothing ran, nothing moved
+
+
+def test_a_sweep_without_a_swept_key_names_its_job_by_the_method(tmp_path, capsys):
+    folder = tmp_path / "sweep"
+    assert sweep(["-m", *QUICK, "method=lora", f"hydra.sweep.dir={folder}"], capsys)[0] == 0
+    assert (folder / "lora" / "result.json").is_file()

@@ -1,4 +1,5 @@
-"""Entry points: `ftbench` (Hydra runs and sweeps) and `ftbench-report`.
+"""Entry points: `ftbench` (Hydra runs and sweeps; `ftbench compare`: a two-stage comparison) and
+`ftbench-report`.
 
 Before Hydra launches anything, every job of the command line is composed and
 checked here, so a typo, a wrong type or a bad value ends with one line that
@@ -18,6 +19,7 @@ from pathlib import Path
 from ftbench import methods, report
 from ftbench.config.schema import check
 from ftbench.errors import Canceled, UserError, explain_compose_error
+from ftbench.job import sweep
 from ftbench.job.compose import config_dir, register_configs
 from ftbench.quiet import quiet_libraries, quiet_transformers
 
@@ -53,8 +55,9 @@ def expand(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [list(job) for job in itertools.product(*choices.values())]
 
 
-def validate(overrides: list[str], multirun: bool) -> str | None:
-    """Compose and check every job; return the first problem as one line, or None."""
+def validate(overrides: list[str], multirun: bool, folders: list[Path | None] | None = None) -> str | None:
+    """Compose and check every job, and for a sweep its folder against the sweep folder (job/sweep.py);
+    return the first problem as one line, or None. `folders` (a sweep's) gets each job's folder."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -62,17 +65,51 @@ def validate(overrides: list[str], multirun: bool) -> str | None:
     register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftbench"):
         try:
-            for job in expand(overrides, multirun):
-                check(compose("config", overrides=job))
+            jobs = [compose("config", overrides=job, return_hydra_config=multirun)
+                    for job in expand(overrides, multirun)]
+            for job in jobs:
+                check(job)
         except UserError as exc:
             return str(exc)
         except (HydraException, OmegaConfBaseException) as exc:
             return explain_compose_error(exc)
-    return None
+    if not multirun:
+        return None
+    if folders is not None:
+        folders[:] = [sweep.folder(job) for job in jobs]
+    return sweep.refusal(jobs)
 
 
-def launch(argv: list[str]) -> int:
-    """Hand the command line to Hydra; return the worst exit code of its jobs."""
+def sweep_argv(argv: list[str]) -> list[str]:
+    """A multirun's command line as launched: job folders named by the swept keys (job/sweep.py; unless the
+    user names them, hydra.sweep.subdir), and the sweep folder resolved once (`${now:...}`), so the folders
+    checked before the launch are the ones the jobs write (under torchrun: `launch_overrides`, rank 0's clock)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftbench"):
+        try:
+            parsed = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader()).parse_overrides(
+                overrides)
+            folder = compose("config", overrides=expand(overrides, True)[0], return_hydra_config=True).hydra.sweep.dir
+        except (HydraException, OmegaConfBaseException):
+            return argv  # validate() says what is wrong in one line
+    given = {o.key_or_group: o for o in parsed}
+    named = [] if "hydra.sweep.subdir" in given else sweep.naming(parsed)
+    ranks = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun: every rank takes rank 0's clock instead
+    if ranks or "hydra.sweep.dir" in given and "${" not in given["hydra.sweep.dir"].input_line:
+        return [*argv, *named]
+    return [*(a for a in argv if not a.startswith("hydra.sweep.dir=")), *named, f"hydra.sweep.dir={folder}"]
+
+
+def launch(argv: list[str], folders: list[Path | None] | None = None) -> int:
+    """Hand the command line to Hydra; return the worst exit code of its jobs (a sweep's `folders`: read
+    from their results where the launcher ran the jobs in other processes)."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
@@ -93,7 +130,7 @@ def launch(argv: list[str]) -> int:
 
     sys.argv = ["ftbench", *argv]
     job()
-    return max(codes, default=0)
+    return max(codes, default=0) if folders is None else sweep.exit_code(folders, codes)
 
 
 def print_help(overrides: list[str]) -> None:
@@ -164,15 +201,22 @@ def output_dir_problem(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:  # `ftbench compare SPEC.yaml ...`: a two-stage comparison (compare/runner.py)
+        from ftbench.compare import runner  # lazy: scipy and the job layer, not for --help
+
+        runner.main(argv[1:])
     if argv[:1] == ["plan"]:  # `ftbench plan ...` = `ftbench mode=plan ...`
         argv = [*argv[1:], "mode=plan"]
     register_configs()
     if {"--help", "-h"}.intersection(argv):
         print_help([a for a in argv if not a.startswith("-")])
         return
+    folders: list[Path | None] | None = None
     if not PASSTHROUGH.intersection(argv):
         multirun = "-m" in argv or "--multirun" in argv
-        problem = output_dir_problem(argv) or validate([a for a in argv if not a.startswith("-")], multirun)
+        if multirun:
+            argv, folders = sweep_argv(argv), []
+        problem = output_dir_problem(argv) or validate([a for a in argv if not a.startswith("-")], multirun, folders)
         if problem:
             print(f"ftbench: error: {problem}", file=sys.stderr)
             sys.exit(2)
@@ -182,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
 
         argv = [*argv, *launch_overrides(argv, config_dir() / "config.yaml")]
     try:
-        sys.exit(launch(argv))
+        sys.exit(launch(argv, folders))
     except KeyboardInterrupt as exc:
         if not isinstance(exc, Canceled):  # a canceled job printed its own line
             print("ftbench: canceled", file=sys.stderr)
@@ -200,7 +244,15 @@ def report_main(argv: list[str] | None = None) -> None:
         print(f"ftbench-report: error: {missing[0]}: no such file or folder", file=sys.stderr)
         sys.exit(2)
     out = args.out or next((p for p in args.paths if p.is_dir()), args.paths[0].parent)
+    comparisons = [p for p in args.paths if (p / "comparison.json").is_file()]
     try:
+        if comparisons:  # an `ftbench compare` folder: its comparison, written again from its runs
+            from ftbench.compare.report import rebuild  # lazy: scipy, only for a comparison
+
+            for folder in comparisons:
+                for kind, path in rebuild(folder, args.out).items():
+                    print(f"{kind}: {path}")
+            return
         report.build(args.paths, out)
     except (ValueError, UserError) as exc:  # a file that is not a result (or plan): one line naming it
         print(f"ftbench-report: error: {exc}", file=sys.stderr)

@@ -14,7 +14,7 @@ class UserError(Exception):
     """A problem with the user's input, explained in one line."""
 
     def __init__(self, key: str, message: str):
-        self.key = key
+        self.key, self.reason = key, message
         super().__init__(f"{key}: {message}" if key else message)
 
 

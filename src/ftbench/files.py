@@ -5,6 +5,8 @@ Modes: Python's `tempfile` makes files 0600 and folders 0700, and safetensors wr
 files, so results, checkpoints and exports would be private to their owner whatever the
 user's umask says. Everything here gets 0666 (files) or 0777 (folders) less the umask, as
 `open(path, "w")` and `mkdir` give.
+
+Messages about the folder a job writes into name the key that set it: `folder_key`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import os
 import uuid
 from pathlib import Path
 from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 from ftbench.errors import UserError
 
@@ -74,3 +79,10 @@ def read_json(path: Path, key: str, fix: str) -> Any:
         cut = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
         what = "truncated" if cut else "not valid JSON"
         raise UserError(key, f"{path}: {what} (line {exc.lineno} column {exc.colno}: {exc.msg}); {fix}") from exc
+
+
+def folder_key() -> str:
+    """The key that names the running job's folder, for messages: hydra.sweep.dir in a multirun, else
+    hydra.run.dir (also for a job not launched by Hydra: tests call `run_job` directly)."""
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    return "hydra.sweep.dir" if multirun else "hydra.run.dir"

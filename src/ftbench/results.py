@@ -42,6 +42,8 @@ class Run:
     duration_s: float | None = None
     overrides: list[str] = field(default_factory=list)  # the command line's, as Hydra got them
     metric: str | None = None  # the task's headline metric ('<split>/<name>'); None when profiling
+    phase: str | None = None  # where the job got: setup | train | evaluate (job/rerun.py reads it)
+    exit_code: int | None = None  # the process's: 0, 1, 2 for a user error (job/sweep.py reads it)
 
 
 @dataclass
@@ -162,7 +164,7 @@ BREAKDOWN = ("weights_bytes", "trainable_bytes", "master_bytes", "grad_bytes", "
              "activations_bytes")
 # Sections their owners write as JSON; absent from the file until written.
 OPEN_SECTIONS = ("method", "plan", "protocol", "validation_history", "selection",
-                 "export", "distributed", "harness")
+                 "export", "distributed", "harness", "engagement")
 
 
 @dataclass
@@ -190,6 +192,7 @@ class Result:
     export: dict | None = None
     distributed: dict | None = None
     harness: dict | None = None  # lm-evaluation-harness scores (tasks/harness.py); eval.harness.tasks set
+    engagement: dict | None = None  # measure/engagement.py: what the method claims to train that changed
 
     def to_json(self) -> dict[str, Any]:
         """The file's content: every fixed section, the open ones that were written; non-finite floats

@@ -17,6 +17,8 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from ftbench.config import within
+from ftbench.config.knobs import settle
 from ftbench.errors import UserError, one_of, require
 
 PRECISIONS = ("auto", "bf16-mixed", "bf16-pure", "fp32")
@@ -307,6 +309,8 @@ def check(cfg: DictConfig) -> None:
     if cfg.mode == "train" and cfg.train.select == "best":
         require(cfg.eval.every_steps is not None, "train.select",
                 "best needs periodic evaluations; set eval.every_steps=N (or train.select=last)")
+    if cfg.mode == "train":  # the steps the config alone gives (epochs need the data: the job checks again)
+        within.check(cfg, settle(cfg).steps)
     if cfg.task.data_dir is not None and cfg.mode == "train":
         data_dir = Path(os.path.expanduser(cfg.task.data_dir))
         require(data_dir.is_dir(), "task.data_dir",

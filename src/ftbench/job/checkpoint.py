@@ -81,18 +81,24 @@ def unreadable(path: Path, exc: BaseException) -> UserError:
                      "older one (train.resume=PATH) or move its checkpoint folder aside")
 
 
-def check_config(path: Path, config: dict) -> None:
-    """Refuse, in one line naming the keys, a checkpoint made under another config (or one that is unreadable)."""
+def config_differences(path: Path, config: dict) -> list[str]:
+    """The keys whose values differ between the config the checkpoint at `path` was made under and
+    `config` (neutral keys left out); raises a `UserError` when its meta.json cannot be read."""
     try:
         meta = json.loads((path / "meta.json").read_text())
-        meta["config"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return differing_keys(meta["config"], config)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise unreadable(path / "meta.json", exc) from exc
-    keys = differing_keys(meta["config"], config)
+
+
+def check_config(path: Path, config: dict, folder: str | None = None) -> None:
+    """Refuse, in one line naming the keys, a checkpoint made under another config (or one that is unreadable);
+    `folder`: the key naming the run's folder in the message (default: `files.folder_key()`)."""
+    keys = config_differences(path, config)
     if keys:
         shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
         raise UserError("train.resume", f"{path} was made with another config (differs in: {shown}); run the "
-                        "same command, or set a new hydra.run.dir to start afresh")
+                        f"same command, or set a new {folder or files.folder_key()} to start afresh")
 
 
 def to_resume(resume: str, run_dir: Path) -> Path | None:

@@ -13,6 +13,7 @@ from ftbench.config.knobs import Settings
 from ftbench.engine.loop import Trainee
 from ftbench.errors import UserError
 from ftbench.job.steps import Setup
+from ftbench.models.loading import exported_as_loaded
 from ftbench.parallel import distributed, sharding
 from ftbench.results import Result
 from ftbench.tasks.base import EvalContext, Task
@@ -62,14 +63,16 @@ class Evaluation:
         result.selection = self.selector.restore_chosen(steps_done)
         self.method.release_optimizer()  # the export and the final evaluation need no optimizer state
         main = distributed.is_main()  # only rank 0 writes
-        if cfg.train.save != "none" and self.s.sharded:
-            state = sharding.full_state(self.model)  # a collective: every rank gathers, rank 0 keeps
-            if main:
-                result.export = sharding.export(self.model, tokenizer, output_dir / "checkpoint", state)
-        elif cfg.train.save != "none" and main:
-            result.export = self.method.export(self.model, tokenizer, output_dir / "checkpoint")
+        with exported_as_loaded(self.model):  # config.json: the model's own use_cache, not training's
+            if cfg.train.save != "none" and self.s.sharded:
+                state = sharding.full_state(self.model)  # a collective: every rank gathers, rank 0 keeps
+                if main:
+                    result.export = sharding.export(self.model, tokenizer, output_dir / "checkpoint", state)
+            elif cfg.train.save != "none" and main:
+                result.export = self.method.export(self.model, tokenizer, output_dir / "checkpoint")
         if cfg.train.save != "none" and main:  # safetensors writes 0600: the umask's mode, as any file
             files.normal_modes(output_dir / "checkpoint")
+        result.run.phase = "evaluate"
         if main:  # on disk too, should the process die in the evaluation (replaced when the run ends)
             results.write(dataclasses.replace(result, error="stopped in the final evaluation, after training"),
                           output_dir)

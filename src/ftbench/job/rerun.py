@@ -1,60 +1,113 @@
 """What a job does with a folder that already holds a run. Running the same command (or
 the same `-m` sweep, with the same hydra.run.dir / hydra.sweep.dir) again finishes what
-is left:
+is left. What decides is what is on disk: the result of the last attempt, and the newest
+checkpoint with the config it was made under; a status alone never does.
 
-| the folder holds                           | the job                                              |
-|--------------------------------------------|------------------------------------------------------|
-| result.json `ok`, made with this config    | is skipped; the result stays                         |
-| result.json `ok`, made with another config | is refused (exit 2): an ok result is never replaced  |
-| result.json `canceled`, or none (killed)   | resumes from the newest checkpoint, if any           |
-| result.json `failed`, `nan` or `oom`       | runs again from the start                            |
+| the folder holds                                   | the job                                          |
+|----------------------------------------------------|--------------------------------------------------|
+| result.json `ok`, made with this config             | is skipped; the result stays                     |
+| result.json `ok`, made with another config          | is refused (exit 2): an ok result is never replaced |
+| a checkpoint made under this config                 | resumes from the newest one, whatever the last attempt's status (killed in the final evaluation: it only evaluates) |
+| a checkpoint made under another config, the last attempt trained and failed (`failed`, `nan`, `oom` after its set-up) | starts afresh; the checkpoints are moved aside, with one line saying so |
+| a checkpoint made under another config, otherwise   | is refused (exit 2), naming the keys that differ |
+| no checkpoint                                       | starts afresh                                    |
+
+Why the last attempt ended is read from its result.json: `status` and `run.phase`, the phase
+it was in (`setup`: before the first training step, `train`, `evaluate`: the final
+evaluation). An attempt refused in its set-up (a broken checkpoint, a config it cannot run)
+says nothing about the run: it never turns a resumable run into one started afresh.
 
 Nothing is deleted: the result a new attempt will replace is moved aside as
-`result.previous-N.json`, and a rerun's old checkpoints as `checkpoints.previous-N/`
-(reports read only files named result.json).
+`result.previous-N.json`, checkpoints as `checkpoints.previous-N/` (reports read only files
+named result.json). Hydra's `.hydra/` record of the config (conf/config.yaml sets
+`hydra.output_subdir: null`) is written here, once the folder has accepted the job: a refused
+attempt leaves the run's record as it was.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ftbench import files, results
 from ftbench.errors import UserError
 from ftbench.job import checkpoint
 
+SKIP, RUN, AFRESH = "skip", "run", "afresh"  # what `decide` says the job does
+FAILED = ("failed", "nan", "oom")  # statuses of an attempt that ended on its own, not stopped from outside
+HYDRA_FILES = ".hydra"
+
 
 def prepare(cfg: DictConfig, run_dir: Path) -> bool:
     """Make `run_dir` ready for this job; return True when the job is already done (skip it).
 
-    Raises `UserError` (and leaves the folder untouched) when an ok result made with another
-    config is there, or when the checkpoint to resume from was made with another config.
+    Raises `UserError` (and leaves the folder untouched) when `decide` refuses the folder.
     """
+    action = decide(cfg, run_dir)
+    if action == SKIP:
+        return True
+    existing = run_dir / results.FILENAME
+    attempt = _free_number(run_dir)
+    if existing.exists():
+        os.replace(existing, run_dir / f"result.previous-{attempt}.json")
+    if action == AFRESH:
+        aside = run_dir / f"{checkpoint.FOLDER}.previous-{attempt}"
+        os.replace(run_dir / checkpoint.FOLDER, aside)
+        print(f"ftbench: {run_dir}: the last attempt failed and its checkpoints were made with another config; "
+              f"moved them to {aside.name}, starting afresh", file=sys.stderr)
+    save_hydra_files(cfg, run_dir)
+    return False
+
+
+def decide(cfg: DictConfig, run_dir: Path, key: str | None = None) -> str:
+    """What the job does with `run_dir` (the table above), changing nothing: SKIP, RUN (afresh, or from the
+    checkpoint train.resume names) or AFRESH (the checkpoints moved aside first). Raises `UserError` when
+    the folder refuses the job, naming `key` (default: the key that names this job's folder)."""
+    key = key or files.folder_key()
     config = OmegaConf.to_container(cfg, resolve=True)
     existing = run_dir / results.FILENAME
-    fix = "move it aside or pick a new hydra.run.dir"
-    old = files.read_json(existing, "hydra.run.dir", fix) if existing.exists() else None
+    fix = f"move it aside or pick a new {key}"
+    old = files.read_json(existing, key, fix) if existing.exists() else None
     if old is not None and not isinstance(old, dict):
-        raise UserError("hydra.run.dir", f"{existing} is not a result (a JSON object); {fix}")
+        raise UserError(key, f"{existing} is not a result (a JSON object); {fix}")
     if old is not None and old.get("status") == "ok":
         keys = checkpoint.differing_keys(old.get("config") or {}, config)
         if keys:
-            raise UserError("hydra.run.dir", f"{run_dir} already holds a result, made with another config "
-                            f"(differs in: {', '.join(keys[:6])}); pick a new directory")
-        return True
-    rerun = old is not None and old.get("status") != "canceled"
-    if not rerun or cfg.train.resume != "auto":
-        found = checkpoint.to_resume(cfg.train.resume, run_dir)
-        if found is not None:
-            checkpoint.check_config(found, config)
-    if old is not None:
-        attempt = _free_number(run_dir)
-        os.replace(existing, run_dir / f"result.previous-{attempt}.json")
-        if rerun and (run_dir / checkpoint.FOLDER).exists():
-            os.replace(run_dir / checkpoint.FOLDER, run_dir / f"{checkpoint.FOLDER}.previous-{attempt}")
-    return False
+            raise UserError(key, f"{run_dir} already holds a result, made with another config "
+                            f"(differs in: {', '.join(keys[:6])}); pick a new {key}")
+        return SKIP
+    found = checkpoint.to_resume(cfg.train.resume, run_dir)
+    if found is not None and checkpoint.config_differences(found, config):
+        if cfg.train.resume != "auto" or not trained_and_failed(old):
+            checkpoint.check_config(found, config, key)  # refused, naming the keys
+        return AFRESH
+    return RUN
+
+
+def trained_and_failed(result: dict | None) -> bool:
+    """Whether the attempt that wrote `result` got past its set-up and then failed on its own (an error,
+    a non-finite loss, out of memory): not killed, not stopped, not refused before training."""
+    if result is None or result.get("status") not in FAILED:
+        return False
+    phase = (result.get("run") or {}).get("phase")
+    return phase in ("train", "evaluate")
+
+
+def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
+    """Hydra's record of the job `cfg` (`.hydra/config.yaml`, `hydra.yaml`, `overrides.yaml`), written as
+    Hydra writes it; nothing when the job was not launched by Hydra (tests call `run_job` directly)."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.instance().cfg  # {"hydra": ...}
+    folder = run_dir / HYDRA_FILES
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg),
+                       ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
+        files.write_atomic(folder / name, OmegaConf.to_yaml(node))
 
 
 def _free_number(run_dir: Path) -> int:

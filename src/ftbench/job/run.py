@@ -28,7 +28,7 @@ from ftbench.engine.loggers import NullLogger, make_logger
 from ftbench.engine.loop import Compute, NonFiniteLoss, Trainee, Watchers, sigterm_cancels
 from ftbench.engine.loss import model_loss
 from ftbench.errors import Canceled, UserError, first_line
-from ftbench.job import rerun, steps
+from ftbench.job import engagement, rerun, steps
 from ftbench.job.checkpoint import Checkpointer
 from ftbench.job.evaluation import Evaluation, Selector, eval_context
 from ftbench.measure.environment import environment
@@ -42,6 +42,7 @@ from ftbench.measure.meters import (
 )
 from ftbench.methods.base import scheduler_for
 from ftbench.parallel import distributed
+from ftbench.plan import report as plan_report
 from ftbench.plan.report import run_plan
 from ftbench.results import Params, Result, Run, Train
 from ftbench.tasks.harness import Harness
@@ -50,6 +51,8 @@ from ftbench.tasks.harness import Harness
 def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> int:
     """Run one job and write its result.json (a plan: plan.json); return the process exit code."""
     if cfg.mode == "plan":
+        if not (output_dir / plan_report.FILENAME).exists():  # a refused plan leaves the folder's record as it was
+            rerun.save_hydra_files(cfg, output_dir)
         return run_plan(cfg, output_dir, overrides)
     outcome = distributed.on_main(lambda: rerun.prepare(cfg, output_dir))  # rank 0 moves files; all ranks follow
     if isinstance(outcome, UserError):
@@ -79,8 +82,10 @@ class Job:
 
     1. `build`: set-up (device, seed, meters), data, model, method and optimizer, the training
        spec and LR scheduler, the data-parallel sync, what the job will do (in `result`), the logger,
-       the evaluation and the lm-evaluation-harness tasks (checked before training);
-    2. `train`: from where a checkpoint left off (validating on the way), then what training measured;
+       the engagement watch (job/engagement.py: before training), the evaluation and the
+       lm-evaluation-harness tasks (checked before training);
+    2. `train`: from where a checkpoint left off (validating on the way), then what training measured
+       and changed (engagement, read before the export merges adapters);
     3. `evaluate`: the selected checkpoint, exported, scored on the task's evaluation sets;
     4. `summarize`: the logger's summary, the data-parallel figures (a collective), the harness scores;
     5. `write`: result.json, also when a step above raised (with the status and one line).
@@ -95,7 +100,8 @@ class Job:
         self.result = Result(run=Run(method=cfg.method.name, model=cfg.model.name, seed=cfg.seed, mode=cfg.mode,
                                      task=cfg.task.name if cfg.mode == "train" else "profile",
                                      output_dir=str(output_dir), overrides=list(overrides or []),
-                                     started_at=datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                                     started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                     phase="setup"),  # phases: rerun.py
                              config=OmegaConf.to_container(cfg, resolve=True))
 
     def run(self) -> int:
@@ -117,6 +123,7 @@ class Job:
             if self.cfg.get("debug") and not isinstance(exc, KeyboardInterrupt):
                 traceback.print_exc()  # debug=true: the traceback too; the exit code stays (2 for a user error)
             print(f"ftbench: {status}: {error}", file=sys.stderr)
+        self.result.run.exit_code = code  # a sweep whose launcher ran the job elsewhere reads it (job/sweep.py)
         self.write(finished_logger)
         if self.result.status == "canceled":
             raise Canceled(self.result.error)  # stops a sweep; its line is printed
@@ -141,6 +148,7 @@ class Job:
         # Counted before training: what HiFT holds beside the model changes as it rotates.
         self.masters, self.trainable = method.master_parameters(), method.trainable_size()
         self.logger = self.record_start()
+        self.watched = engagement.watch(model, method, self.feed.head, self.masters, self.trainable[0])  # before training
         scratch = self.output_dir if distributed.is_main() else distributed.scratch(job_end)  # other ranks' generations
         self.evaluation = None if s.profiling else Evaluation(
             cfg, s, self.inputs.task, self.trainee,
@@ -179,6 +187,7 @@ class Job:
         selector = evaluation.selector if evaluation else Selector(cfg, None, trainee.method, trainee.model)
         saver = Checkpointer(cfg, self.output_dir, trainee, self.spec, selector, self.result)
         history = saver.restore()  # a fresh log, or where the checkpoint to resume from left off
+        self.result.run.phase = "train"
         speed = SpeedMeter()
         try:
             history = loop.train(trainee, feed.stream(cfg.seed, self.spec.micro_batch_size, saver.micro_batches),
@@ -188,6 +197,7 @@ class Job:
         finally:
             s.meter.end_train()  # also stops the memory trace of a run that failed
         result, model, method = self.result, trainee.model, trainee.method
+        result.engagement = self.watched.report()  # what the method claims to train that changed (and a warning)
         result.method = method.describe(model)  # again: what training measured (e.g. HiFT's copy times)
         result.train = Train.from_log(history)
         result.memory = s.meter.summary(model_bytes(model, self.masters), method.master_bytes())

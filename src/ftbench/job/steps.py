@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from ftbench.config import within
 from ftbench.engine import batches
 from ftbench.engine.batches import to_device
 from ftbench.engine.hardware import (
@@ -166,6 +167,9 @@ def train_spec(cfg: DictConfig, method: Method, feed: Feed, s: Setup, calibratio
         steps, measure_from = warmup + cfg.profile.steps, warmup
     else:
         steps, measure_from = steps_asked, min(cfg.train.measure_warmup_steps, steps_asked - 1)
+        within.check(cfg, steps, method.schedule_length(steps))  # knobs the run cannot reach: refused
+        if steps:
+            method.check_length(steps)
     return TrainSpec(steps=steps, micro_batch_size=micro, accumulation=accumulation, measure_from=measure_from,
                      max_grad_norm=cfg.optim.max_grad_norm, eval_every=None if profiling else cfg.eval.every_steps,
                      log_every=cfg.train.log_every, progress=cfg.train.progress and distributed.is_main())

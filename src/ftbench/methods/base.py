@@ -172,6 +172,11 @@ class Method(ABC):
         """How many scheduler steps the LR schedule spans for `total_steps` optimizer steps."""
         return total_steps
 
+    def check_length(self, steps: int) -> None:
+        """Refuse, with a `UserError` naming the method's key, a training run of `steps` optimizer steps
+        too short for the method's own schedule to do what it claims (called after `prepare`, before
+        training; the run-wide knobs are config/within.py's). Most methods have no such schedule."""
+
     def optimizer_parameters(self) -> list[torch.Tensor]:
         assert self.optimizer is not None, "attach() the optimizer first"
         return [p for group in self.optimizer.param_groups for p in group["params"]]

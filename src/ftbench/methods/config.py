@@ -98,10 +98,16 @@ class MethodConfig:
             one_of(getattr(self, setting), allowed, f"{key}.{setting}")
 
     def probe_layers(self) -> int:
-        """The fewer-layer probes of the memory planner (plan/planner.py) trace this many layers and one
-        more: a method whose trained part is a number of layers (a rotating group, the last N) needs
-        them all in the smaller probe for the growth per layer to be one more layer's."""
+        """The fewer-layer probes of the memory planner (plan/planner.py) trace this many layers plus one and
+        plus two: a method whose trained part is a number of layers (a rotating group, the last N) needs them
+        all in the smaller probe for the growth per layer to be one more layer's."""
         return 1
+
+    def probe_settings(self) -> dict[str, Any]:
+        """Settings the planner's probes (plan/probe.py) train with instead of this config's: ones that change
+        which step holds what, never what a step holds, so that probes of different depths take their steps
+        in the same order and pair step for step ({}: none)."""
+        return {}
 
     def check_run(self, cfg) -> None:
         """Refuse, with a UserError naming the key, a setting of another group (`cfg`: the whole config)

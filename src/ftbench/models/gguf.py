@@ -19,9 +19,11 @@ Cache: $FTBENCH_CACHE/gguf, else $HF_HOME/ftbench/gguf, else ~/.cache/ftbench/gg
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
+import io
 import logging
 import os
 import shutil
@@ -140,8 +142,12 @@ def convert(gguf_path: Path, folder: Path) -> None:
     try:
         try:
             where = {"pretrained_model_name_or_path": str(gguf_path.parent), "gguf_file": gguf_path.name}
-            tokenizer = AutoTokenizer.from_pretrained(**where)
-            model = model_class(AutoConfig.from_pretrained(**where)).from_pretrained(**where)
+            # transformers draws its own tqdm bar over the tensors, whatever train.progress says (its
+            # disable_progress_bar does not reach it): its output stays off the terminal, a log line says why
+            log.info("GGUF %s: de-quantizing it once (tens of seconds for 135M parameters)", gguf_path.name)
+            with contextlib.redirect_stderr(io.StringIO()):
+                tokenizer = AutoTokenizer.from_pretrained(**where)
+                model = model_class(AutoConfig.from_pretrained(**where)).from_pretrained(**where)
         except (ValueError, KeyError, NotImplementedError) as exc:
             from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 

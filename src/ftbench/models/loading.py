@@ -4,6 +4,7 @@ the hub, or random init from the named architecture shape (no download)."""
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from importlib import import_module
 from pathlib import Path
 
@@ -183,10 +184,24 @@ PROBLEM_TYPES = {"seq_cls": "single_label_classification", "regression": "regres
 
 
 def configure_model(model: torch.nn.Module, pad_id: int, gradient_checkpointing: bool) -> torch.nn.Module:
-    """What every training run sets on a loaded model: the pad id, no KV cache, and (when asked)
-    non-reentrant gradient checkpointing."""
+    """What every training run sets on a loaded model: the pad id, no KV cache (the model's own setting
+    is kept for `exported_as_loaded`), and (when asked) non-reentrant gradient checkpointing."""
     model.config.pad_token_id = pad_id
+    model.own_use_cache = model.config.use_cache  # a module attribute: never serialized into config.json
     model.config.use_cache = False
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+@contextmanager
+def exported_as_loaded(model: torch.nn.Module):
+    """While exporting: the model's config says what it said when loaded (use_cache), so a reloaded export
+    generates with its KV cache as the original did; training's setting is back afterwards."""
+    config = model.config
+    training = config.use_cache
+    config.use_cache = getattr(model, "own_use_cache", training)  # a PEFT wrapper finds its base model's
+    try:
+        yield
+    finally:
+        config.use_cache = training

@@ -17,7 +17,9 @@ To do that, an op of one probe is paired with the same op of the other:
   takes the larger extrapolation. Bytes are linear in the layer count and in
   the micro-batch at a fixed position from either end, so a straight line
   through the two probes gives them at the planned size. Ops paired neither way
-  move with the step's peak.
+  (a data-dependent branch of an optimizer: one op more in one probe) move with
+  the highest point of their phase run (an optimizer step's bytes barely move
+  with the micro-batch, a backward's do).
 - steps: a rotating method's probe traces one step per group; a step is paired
   with the other probe's step at the same position from the front or the back,
   whichever shares more ops.
@@ -143,7 +145,10 @@ def extrapolate_step(a: Step, b: Step, xa: float, xb: float, x: float, by_size: 
                 va, vb = a.values[sa + mine], b.values[sb + paired[mine]]
                 values[sa + mine] = np.maximum(values[sa + mine], va + t * (vb - va))
     unpaired = np.isneginf(values)
-    values[unpaired] = a.values[unpaired] + t * (b.values.max() - a.values.max())
+    for (sa, ea), (sb, eb) in zip(runs_a, runs_b):  # they move with their phase run's highest point
+        lost = sa + np.flatnonzero(unpaired[sa:ea])
+        if lost.size:
+            values[lost] = a.values[lost] + t * (b.values[sb:eb].max() - a.values[sa:ea].max())
     return Step(values, a.phases, a.ops, a.sizes), 1 - unpaired.mean() if n else 1.0
 
 

@@ -1,7 +1,7 @@
 """Held state counted on the planned model itself, for methods whose held state is not
 linear in the layer count.
 
-The planner extrapolates what a step holds from probes of one and two layers
+The planner extrapolates what a step holds from probes of two and three layers
 (plan.py). That is exact when every layer adds the same bytes, as it does for
 full fine-tuning, LoRA, SIFT (k per weight) or HiFT. S2FT's global allocation
 draws ⌊layers × units × ratio⌋ heads and channels over all layers at once: the

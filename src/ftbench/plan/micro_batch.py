@@ -185,7 +185,7 @@ SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_atte
 
 def planned(cfg, hw, head: str, model, sequence: dict[str, torch.Tensor], batch_per_rank: int, processes: int,
             what: str) -> BatchFit | None:
-    """The training micro-batch from the memory planner (plan.py: traced steps of one and two layers of
+    """The training micro-batch from the memory planner (plan.py: traced steps of two and three layers of
     the same shape, at the run's precision, checkpointing and sequence length), without a step of the
     model itself; None, with the reason logged, where the planner cannot answer: another phase than
     training, several processes (DDP's buffers are not planned), or a model whose shape is not
@@ -224,8 +224,8 @@ def planned(cfg, hw, head: str, model, sequence: dict[str, torch.Tensor], batch_
                         f"{max(budget, 0) / GiB:.1f} GiB are free (memory planner); reduce memory with {REDUCE_MEMORY}")
     one, two = planner.peak_at(the_fit, tgt, 1), planner.peak_at(the_fit, tgt, 2)
     state = int(the_fit.scalar("optimizer_state_bytes", tgt.layers))
-    chosen = BatchFit(int(micro), seq_len, int(budget), int(two - one), int(2 * one - two - held_now - state), state,
-                 "memory planner: traced steps of 1 and 2 layers (plan.py)", "planner")
+    chosen = BatchFit(int(micro), seq_len, int(budget), int(two - one), int(2 * one - two - held_now - state),
+                      state, "memory planner: traced steps of 2 and 3 layers (plan.py)", "planner")
     log.info("micro-batch for %s: %d of %d sequences at %d tokens (memory planner: %.2f GiB per sequence, "
              "budget %.1f GiB)", what, micro, batch_per_rank, seq_len, chosen.per_sequence_bytes / GiB, budget / GiB)
     return chosen

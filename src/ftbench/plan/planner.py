@@ -18,10 +18,11 @@ The model of the peak, and where each part comes from:
   micro-batch B at the planned sequence length (activations per sequence,
   tokens² attention terms included, since the length is fixed); what depends on
   neither (the embedding and head, one layer's recompute when B is fixed, the
-  optimizer's per-tensor temporaries) is the constant. Probes: L in (g, g + 1)
-  (g = the method's `probe_layers()`: a rotating group, freeze's trained layers, else 1),
-  B in (2, 3) (a single sequence
-  takes shortcuts: views where larger batches copy).
+  optimizer's per-tensor temporaries) is the constant. Probes: L in (g + 1, g + 2)
+  (g = the method's `probe_layers()`: a rotating group, freeze's trained layers, else 1:
+  the first layer, which keeps less when nothing below it trains, and the last are then
+  different layers), B in (2, 3) (a single sequence takes shortcuts: views where larger
+  batches copy).
 - **Width** (shapes too large for host memory): probes at three widths w (hidden,
   FFN, head dimension and vocabulary divided by d, 2d, 4d; the head counts kept).
   Weight-like tensors grow as w², per-token ones as w, per-head ones not at all,
@@ -179,8 +180,13 @@ def one_thread():
 
 def plan_fit(cfg: DictConfig, tgt: Target) -> PlanFit:
     """Run the probes (two layer counts x two micro-batches, at one or three widths); see the module docstring."""
+    # The first layer keeps less for backward than the others when nothing below it trains (a frozen
+    # embedding: no input gradient), a trained layer more than one the gradient only passes through (a
+    # rotating method's group, freeze's last N): probes of that group (`probe_layers()`, else 1) plus one
+    # and plus two layers, so that in both the first layer and the last are different layers and every op
+    # pairs with the same role (with one layer alone it is first and last, and grows as neither).
     group = OmegaConf.to_object(cfg.method).probe_layers()
-    layer_points = (group, group + 1)  # a rotating group, freeze's last N: the smaller probe holds them all
+    layer_points = (group + 1, group + 2)
     batch_points = (2, 3)  # not 1: a single sequence takes shortcuts (views where larger batches copy)
     div = width_divisor(cfg, tgt, layer_points[1])
     divs = (div,) if div == 1 else (div, 2 * div, 4 * div)

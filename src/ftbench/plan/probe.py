@@ -157,7 +157,7 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
         it = stream(cfg.seed + 10_007)
         return (next(it) for _ in range(n))
 
-    method = build_method(cfg.method)
+    method = build_method(OmegaConf.merge(cfg.method, OmegaConf.to_object(cfg.method).probe_settings()))
     with tempfile.TemporaryDirectory(prefix="ftbench-probe-") as tmp:
         ctx = MethodContext(head=head, device=device, precision=hw.precision,
                             gradient_checkpointing=hw.gradient_checkpointing, seed=cfg.seed,

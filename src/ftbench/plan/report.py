@@ -29,7 +29,7 @@ def run_plan(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
     from ftbench.plan.planner import predict  # torch: loaded by a plan job, not by ftbench-report
 
     if (output_dir / FILENAME).exists():
-        print(f"ftbench: error: hydra.run.dir: {output_dir} already holds a plan; pick a new directory",
+        print(f"ftbench: error: {files.folder_key()}: {output_dir} already holds a plan; pick a new directory",
               file=sys.stderr)
         return 2
     started = time.time()

@@ -1,12 +1,15 @@
-"""Scoring for classification and regression heads, shared by GLUE and the synthetic task."""
+"""Scoring for classification and regression heads, shared by GLUE and the synthetic task, and the
+validation split they can hold out of their training data (task.validation_from_train)."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 
 import torch
 
 from ftbench.engine.batches import to_device
+from ftbench.errors import UserError
 from ftbench.progress import Work
 from ftbench.tasks import metrics
 from ftbench.tasks.base import EvalContext, Example, batched
@@ -37,3 +40,21 @@ def score(model: torch.nn.Module, examples: list[Example], ctx: EvalContext,
     values = metrics.compute(metric_names, preds, golds)
     values["loss"] = loss_sum / max(len(examples), 1)
     return {f"{split}/{name}": value for name, value in values.items()}
+
+
+def hold_out(examples: list[Example], size: float | None, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, validation): `size` of `examples` held out (a fraction < 1, or a count), drawn with `seed`,
+    both in their first order (task.validation_from_train; None: all train, no validation).
+    Raises UserError when either would be empty."""
+    if size is None:
+        return examples, []
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:round(size * len(examples)) if size < 1 else int(size)])
+    if not held or len(held) == len(examples):
+        raise UserError("task.validation_from_train", f"{size} of {len(examples)} training examples leaves an "
+                        "empty split; hold out some and keep some (a fraction in (0, 1) or a smaller count)")
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+
+
+VALIDATION = "val"  # the held-out split's name in metric keys: val/acc

@@ -10,7 +10,7 @@ Adding a task family: its schema here, a row in `CONFIGS`, its class in tasks/__
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 from omegaconf import MISSING
 
@@ -20,6 +20,9 @@ from ftbench.tasks.answers import KNOWN_SETS
 
 @dataclass
 class TaskConfig:
+    # Whether the family's tasks can hold a validation split out of their training data (the classifiers)
+    CARVES: ClassVar[bool] = False
+
     name: str = MISSING
     family: str = MISSING
     batch_size: int = 32
@@ -28,6 +31,12 @@ class TaskConfig:
     max_steps: Optional[int] = None
     metric: str = MISSING
     data_dir: Optional[str] = None
+    # Training examples held out (drawn with the run's seed) as the split `val`: a fraction (< 1) or a count
+    # (>= 1). The validations during training score it, and training never sees it. null = none.
+    validation_from_train: Optional[float] = None
+    # false: the reported split (GLUE's dev set) is never read; the final evaluation scores `val` instead
+    # (ftbench compare's lr search). Needs validation_from_train.
+    evaluate_reported: bool = True
 
     def check(self, key: str) -> None:
         require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
@@ -35,6 +44,14 @@ class TaskConfig:
         require(self.epochs > 0, f"{key}.epochs", "must be > 0")
         if self.max_steps is not None:
             require(self.max_steps >= 1, f"{key}.max_steps", "must be >= 1")
+        if self.validation_from_train is not None:
+            require(self.CARVES, f"{key}.validation_from_train", f"the {self.family} tasks hold out their own "
+                    "validation examples (val_size); leave it null")
+            value = self.validation_from_train
+            require(0 < value < 1 or (value >= 1 and value == int(value)), f"{key}.validation_from_train",
+                    f"must be a fraction in (0, 1) or a whole number of training examples (got {value})")
+        require(self.evaluate_reported or self.validation_from_train is not None, f"{key}.evaluate_reported",
+                "false needs a split to score instead: set task.validation_from_train (e.g. 0.1)")
 
 
 SYNTHETIC_FIRST_FILLER = 5  # ids below are special (pad, the two markers, ...); fillers are drawn from here up
@@ -68,6 +85,8 @@ def check_decoding(cfg, key: str) -> None:
 
 @dataclass
 class SyntheticConfig(GeneratedConfig):
+    CARVES: ClassVar[bool] = True
+
     name: str = "synthetic"
     family: str = "synthetic"
     max_steps: int | None = 300
@@ -103,6 +122,8 @@ GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")  # t
 
 @dataclass
 class GlueConfig(TaskConfig):
+    CARVES: ClassVar[bool] = True
+
     family: str = "glue"
     hub_id: str = "nyu-mll/glue"
     batch_size: int = 32

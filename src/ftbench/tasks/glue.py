@@ -67,9 +67,11 @@ class GlueTask(Task):
         self.spec = SPECS[cfg.name]
         self.head = "regression" if self.spec.labels is None else "seq_cls"
         self.num_labels = 1 if self.spec.labels is None else len(self.spec.labels)
-        splits = ("train", *self.spec.eval_splits)
+        # task.evaluate_reported=false: the reported splits are never read (ftbench compare's lr search)
+        splits = ("train", *self.spec.eval_splits) if cfg.evaluate_reported else ("train",)
         rows = read_tsv_splits(cfg, self.spec, splits) if cfg.data_dir else read_hub_splits(cfg, splits)
         self.splits = {name: self._tokenize(rows[name]) for name in splits}
+        self.splits["train"], self.val = classify.hold_out(self.splits["train"], cfg.validation_from_train, seed)
 
     def _tokenize(self, rows: list[dict]) -> list[Example]:
         columns = [[row[f] for row in rows] for f in self.spec.fields]
@@ -80,17 +82,28 @@ class GlueTask(Task):
         return self.splits["train"]
 
     def evaluate(self, model, ctx: EvalContext) -> dict[str, float]:
+        if not self.cfg.evaluate_reported:
+            return self.validate(model, ctx)
         results: dict[str, float] = {}
         for split in self.spec.eval_splits:
             results.update(classify.score(model, self.splits[split], ctx, self.collate, self.spec.metrics,
                                           regression=self.spec.labels is None, split=SPLIT_NAMES[split]))
         return results
 
+    def validate(self, model, ctx: EvalContext) -> dict[str, float]:
+        if not self.val:
+            return self.evaluate(model, ctx)
+        return classify.score(model, self.val, ctx, self.collate, self.spec.metrics,
+                              regression=self.spec.labels is None, split=classify.VALIDATION)
+
     def validation_metrics(self) -> list[str]:
-        return [f"{SPLIT_NAMES[s]}/{m}" for s in self.spec.eval_splits for m in (*self.spec.metrics, "loss")]
+        splits = [classify.VALIDATION] if self.val else [SPLIT_NAMES[s] for s in self.spec.eval_splits]
+        return [f"{s}/{m}" for s in splits for m in (*self.spec.metrics, "loss")]
 
     def protocol(self) -> dict:
         sizes = {SPLIT_NAMES.get(s, s): len(v) for s, v in self.splits.items()}
+        if self.val:
+            sizes[classify.VALIDATION] = len(self.val)
         return {"source": self.cfg.data_dir or self.cfg.hub_id, "max_length": self.cfg.max_length,
                 "padding": "dynamic", "sizes": sizes}
 

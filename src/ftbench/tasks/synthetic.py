@@ -39,18 +39,27 @@ class SyntheticTask(Task):
         super().__init__(cfg, tokenizer, seed)
         self.pad_id = 0  # the task speaks token ids directly; 0 is padding
         rng = random.Random(seed)
-        self.train = generate(cfg.num_train, cfg, rng)
-        self.dev = generate(cfg.num_eval, cfg, rng)
+        self.train, self.val = classify.hold_out(generate(cfg.num_train, cfg, rng), cfg.validation_from_train, seed)
+        self.dev = generate(cfg.num_eval, cfg, rng) if cfg.evaluate_reported else []  # drawn after train: the same
 
     def train_examples(self) -> list[Example]:
         return self.train
 
     def evaluate(self, model, ctx: EvalContext) -> dict[str, float]:
+        if not self.cfg.evaluate_reported:
+            return self.validate(model, ctx)
         return classify.score(model, self.dev, ctx, self.collate, ("acc",), regression=False, split="dev")
 
+    def validate(self, model, ctx: EvalContext) -> dict[str, float]:
+        if not self.val:
+            return self.evaluate(model, ctx)
+        return classify.score(model, self.val, ctx, self.collate, ("acc",), regression=False,
+                              split=classify.VALIDATION)
+
     def validation_metrics(self) -> list[str]:
-        return ["dev/acc", "dev/loss"]
+        split = classify.VALIDATION if self.val else "dev"
+        return [f"{split}/acc", f"{split}/loss"]
 
     def protocol(self) -> dict:
         return {"rule": "label = which marker token (A or B) the sequence holds",
-                "num_train": len(self.train), "num_eval": len(self.dev)}
+                "num_train": len(self.train), "num_eval": len(self.dev), "num_val": len(self.val)}

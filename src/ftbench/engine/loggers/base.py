@@ -18,7 +18,7 @@ log = logging.getLogger("ftbench")
 class Where:
     """Where a job logs. `folder`: the sweep folder of a multirun (one TensorBoard logdir, one MLflow
     store and experiment for all its jobs) or the run folder; `job`: this job's name in it (the sweep's
-    subfolder, e.g. `0_full`, or `<method>-<task>`); `experiment`: the sweep folder's name or "ftbench";
+    subfolder, e.g. `method=lora`, or `<method>-<task>`); `experiment`: the sweep folder's name or "ftbench";
     `output_dir`: the job's own folder (result.json)."""
 
     folder: Path

@@ -1,5 +1,5 @@
 """TensorBoard: event files through torch's SummaryWriter, one logdir per sweep (or run), one subdir
-per job (`0_full`, `1_lora`: TensorBoard's run names, by method). Open: tensorboard --logdir <folder>."""
+per job (`method=full`, `method=lora`: TensorBoard's run names, the job folders). Open: tensorboard --logdir <folder>."""
 
 from __future__ import annotations
 

@@ -45,6 +45,11 @@ class BlockRotationConfig(MethodConfig):
         require(not self.reshuffle or self.order == "random", f"{key}.reshuffle",
                 f"only applies to {key}.order=random (got {self.order})")
 
+    def probe_settings(self) -> dict:
+        """A random order visits the same groups as the model's order, holding the same at each: the probes take
+        them bottom up, so the k-th step of a probe trains the k-th group at every depth."""
+        return {"order": "down2up", "reshuffle": False} if self.order == "random" else {}
+
 
 @dataclass
 class HiftConfig(BlockRotationConfig):
@@ -68,6 +73,7 @@ class BadamConfig(BlockRotationConfig):
     always_active: list[str] = field(default_factory=lambda: ["head"])
     state_policy: str = "drop"
     lr_policy: str = "per_step"
+    quick: ClassVar[tuple[str, ...]] = ("method.steps_per_block=10",)  # 30 steps switch (50 would never: within.py)
     every_part: ClassVar[tuple[str, ...]] = ("method.steps_per_block=1",)
     switching: ClassVar[tuple[str, ...]] = ("method.steps_per_block=2",)  # reshuffled order, states dropped
 

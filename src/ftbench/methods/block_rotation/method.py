@@ -159,6 +159,18 @@ class BlockRotation(Method):
             return total_steps
         return math.ceil(total_steps / self.schedule.cycle_steps)
 
+    def check_length(self, steps: int) -> None:
+        """A run that ends within its first interval while other groups wait never switches: those units
+        would never train (BAdam's 50 steps per block in a shorter run). A run that switches but ends
+        before a whole cycle is allowed: it trains each group it reaches, as a longer run would."""
+        s = self.schedule
+        if len(s.queue) > s.group_size and steps <= s.steps_per_block:
+            first = ", ".join(self.units[i].name for i in s.rotating(0))
+            raise UserError("method.steps_per_block", f"{s.steps_per_block} steps per block in a {steps}-step run: "
+                            f"it never switches, so only {first} of the {len(s.queue)} rotating units would "
+                            f"train; set method.steps_per_block below {steps} (or train.max_steps above "
+                            f"{s.steps_per_block})")
+
     def _switch(self, wanted: tuple[int, ...]) -> None:
         """Freeze the leaving units, unfreeze the arriving ones (before the step's forward)."""
         leaving = [s for i in self.active if i not in wanted for s in self.slots[i]]

@@ -1,0 +1,154 @@
+"""`ftbench compare SPEC.yaml [KEY=VALUE ...]`: a comparison that survives scrutiny, in two stages.
+
+Stage 1 runs each arm over its lr grid at the first seed, trained on the training data less a held-out
+validation split and scored on that split only (task.evaluate_reported=false: the reported split is never
+read), and picks the lr with the best validation score. Stage 2 runs each arm at its chosen lr over every
+seed and scores the reported split. Both stages live in fixed folders (cells.py): a rerun runs only what
+is missing or was made from another config, and on a finished folder runs nothing and prints the same
+report. `--dry-run` lists the runs and their estimated time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from ftbench.compare import cells, plans, report, stats
+from ftbench.compare.cells import Composer, Run
+from ftbench.compare.spec import Spec, SpecError, arm_method, arms, find, grid, load
+from ftbench.errors import UserError
+from ftbench.quiet import quiet_libraries
+
+
+def as_data(spec: Spec, name: str) -> dict:
+    """The spec as the report reads it (and comparison.json keeps it): its keys, name, arms and their methods."""
+    return {**asdict(spec), "name": name, "arms": arms(spec), "arm_methods": {a: arm_method(spec, a) for a in arms(spec)}}
+
+
+def stage_one(composer: Composer, spec: Spec, out: Path) -> list[Run]:
+    runs = []
+    for task in spec.tasks:
+        for arm in arms(spec):
+            default = composer.config(cells.overrides(spec, "lr", task, arm))["method"]["lr"]
+            runs += cells.make_runs(composer, spec, out, "lr", task, arm, grid(spec, arm, default), spec.seeds[:1])
+    return runs
+
+
+def chosen_lrs(spec: Spec, runs: list[Run]) -> dict[tuple[str, str], float | None]:
+    """(task, arm) -> the lr stage 1 chose (None: no run scored), for the arms whose stage-1 runs are all done."""
+    chosen = {}
+    for task in spec.tasks:
+        for arm in arms(spec):
+            mine = [r for r in runs if r.task == task and r.arm == arm]
+            if mine and all(r.done for r in mine):
+                _, name = report.metric_name(asdict(spec), mine[0].config["task"]["metric"])
+                scores = {r.lr: r.result().metrics.get(f"val/{name}") for r in mine}
+                chosen[task, arm] = stats.choose(scores, report.higher_is_better(name))
+    return chosen
+
+
+def stage_two(composer: Composer, spec: Spec, out: Path, chosen: dict) -> list[Run]:
+    return [run for (task, arm), lr in chosen.items() if lr is not None
+            for run in cells.make_runs(composer, spec, out, "seeds", task, arm, [lr], spec.seeds)]
+
+
+def counted_run(run: Run, out: Path) -> report.Counted:
+    return report.Counted(run.stage, run.task, run.arm, run.lr, run.seed, str(run.folder.relative_to(out)), run.result())
+
+
+def step_seconds(spec: Spec, runs: list[Run], task: str, arm: str) -> tuple[float, str]:
+    """Seconds per optimizer step of the arm on the task: the median of its finished runs, else the spec's."""
+    measured = sorted(r.result().throughput.step_time_s_p50 for r in runs
+                      if r.task == task and r.arm == arm and r.done and r.result().throughput.step_time_s_p50)
+    return (measured[len(measured) // 2], "measured") if measured else (spec.estimate.step_s, "spec estimate")
+
+
+def describe(spec: Spec, stage: str, runs: list[Run], known: list[Run], waiting: int = 0) -> float:
+    """Print the stage's runs to do, one multirun a line; return their estimated seconds."""
+    pending = [r for r in runs if not r.done]
+    print(f"{cells.STAGES[stage]}: {len(runs) - len(pending)} of {len(runs)} runs done"
+          + (f"; {waiting} more once stage 1 has chosen their lr" if waiting else ""))
+    seconds = 0.0
+    for task in spec.tasks:
+        for arm in arms(spec):
+            mine = [r for r in pending if r.task == task and r.arm == arm]
+            if not mine:
+                continue
+            step_s, source = step_seconds(spec, known, task, arm)
+            cost = len(mine) * spec.budget.steps * step_s
+            seconds += cost
+            whys = sorted({r.why for r in mine})
+            print(f"  {task} {arm}: {len(mine)} runs, ~{cost / 60:.1f} min ({step_s:.3g} s/step, {source}); "
+                  f"{'; '.join(whys)}\n    {cells.shown(cells.argv(spec, mine))}")
+    if waiting:
+        seconds += waiting * spec.budget.steps * spec.estimate.step_s
+    return seconds
+
+
+def execute(spec: Spec, runs: list[Run], out: Path) -> None:
+    for task in spec.tasks:
+        for arm in arms(spec):
+            mine = [r for r in runs if r.task == task and r.arm == arm and not r.done]
+            if mine:
+                cells.execute(spec, mine, out)
+    for run in runs:
+        run.why = cells.survey(run)
+
+
+def compare(spec: Spec, name: str, out: Path, dry_run: bool) -> int:
+    """Run what is missing (nothing with `dry_run`), then write and print the report; 1 when a run failed."""
+    with Composer() as composer:
+        first = stage_one(composer, spec, out)
+        total = describe(spec, "lr", first, first)
+        if not dry_run:
+            execute(spec, first, out)
+        chosen = chosen_lrs(spec, first)
+        second = stage_two(composer, spec, out, chosen)
+        waiting = len(spec.tasks) * len(arms(spec)) * len(spec.seeds) - len(second)
+        total += describe(spec, "seeds", second, first + second, waiting if dry_run else 0)
+        if dry_run:
+            unit = "GPU hours" if spec.estimate.device == "gpu" else "hours of wall time on the spec's machine"
+            print(f"to do: ~{total / 3600:.2f} {unit} (steps × seconds per step; evaluation not counted)")
+            return 0
+        execute(spec, second, out)
+        predicted = plans.predict(composer, spec, out, chosen)
+    runs = first + second
+    missing = [f"{r.folder.relative_to(out)}: {r.why or 'status ' + r.result().status}" for r in runs
+               if not r.done or r.result().status != "ok"]
+    missing += [f"{task} {arm}: no lr chosen (no stage-1 run scored)" for (task, arm), lr in chosen.items() if lr is None]
+    summary = report.summarize(as_data(spec, name), [counted_run(r, out) for r in runs if r.done], missing, predicted)
+    written = report.write(summary, out)
+    print("\n" + written["markdown"].read_text())
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    broken = [r for r in runs if not r.done and getattr(r.result(), "status", None) not in ("nan", "oom")]
+    return 1 if broken else 0
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ftbench compare", description=__doc__.splitlines()[0])
+    parser.add_argument("spec", type=Path, help="a spec file or a shipped spec's name (comparisons/minilm-glue.yaml, "
+                        "minilm-glue)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="spec keys, e.g. methods=[full,lora] seeds=[0,1] budget.steps=20")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs to do and their estimated time only")
+    parser.add_argument("--out", type=Path, help="the comparison's folder (default: outputs/compare/<spec name>)")
+    return parser.parse_intermixed_args(argv)  # spec keys before or after the options
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    quiet_libraries()
+    out = (args.out or Path("outputs/compare") / args.spec.stem).resolve()
+    try:
+        spec = load(find(args.spec), args.overrides)
+        code = compare(spec, args.spec.stem, out, args.dry_run)
+    except (SpecError, UserError) as exc:
+        print(f"ftbench compare: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("ftbench compare: canceled", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code)

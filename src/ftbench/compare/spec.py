@@ -1,0 +1,153 @@
+"""A comparison's spec (comparisons/*.yaml): which arms, on which model and tasks, under which budget.
+
+The spec is a typed config (OmegaConf structured, `Spec` below); keys given on the command line
+(`ftbench compare SPEC.yaml seeds=[0,1] budget.steps=50`) override the file's. A problem is one line
+naming the file and the key (`SpecError`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ftbench import methods
+
+LR_FACTORS = [1 / 3, 1.0, 3.0]  # the default grid: each method's own lr times these
+LR_DIGITS = 3  # significant digits of a grid lr (its folder name: lr3.33e-05)
+
+
+class SpecError(Exception):
+    """One line: '<file>: <key>: <what is wrong and the fix>'."""
+
+    def __init__(self, path: Path | str, key: str, message: str):
+        super().__init__(f"{path}: {key}: {message}")
+
+
+@dataclass
+class Budget:
+    steps: int = 300          # optimizer steps, the same for every arm (the same examples, in the same order)
+    batch_size: int = 32      # the effective batch (train.batch_size), the same for every arm
+
+
+@dataclass
+class Estimate:
+    step_s: float = 1.0       # seconds per optimizer step on the machine the spec is for (--dry-run's estimate),
+                              # replaced by the measured median where finished runs of the arm exist
+    device: str = "cpu"       # cpu: the estimate in hours of wall time | gpu: in GPU hours
+
+
+@dataclass
+class Spec:
+    title: str = ""
+    model: str = "tiny-llama"                     # a conf/model option
+    tasks: list[str] = field(default_factory=lambda: ["synthetic"])  # conf/task options
+    data: Optional[str] = None                    # a folder: task.data_dir = DATA/<task> where that folder exists
+    methods: list[str] = field(default_factory=list)  # registered methods or variants' labels; [] = every method
+    variants: dict[str, list[str]] = field(default_factory=dict)  # label -> ftbench overrides (method=NAME, ...)
+    budget: Budget = field(default_factory=Budget)
+    lr_factors: list[float] = field(default_factory=lambda: list(LR_FACTORS))
+    lr: dict[str, list[float]] = field(default_factory=dict)  # an arm's own grid of lrs (replaces the factors)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # stage 2; stage 1 uses the first
+    metric: Optional[str] = None                  # the deciding metric's name (acc, mcc); null = each task's headline
+    validation_from_train: float = 0.1            # task.validation_from_train: stage 1's split, stage 2's validations
+    validations: int = 10                         # stage 2: validations over the run (the time-to-target curve)
+    target: float = 0.9                           # time-to-target: this fraction of full fine-tuning's final validation
+    alpha: float = 0.05                           # the paired tests' significance level
+    gpu: Optional[str] = None                     # a conf/hardware option: the planner's predicted peak on it
+    set: list[str] = field(default_factory=list)  # ftbench overrides for every run (hardware=cpu, eval.max_samples=...)
+    estimate: Estimate = field(default_factory=Estimate)
+
+
+def shipped_dir() -> Path:
+    """The shipped specs (comparisons/): inside the package (wheel), else at the top of the checkout."""
+    package = Path(__file__).resolve().parents[1]
+    return next((c for c in (package / "comparisons", package.parents[1] / "comparisons") if c.is_dir()),
+                package / "comparisons")
+
+
+def find(path: Path) -> Path:
+    """A spec file, or the name of a shipped spec (minilm-glue). Raises SpecError naming the shipped ones."""
+    if path.is_file():
+        return path
+    if (shipped_dir() / f"{path.stem}.yaml").is_file():
+        return shipped_dir() / f"{path.stem}.yaml"
+    names = ", ".join(sorted(p.stem for p in shipped_dir().glob("*.yaml")))
+    raise SpecError(path, "file", f"no such spec file; shipped specs: {names or 'none'}")
+
+
+def load(path: Path, overrides: list[str]) -> Spec:
+    """The spec in `path` with command-line `overrides` (KEY=VALUE, spec keys) applied; checked."""
+    try:
+        loaded = OmegaConf.load(path)
+    except (OSError, ValueError, OmegaConfBaseException) as exc:
+        raise SpecError(path, "file", f"cannot be read as YAML ({str(exc).splitlines()[0]})") from None
+    bad = next((o for o in overrides if "=" not in o), None)
+    if bad is not None:
+        raise SpecError(path, bad, "not KEY=VALUE (a spec key, e.g. seeds=[0,1] or budget.steps=50)")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Spec), loaded, OmegaConf.from_dotlist(overrides))
+        spec: Spec = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "spec"
+        raise SpecError(path, key, str(exc).splitlines()[0]) from None
+    check(spec, path)
+    return spec
+
+
+def check(spec: Spec, path: Path) -> None:
+    known = methods.names()
+    for label, overrides in spec.variants.items():
+        named = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "method"]
+        if len(named) != 1 or named[0] not in known:
+            raise SpecError(path, f"variants.{label}", f"give exactly one method=NAME, NAME one of {', '.join(known)}")
+    for label in spec.methods:
+        if label not in known and label not in spec.variants:
+            raise SpecError(path, "methods", f"'{label}' is neither a method ({', '.join(known)}) nor a variant's label")
+    unknown = sorted(set(spec.lr) - set(arms(spec)))
+    if unknown:
+        raise SpecError(path, "lr", f"'{unknown[0]}' is not an arm of this comparison ({', '.join(arms(spec))})")
+    if spec.budget.steps < 1 or spec.budget.batch_size < 1:
+        raise SpecError(path, "budget", "steps and batch_size must be >= 1")
+    if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds) or min(spec.seeds) < 0:
+        raise SpecError(path, "seeds", "give distinct seeds >= 0 (the paired tests need two or more)")
+    if not spec.tasks:
+        raise SpecError(path, "tasks", "give at least one task (a conf/task option)")
+    if not spec.lr_factors or min(spec.lr_factors) <= 0 or any(min(g, default=1) <= 0 for g in spec.lr.values()):
+        raise SpecError(path, "lr_factors", "learning rates and their factors must be > 0")
+    if not 0 < spec.target <= 1 or not 0 < spec.alpha < 1 or spec.validations < 1:
+        raise SpecError(path, "target", "target in (0, 1], alpha in (0, 1), validations >= 1")
+    if spec.estimate.device not in ("cpu", "gpu"):
+        raise SpecError(path, "estimate.device", "cpu or gpu")
+    if "full" not in [arm_method(spec, a) for a in arms(spec)]:
+        raise SpecError(path, "methods", "include full: time-to-target and the paired tests are against it")
+    if any(o.split("=", 1)[0].lstrip("+~") in OWNED for o in spec.set):
+        raise SpecError(path, "set", f"the comparison sets {', '.join(sorted(OWNED))} itself; change the spec's keys")
+
+
+# ftbench keys the comparison owns (set from the spec's keys, per stage)
+OWNED = {"seed", "optim.lr", "train.max_steps", "train.batch_size", "task.validation_from_train",
+         "task.evaluate_reported", "eval.every_steps", "method", "model", "task", "task.data_dir", "mode"}
+
+
+def arms(spec: Spec) -> list[str]:
+    """The arms' labels: spec.methods, or every registered method."""
+    return list(spec.methods) or methods.names()
+
+
+def arm_method(spec: Spec, label: str) -> str:
+    overrides = spec.variants.get(label)
+    return label if overrides is None else next(o.split("=", 1)[1] for o in overrides if o.startswith("method="))
+
+
+def arm_overrides(spec: Spec, label: str) -> list[str]:
+    return list(spec.variants.get(label) or [f"method={label}"])
+
+
+def grid(spec: Spec, label: str, default_lr: float) -> list[float]:
+    """The arm's lrs, rounded to LR_DIGITS significant digits, ascending."""
+    values = spec.lr.get(label) or [default_lr * f for f in spec.lr_factors]
+    return sorted({float(f"{v:.{LR_DIGITS}g}") for v in values})

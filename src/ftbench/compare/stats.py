@@ -1,0 +1,97 @@
+"""The statistics of a comparison: intervals over seeds, paired tests, the lr choice, time to target.
+
+Sources: the Student's t interval of a mean and the paired t-test (scipy.stats.t, scipy.stats.ttest_rel);
+no normality check is possible at n = 3, which is why the report says which interval it draws.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The mean of `n` values and the half-width of its two-sided `level` Student's t interval
+    (None when n < 2)."""
+
+    mean: float
+    half_width: float | None
+    n: int
+    level: float
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4f}" if self.half_width is None else f"{self.mean:.4f} ± {self.half_width:.4f}"
+
+
+def interval(values: list[float], level: float = 0.95) -> Interval:
+    """Mean and Student's t interval over seeds. Raises ValueError on no values."""
+    if not values:
+        raise ValueError("no values")
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return Interval(mean, None, n, level)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return Interval(mean, stats.t.ppf((1 + level) / 2, n - 1) * sd / math.sqrt(n), n, level)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A paired-over-seeds t-test of arm A against arm B: the mean difference A - B, its p-value and
+    the verdict in words."""
+
+    difference: float
+    p: float | None
+    n: int
+    verdict: str
+
+
+def paired(a: dict[int, float], b: dict[int, float], alpha: float, higher_is_better: bool = True) -> Paired:
+    """Test the arms' values on the seeds both have (scipy.stats.ttest_rel, two-sided). Identical
+    values give p = 1 (the limit of the test as the differences vanish); fewer than two shared seeds
+    give no test."""
+    seeds = sorted(set(a) & set(b))
+    n = len(seeds)
+    diffs = [a[s] - b[s] for s in seeds]
+    difference = sum(diffs) / n if n else math.nan
+    if n < 2:
+        return Paired(difference, None, n, f"no test at n = {n}")
+    if all(d == diffs[0] for d in diffs) and diffs[0] == 0:
+        p = 1.0
+    else:
+        p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
+    if p >= alpha or math.isnan(p):
+        return Paired(difference, p, n, f"not distinguishable at n = {n}")
+    better = (difference > 0) == higher_is_better
+    return Paired(difference, p, n, "better" if better else "worse")
+
+
+def choose(scores: dict[float, float | None], higher_is_better: bool = True) -> float | None:
+    """The lr with the best validation score (None scores: failed runs, left out); on a tie the smaller lr.
+    None when no run scored."""
+    scored = {lr: v for lr, v in scores.items() if v is not None and not math.isnan(v)}
+    if not scored:
+        return None
+    best = max(scored.values()) if higher_is_better else min(scored.values())
+    return min(lr for lr, v in scored.items() if v == best)
+
+
+def time_to_target(history: list[tuple[int, float]], target: float, step_s: float | None,
+                   higher_is_better: bool = True) -> float | None:
+    """Training seconds until the validation metric first reaches `target`: the step of that validation
+    times the median step time (evaluation time excluded). None when it never does (or no step time)."""
+    for step, value in history:
+        if (value >= target) if higher_is_better else (value <= target):
+            return None if step_s is None else step * step_s
+    return None
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points (cost, quality) no other point beats: at most the cost and at least the
+    quality, better in one. Ascending cost."""
+    front = [i for i, (c, q) in enumerate(points)
+             if not any(c2 <= c and q2 >= q and (c2, q2) != (c, q) for c2, q2 in points)]
+    return sorted(front, key=lambda i: points[i][0])

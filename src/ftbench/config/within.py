@@ -1,0 +1,64 @@
+"""Settings that cannot work within the run's length, refused before training in one line.
+
+A knob that counts steps is held to the optimizer steps the run takes (`knobs.settle`:
+train.max_steps, task.max_steps, or epochs over the training set) and to the steps its
+learning-rate schedule spans (a method may step the schedule once per cycle: HiFT's
+`lr_policy=per_cycle`). `config.schema.check` calls `check` with the steps known from the
+config alone (before any job of a sweep launches); the job calls it again once the data has
+counted the steps and the method has said how long its schedule is (`job/steps.train_spec`).
+
+| knob                                   | refused when                        | what would happen                      |
+| -------------------------------------- | ----------------------------------- | -------------------------------------- |
+| optim.warmup_steps                     | >= the schedule's steps             | the learning rate never reaches its value |
+| optim.warmup_ratio                     | rounds to >= the schedule's steps   | the same                               |
+| eval.every_steps                       | > the run's steps                   | no validation during training          |
+| eval.every_steps with train.select=best| >= the run's steps                  | one validation (the final one): nothing to select |
+| a method's switching interval          | the method's `check_length`         | e.g. BAdam/LISA/HiFT: the run ends before its first switch, so the other blocks never train |
+
+Knobs that may exceed the run, on purpose:
+
+- train.checkpoint_every: the checkpoint after the last step is written anyway; a large value asks
+  for that one alone.
+- train.log_every: the last step is logged anyway.
+- train.measure_warmup_steps: the measured window starts at the last step at the latest.
+- a projection gap (GaLore's, APOLLO's update_proj_gap): the first projection then holds for the
+  whole run, a valid setting of those methods.
+- profile.*: mode=profile counts its own steps; nothing here applies to it.
+
+A run of 0 steps (scoring the untouched model) trains nothing, so none of this applies.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ftbench.errors import UserError
+
+
+def check(cfg, steps: int | None, schedule: int | None = None) -> None:
+    """Refuse (`UserError` naming the key) a step-counting knob the run cannot reach.
+
+    `steps`: the run's optimizer steps (None: not known yet, nothing is checked); `schedule`: the
+    scheduler steps its learning-rate schedule spans (None: one per optimizer step)."""
+    if cfg.mode != "train" or not steps:
+        return
+    schedule = steps if schedule is None else schedule
+    spans = f"the run's {steps} steps" if schedule == steps else (
+        f"the {schedule} steps of the learning-rate schedule (the method steps it {schedule} times in {steps} "
+        f"optimizer steps)")
+    warmup = cfg.optim.warmup_steps
+    if warmup is not None and warmup >= schedule:
+        raise UserError("optim.warmup_steps", f"{warmup} is not below {spans}: the learning rate would never "
+                        f"reach optim.lr; set optim.warmup_steps below {schedule}, or train for more steps")
+    ratio = cfg.optim.warmup_ratio
+    if warmup is None and ratio > 0 and math.ceil(ratio * schedule) >= schedule:
+        raise UserError("optim.warmup_ratio", f"{ratio} warms up over all of {spans}: the learning rate would "
+                        f"never reach optim.lr; set optim.warmup_ratio to at most {(schedule - 1) / schedule:.3g}")
+    every = cfg.eval.every_steps
+    if every is not None and every > steps:
+        raise UserError("eval.every_steps", f"{every} exceeds the run's {steps} steps: no validation would run "
+                        f"during training; set eval.every_steps below {steps} or null (the final evaluation "
+                        "runs regardless)")
+    if every is not None and every >= steps and cfg.train.select == "best":
+        raise UserError("eval.every_steps", f"{every} leaves train.select=best one validation in {steps} steps "
+                        f"(the final one) to choose from; set eval.every_steps below {steps}, or train.select=last")

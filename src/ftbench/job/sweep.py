@@ -1,0 +1,80 @@
+"""A multirun's bookkeeping: where each job writes, whether the sweep's folder can take every job,
+and what the sweep's exit code is.
+
+- Job folders are named by what tells the jobs apart: `hydra.sweep.subdir` is Hydra's
+  `${hydra.job.override_dirname}` (conf/config.yaml), and `naming` excludes from it every key the
+  command line sets to one value, so `-m optim.lr=1e-4,1e-3` writes `optim.lr=1e-4/` and
+  `optim.lr=1e-3/`. Adding a value to a finished sweep adds a folder; the finished jobs keep theirs
+  and are skipped (job/rerun.py). A command line that sweeps nothing names its one job by the method.
+- `refusal` runs each job's folder through the rerun rules (job/rerun.py) before any job
+  launches: a sweep that would be refused half-way is refused whole, in one line.
+- `exit_code` is the worst of the jobs' exit codes. The basic launcher runs the jobs in this process
+  and reports their codes; launchers that run them elsewhere (submitit) report nothing back, so the
+  codes are read from the jobs' result.json (`run.exit_code`; a job that left none counts as failed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ftbench import files, results
+from ftbench.errors import UserError
+
+SWEPT_KEYS = "hydra.job.config.override_dirname.exclude_keys"
+
+
+def naming(parsed: list) -> list[str]:
+    """Hydra overrides that name each job's folder by the swept keys of `parsed` (Hydra `Override`s of
+    the command line): the keys set to one value are excluded from the folder name; with nothing swept,
+    the folder is the method's name."""
+    fixed = [o.key_or_group for o in parsed if not o.is_sweep_override()]
+    if len(fixed) == len(parsed):
+        return ["hydra.sweep.subdir=${method.name}"]
+    return [f"{SWEPT_KEYS}=[{','.join(fixed)}]"]
+
+
+def folder(job: DictConfig) -> Path | None:
+    """The folder a job composed with its Hydra config (`return_hydra_config=True`) writes into; None
+    when it depends on what only the launch knows (a user's subdir naming `${hydra.job.num}`)."""
+    try:
+        return Path(job.hydra.sweep.dir) / str(job.hydra.sweep.subdir)
+    except OmegaConfBaseException:  # a value that cannot be resolved before the launch
+        return None
+
+
+def refusal(jobs: list[DictConfig]) -> str | None:
+    """One line naming hydra.sweep.dir when the sweep's folder cannot take every job (an ok result made
+    with another config, a checkpoint of another config that would be refused); None when it can."""
+    from ftbench.job import rerun  # torch: loaded here only for a sweep into an existing folder
+
+    for job in jobs:
+        where = folder(job)
+        if where is None or not where.is_dir():
+            continue
+        task = OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
+        try:
+            rerun.decide(task, where, "hydra.sweep.dir")
+        except UserError as exc:
+            return f"hydra.sweep.dir: job {where.name} (nothing was run): {exc.reason}"
+    return None
+
+
+def exit_code(folders: list[Path | None], codes: list[int]) -> int:
+    """The sweep's exit code: the worst of its jobs'. `codes`: those the launcher ran in this process
+    reported; when it reported fewer than there are jobs, each job's result.json says."""
+    if len(codes) >= len(folders):
+        return max(codes, default=0)
+    return max((_code_on_disk(f) for f in folders), default=0)
+
+
+def _code_on_disk(where: Path | None) -> int:
+    result = files.read_json(where / results.FILENAME, "hydra.sweep.dir", "") if where is not None and (
+        where / results.FILENAME).is_file() else None
+    if not isinstance(result, dict):
+        return 1
+    if result.get("status") == "ok":
+        return 0
+    return (result.get("run") or {}).get("exit_code") or 1

@@ -1,0 +1,79 @@
+"""Engagement: how many of the parameters a method claims to train actually changed, per unit.
+
+A method can train nothing and still report a loss curve, a trainable count and a metric (a frozen
+model with a fresh head, an optimizer that never got the parameters: LMFlow #726). Engagement compares
+the model's parameters after training with what they were before, element by element, and groups the
+changed elements by unit (the embedding, each layer, the task head, the rest).
+
+Before training each element is kept as one byte: the XOR of the bytes of its bits, on the CPU. A
+changed element is missed only when its new bits fold to the same byte (about 1 in 256 changes), so
+`changed` is exact or a slight undercount, never an overcount; the cost is one byte per watched
+element of host memory.
+
+May import: torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+log = logging.getLogger("ftbench")
+
+# Below this share of the claimed trainable elements changed, the method "trained far less than it claims".
+# Full fine-tuning on a short run leaves the embedding rows of unseen tokens untouched (MiniLM: half its
+# parameters are token embeddings), so the line sits well below what an honest method reaches.
+ENGAGED_SHARE = 0.1
+
+
+def folded_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """Each element's bytes folded by XOR into one, as a flat uint8 CPU tensor of `tensor.numel()` bytes."""
+    flat = tensor.detach().contiguous().reshape(-1)
+    columns = flat.view(torch.uint8).reshape(flat.numel(), flat.element_size())
+    folded = columns[:, 0].clone()
+    for i in range(1, flat.element_size()):
+        folded ^= columns[:, i]
+    return folded.to("cpu")
+
+
+class Watch:
+    """The parameters `named` (name -> tensor), fingerprinted when made; `report()` after training.
+
+    `unit_of(name) -> str` names the unit a parameter belongs to; `claimed` is the number of elements
+    the method says it trains (result.json params.trainable)."""
+
+    def __init__(self, named: dict[str, torch.Tensor], unit_of: Callable[[str], str], claimed: int):
+        self.named, self.unit_of, self.claimed = named, unit_of, claimed
+        self.before = {name: folded_bytes(t) for name, t in named.items()}
+
+    def report(self) -> dict:
+        """{claimed, watched, changed, changed_pct_of_claimed, units: {unit: {watched, changed}}, warning}:
+        element counts; `warning` is None or one line, also logged. Nothing watched (no parameter matched
+        the claimed names, as under FSDP's flattened ones): no warning, `watched` 0 says so."""
+        units: dict[str, dict[str, int]] = {}
+        for name, tensor in self.named.items():
+            unit = units.setdefault(self.unit_of(name), {"watched": 0, "changed": 0})
+            unit["watched"] += tensor.numel()
+            unit["changed"] += int((folded_bytes(tensor) != self.before[name]).sum())
+        changed = sum(u["changed"] for u in units.values())
+        share = changed / self.claimed if self.claimed and units else None
+        report = {"claimed": self.claimed, "watched": sum(u["watched"] for u in units.values()), "changed": changed,
+                  "changed_pct_of_claimed": None if share is None else round(100.0 * share, 3),
+                  "units": units, "warning": warning(changed, self.claimed, share, units)}
+        if report["warning"]:
+            log.warning("engagement: %s", report["warning"])
+        return report
+
+
+def warning(changed: int, claimed: int, share: float | None, units: dict[str, dict[str, int]]) -> str | None:
+    """One line when training changed nothing, or far less than the method claims; else None."""
+    if share is not None and changed == 0:
+        return f"trained nothing: none of the {claimed:,} parameters the method claims to train changed"
+    if share is not None and share < ENGAGED_SHARE:
+        idle = sorted(name for name, unit in units.items() if unit["watched"] and not unit["changed"])
+        where = f"; unchanged units: {', '.join(idle[:8])}" if idle else ""
+        return (f"trained far less than it claims: {changed:,} of {claimed:,} claimed parameters changed "
+                f"({100.0 * share:.2g} %, below {100 * ENGAGED_SHARE:g} %){where}")
+    return None

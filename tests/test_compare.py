@@ -1,0 +1,154 @@
+"""`ftbench compare`: the two stages, the statistics, the report, reruns (tiny-llama, synthetic, tiny budgets)."""
+
+import json
+import math
+
+import pytest
+import yaml
+from scipy import stats as scipy_stats
+
+from ftbench.compare import stats
+from ftbench.compare.spec import SpecError, load
+from helpers import cli
+from test_glue import FIXTURES, write_glue
+
+TINY = ["task.num_train=256", "task.num_eval=64", "hardware=cpu", "train.progress=false",
+        "hardware.max_micro_batch_size=null"]
+
+
+def write_spec(path, **keys):
+    spec = {"model": "tiny-llama", "tasks": ["synthetic"], "budget": {"steps": 4, "batch_size": 16},
+            "validation_from_train": 64, "validations": 2, "set": TINY, **keys}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """Full fine-tuning under two labels over 5 seeds, and an arm whose updates vanish (lr 1e-30)."""
+    folder = tmp_path_factory.mktemp("twins")
+    spec = write_spec(folder / "twins.yaml", methods=["full", "twin", "lazy"], seeds=[0, 1, 2, 3, 4],
+                      variants={"twin": ["method=full"], "lazy": ["method=full"]}, lr_factors=[1.0, 3.0],
+                      lr={"lazy": [1e-30]})
+    done = cli("ftbench", "compare", str(spec), "--out", str(folder / "out"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return spec, folder / "out", done
+
+
+def rows(out):
+    summary = json.loads((out / "comparison.json").read_text())
+    return summary, {r["arm"]: r for r in summary["tasks"][0]["rows"]}
+
+
+def test_the_same_config_under_two_labels_is_never_different(twins):
+    _, out, _ = twins
+    summary, by_arm = rows(out)
+    chosen = summary["tasks"][0]["chosen"]
+    assert chosen["full"] == chosen["twin"]  # stage 1 saw the same scores
+    twin = by_arm["twin"]
+    assert twin["ok_seeds"] == "5/5" and twin["p_vs_full"] >= 0.05
+    assert twin["vs_full"] == "not distinguishable at n = 5"
+    assert (twin["mean"], twin["ci95"]) == (by_arm["full"]["mean"], by_arm["full"]["ci95"])
+
+
+def test_an_arm_that_trains_nothing_is_flagged_in_the_report(twins):
+    _, out, _ = twins
+    _, by_arm = rows(out)
+    assert by_arm["lazy"]["warnings"].startswith("trained nothing") and by_arm["lazy"]["changed_pct"] == 0
+    assert by_arm["full"]["warnings"] is None
+    assert "Engagement warnings:\n\n- lazy: trained nothing" in (out / "comparison.md").read_text()
+
+
+def test_the_report_files_and_their_figures(twins):
+    _, out, done = twins
+    assert {"comparison.json", "comparison.md", "comparison.csv", "comparison.png"} <= {p.name for p in out.iterdir()}
+    _, by_arm = rows(out)
+    full = by_arm["full"]
+    assert full["metric"] == "dev/acc" and full["step_s"] > 0 and full["trainable_pct"] == 100
+    assert full["time_to_target_s"] > 0 and full["reached"] in ("1/5", "2/5", "3/5", "4/5", "5/5")
+    assert "Student's t" in done.stdout and "ttest_rel" in done.stdout
+    layout = {p.relative_to(out).as_posix() for p in out.glob("synthetic/*/*/*")}
+    assert "synthetic/lr/lazy/lr1e-30" in layout and "synthetic/seeds/twin/seed4" in layout
+
+
+def test_a_rerun_on_a_finished_folder_runs_nothing_and_prints_the_same_report(twins, tmp_path):
+    spec, out, first = twins
+    before = (out / "comparison.md").read_text()
+    again = cli("ftbench", "compare", str(spec), "--out", str(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "ftbench -m" not in again.stdout and "Launching" not in again.stdout + again.stderr
+    assert (out / "comparison.md").read_text() == before
+    assert before in again.stdout and before in first.stdout
+    rebuilt = cli("ftbench-report", str(out), "--out", str(tmp_path))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (tmp_path / "comparison.md").read_text() == before
+
+
+def test_a_dry_run_with_another_budget_lists_every_run_as_made_from_another_config(twins):
+    spec, out, _ = twins
+    listed = cli("ftbench", "compare", str(spec), "--out", str(out), "--dry-run", "budget.steps=5")
+    assert listed.returncode == 0, listed.stderr
+    assert "0 of 5 runs done" in listed.stdout and "made from another config (differs in: train.max_steps)" in listed.stdout
+    assert "min" in listed.stdout and "hours of wall time" in listed.stdout
+
+
+def test_stage_one_never_reads_the_reported_split(tmp_path):
+    """The same comparison with a readable dev file and with garbage in its place: stage 1 picks the same lrs
+    from the same scores; only stage 2, which scores dev, fails."""
+    header, lines = FIXTURES["sst2"]
+    picks = {}
+    for name in ("clean", "garbage"):
+        write_glue(tmp_path / name / "sst2", "sst2", header, lines * 40)
+        if name == "garbage":
+            (tmp_path / name / "sst2" / "dev.tsv").write_bytes(b"\xff\xfe\x00garbage\n")
+        spec = write_spec(tmp_path / f"{name}.yaml", model="tiny-bert", tasks=["sst2"], data=str(tmp_path / name),
+                          methods=["full"], seeds=[0, 1], validation_from_train=16,
+                          set=TINY[2:])
+        done = cli("ftbench", "compare", str(spec), "--out", str(tmp_path / name / "out"))
+        assert done.returncode == (0 if name == "clean" else 1), done.stderr[-2000:]
+        picks[name] = json.loads((tmp_path / name / "out" / "comparison.json").read_text())["tasks"][0]["chosen"]
+    assert picks["clean"] == picks["garbage"] and picks["clean"]["full"]["lr"] is not None
+    assert all(v is not None for v in picks["clean"]["full"]["scores"].values())
+
+
+def test_a_bad_spec_is_one_line(tmp_path):
+    spec = write_spec(tmp_path / "bad.yaml", methods=["full", "nosuch"])
+    done = cli("ftbench", "compare", str(spec))
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"ftbench compare: error: {spec}: methods: 'nosuch' is neither a method (adam-mini, ")
+    assert line.endswith(") nor a variant's label")
+    with pytest.raises(SpecError, match="seeds"):
+        load(write_spec(tmp_path / "seeds.yaml"), ["seeds=[1,1]"])
+    with pytest.raises(SpecError, match="include full"):
+        load(write_spec(tmp_path / "nofull.yaml"), ["methods=[lora]"])
+    with pytest.raises(SpecError, match="set"):
+        load(write_spec(tmp_path / "owned.yaml"), ["set=[optim.lr=0.1]"])
+
+
+@pytest.mark.parametrize("values", [[0.5, 0.7, 0.6], [1.0, 2.0], [3.0, 3.1, 2.9, 3.3, 2.7]])
+def test_the_interval_is_students_t(values):
+    got = stats.interval(values)
+    low, high = scipy_stats.t.interval(0.95, len(values) - 1, loc=got.mean, scale=scipy_stats.sem(values))
+    assert got.half_width == pytest.approx((high - low) / 2)
+    assert stats.interval([0.5]).half_width is None
+
+
+def test_paired_tests_say_when_they_cannot_tell():
+    same = {0: 0.8, 1: 0.7, 2: 0.9}
+    assert stats.paired(same, dict(same), 0.05) == stats.Paired(0.0, 1.0, 3, "not distinguishable at n = 3")
+    noisy = stats.paired({0: 0.80, 1: 0.70, 2: 0.90}, {0: 0.79, 1: 0.72, 2: 0.88}, 0.05)
+    assert noisy.verdict == "not distinguishable at n = 3" and noisy.p >= 0.05
+    clear = stats.paired({s: 0.9 + 0.001 * s for s in range(5)}, {s: 0.5 + 0.002 * s for s in range(5)}, 0.05)
+    assert clear.verdict == "better" and clear.p < 0.05
+    assert stats.paired({0: 1.0}, {0: 0.0}, 0.05).verdict == "no test at n = 1"
+    assert stats.paired({s: 1.0 + s for s in range(3)}, {s: 2.0 + s * 1.01 for s in range(3)}, 0.05).verdict == "worse"
+
+
+def test_the_lr_choice_time_to_target_and_the_front():
+    assert stats.choose({1e-4: 0.8, 3e-4: 0.8, 1e-3: None, 3e-3: math.nan}) == 1e-4
+    assert stats.choose({1e-4: 0.3, 3e-4: 0.2}, higher_is_better=False) == 3e-4
+    assert stats.choose({1e-4: None}) is None
+    assert stats.time_to_target([(10, 0.5), (20, 0.85), (30, 0.9)], 0.8, 0.5) == 10.0
+    assert stats.time_to_target([(10, 0.5)], 0.8, 0.5) is None
+    assert stats.pareto([(1, 0.5), (2, 0.9), (3, 0.8), (2, 0.4)]) == [0, 1]

@@ -1,0 +1,156 @@
+"""Resume or rerun, decided from what is on disk: the newest checkpoint with the config it was made
+under, and why the last attempt ended (its result.json's status and run.phase), never a status alone.
+A process killed in the final evaluation resumes to an evaluation only; an attempt refused in its
+set-up never turns a resumable run into one started afresh; checkpoints never move aside silently."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from omegaconf import OmegaConf
+
+from ftbench.errors import UserError
+from ftbench.job import rerun
+from helpers import cli, compose, run
+
+STEPS = ["task.max_steps=2", "task.num_train=16", "task.num_eval=8", "task.batch_size=4", "train.progress=false"]
+
+
+def folder(tmp_path, result: dict | None, checkpoint_config: dict | None):
+    """A run folder as an earlier attempt left it: its result.json (None: none, as after a SIGKILL in
+    training) and a checkpoint made under `checkpoint_config` (None: none)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(parents=True)
+    if result is not None:
+        (run_dir / "result.json").write_text(json.dumps(result))
+    if checkpoint_config is not None:
+        step = run_dir / "checkpoints" / "step-2"
+        step.mkdir(parents=True)
+        (step / "meta.json").write_text(json.dumps({"step": 2, "config": checkpoint_config}))
+    return run_dir
+
+
+def attempt(status: str, phase: str | None, config: dict) -> dict:
+    return {"status": status, "config": config, "run": {"phase": phase}, "error": None if status == "ok" else "x"}
+
+
+SAME, OTHER = "same", "other"
+# (the last attempt's result: (status, run.phase) or None, the checkpoint's config or None) -> what the job does
+DECISIONS = [
+    (("ok", "evaluate"), None, rerun.SKIP),
+    (("failed", "evaluate"), SAME, rerun.RUN),  # killed in the final evaluation: its provisional result says failed
+    (("failed", "train"), SAME, rerun.RUN),  # crashed in training: the checkpoint before it resumes
+    (("nan", "train"), SAME, rerun.RUN),
+    (("failed", "setup"), SAME, rerun.RUN),  # a refused attempt says nothing about the run
+    (("canceled", "train"), SAME, rerun.RUN),
+    (None, SAME, rerun.RUN),  # killed in training: no result, a checkpoint
+    (None, None, rerun.RUN),
+    (("failed", "train"), OTHER, rerun.AFRESH),  # it trained and failed; a changed setting starts afresh
+    (("oom", "train"), OTHER, rerun.AFRESH),
+    (("failed", "setup"), OTHER, "train.resume"),  # refused, naming the keys
+    (("canceled", "train"), OTHER, "train.resume"),
+    (None, OTHER, "train.resume"),
+    (("ok", "evaluate"), OTHER, "hydra.run.dir"),  # an ok result of another config is never replaced
+]
+
+
+@pytest.mark.parametrize("last,checkpoint,expected", DECISIONS)
+def test_what_a_job_does_with_a_folder_is_read_off_the_disk(tmp_path, last, checkpoint, expected):
+    cfg = compose(*STEPS)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    other = OmegaConf.to_container(compose(*STEPS, "seed=7"), resolve=True)
+    result_config = other if expected == "hydra.run.dir" else config
+    run_dir = folder(tmp_path, attempt(*last, result_config) if last else None,
+                     {SAME: config, OTHER: other, None: None}[checkpoint])
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    if expected in (rerun.SKIP, rerun.RUN, rerun.AFRESH):
+        assert rerun.decide(cfg, run_dir) == expected
+    else:
+        with pytest.raises(UserError) as refused:
+            rerun.decide(cfg, run_dir)
+        assert refused.value.key == expected and "seed" in str(refused.value)
+    assert sorted(p.name for p in run_dir.rglob("*")) == before  # deciding changes nothing
+
+
+def test_checkpoints_move_aside_with_one_line_and_a_resume_keeps_them(tmp_path, capsys):
+    cfg = compose(*STEPS)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    other = OmegaConf.to_container(compose(*STEPS, "seed=7"), resolve=True)
+    kept = folder(tmp_path / "kept", attempt("failed", "evaluate", config), config)
+    assert rerun.prepare(cfg, kept) is False
+    assert (kept / "checkpoints" / "step-2").is_dir() and (kept / "result.previous-1.json").is_file()
+    assert capsys.readouterr().err == ""
+    moved = folder(tmp_path / "moved", attempt("failed", "train", other), other)
+    assert rerun.prepare(cfg, moved) is False
+    assert not (moved / "checkpoints").exists() and (moved / "checkpoints.previous-1" / "step-2").is_dir()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "checkpoints.previous-1" in lines[0] and "another config" in lines[0]
+
+
+def test_a_run_killed_in_its_final_evaluation_resumes_to_an_evaluation_only(tmp_path, monkeypatch):
+    """SIGKILL once the final evaluation has begun (its provisional result.json is on disk): the same
+    command resumes from the last step's checkpoint, trains nothing again and evaluates."""
+    from ftbench.tasks.synthetic import SyntheticTask
+
+    command = [*STEPS, "train.checkpoint_every=1"]
+    run_dir = tmp_path / "run"
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            monkeypatch.setattr(SyntheticTask, "evaluate", lambda *a: os.kill(os.getpid(), signal.SIGKILL))
+            run(run_dir, *command)
+        finally:
+            os._exit(1)
+    for _ in range(600):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    assert done and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+    killed = json.loads((run_dir / "result.json").read_text())
+    assert killed["status"] == "failed" and killed["run"]["phase"] == "evaluate"
+
+    again = run(run_dir, *command)
+    assert again["status"] == "ok" and again["run"]["phase"] == "evaluate"
+    assert again["resumed_from"]["steps_before"] == 2 and again["train"]["steps"] == 2
+    assert "dev/acc" in again["metrics"]
+    assert not list(run_dir.glob("checkpoints.previous-*"))
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-2"]
+
+
+def test_following_a_broken_checkpoints_advice_resumes_from_the_older_one(tmp_path, capsys):
+    """The newest checkpoint is truncated: the attempt is refused in its set-up (exit 2, one line). Its
+    advice, train.resume=<the older one>, then resumes from that one; nothing was moved aside."""
+    from ftbench.job.run import run_job
+
+    args = [*STEPS, "task.max_steps=3", "train.checkpoint_every=1", "train.keep_checkpoints=2"]
+    assert run(tmp_path / "run", *args)["status"] == "ok"
+    run_dir = tmp_path / "run"
+    (run_dir / "result.json").unlink()  # as if killed after its last checkpoint
+    older, newest = sorted((run_dir / "checkpoints").iterdir())
+    (newest / "state.pt").write_bytes((newest / "state.pt").read_bytes()[:20])
+    capsys.readouterr()
+    assert run_job(compose(*args), run_dir, overrides=args) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ftbench")]
+    assert len(lines) == 1 and "train.resume" in lines[0] and "cannot be read" in lines[0]
+    refused = json.loads((run_dir / "result.json").read_text())
+    assert refused["status"] == "failed" and refused["run"]["phase"] == "setup"
+
+    again = run(run_dir, *args, f"train.resume={older}")
+    assert again["status"] == "ok" and again["resumed_from"]["steps_before"] == 2
+    assert not list(run_dir.glob("checkpoints.previous-*"))
+
+
+def test_a_refused_attempt_leaves_the_runs_hydra_config_as_it_was(tmp_path):
+    out = tmp_path / "run"
+    first = cli("ftbench", *STEPS, "task.max_steps=1", f"hydra.run.dir={out}")
+    assert first.returncode == 0, first.stderr
+    recorded = (out / ".hydra" / "config.yaml").read_text()
+    assert "seed: 0" in recorded
+    refused = cli("ftbench", *STEPS, "task.max_steps=1", "seed=5", f"hydra.run.dir={out}")
+    assert refused.returncode == 2 and "hydra.run.dir" in refused.stderr
+    assert (out / ".hydra" / "config.yaml").read_text() == recorded
