@@ -24,6 +24,7 @@ from ftbench.errors import UserError
 from ftbench.methods import build_method, method_class
 from ftbench.methods.base import MethodContext
 from ftbench.methods.block_rotation.units import derive_units
+from ftbench.methods.lora.method import Lora
 from ftbench.models import architecture as registry
 from ftbench.models.architecture import Layout, architecture
 from helpers import compose, method_table, train_steps
@@ -186,8 +187,10 @@ def trains_as_claimed(model: nn.Module, method, head: str):
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed <= may, f"trained outside the method's part: {sorted(changed - may)[:5]}"
     assert must <= changed, f"did not train: {sorted(must - changed)[:5]}"
-    heads = architecture(model).task_heads(head)
-    for n in (n for n in must if n.split(".")[0] in heads):
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: the model it wraps
+    prefix = "base_model.model." if inner is not model else ""
+    heads = architecture(inner).task_heads(head)
+    for n in (n for n in must if n.removeprefix(prefix).split(".")[0] in heads):
         assert (model.get_parameter(n) != before[n]).all(), f"the new head {n} trains densely"
     return may, must
 
@@ -286,7 +289,8 @@ def test_a_new_family_is_one_registry_entry(monkeypatch):
         build_method(method_config("s2ft")).prepare(toy, context(toy, "seq_cls"))
     assert refused.value.key == "method"
     monkeypatch.setitem(registry.LAYOUTS, "toy", TOY)
-    served = [name for name in METHODS if method_class(name).needs_linear or method_class(name).rotates]
+    served = [name for name in METHODS if (method_class(name).needs_linear or method_class(name).rotates)
+              and not issubclass(method_class(name), Lora)]  # the LoRA family goes through PEFT: transformers only
     assert served
     for name in served:
         may, must = trains_as_claimed(ToyForSequenceClassification(), build_method(method_config(name)), "seq_cls")

@@ -60,10 +60,16 @@ class Qlora(Lora):
                 layer.bias = nn.Parameter(linear.bias.detach(), requires_grad=False)
             return layer.to(weight.device)  # quantizes the weight where it lives
 
-        for path in arch.projections(roles):
+        # The modules a transformers model keeps in full precision (T5's `wo`, whose forward casts its input to
+        # the weight's dtype) stay unquantized, as transformers' own bitsandbytes quantizer leaves them: the
+        # class attributes `_keep_in_fp32_modules(_strict)` are where transformers declares them.
+        keep = {*(getattr(model, "_keep_in_fp32_modules", None) or ()),
+                *(getattr(model, "_keep_in_fp32_modules_strict", None) or ())}
+        paths = [p for p in arch.projections(roles) if not keep & set(p.split("."))]
+        for path in paths:
             replace_module(model, path, quantized)
         model.is_loaded_in_4bit = True  # how PEFT knows to wrap Linear4bit in its bnb LoRA layer
-        self.quantized = len(arch.projections(roles))
+        self.quantized = len(paths)
         return model
 
     @torch.no_grad()
