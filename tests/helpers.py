@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,24 @@ def sweep(argv: list[str], capsys) -> tuple[int, str]:
                 handler.close()
         root.setLevel(level)
     return done.value.code, capsys.readouterr().err
+
+
+def killed_in_a_child(run_dir: Path, command: list[str], arrange: Callable[[], None]) -> None:
+    """Run the job in a forked process that first calls `arrange` (which makes the job SIGKILL itself at
+    some point): no handler runs, nothing is written after that point. Raises AssertionError unless the
+    child died of SIGKILL within 60 s."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            arrange()
+            run(run_dir, *command)
+        finally:
+            os._exit(1)
+    for _ in range(600):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError("the child did not finish within 60 s")

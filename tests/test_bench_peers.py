@@ -6,6 +6,7 @@ import pytest
 
 from ftbench.bench.peers import timing as bench
 from ftbench.bench.peers.rounds import Rounds, spread
+from ftbench.bench.peers.table import pairs, table
 
 TINY = ["model=tiny-llama", "profile.batch_size=2", "profile.seq_len=16", "profile.warmup_steps=1",
         "profile.steps=1"]
@@ -50,10 +51,10 @@ def test_a_peer_that_cannot_run_shows_its_error():
     summary = {"ftbench:hift": ok, "peer:hift": failed, "peer:torch": {**ok, "step_time_s": 1.0,
                                                                        "step_time_rounds_s": [1.0]},
                "peer:peft": {**ok, "peak_bytes": 2**29}}
-    rows = bench.pairs(["hift"], summary)
+    rows = pairs(["hift"], summary)
     assert [r["peer"] for r in rows] == ["hift", "torch", "peft"]  # no peer that runs: the baselines instead
     assert (rows[1]["time_ratio"], rows[2]["memory_ratio"]) == (2.0, 2.0)
-    text = bench.table(rows)
+    text = table(rows)
     assert "peer did not run: ImportError: cannot import name 'x' from 'transformers'" in text
     assert "| 2.00 |" in text
 
@@ -96,8 +97,8 @@ RULE = Rounds(max_rounds=12, half_width=0.015)
 def rounds_run(plan) -> tuple[int, dict]:
     rule, reports = RULE, []
     summary = bench.measure(plan, lambda summary, n: rule.done(
-        [r["time_spread"] for r in bench.pairs(["full"], summary)], n), lambda summary, n: reports.append(n))
-    (row,) = bench.pairs(["full"], summary)
+        [r["time_spread"] for r in pairs(["full"], summary)], n), lambda summary, n: reports.append(n))
+    (row,) = pairs(["full"], summary)
     assert reports == list(range(1, len(reports) + 1))  # a table after every round
     return reports[-1], row
 

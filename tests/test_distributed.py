@@ -19,6 +19,9 @@ from distributed_methods import COMMAND, METHODS, RESUMED, SHARDED
 from ftbench.methods import method_class
 from helpers import CLI_ENV, REPO, executable, run
 
+# One worker runs the whole file (make test: --dist loadgroup), so its module fixture runs once.
+pytestmark = pytest.mark.xdist_group("distributed")
+
 ENV = {**CLI_ENV, "OMP_NUM_THREADS": "1"}
 
 

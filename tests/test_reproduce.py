@@ -14,6 +14,9 @@ from ftbench.paper.comparison import CellResults, compare_line, lines
 from ftbench.paper.recipes import Compare, load
 from helpers import REPO, cli
 
+# One worker runs the whole file (make test: --dist loadgroup), so its module fixture runs once.
+pytestmark = pytest.mark.xdist_group("reproduce")
+
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
 # Two quality cells (one with a deliberately wrong published value) and a memory cell the run skips.

@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import pytest
 from omegaconf import OmegaConf
 
 from ftbench.errors import UserError
 from ftbench.job import rerun
-from helpers import cli, compose, run
+from helpers import cli, compose, killed_in_a_child, run
 
 STEPS = ["task.max_steps=2", "task.num_train=16", "task.num_eval=8", "task.batch_size=4", "train.progress=false"]
 
@@ -98,19 +97,8 @@ def test_a_run_killed_in_its_final_evaluation_resumes_to_an_evaluation_only(tmp_
 
     command = [*STEPS, "train.checkpoint_every=1"]
     run_dir = tmp_path / "run"
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            monkeypatch.setattr(SyntheticTask, "evaluate", lambda *a: os.kill(os.getpid(), signal.SIGKILL))
-            run(run_dir, *command)
-        finally:
-            os._exit(1)
-    for _ in range(600):
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.1)
-    assert done and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+    killed_in_a_child(run_dir, command, lambda: monkeypatch.setattr(
+        SyntheticTask, "evaluate", lambda *a: os.kill(os.getpid(), signal.SIGKILL)))
     killed = json.loads((run_dir / "result.json").read_text())
     assert killed["status"] == "failed" and killed["run"]["phase"] == "evaluate"
 

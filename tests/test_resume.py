@@ -8,14 +8,13 @@ import csv
 import json
 import os
 import signal
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import ftbench.engine.batches
-from helpers import method_table, run, sweep
+from helpers import killed_in_a_child, method_table, run, sweep
 
 # method -> overrides: a short setup, and what trains switches within the few steps (HiFT's cycle wraps after
 # step 4 by default: offload, per-cycle schedule)
@@ -26,16 +25,11 @@ COMMAND = ["task.num_train=48", "task.num_eval=8", "task.max_length=16", "task.m
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread_no_gc_scans():
-    """Tiny models: one thread is faster than two fighting over a shared CPU; the objects of
-    the imports are frozen so each run's gc.collect (job hygiene) does not scan them again."""
-    import gc
-
+def _one_thread():
+    """Tiny models: one thread is faster than two fighting over a shared CPU."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    gc.freeze()
     yield
-    gc.unfreeze()
     torch.set_num_threads(threads)
 
 
@@ -55,26 +49,6 @@ def signal_at(monkeypatch, micro_batch: int, signum: int) -> None:
             yield batch
 
     monkeypatch.setattr(ftbench.engine.batches, "shuffled", hooked)
-
-
-def killed_in_a_child(monkeypatch, run_dir, command: list[str], micro_batch: int) -> None:
-    """Run the job in a forked process that SIGKILLs itself while drawing `micro_batch`: no
-    handler runs, nothing is written after the last checkpoint."""
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            signal_at(monkeypatch, micro_batch, signal.SIGKILL)
-            run(run_dir, *command)
-        finally:
-            os._exit(1)
-    for _ in range(600):
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
-            return
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
-    raise AssertionError("the child did not finish within 60 s")
 
 
 def final_state(run_dir):
@@ -120,7 +94,7 @@ def test_a_killed_then_stopped_run_resumes_bitwise(tmp_path, monkeypatch, method
     straight = run(tmp_path / "straight", *command)
     folder = tmp_path / "run"
 
-    killed_in_a_child(monkeypatch, folder, command, micro_batch=6)
+    killed_in_a_child(folder, command, lambda: signal_at(monkeypatch, 6, signal.SIGKILL))
     assert not (folder / "result.json").exists()
     assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-2"]  # step 3 was done, not saved
 

@@ -112,3 +112,24 @@ class MethodConfig:
     def check_run(self, cfg) -> None:
         """Refuse, with a UserError naming the key, a setting of another group (`cfg`: the whole config)
         that this method cannot train with; called by `config.schema.check` after every group's `check`."""
+
+
+@dataclass
+class ProjectedConfig(MethodConfig):
+    """The knobs every optimizer that keeps its states in a rank-r projection of each weight's gradient
+    shares (GaLore, Zhao et al. 2024, Alg. 2; APOLLO, Zhu et al. 2024, Alg. 1): the rank r, the steps T
+    between new projections, the update's scale α, and the weights it projects (the others step with AdamW)."""
+
+    rank: int = 16
+    update_proj_gap: int = 200
+    scale: float = 1.0
+    target_modules: Any = "all-linear"
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        require(self.rank >= 1, f"{key}.rank", "must be >= 1")
+        require(self.update_proj_gap >= 1, f"{key}.update_proj_gap", "must be >= 1 (steps between new projections)")
+        require(self.scale > 0, f"{key}.scale", "must be > 0")
+        targets = self.target_modules
+        require(isinstance(targets, str) or (isinstance(targets, list) and targets), f"{key}.target_modules",
+                "give 'all-linear' or a list of module names, e.g. [q_proj,v_proj]")

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from ftbench.errors import UserError, require
-from ftbench.methods.config import MASTER_DTYPES, MethodConfig, Variant
+from ftbench.errors import UserError
+from ftbench.methods.config import MASTER_DTYPES, ProjectedConfig, Variant
 
 
 @dataclass
-class ApolloConfig(MethodConfig):
+class ApolloConfig(ProjectedConfig):
     name: str = "apollo"
     lr: float = 1e-4
-    rank: int = 16
-    update_proj_gap: int = 200
     scale: float = 32.0
     scale_type: str = "channel"
     proj: str = "random"
     proj_type: str = "std"
     scale_front: bool = False
     norm_growth_limit: bool = True
-    target_modules: Any = "all-linear"
     master_dtype: str = "fp32"
     choices: ClassVar[dict[str, tuple[str, ...]]] = {"scale_type": ("channel", "tensor"), "proj": ("random", "svd"),
                                                      "proj_type": ("std", "reverse_std", "right", "left"),
@@ -35,15 +32,6 @@ class ApolloConfig(MethodConfig):
         # at 7B its plan is still pessimistic (the limiter's data-dependent ops, docs/methods/apollo.md).
         "mini": Variant(("method.rank=1", "method.scale_type=tensor", "method.scale=128")),
     }
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        require(self.rank >= 1, f"{key}.rank", "must be >= 1")
-        require(self.update_proj_gap >= 1, f"{key}.update_proj_gap", "must be >= 1 (steps between new projections)")
-        require(self.scale > 0, f"{key}.scale", "must be > 0")
-        targets = self.target_modules
-        require(isinstance(targets, str) or (isinstance(targets, list) and targets), f"{key}.target_modules",
-                "give 'all-linear' or a list of module names, e.g. [q_proj,v_proj]")
 
     def check_run(self, cfg) -> None:
         if cfg.optim.name != "adamw":

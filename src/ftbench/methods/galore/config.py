@@ -5,22 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ftbench.errors import UserError, require
-from ftbench.methods.config import MASTER_DTYPES, MethodConfig, Variant
+from ftbench.errors import UserError
+from ftbench.methods.config import MASTER_DTYPES, ProjectedConfig, Variant
 
 PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")  # galore-torch's GaLoreProjector
 OPTIMIZERS = ("adamw", "adamw8bit")  # GaLoreAdamW | GaLoreAdamW8bit (bitsandbytes' blockwise 8-bit states)
 
 
 @dataclass
-class GaloreConfig(MethodConfig):
+class GaloreConfig(ProjectedConfig):
     name: str = "galore"
     lr: float = 1e-4
-    rank: int = 16
-    update_proj_gap: int = 200
     scale: float = 2.0
     proj_type: str = "std"
-    target_modules: Any = "all-linear"
     optimizer: str = "adamw"
     layerwise: bool = False
     master_dtype: str = "fp32"
@@ -40,15 +37,6 @@ class GaloreConfig(MethodConfig):
         # planner's CPU probes cannot run it (prepare refuses it there)
         "8-bit states": Variant(("method.optimizer=adamw8bit",), plan_check=False),
     }
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        require(self.rank >= 1, f"{key}.rank", "must be >= 1")
-        require(self.update_proj_gap >= 1, f"{key}.update_proj_gap", "must be >= 1 (steps between SVDs)")
-        require(self.scale > 0, f"{key}.scale", "must be > 0")
-        targets = self.target_modules
-        require(isinstance(targets, str) or (isinstance(targets, list) and targets), f"{key}.target_modules",
-                "give 'all-linear' or a list of module names, e.g. [q_proj,v_proj]")
 
     def check_run(self, cfg) -> None:
         if cfg.optim.name != "adamw":
