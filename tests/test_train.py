@@ -120,3 +120,11 @@ def test_ctrl_c_stops_when_the_step_ends():
     assert optimizer_steps == {3}  # the third step, during which Ctrl-C came, completed
     for layer in method.layers:  # and its update was written back into the dense weight
         torch.testing.assert_close(layer.selected_values(), layer.master.detach().reshape(layer.selected_values().shape))
+
+
+@pytest.mark.parametrize("select", ["last", "best"])
+def test_validations_every_n_steps_include_the_last_step(tmp_path, select):
+    """eval.every_steps=N validates at N, 2N, ... and at the last step, whichever checkpoint is reported."""
+    result = run(tmp_path / "run", f"train.select={select}", "eval.every_steps=2", "task.max_steps=5", *TINY)
+    assert result["exit_code"] == 0, result["error"]
+    assert [v["step"] for v in result["validation_history"]] == [2, 4, 5]

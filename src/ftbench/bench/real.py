@@ -29,21 +29,40 @@ from ftbench.results import GiB
 
 TASKS = ("math", "alpaca")
 BUDGET = ["task.max_length=128", "train.batch_size=4", "train.max_steps=10", "task.val_size=16"]  # docs/results/real-llm.md
-# The held-out loss is validated once, after the last step (every_steps beyond any run's length).
-COMMON = ["model=smollm2-135m", "train.save=last", "train.select=best", "train.select_metric=val/loss",
-          "eval.every_steps=1000000", "train.progress=false"]
+# The held-out loss is validated once, at the last step (eval.every_steps = the run's steps, set in main).
+COMMON = ["model=smollm2-135m", "train.save=last", "train.select=last", "train.progress=false"]
+# The base model: no step; train.select=best validates it once before the final evaluation (job/evaluation.py).
+BASE = ["train.max_steps=0", "train.save=none", "train.select=best", "train.select_metric=val/loss",
+        "eval.every_steps=1"]
 # What each task scores besides the held-out loss, kept cheap: a few greedy answers (eval.max_samples,
 # set to task.val_size, caps those and leaves the held-out set whole).
 TASK_EXTRA = {"math": ["task.eval_sets=[MultiArith]", "eval.num_beams=1", "eval.max_new_tokens=32"],
               "alpaca": ["task.generate_samples=0"]}
 
+def cell_overrides(task: str, data_dir: Path, settings: list[str]) -> tuple[list[str], list[str]]:
+    """(the base model's overrides, every method's shared ones) for `task`; `settings` (KEY=VALUE) replace
+    BUDGET's keys and are applied last."""
+    budget = {o.split("=")[0]: o for o in BUDGET}
+    budget.update({o.split("=")[0]: o for o in settings})
+    val_size, steps = budget["task.val_size"].split("=")[1], budget["train.max_steps"].split("=")[1]
+    shared = [*COMMON, f"task={task}", f"task.data_dir={data_dir}", *TASK_EXTRA[task], f"eval.max_samples={val_size}",
+              f"eval.every_steps={steps}", *budget.values()]
+    keys = {o.split("=")[0] for o in BASE}
+    return [*(o for o in shared if o.split("=")[0] not in keys), *BASE], shared
+
+
 def run_cell(out: Path, overrides: list[str]) -> dict:
-    """One ftbench run in its own process (or the result it already left)."""
+    """One ftbench run in its own process (or the result it already left). A run refused before it started
+    (a bad override: exit 2, no result.json) comes back as status "refused" with the log's last line."""
+    log_path = out.parent / f"{out.name}.log"
     if not (out / "result.json").exists():
         command = [str(Path(sys.executable).with_name("ftbench")), f"hydra.run.dir={out}", *overrides]
-        with open(out.parent / f"{out.name}.log", "w") as log:
+        with open(log_path, "w") as log:
             if children.run(command, stdout=log, stderr=subprocess.STDOUT) == 130:  # canceled: stop the bench
                 raise KeyboardInterrupt
+    if not (out / "result.json").exists():
+        lines = log_path.read_text().strip().splitlines() if log_path.exists() else []
+        return {"status": "refused", "error": lines[-1] if lines else f"no result.json in {out}"}
     return json.loads((out / "result.json").read_text())
 
 
@@ -120,16 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    budget = {o.split("=")[0]: o for o in BUDGET}
-    budget.update({o.split("=")[0]: o for o in args.set})
     rows = []
     for task in args.tasks:
-        val_size = budget["task.val_size"].split("=")[1]
-        shared = [*COMMON, f"task={task}", f"task.data_dir={Path(args.data) / task}", *TASK_EXTRA[task],
-                  f"eval.max_samples={val_size}", *budget.values()]  # --set last: it wins
+        base_cell, shared = cell_overrides(task, Path(args.data) / task, args.set)
         print(f"# {task}: ftbench {' '.join(shared)}", flush=True)
-        untouched = [o for o in shared if not o.startswith(("train.max_steps=", "train.save="))]
-        base = heldout_val_loss(run_cell(out / f"{task}-base", [*untouched, "train.max_steps=0", "train.save=none"]))
+        base = heldout_val_loss(run_cell(out / f"{task}-base", base_cell))
         for method in args.methods or names():
             result = run_cell(out / f"{task}-{method}", [*shared, f"method={method}"])
             rows.append(row(task, method, base, result))

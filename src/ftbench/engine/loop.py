@@ -192,6 +192,7 @@ def train(trainee: Trainee, batches: Iterator[dict], spec: TrainSpec, compute: C
                 values["train/grad_norm"] = float(grad_norm)
             logger.log(values, step + 1)
             progress.update(step + 1, loss_value, lr, step_counts.nonpad / seconds, _memory_now(device))
+            # the last step's validation is the job's (Evaluation.final), after the loop
             if evaluate and spec.eval_every and (step + 1) % spec.eval_every == 0 and step + 1 < spec.steps:
                 history.pending_eval = True
                 if not stop.requested:

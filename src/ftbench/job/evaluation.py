@@ -53,11 +53,14 @@ class Evaluation:
         self.selector.offer(step, metrics)
 
     def final(self, cfg: DictConfig, output_dir: Path, result: Result, tokenizer) -> None:
-        """Restore the selected checkpoint, export it, and score it on the evaluation sets. What training
-        made is recorded and exported first: a failing evaluation cannot lose it."""
+        """Validate the last step (when validations run), restore the selected checkpoint, export it, and
+        score it on the evaluation sets. What training made is recorded and exported first: a failing
+        evaluation cannot lose it."""
         steps_done = result.train.steps
         validations = self.selector.validations
-        if self.selector.policy == "best" and (not validations or validations[-1]["step"] != steps_done):
+        # The last step is validated whenever validations run (the loop leaves it to here) or best must choose.
+        validating = self.selector.policy == "best" or cfg.eval.every_steps is not None
+        if validating and (not validations or validations[-1]["step"] != steps_done):
             self.validate(steps_done)
         result.validation_history = validations
         result.selection = self.selector.restore_chosen(steps_done)
