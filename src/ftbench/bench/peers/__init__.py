@@ -5,7 +5,8 @@ plain transformers model into what that implementation trains, through the
 peer's own public API only. `loop.py` trains it in a plain loop that never
 imports ftbench's training code (only the CPU memory tracer, so both sides are
 measured by the same instrument); `timing.py` runs ftbench and the peers side by
-side (`make bench-peers`).
+side (`make bench-peers`), `rounds.py` decides how many timed rounds, `table.py`
+pairs each method with its peer and writes the table.
 
 | peer | what a user would write | stands beside ftbench's |
 | --- | --- | --- |
