@@ -88,7 +88,11 @@ def test_runs_from_any_working_directory(tmp_path):
     done = cli("ftbench", "task.max_steps=2", "task.num_train=64", "task.num_eval=32",
                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert json.loads((tmp_path / "run" / "result.json").read_text())["run"]["duration_s"] < time.time() - started
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["run"]["duration_s"] < time.time() - started
+    # the run's last line says where its result is and its headline metric
+    last = (done.stdout + done.stderr).strip().splitlines()[-1]
+    assert last.endswith(f"done: {tmp_path / 'run' / 'result.json'} (dev/acc {result['metrics']['dev/acc']:.4f})"), last
 
 
 def test_an_unknown_target_module_names_the_key(tmp_path):

@@ -126,6 +126,24 @@ def test_a_bad_spec_is_one_line(tmp_path):
         load(write_spec(tmp_path / "owned.yaml"), ["set=[optim.lr=0.1]"])
 
 
+@pytest.mark.parametrize("content,overrides,key", [
+    ("model: minilm\ntasks: [sst2\n", [], "file: cannot be read as YAML"),
+    (None, ["methods=[full,lora"], "command line: cannot be read as KEY=VALUE"),
+    (None, ["data=/nonexistent"], "data: /nonexistent is not a folder"),
+    (None, ["validations=500"], "validations: 500 validations do not fit 4 steps"),
+    (None, ["gpu=tpu-9000"], "gpu: 'tpu-9000' is not a hardware option; one of a100-80gb, "),
+])
+def test_a_bad_spec_or_override_is_one_spec_error_naming_its_key(tmp_path, content, overrides, key):
+    spec = tmp_path / "spec.yaml"
+    if content is None:
+        write_spec(spec)
+    else:
+        spec.write_text(content)
+    with pytest.raises(SpecError) as error:
+        load(spec, overrides)
+    assert str(error.value).startswith(f"{spec}: {key}") and "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize("values", [[0.5, 0.7, 0.6], [1.0, 2.0], [3.0, 3.1, 2.9, 3.3, 2.7]])
 def test_the_interval_is_students_t(values):
     got = stats.interval(values)

@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ftbench import methods
+from ftbench.errors import first_line
+from ftbench.job.compose import config_dir
 
 LR_FACTORS = [1 / 3, 1.0, 3.0]  # the default grid: each method's own lr times these
 LR_DIGITS = 3  # significant digits of a grid lr (its folder name: lr3.33e-05)
@@ -83,13 +86,17 @@ def load(path: Path, overrides: list[str]) -> Spec:
     """The spec in `path` with command-line `overrides` (KEY=VALUE, spec keys) applied; checked."""
     try:
         loaded = OmegaConf.load(path)
-    except (OSError, ValueError, OmegaConfBaseException) as exc:
-        raise SpecError(path, "file", f"cannot be read as YAML ({str(exc).splitlines()[0]})") from None
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as exc:
+        raise SpecError(path, "file", f"cannot be read as YAML ({first_line(exc)})") from None
     bad = next((o for o in overrides if "=" not in o), None)
     if bad is not None:
         raise SpecError(path, bad, "not KEY=VALUE (a spec key, e.g. seeds=[0,1] or budget.steps=50)")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Spec), loaded, OmegaConf.from_dotlist(overrides))
+        given = OmegaConf.from_dotlist(overrides)
+    except (ValueError, yaml.YAMLError, OmegaConfBaseException) as exc:
+        raise SpecError(path, "command line", f"cannot be read as KEY=VALUE in YAML ({first_line(exc)})") from None
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Spec), loaded, given)
         spec: Spec = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "spec"
@@ -120,6 +127,15 @@ def check(spec: Spec, path: Path) -> None:
         raise SpecError(path, "lr_factors", "learning rates and their factors must be > 0")
     if not 0 < spec.target <= 1 or not 0 < spec.alpha < 1 or spec.validations < 1:
         raise SpecError(path, "target", "target in (0, 1], alpha in (0, 1), validations >= 1")
+    if spec.validations > spec.budget.steps:
+        raise SpecError(path, "validations", f"{spec.validations} validations do not fit {spec.budget.steps} steps "
+                        "(at most one a step); lower validations or raise budget.steps")
+    if spec.data is not None and not Path(spec.data).is_dir():
+        raise SpecError(path, "data", f"{spec.data} is not a folder (relative paths are read from "
+                        f"{Path.cwd()}); give the folder holding one folder per task, or null for the hub")
+    hardware = sorted(p.stem for p in (config_dir() / "hardware").glob("*.yaml"))
+    if spec.gpu is not None and spec.gpu not in hardware:
+        raise SpecError(path, "gpu", f"'{spec.gpu}' is not a hardware option; one of {', '.join(hardware)}")
     if spec.estimate.device not in ("cpu", "gpu"):
         raise SpecError(path, "estimate.device", "cpu or gpu")
     if "full" not in [arm_method(spec, a) for a in arms(spec)]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 import sys
 import time
 import traceback
@@ -46,6 +47,8 @@ from ftbench.plan import report as plan_report
 from ftbench.plan.report import run_plan
 from ftbench.results import Params, Result, Run, Train
 from ftbench.tasks.harness import Harness
+
+log = logging.getLogger(__name__)
 
 
 def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> int:
@@ -125,6 +128,11 @@ class Job:
             print(f"ftbench: {status}: {error}", file=sys.stderr)
         self.result.run.exit_code = code  # a sweep whose launcher ran the job elsewhere reads it (job/sweep.py)
         self.write(finished_logger)
+        if self.result.status == "ok" and distributed.is_main():
+            metric = self.cfg.task.get("metric") if self.cfg.mode == "train" else None
+            headline = self.result.metrics.get(metric) if metric else None
+            log.info(f"done: {self.output_dir / results.FILENAME}"
+                     + ("" if headline is None else f" ({metric} {headline:.4f})"))
         if self.result.status == "canceled":
             raise Canceled(self.result.error)  # stops a sweep; its line is printed
         return code
