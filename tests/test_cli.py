@@ -161,3 +161,25 @@ def test_help_lists_the_groups_a_user_sets_the_presets_by_paper_and_the_docs(cap
     assert rows == papers  # one row per paper
     assert "sift-roberta-large-{cola,mnli,mrpc,qnli,qqp,rte,sst2,stsb}" in out
     assert "docs/" in out and "make docs" in out and "docs/adding-a-method.md" in out
+
+
+def test_plan_help_says_what_plan_does(capsys):
+    from ftbench.cli import main
+
+    main(["plan", "--help", "method=qlora"])
+    out = capsys.readouterr().out
+    assert out.startswith("ftbench plan [KEY=VALUE ...]: the peak GPU memory") and "\nmode: plan\n" in out
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--cfg", "job", "train.max_stepz=3"], "ftbench: error: train.max_stepz: no such key"),
+    (["-c", "job", "train.max_steps=-1"], "ftbench: error: train.max_steps: must be >= 0"),
+])
+def test_a_shown_config_is_checked_as_a_run_would_be(capsys, argv, line):
+    """`ftbench --cfg job KEY=VALUE`: a bad key or value is the run's one line and exit 2, not Hydra's raw error."""
+    from ftbench.cli import main
+
+    with pytest.raises(SystemExit) as code:
+        main(argv)
+    error = capsys.readouterr().err.strip()
+    assert code.value.code == 2 and error.startswith(line) and "\n" not in error

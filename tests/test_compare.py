@@ -2,12 +2,13 @@
 
 import json
 import math
+import re
 
 import pytest
 import yaml
 from scipy import stats as scipy_stats
 
-from ftbench.compare import stats
+from ftbench.compare import cells, runner, stats
 from ftbench.compare.spec import SpecError, load
 from helpers import cli
 from test_glue import FIXTURES, write_glue
@@ -95,6 +96,41 @@ def test_a_dry_run_with_another_budget_lists_every_run_as_made_from_another_conf
     assert "min" in listed.stdout and "hours of wall time" in listed.stdout
 
 
+def test_a_dry_run_estimates_each_run_with_its_setup_and_evaluation(twins, tmp_path):
+    """No finished run to measure: every run costs budget.steps x estimate.step_s + estimate.run_s; the 5
+    stage-1 runs (2 lrs for full and twin, 1 for lazy) and the 15 of stage 2: 20 x (4 x 1 + 10) s."""
+    spec, _, _ = twins
+    listed = cli("ftbench", "compare", str(spec), "--out", str(tmp_path), "--dry-run", "estimate.step_s=1",
+                 "estimate.run_s=10")
+    assert listed.returncode == 0, listed.stderr
+    assert "full: 2 runs, ~0.5 min (14 s a run, spec estimate)" in listed.stdout
+    assert f"to do: ~{20 * 14 / 3600:.2f} hours of wall time" in listed.stdout
+
+
+def test_a_budget_in_tokens_gives_every_run_the_tokens_and_one_validation_interval(twins):
+    """budget.tokens: each run trains to the tokens (train.max_tokens); the validations come every
+    (fewest steps over the seeds) / validations steps."""
+    spec, out, _ = twins
+    listed = cli("ftbench", "compare", str(spec), "--out", str(out), "--dry-run", "budget.steps=null",
+                 "budget.tokens=3000")
+    assert listed.returncode == 0, listed.stderr
+    bought = re.search(r"synthetic: budget.tokens=3000 buys ([\d, ]+) steps \(seeds 0, 1, 2, 3, 4\)", listed.stdout)
+    counts = [int(n) for n in bought.group(1).split(", ")]
+    assert len(counts) == 5 and min(counts) >= 2
+    commands = [line for line in listed.stdout.splitlines() if line.strip().startswith("ftbench -m")]
+    assert commands and all("train.max_tokens=3000" in c and "train.max_steps=" not in c for c in commands)
+    assert "made from another config" in listed.stdout
+    tokens = load(spec, ["budget.steps=null", "budget.tokens=3000"])
+    with cells.Composer(tokens) as composer:  # stage 2's runs: the tokens, and validations every fewest // 2 steps
+        [run] = cells.make_runs(composer, tokens, out, "seeds", "synthetic", "full", [1e-4], [0])
+    assert (run.config["train"]["max_tokens"], run.config["train"]["max_steps"]) == (3000, None)
+    assert run.budget_steps == min(counts) and run.config["eval"]["every_steps"] == min(counts) // 2
+    too_many = cli("ftbench", "compare", str(spec), "--out", str(out), "--dry-run", "budget.steps=null",
+                   "budget.tokens=3000", f"validations={min(counts) + 1}")
+    assert too_many.returncode == 2 and too_many.stderr.strip().startswith(
+        f"ftbench compare: error: validations: {min(counts) + 1} validations do not fit the {min(counts)} steps")
+
+
 def test_stage_one_never_reads_the_reported_split(tmp_path):
     """Garbage in place of the dev file: stage 1 still scores every lr on the held-out split and picks one
     (it never opens dev.tsv); only stage 2, which scores dev, fails on it."""
@@ -131,7 +167,12 @@ def test_a_bad_spec_is_one_line(tmp_path):
     (None, ["methods=[full,lora"], "command line: cannot be read as KEY=VALUE"),
     (None, ["data=/nonexistent"], "data: /nonexistent is not a folder"),
     (None, ["validations=500"], "validations: 500 validations do not fit 4 steps"),
+    (None, ["budget.tokens=1000"], "budget: give one budget: budget.steps=N, or budget.tokens=N with budget.steps="),
+    (None, ["budget.steps=null"], "budget: give one budget"),
+    (None, ["estimate.run_s=-1"], "estimate: step_s must be > 0 and run_s >= 0"),
     (None, ["gpu=tpu-9000"], "gpu: 'tpu-9000' is not a hardware option; one of a100-80gb, "),
+    (None, ["budget.step=5"], "budget.step: no such key; valid keys here: steps, tokens, batch_size"),
+    (None, ["seeds=[abc]"], "seeds[0]: Value 'abc' of type 'str' could not be converted to Integer"),
 ])
 def test_a_bad_spec_or_override_is_one_spec_error_naming_its_key(tmp_path, content, overrides, key):
     spec = tmp_path / "spec.yaml"
@@ -142,6 +183,21 @@ def test_a_bad_spec_or_override_is_one_spec_error_naming_its_key(tmp_path, conte
     with pytest.raises(SpecError) as error:
         load(spec, overrides)
     assert str(error.value).startswith(f"{spec}: {key}") and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("keys,line", [
+    ({"tasks": ["nosuch"]}, "tasks: task=nosuch: no such option; choose one of: "),
+    ({"model": "nosuch"}, "model: model=nosuch: no such option; choose one of: "),
+    ({"set": [*TINY, "train.nosuch=1"]}, "set: train.nosuch: no such key"),
+    ({"set": [*TINY, "optim.warmup_steps=9"]}, "set: optim.warmup_steps: 9 is not below the run's 4 steps"),
+    ({"methods": ["full", "v"], "variants": {"v": ["method=full", "method.nosuch=1"]}}, "variants.v: method.nosuch: "),
+])
+def test_a_refused_run_names_the_spec_key_it_came_from(tmp_path, capsys, keys, line):
+    spec = write_spec(tmp_path / "spec.yaml", **keys)
+    with pytest.raises(SystemExit) as code:
+        runner.main([str(spec), "--dry-run", "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip()
+    assert code.value.code == 2 and error.startswith(f"ftbench compare: error: {line}") and "\n" not in error
 
 
 @pytest.mark.parametrize("values", [[0.5, 0.7, 0.6], [1.0, 2.0], [3.0, 3.1, 2.9, 3.3, 2.7]])
@@ -169,4 +225,7 @@ def test_the_lr_choice_time_to_target_and_the_front():
     assert stats.choose({1e-4: None}) is None
     assert stats.time_to_target([(10, 0.5), (20, 0.85), (30, 0.9)], 0.8, 0.5) == 10.0
     assert stats.time_to_target([(10, 0.5)], 0.8, 0.5) is None
+    assert stats.target(0.9, [0.8, 0.7]) == pytest.approx(0.675) and stats.target(0.9, []) is None
+    assert stats.target(0.9, [0.0, 0.0, 0.0]) is None  # an MCC at chance: nothing to reach
+    assert stats.target(0.9, [0.5], higher_is_better=False) == pytest.approx(0.45)
     assert stats.pareto([(1, 0.5), (2, 0.9), (3, 0.8), (2, 0.4)]) == [0, 1]

@@ -10,7 +10,7 @@ def config(mode="train", train=None, task=None, optim=None, method=None, eval=No
     """A composed config reduced to what settle reads; each group's own defaults unless given."""
     return OmegaConf.create({
         "mode": mode,
-        "train": {"batch_size": None, "max_steps": None, "epochs": None, **(train or {})},
+        "train": {"batch_size": None, "max_steps": None, "max_tokens": None, "epochs": None, **(train or {})},
         "task": {"batch_size": 32, "max_steps": None, "epochs": 3.0, **(task or {})},
         "optim": {"lr": None, **(optim or {})},
         "method": {"lr": 1e-4, **(method or {})},
@@ -31,6 +31,8 @@ CASES = [
     ({"task": {"max_steps": 50}}, "steps", 50, "task.max_steps"),
     ({"task": {"max_steps": 50}, "train": {"max_steps": 7}}, "steps", 7, "train.max_steps"),
     ({"train": {"max_steps": 0}}, "steps", 0, "train.max_steps"),  # scoring only: 0 is set, not unset
+    ({"task": {"max_steps": 50}, "train": {"max_tokens": 9000}}, "steps", None, "train.max_tokens"),  # the job counts
+    ({"train": {"max_tokens": 9000}}, "steps", None, "train.max_tokens"),
     ({"train": {"batch_size": 4000}}, "steps", 1, "task.epochs"),  # less than one batch: one step
     ({"mode": "profile"}, "steps", None, "profile.steps"),
     ({}, "lr", 1e-4, "method.lr"),

@@ -128,3 +128,19 @@ def test_validations_every_n_steps_include_the_last_step(tmp_path, select):
     result = run(tmp_path / "run", f"train.select={select}", "eval.every_steps=2", "task.max_steps=5", *TINY)
     assert result["exit_code"] == 0, result["error"]
     assert [v["step"] for v in result["validation_history"]] == [2, 4, 5]
+
+
+def test_a_budget_in_tokens_stops_at_the_first_step_that_reaches_it(tmp_path):
+    """train.max_tokens: the steps are counted before training (the schedule spans them); the run's
+    tokens (padding not counted) reach the budget, one step fewer would not, and micro-batching changes
+    neither the steps nor the tokens."""
+    budget = 3000
+    whole = run(tmp_path / "whole", f"train.max_tokens={budget}", "task.batch_size=8", *TINY)
+    split = run(tmp_path / "split", f"train.max_tokens={budget}", "task.batch_size=8",
+                "hardware.max_micro_batch_size=2", *TINY)
+    steps = whole["plan"]["steps"]
+    assert whole["plan"]["owners"]["steps"] == "train.max_tokens" and whole["train"]["steps"] == steps > 1
+    assert whole["train"]["tokens_nonpad"] >= budget
+    assert (split["plan"]["steps"], split["train"]["tokens_nonpad"]) == (steps, whole["train"]["tokens_nonpad"])
+    shorter = run(tmp_path / "shorter", f"train.max_steps={steps - 1}", "task.batch_size=8", *TINY)
+    assert shorter["train"]["tokens_nonpad"] < budget

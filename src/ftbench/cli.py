@@ -27,10 +27,17 @@ from ftbench.quiet import quiet_libraries, quiet_transformers
 USER_GROUPS = ("method", "model", "task", "hardware", "logger", "hydra/launcher")
 HELP_WIDTH = 110  # characters per line of the groups' listing
 
-# Hydra flags that do not launch a run: hand them to Hydra untouched.
+# Hydra flags that do not launch a run: hand them to Hydra untouched (--cfg's config is checked first: SHOWN).
 PASSTHROUGH = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--cfg", "-c", "--resolve",
                "--package", "-p", "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn",
                "--config-dir", "-cd", "--experimental-rerun"}
+SHOWN = {"--cfg", "-c"}  # print the composed config: a bad key or value is refused as a run's would be
+WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+              "-cd"}  # Hydra flags followed by their value (--cfg job)
+PLAN_HELP = """ftbench plan [KEY=VALUE ...]: the peak GPU memory of the run the same keys would make, predicted from
+the model's shape (nothing downloaded, nothing trained); writes plan.json. mode=plan is set for you.
+  ftbench plan method=qlora model=llama2-7b hardware=h100-80gb   # hardware=<gpu>: the GPU and its memory
+"""
 
 
 def expand(overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -78,6 +85,16 @@ def validate(overrides: list[str], multirun: bool, folders: list[Path | None] | 
     if folders is not None:
         folders[:] = [sweep.folder(job) for job in jobs]
     return sweep.refusal(jobs)
+
+
+def overrides_in(argv: list[str]) -> list[str]:
+    """The KEY=VALUE overrides of a command line: neither flags nor the values of the flags that take one."""
+    out, value_next = [], False
+    for arg in argv:
+        if not value_next and not arg.startswith("-"):
+            out.append(arg)
+        value_next = arg in WITH_VALUE and not value_next
+    return out
 
 
 def sweep_argv(argv: list[str]) -> list[str]:
@@ -133,13 +150,13 @@ def launch(argv: list[str], folders: list[Path | None] | None = None) -> int:
     return max(codes, default=0) if folders is None else sweep.exit_code(folders, codes)
 
 
-def print_help(overrides: list[str]) -> None:
+def print_help(overrides: list[str], header: str = "") -> None:
     """`ftbench --help [KEY=VALUE ...]`: the groups a user sets and their options, the paper presets by
     paper, and the composed config, through Hydra's `hydra.help.template` (conf/config.yaml says where the
     docs are). Hydra's own --help finds the groups by building a config repository per group (about
     100 deep copies of the config store: seconds) and lists the internal `schema/*` groups too; here the
     options are the YAMLs of conf/<group>/, and the methods are the registry's (`ftbench.methods.names()`:
-    one registered without a YAML is an option too)."""
+    one registered without a YAML is an option too). `header`: printed first (`ftbench plan --help`)."""
     import string
 
     from hydra import compose, initialize_config_dir
@@ -159,7 +176,7 @@ def print_help(overrides: list[str]) -> None:
     template = cfg.hydra.help.template
     with open_dict(cfg):
         del cfg["hydra"]
-    print(string.Template(template).substitute(APP_CONFIG_GROUPS=listing, CONFIG=OmegaConf.to_yaml(cfg)))
+    print(header + string.Template(template).substitute(APP_CONFIG_GROUPS=listing, CONFIG=OmegaConf.to_yaml(cfg)))
 
 
 def wrap(line: str, indent: str) -> str:
@@ -205,18 +222,19 @@ def main(argv: list[str] | None = None) -> None:
         from ftbench.compare import runner  # lazy: scipy and the job layer, not for --help
 
         runner.main(argv[1:])
-    if argv[:1] == ["plan"]:  # `ftbench plan ...` = `ftbench mode=plan ...`
+    planning = argv[:1] == ["plan"]
+    if planning:  # `ftbench plan ...` = `ftbench mode=plan ...`
         argv = [*argv[1:], "mode=plan"]
     register_configs()
     if {"--help", "-h"}.intersection(argv):
-        print_help([a for a in argv if not a.startswith("-")])
+        print_help([a for a in argv if not a.startswith("-")], PLAN_HELP if planning else "")
         return
     folders: list[Path | None] | None = None
-    if not PASSTHROUGH.intersection(argv):
+    if not PASSTHROUGH.intersection(argv) or SHOWN.intersection(argv):
         multirun = "-m" in argv or "--multirun" in argv
         if multirun:
             argv, folders = sweep_argv(argv), []
-        problem = output_dir_problem(argv) or validate([a for a in argv if not a.startswith("-")], multirun, folders)
+        problem = output_dir_problem(argv) or validate(overrides_in(argv), multirun, folders)
         if problem:
             print(f"ftbench: error: {problem}", file=sys.stderr)
             sys.exit(2)

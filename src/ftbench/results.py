@@ -57,11 +57,13 @@ class Params:
 
 @dataclass
 class Train:
-    """What training did: optimizer steps, sequences, token positions (padding included), the loss."""
+    """What training did: optimizer steps, sequences, token positions (padding included) and tokens
+    (padding not counted), the loss."""
 
     steps: int | None = None
     samples: int | None = None
     tokens: int | None = None
+    tokens_nonpad: int | None = None  # the examples' own tokens, padding not counted (train.max_tokens budgets these)
     loss_first: float | None = None
     loss_last: float | None = None
     loss_curve: list[list[float]] = field(default_factory=list)  # [[step, loss], ...]
@@ -70,7 +72,8 @@ class Train:
     def from_log(cls, log) -> Train:
         """The section of an `engine.loop.TrainLog` (steps done, samples, tokens, loss curve)."""
         curve = log.loss_curve
-        return cls(steps=log.steps, samples=log.samples, tokens=log.tokens, loss_curve=curve,
+        return cls(steps=log.steps, samples=log.samples, tokens=log.tokens,
+                   tokens_nonpad=log.tokens_nonpad, loss_curve=curve,
                    loss_first=curve[0][1] if curve else None, loss_last=curve[-1][1] if curve else None)
 
 

@@ -6,15 +6,17 @@
                                              reported split
 
 A run is done when its folder holds a result.json made from the run's config (the neutral keys aside,
-as a job decides: job/rerun.py) whose status is ok, nan or oom (a diverged lr is a finding, not run again). One made from another config is moved aside into
-<out>/_aside/ (never deleted) before the run is made again; an interrupted or failed one is left to the
-job, which resumes or reruns it. The pending runs of one arm and stage run as one Hydra multirun of the
-ftbench CLI in a child process, so the launcher the spec's `set` names (hydra/launcher=slurm,
-submitit_local) runs them, on a cluster as on a laptop.
+as a job decides: job/rerun.py) whose status is ok, nan or oom (a diverged lr is a finding, not run
+again). One made from another config is moved aside into <out>/_aside/ (never deleted) before the run is
+made again; an interrupted or failed one is left to the job, which resumes or reruns it. The pending
+runs of one arm and stage run as one Hydra multirun of the ftbench CLI in a child process, so the
+launcher the spec's `set` names (hydra/launcher=slurm, submitit_local) runs them, on a cluster as on a
+laptop.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import sys
@@ -28,10 +30,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ftbench import results
-from ftbench.compare.spec import Spec, arm_overrides
+from ftbench.compare.spec import Spec, arm_overrides, arms
 from ftbench.config.schema import check
+from ftbench.engine.batches import steps_for_tokens
 from ftbench.errors import UserError, explain_compose_error
-from ftbench.job import children
+from ftbench.job import children, preflight
 from ftbench.job.checkpoint import differing_keys
 from ftbench.job.compose import config_dir, register_configs
 from ftbench.results import Result
@@ -53,6 +56,7 @@ class Run:
     seed: int
     folder: Path
     config: dict
+    budget_steps: int  # the steps the budget buys on the task (Composer.budget_steps): the validations' interval
     why: str | None = None  # None: done; else why it must run ("not run", "made from another config ...")
 
     @property
@@ -69,28 +73,42 @@ class Run:
 
 def task_overrides(spec: Spec, task: str) -> list[str]:
     """What every run of `task` shares: model, task and its data, budget, the carved validation split."""
-    overrides = [f"model={spec.model}", f"task={task}", f"train.max_steps={spec.budget.steps}",
-                 f"train.batch_size={spec.budget.batch_size}",
-                 f"task.validation_from_train={spec.validation_from_train!r}"]
+    budget = (f"train.max_steps={spec.budget.steps}" if spec.budget.tokens is None
+              else f"train.max_tokens={spec.budget.tokens}")
+    overrides = [f"model={spec.model}", f"task={task}", budget, f"train.batch_size={spec.budget.batch_size}",
+                 f"task.validation_from_train={held_out(spec.validation_from_train)}"]
     if spec.data and (Path(spec.data) / task).is_dir():
         overrides.append(f"task.data_dir={(Path(spec.data) / task).resolve()}")
     return [*overrides, *spec.set]
 
 
-def stage_overrides(spec: Spec, stage: str) -> list[str]:
-    if stage == "lr":  # the reported split is never read
+def held_out(value: float) -> str:
+    """task.validation_from_train as given: a count (400) or a fraction (0.1)."""
+    return str(int(value)) if value >= 1 else repr(value)
+
+
+def stage_overrides(spec: Spec, stage: str, steps: int) -> list[str]:
+    """Stage 1 never reads the reported split; stage 2 validates `spec.validations` times in `steps`."""
+    if stage == "lr":
         return ["task.evaluate_reported=false"]
-    return [f"eval.every_steps={max(1, spec.budget.steps // spec.validations)}"]
+    return [f"eval.every_steps={max(1, steps // spec.validations)}"]
 
 
-def overrides(spec: Spec, stage: str, task: str, arm: str) -> list[str]:
-    return [*arm_overrides(spec, arm), *task_overrides(spec, task), *stage_overrides(spec, stage)]
+def overrides(spec: Spec, stage: str, task: str, arm: str, steps: int) -> list[str]:
+    """The ftbench overrides of the arm's runs on the task in the stage (lr and seed apart); `steps`:
+    what the budget buys on the task (budget_steps)."""
+    return [*arm_overrides(spec, arm), *task_overrides(spec, task), *stage_overrides(spec, stage, steps)]
 
 
 class Composer:
-    """Hydra's compose over conf/ for the runs of a comparison; a bad override is a UserError."""
+    """Hydra's compose over conf/ for the runs of `spec`; a bad override is a UserError naming the spec's
+    key it came from (blame)."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
 
     def __enter__(self):
+        self._steps: dict[str, int] = {}  # task -> budget_steps
         register_configs()
         self._context = initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftbench")
         self._context.__enter__()
@@ -99,30 +117,75 @@ class Composer:
     def __exit__(self, *exc):
         self._context.__exit__(*exc)
 
-    def compose(self, overrides: list[str]):
-        """The config (a DictConfig) of `ftbench <overrides>`, checked."""
+    def compose(self, overrides: list[str], arm: str | None = None):
+        """The config (a DictConfig) of `ftbench <overrides>` (a run of `arm`), checked."""
         try:
             cfg = compose("config", overrides=overrides)
             check(cfg)
         except (HydraException, OmegaConfBaseException) as exc:
-            raise UserError("set", explain_compose_error(exc)) from None
+            message = explain_compose_error(exc)
+            raise UserError(blame(self.spec, arm, message), message) from None
+        except UserError as exc:
+            raise UserError(blame(self.spec, arm, str(exc)), str(exc)) from None
         return cfg
 
-    def config(self, overrides: list[str]) -> dict:
-        """The resolved config of `ftbench <overrides>` as plain data, checked."""
-        return OmegaConf.to_container(self.compose(overrides), resolve=True)
+    def config(self, overrides: list[str], arm: str | None = None) -> dict:
+        """The resolved config of `ftbench <overrides>` (a run of `arm`) as plain data, checked."""
+        return OmegaConf.to_container(self.compose(overrides, arm), resolve=True)
+
+    def budget_steps(self, task: str) -> int:
+        """The optimizer steps the spec's budget buys on `task`: budget.steps, or under budget.tokens the
+        fewest over the seeds (each seed's order has its own; every run still trains to its own count,
+        train.max_tokens, and the validations come every `fewest / validations` steps). Counted once a
+        task, from the training data as a run reads it. Raises UserError when the validations do not fit."""
+        spec = self.spec
+        if spec.budget.tokens is None:
+            return spec.budget.steps
+        if task not in self._steps:
+            first = arms(spec)[0]
+            counts = []
+            for seed in spec.seeds:
+                cfg = self.compose([*arm_overrides(spec, first), *task_overrides(spec, task), f"seed={seed}"], first)
+                examples = preflight.inputs(cfg).task.train_examples()
+                lengths = [len(e["input_ids"]) for e in examples]
+                size = spec.budget.batch_size
+                counts.append(steps_for_tokens(lengths, size, size, seed, spec.budget.tokens))
+            self._steps[task] = min(counts)
+            print(f"{task}: budget.tokens={spec.budget.tokens} buys {', '.join(map(str, counts))} steps "
+                  f"(seeds {', '.join(map(str, spec.seeds))})")
+        if spec.validations > self._steps[task]:
+            raise UserError("validations", f"{spec.validations} validations do not fit the "
+                            f"{self._steps[task]} steps budget.tokens buys on {task}; lower validations or raise "
+                            "budget.tokens")
+        return self._steps[task]
+
+
+def blame(spec: Spec, arm: str | None, message: str) -> str:
+    """The spec key a refused ftbench override came from, read off the error's leading ftbench key
+    ('task=nosuch: no such option ...', 'method.rate: no such key ...'): tasks, model, the arm's
+    variants entry or methods, else set."""
+    key = re.split(r"[=:]", message, maxsplit=1)[0].strip()
+    given = [o.split("=", 1)[0].lstrip("+~") for o in spec.variants.get(arm or "", [])]
+    if key in ("task", "task.data_dir"):
+        return "tasks" if key == "task" else "data"
+    if key == "model":
+        return "model"
+    if arm in spec.variants and (key == "method" or any(key == g or key.startswith(g + ".") for g in given)):
+        return f"variants.{arm}"
+    return "methods" if key == "method" else "set"
 
 
 def make_runs(composer: Composer, spec: Spec, out: Path, stage: str, task: str, arm: str,
               lrs: list[float], seeds: list[int]) -> list[Run]:
     """The runs of one arm and stage (every lr at one seed, or one lr at every seed), surveyed."""
-    common = overrides(spec, stage, task, arm)
+    steps = composer.budget_steps(task)
+    common = overrides(spec, stage, task, arm, steps)
     made = []
     for lr in lrs:
         for seed in seeds:
             name = f"lr{lr!r}" if stage == "lr" else f"seed{seed}"
-            config = composer.config([*common, f"optim.lr={lr!r}", f"seed={seed}"])
-            run = Run(stage, task, arm, lr, seed, out / task / stage / arm / name, config)
+            config = composer.config([*common, f"optim.lr={lr!r}", f"seed={seed}"], arm)
+            run = Run(stage, task, arm, lr, seed, out / task / stage / arm / name, config, steps)
             run.why = survey(run)
             made.append(run)
     return made
@@ -158,9 +221,9 @@ def argv(spec: Spec, pending: list[Run]) -> list[str]:
     lrs = sorted({r.lr for r in pending})
     seeds = sorted({r.seed for r in pending})
     subdir = "lr${optim.lr}" if first.stage == "lr" else "seed${seed}"
-    return ["-m", *overrides(spec, first.stage, first.task, first.arm), "optim.lr=" + ",".join(map(repr, lrs)),
-            "seed=" + ",".join(map(str, seeds)), f"hydra.sweep.dir={first.folder.parent}",
-            f"hydra.sweep.subdir={subdir}", "~hydra.callbacks.report"]
+    return ["-m", *overrides(spec, first.stage, first.task, first.arm, first.budget_steps),
+            "optim.lr=" + ",".join(map(repr, lrs)), "seed=" + ",".join(map(str, seeds)),
+            f"hydra.sweep.dir={first.folder.parent}", f"hydra.sweep.subdir={subdir}", "~hydra.callbacks.report"]
 
 
 def shown(args: list[str]) -> str:

@@ -27,9 +27,10 @@ def predict(composer: cells.Composer, spec: Spec, out: Path, chosen: dict) -> di
     for (task, arm), lr in chosen.items():
         if lr is None:
             continue
-        overrides = [*cells.overrides(spec, "seeds", task, arm), f"optim.lr={lr!r}", f"seed={spec.seeds[0]}",
+        steps = composer.budget_steps(task)
+        overrides = [*cells.overrides(spec, "seeds", task, arm, steps), f"optim.lr={lr!r}", f"seed={spec.seeds[0]}",
                      "mode=plan", f"hardware={spec.gpu}"]
-        cfg = composer.compose(overrides)
+        cfg = composer.compose(overrides, arm)
         folder = out / task / "plan" / arm
         plan = read(folder)
         if plan is not None and (plan.get("status") != "ok" or differing_keys(plan.get("config") or {},

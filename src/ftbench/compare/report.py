@@ -21,7 +21,7 @@ from ftbench.results import Result
 
 FILES = {"json": "comparison.json", "markdown": "comparison.md", "csv": "comparison.csv", "plot": "comparison.png"}
 COLUMNS = ("task", "arm", "method", "lr", "ok_seeds", "metric", "mean", "ci95", "peak_bytes", "peak_kind",
-           "predicted_peak_bytes", "step_s", "tokens_per_s", "trainable", "trainable_pct",
+           "predicted_peak_bytes", "steps", "step_s", "tokens_per_s", "trainable", "trainable_pct",
            "time_to_target_s", "reached", "p_vs_full", "vs_full", "p_vs_lora", "vs_lora", "changed_pct",
            "warnings")
 
@@ -75,10 +75,11 @@ def summarize(spec: dict, counted: list[Counted], missing: list[str], plans: dic
         lora = next((a for a in spec["arms"] if spec["arm_methods"][a] == "lora"), None)
         full_val = [last_validation(c.result, name) for c in final.get(full, {}).values()]
         full_val = [v for v in full_val if v is not None]
-        target = spec["target"] * (sum(full_val) / len(full_val)) if full_val else None
+        target = stats.target(spec["target"], full_val, better)
         rows = [row(spec, task, arm, chosen[arm]["lr"], final[arm], values, full, lora, f"{split}/{name}", name,
                     target, (plans or {}).get(task, {}).get(arm)) for arm in spec["arms"]]
-        tasks.append({"task": task, "metric": f"{split}/{name}", "target": target, "chosen": chosen, "rows": rows})
+        tasks.append({"task": task, "metric": f"{split}/{name}", "target": target, "chosen": chosen, "rows": rows,
+                      "full_final": sum(full_val) / len(full_val) if full_val else None})
     return {"spec": spec, "tasks": tasks, "missing": missing,
             "runs": sorted(c.folder for c in counted)}
 
@@ -118,7 +119,8 @@ def row(spec: dict, task: str, arm: str, lr: float | None, by_seed: dict[int, Co
     changed = [e["changed_pct_of_claimed"] for e in engagement if e.get("changed_pct_of_claimed") is not None]
     out.update(mean=ci.mean, ci95=ci.half_width, peak_bytes=mean(peaks), peak_kind=kind,
                predicted_peak_bytes=(plan or {}).get("memory", {}).get("train_peak_allocated_bytes"),
-               step_s=mean(step_s), tokens_per_s=mean([r["tokens_per_s"] for r in table]),
+               steps=mean([r.train.steps for r in loaded]), step_s=mean(step_s),
+               tokens_per_s=mean([r["tokens_per_s"] for r in table]),
                trainable=loaded[0].params.trainable, trainable_pct=loaded[0].params.trainable_pct,
                time_to_target_s=mean(reached), reached=f"{len(reached)}/{len(mine)}" if target is not None else None,
                changed_pct=min(changed) if changed else None,
@@ -164,11 +166,26 @@ SHOWN = {"arm": "arm", "lr": "lr (chosen)", "metric": "metric", "mean": "mean", 
          "p_vs_full": "p", "vs_lora": "vs lora", "p_vs_lora": "p", "changed_pct": "changed % of claimed"}
 
 
+def budget(given: dict) -> str:
+    """The spec's budget in words (spec.Budget, as comparison.json keeps it)."""
+    amount = (f"{given['steps']} optimizer steps" if given.get("tokens") is None else
+              f"{given['tokens']:,} training tokens (padding not counted: each seed's order sets the steps)")
+    return f"{amount} at an effective batch of {given['batch_size']}"
+
+
+def target_text(task: dict) -> str:
+    """The task's time-to-target line: the target, or why there is none."""
+    if task["target"] is not None or task.get("full_final") is None:
+        return f"target {fmt('mean', task['target'])}"
+    return (f"no time to target: full fine-tuning's final validation is {task['full_final']:.4f}, at or below 0, "
+            "so any fraction of it is reached before training")
+
+
 def markdown(summary: dict) -> str:
     spec = summary["spec"]
     lines = [f"# {spec['title'] or spec['name']}", "",
-             f"Model `{spec['model']}`; budget {spec['budget']['steps']} optimizer steps at an effective batch of "
-             f"{spec['budget']['batch_size']} for every arm; seeds {', '.join(map(str, spec['seeds']))}.",
+             f"Model `{spec['model']}`; budget {budget(spec['budget'])} for every arm; seeds "
+             f"{', '.join(map(str, spec['seeds']))}.",
              f"Stage 1 picked each arm's lr on `val`, {held(spec['validation_from_train'])} held out of the training "
              "data (the reported split unread), at the first seed; stage 2 ran every seed at that lr and scored the "
              "reported split.",
@@ -190,7 +207,7 @@ def markdown(summary: dict) -> str:
         columns = [c for c in SHOWN if c != "metric" and any(r[c] is not None for r in rows)] or list(SHOWN)
         peak_kinds = sorted({r["peak_kind"] for r in rows if r["peak_kind"]})
         planned = f"; planned peak: `ftbench plan` on hardware={spec['gpu']}" if spec["gpu"] else ""
-        lines += ["", f"Peak: {' / '.join(peak_kinds) or '—'}{planned}; target {fmt('mean', task['target'])}.", "",
+        lines += ["", f"Peak: {' / '.join(peak_kinds) or '—'}{planned}; {target_text(task)}.", "",
                   "| " + " | ".join(SHOWN[c] for c in columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(fmt(c, r[c]) for c in columns) + " |" for r in rows]
         warned = [f"- {r['arm']}: {r['warnings']}" for r in rows if r["warnings"]]
@@ -225,12 +242,11 @@ def plot(summary: dict, path: Path) -> Path | None:
     if not tasks:
         return None
     fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4.2 * len(tasks)), squeeze=False)
-    steps = summary["spec"]["budget"]["steps"]
     for (left, right), task in zip(axes, tasks):
         rows = [r for r in task["rows"] if r["mean"] is not None]
         for ax, cost, label in ((left, lambda r: r["peak_bytes"] / 2**20 if r["peak_bytes"] else None,
                                  f"peak memory (MiB; {rows[0]['peak_kind']})"),
-                                (right, lambda r: r["step_s"] * steps if r["step_s"] else None,
+                                (right, lambda r: r["step_s"] * r["steps"] if r["step_s"] and r["steps"] else None,
                                  "training time (s: steps × median step time)")):
             shown = [r for r in rows if cost(r) is not None]
             for r in shown:

@@ -31,7 +31,8 @@ def stage_one(composer: Composer, spec: Spec, out: Path) -> list[Run]:
     runs = []
     for task in spec.tasks:
         for arm in arms(spec):
-            default = composer.config(cells.overrides(spec, "lr", task, arm))["method"]["lr"]
+            steps = composer.budget_steps(task)
+            default = composer.config(cells.overrides(spec, "lr", task, arm, steps), arm)["method"]["lr"]
             runs += cells.make_runs(composer, spec, out, "lr", task, arm, grid(spec, arm, default), spec.seeds[:1])
     return runs
 
@@ -58,32 +59,39 @@ def counted_run(run: Run, out: Path) -> report.Counted:
     return report.Counted(run.stage, run.task, run.arm, run.lr, run.seed, str(run.folder.relative_to(out)), run.result())
 
 
-def step_seconds(spec: Spec, runs: list[Run], task: str, arm: str) -> tuple[float, str]:
-    """Seconds per optimizer step of the arm on the task: the median of its finished runs, else the spec's."""
-    measured = sorted(r.result().throughput.step_time_s_p50 for r in runs
-                      if r.task == task and r.arm == arm and r.done and r.result().throughput.step_time_s_p50)
-    return (measured[len(measured) // 2], "measured") if measured else (spec.estimate.step_s, "spec estimate")
+def run_seconds(spec: Spec, known: list[Run], stage: str, task: str, arm: str, steps: int) -> tuple[float, str]:
+    """Seconds one run of the arm on the task takes, from its start to its result.json: the median of the
+    arm's finished runs in the stage (else in the other stage), else the spec's estimate."""
+    for same_stage in (True, False):
+        measured = sorted(r.result().run.duration_s for r in known if r.task == task and r.arm == arm and r.done
+                          and (r.stage == stage) == same_stage and r.result().run.duration_s)
+        if measured:
+            return measured[len(measured) // 2], "measured"
+    return spec.estimate.run_seconds(steps), "spec estimate"
 
 
-def describe(spec: Spec, stage: str, runs: list[Run], known: list[Run], waiting: int = 0) -> float:
-    """Print the stage's runs to do, one multirun a line; return their estimated seconds."""
+def describe(spec: Spec, stage: str, runs: list[Run], known: list[Run], waiting: dict[str, int] | None = None,
+             steps: dict[str, int] | None = None) -> float:
+    """Print the stage's runs to do, one multirun a line; return their estimated seconds. `waiting`: per
+    task, the runs not yet listed (stage 2 before stage 1 has chosen), costed at the spec's estimate of
+    `steps[task]` steps."""
     pending = [r for r in runs if not r.done]
+    later = sum((waiting or {}).values())
     print(f"{cells.STAGES[stage]}: {len(runs) - len(pending)} of {len(runs)} runs done"
-          + (f"; {waiting} more once stage 1 has chosen their lr" if waiting else ""))
+          + (f"; {later} more once stage 1 has chosen their lr" if later else ""))
     seconds = 0.0
     for task in spec.tasks:
         for arm in arms(spec):
             mine = [r for r in pending if r.task == task and r.arm == arm]
             if not mine:
                 continue
-            step_s, source = step_seconds(spec, known, task, arm)
-            cost = len(mine) * spec.budget.steps * step_s
-            seconds += cost
+            run_s, source = run_seconds(spec, known, stage, task, arm, mine[0].budget_steps)
+            seconds += len(mine) * run_s
             whys = sorted({r.why for r in mine})
-            print(f"  {task} {arm}: {len(mine)} runs, ~{cost / 60:.1f} min ({step_s:.3g} s/step, {source}); "
-                  f"{'; '.join(whys)}\n    {cells.shown(cells.argv(spec, mine))}")
-    if waiting:
-        seconds += waiting * spec.budget.steps * spec.estimate.step_s
+            print(f"  {task} {arm}: {len(mine)} runs, ~{len(mine) * run_s / 60:.1f} min ({run_s:.0f} s a run, "
+                  f"{source}); {'; '.join(whys)}\n    {cells.shown(cells.argv(spec, mine))}")
+    for task, count in (waiting or {}).items():
+        seconds += count * spec.estimate.run_seconds(steps[task])
     return seconds
 
 
@@ -99,18 +107,21 @@ def execute(spec: Spec, runs: list[Run], out: Path) -> None:
 
 def compare(spec: Spec, name: str, out: Path, dry_run: bool) -> int:
     """Run what is missing (nothing with `dry_run`), then write and print the report; 1 when a run failed."""
-    with Composer() as composer:
+    with Composer(spec) as composer:
         first = stage_one(composer, spec, out)
         total = describe(spec, "lr", first, first)
         if not dry_run:
             execute(spec, first, out)
         chosen = chosen_lrs(spec, first)
         second = stage_two(composer, spec, out, chosen)
-        waiting = len(spec.tasks) * len(arms(spec)) * len(spec.seeds) - len(second)
-        total += describe(spec, "seeds", second, first + second, waiting if dry_run else 0)
+        waiting = {task: len(arms(spec)) * len(spec.seeds) - len([r for r in second if r.task == task])
+                   for task in spec.tasks} if dry_run else None
+        steps = {task: composer.budget_steps(task) for task in spec.tasks}
+        total += describe(spec, "seeds", second, first + second, waiting, steps)
         if dry_run:
             unit = "GPU hours" if spec.estimate.device == "gpu" else "hours of wall time on the spec's machine"
-            print(f"to do: ~{total / 3600:.2f} {unit} (steps × seconds per step; evaluation not counted)")
+            print(f"to do: ~{total / 3600:.2f} {unit} (each run's start, steps, validations and evaluation: the "
+                  "arm's finished runs where there are some, else the spec's estimate)")
             return 0
         execute(spec, second, out)
         predicted = plans.predict(composer, spec, out, chosen)

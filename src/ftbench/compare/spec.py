@@ -13,10 +13,10 @@ from typing import Optional
 
 import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from ftbench import methods
-from ftbench.errors import first_line
+from ftbench.errors import explain_compose_error, first_line
 from ftbench.job.compose import config_dir
 
 LR_FACTORS = [1 / 3, 1.0, 3.0]  # the default grid: each method's own lr times these
@@ -32,15 +32,23 @@ class SpecError(Exception):
 
 @dataclass
 class Budget:
-    steps: int = 300          # optimizer steps, the same for every arm (the same examples, in the same order)
+    steps: Optional[int] = 300  # optimizer steps, the same for every arm (the same examples, in the same order)
+    tokens: Optional[int] = None  # or training tokens (padding not counted; train.max_tokens), with steps null:
+                                  # each seed's order decides the steps, the same for every arm
     batch_size: int = 32      # the effective batch (train.batch_size), the same for every arm
 
 
 @dataclass
 class Estimate:
-    step_s: float = 1.0       # seconds per optimizer step on the machine the spec is for (--dry-run's estimate),
-                              # replaced by the measured median where finished runs of the arm exist
+    """--dry-run's estimate of a run on the machine the spec is for, used until the arm has finished runs
+    (then their measured durations)."""
+
+    step_s: float = 1.0       # seconds per optimizer step
+    run_s: float = 15.0       # seconds a run spends outside its steps: loading, validations, the final evaluation
     device: str = "cpu"       # cpu: the estimate in hours of wall time | gpu: in GPU hours
+
+    def run_seconds(self, steps: int) -> float:
+        return steps * self.step_s + self.run_s
 
 
 @dataclass
@@ -100,7 +108,10 @@ def load(path: Path, overrides: list[str]) -> Spec:
         spec: Spec = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "spec"
-        raise SpecError(path, key, str(exc).splitlines()[0]) from None
+        message = explain_compose_error(exc).removeprefix(f"{key}: ")
+        if not isinstance(exc, (ConfigAttributeError, ConfigKeyError)):
+            message += " (each key's type: ftbench.compare.spec.Spec, docs/compare.md)"
+        raise SpecError(path, key, message) from None
     check(spec, path)
     return spec
 
@@ -117,8 +128,10 @@ def check(spec: Spec, path: Path) -> None:
     unknown = sorted(set(spec.lr) - set(arms(spec)))
     if unknown:
         raise SpecError(path, "lr", f"'{unknown[0]}' is not an arm of this comparison ({', '.join(arms(spec))})")
-    if spec.budget.steps < 1 or spec.budget.batch_size < 1:
-        raise SpecError(path, "budget", "steps and batch_size must be >= 1")
+    if (spec.budget.steps is None) == (spec.budget.tokens is None):
+        raise SpecError(path, "budget", "give one budget: budget.steps=N, or budget.tokens=N with budget.steps=null")
+    if min(spec.budget.steps or 1, spec.budget.tokens or 1, spec.budget.batch_size) < 1:
+        raise SpecError(path, "budget", "steps, tokens and batch_size must be >= 1")
     if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds) or min(spec.seeds) < 0:
         raise SpecError(path, "seeds", "give distinct seeds >= 0 (the paired tests need two or more)")
     if not spec.tasks:
@@ -127,7 +140,7 @@ def check(spec: Spec, path: Path) -> None:
         raise SpecError(path, "lr_factors", "learning rates and their factors must be > 0")
     if not 0 < spec.target <= 1 or not 0 < spec.alpha < 1 or spec.validations < 1:
         raise SpecError(path, "target", "target in (0, 1], alpha in (0, 1), validations >= 1")
-    if spec.validations > spec.budget.steps:
+    if spec.budget.steps is not None and spec.validations > spec.budget.steps:  # tokens: cells.budget_steps
         raise SpecError(path, "validations", f"{spec.validations} validations do not fit {spec.budget.steps} steps "
                         "(at most one a step); lower validations or raise budget.steps")
     if spec.data is not None and not Path(spec.data).is_dir():
@@ -138,6 +151,8 @@ def check(spec: Spec, path: Path) -> None:
         raise SpecError(path, "gpu", f"'{spec.gpu}' is not a hardware option; one of {', '.join(hardware)}")
     if spec.estimate.device not in ("cpu", "gpu"):
         raise SpecError(path, "estimate.device", "cpu or gpu")
+    if spec.estimate.step_s <= 0 or spec.estimate.run_s < 0:
+        raise SpecError(path, "estimate", "step_s must be > 0 and run_s >= 0 (seconds)")
     if "full" not in [arm_method(spec, a) for a in arms(spec)]:
         raise SpecError(path, "methods", "include full: time-to-target and the paired tests are against it")
     if any(o.split("=", 1)[0].lstrip("+~") in OWNED for o in spec.set):
@@ -145,7 +160,7 @@ def check(spec: Spec, path: Path) -> None:
 
 
 # ftbench keys the comparison owns (set from the spec's keys, per stage)
-OWNED = {"seed", "optim.lr", "train.max_steps", "train.batch_size", "task.validation_from_train",
+OWNED = {"seed", "optim.lr", "train.max_steps", "train.max_tokens", "train.batch_size", "task.validation_from_train",
          "task.evaluate_reported", "eval.every_steps", "method", "model", "task", "task.data_dir", "mode"}
 
 

@@ -79,6 +79,16 @@ def choose(scores: dict[float, float | None], higher_is_better: bool = True) -> 
     return min(lr for lr, v in scored.items() if v == best)
 
 
+def target(fraction: float, full_final: list[float], higher_is_better: bool = True) -> float | None:
+    """What time to target waits for: `fraction` of full fine-tuning's final validation (mean over its
+    seeds). None when there is none to reach: no final validation, or (higher is better) a mean at or
+    below 0 (an MCC at chance: any fraction of it is reached before training)."""
+    if not full_final:
+        return None
+    reached = sum(full_final) / len(full_final)
+    return fraction * reached if reached > 0 or not higher_is_better else None
+
+
 def time_to_target(history: list[tuple[int, float]], target: float, step_s: float | None,
                    higher_is_better: bool = True) -> float | None:
     """Training seconds until the validation metric first reaches `target`: the step of that validation

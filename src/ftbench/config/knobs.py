@@ -7,8 +7,9 @@ Which key wins, in order (the first that is set):
 | setting        | wins                 | else                 | else                                        |
 | -------------- | -------------------- | -------------------- | ------------------------------------------- |
 | batch_size     | `train.batch_size`   | `task.batch_size`    |                                             |
-| steps          | `train.max_steps`    | `task.max_steps`     | (`train.epochs`, else `task.epochs`) x      |
-|                |                      |                      | training examples // batch_size, at least 1 |
+| steps          | `train.max_steps`    | `train.max_tokens`   | `task.max_steps`, else (`train.epochs`,     |
+|                |                      | (steps: the job)     | else `task.epochs`) x training examples //  |
+|                |                      |                      | batch_size, at least 1                      |
 | lr             | `optim.lr`           | `method.lr`          |                                             |
 | num_beams      | `eval.num_beams`     | `task.num_beams`     | (tasks that do not generate: none)          |
 | max_new_tokens | `eval.max_new_tokens`| `task.max_new_tokens`| (tasks that do not generate: none)          |
@@ -52,6 +53,7 @@ class Settings:
 
     batch_size: int
     steps: int | None  # None under mode=profile (the method's warm-up adds to profile.steps: steps.train_spec),
+    # when train.max_tokens decides (the job counts the steps from the data's order: batches.steps_for_tokens),
     # or when epochs decide and the training set was not counted
     lr: float
     num_beams: int | None  # None: the task does not generate
@@ -77,7 +79,9 @@ def settle(cfg, train_examples: int | None = None) -> Settings:
     else:
         winners["batch_size"] = _first(("train.batch_size", cfg.train.batch_size), ("task.batch_size", cfg.task.batch_size))
         winners["steps"] = _first(("train.max_steps", cfg.train.max_steps), ("task.max_steps", cfg.task.max_steps))
-        if winners["steps"][1] is None:
+        if cfg.train.max_tokens is not None and winners["steps"][0] != "train.max_steps":
+            winners["steps"] = ("train.max_tokens", None)
+        elif winners["steps"][1] is None:
             key, epochs = _first(("train.epochs", cfg.train.epochs), ("task.epochs", cfg.task.epochs))
             steps = None if train_examples is None else max(1, int(epochs * train_examples // winners["batch_size"][1]))
             winners["steps"] = (key, steps)

@@ -141,6 +141,7 @@ class LoggerConfig:
 @dataclass
 class TrainConfig:
     max_steps: Optional[int] = None
+    max_tokens: Optional[int] = None
     epochs: Optional[float] = None
     batch_size: Optional[int] = None
     select: str = "last"
@@ -157,6 +158,10 @@ class TrainConfig:
     def check(self, key: str) -> None:
         if self.max_steps is not None:
             require(self.max_steps >= 0, f"{key}.max_steps", "must be >= 0 (0 scores the untouched model)")
+        if self.max_tokens is not None:
+            require(self.max_tokens >= 1, f"{key}.max_tokens", "must be >= 1")
+            require(self.max_steps is None, f"{key}.max_tokens", f"a budget in tokens and {key}.max_steps="
+                    f"{self.max_steps} both set; give one (null the other)")
         if self.epochs is not None:
             require(self.epochs > 0, f"{key}.epochs", "must be > 0")
         if self.batch_size is not None:

@@ -38,6 +38,30 @@ def shuffled(examples: list[Example], micro_batch_size: int, collate: Callable, 
         epoch, skip = epoch + 1, 0
 
 
+def steps_for_tokens(lengths: list[int], batch_size: int, micro_batch_size: int, seed: int,
+                     tokens: int, world_size: int = 1) -> int:
+    """The optimizer steps a token budget buys: the first step at whose end the examples trained on
+    hold `tokens` tokens or more (their input_ids; padding not counted), walking the order `shuffled`
+    gives all ranks together (a step takes the next `batch_size` examples of one process's stream,
+    however it is split into micro-batches and ranks; each epoch drops the tail `shuffled` drops).
+
+    `lengths`: each training example's token count, in the data's order. The count depends on the seed
+    (the order), not on the method: every arm with the same seed and batch trains on the same examples.
+    Raises ValueError when `tokens` < 1, or the examples hold no token or less than one micro-batch."""
+    used_per_epoch = len(lengths) // micro_batch_size // world_size * micro_batch_size * world_size
+    if tokens < 1 or not used_per_epoch or not any(lengths):
+        raise ValueError(f"no step reaches {tokens} tokens from {len(lengths)} examples of {sum(lengths)} tokens "
+                         f"in micro-batches of {micro_batch_size} on {world_size} processes")
+    seen, taken, epoch = 0, 0, 0
+    while True:
+        order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        for i in order[:used_per_epoch]:
+            seen, taken = seen + lengths[i], taken + 1
+            if taken % batch_size == 0 and seen >= tokens:
+                return taken // batch_size
+        epoch += 1
+
+
 def random_tokens(batch_size: int, seq_len: int, vocab_size: int, head: str, num_labels: int,
                   seed: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     """Profile batches: full-length random token ids (no padding), fixed per seed; the first

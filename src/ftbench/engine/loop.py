@@ -85,7 +85,8 @@ class TrainLog:
     loss_curve: list[list[float]] = field(default_factory=list)
     steps: int = 0
     samples: int = 0
-    tokens: int = 0
+    tokens: int = 0  # every position, padding included
+    tokens_nonpad: int = 0  # the examples' own tokens (what train.max_tokens budgets)
     pending_eval: bool = False  # the validation due after `steps` has not run yet (it was interrupted)
 
 
@@ -184,6 +185,7 @@ def train(trainee: Trainee, batches: Iterator[dict], spec: TrainSpec, compute: C
             history.steps = step + 1
             history.samples += step_counts.samples
             history.tokens += step_counts.tokens
+            history.tokens_nonpad += step_counts.nonpad
             history.loss_curve.append([step + 1, loss_value])
             lr = scheduler.get_last_lr()[0]
             values = {"train/loss": loss_value, "train/lr": lr, "train/tokens_per_s": step_counts.nonpad / seconds,

@@ -206,6 +206,7 @@ class Checkpointer:
             "scheduler": self.scheduler.state_dict(),
             "rng_ranks": every_rank or [rng_states()],  # rank r resumes with entry r
             "log": {"steps": log.steps, "samples": log.samples, "tokens": log.tokens,
+                    "tokens_nonpad": log.tokens_nonpad,
                     "loss_curve": [list(p) for p in log.loss_curve], "pending_eval": log.pending_eval},
             "micro_batches": log.steps * self.accumulation,
             "selector": self.selector.state_dict(),

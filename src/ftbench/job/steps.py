@@ -7,6 +7,7 @@ the steps before it built; the test helpers (`tests/helpers.py` `train_steps`) a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from ftbench.engine.hardware import (
 )
 from ftbench.engine.loop import TrainSpec
 from ftbench.engine.loss import make_loss
+from ftbench.errors import UserError
 from ftbench.job import preflight
 from ftbench.measure.meters import MemoryMeter
 from ftbench.methods import build_method
@@ -35,6 +37,8 @@ from ftbench.models.loading import configure_model, load_model
 from ftbench.parallel import distributed, sharding
 from ftbench.plan import micro_batch
 from ftbench.progress import Work
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,6 +104,17 @@ class Feed:
         key = "train.batch_size" if cfg.train.batch_size else "task.batch_size"  # the one the user set
         return batches.shuffled(self.task.train_examples(), micro, collate, seed, rank, world, start, key=key)
 
+    def steps_for_tokens(self, tokens: int, micro: int) -> int:
+        """The optimizer steps until the training stream has given `tokens` tokens (train.max_tokens;
+        batches.steps_for_tokens), for this run's seed, batch, micro-batch and processes."""
+        lengths = [len(e["input_ids"]) for e in self.task.train_examples()]
+        try:
+            return batches.steps_for_tokens(lengths, self.batch_size, micro, self.cfg.seed, tokens,
+                                            distributed.world_size())
+        except ValueError as exc:
+            raise UserError("train.max_tokens", f"{exc}; give more training data or a budget in steps "
+                            "(train.max_steps)") from None
+
     def micro_loss(self, m: torch.nn.Module, batch: dict) -> torch.Tensor:
         """The loss of one micro-batch (moved to the device) under the job's autocast."""
         with self.s.hw.autocast():
@@ -154,8 +169,9 @@ def method_and_optimizer(cfg: DictConfig, feed: Feed, s: Setup, output_dir: Path
 def train_spec(cfg: DictConfig, method: Method, feed: Feed, s: Setup, calibration_micro: int,
                steps_asked: int | None) -> TrainSpec:
     """The micro-batch that fits the optimizer's state too, the steps and the measured window.
-    `steps_asked` is the training run's step count (profiling counts its own). The gradients the
-    probes left are dropped."""
+    `steps_asked` is the training run's step count (profiling counts its own; None under
+    train.max_tokens: counted here, once the micro-batch is known). The gradients the probes left
+    are dropped."""
     profiling = s.profiling
     optimizer_state = micro_batch.predicted_optimizer_state_bytes(method.trainable_size()[1], cfg.optim)
     scoring_only = not profiling and steps_asked == 0  # no step: the calibration fit sizes the eval batch
@@ -166,6 +182,9 @@ def train_spec(cfg: DictConfig, method: Method, feed: Feed, s: Setup, calibratio
         warmup = method.warmup_steps(cfg.profile.warmup_steps, cfg.profile.steps)  # HiFT: past first visits
         steps, measure_from = warmup + cfg.profile.steps, warmup
     else:
+        if steps_asked is None:  # train.max_tokens (knobs.settle)
+            steps_asked = feed.steps_for_tokens(cfg.train.max_tokens, micro)
+            log.info(f"train.max_tokens={cfg.train.max_tokens}: {steps_asked} steps of {feed.batch_size} examples")
         steps, measure_from = steps_asked, min(cfg.train.measure_warmup_steps, steps_asked - 1)
         within.check(cfg, steps, method.schedule_length(steps))  # knobs the run cannot reach: refused
         if steps:
