@@ -33,7 +33,7 @@ demo: $(STAMP) ## the embedded default: every method on the synthetic task with 
 
 # A comparison (comparisons/*.yaml, docs/compare.md): COMPARE_ARGS adds --dry-run, --out DIR or spec keys (seeds=[0,1]).
 COMPARE_ARGS ?=
-compare-minilm: $(STAMP) ## every method on SST-2 and CoLA with MiniLM: tuned lr, 3 seeds, intervals (~6 h on 2 cores)
+compare-minilm: $(STAMP) ## every method on SST-2 and CoLA with MiniLM: tuned lr, 3 seeds, intervals (~1 h on 2 cores)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/ftbench compare comparisons/minilm-glue.yaml $(COMPARE_ARGS)
 
 # One worker per core (pytest-xdist), one OpenMP thread each: tiny models gain nothing from a second
