@@ -93,7 +93,7 @@ def test_a_dry_run_with_another_budget_lists_every_run_as_made_from_another_conf
     listed = cli("ftbench", "compare", str(spec), "--out", str(out), "--dry-run", "budget.steps=5")
     assert listed.returncode == 0, listed.stderr
     assert "0 of 5 runs done" in listed.stdout and "made from another config (differs in: train.max_steps)" in listed.stdout
-    assert "min" in listed.stdout and "hours of wall time" in listed.stdout
+    assert "min" in listed.stdout and "minutes of wall time" in listed.stdout
 
 
 def test_a_dry_run_estimates_each_run_with_its_setup_and_evaluation(twins, tmp_path):
@@ -104,7 +104,7 @@ def test_a_dry_run_estimates_each_run_with_its_setup_and_evaluation(twins, tmp_p
                  "estimate.run_s=10")
     assert listed.returncode == 0, listed.stderr
     assert "full: 2 runs, ~0.5 min (14 s a run, spec estimate)" in listed.stdout
-    assert f"to do: ~{20 * 14 / 3600:.2f} hours of wall time" in listed.stdout
+    assert f"to do: ~{20 * 14 / 60:.1f} minutes of wall time" in listed.stdout  # under an hour: in minutes
 
 
 def test_a_budget_in_tokens_gives_every_run_the_tokens_and_one_validation_interval(twins):
@@ -173,6 +173,19 @@ def test_a_bad_spec_is_one_line(tmp_path):
     (None, ["gpu=tpu-9000"], "gpu: 'tpu-9000' is not a hardware option; one of a100-80gb, "),
     (None, ["budget.step=5"], "budget.step: no such key; valid keys here: steps, tokens, batch_size"),
     (None, ["seeds=[abc]"], "seeds[0]: Value 'abc' of type 'str' could not be converted to Integer"),
+    (None, ["seeds=3"], "seeds: give a list in brackets, e.g. seeds=[a,b]"),
+    (None, ["seeds=[0]"], "seeds: give two or more distinct seeds >= 0"),
+    (None, ["methods=[full,lora,lora]"], "methods: 'lora' is listed twice"),
+    (None, ["tasks=[synthetic,synthetic]"], "tasks: 'synthetic' is listed twice"),
+    (None, ["alpha=2"], "alpha: 2.0 is not in (0, 1)"),
+    (None, ["validations=0"], "validations: 0 is not >= 1"),
+    (None, ["lr_factors=[]"], "lr_factors: give one or more learning rates"),
+    ("- model\n- tasks\n", [], "file: holds a list, not the spec's keys"),
+    (None, ["data=/proc/self"], "data: /proc/self has no synthetic/ folder"),
+    (None, ["methods=[full,lora]", "variants={full: [method=lora]}"], "variants.full: 'full' is a method's name"),
+    (None, ["methods=[full,v]", "variants={v: [method=lora, optim.lr=0.01]}"], "variants.v: optim.lr=0.01: the "
+     "comparison sets this for every arm"),
+    (None, ["methods=[full,v]", "variants={v: [method=lora, task.max_length=8]}"], "variants.v: task.max_length=8"),
 ])
 def test_a_bad_spec_or_override_is_one_spec_error_naming_its_key(tmp_path, content, overrides, key):
     spec = tmp_path / "spec.yaml"
@@ -183,6 +196,24 @@ def test_a_bad_spec_or_override_is_one_spec_error_naming_its_key(tmp_path, conte
     with pytest.raises(SpecError) as error:
         load(spec, overrides)
     assert str(error.value).startswith(f"{spec}: {key}") and "\n" not in str(error.value)
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_run(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as code:
+        runner.main([str(write_spec(tmp_path / "spec.yaml")), "--out", str(tmp_path / "file")])
+    error = capsys.readouterr().err.strip()
+    assert code.value.code == 2 and error == f"ftbench compare: error: --out: {tmp_path / 'file'} is a file, not a " \
+        "folder; give a folder (new or holding this comparison)"
+
+
+def test_a_metric_the_task_does_not_report_stops_after_one_multirun(tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml", methods=["full", "lora"], metric="accuracy")
+    done = cli("ftbench", "compare", str(spec), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
+        "ftbench compare: error: metric: 'accuracy' is not a metric synthetic reports (its runs report acc, loss); "
+        "set metric to one of them, or null for the task's headline")
+    assert (tmp_path / "out/synthetic/lr/full").is_dir() and not (tmp_path / "out/synthetic/lr/lora").exists()
 
 
 @pytest.mark.parametrize("keys,line", [

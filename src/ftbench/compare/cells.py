@@ -77,7 +77,7 @@ def task_overrides(spec: Spec, task: str) -> list[str]:
               else f"train.max_tokens={spec.budget.tokens}")
     overrides = [f"model={spec.model}", f"task={task}", budget, f"train.batch_size={spec.budget.batch_size}",
                  f"task.validation_from_train={held_out(spec.validation_from_train)}"]
-    if spec.data and (Path(spec.data) / task).is_dir():
+    if spec.data:  # spec.check: every task has its folder
         overrides.append(f"task.data_dir={(Path(spec.data) / task).resolve()}")
     return [*overrides, *spec.set]
 
@@ -91,7 +91,7 @@ def stage_overrides(spec: Spec, stage: str, steps: int) -> list[str]:
     """Stage 1 never reads the reported split; stage 2 validates `spec.validations` times in `steps`."""
     if stage == "lr":
         return ["task.evaluate_reported=false"]
-    return [f"eval.every_steps={max(1, steps // spec.validations)}"]
+    return [f"eval.every_steps={-(-steps // spec.validations)}"]  # ceil: at most `validations`, the last step's too
 
 
 def overrides(spec: Spec, stage: str, task: str, arm: str, steps: int) -> list[str]:

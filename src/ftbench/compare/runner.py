@@ -61,12 +61,12 @@ def counted_run(run: Run, out: Path) -> report.Counted:
 
 def run_seconds(spec: Spec, known: list[Run], stage: str, task: str, arm: str, steps: int) -> tuple[float, str]:
     """Seconds one run of the arm on the task takes, from its start to its result.json: the median of the
-    arm's finished runs in the stage (else in the other stage), else the spec's estimate."""
-    for same_stage in (True, False):
-        measured = sorted(r.result().run.duration_s for r in known if r.task == task and r.arm == arm and r.done
-                          and (r.stage == stage) == same_stage and r.result().run.duration_s)
-        if measured:
-            return measured[len(measured) // 2], "measured"
+    arm's finished runs in the stage, else the spec's estimate (stage 2 evaluates more than stage 1: one
+    stage's runs do not price the other's)."""
+    measured = sorted(r.result().run.duration_s for r in known if r.task == task and r.arm == arm and r.done
+                      and r.stage == stage and r.result().run.duration_s)
+    if measured:
+        return measured[len(measured) // 2], "measured"
     return spec.estimate.run_seconds(steps), "spec estimate"
 
 
@@ -96,13 +96,32 @@ def describe(spec: Spec, stage: str, runs: list[Run], known: list[Run], waiting:
 
 
 def execute(spec: Spec, runs: list[Run], out: Path) -> None:
+    """Run what is pending, one multirun per task, arm and stage; after each, check that its runs report the
+    deciding metric (a misspelled `metric` stops the comparison after one multirun, not after all)."""
     for task in spec.tasks:
         for arm in arms(spec):
             mine = [r for r in runs if r.task == task and r.arm == arm and not r.done]
             if mine:
                 cells.execute(spec, mine, out)
+                check_metric(spec, mine)
     for run in runs:
         run.why = cells.survey(run)
+
+
+def check_metric(spec: Spec, runs: list[Run]) -> None:
+    """Raise UserError on `metric` when a finished ok stage-1 run (whose final evaluation scores the
+    validation split) reports no value of the deciding metric."""
+    for run in runs:
+        result = run.result()
+        if run.stage != "lr" or result is None or result.status != "ok":
+            continue
+        _, name = report.metric_name(asdict(spec), run.config["task"]["metric"])
+        if f"val/{name}" not in result.metrics:
+            reported = sorted({k.split("/", 1)[1] for k in result.metrics if k.startswith("val/")})
+            raise UserError("metric", f"'{name}' is not a metric {run.task} reports (its runs report "
+                            f"{', '.join(reported) or 'none on val'}); set metric to one of them, or null for "
+                            "the task's headline")
+        return
 
 
 def compare(spec: Spec, name: str, out: Path, dry_run: bool) -> int:
@@ -120,7 +139,9 @@ def compare(spec: Spec, name: str, out: Path, dry_run: bool) -> int:
         total += describe(spec, "seeds", second, first + second, waiting, steps)
         if dry_run:
             unit = "GPU hours" if spec.estimate.device == "gpu" else "hours of wall time on the spec's machine"
-            print(f"to do: ~{total / 3600:.2f} {unit} (each run's start, steps, validations and evaluation: the "
+            amount = f"{total / 3600:.2f} {unit}" if total >= 3600 or spec.estimate.device == "gpu" else \
+                f"{total / 60:.1f} minutes of wall time on the spec's machine"
+            print(f"to do: ~{amount} (each run's start, steps, validations and evaluation: the "
                   "arm's finished runs where there are some, else the spec's estimate)")
             return 0
         execute(spec, second, out)
@@ -153,6 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     quiet_libraries()
     out = (args.out or Path("outputs/compare") / args.spec.stem).resolve()
+    if out.exists() and not out.is_dir():
+        print(f"ftbench compare: error: --out: {out} is a file, not a folder; give a folder (new or holding this "
+              "comparison)", file=sys.stderr)
+        sys.exit(2)
     try:
         spec = load(find(args.spec), args.overrides)
         code = compare(spec, args.spec.stem, out, args.dry_run)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from ftbench import methods
@@ -96,6 +96,8 @@ def load(path: Path, overrides: list[str]) -> Spec:
         loaded = OmegaConf.load(path)
     except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as exc:
         raise SpecError(path, "file", f"cannot be read as YAML ({first_line(exc)})") from None
+    if not isinstance(loaded, DictConfig):
+        raise SpecError(path, "file", "holds a list, not the spec's keys (title:, model:, tasks:, methods:, ...)")
     bad = next((o for o in overrides if "=" not in o), None)
     if bad is not None:
         raise SpecError(path, bad, "not KEY=VALUE (a spec key, e.g. seeds=[0,1] or budget.steps=50)")
@@ -109,7 +111,9 @@ def load(path: Path, overrides: list[str]) -> Spec:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "spec"
         message = explain_compose_error(exc).removeprefix(f"{key}: ")
-        if not isinstance(exc, (ConfigAttributeError, ConfigKeyError)):
+        if "ListConfig" in message:
+            message = f"give a list in brackets, e.g. {key}=[a,b] ({first_line(message)})"
+        elif not isinstance(exc, (ConfigAttributeError, ConfigKeyError)):
             message += " (each key's type: ftbench.compare.spec.Spec, docs/compare.md)"
         raise SpecError(path, key, message) from None
     check(spec, path)
@@ -122,6 +126,18 @@ def check(spec: Spec, path: Path) -> None:
         named = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "method"]
         if len(named) != 1 or named[0] not in known:
             raise SpecError(path, f"variants.{label}", f"give exactly one method=NAME, NAME one of {', '.join(known)}")
+        if label in known and named[0] != label:
+            raise SpecError(path, f"variants.{label}", f"'{label}' is a method's name: its variant must keep "
+                            f"method={label}; give the method={named[0]} variant another label")
+        owned = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in OWNED - {"method"}
+                 or o.lstrip("+~").startswith("task.")]
+        if owned:
+            raise SpecError(path, f"variants.{label}", f"{owned[0]}: the comparison sets this for every arm alike "
+                            "(lr: its grid, `lr: {arm: [...]}`; the data and budget: the spec's keys); drop it")
+    for key, given in (("methods", spec.methods), ("tasks", spec.tasks)):
+        twice = sorted({x for x in given if given.count(x) > 1})
+        if twice:
+            raise SpecError(path, key, f"'{twice[0]}' is listed twice; list each once")
     for label in spec.methods:
         if label not in known and label not in spec.variants:
             raise SpecError(path, "methods", f"'{label}' is neither a method ({', '.join(known)}) nor a variant's label")
@@ -132,20 +148,27 @@ def check(spec: Spec, path: Path) -> None:
         raise SpecError(path, "budget", "give one budget: budget.steps=N, or budget.tokens=N with budget.steps=null")
     if min(spec.budget.steps or 1, spec.budget.tokens or 1, spec.budget.batch_size) < 1:
         raise SpecError(path, "budget", "steps, tokens and batch_size must be >= 1")
-    if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds) or min(spec.seeds) < 0:
-        raise SpecError(path, "seeds", "give distinct seeds >= 0 (the paired tests need two or more)")
+    if len(spec.seeds) < 2 or len(set(spec.seeds)) != len(spec.seeds) or min(spec.seeds) < 0:
+        raise SpecError(path, "seeds", "give two or more distinct seeds >= 0, e.g. seeds=[0,1,2] (the intervals "
+                        "and paired tests need two)")
     if not spec.tasks:
         raise SpecError(path, "tasks", "give at least one task (a conf/task option)")
-    if not spec.lr_factors or min(spec.lr_factors) <= 0 or any(min(g, default=1) <= 0 for g in spec.lr.values()):
-        raise SpecError(path, "lr_factors", "learning rates and their factors must be > 0")
-    if not 0 < spec.target <= 1 or not 0 < spec.alpha < 1 or spec.validations < 1:
-        raise SpecError(path, "target", "target in (0, 1], alpha in (0, 1), validations >= 1")
+    if not spec.lr_factors or min(spec.lr_factors) <= 0 or any(min(g, default=0) <= 0 for g in spec.lr.values()):
+        raise SpecError(path, "lr_factors", "give one or more learning rates (lr) and factors (lr_factors), each > 0")
+    for key, ok, rule in (("target", 0 < spec.target <= 1, "in (0, 1]"), ("alpha", 0 < spec.alpha < 1, "in (0, 1)"),
+                          ("validations", spec.validations >= 1, ">= 1")):
+        if not ok:
+            raise SpecError(path, key, f"{getattr(spec, key)} is not {rule}")
     if spec.budget.steps is not None and spec.validations > spec.budget.steps:  # tokens: cells.budget_steps
         raise SpecError(path, "validations", f"{spec.validations} validations do not fit {spec.budget.steps} steps "
                         "(at most one a step); lower validations or raise budget.steps")
     if spec.data is not None and not Path(spec.data).is_dir():
         raise SpecError(path, "data", f"{spec.data} is not a folder (relative paths are read from "
                         f"{Path.cwd()}); give the folder holding one folder per task, or null for the hub")
+    missing = [t for t in spec.tasks if spec.data is not None and not (Path(spec.data) / t).is_dir()]
+    if missing:
+        raise SpecError(path, "data", f"{spec.data} has no {missing[0]}/ folder: add it (the task's files), or "
+                        "set data: null for the hub")
     hardware = sorted(p.stem for p in (config_dir() / "hardware").glob("*.yaml"))
     if spec.gpu is not None and spec.gpu not in hardware:
         raise SpecError(path, "gpu", f"'{spec.gpu}' is not a hardware option; one of {', '.join(hardware)}")
