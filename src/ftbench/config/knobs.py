@@ -79,7 +79,7 @@ def settle(cfg, train_examples: int | None = None) -> Settings:
     else:
         winners["batch_size"] = _first(("train.batch_size", cfg.train.batch_size), ("task.batch_size", cfg.task.batch_size))
         winners["steps"] = _first(("train.max_steps", cfg.train.max_steps), ("task.max_steps", cfg.task.max_steps))
-        if cfg.train.max_tokens is not None and winners["steps"][0] != "train.max_steps":
+        if cfg.train.max_tokens is not None:  # never with train.max_steps (TrainConfig.check refuses both)
             winners["steps"] = ("train.max_tokens", None)
         elif winners["steps"][1] is None:
             key, epochs = _first(("train.epochs", cfg.train.epochs), ("task.epochs", cfg.task.epochs))
