@@ -1,10 +1,14 @@
-"""The peers benchmark (src/ftbench/peers/): the harness end to end on a tiny shape, and its table."""
+"""The peers benchmark (src/ftbench/bench/peers/): the harness end to end on a tiny shape, its table, its rounds
+and its pairing of both sides in one process."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ftbench.bench.peers import timing as bench
+from ftbench.bench.peers.loop import RandomState
+from ftbench.bench.peers.paired import paced
 from ftbench.bench.peers.rounds import Rounds, spread
 from ftbench.bench.peers.table import pairs, table
 
@@ -74,21 +78,29 @@ def test_a_bad_option_is_one_line_naming_it(tmp_path, capsys):
 # -- how many rounds: a fake timer, no process runs ----------------------------------------------------
 
 class FakePlan:
-    """full beside torch, whose step times are given per round (an entry's time: one fixed number per round)."""
+    """full beside torch, whose step times are given per round (one fixed number per round and side)."""
 
-    cuda = True  # no traced memory runs
+    cuda = True
     entries = [("ftbench", "full"), ("peer", "torch")]
+    methods = ["full"]
 
     def __init__(self, ftbench_times, torch_times=None):
-        self.times = {("ftbench", "full"): list(ftbench_times),
-                      ("peer", "torch"): list(torch_times or [1.0] * len(ftbench_times))}
+        self.times = {"ftbench": list(ftbench_times), "torch": list(torch_times or [1.0] * len(ftbench_times))}
         self.order = []
 
-    def run(self, entry, trace, tag):
-        self.order.append(entry)
-        time = self.times[entry].pop(0)
-        return {"status": "ok" if time else "failed", "error": None if time else "no", "step_time_s": time,
-                "peak_bytes": None, "trainable": 1, "loss_first": None, "loss_last": None, "package": None}
+    def run(self, entry, trace, tag):  # the memory runs
+        self.order.append(("memory", *entry))
+        ok = self.times[entry[1] if entry[0] == "peer" else "ftbench"][0] is not None
+        return record(1.0 if ok else None)
+
+    def pair(self, method, peers, tag):
+        self.order.append(("pair", method, *peers))
+        return {"ftbench": record(self.times["ftbench"].pop(0)), **{p: record(self.times[p].pop(0)) for p in peers}}
+
+
+def record(time):
+    return {"status": "ok" if time else "failed", "error": None if time else "no", "step_time_s": time,
+            "peak_bytes": None, "trainable": 1, "loss_first": None, "loss_last": None, "package": None}
 
 
 RULE = Rounds(max_rounds=12, half_width=0.015)
@@ -108,8 +120,9 @@ def test_rounds_run_abba_and_stop_once_the_interval_is_narrow():
     # 0.0184 at 4, 0.0115 at 6: six rounds.
     plan = FakePlan([0.99, 1.01] * 6)
     rounds, row = rounds_run(plan)
-    assert rounds == 6 and plan.order[:4] == [("ftbench", "full"), ("peer", "torch"), ("peer", "torch"),
-                                              ("ftbench", "full")]
+    # each entry's memory run once, then one process a round holding both sides
+    assert rounds == 6 and plan.order == [("memory", "ftbench", "full"), ("memory", "peer", "torch"),
+                                          *[("pair", "full", "torch")] * 6]
     assert row["time_ratio"] == pytest.approx(1.0) and row["time_spread"]["half_width"] <= 0.015
     assert (row["time_spread"]["low"], row["time_spread"]["high"], row["time_spread"]["rounds"]) == (0.99, 1.01, 6)
 
@@ -126,11 +139,66 @@ def test_rounds_stop_at_the_cap_when_the_ratio_stays_noisy():
 
 
 def test_a_row_that_cannot_run_does_not_hold_the_rounds():
-    plan = FakePlan([None] * 12)  # ftbench fails: it is not run again, and its row has no ratio
+    plan = FakePlan([None] * 12)  # ftbench fails its memory run: it is not timed, and its row has no ratio
     rounds, row = rounds_run(plan)
-    assert rounds == 2 and row["time_ratio"] is None and plan.order.count(("ftbench", "full")) == 1
+    assert rounds == 2 and row["time_ratio"] is None and plan.order == [("memory", "ftbench", "full"),
+                                                                       ("memory", "peer", "torch")]
+    assert row["ftbench"]["error"] == "no"
+
+
+def test_a_peer_that_fails_its_memory_run_is_not_timed_and_the_baselines_stand_in():
+    memory = {("ftbench", "badam"): record(1.0), ("peer", "badam"): record(None), ("peer", "torch"): record(1.0),
+              ("peer", "peft"): record(None)}
+    assert bench.peers_beside("badam", memory) == ["torch"]
+    assert bench.peers_beside("badam", {**memory, ("peer", "badam"): record(1.0)}) == ["badam"]
+    assert bench.peers_beside("sift", memory) == ["torch"]
 
 
 def test_the_spread_of_one_round_has_no_interval():
     assert spread([1.1]) == {"mean": 1.1, "half_width": None, "low": 1.1, "high": 1.1, "rounds": 1}
     assert not Rounds().done([spread([1.1])], 1) and Rounds(max_rounds=1).done([spread([1.1])], 1)
+
+
+# -- one process, both sides: paired.py ------------------------------------------------------------------
+
+class FakePeer:
+    def __init__(self, log):
+        self.log = log
+
+    def step(self):
+        self.log.append("peer step")
+
+
+def test_a_peer_steps_before_the_first_micro_batch_of_every_step():
+    log = []
+    batches = ({"i": i} for i in range(6))
+    for batch in paced(batches, 2, [FakePeer(log)]):
+        log.append(batch["i"])
+    assert log == ["peer step", 0, 1, "peer step", 2, 3, "peer step", 4, 5]
+
+
+def test_a_random_state_of_its_own_leaves_the_callers_draws_as_they_were():
+    torch.manual_seed(0)
+    alone = [torch.rand(2) for _ in range(3)]
+    torch.manual_seed(0)
+    own = RandomState()
+    with own:
+        torch.manual_seed(123)
+        first = torch.rand(2)
+    beside = [torch.rand(2)]
+    with own:
+        second = torch.rand(2)  # it goes on from where it stopped
+    beside += [torch.rand(2) for _ in range(2)]
+    torch.manual_seed(123)
+    assert all(torch.equal(a, b) for a, b in zip(alone, beside))
+    assert torch.equal(first, torch.rand(2)) and torch.equal(second, torch.rand(2))
+
+
+def test_lora_beside_peft_in_one_process_draws_the_same_dropout_masks(tmp_path):
+    """Dropout 0.05 on both sides, stepped in turn in one process: each side's masks are those of a process
+    of its own, so the last step's loss (after a step trained through the masks) is the same."""
+    report = bench.main(["--methods", "lora", "--max-rounds", "1", "--out", str(tmp_path), *TINY, "profile.steps=2"])
+    (row,) = report["rows"]
+    assert row["peer"] == "peft" and row["ftbench"]["status"] == row["peer_result"]["status"] == "ok"
+    assert row["same_first_loss"] and row["same_last_loss"], (row["ftbench"], row["peer_result"])
+    assert row["ftbench"]["loss_last"] != row["ftbench"]["loss_first"]

@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
@@ -198,7 +199,7 @@ class Job:
         self.result.run.phase = "train"
         speed = SpeedMeter()
         try:
-            history = loop.train(trainee, feed.stream(cfg.seed, self.spec.micro_batch_size, saver.micro_batches),
+            history = loop.train(trainee, self.training_batches(saver.micro_batches),
                                  self.spec, Compute(s.accelerator, feed.head, s.hw.autocast, feed.loss_fn, self.sync),
                                  Watchers(s.meter, speed, self.logger, evaluation.validate if evaluation else None,
                                           saver), history)
@@ -213,6 +214,12 @@ class Job:
         seq_len = speed.tokens / max(speed.samples, 1)
         result.throughput = speed.summary(flops_per_token(model, seq_len),
                                           peak_flops(result.env.device_name, s.hw.precision, s.device.type == "cuda"))
+
+    def training_batches(self, start: int) -> Iterator[dict]:
+        """The training stream from its `start`-th micro-batch on (a resumed run's). The loop draws a
+        step's micro-batches before it starts the step's clock; the peers benchmark overrides this to
+        step another loop there (bench/peers/paired.py)."""
+        return self.feed.stream(self.cfg.seed, self.spec.micro_batch_size, start)
 
     # -- 3. evaluate --------------------------------------------------------------------------
     def evaluate(self) -> None:

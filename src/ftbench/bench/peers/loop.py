@@ -103,73 +103,140 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class PeerRun:
+    """One peer, built and ready to step: `step()` runs and times one optimizer step.
+
+    Built under its own random state (seeded with the spec's seed, as its own process would be), which
+    it keeps apart from the caller's: each `step()` swaps it in and out, outside the timer, so a
+    benchmark that steps a peer between ftbench's steps in one process (paired.py) leaves ftbench's
+    random draws (LoRA dropout, sampled layers) exactly what they are in a process of its own.
+    `total_steps`: the LR schedule's length (default: the spec's warm-up + steps)."""
+
+    def __init__(self, spec: dict, total_steps: int | None = None):
+        from transformers import get_scheduler
+
+        self.device = torch.device(spec["device"])
+        if self.device.type == "cuda" and spec["allow_tf32"]:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        with RandomState() as self.random:
+            model = build_model(spec)
+            peer = import_module(f"{__package__}.{spec['module']}")
+            self.trainable = peer.prepare(model, spec)
+        self.model, self.optimizer = self.trainable.model, self.trainable.optimizer
+        self.accumulation, self.max_grad_norm = spec["accumulation"], spec["max_grad_norm"]
+        self.scheduler = get_scheduler(spec["scheduler"], self.optimizer,
+                                       num_warmup_steps=spec["scheduler_warmup_steps"],
+                                       num_training_steps=total_steps or spec["warmup_steps"] + spec["steps"])
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                       enabled=spec["precision"] == "bf16-mixed")
+        self.batches = token_batches(spec["micro_batch_size"], spec["seq_len"], self.model.config.vocab_size,
+                                     spec["seed"])
+        self.losses: list[float] = []
+        self.model.train()
+
+    def step(self) -> float:
+        """One optimizer step; its seconds: synchronized before the batch moves to the device and after
+        the loss is read (drawing the batch is outside). Raises FloatingPointError on a NaN or inf loss."""
+        model, optimizer, device = self.model, self.optimizer, self.device
+        micro = [next(self.batches) for _ in range(self.accumulation)]
+        with self.random:
+            synchronize(device)
+            started = time.perf_counter()
+            step_loss = torch.zeros((), device=device)
+            for batch in micro:
+                with self.autocast:
+                    loss = model(**{k: v.to(device) for k, v in batch.items()}).loss / self.accumulation
+                loss.backward()
+                step_loss += loss.detach().float()
+            if self.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+            optimizer.step()
+            self.scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            value = step_loss.item()
+            synchronize(device)
+            seconds = time.perf_counter() - started
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {len(self.losses)}")
+        self.losses.append(value)
+        return seconds
+
+
+class RandomState:
+    """A random state of its own (torch's CPU and CUDA generators, Python's, NumPy's), entered as a
+    context: inside, the global generators hold it; on exit they hold again what they held before, and
+    it keeps what was drawn inside. The first entry starts it from the caller's state."""
+
+    def __init__(self):
+        self.saved = None
+
+    def __enter__(self) -> RandomState:
+        self.outer = _capture()
+        if self.saved is not None:
+            _restore(self.saved)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.saved = _capture()
+        _restore(self.outer)
+
+
+def _capture() -> tuple:
+    import random
+
+    import numpy
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda, random.getstate(), numpy.random.get_state()
+
+
+def _restore(state: tuple) -> None:
+    import random
+
+    import numpy
+
+    cpu, cuda, python, numpy_state = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+    random.setstate(python)
+    numpy.random.set_state(numpy_state)
+
+
 def train(spec: dict) -> dict:
-    """Build, prepare and train one peer; its measurements."""
-    from transformers import get_scheduler
-
-    device = torch.device(spec["device"])
-    if device.type == "cuda" and spec["allow_tf32"]:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    model = build_model(spec)
-    peer = import_module(f"{__package__}.{spec['module']}")
-    trainable = peer.prepare(model, spec)
-    model, optimizer = trainable.model, trainable.optimizer
-    warmup, steps, accumulation = spec["warmup_steps"], spec["steps"], spec["accumulation"]
-    scheduler = get_scheduler(spec["scheduler"], optimizer, num_warmup_steps=spec["scheduler_warmup_steps"],
-                              num_training_steps=warmup + steps)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16-mixed")
-    batches = token_batches(spec["micro_batch_size"], spec["seq_len"], model.config.vocab_size, spec["seed"])
-    trace = spec["trace_memory"] and device.type == "cpu"
-    tracer, trainable_count, times, losses = None, 0, [], []
-
-    model.train()
+    """Build, prepare and train one peer in this process; its measurements."""
+    run = PeerRun(spec)
+    warmup, steps = spec["warmup_steps"], spec["steps"]
+    trace = spec["trace_memory"] and run.device.type == "cpu"
+    tracer, trainable_count, times = None, 0, []
     for step in range(warmup + steps):
         if step == warmup:  # the measured steps begin
-            trainable_count = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
+            trainable_count = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+            if run.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(run.device)
             if trace:
-                tracer = LiveTensorPeak(held_bytes(trainable))
+                tracer = LiveTensorPeak(held_bytes(run.trainable))
                 tracer.__enter__()
-        micro = [next(batches) for _ in range(accumulation)]
-        synchronize(device)
-        started = time.perf_counter()
-        step_loss = torch.zeros((), device=device)
-        for batch in micro:
-            with autocast:
-                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss / accumulation
-            loss.backward()
-            step_loss += loss.detach().float()
-        if spec["max_grad_norm"] is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec["max_grad_norm"])
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        value = step_loss.item()
-        synchronize(device)
-        seconds = time.perf_counter() - started
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {step}")
-        losses.append(value)
+        seconds = run.step()
         if step >= warmup:
             times.append(seconds)
     if tracer is not None:
         tracer.__exit__(None, None, None)
 
     by_op = None
-    if device.type == "cuda":
-        peak, peak_kind = torch.cuda.max_memory_allocated(device), "cuda_allocated"
+    if run.device.type == "cuda":
+        peak, peak_kind = torch.cuda.max_memory_allocated(run.device), "cuda_allocated"
     elif tracer is not None:
         peak, peak_kind = tracer.peak_bytes, "traced"
         by_op = dict(sorted(tracer.peak_by_op.items(), key=lambda item: -item[1])[:8])
     else:
         peak, peak_kind = None, None
-    return {"package": trainable.package, "step_time_s_p50": statistics.median(times),
+    return {"package": run.trainable.package, "step_time_s_p50": statistics.median(times),
             "step_times_s": times, "peak_bytes": peak, "peak_kind": peak_kind,
             "held_bytes": tracer.held_bytes if tracer is not None else None,
             "peak_op": tracer.peak_op if tracer is not None else None, "peak_by_op": by_op,
-            "trainable": trainable_count, "loss_first": losses[0], "loss_last": losses[-1]}
+            "trainable": trainable_count, "loss_first": run.losses[0], "loss_last": run.losses[-1]}
 
 
 def main(argv: list[str] | None = None) -> int:

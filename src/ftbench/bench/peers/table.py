@@ -1,7 +1,7 @@
 """The peers benchmark's rows and table: each ftbench method beside its own peer (or the baselines).
 
 A row holds both sides' summaries (timing.py's `summarize`), the time ratio (mean over rounds of each
-round's ftbench / peer ratio, with its spread: rounds.py) and the memory ratio; `table` renders the rows
+round's ftbench / peer ratio, both timed in one process: paired.py; with its spread: rounds.py) and the memory ratio; `table` renders the rows
 as markdown with ⚠ where an own-peer row is over TIME_LIMIT or MEMORY_LIMIT.
 """
 
@@ -27,7 +27,8 @@ def pairs(methods: list[str], summary: dict[str, dict]) -> list[dict]:
         if own is None or summary[f"peer:{own}"]["status"] != "ok":
             peers += [p for p in BASELINES if p != own]
         for peer in peers:
-            a, b = summary[f"ftbench:{m}"], summary[f"peer:{peer}"]
+            # the peer as timed beside this method (paired.py), or as its own run left it (it did not run)
+            a, b = summary[f"ftbench:{m}"], summary.get(f"peer:{peer}@{m}", summary[f"peer:{peer}"])
             ratios = paired_ratios(a["step_time_rounds_s"], b["step_time_rounds_s"])
             time_spread = spread(ratios) if ratios else None
             row = {"method": m, "peer": peer, "own_peer": peer == own, "ftbench": a, "peer_result": b,

@@ -4,11 +4,8 @@
     python -m ftbench.bench.peers.timing --methods full lora --max-rounds 4
     python -m ftbench.bench.peers.timing model=llama2-7b profile.seq_len=512   # a GPU: the 7B shape (bf16, checkpointing)
 
-Every entry runs in its own process: ftbench through its CLI (`ftbench
-mode=profile method=M ...`, which writes result.json), a peer through
-`loop.py` (plain PyTorch, PEFT, badam; peers/__init__.py lists them). Both
-sides train the same random-init model (shape, seed, dtype, checkpointing) on
-the same batches with the same optimizer settings, the same warm-up and timed
+Both sides train the same random-init model (shape, seed, dtype, checkpointing)
+on the same batches with the same optimizer settings, the same warm-up and timed
 steps, and the same measurements (see loop.py).
 
 Pairs: each method beside its own peer (peers/__init__.py: full vs torch, lora
@@ -16,17 +13,20 @@ vs peft, and the methods of the packages those peers are); every method
 without a peer that runs is also set beside torch and peft (its cost against
 full fine-tuning and LoRA).
 
-- Time: rounds, each running every entry once with the tracer off; odd rounds
-  run the entries in reverse order, so each pair runs ABBA and slow drifts of a
-  shared machine fall on both sides. A row's time ratio is the mean over rounds
-  of that round's ratio of the two runs' median step times, with the half-width
-  of its 95 % confidence interval; rounds go on until every half-width is at
-  most `--half-width` or `--max-rounds` ran (rounds.py). An entry's step time is
-  the median over rounds of its runs' medians.
-- Memory: on a GPU, CUDA's allocated peak of the same runs; on the CPU one more
-  run per entry after the first round, with the tracer on (it slows every
-  operator, so those runs are never timed), `--memory-steps` traced steps after
-  the same warm-up. The table is rewritten after every round.
+- Memory, first: every entry (ftbench's method, a peer) once in a process of
+  its own (ftbench through its CLI, a peer through `loop.py`): on a GPU CUDA's
+  allocated peak of `profile.steps` steps, on the CPU the traced peak of
+  `--memory-steps` traced steps after the same warm-up (the tracer slows every
+  operator, so these runs are never timed). An entry that fails here is not
+  timed; its row shows the error.
+- Time: rounds. A round runs, for every method, one process in which ftbench's
+  run and its peers alternate step by step (paired.py), the methods in reverse
+  order on odd rounds. A row's ratio in a round is ftbench's median step time
+  over the peer's, both from that process; the row's ratio is the mean over
+  rounds, with the half-width of its 95 % confidence interval; rounds go on
+  until every half-width is at most `--half-width` or `--max-rounds` ran
+  (rounds.py). A step time in the table is the median over rounds. The table
+  is rewritten after every round.
 
 ftbench runs with `train.loss_chunk_tokens=null` (the model's own loss, as the
 peers compute it), each method with its schema's `short_setup` (SparseGrad
@@ -53,14 +53,14 @@ from pathlib import Path
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from ftbench.bench.peers import PEERS
+from ftbench.bench.peers import PEERS, paired
+from ftbench.bench.peers.records import brief, last_line, new_record, read_ftbench, read_peer
 from ftbench.bench.peers.rounds import HALF_WIDTH, MAX_ROUNDS, Rounds
 from ftbench.bench.peers.table import (
     BASELINES,
     MEMORY_LIMIT,
     OWN_PEER,
     TIME_LIMIT,
-    MiB,
     pairs,
     table,
 )
@@ -124,7 +124,7 @@ class Benchmark:
             split_batch,
         )
 
-        self.out, self.memory_steps, self.timeout = out, memory_steps, timeout
+        self.out, self.memory_steps, self.timeout, self.methods = out, memory_steps, timeout, methods
         self.overrides = with_defaults(with_defaults(overrides, FIXED), DEFAULTS)
         self.cfgs = {m: compose([*self.overrides, f"method={m}", *pinned(m)]) for m in methods}
         peers = [OWN_PEER[m] for m in methods if m in OWN_PEER]
@@ -160,32 +160,69 @@ class Benchmark:
         return {**os.environ, "PYTHONPATH": src + (os.pathsep + path if path else ""), "HF_HUB_OFFLINE": "1",
                 "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
 
+    def ftbench_overrides(self, method: str, steps: int, trace: bool) -> list[str]:
+        return [*self.overrides, f"method={method}", *pinned(method), f"profile.steps={steps}",
+                f"profile.trace_memory={str(trace).lower()}"]
+
     def run(self, entry: tuple[str, str], trace: bool, tag: str) -> dict:
+        """One entry in a process of its own (the memory runs); its record."""
         kind, name = entry
         folder = self.out / "runs" / f"{tag}-{kind}-{name}"
         steps = self.memory_steps if trace else self.cfg.profile.steps
         if kind == "ftbench":
-            command = [sys.executable, "-c", "from ftbench.cli import main; main()", *self.overrides,
-                       f"method={name}", *pinned(name), f"profile.steps={steps}",
-                       f"profile.trace_memory={str(trace).lower()}", f"hydra.run.dir={folder}"]
+            command = [sys.executable, "-c", "from ftbench.cli import main; main()",
+                       *self.ftbench_overrides(name, steps, trace), f"hydra.run.dir={folder}"]
         else:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "spec.json").write_text(json.dumps(self.spec(name, trace, steps), indent=1))
             command = [sys.executable, "-m", "ftbench.bench.peers.loop", str(folder / "spec.json"),
                        str(folder / "peer.json")]
         started = time.time()
-        try:
-            done = subprocess.run(command, env=self.env(), capture_output=True, text=True, timeout=self.timeout)
-            failure = _last_line(done.stderr) if done.returncode else None
-        except subprocess.TimeoutExpired:
-            failure = f"timed out after {self.timeout} s"
+        failure = self.launch(command)
         folder.mkdir(parents=True, exist_ok=True)
         record = read_ftbench(folder) if kind == "ftbench" else read_peer(folder)
         if record["status"] != "ok" and not record["error"]:
             record["error"] = failure or "no result written"
         record["wall_s"] = round(time.time() - started, 1)
-        print(f"  {tag:>8} {kind:>7} {name:<11} {_brief(record)}", flush=True)
+        print(f"  {tag:>8} {kind:>7} {name:<11} {brief(record)}", flush=True)
         return record
+
+    def pair(self, method: str, peers: list[str], tag: str) -> dict:
+        """`method` and `peers` stepped in turn in one process (paired.py): {"ftbench": record, peer: record}."""
+        folder = self.out / "runs" / f"{tag}-{method}"
+        folder.mkdir(parents=True, exist_ok=True)
+        steps = self.cfg.profile.steps
+        spec = {"overrides": self.ftbench_overrides(method, steps, trace=False), "folder": str(folder),
+                "peers": [self.spec(peer, False, steps) for peer in peers]}
+        (folder / "pair.json").write_text(json.dumps(spec, indent=1))
+        started = time.time()
+        failure = self.launch([sys.executable, "-m", "ftbench.bench.peers.paired", str(folder / "pair.json")])
+        records = {"ftbench": read_ftbench(folder)}
+        try:
+            measured = {p["peer"]: p for p in json.loads((folder / paired.FILENAME).read_text())}
+        except (OSError, ValueError):
+            measured = {}
+        for peer in peers:
+            result = measured.get(peer, {"status": "failed", "error": None})
+            records[peer] = new_record(result["status"], result.get("error"), step_time=result.get("step_time_s_p50"),
+                                    trainable=result.get("trainable"), loss_first=result.get("loss_first"),
+                                    loss_last=result.get("loss_last"), package=result.get("package"))
+        wall = round(time.time() - started, 1)
+        for side, record in records.items():
+            if record["status"] != "ok" and not record["error"]:
+                record["error"] = failure or "no result written"
+            record["wall_s"] = wall
+            print(f"  {tag:>8} {'ftbench' if side == 'ftbench' else 'peer':>7} "
+                  f"{method if side == 'ftbench' else side:<11} {brief(record)}", flush=True)
+        return records
+
+    def launch(self, command: list[str]) -> str | None:
+        """Run `command` to its end; None, or the last line of its stderr when it failed."""
+        try:
+            done = subprocess.run(command, env=self.env(), capture_output=True, text=True, timeout=self.timeout)
+            return last_line(done.stderr) if done.returncode else None
+        except subprocess.TimeoutExpired:
+            return f"timed out after {self.timeout} s"
 
     def spec(self, peer: str, trace: bool, steps: int) -> dict:
         from omegaconf import OmegaConf
@@ -207,69 +244,16 @@ class Benchmark:
                 "scheduler_warmup_steps": warmup, "method": OmegaConf.to_container(cfg.method, resolve=True)}
 
 
-def read_ftbench(folder: Path) -> dict:
-    try:
-        result = json.loads((folder / "result.json").read_text())
-    except (OSError, ValueError):
-        return _record("failed", None)
-    memory, throughput = result.get("memory") or {}, result.get("throughput") or {}
-    peak = memory.get("train_peak_allocated_bytes") or memory.get("train_peak_traced_bytes")
-    return _record(result["status"], result.get("error"), step_time=throughput.get("step_time_s_p50"), peak=peak,
-                   trainable=(result.get("params") or {}).get("trainable"),
-                   loss_first=(result.get("train") or {}).get("loss_first"),
-                   loss_last=(result.get("train") or {}).get("loss_last"))
-
-
-def read_peer(folder: Path) -> dict:
-    try:
-        result = json.loads((folder / "peer.json").read_text())
-    except (OSError, ValueError):
-        return _record("failed", None)
-    return _record(result["status"], result.get("error"), step_time=result.get("step_time_s_p50"),
-                   peak=result.get("peak_bytes"), trainable=result.get("trainable"),
-                   loss_first=result.get("loss_first"), loss_last=result.get("loss_last"), package=result.get("package"))
-
-
-def _record(status, error, step_time=None, peak=None, trainable=None, loss_first=None, loss_last=None,
-            package=None) -> dict:
-    return {"status": status, "error": error, "step_time_s": step_time, "peak_bytes": peak,
-            "trainable": trainable, "loss_first": loss_first, "loss_last": loss_last, "package": package}
-
-
-def _last_line(text: str) -> str | None:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else None
-
-
-def _brief(record: dict) -> str:
-    if record["status"] != "ok":
-        return f"{record['status']}: {record['error']}"
-    parts = [f"{record['wall_s']:.0f} s wall"]
-    if record["step_time_s"] is not None:
-        parts.insert(0, f"step {record['step_time_s']:.3f} s")
-    if record["peak_bytes"] is not None:
-        parts.insert(1, f"peak {record['peak_bytes'] / MiB:.1f} MiB")
-    return ", ".join(parts)
-
-
 def measure(bench: Benchmark, stop, report) -> dict[str, dict]:
-    """Every entry's summary: median step time over the rounds, each round's, peak, trainable count, status.
-
-    Phases: timed round 0, the CPU's traced runs, timed rounds 1.. until `stop(summary, rounds)`;
-    `report(summary, rounds)` is called after each, so a run stopped early still leaves its table."""
-    runs: dict[tuple[str, str], list[dict]] = {e: [] for e in bench.entries}
-    memory: dict[tuple[str, str], dict] = {}
+    """Every entry's summary (summarize), after the memory runs and timed rounds until `stop(summary,
+    rounds)`; `report(summary, rounds)` is called after each round, so a run stopped early leaves its table."""
+    memory = {entry: bench.run(entry, trace=not bench.cuda, tag="memory") for entry in bench.entries}
+    runs: dict[str, list[dict]] = {m: [] for m in bench.methods}
     round_ = 0
     while True:
-        order = bench.entries if round_ % 2 == 0 else bench.entries[::-1]
-        for entry in order:
-            if runs[entry] and runs[entry][0]["status"] != "ok":
-                continue  # it cannot run: once is enough
-            runs[entry].append(bench.run(entry, trace=False, tag=f"time{round_}"))
-        if round_ == 0 and not bench.cuda:
-            for entry in bench.entries:
-                if runs[entry][0]["status"] == "ok":
-                    memory[entry] = bench.run(entry, trace=True, tag="memory")
+        for m in bench.methods if round_ % 2 == 0 else bench.methods[::-1]:
+            if memory[("ftbench", m)]["status"] == "ok":
+                runs[m].append(bench.pair(m, peers_beside(m, memory), tag=f"time{round_}"))
         summary = summarize(runs, memory)
         round_ += 1
         report(summary, round_)
@@ -277,23 +261,39 @@ def measure(bench: Benchmark, stop, report) -> dict[str, dict]:
             return summary
 
 
-def summarize(runs: dict[tuple[str, str], list[dict]], memory: dict[tuple[str, str], dict]) -> dict[str, dict]:
-    summary = {}
-    for entry, records in runs.items():
-        ok = [r for r in records if r["status"] == "ok"]
-        first = ok[0] if ok else records[0]
-        peaks = [r["peak_bytes"] for r in ok if r["peak_bytes"] is not None]
-        traced = memory.get(entry)
-        summary[":".join(entry)] = {
-            "status": first["status"] if traced is None or first["status"] != "ok" else traced["status"],
-            "error": first["error"] if first["status"] != "ok" else (traced or first)["error"],
-            "step_time_s": statistics.median([r["step_time_s"] for r in ok]) if ok else None,
-            "step_time_rounds_s": [r["step_time_s"] if r["status"] == "ok" else None for r in records],
-            "peak_bytes": (traced["peak_bytes"] if traced else statistics.median(peaks) if peaks else None),
-            "trainable": first["trainable"], "loss_first": first["loss_first"], "loss_last": first["loss_last"],
-            "package": first["package"],
-        }
+def peers_beside(method: str, memory: dict[tuple[str, str], dict]) -> list[str]:
+    """The peers timed beside `method`: its own, or where it has none that runs, the baselines (those that ran)."""
+    own = OWN_PEER.get(method)
+    if own is not None and memory.get(("peer", own), {}).get("status") == "ok":
+        return [own]
+    return [p for p in BASELINES if p != own and memory.get(("peer", p), {}).get("status") == "ok"]
+
+
+def summarize(runs: dict[str, list[dict]], memory: dict[tuple[str, str], dict]) -> dict[str, dict]:
+    """`ftbench:<method>` and `peer:<peer>` (each entry: its memory run, and for a method its times), and
+    `peer:<peer>@<method>` (that peer's times beside that method). Step times: medians over the rounds."""
+    summary = {":".join(entry): _entry(record, []) for entry, record in memory.items()}
+    for m, rounds in runs.items():
+        summary[f"ftbench:{m}"] = _entry(memory[("ftbench", m)], [r["ftbench"] for r in rounds])
+        for peer in dict.fromkeys(p for r in rounds for p in r if p != "ftbench"):
+            summary[f"peer:{peer}@{m}"] = _entry(memory[("peer", peer)], [r.get(peer) for r in rounds])
     return summary
+
+
+def _entry(memory: dict, timed: list[dict | None]) -> dict:
+    """An entry from its memory run (status, peak) and its timed runs (one per round; None: not run then)."""
+    ok = [r for r in timed if r is not None and r["status"] == "ok"]
+    failed = next((r for r in timed if r is not None and r["status"] != "ok"), None)
+    first = ok[0] if ok else memory
+    status, error = (memory["status"], memory["error"]) if memory["status"] != "ok" or failed is None \
+        else (failed["status"], failed["error"])
+    return {"status": status, "error": error,
+            "step_time_s": statistics.median([r["step_time_s"] for r in ok]) if ok else None,
+            "step_time_rounds_s": [r["step_time_s"] if r is not None and r["status"] == "ok" else None
+                                   for r in timed],
+            "peak_bytes": memory["peak_bytes"], "trainable": first["trainable"] or memory["trainable"],
+            "loss_first": first["loss_first"], "loss_last": first["loss_last"],
+            "package": first["package"] or memory["package"]}
 
 
 def machine(bench: Benchmark) -> str:
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m ftbench.bench.peers.timing", description=__doc__.split("\n")[0])
     parser.add_argument("overrides", nargs="*", help="ftbench overrides: the shape, hardware, profile steps")
     parser.add_argument("--methods", nargs="+", default=None, help="ftbench methods (default: every one)")
-    parser.add_argument("--max-rounds", type=int, default=MAX_ROUNDS, help="timed rounds (ABBA order) at most")
+    parser.add_argument("--max-rounds", type=int, default=MAX_ROUNDS, help="timed rounds at most (a round: one paired process per method)")
     parser.add_argument("--half-width", type=float, default=HALF_WIDTH,
                         help="rounds go on until every time ratio's 95 %% CI half-width is at most this")
     parser.add_argument("--memory-steps", type=int, default=1, help="CPU: traced steps of the memory run")
@@ -337,9 +337,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                            f"--max-rounds {args.max_rounds}",
                                                            f"--half-width {args.half_width}", *args.overrides])
     rule = Rounds(args.max_rounds, args.half_width)
-    print(f"bench-peers: {len(bench.entries)} entries x 2-{args.max_rounds} rounds (until every time ratio's 95 % "
-          f"CI half-width <= {args.half_width})"
-          f"{'' if bench.cuda else ' + 1 traced run each'}; writing {out}", flush=True)
+    print(f"bench-peers: {len(bench.entries)} memory runs ({'CUDA peak' if bench.cuda else 'traced'}), then "
+          f"{len(methods)} paired processes x 2-{args.max_rounds} rounds (until every time ratio's 95 % "
+          f"CI half-width <= {args.half_width}); writing {out}", flush=True)
     final = {}
 
     def report(summary: dict[str, dict], rounds: int) -> None:
@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> dict:
         done = "" if rule.done([r["time_spread"] for r in rows], rounds) else " (so far: the run goes on)"
         text = (f"`{final['command']}`  \n{final['machine']}  \n{bench.hw.precision}, checkpointing "
                 f"{'on' if bench.hw.gradient_checkpointing else 'off'}; {' '.join(bench.overrides)}; time ×: mean over "
-                f"{rounds} ABBA rounds{done} of each round's ratio of the runs' median step times, ± the half-width "
+                f"{rounds} rounds{done} of each round's ratio of the median step times (both sides stepped in turn in "
+                f"one process), ± the half-width "
                 f"of its 95 % confidence interval (lowest–highest round); step times: medians over the rounds; "
                 f"memory: {final['memory']}; "
                 f"{final['duration_s'] / 60:.1f} min\n\n{table(rows)}\n\n"
