@@ -18,8 +18,8 @@ TINY = ["model=tiny-llama", "profile.batch_size=2", "profile.seq_len=16", "profi
 
 def test_full_beside_the_plain_pytorch_loop(tmp_path):
     """Four processes (ftbench and the peer, timed and traced): same model, same batch, same counts."""
-    report = bench.main(["--methods", "full", "--max-rounds", "1", "--memory-steps", "1", "--out", str(tmp_path),
-                         *TINY])
+    report = bench.main(["--methods", "full", "--baselines", "torch", "--max-rounds", "1", "--memory-steps", "1",
+                         "--out", str(tmp_path), *TINY])
     (row,) = report["rows"]
     ours, peer = row["ftbench"], row["peer_result"]
     assert (row["method"], row["peer"], ours["status"], peer["status"]) == ("full", "torch", "ok", "ok")
@@ -34,8 +34,8 @@ def test_full_beside_the_plain_pytorch_loop(tmp_path):
 def test_galore_beside_galore_torchs_readme_loop(tmp_path):
     """The same library stepping the same tensors: the same first and last loss (the weights after the
     steps before it); the peer's held state counts the projection matrices inside its projectors too."""
-    report = bench.main(["--methods", "galore", "--max-rounds", "1", "--memory-steps", "1", "--out", str(tmp_path),
-                         *TINY, "profile.steps=2"])
+    report = bench.main(["--methods", "galore", "--baselines", "--max-rounds", "1", "--memory-steps", "1",
+                         "--out", str(tmp_path), *TINY, "profile.steps=2"])
     (row,) = report["rows"]
     ours, peer = row["ftbench"], row["peer_result"]
     assert (row["peer"], ours["status"], peer["status"]) == ("galore", "ok", "ok"), (ours["error"], peer["error"])
@@ -82,7 +82,7 @@ class FakePlan:
 
     cuda = True
     entries = [("ftbench", "full"), ("peer", "torch")]
-    methods = ["full"]
+    methods, baselines = ["full"], ("torch",)
 
     def __init__(self, ftbench_times, torch_times=None):
         self.times = {"ftbench": list(ftbench_times), "torch": list(torch_times or [1.0] * len(ftbench_times))}
@@ -109,13 +109,13 @@ RULE = Rounds(max_rounds=12, half_width=0.015)
 def rounds_run(plan) -> tuple[int, dict]:
     rule, reports = RULE, []
     summary = bench.measure(plan, lambda summary, n: rule.done(
-        [r["time_spread"] for r in pairs(["full"], summary)], n), lambda summary, n: reports.append(n))
-    (row,) = pairs(["full"], summary)
+        [r["time_spread"] for r in pairs(["full"], summary, ("torch",))], n), lambda summary, n: reports.append(n))
+    (row,) = pairs(["full"], summary, ("torch",))
     assert reports == list(range(1, len(reports) + 1))  # a table after every round
     return reports[-1], row
 
 
-def test_rounds_run_abba_and_stop_once_the_interval_is_narrow():
+def test_rounds_go_on_until_the_interval_is_narrow():
     # Ratios 0.99, 1.01, ... : sd ≈ 0.0107; the 95 % half-width t(n-1)·sd/√n is 0.127 at 2 rounds,
     # 0.0184 at 4, 0.0115 at 6: six rounds.
     plan = FakePlan([0.99, 1.01] * 6)
@@ -146,12 +146,16 @@ def test_a_row_that_cannot_run_does_not_hold_the_rounds():
     assert row["ftbench"]["error"] == "no"
 
 
-def test_a_peer_that_fails_its_memory_run_is_not_timed_and_the_baselines_stand_in():
+def test_a_method_is_timed_beside_its_own_peer_and_the_baselines_that_ran():
     memory = {("ftbench", "badam"): record(1.0), ("peer", "badam"): record(None), ("peer", "torch"): record(1.0),
-              ("peer", "peft"): record(None)}
-    assert bench.peers_beside("badam", memory) == ["torch"]
-    assert bench.peers_beside("badam", {**memory, ("peer", "badam"): record(1.0)}) == ["badam"]
-    assert bench.peers_beside("sift", memory) == ["torch"]
+              ("peer", "peft"): record(1.0)}
+    plan = FakePlan([1.0])
+    plan.baselines = ("torch", "peft")
+    assert bench.peers_beside(plan, "badam", memory) == ["torch", "peft"]  # badam's own did not run
+    assert bench.peers_beside(plan, "badam", {**memory, ("peer", "badam"): record(1.0)}) == ["badam", "torch", "peft"]
+    assert bench.peers_beside(plan, "lora", memory) == ["peft", "torch"]  # its own first, no baseline twice
+    plan.baselines = ()
+    assert bench.peers_beside(plan, "sift", memory) == []
 
 
 def test_the_spread_of_one_round_has_no_interval():
@@ -197,7 +201,8 @@ def test_a_random_state_of_its_own_leaves_the_callers_draws_as_they_were():
 def test_lora_beside_peft_in_one_process_draws_the_same_dropout_masks(tmp_path):
     """Dropout 0.05 on both sides, stepped in turn in one process: each side's masks are those of a process
     of its own, so the last step's loss (after a step trained through the masks) is the same."""
-    report = bench.main(["--methods", "lora", "--max-rounds", "1", "--out", str(tmp_path), *TINY, "profile.steps=2"])
+    report = bench.main(["--methods", "lora", "--baselines", "--max-rounds", "1", "--out", str(tmp_path), *TINY,
+                         "profile.steps=2"])
     (row,) = report["rows"]
     assert row["peer"] == "peft" and row["ftbench"]["status"] == row["peer_result"]["status"] == "ok"
     assert row["same_first_loss"] and row["same_last_loss"], (row["ftbench"], row["peer_result"])

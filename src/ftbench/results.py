@@ -124,6 +124,7 @@ class Throughput:
     tokens_per_s_nonpad: float | None = None
     tokens_per_s_loss: float | None = None  # positions that carry a loss
     mfu: float | None = None
+    step_times_s: list[float] | None = None  # mode=profile: each measured step's seconds, in order
 
 
 @dataclass

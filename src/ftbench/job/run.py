@@ -213,7 +213,8 @@ class Job:
         result.memory.breakdown.trainable_bytes = self.trainable[1]
         seq_len = speed.tokens / max(speed.samples, 1)
         result.throughput = speed.summary(flops_per_token(model, seq_len),
-                                          peak_flops(result.env.device_name, s.hw.precision, s.device.type == "cuda"))
+                                          peak_flops(result.env.device_name, s.hw.precision, s.device.type == "cuda"),
+                                          each_step=s.profiling)
 
     def training_batches(self, start: int) -> Iterator[dict]:
         """The training stream from its `start`-th micro-batch on (a resumed run's). The loop draws a

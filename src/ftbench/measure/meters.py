@@ -362,9 +362,9 @@ class SpeedMeter:
         self.tokens_nonpad += nonpad
         self.tokens_loss += loss_tokens
 
-    def summary(self, flops_token: float | None, peak: float | None) -> Throughput:
+    def summary(self, flops_token: float | None, peak: float | None, each_step: bool = False) -> Throughput:
         """result.json's throughput section over the recorded steps; `flops_token`: FLOPs per token,
-        `peak`: the device's FLOP/s (MFU is None without either)."""
+        `peak`: the device's FLOP/s (MFU is None without either); `each_step`: every step's seconds too."""
         if not self.durations:
             return Throughput()
         total = sum(self.durations)
@@ -379,4 +379,5 @@ class SpeedMeter:
             tokens_per_s_nonpad=self.tokens_nonpad / total,
             tokens_per_s_loss=self.tokens_loss / total,
             mfu=(self.tokens_nonpad / total) * flops_token / peak if flops_token and peak else None,
+            step_times_s=list(self.durations) if each_step else None,
         )

@@ -13,20 +13,23 @@ from ftbench.bench.peers import PEERS
 from ftbench.bench.peers.rounds import paired_ratios, spread
 
 OWN_PEER = {peer.method: name for name, peer in PEERS.items()}  # method -> the peer it stands beside
-BASELINES = ("torch", "peft")  # the peers every method without a peer that runs stands beside
+BASELINES = ("torch", "peft")  # what every method also stands beside (--baselines): full fine-tuning and LoRA
 TIME_LIMIT, MEMORY_LIMIT = 1.05, 1.02  # acceptance: ftbench / peer, own-peer rows
 MiB = 2**20
 
 
-def pairs(methods: list[str], summary: dict[str, dict]) -> list[dict]:
+def peers_of(method: str, baselines: tuple[str, ...] = BASELINES) -> list[str]:
+    """The peers `method` stands beside: its own (if it has one), then the baselines."""
+    own = OWN_PEER.get(method)
+    return [*([own] if own else []), *(p for p in baselines if p != own)]
+
+
+def pairs(methods: list[str], summary: dict[str, dict], baselines: tuple[str, ...] = BASELINES) -> list[dict]:
     """One row per (ftbench method, peer) with the ratios ftbench / peer."""
     rows = []
     for m in methods:
         own = OWN_PEER.get(m)
-        peers = [own] if own else []
-        if own is None or summary[f"peer:{own}"]["status"] != "ok":
-            peers += [p for p in BASELINES if p != own]
-        for peer in peers:
+        for peer in peers_of(m, baselines):
             # the peer as timed beside this method (paired.py), or as its own run left it (it did not run)
             a, b = summary[f"ftbench:{m}"], summary.get(f"peer:{peer}@{m}", summary[f"peer:{peer}"])
             ratios = paired_ratios(a["step_time_rounds_s"], b["step_time_rounds_s"])

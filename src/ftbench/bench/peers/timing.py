@@ -9,9 +9,9 @@ on the same batches with the same optimizer settings, the same warm-up and timed
 steps, and the same measurements (see loop.py).
 
 Pairs: each method beside its own peer (peers/__init__.py: full vs torch, lora
-vs peft, and the methods of the packages those peers are); every method
-without a peer that runs is also set beside torch and peft (its cost against
-full fine-tuning and LoRA).
+vs peft, and the methods of the packages those peers are) and beside the
+baselines, torch and peft (its cost against full fine-tuning and LoRA;
+`--baselines torch` keeps only the first, `--baselines` none).
 
 - Memory, first: every entry (ftbench's method, a peer) once in a process of
   its own (ftbench through its CLI, a peer through `loop.py`): on a GPU CUDA's
@@ -62,6 +62,7 @@ from ftbench.bench.peers.table import (
     OWN_PEER,
     TIME_LIMIT,
     pairs,
+    peers_of,
     table,
 )
 from ftbench.config.knobs import settle
@@ -72,8 +73,9 @@ from ftbench.methods import config_classes, names
 
 # The CPU shape: a 4-layer LLaMA of hidden 512, 4 x 256 tokens, fp32, checkpointing. Each key applies
 # unless the command line sets it.
-DEFAULTS = ["model=llama-mini", "profile.batch_size=4", "profile.seq_len=256", "profile.warmup_steps=2",
-            "profile.steps=5", "hardware.gradient_checkpointing=true"]
+# 3 + 15 steps: in one process a step's first few are slow, and a median of 15 varies ~1 % (docs/peers.md).
+DEFAULTS = ["model=llama-mini", "profile.batch_size=4", "profile.seq_len=256", "profile.warmup_steps=3",
+            "profile.steps=15", "hardware.gradient_checkpointing=true"]
 # What makes ftbench's run comparable with a plain loop (a command-line value of the same key wins).
 # hardware.max_micro_batch_size=null: the whole profile batch in one micro-batch on both sides, no probe steps.
 FIXED = ["mode=profile", "model.random_init=true", "train.loss_chunk_tokens=null", "train.progress=false",
@@ -118,19 +120,18 @@ def pinned(method: str) -> list[str]:
 class Benchmark:
     """The entries of one benchmark run and how to launch each."""
 
-    def __init__(self, methods: list[str], overrides: list[str], out: Path, memory_steps: int, timeout: int):
+    def __init__(self, methods: list[str], overrides: list[str], out: Path, memory_steps: int, timeout: int,
+                 baselines: tuple[str, ...] = BASELINES):
         from ftbench.engine.hardware import (  # torch: only once a benchmark runs
             resolve,
             split_batch,
         )
 
         self.out, self.memory_steps, self.timeout, self.methods = out, memory_steps, timeout, methods
+        self.baselines = baselines
         self.overrides = with_defaults(with_defaults(overrides, FIXED), DEFAULTS)
         self.cfgs = {m: compose([*self.overrides, f"method={m}", *pinned(m)]) for m in methods}
-        peers = [OWN_PEER[m] for m in methods if m in OWN_PEER]
-        if any(m not in OWN_PEER or not PEERS[OWN_PEER[m]].loop for m in methods):
-            peers += list(BASELINES)
-        self.peers = list(dict.fromkeys(peers))
+        self.peers = list(dict.fromkeys(p for m in methods for p in peers_of(m, baselines)))
         for peer in self.peers:  # a peer copies the settings of its ftbench counterpart
             counterpart = PEERS[peer].method
             if counterpart not in self.cfgs:
@@ -144,14 +145,7 @@ class Benchmark:
         self.hw = resolve(cfg.hardware)
         self.micro, self.accumulation = split_batch(cfg.profile.batch_size, self.hw.max_micro_batch_size)
         self.cuda = self.hw.device.type == "cuda"
-        # Interleaved: each method's own peer right after it; the baselines not yet listed at the end.
-        order = []
-        for m in methods:
-            order.append(("ftbench", m))
-            if m in OWN_PEER:
-                order.append(("peer", OWN_PEER[m]))
-        order += [("peer", p) for p in self.peers]
-        self.entries = list(dict.fromkeys(order))
+        self.entries = [*(("ftbench", m) for m in methods), *(("peer", p) for p in self.peers)]
 
     # -- launching ------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
@@ -253,7 +247,7 @@ def measure(bench: Benchmark, stop, report) -> dict[str, dict]:
     while True:
         for m in bench.methods if round_ % 2 == 0 else bench.methods[::-1]:
             if memory[("ftbench", m)]["status"] == "ok":
-                runs[m].append(bench.pair(m, peers_beside(m, memory), tag=f"time{round_}"))
+                runs[m].append(bench.pair(m, peers_beside(bench, m, memory), tag=f"time{round_}"))
         summary = summarize(runs, memory)
         round_ += 1
         report(summary, round_)
@@ -261,12 +255,9 @@ def measure(bench: Benchmark, stop, report) -> dict[str, dict]:
             return summary
 
 
-def peers_beside(method: str, memory: dict[tuple[str, str], dict]) -> list[str]:
-    """The peers timed beside `method`: its own, or where it has none that runs, the baselines (those that ran)."""
-    own = OWN_PEER.get(method)
-    if own is not None and memory.get(("peer", own), {}).get("status") == "ok":
-        return [own]
-    return [p for p in BASELINES if p != own and memory.get(("peer", p), {}).get("status") == "ok"]
+def peers_beside(bench, method: str, memory: dict[tuple[str, str], dict]) -> list[str]:
+    """The peers timed beside `method`: its own and the baselines (table.peers_of), those whose memory run ran."""
+    return [p for p in peers_of(method, bench.baselines) if memory[("peer", p)]["status"] == "ok"]
 
 
 def summarize(runs: dict[str, list[dict]], memory: dict[tuple[str, str], dict]) -> dict[str, dict]:
@@ -319,6 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-rounds", type=int, default=MAX_ROUNDS, help="timed rounds at most (a round: one paired process per method)")
     parser.add_argument("--half-width", type=float, default=HALF_WIDTH,
                         help="rounds go on until every time ratio's 95 %% CI half-width is at most this")
+    parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES,
+                        help="the peers every method also stands beside (default: torch peft; none: only its own)")
     parser.add_argument("--memory-steps", type=int, default=1, help="CPU: traced steps of the memory run")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per process")
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/bench-peers/<time>")
@@ -328,12 +321,14 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     try:
-        bench = Benchmark(methods, args.overrides, out, args.memory_steps, args.timeout)
+        bench = Benchmark(methods, args.overrides, out, args.memory_steps, args.timeout, tuple(args.baselines))
     except (UserError, HydraException, OmegaConfBaseException) as exc:
         problem = exc if isinstance(exc, UserError) else explain_compose_error(exc)
         print(f"bench-peers: error: {problem}", file=sys.stderr)
         sys.exit(2)
+    baselines = [] if tuple(args.baselines) == BASELINES else ["--baselines", *args.baselines]
     command = "python -m ftbench.bench.peers.timing " + " ".join([*(["--methods", *args.methods] if args.methods else []),
+                                                           *baselines,
                                                            f"--max-rounds {args.max_rounds}",
                                                            f"--half-width {args.half_width}", *args.overrides])
     rule = Rounds(args.max_rounds, args.half_width)
@@ -343,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
     final = {}
 
     def report(summary: dict[str, dict], rounds: int) -> None:
-        rows = pairs(methods, summary)
+        rows = pairs(methods, summary, bench.baselines)
         final.update({
             "command": command.strip(), "machine": machine(bench),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "overrides": bench.overrides,
@@ -373,8 +368,10 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "peers.md").write_text(text)
         print(text, flush=True)
 
-    measure(bench, lambda summary, rounds: rule.done([r["time_spread"] for r in pairs(methods, summary)], rounds),
-            report)
+    def stop(summary: dict[str, dict], rounds: int) -> bool:
+        return rule.done([r["time_spread"] for r in pairs(methods, summary, bench.baselines)], rounds)
+
+    measure(bench, stop, report)
     print(f"wrote {out / 'peers.md'}")
     return final
 
