@@ -59,7 +59,8 @@ bench-real: $(STAMP) ## every method on the real SmolLM2-135M (math, alpaca): he
 	$(PY) -m ftbench.bench.real $(BENCH_REAL_ARGS)
 
 # `make bench-peers BENCH_ARGS="model=llama2-7b profile.seq_len=512"` on a GPU; without BENCH_ARGS on the
-# command line the benchmark's own CPU shape applies (docs/peers.md). PEERS_ARGS: --methods, --max-rounds, --half-width, --out.
+# command line the benchmark's own CPU shape applies (docs/peers.md). PEERS_ARGS: --methods, --baselines, --max-rounds,
+# --half-width, --out.
 PEERS_ARGS ?=
 $(VENV)/.installed-peers: $(STAMP)
 	$(PY) -m pip install -q -e ".[peers]" && touch $@

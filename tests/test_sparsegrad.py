@@ -246,6 +246,32 @@ def test_lazy_adam_equals_torch_sparse_adam_even_on_repeated_entries():
     torch.testing.assert_close(optimizer.state[mine]["exp_avg"], reference.state[theirs]["exp_avg"])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("rotated", [False, True])
+def test_a_coalesced_gradient_steps_as_the_same_entries_stored_out_of_order(dtype, rotated):
+    """One backward's top-k is coalesced and skips the sort that sums repeats: the same step, clip and state."""
+    torch.manual_seed(0)
+    index, values = torch.tensor([[0, 1, 3, 3], [4, 0, 1, 2]]), torch.randn(4, dtype=torch.float64).to(dtype)
+    basis = Basis(*(torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))[0] for n in (4, 5))) if rotated else None
+    start = torch.randn(4, 5, dtype=torch.float64).to(dtype)
+    order = [2, 0, 3, 1]
+    runs = {}
+    for name, grad in (("coalesced", torch.sparse_coo_tensor(index, values, (4, 5), is_coalesced=True)),
+                       ("out of order", torch.sparse_coo_tensor(index[:, order], values[order], (4, 5)))):
+        assert grad.is_coalesced() == (name == "coalesced")
+        assert (unique_entries(grad)[2] is None) == (name == "coalesced")
+        param = nn.Parameter(start.clone())
+        optimizer = SparseMlpOptimizer([{"params": [param], "sparse": True}], OptimConfig(), 0.01, {param: basis})
+        for _ in range(3):
+            param.grad = grad.clone()
+            torch.manual_seed(1)  # bf16's stochastic rounding draws alike on both
+            norm = clip_grad_norm([param], max_norm=0.5)
+            optimizer.step()
+        runs[name] = (norm, param.detach(), optimizer.state[param]["exp_avg_sq"])
+    for a, b in zip(runs["coalesced"], runs["out of order"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_unique_entries_and_clipping_sum_repeated_entries():
     grad = torch.sparse_coo_tensor(torch.tensor([[1, 0, 1], [2, 0, 2]]), torch.tensor([3.0, 1.0, 4.0]), (2, 3),
                                    check_invariants=True)

@@ -1,12 +1,12 @@
-"""How many timed rounds the peers benchmark runs: ABBA rounds until every time ratio is known closely.
+"""How many timed rounds the peers benchmark runs: rounds until every time ratio is known closely.
 
-Each round runs every entry once, odd rounds in reverse order, so a method and its peer
-run side by side and a slow drift of the machine falls on both. A round gives one ratio
-per row (ftbench's step time / the peer's, both from that round); the row's ratio is the
-mean over rounds and its spread the half-width of the 95 % confidence interval of that
-mean (Student's t, scipy). Rounds go on until every row's half-width is at most
-`half_width`, after an even number of rounds (whole ABBA pairs) and at least two (one
-round has no spread), or until `max_rounds`.
+A round runs, for every method, one process in which ftbench and the method's peers take turns
+step by step (paired.py), the methods in reverse order on odd rounds. A round gives one ratio per
+row (ftbench's median step time / the peer's, both from that process); the row's ratio is the mean
+over rounds and its spread the half-width of the 95 % confidence interval of that mean (Student's
+t, scipy). Rounds go on until every row's half-width is at most `half_width`, after an even number
+of rounds (whole forward-and-reverse pairs) and at least two (one round has no spread), or until
+`max_rounds`.
 """
 
 from __future__ import annotations

@@ -24,10 +24,14 @@ from ftbench.errors import UserError
 from ftbench.methods.sparsegrad.sparse_linear import Basis
 
 
-def unique_entries(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def unique_entries(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(flat index, summed value, first-occurrence mask) per stored entry of a 2-D COO gradient.
-    A repeated index carries its total at every occurrence; the mask keeps one of them."""
+    A repeated index carries its total at every occurrence; the mask keeps one of them. A coalesced
+    gradient (one backward's top-k, sorted and unique: `top_k_sparse`) is returned as it is, with
+    mask None (every entry is the first)."""
     rows, cols = grad._indices()
+    if grad.is_coalesced():
+        return rows * grad.shape[1] + cols, grad._values(), None
     flat, order = (rows * grad.shape[1] + cols).sort(stable=True)
     values = grad._values().index_select(0, order)
     first = torch.ones_like(flat, dtype=torch.bool)
@@ -39,7 +43,7 @@ def unique_entries(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
 
 def sparse_norm(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     _, values, first = unique_entries(grad)
-    return torch.linalg.vector_norm(values * first, dtype=dtype)
+    return torch.linalg.vector_norm(values if first is None else values * first, dtype=dtype)
 
 
 def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor | None:
@@ -135,18 +139,19 @@ class SparseMlpOptimizer(torch.optim.Optimizer):
             old_avg, old_sq = exp_avg.index_select(0, flat), exp_avg_sq.index_select(0, flat)
             avg_step = (grad - old_avg) * (1 - beta1)
             sq_step = (grad * grad - old_sq) * (1 - beta2)
-            exp_avg.index_add_(0, flat, avg_step * first)
-            exp_avg_sq.index_add_(0, flat, sq_step * first)
+            exp_avg.index_add_(0, flat, avg_step if first is None else avg_step * first)
+            exp_avg_sq.index_add_(0, flat, sq_step if first is None else sq_step * first)
             bias1, bias2 = 1 - beta1 ** state["step"], 1 - beta2 ** state["step"]
             step_size = lr * math.sqrt(bias2) / bias1
             delta = (old_avg + avg_step) / ((old_sq + sq_step).sqrt() + group["eps"]) * -step_size
-        delta = delta * first
+        if first is not None:
+            delta = delta * first
         basis = self.bases[param]
         if basis is None:  # MeProp: the k entries themselves, rounded as add_rounded does
             if param.dtype == torch.bfloat16:
-                unique = flat[first]  # index_copy_ needs each index once
+                unique = flat if first is None else flat[first]  # index_copy_ needs each index once
                 values = param.view(-1).index_select(0, unique)
-                add_rounded(values, delta[first])
+                add_rounded(values, delta if first is None else delta[first])
                 param.view(-1).index_copy_(0, unique, values)
             else:
                 param.view(-1).index_add_(0, flat, delta.to(param.dtype))
