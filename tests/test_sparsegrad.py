@@ -248,28 +248,33 @@ def test_lazy_adam_equals_torch_sparse_adam_even_on_repeated_entries():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("rotated", [False, True])
-def test_a_coalesced_gradient_steps_as_the_same_entries_stored_out_of_order(dtype, rotated):
-    """One backward's top-k is coalesced and skips the sort that sums repeats: the same step, clip and state."""
+def test_one_backwards_gradient_skips_the_sort_that_sums_repeats(dtype, rotated):
+    """A gradient of k entries is one backward's top-k (sorted, unique): the same clip, step and state
+    without the sort as with it; two micro-batches' (more than k entries) take the sort."""
     torch.manual_seed(0)
-    index, values = torch.tensor([[0, 1, 3, 3], [4, 0, 1, 2]]), torch.randn(4, dtype=torch.float64).to(dtype)
+    layer = TopKGradLinear(nn.Linear(5, 4, bias=False).to(dtype), None, k=6)
+    layer(torch.randn(3, 5, dtype=dtype)).pow(2).sum().backward()
+    one = layer.weight.grad.clone()
+    layer(torch.randn(3, 5, dtype=dtype)).pow(2).sum().backward()  # accumulated: adds to the same tensor
+    two = layer.weight.grad
+    assert one._nnz() == 6 and two._nnz() > 6
+    assert unique_entries(one, 6)[2] is None and unique_entries(two, 6)[2] is not None
     basis = Basis(*(torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))[0] for n in (4, 5))) if rotated else None
     start = torch.randn(4, 5, dtype=torch.float64).to(dtype)
-    order = [2, 0, 3, 1]
-    runs = {}
-    for name, grad in (("coalesced", torch.sparse_coo_tensor(index, values, (4, 5), is_coalesced=True)),
-                       ("out of order", torch.sparse_coo_tensor(index[:, order], values[order], (4, 5)))):
-        assert grad.is_coalesced() == (name == "coalesced")
-        assert (unique_entries(grad)[2] is None) == (name == "coalesced")
-        param = nn.Parameter(start.clone())
-        optimizer = SparseMlpOptimizer([{"params": [param], "sparse": True}], OptimConfig(), 0.01, {param: basis})
-        for _ in range(3):
-            param.grad = grad.clone()
-            torch.manual_seed(1)  # bf16's stochastic rounding draws alike on both
-            norm = clip_grad_norm([param], max_norm=0.5)
-            optimizer.step()
-        runs[name] = (norm, param.detach(), optimizer.state[param]["exp_avg_sq"])
-    for a, b in zip(runs["coalesced"], runs["out of order"]):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for grad in (one, two):
+        runs = []
+        for k in (6, None):  # None: the sort always
+            param = nn.Parameter(start.clone())
+            optimizer = SparseMlpOptimizer([{"params": [param], "sparse": True}], OptimConfig(), 0.01,
+                                           {param: basis}, {param: k} if k else None)
+            for _ in range(3):
+                param.grad = grad.clone()
+                torch.manual_seed(1)  # bf16's stochastic rounding draws alike on both
+                norm = clip_grad_norm([param], 0.5, {param: k} if k else None)
+                optimizer.step()
+            runs.append((norm, param.detach(), optimizer.state[param]["exp_avg_sq"]))
+        for a, b in zip(*runs):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_unique_entries_and_clipping_sum_repeated_entries():

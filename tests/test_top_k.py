@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ftbench.methods import top_k as top_k_module
-from ftbench.methods.top_k import MIN_RATIO, SAMPLE, sampled_rank, top_k
+from ftbench.methods.top_k import MIN_RATIO, SAMPLE, at_or_above, sampled_rank, top_k
 
 N = MIN_RATIO * SAMPLE + 12345  # just long enough for the sampled path
 
@@ -13,7 +13,7 @@ def assert_same_selection(scores: torch.Tensor, k: int) -> None:
     """The same values as torch.topk; the same indices wherever the k-th value is untied."""
     got = top_k(scores, k)
     want = scores.topk(k)
-    assert got.numel() == k and got.unique().numel() == k
+    assert got.numel() == k and bool((got[1:] > got[:-1]).all())  # each once, ascending
     torch.testing.assert_close(scores[got].sort(descending=True).values, want.values, rtol=0, atol=0,
                                equal_nan=True)
     kth = want.values[-1]
@@ -47,7 +47,7 @@ def one_outlier_block() -> torch.Tensor:  # the largest entries packed together,
 
 def with_nan() -> torch.Tensor:
     scores = gaussian(4)
-    scores[[7, 70_000]] = float("nan")
+    scores[[7, 70_000, N - 1]] = float("nan")  # N - 1: past the last whole block of at_or_above
     return scores
 
 
@@ -103,3 +103,11 @@ def test_a_full_top_k_runs_only_when_the_candidates_are_everything(case, full):
     with TopkSizes() as mode:
         top_k(scores, k)
     assert mode.sizes[0] == SAMPLE and (max(mode.sizes[1:]) == N) == full
+
+
+@pytest.mark.parametrize("n", [8 * 1000, 8 * 1000 + 5])
+def test_the_blocked_candidate_pass_keeps_what_a_plain_comparison_keeps(n):
+    scores = torch.rand(n, generator=torch.Generator().manual_seed(n))
+    scores[[3, n - 1]] = float("nan")  # in a block, and (n = 8005) in the tail after the last block
+    threshold = torch.tensor(0.99)
+    assert torch.equal(at_or_above(scores, threshold), (~(scores < threshold)).nonzero().squeeze(1))

@@ -89,14 +89,18 @@ class SparseMlpMethod(Method):
     def build_optimizer(self, groups: list[dict], optim_cfg, lr: float) -> torch.optim.Optimizer:
         # Dense groups step through fp32 masters (masters.py); the sparse MLP weights round stochastically.
         optimizer = SparseMlpOptimizer(self.with_masters(groups), optim_cfg, lr,
-                                       {layer.weight: layer.basis for layer in self.layers})
+                                       {layer.weight: layer.basis for layer in self.layers}, self.entries())
         self.masters.attach(optimizer)
         return optimizer
 
     def clip_grad_norm(self, max_norm: float | None) -> torch.Tensor | None:
         if max_norm is None:
             return None
-        return clip_grad_norm(self.optimizer_parameters(), max_norm)
+        return clip_grad_norm(self.optimizer_parameters(), max_norm, self.entries())
+
+    def entries(self) -> dict[torch.Tensor, int]:
+        """Each MLP weight's k: the entries of one backward's gradient (sparse_adam.unique_entries)."""
+        return {layer.weight: layer.k for layer in self.layers}
 
     def trainable_size(self) -> tuple[int, int]:
         """What one step updates: the densely trained tensors and k entries of each MLP weight

@@ -24,13 +24,16 @@ from ftbench.errors import UserError
 from ftbench.methods.sparsegrad.sparse_linear import Basis
 
 
-def unique_entries(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def unique_entries(grad: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(flat index, summed value, first-occurrence mask) per stored entry of a 2-D COO gradient.
-    A repeated index carries its total at every occurrence; the mask keeps one of them. A coalesced
-    gradient (one backward's top-k, sorted and unique: `top_k_sparse`) is returned as it is, with
-    mask None (every entry is the first)."""
+    A repeated index carries its total at every occurrence; the mask keeps one of them.
+    `k`: the entries one backward gives (`top_k_sparse`: sorted and unique). A gradient of exactly k
+    entries holds each index once: one backward's, or a sum of several whose selections were the
+    same (accumulating adds another backward's k entries, concatenated (2k) or merged (unique)). It
+    is returned as it is, with mask None (every entry the first). Its coalesced flag cannot say so:
+    autograd stores a sparse gradient as a new tensor without it."""
     rows, cols = grad._indices()
-    if grad.is_coalesced():
+    if k is not None and grad._nnz() == k:
         return rows * grad.shape[1] + cols, grad._values(), None
     flat, order = (rows * grad.shape[1] + cols).sort(stable=True)
     values = grad._values().index_select(0, order)
@@ -41,28 +44,30 @@ def unique_entries(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     return flat, totals.index_select(0, group), first
 
 
-def sparse_norm(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    _, values, first = unique_entries(grad)
+def sparse_norm(grad: torch.Tensor, dtype: torch.dtype, k: int | None = None) -> torch.Tensor:
+    _, values, first = unique_entries(grad, k)
     return torch.linalg.vector_norm(values if first is None else values * first, dtype=dtype)
 
 
-def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor | None:
-    """Clip the global norm over dense and sparse gradients alike; returns the norm before clipping."""
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float,
+                   entries: dict[torch.Tensor, int] | None = None) -> torch.Tensor | None:
+    """Clip the global norm over dense and sparse gradients alike; returns the norm before clipping.
+    `entries`: the k of each sparse parameter's one-backward gradient (unique_entries)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return None
     dtype = torch.promote_types(grads[0].dtype, torch.float32)
     dense = [g for g in grads if not g.is_sparse]
-    sparse = [g for g in grads if g.is_sparse]
-    norms = [sparse_norm(g, dtype) for g in sparse]
+    sparse = [p for p in params if p.grad is not None and p.grad.is_sparse]
+    norms = [sparse_norm(p.grad, dtype, (entries or {}).get(p)) for p in sparse]
     if dense:
         norms.append(torch.nn.utils.get_total_norm(dense).to(dtype))
     total = torch.linalg.vector_norm(torch.stack(norms))
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
     if dense:
         torch._foreach_mul_(dense, scale)
-    for g in sparse:
-        g._values().mul_(scale)
+    for p in sparse:
+        p.grad._values().mul_(scale)
     return total
 
 
@@ -79,17 +84,19 @@ def add_rounded(weight: torch.Tensor, update: torch.Tensor) -> None:
 
 
 class SparseMlpOptimizer(torch.optim.Optimizer):
-    """Groups marked `sparse` hold MLP weights with COO gradients in their basis (`bases`);
-    the other groups go to `make_optimizer` (AdamW or SGD), sharing these group dicts and state."""
+    """Groups marked `sparse` hold MLP weights with COO gradients in their basis (`bases`), of `entries`
+    (k) entries a backward; the other groups go to `make_optimizer` (AdamW or SGD), sharing these group
+    dicts and state."""
 
-    def __init__(self, groups: list[dict], optim_cfg, lr: float, bases: dict[torch.Tensor, Basis | None]):
+    def __init__(self, groups: list[dict], optim_cfg, lr: float, bases: dict[torch.Tensor, Basis | None],
+                 entries: dict[torch.Tensor, int] | None = None):
         if optim_cfg.name not in ("adamw", "sgd"):
             raise UserError("optim.name", f"sparse MLP methods train with adamw (lazy Adam on the MLP weights) "
                             f"or sgd, not {optim_cfg.name}")
         if optim_cfg.name == "sgd" and optim_cfg.momentum:
             raise UserError("optim.momentum", "sparse MLP methods support plain SGD only; set 0 or use adamw")
         self.rule = "adam" if optim_cfg.name == "adamw" else "sgd"
-        self.bases = bases
+        self.bases, self.entries = bases, entries or {}  # entries: each sparse weight's k (unique_entries)
         super().__init__(groups, {"lr": lr, "betas": tuple(optim_cfg.betas), "eps": optim_cfg.eps,
                                   "weight_decay": 0.0, "sparse": False})
         dense = [g for g in self.param_groups if not g["sparse"]]
@@ -129,7 +136,7 @@ class SparseMlpOptimizer(torch.optim.Optimizer):
         state["step"] += 1  # the global step: every sparse weight counts every optimizer step
         if param.grad is None:
             return
-        flat, grad, first = unique_entries(param.grad)
+        flat, grad, first = unique_entries(param.grad, self.entries.get(param))
         lr = group["lr"]
         if self.rule == "sgd":
             delta = grad * -lr

@@ -95,7 +95,7 @@ def top_k_sparse(dense: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tenso
     """The k largest-magnitude entries of a matrix as a coalesced COO tensor.
     Ties go to `topk`'s choice: always exactly k entries (top_k.py: the same set as a full `torch.topk`)."""
     flat = dense.reshape(-1)
-    index = top_k(flat.abs(), k).sort().values
+    index = top_k(flat.abs(), k)  # ascending
     values = flat.index_select(0, index).to(dtype)
     cols = dense.shape[1]
     indices = torch.stack([index // cols, index % cols])
