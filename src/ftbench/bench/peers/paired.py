@@ -64,7 +64,8 @@ class Paced:
         print(f"peer {self.spec['peer']}: {self.error}", file=sys.stderr)
 
     def record(self, measure_from: int) -> dict:
-        """What timing.py reads: the steps paired with ftbench's measured steps (from `measure_from` on)."""
+        """What timing.py reads (records.peer_record; no peak: memory is measured apart): the steps paired
+        with ftbench's measured steps (from `measure_from` on)."""
         times = self.times[measure_from:]
         ok = self.error is None and bool(times)
         run = self.run

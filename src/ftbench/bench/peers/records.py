@@ -30,9 +30,15 @@ def read_peer(folder: Path) -> dict:
         result = json.loads((folder / "peer.json").read_text())
     except (OSError, ValueError):
         return new_record("failed", None)
+    return peer_record(result)
+
+
+def peer_record(result: dict) -> dict:
+    """The record of a peer's measurements (loop.py's peer.json, or one entry of paired.py's peers.json)."""
     return new_record(result["status"], result.get("error"), step_time=result.get("step_time_s_p50"),
-                       peak=result.get("peak_bytes"), trainable=result.get("trainable"),
-                       loss_first=result.get("loss_first"), loss_last=result.get("loss_last"), package=result.get("package"))
+                      peak=result.get("peak_bytes"), trainable=result.get("trainable"),
+                      loss_first=result.get("loss_first"), loss_last=result.get("loss_last"),
+                      package=result.get("package"))
 
 
 def new_record(status, error, step_time=None, peak=None, trainable=None, loss_first=None, loss_last=None,

@@ -54,7 +54,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from ftbench.bench.peers import PEERS, paired
-from ftbench.bench.peers.records import brief, last_line, new_record, read_ftbench, read_peer
+from ftbench.bench.peers.records import brief, last_line, peer_record, read_ftbench, read_peer
 from ftbench.bench.peers.rounds import HALF_WIDTH, MAX_ROUNDS, Rounds
 from ftbench.bench.peers.table import (
     BASELINES,
@@ -197,10 +197,7 @@ class Benchmark:
         except (OSError, ValueError):
             measured = {}
         for peer in peers:
-            result = measured.get(peer, {"status": "failed", "error": None})
-            records[peer] = new_record(result["status"], result.get("error"), step_time=result.get("step_time_s_p50"),
-                                    trainable=result.get("trainable"), loss_first=result.get("loss_first"),
-                                    loss_last=result.get("loss_last"), package=result.get("package"))
+            records[peer] = peer_record(measured.get(peer, {"status": "failed"}))
         wall = round(time.time() - started, 1)
         for side, record in records.items():
             if record["status"] != "ok" and not record["error"]:
