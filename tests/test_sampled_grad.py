@@ -6,7 +6,14 @@ import torch
 from torch import nn
 
 from ftbench.measure.trace import LiveTensorPeak
-from ftbench.methods.sampled_grad import SAMPLED_COST, choose, csr_pattern, sampled_entries
+from ftbench.methods.sampled_grad import (
+    PANEL,
+    SAMPLED_COST,
+    choose,
+    csr_pattern,
+    sampled_entries,
+    token_major,
+)
 from ftbench.methods.sift.method import SiftLinear
 
 
@@ -47,6 +54,17 @@ def test_bf16_entries_are_within_bf16_tolerance_and_no_worse_than_the_dense_bf16
     scale = float(exact.abs().max())
     torch.testing.assert_close(got, exact, rtol=1.6e-2, atol=1.6e-2 * scale)
     assert float((got - exact).abs().max()) <= float((dense - exact).abs().max()) + 1e-6 * scale
+
+
+@pytest.mark.parametrize("n,d", [(7, PANEL * 3), (256, 1376), (5, 40), (0, PANEL)])  # panels, a remainder, empty
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_token_major_copy_is_the_transpose_bit_for_bit(n, d, dtype):
+    rows = torch.randn(n, d).to(dtype)
+    got = token_major(rows, torch.float32)
+    assert got.is_contiguous() and got.dtype == torch.float32
+    assert torch.equal(got, rows.float().t())
+    strided = torch.randn(d, n).t()  # not contiguous: the plain copy
+    assert torch.equal(token_major(strided, torch.float32), strided.t())
 
 
 def test_the_csr_pattern_has_one_row_pointer_per_output_row():
