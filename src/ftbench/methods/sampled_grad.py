@@ -9,13 +9,14 @@ GEMM's tokens·d_out·d_in: SIFT (rate 0.01) needs about 1 % of it.
 pattern, over `TOKEN_CHUNKS` chunks of tokens, summing into fp32 values. The kernel's dot
 products run over tokens, so each chunk of g and of x is first copied token-contiguous,
 (d × chunk) in fp32 (`token_major`): on a CPU those transposes, not the products, are most
-of the path's time, so they go through panels of `PANEL` columns (two copies of 64-byte
-runs, about a quarter faster than torch's one strided copy at llama-mini's shapes: 0.07 ms
-against 0.09 ms for a 256 × 512 chunk, 0.23 against 0.31 for 256 × 1376; 2-core CPU,
-2026-12-04). The transient is those two copies: a quarter of the layer's g and x in fp32
-(half of them in bf16), which are alive anyway. A fixed number of chunks keeps the step's operators the same at every batch
-size, as the planner's probes need (docs/planner.md); at the LLaMA2-7B shape (2048
-tokens) a chunk holds 31 MB, the dense path's 32 MiB rows of the weight gradient.
+of the path's time, so they go through torch's channels-last conversion (fastest of the ways
+tried at llama-mini's shapes, by the minimum of 200 calls: a 256 × 1376 chunk 0.11 ms against
+0.40-0.50 for `.t().contiguous()`, 256 × 512 0.08 against 0.11; 2-core CPU,
+2026-12-04; at the step, SIFT's ratio in `make bench-peers` did not move beyond its noise). The
+transient is those two copies: a quarter of the layer's g and x in fp32 (half of them in bf16),
+which are alive anyway. A fixed number of chunks keeps the step's operators the same at every
+batch size, as the planner's probes need (docs/planner.md); at the LLaMA2-7B shape (2048 tokens)
+a chunk holds 31 MB, the dense path's 32 MiB rows of the weight gradient.
 bf16 and fp16 inputs are widened per chunk (the CPU kernel takes fp32 and wider only);
 the sums are therefore closer to the exact value than a bf16 GEMM's.
 
@@ -43,7 +44,6 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 
 SAMPLED_COST = {"cpu": 40.0, "cuda": 100.0}
 TOKEN_CHUNKS = 4
-PANEL = 16  # columns per panel of a CPU transpose (token_major): 64 bytes of fp32
 PATHS = ("sampled", "dense")
 
 
@@ -78,12 +78,11 @@ def sampled_entries(g: torch.Tensor, x: torch.Tensor, flat: torch.Tensor, chunks
 
 
 def token_major(rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A contiguous (d × n) copy in `dtype` of `rows` (n × d): its transpose. On a CPU, through panels of
-    `PANEL` columns when d divides into them: (n × d) -> (d/PANEL, n, PANEL) -> (d/PANEL, PANEL, n), two
-    copies of 64-byte runs instead of one copy that strides by a whole row for every element."""
+    """A contiguous (d × n) copy in `dtype` of `rows` (n × d): its transpose. On a CPU through torch's
+    channels-last conversion of `rows` seen as an image (1, n, d, 1) with n channels: the same bytes as
+    `.t().contiguous()`, measured faster (module docstring)."""
     rows = rows.to(dtype)
     n, d = rows.shape
-    if rows.device.type != "cpu" or d % PANEL or not rows.is_contiguous():
+    if rows.device.type != "cpu" or not rows.is_contiguous():
         return rows.t().contiguous()
-    panels = rows.view(n, d // PANEL, PANEL).transpose(0, 1).contiguous()
-    return panels.transpose(1, 2).contiguous().view(d, n)
+    return rows.view(1, n, d, 1).contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).view(d, n)
