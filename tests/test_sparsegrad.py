@@ -163,6 +163,15 @@ def test_an_update_of_k_entries_unrotates_as_the_dense_product(d_out, d_in):
                                basis.left @ dense @ basis.right.t())
 
 
+def test_a_basis_keeps_its_transposes_contiguous_for_the_sparse_products():
+    """The update's sparse products read Lᵀ and Rᵀ; a row-major basis would be copied on every step."""
+    left, right = orthogonal(9, 1), orthogonal(6, 2).t().contiguous().t()  # row-major, column-major
+    basis = Basis(left.contiguous(), right)
+    assert basis.left.t().is_contiguous() and basis.right.t().is_contiguous()
+    assert torch.equal(basis.left, left) and torch.equal(basis.right, right)
+    assert basis.right.data_ptr() == right.data_ptr()  # already column-major: no copy
+
+
 def test_ties_keep_exactly_k_entries_deterministically():
     layer = TopKGradLinear(nn.Linear(4, 3, bias=False), None, k=5)
     supports = []

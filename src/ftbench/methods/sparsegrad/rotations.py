@@ -39,7 +39,7 @@ class GramAccumulator:
         """u2, u3: eigenvectors by decreasing eigenvalue (= the unfoldings' left singular vectors).
         W̃ = u2ᵀ W u3ᵀ as the paper's code (core=False), or the HOSVD core u2ᵀ W u3 (core=True)."""
         u2, u3 = (_eigenvectors(gram).to(self.dtype) for gram in (self.out_gram, self.in_gram))
-        return Basis(u2, u3 if core else u3.t().contiguous())
+        return Basis(u2, u3 if core else u3.t())
 
 
 def _eigenvectors(gram: torch.Tensor) -> torch.Tensor:
