@@ -138,3 +138,15 @@ def test_the_default_auto_micro_batch_plans_the_whole_batch():
     capped = target(compose("mode=plan", "model=tiny-llama", "profile.batch_size=4", "profile.seq_len=16",
                             "method=lora", "hardware.max_micro_batch_size=2"))
     assert (capped.micro_batch, capped.accumulation) == (2, 2)
+
+
+def test_the_planners_probes_leave_the_jobs_accelerate_state_alone(monkeypatch):
+    """A job plans its micro-batch with CPU probes after it made its Accelerator; accelerate keeps one
+    process-wide state, so a probe that made an Accelerator of its own would move the job's to the CPU
+    (on a GPU: every 7B job of `make gpu-check` stopped at its first forward, 2026-12-04)."""
+    from ftbench.engine import hardware
+
+    made = []
+    monkeypatch.setattr(hardware, "reset_accelerator_state", lambda: made.append("reset"))
+    predict(compose("mode=plan", "model=tiny-llama", "profile.batch_size=2", "profile.seq_len=16", "method=full"))
+    assert made == []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +58,24 @@ def make_accelerator(device: torch.device):
                         "config) is not supported; launch with --mixed_precision no and pick "
                         "hardware.precision=bf16-pure, bf16-mixed or fp32")
     return accelerator
+
+
+class SingleProcess:
+    """What `loop.train` asks of an accelerator (`device`, `no_sync`, `backward`) for one process on one
+    device, without accelerate. The memory planner's probes (plan/probe.py) train on the CPU inside a job:
+    a second `Accelerator` there would reset accelerate's process-wide state, and the job's own
+    `Accelerator`, which reads its device from that state, would then report the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def no_sync(self, model: torch.nn.Module) -> AbstractContextManager:
+        return nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # as Accelerator.backward in one process: it divides by its gradient_accumulation_steps (1 here),
+        # a new scalar that a traced peak counts, so a probe traces what the job's step holds
+        (loss / 1).backward()
 
 
 def reset_accelerator_state() -> None:

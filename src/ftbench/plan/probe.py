@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from ftbench.config.knobs import settle
 from ftbench.engine import batches
 from ftbench.engine.batches import to_device
-from ftbench.engine.hardware import Hardware, make_accelerator
+from ftbench.engine.hardware import Hardware, SingleProcess
 from ftbench.engine.loggers import NullLogger
 from ftbench.engine.loop import Compute, Trainee, TrainSpec, Watchers, train
 from ftbench.engine.loss import make_loss
@@ -137,7 +137,7 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
 
     set_seed(cfg.seed)
     device = torch.device("cpu")
-    accelerator = make_accelerator(device)
+    accelerator = SingleProcess(device)  # never an Accelerator: that would move the job's to the CPU
     cpu_hw = Hardware(device, hw.precision, hw.gradient_checkpointing, None,
                       "sdpa" if hw.attn_implementation == "flash_attention_2" else hw.attn_implementation, None)
     model = configure_model(load_model(probe_model_config(cfg.model, layers, width_div), head, 2, device,
