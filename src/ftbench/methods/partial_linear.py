@@ -2,8 +2,9 @@
 
 The dense weight stays in place (e.g. bf16) and the forward uses it unchanged.
 The selected part is mirrored by a plain trainable tensor, the *master* (fp32 by
-default). A custom autograd Function returns the gradient of the selected part
-only and never keeps a dense weight gradient past the layer's backward:
+default). The layer returns the gradient of the selected part only (`linear_grad.linear`, whose
+product checkpointing need not recompute) and never keeps a dense weight gradient past the layer's
+backward:
 
 - ``elements`` (SIFT): either only the selected entries of the weight gradient
   are formed (``sampled``: sampled_grad.py, chunked over tokens), or the weight
@@ -25,52 +26,41 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ftbench.methods import linear_grad
 from ftbench.methods.base import Method
+from ftbench.methods.linear_grad import WeightGrad
 from ftbench.methods.sampled_grad import sampled_entries
 from ftbench.models.architecture import replace_module
 
 KINDS = ("elements", "rows", "cols")
 
 
-class _PartialLinearFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, master, kind: str, index: torch.Tensor, block_counts: torch.Tensor | None,
-                row_chunks: tuple[tuple[int, int, int, int], ...], sampled: bool = False):
-        y = F.linear(x, weight, bias)
-        # Input columns need only x[..., S]: index_select makes a compact copy, never a view of x.
-        saved = x.index_select(-1, index) if kind == "cols" else x
-        ctx.save_for_backward(weight, saved, index, block_counts)
-        ctx.kind, ctx.row_chunks, ctx.sampled = kind, row_chunks, sampled
-        ctx.bias_grad = bias is not None and bias.requires_grad
-        ctx.master_dtype = master.dtype
-        return y
+def part_gradient(kind: str, index: torch.Tensor, block_counts: torch.Tensor | None,
+                  row_chunks: tuple[tuple[int, int, int, int], ...], master_dtype: torch.dtype,
+                  sampled: bool = False) -> WeightGrad:
+    """The gradient of a layer's selected part (the master's shape) from output gradients g
+    (tokens, d_out) and the kept input (tokens, d_in; for `cols`, tokens × |S|): linear_grad.py's rule."""
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        weight, saved, index, block_counts = ctx.saved_tensors
-        dtype = grad_out.dtype
-        grad_x = grad_out @ weight.to(dtype) if ctx.needs_input_grad[0] else None
-        g = grad_out.reshape(-1, grad_out.shape[-1])
-        x = saved.reshape(-1, saved.shape[-1]).to(dtype)
-        if ctx.kind == "elements" and ctx.sampled:
-            grad_master = sampled_entries(g, x, unpack_elements(index, block_counts))
-        elif ctx.kind == "elements":
+    def grad(g: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor]:
+        x = x.to(g.dtype)
+        if kind == "elements" and sampled:
+            part = sampled_entries(g, x, unpack_elements(index, block_counts))
+        elif kind == "elements":
             flat = unpack_elements(index, block_counts)
-            grad_master = torch.empty(flat.numel(), dtype=ctx.master_dtype, device=flat.device)
-            for row_start, row_end, first, last in ctx.row_chunks:
+            part = torch.empty(flat.numel(), dtype=master_dtype, device=flat.device)
+            for row_start, row_end, first, last in row_chunks:
                 dense = g[:, row_start:row_end].t() @ x  # rows of the layer's weight gradient: transient
                 offsets = flat[first:last] - row_start * x.shape[1]
-                grad_master[first:last] = dense.view(-1).index_select(0, offsets)
+                part[first:last] = dense.view(-1).index_select(0, offsets)
                 del dense  # freed before the next chunk's GEMM allocates its own
-        elif ctx.kind == "rows":
-            grad_master = g.index_select(1, index).t() @ x  # (|S|, in)
+        elif kind == "rows":
+            part = g.index_select(1, index).t() @ x  # (|S|, in)
         else:
-            grad_master = g.t() @ x  # (out, |S|): x already holds only the selected columns
-        grad_bias = g.sum(0) if ctx.bias_grad else None
-        return grad_x, None, grad_bias, grad_master.to(ctx.master_dtype), None, None, None, None, None
+            part = g.t() @ x  # (out, |S|): x already holds only the selected columns
+        return (part.to(master_dtype),)
+    return grad
 
 
 class PartialLinear(nn.Linear):
@@ -114,8 +104,10 @@ class PartialLinear(nn.Linear):
         return w.index_select(0 if self.kind == "rows" else 1, self.index).clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _PartialLinearFn.apply(x, self.weight, self.bias, self.master, self.kind, self.index,
-                                      self.block_counts, self.row_chunks)
+        grad = part_gradient(self.kind, self.index, self.block_counts, self.row_chunks, self.master.dtype)
+        # Input columns need only x[..., S]: index_select makes a compact copy, never a view of x.
+        keep = (lambda x: x.index_select(-1, self.index)) if self.kind == "cols" else None
+        return linear_grad.linear(x, self.weight, self.bias, (self.master,), grad, keep)
 
     @torch.no_grad()
     def write_back(self) -> None:

@@ -38,12 +38,12 @@ import torch
 from torch import nn
 
 from ftbench import files
-from ftbench.methods import partial_linear
+from ftbench.methods import linear_grad, partial_linear
 from ftbench.methods.base import MethodContext, Trains, decay_split
 from ftbench.methods.partial_linear import (
     PartialLinear,
     PartialMethod,
-    _PartialLinearFn,
+    part_gradient,
     partial_names,
 )
 from ftbench.methods.sampled_grad import choose
@@ -85,8 +85,9 @@ class SiftLinear(PartialLinear):
         bias = self.bias
         if self.bias_master is not None:
             bias = bias.index_copy(0, self.bias_index, self.bias_master.to(bias.dtype))
-        return _PartialLinearFn.apply(x, self.weight, bias, self.master, self.kind, self.index, self.block_counts,
-                                      self.row_chunks, self.weight_grad == "sampled")
+        grad = part_gradient(self.kind, self.index, self.block_counts, self.row_chunks, self.master.dtype,
+                             sampled=self.weight_grad == "sampled")
+        return linear_grad.linear(x, self.weight, bias, (self.master,), grad)
 
     @torch.no_grad()
     def write_back(self) -> None:

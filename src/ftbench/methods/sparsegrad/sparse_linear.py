@@ -6,8 +6,8 @@ A basis is a pair of orthogonal matrices (L, R) and the rotated weight is
 W̃ = Lᵀ W R; SparseGrad's calibrated pair is L = u2, R = u3ᵀ (W̃ = u2ᵀ W u3ᵀ),
 MeProp has none (W̃ = W). The module keeps W itself, so the forward is `F.linear`
 unchanged and bit-exact; W̃ is never stored. Its gradient Lᵀ G R is formed per
-layer during backward, cut to k entries and freed, so no dense weight gradient
-outlives the layer's backward. The optimizer (sparse_adam.py) updates W̃ at those
+layer during backward (`linear_grad.linear`), cut to k entries and freed, so no dense weight
+gradient outlives the layer's backward. The optimizer (sparse_adam.py) updates W̃ at those
 entries and adds the update to W as L ΔW̃ Rᵀ: this is training W̃ with W = L W̃ Rᵀ
 materialised after every step, without a second copy of the weight.
 """
@@ -15,9 +15,9 @@ materialised after every step, without a second copy of the weight.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ftbench.methods import linear_grad
 from ftbench.methods.top_k import top_k
 from ftbench.models.architecture import MLP_ROLES, architecture, replace_module
 
@@ -111,32 +111,6 @@ def top_k_sparse(dense: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tenso
     return torch.sparse_coo_tensor(indices, values, dense.shape, is_coalesced=True, check_invariants=False)
 
 
-class _TopKGradLinearFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, basis: Basis | None, k: int):
-        if torch.is_autocast_enabled(x.device.type):
-            x = x.to(torch.get_autocast_dtype(x.device.type))  # save what nn.Linear under autocast saves
-        ctx.save_for_backward(x, weight)
-        ctx.basis, ctx.k = basis, k
-        return F.linear(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        dtype = grad_out.dtype
-        grad_x = grad_out @ weight.to(dtype) if ctx.needs_input_grad[0] else None
-        g = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_weight = grad_bias = None
-        if ctx.needs_input_grad[1]:
-            x = x.reshape(-1, x.shape[-1]).to(dtype)
-            # ∂L/∂W in the basis: transient, freed on return
-            rotated = g.t() @ x if ctx.basis is None else ctx.basis.rotated_gradient(g, x)
-            grad_weight = top_k_sparse(rotated, ctx.k, weight.dtype)
-        if ctx.needs_input_grad[2]:
-            grad_bias = g.sum(0)  # Σ g in the original basis (the reference rotated it by mistake)
-        return grad_x, grad_weight, grad_bias, None, None
-
-
 class TopKGradLinear(nn.Linear):
     """An `nn.Linear` whose weight gradient is the top-k of Lᵀ G R (sparse, in the basis).
 
@@ -151,7 +125,14 @@ class TopKGradLinear(nn.Linear):
         self.k = min(k, self.weight.numel())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _TopKGradLinearFn.apply(x, self.weight, self.bias, self.basis, self.k)
+        return linear_grad.linear(x, self.weight, self.bias, (self.weight,), self.weight_grad)
+
+    def weight_grad(self, g: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor]:
+        """The top-k of ∂L/∂W in the basis (sparse COO, the weight's dtype) from output gradients g
+        (tokens × d_out) and inputs x (tokens × d_in); the dense gradient is transient."""
+        x = x.to(g.dtype)
+        rotated = g.t() @ x if self.basis is None else self.basis.rotated_gradient(g, x)
+        return (top_k_sparse(rotated, self.k, self.weight.dtype),)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={self.k}, rotated={self.basis is not None}"
