@@ -6,8 +6,10 @@ those of the plain backward."""
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import (
+    TorchDispatchMode,  # the public way to watch ops (no other API)
+)
 from torch.utils.checkpoint import checkpoint
-from torch.utils._python_dispatch import TorchDispatchMode  # the public way to watch ops (no other API)
 
 from ftbench.methods.partial_linear import PartialLinear
 from ftbench.methods.sift.method import SiftLinear
@@ -55,7 +57,9 @@ def trainable(layer: nn.Module) -> list[torch.Tensor]:
 
 def backward_products(layer: nn.Module, x: torch.Tensor, checkpointed: bool) -> tuple[list, list]:
     """The products backward runs (by output shape) and the trainable tensors' gradients."""
-    block = (lambda t: layer(torch.tanh(t)))
+    def block(t):
+        return layer(torch.tanh(t))
+
     y = checkpoint(block, x, use_reentrant=False) if checkpointed else block(x)
     with Products() as products:
         y.square().sum().backward()
