@@ -40,6 +40,10 @@ class _Pass:
     def __init__(self, weight_grad: WeightGrad):
         self.weight_grad, self.grad_output = weight_grad, None
 
+    def gradients(self, g: torch.Tensor, kept: torch.Tensor) -> Sequence[torch.Tensor | None]:
+        """The method's gradients, its rule given both as (tokens, ·) matrices."""
+        return self.weight_grad(g.reshape(-1, g.shape[-1]), kept.reshape(-1, kept.shape[-1]))
+
 
 class _SaveInput(torch.autograd.Function):
     @staticmethod
@@ -52,8 +56,7 @@ class _SaveInput(torch.autograd.Function):
     def backward(ctx, grad_x):
         (kept,) = ctx.saved_tensors
         g, ctx.link.grad_output = ctx.link.grad_output, None
-        grads = ctx.link.weight_grad(g.reshape(-1, g.shape[-1]), kept.reshape(-1, kept.shape[-1]))
-        return grad_x, None, None, *grads
+        return grad_x, None, None, *ctx.link.gradients(g, kept)
 
 
 class _StashGrad(torch.autograd.Function):
@@ -70,8 +73,7 @@ class _StashGrad(torch.autograd.Function):
             ctx.link.grad_output = g
             return g, None, None, *(None for _ in ctx.needs_input_grad[3:])
         (kept,) = ctx.saved_tensors
-        grads = ctx.link.weight_grad(g.reshape(-1, g.shape[-1]), kept.reshape(-1, kept.shape[-1]))
-        return g, None, None, *grads
+        return g, None, None, *ctx.link.gradients(g, kept)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: Sequence[torch.Tensor],

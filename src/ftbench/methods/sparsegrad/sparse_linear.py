@@ -115,7 +115,8 @@ class TopKGradLinear(nn.Linear):
     """An `nn.Linear` whose weight gradient is the top-k of Lᵀ G R (sparse, in the basis).
 
     It reuses the wrapped layer's weight and bias (no copy), so checkpoints keep the
-    base model's keys; the shared basis is a non-persistent buffer."""
+    base model's keys; the shared basis is a non-persistent buffer.
+    The bias gets torch's own gradient, Σ g in the original basis (the reference rotated it by mistake)."""
 
     def __init__(self, linear: nn.Linear, basis: Basis | None, k: int):
         nn.Module.__init__(self)
