@@ -154,6 +154,10 @@ def killed_in_a_child(run_dir: Path, command: list[str], arrange: Callable[[], N
     """Run the job in a forked process that first calls `arrange` (which makes the job SIGKILL itself at
     some point): no handler runs, nothing is written after that point. Raises AssertionError unless the
     child died of SIGKILL within 60 s."""
+    import torch
+
+    # GNU OpenMP is not fork-safe: after a parallel region of several threads the child hangs (conftest.py)
+    assert torch.get_num_threads() == 1, "killed_in_a_child forks: run the tests with OMP_NUM_THREADS=1"
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         try:
