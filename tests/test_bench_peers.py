@@ -9,7 +9,7 @@ import torch
 from ftbench.bench.peers import timing as bench
 from ftbench.bench.peers.loop import RandomState
 from ftbench.bench.peers.paired import paced
-from ftbench.bench.peers.rounds import Rounds, spread
+from ftbench.bench.peers.rounds import Rounds, spread, step_ratio
 from ftbench.bench.peers.table import pairs, table
 
 TINY = ["model=tiny-llama", "profile.batch_size=2", "profile.seq_len=16", "profile.warmup_steps=1",
@@ -47,13 +47,13 @@ def test_galore_beside_galore_torchs_readme_loop(tmp_path):
 
 
 def test_a_peer_that_cannot_run_shows_its_error():
-    ok = {"status": "ok", "error": None, "step_time_s": 2.0, "step_time_rounds_s": [2.0], "peak_bytes": 2**30,
+    ok = {"status": "ok", "error": None, "step_time_s": 2.0, "step_times_rounds_s": [[2.0]], "peak_bytes": 2**30,
           "trainable": 10, "loss_first": 1.0, "package": None}
     failed = {**ok, "status": "failed", "error": "ImportError: cannot import name 'x' from 'transformers'",
-              "step_time_s": None, "step_time_rounds_s": [None], "peak_bytes": None, "trainable": None,
+              "step_time_s": None, "step_times_rounds_s": [None], "peak_bytes": None, "trainable": None,
               "loss_first": None}
     summary = {"ftbench:hift": ok, "peer:hift": failed, "peer:torch": {**ok, "step_time_s": 1.0,
-                                                                       "step_time_rounds_s": [1.0]},
+                                                                       "step_times_rounds_s": [[1.0]]},
                "peer:peft": {**ok, "peak_bytes": 2**29}}
     rows = pairs(["hift"], summary)
     assert [r["peer"] for r in rows] == ["hift", "torch", "peft"]  # no peer that runs: the baselines instead
@@ -100,7 +100,7 @@ class FakePlan:
 
 def record(time):
     return {"status": "ok" if time else "failed", "error": None if time else "no", "step_time_s": time,
-            "peak_bytes": None, "trainable": 1, "loss_first": None, "loss_last": None, "package": None}
+            "step_times_s": [time] if time else None, "peak_bytes": None, "trainable": 1, "loss_first": None, "loss_last": None, "package": None}
 
 
 RULE = Rounds(max_rounds=12, half_width=0.015)
@@ -131,6 +131,15 @@ def test_rounds_pair_each_round_so_a_drift_on_both_sides_cancels():
     drift = [1.0 + 0.1 * i for i in range(12)]  # the machine slows down round after round
     rounds, row = rounds_run(FakePlan([1.2 * d for d in drift], drift))
     assert rounds == 2 and row["time_ratio"] == pytest.approx(1.2) and row["time_spread"]["half_width"] < 1e-9
+
+
+def test_a_rounds_ratio_pairs_each_step_with_the_peers_step_beside_it():
+    """The machine halves its speed from the middle of ftbench's second step on (3.0 s instead of 2.0, then
+    both sides twice as slow): the step ratios are 2, 3, 2 and the round's ratio 2.0, where the ratio of the
+    two sides' medians would be 3.0 / 1.0."""
+    assert step_ratio([2.0, 3.0, 4.0], [1.0, 1.0, 2.0]) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="3 steps timed against the peer's 2"):
+        step_ratio([2.0, 3.0, 4.0], [1.0, 1.0])
 
 
 def test_rounds_stop_at_the_cap_when_the_ratio_stays_noisy():

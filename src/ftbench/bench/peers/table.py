@@ -1,8 +1,9 @@
 """The peers benchmark's rows and table: each ftbench method beside its own peer (or the baselines).
 
 A row holds both sides' summaries (timing.py's `summarize`), the time ratio (mean over rounds of each
-round's ftbench / peer ratio, both timed in one process: paired.py; with its spread: rounds.py) and the memory ratio; `table` renders the rows
-as markdown with ⚠ where an own-peer row is over TIME_LIMIT or MEMORY_LIMIT.
+round's ftbench / peer ratio, both timed step by step in one process: paired.py; the ratio and its spread:
+rounds.py) and the memory ratio; `table` renders the rows as markdown with ⚠ where an own-peer row is over
+TIME_LIMIT or MEMORY_LIMIT.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 
 from ftbench.bench.peers import PEERS
-from ftbench.bench.peers.rounds import paired_ratios, spread
+from ftbench.bench.peers.rounds import round_ratios, spread
 
 OWN_PEER = {peer.method: name for name, peer in PEERS.items()}  # method -> the peer it stands beside
 BASELINES = ("torch", "peft")  # what every method also stands beside (--baselines): full fine-tuning and LoRA
@@ -32,7 +33,7 @@ def pairs(methods: list[str], summary: dict[str, dict], baselines: tuple[str, ..
         for peer in peers_of(m, baselines):
             # the peer as timed beside this method (paired.py), or as its own run left it (it did not run)
             a, b = summary[f"ftbench:{m}"], summary.get(f"peer:{peer}@{m}", summary[f"peer:{peer}"])
-            ratios = paired_ratios(a["step_time_rounds_s"], b["step_time_rounds_s"])
+            ratios = round_ratios(a["step_times_rounds_s"], b["step_times_rounds_s"])
             time_spread = spread(ratios) if ratios else None
             row = {"method": m, "peer": peer, "own_peer": peer == own, "ftbench": a, "peer_result": b,
                    "time_ratio": time_spread["mean"] if time_spread else None, "time_spread": time_spread,

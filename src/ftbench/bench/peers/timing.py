@@ -21,8 +21,8 @@ baselines, torch and peft (its cost against full fine-tuning and LoRA;
   timed; its row shows the error.
 - Time: rounds. A round runs, for every method, one process in which ftbench's
   run and its peers alternate step by step (paired.py), the methods in reverse
-  order on odd rounds. A row's ratio in a round is ftbench's median step time
-  over the peer's, both from that process; the row's ratio is the mean over
+  order on odd rounds. A row's ratio in a round is the median over the timed
+  steps of ftbench's step over the peer's step just before it (rounds.py); the row's ratio is the mean over
   rounds, with the half-width of its 95 % confidence interval; rounds go on
   until every half-width is at most `--half-width` or `--max-rounds` ran
   (rounds.py). A step time in the table is the median over rounds. The table
@@ -277,8 +277,8 @@ def _entry(memory: dict, timed: list[dict | None]) -> dict:
         else (failed["status"], failed["error"])
     return {"status": status, "error": error,
             "step_time_s": statistics.median([r["step_time_s"] for r in ok]) if ok else None,
-            "step_time_rounds_s": [r["step_time_s"] if r is not None and r["status"] == "ok" else None
-                                   for r in timed],
+            "step_times_rounds_s": [r["step_times_s"] if r is not None and r["status"] == "ok" else None
+                                    for r in timed],
             "peak_bytes": memory["peak_bytes"], "trainable": first["trainable"] or memory["trainable"],
             "loss_first": first["loss_first"], "loss_last": first["loss_last"],
             "package": first["package"] or memory["package"]}
@@ -350,8 +350,8 @@ def main(argv: list[str] | None = None) -> dict:
         done = "" if rule.done([r["time_spread"] for r in rows], rounds) else " (so far: the run goes on)"
         text = (f"`{final['command']}`  \n{final['machine']}  \n{bench.hw.precision}, checkpointing "
                 f"{'on' if bench.hw.gradient_checkpointing else 'off'}; {' '.join(bench.overrides)}; time ×: mean over "
-                f"{rounds} rounds{done} of each round's ratio of the median step times (both sides stepped in turn in "
-                f"one process), ± the half-width "
+                f"{rounds} rounds{done} of each round's ratio (the median over its steps of ftbench's step / the peer's "
+                f"step just before it, in one process), ± the half-width "
                 f"of its 95 % confidence interval (lowest–highest round); step times: medians over the rounds; "
                 f"memory: {final['memory']}; "
                 f"{final['duration_s'] / 60:.1f} min\n\n{table(rows)}\n\n"
