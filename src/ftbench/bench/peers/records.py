@@ -20,9 +20,10 @@ def read_ftbench(folder: Path) -> dict:
     memory, throughput = result.get("memory") or {}, result.get("throughput") or {}
     peak = memory.get("train_peak_allocated_bytes") or memory.get("train_peak_traced_bytes")
     return new_record(result["status"], result.get("error"), step_time=throughput.get("step_time_s_p50"),
-                      step_times=throughput.get("step_times_s"), peak=peak, trainable=(result.get("params") or {}).get("trainable"),
-                       loss_first=(result.get("train") or {}).get("loss_first"),
-                       loss_last=(result.get("train") or {}).get("loss_last"))
+                      step_times=throughput.get("step_times_s"), peak=peak,
+                      trainable=(result.get("params") or {}).get("trainable"),
+                      loss_first=(result.get("train") or {}).get("loss_first"),
+                      loss_last=(result.get("train") or {}).get("loss_last"))
 
 
 def read_peer(folder: Path) -> dict:
@@ -36,7 +37,8 @@ def read_peer(folder: Path) -> dict:
 def peer_record(result: dict) -> dict:
     """The record of a peer's measurements (loop.py's peer.json, or one entry of paired.py's peers.json)."""
     return new_record(result["status"], result.get("error"), step_time=result.get("step_time_s_p50"),
-                      step_times=result.get("step_times_s"), peak=result.get("peak_bytes"), trainable=result.get("trainable"),
+                      step_times=result.get("step_times_s"), peak=result.get("peak_bytes"),
+                      trainable=result.get("trainable"),
                       loss_first=result.get("loss_first"), loss_last=result.get("loss_last"),
                       package=result.get("package"))
 
