@@ -45,11 +45,16 @@ def marked_synchronize(original):
     return synchronize
 
 
+def step_ranges(events, steps: int) -> list[tuple[int, int]]:
+    """(start, end) of the last `steps` `step` ranges (marked_synchronize)."""
+    return sorted((e.time_range.start, e.time_range.end) for e in events if e.name == "step")[-steps:]
+
+
 def shares(prof, steps: int) -> tuple[list[tuple[str, float, float]], float]:
     """(operator, share of the last `steps` steps' self CPU time, calls per step) by decreasing share, and
     that total in ms."""
     events = prof.events()
-    ranges = sorted((e.time_range.start, e.time_range.end) for e in events if e.name == "step")[-steps:]
+    ranges = step_ranges(events, steps)
     totals: dict[str, float] = collections.Counter()
     calls: dict[str, int] = collections.Counter()
     for event in events:
@@ -68,7 +73,7 @@ def products(prof, steps: int) -> list[tuple[str, str, str, float, float]]:
     """(operator, operand shapes, calling operator, ms per step, calls per step) of every matrix product in
     the last `steps` steps, by decreasing time (the profile must record shapes)."""
     events = prof.events()
-    ranges = sorted((e.time_range.start, e.time_range.end) for e in events if e.name == "step")[-steps:]
+    ranges = step_ranges(events, steps)
     totals: dict[tuple[str, str, str], float] = collections.Counter()
     calls: dict[tuple[str, str, str], int] = collections.Counter()
     for event in events:
