@@ -22,7 +22,7 @@ baselines, torch and peft (its cost against full fine-tuning and LoRA;
 - Time: rounds. A round runs, for every method, one process in which ftbench's
   run and its peers alternate step by step (paired.py), the methods in reverse
   order on odd rounds. A row's ratio in a round is the median over the timed
-  steps of ftbench's step over the peer's step just before it (rounds.py); the row's ratio is the mean over
+  steps of ftbench's step over the peer's step of the same turn (rounds.py); the row's ratio is the mean over
   rounds, with the half-width of its 95 % confidence interval; rounds go on
   until every half-width is at most `--half-width` or `--max-rounds` ran
   (rounds.py). A step time in the table is the median over rounds. The table
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
         text = (f"`{final['command']}`  \n{final['machine']}  \n{bench.hw.precision}, checkpointing "
                 f"{'on' if bench.hw.gradient_checkpointing else 'off'}; {' '.join(bench.overrides)}; time ×: mean over "
                 f"{rounds} rounds{done} of each round's ratio (the median over its steps of ftbench's step / the peer's "
-                f"step just before it, in one process), ± the half-width "
+                f"step of the same turn, before it, in one process), ± the half-width "
                 f"of its 95 % confidence interval (lowest–highest round); step times: medians over the rounds; "
                 f"memory: {final['memory']}; "
                 f"{final['duration_s'] / 60:.1f} min\n\n{table(rows)}\n\n"
