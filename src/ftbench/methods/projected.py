@@ -23,6 +23,7 @@ Optional dependencies (galore-torch, apollo-torch) are imported where the optimi
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from importlib import import_module
 from typing import Any
 
@@ -76,13 +77,13 @@ class ProjectedStates(Method):
         self.projected = {id(model.get_submodule(path).weight) for path in self.modules}
         return model
 
+    @abstractmethod
     def projection(self) -> dict[str, Any]:
         """The keys that make a parameter group projected, as the library reads them."""
-        raise NotImplementedError
 
+    @abstractmethod
     def make(self, groups: list[dict], optim_cfg, lr: float) -> torch.optim.Optimizer:
         """The library's optimizer over `groups` (masters already swapped in)."""
-        raise NotImplementedError
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
         """The rest split by the usual decay rule, then the projected weights in one group (decayed, with
