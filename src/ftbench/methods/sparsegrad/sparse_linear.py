@@ -59,18 +59,20 @@ class Basis(nn.Module):
         inputs x (tokens × d_in). Each rotation goes where it costs least: L on the tokens (g L:
         tokens·d_out² multiply-adds) when there are fewer tokens than d_in, else on the weight gradient
         (Lᵀ G: d_out²·d_in); R likewise (x R against G R) when there are fewer tokens than d_out. A
-        token-side product (tokens × d) is then smaller than the weight gradient it replaces."""
+        token-side product (tokens × d) is then smaller than the weight gradient it replaces.
+        When R goes on the weight gradient the result is column-major (its transpose contiguous): the
+        product is formed as Rᵀ Gᵀ, with the basis on the left, which torch's CPU GEMM runs 15–20 %
+        faster than G R at the bench's shape (512 × 1376 by 1376², 2 cores: 30 against 36 ms)."""
         tokens, d_out, d_in = g.shape[0], g.shape[1], x.shape[1]
         left_on_tokens, right_on_tokens = tokens < d_in, tokens < d_out
         if not (left_on_tokens or right_on_tokens):
             return self.rotate(g.t() @ x)
         dtype = self.left.dtype
         a = g.to(dtype) @ self.left if left_on_tokens else g.to(dtype)
-        b = x.to(dtype) @ self.right if right_on_tokens else x.to(dtype)
-        out = a.t() @ b
-        if not left_on_tokens:
-            out = self.left.t() @ out
-        return out if right_on_tokens else out @ self.right
+        if right_on_tokens:
+            out = a.t() @ (x.to(dtype) @ self.right)
+            return out if left_on_tokens else self.left.t() @ out
+        return (self.right.t() @ (x.to(dtype).t() @ a)).t()  # (Rᵀ xᵀ (g L))ᵀ, L on the tokens here
 
     def unrotate_entries(self, flat: torch.Tensor, values: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """L S Rᵀ (dense, `shape`) for the sparse S holding `values` at the sorted flat positions `flat`
@@ -101,11 +103,18 @@ def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tu
 
 
 def top_k_sparse(dense: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
-    """The k largest-magnitude entries of a matrix as a coalesced COO tensor.
-    Ties go to `topk`'s choice: always exactly k entries (top_k.py: the same set as a full `torch.topk`)."""
-    flat = dense.reshape(-1)
-    index = top_k(flat.abs(), k)  # ascending
+    """The k largest-magnitude entries of a matrix (row- or column-major) as a coalesced COO tensor.
+    Ties go to `topk`'s choice: always exactly k entries (top_k.py: the same set as a full `torch.topk`).
+    A column-major matrix is searched in its own memory order, not copied; its k positions are then
+    sorted into row-major order, as a coalesced tensor needs."""
+    column_major = not dense.is_contiguous() and dense.t().is_contiguous()
+    stored = dense.t() if column_major else dense
+    flat = stored.reshape(-1)
+    index = top_k(flat.abs(), k)  # ascending in memory order
     values = flat.index_select(0, index).to(dtype)
+    if column_major:
+        index, order = (index % dense.shape[0] * dense.shape[1] + index // dense.shape[0]).sort()
+        values = values.index_select(0, order)
     cols = dense.shape[1]
     indices = torch.stack([index // cols, index % cols])
     return torch.sparse_coo_tensor(indices, values, dense.shape, is_coalesced=True, check_invariants=False)
