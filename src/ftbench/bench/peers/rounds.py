@@ -1,18 +1,18 @@
 """How many timed rounds the peers benchmark runs: rounds until every time ratio is known closely.
 
-A round runs, for every method, one process in which ftbench and the method's peers take turns
-step by step (paired.py), the methods in reverse order on odd rounds. A round gives one ratio per
-row: the median, over its timed steps, of ftbench's step time / the time of the peer's step of the
-same turn (every peer steps once, in order, just before each of ftbench's steps; with two peers, the
+A round runs, for every method, one process in which ftbench and the method's peers take turns step
+by step (paired.py), the methods in reverse order on odd rounds. A round gives one ratio per row:
+the median, over its timed steps, of ftbench's step time / the time of the peer's step of the same
+turn (every peer steps once, in order, just before each of ftbench's steps; with two peers, the
 first one's pair has the second's step between). Adjacent steps share the machine's state of that
 second, so what slows the machine for a few seconds slows both sides of a pair and cancels in it; a
 ratio of the two sides' medians keeps it wherever it hit one side's steps more than the other's (on
 a contended 2-core machine, one run's rounds of full fine-tuning against the plain loop: 0.97–1.12
 as a ratio of medians, 0.96–0.99 as the median of step ratios; docs/results/peers.md, run 7). The
 row's ratio is the mean over rounds and its spread the half-width of the 95 % confidence interval of
-that mean (Student's t, scipy). Rounds go on until every row's half-width is at most `half_width`, after an even number
-of rounds (whole forward-and-reverse pairs) and at least two (one round has no spread), or until
-`max_rounds`.
+that mean (Student's t, scipy). Rounds go on until every row's half-width is at most `half_width`,
+after an even number of rounds (whole forward-and-reverse pairs) and at least two (one round has no
+spread), or until `max_rounds`.
 """
 
 from __future__ import annotations

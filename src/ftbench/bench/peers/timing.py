@@ -25,8 +25,8 @@ baselines, torch and peft (its cost against full fine-tuning and LoRA;
   steps of ftbench's step over the peer's step of the same turn (rounds.py);
   the row's ratio is the mean over rounds, with the half-width of its 95 %
   confidence interval; rounds go on until every half-width is at most
-  `--half-width` or `--max-rounds` ran (rounds.py). A step time in the table is the median over rounds. The table
-  is rewritten after every round.
+  `--half-width` or `--max-rounds` ran (rounds.py). A step time in the table
+  is the median over rounds. The table is rewritten after every round.
 
 ftbench runs with `train.loss_chunk_tokens=null` (the model's own loss, as the
 peers compute it), each method with its schema's `short_setup` (SparseGrad
