@@ -165,6 +165,7 @@ def test_a_sweep_goes_on_past_a_failed_job_and_its_rerun_runs_only_that_job(tmp_
     rerun = folder / "optim.lr=1000000000000.0"
     assert (rerun / "result.previous-1.json").read_text() == written[rerun.name]  # moved aside, not deleted
     assert json.loads((rerun / "result.json").read_text())["status"] == "nan"
+    assert not list(folder.glob("report.previous-*"))  # the sweep's own report, refreshed in place
 
 
 @pytest.mark.parametrize("when", ["validation", "final evaluation"])

@@ -3,6 +3,8 @@
 import csv
 import json
 
+import pytest
+
 from ftbench.report import rows
 from helpers import cli, sweep
 
@@ -47,6 +49,69 @@ def test_rows_are_labelled_by_what_tells_them_apart():
     assert table[0]["state_bytes"] == 13 and table[0]["value"] == 0.5
 
 
+def fakes(folder, *methods: str, overrides: tuple[str, ...] = ()):
+    """One fake ok result per method, each in a job folder of `folder` as a sweep names them."""
+    from ftbench.results import write
+
+    for method in methods:
+        (folder / f"method={method}").mkdir(parents=True)
+        write(fake(method, [f"method={method}", *overrides]), folder / f"method={method}")
+
+
+REPORT = ("report.md", "report.csv", "report.png")
+
+
+def test_a_report_never_destroys_an_earlier_one(tmp_path, capsys):
+    """ftbench-report into a sweep folder keeps the sweep's own report aside; the same report again
+    replaces itself; the sweep's refresh keeps a report that is not its own growing."""
+    from ftbench import report
+    from ftbench.cli import report_main
+
+    sweep, other = tmp_path / "sweep1", tmp_path / "default"
+    fakes(sweep, "full", "lora", overrides=("task=synthetic",))
+    fakes(other, "full")
+    report.build([sweep], sweep, grows=True)  # the sweep's own, at the end of its multirun
+    own = {name: (sweep / name).read_bytes() for name in REPORT}
+    capsys.readouterr()
+
+    report_main([str(sweep), str(other)])
+    out = capsys.readouterr().out
+    assert {name: (sweep / name.replace("report", "report.previous-1")).read_bytes() for name in REPORT} == own
+    assert f"markdown: {sweep / 'report.md'}" in out and str(sweep / "report.previous-1.md") in out
+    mixed = (sweep / "report.md").read_text()
+    assert len(mixed.splitlines()) == 2 + 3
+
+    report_main([str(sweep), str(other)])  # the same report: replaced, nothing more kept
+    assert "kept" not in capsys.readouterr().out and not (sweep / "report.previous-2.md").exists()
+
+    report.build([sweep], sweep, grows=True)  # the sweep's refresh: the mixed report is not its own
+    assert (sweep / "report.previous-2.md").read_text() == mixed
+    assert (sweep / "report.md").read_bytes() == own["report.md"]
+
+
+def test_a_glob_over_a_sweep_folder_passes_over_what_ftbench_wrote_beside_the_results(tmp_path, capsys):
+    from ftbench.cli import report_main
+
+    sweep = tmp_path / "sweep1"
+    fakes(sweep, "full", "lora")
+    (sweep / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    for name in ("report.md", "report.csv", "report.png", "report.previous-1.md", "train.log"):
+        (sweep / name).write_text("not a result")
+    (sweep / "method=full" / "result.previous-1.json").write_text("{")  # an earlier attempt, kept aside
+    report_main([str(p) for p in sorted(sweep.iterdir())] + [str(sweep / "method=full" / "result.previous-1.json")])
+    with (sweep / "method=full" / "report.csv").open() as handle:  # the first folder given
+        assert [row["run"] for row in csv.DictReader(handle)] == ["full", "lora"]
+    capsys.readouterr()
+
+    broken = tmp_path / "mine.json"  # a result the user names: still read, and its error named
+    broken.write_text("{")
+    with pytest.raises(SystemExit) as exited:
+        report_main([str(sweep / "method=full"), str(broken)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ftbench-report: error: {broken}: truncated") and "\n" not in err
+
+
 QUICK = ["task.max_steps=2", "task.num_train=16", "task.num_eval=8", "task.batch_size=4", "train.progress=false",
          "hardware=cpu"]
 
@@ -69,6 +134,7 @@ def test_a_sweep_extended_in_front_reuses_its_finished_jobs(tmp_path, capsys):
     assert all((folder / name / "result.json").read_text() == text for name, text in finished.items())
     with (folder / "report.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 3
+    assert not list(folder.glob("report.previous-*"))  # the sweep's own report, grown: replaced
 
 
 def test_a_sweep_its_folder_cannot_take_is_refused_before_any_job_runs(tmp_path, capsys):

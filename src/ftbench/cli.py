@@ -254,8 +254,11 @@ def main(argv: list[str] | None = None) -> None:
 def report_main(argv: list[str] | None = None) -> None:
     """`ftbench-report DIR...`: one table (markdown, CSV) and one plot from any result files."""
     parser = argparse.ArgumentParser(prog="ftbench-report", description=report_main.__doc__)
-    parser.add_argument("paths", nargs="+", type=Path, help="result.json files or folders holding them")
-    parser.add_argument("--out", type=Path, help="where to write report.md/.csv/.png (default: the first folder)")
+    parser.add_argument("paths", nargs="+", type=Path,
+                        help="result.json files (or other .json results) or folders holding them; other files "
+                             "ftbench writes beside results (multirun.yaml, reports, logs) are passed over")
+    parser.add_argument("--out", type=Path, help="where to write report.md/.csv/.png (default: the first folder); "
+                        "a report already there that differs is kept as report.previous-N.md/.csv/.png")
     args = parser.parse_args(argv)
     missing = [p for p in args.paths if not p.exists()]
     if missing:

@@ -61,6 +61,15 @@ def write_atomic(path: Path, text: str) -> Path:
     return path
 
 
+def free_number(folder: Path, names: tuple[str, ...]) -> int:
+    """The smallest N from 1 for which none of `names` (each with a `{}` for N) is in `folder`: the number
+    under which files a new attempt replaces are kept (`result.previous-N.json`, `report.previous-N.md`)."""
+    number = 1
+    while any((Path(folder) / name.format(number)).exists() for name in names):
+        number += 1
+    return number
+
+
 def read_json(path: Path, key: str, fix: str) -> Any:
     """The JSON document in `path`; raises UserError(key) naming the file, what is wrong (unreadable,
     empty, truncated or invalid, with line and column) and `fix`."""

@@ -2,18 +2,27 @@
 
 Used at the end of every multirun (`SweepReport`, a Hydra callback) and by
 `ftbench-report DIR...` on any result files.
+
+A report never destroys an earlier one: when the folder already holds a report that differs from the
+one about to be written, the old files are kept as `report.previous-N.md/.csv/.png` (the N free for all
+three, as `result.previous-N.json`), with one line saying so; the same report written again replaces
+itself. A sweep's own report, refreshed as a rerun of the sweep finishes more jobs, is the same report
+growing: it replaces itself while every run of the old one is still in the new one, those that ended ok
+with the same figures.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from ftbench import results
+from ftbench import files, results
 from ftbench.engine.loggers import log_report
 from ftbench.plan import report as plan_report
 from ftbench.results import GiB, Result
@@ -108,11 +117,12 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_csv(table: list[dict], path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_columns(table), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(table)
+def csv_text(table: list[dict]) -> str:
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=_columns(table), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(table)
+    return handle.getvalue()
 
 
 def plot(table: list[dict], path: Path) -> Path | None:
@@ -161,9 +171,14 @@ def print_table(table: list[dict]) -> None:
     Console(width=200).print(shown)
 
 
-def build(paths: list[Path], out_dir: Path) -> dict[str, Path]:
-    """Read every result under `paths`; print the table; write report.md, report.csv, report.png.
-    Plans (plan.json, `ftbench plan`) are set beside the runs they predict; plans alone make plan.md."""
+def build(paths: list[Path], out_dir: Path, grows: bool = False) -> dict[str, Path]:
+    """Read every result under `paths`; print the table; write report.md, report.csv, report.png into
+    `out_dir`, an earlier report there that differs kept aside (`keep_previous`; `grows`: the sweep's
+    own report, replaced while it only gains runs or finishes them). Plans (plan.json, `ftbench plan`)
+    are set beside the runs they predict; plans alone make plan.md.
+
+    Raises ValueError when `paths` hold neither a result nor a plan, and what `results.load` raises for
+    a result file that cannot be read."""
     found = results.find(paths)
     plans = {p: plan_report.read(p) for p in plan_report.find(paths)}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -173,16 +188,58 @@ def build(paths: list[Path], out_dir: Path) -> dict[str, Path]:
         raise ValueError(f"no {results.FILENAME} under {', '.join(map(str, paths))}")
     loaded = [results.load(p) for p in found]
     table = rows(loaded, [plan_report.matching_plan(r, p, plans) for r, p in zip(loaded, found)])
-    written = {"markdown": out_dir / "report.md", "csv": out_dir / "report.csv"}
-    written["markdown"].write_text(markdown(table))
-    write_csv(table, written["csv"])
+    text, table_csv = markdown(table), csv_text(table)
+    kept = keep_previous(out_dir, text, table_csv, grows)
+    written = {"markdown": files.write_atomic(out_dir / "report.md", text),
+               "csv": files.write_atomic(out_dir / "report.csv", table_csv)}
     image = plot(table, out_dir / "report.png")
     if image:
         written["plot"] = image
     print_table(table)
     for kind, path in written.items():
         print(f"{kind}: {path}")
+    if kept:
+        print(f"the earlier report, which differs, is kept as {', '.join(str(p) for p in kept)}")
     return written
+
+
+REPORT = ("report.md", "report.csv", "report.png")
+PREVIOUS = tuple(f"report.previous-{{}}{Path(name).suffix}" for name in REPORT)
+
+
+def keep_previous(out_dir: Path, text: str, table_csv: str, grows: bool) -> list[Path]:
+    """Move the report in `out_dir` aside as report.previous-N.* (returned) unless it is the one about to
+    be written (the same markdown and CSV) or, when it may `grow` (a sweep's own), one whose runs are all
+    still in the new one, those that ended ok unchanged."""
+    present = [out_dir / name for name in REPORT if (out_dir / name).exists()]
+    if not present or _same(out_dir, text, table_csv) or (grows and _grown(out_dir, table_csv)):
+        return []
+    number = files.free_number(out_dir, PREVIOUS)
+    kept = []
+    for path in present:
+        kept.append(out_dir / f"report.previous-{number}{path.suffix}")
+        os.replace(path, kept[-1])
+    return kept
+
+
+def _same(out_dir: Path, text: str, table_csv: str) -> bool:
+    md, table = out_dir / "report.md", out_dir / "report.csv"
+    return (md.is_file() and table.is_file() and md.read_bytes() == text.encode()
+            and table.read_bytes() == table_csv.encode())
+
+
+def _grown(out_dir: Path, table_csv: str) -> bool:
+    """Whether every run of the report.csv in `out_dir` is in `table_csv`, each that ended ok with the same
+    figures (a rerun of the sweep finishes the others); False when it is missing or cannot be read."""
+    try:
+        with (out_dir / "report.csv").open(newline="", encoding="utf-8") as handle:
+            old = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    new = list(csv.DictReader(io.StringIO(table_csv, newline="")))
+    runs = {row["run"] for row in new}
+    return all(row.get("run") in runs if row.get("status") != "ok" else any(row.items() <= n.items() for n in new)
+               for row in old)
 
 
 class SweepReport(Callback):
@@ -192,4 +249,4 @@ class SweepReport(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if results.find([sweep_dir]) or plan_report.find([sweep_dir]):
-            log_report(config.logger, sweep_dir, build([sweep_dir], sweep_dir))
+            log_report(config.logger, sweep_dir, build([sweep_dir], sweep_dir, grows=True))

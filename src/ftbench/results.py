@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,11 @@ SCHEMA = 1
 GiB = 2**30  # result.json counts bytes; tables and messages show GiB
 STATUSES = ("ok", "failed", "oom", "nan", "canceled")
 FILENAME = "result.json"
+PREVIOUS = "result.previous-{}.json"  # an earlier attempt's result, kept when a rerun replaces it (job/rerun.py)
+# The JSON files ftbench writes beside results, which a glob over a run, sweep or comparison folder hands
+# in: earlier attempts kept aside, `ftbench plan`'s plan.json (read as a plan), `ftbench compare`'s
+# comparison.json. Not results.
+OTHER_JSON = re.compile(r"result\.previous-\d+\.json|plan\.json|comparison\.json")
 
 
 @dataclass
@@ -295,9 +301,14 @@ LOGGER_COPIES = ("mlartifacts",)
 
 def find(paths: list[Path]) -> list[Path]:
     """Every result.json under the given files or directories, sorted; the copies a logger keeps as
-    artifacts (`LOGGER_COPIES` folders) left out."""
+    artifacts (`LOGGER_COPIES` folders) left out. A file given is a result when named result.json or,
+    named by the user, any other `.json` but those in `OTHER_JSON`; every other file (what ftbench writes
+    beside results: multirun.yaml, reports, logs) is passed over, so a glob over a sweep folder works."""
     found: list[Path] = []
     for path in map(Path, paths):
-        found += [path] if path.is_file() else sorted(
-            p for p in path.rglob(FILENAME) if not set(p.relative_to(path).parts) & set(LOGGER_COPIES))
+        if path.is_file():
+            found += [path] if path.name == FILENAME or (
+                path.suffix == ".json" and not OTHER_JSON.fullmatch(path.name)) else []
+        elif path.name not in LOGGER_COPIES:
+            found += sorted(p for p in path.rglob(FILENAME) if not set(p.relative_to(path).parts) & set(LOGGER_COPIES))
     return found

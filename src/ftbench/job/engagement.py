@@ -16,14 +16,14 @@ from ftbench.methods.base import Method
 from ftbench.models.architecture import architecture
 
 
-def watch(model: nn.Module, method: Method, head: str, masters: list, claimed: int) -> Watch:
-    """Fingerprint what `method` may train in `model` before training (`claimed`: elements it says it trains)."""
+def watch(model: nn.Module, method: Method, head: str, masters: list) -> Watch:
+    """Fingerprint what `method` may train in `model` before training."""
     may = method.trains(model, head).may
     master_ids = {id(p) for p in masters}
     # FSDP's sharded parameters (DTensors) are left out: each rank holds a part, and only rank 0 writes
     named = {n: p for n, p in model.named_parameters()
              if n in may and id(p) not in master_ids and not hasattr(p, "to_local")}
-    return Watch(named, units(model), claimed)
+    return Watch(named, units(model))
 
 
 def units(model: nn.Module):

@@ -18,8 +18,8 @@ evaluation). An attempt refused in its set-up (a broken checkpoint, a config it 
 says nothing about the run: it never turns a resumable run into one started afresh.
 
 Nothing is deleted: the result a new attempt will replace is moved aside as
-`result.previous-N.json`, checkpoints as `checkpoints.previous-N/` (reports read only files
-named result.json). Hydra's `.hydra/` record of the config (conf/config.yaml sets
+`result.previous-N.json`, checkpoints as `checkpoints.previous-N/` (reports pass both over,
+results.find). Hydra's `.hydra/` record of the config (conf/config.yaml sets
 `hydra.output_subdir: null`) is written here, once the folder has accepted the job: a refused
 attempt leaves the run's record as it was.
 """
@@ -51,9 +51,9 @@ def prepare(cfg: DictConfig, run_dir: Path) -> bool:
     if action == SKIP:
         return True
     existing = run_dir / results.FILENAME
-    attempt = _free_number(run_dir)
+    attempt = files.free_number(run_dir, (results.PREVIOUS, f"{checkpoint.FOLDER}.previous-{{}}"))
     if existing.exists():
-        os.replace(existing, run_dir / f"result.previous-{attempt}.json")
+        os.replace(existing, run_dir / results.PREVIOUS.format(attempt))
     if action == AFRESH:
         aside = run_dir / f"{checkpoint.FOLDER}.previous-{attempt}"
         os.replace(run_dir / checkpoint.FOLDER, aside)
@@ -108,11 +108,3 @@ def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
     for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg),
                        ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
         files.write_atomic(folder / name, OmegaConf.to_yaml(node))
-
-
-def _free_number(run_dir: Path) -> int:
-    attempt = 1
-    while (run_dir / f"result.previous-{attempt}.json").exists() or (
-            run_dir / f"{checkpoint.FOLDER}.previous-{attempt}").exists():
-        attempt += 1
-    return attempt

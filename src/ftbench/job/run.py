@@ -157,7 +157,7 @@ class Job:
         # Counted before training: what HiFT holds beside the model changes as it rotates.
         self.masters, self.trainable = method.master_parameters(), method.trainable_size()
         self.logger = self.record_start()
-        self.watched = engagement.watch(model, method, self.feed.head, self.masters, self.trainable[0])  # before training
+        self.watched = engagement.watch(model, method, self.feed.head, self.masters)  # before training
         scratch = self.output_dir if distributed.is_main() else distributed.scratch(job_end)  # other ranks' generations
         self.evaluation = None if s.profiling else Evaluation(
             cfg, s, self.inputs.task, self.trainee,
@@ -206,7 +206,8 @@ class Job:
         finally:
             s.meter.end_train()  # also stops the memory trace of a run that failed
         result, model, method = self.result, trainee.model, trainee.method
-        result.engagement = self.watched.report()  # what the method claims to train that changed (and a warning)
+        # what the method claims to train that changed (and a warning): its claim over the steps done, and one step's
+        result.engagement = self.watched.report(method.claimed_over_run(history.steps), self.trainable[0])
         result.method = method.describe(model)  # again: what training measured (e.g. HiFT's copy times)
         result.train = Train.from_log(history)
         result.memory = s.meter.summary(model_bytes(model, self.masters), method.master_bytes())

@@ -10,6 +10,13 @@ changed element is missed only when its new bits fold to the same byte (about 1 
 `changed` is exact or a slight undercount, never an overcount; the cost is one byte per watched
 element of host memory.
 
+Two claims: `claimed_per_step` (params.trainable: the largest set one optimizer step updates) and
+`claimed` (what the method says its steps, all of them, may change: a rotation's visited blocks, every
+entry a sparse top-k may pick). `changed` counts the whole run, so it is set against `claimed`; a method
+that trains what it claims stays at or below 100 %. The warning is set against one step's claim: a run
+that changed less than a tenth of what a single step says it updates trained far less than it claims,
+however short the run.
+
 May import: torch.
 """
 
@@ -22,7 +29,7 @@ import torch
 
 log = logging.getLogger("ftbench")
 
-# Below this share of the claimed trainable elements changed, the method "trained far less than it claims".
+# Below this share of one step's claimed elements changed over the run, the method "trained far less than it claims".
 # Full fine-tuning on a short run leaves the embedding rows of unseen tokens untouched (MiniLM: half its
 # parameters are token embeddings), so the line sits well below what an honest method reaches.
 ENGAGED_SHARE = 0.1
@@ -41,39 +48,43 @@ def folded_bytes(tensor: torch.Tensor) -> torch.Tensor:
 class Watch:
     """The parameters `named` (name -> tensor), fingerprinted when made; `report()` after training.
 
-    `unit_of(name) -> str` names the unit a parameter belongs to; `claimed` is the number of elements
-    the method says it trains (result.json params.trainable)."""
+    `unit_of(name) -> str` names the unit a parameter belongs to."""
 
-    def __init__(self, named: dict[str, torch.Tensor], unit_of: Callable[[str], str], claimed: int):
-        self.named, self.unit_of, self.claimed = named, unit_of, claimed
+    def __init__(self, named: dict[str, torch.Tensor], unit_of: Callable[[str], str]):
+        self.named, self.unit_of = named, unit_of
         self.before = {name: folded_bytes(t) for name, t in named.items()}
 
-    def report(self) -> dict:
-        """{claimed, watched, changed, changed_pct_of_claimed, units: {unit: {watched, changed}}, warning}:
-        element counts; `warning` is None or one line, also logged. Nothing watched (no parameter matched
-        the claimed names, as under FSDP's flattened ones): no warning, `watched` 0 says so."""
+    def report(self, claimed: int, claimed_per_step: int) -> dict:
+        """{claimed, claimed_per_step, watched, changed, changed_pct_of_claimed, units: {unit: {watched,
+        changed}}, warning}: element counts; `claimed` is what the method says all its steps may change
+        (`Method.claimed_over_run`), `claimed_per_step` what one step updates (params.trainable).
+        `warning` is None or one line, also logged. Nothing watched (no parameter matched the claimed
+        names, as under FSDP's flattened ones): no warning, `watched` 0 says so."""
         units: dict[str, dict[str, int]] = {}
         for name, tensor in self.named.items():
             unit = units.setdefault(self.unit_of(name), {"watched": 0, "changed": 0})
             unit["watched"] += tensor.numel()
             unit["changed"] += int((folded_bytes(tensor) != self.before[name]).sum())
         changed = sum(u["changed"] for u in units.values())
-        share = changed / self.claimed if self.claimed and units else None
-        report = {"claimed": self.claimed, "watched": sum(u["watched"] for u in units.values()), "changed": changed,
+        share = changed / claimed if claimed and units else None
+        step_share = changed / claimed_per_step if claimed_per_step and units else None
+        report = {"claimed": claimed, "claimed_per_step": claimed_per_step,
+                  "watched": sum(u["watched"] for u in units.values()), "changed": changed,
                   "changed_pct_of_claimed": None if share is None else round(100.0 * share, 3),
-                  "units": units, "warning": warning(changed, self.claimed, share, units)}
+                  "units": units, "warning": warning(changed, claimed_per_step, step_share, units)}
         if report["warning"]:
             log.warning("engagement: %s", report["warning"])
         return report
 
 
-def warning(changed: int, claimed: int, share: float | None, units: dict[str, dict[str, int]]) -> str | None:
-    """One line when training changed nothing, or far less than the method claims; else None."""
+def warning(changed: int, per_step: int, share: float | None, units: dict[str, dict[str, int]]) -> str | None:
+    """One line when training changed nothing, or far less than one step claims to update (`per_step`
+    elements; `share`: changed / per_step); else None."""
     if share is not None and changed == 0:
-        return f"trained nothing: none of the {claimed:,} parameters the method claims to train changed"
+        return f"trained nothing: none of the {per_step:,} parameters the method claims a step trains changed"
     if share is not None and share < ENGAGED_SHARE:
         idle = sorted(name for name, unit in units.items() if unit["watched"] and not unit["changed"])
         where = f"; unchanged units: {', '.join(idle[:8])}" if idle else ""
-        return (f"trained far less than it claims: {changed:,} of {claimed:,} claimed parameters changed "
-                f"({100.0 * share:.2g} %, below {100 * ENGAGED_SHARE:g} %){where}")
+        return (f"trained far less than it claims: {changed:,} parameters changed, against {per_step:,} a step "
+                f"claims to train ({100.0 * share:.2g} %, below {100 * ENGAGED_SHARE:g} %){where}")
     return None

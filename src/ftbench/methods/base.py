@@ -198,6 +198,12 @@ class Method(ABC):
         params = self.optimizer_parameters()
         return sum(p.numel() for p in params), sum(tensor_bytes(p) for p in params)
 
+    def claimed_over_run(self, steps: int) -> int:
+        """Elements the method says its first `steps` optimizer steps may change, all of them together
+        (engagement sets what changed against it): here the same set every step, `trainable_size`'s;
+        a method whose set moves from step to step overrides it."""
+        return self.trainable_size()[0]
+
     def clip_grad_norm(self, max_norm: float | None) -> torch.Tensor | None:
         """Clip over the tensors the optimizer updates (never over frozen weights)."""
         params = [p for p in self.optimizer_parameters() if p.grad is not None]

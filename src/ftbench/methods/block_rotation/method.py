@@ -232,6 +232,13 @@ class BlockRotation(Method):
         return (self.schedule.largest_group([u.numel for u in self.units]),
                 self.schedule.largest_group([stepped_bytes(u) for u in self.units]))
 
+    def claimed_over_run(self, steps: int) -> int:
+        """The units the schedule made active over `steps` steps (the always-active ones and each
+        interval's group), each counted once: a rotation claims a block only for the steps it holds it."""
+        intervals = range(math.ceil(steps / self.schedule.steps_per_block))
+        visited = set(self.schedule.always).union(*(self.schedule.rotating(i) for i in intervals))
+        return sum(self.units[i].numel for i in visited)
+
     def describe(self, model: nn.Module) -> dict[str, Any]:
         sizes = [u.numel for u in self.units]
         cfg = self.cfg

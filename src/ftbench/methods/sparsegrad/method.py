@@ -111,6 +111,11 @@ class SparseMlpMethod(Method):
         return elements, sum(tensor_bytes(p) for p in dense) + sum(
             layer.k * layer.weight.element_size() for layer in self.layers)
 
+    def claimed_over_run(self, steps: int) -> int:
+        """Every element the optimizer holds: a step moves each MLP weight's top-k entries, and any entry
+        may be among some step's."""
+        return sum(p.numel() for p in self.optimizer_parameters())
+
     def trains(self, model: nn.Module, head: str) -> Trains:
         """The MLP weights (their top-k entries each step) and, under `train_non_mlp`, every other
         parameter densely (norms too unless `freeze_norms`); else only the task head besides them."""
