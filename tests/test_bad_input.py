@@ -279,3 +279,25 @@ def test_sigterm_to_a_parent_reaches_its_child_run(tmp_path):
     parent.send_signal(signal.SIGTERM)
     assert parent.wait(timeout=30) == 130  # it waited for the child, which recorded the signal
     assert marker.read_text() == str(int(signal.SIGTERM))
+
+
+# Kind 11: SIGTERM stops a plan at once, as it stops a run: one line, plan.json says canceled, exit code 130
+# (a probe's step used to run to its end first: minutes at a long profile.seq_len).
+
+def test_sigterm_stops_a_plan_at_once(tmp_path):
+    run_dir = tmp_path / "plan"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    plan = subprocess.Popen([sys.executable, "-m", "ftbench.cli", "plan", "model=llama2-7b", "hardware=h100-80gb",
+                             f"hydra.run.dir={run_dir}"], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / ".hydra" / "config.yaml").exists() and time.time() < deadline:  # the job has started
+        time.sleep(0.1)
+    time.sleep(5)  # into the probes (a 7B plan runs for tens of seconds)
+    assert plan.poll() is None
+    plan.send_signal(signal.SIGTERM)
+    sent = time.time()
+    assert plan.wait(timeout=60) == 130
+    assert time.time() - sent < 20
+    assert plan.stderr.read().splitlines()[-1:] == ["ftbench: canceled: canceled by SIGTERM"]
+    written = json.loads((run_dir / "plan.json").read_text())
+    assert (written["status"], written["error"]) == ("canceled", "canceled by SIGTERM")

@@ -12,7 +12,7 @@ from ftbench.job.run import run_job
 from ftbench.methods import build_method, config_class
 from ftbench.models.loading import load_model
 from ftbench.plan.planner import largest_micro_batch_from, peak_at, plan_fit, predict, target
-from helpers import compose, method_context, method_table, run
+from helpers import cli, compose, method_context, method_table, run
 
 LAYERS = 8
 SHAPE = ["model=tiny-llama", f"model.shape.num_hidden_layers={LAYERS}", "hardware.gradient_checkpointing=true",
@@ -129,6 +129,46 @@ def test_plan_json_and_report_set_predicted_beside_measured(tmp_path, capsys):
     table = (tmp_path / "report" / "report.md").read_text()
     assert "predicted peak" in table and "| 0.00 |" in table  # predicted vs measured: 0.00 %
     assert run_job(compose("mode=plan", *args), tmp_path / "run") == 2  # never overwrites a plan
+
+
+# profile.seq_len against the position table, by the rule a run applies (models/positions.py), read from model.shape
+# before any probe: a checkpoint's refuses a longer one (probes of llama2-7b at 100 000 tokens ran for minutes), a
+# random-init table is sized to it (BERT's learned table: the probe's position ids index it).
+# (overrides, the refusal's start, the planned table: None when refused)
+POSITIONS = [
+    pytest.param(["model=llama2-7b", "profile.seq_len=100000"], "100000 tokens exceed the 4096 positions of "
+                 "model.hub_id=meta-llama/Llama-2-7b-hf; use profile.seq_len<=4096", None, id="rotary-checkpoint"),
+    pytest.param(["model=llama2-7b", "profile.seq_len=5000", "method=lora"], "5000 tokens exceed the 4096",
+                 None, id="rotary-checkpoint-lora"),
+    pytest.param(["model=roberta-base", "profile.seq_len=513"], "513 tokens exceed the 512 positions", None,
+                 id="offset-positions"),  # 514 rows, positions from pad_token_id + 1
+    pytest.param(["model=tiny-llama", "model.path={tmp_path}", "profile.seq_len=513"],
+                 "513 tokens exceed the 512 positions of model.path=", None, id="a-path-wins-over-random-init"),
+    pytest.param(["model=tiny-bert", "model.shape.max_position_embeddings=16", "profile.seq_len=24",
+                  "profile.batch_size=2"], None, 24, id="random-init-learned-table-grows"),
+    pytest.param(["model=tiny-llama", "model.shape.max_position_embeddings=16", "profile.seq_len=24",
+                  "profile.batch_size=2"], None, 24, id="random-init-rotary-table-grows"),
+]
+
+
+@pytest.mark.parametrize("overrides,refusal,rows", POSITIONS)
+def test_a_plan_longer_than_the_position_table(tmp_path, overrides, refusal, rows):
+    code = run_job(compose("mode=plan", *(o.format(tmp_path=tmp_path) for o in overrides)), tmp_path / "plan")
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    if refusal is not None:
+        assert (code, plan["status"]) == (2, "failed")
+        assert plan["error"].startswith(f"profile.seq_len: {refusal}")
+    else:
+        assert (code, plan["status"]) == (0, "ok")
+        assert plan["config"]["model"]["shape"]["max_position_embeddings"] == rows
+
+
+def test_a_refused_plan_is_one_line_and_exit_2(tmp_path):
+    done = cli("ftbench", "plan", "model=llama2-7b", "hardware=h100-80gb", "profile.seq_len=100000",
+               f"hydra.run.dir={tmp_path / 'plan'}", timeout=120)  # the probes at 100 000 tokens ran for minutes
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == ["ftbench: failed: profile.seq_len: 100000 tokens exceed the 4096 positions "
+                                        "of model.hub_id=meta-llama/Llama-2-7b-hf; use profile.seq_len<=4096"]
 
 
 def test_the_default_auto_micro_batch_plans_the_whole_batch():

@@ -43,6 +43,7 @@ class TrainSpec:
     eval_every: int | None = None
     log_every: int = 10
     progress: bool = True
+    stop_at_once: bool = False  # Ctrl-C/SIGTERM stop at once, not at the step's end (a plan's probe: nothing to keep)
 
 
 @dataclass
@@ -119,7 +120,7 @@ def train(trainee: Trainee, batches: Iterator[dict], spec: TrainSpec, compute: C
     """Train from `history` (a resumed run's log; None: step 0) to `spec.steps` optimizer steps of
     `spec.accumulation` micro-batches each, drawn from `batches` (CPU tensors). Returns the log.
     Raises NonFiniteLoss (a NaN or infinite loss) and KeyboardInterrupt (Ctrl-C, SIGTERM: at a
-    step's end, after its checkpoint)."""
+    step's end, after its checkpoint; at once with `spec.stop_at_once`)."""
     model, method, optimizer, scheduler = trainee.model, trainee.method, trainee.optimizer, trainee.scheduler
     accelerator, head, autocast, loss_fn = compute.accelerator, compute.head, compute.autocast, compute.loss_fn
     meter, speed, logger, evaluate, checkpoint = (watchers.meter, watchers.speed, watchers.logger,
@@ -129,7 +130,7 @@ def train(trainee: Trainee, batches: Iterator[dict], spec: TrainSpec, compute: C
     history = history or TrainLog()
     progress = Progress(spec, enabled=spec.progress)
     model.train()
-    with StopAtStepEnd() as stop:
+    with StopAtStepEnd(at_once=spec.stop_at_once) as stop:
 
         def validate_pending() -> None:
             try:
@@ -219,10 +220,14 @@ class StopAtStepEnd:
     The interrupt is then raised by the loop itself, never inside a library finalizer
     that happens to run when the signal lands (Python swallows exceptions there, and
     the run would go on), and never between an optimizer step and its write-back.
+    `at_once`: every signal stops at once (steps whose result nobody keeps: a plan's probes).
     """
 
+    def __init__(self, at_once: bool = False):
+        self.always_at_once = at_once
+
     def __enter__(self) -> StopAtStepEnd:
-        self.requested, self.reason, self.immediate = False, "", False
+        self.requested, self.reason, self.immediate = False, "", self.always_at_once
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
             self.previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
@@ -241,7 +246,7 @@ class StopAtStepEnd:
         try:
             yield
         finally:
-            self.immediate = False
+            self.immediate = self.always_at_once
 
     def __exit__(self, *exc) -> None:
         for signum, previous in self.previous.items():

@@ -15,6 +15,7 @@ the root cause of every later mismatch (an encoder's tokenizer has no EOS for ge
 | token ids vs embedding rows                  | random init: rows sized to the ids    | a checkpoint: model.tokenizer, both sizes |
 | task.max_length vs the position table        | random init: table sized to it; a checkpoint: cut to the table | |
 | profile.seq_len vs the position table        | random init: table sized to it        | a checkpoint: profile.seq_len           |
+| (a plan: the same, against model.shape)      |                                       |                                         |
 | held-out set, decoding lengths, selection    |                                       | task.*, train.select_metric             |
 """
 
@@ -25,26 +26,22 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from ftbench.errors import UserError
 from ftbench.models.loading import (
     architecture_config,
+    describe,
     load_tokenizer,
     local_source,
     pretrained_config,
+    settle_source,
     source_key,
 )
+from ftbench.models.positions import fit_positions
 from ftbench.tasks import build_task, task_class
 from ftbench.tasks.base import Task
 from ftbench.tasks.generate import Decoding
 
 log = logging.getLogger(__name__)
-
-# Architectures whose position ids start after the padding index (RoBERTa's family): the usable
-# length is max_position_embeddings - pad_token_id - 1 (514 rows hold 512 positions).
-OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm",
-                    "data2vec-text", "longformer", "mpnet", "ernie_m")
 
 
 @dataclass
@@ -86,58 +83,9 @@ def inputs(cfg) -> Inputs:
     return Inputs(tokenizer, task, task.head, task.num_labels, task.pad_id, overrides)
 
 
-def describe(mcfg) -> str:
-    """The model in words, for messages: its folder or hub id, or its named shape."""
-    if mcfg.random_init:
-        return f"the random-init {mcfg.name} shape"
-    return f"{source_key(mcfg)}={local_source(mcfg) or mcfg.hub_id}"
-
-
-def settle_source(mcfg) -> None:
-    """A folder the user names (model.path, model.package) wins over the group's random_init: true."""
-    if mcfg.random_init and (mcfg.path or mcfg.package):
-        key = "model.path" if mcfg.path else "model.package"
-        log.warning("%s=%s given: loading its weights (model.random_init=true of model=%s is overridden)",
-                    key, mcfg.path or mcfg.package, mcfg.name)
-        mcfg.random_init = False
-
-
 def model_config(mcfg):
     """The architecture config: the named shape for random init, else the checkpoint's config.json."""
     return architecture_config(mcfg) if mcfg.random_init else pretrained_config(mcfg)
-
-
-def position_limit(config) -> int | None:
-    """The longest sequence the model's position table holds; None when positions are relative (T5)."""
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if not limit:
-        return None
-    if config.model_type in OFFSET_POSITIONS:
-        limit -= (config.pad_token_id or 0) + 1
-    return limit
-
-
-def fit_positions(cfg, config, key: str) -> dict[str, int]:
-    """Sequences (`key`: task.max_length or profile.seq_len) against the position table: a random-init
-    table is sized to them; a checkpoint's cuts task.max_length and refuses a longer profile.seq_len.
-    Returns the random-init config value to override ({} when none)."""
-    limit = position_limit(config)
-    length = OmegaConf.select(cfg, key)
-    if limit is None or length <= limit:
-        return {}
-    if cfg.model.random_init:
-        name = "max_position_embeddings" if "max_position_embeddings" in config.to_dict() else "n_positions"
-        rows = getattr(config, name) + length - limit
-        log.warning("%s=%d exceeds the %d positions of %s: its position table gets %d rows",
-                    key, length, limit, describe(cfg.model), rows)
-        return {name: rows}
-    if key == "profile.seq_len":
-        raise UserError(key, f"{length} tokens exceed the {limit} positions of {describe(cfg.model)}; "
-                        f"use {key}<={limit}")
-    log.warning("%s=%d exceeds the %d positions of %s; sequences are truncated to %d tokens",
-                key, length, limit, describe(cfg.model), limit)
-    OmegaConf.update(cfg, key, limit)
-    return {}
 
 
 def check_head(mcfg, config, head: str) -> None:

@@ -49,6 +49,22 @@ def source_key(mcfg) -> str:
     return "model.path" if mcfg.path else "model.package" if mcfg.package else "model.hub_id"
 
 
+def describe(mcfg) -> str:
+    """The model in words, for messages: its folder or hub id, or its named shape."""
+    if mcfg.random_init:
+        return f"the random-init {mcfg.name} shape"
+    return f"{source_key(mcfg)}={local_source(mcfg) or mcfg.hub_id}"
+
+
+def settle_source(mcfg) -> None:
+    """A folder the user names (model.path, model.package) wins over the group's random_init: true."""
+    if mcfg.random_init and (mcfg.path or mcfg.package):
+        key = "model.path" if mcfg.path else "model.package"
+        log.warning("%s=%s given: loading its weights (model.random_init=true of model=%s is overridden)",
+                    key, mcfg.path or mcfg.package, mcfg.name)
+        mcfg.random_init = False
+
+
 # What from_pretrained raises for a folder or hub id it cannot use: missing or unreadable files (OSError),
 # an unknown model_type or a bad config value (ValueError, KeyError), weights that do not fit (RuntimeError),
 # a corrupt weights file (SafetensorError). Out-of-memory is not among them (see load_error).

@@ -48,6 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftbench.engine.hardware import Hardware, split_batch
 from ftbench.errors import UserError
+from ftbench.models.positions import fit_planned_positions
 from ftbench.plan.extrapolate import (
     Step,
     at_full_width,
@@ -292,7 +293,10 @@ def budget(cfg: DictConfig, tgt: Target) -> tuple[int | None, int | None]:
 
 
 def predict(cfg: DictConfig) -> dict:
-    """The plan of one run: plan.json's content (result.json's memory field names)."""
+    """The plan of one run: plan.json's content (result.json's memory field names). Raises UserError
+    before any probe for profile.seq_len over a checkpoint's position table (a random-init shape's is
+    sized to it in model.shape: models/positions.py) and for profile.objective=causal_lm on an encoder."""
+    fit_planned_positions(cfg)
     tgt = target(cfg)
     if tgt.head == "causal_lm" and cfg.model.kind != "decoder":
         raise UserError("profile.objective", "causal_lm needs a decoder model")

@@ -172,7 +172,7 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
     # of which depends on the batch: one short sequence per micro-batch makes it cheap.
     warmup_stream = batches.random_tokens(1, min(WARMUP_TOKENS, cfg.profile.seq_len), vocab, head, 2, cfg.seed + 1)
     spec = TrainSpec(steps=warmup + traced, micro_batch_size=batch, accumulation=accumulation, measure_from=warmup,
-                max_grad_norm=cfg.optim.max_grad_norm, progress=False)
+                max_grad_norm=cfg.optim.max_grad_norm, progress=False, stop_at_once=True)
     meter = ProbeMeter(device)
     store = getattr(method, "store", None)
     meter.tracer = Timeline(host_bytes=(lambda: store.arena.nbytes) if gpu and store is not None else (lambda: 0))

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftbench import files
 from ftbench.config.schema import check
-from ftbench.errors import UserError
+from ftbench.errors import Canceled, UserError
 from ftbench.results import GiB, Result
 
 FILENAME = "plan.json"
@@ -25,8 +25,12 @@ ROWS = (("weights", "weights_bytes"), ("fp32 masters", "master_bytes"), ("gradie
 
 
 def run_plan(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> int:
-    """One plan job: predict, print, write plan.json; return the exit code (2: a bad setting)."""
-    from ftbench.plan.planner import predict  # torch: loaded by a plan job, not by ftbench-report
+    """One plan job: predict, print, write plan.json; return the exit code (2: a bad setting). Ctrl-C or
+    SIGTERM stop it at once, as they stop a run: plan.json says canceled, then `Canceled` is raised
+    (the entry point exits 130; a sweep stops)."""
+    # torch: loaded by a plan job, not by ftbench-report
+    from ftbench.engine.loop import sigterm_cancels
+    from ftbench.plan.planner import predict
 
     if (output_dir / FILENAME).exists():
         print(f"ftbench: error: {files.folder_key()}: {output_dir} already holds a plan; pick a new directory",
@@ -41,15 +45,23 @@ def run_plan(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
     code = 0
     try:
         check(cfg)
-        plan.update(predict(cfg))
+        with sigterm_cancels():
+            plan.update(predict(cfg))
     except UserError as exc:
         plan.update(status="failed", error=str(exc))
         if cfg.get("debug"):
             traceback.print_exc()  # debug=true: the traceback too; the exit code stays 2
         print(f"ftbench: failed: {exc}", file=sys.stderr)
         code = 2
+    except KeyboardInterrupt as exc:
+        plan.update(status="canceled", error=str(exc) or "canceled by the user (Ctrl-C)")
+        print(f"ftbench: canceled: {plan['error']}", file=sys.stderr)
+        code = 130
+    plan["config"] = OmegaConf.to_container(cfg, resolve=True)  # as settled (a random-init position table)
     plan["run"]["duration_s"] = round(time.time() - started, 3)
     write(plan, output_dir)
+    if code == 130:
+        raise Canceled(plan["error"])  # its line is printed; a sweep stops
     if code == 0:
         print(describe(plan))
     return code

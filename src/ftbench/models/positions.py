@@ -1,0 +1,66 @@
+"""The position table: the longest sequence a model's config holds, and the one rule every entry applies
+to a sequence longer than that (a run's preflight, job/preflight.py, and a plan, before its probes).
+
+A random-init table is sized to the sequences (one log line); a checkpoint's cuts task.max_length
+(one log line) and refuses a longer profile.seq_len (`UserError`, exit 2). Rotary models, whose config
+still states max_position_embeddings, follow the same rule.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import OmegaConf
+
+from ftbench.errors import UserError
+from ftbench.models.loading import architecture_config, describe, settle_source
+
+log = logging.getLogger(__name__)
+
+# Architectures whose position ids start after the padding index (RoBERTa's family): the usable
+# length is max_position_embeddings - pad_token_id - 1 (514 rows hold 512 positions).
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm",
+                    "data2vec-text", "longformer", "mpnet", "ernie_m")
+
+
+def position_limit(config) -> int | None:
+    """The longest sequence the model's position table holds; None when positions are relative (T5)."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not limit:
+        return None
+    if config.model_type in OFFSET_POSITIONS:
+        limit -= (config.pad_token_id or 0) + 1
+    return limit
+
+
+def fit_positions(cfg, config, key: str) -> dict[str, int]:
+    """Sequences (`key`: task.max_length or profile.seq_len) against the position table: a random-init
+    table is sized to them; a checkpoint's cuts task.max_length and refuses a longer profile.seq_len.
+    Returns the random-init config value to override ({} when none)."""
+    limit = position_limit(config)
+    length = OmegaConf.select(cfg, key)
+    if limit is None or length <= limit:
+        return {}
+    if cfg.model.random_init:
+        name = "max_position_embeddings" if "max_position_embeddings" in config.to_dict() else "n_positions"
+        rows = getattr(config, name) + length - limit
+        log.warning("%s=%d exceeds the %d positions of %s: its position table gets %d rows",
+                    key, length, limit, describe(cfg.model), rows)
+        return {name: rows}
+    if key == "profile.seq_len":
+        raise UserError(key, f"{length} tokens exceed the {limit} positions of {describe(cfg.model)}; "
+                        f"use {key}<={limit}")
+    log.warning("%s=%d exceeds the %d positions of %s; sequences are truncated to %d tokens",
+                key, length, limit, describe(cfg.model), limit)
+    OmegaConf.update(cfg, key, limit)
+    return {}
+
+
+def fit_planned_positions(cfg) -> None:
+    """What a plan (mode=plan) checks before its probes: profile.seq_len against the position table by the
+    rule of `fit_positions`, read from model.shape (a plan downloads nothing and probes that shape). A
+    random-init shape's table is sized to it in place (model.shape); raises UserError on profile.seq_len
+    when a checkpoint's table is shorter."""
+    settle_source(cfg.model)
+    for name, rows in fit_positions(cfg, architecture_config(cfg.model), "profile.seq_len").items():
+        cfg.model.shape[name] = rows
