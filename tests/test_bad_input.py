@@ -249,6 +249,94 @@ def test_fewer_examples_than_a_micro_batch_per_process():
         next(shuffled([{"input_ids": [1]}] * 6, 4, list, seed=0, rank=0, world_size=2))
 
 
+# Kind 11: a folder where a file is meant, or a file where a folder is meant, is said as it is (never "no such
+# file" beside a listing that holds it), in one line naming the key.
+
+def _tsv(folder: Path) -> None:
+    (folder / "dev.tsv").write_text("sentence\tlabel\na fine film\t1\n")
+
+
+def _instruct(folder: Path) -> None:
+    (folder / "math_data.train.json").write_text(json.dumps(llm_adapters_rows(4)))
+
+
+def _harness(cfg_dir: Path):
+    from types import SimpleNamespace
+
+    from ftbench.tasks.harness import local_tasks
+
+    return local_tasks(SimpleNamespace(data_dir=str(cfg_dir), tasks=["ftbench_commonsense_boolq"]), cfg_dir / "out")
+
+
+def _gguf(given: Path, name: str | None):
+    from omegaconf import OmegaConf
+
+    from ftbench.models.gguf import locate
+
+    return locate(OmegaConf.create({"path": str(given), "package": None, "gguf_file": name}))
+
+
+@pytest.mark.parametrize("folder_named,setup,load,message", [
+    ("train.tsv", _tsv,  # a GLUE split's file
+     lambda d: build_task(compose("task=sst2", f"task.data_dir={d}").task, byte_level_tokenizer(), seed=0),
+     r"^task.data_dir: '.*/train.tsv' is a directory, not a file; expected the GLUE SST2 files train.tsv, dev.tsv$"),
+    ("alpaca_data.json", None,  # an instruct training file (every pattern matches only the folder)
+     lambda d: build_task(compose("task=alpaca", f"task.data_dir={d}").task, byte_level_tokenizer(), seed=0),
+     r"^task.train_files: '.*/alpaca_data.json' is a directory, not a file; name the training files"),
+    ("gsm8k.test.json", _instruct,  # a reasoning task's eval set
+     lambda d: build_task(compose("task=math", f"task.data_dir={d}", "task.val_size=0").task,
+                          byte_level_tokenizer(), seed=0),
+     r"^task.data_dir: '.*/gsm8k.test.json' is a directory, not a file; the gsm8k test set is <set>.test.json"),
+    ("commonsense/boolq.test.json", None, _harness,  # a shipped harness task's test file
+     r"^eval.harness.data_dir: '.*/commonsense/boolq.test.json' is a directory, not a file \(task "
+     r"ftbench_commonsense_boolq\)"),
+    ("model.gguf", None, lambda d: _gguf(d / "model.gguf", None),  # model.path naming a GGUF file
+     r"^model.path: '.*/model.gguf' is a directory, not a file; give the .gguf file itself$"),
+    ("q4.gguf", None, lambda d: _gguf(d, "q4.gguf"),  # model.gguf_file in model.path
+     r"^model.gguf_file: '.*/q4.gguf' is a directory, not a file"),
+])
+def test_a_folder_where_a_file_is_meant_says_so(tmp_path, folder_named, setup, load, message):
+    (tmp_path / folder_named).mkdir(parents=True)
+    if setup is not None:
+        setup(tmp_path)
+    with pytest.raises(UserError, match=message):
+        load(tmp_path)
+
+
+def test_a_folder_or_file_given_to_the_other_clis_is_said_as_it_is(tmp_path, capsys):
+    from ftbench.cli import report_main
+    from ftbench.compare.spec import SpecError, find
+    from ftbench.compare.spec import load as load_spec
+    from ftbench.paper.recipes import RecipeError
+    from ftbench.paper.recipes import load as load_recipe
+    from ftbench.paper.reproduce import parse
+
+    folder, file = tmp_path / "folder.yaml", tmp_path / "file"
+    folder.mkdir()
+    file.write_text("x")
+    with pytest.raises(SpecError, match=r"folder.yaml: file: is a directory, not a file; give a spec file"):
+        find(folder)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("model: tiny-llama\ntasks: [synthetic]\nmethods: [full]\n")
+    with pytest.raises(SpecError, match=rf"spec.yaml: data: {file} is a file, not a directory \(relative"):
+        load_spec(spec, [f"data={file}"])
+    (tmp_path / "data" / "synthetic").parent.mkdir()
+    (tmp_path / "data" / "synthetic").write_text("x")
+    with pytest.raises(SpecError, match=r"spec.yaml: data: .*data/synthetic is a file, not a directory: each task"):
+        load_spec(spec, [f"data={tmp_path / 'data'}"])
+    with pytest.raises(RecipeError, match=r"folder.yaml: is a directory, not a file; give a recipe file"):
+        load_recipe(folder)
+    for argv, line in ((["r", "--data", str(file)], f"--data: '{file}' is a file, not a directory"),
+                       (["r", "--out", str(file)], f"--out: '{file}' is a file, not a directory")):
+        with pytest.raises(SystemExit) as stop:
+            parse(argv)
+        assert stop.value.code == 2 and line in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        report_main([str(tmp_path), "--out", str(file)])
+    assert stop.value.code == 2
+    assert f"ftbench-report: error: --out: {file} is a file, not a directory" in capsys.readouterr().err
+
+
 # Kind 10: a run started in a child process stops with its parent.
 
 PARENT = """

@@ -165,7 +165,7 @@ def test_a_bad_spec_is_one_line(tmp_path):
 @pytest.mark.parametrize("content,overrides,key", [
     ("model: minilm\ntasks: [sst2\n", [], "file: cannot be read as YAML"),
     (None, ["methods=[full,lora"], "command line: cannot be read as KEY=VALUE"),
-    (None, ["data=/nonexistent"], "data: /nonexistent is not a folder"),
+    (None, ["data=/nonexistent"], "data: /nonexistent does not exist"),
     (None, ["validations=500"], "validations: 500 validations do not fit 4 steps"),
     (None, ["budget.tokens=1000"], "budget: give one budget: budget.steps=N, or budget.tokens=N with budget.steps="),
     (None, ["budget.steps=null"], "budget: give one budget"),

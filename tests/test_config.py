@@ -65,19 +65,58 @@ def test_every_model_carries_its_shape():
     (["task.batch_size=0"], "task.batch_size: must be >= 1"),
     (["train.batch_size=0"], "train.batch_size: must be >= 1"),
     (["task=sst2", "task.max_length=0"], "task.max_length: must be >= 1"),
-    (["task=sst2", "task.data_dir=/nonexistent/glue"], "task.data_dir: '/nonexistent/glue' is not a directory"),
+    (["task=sst2", "task.data_dir=/nonexistent/glue"], "task.data_dir: '/nonexistent/glue' does not exist"),
     (["method=lora", "method.r=0"], "method.r: must be >= 1"),
     (["hardware.precision=fp16"], "hardware.precision: 'fp16' is not one of"),
     (["mode=eval"], "mode: 'eval' is not one of: train, profile"),
     (["+bogus=1"], "bogus: no such top-level key"),
     (["train.select=best"], "train.select: best needs periodic evaluations"),
-    (["model=minilm", "model.path=/nonexistent"], "model.path: '/nonexistent' is not a directory"),
+    (["model=minilm", "model.path=/nonexistent"], "model.path: '/nonexistent' does not exist"),
     (["model.shape.hidden_sise=64"], "model.shape.hidden_sise: no such key"),
+    # one rule for every float knob: a finite number (config.schema.check_numbers), whatever the group
+    (["optim.lr=inf"], "optim.lr: must be finite (got inf)"),
+    (["optim.lr=-inf"], "optim.lr: must be finite (got -inf)"),
+    (["optim.lr=nan"], "optim.lr: must be finite (got nan)"),
+    (["method.lr=inf"], "method.lr: must be finite"),
+    (["optim.weight_decay=inf"], "optim.weight_decay: must be finite"),
+    (["optim.eps=inf"], "optim.eps: must be finite"),
+    (["optim.max_grad_norm=inf"], "optim.max_grad_norm: must be finite"),
+    (["optim.betas=[0.9,nan]"], "optim.betas: must be finite (got nan)"),
+    (["method=lora", "method.dropout=-inf"], "method.dropout: must be finite"),
+    (["method=sift", "method.sparse_rate=nan"], "method.sparse_rate: must be finite"),
+    (["method=galore", "method.scale=inf"], "method.scale: must be finite"),
+    (["method=sparsegrad", "method.density=inf"], "method.density: must be finite"),
+    (["method=s2ft", "method.o_ratio=nan"], "method.o_ratio: must be finite"),
+    (["method=loraplus", "method.lr_ratio=inf"], "method.lr_ratio: must be finite"),
+    (["train.epochs=inf"], "train.epochs: must be finite"),
+    (["task.epochs=inf"], "task.epochs: must be finite"),
+    (["task=sst2", "task.validation_from_train=inf"], "task.validation_from_train: must be finite"),
+    (["hardware.memory_gib=inf"], "hardware.memory_gib: must be finite"),
+    (["plan.margin=nan"], "plan.margin: must be finite"),
+    (["logger=mlflow", "logger.mlflow.timeout_s=inf"], "logger.mlflow.timeout_s: must be finite"),
+    # a learning rate the optimizer steps with must fit the training dtype (above float32's largest: overflow)
+    (["optim.lr=1e300"], "optim.lr: a learning rate of 1e+300 overflows the training dtype"),
+    (["method.lr=1e39"], "method.lr: a learning rate of 1e+39 overflows"),
+    (["method=loraplus", "method.lr_embedding=1e39"], "method.lr_embedding: a learning rate of 1e+39 overflows"),
+    (["method=loraplus", "optim.lr=1e38"], "method.lr_ratio: a learning rate of 1.6e+39 overflows"),
 ])
 def test_bad_input_is_one_line_naming_the_key(overrides, expected):
     problem = validate(overrides, multirun=False)
     assert problem is not None and problem.startswith(expected), problem
     assert "\n" not in problem
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["task=sst2", "task.data_dir={file}"], "task.data_dir: '{file}' is a file, not a directory; point it at"),
+    (["model=minilm", "model.path={file}"], "model.path: '{file}' is a file, not a directory; give a folder"),
+    (["model.tokenizer={file}"], "model.tokenizer: '{file}' is a file, not a directory; give a folder"),
+    (["eval.harness.include_path={file}"], "eval.harness.include_path: '{file}' is a file, not a directory"),
+])
+def test_a_file_where_a_folder_is_meant_says_so(tmp_path, overrides, expected):
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    problem = validate([o.format(file=file) for o in overrides], multirun=False)
+    assert problem is not None and problem.startswith(expected.format(file=file)), problem
 
 
 def test_a_sweep_is_checked_job_by_job():

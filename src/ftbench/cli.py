@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ftbench import methods, report
 from ftbench.config.schema import check
-from ftbench.errors import Canceled, UserError, explain_compose_error
+from ftbench.errors import Canceled, UserError, explain_compose_error, kind_problem
 from ftbench.job import sweep
 from ftbench.job.compose import config_dir, register_configs
 from ftbench.quiet import quiet_libraries, quiet_transformers
@@ -263,6 +263,10 @@ def report_main(argv: list[str] | None = None) -> None:
     missing = [p for p in args.paths if not p.exists()]
     if missing:
         print(f"ftbench-report: error: {missing[0]}: no such file or folder", file=sys.stderr)
+        sys.exit(2)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        print(f"ftbench-report: error: --out: {args.out} {kind_problem(args.out, 'folder')}; give a folder",
+              file=sys.stderr)
         sys.exit(2)
     out = args.out or next((p for p in args.paths if p.is_dir()), args.paths[0].parent)
     comparisons = [p for p in args.paths if (p / "comparison.json").is_file()]

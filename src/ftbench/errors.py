@@ -3,11 +3,16 @@
 Everything the user can get wrong (a config value, a path, a data file) raises
 `UserError`; the CLI prints it as one line and exits with code 2. Hydra and
 OmegaConf composition errors are translated here into the same form.
+
+A path the user gives is held to what it must be, a file or a folder, by `kind_problem` (what
+the path is instead, in words) and `require_kind` (one line naming the key): a folder where a
+file is meant says so, never "no such file", and a file where a folder is meant likewise.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -31,6 +36,30 @@ def require(condition: bool, key: str, message: str) -> None:
 
 def one_of(value, choices, key: str) -> None:
     require(value in choices, key, f"'{value}' is not one of: {', '.join(map(str, choices))}")
+
+
+def kind_problem(path: Path | str, want: str) -> str | None:
+    """None when `path` is a `want` ("file" or "folder", symbolic links followed); else what it is instead,
+    as words to follow the path in a message: "does not exist", "is a directory, not a file", "is a file,
+    not a directory", "is not a regular file" (a device, a pipe), "is not a directory"."""
+    path = Path(path).expanduser()
+    if want == "file":
+        if path.is_file():
+            return None
+        return "is a directory, not a file" if path.is_dir() else (
+            "is not a regular file" if path.exists() else "does not exist")
+    if path.is_dir():
+        return None
+    return "is a file, not a directory" if path.is_file() else (
+        "is not a directory" if path.exists() else "does not exist")
+
+
+def require_kind(path: Path | str, want: str, key: str, fix: str) -> None:
+    """Raise a `UserError` on `key` naming the path, what it is instead (`kind_problem`) and `fix` unless
+    `path` (user home expanded) is a `want` ("file" or "folder")."""
+    problem = kind_problem(path, want)
+    if problem is not None:
+        raise UserError(key, f"'{path}' {problem}; {fix}")
 
 
 def first_line(text: str) -> str:

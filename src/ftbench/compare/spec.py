@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from ftbench import methods
-from ftbench.errors import explain_compose_error, first_line
+from ftbench.errors import explain_compose_error, first_line, kind_problem
 from ftbench.job.compose import config_dir
 
 LR_FACTORS = [1 / 3, 1.0, 3.0]  # the default grid: each method's own lr times these
@@ -81,9 +81,12 @@ def shipped_dir() -> Path:
 
 
 def find(path: Path) -> Path:
-    """A spec file, or the name of a shipped spec (minilm-glue). Raises SpecError naming the shipped ones."""
+    """A spec file, or the name of a shipped spec (minilm-glue). Raises SpecError naming the shipped ones,
+    or saying what the path holds instead of a file (a folder)."""
     if path.is_file():
         return path
+    if path.exists():
+        raise SpecError(path, "file", f"{kind_problem(path, 'file')}; give a spec file (YAML) or a shipped spec's name")
     if (shipped_dir() / f"{path.stem}.yaml").is_file():
         return shipped_dir() / f"{path.stem}.yaml"
     names = ", ".join(sorted(p.stem for p in shipped_dir().glob("*.yaml")))
@@ -163,9 +166,12 @@ def check(spec: Spec, path: Path) -> None:
         raise SpecError(path, "validations", f"{spec.validations} validations do not fit {spec.budget.steps} steps "
                         "(at most one a step); lower validations or raise budget.steps")
     if spec.data is not None and not Path(spec.data).is_dir():
-        raise SpecError(path, "data", f"{spec.data} is not a folder (relative paths are read from "
-                        f"{Path.cwd()}); give the folder holding one folder per task, or null for the hub")
+        raise SpecError(path, "data", f"{spec.data} {kind_problem(spec.data, 'folder')} (relative paths are read "
+                        f"from {Path.cwd()}); give the folder holding one folder per task, or null for the hub")
     missing = [t for t in spec.tasks if spec.data is not None and not (Path(spec.data) / t).is_dir()]
+    if missing and (Path(spec.data) / missing[0]).exists():
+        raise SpecError(path, "data", f"{Path(spec.data) / missing[0]} {kind_problem(Path(spec.data) / missing[0], 'folder')}: "
+                        "each task's files go in a folder of its name")
     if missing:
         raise SpecError(path, "data", f"{spec.data} has no {missing[0]}/ folder: add it (the task's files), or "
                         "set data: null for the hub")

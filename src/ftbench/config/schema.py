@@ -2,6 +2,11 @@
 fails at compose time naming the key; `check()` then rejects values that are
 well-typed but meaningless (lr <= 0, batch size 0, a missing data folder).
 
+Numbers have one rule for every group (`check_numbers`, before the groups' own checks): a float knob is
+a finite number (inf, -inf and nan are refused, whatever the key), and a learning rate the optimizer
+steps with fits the training dtype (at most float32's largest value: torch cannot convert a larger
+scalar to a float32 or bfloat16 weight). The groups' checks then hold each knob to its range.
+
 The method and task groups are polymorphic: each option's YAML lists its own
 schema (`/schema/method/<name>`), registered here from the method and task
 registries.
@@ -10,7 +15,7 @@ registries.
 from __future__ import annotations
 
 import importlib.util
-import os
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -19,8 +24,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ftbench.config import within
 from ftbench.config.knobs import settle
-from ftbench.errors import UserError, one_of, require
+from ftbench.errors import UserError, one_of, require, require_kind
 
+FLOAT32_MAX = (2 - 2 ** -23) * 2 ** 127  # the largest finite float32 (torch.finfo(torch.float32).max)
 PRECISIONS = ("auto", "bf16-mixed", "bf16-pure", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("adamw", "adamw8bit", "sgd", "adagrad", "adafactor")
@@ -43,11 +49,10 @@ class ModelConfig:
         one_of(self.kind, ("encoder", "decoder"), f"{key}.kind")
         require("model_type" in self.shape, f"{key}.shape", "needs model_type (e.g. llama, bert)")
         if self.path is not None and not (self.path.endswith(".gguf") and Path(self.path).expanduser().is_file()):
-            require(Path(self.path).expanduser().is_dir(), f"{key}.path",
-                    f"'{self.path}' is not a directory; give a folder saved with save_pretrained (or a .gguf file)")
+            require_kind(self.path, "folder", f"{key}.path",
+                         "give a folder saved with save_pretrained (or a .gguf file)")
         if self.tokenizer is not None:
-            require(Path(self.tokenizer).is_dir(), f"{key}.tokenizer",
-                    f"'{self.tokenizer}' is not a directory holding a tokenizer")
+            require_kind(self.tokenizer, "folder", f"{key}.tokenizer", "give a folder holding a tokenizer")
         sources = (self.path, self.package, self.hub_id)
         require(self.random_init or any(sources), f"{key}.random_init",
                 "this model has no hub_id, path or package; set model.random_init=true")
@@ -232,8 +237,8 @@ class HarnessConfig:
         if self.num_fewshot is not None:
             require(self.num_fewshot >= 0, f"{key}.num_fewshot", "must be >= 0, or null for each task's own")
         if self.include_path is not None:
-            require(Path(os.path.expanduser(self.include_path)).is_dir(), f"{key}.include_path",
-                    f"'{self.include_path}' is not a directory; point it at a folder of harness task YAMLs")
+            require_kind(self.include_path, "folder", f"{key}.include_path",
+                         "point it at a folder of harness task YAMLs")
 
 
 @dataclass
@@ -301,6 +306,7 @@ def check(cfg: DictConfig) -> None:
     extra = sorted(set(cfg.keys()) - known - {"hydra"})
     if extra:
         raise UserError(extra[0], f"no such top-level key; valid keys: {', '.join(sorted(known))}")
+    check_numbers(cfg)
     one_of(cfg.mode, ("train", "profile", "plan"), "mode")
     require(cfg.seed >= 0, "seed", "must be >= 0")
     for name in ("model", "hardware", "logger", "train", "optim", "eval", "profile", "plan", "method", "task"):
@@ -317,9 +323,35 @@ def check(cfg: DictConfig) -> None:
     if cfg.mode == "train":  # the steps the config alone gives (epochs need the data: the job checks again)
         within.check(cfg, settle(cfg).steps)
     if cfg.task.data_dir is not None and cfg.mode == "train":
-        data_dir = Path(os.path.expanduser(cfg.task.data_dir))
-        require(data_dir.is_dir(), "task.data_dir",
-                f"'{cfg.task.data_dir}' is not a directory; point it at the folder holding the data files")
+        require_kind(cfg.task.data_dir, "folder", "task.data_dir", "point it at the folder holding the data files")
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """Refuse (`UserError` naming the key) a float anywhere in the config that is not a finite number
+    (inf, -inf, nan; in a list, the list's key is named), and a learning rate the optimizer would step
+    with that float32 cannot hold (above `FLOAT32_MAX`: each method lists its learning rates,
+    `MethodConfig.learning_rates`)."""
+    groups = {name: OmegaConf.to_container(cfg[name], resolve=True) if OmegaConf.is_config(cfg[name]) else cfg[name]
+              for name in cfg.keys() if name != "hydra"}
+    for key, value in _leaves(groups, ""):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(key, f"must be finite (got {value}); give a number")
+    settings = settle(cfg)
+    for key, value in OmegaConf.to_object(cfg.method).learning_rates(settings.owners["lr"], settings.lr).items():
+        require(value <= FLOAT32_MAX, key, f"a learning rate of {value:g} overflows the training dtype (float32 "
+                f"holds at most {FLOAT32_MAX:.5g}), so the optimizer cannot step with it; give a smaller one")
+
+
+def _leaves(node: Any, key: str):
+    """(key, value) of every leaf under `node` (a container); a list's items under the list's key."""
+    if isinstance(node, dict):
+        for name, child in node.items():
+            yield from _leaves(child, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list):
+        for child in node:
+            yield from _leaves(child, key)
+    else:
+        yield key, node
 
 
 def check_sharding(cfg: DictConfig) -> None:

@@ -97,6 +97,12 @@ class MethodConfig:
         for setting, allowed in self.choices.items():
             one_of(getattr(self, setting), allowed, f"{key}.{setting}")
 
+    def learning_rates(self, owner: str, lr: float) -> dict[str, float]:
+        """The learning rates the method's optimizer steps with, by the key that sets each (`lr`: the winning
+        learning rate, set by `owner`, optim.lr or method.lr); `config.schema.check_numbers` holds each to
+        the training dtype. Every parameter steps with `lr` unless a method says otherwise."""
+        return {owner: lr}
+
     def probe_layers(self) -> int:
         """The fewer-layer probes of the memory planner (plan/planner.py) trace this many layers plus one and
         plus two: a method whose trained part is a number of layers (a rotating group, the last N) needs them

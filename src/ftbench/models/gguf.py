@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from ftbench import files
-from ftbench.errors import UserError
+from ftbench.errors import UserError, kind_problem
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ def wants_gguf(mcfg) -> bool:
 
 def locate(mcfg) -> Path:
     """The GGUF file the model config names. Raises UserError (model.path / model.package /
-    model.gguf_file) when the file or the package that should hold it is missing."""
+    model.gguf_file) when the file or the package that should hold it is missing, or the file's path
+    holds a folder."""
     name = mcfg.get("gguf_file")
     if mcfg.path:
         given = Path(mcfg.path).expanduser()
@@ -55,6 +56,8 @@ def locate(mcfg) -> Path:
         path, key = package_folder(mcfg.package) / name, "model.gguf_file"
     else:
         raise UserError("model.gguf_file", "names a file but not where it is; set model.path=DIR (or a package)")
+    if not path.is_file() and path.exists():
+        raise UserError(key, f"'{path}' {kind_problem(path, 'file')}; give the {SUFFIX} file itself")
     if not path.is_file():
         near = sorted(p.name for p in path.parent.glob(f"*{SUFFIX}")) if path.parent.is_dir() else []
         raise UserError(key, f"no GGUF file at {path}" + (f"; that folder holds: {', '.join(near)}" if near else ""))

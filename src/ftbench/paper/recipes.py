@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftbench.errors import kind_problem
 from ftbench.results import BREAKDOWN, REQUIRED
 
 KINDS = ("quality", "memory")  # memory: the cells `--only-memory` runs (profile mode, random init)
@@ -265,6 +266,8 @@ def load(path: Path | str) -> Recipe:
     import yaml
 
     path = find(path)
+    if not path.is_file() and path.exists():
+        raise RecipeError(path, "", f"{kind_problem(path, 'file')}; give a recipe file (YAML) or a shipped recipe's name")
     if not path.is_file():
         shipped = sorted(p.stem for p in recipes_dir().glob("*.yaml")) if recipes_dir() else []
         raise RecipeError(path, "", "no such recipe file" + (f"; shipped recipes: {', '.join(shipped)}" if shipped else ""))

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ftbench.config.schema import check
-from ftbench.errors import UserError, explain_compose_error
+from ftbench.errors import UserError, explain_compose_error, kind_problem
 from ftbench.job import children
 from ftbench.job.compose import config_dir, register_configs
 from ftbench.paper import comparison
@@ -279,7 +279,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.seeds and min(args.seeds) < 0:
         parser.exit(2, "ftbench-reproduce: error: --seeds: seeds are integers >= 0\n")
     if args.data and not args.data.is_dir():
-        parser.exit(2, f"ftbench-reproduce: error: --data: '{args.data}' is not a directory\n")
+        parser.exit(2, f"ftbench-reproduce: error: --data: '{args.data}' {kind_problem(args.data, 'folder')}\n")
+    if args.out.exists() and not args.out.is_dir():
+        parser.exit(2, f"ftbench-reproduce: error: --out: '{args.out}' {kind_problem(args.out, 'folder')}; give a "
+                    "folder (new or holding earlier runs)\n")
     args.out = args.out.resolve()
     return args
 

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftbench.errors import UserError
+from ftbench.errors import UserError, kind_problem
 from ftbench.models.hub import hub_error, use_cache_only_if_offline
 from ftbench.tasks import classify
 from ftbench.tasks.base import EvalContext, Example, Task, read_text
@@ -122,15 +122,20 @@ def convert_label(raw: str, spec: GlueSpec):
 
 
 def read_tsv_splits(cfg: GlueConfig, spec: GlueSpec, splits: tuple[str, ...]) -> dict[str, list[dict]]:
+    """The rows of each split's TSV in task.data_dir. Raises UserError on task.data_dir when a split's file
+    is missing (naming what the folder holds) or is not a file (a folder by its name), and as `read_tsv`."""
     folder = Path(cfg.data_dir).expanduser()
     out = {}
     for split in splits:
         stem = SPLIT_NAMES.get(split, split)
         path = folder / f"{stem}.tsv"
         if not path.is_file():
+            expected = f"expected the GLUE {cfg.name.upper()} files " + ", ".join(
+                SPLIT_NAMES.get(s, s) + ".tsv" for s in splits)
+            if path.exists():  # a folder (or a device) by the file's name
+                raise UserError("task.data_dir", f"'{path}' {kind_problem(path, 'file')}; {expected}")
             present = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) if folder.is_dir() else "no such folder"
-            raise UserError("task.data_dir", f"no {path.name} in {folder} (it holds: {present or 'nothing'}); expected "
-                            f"the GLUE {cfg.name.upper()} files {', '.join(SPLIT_NAMES.get(s, s) + '.tsv' for s in splits)}")
+            raise UserError("task.data_dir", f"no {path.name} in {folder} (it holds: {present or 'nothing'}); {expected}")
         out[split] = read_tsv(path, cfg.name, spec)
     return out
 

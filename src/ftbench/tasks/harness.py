@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from ftbench.errors import UserError, first_line
+from ftbench.errors import UserError, first_line, kind_problem
 
 SHIPPED = Path(__file__).with_name("harness_tasks")
 log = logging.getLogger(__name__)
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 def local_tasks(cfg, output_dir: Path) -> Path:
     """Copy the shipped tasks into `<output_dir>/harness_tasks/` with each task's `data_files` made
     absolute under `cfg.data_dir` (templates and their Python judge copied as they are); return that
-    folder. Raises UserError (eval.harness.data_dir) naming the first test file that is not there when a
-    requested shipped task needs it."""
+    folder. Raises UserError (eval.harness.data_dir) naming the first test file that is not there, or is
+    not a file (a folder by its name), when a requested shipped task needs it."""
     data_dir = Path(os.path.expanduser(cfg.data_dir)).resolve()
     folder = output_dir / "harness_tasks"
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,9 +46,13 @@ def local_tasks(cfg, output_dir: Path) -> Path:
             continue
         config = yaml.safe_load(text)
         test = config["dataset_kwargs"]["data_files"]["test"]
-        if _requested(config["task"], cfg.tasks) and not (data_dir / test).is_file():
+        problem = kind_problem(data_dir / test, "file")
+        if _requested(config["task"], cfg.tasks) and problem == "does not exist":
             raise UserError("eval.harness.data_dir", f"'{cfg.data_dir}' has no {test} (task {config['task']}); "
                             "point it at the folder holding math/ and commonsense/ (../shared/data)")
+        if _requested(config["task"], cfg.tasks) and problem is not None:
+            raise UserError("eval.harness.data_dir", f"'{data_dir / test}' {problem} (task {config['task']}); "
+                            f"{test} is a JSON file")
         config["dataset_kwargs"]["data_files"] = {"test": str(data_dir / test)}
         (folder / path.name).write_text(yaml.safe_dump(config, sort_keys=False))
     return folder

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ftbench.engine.batches import to_device
-from ftbench.errors import UserError
+from ftbench.errors import UserError, kind_problem
 from ftbench.models.architecture import IGNORE_INDEX
 from ftbench.models.hub import hub_error, use_cache_only_if_offline
 from ftbench.progress import Work
@@ -193,11 +193,17 @@ def record_line(path: Path, index: int) -> int | None:
 
 
 def resolve_files(folder: Path, patterns: list[str]) -> list[Path]:
-    """The files of the first pattern that matches anything (a list of alternatives, best first)."""
+    """The files of the first pattern that matches a file (a list of alternatives, best first). Raises
+    UserError on task.train_files when none does: naming what a pattern matches instead (a folder by the
+    file's name), else what the folder holds."""
     for pattern in patterns:
         found = sorted(p for p in folder.glob(pattern) if p.is_file())
         if found:
             return found
+    other = next((p for pattern in patterns for p in sorted(folder.glob(pattern))), None)
+    if other is not None:
+        raise UserError("task.train_files", f"'{other}' {kind_problem(other, 'file')}; name the training files, "
+                        f"e.g. task.train_files='[my_train.json]'")
     present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
     raise UserError("task.train_files", f"none of {list(patterns)} matches a file in {folder} (it holds: {present}); "
                     f"name the training files, e.g. task.train_files='[my_train.json]'")

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ftbench.errors import UserError
+from ftbench.errors import UserError, kind_problem
 from ftbench.tasks import answers, generate
 from ftbench.tasks.base import EvalContext
 from ftbench.tasks.config import ReasoningConfig
@@ -82,7 +82,8 @@ class ReasoningTask(InstructTask):
         return rows
 
     def test_rows(self, name: str) -> list[dict] | None:
-        """The set's questions and gold answers; None when the local folder has no file for it."""
+        """The set's questions and gold answers; None when the local folder has no file for it. Raises
+        UserError on task.data_dir when its file's name holds something else (a folder)."""
         cfg = self.cfg
         keys = ("instruction", "answer")
         if cfg.data_dir is None:
@@ -91,7 +92,12 @@ class ReasoningTask(InstructTask):
                                     "json", data_files=url)
             return require_keys(rows, keys, url, key="task.remote")
         folder = Path(cfg.data_dir).expanduser()
-        path = next((p for p in (folder / f"{name}.test.json", folder / name / "test.json") if p.is_file()), None)
+        candidates = (folder / f"{name}.test.json", folder / name / "test.json")
+        path = next((p for p in candidates if p.is_file()), None)
+        other = next((p for p in candidates if p.exists()), None) if path is None else None
+        if other is not None:
+            raise UserError("task.data_dir", f"'{other}' {kind_problem(other, 'file')}; the {name} test set is "
+                            f"<set>.test.json or <set>/test.json")
         return None if path is None else require_keys(read_json_rows(path), keys, path)
 
     def evaluate(self, model, ctx: EvalContext) -> dict[str, float]:

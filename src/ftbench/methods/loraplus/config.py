@@ -26,6 +26,10 @@ class LoraPlusConfig(LoraMethodConfig):
         require(self.lr_ratio >= 1, f"{key}.lr_ratio", "must be >= 1 (the lr of B over the lr of A)")
         require(self.lr_embedding > 0, f"{key}.lr_embedding", "must be > 0")
 
+    def learning_rates(self, owner: str, lr: float) -> dict[str, float]:
+        """A's `lr`, B's `lr` × lr_ratio (named by lr_ratio) and the embedding's lr_embedding."""
+        return {owner: lr, "method.lr_ratio": lr * self.lr_ratio, "method.lr_embedding": self.lr_embedding}
+
     def check_run(self, cfg) -> None:
         if cfg.optim.name not in ("adamw", "adamw8bit"):
             raise UserError("optim.name", f"loraplus's ratio is derived for Adam-type updates (Hayou et al., 2024, "
