@@ -48,6 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftbench.engine.hardware import Hardware, split_batch
 from ftbench.errors import UserError
+from ftbench.models.loading import architecture_config
 from ftbench.plan.extrapolate import (
     Step,
     at_full_width,
@@ -292,7 +293,11 @@ def budget(cfg: DictConfig, tgt: Target) -> tuple[int | None, int | None]:
 
 
 def predict(cfg: DictConfig) -> dict:
-    """The plan of one run: plan.json's content (result.json's memory field names)."""
+    """The plan of one run: plan.json's content (result.json's memory field names).
+
+    Raises UserError naming model.shape[.<field>] when transformers cannot build the shape (checked before
+    anything is computed from it), profile.objective for a causal LM on an encoder."""
+    architecture_config(cfg.model)
     tgt = target(cfg)
     if tgt.head == "causal_lm" and cfg.model.kind != "decoder":
         raise UserError("profile.objective", "causal_lm needs a decoder model")
