@@ -58,6 +58,63 @@ def test_the_minilm_package_by_its_pip_name_names_model_package():
         preflight.inputs(cfg)
 
 
+# Kind 1b: a model shape or a model folder's config that transformers refuses, or that sizes nothing, names
+# model.shape[.<field>] or model.path with the library's reason (not cut at its colon) and the fix.
+
+@pytest.mark.parametrize("overrides,key,reason", [
+    (["model.shape.hidden_size=63"], "model.shape", "hidden size (63) is not a multiple of the number of attention"),
+    (["model.shape.num_attention_heads=3"], "model.shape", "not a multiple of the number of attention heads (3)"),
+    (["+model.shape.initializer_range=2.0"], "model.shape.initializer_range", "smaller or equal to 1.0, got 2.0"),
+    (["+model.shape.hidden_act=5"], "model.shape.hidden_act", "expected str, got int"),
+    (["model.shape.hidden_size=-64"], "model.shape.hidden_size", "must be a positive integer (got -64)"),
+    (["model.shape.num_attention_heads=0"], "model.shape.num_attention_heads", "must be a positive integer"),
+    (["model.shape.intermediate_size=0"], "model.shape.intermediate_size", "must be a positive integer"),
+    (["model.shape.vocab_size=-1"], "model.shape.vocab_size", "must be a positive integer"),
+    (["model.shape.num_hidden_layers=0"], "model.shape.num_hidden_layers", "must be a positive integer (got 0)"),
+    (["model.shape.num_hidden_layers=0", "method=lisa"], "model.shape.num_hidden_layers", "must be a positive"),
+    (["model.shape.num_hidden_layers=0", "method=badam"], "model.shape.num_hidden_layers", "must be a positive"),
+    (["mode=plan", "model.shape.hidden_size=63"], "model.shape", "is not a multiple of the number of attention"),
+    (["mode=plan", "model.shape.num_attention_heads=0"], "model.shape.num_attention_heads", "must be a positive"),
+])
+def test_a_shape_transformers_refuses_names_the_shape_key(tmp_path, overrides, key, reason):
+    from ftbench.job.run import run_job
+
+    out = tmp_path / "run"
+    code = run_job(compose(*QUICK, *overrides), out)
+    error = json.loads((out / ("plan.json" if "mode=plan" in overrides else "result.json")).read_text())["error"]
+    assert code == 2, error
+    assert error.startswith(f"{key}: ") and reason in error and "\n" not in error
+
+
+@pytest.mark.parametrize("config,reason", [
+    ({"hidden_size": "x"}, "Validation error for field 'hidden_size': TypeError: Field 'hidden_size' expected int"),
+    ({"num_attention_heads": 3}, "is not a multiple of the number of attention heads (3)"),
+    ({"num_hidden_layers": 0}, "sets num_hidden_layers=0, but a size must be a positive integer"),
+])
+def test_a_folder_whose_config_transformers_refuses_names_model_path(tmp_path, config, reason):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shape = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "vocab_size": 300}
+    (folder / "config.json").write_text(json.dumps({**shape, **config}))
+    result = run(tmp_path / "run", f"model.path={folder}", *QUICK)
+    assert result["exit_code"] == 2 and result["status"] == "failed", result["error"]
+    assert result["error"].startswith("model.path: ") and reason in result["error"]
+    assert "\n" not in result["error"] and not result["error"].endswith(":")
+
+
+def test_an_unexpected_error_is_one_line_that_does_not_stop_at_a_colon():
+    from ftbench.errors import exception_line, first_line
+    from ftbench.job.run import classify
+
+    heading = RuntimeError("Class validation error for validator 'check':\n\n    ValueError: sizes differ")
+    assert exception_line(heading) == "RuntimeError: Class validation error for validator 'check': ValueError: sizes differ"
+    assert classify(heading)[1].startswith("RuntimeError: Class validation error for validator 'check': ValueError")
+    assert first_line("\n  plain first line  \nsecond") == "plain first line"
+    assert first_line("only a heading:") == "only a heading:" and first_line("") == ""
+    assert exception_line(RuntimeError()) == "RuntimeError"
+
+
 # Kinds 2 and 3: debug=true keeps exit 2 (and shows the traceback); a canceled run says so once.
 
 def test_debug_keeps_exit_2_for_a_user_error_and_shows_the_traceback(tmp_path, capsys):

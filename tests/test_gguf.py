@@ -29,8 +29,9 @@ def rope_permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_gguf(path, architecture: str = "llama"):
-    """A 2-layer GQA LLaMA with a byte-level BPE tokenizer, as an unquantized (F32) GGUF file.
+def write_tiny_gguf(path, architecture: str = "llama", head_count: int = HEADS):
+    """A 2-layer GQA LLaMA with a byte-level BPE tokenizer, as an unquantized (F32) GGUF file
+    (`head_count`: the heads its metadata says, HEADS unless a test writes an inconsistent file).
     Returns the model it was written from."""
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -45,7 +46,7 @@ def write_tiny_gguf(path, architecture: str = "llama"):
     writer.add_embedding_length(32)
     writer.add_feed_forward_length(64)
     writer.add_block_count(2)
-    writer.add_head_count(HEADS)
+    writer.add_head_count(head_count)
     writer.add_head_count_kv(KV_HEADS)
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_rope_freq_base(10000.0)
@@ -143,7 +144,7 @@ def test_an_interrupted_conversion_leaves_no_cache(tiny_file, cache, monkeypatch
 
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", crash)
     with pytest.raises(KeyboardInterrupt):
-        ftbench_gguf.convert(path, cache / "tiny")
+        ftbench_gguf.convert(path, cache / "tiny", "model.path")
     assert list(cache.iterdir()) == []
 
 
@@ -153,6 +154,19 @@ def test_an_architecture_transformers_cannot_read_is_one_line(tmp_path, cache):
     with pytest.raises(UserError, match=r"^model.gguf_file: odd.gguf: transformers cannot de-quantize it "
                                         r"\(.*nosucharch.*llama.*model.path=DIR"):
         load_tokenizer(cfg.model)
+    assert list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["folder+name", "file"])
+def test_a_config_transformers_refuses_names_the_key_of_the_file(tmp_path, cache, how):
+    write_tiny_gguf(tmp_path / "odd.gguf", head_count=3)  # a width of 32 is not a multiple of 3 heads
+    where, key = ((f"model.path={tmp_path}", "model.gguf_file=odd.gguf"), "model.gguf_file") if how == "folder+name" \
+        else ((f"model.path={tmp_path / 'odd.gguf'}",), "model.path")
+    cfg = compose("model=tiny-llama", "model.random_init=false", *where)
+    with pytest.raises(UserError, match=rf"^{key}: odd.gguf: transformers refuses the config it holds \(.*"
+                                        r"The hidden size \(32\) is not a multiple of the number of attention heads "
+                                        r"\(3\)\); .*model.path=DIR"):
+        load_model(cfg.model, "causal_lm", 2, torch.device("cpu"), "fp32", "eager")
     assert list(cache.iterdir()) == []
 
 

@@ -63,7 +63,23 @@ def require_kind(path: Path | str, want: str, key: str, fix: str) -> None:
 
 
 def first_line(text: str) -> str:
-    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+    """The first non-blank line of `text`, stripped. A line that ends in a colon (a heading such as
+    huggingface_hub's "Validation error for field 'hidden_size':") carries the lines after it up to
+    one that does not, so the line says why rather than stopping at the colon."""
+    line = ""
+    for part in str(text).splitlines():
+        if part.strip():
+            line = f"{line} {part.strip()}" if line else part.strip()
+            if not line.endswith(":"):
+                break
+    return line
+
+
+def exception_line(exc: BaseException) -> str:
+    """An unexpected exception in one line: `<Type>: <first line>` (`first_line`), or `<Type>` alone
+    when it has no message."""
+    text = first_line(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def explain_compose_error(exc: BaseException) -> str:

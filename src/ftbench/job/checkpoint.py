@@ -36,7 +36,7 @@ import torch
 
 from ftbench import files
 from ftbench.engine.loop import Trainee, TrainLog, TrainSpec
-from ftbench.errors import UserError
+from ftbench.errors import UserError, exception_line
 from ftbench.parallel import distributed
 from ftbench.results import Result, Train
 
@@ -76,8 +76,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def unreadable(path: Path, exc: BaseException) -> UserError:
     """One line for a checkpoint whose files cannot be read back (truncated, corrupted)."""
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return UserError("train.resume", f"{path} cannot be read ({type(exc).__name__}: {reason}); resume from an "
+    return UserError("train.resume", f"{path} cannot be read ({exception_line(exc)}); resume from an "
                      "older one (train.resume=PATH) or move its checkpoint folder aside")
 
 

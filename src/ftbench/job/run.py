@@ -29,7 +29,7 @@ from ftbench.engine import loop
 from ftbench.engine.loggers import NullLogger, make_logger
 from ftbench.engine.loop import Compute, NonFiniteLoss, Trainee, Watchers, sigterm_cancels
 from ftbench.engine.loss import model_loss
-from ftbench.errors import Canceled, UserError, first_line
+from ftbench.errors import Canceled, UserError, exception_line, first_line
 from ftbench.job import engagement, rerun, steps
 from ftbench.job.checkpoint import Checkpointer
 from ftbench.job.evaluation import Evaluation, Selector, eval_context
@@ -78,7 +78,7 @@ def classify(exc: BaseException) -> tuple[str, str, int]:
         return "nan", str(exc), 1
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return "oom", first_line(str(exc)) + " (lower the batch or hardware.max_micro_batch_size)", 1
-    return "failed", f"{type(exc).__name__}: {first_line(str(exc))} (debug=true shows the traceback)", 1
+    return "failed", f"{exception_line(exc)} (debug=true shows the traceback)", 1
 
 
 class Job:

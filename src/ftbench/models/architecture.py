@@ -14,6 +14,9 @@ From a loaded model (an `nn.Module`, usually a Hugging Face transformers model)
   tensor under several names, e.g. GPT-2's `lm_head.weight` and `wte.weight`);
 - the attention and MLP *projections* of each block, by role.
 
+From a config (a named shape or a checkpoint's) it knows the fields that size a model (`SIZES`:
+each a positive integer, `bad_size`).
+
 Only the roles need a table, because a module's role cannot be read off its
 shape (BERT's four attention linears all map hidden -> hidden; BART registers
 k_proj before q_proj). `LAYOUTS` holds one naming scheme per family, in the
@@ -85,6 +88,26 @@ LAYOUTS: dict[str, Layout] = {
         "cross_q": r"encoder_attn\.q_proj", "cross_k": r"encoder_attn\.k_proj", "cross_v": r"encoder_attn\.v_proj",
         "cross_o": r"encoder_attn\.out_proj", "up": r"fc1", "down": r"fc2"}),
 }
+
+# The config fields that size a model, under each family's names (LLaMA/BERT, GPT-2, T5, BART, ALBERT):
+# each must be a positive integer, or null where the family derives it (num_key_value_heads, n_inner).
+# transformers accepts 0 or a negative size, then fails on a tensor of negative dimension or builds a model
+# with no layers. Not here: head_dim and type_vocab_size (0 is a family's "derive it" or "none" value).
+SIZES = frozenset({
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "max_position_embeddings", "embedding_size",
+    "n_embd", "n_layer", "n_head", "n_positions", "n_inner",
+    "d_model", "d_ff", "d_kv", "num_layers", "num_decoder_layers", "num_heads",
+    "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim",
+    "decoder_ffn_dim"})
+
+
+def bad_size(values) -> str | None:
+    """The first field of `values` (a shape or a config's dict) that sizes the model (SIZES) and is not a
+    positive integer; None when every size is one (or null)."""
+    return next((name for name, value in values.items() if name in SIZES and value is not None and
+                 (isinstance(value, bool) or not isinstance(value, int) or value < 1)), None)
+
 
 # Causal LMs whose logits are exactly `lm_head(decoder(...).last_hidden_state)`: no logit scaling or
 # soft-capping (Gemma 2, Cohere) that a loss computing the head itself would skip. Not derivable.

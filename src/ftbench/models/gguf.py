@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from ftbench import files
-from ftbench.errors import UserError, kind_problem
+from ftbench.errors import UserError, first_line, kind_problem
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +43,21 @@ def wants_gguf(mcfg) -> bool:
     return bool(mcfg.get("gguf_file")) or str(mcfg.path or "").endswith(SUFFIX)
 
 
+def file_key(mcfg) -> str:
+    """The config key that names the GGUF file (for error lines): model.gguf_file, else model.path=FILE.gguf."""
+    return "model.gguf_file" if mcfg.get("gguf_file") else "model.path"
+
+
 def locate(mcfg) -> Path:
     """The GGUF file the model config names. Raises UserError (model.path / model.package /
     model.gguf_file) when the file or the package that should hold it is missing, or the file's path
     holds a folder."""
-    name = mcfg.get("gguf_file")
+    name, key = mcfg.get("gguf_file"), file_key(mcfg)
     if mcfg.path:
         given = Path(mcfg.path).expanduser()
         path = given / name if name and given.is_dir() else given
-        key = "model.gguf_file" if name else "model.path"
     elif mcfg.package:
-        path, key = package_folder(mcfg.package) / name, "model.gguf_file"
+        path = package_folder(mcfg.package) / name
     else:
         raise UserError("model.gguf_file", "names a file but not where it is; set model.path=DIR (or a package)")
     if not path.is_file() and path.exists():
@@ -97,17 +101,17 @@ def local_folder(mcfg) -> Path:
     GGUF checkpoint, converted on the first call and read from the cache afterwards."""
     gguf_path = locate(mcfg)
     stat = gguf_path.stat()
-    return _converted(gguf_path, stat.st_size, stat.st_mtime_ns)
+    return _converted(gguf_path, stat.st_size, stat.st_mtime_ns, file_key(mcfg))
 
 
 @functools.cache  # the tokenizer and the model both ask: look up (and log) once per file per process
-def _converted(gguf_path: Path, size: int, mtime_ns: int) -> Path:
+def _converted(gguf_path: Path, size: int, mtime_ns: int, key: str) -> Path:
     folder = cache_folder(gguf_path)
     if (folder / "config.json").is_file():
         log.info("GGUF %s: using the converted copy in %s", gguf_path.name, folder)
         return folder
     started = time.perf_counter()
-    convert(gguf_path, folder)
+    convert(gguf_path, folder, key)
     log.info("GGUF %s: de-quantized once in %.0f s and cached as safetensors in %s; later loads take seconds",
              gguf_path.name, time.perf_counter() - started, folder)
     return folder
@@ -129,11 +133,13 @@ def model_class(config):
     return AutoModel
 
 
-def convert(gguf_path: Path, folder: Path) -> None:
+def convert(gguf_path: Path, folder: Path, key: str) -> None:
     """De-quantize `gguf_path` with transformers and save it to `folder` atomically (a temp
     folder beside it, then a rename), so an interrupted conversion never leaves half a cache.
-    Raises UserError(model.gguf_file) when the gguf package is missing or transformers cannot
-    de-quantize the file's architecture."""
+    Raises UserError(model.gguf_file) when the gguf package is missing; UserError(`key`: the key that
+    names the file, `file_key`) when transformers cannot de-quantize the file's architecture or refuses
+    the config the file holds (e.g. a width that is not a multiple of the heads)."""
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig, AutoTokenizer
     from transformers.utils.import_utils import is_gguf_available
 
@@ -151,12 +157,16 @@ def convert(gguf_path: Path, folder: Path) -> None:
             with contextlib.redirect_stderr(io.StringIO()):
                 tokenizer = AutoTokenizer.from_pretrained(**where)
                 model = model_class(AutoConfig.from_pretrained(**where)).from_pretrained(**where)
+        except StrictDataclassError as exc:  # the file's metadata makes a config the library refuses
+            raise UserError(key, f"{gguf_path.name}: transformers refuses the config it holds "
+                            f"({first_line(str(exc)).rstrip('.')}); give a GGUF file whose metadata is consistent, "
+                            "or a Hugging Face folder: model.path=DIR") from exc
         except (ValueError, KeyError, NotImplementedError) as exc:
             from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
             known = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"})
-            raise UserError("model.gguf_file", f"{gguf_path.name}: transformers cannot de-quantize it "
-                            f"({str(exc).splitlines()[0]}); it reads the architectures {', '.join(known)}: "
+            raise UserError(key, f"{gguf_path.name}: transformers cannot de-quantize it "
+                            f"({first_line(str(exc))}); it reads the architectures {', '.join(known)}: "
                             "convert the file to a Hugging Face folder and give model.path=DIR") from exc
         # The weights are plain tensors now: drop the GGUF marker so the folder loads without gguf.
         model.config.quantization_config = None

@@ -7,7 +7,7 @@ import socket
 from functools import cache
 from urllib.parse import urlparse
 
-from ftbench.errors import UserError, first_line
+from ftbench.errors import UserError, exception_line
 
 
 def offline_mode() -> bool:
@@ -32,7 +32,7 @@ def hub_error(key: str, what: str, exc: BaseException, fix: str, local: bool = F
     """One line for a failed load: the library's reason (its first line), or that the hub is
     unreachable when `what` is not a local folder and the machine is offline."""
     offline = not local and offline_mode()
-    reason = "the hub is unreachable (offline?)" if offline else f"{type(exc).__name__}: {first_line(str(exc))[:300]}"
+    reason = "the hub is unreachable (offline?)" if offline else exception_line(exc)[:300]
     return UserError(key, f"could not load {what}: {reason}; {fix}")
 
 

@@ -4,16 +4,19 @@ the hub, or random init from the named architecture shape (no download)."""
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import contextmanager
 from importlib import import_module
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldValidationError
 from safetensors import SafetensorError
 from torch import nn
 
-from ftbench.errors import UserError
+from ftbench.errors import UserError, first_line
 from ftbench.models import gguf
+from ftbench.models.architecture import bad_size
 from ftbench.models.hub import hub_error, offline_mode
 
 log = logging.getLogger(__name__)
@@ -66,9 +69,15 @@ def settle_source(mcfg) -> None:
 
 
 # What from_pretrained raises for a folder or hub id it cannot use: missing or unreadable files (OSError),
-# an unknown model_type or a bad config value (ValueError, KeyError), weights that do not fit (RuntimeError),
-# a corrupt weights file (SafetensorError). Out-of-memory is not among them (see load_error).
-LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError)
+# an unknown model_type or a bad config value (ValueError, KeyError; StrictDataclassError: a value or a
+# combination the config class's validators refuse, e.g. hidden_size "x" or not a multiple of the heads),
+# weights that do not fit (RuntimeError), a corrupt weights file (SafetensorError). Out-of-memory is not
+# among them (see load_error).
+LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError, StrictDataclassError)
+
+# What building a transformers config from model.shape raises for values the library refuses: its validators
+# (StrictDataclassError), or a family's own checks and arithmetic on them (ValueError, TypeError, KeyError).
+SHAPE_ERRORS = (StrictDataclassError, ValueError, TypeError, KeyError)
 
 
 def load_tokenizer(mcfg):
@@ -110,7 +119,11 @@ def byte_level_tokenizer():
 
 
 def architecture_config(mcfg, **overrides):
-    """A transformers config built from the model's named shape."""
+    """A transformers config built from the model's named shape.
+
+    Raises UserError naming model.shape.<field> (model.shape when the library refuses a combination of
+    fields) for an unknown architecture or field, a size that is not a positive integer (SIZES), or any
+    value the library's config refuses, with the library's reason."""
     from omegaconf import DictConfig, OmegaConf
     from transformers import CONFIG_MAPPING, AutoConfig
 
@@ -122,20 +135,47 @@ def architecture_config(mcfg, **overrides):
     for key in shape:
         if not hasattr(defaults, key):
             raise UserError(f"model.shape.{key}", f"not a field of the {model_type} config")
-    return AutoConfig.for_model(model_type, **{**shape, **overrides})
+    field = bad_size(shape)
+    if field is not None:
+        raise UserError(f"model.shape.{field}", f"must be a positive integer (got {shape[field]!r}): it sizes the "
+                        f"{model_type} model; give 1 or more")
+    try:
+        return AutoConfig.for_model(model_type, **{**shape, **overrides})
+    except SHAPE_ERRORS as exc:
+        raise shape_error(mcfg, exc) from exc
+
+
+def shape_error(mcfg, exc: BaseException) -> UserError:
+    """One line for a model.shape that transformers refuses, building its config or its model: the field
+    the library names (model.shape.<field>), else model.shape (a combination, e.g. a width that is not a
+    multiple of the heads), with the library's reason and the fix."""
+    model_type = mcfg.shape["model_type"]
+    named = isinstance(exc, StrictDataclassFieldValidationError) and re.search(r"field '([^']+)'", str(exc))
+    field = named.group(1) if named and named.group(1) in mcfg.shape else None
+    key = f"model.shape.{field}" if field else "model.shape"
+    fix = (f"give {key} a value the {model_type} config accepts" if field else
+           "change the model.shape values it names (or pick another model=)")
+    return UserError(key, f"transformers refuses this {model_type} shape: {first_line(str(exc)).rstrip('.')}; {fix}")
 
 
 def pretrained_config(mcfg):
     """The architecture config of a checkpoint (no weights), from model.path, model.package or model.hub_id.
 
-    Raises UserError naming that key and the fix when it cannot be read."""
+    Raises UserError naming that key, the library's reason and the fix when it cannot be read or the library
+    refuses it, or when it sets a size (SIZES) below 1."""
     from transformers import AutoConfig
 
     source = local_source(mcfg) or mcfg.hub_id
     try:
-        return AutoConfig.from_pretrained(source, local_files_only=offline_mode() or Path(source).is_dir())
+        config = AutoConfig.from_pretrained(source, local_files_only=offline_mode() or Path(source).is_dir())
     except LOAD_ERRORS as exc:
         raise load_error(mcfg, source, exc) from exc
+    values = config.to_dict()
+    field = bad_size(values)
+    if field is not None:
+        raise UserError(source_key(mcfg), f"the config of {source} sets {field}={values[field]!r}, but a size must "
+                        "be a positive integer; fix its config.json or give a folder written by save_pretrained")
+    return config
 
 
 def load_error(mcfg, source: str, exc: BaseException) -> UserError:
@@ -159,7 +199,8 @@ def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision
                attn_implementation: str, shape_overrides: dict | None = None) -> nn.Module:
     """Build the model directly on `device` in the run's weight dtype.
 
-    Random init builds the named shape (`shape_overrides`: config values that size it to the inputs). A checkpoint
+    Random init builds the named shape (`shape_overrides`: config values that size it to the inputs); a shape
+    transformers refuses raises UserError naming model.shape[.<field>] (architecture_config). A checkpoint
     whose classification head does not fit the task (another number of labels, or regression vs
     classes: intermediate-task fine-tuning) gets a new head of the task's size, said in one log line.
     Raises UserError naming model.path / model.package / model.hub_id when the checkpoint cannot be loaded."""
@@ -168,9 +209,11 @@ def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision
     if mcfg.random_init:
         head_kwargs = {} if head == "causal_lm" else {"num_labels": num_labels, "problem_type": PROBLEM_TYPES[head]}
         config = architecture_config(mcfg, **head_kwargs, **(shape_overrides or {}))
-        with torch.device(device):
-            model = cls.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
-        return model
+        try:
+            with torch.device(device):
+                return cls.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+        except SHAPE_ERRORS as exc:  # a family that checks its shape when it builds the modules (BERT's heads)
+            raise shape_error(mcfg, exc) from exc
     source = local_source(mcfg) or mcfg.hub_id
     config = pretrained_config(mcfg)
     if head != "causal_lm":

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ftbench.errors import UserError
+from ftbench.errors import UserError, first_line
 from ftbench.measure.meters import host_available_bytes
 from ftbench.measure.trace import LiveTensorPeak
 from ftbench.plan import planner
@@ -211,7 +211,7 @@ def planned(cfg, hw, head: str, model, sequence: dict[str, torch.Tensor], batch_
                 tgt = planner.target(plan_cfg)
                 the_fit = planner.plan_fit(plan_cfg, tgt)
         except Exception as exc:  # noqa: BLE001 -- any failure of the prediction leaves the probe to answer
-            why = f"it failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            why = f"it failed: {first_line(str(exc)) or type(exc).__name__}"
     if why is not None:
         log.info("micro-batch for %s: probing (the memory planner cannot answer: %s)", what, why)
         return None

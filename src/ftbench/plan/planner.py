@@ -294,9 +294,10 @@ def budget(cfg: DictConfig, tgt: Target) -> tuple[int | None, int | None]:
 
 def predict(cfg: DictConfig) -> dict:
     """The plan of one run: plan.json's content (result.json's memory field names). Raises UserError
-    before any probe for profile.seq_len over a checkpoint's position table (a random-init shape's is
-    sized to it in model.shape: models/positions.py) and for profile.objective=causal_lm on an encoder."""
-    fit_planned_positions(cfg)
+    before any probe: naming model.shape[.<field>] when transformers cannot build the shape, on
+    profile.seq_len over a checkpoint's position table (a random-init shape's is sized to it in
+    model.shape: models/positions.py), and on profile.objective=causal_lm for an encoder."""
+    fit_planned_positions(cfg)  # builds the shape's config first (models/loading.architecture_config)
     tgt = target(cfg)
     if tgt.head == "causal_lm" and cfg.model.kind != "decoder":
         raise UserError("profile.objective", "causal_lm needs a decoder model")

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from ftbench.errors import UserError, first_line, kind_problem
+from ftbench.errors import UserError, exception_line, kind_problem
 
 SHIPPED = Path(__file__).with_name("harness_tasks")
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class Harness:
                 self.manager.load([name])  # reads the task's data now, not after training
             except Exception as exc:
                 raise UserError("eval.harness.tasks", f"task '{name}' could not load its data "
-                                f"({type(exc).__name__}: {first_line(str(exc))[:200]}); offline, copy its YAML "
+                                f"({exception_line(exc)[:200]}); offline, copy its YAML "
                                 "with dataset_path: json and dataset_kwargs.data_files over local files into a "
                                 "folder and set eval.harness.include_path=DIR") from exc
 

@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ftbench.errors import exception_line
+
 # The CPU tracer ftbench's measure.py uses, and its walk of an optimizer's state (tensors inside GaLore's
 # and APOLLO's projector objects too): both sides are measured by the same instrument.
 from ftbench.measure.meters import state_tensors
@@ -247,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result.update(train(spec))
     except Exception as exc:  # the table reports any peer that cannot run, with its exact error
-        message = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-        result.update(status="failed", error=f"{type(exc).__name__}: {message}")
+        result.update(status="failed", error=exception_line(exc))
         print(f"peer {spec['peer']}: {result['error']}", file=sys.stderr)
     out_path.write_text(json.dumps(result, indent=1))
     return 0 if result["status"] == "ok" else 1

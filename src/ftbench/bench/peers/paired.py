@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ftbench.bench.peers.loop import PeerRun
+from ftbench.errors import exception_line
 from ftbench.job.run import Job
 
 FILENAME = "peers.json"
@@ -59,8 +60,7 @@ class Paced:
             self.fail(exc)
 
     def fail(self, exc: Exception) -> None:
-        message = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-        self.run, self.error = None, f"{type(exc).__name__}: {message}"
+        self.run, self.error = None, exception_line(exc)
         print(f"peer {self.spec['peer']}: {self.error}", file=sys.stderr)
 
     def record(self, measure_from: int) -> dict:
