@@ -14,6 +14,7 @@ import transformers as T
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from ftbench.errors import UserError
+from ftbench.job import preflight
 from ftbench.models.loading import byte_level_tokenizer, load_model, load_tokenizer
 from ftbench.tasks import build_task
 from helpers import compose, run
@@ -58,6 +59,8 @@ def folders(tmp_path_factory):
         eos_token_id=None)), bare)
     made["bert-short"] = save(root / "bert-short", T.BertModel(T.BertConfig(
         vocab_size=260, max_position_embeddings=32, **TINY_BERT)))
+    made["gpt2-short"] = save(root / "gpt2-short", T.GPT2LMHeadModel(T.GPT2Config(  # absolute positions: 32
+        vocab_size=260, n_positions=32, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)))
     big = byte_level_tokenizer()
     big.add_tokens([f"word{i}" for i in range(340)])  # 600 tokens, more than tiny-llama's 512 rows
     big.save_pretrained(root / "big-tokenizer")
@@ -134,6 +137,36 @@ def test_a_random_init_position_table_is_sized_to_the_sequences(tmp_path):
     default = run(tmp_path / "ref", "mode=profile", "model=tiny-bert", "profile.seq_len=24", "profile.batch_size=2",
                   "profile.steps=1", "profile.warmup_steps=0")  # 512 positions
     assert default["params"]["total"] - result["params"]["total"] == (512 - 24) * 64  # hidden 64
+
+
+GENERATE_QUICK = ["task=synthetic_lm", "task.batch_size=4", "train.max_steps=2", "eval.max_samples=4"]
+
+
+@pytest.mark.parametrize("overrides, key", [(["eval.max_new_tokens=40", "task.min_new_tokens=40"], "eval.max_new_tokens"),
+                                            (["task.max_new_tokens=32"], "task.max_new_tokens")])
+def test_an_answer_cap_that_fills_the_position_table_is_refused(tmp_path, folders, overrides, key):
+    result = run(tmp_path / "run", f"model.path={folders['gpt2-short']}", *GENERATE_QUICK, *overrides)
+    assert "fill the 32 positions" in refused(result, key) and f"{key}<32" in result["error"]
+
+
+def test_prompts_longer_than_the_table_leaves_are_cut_from_the_left(tmp_path, folders, caplog):
+    """'a+b=' prompts (BOS + 4 or 5 bytes) and 30 new tokens in 32 positions: each prompt keeps BOS and its end."""
+    with caplog.at_level("WARNING", logger="ftbench"):
+        result = trained(run(tmp_path / "run", f"model.path={folders['gpt2-short']}", *GENERATE_QUICK,
+                             "eval.max_new_tokens=30", "task.min_new_tokens=30"), 2)
+    assert result["metrics"]["generate/new_tokens"] == 4 * 30
+    cut = [r.getMessage() for r in caplog.records if "cut from the left" in r.getMessage()]
+    assert len(cut) == 1 and cut[0].startswith("4 of 4 dev prompts are longer than the 2 positions")
+
+
+def test_a_random_init_position_table_holds_the_answer_too():
+    """GPT-2's learned table (16 positions): task.max_length=32 plus max_new_tokens=8; 32 for a task that does not
+    generate."""
+    cfg = compose(*GENERATE_QUICK, "task.max_length=32", "task.max_new_tokens=8")
+    cfg.model.shape = {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 16}
+    assert preflight.inputs(cfg).shape_overrides == {"n_positions": 40}
+    cfg.task = compose("task=synthetic", "task.max_length=32").task
+    assert preflight.inputs(cfg).shape_overrides == {"n_positions": 32}
 
 
 def test_a_random_init_embedding_is_sized_to_its_tokenizer(tmp_path, folders):

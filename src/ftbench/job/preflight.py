@@ -14,6 +14,7 @@ the root cause of every later mismatch (an encoder's tokenizer has no EOS for ge
 | pad token (pad, else eos, else unk)          | random init: a `<pad>` token is added | a checkpoint: model.tokenizer           |
 | token ids vs embedding rows                  | random init: rows sized to the ids    | a checkpoint: model.tokenizer, both sizes |
 | task.max_length vs the position table        | random init: table sized to it; a checkpoint: cut to the table | |
+| max_new_tokens vs the position table         | random init: table holds task.max_length + it; longer prompts: cut from the left when generating | a checkpoint: its key, when it fills the table |
 | profile.seq_len vs the position table        | random init: table sized to it        | a checkpoint: profile.seq_len           |
 | (a plan: the same, against model.shape)      |                                       |                                         |
 | held-out set, decoding lengths, selection    |                                       | task.*, train.select_metric             |
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from ftbench.config.knobs import decoding as decoding_knobs
 from ftbench.errors import UserError
 from ftbench.models.loading import (
     architecture_config,
@@ -74,7 +76,7 @@ def inputs(cfg) -> Inputs:
     tokenizer = load_tokenizer(cfg.model) if family.needs_tokenizer else None
     if tokenizer is not None:
         ensure_pad(cfg.model, tokenizer)
-    overrides = fit_positions(cfg, config, "task.max_length")
+    overrides = fit_positions(cfg, config, "task.max_length", answer_length(cfg))
     task = build_task(cfg.task, tokenizer, cfg.seed)
     if task.head != family.head:  # a head that depends on the data set (GLUE's STS-B: regression)
         check_head(cfg.model, config, task.head)
@@ -86,6 +88,13 @@ def inputs(cfg) -> Inputs:
 def model_config(mcfg):
     """The architecture config: the named shape for random init, else the checkpoint's config.json."""
     return architecture_config(mcfg) if mcfg.random_init else pretrained_config(mcfg)
+
+
+def answer_length(cfg) -> tuple[str, int] | None:
+    """(the key that sets it, max_new_tokens) of a generative task; None for a task that does not generate."""
+    if "max_new_tokens" not in cfg.task:
+        return None
+    return decoding_knobs(cfg.eval.num_beams, cfg.eval.max_new_tokens, cfg.task)["max_new_tokens"]
 
 
 def check_head(mcfg, config, head: str) -> None:

@@ -2,8 +2,11 @@
 to a sequence longer than that (a run's preflight, job/preflight.py, and a plan, before its probes).
 
 A random-init table is sized to the sequences (one log line); a checkpoint's cuts task.max_length
-(one log line) and refuses a longer profile.seq_len (`UserError`, exit 2). Rotary models, whose config
-still states max_position_embeddings, follow the same rule.
+(one log line) and refuses a longer profile.seq_len (`UserError`, exit 2). Generation adds its answer
+(max_new_tokens) after a prompt: a random-init table also holds a task.max_length prompt and its answer,
+a checkpoint's refuses an answer cap that leaves no room for a prompt, and prompts longer than the rest
+are cut from the left when generating (`prompt_room`, tasks/generate.py: one warning). Rotary models,
+whose config still states max_position_embeddings, follow the same rule.
 """
 
 from __future__ import annotations
@@ -33,20 +36,31 @@ def position_limit(config) -> int | None:
     return limit
 
 
-def fit_positions(cfg, config, key: str) -> dict[str, int]:
+def fit_positions(cfg, config, key: str, new_tokens: tuple[str, int] | None = None) -> dict[str, int]:
     """Sequences (`key`: task.max_length or profile.seq_len) against the position table: a random-init
     table is sized to them; a checkpoint's cuts task.max_length and refuses a longer profile.seq_len.
+    `new_tokens` (a generative task: the key that sets max_new_tokens and its value): a random-init
+    table holds `key` plus the answer; a checkpoint's refuses an answer that leaves no room for a prompt.
     Returns the random-init config value to override ({} when none)."""
     limit = position_limit(config)
-    length = OmegaConf.select(cfg, key)
-    if limit is None or length <= limit:
+    if limit is None:
         return {}
+    length = OmegaConf.select(cfg, key)
+    new_key, new = new_tokens or (None, 0)
     if cfg.model.random_init:
+        if length + new <= limit:
+            return {}
         name = "max_position_embeddings" if "max_position_embeddings" in config.to_dict() else "n_positions"
-        rows = getattr(config, name) + length - limit
-        log.warning("%s=%d exceeds the %d positions of %s: its position table gets %d rows",
-                    key, length, limit, describe(cfg.model), rows)
+        rows = getattr(config, name) + length + new - limit
+        what = f"{key}={length} plus {new_key}={new}" if new else f"{key}={length}"
+        log.warning("%s exceeds the %d positions of %s: its position table gets %d rows",
+                    what, limit, describe(cfg.model), rows)
         return {name: rows}
+    if new >= limit:
+        raise UserError(new_key, f"{new} new tokens fill the {limit} positions of {describe(cfg.model)} and leave "
+                        f"no room for a prompt; use {new_key}<{limit} (prompts longer than the rest are cut)")
+    if length <= limit:
+        return {}
     if key == "profile.seq_len":
         raise UserError(key, f"{length} tokens exceed the {limit} positions of {describe(cfg.model)}; "
                         f"use {key}<={limit}")
@@ -54,6 +68,12 @@ def fit_positions(cfg, config, key: str) -> dict[str, int]:
                 key, length, limit, describe(cfg.model), limit)
     OmegaConf.update(cfg, key, limit)
     return {}
+
+
+def prompt_room(config, new_tokens: int) -> int | None:
+    """The longest prompt the position table holds before `new_tokens` generated ones (None: no limit)."""
+    limit = position_limit(config)
+    return None if limit is None else limit - new_tokens
 
 
 def fit_planned_positions(cfg) -> None:

@@ -8,10 +8,11 @@ Every generation is written to a JSONL file beside result.json so a score can be
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,12 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from ftbench.config.knobs import decoding as decoding_knobs
 from ftbench.engine.batches import to_device
 from ftbench.errors import UserError
+from ftbench.models.positions import prompt_room
 from ftbench.progress import Work
 from ftbench.tasks.answers import AnswerRule
 from ftbench.tasks.base import EvalContext, pad_collate
+
+log = logging.getLogger(__name__)
 
 GENERATIONS_FILE = "generations.jsonl"
 
@@ -107,10 +111,12 @@ def complete(model: nn.Module, tokenizer, prompts: list[Prompt], ctx: EvalContex
     """The decoded continuation of every prompt, in the order given.
 
     Prompts run longest first, so batches hold similar lengths (less padding) and an
-    out-of-memory shows on the first batch, not the last."""
+    out-of-memory shows on the first batch, not the last. A prompt that leaves too few positions
+    for max_new_tokens is cut from the left (see `fit_prompts`)."""
     from transformers import GenerationConfig
 
     model = unwrap(model)
+    prompts = fit_prompts(prompts, prompt_room(model.config, decoding.max_new_tokens), tokenizer.bos_token_id)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     config = GenerationConfig(do_sample=False, num_beams=decoding.num_beams, max_new_tokens=decoding.max_new_tokens,
                               min_new_tokens=decoding.min_new_tokens, eos_token_id=eos, pad_token_id=pad,
@@ -138,6 +144,25 @@ def complete(model: nn.Module, tokenizer, prompts: list[Prompt], ctx: EvalContex
                 texts[i] = tokenizer.decode(new[row, :int(lengths[row])], skip_special_tokens=True)
             work.advance(len(chunk))
     return texts
+
+
+def fit_prompts(prompts: list[Prompt], room: int | None, bos: int | None) -> list[Prompt]:
+    """`prompts` that fit in `room` tokens (None: any length): a longer one is cut from the left, keeping
+    its BOS and its end (the question and "### Response:"), with one warning saying how many were cut."""
+    if room is None or all(len(p.ids) <= room for p in prompts):
+        return prompts
+    fitted, cut = [], 0
+    for prompt in prompts:
+        ids = prompt.ids
+        if len(ids) > room:
+            head = ids[:1] if ids[0] == bos and room > 1 else []
+            ids = head + ids[len(ids) - room + len(head):]
+            cut += 1
+        fitted.append(replace(prompt, ids=ids))
+    log.warning("%d of %d %s prompts are longer than the %d positions the model's table leaves before "
+                "max_new_tokens: cut from the left to %d tokens (BOS and the prompt's end kept)", cut, len(prompts),
+                prompts[0].eval_set, room, room)
+    return fitted
 
 
 class Heartbeat(StoppingCriteria):
