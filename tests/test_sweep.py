@@ -154,3 +154,43 @@ def test_a_sweep_without_a_swept_key_names_its_job_by_the_method(tmp_path, capsy
     folder = tmp_path / "sweep"
     assert sweep(["-m", *QUICK, "method=lora", f"hydra.sweep.dir={folder}"], capsys)[0] == 0
     assert (folder / "lora" / "result.json").is_file()
+
+
+SKIPPED_ELSEWHERE = "finished ok earlier with this config in "
+
+
+def test_a_config_finished_in_a_folder_of_another_name_is_skipped(tmp_path, capsys):
+    """Job folders follow the command line's spelling: a key swept since (`method=full,lora`, full being
+    the default) or a sweep of one job (`full/`) names a finished config anew. It is found in its folder
+    and skipped, pointing there, and the sweep's table has one row per config."""
+    from ftbench import cli as ftbench_cli
+    from ftbench.job import sweep as sweeps
+
+    folder = tmp_path / "sweep"
+    base = ["-m", *QUICK, f"hydra.sweep.dir={folder}"]
+    assert sweep([*base, "optim.lr=1e-3,1e-2"], capsys)[0] == 0
+    finished = {p.name: (p / "result.json").read_text() for p in folder.iterdir() if p.is_dir()}
+
+    found: list = []  # where each job's result will be: what exit_code reads when the launcher reports no codes
+    argv = ftbench_cli.sweep_argv([*base, "optim.lr=1e-3,1e-2", "method=full,lora"])
+    assert ftbench_cli.validate(ftbench_cli.overrides_in(argv), True, found) is None
+    assert [p.name for p in found] == ["optim.lr=0.001", "method=lora,optim.lr=0.001",
+                                       "optim.lr=0.01", "method=lora,optim.lr=0.01"]
+    assert sweeps.exit_code([found[0], found[2]], []) == 0
+
+    code, stderr = sweep([*base, "optim.lr=1e-3,1e-2", "method=full,lora"], capsys)
+    skipped = [line for line in stderr.splitlines() if SKIPPED_ELSEWHERE in line]
+    assert code == 0 and len(skipped) == 2, stderr
+    assert skipped[0].startswith(f"ftbench: {folder / 'method=full,optim.lr=0.001'}: ") and skipped[0].endswith(
+        "skipped, its result stands for this job") and str(folder / "optim.lr=0.001") in skipped[0]
+    assert not list(folder.glob("method=full,*/result.json"))  # nothing trained again
+    assert {p.parent.name for p in folder.glob("*/result.json")} == {
+        "optim.lr=0.001", "optim.lr=0.01", "method=lora,optim.lr=0.001", "method=lora,optim.lr=0.01"}
+    assert all((folder / name / "result.json").read_text() == text for name, text in finished.items())
+
+    code, stderr = sweep([*base, "optim.lr=1e-2"], capsys)  # one job: its folder is the method's name
+    assert code == 0 and stderr.count(SKIPPED_ELSEWHERE) == 1 and str(folder / "optim.lr=0.01") in stderr
+    assert not (folder / "full" / "result.json").exists()
+    with (folder / "report.csv").open() as handle:
+        runs = sorted(row["run"] for row in csv.DictReader(handle))
+    assert runs == ["full optim.lr=0.001", "full optim.lr=0.01", "lora optim.lr=0.001", "lora optim.lr=0.01"]

@@ -64,7 +64,7 @@ def expand(overrides: list[str], multirun: bool) -> list[list[str]]:
 
 def validate(overrides: list[str], multirun: bool, folders: list[Path | None] | None = None) -> str | None:
     """Compose and check every job, and for a sweep its folder against the sweep folder (job/sweep.py);
-    return the first problem as one line, or None. `folders` (a sweep's) gets each job's folder."""
+    return the first problem as one line, or None. `folders` (a sweep's) gets the folder of each job's result."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -82,9 +82,10 @@ def validate(overrides: list[str], multirun: bool, folders: list[Path | None] | 
             return explain_compose_error(exc)
     if not multirun:
         return None
+    found, problem = sweep.preflight(jobs)
     if folders is not None:
-        folders[:] = [sweep.folder(job) for job in jobs]
-    return sweep.refusal(jobs)
+        folders[:] = found
+    return problem
 
 
 def overrides_in(argv: list[str]) -> list[str]:

@@ -90,8 +90,14 @@ def read_json(path: Path, key: str, fix: str) -> Any:
         raise UserError(key, f"{path}: {what} (line {exc.lineno} column {exc.colno}: {exc.msg}); {fix}") from exc
 
 
+def sweep_dir() -> Path | None:
+    """The running multirun's hydra.sweep.dir; None outside one (a run, or a job not launched by Hydra:
+    tests call `run_job` directly)."""
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    return Path(HydraConfig.get().sweep.dir) if multirun else None
+
+
 def folder_key() -> str:
     """The key that names the running job's folder, for messages: hydra.sweep.dir in a multirun, else
-    hydra.run.dir (also for a job not launched by Hydra: tests call `run_job` directly)."""
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    return "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    hydra.run.dir."""
+    return "hydra.run.dir" if sweep_dir() is None else "hydra.sweep.dir"

@@ -12,6 +12,13 @@ checkpoint with the config it was made under; a status alone never does.
 | a checkpoint made under another config, otherwise   | is refused (exit 2), naming the keys that differ |
 | no checkpoint                                       | starts afresh                                    |
 
+In a sweep, a job whose folder holds no ok result of its config looks for one in the sweep folder's
+other job folders (`finished_elsewhere`, the same comparison): folders are named by how the command
+line spells the sweep (job/sweep.py), so one config can get several names (`optim.lr=0.01/`, then
+`method=full,optim.lr=0.01/` once `method=full,lora` is swept too, then `full/` as the one job of a
+sweep). When another folder holds it, the job is skipped, pointing there, and its own folder is
+left as it is; the sweep's report reads that result, so each config is one row.
+
 Why the last attempt ended is read from its result.json: `status` and `run.phase`, the phase
 it was in (`setup`: before the first training step, `train`, `evaluate`: the final
 evaluation). An attempt refused in its set-up (a broken checkpoint, a config it cannot run)
@@ -26,6 +33,7 @@ attempt leaves the run's record as it was.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -42,14 +50,19 @@ FAILED = ("failed", "nan", "oom")  # statuses of an attempt that ended on its ow
 HYDRA_FILES = ".hydra"
 
 
-def prepare(cfg: DictConfig, run_dir: Path) -> bool:
-    """Make `run_dir` ready for this job; return True when the job is already done (skip it).
+def prepare(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """Make `run_dir` ready for this job, or, when the job is already done (skip it), return the folder
+    holding its ok result: `run_dir`, or in a sweep another job's folder (`finished_elsewhere`).
 
     Raises `UserError` (and leaves the folder untouched) when `decide` refuses the folder.
     """
     action = decide(cfg, run_dir)
     if action == SKIP:
-        return True
+        return run_dir
+    sweep_dir = files.sweep_dir()
+    elsewhere = sweep_dir and finished_elsewhere(OmegaConf.to_container(cfg, resolve=True), run_dir, sweep_dir)
+    if elsewhere:
+        return elsewhere
     existing = run_dir / results.FILENAME
     attempt = files.free_number(run_dir, (results.PREVIOUS, f"{checkpoint.FOLDER}.previous-{{}}"))
     if existing.exists():
@@ -60,7 +73,7 @@ def prepare(cfg: DictConfig, run_dir: Path) -> bool:
         print(f"ftbench: {run_dir}: the last attempt failed and its checkpoints were made with another config; "
               f"moved them to {aside.name}, starting afresh", file=sys.stderr)
     save_hydra_files(cfg, run_dir)
-    return False
+    return None
 
 
 def decide(cfg: DictConfig, run_dir: Path, key: str | None = None) -> str:
@@ -86,6 +99,23 @@ def decide(cfg: DictConfig, run_dir: Path, key: str | None = None) -> str:
             checkpoint.check_config(found, config, key)  # refused, naming the keys
         return AFRESH
     return RUN
+
+
+def finished_elsewhere(config: dict, run_dir: Path, sweep_dir: Path) -> Path | None:
+    """The first folder under `sweep_dir` but `run_dir` whose result.json (those the sweep's report reads,
+    results.find) ended ok and was made with `config` (resolved), by the comparison `decide` makes; None
+    when none was. A file that cannot be read is passed over: it is another job's to refuse."""
+    for path in results.find([sweep_dir]):
+        if path.parent == run_dir:
+            continue
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (isinstance(old, dict) and old.get("status") == "ok" and isinstance(old.get("config"), dict)
+                and not checkpoint.differing_keys(old["config"], config)):
+            return path.parent
+    return None
 
 
 def trained_and_failed(result: dict | None) -> bool:

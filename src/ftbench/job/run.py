@@ -62,8 +62,12 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = Non
     if isinstance(outcome, UserError):
         print(f"ftbench: error: {outcome}", file=sys.stderr)
         return 2
-    if outcome:  # a folder that holds a run: skip it (ok), resume it (interrupted) or rerun it (failed)
+    if outcome == output_dir:  # a folder that holds a run: skip it (ok), resume it (interrupted) or rerun it (failed)
         print(f"ftbench: {output_dir}: finished ok earlier with this config; skipped", file=sys.stderr)
+        return 0
+    if outcome is not None:  # a sweep's job whose config finished ok in another job's folder (rerun.py)
+        print(f"ftbench: {output_dir}: finished ok earlier with this config in {outcome}; skipped, its result "
+              "stands for this job", file=sys.stderr)
         return 0
     return Job(cfg, output_dir, overrides).run()
 

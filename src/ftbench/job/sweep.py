@@ -6,8 +6,11 @@ and what the sweep's exit code is.
   command line sets to one value, so `-m optim.lr=1e-4,1e-3` writes `optim.lr=1e-4/` and
   `optim.lr=1e-3/`. Adding a value to a finished sweep adds a folder; the finished jobs keep theirs
   and are skipped (job/rerun.py). A command line that sweeps nothing names its one job by the method.
-- `refusal` runs each job's folder through the rerun rules (job/rerun.py) before any job
-  launches: a sweep that would be refused half-way is refused whole, in one line.
+  A config that finished under another name (a key swept since, `method=full,optim.lr=0.001/`; the
+  one job of a sweep, `full/`) is found in its folder and skipped (`rerun.finished_elsewhere`).
+- `preflight` runs each job's folder through the rerun rules (job/rerun.py) before any job
+  launches: a sweep that would be refused half-way is refused whole, in one line. It also says
+  where each job's result will be: its folder, or the one its config finished in.
 - `exit_code` is the worst of the jobs' exit codes. The basic launcher runs the jobs in this process
   and reports their codes; launchers that run them elsewhere (submitit) report nothing back, so the
   codes are read from the jobs' result.json (`run.exit_code`; a job that left none counts as failed).
@@ -45,21 +48,27 @@ def folder(job: DictConfig) -> Path | None:
         return None
 
 
-def refusal(jobs: list[DictConfig]) -> str | None:
-    """One line naming hydra.sweep.dir when the sweep's folder cannot take every job (an ok result made
-    with another config, a checkpoint of another config that would be refused); None when it can."""
-    from ftbench.job import rerun  # torch: loaded here only for a sweep into an existing folder
-
+def preflight(jobs: list[DictConfig]) -> tuple[list[Path | None], str | None]:
+    """Each job's result folder (`exit_code` reads them), and one line naming hydra.sweep.dir when the
+    sweep's folder cannot take every job (an ok result made with another config, a checkpoint of another
+    config that would be refused; None when it can). A job's result folder is its own (`folder`) unless
+    its config finished ok only in another job's folder, which then holds its result (job/rerun.py)."""
+    found: list[Path | None] = []
     for job in jobs:
         where = folder(job)
-        if where is None or not where.is_dir():
+        if where is None or not Path(job.hydra.sweep.dir).is_dir():
+            found.append(where)
             continue
+        from ftbench.job import rerun  # torch: loaded here only for a sweep into an existing folder
+
         task = OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
         try:
-            rerun.decide(task, where, "hydra.sweep.dir")
+            done = where.is_dir() and rerun.decide(task, where, "hydra.sweep.dir") == rerun.SKIP
         except UserError as exc:
-            return f"hydra.sweep.dir: job {where.name} (nothing was run): {exc.reason}"
-    return None
+            return found, f"hydra.sweep.dir: job {where.name} (nothing was run): {exc.reason}"
+        config = OmegaConf.to_container(task, resolve=True)
+        found.append(where if done else rerun.finished_elsewhere(config, where, Path(job.hydra.sweep.dir)) or where)
+    return found, None
 
 
 def exit_code(folders: list[Path | None], codes: list[int]) -> int:
