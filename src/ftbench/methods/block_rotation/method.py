@@ -160,16 +160,35 @@ class BlockRotation(Method):
         return math.ceil(total_steps / self.schedule.cycle_steps)
 
     def check_length(self, steps: int) -> None:
-        """A run that ends within its first interval while other groups wait never switches: those units
-        would never train (BAdam's 50 steps per block in a shorter run). A run that switches but ends
-        before a whole cycle is allowed: it trains each group it reaches, as a longer run would."""
+        """Every unit the method claims (`trains`) must train: a rotating order (down2up, up2down, random)
+        claims every rotating unit, so the run must last one whole cycle (HiFT: one step per unit; BAdam:
+        steps_per_block per unit); a shorter run leaves the cycle's later groups untrained, and HiFT's
+        per-cycle schedule never steps. Sampled groups (LISA) claim only the always-active units; a run
+        that never switches still trains one draw alone, so it must last past its first interval."""
         s = self.schedule
-        if len(s.queue) > s.group_size and steps <= s.steps_per_block:
-            first = ", ".join(self.units[i].name for i in s.rotating(0))
-            raise UserError("method.steps_per_block", f"{s.steps_per_block} steps per block in a {steps}-step run: "
-                            f"it never switches, so only {first} of the {len(s.queue)} rotating units would "
-                            f"train; set method.steps_per_block below {steps} (or train.max_steps above "
-                            f"{s.steps_per_block})")
+        if len(s.queue) <= s.group_size:
+            return  # one group: every unit is active from the first step
+        if s.order == "sample":
+            if steps <= s.steps_per_block:
+                first = ", ".join(self.units[i].name for i in s.rotating(0))
+                raise UserError("method.steps_per_block", f"{s.steps_per_block} steps per block in a {steps}-step "
+                                f"run: it never switches, so only {first} of the {len(s.queue)} sampled units would "
+                                f"train; set method.steps_per_block below {steps} (or train.max_steps above "
+                                f"{s.steps_per_block})")
+            return
+        if steps < s.cycle_steps:
+            visited = set().union(*(s.rotating(i) for i in range(math.ceil(steps / s.steps_per_block))))
+            left = [self.units[i].name for i in s.queue if i not in visited]
+            shown = ", ".join(left) if len(left) <= 4 else f"{left[0]}, {left[1]} .. {left[-1]}"
+            fewer = steps // s.groups_per_cycle
+            other = (f"method.steps_per_block to at most {fewer}" if fewer else
+                     f"method.group_size to at least {math.ceil(len(s.queue) / steps)}"
+                     + (" with method.steps_per_block=1" if s.steps_per_block > 1 else ""))
+            per = f"{s.steps_per_block} step{'s' if s.steps_per_block > 1 else ''} per block"
+            raise UserError("method.steps_per_block", f"{per} in a {steps}-step run: "
+                            f"one cycle of the {len(s.queue)} rotating units takes {s.cycle_steps} steps, so "
+                            f"{len(left)} of them ({shown}) would never train; set train.max_steps to at least "
+                            f"{s.cycle_steps}, or {other}")
 
     def _switch(self, wanted: tuple[int, ...]) -> None:
         """Freeze the leaving units, unfreeze the arriving ones (before the step's forward)."""
