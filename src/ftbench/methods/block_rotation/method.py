@@ -160,23 +160,16 @@ class BlockRotation(Method):
         return math.ceil(total_steps / self.schedule.cycle_steps)
 
     def check_length(self, steps: int) -> None:
-        """Every unit the method claims (`trains`) must train: a rotating order (down2up, up2down, random)
-        claims every rotating unit, so the run must last one whole cycle (HiFT: one step per unit; BAdam:
-        steps_per_block per unit); a shorter run leaves the cycle's later groups untrained, and HiFT's
-        per-cycle schedule never steps. Sampled groups (LISA) claim only the always-active units; a run
-        that never switches still trains one draw alone, so it must last past its first interval."""
+        """Refuse (`UserError` on method.steps_per_block) a run too short for the schedule. Under a per-cycle
+        lr schedule (HiFT) the run must last one whole cycle: a shorter one never steps its rate and leaves
+        the cycle's later groups untrained. Under a per-step schedule (BAdam, LISA) it must switch at least
+        once: a run that ends within its first interval trains that group alone. A run that switches but
+        ends before a whole cycle is allowed there: it trains each group it reaches, as a longer run would
+        (BAdam's claim over the run counts only those, `claimed_over_run`)."""
         s = self.schedule
         if len(s.queue) <= s.group_size:
             return  # one group: every unit is active from the first step
-        if s.order == "sample":
-            if steps <= s.steps_per_block:
-                first = ", ".join(self.units[i].name for i in s.rotating(0))
-                raise UserError("method.steps_per_block", f"{s.steps_per_block} steps per block in a {steps}-step "
-                                f"run: it never switches, so only {first} of the {len(s.queue)} sampled units would "
-                                f"train; set method.steps_per_block below {steps} (or train.max_steps above "
-                                f"{s.steps_per_block})")
-            return
-        if steps < s.cycle_steps:
+        if self.cfg.lr_policy == "per_cycle" and steps < s.cycle_steps:
             visited = set().union(*(s.rotating(i) for i in range(math.ceil(steps / s.steps_per_block))))
             left = [self.units[i].name for i in s.queue if i not in visited]
             shown = ", ".join(left) if len(left) <= 4 else f"{left[0]}, {left[1]} .. {left[-1]}"
@@ -185,10 +178,16 @@ class BlockRotation(Method):
                      f"method.group_size to at least {math.ceil(len(s.queue) / steps)}"
                      + (" with method.steps_per_block=1" if s.steps_per_block > 1 else ""))
             per = f"{s.steps_per_block} step{'s' if s.steps_per_block > 1 else ''} per block"
-            raise UserError("method.steps_per_block", f"{per} in a {steps}-step run: "
-                            f"one cycle of the {len(s.queue)} rotating units takes {s.cycle_steps} steps, so "
-                            f"{len(left)} of them ({shown}) would never train; set train.max_steps to at least "
-                            f"{s.cycle_steps}, or {other}")
+            raise UserError("method.steps_per_block", f"{per} in a {steps}-step run: one cycle of the "
+                            f"{len(s.queue)} rotating units takes {s.cycle_steps} steps (the per-cycle lr schedule "
+                            f"steps once a cycle), so {len(left)} of them ({shown}) would never train; set "
+                            f"train.max_steps to at least {s.cycle_steps}, or {other}")
+        if steps <= s.steps_per_block:
+            first = ", ".join(self.units[i].name for i in s.rotating(0))
+            raise UserError("method.steps_per_block", f"{s.steps_per_block} steps per block in a {steps}-step run: "
+                            f"it never switches, so only {first} of the {len(s.queue)} rotating units would "
+                            f"train; set method.steps_per_block below {steps} (or train.max_steps above "
+                            f"{s.steps_per_block})")
 
     def _switch(self, wanted: tuple[int, ...]) -> None:
         """Freeze the leaving units, unfreeze the arriving ones (before the step's forward)."""
