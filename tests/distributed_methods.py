@@ -20,8 +20,10 @@ METHODS = dict(method_table("short_setup", "switching", "same_draws"))
 RESUMED = "lisa"
 METHODS[RESUMED] += ["train.checkpoint_every=2", "train.keep_checkpoints=null"]
 SHARDED = [name for name in METHODS if config_class(name).fsdp_refusal is None]  # FSDP is sound for them
-# Batch 8 in micro-batches of 4: one process accumulates 2 of them; 2 ranks take one each.
-COMMAND = ["task.num_train=32", "task.num_eval=8", "task.max_length=16", "train.max_steps=3", "task.batch_size=8",
+# Batch 8 in micro-batches of 4: one process accumulates 2 of them; 2 ranks take one each. STEPS: one
+# cycle of HiFT's 4 units and of BAdam's 2 layers at its switching interval (shorter cycles are refused).
+STEPS = 4
+COMMAND = ["task.num_train=32", "task.num_eval=8", "task.max_length=16", f"train.max_steps={STEPS}", "task.batch_size=8",
            "hardware.max_micro_batch_size=4", "train.save=last", "optim.lr=1e-2"]
 
 CLI = ["hardware=cpu", "train.progress=false", "task.num_train=32", "task.num_eval=8", "task.max_length=16",

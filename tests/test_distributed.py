@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distributed_methods import COMMAND, METHODS, RESUMED, SHARDED
+from distributed_methods import COMMAND, METHODS, RESUMED, SHARDED, STEPS
 from ftbench.methods import method_class
 from helpers import CLI_ENV, REPO, executable, run
 
@@ -70,10 +70,10 @@ def test_two_ranks_train_what_one_process_trains(runs, name):
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=f"{name}: {key}")
     # The logged loss is the global batch's mean, step by step.
     got_curve, want_curve = parallel[name]["train"]["loss_curve"], reference[name]["train"]["loss_curve"]
-    assert [s for s, _ in got_curve] == [s for s, _ in want_curve] == [1, 2, 3]
+    assert [s for s, _ in got_curve] == [s for s, _ in want_curve] == list(range(1, STEPS + 1))
     assert [v for _, v in got_curve] == pytest.approx([v for _, v in want_curve], rel=1e-5)
-    assert len({v for _, v in want_curve}) == 3  # it trains
-    assert parallel[name]["train"]["samples"] == reference[name]["train"]["samples"] == 24
+    assert len({v for _, v in want_curve}) == STEPS  # it trains
+    assert parallel[name]["train"]["samples"] == reference[name]["train"]["samples"] == 8 * STEPS
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -84,18 +84,18 @@ def test_the_gradient_bytes_reduced_per_step_are_the_trainable_gradient(runs, na
     assert [p["rank"] for p in section["rank_peaks"]] == [0, 1]
     assert all(p["cpu_peak_rss_bytes"] > 0 for p in section["rank_peaks"])
     per_step = section["reduced_bytes_per_step"]["first_steps"]
-    assert len(per_step) == 3
+    assert len(per_step) == STEPS
     trainable = parallel[name]["memory"]["breakdown"]["trainable_bytes"]  # fp32: a gradient's bytes
     model_bytes = 4 * parallel[name]["params"]["total"]
     kind = method_class(name)
     if kind.sparse_gradients:  # the top-k of each MLP weight: k fp32 values and 2 int64 indices each
         described = parallel[name]["method"]
         k_total = described["per_step_trainable"] - described["dense_trainable"]
-        assert per_step == [trainable + 16 * k_total] * 3
+        assert per_step == [trainable + 16 * k_total] * STEPS
     elif kind.rotates:  # the active group only, following each switch
         assert max(per_step) == trainable < model_bytes
     else:  # traffic follows what trains, not the model: 4 bytes per trained element
-        assert per_step == [trainable] * 3 == [4 * parallel[name]["params"]["trainable"]] * 3
+        assert per_step == [trainable] * STEPS == [4 * parallel[name]["params"]["trainable"]] * STEPS
     one = reference[name]["distributed"]
     assert one["world_size"] == 1 and one["reduced_bytes_per_step"]["max"] == 0
 
@@ -147,7 +147,7 @@ def test_methods_fsdp_cannot_shard_refuse_in_one_line(capsys):
 
 def test_a_checkpoint_holds_every_ranks_rng_and_resumes_only_at_its_world_size(runs, tmp_path):
     _, _, two, _ = runs
-    saved = two / RESUMED / "checkpoints" / "step-3"
+    saved = two / RESUMED / "checkpoints" / f"step-{STEPS}"
     assert len(torch.load(saved / "state.pt", weights_only=False)["rng_ranks"]) == 2
     # 2 ranks resumed from step 2 end where the 2 ranks that never stopped end (LISA draws its layers at random).
     resumed = json.loads((two / f"{RESUMED}-resumed" / "result.json").read_text())

@@ -8,7 +8,7 @@ import torch
 from ftbench.measure.engagement import ENGAGED_SHARE, Watch, folded_bytes
 from helpers import run
 
-RUN = ["task.max_steps=3", "task.num_train=64", "task.num_eval=32"]
+RUN = ["task.max_steps=4", "task.num_train=64", "task.num_eval=32"]
 
 
 def test_folded_bytes_sees_a_change_of_the_last_bit():

@@ -30,6 +30,8 @@ CASES = [
     ({"train": {"epochs": 1.0}}, "steps", 1000 // 32, "train.epochs"),
     ({"task": {"max_steps": 50}}, "steps", 50, "task.max_steps"),
     ({"task": {"max_steps": 50}, "train": {"max_steps": 7}}, "steps", 7, "train.max_steps"),
+    ({"task": {"max_steps": 50}, "train": {"epochs": 0.1}}, "steps", 100 // 32, "train.epochs"),  # run-wide wins
+    ({"train": {"max_steps": 7, "epochs": 2.0}}, "steps", 7, "train.max_steps"),  # steps over epochs
     ({"train": {"max_steps": 0}}, "steps", 0, "train.max_steps"),  # scoring only: 0 is set, not unset
     ({"task": {"max_steps": 50}, "train": {"max_tokens": 9000}}, "steps", None, "train.max_tokens"),  # the job counts
     ({"train": {"max_tokens": 9000}}, "steps", None, "train.max_tokens"),

@@ -94,6 +94,13 @@ def test_epochs_set_the_step_count_when_no_max_steps(tmp_path):
     assert result["train"]["steps"] == 4  # 0.5 × 256 examples / batch 32
 
 
+def test_train_epochs_win_over_the_tasks_max_steps(tmp_path):
+    """The synthetic task trains for its own max_steps (300) unless the run says how long: train.epochs does."""
+    result = run(tmp_path / "run", "train.epochs=0.25", *TINY)
+    assert result["train"]["steps"] == 2  # 0.25 × 256 examples / batch 32
+    assert result["plan"]["owners"]["steps"] == "train.epochs"
+
+
 def test_ctrl_c_stops_when_the_step_ends():
     """The interrupt lands while a batch is drawn; the step still completes (optimizer step and write-back)
     and the loop raises KeyboardInterrupt before the next one. The previous handler comes back."""

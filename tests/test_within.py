@@ -64,4 +64,29 @@ def test_a_rotation_that_never_switches_is_refused(tmp_path):
     refused_before_training(run(tmp_path / "never", *QUICK, "method=badam", "task.max_steps=3"),
                             "method.steps_per_block: 50 steps per block in a 3-step run")
     switching = run(tmp_path / "switching", *QUICK, "method=badam", "task.max_steps=3", "method.steps_per_block=2")
-    assert switching["status"] == "ok" and switching["train"]["steps"] == 3
+    assert switching["status"] == "ok" and switching["train"]["steps"] == 3  # part of a cycle: allowed
+
+
+@pytest.mark.parametrize("overrides,cycle", [
+    (["method=hift"], 4),  # one step for each of tiny-llama's 4 units: layer.1 and the head would not train
+    (["method=hift", "method.steps_per_block=2", "method.group_size=2"], 4),
+])
+def test_a_rotation_shorter_than_one_cycle_is_refused(tmp_path, overrides, cycle):
+    """HiFT's per-cycle lr schedule: a run that ends before one cycle would never step its rate and would
+    leave the cycle's later units untrained: refused, as a run that never switches."""
+    result = run(tmp_path / "run", *QUICK, *overrides, "task.max_steps=3")
+    refused_before_training(result, "method.steps_per_block: ")
+    assert "one cycle of the" in result["error"] and f"takes {cycle} steps" in result["error"]
+    assert f"set train.max_steps to at least {cycle}" in result["error"]
+
+
+def test_a_rotation_of_one_cycle_or_sampled_groups_trains(tmp_path):
+    """One whole cycle trains every unit; HiFT with a per-step schedule, and LISA's sampled layers, may end
+    within a cycle once they have switched (as BAdam may, above)."""
+    hift = run(tmp_path / "hift", *QUICK, "method=hift", "task.max_steps=4")
+    assert hift["status"] == "ok" and hift["method"]["steps_done"] == hift["method"]["cycle_steps"] == 4
+    per_step = run(tmp_path / "per_step", *QUICK, "method=hift", "method.lr_policy=per_step", "task.max_steps=3")
+    assert per_step["status"] == "ok" and per_step["train"]["steps"] == 3
+    lisa = run(tmp_path / "lisa", *QUICK, "method=lisa", "method.steps_per_block=2", "method.group_size=1",
+               "task.max_steps=3")
+    assert lisa["status"] == "ok"

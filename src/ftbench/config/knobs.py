@@ -7,12 +7,17 @@ Which key wins, in order (the first that is set):
 | setting        | wins                 | else                 | else                                        |
 | -------------- | -------------------- | -------------------- | ------------------------------------------- |
 | batch_size     | `train.batch_size`   | `task.batch_size`    |                                             |
-| steps          | `train.max_steps`    | `train.max_tokens`   | `task.max_steps`, else (`train.epochs`,     |
-|                |                      | (steps: the job)     | else `task.epochs`) x training examples //  |
+| steps          | `train.max_steps`    | `train.max_tokens`   | `train.epochs`, else `task.max_steps`, else |
+|                |                      | (steps: the job)     | `task.epochs`; epochs x training examples //|
 |                |                      |                      | batch_size, at least 1                      |
 | lr             | `optim.lr`           | `method.lr`          |                                             |
 | num_beams      | `eval.num_beams`     | `task.num_beams`     | (tasks that do not generate: none)          |
 | max_new_tokens | `eval.max_new_tokens`| `task.max_new_tokens`| (tasks that do not generate: none)          |
+
+The run-wide length wins over the task's in every form: `train.epochs` over a task's `max_steps` (the
+synthetic tasks set one) as much as over its epochs. `train.max_steps` wins over `train.epochs` (a preset
+that trains for epochs stays shortenable by steps); `train.max_tokens` with `train.max_steps` is refused
+(TrainConfig.check).
 
 `mode=profile` trains on random tokens: `profile.batch_size` and `profile.steps` own the batch and
 the steps there. A job records the values in result.json's `plan` and which key won in `plan.owners`.
@@ -78,12 +83,13 @@ def settle(cfg, train_examples: int | None = None) -> Settings:
         winners["steps"] = ("profile.steps", None)
     else:
         winners["batch_size"] = _first(("train.batch_size", cfg.train.batch_size), ("task.batch_size", cfg.task.batch_size))
-        winners["steps"] = _first(("train.max_steps", cfg.train.max_steps), ("task.max_steps", cfg.task.max_steps))
+        winners["steps"] = _first(("train.max_steps", cfg.train.max_steps), ("train.epochs", cfg.train.epochs),
+                                  ("task.max_steps", cfg.task.max_steps), ("task.epochs", cfg.task.epochs))
+        key, length = winners["steps"]
         if cfg.train.max_tokens is not None:  # never with train.max_steps (TrainConfig.check refuses both)
             winners["steps"] = ("train.max_tokens", None)
-        elif winners["steps"][1] is None:
-            key, epochs = _first(("train.epochs", cfg.train.epochs), ("task.epochs", cfg.task.epochs))
-            steps = None if train_examples is None else max(1, int(epochs * train_examples // winners["batch_size"][1]))
+        elif key in ("train.epochs", "task.epochs"):
+            steps = None if train_examples is None else max(1, int(length * train_examples // winners["batch_size"][1]))
             winners["steps"] = (key, steps)
     winners["lr"] = _first(("optim.lr", cfg.optim.lr), ("method.lr", cfg.method.lr))
     winners.update(decoding(cfg.eval.num_beams, cfg.eval.max_new_tokens, cfg.task))

@@ -13,7 +13,7 @@ counted the steps and the method has said how long its schedule is (`job/steps.t
 | optim.warmup_ratio                     | rounds to >= the schedule's steps   | the same                               |
 | eval.every_steps                       | > the run's steps                   | no validation during training          |
 | eval.every_steps with train.select=best| >= the run's steps                  | one validation (the final one): nothing to select |
-| a method's switching interval          | the method's `check_length`         | e.g. BAdam/LISA/HiFT: the run ends before its first switch, so the other blocks never train |
+| a method's switching interval          | the method's `check_length`         | HiFT (per-cycle lr): the run ends before one cycle of its blocks; BAdam/LISA: before their first switch, so the other blocks never train |
 
 Knobs that may exceed the run, on purpose:
 

@@ -160,11 +160,29 @@ class BlockRotation(Method):
         return math.ceil(total_steps / self.schedule.cycle_steps)
 
     def check_length(self, steps: int) -> None:
-        """A run that ends within its first interval while other groups wait never switches: those units
-        would never train (BAdam's 50 steps per block in a shorter run). A run that switches but ends
-        before a whole cycle is allowed: it trains each group it reaches, as a longer run would."""
+        """Refuse (`UserError` on method.steps_per_block) a run too short for the schedule. Under a per-cycle
+        lr schedule (HiFT) the run must last one whole cycle: a shorter one never steps its rate and leaves
+        the cycle's later groups untrained. Under a per-step schedule (BAdam, LISA) it must switch at least
+        once: a run that ends within its first interval trains that group alone. A run that switches but
+        ends before a whole cycle is allowed there: it trains each group it reaches, as a longer run would
+        (BAdam's claim over the run counts only those, `claimed_over_run`)."""
         s = self.schedule
-        if len(s.queue) > s.group_size and steps <= s.steps_per_block:
+        if len(s.queue) <= s.group_size:
+            return  # one group: every unit is active from the first step
+        if self.cfg.lr_policy == "per_cycle" and steps < s.cycle_steps:
+            visited = set().union(*(s.rotating(i) for i in range(math.ceil(steps / s.steps_per_block))))
+            left = [self.units[i].name for i in s.queue if i not in visited]
+            shown = ", ".join(left) if len(left) <= 4 else f"{left[0]}, {left[1]} .. {left[-1]}"
+            fewer = steps // s.groups_per_cycle
+            other = (f"method.steps_per_block to at most {fewer}" if fewer else
+                     f"method.group_size to at least {math.ceil(len(s.queue) / steps)}"
+                     + (" with method.steps_per_block=1" if s.steps_per_block > 1 else ""))
+            per = f"{s.steps_per_block} step{'s' if s.steps_per_block > 1 else ''} per block"
+            raise UserError("method.steps_per_block", f"{per} in a {steps}-step run: one cycle of the "
+                            f"{len(s.queue)} rotating units takes {s.cycle_steps} steps (the per-cycle lr schedule "
+                            f"steps once a cycle), so {len(left)} of them ({shown}) would never train; set "
+                            f"train.max_steps to at least {s.cycle_steps}, or {other}")
+        if steps <= s.steps_per_block:
             first = ", ".join(self.units[i].name for i in s.rotating(0))
             raise UserError("method.steps_per_block", f"{s.steps_per_block} steps per block in a {steps}-step run: "
                             f"it never switches, so only {first} of the {len(s.queue)} rotating units would "
