@@ -77,6 +77,25 @@ def test_plan_from_fewer_layers_predicts_the_traced_peak(tmp_path, stack, method
     assert max(p["layers"] for p in plan["plan"]["probes"]) < plan["plan"]["layers"]  # made from fewer layers
 
 
+# LISA (order=sample, state kept): the layers a shallow probe's random draws visit are not linear in depth; a probe
+# warms up until it has visited every unit (Method.probe_warmup_steps), as a profile of 12 draws over 6 layers has
+LISA = ["hardware=cpu", "method=lisa", "method.steps_per_block=1", "profile.batch_size=2", "profile.seq_len=32"]
+LISA_SHAPES = {"llama-g1": ("tiny-llama", 1), "llama-g2": ("tiny-llama", 2), "bert-g1": ("tiny-bert", 1)}
+LISA_CASES = [pytest.param([f"model={model}", "model.shape.num_hidden_layers=6", f"method.group_size={group}"], id=name)
+              for name, (model, group) in LISA_SHAPES.items()]
+
+
+@pytest.mark.parametrize("overrides", LISA_CASES)
+def test_plan_holds_the_state_of_every_layer_lisa_has_visited(tmp_path, overrides):
+    args = [*LISA, *overrides]
+    real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=2", "profile.steps=10")
+    assert real["status"] == "ok", real["error"]
+    plan = predict(compose("mode=plan", *args))
+    predicted, traced = plan["memory"]["train_peak_allocated_bytes"], real["memory"]["train_peak_traced_bytes"]
+    assert plan["memory"]["breakdown"]["optimizer_state_bytes"] == real["memory"]["breakdown"]["optimizer_state_bytes"]
+    assert abs(predicted / traced - 1) < 0.03, (predicted, traced)
+
+
 def test_a_step_whose_op_count_differs_by_width_still_pairs_its_ops():
     """An optimizer with a data-dependent branch (APOLLO's norm-growth limiter) runs one op more in one
     probe: the ops before and after it still pair across the widths and take the quadratic (exact at w=1)."""

@@ -164,6 +164,17 @@ class Method(ABC):
         steady state (methods whose parts start training later, e.g. HiFT's units, extend it)."""
         return requested
 
+    def probe_warmup_steps(self, timed: int) -> int:
+        """The warm-up of the planner's probes (plan/probe.py) before their `timed` traced steps: as
+        profile mode's from one step; a method whose held state grows with what it has visited warms up
+        until the probe holds what the real run holds at depth."""
+        return self.warmup_steps(1, timed)
+
+    def unvisited_layers(self, steps: int) -> float:
+        """Layers' worth of optimizer state a probe warmed up by `probe_warmup_steps` holds and a run of
+        `steps` steps does not (the planner takes it off the extrapolated state): 0 for most methods."""
+        return 0.0
+
     def scheduler_steps(self, step: int) -> bool:
         """Whether the LR scheduler advances after optimizer step `step`."""
         return True

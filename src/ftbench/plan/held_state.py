@@ -16,6 +16,11 @@ and takes one step on zero gradients. What the model, the method and the
 optimizer then hold is the held state the run will hold, counted from real
 (meta) tensors: weights, masters, the gradients of what the optimizer steps,
 and the optimizer's state.
+
+A method whose state grows with the units it has visited (LISA keeps every drawn layer's) is probed
+holding every unit's state (`Method.probe_warmup_steps`); the same meta-device preparation gives the
+schedule at full depth, and with it the layers the profiled run has not yet visited
+(`unvisited_layers`), whose state the plan takes off.
 """
 
 from __future__ import annotations
@@ -37,18 +42,34 @@ def counted_on_meta(cfg: DictConfig) -> bool:
     return methods.config_class(cfg.method.name).data_free is not None
 
 
+def unvisited_layers(cfg: DictConfig, head: str, precision: str, gradient_checkpointing: bool) -> float:
+    """`Method.unvisited_layers` of the profiled run (mode=profile's warm-up and steps, job/steps.py),
+    read off the method prepared on the full-depth meta model: 0 without building it for a method
+    that does not rotate."""
+    if not methods.method_class(cfg.method.name).rotates:
+        return 0.0
+    method, _ = _prepared(cfg, cfg.method, head, precision, gradient_checkpointing)
+    return method.unvisited_layers(method.warmup_steps(cfg.profile.warmup_steps, cfg.profile.steps)
+                                   + cfg.profile.steps)
+
+
+def _prepared(cfg: DictConfig, mcfg_method, head: str, precision: str, gradient_checkpointing: bool):
+    """The method of `mcfg_method` prepared on the full-depth model built on the meta device; and the model."""
+    device = torch.device("meta")
+    model = load_model(OmegaConf.merge(cfg.model, {"random_init": True}), head, 2, device, precision, "eager")
+    method = methods.build_method(mcfg_method)
+    ctx = MethodContext(head=head, device=device, precision=precision,
+                        gradient_checkpointing=gradient_checkpointing, seed=cfg.seed, calibration_batches=None,
+                        loss=None, output_dir=None)
+    return method, method.prepare(model, ctx)
+
+
 def held_state(cfg: DictConfig, head: str, precision: str, gradient_checkpointing: bool) -> dict[str, int]:
     """Bytes the run holds between steps (plan.json's breakdown names, and the optimizer state by kind
     under `STATE_PART`, the weights by kind under `WEIGHT_PART`), counted on the full-depth model built on the meta device; `head` and
     `precision` as the run resolves them."""
-    device = torch.device("meta")
-    mcfg = OmegaConf.merge(cfg.model, {"random_init": True})
-    model = load_model(mcfg, head, 2, device, precision, "eager")
-    method = methods.build_method(OmegaConf.merge(cfg.method, methods.config_class(cfg.method.name).data_free))
-    ctx = MethodContext(head=head, device=device, precision=precision,
-                        gradient_checkpointing=gradient_checkpointing, seed=cfg.seed, calibration_batches=None,
-                        loss=None, output_dir=None)
-    model = method.prepare(model, ctx)
+    method, model = _prepared(cfg, OmegaConf.merge(cfg.method, methods.config_class(cfg.method.name).data_free),
+                              head, precision, gradient_checkpointing)
     lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.method.lr
     optimizer = method.build_optimizer(method.param_groups(model, cfg.optim.weight_decay), cfg.optim, lr)
     method.attach(optimizer)

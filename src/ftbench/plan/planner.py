@@ -58,7 +58,13 @@ from ftbench.plan.extrapolate import (
     phase_peaks,
     steps_of,
 )
-from ftbench.plan.held_state import STATE_PART, WEIGHT_PART, counted_on_meta, held_state
+from ftbench.plan.held_state import (
+    STATE_PART,
+    WEIGHT_PART,
+    counted_on_meta,
+    held_state,
+    unvisited_layers,
+)
 from ftbench.plan.probe import PHASES, Probe, run_probe
 from ftbench.results import GiB
 
@@ -98,10 +104,18 @@ class PlanFit:
     aligned: bool = True  # width timelines paired op by op
     counted: dict[str, int] | None = None  # held state counted on the meta model at `counted_layers` (plan_held.py)
     counted_layers: int = 0
+    unvisited: float = 0.0  # layers' worth of state the probes hold and the run not yet (Method.unvisited_layers)
 
     def extrapolated(self, name: str, layers: int) -> float:
+        """`name` at `layers` layers on the line through the probes; the optimizer state less the
+        `unvisited` layers' (the probes hold every unit's: a layer's is the line's slope)."""
+        (l1, v1), _ = sorted(self.scalars[name].items())
+        unheld = self.unvisited if name.startswith("optimizer_state_bytes") else 0
+        return v1 + (layers - l1 - unheld) * self.per_layer(name)
+
+    def per_layer(self, name: str) -> float:
         (l1, v1), (l2, v2) = sorted(self.scalars[name].items())
-        return v1 + (layers - l1) * (v2 - v1) / (l2 - l1)
+        return (v2 - v1) / (l2 - l1)
 
     def scalar(self, name: str, layers: int) -> float:
         if self.counted is not None and layers == self.counted_layers and name in self.counted:
@@ -123,6 +137,9 @@ class PlanFit:
         (l1, l2), (b1, b2) = sorted({k[0] for k in self.corners}), sorted({k[1] for k in self.corners})
         by_batch = [extrapolate(self.corners[n, b1], self.corners[n, b2], b1, b2, batch, False) for n in (l1, l2)]
         steps = extrapolate(by_batch[0], by_batch[1], l1, l2, layers, True)
+        if self.unvisited:  # state held throughout the step
+            unheld = self.unvisited * self.per_layer("optimizer_state_bytes")
+            steps = [Step(s.values - unheld, s.phases, s.ops, s.sizes) for s in steps]
         if self.counted is None or layers != self.counted_layers:
             return steps
         held = sum(self.scalar(k, layers) - self.extrapolated(k, layers)
@@ -213,7 +230,8 @@ def plan_fit(cfg: DictConfig, tgt: Target) -> PlanFit:
                         w * p.weight_parts.get(label, 0) for w, p in zip(weights, runs))
     counted = held_state(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing) if counted_on_meta(
         cfg) else None
-    return PlanFit(corners, scalars, probes, divs, aligned, counted, tgt.layers)
+    unvisited = unvisited_layers(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing)
+    return PlanFit(corners, scalars, probes, divs, aligned, counted, tgt.layers, unvisited)
 
 
 SCALARS = ("weights_bytes", "trainable_bytes", "master_bytes", "grad_bytes", "optimizer_state_bytes",

@@ -166,7 +166,7 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
     optimizer = optimizer_for(method, model, probe_optim_config(cfg.optim, width_div), settle(cfg).lr)
     traced = method.planned_steps()  # 1, or every state of a method whose steps differ (HiFT: a whole cycle)
     # Warmed up as mode=profile warms up: every unit visited once (its state, masters and host buffers exist).
-    warmup = method.warmup_steps(1, traced)
+    warmup = method.probe_warmup_steps(traced)
     scheduler = scheduler_for(optimizer, method, cfg.optim, warmup + traced)
     # The warm-up only has to create what the traced steps hold (optimizer state, masters, host buffers), none
     # of which depends on the batch: one short sequence per micro-batch makes it cheap.

@@ -136,6 +136,37 @@ class BlockRotation(Method):
         """A unit's first visit creates its optimizer state, masters and (offload) host buffers: the
         warm-up grows until the `timed` steps after it visit no unit for the first time (HiFT, one
         unit per step: one cycle; BAdam's 50-step blocks: the requested warm-up usually suffices)."""
+        firsts = self._first_visits()
+        warmup = requested
+        while True:
+            inside = [step for step in firsts if warmup <= step < warmup + timed]
+            if not inside:
+                return warmup
+            warmup = inside[-1] + 1
+
+    def probe_warmup_steps(self, timed: int) -> int:
+        """Under keep a unit's state stays on the device once visited, so a probe warms up until every unit
+        has been visited: it then holds the state of all its layers, which grows linearly with depth
+        (LISA's random draws leave a varying number of a shallow probe's layers unvisited otherwise).
+        Under drop and offload the device holds the active group's state only (offload on the CPU, where
+        the host buffers are the run's own memory, is not modelled so)."""
+        firsts = self._first_visits() if self.cfg.state_policy == "keep" else []
+        return self.warmup_steps(max(1, firsts[-1] + 1 if firsts else 1), timed)
+
+    def unvisited_layers(self, steps: int) -> float:
+        """Rotating units a run of `steps` steps has not yet visited at its last step, in layers' worth of
+        parameters (their mean over the model's blocks): under keep their state, which a probe holds
+        (`probe_warmup_steps`), does not exist yet (LISA's 20-step intervals in a short profile); 0
+        under drop and offload (a probe holds the active group's state on the device, as the run does)."""
+        if self.cfg.state_policy != "keep":
+            return 0.0
+        s = self.schedule
+        visited = set(s.always).union(*(s.rotating(i) for i in range(s.interval(max(steps, 1) - 1) + 1)))
+        blocks = [u.numel for u in self.units if u.name not in ("embedding", "head")]
+        return sum(self.units[i].numel for i in s.queue if i not in visited) / (sum(blocks) / len(blocks))
+
+    def _first_visits(self) -> list[int]:
+        """The steps at which some unit is active for the first time (order=sample: within 1000 cycles)."""
         firsts, seen, interval = [], set(), 0
         every = set(self.schedule.queue) | set(self.schedule.always)
         while seen != every and interval < 1000 * self.schedule.groups_per_cycle:  # (order=sample draws at random)
@@ -144,12 +175,7 @@ class BlockRotation(Method):
                 firsts.append(interval * self.cfg.steps_per_block)
                 seen |= new
             interval += 1
-        warmup = requested
-        while True:
-            inside = [step for step in firsts if warmup <= step < warmup + timed]
-            if not inside:
-                return warmup
-            warmup = inside[-1] + 1
+        return firsts
 
     def scheduler_steps(self, step: int) -> bool:
         return self.cfg.lr_policy == "per_step" or self.steps_done % self.schedule.cycle_steps == 0
