@@ -15,7 +15,7 @@ the root cause of every later mismatch (an encoder's tokenizer has no EOS for ge
 | token ids vs embedding rows                  | random init: rows sized to the ids    | a checkpoint: model.tokenizer, both sizes |
 | task.max_length vs the position table        | random init: table sized to it; a checkpoint: cut to the table | |
 | profile.seq_len vs the position table        | random init: table sized to it        | a checkpoint: profile.seq_len           |
-| (a plan: the same, against model.shape)      |                                       |                                         |
+| (a plan: the same, against its model)        |                                       |                                         |
 | held-out set, decoding lengths, selection    |                                       | task.*, train.select_metric             |
 """
 
