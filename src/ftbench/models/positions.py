@@ -13,7 +13,13 @@ import logging
 from omegaconf import OmegaConf
 
 from ftbench.errors import UserError
-from ftbench.models.loading import architecture_config, config_shape, describe, pretrained_config, settle_source
+from ftbench.models.loading import (
+    architecture_config,
+    config_shape,
+    describe,
+    pretrained_config,
+    settle_source,
+)
 
 log = logging.getLogger(__name__)
 
