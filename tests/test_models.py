@@ -11,7 +11,7 @@ from ftbench.models.loading import (
     load_model,
     load_tokenizer,
 )
-from helpers import compose
+from helpers import compose, run
 
 # Parameter counts of the real checkpoints (causal-LM head for decoders, bare encoder + pooler for encoders).
 PARAMS = {"llama-7b": 6.738e9, "llama2-7b": 6.738e9, "llama2-13b": 13.016e9, "llama3-8b": 8.030e9,
@@ -85,3 +85,20 @@ def test_minilm_loads_offline_from_its_package():
     out = model(**tokenizer(["a fine film"], return_tensors="pt"))
     assert out.logits.shape == (1, 2)
     assert sum(p.numel() for p in model.base_model.parameters()) == pytest.approx(PARAMS["minilm"], rel=0.01)
+
+
+# Encoder-decoder shapes given on the command line as a tiny-bert shape of another family (layer counts and
+# widths under T5's and BART's own names in their configs; T5 sets no decoder start token).
+ENCODER_DECODERS = {"t5": ["model.shape.model_type=t5", "~model.shape.intermediate_size",
+                           "~model.shape.max_position_embeddings"],
+                    "bart": ["model.shape.model_type=bart", "~model.shape.intermediate_size"]}
+
+
+@pytest.mark.parametrize("family", sorted(ENCODER_DECODERS))
+def test_a_random_init_encoder_decoder_shape_trains(tmp_path, family):
+    rows = "".join(f"a {'fine' if i % 2 else 'dull'} film number {i}\t{i % 2}\n" for i in range(16))
+    for split in ("train", "dev"):  # text through the tokenizer: sequences end with its eos, as BART's head needs
+        (tmp_path / f"{split}.tsv").write_text(f"sentence\tlabel\n{rows}")
+    result = run(tmp_path / "run", "model=tiny-bert", *ENCODER_DECODERS[family], "task=sst2",
+                 f"task.data_dir={tmp_path}", "train.max_steps=2", "task.batch_size=8", "eval.max_samples=8")
+    assert (result["exit_code"], result["status"]) == (0, "ok"), result["error"]

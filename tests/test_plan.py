@@ -150,6 +150,60 @@ def test_plan_json_and_report_set_predicted_beside_measured(tmp_path, capsys):
     assert run_job(compose("mode=plan", *args), tmp_path / "run") == 2  # never overwrites a plan
 
 
+def llama_folder(path):  # another shape than tiny-llama's (hidden 96, 3 layers)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=512, max_position_embeddings=512)).save_pretrained(path)
+
+
+def gpt2_folder(path):  # 32 positions
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=512, n_positions=32, bos_token_id=1,
+                               eos_token_id=2)).save_pretrained(path)
+
+
+def bert_folder(path):  # 32 positions, another width than MiniLM's
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         vocab_size=512, max_position_embeddings=32)).save_pretrained(path)
+
+
+FOLDERS = {"llama": llama_folder, "gpt2": gpt2_folder, "bert": bert_folder}
+
+
+# (model group, folder): a folder model.path names is planned as a run loads it, under a random-init group (its
+# random_init: true is overridden, models/loading.settle_source) or a checkpoint's (MiniLM's package)
+@pytest.mark.parametrize("group,family", [("tiny-llama", "llama"), ("minilm", "bert")])
+def test_a_plan_plans_the_folder_model_path_names(tmp_path, group, family):
+    FOLDERS[family](tmp_path / family)
+    args = [f"model={group}", f"model.path={tmp_path / family}", "profile.batch_size=2", "profile.seq_len=32"]
+    real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=1", "profile.steps=1")
+    assert real["status"] == "ok", real["error"]
+    plan = predict(compose("mode=plan", *args))
+    assert plan["memory"]["breakdown"]["trainable_bytes"] == 4 * real["params"]["trainable"]  # fp32: the folder's
+    predicted, traced = plan["memory"]["train_peak_allocated_bytes"], real["memory"]["train_peak_traced_bytes"]
+    assert abs(predicted / traced - 1) < 0.03, (predicted, traced)
+
+
+# Encoder-decoder shapes given as a tiny-bert shape of another family: the planner reads depths and widths under
+# T5's and BART's own names from the built config (T5's and BART's decoders here are deeper than their encoders).
+@pytest.mark.parametrize("family,shape", [
+    ("t5", ["~model.shape.intermediate_size", "~model.shape.max_position_embeddings"]),
+    ("bart", ["~model.shape.intermediate_size"])])
+def test_a_plan_of_an_encoder_decoder_shape_predicts_the_traced_peak(tmp_path, family, shape):
+    args = ["model=tiny-bert", f"model.shape.model_type={family}", *shape, "profile.batch_size=2",
+            "profile.seq_len=32"]
+    real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=1", "profile.steps=1")
+    assert real["status"] == "ok", real["error"]
+    plan = predict(compose("mode=plan", *args))
+    assert plan["memory"]["breakdown"]["weights_bytes"] == real["memory"]["breakdown"]["weights_bytes"]
+    predicted, traced = plan["memory"]["train_peak_allocated_bytes"], real["memory"]["train_peak_traced_bytes"]
+    assert abs(predicted / traced - 1) < 0.03, (predicted, traced)
+
+
 # profile.seq_len against the position table, by the rule a run applies (models/positions.py), read from model.shape
 # before any probe: a checkpoint's refuses a longer one (probes of llama2-7b at 100 000 tokens ran for minutes), a
 # random-init table is sized to it (BERT's learned table: the probe's position ids index it).
@@ -161,8 +215,10 @@ POSITIONS = [
                  None, id="rotary-checkpoint-lora"),
     pytest.param(["model=roberta-base", "profile.seq_len=513"], "513 tokens exceed the 512 positions", None,
                  id="offset-positions"),  # 514 rows, positions from pad_token_id + 1
-    pytest.param(["model=tiny-llama", "model.path={tmp_path}", "profile.seq_len=513"],
+    pytest.param(["model=tiny-llama", "model.path={tmp_path}/llama", "profile.seq_len=513"],
                  "513 tokens exceed the 512 positions of model.path=", None, id="a-path-wins-over-random-init"),
+    pytest.param(["model=tiny-llama", "model.path={tmp_path}/gpt2", "profile.seq_len=64"],  # the folder's table
+                 "64 tokens exceed the 32 positions of model.path=", None, id="a-path-of-another-family"),
     pytest.param(["model=tiny-bert", "model.shape.max_position_embeddings=16", "profile.seq_len=24",
                   "profile.batch_size=2"], None, 24, id="random-init-learned-table-grows"),
     pytest.param(["model=tiny-llama", "model.shape.max_position_embeddings=16", "profile.seq_len=24",
@@ -172,6 +228,8 @@ POSITIONS = [
 
 @pytest.mark.parametrize("overrides,refusal,rows", POSITIONS)
 def test_a_plan_longer_than_the_position_table(tmp_path, overrides, refusal, rows):
+    for family, folder in FOLDERS.items():
+        folder(tmp_path / family)
     code = run_job(compose("mode=plan", *(o.format(tmp_path=tmp_path) for o in overrides)), tmp_path / "plan")
     plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
     if refusal is not None:

@@ -16,7 +16,7 @@ the root cause of every later mismatch (an encoder's tokenizer has no EOS for ge
 | task.max_length vs the position table        | random init: table sized to it; a checkpoint: cut to the table | |
 | max_new_tokens vs the position table         | random init: table holds task.max_length + it; longer prompts: cut from the left when generating | a checkpoint: its key, when it fills the table |
 | profile.seq_len vs the position table        | random init: table sized to it        | a checkpoint: profile.seq_len           |
-| (a plan: the same, against model.shape)      |                                       |                                         |
+| (a plan: the same, against its model)        |                                       |                                         |
 | held-out set, decoding lengths, selection    |                                       | task.*, train.select_metric             |
 """
 

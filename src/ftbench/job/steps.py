@@ -99,7 +99,8 @@ class Feed:
         rank, world = (distributed.rank(), distributed.world_size()) if split else (0, 1)
         if s.profiling:
             return batches.random_tokens(micro, cfg.profile.seq_len, self.vocab, self.head, self.num_labels,
-                                         seed + 100_003 * rank, start)
+                                         seed + 100_003 * rank, start, batches.closing_token(self.model.config,
+                                                                                             self.head))
         collate = lambda examples: self.task.collate(examples, s.hw.pad_to_multiple_of)  # noqa: E731
         key = "train.batch_size" if cfg.train.batch_size else "task.batch_size"  # the one the user set
         return batches.shuffled(self.task.train_examples(), micro, collate, seed, rank, world, start, key=key)

@@ -102,6 +102,13 @@ SIZES = frozenset({
     "decoder_ffn_dim"})
 
 
+# The fields that set the depth of one stack (the attribute each family maps num_hidden_layers to among them,
+# and a decoder's own), and those that set a width: hidden, FFN (FFN_WIDTHS), head dimension, vocabulary.
+DEPTHS = ("num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers", "encoder_layers", "decoder_layers")
+FFN_WIDTHS = ("intermediate_size", "n_inner", "d_ff", "encoder_ffn_dim", "decoder_ffn_dim")
+WIDTHS = ("hidden_size", "n_embd", "d_model", *FFN_WIDTHS, "head_dim", "d_kv", "vocab_size")
+
+
 def bad_size(values) -> str | None:
     """The first field of `values` (a shape or a config's dict) that sizes the model (SIZES) and is not a
     positive integer; None when every size is one (or null)."""

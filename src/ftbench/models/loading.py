@@ -123,7 +123,8 @@ def architecture_config(mcfg, **overrides):
 
     Raises UserError naming model.shape.<field> (model.shape when the library refuses a combination of
     fields) for an unknown architecture or field, a size that is not a positive integer (SIZES), or any
-    value the library's config refuses, with the library's reason."""
+    value the library's config refuses, with the library's reason. An encoder-decoder shape whose family sets
+    no decoder start token (T5) starts its decoder at the pad id, as the family's checkpoints do."""
     from omegaconf import DictConfig, OmegaConf
     from transformers import CONFIG_MAPPING, AutoConfig
 
@@ -140,9 +141,13 @@ def architecture_config(mcfg, **overrides):
         raise UserError(f"model.shape.{field}", f"must be a positive integer (got {shape[field]!r}): it sizes the "
                         f"{model_type} model; give 1 or more")
     try:
-        return AutoConfig.for_model(model_type, **{**shape, **overrides})
+        config = AutoConfig.for_model(model_type, **{**shape, **overrides})
     except SHAPE_ERRORS as exc:
         raise shape_error(mcfg, exc) from exc
+    if config.is_encoder_decoder and getattr(config, "decoder_start_token_id", None) is None:
+        # T5's family sets no default: its checkpoints start the decoder at the pad id (t5-small's config.json)
+        config.decoder_start_token_id = config.pad_token_id
+    return config
 
 
 def shape_error(mcfg, exc: BaseException) -> UserError:
@@ -156,6 +161,19 @@ def shape_error(mcfg, exc: BaseException) -> UserError:
     fix = (f"give {key} a value the {model_type} config accepts" if field else
            "change the model.shape values it names (or pick another model=)")
     return UserError(key, f"transformers refuses this {model_type} shape: {first_line(str(exc)).rstrip('.')}; {fix}")
+
+
+# The fields of a checkpoint's config that say how it was saved or which head it had, not its shape.
+NOT_SHAPE = ("architectures", "_name_or_path", "transformers_version", "dtype", "torch_dtype", "id2label", "label2id",
+             "num_labels", "problem_type")
+
+
+def config_shape(config) -> dict:
+    """A checkpoint's config as a model.shape that architecture_config builds again: its model_type and the
+    fields that differ from the family's defaults (not NOT_SHAPE)."""
+    values = config.to_diff_dict()
+    return {"model_type": config.model_type, **{k: v for k, v in values.items()
+                                                 if k not in NOT_SHAPE and k != "model_type"}}
 
 
 def pretrained_config(mcfg):

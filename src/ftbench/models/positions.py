@@ -16,7 +16,13 @@ import logging
 from omegaconf import OmegaConf
 
 from ftbench.errors import UserError
-from ftbench.models.loading import architecture_config, describe, settle_source
+from ftbench.models.loading import (
+    architecture_config,
+    config_shape,
+    describe,
+    pretrained_config,
+    settle_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +83,18 @@ def prompt_room(config, new_tokens: int) -> int | None:
 
 
 def fit_planned_positions(cfg) -> None:
-    """What a plan (mode=plan) checks before its probes: profile.seq_len against the position table by the
-    rule of `fit_positions`, read from model.shape (a plan downloads nothing and probes that shape). A
-    random-init shape's table is sized to it in place (model.shape); raises UserError on profile.seq_len
-    when a checkpoint's table is shorter."""
-    settle_source(cfg.model)
-    for name, rows in fit_positions(cfg, architecture_config(cfg.model), "profile.seq_len").items():
-        cfg.model.shape[name] = rows
+    """What a plan (mode=plan) settles before its probes: the model it plans, and profile.seq_len against its
+    position table by the rule of `fit_positions`. A folder the user names (model.path, model.package: its
+    config.json, read locally) is planned as a run loads it, its config written into model.shape (the probes
+    build that shape at random init); else model.shape (a plan downloads nothing). A random-init shape's table
+    is sized to the length in place (model.shape); raises UserError on profile.seq_len when a checkpoint's
+    table is shorter."""
+    mcfg = cfg.model
+    settle_source(mcfg)
+    local = not mcfg.random_init and bool(mcfg.path or mcfg.package)
+    config = pretrained_config(mcfg) if local else architecture_config(mcfg)
+    rows = fit_positions(cfg, config, "profile.seq_len")
+    if local:
+        mcfg.shape = config_shape(config)
+    for name, value in rows.items():
+        mcfg.shape[name] = value

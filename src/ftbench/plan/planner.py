@@ -48,6 +48,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftbench.engine.hardware import Hardware, split_batch
 from ftbench.errors import UserError
+from ftbench.models.architecture import FFN_WIDTHS
+from ftbench.models.loading import architecture_config
 from ftbench.models.positions import fit_planned_positions
 from ftbench.plan.extrapolate import (
     Step,
@@ -161,18 +163,19 @@ def target(cfg: DictConfig) -> Target:
     head = cfg.profile.objective if cfg.profile.objective != "auto" else (
         "causal_lm" if cfg.model.kind == "decoder" else "seq_cls")
     micro, accumulation = split_batch(cfg.profile.batch_size, cap)
-    shape = cfg.model.shape
-    return Target(hw=hw, gpu=gpu, head=head, layers=int(shape.num_hidden_layers), micro_batch=micro,
-                  accumulation=accumulation, seq_len=cfg.profile.seq_len, hidden=int(shape.hidden_size),
-                  heads=int(shape.num_attention_heads))
+    config = architecture_config(cfg.model)  # every family's sizes under the common names (attribute_map)
+    return Target(hw=hw, gpu=gpu, head=head, layers=int(config.num_hidden_layers), micro_batch=micro,
+                  accumulation=accumulation, seq_len=cfg.profile.seq_len, hidden=int(config.hidden_size),
+                  heads=int(config.num_attention_heads))
 
 
 def width_divisor(cfg: DictConfig, tgt: Target, layers: int) -> int:
     """The smallest power-of-two width divisor whose probe stays under PROBE_BYTES; 1 = the real width."""
-    shape = cfg.model.shape
-    head_dim = int(shape.get("head_dim") or tgt.hidden // tgt.heads)
-    per_layer = 4 * tgt.hidden**2 + 3 * tgt.hidden * int(shape.intermediate_size)
-    vocab = 2 * int(shape.vocab_size) * tgt.hidden
+    config = architecture_config(cfg.model)
+    head_dim = int(getattr(config, "head_dim", None) or tgt.hidden // tgt.heads)
+    ffn = next((v for v in (getattr(config, name, None) for name in FFN_WIDTHS) if v), 4 * tgt.hidden)
+    per_layer = 4 * tgt.hidden**2 + 3 * tgt.hidden * int(ffn)
+    vocab = 2 * int(config.vocab_size) * tgt.hidden
 
     def probe_bytes(div: int) -> int:  # fp32 weights, grads, masters, 2 states; 40 B per activation element
         params = (layers * per_layer + vocab) / div**2
@@ -312,10 +315,11 @@ def budget(cfg: DictConfig, tgt: Target) -> tuple[int | None, int | None]:
 
 def predict(cfg: DictConfig) -> dict:
     """The plan of one run: plan.json's content (result.json's memory field names). Raises UserError
-    before any probe: naming model.shape[.<field>] when transformers cannot build the shape, on
+    before any probe: naming model.path / model.package when its config cannot be read,
+    model.shape[.<field>] when transformers cannot build the shape, on
     profile.seq_len over a checkpoint's position table (a random-init shape's is sized to it in
     model.shape: models/positions.py), and on profile.objective=causal_lm for an encoder."""
-    fit_planned_positions(cfg)  # builds the shape's config first (models/loading.architecture_config)
+    fit_planned_positions(cfg)  # the planned model: model.path's config, else the shape's (models/positions.py)
     tgt = target(cfg)
     if tgt.head == "causal_lm" and cfg.model.kind != "decoder":
         raise UserError("profile.objective", "causal_lm needs a decoder model")

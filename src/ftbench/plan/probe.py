@@ -41,11 +41,11 @@ from ftbench.measure.meters import (
 from ftbench.measure.trace import LiveTensorPeak
 from ftbench.methods import build_method
 from ftbench.methods.base import MethodContext, optimizer_for, scheduler_for
-from ftbench.models.loading import configure_model, load_model
+from ftbench.models.architecture import DEPTHS, WIDTHS
+from ftbench.models.loading import architecture_config, configure_model, load_model
 
 PHASES = ("forward", "backward", "optimizer step")
 WARMUP_TOKENS = 8  # the length of a warm-up step's one sequence
-WIDTH_KEYS = ("hidden_size", "intermediate_size", "vocab_size")  # divided by width_div (heads stay)
 
 
 class Timeline(LiveTensorPeak):
@@ -111,14 +111,20 @@ class Probe:
 
 
 def probe_model_config(mcfg: DictConfig, layers: int, width_div: int) -> DictConfig:
-    """The model config of a probe: `layers` layers, widths divided by `width_div`."""
+    """The model config of a probe: `layers` layers, widths divided by `width_div`. Fields are read from the
+    shape's transformers config under the family's own names (architecture.DEPTHS, WIDTHS): every stack as
+    deep as the model (`num_hidden_layers`) gets `layers`; another stack keeps its own depth (a decoder
+    deeper than its encoder: its bytes are then part of the constant, exactly)."""
+    config = architecture_config(mcfg)
+    values = config.to_dict()
     shrunk = OmegaConf.to_container(mcfg, resolve=True)
-    shape = shrunk["shape"]
-    shape["num_hidden_layers"] = layers
+    shape = {config.attribute_map.get(k, k): v for k, v in shrunk["shape"].items()}  # e.g. T5's num_layers
+    shape.update({name: layers if values[name] == config.num_hidden_layers else values[name]  # pinned: not derived
+                  for name in DEPTHS if isinstance(values.get(name), int)})
     if width_div > 1:
-        for key in WIDTH_KEYS:
-            shape[key] = max(1, round(shape[key] / width_div))
-    shrunk["random_init"] = True
+        shape.update({name: max(1, round(values[name] / width_div)) for name in WIDTHS
+                      if isinstance(values.get(name), int)})
+    shrunk["shape"], shrunk["random_init"] = shape, True
     return OmegaConf.create(shrunk)
 
 
@@ -142,10 +148,10 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
                       "sdpa" if hw.attn_implementation == "flash_attention_2" else hw.attn_implementation, None)
     model = configure_model(load_model(probe_model_config(cfg.model, layers, width_div), head, 2, device,
                                        hw.precision, cpu_hw.attn_implementation), 0, hw.gradient_checkpointing)
-    vocab = model.config.vocab_size
+    vocab, closing = model.config.vocab_size, batches.closing_token(model.config, head)
 
     def stream(seed):
-        return batches.random_tokens(batch, cfg.profile.seq_len, vocab, head, 2, seed)
+        return batches.random_tokens(batch, cfg.profile.seq_len, vocab, head, 2, seed, closing=closing)
 
     loss_fn = make_loss(model, head, cfg.train.loss_chunk_tokens)
 
@@ -170,7 +176,8 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
     scheduler = scheduler_for(optimizer, method, cfg.optim, warmup + traced)
     # The warm-up only has to create what the traced steps hold (optimizer state, masters, host buffers), none
     # of which depends on the batch: one short sequence per micro-batch makes it cheap.
-    warmup_stream = batches.random_tokens(1, min(WARMUP_TOKENS, cfg.profile.seq_len), vocab, head, 2, cfg.seed + 1)
+    warmup_stream = batches.random_tokens(1, min(WARMUP_TOKENS, cfg.profile.seq_len), vocab, head, 2, cfg.seed + 1,
+                                          closing=closing)
     spec = TrainSpec(steps=warmup + traced, micro_batch_size=batch, accumulation=accumulation, measure_from=warmup,
                 max_grad_norm=cfg.optim.max_grad_norm, progress=False, stop_at_once=True)
     meter = ProbeMeter(device)
