@@ -80,11 +80,11 @@ def test_checkpoints_move_aside_with_one_line_and_a_resume_keeps_them(tmp_path, 
     config = OmegaConf.to_container(cfg, resolve=True)
     other = OmegaConf.to_container(compose(*STEPS, "seed=7"), resolve=True)
     kept = folder(tmp_path / "kept", attempt("failed", "evaluate", config), config)
-    assert rerun.prepare(cfg, kept) is False
+    assert rerun.prepare(cfg, kept) is None  # the job runs here
     assert (kept / "checkpoints" / "step-2").is_dir() and (kept / "result.previous-1.json").is_file()
     assert capsys.readouterr().err == ""
     moved = folder(tmp_path / "moved", attempt("failed", "train", other), other)
-    assert rerun.prepare(cfg, moved) is False
+    assert rerun.prepare(cfg, moved) is None
     assert not (moved / "checkpoints").exists() and (moved / "checkpoints.previous-1" / "step-2").is_dir()
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "checkpoints.previous-1" in lines[0] and "another config" in lines[0]
