@@ -38,10 +38,10 @@ compare-minilm: $(STAMP) ## every method on SST-2 and CoLA with MiniLM: tuned lr
 
 # One worker per core (pytest-xdist), one OpenMP thread each: tiny models gain nothing from a second
 # thread, and threads that spin while a neighbour holds the core made the suite 2x slower on 2 cores.
-# --dist loadgroup: a file marked xdist_group (a costly module fixture) runs on one worker, its fixture once.
+# Files with a costly module fixture each run whole on one worker, the fixture once (tests/conftest.py).
 test: $(STAMP) ## the import layers (pyproject.toml), then the test suite (CPU, tiny models)
 	$(VENV)/bin/lint-imports --no-cache
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -n auto --dist loadgroup tests
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -n auto tests
 
 # The docs site (mkdocs.yml): --strict fails on a broken link, a page left out of the nav or an API reference to a
 # module that is gone. The build reads src/ statically and fetches nothing; .ci/run runs it after the tests.

@@ -34,3 +34,27 @@ def _seeded():
     import torch
 
     torch.manual_seed(0)
+
+
+# Test files whose module fixture trains several runs (minutes on 2 cores). Under pytest-xdist (`make test`)
+# each of these files runs whole on one worker, so its fixture runs once; every other test goes to
+# whichever worker is free.
+ONE_WORKER = ("test_compare.py", "test_distributed.py", "test_reproduce.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's default distribution (`-n N`, dist "load") with the ONE_WORKER files each kept whole.
+    (xdist's own `--dist loadgroup` no longer groups under pytest 9.2: pytest-dev/pytest-xdist#1386.)
+    Returns None for any other `--dist`, which xdist then serves."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class CostlyFixturesTogether(LoadScopeScheduling):
+        # _split_scope (nodeid -> unit of work) is the method xdist's own LoadFile/LoadGroup schedulers override
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path.rsplit("/", 1)[-1] in ONE_WORKER else nodeid
+
+    return CostlyFixturesTogether(config, log)

@@ -13,8 +13,7 @@ from ftbench.compare.spec import SpecError, load
 from helpers import cli
 from test_glue import FIXTURES, write_glue
 
-# One worker runs the whole file (make test: --dist loadgroup), so its module fixture runs once.
-pytestmark = pytest.mark.xdist_group("compare")
+# make test runs this whole file on one worker (conftest.ONE_WORKER), so its module fixture runs once.
 
 TINY = ["task.num_train=256", "task.num_eval=64", "hardware=cpu", "train.progress=false",
         "hardware.max_micro_batch_size=null"]

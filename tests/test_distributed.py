@@ -19,8 +19,7 @@ from distributed_methods import COMMAND, METHODS, RESUMED, SHARDED, STEPS
 from ftbench.methods import method_class
 from helpers import CLI_ENV, REPO, executable, run
 
-# One worker runs the whole file (make test: --dist loadgroup), so its module fixture runs once.
-pytestmark = pytest.mark.xdist_group("distributed")
+# make test runs this whole file on one worker (conftest.ONE_WORKER), so its module fixture runs once.
 
 ENV = {**CLI_ENV, "OMP_NUM_THREADS": "1"}
 

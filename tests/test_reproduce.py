@@ -14,8 +14,7 @@ from ftbench.paper.comparison import CellResults, compare_line, lines
 from ftbench.paper.recipes import Compare, load
 from helpers import REPO, cli
 
-# One worker runs the whole file (make test: --dist loadgroup), so its module fixture runs once.
-pytestmark = pytest.mark.xdist_group("reproduce")
+# make test runs this whole file on one worker (conftest.ONE_WORKER), so its module fixture runs once.
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
