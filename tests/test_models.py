@@ -94,11 +94,14 @@ ENCODER_DECODERS = {"t5": ["model.shape.model_type=t5", "~model.shape.intermedia
                     "bart": ["model.shape.model_type=bart", "~model.shape.intermediate_size"]}
 
 
+@pytest.mark.parametrize("task", ["sst2", "synthetic"])
 @pytest.mark.parametrize("family", sorted(ENCODER_DECODERS))
-def test_a_random_init_encoder_decoder_shape_trains(tmp_path, family):
+def test_a_random_init_encoder_decoder_shape_trains(tmp_path, family, task):
+    """sst2: text through the tokenizer, each sequence ends with its eos, as BART's and T5's heads need;
+    synthetic: token ids with no eos among them, the collate appends the model's (Task.closing_id)."""
     rows = "".join(f"a {'fine' if i % 2 else 'dull'} film number {i}\t{i % 2}\n" for i in range(16))
-    for split in ("train", "dev"):  # text through the tokenizer: sequences end with its eos, as BART's head needs
+    for split in ("train", "dev"):
         (tmp_path / f"{split}.tsv").write_text(f"sentence\tlabel\n{rows}")
-    result = run(tmp_path / "run", "model=tiny-bert", *ENCODER_DECODERS[family], "task=sst2",
+    result = run(tmp_path / "run", "model=tiny-bert", *ENCODER_DECODERS[family], f"task={task}",
                  f"task.data_dir={tmp_path}", "train.max_steps=2", "task.batch_size=8", "eval.max_samples=8")
     assert (result["exit_code"], result["status"]) == (0, "ok"), result["error"]

@@ -169,6 +169,28 @@ def test_a_random_init_position_table_holds_the_answer_too():
     assert preflight.inputs(cfg).shape_overrides == {"n_positions": 32}
 
 
+@pytest.mark.parametrize("overrides, closing, positions", [
+    (["model=tiny-bert", "model.shape.model_type=bart", "~model.shape.intermediate_size",
+      "model.shape.max_position_embeddings=16"], 2, {"max_position_embeddings": 33}),
+    (["model=tiny-bert", "model.shape.model_type=t5", "~model.shape.intermediate_size",
+      "~model.shape.max_position_embeddings"], 1, {}),  # relative positions: no table
+    (["model=tiny-llama"], None, {}),  # a decoder's head reads the last token, whatever it is
+], ids=["bart", "t5", "llama"])
+def test_an_encoder_decoder_classifier_gets_its_eos_at_the_end_and_a_position_for_it(overrides, closing, positions):
+    """task=synthetic speaks token ids, none of them an eos; BART's and T5's heads read the state at the eos."""
+    cfg = compose(*overrides, "task=synthetic", "task.max_length=32", "task.num_train=64", "task.num_eval=8")
+    inputs = preflight.inputs(cfg)
+    assert (inputs.task.closing_id, inputs.shape_overrides) == (closing, positions)
+    examples = inputs.task.train_examples()[:4]
+    batch = inputs.task.collate(examples)
+    lengths = [len(e["input_ids"]) + (closing is not None) for e in examples]
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    if closing is not None:
+        assert [batch["input_ids"][row, n - 1].item() for row, n in enumerate(lengths)] == [closing] * 4
+        closed = inputs.task.collate([{**examples[0], "input_ids": [*examples[0]["input_ids"], closing]}])
+        assert closed["input_ids"][0].tolist() == batch["input_ids"][0, :lengths[0]].tolist()  # never twice
+
+
 def test_a_random_init_embedding_is_sized_to_its_tokenizer(tmp_path, folders):
     result = trained(run(tmp_path / "run", f"model.tokenizer={folders['big-tokenizer']}",
                          f"task.data_dir={folders['sst2']}", *SST2_QUICK), 2)

@@ -62,19 +62,10 @@ def steps_for_tokens(lengths: list[int], batch_size: int, micro_batch_size: int,
         epoch += 1
 
 
-def closing_token(config, head: str) -> int | None:
-    """The token a profile batch's sequences end with: for a classifier or regressor, an encoder-decoder's eos
-    (BART's and T5's heads read the state at it, and refuse a sequence without one); else None."""
-    eos = getattr(config, "eos_token_id", None)
-    if head == "causal_lm" or not getattr(config, "is_encoder_decoder", False) or eos is None:
-        return None
-    return eos[0] if isinstance(eos, (list, tuple)) else eos
-
-
 def random_tokens(batch_size: int, seq_len: int, vocab_size: int, head: str, num_labels: int,
                   seed: int, skip: int = 0, closing: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Profile batches: full-length random token ids (no padding), fixed per seed, each sequence ending
-    with `closing` when given (closing_token); the first `skip` are drawn and dropped (a resumed run)."""
+    with `closing` when given (architecture.closing_token); the first `skip` are drawn and dropped (a resumed run)."""
     generator = torch.Generator().manual_seed(seed)
     for _ in range(skip):
         torch.randint(5, max(vocab_size, 6), (batch_size, seq_len), generator=generator)

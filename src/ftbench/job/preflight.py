@@ -14,6 +14,7 @@ the root cause of every later mismatch (an encoder's tokenizer has no EOS for ge
 | pad token (pad, else eos, else unk)          | random init: a `<pad>` token is added | a checkpoint: model.tokenizer           |
 | token ids vs embedding rows                  | random init: rows sized to the ids    | a checkpoint: model.tokenizer, both sizes |
 | task.max_length vs the position table        | random init: table sized to it; a checkpoint: cut to the table | |
+| an encoder-decoder classifier's eos          | appended to each sequence without it (Task.closing_id), a position kept for it | |
 | max_new_tokens vs the position table         | random init: table holds task.max_length + it; longer prompts: cut from the left when generating | a checkpoint: its key, when it fills the table |
 | profile.seq_len vs the position table        | random init: table sized to it        | a checkpoint: profile.seq_len           |
 | (a plan: the same, against its model)        |                                       |                                         |
@@ -29,6 +30,7 @@ from typing import Any
 
 from ftbench.config.knobs import decoding as decoding_knobs
 from ftbench.errors import UserError
+from ftbench.models.architecture import closing_token
 from ftbench.models.loading import (
     architecture_config,
     describe,
@@ -76,10 +78,12 @@ def inputs(cfg) -> Inputs:
     tokenizer = load_tokenizer(cfg.model) if family.needs_tokenizer else None
     if tokenizer is not None:
         ensure_pad(cfg.model, tokenizer)
-    overrides = fit_positions(cfg, config, "task.max_length", answer_length(cfg))
+    closing = closing_token(config, family.head)
+    overrides = fit_positions(cfg, config, "task.max_length", answer_length(cfg), closing=int(closing is not None))
     task = build_task(cfg.task, tokenizer, cfg.seed)
     if task.head != family.head:  # a head that depends on the data set (GLUE's STS-B: regression)
         check_head(cfg.model, config, task.head)
+    task.closing_id = closing
     overrides.update(fit_vocab(cfg.model, config, tokenizer, task))
     check_plan(cfg, task)
     return Inputs(tokenizer, task, task.head, task.num_labels, task.pad_id, overrides)

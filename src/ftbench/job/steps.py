@@ -33,6 +33,7 @@ from ftbench.job import preflight
 from ftbench.measure.meters import MemoryMeter
 from ftbench.methods import build_method
 from ftbench.methods.base import Method, MethodContext, optimizer_for
+from ftbench.models.architecture import closing_token
 from ftbench.models.loading import configure_model, load_model
 from ftbench.parallel import distributed, sharding
 from ftbench.plan import micro_batch
@@ -99,8 +100,7 @@ class Feed:
         rank, world = (distributed.rank(), distributed.world_size()) if split else (0, 1)
         if s.profiling:
             return batches.random_tokens(micro, cfg.profile.seq_len, self.vocab, self.head, self.num_labels,
-                                         seed + 100_003 * rank, start, batches.closing_token(self.model.config,
-                                                                                             self.head))
+                                         seed + 100_003 * rank, start, closing_token(self.model.config, self.head))
         collate = lambda examples: self.task.collate(examples, s.hw.pad_to_multiple_of)  # noqa: E731
         key = "train.batch_size" if cfg.train.batch_size else "task.batch_size"  # the one the user set
         return batches.shuffled(self.task.train_examples(), micro, collate, seed, rank, world, start, key=key)

@@ -289,3 +289,13 @@ def replace_module(model: nn.Module, name: str, build) -> nn.Module:
     new = build(getattr(parent, child))
     setattr(parent, child, new)
     return new
+
+
+def closing_token(config, head: str) -> int | None:
+    """The token every sequence of a classifier's or regressor's batch must end with: an encoder-decoder's
+    eos (BART's and T5's heads read the state at it, and refuse a sequence without one); else None.
+    Profile batches end with it (engine/batches.py), a task's collate appends it (Task.closing_id)."""
+    eos = getattr(config, "eos_token_id", None)
+    if head == "causal_lm" or not getattr(config, "is_encoder_decoder", False) or eos is None:
+        return None
+    return eos[0] if isinstance(eos, (list, tuple)) else eos

@@ -5,7 +5,8 @@ A random-init table is sized to the sequences (one log line); a checkpoint's cut
 (one log line) and refuses a longer profile.seq_len (`UserError`, exit 2). Generation adds its answer
 (max_new_tokens) after a prompt: a random-init table also holds a task.max_length prompt and its answer,
 a checkpoint's refuses an answer cap that leaves no room for a prompt, and prompts longer than the rest
-are cut from the left when generating (`prompt_room`, tasks/generate.py: one warning). Rotary models,
+are cut from the left when generating (`prompt_room`, tasks/generate.py: one warning). A closing token
+the collate appends (an encoder-decoder classifier's eos) takes a position too. Rotary models,
 whose config still states max_position_embeddings, follow the same rule.
 """
 
@@ -42,11 +43,13 @@ def position_limit(config) -> int | None:
     return limit
 
 
-def fit_positions(cfg, config, key: str, new_tokens: tuple[str, int] | None = None) -> dict[str, int]:
+def fit_positions(cfg, config, key: str, new_tokens: tuple[str, int] | None = None, closing: int = 0) -> dict[str, int]:
     """Sequences (`key`: task.max_length or profile.seq_len) against the position table: a random-init
     table is sized to them; a checkpoint's cuts task.max_length and refuses a longer profile.seq_len.
     `new_tokens` (a generative task: the key that sets max_new_tokens and its value): a random-init
     table holds `key` plus the answer; a checkpoint's refuses an answer that leaves no room for a prompt.
+    `closing`: tokens appended after each sequence (Task.closing_id): a random-init table holds them
+    too, a checkpoint's cuts task.max_length to leave them room.
     Returns the random-init config value to override ({} when none)."""
     limit = position_limit(config)
     if limit is None:
@@ -54,25 +57,26 @@ def fit_positions(cfg, config, key: str, new_tokens: tuple[str, int] | None = No
     length = OmegaConf.select(cfg, key)
     new_key, new = new_tokens or (None, 0)
     if cfg.model.random_init:
-        if length + new <= limit:
+        if length + new + closing <= limit:
             return {}
         name = "max_position_embeddings" if "max_position_embeddings" in config.to_dict() else "n_positions"
-        rows = getattr(config, name) + length + new - limit
+        rows = getattr(config, name) + length + new + closing - limit
         what = f"{key}={length} plus {new_key}={new}" if new else f"{key}={length}"
-        log.warning("%s exceeds the %d positions of %s: its position table gets %d rows",
-                    what, limit, describe(cfg.model), rows)
+        log.warning("%s%s exceeds the %d positions of %s: its position table gets %d rows",
+                    what, " plus its closing eos" if closing else "", limit, describe(cfg.model), rows)
         return {name: rows}
     if new >= limit:
         raise UserError(new_key, f"{new} new tokens fill the {limit} positions of {describe(cfg.model)} and leave "
                         f"no room for a prompt; use {new_key}<{limit} (prompts longer than the rest are cut)")
-    if length <= limit:
+    room = limit - closing
+    if length <= room:
         return {}
     if key == "profile.seq_len":
         raise UserError(key, f"{length} tokens exceed the {limit} positions of {describe(cfg.model)}; "
                         f"use {key}<={limit}")
-    log.warning("%s=%d exceeds the %d positions of %s; sequences are truncated to %d tokens",
-                key, length, limit, describe(cfg.model), limit)
-    OmegaConf.update(cfg, key, limit)
+    log.warning("%s=%d exceeds the %d positions of %s%s; sequences are truncated to %d tokens",
+                key, length, limit, describe(cfg.model), " less its closing eos" if closing else "", room)
+    OmegaConf.update(cfg, key, room)
     return {}
 
 

@@ -41,7 +41,7 @@ from ftbench.measure.meters import (
 from ftbench.measure.trace import LiveTensorPeak
 from ftbench.methods import build_method
 from ftbench.methods.base import MethodContext, optimizer_for, scheduler_for
-from ftbench.models.architecture import DEPTHS, WIDTHS
+from ftbench.models.architecture import DEPTHS, WIDTHS, closing_token
 from ftbench.models.loading import architecture_config, configure_model, load_model
 
 PHASES = ("forward", "backward", "optimizer step")
@@ -148,7 +148,7 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
                       "sdpa" if hw.attn_implementation == "flash_attention_2" else hw.attn_implementation, None)
     model = configure_model(load_model(probe_model_config(cfg.model, layers, width_div), head, 2, device,
                                        hw.precision, cpu_hw.attn_implementation), 0, hw.gradient_checkpointing)
-    vocab, closing = model.config.vocab_size, batches.closing_token(model.config, head)
+    vocab, closing = model.config.vocab_size, closing_token(model.config, head)
 
     def stream(seed):
         return batches.random_tokens(batch, cfg.profile.seq_len, vocab, head, 2, seed, closing=closing)

@@ -40,6 +40,10 @@ class Task(ABC):
     head: str = "seq_cls"
     num_labels: int = 2
     needs_tokenizer: bool = True
+    # The token every batch's sequences end with: an encoder-decoder classifier's eos (BART's and T5's
+    # heads read the state at it and refuse a sequence without one), set by the preflight
+    # (job/preflight.py) once the model's config is known; None when the model needs none.
+    closing_id: Optional[int] = None
 
     def __init__(self, cfg: TaskConfig, tokenizer, seed: int):
         self.cfg = cfg
@@ -75,6 +79,12 @@ class Task(ABC):
         return {}
 
     def collate(self, examples: list[Example], pad_to_multiple_of: Optional[int] = None) -> dict[str, torch.Tensor]:
+        """One padded batch; a sequence that does not end with `closing_id` (when set) gets it appended
+        (the preflight left a position for it)."""
+        closing = self.closing_id
+        if closing is not None:
+            examples = [e if e["input_ids"][-1:] == [closing] else {**e, "input_ids": [*e["input_ids"], closing]}
+                        for e in examples]
         return pad_collate(examples, self.pad_id, pad_to_multiple_of)
 
 
