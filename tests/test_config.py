@@ -98,12 +98,20 @@ def test_every_model_carries_its_shape():
     (["optim.lr=1e300"], "optim.lr: a learning rate of 1e+300 overflows the training dtype"),
     (["method.lr=1e39"], "method.lr: a learning rate of 1e+39 overflows"),
     (["method=loraplus", "method.lr_embedding=1e39"], "method.lr_embedding: a learning rate of 1e+39 overflows"),
-    (["method=loraplus", "optim.lr=1e38"], "method.lr_ratio: a learning rate of 1.6e+39 overflows"),
+    (["method=loraplus", "optim.lr=1e38", "optim.betas=[0.0,0.999]"],
+     "method.lr_ratio: a learning rate of 1.6e+39 overflows"),
+    (["optim.lr=1e38"], "optim.lr: a learning rate of 1e+38 overflows the training dtype at the first step: an "
+                        "Adam step moves by lr / (1 - optim.betas[0]) = 1e+39"),
 ])
 def test_bad_input_is_one_line_naming_the_key(overrides, expected):
     problem = validate(overrides, multirun=False)
     assert problem is not None and problem.startswith(expected), problem
     assert "\n" not in problem
+
+
+def test_a_learning_rate_is_held_to_the_step_its_optimizer_takes():
+    """Adam's first step moves by lr / (1 - beta1): 1e38 overflows at beta1 0.9 (above), not at 0."""
+    assert validate(["optim.lr=1e38", "optim.betas=[0.0,0.999]"], multirun=False) is None
 
 
 @pytest.mark.parametrize("overrides,expected", [

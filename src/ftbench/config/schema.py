@@ -5,7 +5,7 @@ well-typed but meaningless (lr <= 0, batch size 0, a missing data folder).
 Numbers have one rule for every group (`check_numbers`, before the groups' own checks): a float knob is
 a finite number (inf, -inf and nan are refused, whatever the key), and a learning rate the optimizer
 steps with fits the training dtype (at most float32's largest value: torch cannot convert a larger
-scalar to a float32 or bfloat16 weight). The groups' checks then hold each knob to its range.
+scalar to a float32 or bfloat16 weight; Adam's first step, lr / (1 - beta1), too). The groups' checks then hold each knob to its range.
 
 The method and task groups are polymorphic: each option's YAML lists its own
 schema (`/schema/method/<name>`), registered here from the method and task
@@ -329,17 +329,22 @@ def check(cfg: DictConfig) -> None:
 def check_numbers(cfg: DictConfig) -> None:
     """Refuse (`UserError` naming the key) a float anywhere in the config that is not a finite number
     (inf, -inf, nan; in a list, the list's key is named), and a learning rate the optimizer would step
-    with that float32 cannot hold (above `FLOAT32_MAX`: each method lists its learning rates,
-    `MethodConfig.learning_rates`)."""
+    with that float32 cannot hold (above `FLOAT32_MAX`, or above it once divided by 1 - beta1 as Adam's first
+    step does: each method lists its learning rates, `MethodConfig.learning_rates`)."""
     groups = {name: OmegaConf.to_container(cfg[name], resolve=True) if OmegaConf.is_config(cfg[name]) else cfg[name]
               for name in cfg.keys() if name != "hydra"}
     for key, value in _leaves(groups, ""):
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(key, f"must be finite (got {value}); give a number")
     settings = settle(cfg)
+    bias_correction = 1 - cfg.optim.betas[0]  # Adam's first step moves by lr / (1 - beta1)
     for key, value in OmegaConf.to_object(cfg.method).learning_rates(settings.owners["lr"], settings.lr).items():
         require(value <= FLOAT32_MAX, key, f"a learning rate of {value:g} overflows the training dtype (float32 "
                 f"holds at most {FLOAT32_MAX:.5g}), so the optimizer cannot step with it; give a smaller one")
+        require(value / bias_correction <= FLOAT32_MAX, key,
+                f"a learning rate of {value:g} overflows the training dtype at the first step: an Adam step moves "
+                f"by lr / (1 - optim.betas[0]) = {value / bias_correction:.5g}, and float32 holds at most "
+                f"{FLOAT32_MAX:.5g}; give a smaller one")
 
 
 def _leaves(node: Any, key: str):
