@@ -100,6 +100,10 @@ def test_every_model_carries_its_shape():
     (["method=loraplus", "method.lr_embedding=1e39"], "method.lr_embedding: a learning rate of 1e+39 overflows"),
     (["method=loraplus", "optim.lr=1e38", "optim.betas=[0.0,0.999]"],
      "method.lr_ratio: a learning rate of 1.6e+39 overflows"),
+    # a hub id under a random-init group would be ignored (the group's shape is built)
+    (["model.hub_id=HuggingFaceTB/SmolLM2-135M"], "model.hub_id: model=tiny-llama builds a random-init shape "
+     "(model.random_init=true), so HuggingFaceTB/SmolLM2-135M would not be loaded; add model.random_init=false"),
+    (["model=tiny-bert", "+model.hub_id=x/y", "task=sst2"], "model.hub_id: model=tiny-bert builds a random-init"),
     (["optim.lr=1e38"], "optim.lr: a learning rate of 1e+38 overflows the training dtype at the first step: an "
                         "Adam step moves by lr / (1 - optim.betas[0]) = 1e+39"),
 ])
@@ -107,6 +111,15 @@ def test_bad_input_is_one_line_naming_the_key(overrides, expected):
     problem = validate(overrides, multirun=False)
     assert problem is not None and problem.startswith(expected), problem
     assert "\n" not in problem
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model=llama2-7b", "model.random_init=true"],  # the group's hub id, its shape built at random init
+    ["model.hub_id=HuggingFaceTB/SmolLM2-135M", "model.random_init=false"],  # loaded (offline: refused when it loads)
+    ["model.hub_id=HuggingFaceTB/SmolLM2-135M", "model.random_init=true"],  # said twice: random init
+])
+def test_a_hub_id_is_refused_only_where_it_would_be_ignored_unsaid(overrides):
+    assert validate(overrides, multirun=False) is None
 
 
 def test_a_learning_rate_is_held_to_the_step_its_optimizer_takes():
