@@ -103,5 +103,10 @@ def test_a_random_init_encoder_decoder_shape_trains(tmp_path, family, task):
     for split in ("train", "dev"):
         (tmp_path / f"{split}.tsv").write_text(f"sentence\tlabel\n{rows}")
     result = run(tmp_path / "run", "model=tiny-bert", *ENCODER_DECODERS[family], f"task={task}",
-                 f"task.data_dir={tmp_path}", "train.max_steps=2", "task.batch_size=8", "eval.max_samples=8")
+                 f"task.data_dir={tmp_path}", "train.max_steps=2", "task.batch_size=8", "eval.max_samples=8",
+                 "train.save=last")
     assert (result["exit_code"], result["status"]) == (0, "ok"), result["error"]
+    # the export reloads with its 2-label head (BartConfig's own default is 3 labels)
+    from transformers import AutoModelForSequenceClassification
+
+    assert AutoModelForSequenceClassification.from_pretrained(result["export"]["merged"]).config.num_labels == 2

@@ -47,6 +47,7 @@ from ftbench.engine.optim import make_optimizer, make_scheduler
 from ftbench.measure.meters import tensor_bytes
 from ftbench.methods.config import MethodConfig
 from ftbench.methods.masters import Masters
+from ftbench.models.loading import save_merged
 
 
 @dataclass
@@ -294,10 +295,7 @@ class Method(ABC):
     def export(self, model: nn.Module, tokenizer, path: Path) -> dict[str, str]:
         """Write a merged dense checkpoint that loads with plain `from_pretrained`."""
         path.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(path / "merged")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(path / "merged")
-        return {"merged": str(path / "merged")}
+        return {"merged": save_merged(model, tokenizer, path / "merged")}
 
 
 def trainable_named_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

@@ -3,6 +3,7 @@ the hub, or random init from the named architecture shape (no download)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from contextlib import contextmanager
@@ -282,3 +283,22 @@ def exported_as_loaded(model: torch.nn.Module):
         yield
     finally:
         config.use_cache = training
+
+
+def save_merged(model, tokenizer, folder: Path, state_dict: dict | None = None) -> str:
+    """Write a dense checkpoint (and the tokenizer, when given) that plain `from_pretrained` loads as trained.
+
+    A classifier's labels are written out: transformers' save_pretrained leaves id2label out of config.json
+    when it equals the base config's default (2 labels), and a family whose own default differs (BART: 3)
+    then reloads with a head of the wrong size."""
+    model.save_pretrained(folder, **({} if state_dict is None else {"state_dict": state_dict}))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    config_file = Path(folder) / "config.json"
+    if config_file.is_file() and any("ForSequenceClassification" in a for a in model.config.architectures or ()):
+        saved = json.loads(config_file.read_text())
+        if "id2label" not in saved:
+            saved["id2label"] = {str(i): label for i, label in model.config.id2label.items()}
+            saved["label2id"] = dict(model.config.label2id)
+            config_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    return str(folder)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ftbench.models.architecture import architecture
+from ftbench.models.loading import save_merged
 from ftbench.parallel import distributed
 
 
@@ -62,7 +63,4 @@ def export(model: nn.Module, tokenizer, path: Path, state: dict[str, torch.Tenso
     if hasattr(model, "peft_config"):
         model.save_pretrained(path / "adapter", state_dict=state)
         return {"adapter": str(path / "adapter")}
-    model.save_pretrained(path / "merged", state_dict=state)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path / "merged")
-    return {"merged": str(path / "merged")}
+    return {"merged": save_merged(model, tokenizer, path / "merged", state_dict=state)}

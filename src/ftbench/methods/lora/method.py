@@ -17,6 +17,7 @@ from ftbench.errors import UserError
 from ftbench.methods.base import Method, MethodContext, Trains
 from ftbench.methods.lora.config import LoraMethodConfig
 from ftbench.models.architecture import architecture
+from ftbench.models.loading import save_merged
 
 PEFT_TASK_TYPES = {"seq_cls": "SEQ_CLS", "regression": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
 
@@ -79,11 +80,7 @@ class Lora(Method):
         merged dense model (plain `from_pretrained`)."""
         path.mkdir(parents=True, exist_ok=True)
         self.save_adapter(model, path / "adapter")
-        merged = self.merged(model)
-        merged.save_pretrained(path / "merged")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(path / "merged")
-        return {"adapter": str(path / "adapter"), "merged": str(path / "merged")}
+        return {"adapter": str(path / "adapter"), "merged": save_merged(self.merged(model), tokenizer, path / "merged")}
 
     def save_adapter(self, model: nn.Module, path: Path) -> None:
         model.save_pretrained(path)
