@@ -159,6 +159,34 @@ def test_prompts_longer_than_the_table_leaves_are_cut_from_the_left(tmp_path, fo
     assert len(cut) == 1 and cut[0].startswith("4 of 4 dev prompts are longer than the 2 positions")
 
 
+def alpaca_inputs(root, prompt_bytes: int) -> list[str]:
+    """A GPT-2 folder of 256 positions and alpaca rows whose instructions hold `prompt_bytes` bytes (the
+    template's preamble adds ~150 byte-level tokens)."""
+    import transformers as T
+
+    folder = save(root / "gpt2-256", T.GPT2LMHeadModel(T.GPT2Config(
+        vocab_size=260, n_positions=256, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)))
+    (root / "data").mkdir()
+    rows = [{"instruction": f"{'x' * prompt_bytes} {i}", "input": "", "output": str(i)} for i in range(8)]
+    (root / "data" / "alpaca_data.json").write_text(json.dumps(rows))
+    return [f"model.path={folder}", "task=alpaca", f"task.data_dir={root / 'data'}", "task.val_size=2",
+            "task.batch_size=2", "train.max_steps=2"]
+
+
+def test_an_answer_cap_counts_only_where_the_task_generates(tmp_path):
+    """alpaca with task.generate_samples=0 generates nothing: its 256-token answer cap fills no position."""
+    common = alpaca_inputs(tmp_path, 1)
+    assert "fill the 256 positions" in refused(run(tmp_path / "gen", *common), "task.max_new_tokens")
+    trained(run(tmp_path / "run", *common, "task.generate_samples=0"), 2)
+
+
+def test_a_task_refusal_says_when_the_position_table_cut_task_max_length(tmp_path):
+    """Every held-out prompt fills the 256 positions the table cut task.max_length=1000 to: raising it cannot help."""
+    error = refused(run(tmp_path / "run", *alpaca_inputs(tmp_path, 300), "task.max_length=1000",
+                        "task.generate_samples=0"), "task.max_length")
+    assert "task.max_length=1000 was cut to the 256 positions of model.path=" in error and "raise" not in error
+
+
 def test_a_random_init_position_table_holds_the_answer_too():
     """GPT-2's learned table (16 positions): task.max_length=32 plus max_new_tokens=8; 32 for a task that does not
     generate."""

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from ftbench.config.knobs import decoding as decoding_knobs
 from ftbench.errors import UserError
 from ftbench.models.architecture import closing_token
@@ -79,14 +81,28 @@ def inputs(cfg) -> Inputs:
     if tokenizer is not None:
         ensure_pad(cfg.model, tokenizer)
     closing = closing_token(config, family.head)
+    asked = cfg.task.max_length
     overrides = fit_positions(cfg, config, "task.max_length", answer_length(cfg), closing=int(closing is not None))
-    task = build_task(cfg.task, tokenizer, cfg.seed)
+    try:
+        task = build_task(cfg.task, tokenizer, cfg.seed)
+    except UserError as exc:
+        raise cut_length_refusal(exc, asked, cfg) from exc
     if task.head != family.head:  # a head that depends on the data set (GLUE's STS-B: regression)
         check_head(cfg.model, config, task.head)
     task.closing_id = closing
     overrides.update(fit_vocab(cfg.model, config, tokenizer, task))
     check_plan(cfg, task)
     return Inputs(tokenizer, task, task.head, task.num_labels, task.pad_id, overrides)
+
+
+def cut_length_refusal(exc: UserError, asked: int, cfg) -> UserError:
+    """A task's refusal on task.max_length, told that the position table cut it (raising it cannot help)."""
+    cut = cfg.task.max_length
+    if exc.key != "task.max_length" or cut >= asked:
+        return exc
+    what = exc.reason.split("; ")[0]  # the task's finding, without its advice to raise task.max_length
+    return UserError("task.max_length", f"{what}: task.max_length={asked} was cut to the {cut} positions of "
+                     f"{describe(cfg.model)}; use shorter examples or a model with a longer position table")
 
 
 def model_config(mcfg):
@@ -96,7 +112,7 @@ def model_config(mcfg):
 
 def answer_length(cfg) -> tuple[str, int] | None:
     """(the key that sets it, max_new_tokens) of a generative task; None for a task that does not generate."""
-    if "max_new_tokens" not in cfg.task:
+    if not OmegaConf.to_object(cfg.task).generates():
         return None
     return decoding_knobs(cfg.eval.num_beams, cfg.eval.max_new_tokens, cfg.task)["max_new_tokens"]
 

@@ -38,6 +38,10 @@ class TaskConfig:
     # (ftbench compare's lr search). Needs validation_from_train.
     evaluate_reported: bool = True
 
+    def generates(self) -> bool:
+        """Whether the run's evaluation generates text (its answers take positions after the prompt)."""
+        return hasattr(self, "max_new_tokens")
+
     def check(self, key: str) -> None:
         require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
         require(self.max_length >= 1, f"{key}.max_length", "must be >= 1")
@@ -169,6 +173,9 @@ class AlpacaConfig(InstructConfig):
     train_files: list[str] = field(default_factory=lambda: ["alpaca_data.json", "*.json"])
     val_size: int = 200
     generate_samples: int = 8
+
+    def generates(self) -> bool:
+        return self.generate_samples > 0  # scored by its held-out loss; the samples are for reading
 
     def check(self, key: str) -> None:
         super().check(key)
