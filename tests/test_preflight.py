@@ -226,6 +226,22 @@ def test_a_random_init_embedding_is_sized_to_its_tokenizer(tmp_path, folders):
     assert result["params"]["total"] - small["params"]["total"] == (600 - 512) * 64
 
 
+PROFILE_QUICK = ["mode=profile", "profile.batch_size=2", "profile.seq_len=16", "profile.steps=1",
+                 "profile.warmup_steps=0"]
+
+
+def test_a_profile_measures_the_embedding_its_tokenizer_gives(tmp_path, folders):
+    """mode=profile sizes a random-init embedding to model.tokenizer as training does, and refuses a checkpoint
+    whose embedding it exceeds (training's refusal)."""
+    big = f"model.tokenizer={folders['big-tokenizer']}"
+    result = trained(run(tmp_path / "big", big, *PROFILE_QUICK), 1)
+    small = trained(run(tmp_path / "small", *PROFILE_QUICK), 1)
+    assert result["params"]["total"] - small["params"]["total"] == (600 - 512) * 64 * 2  # embedding and LM head
+    error = refused(run(tmp_path / "checkpoint", "model=tiny-bert", f"model.path={folders['bert-short']}", big,
+                        *PROFILE_QUICK, "profile.objective=seq_cls"), "model.tokenizer")
+    assert "the tokenizer has 600 tokens but the embedding of model.path=" in error
+
+
 def test_a_random_init_embedding_is_sized_to_a_task_of_token_ids(tmp_path):
     result = run(tmp_path / "run", "model.shape.vocab_size=32", "task.vocab_size=64", "task.num_train=64",
                  "task.num_eval=16", "task.max_steps=1")

@@ -74,7 +74,10 @@ def inputs(cfg) -> Inputs:
         head = cfg.profile.objective if cfg.profile.objective != "auto" else (
             "causal_lm" if cfg.model.kind == "decoder" else "seq_cls")
         check_head(cfg.model, config, head)
-        return Inputs(None, None, head, 2, 0, fit_positions(cfg, config, "profile.seq_len"))
+        overrides = fit_positions(cfg, config, "profile.seq_len")
+        if cfg.model.tokenizer:  # the embedding the run would train: sized to it (random init) or checked against it
+            overrides.update(fit_vocab(cfg.model, config, load_tokenizer(cfg.model), None))
+        return Inputs(None, None, head, 2, 0, overrides)
     family = task_class(cfg.task.family)
     check_head(cfg.model, config, family.head)  # the model first: a wrong model is the root cause of the rest
     tokenizer = load_tokenizer(cfg.model) if family.needs_tokenizer else None
@@ -154,9 +157,9 @@ def ensure_pad(mcfg, tokenizer) -> None:
                     "be padded; give a tokenizer that defines one (set tokenizer.pad_token and save_pretrained)")
 
 
-def fit_vocab(mcfg, config, tokenizer, task: Task) -> dict[str, int]:
-    """Embedding rows against the task's token ids: {} when the model's are enough, the vocab_size to
-    build for random init; raises UserError for a checkpoint with too few rows."""
+def fit_vocab(mcfg, config, tokenizer, task: Task | None) -> dict[str, int]:
+    """Embedding rows against the tokenizer's tokens (else the task's token ids): {} when the model's are enough,
+    the vocab_size to build for random init; raises UserError for a checkpoint with too few rows."""
     if tokenizer is not None:
         needed, key, what = len(tokenizer), "model.tokenizer", f"the tokenizer has {len(tokenizer)} tokens"
     else:  # tasks that speak token ids directly (synthetic)
