@@ -12,7 +12,7 @@ the root cause of every later mismatch (an encoder's tokenizer has no EOS for ge
 | model.path / model.package vs random_init     | the given folder is loaded            |                                         |
 | the head the task needs vs the architecture  |                                       | model.path (or hub_id, shape.model_type) |
 | pad token (pad, else eos, else unk)          | random init: a `<pad>` token is added | a checkpoint: model.tokenizer           |
-| token ids vs embedding rows                  | random init: rows sized to the ids    | a checkpoint: model.tokenizer, both sizes |
+| token ids vs embedding rows (mode=profile: model.tokenizer's) | random init: rows sized to the ids | a checkpoint: model.tokenizer, both sizes |
 | task.max_length vs the position table        | random init: table sized to it; a checkpoint: cut to the table | |
 | an encoder-decoder classifier's eos          | appended to each sequence without it (Task.closing_id), a position kept for it | |
 | max_new_tokens vs the position table         | random init: table holds task.max_length + it; longer prompts: cut from the left when generating | a checkpoint: its key, when it fills the table |
