@@ -75,8 +75,7 @@ def validate(overrides: list[str], multirun: bool, folders: list[Path | None] | 
             given = expand(overrides, multirun)
             jobs = [compose("config", overrides=job, return_hydra_config=multirun) for job in given]
             for job, keys in zip(jobs, given):
-                check(job)
-                check_hub_id(job, {key.split("=", 1)[0].lstrip("+~") for key in keys})
+                check(job, keys)
         except UserError as exc:
             return str(exc)
         except (HydraException, OmegaConfBaseException) as exc:
@@ -87,18 +86,6 @@ def validate(overrides: list[str], multirun: bool, folders: list[Path | None] | 
     if folders is not None:
         folders[:] = found
     return problem
-
-
-def check_hub_id(cfg, given: set[str]) -> None:
-    """Refuse (UserError naming model.hub_id) a hub id named on the command line that the run would not load:
-    the model group builds a random-init shape (model=tiny-llama: random_init: true) and model.random_init
-    is not given too. (A model.path or model.package given wins over both: models/loading.py.)"""
-    mcfg = cfg.model
-    if "model.hub_id" in given and "model.random_init" not in given and mcfg.random_init and not (
-            mcfg.path or mcfg.package):
-        raise UserError("model.hub_id", f"model={mcfg.name} builds a random-init shape (model.random_init="
-                        f"true), so {mcfg.hub_id} would not be loaded; add model.random_init=false to load it, "
-                        "or drop model.hub_id")
 
 
 def overrides_in(argv: list[str]) -> list[str]:

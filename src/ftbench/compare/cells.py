@@ -121,7 +121,7 @@ class Composer:
         """The config (a DictConfig) of `ftbench <overrides>` (a run of `arm`), checked."""
         try:
             cfg = compose("config", overrides=overrides)
-            check(cfg)
+            check(cfg, overrides)
         except (HydraException, OmegaConfBaseException) as exc:
             message = explain_compose_error(exc)
             raise UserError(blame(self.spec, arm, message), message) from None

@@ -300,8 +300,9 @@ class Config:
     debug: bool = False
 
 
-def check(cfg: DictConfig) -> None:
-    """Reject well-typed but invalid values with a `UserError` naming the key."""
+def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
+    """Reject well-typed but invalid values with a `UserError` naming the key; `overrides`, the command line's
+    KEY=VALUE list the config was composed with, for the rules on what the user said (`check_given`)."""
     known = {f.name for f in fields(Config)}
     extra = sorted(set(cfg.keys()) - known - {"hydra"})
     if extra:
@@ -313,6 +314,7 @@ def check(cfg: DictConfig) -> None:
         OmegaConf.to_object(cfg[name]).check(name)
     OmegaConf.to_object(cfg.method).check_run(cfg)  # what the method cannot train with, set in other groups
     check_sharding(cfg)
+    check_given(cfg, {override.split("=", 1)[0].lstrip("+~") for override in overrides})
     require(not (cfg.eval.harness.tasks and cfg.hardware.shard == "fsdp"), "eval.harness.tasks",
             "the harness scores the model on rank 0 alone, and hardware.shard=fsdp splits it over the ranks; "
             "export it (train.save=last), then score the export unsharded: model.path=<run>/checkpoint "
@@ -324,6 +326,19 @@ def check(cfg: DictConfig) -> None:
         within.check(cfg, settle(cfg).steps)
     if cfg.task.data_dir is not None and cfg.mode == "train":
         require_kind(cfg.task.data_dir, "folder", "task.data_dir", "point it at the folder holding the data files")
+
+
+def check_given(cfg: DictConfig, given: set[str]) -> None:
+    """Refuse (UserError naming model.hub_id) a hub id the user gave (`given`: the keys set on the command
+    line) that the run would not load: the model group builds a random-init shape (model=tiny-llama:
+    random_init: true) and model.random_init is not given too. (A model.path or model.package given wins
+    over both: models/loading.py.)"""
+    mcfg = cfg.model
+    if "model.hub_id" in given and "model.random_init" not in given and mcfg.random_init and not (
+            mcfg.path or mcfg.package):
+        raise UserError("model.hub_id", f"model={mcfg.name} builds a random-init shape (model.random_init="
+                        f"true), so {mcfg.hub_id} would not be loaded; add model.random_init=false to load it, "
+                        "or drop model.hub_id")
 
 
 def check_numbers(cfg: DictConfig) -> None:

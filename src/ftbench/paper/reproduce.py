@@ -143,7 +143,7 @@ def cells(recipe: Recipe, args: argparse.Namespace) -> list[CellRun]:
                                   "(or --seeds), not as an override")
             try:
                 cfg = compose("config", overrides=overrides)
-                check(cfg)
+                check(cfg, overrides)
             except UserError as exc:
                 raise RecipeError(recipe.path, f"{cell.field} ({cell.id})", str(exc)) from None
             except (HydraException, OmegaConfBaseException) as exc:
