@@ -104,6 +104,9 @@ def test_every_model_carries_its_shape():
     (["model.hub_id=HuggingFaceTB/SmolLM2-135M"], "model.hub_id: model=tiny-llama builds a random-init shape "
      "(model.random_init=true), so HuggingFaceTB/SmolLM2-135M would not be loaded; add model.random_init=false"),
     (["model=tiny-bert", "+model.hub_id=x/y", "task=sst2"], "model.hub_id: model=tiny-bert builds a random-init"),
+    (["optim.weight_decay=1e300"], "optim.weight_decay: 1e+300 at method.lr=0.0001: each step multiplies a weight by "
+                                   "1 - lr x weight_decay = -1e+296, which zeroes or flips it; give optim.weight_decay "
+                                   "below 1e+04"),
     (["optim.lr=1e38"], "optim.lr: a learning rate of 1e+38 overflows the training dtype at the first step: an "
                         "Adam step moves by lr / (1 - optim.betas[0]) = 1e+39"),
 ])

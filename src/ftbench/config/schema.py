@@ -345,7 +345,8 @@ def check_numbers(cfg: DictConfig) -> None:
     """Refuse (`UserError` naming the key) a float anywhere in the config that is not a finite number
     (inf, -inf, nan; in a list, the list's key is named), and a learning rate the optimizer would step
     with that float32 cannot hold (above `FLOAT32_MAX`, or above it once divided by 1 - beta1 as Adam's first
-    step does: each method lists its learning rates, `MethodConfig.learning_rates`)."""
+    step does: each method lists its learning rates, `MethodConfig.learning_rates`), and a weight decay that
+    would zero or flip the weights at one of them (lr x weight_decay >= 1)."""
     groups = {name: OmegaConf.to_container(cfg[name], resolve=True) if OmegaConf.is_config(cfg[name]) else cfg[name]
               for name in cfg.keys() if name != "hydra"}
     for key, value in _leaves(groups, ""):
@@ -356,6 +357,10 @@ def check_numbers(cfg: DictConfig) -> None:
     for key, value in OmegaConf.to_object(cfg.method).learning_rates(settings.owners["lr"], settings.lr).items():
         require(value <= FLOAT32_MAX, key, f"a learning rate of {value:g} overflows the training dtype (float32 "
                 f"holds at most {FLOAT32_MAX:.5g}), so the optimizer cannot step with it; give a smaller one")
+        if value * cfg.optim.weight_decay >= 1:
+            raise UserError("optim.weight_decay", f"{cfg.optim.weight_decay:g} at {key}={value:g}: each step multiplies "
+                            f"a weight by 1 - lr x weight_decay = {1 - value * cfg.optim.weight_decay:.3g}, which "
+                            f"zeroes or flips it; give optim.weight_decay below {1 / value:.3g}")
         require(value / bias_correction <= FLOAT32_MAX, key,
                 f"a learning rate of {value:g} overflows the training dtype at the first step: an Adam step moves "
                 f"by lr / (1 - optim.betas[0]) = {value / bias_correction:.5g}, and float32 holds at most "
