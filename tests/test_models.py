@@ -110,3 +110,32 @@ def test_a_random_init_encoder_decoder_shape_trains(tmp_path, family, task):
     from transformers import AutoModelForSequenceClassification
 
     assert AutoModelForSequenceClassification.from_pretrained(result["export"]["merged"]).config.num_labels == 2
+
+
+@pytest.mark.parametrize("family", sorted(ENCODER_DECODERS))
+def test_an_encoder_decoder_folder_without_a_decoder_start_token_starts_at_the_pad_id(tmp_path, family):
+    """A checkpoint's config.json may set no decoder start token (T5's config declares none, BART's may be null):
+    loaded, it starts its decoder at the pad id, as a random-init shape does (a profile run was rc 1)."""
+    import json
+
+    from transformers import AutoModel
+
+    from ftbench.models.loading import pretrained_config
+
+    AutoModel.from_config(architecture_config(compose("model=tiny-bert", *ENCODER_DECODERS[family]).model)
+                          ).save_pretrained(tmp_path / family)
+    saved = json.loads((tmp_path / family / "config.json").read_text())
+    saved.pop("decoder_start_token_id", None)
+    if family == "bart":  # BART's config declares one (2): null in config.json
+        saved["decoder_start_token_id"] = None
+    (tmp_path / family / "config.json").write_text(json.dumps(saved))
+    args = ["model=minilm", f"model.path={tmp_path / family}", "profile.objective=seq_cls"]
+    config = pretrained_config(compose(*args).model)
+    assert config.decoder_start_token_id == config.pad_token_id is not None
+    result = run(tmp_path / "run", "mode=profile", *args, "profile.batch_size=2", "profile.seq_len=16",
+                 "profile.warmup_steps=1", "profile.steps=1")
+    assert (result["exit_code"], result["status"]) == (0, "ok"), result["error"]
+    (tmp_path / family / "config.json").write_text(json.dumps({**saved, "pad_token_id": None}))
+    with pytest.raises(UserError, match=r"^model.path: the config of .* sets neither decoder_start_token_id nor "
+                                        r"pad_token_id, so its decoder has no start token"):
+        pretrained_config(compose(*args).model)

@@ -171,12 +171,39 @@ def bert_folder(path):  # 32 positions, another width than MiniLM's
                          vocab_size=512, max_position_embeddings=32)).save_pretrained(path)
 
 
-FOLDERS = {"llama": llama_folder, "gpt2": gpt2_folder, "bert": bert_folder}
+def qwen2_folder(path):  # 2 layers, and a layer_types list of 2 in its config.json (the probes build 2 and 3)
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    Qwen2ForCausalLM(Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=512, max_position_embeddings=128,
+                                 tie_word_embeddings=True)).save_pretrained(path)
+
+
+def t5_folder(path):  # its config.json sets decoder_start_token_id, as every T5 checkpoint's does
+    from transformers import T5Config, T5Model
+
+    T5Model(T5Config(d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4, vocab_size=512, pad_token_id=0,
+                     eos_token_id=1, decoder_start_token_id=0)).save_pretrained(path)
+
+
+def bart_folder(path):
+    from transformers import BartConfig, BartModel
+
+    BartModel(BartConfig(d_model=32, encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_layers=2, decoder_layers=2,
+                         encoder_attention_heads=4, decoder_attention_heads=4, vocab_size=512,
+                         max_position_embeddings=64)).save_pretrained(path)
+
+
+FOLDERS = {"llama": llama_folder, "gpt2": gpt2_folder, "bert": bert_folder, "qwen2": qwen2_folder, "t5": t5_folder,
+           "bart": bart_folder}
 
 
 # (model group, folder): a folder model.path names is planned as a run loads it, under a random-init group (its
-# random_init: true is overridden, models/loading.settle_source) or a checkpoint's (MiniLM's package)
-@pytest.mark.parametrize("group,family", [("tiny-llama", "llama"), ("minilm", "bert")])
+# random_init: true is overridden, models/loading.settle_source) or a checkpoint's (MiniLM's package); its
+# per-layer lists follow the probes' layer counts (Qwen2's layer_types); keys of an encoder-decoder's config.json
+# that its family's config does not declare are kept where its model reads them (T5's decoder_start_token_id)
+@pytest.mark.parametrize("group,family", [("tiny-llama", "llama"), ("minilm", "bert"), ("tiny-llama", "qwen2"),
+                                          ("minilm", "t5")])
 def test_a_plan_plans_the_folder_model_path_names(tmp_path, group, family):
     FOLDERS[family](tmp_path / family)
     args = [f"model={group}", f"model.path={tmp_path / family}", "profile.batch_size=2", "profile.seq_len=32"]
@@ -186,6 +213,72 @@ def test_a_plan_plans_the_folder_model_path_names(tmp_path, group, family):
     assert plan["memory"]["breakdown"]["trainable_bytes"] == 4 * real["params"]["trainable"]  # fp32: the folder's
     predicted, traced = plan["memory"]["train_peak_allocated_bytes"], real["memory"]["train_peak_traced_bytes"]
     assert abs(predicted / traced - 1) < 0.03, (predicted, traced)
+
+
+def test_a_plan_plans_a_package_model_whose_config_holds_keys_the_family_lacks(tmp_path):
+    """MiniLM's config.json (an older library's) holds gradient_checkpointing and position_embedding_type, which
+    BERT's config no longer declares: the plan's shape leaves them out, as the model leaves them unread."""
+    args = ["model=minilm", "profile.batch_size=2", "profile.seq_len=16"]
+    real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=1", "profile.steps=1")
+    assert real["status"] == "ok", real["error"]
+    plan = predict(compose("mode=plan", *args))  # probes of a narrower MiniLM (plan.probe_width_divisors)
+    assert plan["memory"]["breakdown"]["trainable_bytes"] == pytest.approx(4 * real["params"]["trainable"], rel=1e-4)
+    predicted, traced = plan["memory"]["train_peak_allocated_bytes"], real["memory"]["train_peak_traced_bytes"]
+    assert abs(predicted / traced - 1) < 0.03, (predicted, traced)
+
+
+# A list with one entry per layer (models/architecture.per_layer_fields) follows a probe's layer count, its
+# pattern kept: (family, config values of a 4-layer model, its per-layer lists)
+PER_LAYER = [
+    pytest.param("qwen2", {"use_sliding_window": True, "sliding_window": 16, "max_window_layers": 2},
+                 ["layer_types"], id="qwen2"),
+    pytest.param("gemma3_text", {"sliding_window_pattern": 2, "sliding_window": 16, "head_dim": 8}, ["layer_types"],
+                 id="gemma3-pattern"),
+    pytest.param("smollm3", {"no_rope_layer_interval": 2}, ["no_rope_layers"], id="smollm3-no-rope"),
+]
+
+
+@pytest.mark.parametrize("family,values,fields", PER_LAYER)
+def test_a_probe_shape_keeps_one_entry_per_layer_of_every_per_layer_list(tmp_path, family, values, fields):
+    from transformers import CONFIG_MAPPING
+
+    from ftbench.models.loading import architecture_config, config_shape
+    from ftbench.plan.probe import probe_model_config
+
+    real = CONFIG_MAPPING[family](hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                                  num_key_value_heads=2, vocab_size=512, **values)
+    assert all(len(set(getattr(real, name))) == 2 for name in fields)  # two kinds of layer: a pattern to keep
+    mcfg = compose("model=tiny-llama", f"model.path={tmp_path}").model  # the shape read from a checkpoint
+    mcfg.shape = config_shape(real)
+    for layers in (1, 3, 6):  # fewer layers than the model, and more (a probe of a 2-layer model has 3)
+        config = architecture_config(probe_model_config(mcfg, layers, 1))
+        assert config.num_hidden_layers == layers
+        for name in fields:
+            assert getattr(config, name) == [getattr(real, name)[i % 4] for i in range(layers)], name
+
+
+# A plan refuses what its profile run refuses, with the same line on the same key (job/preflight.py
+# check_profiled): an encoder-decoder folder under a causal-LM objective (the default model group's), an
+# encoder asked for a causal LM
+PROFILE_REFUSALS = [
+    pytest.param(["model.path={tmp_path}/t5"], "model.path: model.path=", id="t5-folder-causal-lm"),
+    pytest.param(["model.path={tmp_path}/bart"], "model.path: model.path=", id="bart-folder-causal-lm"),
+    pytest.param(["model=minilm", "profile.objective=causal_lm"], "model.package: model.package=", id="package"),
+    pytest.param(["model=tiny-bert", "profile.objective=causal_lm"], "model.shape.model_type: the random-init",
+                 id="random-init-encoder"),
+]
+
+
+@pytest.mark.parametrize("overrides,refusal", PROFILE_REFUSALS)
+def test_a_plan_refuses_what_its_profile_run_refuses(tmp_path, overrides, refusal):
+    for family in ("t5", "bart"):
+        FOLDERS[family](tmp_path / family)
+    args = [o.format(tmp_path=tmp_path) for o in overrides] + ["profile.batch_size=2", "profile.seq_len=16"]
+    real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=1", "profile.steps=1")
+    code = run_job(compose("mode=plan", *args), tmp_path / "plan")
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    assert (real["exit_code"], code, plan["status"]) == (2, 2, "failed")
+    assert plan["error"] == real["error"] and plan["error"].startswith(refusal), plan["error"]
 
 
 # Encoder-decoder shapes given as a tiny-bert shape of another family: the planner reads depths and widths under

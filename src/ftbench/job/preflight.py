@@ -17,7 +17,7 @@ the root cause of every later mismatch (an encoder's tokenizer has no EOS for ge
 | an encoder-decoder classifier's eos          | appended to each sequence without it (Task.closing_id), a position kept for it | |
 | max_new_tokens vs the position table         | random init: table holds task.max_length + it; longer prompts: cut from the left when generating | a checkpoint: its key, when it fills the table |
 | profile.seq_len vs the position table        | random init: table sized to it        | a checkpoint: profile.seq_len           |
-| (a plan: the same, against its model)        |                                       |                                         |
+| (a plan: its profile run's checks, against the model it plans: `planned_model`) | | (the same keys)   |
 | held-out set, decoding lengths, selection    |                                       | task.*, train.select_metric             |
 """
 
@@ -35,6 +35,7 @@ from ftbench.errors import UserError
 from ftbench.models.architecture import closing_token
 from ftbench.models.loading import (
     architecture_config,
+    config_shape,
     describe,
     load_tokenizer,
     local_source,
@@ -71,13 +72,7 @@ def inputs(cfg) -> Inputs:
     settle_source(cfg.model)
     config = model_config(cfg.model)
     if cfg.mode == "profile":
-        head = cfg.profile.objective if cfg.profile.objective != "auto" else (
-            "causal_lm" if cfg.model.kind == "decoder" else "seq_cls")
-        check_head(cfg.model, config, head)
-        overrides = fit_positions(cfg, config, "profile.seq_len")
-        if cfg.model.tokenizer:  # the embedding the run would train: sized to it (random init) or checked against it
-            overrides.update(fit_vocab(cfg.model, config, load_tokenizer(cfg.model), None))
-        return Inputs(None, None, head, 2, 0, overrides)
+        return Inputs(None, None, profile_head(cfg), 2, 0, check_profiled(cfg, config))
     family = task_class(cfg.task.family)
     check_head(cfg.model, config, family.head)  # the model first: a wrong model is the root cause of the rest
     tokenizer = load_tokenizer(cfg.model) if family.needs_tokenizer else None
@@ -106,6 +101,41 @@ def cut_length_refusal(exc: UserError, asked: int, cfg) -> UserError:
     what = exc.reason.split("; ")[0]  # the task's finding, without its advice to raise task.max_length
     return UserError("task.max_length", f"{what}: task.max_length={asked} was cut to the {cut} positions of "
                      f"{describe(cfg.model)}; use shorter examples or a model with a longer position table")
+
+
+def profile_head(cfg) -> str:
+    """The head a profile run (and its plan) trains: profile.objective, else (auto) the model group's kind's."""
+    if cfg.profile.objective != "auto":
+        return cfg.profile.objective
+    return "causal_lm" if cfg.model.kind == "decoder" else "seq_cls"
+
+
+def check_profiled(cfg, config) -> dict[str, int]:
+    """What a profile run checks of its model, and a plan of the same run (`planned_model`): the head against
+    the architecture, profile.seq_len against the position table (fit_positions), and a model.tokenizer given
+    against the embedding (fit_vocab: the embedding the run would train); the random-init overrides returned."""
+    check_head(cfg.model, config, profile_head(cfg))
+    overrides = fit_positions(cfg, config, "profile.seq_len")
+    if cfg.model.tokenizer:
+        overrides.update(fit_vocab(cfg.model, config, load_tokenizer(cfg.model), None))
+    return overrides
+
+
+def planned_model(cfg) -> None:
+    """What a plan (mode=plan) settles before its probes: the model it plans, checked as its profile run checks
+    it (`check_profiled`: the same refusals, on the same keys). A folder the user names (model.path,
+    model.package: its config.json, read locally) is planned as a run loads it, its config written into
+    model.shape (the probes build that shape at random init, `config_shape`); else model.shape (a plan
+    downloads nothing). A random-init shape's position table is sized to profile.seq_len in place (model.shape)."""
+    mcfg = cfg.model
+    settle_source(mcfg)
+    local = not mcfg.random_init and bool(mcfg.path or mcfg.package)
+    config = pretrained_config(mcfg) if local else architecture_config(mcfg)
+    rows = check_profiled(cfg, config)
+    if local:
+        mcfg.shape = config_shape(config)
+    for name, value in rows.items():
+        mcfg.shape[name] = value
 
 
 def model_config(mcfg):

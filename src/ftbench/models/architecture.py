@@ -15,7 +15,7 @@ From a loaded model (an `nn.Module`, usually a Hugging Face transformers model)
 - the attention and MLP *projections* of each block, by role.
 
 From a config (a named shape or a checkpoint's) it knows the fields that size a model (`SIZES`:
-each a positive integer, `bad_size`).
+each a positive integer, `bad_size`), and those that hold one entry per layer (`per_layer_fields`).
 
 Only the roles need a table, because a module's role cannot be read off its
 shape (BERT's four attention linears all map hidden -> hidden; BART registers
@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cache
 
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 
 from ftbench.errors import UserError
@@ -107,6 +109,26 @@ SIZES = frozenset({
 DEPTHS = ("num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers", "encoder_layers", "decoder_layers")
 FFN_WIDTHS = ("intermediate_size", "n_inner", "d_ff", "encoder_ffn_dim", "decoder_ffn_dim")
 WIDTHS = ("hidden_size", "n_embd", "d_model", *FFN_WIDTHS, "head_dim", "d_kv", "vocab_size")
+
+
+# What a family's config raises when its defaults cannot be built at another depth (fields of a fixed length,
+# a depth set by other fields: Funnel's block_sizes).
+DEFAULTS_ERRORS = (StrictDataclassError, ValueError, TypeError, KeyError, RuntimeError)
+
+
+@cache
+def per_layer_fields(model_type: str) -> frozenset[str]:
+    """The config fields of a family that hold one entry per layer of its num_hidden_layers stack (layer_types,
+    mlp_layer_types, no_rope_layers, layer_rope_theta, ...): the lists its config derives to as many entries as
+    layers, read from its defaults at two depths; none where they cannot be built so (DEFAULTS_ERRORS)."""
+    from transformers import CONFIG_MAPPING
+
+    try:
+        two, three = (CONFIG_MAPPING[model_type](num_hidden_layers=n).to_dict() for n in (2, 3))
+    except DEFAULTS_ERRORS:
+        return frozenset()
+    return frozenset(name for name, value in two.items() if isinstance(value, list) and len(value) == 2
+                     and isinstance(three.get(name), list) and len(three[name]) == 3)
 
 
 def bad_size(values) -> str | None:

@@ -124,8 +124,10 @@ def architecture_config(mcfg, **overrides):
 
     Raises UserError naming model.shape.<field> (model.shape when the library refuses a combination of
     fields) for an unknown architecture or field, a size that is not a positive integer (SIZES), or any
-    value the library's config refuses, with the library's reason. An encoder-decoder shape whose family sets
-    no decoder start token (T5) starts its decoder at the pad id, as the family's checkpoints do."""
+    value the library's config refuses, with the library's reason. A field the family's config does not
+    declare is refused in a shape written by hand only: with model.path or model.package the shape is that
+    checkpoint's config (job/preflight.py `planned_model`, `config_shape`), which may hold such fields. An
+    encoder-decoder's decoder start token follows `start_decoder`."""
     from omegaconf import DictConfig, OmegaConf
     from transformers import CONFIG_MAPPING, AutoConfig
 
@@ -134,8 +136,9 @@ def architecture_config(mcfg, **overrides):
     if model_type not in CONFIG_MAPPING:
         raise UserError("model.shape.model_type", f"unknown architecture '{model_type}'")
     defaults = CONFIG_MAPPING[model_type]()
+    read = bool(mcfg.path or mcfg.package)  # the shape of a checkpoint's config.json, not one written by hand
     for key in shape:
-        if not hasattr(defaults, key):
+        if not read and not hasattr(defaults, key):
             raise UserError(f"model.shape.{key}", f"not a field of the {model_type} config")
     field = bad_size(shape)
     if field is not None:
@@ -145,10 +148,20 @@ def architecture_config(mcfg, **overrides):
         config = AutoConfig.for_model(model_type, **{**shape, **overrides})
     except SHAPE_ERRORS as exc:
         raise shape_error(mcfg, exc) from exc
-    if config.is_encoder_decoder and getattr(config, "decoder_start_token_id", None) is None:
-        # T5's family sets no default: its checkpoints start the decoder at the pad id (t5-small's config.json)
-        config.decoder_start_token_id = config.pad_token_id
+    start_decoder(config, "model.shape.decoder_start_token_id", f"the {model_type} shape")
     return config
+
+
+def start_decoder(config, key: str, what: str) -> None:
+    """An encoder-decoder whose config sets no decoder start token (T5's family has no default, a checkpoint's
+    config.json may lack one) starts its decoder at the pad id, as the family's checkpoints do (t5-small's
+    config.json). Raises UserError naming `key` when it sets no pad id either (`what`: the model in words)."""
+    if not config.is_encoder_decoder or getattr(config, "decoder_start_token_id", None) is not None:
+        return
+    if config.pad_token_id is None:
+        raise UserError(key, f"{what} sets neither decoder_start_token_id nor pad_token_id, so its decoder has no "
+                        "start token; give it a decoder_start_token_id (T5's checkpoints use their pad id, 0)")
+    config.decoder_start_token_id = config.pad_token_id
 
 
 def shape_error(mcfg, exc: BaseException) -> UserError:
@@ -171,7 +184,8 @@ NOT_SHAPE = ("architectures", "_name_or_path", "transformers_version", "dtype", 
 
 def config_shape(config) -> dict:
     """A checkpoint's config as a model.shape that architecture_config builds again: its model_type and the
-    fields that differ from the family's defaults (not NOT_SHAPE)."""
+    fields that differ from the family's defaults (not NOT_SHAPE), those its family's config does not declare
+    included (T5's decoder_start_token_id, MiniLM's gradient_checkpointing: a model may read them)."""
     values = config.to_diff_dict()
     return {"model_type": config.model_type, **{k: v for k, v in values.items()
                                                  if k not in NOT_SHAPE and k != "model_type"}}
@@ -181,7 +195,8 @@ def pretrained_config(mcfg):
     """The architecture config of a checkpoint (no weights), from model.path, model.package or model.hub_id.
 
     Raises UserError naming that key, the library's reason and the fix when it cannot be read or the library
-    refuses it, or when it sets a size (SIZES) below 1."""
+    refuses it, or when it sets a size (SIZES) below 1. An encoder-decoder's decoder start token follows
+    `start_decoder`, as a random-init shape's does."""
     from transformers import AutoConfig
 
     source = local_source(mcfg) or mcfg.hub_id
@@ -194,6 +209,7 @@ def pretrained_config(mcfg):
     if field is not None:
         raise UserError(source_key(mcfg), f"the config of {source} sets {field}={values[field]!r}, but a size must "
                         "be a positive integer; fix its config.json or give a folder written by save_pretrained")
+    start_decoder(config, source_key(mcfg), f"the config of {source}")
     return config
 
 

@@ -1,5 +1,5 @@
 """The position table: the longest sequence a model's config holds, and the one rule every entry applies
-to a sequence longer than that (a run's preflight, job/preflight.py, and a plan, before its probes).
+to a sequence longer than that (a run's preflight and a plan's, before its probes: job/preflight.py).
 
 A random-init table is sized to the sequences (one log line); a checkpoint's cuts task.max_length
 (one log line) and refuses a longer profile.seq_len (`UserError`, exit 2). Generation adds its answer
@@ -17,13 +17,7 @@ import logging
 from omegaconf import OmegaConf
 
 from ftbench.errors import UserError
-from ftbench.models.loading import (
-    architecture_config,
-    config_shape,
-    describe,
-    pretrained_config,
-    settle_source,
-)
+from ftbench.models.loading import describe
 
 log = logging.getLogger(__name__)
 
@@ -84,21 +78,3 @@ def prompt_room(config, new_tokens: int) -> int | None:
     """The longest prompt the position table holds before `new_tokens` generated ones (None: no limit)."""
     limit = position_limit(config)
     return None if limit is None else limit - new_tokens
-
-
-def fit_planned_positions(cfg) -> None:
-    """What a plan (mode=plan) settles before its probes: the model it plans, and profile.seq_len against its
-    position table by the rule of `fit_positions`. A folder the user names (model.path, model.package: its
-    config.json, read locally) is planned as a run loads it, its config written into model.shape (the probes
-    build that shape at random init); else model.shape (a plan downloads nothing). A random-init shape's table
-    is sized to the length in place (model.shape); raises UserError on profile.seq_len when a checkpoint's
-    table is shorter."""
-    mcfg = cfg.model
-    settle_source(mcfg)
-    local = not mcfg.random_init and bool(mcfg.path or mcfg.package)
-    config = pretrained_config(mcfg) if local else architecture_config(mcfg)
-    rows = fit_positions(cfg, config, "profile.seq_len")
-    if local:
-        mcfg.shape = config_shape(config)
-    for name, value in rows.items():
-        mcfg.shape[name] = value

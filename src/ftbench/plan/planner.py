@@ -47,10 +47,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ftbench.engine.hardware import Hardware, split_batch
-from ftbench.errors import UserError
+from ftbench.job.preflight import planned_model, profile_head
 from ftbench.models.architecture import FFN_WIDTHS
 from ftbench.models.loading import architecture_config
-from ftbench.models.positions import fit_planned_positions
 from ftbench.plan.extrapolate import (
     Step,
     at_full_width,
@@ -160,8 +159,7 @@ def target(cfg: DictConfig) -> Target:
     cap = None if hcfg.max_micro_batch_size == "auto" else hcfg.max_micro_batch_size
     hw = Hardware(torch.device("cuda" if gpu else "cpu"), precision, checkpointing, cap,
                   hcfg.attn_implementation, hcfg.pad_to_multiple_of)
-    head = cfg.profile.objective if cfg.profile.objective != "auto" else (
-        "causal_lm" if cfg.model.kind == "decoder" else "seq_cls")
+    head = profile_head(cfg)
     micro, accumulation = split_batch(cfg.profile.batch_size, cap)
     config = architecture_config(cfg.model)  # every family's sizes under the common names (attribute_map)
     return Target(hw=hw, gpu=gpu, head=head, layers=int(config.num_hidden_layers), micro_batch=micro,
@@ -315,14 +313,12 @@ def budget(cfg: DictConfig, tgt: Target) -> tuple[int | None, int | None]:
 
 def predict(cfg: DictConfig) -> dict:
     """The plan of one run: plan.json's content (result.json's memory field names). Raises UserError
-    before any probe: naming model.path / model.package when its config cannot be read,
-    model.shape[.<field>] when transformers cannot build the shape, on
-    profile.seq_len over a checkpoint's position table (a random-init shape's is sized to it in
-    model.shape: models/positions.py), and on profile.objective=causal_lm for an encoder."""
-    fit_planned_positions(cfg)  # the planned model: model.path's config, else the shape's (models/positions.py)
+    before any probe where its profile run would refuse the model (job/preflight.py `planned_model`, the same
+    line): naming model.path / model.package when its config cannot be read or the model cannot carry the
+    head, model.shape[.<field>] when transformers cannot build the shape, and on profile.seq_len over a
+    checkpoint's position table (a random-init shape's is sized to it in model.shape)."""
+    planned_model(cfg)  # the planned model: model.path's config, else the shape's
     tgt = target(cfg)
-    if tgt.head == "causal_lm" and cfg.model.kind != "decoder":
-        raise UserError("profile.objective", "causal_lm needs a decoder model")
     the_fit = plan_fit(cfg, tgt)
     timeline = on_device(the_fit, tgt, tgt.micro_batch)
     top, phase, op = peak(timeline)

@@ -41,7 +41,7 @@ from ftbench.measure.meters import (
 from ftbench.measure.trace import LiveTensorPeak
 from ftbench.methods import build_method
 from ftbench.methods.base import MethodContext, optimizer_for, scheduler_for
-from ftbench.models.architecture import DEPTHS, WIDTHS, closing_token
+from ftbench.models.architecture import DEPTHS, WIDTHS, closing_token, per_layer_fields
 from ftbench.models.loading import architecture_config, configure_model, load_model
 
 PHASES = ("forward", "backward", "optimizer step")
@@ -114,13 +114,18 @@ def probe_model_config(mcfg: DictConfig, layers: int, width_div: int) -> DictCon
     """The model config of a probe: `layers` layers, widths divided by `width_div`. Fields are read from the
     shape's transformers config under the family's own names (architecture.DEPTHS, WIDTHS): every stack as
     deep as the model (`num_hidden_layers`) gets `layers`; another stack keeps its own depth (a decoder
-    deeper than its encoder: its bytes are then part of the constant, exactly)."""
+    deeper than its encoder: its bytes are then part of the constant, exactly). A list with one entry per
+    layer of that stack (architecture.per_layer_fields: Qwen2's layer_types) follows: its first `layers`
+    entries, repeated from the start where the probe is deeper than the model."""
     config = architecture_config(mcfg)
     values = config.to_dict()
+    depth = config.num_hidden_layers
     shrunk = OmegaConf.to_container(mcfg, resolve=True)
     shape = {config.attribute_map.get(k, k): v for k, v in shrunk["shape"].items()}  # e.g. T5's num_layers
-    shape.update({name: layers if values[name] == config.num_hidden_layers else values[name]  # pinned: not derived
+    shape.update({name: layers if values[name] == depth else values[name]  # pinned: not derived
                   for name in DEPTHS if isinstance(values.get(name), int)})
+    shape.update({name: [values[name][i % depth] for i in range(layers)] for name in per_layer_fields(config.model_type)
+                  if isinstance(values.get(name), list) and len(values[name]) == depth})
     if width_div > 1:
         shape.update({name: max(1, round(values[name] / width_div)) for name in WIDTHS
                       if isinstance(values.get(name), int)})
