@@ -33,15 +33,14 @@ from omegaconf import OmegaConf
 from ftbench.config.knobs import decoding as decoding_knobs
 from ftbench.errors import UserError
 from ftbench.models.architecture import closing_token
+from ftbench.models.fit import check_head, check_profiled, fit_vocab, profile_head
 from ftbench.models.loading import (
     architecture_config,
-    config_shape,
     describe,
     load_tokenizer,
     local_source,
     pretrained_config,
     settle_source,
-    source_key,
 )
 from ftbench.models.positions import fit_positions
 from ftbench.tasks import build_task, task_class
@@ -103,41 +102,6 @@ def cut_length_refusal(exc: UserError, asked: int, cfg) -> UserError:
                      f"{describe(cfg.model)}; use shorter examples or a model with a longer position table")
 
 
-def profile_head(cfg) -> str:
-    """The head a profile run (and its plan) trains: profile.objective, else (auto) the model group's kind's."""
-    if cfg.profile.objective != "auto":
-        return cfg.profile.objective
-    return "causal_lm" if cfg.model.kind == "decoder" else "seq_cls"
-
-
-def check_profiled(cfg, config) -> dict[str, int]:
-    """What a profile run checks of its model, and a plan of the same run (`planned_model`): the head against
-    the architecture, profile.seq_len against the position table (fit_positions), and a model.tokenizer given
-    against the embedding (fit_vocab: the embedding the run would train); the random-init overrides returned."""
-    check_head(cfg.model, config, profile_head(cfg))
-    overrides = fit_positions(cfg, config, "profile.seq_len")
-    if cfg.model.tokenizer:
-        overrides.update(fit_vocab(cfg.model, config, load_tokenizer(cfg.model), None))
-    return overrides
-
-
-def planned_model(cfg) -> None:
-    """What a plan (mode=plan) settles before its probes: the model it plans, checked as its profile run checks
-    it (`check_profiled`: the same refusals, on the same keys). A folder the user names (model.path,
-    model.package: its config.json, read locally) is planned as a run loads it, its config written into
-    model.shape (the probes build that shape at random init, `config_shape`); else model.shape (a plan
-    downloads nothing). A random-init shape's position table is sized to profile.seq_len in place (model.shape)."""
-    mcfg = cfg.model
-    settle_source(mcfg)
-    local = not mcfg.random_init and bool(mcfg.path or mcfg.package)
-    config = pretrained_config(mcfg) if local else architecture_config(mcfg)
-    rows = check_profiled(cfg, config)
-    if local:
-        mcfg.shape = config_shape(config)
-    for name, value in rows.items():
-        mcfg.shape[name] = value
-
-
 def model_config(mcfg):
     """The architecture config: the named shape for random init, else the checkpoint's config.json."""
     return architecture_config(mcfg) if mcfg.random_init else pretrained_config(mcfg)
@@ -148,29 +112,6 @@ def answer_length(cfg) -> tuple[str, int] | None:
     if not OmegaConf.to_object(cfg.task).generates():
         return None
     return decoding_knobs(cfg.eval.num_beams, cfg.eval.max_new_tokens, cfg.task)["max_new_tokens"]
-
-
-def check_head(mcfg, config, head: str) -> None:
-    """Refuse a model that cannot carry the head the run needs (e.g. an encoder-decoder in a causal-LM run)."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-    )
-
-    key = "model.shape.model_type" if mcfg.random_init else source_key(mcfg)
-    kind = config.model_type
-    if head == "causal_lm":
-        fix = ("causal-LM runs (generative tasks, mode=profile with a decoder) need a decoder-only model such as "
-               "model=tiny-llama; for a classifier use a GLUE task (or profile.objective=seq_cls)")
-        if getattr(config, "is_encoder_decoder", False):
-            raise UserError(key, f"{describe(mcfg)} is an encoder-decoder ({kind}); {fix}")
-        encoder_only = kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
-        if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or encoder_only:
-            raise UserError(key, f"{describe(mcfg)} is not a decoder-only model ({kind}); {fix}")
-    elif kind not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
-        raise UserError(key, f"{describe(mcfg)} ({kind}) has no sequence-classification head in transformers; "
-                        "give a model that has one (e.g. model=minilm, roberta-base, tiny-llama)")
 
 
 def ensure_pad(mcfg, tokenizer) -> None:
@@ -185,25 +126,6 @@ def ensure_pad(mcfg, tokenizer) -> None:
     where = mcfg.tokenizer or local_source(mcfg) or mcfg.hub_id
     raise UserError("model.tokenizer", f"the tokenizer of {where} has no pad, eos or unk token, so batches cannot "
                     "be padded; give a tokenizer that defines one (set tokenizer.pad_token and save_pretrained)")
-
-
-def fit_vocab(mcfg, config, tokenizer, task: Task | None) -> dict[str, int]:
-    """Embedding rows against the tokenizer's tokens (else the task's token ids): {} when the model's are enough,
-    the vocab_size to build for random init; raises UserError for a checkpoint with too few rows."""
-    if tokenizer is not None:
-        needed, key, what = len(tokenizer), "model.tokenizer", f"the tokenizer has {len(tokenizer)} tokens"
-    else:  # tasks that speak token ids directly (synthetic)
-        needed = 1 + max((max(e["input_ids"]) for e in task.train_examples() if e["input_ids"]), default=-1)
-        key = "task.vocab_size" if hasattr(task.cfg, "vocab_size") else "task"
-        what = f"the task uses token ids up to {needed - 1}"
-    rows = config.vocab_size
-    if needed <= rows:
-        return {}
-    if mcfg.random_init:
-        log.warning("%s but model.shape.vocab_size=%d: the random-init embedding gets %d rows", what, rows, needed)
-        return {"vocab_size": needed}
-    raise UserError(key, f"{what} but the embedding of {describe(mcfg)} has {rows} rows; give the model's own "
-                    "tokenizer (model.tokenizer=null) or a model whose vocabulary covers it")
 
 
 def check_plan(cfg, task: Task) -> None:

@@ -126,7 +126,7 @@ def architecture_config(mcfg, **overrides):
     fields) for an unknown architecture or field, a size that is not a positive integer (SIZES), or any
     value the library's config refuses, with the library's reason. A field the family's config does not
     declare is refused in a shape written by hand only: with model.path or model.package the shape is that
-    checkpoint's config (job/preflight.py `planned_model`, `config_shape`), which may hold such fields. An
+    checkpoint's config (models/fit.py `planned_model`, `config_shape`), which may hold such fields. An
     encoder-decoder's decoder start token follows `start_decoder`."""
     from omegaconf import DictConfig, OmegaConf
     from transformers import CONFIG_MAPPING, AutoConfig

@@ -47,8 +47,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ftbench.engine.hardware import Hardware, split_batch
-from ftbench.job.preflight import planned_model, profile_head
 from ftbench.models.architecture import FFN_WIDTHS
+from ftbench.models.fit import planned_model, profile_head
 from ftbench.models.loading import architecture_config
 from ftbench.plan.extrapolate import (
     Step,
@@ -313,7 +313,7 @@ def budget(cfg: DictConfig, tgt: Target) -> tuple[int | None, int | None]:
 
 def predict(cfg: DictConfig) -> dict:
     """The plan of one run: plan.json's content (result.json's memory field names). Raises UserError
-    before any probe where its profile run would refuse the model (job/preflight.py `planned_model`, the same
+    before any probe where its profile run would refuse the model (models/fit.py `planned_model`, the same
     line): naming model.path / model.package when its config cannot be read or the model cannot carry the
     head, model.shape[.<field>] when transformers cannot build the shape, and on profile.seq_len over a
     checkpoint's position table (a random-init shape's is sized to it in model.shape)."""
