@@ -15,6 +15,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from ftbench.errors import UserError
 from ftbench.job import preflight
+from ftbench.models.fit import planned_model
 from ftbench.models.loading import byte_level_tokenizer, load_model, load_tokenizer
 from ftbench.tasks import build_task
 from helpers import compose, run
@@ -231,8 +232,8 @@ PROFILE_QUICK = ["mode=profile", "profile.batch_size=2", "profile.seq_len=16", "
 
 
 def test_a_profile_measures_the_embedding_its_tokenizer_gives(tmp_path, folders):
-    """mode=profile sizes a random-init embedding to model.tokenizer as training does, and refuses a checkpoint
-    whose embedding it exceeds (training's refusal)."""
+    """mode=profile (and its plan) sizes a random-init embedding to model.tokenizer as training does, and refuses
+    a checkpoint whose embedding it exceeds (training's refusal)."""
     big = f"model.tokenizer={folders['big-tokenizer']}"
     result = trained(run(tmp_path / "big", big, *PROFILE_QUICK), 1)
     small = trained(run(tmp_path / "small", *PROFILE_QUICK), 1)
@@ -240,6 +241,9 @@ def test_a_profile_measures_the_embedding_its_tokenizer_gives(tmp_path, folders)
     error = refused(run(tmp_path / "checkpoint", "model=tiny-bert", f"model.path={folders['bert-short']}", big,
                         *PROFILE_QUICK, "profile.objective=seq_cls"), "model.tokenizer")
     assert "the tokenizer has 600 tokens but the embedding of model.path=" in error
+    planned = compose(big, "mode=plan", "profile.seq_len=16")  # its plan plans the same embedding
+    planned_model(planned)
+    assert planned.model.shape.vocab_size == 600
 
 
 def test_a_random_init_embedding_is_sized_to_a_task_of_token_ids(tmp_path):
