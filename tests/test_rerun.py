@@ -110,6 +110,29 @@ def test_a_run_killed_in_its_final_evaluation_resumes_to_an_evaluation_only(tmp_
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-2"]
 
 
+def test_a_run_killed_in_a_validation_resumes_into_it_without_training_again(tmp_path, monkeypatch):
+    """SIGKILL inside step 1's validation: step 1's checkpoint is already written (its validation pending), so
+    the same command resumes from it, validates and trains step 2 only; a checkpoint folder half-written by a
+    killed attempt is removed when the next one is written."""
+    import torch
+
+    from ftbench.tasks.synthetic import SyntheticTask
+
+    command = [*STEPS, "train.checkpoint_every=1", "eval.every_steps=1"]
+    run_dir = tmp_path / "run"
+    killed_in_a_child(run_dir, command, lambda: monkeypatch.setattr(
+        SyntheticTask, "validate", lambda *a: os.kill(os.getpid(), signal.SIGKILL)))
+    state = torch.load(run_dir / "checkpoints" / "step-1" / "state.pt", weights_only=False)
+    assert state["log"]["pending_eval"] and state["validations"] == []
+    (run_dir / "checkpoints" / ".step-2.0123abcd").mkdir()  # as a kill while writing step 2's leaves it
+
+    again = run(run_dir, *command)
+    assert again["status"] == "ok" and again["resumed_from"]["steps_before"] == 1
+    assert [step for step, _ in again["train"]["loss_curve"]] == [1, 2]  # step 1 from the checkpoint, not again
+    assert [v["step"] for v in again["validation_history"]] == [1, 2]  # step 1 validated once, on the rerun
+    assert not list((run_dir / "checkpoints").glob(".step-*"))  # the half-written one is gone
+
+
 def test_following_a_broken_checkpoints_advice_resumes_from_the_older_one(tmp_path, capsys):
     """The newest checkpoint is truncated: the attempt is refused in its set-up (exit 2, one line). Its
     advice, train.resume=<the older one>, then resumes from that one; nothing was moved aside."""

@@ -198,11 +198,14 @@ def train(trainee: Trainee, batches: Iterator[dict], spec: TrainSpec, compute: C
             # the last step's validation is the job's (Evaluation.final), after the loop
             if evaluate and spec.eval_every and (step + 1) % spec.eval_every == 0 and step + 1 < spec.steps:
                 history.pending_eval = True
-                if not stop.requested:
-                    validate_pending()
             stop.requested = sync.any(stop.requested)  # every rank stops (and checkpoints) at the same step
-            if checkpoint:
+            if checkpoint:  # before the step's validation, which it holds pending: a run killed in it resumes there
                 checkpoint(history, stop.requested)
+            if history.pending_eval and not stop.requested:
+                validate_pending()
+                stop.requested = sync.any(stop.requested)
+                if stop.requested and checkpoint:  # stopped in the validation: the step's checkpoint, if not due
+                    checkpoint(history, True)
         if stop.requested:
             raise KeyboardInterrupt(stop.reason)
     progress.close()

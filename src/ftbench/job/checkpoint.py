@@ -196,6 +196,8 @@ class Checkpointer:
 
         started = time.perf_counter()
         self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.glob(f".{PREFIX}*"):  # half-written by an attempt killed while writing
+            shutil.rmtree(stale)
         temp = files.temp_dir(self.folder, f".{PREFIX}{log.steps}.")
         save_file(self.method.snapshot(self.model), str(temp / "trainable.safetensors"))
         entry = {"step": log.steps, "path": str(self.folder / f"{PREFIX}{log.steps}")}
