@@ -114,9 +114,9 @@ def test_auto_takes_the_training_micro_batch_from_the_planner(tmp_path, monkeypa
         probed.append(args[6] if len(args) > 6 else kwargs.get("what", "training"))
         return real_fit(*args, **kwargs)
 
-    def three(the_fit, tgt, budget):
+    def three(the_fit, tgt, budget, most):
         budgets.append(budget)
-        assert real_largest(the_fit, tgt, budget) >= 16  # this machine holds a tiny model's batch
+        assert most == 16 and real_largest(the_fit, tgt, budget, most) == 16  # this machine holds a tiny model's batch
         return 3
 
     monkeypatch.setattr(micro_batch, "batch_fit", spy_fit)

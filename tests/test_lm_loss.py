@@ -38,12 +38,13 @@ def grads_of(model, loss) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("model_type,tied", [*((t, False) for t in sorted(PLAIN_LM_HEAD)), ("llama", True)])
 @pytest.mark.parametrize("chunk_tokens", [1, 5, 26, 1000])  # one token, uneven chunks, exact, one chunk
-def test_chunked_loss_equals_the_models_loss_and_gradients(model_type, tied, chunk_tokens):
+@pytest.mark.parametrize("whole_chunks", [False, True], ids=["as-run", "whole"])  # whole: the planner's probes
+def test_chunked_loss_equals_the_models_loss_and_gradients(model_type, tied, chunk_tokens, whole_chunks):
     model = causal_lm(model_type, tied=tied)
     batch = prompt_masked_batch()
     reference = model_loss(model, batch)
     expected = grads_of(model, reference)
-    chunked = chunked_causal_lm_loss(model, batch, chunk_tokens)
+    chunked = chunked_causal_lm_loss(model, batch, chunk_tokens, whole_chunks)
     torch.testing.assert_close(chunked, reference)
     got = grads_of(model, chunked)
     assert got.keys() == expected.keys()

@@ -77,6 +77,26 @@ def test_plan_from_fewer_layers_predicts_the_traced_peak(tmp_path, stack, method
     assert max(p["layers"] for p in plan["plan"]["probes"]) < plan["plan"]["layers"]  # made from fewer layers
 
 
+# A causal LM's micro-batch over train.loss_chunk_tokens: the loss's largest chunk holds loss_chunk_tokens' logits
+# whatever the micro-batch, and runs behind the LM head's gradient the chunks before it left (not checkpointed: the
+# loss's share of the peak is large). Two chunks of 128 tokens (probed at 3 and 4 sequences, two chunks each; probes
+# of 2 and 3, one chunk and two, planned -9 %), and eight chunks of 64 from 4 layers (probed at 5 and 6 sequences,
+# three chunks each, 2 and 3 layers; probes of 2 and 3 sequences planned +6 %).
+CHUNKED = {"two-chunks": ["profile.batch_size=4", "profile.seq_len=64", "train.loss_chunk_tokens=128"],
+           "eight-chunks": ["model.shape.num_hidden_layers=4", "profile.batch_size=8", "profile.seq_len=32",
+                            "train.loss_chunk_tokens=64"]}
+
+
+@pytest.mark.parametrize("overrides", [pytest.param(v, id=k) for k, v in CHUNKED.items()])
+def test_a_plan_over_one_loss_chunk_predicts_the_traced_peak(tmp_path, overrides):
+    args = ["model=tiny-llama", "method=full", *overrides]
+    real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=1", "profile.steps=1")
+    assert real["status"] == "ok", real["error"]
+    plan = predict(compose("mode=plan", *args))
+    predicted, traced = plan["memory"]["train_peak_allocated_bytes"], real["memory"]["train_peak_traced_bytes"]
+    assert abs(predicted / traced - 1) < 0.03, (predicted, traced)
+
+
 # LISA (order=sample, state kept): the layers a shallow probe's random draws visit are not linear in depth; a probe
 # warms up until it has visited every unit (Method.probe_warmup_steps), as a profile of 12 draws over 6 layers has
 LISA = ["hardware=cpu", "method=lisa", "method.steps_per_block=1", "profile.batch_size=2", "profile.seq_len=32"]

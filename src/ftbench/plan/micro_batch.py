@@ -210,19 +210,20 @@ def planned(cfg, hw, head: str, model, sequence: dict[str, torch.Tensor], batch_
             with same_random_streams(hw.device):  # the probes seed and draw: training starts as if they never ran
                 tgt = planner.target(plan_cfg)
                 the_fit = planner.plan_fit(plan_cfg, tgt)
+                budget = budget_bytes(hw.device)
+                held_now = planner.held_when_loaded(the_fit, tgt)  # weights, masters: allocated before budget was read
+                # these probe too: a loss-chunk count is probed when a micro-batch of it is first asked for
+                micro = planner.largest_micro_batch_from(the_fit, tgt, budget + held_now, batch_per_rank)
+                one, two = planner.peak_at(the_fit, tgt, 1), planner.peak_at(the_fit, tgt, 2)
         except Exception as exc:  # noqa: BLE001 -- any failure of the prediction leaves the probe to answer
             why = f"it failed: {first_line(str(exc)) or type(exc).__name__}"
     if why is not None:
         log.info("micro-batch for %s: probing (the memory planner cannot answer: %s)", what, why)
         return None
-    budget = budget_bytes(hw.device)
-    held_now = planner.held_when_loaded(the_fit, tgt)  # weights and masters: allocated before the budget was read
-    micro = min(batch_per_rank, planner.largest_micro_batch_from(the_fit, tgt, budget + held_now))
     if micro == 0:
         raise UserError("hardware.max_micro_batch_size", f"one sequence of {seq_len} tokens is predicted to need "
-                        f"{(planner.peak_at(the_fit, tgt, 1) - held_now) / GiB:.1f} GiB for {what} but "
+                        f"{(one - held_now) / GiB:.1f} GiB for {what} but "
                         f"{max(budget, 0) / GiB:.1f} GiB are free (memory planner); reduce memory with {REDUCE_MEMORY}")
-    one, two = planner.peak_at(the_fit, tgt, 1), planner.peak_at(the_fit, tgt, 2)
     state = int(the_fit.scalar("optimizer_state_bytes", tgt.layers))
     chosen = BatchFit(int(micro), seq_len, int(budget), int(two - one), int(2 * one - two - held_now - state),
                       state, "memory planner: traced steps of 2 and 3 layers (plan.py)", "planner")

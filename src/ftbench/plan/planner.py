@@ -23,6 +23,11 @@ The model of the peak, and where each part comes from:
   the first layer, which keeps less when nothing below it trains, and the last are then
   different layers), B in (2, 3) (a single sequence takes shortcuts: views where larger
   batches copy).
+- **The chunked loss** (a causal LM's, engine/loss.py) is not linear in B: up to
+  `train.loss_chunk_tokens` tokens it is one chunk, whose logits grow with B; beyond, the
+  largest chunk's are `loss_chunk_tokens` whatever B, its backward behind the LM head's
+  gradient the chunks before it left (from three chunks on, and the final hidden states).
+  So B is probed by its chunk count, 1, 2 or 3 and more (`probe_corners`, on first use).
 - **Width** (shapes too large for host memory): probes at three widths w (hidden,
   FFN, head dimension and vocabulary divided by d, 2d, 4d; the head counts kept).
   Weight-like tensors grow as w², per-token ones as w, per-head ones not at all,
@@ -39,14 +44,18 @@ keeps that share of the device free.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ftbench.engine.hardware import Hardware, split_batch
+from ftbench.engine.loss import chunk_tokens_of
 from ftbench.models.architecture import FFN_WIDTHS
 from ftbench.models.fit import planned_model, profile_head
 from ftbench.models.loading import architecture_config
@@ -98,7 +107,7 @@ class Target:
 
 @dataclass
 class PlanFit:
-    corners: dict[tuple[int, int], list[Step]]  # (layers, micro-batch) -> the probe timeline at width 1
+    corners: dict[int, dict[tuple[int, int], list[Step]]]  # loss_chunks -> (layers, micro-batch) -> timeline at w=1
     scalars: dict[str, dict[int, float]]  # breakdown figures by probe layer count (batch-independent)
     probes: list[dict] = field(default_factory=list)
     width_divs: tuple[int, ...] = (1,)
@@ -106,6 +115,20 @@ class PlanFit:
     counted: dict[str, int] | None = None  # held state counted on the meta model at `counted_layers` (plan_held.py)
     counted_layers: int = 0
     unvisited: float = 0.0  # layers' worth of state the probes hold and the run not yet (Method.unvisited_layers)
+    chunk_tokens: int | None = None  # the loss's chunk (engine/loss.py); None: the model's own loss
+    seq_len: int = 0
+    probe: Callable[[PlanFit, int], None] | None = None  # fills `corners[n]`: the probes of n loss chunks
+
+    def loss_chunks(self, batch: float) -> int:
+        """The loss chunks of a micro-batch as the probes tell them apart: 1, 2, 3 and more (3); 0 without chunks."""
+        return 0 if self.chunk_tokens is None else min(math.ceil(batch * self.seq_len / self.chunk_tokens), 3)
+
+    def corners_at(self, batch: float) -> dict[tuple[int, int], list[Step]]:
+        """The probe timelines of micro-batches of `batch`'s loss chunks (probed on first use)."""
+        chunks = self.loss_chunks(batch)
+        if chunks not in self.corners:
+            self.probe(self, chunks)
+        return self.corners[chunks]
 
     def extrapolated(self, name: str, layers: int) -> float:
         """`name` at `layers` layers on the line through the probes; the optimizer state less the
@@ -135,8 +158,9 @@ class PlanFit:
         """The step timeline extrapolated to `layers` layers and micro-batch `batch`. Where the held state
         was counted (plan_held.py), the timeline moves by the counted less the extrapolated held state:
         weights, masters and optimizer state throughout, gradients in the optimizer step (all exist there)."""
-        (l1, l2), (b1, b2) = sorted({k[0] for k in self.corners}), sorted({k[1] for k in self.corners})
-        by_batch = [extrapolate(self.corners[n, b1], self.corners[n, b2], b1, b2, batch, False) for n in (l1, l2)]
+        corners = self.corners_at(batch)
+        (l1, l2), (b1, b2) = sorted({k[0] for k in corners}), sorted({k[1] for k in corners})
+        by_batch = [extrapolate(corners[n, b1], corners[n, b2], b1, b2, batch, False) for n in (l1, l2)]
         steps = extrapolate(by_batch[0], by_batch[1], l1, l2, layers, True)
         if self.unvisited:  # state held throughout the step
             unheld = self.unvisited * self.per_layer("optimizer_state_bytes")
@@ -198,7 +222,8 @@ def one_thread():
 
 
 def plan_fit(cfg: DictConfig, tgt: Target) -> PlanFit:
-    """Run the probes (two layer counts x two micro-batches, at one or three widths); see the module docstring."""
+    """Run the probes (two layer counts x two micro-batches, at one or three widths) of the planned micro-batch's
+    loss chunks; see the module docstring."""
     # The first layer keeps less for backward than the others when nothing below it trains (a frozen
     # embedding: no input gradient), a trained layer more than one the gradient only passes through (a
     # rotating method's group, freeze's last N): probes of that group (`probe_layers()`, else 1) plus one
@@ -206,21 +231,50 @@ def plan_fit(cfg: DictConfig, tgt: Target) -> PlanFit:
     # pairs with the same role (with one layer alone it is first and last, and grows as neither).
     group = OmegaConf.to_object(cfg.method).probe_layers()
     layer_points = (group + 1, group + 2)
-    batch_points = (2, 3)  # not 1: a single sequence takes shortcuts (views where larger batches copy)
     div = width_divisor(cfg, tgt, layer_points[1])
     divs = (div,) if div == 1 else (div, 2 * div, 4 * div)
+    chunk = chunk_tokens_of(architecture_config(cfg.model).model_type, tgt.head, cfg.train.loss_chunk_tokens)
+    counted = held_state(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing) if counted_on_meta(
+        cfg) else None
+    unvisited = unvisited_layers(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing)
+    the_fit = PlanFit({}, {}, [], divs, True, counted, tgt.layers, unvisited, chunk, tgt.seq_len,
+                      partial(probe_corners, cfg, tgt, layer_points))
+    the_fit.corners_at(tgt.micro_batch)
+    return the_fit
+
+
+def probe_corners(cfg: DictConfig, tgt: Target, layer_points: tuple[int, int], the_fit: PlanFit,
+                  chunks: int) -> None:
+    """Probe micro-batches of `chunks` loss chunks (PlanFit.loss_chunks) into `the_fit`: 2 and 3 sequences
+    (not 1: a single sequence takes shortcuts, views where larger batches copy), their loss in one chunk; of
+    2 or 3 chunks, the smallest micro-batch (at least 2) of that many and one more, of as many chunks where
+    two are (then the chunks pair one to one: the last one's backward frees the hidden states, a middle
+    one's not), every chunk whole (engine/loss.py): each chunk's ops pair with one as large as the run's largest."""
+    chunk, length = the_fit.chunk_tokens, tgt.seq_len
+    first = 2 if chunks < 2 else max(2, (chunks - 1) * chunk // length + 1)
+    if chunks > 1:
+        alike = (b for b in range(first, first + chunk // length + 1) if the_fit.loss_chunks(b) == chunks
+                 and math.ceil(b * length / chunk) == math.ceil((b + 1) * length / chunk))
+        first = next(alike, first)
+    batch_points = (first, first + 1)
+    the_fit.corners[chunks] = corners = next(  # another count's probes where they are these (long sequences)
+        (c for n, c in the_fit.corners.items() if chunks > 1 < n and {b for _, b in c} == set(batch_points)), {})
+    if corners:
+        return
     accumulation = 1 if tgt.accumulation == 1 else 2
-    corners, scalars, probes, aligned = {}, {}, [], True
+    widths, divs = [1 / d for d in the_fit.width_divs], the_fit.width_divs
+    held = not the_fit.scalars  # the held state (batch-independent): from the first chunk count probed
     for layers in layer_points:
         for batch in batch_points:
+            chunk_tokens = batch * tgt.seq_len if chunks == 1 else chunk  # 1: all in one chunk
             with one_thread():
-                runs = [run_probe(cfg, tgt.hw, layers, batch, d, accumulation, tgt.head, tgt.gpu) for d in divs]
-            probes += [_summary(p) for p in runs]
-            widths = [p.width for p in runs]
+                runs = [run_probe(cfg, tgt.hw, layers, batch, d, accumulation, tgt.head, tgt.gpu, chunk_tokens,
+                                  chunks > 1) for d in divs]
+            the_fit.probes += [_summary(p) for p in runs]
             corners[layers, batch], ok = at_full_width([steps_of(p.points) for p in runs], widths)
-            aligned &= ok
-            if batch == batch_points[0]:
-                weights = lagrange_at_one(widths) if len(runs) > 1 else [1.0]
+            the_fit.aligned &= ok
+            if held and batch == batch_points[0]:
+                weights, scalars = lagrange_at_one(widths) if len(runs) > 1 else [1.0], the_fit.scalars
                 for name in SCALARS:
                     scalars.setdefault(name, {})[layers] = sum(w * getattr(p, name) for w, p in zip(weights, runs))
                 for label in runs[0].state_parts:  # the optimizer state by kind, extrapolated as its total is
@@ -229,10 +283,6 @@ def plan_fit(cfg: DictConfig, tgt: Target) -> PlanFit:
                 for label in runs[0].weight_parts:  # the weights by kind (4-bit, quantization state), likewise
                     scalars.setdefault(f"{WEIGHT_PART}{label}", {})[layers] = sum(
                         w * p.weight_parts.get(label, 0) for w, p in zip(weights, runs))
-    counted = held_state(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing) if counted_on_meta(
-        cfg) else None
-    unvisited = unvisited_layers(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing)
-    return PlanFit(corners, scalars, probes, divs, aligned, counted, tgt.layers, unvisited)
 
 
 SCALARS = ("weights_bytes", "trainable_bytes", "master_bytes", "grad_bytes", "optimizer_state_bytes",
@@ -275,18 +325,18 @@ def peak_at(the_fit: PlanFit, tgt: Target, batch: float) -> float:
     return peak(on_device(the_fit, tgt, batch))[0]
 
 
-def largest_micro_batch_from(the_fit: PlanFit, tgt: Target, budget_bytes: float) -> int:
-    """The largest micro-batch whose predicted peak stays within `budget_bytes` (0: none fits)."""
+def largest_micro_batch_from(the_fit: PlanFit, tgt: Target, budget_bytes: float, most: int = MAX_MICRO_BATCH) -> int:
+    """The largest micro-batch up to `most` whose predicted peak stays within `budget_bytes` (0: none fits).
+    A micro-batch of a loss-chunk count not yet probed runs its probes (PlanFit.corners_at)."""
     def fits(b: int) -> bool:
         return peak_at(the_fit, tgt, b) <= budget_bytes
 
     if not fits(1):
         return 0
-    low, high = 1, 2  # every op's bytes are affine in B, so the peak only grows with B: doubling, then bisection
-    while high <= MAX_MICRO_BATCH and fits(high):
+    low, high = 1, 2  # the peak grows with B (ops affine in B either side of a loss chunk): doubling, bisection
+    while high <= most and fits(high):
         low, high = high, high * 2
-    if high > MAX_MICRO_BATCH:
-        return MAX_MICRO_BATCH
+    high = min(high, most + 1)  # the first that does not fit, or past `most`
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (mid, high) if fits(mid) else (low, mid)

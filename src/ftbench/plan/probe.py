@@ -6,7 +6,8 @@ A probe is the planned run with fewer layers (`layers`), a smaller micro-batch
 `width_div` (hidden size, FFN size, head dimension, vocabulary; the head counts
 stay, so every per-token tensor shrinks by the same factor and every weight
 matrix by its square). It is wired like `mode=profile` in run.py (the same
-model builder, method, optimizer, chunked loss and training loop) and records,
+model builder, method, optimizer, loss and training loop; the chunked loss's
+chunks as the planner sets them, planner.py) and records,
 after every operator of the traced steps, the bytes live on the planned device
 and the phase of the step: forward, backward (checkpoint recomputes included),
 or optimizer step (clipping, the update, a method's write-back).
@@ -142,8 +143,9 @@ def probe_optim_config(optim_cfg: DictConfig, width_div: int) -> DictConfig:
 
 
 def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div: int, accumulation: int,
-              head: str, gpu: bool) -> Probe:
-    """Trace one probe; `hw` is the planned hardware (precision, checkpointing, attention)."""
+              head: str, gpu: bool, chunk_tokens: int | None, whole_chunks: bool) -> Probe:
+    """Trace one probe; `hw` is the planned hardware (precision, checkpointing, attention); the causal LM's
+    loss in chunks of `chunk_tokens`, `whole_chunks` or not (engine/loss.py; the planner picks them)."""
     from transformers import set_seed
 
     set_seed(cfg.seed)
@@ -158,7 +160,7 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
     def stream(seed):
         return batches.random_tokens(batch, cfg.profile.seq_len, vocab, head, 2, seed, closing=closing)
 
-    loss_fn = make_loss(model, head, cfg.train.loss_chunk_tokens)
+    loss_fn = make_loss(model, head, chunk_tokens, whole_chunks)
 
     def micro_loss(m, b):
         with cpu_hw.autocast():
