@@ -150,6 +150,18 @@ def test_a_sweep_its_folder_cannot_take_is_refused_before_any_job_runs(tmp_path,
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before  # nothing ran, nothing moved
 
 
+def test_job_folders_that_do_not_tell_configs_apart_are_refused_before_any_job_runs(tmp_path, capsys):
+    """hydra.sweep.subdir=same: two configs, one folder; the second job would be refused (or overwrite)."""
+    folder = tmp_path / "sweep"
+    code, stderr = sweep(["-m", *QUICK, f"hydra.sweep.dir={folder}", "optim.lr=1e-3,1e-2",
+                          "hydra.sweep.subdir=same"], capsys)
+    lines = [line for line in stderr.splitlines() if line.startswith("ftbench")]
+    assert code == 2 and len(lines) == 1, stderr
+    assert lines[0].startswith("ftbench: error: hydra.sweep.subdir: jobs 0 and 1 of the sweep differ in config but "
+                               f"would both write {folder / 'same'}")
+    assert not folder.exists()  # nothing ran
+
+
 def test_a_sweep_without_a_swept_key_names_its_job_by_the_method(tmp_path, capsys):
     folder = tmp_path / "sweep"
     assert sweep(["-m", *QUICK, "method=lora", f"hydra.sweep.dir={folder}"], capsys)[0] == 0

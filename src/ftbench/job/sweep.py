@@ -19,6 +19,7 @@ and what the sweep's exit code is.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -51,22 +52,29 @@ def folder(job: DictConfig) -> Path | None:
 def preflight(jobs: list[DictConfig]) -> tuple[list[Path | None], str | None]:
     """Each job's result folder (`exit_code` reads them), and one line naming hydra.sweep.dir when the
     sweep's folder cannot take every job (an ok result made with another config, a checkpoint of another
-    config that would be refused; None when it can). A job's result folder is its own (`folder`) unless
-    its config finished ok only in another job's folder, which then holds its result (job/rerun.py)."""
+    config that would be refused), or hydra.sweep.subdir when two jobs of different configs share a folder;
+    None when it can. A job's result folder is its own (`folder`) unless its config finished ok only in
+    another job's folder, which then holds its result (job/rerun.py)."""
     found: list[Path | None] = []
-    for job in jobs:
+    configs: dict[Path, tuple[int, Any]] = {}  # a folder -> the first job writing it and its config
+    for number, job in enumerate(jobs):
         where = folder(job)
+        task = OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
+        config = OmegaConf.to_container(task, resolve=True)
+        first, first_config = configs.setdefault(where, (number, config)) if where is not None else (number, config)
+        if first_config != config:
+            return found, (f"hydra.sweep.subdir: jobs {first} and {number} of the sweep differ in config but would "
+                           f"both write {where}; name each job's folder by what it sets (leave hydra.sweep.subdir "
+                           "unset: ftbench names them by the swept keys)")
         if where is None or not Path(job.hydra.sweep.dir).is_dir():
             found.append(where)
             continue
         from ftbench.job import rerun  # torch: loaded here only for a sweep into an existing folder
 
-        task = OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
         try:
             done = where.is_dir() and rerun.decide(task, where, "hydra.sweep.dir") == rerun.SKIP
         except UserError as exc:
             return found, f"hydra.sweep.dir: job {where.name} (nothing was run): {exc.reason}"
-        config = OmegaConf.to_container(task, resolve=True)
         found.append(where if done else rerun.finished_elsewhere(config, where, Path(job.hydra.sweep.dir)) or where)
     return found, None
 
