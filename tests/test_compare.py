@@ -132,18 +132,19 @@ def test_a_budget_in_tokens_gives_every_run_the_tokens_and_one_validation_interv
 
 def test_stage_one_never_reads_the_reported_split(tmp_path):
     """Garbage in place of the dev file: stage 1 still scores every lr on the held-out split and picks one
-    (it never opens dev.tsv); only stage 2, which scores dev, fails on it."""
+    (it never opens dev.tsv); only stage 2, which scores dev, is refused on it: every one of its runs alike,
+    which stops the comparison on the spec's key (data), exit 2."""
     header, lines = FIXTURES["sst2"]
     write_glue(tmp_path / "sst2", "sst2", header, lines * 40)
     (tmp_path / "sst2" / "dev.tsv").write_bytes(b"\xff\xfe\x00garbage\n")
     spec = write_spec(tmp_path / "garbage.yaml", model="tiny-bert", tasks=["sst2"], data=str(tmp_path),
                       methods=["full"], seeds=[0, 1], validation_from_train=16, set=TINY[2:])
     done = cli("ftbench", "compare", str(spec), "--out", str(tmp_path / "out"))
-    assert done.returncode == 1, done.stderr[-2000:]
-    chosen = json.loads((tmp_path / "out" / "comparison.json").read_text())["tasks"][0]["chosen"]["full"]
-    assert chosen["lr"] is not None and len(chosen["scores"]) == 3
-    assert all(v is not None for v in chosen["scores"].values())
-    assert "sst2/seeds/full/seed0: status failed" in done.stdout
+    assert done.returncode == 2, done.stderr[-2000:]
+    scored = [json.loads(p.read_text()) for p in (tmp_path / "out/sst2/lr/full").glob("lr*/result.json")]
+    assert len(scored) == 3 and all(r["status"] == "ok" and r["metrics"].get("val/acc") is not None for r in scored)
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"ftbench compare: error: data: sst2 full: every stage-2 run was refused: task.data_dir: {tmp_path}/sst2/dev.tsv")
 
 
 def test_a_bad_spec_is_one_line(tmp_path):
@@ -168,7 +169,7 @@ def test_a_bad_spec_is_one_line(tmp_path):
     (None, ["validations=500"], "validations: 500 validations do not fit 4 steps"),
     (None, ["budget.tokens=1000"], "budget: give one budget: budget.steps=N, or budget.tokens=N with budget.steps="),
     (None, ["budget.steps=null"], "budget: give one budget"),
-    (None, ["estimate.run_s=-1"], "estimate: step_s must be > 0 and run_s >= 0"),
+    (None, ["estimate.run_s=-1"], "estimate.run_s: -1.0 is not >= 0"),
     (None, ["gpu=tpu-9000"], "gpu: 'tpu-9000' is not a hardware option; one of a100-80gb, "),
     (None, ["budget.step=5"], "budget.step: no such key; valid keys here: steps, tokens, batch_size"),
     (None, ["seeds=[abc]"], "seeds[0]: Value 'abc' of type 'str' could not be converted to Integer"),
@@ -178,7 +179,7 @@ def test_a_bad_spec_is_one_line(tmp_path):
     (None, ["tasks=[synthetic,synthetic]"], "tasks: 'synthetic' is listed twice"),
     (None, ["alpha=2"], "alpha: 2.0 is not in (0, 1)"),
     (None, ["validations=0"], "validations: 0 is not >= 1"),
-    (None, ["lr_factors=[]"], "lr_factors: give one or more learning rates"),
+    (None, ["lr_factors=[]"], "lr_factors: give one or more factors, each > 0"),
     ("- model\n- tasks\n", [], "file: holds a list, not the spec's keys"),
     (None, ["data=/proc/self"], "data: /proc/self has no synthetic/ folder"),
     (None, ["methods=[full,lora]", "variants={full: [method=lora]}"], "variants.full: 'full' is a method's name"),

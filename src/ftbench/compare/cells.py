@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ftbench import results
-from ftbench.compare.spec import Spec, arm_overrides, arms
+from ftbench.compare.spec import OWNED, Spec, arm_overrides, arms
 from ftbench.config.schema import check
 from ftbench.engine.batches import steps_for_tokens
 from ftbench.errors import UserError, explain_compose_error
@@ -109,6 +109,7 @@ class Composer:
 
     def __enter__(self):
         self._steps: dict[str, int] = {}  # task -> budget_steps
+        self._lengths: dict[tuple[str, int], list[int]] = {}  # (task, seed) -> train_lengths
         register_configs()
         self._context = initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftbench")
         self._context.__enter__()
@@ -133,6 +134,23 @@ class Composer:
         """The resolved config of `ftbench <overrides>` (a run of `arm`) as plain data, checked."""
         return OmegaConf.to_container(self.compose(overrides, arm), resolve=True)
 
+    def train_lengths(self, task: str, seed: int) -> list[int]:
+        """The token count of each training example a stage-1 run of `task` at `seed` trains on (the held-out
+        split out), read as the run reads its data (preflight.inputs: the task's files or the hub's, checked
+        against the model; never the reported split). Raises UserError naming the spec key of a refusal
+        every run would meet (validation_from_train holding out all of a small training set), before any
+        run starts."""
+        if (task, seed) not in self._lengths:
+            spec, first = self.spec, arms(self.spec)[0]
+            cfg = self.compose([*arm_overrides(spec, first), *task_overrides(spec, task),
+                                *stage_overrides(spec, "lr", 1), f"seed={seed}"], first)  # stage 1: dev unread
+            try:
+                examples = preflight.inputs(cfg).task.train_examples()
+            except UserError as exc:
+                raise UserError(blame(spec, first, str(exc)), f"{task}: {exc}") from None
+            self._lengths[task, seed] = [len(e["input_ids"]) for e in examples]
+        return self._lengths[task, seed]
+
     def budget_steps(self, task: str) -> int:
         """The optimizer steps the spec's budget buys on `task`: budget.steps, or under budget.tokens the
         fewest over the seeds (each seed's order has its own; every run still trains to its own count,
@@ -142,14 +160,14 @@ class Composer:
         if spec.budget.tokens is None:
             return spec.budget.steps
         if task not in self._steps:
-            first = arms(spec)[0]
             counts = []
             for seed in spec.seeds:
-                cfg = self.compose([*arm_overrides(spec, first), *task_overrides(spec, task), f"seed={seed}"], first)
-                examples = preflight.inputs(cfg).task.train_examples()
-                lengths = [len(e["input_ids"]) for e in examples]
                 size = spec.budget.batch_size
-                counts.append(steps_for_tokens(lengths, size, size, seed, spec.budget.tokens))
+                try:
+                    counts.append(steps_for_tokens(self.train_lengths(task, seed), size, size, seed, spec.budget.tokens))
+                except ValueError as exc:
+                    raise UserError("budget.batch_size", f"{task}: {exc}; lower budget.batch_size or give the task "
+                                    "more training data") from None
             self._steps[task] = min(counts)
             print(f"{task}: budget.tokens={spec.budget.tokens} buys {', '.join(map(str, counts))} steps "
                   f"(seeds {', '.join(map(str, spec.seeds))})")
@@ -161,18 +179,23 @@ class Composer:
 
 
 def blame(spec: Spec, arm: str | None, message: str) -> str:
-    """The spec key a refused ftbench override came from, read off the error's leading ftbench key
-    ('task=nosuch: no such option ...', 'method.rate: no such key ...'): tasks, model, the arm's
-    variants entry or methods, else set."""
+    """The spec key a refused ftbench key came from, read off the error's leading ftbench key
+    ('task=nosuch: no such option ...', 'method.rate: no such key ...', 'train.batch_size: the training
+    set has 4 examples ...'): the arm's variants entry, the spec key that sets a key the comparison owns
+    (spec.OWNED: tasks, budget.batch_size, validation_from_train, ...), set where it gives the key, else
+    the option the key belongs to (model.hub_id: model), else set."""
     key = re.split(r"[=:]", message, maxsplit=1)[0].strip()
-    given = [o.split("=", 1)[0].lstrip("+~") for o in spec.variants.get(arm or "", [])]
-    if key in ("task", "task.data_dir"):
-        return "tasks" if key == "task" else "data"
-    if key == "model":
-        return "model"
-    if arm in spec.variants and (key == "method" or any(key == g or key.startswith(g + ".") for g in given)):
+
+    def gives(overrides: list[str]) -> bool:
+        return any(key == g or key.startswith(g + ".") for g in (o.split("=", 1)[0].lstrip("+~") for o in overrides))
+
+    if arm in spec.variants and (key == "method" or gives(spec.variants[arm])):
         return f"variants.{arm}"
-    return "methods" if key == "method" else "set"
+    if key == "optim.lr" and arm in spec.lr:
+        return f"lr.{arm}"
+    if key in OWNED or gives(spec.set):
+        return OWNED.get(key, "set")
+    return OWNED.get(key.split(".", 1)[0], "set")
 
 
 def make_runs(composer: Composer, spec: Spec, out: Path, stage: str, task: str, arm: str,
@@ -230,10 +253,13 @@ def shown(args: list[str]) -> str:
     return "ftbench " + " ".join(shlex.quote(a) for a in args)
 
 
-def execute(spec: Spec, pending: list[Run], out: Path) -> None:
-    """Run `pending` (one arm and stage) in a child process; a Ctrl-C stops the comparison."""
+def execute(spec: Spec, pending: list[Run], out: Path) -> int:
+    """Run `pending` (one arm and stage) in a child process; return its exit code (the worst of its runs', 2
+    for a user error: job/sweep.py). A Ctrl-C stops the comparison."""
     set_aside(pending, out)
     args = argv(spec, pending)
     print(f"\n[{pending[0].task} {pending[0].stage} {pending[0].arm}] {shown(args)}", flush=True)
-    if children.run([sys.executable, "-c", "from ftbench.cli import main; main()", *args]) == 130:
+    code = children.run([sys.executable, "-c", "from ftbench.cli import main; main()", *args])
+    if code == 130:
         raise KeyboardInterrupt
+    return code

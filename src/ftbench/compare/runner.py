@@ -5,7 +5,9 @@ validation split and scored on that split only (task.evaluate_reported=false: th
 read), and picks the lr with the best validation score. Stage 2 runs each arm at its chosen lr over every
 seed and scores the reported split. Both stages live in fixed folders (cells.py): a rerun runs only what
 is missing or was made from another config, and on a finished folder runs nothing and prints the same
-report. `--dry-run` lists the runs and their estimated time.
+report. `--dry-run` lists the runs and their estimated time. Bad input is one line naming the spec's key,
+exit 2: found before any run where the spec and the tasks' data tell (spec.check, Composer.train_lengths),
+else after the first multirun whose every run was refused alike (check_refused).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def as_data(spec: Spec, name: str) -> dict:
 def stage_one(composer: Composer, spec: Spec, out: Path) -> list[Run]:
     runs = []
     for task in spec.tasks:
+        composer.train_lengths(task, spec.seeds[0])  # the task's data read once, before any run: its refusals here
         for arm in arms(spec):
             steps = composer.budget_steps(task)
             default = composer.config(cells.overrides(spec, "lr", task, arm, steps), arm)["method"]["lr"]
@@ -96,16 +99,31 @@ def describe(spec: Spec, stage: str, runs: list[Run], known: list[Run], waiting:
 
 
 def execute(spec: Spec, runs: list[Run], out: Path) -> None:
-    """Run what is pending, one multirun per task, arm and stage; after each, check that its runs report the
-    deciding metric (a misspelled `metric` stops the comparison after one multirun, not after all)."""
+    """Run what is pending, one multirun per task, arm and stage; after each, check that its runs were not all
+    refused alike and report the deciding metric (either stops the comparison after one multirun, not after all)."""
     for task in spec.tasks:
         for arm in arms(spec):
             mine = [r for r in runs if r.task == task and r.arm == arm and not r.done]
             if mine:
-                cells.execute(spec, mine, out)
+                code = cells.execute(spec, mine, out)
+                check_refused(spec, mine, code)
                 check_metric(spec, mine)
     for run in runs:
         run.why = cells.survey(run)
+
+
+def check_refused(spec: Spec, runs: list[Run], code: int) -> None:
+    """Raise UserError on the spec key it came from (cells.blame) when every run of a multirun (`code`: its
+    exit code) was refused as bad input with the same line (status failed, run.exit_code 2: a UserError,
+    not a crash): running the other arms, or these again, meets it again."""
+    found = [run.result() for run in runs]
+    if code != 2 or any(r is None or r.status != "failed" or r.run.exit_code != 2 for r in found):
+        return
+    errors = {r.error for r in found}
+    if len(errors) == 1 and None not in errors:
+        error, first = errors.pop(), runs[0]
+        raise UserError(cells.blame(spec, first.arm, error), f"{first.task} {first.arm}: every "
+                        f"{'stage-1' if first.stage == 'lr' else 'stage-2'} run was refused: {error}")
 
 
 def check_metric(spec: Spec, runs: list[Run]) -> None:

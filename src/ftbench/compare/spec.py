@@ -132,7 +132,7 @@ def check(spec: Spec, path: Path) -> None:
         if label in known and named[0] != label:
             raise SpecError(path, f"variants.{label}", f"'{label}' is a method's name: its variant must keep "
                             f"method={label}; give the method={named[0]} variant another label")
-        owned = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in OWNED - {"method"}
+        owned = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in set(OWNED) - {"method"}
                  or o.lstrip("+~").startswith("task.")]
         if owned:
             raise SpecError(path, f"variants.{label}", f"{owned[0]}: the comparison sets this for every arm alike "
@@ -149,15 +149,25 @@ def check(spec: Spec, path: Path) -> None:
         raise SpecError(path, "lr", f"'{unknown[0]}' is not an arm of this comparison ({', '.join(arms(spec))})")
     if (spec.budget.steps is None) == (spec.budget.tokens is None):
         raise SpecError(path, "budget", "give one budget: budget.steps=N, or budget.tokens=N with budget.steps=null")
-    if min(spec.budget.steps or 1, spec.budget.tokens or 1, spec.budget.batch_size) < 1:
-        raise SpecError(path, "budget", "steps, tokens and batch_size must be >= 1")
+    for key, value, what in (("steps", spec.budget.steps, "the optimizer steps every arm trains"),
+                             ("tokens", spec.budget.tokens, "the training tokens every run trains on"),
+                             ("batch_size", spec.budget.batch_size, "the effective batch every arm trains at")):
+        if value is not None and value < 1:
+            raise SpecError(path, f"budget.{key}", f"{value} is not >= 1; give {what}")
+    held = spec.validation_from_train
+    if not (0 < held < 1 or (held >= 1 and float(held).is_integer())):
+        raise SpecError(path, "validation_from_train", f"{held} is neither a fraction in (0, 1) nor a whole number of "
+                        "training examples; give one (0.1, or 400)")
     if len(spec.seeds) < 2 or len(set(spec.seeds)) != len(spec.seeds) or min(spec.seeds) < 0:
         raise SpecError(path, "seeds", "give two or more distinct seeds >= 0, e.g. seeds=[0,1,2] (the intervals "
                         "and paired tests need two)")
     if not spec.tasks:
         raise SpecError(path, "tasks", "give at least one task (a conf/task option)")
-    if not spec.lr_factors or min(spec.lr_factors) <= 0 or any(min(g, default=0) <= 0 for g in spec.lr.values()):
-        raise SpecError(path, "lr_factors", "give one or more learning rates (lr) and factors (lr_factors), each > 0")
+    if not spec.lr_factors or min(spec.lr_factors) <= 0:
+        raise SpecError(path, "lr_factors", "give one or more factors, each > 0 (each arm's lr times them)")
+    for label, values in spec.lr.items():
+        if min(values, default=0) <= 0:
+            raise SpecError(path, f"lr.{label}", "give one or more learning rates, each > 0")
     for key, ok, rule in (("target", 0 < spec.target <= 1, "in (0, 1]"), ("alpha", 0 < spec.alpha < 1, "in (0, 1)"),
                           ("validations", spec.validations >= 1, ">= 1")):
         if not ok:
@@ -180,17 +190,24 @@ def check(spec: Spec, path: Path) -> None:
         raise SpecError(path, "gpu", f"'{spec.gpu}' is not a hardware option; one of {', '.join(hardware)}")
     if spec.estimate.device not in ("cpu", "gpu"):
         raise SpecError(path, "estimate.device", "cpu or gpu")
-    if spec.estimate.step_s <= 0 or spec.estimate.run_s < 0:
-        raise SpecError(path, "estimate", "step_s must be > 0 and run_s >= 0 (seconds)")
+    if spec.estimate.step_s <= 0:
+        raise SpecError(path, "estimate.step_s", f"{spec.estimate.step_s} is not > 0 (seconds a step)")
+    if spec.estimate.run_s < 0:
+        raise SpecError(path, "estimate.run_s", f"{spec.estimate.run_s} is not >= 0 (seconds a run spends outside "
+                        "its steps)")
     if "full" not in [arm_method(spec, a) for a in arms(spec)]:
         raise SpecError(path, "methods", "include full: time-to-target and the paired tests are against it")
     if any(o.split("=", 1)[0].lstrip("+~") in OWNED for o in spec.set):
         raise SpecError(path, "set", f"the comparison sets {', '.join(sorted(OWNED))} itself; change the spec's keys")
 
 
-# ftbench keys the comparison owns (set from the spec's keys, per stage)
-OWNED = {"seed", "optim.lr", "train.max_steps", "train.max_tokens", "train.batch_size", "task.validation_from_train",
-         "task.evaluate_reported", "eval.every_steps", "method", "model", "task", "task.data_dir", "mode"}
+# ftbench keys the comparison owns (set per stage), each from the spec's key that a refusal of it names
+# (cells.blame; optim.lr: lr.<arm> where the spec gives the arm's lrs; mode=plan: the planner for gpu)
+OWNED = {"seed": "seeds", "optim.lr": "lr_factors", "train.max_steps": "budget.steps",
+         "train.max_tokens": "budget.tokens", "train.batch_size": "budget.batch_size",
+         "task.validation_from_train": "validation_from_train", "task.evaluate_reported": "validation_from_train",
+         "eval.every_steps": "validations", "method": "methods", "model": "model", "task": "tasks",
+         "task.data_dir": "data", "mode": "gpu"}
 
 
 def arms(spec: Spec) -> list[str]:

@@ -52,7 +52,7 @@ def hold_out(examples: list[Example], size: float | None, seed: int) -> tuple[li
     random.Random(seed).shuffle(order)
     held = set(order[:round(size * len(examples)) if size < 1 else int(size)])
     if not held or len(held) == len(examples):
-        raise UserError("task.validation_from_train", f"{size} of {len(examples)} training examples leaves an "
+        raise UserError("task.validation_from_train", f"{size:g} of {len(examples)} training examples leaves an "
                         "empty split; hold out some and keep some (a fraction in (0, 1) or a smaller count)")
     return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
 

@@ -1,0 +1,108 @@
+"""`ftbench compare` refuses bad input as one line naming the spec's key, exit 2: before any run where the
+spec and the tasks' data tell (a held-out split the training data cannot hold, a budget of 0 steps), and
+after the first multirun whose every run was refused alike (what only a run finds)."""
+
+import pytest
+
+from ftbench.compare import cells, runner
+from ftbench.compare.spec import SpecError, load
+from helpers import cli
+from test_compare import TINY, write_spec
+from test_glue import FIXTURES, write_glue
+
+
+def five_rows(tmp_path, **keys):
+    """A spec on a local SST-2 of 5 training rows (tiny-bert), one arm unless `keys` say otherwise."""
+    header, lines = FIXTURES["sst2"]
+    write_glue(tmp_path / "data" / "sst2", "sst2", header, (lines * 3)[:5])
+    keys = {"model": "tiny-bert", "tasks": ["sst2"], "data": str(tmp_path / "data"), "methods": ["full"],
+            "seeds": [0, 1], "budget": {"steps": 2, "batch_size": 2}, "validations": 1, "set": TINY[2:], **keys}
+    return write_spec(tmp_path / "spec.yaml", **keys)
+
+
+def refused(tmp_path, capsys, spec, *args):
+    with pytest.raises(SystemExit) as code:
+        runner.main([str(spec), "--out", str(tmp_path / "out"), *args])
+    error = capsys.readouterr().err.strip()
+    assert code.value.code == 2 and "\n" not in error, error
+    return error
+
+
+@pytest.mark.parametrize("held,say", [(8, "8 of 5"), (5, "5 of 5"), (0.05, "0.05 of 5")])
+def test_a_held_out_split_the_training_data_cannot_hold_is_refused_by_a_dry_run(tmp_path, capsys, held, say):
+    spec = five_rows(tmp_path, validation_from_train=held)
+    error = refused(tmp_path, capsys, spec, "--dry-run")
+    assert error == (f"ftbench compare: error: validation_from_train: sst2: task.validation_from_train: {say} "
+                     "training examples leaves an empty split; hold out some and keep some (a fraction in (0, 1) or "
+                     "a smaller count)")
+    assert refused(tmp_path, capsys, spec, "--dry-run", "budget.steps=null", "budget.tokens=40") == error
+
+
+def test_a_held_out_split_the_training_data_cannot_hold_is_refused_before_any_run(tmp_path):
+    spec = five_rows(tmp_path, validation_from_train=8, methods=["full", "lora"])
+    done = cli("ftbench", "compare", str(spec), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "ftbench compare: error: validation_from_train: sst2: task.validation_from_train: 8 of 5 training examples "
+        "leaves an empty split; hold out some and keep some (a fraction in (0, 1) or a smaller count)"]
+    assert not (tmp_path / "out").exists() and "ftbench -m" not in done.stdout
+
+
+def test_a_token_budget_whose_batch_the_training_data_cannot_fill_names_the_batch(tmp_path, capsys):
+    spec = five_rows(tmp_path, validation_from_train=1, budget={"steps": None, "tokens": 40, "batch_size": 8})
+    error = refused(tmp_path, capsys, spec, "--dry-run")
+    assert error.startswith("ftbench compare: error: budget.batch_size: sst2: no step reaches 40 tokens from 4 "
+                            "examples") and error.endswith("lower budget.batch_size or give the task more training data")
+
+
+def test_a_multirun_whose_every_run_is_refused_alike_stops_the_comparison(tmp_path):
+    """A batch larger than the training set, which only a run can find (its micro-batch may be smaller): the
+    first arm's stage-1 runs are all refused on train.batch_size, and the comparison stops there, exit 2."""
+    spec = five_rows(tmp_path, validation_from_train=1, methods=["full", "lora"], budget={"steps": 2, "batch_size": 8})
+    done = cli("ftbench", "compare", str(spec), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ftbench compare: error: budget.batch_size: sst2 full: every stage-1 run was refused: train.batch_size: the "
+        "training set has 4 examples, fewer than one micro-batch of 8; lower train.batch_size to 4 or less, or give "
+        "more training data")
+    assert (tmp_path / "out/sst2/lr/full").is_dir() and not (tmp_path / "out/sst2/lr/lora").exists()
+    assert "runs again" not in done.stdout and not (tmp_path / "out/comparison.md").exists()
+
+
+@pytest.mark.parametrize("overrides,line", [
+    (["budget.steps=0"], "budget.steps: 0 is not >= 1; give the optimizer steps every arm trains"),
+    (["budget.steps=-3"], "budget.steps: -3 is not >= 1; give the optimizer steps every arm trains"),
+    (["budget.steps=null", "budget.tokens=0"], "budget.tokens: 0 is not >= 1; give the training tokens"),
+    (["budget.batch_size=0"], "budget.batch_size: 0 is not >= 1; give the effective batch"),
+    (["validation_from_train=0"], "validation_from_train: 0.0 is neither a fraction in (0, 1) nor a whole number"),
+    (["validation_from_train=2.5"], "validation_from_train: 2.5 is neither a fraction in (0, 1) nor a whole number"),
+    (["validation_from_train=inf"], "validation_from_train: inf is neither a fraction in (0, 1) nor a whole number"),
+    (["lr={full: [-1e-4]}"], "lr.full: give one or more learning rates, each > 0"),
+    (["lr={full: []}"], "lr.full: give one or more learning rates, each > 0"),
+    (["lr_factors=[0]"], "lr_factors: give one or more factors, each > 0"),
+    (["estimate.step_s=0"], "estimate.step_s: 0.0 is not > 0 (seconds a step)"),
+    (["estimate.run_s=-1"], "estimate.run_s: -1.0 is not >= 0 (seconds a run spends outside its steps)"),
+])
+def test_a_bad_value_is_refused_on_its_own_key(tmp_path, overrides, line):
+    spec = write_spec(tmp_path / "spec.yaml", methods=["full"])
+    with pytest.raises(SpecError) as error:
+        load(spec, overrides)
+    assert str(error.value).startswith(f"{spec}: {line}") and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("arm,message,key", [
+    ("full", "model.hub_id: could not load FacebookAI/roberta-base: the hub is unreachable", "model"),
+    ("full", "task.max_length: 9 positions are fewer than ...", "tasks"),
+    ("full", "hardware.max_micro_batch_size: ...", "set"),  # given in set
+    ("full", "train.batch_size: the training set has 4 examples, fewer than one micro-batch of 8", "budget.batch_size"),
+    ("full", "train.max_tokens: no step reaches 40 tokens", "budget.tokens"),
+    ("full", "task.validation_from_train: 8 of 5 training examples leaves an empty split", "validation_from_train"),
+    ("full", "eval.every_steps: ...", "validations"),
+    ("full", "optim.lr: must be finite", "lr_factors"),
+    ("v", "optim.lr: must be finite", "lr.v"),
+    ("v", "method.rank: must be >= 1", "variants.v"),
+    ("full", "method.rank: must be >= 1", "methods"),
+])
+def test_a_refused_ftbench_key_is_blamed_on_the_spec_key_that_gave_it(tmp_path, arm, message, key):
+    spec = load(write_spec(tmp_path / "spec.yaml", methods=["full", "v"], variants={"v": ["method=lora", "method.rank=4"]},
+                           lr={"v": [1e-3]}), [])
+    assert cells.blame(spec, arm, message) == key
