@@ -64,6 +64,19 @@ def executable(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
+def peft_adapter(folder: Path, base: str | None) -> Path:
+    """A PEFT LoRA adapter folder as PeftModel.save_pretrained writes it: adapter_config.json and the adapter's
+    weights, no config.json."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "base_model_name_or_path": base, "r": 4, "target_modules": ["q_proj", "v_proj"]}))
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 64)},
+              folder / "adapter_model.safetensors")
+    return folder
+
+
 def cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run an installed entry point (`args[0]`) in a subprocess."""
     return subprocess.run([executable(args[0]), *args[1:]], cwd=cwd or REPO, env=CLI_ENV, capture_output=True,

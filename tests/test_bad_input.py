@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from ftbench import files
 from ftbench.errors import Canceled, UserError
 from ftbench.models.loading import byte_level_tokenizer
 from ftbench.tasks import build_task
-from helpers import compose, run
+from helpers import compose, peft_adapter, run
 
 QUICK = ["task.num_train=64", "task.num_eval=32", "train.max_steps=1"]
 
@@ -101,6 +102,76 @@ def test_a_folder_whose_config_transformers_refuses_names_model_path(tmp_path, c
     assert result["exit_code"] == 2 and result["status"] == "failed", result["error"]
     assert result["error"].startswith("model.path: ") and reason in result["error"]
     assert "\n" not in result["error"] and not result["error"].endswith(":")
+
+
+# Kinds 10 and 20: a folder that is not what model.path (or model.tokenizer) needs says what it holds instead,
+# in every command that reads it, before anything loads.
+
+def tokenizer_only(folder: Path) -> Path:
+    byte_level_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def an_export(folder: Path) -> Path:
+    """ftbench's export of a LoRA run (<run>/checkpoint): the adapter and the merged model, each in a subfolder."""
+    peft_adapter(folder / "adapter", None)
+    (folder / "merged").mkdir()
+    (folder / "merged" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return folder
+
+
+MODEL_FOLDERS = [
+    (lambda d: peft_adapter(d, "meta-llama/Llama-2-7b-hf"),
+     r"'{f}' is a PEFT adapter of base model meta-llama/Llama-2-7b-hf, not a model \(no config.json\); give the base "
+     r"model as model.path, or, to start from the adapted weights, merge the adapter first \(peft: .*"
+     r"merge_and_unload\(\).save_pretrained\(DIR\)\) and give DIR$"),
+    (lambda d: peft_adapter(d, None),
+     r"'{f}' is a PEFT adapter \(its adapter_config.json names no base model\), not a model .*; give the base model .*"),
+    (tokenizer_only, r"'{f}' holds a tokenizer but no model \(no config.json\); give model.path the model's folder, "
+                     r"written by save_pretrained \(this one can be model.tokenizer\)$"),
+    (lambda d: d.mkdir() or d, r"'{f}' is empty; give a folder written by save_pretrained \(config.json and weights\)$"),
+    (an_export, r"'{f}' holds no config.json, but its subfolder merged holds a model; give model.path={f}/merged$"),
+    (lambda d: peft_adapter(d / "adapter", "/models/base").parent,  # a LoRA run's export under hardware.shard=fsdp
+     r"'{f}' holds no config.json, but its subfolder adapter is a PEFT adapter of base model /models/base; give the "
+     r"base model as model.path, or, to start from the adapted weights, merge the adapter first .*"),
+]
+
+
+@pytest.mark.parametrize("make,message", MODEL_FOLDERS)
+@pytest.mark.parametrize("command", [[], ["mode=profile"], ["mode=plan"], ["model=tiny-bert", "task=sst2"]])
+def test_a_model_path_that_holds_no_model_says_what_it_holds(tmp_path, make, message, command):
+    """Each command that reads model.path (a run, mode=profile, ftbench plan; a comparison runs these) refuses
+    the folder when its config is checked, before any model or tokenizer loads."""
+    from ftbench.cli import validate
+
+    folder = make(tmp_path / "given")
+    error = validate([f"model.path={folder}", "model.random_init=false", *command], multirun=False)
+    assert error is not None and re.fullmatch(r"model.path: " + message.format(f=re.escape(str(folder))), error), error
+
+
+def test_a_run_given_a_peft_adapter_as_model_path_is_refused_before_training(tmp_path):
+    folder = peft_adapter(tmp_path / "adapter", str(tmp_path / "base"))
+    result = run(tmp_path / "run", f"model.path={folder}", "task=synthetic_lm", *QUICK)
+    assert result["exit_code"] == 2 and result["status"] == "failed", result["error"]
+    assert result["error"].startswith(f"model.path: '{folder}' is a PEFT adapter of base model {tmp_path / 'base'}, "
+                                      "not a model") and "\n" not in result["error"]
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: peft_adapter(d, "meta-llama/Llama-2-7b-hf"),
+     r"'{f}' holds no tokenizer, only a PEFT adapter of base model meta-llama/Llama-2-7b-hf; give a folder holding "
+     r"a tokenizer \(written by tokenizer.save_pretrained\), such as the base model's$"),
+    (lambda d: d.mkdir() or d, r"'{f}' is empty; give a folder holding a tokenizer"),
+    (lambda d: an_export(d) / "merged",
+     r"'{f}' holds no tokenizer, only a model's files \(config.json\); give a folder holding a tokenizer"),
+])
+def test_a_model_tokenizer_that_holds_no_tokenizer_says_what_it_holds(tmp_path, make, message):
+    from ftbench.cli import validate
+
+    folder = make(tmp_path / "given")
+    error = validate([f"model.tokenizer={folder}", "task=sst2"], multirun=False)
+    assert error is not None and re.match(r"model.tokenizer: " + message.format(f=re.escape(str(folder))), error), error
+    assert validate([f"model.tokenizer={tokenizer_only(tmp_path / 'tok')}", "task=sst2"], multirun=False) is None
 
 
 def test_an_unexpected_error_is_one_line_that_does_not_stop_at_a_colon():

@@ -10,7 +10,7 @@ from scipy import stats as scipy_stats
 
 from ftbench.compare import cells, runner, stats
 from ftbench.compare.spec import SpecError, load
-from helpers import cli
+from helpers import cli, peft_adapter
 from test_glue import FIXTURES, write_glue
 
 # make test runs this whole file on one worker (conftest.ONE_WORKER), so its module fixture runs once.
@@ -230,6 +230,17 @@ def test_a_refused_run_names_the_spec_key_it_came_from(tmp_path, capsys, keys, l
         runner.main([str(spec), "--dry-run", "--out", str(tmp_path / "out")])
     error = capsys.readouterr().err.strip()
     assert code.value.code == 2 and error.startswith(f"ftbench compare: error: {line}") and "\n" not in error
+
+
+def test_a_model_path_that_holds_no_model_is_refused_before_any_run(tmp_path, capsys):
+    adapter = peft_adapter(tmp_path / "adapter", "meta-llama/Llama-2-7b-hf")
+    spec = write_spec(tmp_path / "spec.yaml", set=[*TINY, f"model.path={adapter}", "model.random_init=false"])
+    with pytest.raises(SystemExit) as code:
+        runner.main([str(spec), "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip()
+    assert code.value.code == 2 and error.startswith(f"ftbench compare: error: set: model.path: '{adapter}' is a PEFT "
+                                                     "adapter of base model meta-llama/Llama-2-7b-hf, not a model")
+    assert not (tmp_path / "out" / "synthetic").exists()  # nothing ran
 
 
 @pytest.mark.parametrize("values", [[0.5, 0.7, 0.6], [1.0, 2.0], [3.0, 3.1, 2.9, 3.3, 2.7]])

@@ -162,6 +162,36 @@ def test_job_folders_that_do_not_tell_configs_apart_are_refused_before_any_job_r
     assert not folder.exists()  # nothing ran
 
 
+@pytest.mark.parametrize("subdir", ["${hydra.job.num}", "job${hydra.job.id}"])
+def test_job_folders_named_by_place_that_hold_another_config_are_refused_before_any_job_runs(tmp_path, capsys,
+                                                                                          subdir):
+    """A user's hydra.sweep.subdir naming job folders by their place in the sweep (hydra.job.num; hydra.job.id
+    under the basic launcher): a value added in front moves every config to a folder holding another's result.
+    The folders are resolved as the launch resolves them, so the sweep is refused whole, on hydra.sweep.subdir;
+    one extended at the end keeps its finished jobs' folders and goes ahead."""
+    from ftbench import cli as ftbench_cli
+
+    folder = tmp_path / "sweep"
+    base = ["-m", *QUICK, f"hydra.sweep.dir={folder}", f"hydra.sweep.subdir={subdir}"]
+    assert sweep([*base, "optim.lr=1e-3,1e-2"], capsys)[0] == 0
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    code, stderr = sweep([*base, "optim.lr=1e-4,1e-3,1e-2"], capsys)
+    lines = [line for line in stderr.splitlines() if line.startswith("ftbench")]
+    assert code == 2 and len(lines) == 1, stderr
+    named = subdir.replace("${hydra.job.num}", "0").replace("${hydra.job.id}", "0")
+    assert lines[0].startswith(f"ftbench: error: hydra.sweep.subdir: job 0 (nothing was run) writes a folder named "
+                               f"by its place in the sweep, and {folder / named} already holds a result, made with "
+                               "another config (differs in: optim.lr)"), lines[0]
+    assert "leave hydra.sweep.subdir unset" in lines[0]
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before  # nothing ran, nothing moved
+
+    found: list = []
+    argv = ftbench_cli.sweep_argv([*base, "optim.lr=1e-3,1e-2,1e-1"])
+    assert ftbench_cli.validate(ftbench_cli.overrides_in(argv), True, found) is None
+    assert found == [folder / subdir.replace("${hydra.job.num}", str(n)).replace("${hydra.job.id}", str(n))
+                     for n in range(3)]
+
+
 def test_a_sweep_without_a_swept_key_names_its_job_by_the_method(tmp_path, capsys):
     folder = tmp_path / "sweep"
     assert sweep(["-m", *QUICK, "method=lora", f"hydra.sweep.dir={folder}"], capsys)[0] == 0

@@ -1,7 +1,7 @@
 """Configuration, torch-free: the schemas of the run-wide config groups (model, hardware, logger,
 train, optim, eval, profile, plan) with the checks that reject meaningless values (`schema`), and the
-one owner of every knob two groups can both set (`knobs`), and the step-counting knobs a run of its
-length cannot reach (`within`).
+one owner of every knob two groups can both set (`knobs`), the step-counting knobs a run of its
+length cannot reach (`within`), and what a model or tokenizer folder holds when it is not one (`folders`).
 
 The bottom of what `ftbench --help` and `--cfg job` load. May import: `ftbench.errors`, omegaconf.
 Never torch, nor any other ftbench package.

@@ -23,6 +23,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ftbench.config import within
+from ftbench.config.folders import require_model_folder, require_tokenizer_folder
 from ftbench.config.knobs import settle
 from ftbench.errors import UserError, one_of, require, require_kind
 
@@ -51,8 +52,11 @@ class ModelConfig:
         if self.path is not None and not (self.path.endswith(".gguf") and Path(self.path).expanduser().is_file()):
             require_kind(self.path, "folder", f"{key}.path",
                          "give a folder saved with save_pretrained (or a .gguf file)")
+            if not (self.gguf_file or self.path.endswith(".gguf")):  # GGUF: no config.json (gguf.py checks it)
+                require_model_folder(self.path, f"{key}.path")
         if self.tokenizer is not None:
             require_kind(self.tokenizer, "folder", f"{key}.tokenizer", "give a folder holding a tokenizer")
+            require_tokenizer_folder(self.tokenizer, f"{key}.tokenizer")
         sources = (self.path, self.package, self.hub_id)
         require(self.random_init or any(sources), f"{key}.random_init",
                 "this model has no hub_id, path or package; set model.random_init=true")
@@ -317,7 +321,7 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
     check_given(cfg, {override.split("=", 1)[0].lstrip("+~") for override in overrides})
     require(not (cfg.eval.harness.tasks and cfg.hardware.shard == "fsdp"), "eval.harness.tasks",
             "the harness scores the model on rank 0 alone, and hardware.shard=fsdp splits it over the ranks; "
-            "export it (train.save=last), then score the export unsharded: model.path=<run>/checkpoint "
+            "export it (train.save=last), then score the export unsharded: model.path=<run>/checkpoint/merged "
             "train.max_steps=0")
     if cfg.mode == "train" and cfg.train.select == "best":
         require(cfg.eval.every_steps is not None, "train.select",

@@ -10,7 +10,9 @@ and what the sweep's exit code is.
   one job of a sweep, `full/`) is found in its folder and skipped (`rerun.finished_elsewhere`).
 - `preflight` runs each job's folder through the rerun rules (job/rerun.py) before any job
   launches: a sweep that would be refused half-way is refused whole, in one line. It also says
-  where each job's result will be: its folder, or the one its config finished in.
+  where each job's result will be: its folder, or the one its config finished in. A user's subdir
+  that names folders by the job's place (`${hydra.job.num}`) is resolved with the job's number, as
+  the launcher will: a folder it finds holding another config's run is blamed on hydra.sweep.subdir.
 - `exit_code` is the worst of the jobs' exit codes. The basic launcher runs the jobs in this process
   and reports their codes; launchers that run them elsewhere (submitit) report nothing back, so the
   codes are read from the jobs' result.json (`run.exit_code`; a job that left none counts as failed).
@@ -21,13 +23,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from ftbench import files, results
 from ftbench.errors import UserError
 
 SWEPT_KEYS = "hydra.job.config.override_dirname.exclude_keys"
+BASIC = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"  # numbers its jobs' ids by place too
 
 
 def naming(parsed: list) -> list[str]:
@@ -40,9 +43,16 @@ def naming(parsed: list) -> list[str]:
     return [f"{SWEPT_KEYS}=[{','.join(fixed)}]"]
 
 
-def folder(job: DictConfig) -> Path | None:
-    """The folder a job composed with its Hydra config (`return_hydra_config=True`) writes into; None
-    when it depends on what only the launch knows (a user's subdir naming `${hydra.job.num}`)."""
+def folder(job: DictConfig, number: int) -> Path | None:
+    """The folder a job composed with its Hydra config (`return_hydra_config=True`) writes into, resolved as the
+    launch resolves it: `number`, the job's place in the sweep, is its hydra.job.num under every launcher (and
+    its hydra.job.id under the basic one, BASIC); None when it depends on what only the launch knows (a cluster
+    launcher's job id)."""
+    job = job.copy()
+    with open_dict(job):
+        job.hydra.job.num = number
+        if job.hydra.launcher.get("_target_") == BASIC:
+            job.hydra.job.id = number
     try:
         return Path(job.hydra.sweep.dir) / str(job.hydra.sweep.subdir)
     except OmegaConfBaseException:  # a value that cannot be resolved before the launch
@@ -52,13 +62,14 @@ def folder(job: DictConfig) -> Path | None:
 def preflight(jobs: list[DictConfig]) -> tuple[list[Path | None], str | None]:
     """Each job's result folder (`exit_code` reads them), and one line naming hydra.sweep.dir when the
     sweep's folder cannot take every job (an ok result made with another config, a checkpoint of another
-    config that would be refused), or hydra.sweep.subdir when two jobs of different configs share a folder;
-    None when it can. A job's result folder is its own (`folder`) unless its config finished ok only in
-    another job's folder, which then holds its result (job/rerun.py)."""
+    config that would be refused), or hydra.sweep.subdir when two jobs of different configs share a folder
+    or one named by a job's place in the sweep holds another config's run; None when it can. A job's result
+    folder is its own (`folder`) unless its config finished ok only in another job's folder, which then holds
+    its result (job/rerun.py)."""
     found: list[Path | None] = []
     configs: dict[Path, tuple[int, Any]] = {}  # a folder -> the first job writing it and its config
     for number, job in enumerate(jobs):
-        where = folder(job)
+        where = folder(job, number)
         task = OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
         config = OmegaConf.to_container(task, resolve=True)
         first, first_config = configs.setdefault(where, (number, config)) if where is not None else (number, config)
@@ -74,6 +85,11 @@ def preflight(jobs: list[DictConfig]) -> tuple[list[Path | None], str | None]:
         try:
             done = where.is_dir() and rerun.decide(task, where, "hydra.sweep.dir") == rerun.SKIP
         except UserError as exc:
+            if where != folder(job, len(jobs) + number):  # the folder is named by the job's place in the sweep
+                return found, (f"hydra.sweep.subdir: job {number} (nothing was run) writes a folder named by its "
+                               f"place in the sweep, and {exc.reason}; or leave hydra.sweep.subdir unset (ftbench then "
+                               "names job folders by the swept keys, so a sweep run again with more values finds what "
+                               "finished)")
             return found, f"hydra.sweep.dir: job {where.name} (nothing was run): {exc.reason}"
         found.append(where if done else rerun.finished_elsewhere(config, where, Path(job.hydra.sweep.dir)) or where)
     return found, None
