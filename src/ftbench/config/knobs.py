@@ -16,8 +16,8 @@ Which key wins, in order (the first that is set):
 
 The run-wide length wins over the task's in every form: `train.epochs` over a task's `max_steps` (the
 synthetic tasks set one) as much as over its epochs. `train.max_steps` wins over `train.epochs` (a preset
-that trains for epochs stays shortenable by steps); `train.max_tokens` with `train.max_steps` is refused
-(TrainConfig.check).
+that trains for epochs stays shortenable by steps); `train.max_tokens` with `train.max_steps` or
+`train.epochs` is refused (TrainConfig.check).
 
 `mode=profile` trains on random tokens: `profile.batch_size` and `profile.steps` own the batch and
 the steps there. A job records the values in result.json's `plan` and which key won in `plan.owners`.
@@ -86,7 +86,7 @@ def settle(cfg, train_examples: int | None = None) -> Settings:
         winners["steps"] = _first(("train.max_steps", cfg.train.max_steps), ("train.epochs", cfg.train.epochs),
                                   ("task.max_steps", cfg.task.max_steps), ("task.epochs", cfg.task.epochs))
         key, length = winners["steps"]
-        if cfg.train.max_tokens is not None:  # never with train.max_steps (TrainConfig.check refuses both)
+        if cfg.train.max_tokens is not None:  # never with train.max_steps or train.epochs (TrainConfig.check)
             winners["steps"] = ("train.max_tokens", None)
         elif key in ("train.epochs", "task.epochs"):
             steps = None if train_examples is None else max(1, int(length * train_examples // winners["batch_size"][1]))

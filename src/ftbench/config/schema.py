@@ -169,8 +169,9 @@ class TrainConfig:
             require(self.max_steps >= 0, f"{key}.max_steps", "must be >= 0 (0 scores the untouched model)")
         if self.max_tokens is not None:
             require(self.max_tokens >= 1, f"{key}.max_tokens", "must be >= 1")
-            require(self.max_steps is None, f"{key}.max_tokens", f"a budget in tokens and {key}.max_steps="
-                    f"{self.max_steps} both set; give one (null the other)")
+            for other in ("max_steps", "epochs"):
+                require(getattr(self, other) is None, f"{key}.max_tokens", f"a budget in tokens and {key}.{other}="
+                        f"{getattr(self, other)} both set; give one (null the other)")
         if self.epochs is not None:
             require(self.epochs > 0, f"{key}.epochs", "must be > 0")
         if self.batch_size is not None:
@@ -332,14 +333,23 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
         require_kind(cfg.task.data_dir, "folder", "task.data_dir", "point it at the folder holding the data files")
 
 
+# Where a model comes from, the first one set winning (models/loading.py: source_key).
+MODEL_SOURCES = ("path", "package", "hub_id")
+
+
 def check_given(cfg: DictConfig, given: set[str]) -> None:
-    """Refuse (UserError naming model.hub_id) a hub id the user gave (`given`: the keys set on the command
-    line) that the run would not load: the model group builds a random-init shape (model=tiny-llama:
-    random_init: true) and model.random_init is not given too. (A model.path or model.package given wins
-    over both: models/loading.py.)"""
+    """Refuse (UserError naming the key) a model source the user gave (`given`: the keys set on the command
+    line) that the run would not load: a model.package or model.hub_id under a model.path or model.package
+    that wins over it (MODEL_SOURCES, whether the group or the user set the winner), and a hub id under a
+    group that builds a random-init shape (model=tiny-llama: random_init: true) without model.random_init."""
     mcfg = cfg.model
-    if "model.hub_id" in given and "model.random_init" not in given and mcfg.random_init and not (
-            mcfg.path or mcfg.package):
+    winner = next((name for name in MODEL_SOURCES[:2] if mcfg[name]), None)
+    for name in MODEL_SOURCES[1:]:
+        key = f"model.{name}"
+        if key in given and mcfg[name] and winner and MODEL_SOURCES.index(winner) < MODEL_SOURCES.index(name):
+            raise UserError(key, f"model.{winner}={mcfg[winner]} is the model loaded (it wins over {key}), so "
+                            f"{mcfg[name]} would not be; give one source: drop {key}, or add model.{winner}=null")
+    if "model.hub_id" in given and "model.random_init" not in given and mcfg.random_init and not winner:
         raise UserError("model.hub_id", f"model={mcfg.name} builds a random-init shape (model.random_init="
                         f"true), so {mcfg.hub_id} would not be loaded; add model.random_init=false to load it, "
                         "or drop model.hub_id")
