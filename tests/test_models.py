@@ -139,3 +139,45 @@ def test_an_encoder_decoder_folder_without_a_decoder_start_token_starts_at_the_p
     with pytest.raises(UserError, match=r"^model.path: the config of .* sets neither decoder_start_token_id nor "
                                         r"pad_token_id, so its decoder has no start token"):
         pretrained_config(compose(*args).model)
+
+
+def eos_only_tokenizer():
+    """A byte-level tokenizer whose one special token is its eos, GPT-2's <|endoftext|> (id 0): no pad, so
+    load_tokenizer pads with the eos."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(["<|endoftext|>", *sorted(pre_tokenizers.ByteLevel.alphabet())])}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+@pytest.mark.parametrize("family", sorted(ENCODER_DECODERS))
+def test_an_encoder_decoder_classifier_never_pads_with_its_eos(tmp_path, family):
+    """BART's and T5's heads read the one eos of each sequence, so padding with it would add more (was: the
+    library's 'All examples must have the same number of <eos> tokens' at the first step): a random-init model
+    gets a <pad> of its own and trains; a checkpoint is refused naming model.tokenizer before training; a task
+    of token ids that pads with the eos id names the model's key."""
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = eos_only_tokenizer()
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    rows = "".join(f"a {'fine' if i % 2 else 'dull'} film{'s' * (i % 5)}\t{i % 2}\n" for i in range(16))
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.tsv").write_text(f"sentence\tlabel\n{rows}")
+    shape = ["model=tiny-bert", *ENCODER_DECODERS[family], "+model.shape.eos_token_id=0"]
+    quick = ["task=sst2", f"task.data_dir={tmp_path}", "train.max_steps=2", "task.batch_size=8", "eval.max_samples=8"]
+    result = run(tmp_path / "random", *shape, f"model.tokenizer={tmp_path / 'tokenizer'}", *quick)
+    assert (result["exit_code"], len(result["train"]["loss_curve"])) == (0, 2), result["error"]
+    config = architecture_config(compose(*shape).model, vocab_size=len(tokenizer), decoder_start_token_id=0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / family)
+    tokenizer.save_pretrained(tmp_path / family)
+    result = run(tmp_path / "checkpoint", "model=minilm", f"model.path={tmp_path / family}", *quick)
+    assert (result["exit_code"], result["run"]["phase"]) == (2, "setup"), result["error"]
+    assert result["error"].startswith(f"model.tokenizer: the tokenizer of {tmp_path / family} pads with its eos "
+                                      "(<|endoftext|>, id 0)"), result["error"]
+    from ftbench.job import preflight
+
+    with pytest.raises(UserError, match=r"^model.shape.eos_token_id: .* eos id 0, the id task=synthetic pads with"):
+        preflight.inputs(compose(*shape, "task=synthetic", "task.num_train=16", "task.num_eval=8"))

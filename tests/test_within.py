@@ -2,6 +2,8 @@
 the key (config/within.py): a warm-up as long as the run, a validation interval past its end, a
 rotation that never switches. Knobs that may exceed the run on purpose are accepted."""
 
+import re
+
 import pytest
 
 from ftbench.cli import validate
@@ -37,6 +39,24 @@ def test_a_knob_that_may_exceed_the_run_is_accepted(overrides):
     assert validate([*SHORT, *overrides], multirun=False) is None
 
 
+@pytest.mark.parametrize("overrides", [
+    ["train.max_steps=3", "optim.warmup_ratio=0.7"],  # 2/3: was "at most 0.667", itself refused
+    ["train.max_steps=9", "optim.warmup_ratio=0.95"],
+    ["train.max_steps=8", "method=badam", "method.steps_per_block=2", "optim.warmup_ratio=0.9"],  # per step
+    ["train.max_steps=7", "optim.warmup_steps=7"],
+])
+def test_the_value_a_warmup_refusal_suggests_is_accepted(overrides):
+    problem = validate(overrides, multirun=False)
+    key = overrides[-1].split("=")[0]
+    assert validate([*overrides[:-1], f"{key}={advice(problem)}"], multirun=False) is None, problem
+
+
+def advice(error: str) -> str:
+    """The value a warm-up refusal suggests: its ratio ('at most R'), else the most steps below its bound."""
+    ratio = re.search(r"set optim.warmup_ratio to at most ([0-9.]+)$", error)
+    return ratio.group(1) if ratio else str(int(re.search(r"set optim.warmup_steps below (\d+)", error).group(1)) - 1)
+
+
 def refused_before_training(result: dict, key: str) -> None:
     assert result["exit_code"] == 2 and result["status"] == "failed", result["error"]
     assert result["error"].startswith(key) and "\n" not in result["error"]
@@ -57,6 +77,18 @@ def test_a_schedule_stepped_per_cycle_counts_cycles(tmp_path):
     """HiFT steps its schedule once per cycle (4 units of tiny-llama: 8 steps are 2 cycles)."""
     refused_before_training(run(tmp_path / "run", *QUICK, "method=hift", "task.max_steps=8", "optim.warmup_steps=2"),
                             "optim.warmup_steps: 2 is not below the 2 steps of the learning-rate schedule")
+
+
+@pytest.mark.parametrize("knob,value", [("optim.warmup_ratio", 0.9), ("optim.warmup_steps", 8)])
+def test_a_warmup_under_a_per_cycle_schedule_is_refused_on_the_cycles_and_the_advice_trains(tmp_path, knob, value):
+    """The command line cannot count HiFT's cycles (they count the model's units): the job refuses on them, and
+    what it suggests trains (was: refused on the 8 optimizer steps, 'at most 0.875', then again on 2 cycles)."""
+    args = [*QUICK, "method=hift", "task.max_steps=8"]
+    assert validate([*args, f"{knob}={value}"], multirun=False) is None
+    result = run(tmp_path / "refused", *args, f"{knob}={value}")
+    refused_before_training(result, f"{knob}: {value} ")
+    assert "the 2 steps of the learning-rate schedule" in result["error"], result["error"]
+    assert run(tmp_path / "advised", *args, f"{knob}={advice(result['error'])}")["status"] == "ok"
 
 
 def test_a_rotation_that_never_switches_is_refused(tmp_path):

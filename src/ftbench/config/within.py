@@ -4,8 +4,11 @@ A knob that counts steps is held to the optimizer steps the run takes (`knobs.se
 train.max_steps, task.max_steps, or epochs over the training set) and to the steps its
 learning-rate schedule spans (a method may step the schedule once per cycle: HiFT's
 `lr_policy=per_cycle`). `config.schema.check` calls `check` with the steps known from the
-config alone (before any job of a sweep launches); the job calls it again once the data has
-counted the steps and the method has said how long its schedule is (`job/steps.train_spec`).
+config alone (before any job of a sweep launches; the warm-up there only where the method's config
+alone tells its schedule's length, `MethodConfig.schedule_length`: a per-cycle schedule's cycle counts
+the model's units); the job calls it again once the data has counted the steps and the method has
+said how long its schedule is (`job/steps.train_spec`). A refusal that suggests a value suggests one
+the same check accepts.
 
 | knob                                   | refused when                        | what would happen                      |
 | -------------------------------------- | ----------------------------------- | -------------------------------------- |
@@ -35,25 +38,15 @@ import math
 from ftbench.errors import UserError
 
 
-def check(cfg, steps: int | None, schedule: int | None = None) -> None:
+def check(cfg, steps: int | None, schedule: int | None) -> None:
     """Refuse (`UserError` naming the key) a step-counting knob the run cannot reach.
 
     `steps`: the run's optimizer steps (None: not known yet, nothing is checked); `schedule`: the
-    scheduler steps its learning-rate schedule spans (None: one per optimizer step)."""
+    scheduler steps its learning-rate schedule spans (None: not known yet, the warm-up is not checked)."""
     if cfg.mode != "train" or not steps:
         return
-    schedule = steps if schedule is None else schedule
-    spans = f"the run's {steps} steps" if schedule == steps else (
-        f"the {schedule} steps of the learning-rate schedule (the method steps it {schedule} times in {steps} "
-        f"optimizer steps)")
-    warmup = cfg.optim.warmup_steps
-    if warmup is not None and warmup >= schedule:
-        raise UserError("optim.warmup_steps", f"{warmup} is not below {spans}: the learning rate would never "
-                        f"reach optim.lr; set optim.warmup_steps below {schedule}, or train for more steps")
-    ratio = cfg.optim.warmup_ratio
-    if warmup is None and ratio > 0 and math.ceil(ratio * schedule) >= schedule:
-        raise UserError("optim.warmup_ratio", f"{ratio} warms up over all of {spans}: the learning rate would "
-                        f"never reach optim.lr; set optim.warmup_ratio to at most {(schedule - 1) / schedule:.3g}")
+    if schedule is not None:
+        check_warmup(cfg.optim, steps, schedule)
     every = cfg.eval.every_steps
     if every is not None and every > steps:
         raise UserError("eval.every_steps", f"{every} exceeds the run's {steps} steps: no validation would run "
@@ -62,3 +55,26 @@ def check(cfg, steps: int | None, schedule: int | None = None) -> None:
     if every is not None and every >= steps and cfg.train.select == "best":
         raise UserError("eval.every_steps", f"{every} leaves train.select=best one validation in {steps} steps "
                         f"(the final one) to choose from; set eval.every_steps below {steps}, or train.select=last")
+
+
+def check_warmup(optim, steps: int, schedule: int) -> None:
+    """Refuse a warm-up (optim.warmup_steps, else optim.warmup_ratio as engine/optim.make_scheduler rounds
+    it) that spans all of the `schedule` scheduler steps of a run of `steps` optimizer steps."""
+    spans = f"the run's {steps} steps" if schedule == steps else (
+        f"the {schedule} steps of the learning-rate schedule (the method steps it {schedule} times in {steps} "
+        f"optimizer steps)")
+    warmup = optim.warmup_steps
+    if warmup is not None and warmup >= schedule:
+        raise UserError("optim.warmup_steps", f"{warmup} is not below {spans}: the learning rate would never "
+                        f"reach optim.lr; set optim.warmup_steps below {schedule}, or train for more steps")
+    ratio = optim.warmup_ratio
+    if warmup is None and ratio > 0 and math.ceil(ratio * schedule) >= schedule:
+        raise UserError("optim.warmup_ratio", f"{ratio} warms up over all of {spans}: the learning rate would "
+                        f"never reach optim.lr; set optim.warmup_ratio to at most {largest_ratio(schedule)}")
+
+
+def largest_ratio(schedule: int) -> float:
+    """The largest warm-up ratio short enough for a `schedule`-step schedule, cut (never rounded up) to as
+    many decimals as the schedule has digits, 3 at least: (schedule - 1) / schedule is often no short decimal."""
+    digits = max(3, len(str(schedule)))
+    return (schedule - 1) * 10**digits // schedule / 10**digits

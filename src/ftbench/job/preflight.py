@@ -12,6 +12,7 @@ the root cause of every later mismatch (an encoder's tokenizer has no EOS for ge
 | model.path / model.package vs random_init     | the given folder is loaded            |                                         |
 | the head the task needs vs the architecture  |                                       | model.path (or hub_id, shape.model_type) |
 | pad token (pad, else eos, else unk)          | random init: a `<pad>` token is added | a checkpoint: model.tokenizer           |
+| an encoder-decoder classifier's pad is its eos | random init: a `<pad>` token is added | a checkpoint: model.tokenizer (task=synthetic: the model's key) |
 | token ids vs embedding rows (mode=profile: model.tokenizer's) | random init: rows sized to the ids | a checkpoint: model.tokenizer, both sizes |
 | task.max_length vs the position table        | random init: table sized to it; a checkpoint: cut to the table | |
 | an encoder-decoder classifier's eos          | appended to each sequence without it (Task.closing_id), a position kept for it | |
@@ -41,6 +42,7 @@ from ftbench.models.loading import (
     local_source,
     pretrained_config,
     settle_source,
+    source_key,
 )
 from ftbench.models.positions import fit_positions
 from ftbench.tasks import build_task, task_class
@@ -75,9 +77,9 @@ def inputs(cfg) -> Inputs:
     family = task_class(cfg.task.family)
     check_head(cfg.model, config, family.head)  # the model first: a wrong model is the root cause of the rest
     tokenizer = load_tokenizer(cfg.model) if family.needs_tokenizer else None
-    if tokenizer is not None:
-        ensure_pad(cfg.model, tokenizer)
     closing = closing_token(config, family.head)
+    if tokenizer is not None:
+        ensure_pad(cfg.model, tokenizer, closing)
     asked = cfg.task.max_length
     overrides = fit_positions(cfg, config, "task.max_length", answer_length(cfg), closing=int(closing is not None))
     try:
@@ -86,6 +88,11 @@ def inputs(cfg) -> Inputs:
         raise cut_length_refusal(exc, asked, cfg) from exc
     if task.head != family.head:  # a head that depends on the data set (GLUE's STS-B: regression)
         check_head(cfg.model, config, task.head)
+    if closing is not None and task.pad_id == closing:  # a task that speaks token ids pads with its own id
+        raise UserError("model.shape.eos_token_id" if cfg.model.random_init else source_key(cfg.model),
+                        f"{describe(cfg.model)} ends each sequence with eos id {closing}, the id task={cfg.task.name} "
+                        "pads with: its classification head reads the one eos of each sequence; give a model whose "
+                        f"eos_token_id is not {closing}")
     task.closing_id = closing
     overrides.update(fit_vocab(cfg.model, config, tokenizer, task))
     check_plan(cfg, task)
@@ -114,18 +121,25 @@ def answer_length(cfg) -> tuple[str, int] | None:
     return decoding_knobs(cfg.eval.num_beams, cfg.eval.max_new_tokens, cfg.task)["max_new_tokens"]
 
 
-def ensure_pad(mcfg, tokenizer) -> None:
-    """Batches are padded with the tokenizer's pad token (load_tokenizer falls back to eos, then unk)."""
-    if tokenizer.pad_token is not None:
+def ensure_pad(mcfg, tokenizer, closing: int | None) -> None:
+    """Batches are padded with the tokenizer's pad token (load_tokenizer falls back to eos, then unk), which
+    must not be `closing`, an encoder-decoder classifier's eos: its head reads the state at the one eos of
+    each sequence and refuses a batch whose sequences hold different counts of it."""
+    clash = closing is not None and tokenizer.pad_token_id == closing
+    if tokenizer.pad_token is not None and not clash:
         return
+    lacks = (f"pads with its eos ({tokenizer.pad_token}, id {closing}), which the encoder-decoder's classification "
+             "head reads once per sequence" if clash else "has no pad, eos or unk token")
     if mcfg.random_init:  # no checkpoint to keep: the embedding is sized to the tokenizer afterwards
         tokenizer.add_special_tokens({"pad_token": "<pad>"})
-        log.warning("model.tokenizer has no pad, eos or unk token: added <pad> (id %d) for the random-init model",
+        log.warning("model.tokenizer %s: added <pad> (id %d) for the random-init model", lacks,
                     tokenizer.pad_token_id)
         return
     where = mcfg.tokenizer or local_source(mcfg) or mcfg.hub_id
-    raise UserError("model.tokenizer", f"the tokenizer of {where} has no pad, eos or unk token, so batches cannot "
-                    "be padded; give a tokenizer that defines one (set tokenizer.pad_token and save_pretrained)")
+    fix = ("a pad token other than its eos (set tokenizer.pad_token and save_pretrained; the model's embedding "
+           "needs a row for a token added)" if clash else "one (set tokenizer.pad_token and save_pretrained)")
+    raise UserError("model.tokenizer", f"the tokenizer of {where} {lacks}, so batches cannot be padded; give a "
+                    f"tokenizer that defines {fix}")
 
 
 def check_plan(cfg, task: Task) -> None:

@@ -115,6 +115,12 @@ class MethodConfig:
         in the same order and pair step for step ({}: none)."""
         return {}
 
+    def schedule_length(self, steps: int) -> int | None:
+        """The scheduler steps the learning-rate schedule spans in `steps` optimizer steps, as far as the config
+        alone tells (`Method.schedule_length` once the model is prepared); None when it depends on the model (a
+        schedule stepped once per cycle of the model's units): config/within.py then leaves the warm-up to the job."""
+        return steps
+
     def check_run(self, cfg) -> None:
         """Refuse, with a UserError naming the key, a setting of another group (`cfg`: the whole config)
         that this method cannot train with; called by `config.schema.check` after every group's `check`."""

@@ -35,6 +35,9 @@ class BlockRotationConfig(MethodConfig):
     fsdp_refusal: ClassVar[str | None] = ("it changes which layers train at each switch, and FSDP fixes what "
                                           "trains when it shards")
 
+    def schedule_length(self, steps: int) -> int | None:
+        return steps if self.lr_policy == "per_step" else None  # per cycle: the cycle counts the model's units
+
     def probe_layers(self) -> int:
         return self.group_size  # a rotating group needs a whole group of layers
 
