@@ -109,6 +109,12 @@ class MethodConfig:
         all in the smaller probe for the growth per layer to be one more layer's."""
         return 1
 
+    def probe_depths(self, layers: int) -> tuple[int, int]:
+        """The layer counts of the memory planner's two probes of a run of `layers` layers: `probe_layers()`
+        plus one and plus two (so that in both the first layer and the last are different layers)."""
+        group = self.probe_layers()
+        return group + 1, group + 2
+
     def probe_settings(self) -> dict[str, Any]:
         """Settings the planner's probes (plan/probe.py) train with instead of this config's: ones that change
         which step holds what, never what a step holds, so that probes of different depths take their steps

@@ -21,7 +21,9 @@ The model of the peak, and where each part comes from:
   optimizer's per-tensor temporaries) is the constant. Probes: L in (g + 1, g + 2)
   (g = the method's `probe_layers()`: a rotating group, freeze's trained layers, else 1:
   the first layer, which keeps less when nothing below it trains, and the last are then
-  different layers), B in (2, 3) (a single sequence takes shortcuts: views where larger
+  different layers; rotating groups of g > 1 taken in turn: L in (l, l + g), l the least
+  over g congruent to the planned depth modulo g, so that the last groups are alike:
+  `probe_depths`), B in (2, 3) (a single sequence takes shortcuts: views where larger
   batches copy).
 - **The chunked loss** (a causal LM's, engine/loss.py) is not linear in B: up to
   `train.loss_chunk_tokens` tokens it is one chunk, whose logits grow with B; beyond, the
@@ -228,9 +230,9 @@ def plan_fit(cfg: DictConfig, tgt: Target) -> PlanFit:
     # embedding: no input gradient), a trained layer more than one the gradient only passes through (a
     # rotating method's group, freeze's last N): probes of that group (`probe_layers()`, else 1) plus one
     # and plus two layers, so that in both the first layer and the last are different layers and every op
-    # pairs with the same role (with one layer alone it is first and last, and grows as neither).
-    group = OmegaConf.to_object(cfg.method).probe_layers()
-    layer_points = (group + 1, group + 2)
+    # pairs with the same role (with one layer alone it is first and last, and grows as neither); groups
+    # taken in turn, as many layers over whole groups as the run (the schema's `probe_depths`).
+    layer_points = OmegaConf.to_object(cfg.method).probe_depths(tgt.layers)
     div = width_divisor(cfg, tgt, layer_points[1])
     divs = (div,) if div == 1 else (div, 2 * div, 4 * div)
     chunk = chunk_tokens_of(architecture_config(cfg.model).model_type, tgt.head, cfg.train.loss_chunk_tokens)

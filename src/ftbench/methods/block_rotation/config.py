@@ -41,6 +41,17 @@ class BlockRotationConfig(MethodConfig):
     def probe_layers(self) -> int:
         return self.group_size  # a rotating group needs a whole group of layers
 
+    def probe_depths(self, layers: int) -> tuple[int, int]:
+        """Groups of g > 1 layers taken in turn: probes that differ by a whole group and leave as many layers
+        over whole groups as the run, so that their last groups hold as many layers as the run's (6 layers in
+        pairs: 4 and 6; 3 and 4 end in a group of one, then of two: another last step, and the line through
+        them planned BAdam's and HiFT's peaks 7-10 % high). Drawn groups (order=sample) are not taken in turn."""
+        group = self.group_size
+        if group == 1 or self.order == "sample":
+            return super().probe_depths(layers)
+        first = group + 1 + (layers - group - 1) % group
+        return first, first + group
+
     def check(self, key: str) -> None:
         super().check(key)
         require(self.group_size >= 1, f"{key}.group_size", "must be >= 1")

@@ -60,6 +60,7 @@ class BlockRotation(Method):
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         cfg = self.cfg
         self.units = derive_units(model)
+        self.depth = int(model.config.num_hidden_layers)  # the blocks of each stack (T5: the encoder's, the decoder's)
         frozen = pick(self.units, cfg.frozen_units, "method.frozen_units")
         always = pick(self.units, cfg.always_active, "method.always_active")
         for i in set(frozen) & set(always):
@@ -155,7 +156,8 @@ class BlockRotation(Method):
 
     def unvisited_layers(self, steps: int) -> float:
         """Rotating units a run of `steps` steps has not yet visited at its last step, in layers' worth of
-        parameters (their mean over the model's blocks): under keep their state, which a probe holds
+        parameters as the planner counts layers (the model's blocks over its depth: one block of every stack,
+        an encoder's and a decoder's on T5): under keep their state, which a probe holds
         (`probe_warmup_steps`), does not exist yet (LISA's 20-step intervals in a short profile); 0
         under drop and offload (a probe holds the active group's state on the device, as the run does)."""
         if self.cfg.state_policy != "keep":
@@ -163,7 +165,7 @@ class BlockRotation(Method):
         s = self.schedule
         visited = set(s.always).union(*(s.rotating(i) for i in range(s.interval(max(steps, 1) - 1) + 1)))
         blocks = [u.numel for u in self.units if u.name not in ("embedding", "head")]
-        return sum(self.units[i].numel for i in s.queue if i not in visited) / (sum(blocks) / len(blocks))
+        return sum(self.units[i].numel for i in s.queue if i not in visited) / (sum(blocks) / self.depth)
 
     def _first_visits(self) -> list[int]:
         """The steps at which some unit is active for the first time (order=sample: within 1000 cycles)."""
