@@ -35,6 +35,7 @@ from ftbench.methods.base import Method, MethodContext, Trains, is_no_decay
 from ftbench.methods.block_rotation.config import BlockRotationConfig
 from ftbench.methods.block_rotation.state_store import MASTER_DTYPE, Slot, StateStore
 from ftbench.methods.block_rotation.units import Schedule, derive_units, pick
+from ftbench.models.architecture import architecture
 
 
 def _low_precision(param: torch.Tensor) -> bool:
@@ -60,7 +61,8 @@ class BlockRotation(Method):
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         cfg = self.cfg
         self.units = derive_units(model)
-        self.depth = int(model.config.num_hidden_layers)  # the blocks of each stack (T5: the encoder's, the decoder's)
+        arch = architecture(model)
+        self.depth = len(arch.blocks) / len(arch.stacks)  # the planner's layers: a block of every stack (T5: two)
         frozen = pick(self.units, cfg.frozen_units, "method.frozen_units")
         always = pick(self.units, cfg.always_active, "method.always_active")
         for i in set(frozen) & set(always):
