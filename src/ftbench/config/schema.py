@@ -341,8 +341,9 @@ MODEL_SOURCES = ("path", "package", "hub_id")
 def check_given(cfg: DictConfig, given: set[str]) -> None:
     """Refuse (UserError naming the key) a model source the user gave (`given`: the keys set on the command
     line) that the run would not load: a model.package or model.hub_id under a model.path or model.package
-    that wins over it (MODEL_SOURCES, whether the group or the user set the winner), and a hub id under a
-    group that builds a random-init shape (model=tiny-llama: random_init: true) without model.random_init."""
+    that wins over it (MODEL_SOURCES, whether the group or the user set the winner), model.random_init=true
+    under one (it is loaded), and a hub id or GGUF file under a group that builds a random-init shape
+    (model=tiny-llama: random_init: true) without model.random_init."""
     mcfg = cfg.model
     winner = next((name for name in MODEL_SOURCES[:2] if mcfg[name]), None)
     for name in MODEL_SOURCES[1:]:
@@ -350,10 +351,16 @@ def check_given(cfg: DictConfig, given: set[str]) -> None:
         if key in given and mcfg[name] and winner and MODEL_SOURCES.index(winner) < MODEL_SOURCES.index(name):
             raise UserError(key, f"model.{winner}={mcfg[winner]} is the model loaded (it wins over {key}), so "
                             f"{mcfg[name]} would not be; give one source: drop {key}, or add model.{winner}=null")
-    if "model.hub_id" in given and "model.random_init" not in given and mcfg.random_init and not winner:
-        raise UserError("model.hub_id", f"model={mcfg.name} builds a random-init shape (model.random_init="
-                        f"true), so {mcfg.hub_id} would not be loaded; add model.random_init=false to load it, "
-                        "or drop model.hub_id")
+    if "model.random_init" in given and mcfg.random_init and winner:
+        raise UserError("model.random_init", f"model.{winner}={mcfg[winner]} is the model loaded (it wins over "
+                        f"random init), so model.random_init=true would not be; give one: drop model.random_init, "
+                        f"or add model.{winner}=null")
+    for name in ("hub_id", "gguf_file"):
+        if f"model.{name}" in given and mcfg.get(name) and "model.random_init" not in given and mcfg.random_init \
+                and not winner:
+            raise UserError(f"model.{name}", f"model={mcfg.name} builds a random-init shape (model.random_init="
+                            f"true), so {mcfg[name]} would not be loaded; add model.random_init=false to load it, "
+                            f"or drop model.{name}")
 
 
 def check_numbers(cfg: DictConfig) -> None:
