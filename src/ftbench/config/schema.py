@@ -23,7 +23,12 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ftbench.config import within
-from ftbench.config.folders import require_model_folder, require_tokenizer_folder
+from ftbench.config.folders import (
+    require_gguf_folder,
+    require_model_folder,
+    require_tokenizer_folder,
+    require_weights,
+)
 from ftbench.config.knobs import settle
 from ftbench.errors import UserError, one_of, require, require_kind
 
@@ -52,7 +57,9 @@ class ModelConfig:
         if self.path is not None and not (self.path.endswith(".gguf") and Path(self.path).expanduser().is_file()):
             require_kind(self.path, "folder", f"{key}.path",
                          "give a folder saved with save_pretrained (or a .gguf file)")
-            if not (self.gguf_file or self.path.endswith(".gguf")):  # GGUF: no config.json (gguf.py checks it)
+            if self.gguf_file:
+                require_gguf_folder(self.path, self.gguf_file, f"{key}.gguf_file")
+            elif self.saved_folder():
                 require_model_folder(self.path, f"{key}.path")
         if self.tokenizer is not None:
             require_kind(self.tokenizer, "folder", f"{key}.tokenizer", "give a folder holding a tokenizer")
@@ -60,6 +67,11 @@ class ModelConfig:
         sources = (self.path, self.package, self.hub_id)
         require(self.random_init or any(sources), f"{key}.random_init",
                 "this model has no hub_id, path or package; set model.random_init=true")
+
+    def saved_folder(self) -> bool:
+        """Whether model.path names a folder written by save_pretrained (config.json and weights), not a GGUF
+        file or a folder model.gguf_file names a file in."""
+        return self.path is not None and not (self.gguf_file or self.path.endswith(".gguf"))
 
 
 @dataclass
@@ -317,6 +329,8 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
     require(cfg.seed >= 0, "seed", "must be >= 0")
     for name in ("model", "hardware", "logger", "train", "optim", "eval", "profile", "plan", "method", "task"):
         OmegaConf.to_object(cfg[name]).check(name)
+    if cfg.mode != "plan" and OmegaConf.to_object(cfg.model).saved_folder():  # a plan reads config.json alone
+        require_weights(cfg.model.path, "model.path")
     OmegaConf.to_object(cfg.method).check_run(cfg)  # what the method cannot train with, set in other groups
     check_sharding(cfg)
     check_given(cfg, {override.split("=", 1)[0].lstrip("+~") for override in overrides})
