@@ -172,7 +172,8 @@ def test_a_bad_spec_is_one_line(tmp_path):
     (None, ["estimate.run_s=-1"], "estimate.run_s: -1.0 is not >= 0"),
     (None, ["gpu=tpu-9000"], "gpu: 'tpu-9000' is not a hardware option; one of a100-80gb, "),
     (None, ["budget.step=5"], "budget.step: no such key; valid keys here: steps, tokens, batch_size"),
-    (None, ["seeds=[abc]"], "seeds[0]: Value 'abc' of type 'str' could not be converted to Integer"),
+    (None, ["seeds=[abc]"], "seeds[0]: 'abc' is not an integer; write a whole number"),
+    (None, ["budget.tokens=1e3"], "budget.tokens: 1000.0 is not an integer (1e3 is read as a float); write it as one: 1000"),
     (None, ["seeds=3"], "seeds: give a list in brackets, e.g. seeds=[a,b]"),
     (None, ["seeds=[0]"], "seeds: give two or more distinct seeds >= 0"),
     (None, ["methods=[full,lora,lora]"], "methods: 'lora' is listed twice"),
@@ -196,6 +197,15 @@ def test_a_bad_spec_or_override_is_one_spec_error_naming_its_key(tmp_path, conte
     with pytest.raises(SpecError) as error:
         load(spec, overrides)
     assert str(error.value).startswith(f"{spec}: {key}") and "\n" not in str(error.value)
+
+
+def test_an_integer_learning_rate_is_a_float(tmp_path):
+    """An lr grid of whole numbers, on the command line or in the file (OmegaConf refuses an int in a dict's
+    list of floats when it merges one in: spec.integer_lrs_as_floats)."""
+    spec = write_spec(tmp_path / "spec.yaml", methods=["full", "lora"], lr={"lora": [1, 2e-3]})
+    assert load(spec, ["lr={full:[1, 2]}"]).lr == {"full": [1.0, 2.0], "lora": [1.0, 2e-3]}
+    with pytest.raises(SpecError, match=r"lr.full: Value True \(bool\) is incompatible"):
+        load(spec, ["lr={full:[true]}"])
 
 
 def test_an_out_that_is_a_file_is_refused_before_any_run(tmp_path, capsys):

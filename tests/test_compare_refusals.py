@@ -2,6 +2,8 @@
 spec and the tasks' data tell (a held-out split the training data cannot hold, a budget of 0 steps), and
 after the first multirun whose every run was refused alike (what only a run finds)."""
 
+import re
+
 import pytest
 
 from ftbench.compare import cells, runner
@@ -47,24 +49,36 @@ def test_a_held_out_split_the_training_data_cannot_hold_is_refused_before_any_ru
     assert not (tmp_path / "out").exists() and "ftbench -m" not in done.stdout
 
 
-def test_a_token_budget_whose_batch_the_training_data_cannot_fill_names_the_batch(tmp_path, capsys):
-    spec = five_rows(tmp_path, validation_from_train=1, budget={"steps": None, "tokens": 40, "batch_size": 8})
+@pytest.mark.parametrize("budget", [{"steps": 2}, {"steps": None, "tokens": 40}])
+def test_a_batch_the_training_data_cannot_fill_is_refused_by_a_dry_run(tmp_path, capsys, budget):
+    """A split that leaves fewer training examples than one batch: every budget refuses it before any run
+    (was, under budget.steps: after the first multirun, every run refused on train.batch_size)."""
+    spec = five_rows(tmp_path, validation_from_train=1, budget={**budget, "batch_size": 8})
+    assert refused(tmp_path, capsys, spec, "--dry-run") == (
+        "ftbench compare: error: budget.batch_size: sst2: the training set holds 4 examples once "
+        "validation_from_train=1 is held out, fewer than one batch of 8; lower budget.batch_size to 4 or less, "
+        "hold fewer out, or give the task more training data")
+
+
+def test_a_token_budget_of_more_epochs_than_the_count_walks_names_the_tokens(tmp_path, capsys):
+    spec = five_rows(tmp_path, validation_from_train=1, budget={"steps": None, "tokens": 10**11, "batch_size": 2})
     error = refused(tmp_path, capsys, spec, "--dry-run")
-    assert error.startswith("ftbench compare: error: budget.batch_size: sst2: no step reaches 40 tokens from 4 "
-                            "examples") and error.endswith("lower budget.batch_size or give the task more training data")
+    assert re.fullmatch(r"ftbench compare: error: budget.tokens: sst2: 100000000000 tokens are more than 10000 epochs "
+                        r"of the 4 training examples \(\d+ tokens an epoch\); give at most \d+, or a budget in steps "
+                        r"\(budget.steps\)", error), error
 
 
 def test_a_multirun_whose_every_run_is_refused_alike_stops_the_comparison(tmp_path):
-    """A batch larger than the training set, which only a run can find (its micro-batch may be smaller): the
-    first arm's stage-1 runs are all refused on train.batch_size, and the comparison stops there, exit 2."""
-    spec = five_rows(tmp_path, validation_from_train=1, methods=["full", "lora"], budget={"steps": 2, "batch_size": 8})
+    """A rotation that never switches in the budget, which only a run can find (it counts the model's layers):
+    the first arm's stage-1 runs are all refused on method.steps_per_block, and the comparison stops there, exit 2."""
+    spec = five_rows(tmp_path, validation_from_train=1, methods=["badam", "full"], budget={"steps": 2, "batch_size": 2})
     done = cli("ftbench", "compare", str(spec), "--out", str(tmp_path / "out"))
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
-        "ftbench compare: error: budget.batch_size: sst2 full: every stage-1 run was refused: train.batch_size: the "
-        "training set has 4 examples, fewer than one micro-batch of 8; lower train.batch_size to 4 or less, or give "
-        "more training data")
-    assert (tmp_path / "out/sst2/lr/full").is_dir() and not (tmp_path / "out/sst2/lr/lora").exists()
+        "ftbench compare: error: methods: sst2 badam: every stage-1 run was refused: method.steps_per_block: 50 steps "
+        "per block in a 2-step run: it never switches, so only layer.0 of the 2 rotating units would train; set "
+        "method.steps_per_block below 2 (or train.max_steps above 50)")
+    assert (tmp_path / "out/sst2/lr/badam").is_dir() and not (tmp_path / "out/sst2/lr/full").exists()
     assert "runs again" not in done.stdout and not (tmp_path / "out/comparison.md").exists()
 
 

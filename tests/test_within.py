@@ -99,6 +99,20 @@ def test_a_rotation_that_never_switches_is_refused(tmp_path):
     assert switching["status"] == "ok" and switching["train"]["steps"] == 3  # part of a cycle: allowed
 
 
+def test_a_rotation_that_never_switches_is_refused_before_a_warmup_advice_it_would_refuse(tmp_path):
+    """A 4-step BAdam run of 50 steps per block and 90 % warm-up: the command line advised a ratio of 0.75,
+    whose run was then refused on method.steps_per_block. The job refuses the rotation first; once it
+    switches, the warm-up's refusal comes, and its advice trains."""
+    args = [*QUICK, "method=badam", "train.max_steps=4"]
+    assert validate([*args, "optim.warmup_ratio=0.9"], multirun=False) is None
+    refused_before_training(run(tmp_path / "never", *args, "optim.warmup_ratio=0.9"),
+                            "method.steps_per_block: 50 steps per block in a 4-step run")
+    switching = [*args, "method.steps_per_block=3"]
+    problem = validate([*switching, "optim.warmup_ratio=0.9"], multirun=False)
+    assert problem.startswith("optim.warmup_ratio: 0.9 warms up over all of the run's 4 steps"), problem
+    assert run(tmp_path / "advised", *switching, f"optim.warmup_ratio={advice(problem)}")["status"] == "ok"
+
+
 @pytest.mark.parametrize("overrides,cycle", [
     (["method=hift"], 4),  # one step for each of tiny-llama's 4 units: layer.1 and the head would not train
     (["method=hift", "method.steps_per_block=2", "method.group_size=2"], 4),

@@ -107,8 +107,25 @@ def explain_compose_error(exc: BaseException) -> str:
         return f"{key}: no such key{hint}"
     if isinstance(cause, ValidationError):
         key = getattr(cause, "full_key", "") or "config"
-        return f"{key}: {first_line(str(cause))}"
+        return f"{key}: {not_an_integer(str(cause)) or first_line(str(cause))}"
     return first_line(text)
+
+
+def not_an_integer(text: str) -> str | None:
+    """OmegaConf's refusal of a non-integer for an integer key ("Value '1000.0' of type 'float' could not be
+    converted to Integer": 1e3 on the command line is a float) as the fix: the integer to write where the value
+    is a whole number (1000), else to write one; None for any other refusal. Every integer key, in a run's
+    config as in a comparison's spec, is refused so."""
+    found = re.search(r"Value '(.*)' of type '\w+' could not be converted to Integer", text)
+    if not found:
+        return None
+    try:
+        number = float(found.group(1))
+    except ValueError:
+        return f"'{found.group(1)}' is not an integer; write a whole number"
+    if number.is_integer():
+        return f"{found.group(1)} is not an integer (1e3 is read as a float); write it as one: {int(number)}"
+    return f"{found.group(1)} is not an integer; write a whole number"
 
 
 def _quoted(text: str) -> str:

@@ -138,8 +138,9 @@ class Composer:
         """The token count of each training example a stage-1 run of `task` at `seed` trains on (the held-out
         split out), read as the run reads its data (preflight.inputs: the task's files or the hub's, checked
         against the model; never the reported split). Raises UserError naming the spec key of a refusal
-        every run would meet (validation_from_train holding out all of a small training set), before any
-        run starts."""
+        every run would meet (validation_from_train holding out all of a small training set), or that a
+        comparison makes (a training set smaller than one batch, budget.batch_size: a step would repeat
+        examples, and budget.tokens counts whole batches), before any run starts."""
         if (task, seed) not in self._lengths:
             spec, first = self.spec, arms(self.spec)[0]
             cfg = self.compose([*arm_overrides(spec, first), *task_overrides(spec, task),
@@ -148,6 +149,11 @@ class Composer:
                 examples = preflight.inputs(cfg).task.train_examples()
             except UserError as exc:
                 raise UserError(blame(spec, first, str(exc)), f"{task}: {exc}") from None
+            if len(examples) < spec.budget.batch_size:  # (a run whose micro-batch is the batch refuses it once started)
+                raise UserError("budget.batch_size", f"{task}: the training set holds {len(examples)} examples once "
+                                f"validation_from_train={held_out(spec.validation_from_train)} is held out, fewer "
+                                f"than one batch of {spec.budget.batch_size}; lower budget.batch_size to "
+                                f"{len(examples)} or less, hold fewer out, or give the task more training data")
             self._lengths[task, seed] = [len(e["input_ids"]) for e in examples]
         return self._lengths[task, seed]
 
@@ -164,10 +170,10 @@ class Composer:
             for seed in spec.seeds:
                 size = spec.budget.batch_size
                 try:
-                    counts.append(steps_for_tokens(self.train_lengths(task, seed), size, size, seed, spec.budget.tokens))
-                except ValueError as exc:
-                    raise UserError("budget.batch_size", f"{task}: {exc}; lower budget.batch_size or give the task "
-                                    "more training data") from None
+                    counts.append(steps_for_tokens(self.train_lengths(task, seed), size, size, seed, spec.budget.tokens,
+                                                   keys=("budget.tokens", "budget.batch_size", "budget.steps")))
+                except UserError as exc:
+                    raise UserError(exc.key, f"{task}: {exc.reason}") from None
             self._steps[task] = min(counts)
             print(f"{task}: budget.tokens={spec.budget.tokens} buys {', '.join(map(str, counts))} steps "
                   f"(seeds {', '.join(map(str, spec.seeds))})")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from ftbench import methods
@@ -109,7 +109,8 @@ def load(path: Path, overrides: list[str]) -> Spec:
     except (ValueError, yaml.YAMLError, OmegaConfBaseException) as exc:
         raise SpecError(path, "command line", f"cannot be read as KEY=VALUE in YAML ({first_line(exc)})") from None
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Spec), loaded, given)
+        merged = OmegaConf.merge(OmegaConf.structured(Spec), integer_lrs_as_floats(loaded),
+                                 integer_lrs_as_floats(given))
         spec: Spec = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "spec"
@@ -121,6 +122,17 @@ def load(path: Path, overrides: list[str]) -> Spec:
         raise SpecError(path, key, message) from None
     check(spec, path)
     return spec
+
+
+def integer_lrs_as_floats(conf: DictConfig) -> DictConfig:
+    """`conf` with each integer of its `lr` lists made a float (lr={full:[1]}: an lr of 1.0). OmegaConf converts
+    an int to a float in a list of floats, but not in a list under a dict (Spec.lr) when it merges one in: it
+    refuses it as 'incompatible with type hint'. Anything else is left for the merge to refuse."""
+    lrs = conf.get("lr")
+    for label, values in (lrs.items() if isinstance(lrs, DictConfig) else ()):
+        if isinstance(values, ListConfig):
+            lrs[label] = [float(v) if type(v) is int else v for v in values]
+    return conf
 
 
 def check(spec: Spec, path: Path) -> None:

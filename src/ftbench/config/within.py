@@ -8,7 +8,9 @@ config alone (before any job of a sweep launches; the warm-up there only where t
 alone tells its schedule's length, `MethodConfig.schedule_length`: a per-cycle schedule's cycle counts
 the model's units); the job calls it again once the data has counted the steps and the method has
 said how long its schedule is (`job/steps.train_spec`). A refusal that suggests a value suggests one
-the same check accepts.
+the same check accepts. The method's own length check (`Method.check_length`: BAdam's first switch) comes
+first: where the config tells it may refuse the run (`MethodConfig.may_refuse_length`), the config's check
+leaves these to the job, so that no advice here (a warm-up ratio) is then refused on the method's key.
 
 | knob                                   | refused when                        | what would happen                      |
 | -------------------------------------- | ----------------------------------- | -------------------------------------- |

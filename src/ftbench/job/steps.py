@@ -28,7 +28,6 @@ from ftbench.engine.hardware import (
 )
 from ftbench.engine.loop import TrainSpec
 from ftbench.engine.loss import make_loss
-from ftbench.errors import UserError
 from ftbench.job import preflight
 from ftbench.measure.meters import MemoryMeter
 from ftbench.methods import build_method
@@ -102,19 +101,20 @@ class Feed:
             return batches.random_tokens(micro, cfg.profile.seq_len, self.vocab, self.head, self.num_labels,
                                          seed + 100_003 * rank, start, closing_token(self.model.config, self.head))
         collate = lambda examples: self.task.collate(examples, s.hw.pad_to_multiple_of)  # noqa: E731
-        key = "train.batch_size" if cfg.train.batch_size else "task.batch_size"  # the one the user set
-        return batches.shuffled(self.task.train_examples(), micro, collate, seed, rank, world, start, key=key)
+        return batches.shuffled(self.task.train_examples(), micro, collate, seed, rank, world, start,
+                                key=self.batch_key)
+
+    @property
+    def batch_key(self) -> str:
+        """The batch size's key the user set: train.batch_size, else task.batch_size."""
+        return "train.batch_size" if self.cfg.train.batch_size else "task.batch_size"
 
     def steps_for_tokens(self, tokens: int, micro: int) -> int:
         """The optimizer steps until the training stream has given `tokens` tokens (train.max_tokens;
         batches.steps_for_tokens), for this run's seed, batch, micro-batch and processes."""
         lengths = [len(e["input_ids"]) for e in self.task.train_examples()]
-        try:
-            return batches.steps_for_tokens(lengths, self.batch_size, micro, self.cfg.seed, tokens,
-                                            distributed.world_size())
-        except ValueError as exc:
-            raise UserError("train.max_tokens", f"{exc}; give more training data or a budget in steps "
-                            "(train.max_steps)") from None
+        return batches.steps_for_tokens(lengths, self.batch_size, micro, self.cfg.seed, tokens,
+                                        distributed.world_size(), ("train.max_tokens", self.batch_key, "train.max_steps"))
 
     def micro_loss(self, m: torch.nn.Module, batch: dict) -> torch.Tensor:
         """The loss of one micro-batch (moved to the device) under the job's autocast."""
@@ -187,9 +187,9 @@ def train_spec(cfg: DictConfig, method: Method, feed: Feed, s: Setup, calibratio
             steps_asked = feed.steps_for_tokens(cfg.train.max_tokens, micro)
             log.info(f"train.max_tokens={cfg.train.max_tokens}: {steps_asked} steps of {feed.batch_size} examples")
         steps, measure_from = steps_asked, min(cfg.train.measure_warmup_steps, steps_asked - 1)
-        within.check(cfg, steps, method.schedule_length(steps))  # knobs the run cannot reach: refused
-        if steps:
+        if steps:  # the method's own schedule first: the run-wide knobs' advice then holds for a run it takes
             method.check_length(steps)
+        within.check(cfg, steps, method.schedule_length(steps))  # knobs the run cannot reach: refused
     return TrainSpec(steps=steps, micro_batch_size=micro, accumulation=accumulation, measure_from=measure_from,
                      max_grad_norm=cfg.optim.max_grad_norm, eval_every=None if profiling else cfg.eval.every_steps,
                      log_every=cfg.train.log_every, progress=cfg.train.progress and distributed.is_main())

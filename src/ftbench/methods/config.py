@@ -127,6 +127,13 @@ class MethodConfig:
         schedule stepped once per cycle of the model's units): config/within.py then leaves the warm-up to the job."""
         return steps
 
+    def may_refuse_length(self, steps: int) -> bool:
+        """Whether the method's own check of the run's length (`Method.check_length`, which needs the prepared
+        model) may refuse a run of `steps` steps, as far as the config alone tells. config.schema.check then
+        leaves the run-wide step knobs (config/within.py) to the job, which checks the method's length first:
+        a refusal there never advises a value (optim.warmup_ratio=0.75) that the method's then refuses."""
+        return False
+
     def check_run(self, cfg) -> None:
         """Refuse, with a UserError naming the key, a setting of another group (`cfg`: the whole config)
         that this method cannot train with; called by `config.schema.check` after every group's `check`."""

@@ -38,6 +38,9 @@ class BlockRotationConfig(MethodConfig):
     def schedule_length(self, steps: int) -> int | None:
         return steps if self.lr_policy == "per_step" else None  # per cycle: the cycle counts the model's units
 
+    def may_refuse_length(self, steps: int) -> bool:
+        return steps <= self.steps_per_block  # it would never switch (a per-cycle one's cycle counts the model's units)
+
     def probe_layers(self) -> int:
         return self.group_size  # a rotating group needs a whole group of layers
 
