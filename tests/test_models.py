@@ -181,3 +181,31 @@ def test_an_encoder_decoder_classifier_never_pads_with_its_eos(tmp_path, family)
 
     with pytest.raises(UserError, match=r"^model.shape.eos_token_id: .* eos id 0, the id task=synthetic pads with"):
         preflight.inputs(compose(*shape, "task=synthetic", "task.num_train=16", "task.num_eval=8"))
+
+
+@pytest.mark.parametrize("family", sorted(ENCODER_DECODERS))
+def test_an_encoder_decoder_classifier_without_an_eos_is_refused_on_the_models_key(tmp_path, family):
+    """BART's and T5's heads read the state at each sequence's eos; a config with eos_token_id null gave none to
+    append (was: rc 1, torch's `eq() received an invalid combination of arguments - got (NoneType)` at set-up
+    under task=synthetic, which needs no tokenizer, and under mode=profile). Refused before training, in
+    every mode, on model.path (model.shape.eos_token_id at random init)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from ftbench.job import preflight
+    from ftbench.models.fit import planned_model
+
+    shape = ["model=tiny-bert", *ENCODER_DECODERS[family], "+model.shape.eos_token_id=null"]
+    synthetic = ["task=synthetic", "task.num_train=16", "task.num_eval=8"]
+    with pytest.raises(UserError, match=r"^model.shape.eos_token_id: the random-init .* is an encoder-decoder "
+                                        rf"\({family}\) with no eos_token_id"):
+        preflight.inputs(compose(*shape, *synthetic))
+    config = architecture_config(compose(*shape).model, decoder_start_token_id=0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / family)
+    folder = ["model=minilm", f"model.path={tmp_path / family}"]
+    line = rf"^model.path: model.path={tmp_path / family} is an encoder-decoder \({family}\) with no eos_token_id"
+    for mode in ([*synthetic], ["mode=profile", "profile.objective=seq_cls"], ["mode=plan", "profile.objective=seq_cls"]):
+        with pytest.raises(UserError, match=line):
+            (planned_model if "mode=plan" in mode else preflight.inputs)(compose(*folder, *mode))
+    result = run(tmp_path / "run", *folder, *synthetic, "train.max_steps=2", "task.batch_size=8")
+    assert (result["exit_code"], result["run"]["phase"]) == (2, "setup"), result["error"]
+    assert "with no eos_token_id" in result["error"], result["error"]

@@ -15,7 +15,7 @@ the root cause of every later mismatch (an encoder's tokenizer has no EOS for ge
 | an encoder-decoder classifier's pad is its eos | random init: a `<pad>` token is added | a checkpoint: model.tokenizer (task=synthetic: the model's key) |
 | token ids vs embedding rows (mode=profile: model.tokenizer's) | random init: rows sized to the ids | a checkpoint: model.tokenizer, both sizes |
 | task.max_length vs the position table        | random init: table sized to it; a checkpoint: cut to the table | |
-| an encoder-decoder classifier's eos          | appended to each sequence without it (Task.closing_id), a position kept for it | |
+| an encoder-decoder classifier's eos          | appended to each sequence without it (Task.closing_id), a position kept for it | none in its config: model.path (shape.eos_token_id) |
 | max_new_tokens vs the position table         | random init: table holds task.max_length + it; longer prompts: cut from the left when generating | a checkpoint: its key, when it fills the table |
 | profile.seq_len vs the position table        | random init: table sized to it        | a checkpoint: profile.seq_len           |
 | (a plan: its profile run's checks, against the model it plans: `planned_model`) | | (the same keys)   |

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from ftbench.errors import UserError
+from ftbench.models.architecture import closing_token
 from ftbench.models.loading import (
     architecture_config,
     config_shape,
@@ -79,6 +80,11 @@ def check_head(mcfg, config, head: str) -> None:
     elif kind not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
         raise UserError(key, f"{describe(mcfg)} ({kind}) has no sequence-classification head in transformers; "
                         "give a model that has one (e.g. model=minilm, roberta-base, tiny-llama)")
+    elif getattr(config, "is_encoder_decoder", False) and closing_token(config, head) is None:
+        eos_key = "model.shape.eos_token_id" if mcfg.random_init else key
+        raise UserError(eos_key, f"{describe(mcfg)} is an encoder-decoder ({kind}) with no eos_token_id: its "
+                        "classification head reads the state at each sequence's eos; set eos_token_id in its "
+                        "config.json (the tokenizer's eos id), or give a model that has one")
 
 
 def fit_vocab(mcfg, config, tokenizer, task=None) -> dict[str, int]:
