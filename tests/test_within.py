@@ -136,3 +136,25 @@ def test_a_rotation_of_one_cycle_or_sampled_groups_trains(tmp_path):
     lisa = run(tmp_path / "lisa", *QUICK, "method=lisa", "method.steps_per_block=2", "method.group_size=1",
                "task.max_steps=3")
     assert lisa["status"] == "ok"
+
+
+@pytest.mark.parametrize("overrides,steps,line,need", [
+    (["method=hift", "optim.warmup_steps=1"], 5, "optim.warmup_steps: a warm-up runs the first step of the learning-rate "
+     "schedule at lr 0, here its whole first cycle (4 steps: the per-cycle schedule steps once a cycle), and 3 of the "
+     "rotating units (layer.0, layer.1, head) are active only then in this 5-step run", 8),
+    (["method=hift", "optim.warmup_ratio=0.5"], 7, "optim.warmup_ratio: a warm-up runs the first step", 8),
+    (["method=badam", "method.steps_per_block=1", "optim.warmup_steps=1"], 2, "optim.warmup_steps: a warm-up runs "
+     "the first step of the learning-rate schedule at lr 0, here its first step, and 1 of the rotating units "
+     "(layer.0) are active only then in this 2-step run", 3),
+])
+def test_a_unit_active_only_while_the_warmup_holds_the_lr_at_0_is_refused(tmp_path, overrides, steps, line, need):
+    """A warm-up starts the rate at 0 for the schedule's first step: under HiFT's per-cycle schedule that is a
+    whole cycle, every unit's first visit (was: 5 steps, optim.warmup_steps=1, rc 0 with layer.0, layer.1 and the
+    head unchanged); under a per-step one, BAdam's first block of one step. The refusal's step count trains every unit."""
+    result = run(tmp_path / "short", *QUICK, *overrides, f"task.max_steps={steps}")
+    refused_before_training(result, line.split(": ")[0] + ": ")
+    assert result["error"].startswith(line) and f"set train.max_steps to at least {need}," in result["error"]
+    done = run(tmp_path / "advised", *QUICK, *overrides, f"task.max_steps={need}")
+    assert done["status"] == "ok", done["error"]
+    idle = [name for name, unit in done["engagement"]["units"].items() if unit["watched"] and not unit["changed"]]
+    assert not idle, idle

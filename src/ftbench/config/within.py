@@ -19,6 +19,7 @@ leaves these to the job, so that no advice here (a warm-up ratio) is then refuse
 | eval.every_steps                       | > the run's steps                   | no validation during training          |
 | eval.every_steps with train.select=best| >= the run's steps                  | one validation (the final one): nothing to select |
 | a method's switching interval          | the method's `check_length`         | HiFT (per-cycle lr): the run ends before one cycle of its blocks; BAdam/LISA: before their first switch, so the other blocks never train |
+| a warm-up beside a rotation            | a unit is active only at lr 0 (`check_length`) | a warm-up's first schedule step runs at lr 0: HiFT's whole first cycle, BAdam's first step; a unit visited only then never trains |
 
 Knobs that may exceed the run, on purpose:
 
@@ -73,6 +74,17 @@ def check_warmup(optim, steps: int, schedule: int) -> None:
     if warmup is None and ratio > 0 and math.ceil(ratio * schedule) >= schedule:
         raise UserError("optim.warmup_ratio", f"{ratio} warms up over all of {spans}: the learning rate would "
                         f"never reach optim.lr; set optim.warmup_ratio to at most {largest_ratio(schedule)}")
+
+
+def warmup_length(optim, schedule: int) -> int:
+    """The scheduler steps a warm-up spans (engine/optim.make_scheduler): optim.warmup_steps, else
+    optim.warmup_ratio of the `schedule` steps, rounded up. The first of them runs at lr 0."""
+    return optim.warmup_steps if optim.warmup_steps is not None else math.ceil(optim.warmup_ratio * schedule)
+
+
+def warmup_key(optim) -> str:
+    """The key that sets the warm-up: optim.warmup_steps when given (it wins), else optim.warmup_ratio."""
+    return "optim.warmup_steps" if optim.warmup_steps is not None else "optim.warmup_ratio"
 
 
 def largest_ratio(schedule: int) -> float:

@@ -188,7 +188,7 @@ def train_spec(cfg: DictConfig, method: Method, feed: Feed, s: Setup, calibratio
             log.info(f"train.max_tokens={cfg.train.max_tokens}: {steps_asked} steps of {feed.batch_size} examples")
         steps, measure_from = steps_asked, min(cfg.train.measure_warmup_steps, steps_asked - 1)
         if steps:  # the method's own schedule first: the run-wide knobs' advice then holds for a run it takes
-            method.check_length(steps)
+            method.check_length(steps, cfg.optim)
         within.check(cfg, steps, method.schedule_length(steps))  # knobs the run cannot reach: refused
     return TrainSpec(steps=steps, micro_batch_size=micro, accumulation=accumulation, measure_from=measure_from,
                      max_grad_norm=cfg.optim.max_grad_norm, eval_every=None if profiling else cfg.eval.every_steps,

@@ -184,10 +184,11 @@ class Method(ABC):
         """How many scheduler steps the LR schedule spans for `total_steps` optimizer steps."""
         return total_steps
 
-    def check_length(self, steps: int) -> None:
-        """Refuse, with a `UserError` naming the method's key, a training run of `steps` optimizer steps
-        too short for the method's own schedule to do what it claims (called after `prepare`, before
-        training; the run-wide knobs are config/within.py's). Most methods have no such schedule."""
+    def check_length(self, steps: int, optim) -> None:
+        """Refuse, with a `UserError` naming the key to change, a training run of `steps` optimizer steps
+        too short for the method's own schedule to do what it claims, under the `optim` config's warm-up
+        (its first scheduler step runs at lr 0) (called after `prepare`, before training; the run-wide knobs
+        are config/within.py's). Most methods have no such schedule."""
 
     def optimizer_parameters(self) -> list[torch.Tensor]:
         assert self.optimizer is not None, "attach() the optimizer first"
