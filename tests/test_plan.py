@@ -146,6 +146,52 @@ def test_plan_holds_the_state_lisa_has_visited_on_both_stacks_of_an_encoder_deco
     assert abs(predicted / traced - 1) < 0.03, (predicted, traced)
 
 
+# A dropped state (state_policy=drop) is freed mid-trace: the traced peak (the run's and the probes') counted the
+# state held when tracing started until the end (LiveTensorPeak.hold), so which block was active then set it, and the
+# plan of a trainable embedding on a 6-layer encoder folder (6 layers, 4 x 32 tokens) was 2.8-5.5 % above the run's.
+# (method, overrides, profile.steps of the run): a whole cycle and more, the trace starting at another block. (BAdam's
+# reshuffled random order is left out: it draws layer.0 last in one cycle and first in the next, which keeps its state
+# through the second step, the peak, and the probes' groups taken in turn never do: -2.6 %, docs/planner.md.)
+DROPPED = [pytest.param(method, overrides, steps, id=f"{method}-{steps}-steps")
+           for method, overrides in (("hift", ["method.state_policy=drop"]),
+                                     ("badam", ["method.frozen_units=[]", "method.steps_per_block=1",
+                                                "method.order=down2up", "method.reshuffle=false"]))
+           for steps in (9, 12)]
+
+
+@pytest.mark.parametrize("method,overrides,steps", DROPPED)
+def test_a_plan_of_dropped_states_predicts_the_peak_whatever_the_traced_steps(tmp_path, method, overrides, steps):
+    bert_folder(tmp_path / "bert", layers=6)
+    args = ["model=minilm", f"model.path={tmp_path / 'bert'}", "hardware=cpu", "profile.batch_size=4",
+            "profile.seq_len=32", f"method={method}", *overrides]
+    real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=2", f"profile.steps={steps}")
+    assert real["status"] == "ok", real["error"]
+    plan = predict(compose("mode=plan", *args))
+    predicted, traced = plan["memory"]["train_peak_allocated_bytes"], real["memory"]["train_peak_traced_bytes"]
+    assert abs(predicted / traced - 1) < 0.005, (predicted, traced)
+
+
+# BAdam's random order in pairs groups any two blocks of a 6-layer T5 folder: a decoder block beside the lowest encoder
+# block keeps more than the next encoder block (decoder.block.0, with the relative-attention bias every decoder layer
+# adds, 4.3 % more at 2 x 32 tokens). The probes take the lowest block beside the largest (BlockRotation.probe_groups):
+# an upper bound, exact where the profiled steps draw that pair (seed 38); with seed 0 they never do (+4.3 %). Bottom-up
+# pairs planned -3.7 % and -0.6 % (with the held state counted until freed: LiveTensorPeak.hold).
+# (seed, the most the plan may exceed the traced peak)
+PAIRINGS = [pytest.param(38, 0.005, id="draws-the-costliest-pair"), pytest.param(0, 0.05, id="never-draws-it")]
+
+
+@pytest.mark.parametrize("seed,over", PAIRINGS)
+def test_a_plan_of_random_pairs_is_the_costliest_pair_the_order_can_draw(tmp_path, seed, over):
+    t5_folder(tmp_path / "t5", layers=6)
+    args = ["model=minilm", f"model.path={tmp_path / 't5'}", "hardware=cpu", "profile.batch_size=2",
+            "profile.seq_len=32", "method=badam", "method.steps_per_block=1", "method.group_size=2", f"seed={seed}"]
+    real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=2", "profile.steps=12")
+    assert real["status"] == "ok", real["error"]
+    plan = predict(compose("mode=plan", *args))
+    predicted, traced = plan["memory"]["train_peak_allocated_bytes"], real["memory"]["train_peak_traced_bytes"]
+    assert -1e-4 < predicted / traced - 1 < over, (predicted, traced)
+
+
 def test_a_step_whose_op_count_differs_by_width_still_pairs_its_ops():
     """An optimizer with a data-dependent branch (APOLLO's norm-growth limiter) runs one op more in one
     probe: the ops before and after it still pair across the widths and take the quadratic (exact at w=1)."""
@@ -214,10 +260,10 @@ def gpt2_folder(path):  # 32 positions
                                eos_token_id=2)).save_pretrained(path)
 
 
-def bert_folder(path):  # 32 positions, another width than MiniLM's
+def bert_folder(path, layers=2):  # 32 positions, another width than MiniLM's
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    BertModel(BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
                          vocab_size=512, max_position_embeddings=32)).save_pretrained(path)
 
 

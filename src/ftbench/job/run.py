@@ -37,8 +37,8 @@ from ftbench.measure.environment import environment
 from ftbench.measure.meters import (
     SpeedMeter,
     flops_per_token,
-    held_optimizer_state_bytes,
     model_bytes,
+    optimizer_state_tensors,
     parameter_count,
     peak_flops,
 )
@@ -173,8 +173,8 @@ class Job:
         s, feed, spec, result = self.s, self.feed, self.spec, self.result
         model, method, optimizer, masters = self.trainee.model, self.trainee.method, self.trainee.optimizer, self.masters
         s.meter.mark_loaded()
-        s.meter.held_bytes = lambda: (model_bytes(model, masters) + method.master_bytes()
-                                      + held_optimizer_state_bytes(optimizer, s.device)[0])
+        s.meter.held_bytes = lambda: model_bytes(model, masters)
+        s.meter.held_tensors = lambda: [*method.master_parameters(), *optimizer_state_tensors(optimizer, s.device)]
         n_trainable = self.trainable[0]
         total = parameter_count(model, masters)  # masters may live inside the model (SIFT) or beside it (HiFT)
         result.params = Params(total=total, trainable=n_trainable, trainable_pct=100.0 * n_trainable / max(total, 1))

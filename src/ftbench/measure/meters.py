@@ -94,7 +94,9 @@ class MemoryMeter:
     optimizer_state_host_bytes: int = 0
     training: bool = False
     trace: bool = False  # CPU only: trace the train peak op by op (slows the step)
-    held_bytes: Callable[[], int] | None = None  # what training holds between steps, for the traced peak
+    held_bytes: Callable[[], int] | None = None  # what training holds throughout (the weights), for the traced peak
+    # What training holds between steps that a step may free (masters, optimizer state): counted until freed
+    held_tensors: Callable[[], list[torch.Tensor]] | None = None
 
     def __post_init__(self):
         self.cuda = self.device.type == "cuda"
@@ -130,6 +132,7 @@ class MemoryMeter:
         self.training = True
         if self.tracer is not None:
             self.tracer.held_bytes = self.held_bytes() if self.held_bytes else 0
+            self.tracer.hold(self.held_tensors() if self.held_tensors else [])
             self._trace(True)
 
     def _fold_train_peak(self) -> None:
@@ -251,15 +254,15 @@ def optimizer_state_parts(optimizer: torch.optim.Optimizer, device: torch.device
 def held_optimizer_state_bytes(optimizer: torch.optim.Optimizer, device: torch.device) -> tuple[int, int]:
     """Bytes the optimizer really holds: (on the training device, on the host); tensors inside state
     objects (projectors) count too (`state_tensors`)."""
-    on_device = on_host = 0
-    for state in optimizer.state.values():
-        for value in state.values():
-            for tensor in state_tensors(value):
-                if tensor.device.type == device.type:
-                    on_device += tensor_bytes(tensor)
-                else:
-                    on_host += tensor_bytes(tensor)
+    on_device = sum(tensor_bytes(t) for t in optimizer_state_tensors(optimizer, device))
+    on_host = sum(tensor_bytes(t) for t in optimizer_state_tensors(optimizer, None)) - on_device
     return on_device, on_host
+
+
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer, device: torch.device | None) -> list[torch.Tensor]:
+    """The tensors of the optimizer's state on `device`'s type (None: anywhere)."""
+    return [tensor for state in optimizer.state.values() for value in state.values()
+            for tensor in state_tensors(value) if device is None or tensor.device.type == device.type]
 
 
 def model_bytes(model: nn.Module, exclude: list[torch.Tensor]) -> int:

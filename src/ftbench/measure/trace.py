@@ -4,8 +4,9 @@ CUDA's caching allocator counts every byte it hands out; the CPU allocator count
 nothing, and the process RSS mixes in the Python heap, libraries and freed pages
 the allocator kept. `LiveTensorPeak` watches every operator through a dispatch
 mode instead: each storage an operator creates is counted until it is freed, on
-top of the bytes known to be held when tracing starts (weights, masters,
-optimizer state). Autograd's saved tensors, gradients and checkpoint recomputes
+top of what is held when tracing starts: bytes held throughout (the weights),
+and storages counted until they are freed (`hold`: masters and optimizer
+state, which a method may free mid-trace: BAdam drops a leaving block's). Autograd's saved tensors, gradients and checkpoint recomputes
 are all operator outputs, so the traced peak is the figure
 `torch.cuda.max_memory_allocated` would give, less kernel workspaces. What was
 live at the peak is kept by creating operator (e.g. `aten::mm`: GEMM outputs,
@@ -31,11 +32,13 @@ class LiveTensorPeak(TorchDispatchMode):
 
     def __init__(self, held_bytes: int = 0):
         super().__init__()
-        self.held_bytes = held_bytes
+        self.held_bytes = held_bytes  # held throughout the trace
+        self.held: dict[int, tuple[StorageWeakRef, int]] = {}  # data_ptr -> (weak ref, bytes): held until freed
+        self.held_live_bytes = 0
         self.live: dict[int, tuple[StorageWeakRef, int, str]] = {}  # data_ptr -> (weak ref, bytes, creating op)
         self.live_bytes = 0
         self.live_by_op: dict[str, int] = {}
-        self.peak_new_bytes = 0
+        self.peak_new_bytes = 0  # the peak of what `hold` registered and is still alive, plus the live bytes
         self.peak_op: str | None = None  # the operator whose result set the peak
         self.peak_by_op: dict[str, int] = {}  # what was live at the peak, by the operator that created it
 
@@ -43,11 +46,27 @@ class LiveTensorPeak(TorchDispatchMode):
     def peak_bytes(self) -> int:
         return self.held_bytes + self.peak_new_bytes
 
+    @property
+    def now_bytes(self) -> int:
+        """Bytes held and live now."""
+        return self.held_bytes + self.held_live_bytes + self.live_bytes
+
+    def hold(self, tensors) -> None:
+        """Count the storages of `tensors` (each once) as held until they are freed."""
+        for storage in _storages(tensors):
+            ptr = storage.data_ptr()
+            if ptr and ptr not in self.held and ptr not in self.live:
+                self.held[ptr] = (StorageWeakRef(storage), storage.nbytes())
+                self.held_live_bytes += storage.nbytes()
+
     def reset_peak(self) -> None:
         self._sweep()
-        self.peak_new_bytes, self.peak_op, self.peak_by_op = self.live_bytes, None, dict(self.live_by_op)
+        self.peak_new_bytes, self.peak_op = self.held_live_bytes + self.live_bytes, None
+        self.peak_by_op = dict(self.live_by_op)
 
     def _sweep(self) -> None:
+        for ptr in [ptr for ptr, (ref, _) in self.held.items() if ref.expired()]:
+            self.held_live_bytes -= self.held.pop(ptr)[1]
         dead = [ptr for ptr, (ref, _, _) in self.live.items() if ref.expired()]
         for ptr in dead:
             _, nbytes, op = self.live.pop(ptr)
@@ -63,13 +82,14 @@ class LiveTensorPeak(TorchDispatchMode):
         op = func.name()
         for storage in _storages(out):
             ptr, nbytes = storage.data_ptr(), storage.nbytes()
-            if ptr in inputs or ptr in self.live or ptr == 0:
+            if ptr in inputs or ptr in self.live or ptr in self.held or ptr == 0:
                 continue
             self.live[ptr] = (StorageWeakRef(storage), nbytes, op)
             self.live_bytes += nbytes
             self.live_by_op[op] = self.live_by_op.get(op, 0) + nbytes
-        if self.live_bytes > self.peak_new_bytes:
-            self.peak_new_bytes, self.peak_op, self.peak_by_op = self.live_bytes, op, dict(self.live_by_op)
+        if self.held_live_bytes + self.live_bytes > self.peak_new_bytes:
+            self.peak_new_bytes, self.peak_op = self.held_live_bytes + self.live_bytes, op
+            self.peak_by_op = dict(self.live_by_op)
         return out
 
 

@@ -176,6 +176,10 @@ class Method(ABC):
         `steps` steps does not (the planner takes it off the extrapolated state): 0 for most methods."""
         return 0.0
 
+    def probe_groups(self, planned) -> None:
+        """Rearrange a planner's probe (a method prepared with `probe_settings`) so that it shows the costliest
+        step the `planned` run's config can produce: a no-op for most methods."""
+
     def scheduler_steps(self, step: int) -> bool:
         """Whether the LR scheduler advances after optimizer step `step`."""
         return True

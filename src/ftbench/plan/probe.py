@@ -34,8 +34,8 @@ from ftbench.engine.loss import make_loss
 from ftbench.measure.meters import (
     MemoryMeter,
     SpeedMeter,
-    held_optimizer_state_bytes,
     model_bytes,
+    optimizer_state_tensors,
     tensor_bytes,
     weight_parts,
 )
@@ -72,7 +72,7 @@ class Timeline(LiveTensorPeak):
         phase = 2 if self.optimizer_phase else 1 if in_backward else 0
         first = out if isinstance(out, torch.Tensor) else next(
             (t for t in out if isinstance(t, torch.Tensor)), None) if isinstance(out, (tuple, list)) else None
-        self.points.append((self.held_bytes + self.live_bytes - self.host_bytes(), phase, func.name(), self.step,
+        self.points.append((self.now_bytes - self.host_bytes(), phase, func.name(), self.step,
                             first.numel() if first is not None else -1))
         return out
 
@@ -170,12 +170,14 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
         it = stream(cfg.seed + 10_007)
         return (next(it) for _ in range(n))
 
-    method = build_method(OmegaConf.merge(cfg.method, OmegaConf.to_object(cfg.method).probe_settings()))
+    planned = OmegaConf.to_object(cfg.method)
+    method = build_method(OmegaConf.merge(cfg.method, planned.probe_settings()))
     with tempfile.TemporaryDirectory(prefix="ftbench-probe-") as tmp:
         ctx = MethodContext(head=head, device=device, precision=hw.precision,
                             gradient_checkpointing=hw.gradient_checkpointing, seed=cfg.seed,
                             calibration_batches=calibration_batches, loss=micro_loss, output_dir=Path(tmp))
         model = method.prepare(model, ctx)
+    method.probe_groups(planned)  # a random order's costliest group (BlockRotation.probe_groups)
     optimizer = optimizer_for(method, model, probe_optim_config(cfg.optim, width_div), settle(cfg).lr)
     traced = method.planned_steps()  # 1, or every state of a method whose steps differ (HiFT: a whole cycle)
     # Warmed up as mode=profile warms up: every unit visited once (its state, masters and host buffers exist).
@@ -191,8 +193,8 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
     store = getattr(method, "store", None)
     meter.tracer = Timeline(host_bytes=(lambda: store.arena.nbytes) if gpu and store is not None else (lambda: 0))
     masters = method.master_parameters()
-    meter.held_bytes = lambda: (model_bytes(model, masters) + method.master_bytes()
-                                + held_optimizer_state_bytes(optimizer, device)[0])
+    meter.held_bytes = lambda: model_bytes(model, masters)
+    meter.held_tensors = lambda: [*method.master_parameters(), *optimizer_state_tensors(optimizer, device)]
     quiet = logging.getLogger("ftbench.engine.loop")
     level, quiet.level = quiet.level, logging.WARNING  # a probe's step logs would read as the run's
     try:

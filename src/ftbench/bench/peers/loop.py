@@ -20,7 +20,7 @@ What is measured, as ftbench's `train.py` and `measure.py` do:
   after the warm-up); on the CPU the traced peak (`trace_memory.LiveTensorPeak`,
   on for the timed steps only) on top of what is held when the trace starts:
   the model's parameters and buffers, and the parameters and state of the
-  optimizers (`Trainable.holders`), each tensor once.
+  optimizers (`Trainable.holders`) until they are freed, each tensor once.
 """
 
 from __future__ import annotations
@@ -89,15 +89,17 @@ def token_batches(batch_size: int, seq_len: int, vocab_size: int, seed: int) -> 
         yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
-def held_bytes(trainable: Trainable) -> int:
-    """Bytes held between steps: model parameters and buffers, optimizer parameters and state, each once."""
-    tensors = {id(t): t for t in [*trainable.model.parameters(), *trainable.model.buffers()]}
+def held(trainable: Trainable) -> tuple[int, list[torch.Tensor]]:
+    """What is held between steps: the bytes of the model's parameters and buffers, and the optimizers'
+    other parameters and state (a peer may free them mid-trace: BAdam's drops a leaving block's), each once."""
+    model = {id(t): t for t in [*trainable.model.parameters(), *trainable.model.buffers()]}
+    others = {}
     for optimizer in trainable.holders:
         for group in optimizer.param_groups:
-            tensors.update((id(p), p) for p in group["params"])
+            others.update((id(p), p) for p in group["params"] if id(p) not in model)
         for state in optimizer.state.values():
-            tensors.update((id(t), t) for v in state.values() for t in state_tensors(v))
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+            others.update((id(t), t) for v in state.values() for t in state_tensors(v) if id(t) not in model)
+    return sum(t.numel() * t.element_size() for t in model.values()), list(others.values())
 
 
 def synchronize(device: torch.device) -> None:
@@ -211,14 +213,17 @@ def train(spec: dict) -> dict:
     run = PeerRun(spec)
     warmup, steps = spec["warmup_steps"], spec["steps"]
     trace = spec["trace_memory"] and run.device.type == "cpu"
-    tracer, trainable_count, times = None, 0, []
+    tracer, trainable_count, times, held_at_start = None, 0, [], None
     for step in range(warmup + steps):
         if step == warmup:  # the measured steps begin
             trainable_count = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
             if run.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(run.device)
             if trace:
-                tracer = LiveTensorPeak(held_bytes(run.trainable))
+                weights, droppable = held(run.trainable)
+                tracer = LiveTensorPeak(weights)
+                tracer.hold(droppable)
+                held_at_start = tracer.now_bytes
                 tracer.__enter__()
         seconds = run.step()
         if step >= warmup:
@@ -236,7 +241,7 @@ def train(spec: dict) -> dict:
         peak, peak_kind = None, None
     return {"package": run.trainable.package, "step_time_s_p50": statistics.median(times),
             "step_times_s": times, "peak_bytes": peak, "peak_kind": peak_kind,
-            "held_bytes": tracer.held_bytes if tracer is not None else None,
+            "held_bytes": held_at_start,
             "peak_op": tracer.peak_op if tracer is not None else None, "peak_by_op": by_op,
             "trainable": trainable_count, "loss_first": run.losses[0], "loss_last": run.losses[-1]}
 

@@ -23,6 +23,7 @@ counted in steps, barely decays.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -170,6 +171,20 @@ class BlockRotation(Method):
         blocks = [u.numel for u in self.units if u.name not in ("embedding", "head")]
         return sum(self.units[i].numel for i in s.queue if i not in visited) / (sum(blocks) / self.depth)
 
+    def probe_groups(self, planned: BlockRotationConfig) -> None:
+        """A probe (plan/probe.py) of a run whose order is random takes its groups bottom up (`probe_settings`);
+        a random order of groups of g > 1 units can group any units, so the probe's queue is the lowest unit
+        first and the others largest first (model order among equals): its first group trains the lowest unit
+        beside the largest ones, the costliest group the order can draw (T5: an encoder block beside a decoder
+        block, which keeps more than the next encoder block)."""
+        if planned.order != "random" or self.cfg.group_size == 1:
+            return
+        first, *rest = self.schedule.queue
+        queue = (first, *sorted(rest, key=lambda i: -self.units[i].numel))
+        self.schedule = dataclasses.replace(self.schedule, queue=queue)
+        self._switch(self.schedule.active(0))
+        self._install()
+
     def _first_visits(self) -> list[int]:
         """The steps at which some unit is active for the first time (order=sample: within 1000 cycles)."""
         firsts, seen, interval = [], set(), 0
@@ -310,11 +325,8 @@ class BlockRotation(Method):
     def trainable_size(self) -> tuple[int, int]:
         """The largest group the schedule can make active (HiFT's "trainable per step"), in the
         dtype the optimizer steps (fp32 masters for low-precision weights)."""
-        def stepped_bytes(unit):
-            return sum(p.numel() * (MASTER_DTYPE.itemsize if _low_precision(p) else p.element_size()) for _, p in unit.params)
-
         return (self.schedule.largest_group([u.numel for u in self.units]),
-                self.schedule.largest_group([stepped_bytes(u) for u in self.units]))
+                self.schedule.largest_group([sum(_stepped_bytes(p) for _, p in u.params) for u in self.units]))
 
     def claimed_over_run(self, steps: int) -> int:
         """The units the schedule made active over `steps` steps (the always-active ones and each
@@ -435,6 +447,11 @@ class BlockRotation(Method):
                     value = self.store.adopt(slot, key, value, slot.unit in self.active)
                 placed[key] = value
             self.optimizer.state[slot.handle] = placed
+
+
+def _stepped_bytes(param: torch.Tensor) -> int:
+    """Bytes of a weight in the dtype the optimizer steps (fp32 masters for low-precision weights)."""
+    return param.numel() * (MASTER_DTYPE.itemsize if _low_precision(param) else param.element_size())
 
 
 def _states_per_weight(optimizer: torch.optim.Optimizer) -> int:
