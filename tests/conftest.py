@@ -36,10 +36,10 @@ def _seeded():
     torch.manual_seed(0)
 
 
-# Test files whose module fixture trains several runs (minutes on 2 cores). Under pytest-xdist (`make test`)
-# each of these files runs whole on one worker, so its fixture runs once; every other test goes to
-# whichever worker is free.
-ONE_WORKER = ("test_compare.py", "test_distributed.py", "test_reproduce.py")
+# Test files whose module fixture trains several runs (minutes on 2 cores) or reads SmolLM2's tokenizer out of
+# its GGUF file (~35 s of CPU). Under pytest-xdist (`make test`) each of these files runs whole on one worker,
+# so its fixture runs once; every other test goes to whichever worker is free.
+ONE_WORKER = ("test_compare.py", "test_distributed.py", "test_reproduce.py", "test_smollm2.py")
 
 
 @pytest.hookimpl(optionalhook=True)

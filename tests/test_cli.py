@@ -146,6 +146,21 @@ def test_help_and_cfg_compose_without_torch_sklearn_scipy_or_transformers():
     assert done.stdout.splitlines()[-1] == "imported: ", done.stdout.splitlines()[-1]
 
 
+def test_a_run_imports_no_library_its_method_and_metric_do_not_need(tmp_path):
+    """Full fine-tuning scored by accuracy (seed, optimizer, lr schedule, evaluation) in a fresh process leaves
+    peft and bitsandbytes (transformers.set_seed and get_scheduler import them) and scikit-learn
+    (tasks/metrics.py) unimported: ~2.5 s of CPU in every ftbench process."""
+    code = ("import sys; from ftbench.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n"
+            "    assert not exc.code, exc.code\n"
+            "print('imported:', ','.join(m for m in ('peft', 'bitsandbytes', 'sklearn') if m in sys.modules))")
+    done = subprocess.run([executable("python"), "-c", code, "task.max_steps=2", "task.num_train=64",
+                           "task.num_eval=32", "train.progress=false", f"hydra.run.dir={tmp_path / 'run'}"],
+                          env=CLI_ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "imported: ", done.stdout.splitlines()[-1]
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "ok"
+
+
 def test_help_lists_the_groups_a_user_sets_the_presets_by_paper_and_the_docs(capsys):
     from ftbench.cli import main
     from ftbench.job.compose import config_dir

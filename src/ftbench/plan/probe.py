@@ -146,7 +146,7 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
               head: str, gpu: bool, chunk_tokens: int | None, whole_chunks: bool) -> Probe:
     """Trace one probe; `hw` is the planned hardware (precision, checkpointing, attention); the causal LM's
     loss in chunks of `chunk_tokens`, `whole_chunks` or not (engine/loss.py; the planner picks them)."""
-    from transformers import set_seed
+    from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
     device = torch.device("cpu")
