@@ -71,7 +71,7 @@ def check_warmup(optim, steps: int, schedule: int) -> None:
         raise UserError("optim.warmup_steps", f"{warmup} is not below {spans}: the learning rate would never "
                         f"reach optim.lr; set optim.warmup_steps below {schedule}, or train for more steps")
     ratio = optim.warmup_ratio
-    if warmup is None and ratio > 0 and math.ceil(ratio * schedule) >= schedule:
+    if warmup is None and ratio > 0 and warmup_length(optim, schedule) >= schedule:
         raise UserError("optim.warmup_ratio", f"{ratio} warms up over all of {spans}: the learning rate would "
                         f"never reach optim.lr; set optim.warmup_ratio to at most {largest_ratio(schedule)}")
 

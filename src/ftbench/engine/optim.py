@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ftbench.config import within
 from ftbench.errors import UserError
 
 
@@ -47,7 +48,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int):
 
     from torch.optim.lr_scheduler import LambdaLR
 
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * total_steps)
+    warmup = within.warmup_length(cfg, total_steps)
     return LambdaLR(optimizer, partial(lr_factor, shape=cfg.scheduler, warmup=warmup, total=max(total_steps, 1)))
 
 
