@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ftbench.config import within
 from ftbench.errors import UserError, require
 from ftbench.measure.meters import tensor_bytes
 from ftbench.methods.base import Method, MethodContext, Trains, is_no_decay
+from ftbench.methods.block_rotation import length
 from ftbench.methods.block_rotation.config import BlockRotationConfig
 from ftbench.methods.block_rotation.state_store import MASTER_DTYPE, Slot, StateStore
 from ftbench.methods.block_rotation.units import Schedule, derive_units, pick
@@ -206,69 +206,9 @@ class BlockRotation(Method):
         return math.ceil(total_steps / self.schedule.cycle_steps)
 
     def check_length(self, steps: int, optim) -> None:
-        """Refuse (`UserError` on method.steps_per_block) a run too short for the schedule. Under a per-cycle
-        lr schedule (HiFT) the run must last one whole cycle: a shorter one never steps its rate and leaves
-        the cycle's later groups untrained. Under a per-step schedule (BAdam, LISA) it must switch at least
-        once: a run that ends within its first interval trains that group alone. A run that switches but
-        ends before a whole cycle is allowed there: it trains each group it reaches, as a longer run would
-        (BAdam's claim over the run counts only those, `claimed_over_run`)."""
-        s = self.schedule
-        if len(s.queue) <= s.group_size:
-            return  # one group: every unit is active from the first step
-        if self.cfg.lr_policy == "per_cycle" and steps < s.cycle_steps:
-            visited = set().union(*(s.rotating(i) for i in range(math.ceil(steps / s.steps_per_block))))
-            left = [self.units[i].name for i in s.queue if i not in visited]
-            shown = ", ".join(left) if len(left) <= 4 else f"{left[0]}, {left[1]} .. {left[-1]}"
-            fewer = steps // s.groups_per_cycle
-            other = (f"method.steps_per_block to at most {fewer}" if fewer else
-                     f"method.group_size to at least {math.ceil(len(s.queue) / steps)}"
-                     + (" with method.steps_per_block=1" if s.steps_per_block > 1 else ""))
-            per = f"{s.steps_per_block} step{'s' if s.steps_per_block > 1 else ''} per block"
-            raise UserError("method.steps_per_block", f"{per} in a {steps}-step run: one cycle of the "
-                            f"{len(s.queue)} rotating units takes {s.cycle_steps} steps (the per-cycle lr schedule "
-                            f"steps once a cycle), so {len(left)} of them ({shown}) would never train; set "
-                            f"train.max_steps to at least {s.cycle_steps}, or {other}")
-        if steps <= s.steps_per_block:
-            first = ", ".join(self.units[i].name for i in s.rotating(0))
-            raise UserError("method.steps_per_block", f"{s.steps_per_block} steps per block in a {steps}-step run: "
-                            f"it never switches, so only {first} of the {len(s.queue)} rotating units would "
-                            f"train; set method.steps_per_block below {steps} (or train.max_steps above "
-                            f"{s.steps_per_block})")
-        if 0 < within.warmup_length(optim, self.schedule_length(steps)) < self.schedule_length(steps):
-            self._check_warmup_start(steps, within.warmup_key(optim))  # (a longer warm-up: within.check_warmup)
-
-    def _check_warmup_start(self, steps: int, key: str) -> None:
-        """Refuse (`UserError` on the warm-up's key) a run in which a unit it visits is active only while the
-        lr is 0: a warm-up starts at 0 for the schedule's first step, the run's first step (per-step) or its
-        whole first cycle (per-cycle: every unit's first visit). Such a unit would never train (was: HiFT,
-        5 steps over 4 units with optim.warmup_steps=1, trained the embedding alone, status ok)."""
-        s = self.schedule
-        at_zero = s.cycle_steps if self.cfg.lr_policy == "per_cycle" else 1
-        reached = set().union(*(s.rotating(i) for i in range(s.interval(steps - 1) + 1)))
-        idle = [i for i in s.queue if i in reached and self._next_visit(i, at_zero) >= steps]
-        if not idle:
-            return
-        names = [self.units[i].name for i in idle]
-        shown = ", ".join(names) if len(names) <= 4 else f"{names[0]}, {names[1]} .. {names[-1]}"
-        span = (f"its whole first cycle ({s.cycle_steps} steps: the per-cycle schedule steps once a cycle)"
-                if at_zero > 1 else "its first step")
-        need = max(self._next_visit(i, at_zero) for i in idle) + 1
-        more = f"set train.max_steps to at least {need}, or " if need < self._horizon() else ""
-        raise UserError(key, f"a warm-up runs the first step of the learning-rate schedule at lr 0, here {span}, "
-                        f"and {len(idle)} of the rotating units ({shown}) are active only then in this {steps}-step "
-                        f"run, so they would never train; {more}use no warm-up ({key}=0)")
-
-    def _next_visit(self, unit: int, step: int) -> int:
-        """The first step at or after `step` at which `unit` is active (order=sample: within 1000 cycles; else
-        `_horizon()`)."""
-        s = self.schedule
-        interval = s.interval(step)
-        while unit not in s.rotating(interval) and interval * s.steps_per_block < self._horizon():
-            interval += 1
-        return max(step, interval * s.steps_per_block)
-
-    def _horizon(self) -> int:
-        return 1000 * self.schedule.cycle_steps
+        """The run's length against the rotation (length.py): too short for the schedule, or a unit active
+        only while a warm-up holds the rate at 0; `UserError` on the key to change."""
+        length.check(self.schedule, [u.name for u in self.units], self.cfg.lr_policy == "per_cycle", steps, optim)
 
     def _switch(self, wanted: tuple[int, ...]) -> None:
         """Freeze the leaving units, unfreeze the arriving ones (before the step's forward)."""
