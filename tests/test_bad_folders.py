@@ -183,3 +183,90 @@ def test_a_model_tokenizer_of_any_familys_files_is_left_to_the_loader(tmp_path, 
 
     folder = holding(dict.fromkeys(files, ""))(tmp_path / "tok")
     assert validate([f"model.tokenizer={folder}", "task=sst2"], multirun=False) is None
+
+
+def wordpiece_folder(folder: Path) -> Path:
+    """A BERT tokenizer (WordPiece, 9 tokens: 5 special, 4 words) saved with save_pretrained."""
+    from transformers import BertTokenizer
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "fine", "dull", "film"]
+    BertTokenizer(vocab={word: i for i, word in enumerate(words)}).save_pretrained(folder)
+    return folder
+
+
+def test_a_tokenizer_without_its_vocabulary_is_refused_not_trained_on_unk(tmp_path):
+    """A tokenizer folder of tokenizer_config.json alone (or a model.path folder with no tokenizer files): the library
+    builds the named class with its 5 special tokens, and every word became [UNK] (was: rc 0, status ok). Refused on
+    model.tokenizer; a tokenizer in a subfolder of the model's folder is named."""
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    whole = wordpiece_folder(tmp_path / "whole")
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    (settings / "tokenizer_config.json").write_text((whole / "tokenizer_config.json").read_text())
+    rows = "".join(f"a {'fine' if i % 2 else 'dull'} film\t{i % 2}\n" for i in range(16))
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.tsv").write_text(f"sentence\tlabel\n{rows}")
+    sst2 = ["task=sst2", f"task.data_dir={tmp_path}", "train.max_steps=1", "task.batch_size=8", "eval.max_samples=8"]
+    result = run(tmp_path / "settings-run", "model=tiny-bert", f"model.tokenizer={settings}", *sst2)
+    assert (result["exit_code"], result["run"]["phase"]) == (2, "setup"), result["error"]
+    assert result["error"].startswith(f"model.tokenizer: the tokenizer of {settings} holds no vocabulary, only its 5 "
+                                      "special tokens"), result["error"]
+    assert run(tmp_path / "whole-run", "model=tiny-bert", f"model.tokenizer={whole}", *sst2)["status"] == "ok"
+    model = tmp_path / "model"
+    config = BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(model)
+    wordpiece_folder(model / "tk" / "x")
+    result = run(tmp_path / "model-run", "model=minilm", f"model.path={model}", *sst2)
+    assert result["error"].endswith(f"its subfolder {model / 'tk' / 'x'} holds one: set model.tokenizer="
+                                    f"{model / 'tk' / 'x'}"), result["error"]
+    done = run(tmp_path / "advised", "model=minilm", f"model.path={model}", f"model.tokenizer={model / 'tk' / 'x'}", *sst2)
+    assert done["status"] == "ok", done["error"]
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "is empty; download it again"),
+    (b"GGUF\x03\x00\x00\x00", r"stops within its header \(8 bytes\): it is cut short"),
+    (b"PK\x03\x04" + bytes(40), r"is not a GGUF file \(it does not open with b'GGUF'\)"),
+    (b"GGUF\x03\x00\x00\x00" + (1).to_bytes(8, "little") + (1).to_bytes(8, "little"), "is cut short or corrupt"),
+])
+def test_a_gguf_file_cut_short_or_not_gguf_is_named(tmp_path, content, message):
+    """An empty, truncated or foreign .gguf: was rc 1 with the reader's struct text (`unpack_from requires a buffer
+    of at least 24 bytes`) or an mmap error reported as an architecture transformers cannot de-quantize."""
+    (tmp_path / "model.gguf").write_bytes(content)
+    pytest.importorskip("gguf")
+    result = run(tmp_path / "run", f"model.path={tmp_path / 'model.gguf'}", *QUICK)
+    assert (result["exit_code"], result["status"]) == (2, "failed"), result["error"]
+    assert result["error"].startswith("model.path: ") and re.search(message, result["error"]), result["error"]
+
+
+@pytest.mark.parametrize("weights", [b"", b"not a pickle at all"])
+def test_a_pytorch_model_bin_that_is_empty_or_not_a_pickle_names_model_path(tmp_path, weights):
+    """Was rc 1 `ftbench: failed: EOFError` (empty) and the unpickler's error (garbage)."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+                                                    "num_hidden_layers": 2, "num_attention_heads": 4,
+                                                    "vocab_size": 300}))
+    (folder / "pytorch_model.bin").write_bytes(weights)
+    result = run(tmp_path / "run", f"model.path={folder}", *QUICK)
+    assert (result["exit_code"], result["status"]) == (2, "failed"), result["error"]
+    assert result["error"].startswith(f"model.path: could not load {folder}"), result["error"]
+
+
+def test_a_model_folders_own_tokenizer_too_large_for_its_embedding_is_not_advised_again(tmp_path):
+    """With model.tokenizer unset the tokenizer is the folder's own: the refusal advised model.tokenizer=null,
+    which gave the same line word for word. It now asks for a tokenizer that fits, or another model."""
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    config = BertConfig(vocab_size=6, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "model")
+    wordpiece_folder(tmp_path / "model")  # 9 tokens
+    rows = "".join(f"a {'fine' if i % 2 else 'dull'} film\t{i % 2}\n" for i in range(16))
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.tsv").write_text(f"sentence\tlabel\n{rows}")
+    result = run(tmp_path / "run", "model=minilm", f"model.path={tmp_path / 'model'}", "task=sst2",
+                 f"task.data_dir={tmp_path}", "train.max_steps=1", "task.batch_size=8")
+    assert (result["exit_code"], result["run"]["phase"]) == (2, "setup"), result["error"]
+    assert result["error"].endswith("has 6 rows; give a tokenizer of at most 6 tokens (model.tokenizer=DIR) or a "
+                                    "model whose vocabulary covers it"), result["error"]

@@ -127,6 +127,8 @@ def test_every_model_carries_its_shape():
     (["optim.weight_decay=1e300"], "optim.weight_decay: 1e+300 at method.lr=0.0001: each step multiplies a weight by "
                                    "1 - lr x weight_decay = -1e+296, which zeroes or flips it; give optim.weight_decay "
                                    "below 1e+04"),
+    (["method=badam", "method.order=down2up"], "method.reshuffle: only applies to method.order=random (got down2up); "
+                                                "add method.reshuffle=false"),  # BAdam's reshuffle: true
     (["optim.lr=1e38"], "optim.lr: a learning rate of 1e+38 overflows the training dtype at the first step: an "
                         "Adam step moves by lr / (1 - optim.betas[0]) = 1e+39"),
 ])

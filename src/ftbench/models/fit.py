@@ -103,5 +103,7 @@ def fit_vocab(mcfg, config, tokenizer, task=None) -> dict[str, int]:
     if mcfg.random_init:
         log.warning("%s but model.shape.vocab_size=%d: the random-init embedding gets %d rows", what, rows, needed)
         return {"vocab_size": needed}
-    raise UserError(key, f"{what} but the embedding of {describe(mcfg)} has {rows} rows; give the model's own "
-                    "tokenizer (model.tokenizer=null) or a model whose vocabulary covers it")
+    own = ("the model's own tokenizer (model.tokenizer=null) or " if mcfg.tokenizer else
+           f"a tokenizer of at most {rows} tokens (model.tokenizer=DIR) or ")  # (unset: the model's own is this one)
+    raise UserError(key, f"{what} but the embedding of {describe(mcfg)} has {rows} rows; give {own}a model whose "
+                    "vocabulary covers it")

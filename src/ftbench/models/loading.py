@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 from contextlib import contextmanager
 from importlib import import_module
@@ -15,6 +16,7 @@ from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldVal
 from safetensors import SafetensorError
 from torch import nn
 
+from ftbench.config.folders import holds_tokenizer
 from ftbench.errors import UserError, first_line
 from ftbench.models import gguf
 from ftbench.models.architecture import bad_size
@@ -72,9 +74,10 @@ def settle_source(mcfg) -> None:
 # What from_pretrained raises for a folder or hub id it cannot use: missing or unreadable files (OSError),
 # an unknown model_type or a bad config value (ValueError, KeyError; StrictDataclassError: a value or a
 # combination the config class's validators refuse, e.g. hidden_size "x" or not a multiple of the heads),
-# weights that do not fit (RuntimeError), a corrupt weights file (SafetensorError). Out-of-memory is not
-# among them (see load_error).
-LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError, StrictDataclassError)
+# weights that do not fit (RuntimeError), a corrupt weights file (SafetensorError; a pytorch_model.bin that is
+# empty: EOFError, or not a pickle: UnpicklingError). Out-of-memory is not among them (see load_error).
+LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError, StrictDataclassError, EOFError,
+               pickle.UnpicklingError)
 
 # What building a transformers config from model.shape raises for values the library refuses: its validators
 # (StrictDataclassError), or a family's own checks and arithmetic on them (ValueError, TypeError, KeyError).
@@ -97,9 +100,25 @@ def load_tokenizer(mcfg):
         raise hub_error("model.tokenizer", f"the tokenizer of {source}", exc,
                         "set model.tokenizer=DIR (a folder saved with tokenizer.save_pretrained)",
                         local=Path(source).is_dir()) from exc
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # its class built from tokenizer_config.json alone
+        deeper = _deeper_tokenizer(source)
+        fix = (f"its subfolder {deeper} holds one: set model.tokenizer={deeper}" if deeper else
+               "set model.tokenizer=DIR (a folder saved with tokenizer.save_pretrained)")
+        raise UserError("model.tokenizer", f"the tokenizer of {source} holds no vocabulary, only its {len(tokenizer)} "
+                        f"special tokens ({', '.join(tokenizer.all_special_tokens)}): the folder lacks its vocabulary "
+                        f"file (vocab.txt, tokenizer.json, ...); {fix}")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
+
+
+def _deeper_tokenizer(source: str) -> Path | None:
+    """The first subfolder (up to 3 deep) of a local `source` that holds tokenizer files, else None."""
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        return None
+    return next((sub for depth in ("*", "*/*", "*/*/*") for sub in sorted(folder.glob(depth))
+                 if sub.is_dir() and holds_tokenizer(sub)), None)
 
 
 def byte_level_tokenizer():

@@ -60,7 +60,7 @@ class BlockRotationConfig(MethodConfig):
         require(self.group_size >= 1, f"{key}.group_size", "must be >= 1")
         require(self.steps_per_block >= 1, f"{key}.steps_per_block", "must be >= 1")
         require(not self.reshuffle or self.order == "random", f"{key}.reshuffle",
-                f"only applies to {key}.order=random (got {self.order})")
+                f"only applies to {key}.order=random (got {self.order}); add {key}.reshuffle=false")
 
     def probe_settings(self) -> dict:
         """A random order visits the same groups as the model's order, holding the same at each: the probes take
