@@ -14,9 +14,9 @@ from ftbench.methods.block_rotation.units import Schedule
 HORIZON_CYCLES = 1000
 
 
-def check(s: Schedule, names: list[str], per_cycle: bool, steps: int, optim) -> None:
-    """Refuse (`UserError` on method.steps_per_block) a run of `steps` optimizer steps too short for the
-    schedule `s` of the units `names`. Under a per-cycle lr schedule (HiFT) the run must last one whole cycle:
+def check(s: Schedule, names: list[str], per_cycle: bool, steps: int, schedule: int, optim) -> None:
+    """Refuse (`UserError` on method.steps_per_block) a run of `steps` optimizer steps (`schedule` steps of its
+    lr schedule) too short for the rotation `s` of the units `names`. Under a per-cycle lr schedule (HiFT) the run must last one whole cycle:
     a shorter one never steps its rate and leaves the cycle's later groups untrained. Under a per-step
     schedule (BAdam, LISA) it must switch at least once: a run that ends within its first interval trains
     that group alone. A run that switches but ends before a whole cycle is allowed there: it trains each
@@ -42,7 +42,6 @@ def check(s: Schedule, names: list[str], per_cycle: bool, steps: int, optim) -> 
                         f"it never switches, so only {first} of the {len(s.queue)} rotating units would "
                         f"train; set method.steps_per_block below {steps} (or train.max_steps above "
                         f"{s.steps_per_block})")
-    schedule = math.ceil(steps / s.cycle_steps) if per_cycle else steps
     if 0 < within.warmup_length(optim, schedule) < schedule:  # (a longer warm-up: within.check_warmup)
         check_warmup_start(s, names, per_cycle, steps, within.warmup_key(optim))
 

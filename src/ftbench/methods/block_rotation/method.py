@@ -208,7 +208,8 @@ class BlockRotation(Method):
     def check_length(self, steps: int, optim) -> None:
         """The run's length against the rotation (length.py): too short for the schedule, or a unit active
         only while a warm-up holds the rate at 0; `UserError` on the key to change."""
-        length.check(self.schedule, [u.name for u in self.units], self.cfg.lr_policy == "per_cycle", steps, optim)
+        length.check(self.schedule, [u.name for u in self.units], self.cfg.lr_policy == "per_cycle", steps,
+                     self.schedule_length(steps), optim)
 
     def _switch(self, wanted: tuple[int, ...]) -> None:
         """Freeze the leaving units, unfreeze the arriving ones (before the step's forward)."""
