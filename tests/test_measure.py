@@ -1,6 +1,7 @@
 """Measurement primitives: what is counted is what is held."""
 
 import logging
+import mmap
 
 import pytest
 import torch
@@ -35,11 +36,15 @@ def test_sparse_tensors_count_what_they_store():
 
 def test_cpu_peak_resets_between_phases():
     meter = MemoryMeter(torch.device("cpu"))
-    block = bytearray(300 * 2**20)
-    block[::4096] = b"x" * len(block[::4096])  # touch every page
+    # An anonymous mapping of its own: fresh pages that count in the RSS once touched and leave it when
+    # unmapped. (A bytearray comes from malloc, which may serve it from pages the worker's heap already
+    # holds resident and keep them after `del`: then the RSS never moves and nothing is measured.)
+    block = mmap.mmap(-1, 300 * 2**20)
+    for offset in range(0, len(block), mmap.PAGESIZE):
+        block[offset] = 1  # touch every page
     meter.mark_loaded()
     high = meter.cpu_peak_rss
-    del block
+    block.close()
     meter.start_train()
     assert rss_peak_bytes() < high - 200 * 2**20
 
