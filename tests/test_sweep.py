@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -74,19 +75,38 @@ def test_a_report_never_destroys_an_earlier_one(tmp_path, capsys):
     own = {name: (sweep / name).read_bytes() for name in REPORT}
     capsys.readouterr()
 
-    report_main([str(sweep), str(other)])
+    report_main([str(sweep), str(other), "--out", str(sweep)])
     out = capsys.readouterr().out
     assert {name: (sweep / name.replace("report", "report.previous-1")).read_bytes() for name in REPORT} == own
     assert f"markdown: {sweep / 'report.md'}" in out and str(sweep / "report.previous-1.md") in out
     mixed = (sweep / "report.md").read_text()
     assert len(mixed.splitlines()) == 2 + 3
 
-    report_main([str(sweep), str(other)])  # the same report: replaced, nothing more kept
+    report_main([str(sweep), str(other), "--out", str(sweep)])  # the same report: replaced, nothing more kept
     assert "kept" not in capsys.readouterr().out and not (sweep / "report.previous-2.md").exists()
 
     report.build([sweep], sweep, grows=True)  # the sweep's refresh: the mixed report is not its own
     assert (sweep / "report.previous-2.md").read_text() == mixed
     assert (sweep / "report.md").read_bytes() == own["report.md"]
+
+
+def test_a_report_goes_where_the_paths_named_are(tmp_path, capsys, monkeypatch):
+    """One folder: itself; one file: its folder; several: the deepest folder holding them all; none but the
+    root: refused, naming --out."""
+    from ftbench.cli import report_folder, report_main
+
+    sweep = tmp_path / "sweeps" / "t1"
+    fakes(sweep, "full", "lora")
+    assert report_folder([sweep]) == sweep
+    assert report_folder([sweep / "method=full" / "result.json"]) == sweep / "method=full"
+    assert report_folder([sweep / "method=full", sweep / "method=lora"]) == sweep.resolve()
+    assert report_folder([sweep, tmp_path / "sweeps"]) == (tmp_path / "sweeps").resolve()
+    monkeypatch.chdir(sweep)  # relative paths, as a shell glob gives them
+    assert report_folder([Path("method=full"), Path("method=lora")]) == sweep.resolve()
+    assert report_folder([Path("method=full"), Path("/")]) is None
+    with pytest.raises(SystemExit) as exited:
+        report_main(["method=full", "/"])
+    assert exited.value.code == 2 and "--out DIR" in capsys.readouterr().err
 
 
 def test_a_glob_over_a_sweep_folder_passes_over_what_ftbench_wrote_beside_the_results(tmp_path, capsys):
@@ -99,8 +119,9 @@ def test_a_glob_over_a_sweep_folder_passes_over_what_ftbench_wrote_beside_the_re
         (sweep / name).write_text("not a result")
     (sweep / "method=full" / "result.previous-1.json").write_text("{")  # an earlier attempt, kept aside
     report_main([str(p) for p in sorted(sweep.iterdir())] + [str(sweep / "method=full" / "result.previous-1.json")])
-    with (sweep / "method=full" / "report.csv").open() as handle:  # the first folder given
+    with (sweep / "report.csv").open() as handle:  # the folder the glob is over, not its first job's
         assert [row["run"] for row in csv.DictReader(handle)] == ["full", "lora"]
+    assert not (sweep / "method=full" / "report.csv").exists()
     capsys.readouterr()
 
     broken = tmp_path / "mine.json"  # a result the user names: still read, and its error named

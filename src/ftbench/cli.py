@@ -262,14 +262,26 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
 
 
+def report_folder(paths: list[Path]) -> Path | None:
+    """Where a report of `paths` goes by default: the folder named alone, the folder of a file named alone,
+    else the deepest folder holding every path named (`DIR/*`, a shell glob over a sweep's job folders and
+    the files beside them, gives DIR, not its first job's folder). None when that is the filesystem's root."""
+    folders = [p if p.is_dir() else p.parent for p in paths]
+    if len(paths) == 1:
+        return folders[0]
+    common = Path(os.path.commonpath([f.resolve() for f in folders]))
+    return None if common == common.parent else common
+
+
 def report_main(argv: list[str] | None = None) -> None:
     """`ftbench-report DIR...`: one table (markdown, CSV) and one plot from any result files."""
     parser = argparse.ArgumentParser(prog="ftbench-report", description=report_main.__doc__)
     parser.add_argument("paths", nargs="+", type=Path,
                         help="result.json files (or other .json results) or folders holding them; other files "
                              "ftbench writes beside results (multirun.yaml, reports, logs) are passed over")
-    parser.add_argument("--out", type=Path, help="where to write report.md/.csv/.png (default: the first folder); "
-                        "a report already there that differs is kept as report.previous-N.md/.csv/.png")
+    parser.add_argument("--out", type=Path, help="where to write report.md/.csv/.png (default: the folder named, or "
+                        "the one that holds every path named, e.g. DIR for DIR/*); a report already there that "
+                        "differs is kept as report.previous-N.md/.csv/.png")
     args = parser.parse_args(argv)
     missing = [p for p in args.paths if not p.exists()]
     if missing:
@@ -279,7 +291,11 @@ def report_main(argv: list[str] | None = None) -> None:
         print(f"ftbench-report: error: --out: {args.out} {kind_problem(args.out, 'folder')}; give a folder",
               file=sys.stderr)
         sys.exit(2)
-    out = args.out or next((p for p in args.paths if p.is_dir()), args.paths[0].parent)
+    out = args.out or report_folder(args.paths)
+    if out is None:
+        print(f"ftbench-report: error: the paths named share no folder but {Path('/').resolve()}; say where the "
+              f"report goes with --out DIR", file=sys.stderr)
+        sys.exit(2)
     comparisons = [p for p in args.paths if (p / "comparison.json").is_file()]
     try:
         if comparisons:  # an `ftbench compare` folder: its comparison, written again from its runs
