@@ -166,6 +166,7 @@ def test_a_plan_of_dropped_states_predicts_the_peak_whatever_the_traced_steps(tm
             "profile.seq_len=32", f"method={method}", *overrides]
     real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=2", f"profile.steps={steps}")
     assert real["status"] == "ok", real["error"]
+    assert real["run"]["model"] == str(tmp_path / "bert")  # the folder loaded, not the group (minilm)
     plan = predict(compose("mode=plan", *args))
     predicted, traced = plan["memory"]["train_peak_allocated_bytes"], real["memory"]["train_peak_traced_bytes"]
     assert abs(predicted / traced - 1) < 0.005, (predicted, traced)

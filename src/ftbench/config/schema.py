@@ -333,7 +333,7 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
         require_weights(cfg.model.path, "model.path")
     OmegaConf.to_object(cfg.method).check_run(cfg)  # what the method cannot train with, set in other groups
     check_sharding(cfg)
-    check_given(cfg, {override.split("=", 1)[0].lstrip("+~") for override in overrides})
+    check_given(cfg, given_keys(overrides))
     require(not (cfg.eval.harness.tasks and cfg.hardware.shard == "fsdp"), "eval.harness.tasks",
             "the harness scores the model on rank 0 alone, and hardware.shard=fsdp splits it over the ranks; "
             "export it (train.save=last), then score the export unsharded: model.path=<run>/checkpoint/merged "
@@ -351,6 +351,23 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
 
 # Where a model comes from, the first one set winning (models/loading.py: source_key).
 MODEL_SOURCES = ("path", "package", "hub_id")
+
+
+def given_keys(overrides) -> set[str]:
+    """The keys a command line's KEY=VALUE overrides set (+KEY=VALUE and ~KEY as KEY)."""
+    return {override.split("=", 1)[0].lstrip("+~") for override in overrides}
+
+
+def model_label(mcfg, given: set[str]) -> str:
+    """The model's name in result.json and plan.json (`run.model`): model.name, unless the user gave the
+    source loaded (model.path, model.package or model.hub_id, or model.gguf_file) without a model.name: then
+    that source as given (`DIR`, `DIR/file.gguf`), so runs of two folders under one group (model.path=A,
+    model.path=B under the default tiny-llama) are never reported as the same model. `given`: given_keys."""
+    winner = next((name for name in MODEL_SOURCES if mcfg[name]), None)
+    loaded = winner is not None and not (winner == "hub_id" and mcfg.random_init)  # a folder wins over random init
+    if "model.name" in given or not loaded or not {f"model.{winner}", "model.gguf_file"} & given:
+        return mcfg.name
+    return f"{mcfg[winner]}/{mcfg.gguf_file}" if mcfg.gguf_file else str(mcfg[winner])
 
 
 def check_given(cfg: DictConfig, given: set[str]) -> None:

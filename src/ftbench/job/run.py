@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftbench import results
 from ftbench.config.knobs import settle
-from ftbench.config.schema import check
+from ftbench.config.schema import check, given_keys, model_label
 from ftbench.engine import loop
 from ftbench.engine.loggers import NullLogger, make_logger
 from ftbench.engine.loop import Compute, NonFiniteLoss, Trainee, Watchers, sigterm_cancels
@@ -105,7 +105,8 @@ class Job:
     def __init__(self, cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None):
         self.cfg, self.output_dir = cfg, output_dir
         self.started = time.time()
-        self.result = Result(run=Run(method=cfg.method.name, model=cfg.model.name, seed=cfg.seed, mode=cfg.mode,
+        self.result = Result(run=Run(method=cfg.method.name, model=model_label(cfg.model, given_keys(overrides or [])),
+                                     seed=cfg.seed, mode=cfg.mode,
                                      task=cfg.task.name if cfg.mode == "train" else "profile",
                                      output_dir=str(output_dir), overrides=list(overrides or []),
                                      started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

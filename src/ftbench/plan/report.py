@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ftbench import files
-from ftbench.config.schema import check
+from ftbench.config.schema import check, given_keys, model_label
 from ftbench.errors import Canceled, UserError
 from ftbench.results import GiB, Result
 
@@ -38,7 +38,8 @@ def run_plan(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
         return 2
     started = time.time()
     plan = {"schema": 1, "status": "ok", "error": None,
-            "run": {"method": cfg.method.name, "model": cfg.model.name, "mode": "plan", "output_dir": str(output_dir),
+            "run": {"method": cfg.method.name, "model": model_label(cfg.model, given_keys(overrides or [])),
+                    "mode": "plan", "output_dir": str(output_dir),
                     "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "overrides": list(overrides or [])},
             "config": OmegaConf.to_container(cfg, resolve=True)}
