@@ -153,7 +153,7 @@ def test_a_bad_spec_is_one_line(tmp_path):
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert line.startswith(f"ftbench compare: error: {spec}: methods: 'nosuch' is neither a method (adam-mini, ")
-    assert line.endswith(") nor a variant's label")
+    assert line.endswith(") nor a variant's label; give one of them")
     with pytest.raises(SpecError, match="seeds"):
         load(write_spec(tmp_path / "seeds.yaml"), ["seeds=[1,1]"])
     with pytest.raises(SpecError, match="include full"):

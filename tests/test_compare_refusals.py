@@ -63,7 +63,7 @@ def test_a_batch_the_training_data_cannot_fill_is_refused_by_a_dry_run(tmp_path,
 def test_a_token_budget_of_more_epochs_than_the_count_walks_names_the_tokens(tmp_path, capsys):
     spec = five_rows(tmp_path, validation_from_train=1, budget={"steps": None, "tokens": 10**11, "batch_size": 2})
     error = refused(tmp_path, capsys, spec, "--dry-run")
-    assert re.fullmatch(r"ftbench compare: error: budget.tokens: sst2: 100000000000 tokens are more than 10000 epochs "
+    assert re.fullmatch(r"ftbench compare: error: budget.tokens: sst2, seed 0's split: 100000000000 tokens are more than 10000 epochs "
                         r"of the 4 training examples \(\d+ tokens an epoch\); give at most \d+, or a budget in steps "
                         r"\(budget.steps\)", error), error
 
@@ -120,3 +120,54 @@ def test_a_refused_ftbench_key_is_blamed_on_the_spec_key_that_gave_it(tmp_path, 
     spec = load(write_spec(tmp_path / "spec.yaml", methods=["full", "v"], variants={"v": ["method=lora", "method.rank=4"]},
                            lr={"v": [1e-3]}), [])
     assert cells.blame(spec, arm, message) == key
+
+
+def passes(tmp_path, capsys, spec, *args):
+    with pytest.raises(SystemExit) as code:
+        runner.main([str(spec), "--out", str(tmp_path / "out"), "--dry-run", *args])
+    assert code.value.code == 0, capsys.readouterr().err
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("keys,advice", [
+    # seed 4 holds out a long row, seed 0 a short one: seed 0's split has more tokens an epoch
+    ({"seeds": [0, 4], "budget": {"steps": None, "tokens": 10**11, "batch_size": 2}},
+     r"budget.tokens: sst2, seed 4's split: .*; give at most (\d+), or"),
+    # sst2 keeps 4 rows, cola 2
+    ({"tasks": ["sst2", "cola"], "budget": {"steps": 2, "batch_size": 8}},
+     r"budget.batch_size: cola: .*; lower budget.batch_size to (\d+) or less"),
+    # cola's long rows buy fewer steps than sst2's
+    ({"tasks": ["sst2", "cola"], "budget": {"steps": None, "tokens": 200, "batch_size": 2}, "validations": 99},
+     r"validations: 99 validations do not fit the \d+ steps budget.tokens buys on cola; lower validations to (\d+)"),
+])
+def test_following_a_dry_runs_advice_passes_the_dry_run(tmp_path, capsys, keys, advice):
+    """A bound a refusal advises holds for every task and seed of the spec, not only the first one read
+    (was: the first seed's tokens an epoch, the first task's examples, then refused again on the next)."""
+    short, long = "a fine film\t1", "dull and slow and long and tiresome and flat\t0"
+    write_glue(tmp_path / "data" / "cola", "cola", None, [long.replace("\t0", " .\t0")] * 3)
+    spec = five_rows(tmp_path, validation_from_train=1, **keys)
+    write_glue(tmp_path / "data" / "sst2", "sst2", FIXTURES["sst2"][0], [short, long, short, long, short])
+    found = re.search(advice, refused(tmp_path, capsys, spec, "--dry-run"))
+    assert found, advice
+    key = advice.split(":", 1)[0]
+    passes(tmp_path, capsys, spec, f"{key}={found.group(1)}")
+
+
+def test_an_lr_entry_of_a_method_left_out_of_methods_is_unused(tmp_path, capsys):
+    """methods=[full] on the command line narrows a spec whose lr also names lora (the command line's lr merges
+    into the spec's map): lora's entry is unused, as a variant's that no arm names."""
+    spec = five_rows(tmp_path, validation_from_train=1, methods=["full", "lora"], lr={"full": [1e-3], "lora": [1e-3]})
+    passes(tmp_path, capsys, spec, "methods=[full]", "lr={full: [1]}")
+    assert load(spec, ["methods=[full]"]).lr == {"full": [1e-3], "lora": [1e-3]}
+
+
+@pytest.mark.parametrize("override,refusal,fix", [("lr={loar: [1e-3]}", "lr: 'loar'", "did you mean lora?"),
+                                                   ("lr={zzzzzz: [1e-3]}", "lr: 'zzzzzz'", "give one of them"),
+                                                   ("methods=[full,loar]", "methods: 'loar'", "did you mean lora?")])
+def test_a_label_naming_no_method_or_variant_is_refused(tmp_path, override, refusal, fix):
+    """A misspelled method in lr (or methods) is refused, with the nearest label where one is near."""
+    spec = write_spec(tmp_path / "spec.yaml", methods=["full"])
+    with pytest.raises(SpecError) as error:
+        load(spec, [override])
+    assert str(error.value).startswith(f"{spec}: {refusal} is neither a method (adam-mini, ")
+    assert str(error.value).endswith(f") nor a variant's label; {fix}")

@@ -138,9 +138,7 @@ class Composer:
         """The token count of each training example a stage-1 run of `task` at `seed` trains on (the held-out
         split out), read as the run reads its data (preflight.inputs: the task's files or the hub's, checked
         against the model; never the reported split). Raises UserError naming the spec key of a refusal
-        every run would meet (validation_from_train holding out all of a small training set), or that a
-        comparison makes (a training set smaller than one batch, budget.batch_size: a step would repeat
-        examples, and budget.tokens counts whole batches), before any run starts."""
+        every run would meet (validation_from_train holding out all of a small training set)."""
         if (task, seed) not in self._lengths:
             spec, first = self.spec, arms(self.spec)[0]
             cfg = self.compose([*arm_overrides(spec, first), *task_overrides(spec, task),
@@ -149,38 +147,55 @@ class Composer:
                 examples = preflight.inputs(cfg).task.train_examples()
             except UserError as exc:
                 raise UserError(blame(spec, first, str(exc)), f"{task}: {exc}") from None
-            if len(examples) < spec.budget.batch_size:  # (a run whose micro-batch is the batch refuses it once started)
-                raise UserError("budget.batch_size", f"{task}: the training set holds {len(examples)} examples once "
-                                f"validation_from_train={held_out(spec.validation_from_train)} is held out, fewer "
-                                f"than one batch of {spec.budget.batch_size}; lower budget.batch_size to "
-                                f"{len(examples)} or less, hold fewer out, or give the task more training data")
             self._lengths[task, seed] = [len(e["input_ids"]) for e in examples]
         return self._lengths[task, seed]
+
+    def check_data(self) -> None:
+        """Read every task's training data before any run (train_lengths; under budget.tokens each seed's, whose
+        order decides its steps) and count the steps budget.tokens buys on each task (budget_steps). Raises
+        UserError on what some run would meet, or that a comparison makes: a training set smaller than one batch
+        (budget.batch_size: a step would repeat examples, and budget.tokens counts whole batches), a token
+        budget the count cannot walk (budget.tokens), more validations than steps (validations). Each refusal's
+        advice is the bound of the task and seed that bind it most (the fewest examples, the fewest tokens an
+        epoch, the fewest steps), so that following it passes for every task and seed."""
+        spec, size = self.spec, self.spec.budget.batch_size
+        seeds = spec.seeds if spec.budget.tokens is not None else spec.seeds[:1]
+        lengths = {(task, seed): self.train_lengths(task, seed) for task in spec.tasks for seed in seeds}
+        task, seed = min(lengths, key=lambda cell: len(lengths[cell]))
+        held = len(lengths[task, seed])  # (a run whose micro-batch is the batch refuses it once started)
+        if held < size:
+            raise UserError("budget.batch_size", f"{task}: the training set holds {held} examples once "
+                            f"validation_from_train={held_out(spec.validation_from_train)} is held out, fewer than "
+                            f"one batch of {size}; lower budget.batch_size to {held} or less, hold fewer out, or "
+                            "give the task more training data")
+        if spec.budget.tokens is None:
+            return
+        counts = {}  # the fewest tokens an epoch first: the bound its refusal advises holds for every cell
+        for task, seed in sorted(lengths, key=lambda cell: sum(lengths[cell])):
+            try:
+                counts[task, seed] = steps_for_tokens(lengths[task, seed], size, size, seed, spec.budget.tokens,
+                                                      keys=("budget.tokens", "budget.batch_size", "budget.steps"))
+            except UserError as exc:
+                raise UserError(exc.key, f"{task}, seed {seed}'s split: {exc.reason}") from None
+        steps = {task: min(counts[task, seed] for seed in seeds) for task in spec.tasks}
+        for task in spec.tasks:
+            print(f"{task}: budget.tokens={spec.budget.tokens} buys {', '.join(str(counts[task, s]) for s in seeds)} "
+                  f"steps (seeds {', '.join(map(str, seeds))})")
+        task = min(spec.tasks, key=steps.get)
+        if spec.validations > steps[task]:
+            raise UserError("validations", f"{spec.validations} validations do not fit the {steps[task]} steps "
+                            f"budget.tokens buys on {task}; lower validations to {steps[task]} or less, or raise "
+                            "budget.tokens")
+        self._steps = steps
 
     def budget_steps(self, task: str) -> int:
         """The optimizer steps the spec's budget buys on `task`: budget.steps, or under budget.tokens the
         fewest over the seeds (each seed's order has its own; every run still trains to its own count,
-        train.max_tokens, and the validations come every `fewest / validations` steps). Counted once a
-        task, from the training data as a run reads it. Raises UserError when the validations do not fit."""
-        spec = self.spec
-        if spec.budget.tokens is None:
-            return spec.budget.steps
-        if task not in self._steps:
-            counts = []
-            for seed in spec.seeds:
-                size = spec.budget.batch_size
-                try:
-                    counts.append(steps_for_tokens(self.train_lengths(task, seed), size, size, seed, spec.budget.tokens,
-                                                   keys=("budget.tokens", "budget.batch_size", "budget.steps")))
-                except UserError as exc:
-                    raise UserError(exc.key, f"{task}: {exc.reason}") from None
-            self._steps[task] = min(counts)
-            print(f"{task}: budget.tokens={spec.budget.tokens} buys {', '.join(map(str, counts))} steps "
-                  f"(seeds {', '.join(map(str, spec.seeds))})")
-        if spec.validations > self._steps[task]:
-            raise UserError("validations", f"{spec.validations} validations do not fit the "
-                            f"{self._steps[task]} steps budget.tokens buys on {task}; lower validations or raise "
-                            "budget.tokens")
+        train.max_tokens, and the validations come every `fewest / validations` steps), counted by check_data."""
+        if self.spec.budget.tokens is None:
+            return self.spec.budget.steps
+        if not self._steps:
+            self.check_data()
         return self._steps[task]
 
 

@@ -6,7 +6,7 @@ read), and picks the lr with the best validation score. Stage 2 runs each arm at
 seed and scores the reported split. Both stages live in fixed folders (cells.py): a rerun runs only what
 is missing or was made from another config, and on a finished folder runs nothing and prints the same
 report. `--dry-run` lists the runs and their estimated time. Bad input is one line naming the spec's key,
-exit 2: found before any run where the spec and the tasks' data tell (spec.check, Composer.train_lengths),
+exit 2: found before any run where the spec and the tasks' data tell (spec.check, Composer.check_data),
 else after the first multirun whose every run was refused alike (check_refused).
 """
 
@@ -31,8 +31,8 @@ def as_data(spec: Spec, name: str) -> dict:
 
 def stage_one(composer: Composer, spec: Spec, out: Path) -> list[Run]:
     runs = []
+    composer.check_data()  # the tasks' data read once, before any run: their refusals here
     for task in spec.tasks:
-        composer.train_lengths(task, spec.seeds[0])  # the task's data read once, before any run: its refusals here
         for arm in arms(spec):
             steps = composer.budget_steps(task)
             default = composer.config(cells.overrides(spec, "lr", task, arm, steps), arm)["method"]["lr"]

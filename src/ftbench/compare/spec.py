@@ -7,6 +7,7 @@ naming the file and the key (`SpecError`).
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -153,12 +154,13 @@ def check(spec: Spec, path: Path) -> None:
         twice = sorted({x for x in given if given.count(x) > 1})
         if twice:
             raise SpecError(path, key, f"'{twice[0]}' is listed twice; list each once")
-    for label in spec.methods:
-        if label not in known and label not in spec.variants:
-            raise SpecError(path, "methods", f"'{label}' is neither a method ({', '.join(known)}) nor a variant's label")
-    unknown = sorted(set(spec.lr) - set(arms(spec)))
-    if unknown:
-        raise SpecError(path, "lr", f"'{unknown[0]}' is not an arm of this comparison ({', '.join(arms(spec))})")
+    labels = [*known, *spec.variants]  # an lr entry of one that is not an arm (methods=[full]) is unused
+    for key, given in (("methods", spec.methods), ("lr", list(spec.lr))):
+        label = next((g for g in given if g not in labels), None)
+        if label is not None:
+            close = difflib.get_close_matches(label, labels, n=1)
+            raise SpecError(path, key, f"'{label}' is neither a method ({', '.join(known)}) nor a variant's label; "
+                            + (f"did you mean {close[0]}?" if close else "give one of them"))
     if (spec.budget.steps is None) == (spec.budget.tokens is None):
         raise SpecError(path, "budget", "give one budget: budget.steps=N, or budget.tokens=N with budget.steps=null")
     for key, value, what in (("steps", spec.budget.steps, "the optimizer steps every arm trains"),
