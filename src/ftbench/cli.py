@@ -20,7 +20,7 @@ from pathlib import Path
 from ftbench import methods, report
 from ftbench.config.schema import check
 from ftbench.errors import Canceled, UserError, explain_compose_error, kind_problem
-from ftbench.job import sweep
+from ftbench.job import lock, sweep
 from ftbench.job.compose import config_dir, register_configs
 from ftbench.quiet import quiet_libraries, quiet_transformers
 
@@ -208,7 +208,9 @@ def experiments_by_paper(names: list[str]) -> dict[str, list[str]]:
 
 def output_dir_problem(argv: list[str]) -> str | None:
     """One line when `hydra.run.dir` / `hydra.sweep.dir` cannot hold a run: empty (it would write into the
-    current folder), an existing file, or under a folder this user cannot write; else None."""
+    current folder), an existing file, under a folder this user cannot write, or a run folder another ftbench
+    process is running in (job/lock.py: refused before Hydra opens its log there; each job of a sweep is
+    asked in `validate`); else None."""
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep or key.lstrip("+~") not in ("hydra.run.dir", "hydra.sweep.dir"):
@@ -219,6 +221,11 @@ def output_dir_problem(argv: list[str]) -> str | None:
         path = Path(value).expanduser()
         if path.exists() and not path.is_dir():
             return f"{key}: {value} is a file, not a folder; give a folder (new or holding an earlier run)"
+        if key == "hydra.run.dir" and not {"-m", "--multirun"} & set(argv):
+            try:
+                lock.require_free(path, key)
+            except UserError as exc:
+                return str(exc)
         existing = next(p for p in (path, *path.parents) if p.exists())
         try:  # a real try: permission bits say nothing for root or on special file systems (/proc)
             os.rmdir(tempfile.mkdtemp(prefix=".ftbench-probe-", dir=existing))

@@ -8,10 +8,10 @@
 A run is done when its folder holds a result.json made from the run's config (the neutral keys aside,
 as a job decides: job/rerun.py) whose status is ok, nan or oom (a diverged lr is a finding, not run
 again). One made from another config is moved aside into <out>/_aside/ (never deleted) before the run is
-made again; an interrupted or failed one is left to the job, which resumes or reruns it. The pending
-runs of one arm and stage run as one Hydra multirun of the ftbench CLI in a child process, so the
-launcher the spec's `set` names (hydra/launcher=slurm, submitit_local) runs them, on a cluster as on a
-laptop.
+made again (not while another ftbench process is running in it: job/lock.py); an interrupted or failed
+one is left to the job, which resumes or reruns it. The pending runs of one arm and stage run as one
+Hydra multirun of the ftbench CLI in a child process, so the launcher the spec's `set` names
+(hydra/launcher=slurm, submitit_local) runs them, on a cluster as on a laptop.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from ftbench.compare.spec import OWNED, Spec, arm_overrides, arms
 from ftbench.config.schema import check
 from ftbench.engine.batches import steps_for_tokens
 from ftbench.errors import UserError, explain_compose_error
-from ftbench.job import children, preflight
+from ftbench.job import children, lock, preflight
 from ftbench.job.checkpoint import differing_keys
 from ftbench.job.compose import config_dir, register_configs
 from ftbench.results import Result
@@ -249,14 +249,17 @@ def survey(run: Run) -> str | None:
 
 
 def set_aside(runs: list[Run], out: Path) -> None:
-    """Move each result made from another config out of the way, whole folder: never delete one."""
+    """Move each result made from another config out of the way, whole folder: never delete one, never move a
+    folder another ftbench process is running in (refused on --out, before any moves: job/lock.py)."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    for run in runs:
-        if run.why and run.why.startswith("made from another config"):
-            target = out / ASIDE / run.folder.relative_to(out).parent / f"{run.folder.name}-{stamp}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(run.folder), str(target))
-            print(f"  {run.folder.relative_to(out)}: {run.why}; moved to {target}")
+    moved = [run for run in runs if run.why and run.why.startswith("made from another config")]
+    for run in moved:
+        lock.require_free(run.folder, "--out")
+    for run in moved:
+        target = out / ASIDE / run.folder.relative_to(out).parent / f"{run.folder.name}-{stamp}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(run.folder), str(target))
+        print(f"  {run.folder.relative_to(out)}: {run.why}; moved to {target}")
 
 
 def argv(spec: Spec, pending: list[Run]) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ftbench.compare import cells, plans, report, stats
 from ftbench.compare.cells import Composer, Run
 from ftbench.compare.spec import Spec, SpecError, arm_method, arms, find, grid, load
 from ftbench.errors import UserError
+from ftbench.job import lock
 from ftbench.quiet import quiet_libraries
 
 
@@ -143,11 +145,20 @@ def check_metric(spec: Spec, runs: list[Run]) -> None:
 
 
 def compare(spec: Spec, name: str, out: Path, dry_run: bool) -> int:
-    """Run what is missing (nothing with `dry_run`), then write and print the report; 1 when a run failed."""
+    """Run what is missing (nothing with `dry_run`), then write and print the report; 1 when a run failed.
+    From its first run to its report, the comparison holds the lock on `out` (job/lock.py): a second
+    `ftbench compare` into the same folder is refused."""
+    with ExitStack() as running:
+        return report_on(spec, name, out, dry_run, running)
+
+
+def report_on(spec: Spec, name: str, out: Path, dry_run: bool, running: ExitStack) -> int:
+    """`compare`'s work; `out`'s lock goes on `running` before the first run."""
     with Composer(spec) as composer:
         first = stage_one(composer, spec, out)
         total = describe(spec, "lr", first, first)
         if not dry_run:
+            running.enter_context(lock.hold(out, "--out"))  # after the refusals found before any run
             execute(spec, first, out)
         chosen = chosen_lrs(spec, first)
         second = stage_two(composer, spec, out, chosen)

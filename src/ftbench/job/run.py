@@ -1,9 +1,9 @@
 """One job: build the model, apply the method, train, evaluate, write result.json.
 
-`run_job` is what Hydra calls for every run and every job of a multirun. It hands a job that
-has to run to a `Job`, the recipe of named steps (build, train, evaluate, summarize, write),
-which never lets an exception escape without first writing result.json with the status and a
-one-line error.
+`run_job` is what Hydra calls for every run and every job of a multirun. It locks the job's
+folder for as long as the job runs (job/lock.py) and hands a job that has to run to a `Job`,
+the recipe of named steps (build, train, evaluate, summarize, write), which never lets an
+exception escape without first writing result.json with the status and a one-line error.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ftbench import results
+from ftbench import files, results
 from ftbench.config.knobs import settle
 from ftbench.config.schema import check, given_keys, model_label
 from ftbench.engine import loop
@@ -30,7 +30,7 @@ from ftbench.engine.loggers import NullLogger, make_logger
 from ftbench.engine.loop import Compute, NonFiniteLoss, Trainee, Watchers, sigterm_cancels
 from ftbench.engine.loss import model_loss
 from ftbench.errors import Canceled, UserError, exception_line, first_line
-from ftbench.job import engagement, rerun, steps
+from ftbench.job import engagement, lock, rerun, steps
 from ftbench.job.checkpoint import Checkpointer
 from ftbench.job.evaluation import Evaluation, Selector, eval_context
 from ftbench.measure.environment import environment
@@ -53,23 +53,34 @@ log = logging.getLogger(__name__)
 
 
 def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> int:
-    """Run one job and write its result.json (a plan: plan.json); return the process exit code."""
-    if cfg.mode == "plan":
-        if not (output_dir / plan_report.FILENAME).exists():  # a refused plan leaves the folder's record as it was
-            rerun.save_hydra_files(cfg, output_dir)
-        return run_plan(cfg, output_dir, overrides)
-    outcome = distributed.on_main(lambda: rerun.prepare(cfg, output_dir))  # rank 0 moves files; all ranks follow
-    if isinstance(outcome, UserError):
-        print(f"ftbench: error: {outcome}", file=sys.stderr)
-        return 2
-    if outcome == output_dir:  # a folder that holds a run: skip it (ok), resume it (interrupted) or rerun it (failed)
-        print(f"ftbench: {output_dir}: finished ok earlier with this config; skipped", file=sys.stderr)
-        return 0
-    if outcome is not None:  # a sweep's job whose config finished ok in another job's folder (rerun.py)
-        print(f"ftbench: {output_dir}: finished ok earlier with this config in {outcome}; skipped, its result "
-              "stands for this job", file=sys.stderr)
-        return 0
-    return Job(cfg, output_dir, overrides).run()
+    """Run one job and write its result.json (a plan: plan.json); return the process exit code. The job's
+    folder is locked for as long as it runs (job/lock.py): another process running in it is refused first."""
+    with ExitStack() as running:
+        outcome = distributed.on_main(lambda: begin(cfg, output_dir, running))  # rank 0 locks and moves files
+        if isinstance(outcome, UserError):
+            print(f"ftbench: error: {outcome}", file=sys.stderr)
+            return 2
+        if cfg.mode == "plan":
+            return run_plan(cfg, output_dir, overrides)
+        if outcome == output_dir:  # a folder that holds a run: skip it (ok), resume it (interrupted) or rerun it
+            print(f"ftbench: {output_dir}: finished ok earlier with this config; skipped", file=sys.stderr)
+            return 0
+        if outcome is not None:  # a sweep's job whose config finished ok in another job's folder (rerun.py)
+            print(f"ftbench: {output_dir}: finished ok earlier with this config in {outcome}; skipped, its result "
+                  "stands for this job", file=sys.stderr)
+            return 0
+        return Job(cfg, output_dir, overrides).run()
+
+
+def begin(cfg: DictConfig, output_dir: Path, running: ExitStack) -> Path | None:
+    """On rank 0: take the folder's lock (released when `running` closes), then make the folder ready for
+    the job (`rerun.prepare`, whose value this returns; a plan: its Hydra files, unless it holds a plan)."""
+    running.enter_context(lock.hold(output_dir, files.folder_key()))
+    if cfg.mode != "plan":
+        return rerun.prepare(cfg, output_dir)
+    if not (output_dir / plan_report.FILENAME).exists():  # a refused plan leaves the folder's record as it was
+        rerun.save_hydra_files(cfg, output_dir)
+    return None
 
 
 def classify(exc: BaseException) -> tuple[str, str, int]:

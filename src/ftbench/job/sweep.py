@@ -13,6 +13,8 @@ and what the sweep's exit code is.
   where each job's result will be: its folder, or the one its config finished in. A user's subdir
   that names folders by the job's place (`${hydra.job.num}`) is resolved with the job's number, as
   the launcher will: a folder it finds holding another config's run is blamed on hydra.sweep.subdir.
+  A job folder another ftbench process is running in (it holds the folder's lock: job/lock.py) refuses
+  the sweep too; each job takes its folder's lock as it starts (job/run.py).
 - `exit_code` is the worst of the jobs' exit codes. The basic launcher runs the jobs in this process
   and reports their codes; launchers that run them elsewhere (submitit) report nothing back, so the
   codes are read from the jobs' result.json (`run.exit_code`; a job that left none counts as failed).
@@ -28,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ftbench import files, results
 from ftbench.errors import UserError
+from ftbench.job import lock
 
 SWEPT_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 BASIC = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"  # numbers its jobs' ids by place too
@@ -62,10 +65,10 @@ def folder(job: DictConfig, number: int) -> Path | None:
 def preflight(jobs: list[DictConfig]) -> tuple[list[Path | None], str | None]:
     """Each job's result folder (`exit_code` reads them), and one line naming hydra.sweep.dir when the
     sweep's folder cannot take every job (an ok result made with another config, a checkpoint of another
-    config that would be refused), or hydra.sweep.subdir when two jobs of different configs share a folder
-    or one named by a job's place in the sweep holds another config's run; None when it can. A job's result
-    folder is its own (`folder`) unless its config finished ok only in another job's folder, which then holds
-    its result (job/rerun.py)."""
+    config that would be refused, a job folder another process is running in), or hydra.sweep.subdir when
+    two jobs of different configs share a folder or one named by a job's place in the sweep holds another
+    config's run; None when it can. A job's result folder is its own (`folder`) unless its config finished
+    ok only in another job's folder, which then holds its result (job/rerun.py)."""
     found: list[Path | None] = []
     configs: dict[Path, tuple[int, Any]] = {}  # a folder -> the first job writing it and its config
     for number, job in enumerate(jobs):
@@ -80,6 +83,10 @@ def preflight(jobs: list[DictConfig]) -> tuple[list[Path | None], str | None]:
         if where is None or not Path(job.hydra.sweep.dir).is_dir():
             found.append(where)
             continue
+        try:
+            lock.require_free(where, "hydra.sweep.dir")  # a job folder another process is running in
+        except UserError as exc:
+            return found, f"hydra.sweep.dir: job {where.name} (nothing was run): {exc.reason}"
         from ftbench.job import rerun  # torch: loaded here only for a sweep into an existing folder
 
         try:

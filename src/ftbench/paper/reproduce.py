@@ -3,9 +3,11 @@
 Each cell runs as one Hydra multirun of the ftbench CLI over its seeds, into a fixed folder
 (<out>/<recipe>/<cell>/seed<N>), so a rerun finds the seeds earlier runs finished and runs only
 the rest. A seed whose result is not ok, or was made from another config, is moved aside into
-<out>/<recipe>/_aside/ (never deleted or overwritten) before it runs again. Every cell of every
-recipe is composed and checked before anything runs; the comparison is rebuilt from whatever
-results exist, so a partial run gives a partial table.
+<out>/<recipe>/_aside/ (never deleted or overwritten) before it runs again; one another ftbench process
+is running in is refused instead. Every cell of every recipe is composed and checked before anything
+runs; the comparison is rebuilt from whatever results exist, so a partial run gives a partial table.
+While it runs, a recipe holds the lock on its folder (job/lock.py): a second ftbench-reproduce of it
+into the same --out is refused.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from ftbench.config.schema import check
 from ftbench.errors import UserError, explain_compose_error, kind_problem
-from ftbench.job import children
+from ftbench.job import children, lock
 from ftbench.job.compose import config_dir, register_configs
 from ftbench.paper import comparison
 from ftbench.paper.comparison import CellResults
@@ -200,7 +202,10 @@ def found(cell_run: CellRun) -> CellResults:
 
 
 def set_aside(cell_run: CellRun, recipe_dir: Path) -> None:
-    """Move each seed folder that must run again out of the way: never delete a result."""
+    """Move each seed folder that must run again out of the way: never delete a result, never move a folder
+    another ftbench process is running in (refused on --out, before any moves: job/lock.py)."""
+    for seed in cell_run.redo:
+        lock.require_free(cell_run.seed_dir(seed), "--out")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     for seed, why in cell_run.redo.items():
         target = recipe_dir / ASIDE / cell_run.cell.id / f"seed{seed}-{stamp}"
@@ -244,11 +249,12 @@ def reproduce(recipe: Recipe, cell_runs: list[CellRun], args: argparse.Namespace
     if args.dry_run or not any(cell_run.selected for cell_run in cell_runs):
         return 0
     recipe_dir = args.out / recipe.name
-    for cell_run in cell_runs:
-        if cell_run.selected and cell_run.pending:
-            execute(cell_run, recipe_dir)
-    results = [found(cell_run) for cell_run in cell_runs]
-    comparison.build(recipe, results, recipe_dir)
+    with lock.hold(recipe_dir, "--out"):  # a second ftbench-reproduce of this recipe into --out is refused
+        for cell_run in cell_runs:
+            if cell_run.selected and cell_run.pending:
+                execute(cell_run, recipe_dir)
+        results = [found(cell_run) for cell_run in cell_runs]
+        comparison.build(recipe, results, recipe_dir)
     broken = [f"{r.cell.id} seed {s}: {status}" for r, cell_run in zip(results, cell_runs) if cell_run.selected
               for s, status in r.statuses.items() if status not in ("ok", "oom", "nan")]
     for line in broken:
@@ -303,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     try:
         sys.exit(max(reproduce(recipe, cell_runs, args) for recipe, cell_runs in surveyed))
+    except UserError as exc:  # a folder another process is running in
+        print(f"ftbench-reproduce: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("ftbench-reproduce: canceled", file=sys.stderr)
         sys.exit(130)
