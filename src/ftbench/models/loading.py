@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from ftbench.config.folders import holds_tokenizer
-from ftbench.errors import UserError, first_line
+from ftbench.errors import UserError, first_line, integer_fix
 from ftbench.models import gguf
 from ftbench.models.architecture import bad_size
 from ftbench.models.hub import hub_error, offline_mode
@@ -161,6 +161,8 @@ def architecture_config(mcfg, **overrides):
             raise UserError(f"model.shape.{key}", f"not a field of the {model_type} config")
     field = bad_size(shape)
     if field is not None:
+        if isinstance(shape[field], float) and shape[field] >= 1:  # 6.4e1
+            raise UserError(f"model.shape.{field}", integer_fix(shape[field]))
         raise UserError(f"model.shape.{field}", f"must be a positive integer (got {shape[field]!r}): it sizes the "
                         f"{model_type} model; give 1 or more")
     try:
