@@ -163,6 +163,8 @@ def test_a_model_path_without_the_groups_gguf_file_says_what_to_drop(tmp_path, f
                                      r"tokenizer \(written by tokenizer.save_pretrained\)$"),
     (lambda d: tokenizer_only(an_export(d) / "merged").parent,  # ftbench's export: merged/ holds the tokenizer
      r"'{f}' holds no tokenizer, but its subfolder merged does; give model.tokenizer={f}/merged$"),
+    (lambda d: tokenizer_only(d / "a" / "b").parent.parent,  # was: "holds no tokenizer (it holds a)"
+     r"'{f}' holds no tokenizer, but its subfolder a/b does; give model.tokenizer={f}/a/b$"),
     (an_export, r"'{f}' holds no tokenizer \(it holds adapter, merged\); give a folder holding a tokenizer"),
 ])
 @pytest.mark.parametrize("command", [["task=sst2"], ["task=synthetic"], ["task=synthetic_lm"], ["mode=profile"],

@@ -10,8 +10,8 @@ files from_pretrained reads (`require_weights`), naming a GGUF file it holds ins
 model.gguf_file that holds no such file is refused on model.gguf_file, saying to drop it where the folder
 holds a save_pretrained model (`require_gguf_folder`: a model group such as smollm2-135m names its file).
 A tokenizer folder holding no tokenizer file (TOKENIZER_FILES) is refused the same way, saying what it holds
-instead: a subfolder holding a tokenizer, an adapter, a model's files alone, other files, or nothing
-(`require_tokenizer_folder`). Only file names and the small JSON files are read: nothing is loaded, so every
+instead: a subfolder holding a tokenizer (up to 3 deep: `tokenizer_subfolder`), an adapter, a model's files
+alone, other files, or nothing (`require_tokenizer_folder`). Only file names and the small JSON files are read: nothing is loaded, so every
 command that checks a config (a run, mode=profile, ftbench plan, each job of a sweep or a comparison) refuses
 such a folder before anything starts.
 """
@@ -32,6 +32,7 @@ TOKENIZER_FILES = ("tokenizer*", "*vocab*", "merges.txt", "*.model", "*.spm", "*
                    "special_tokens_map.json", "added_tokens.json")
 # A model's or an adapter's files, none of them a tokenizer's: a folder of these alone holds no tokenizer.
 NOT_TOKENIZER = {CONFIG, ADAPTER, "generation_config.json", "README.md", "training_args.bin"}
+SUBFOLDER_DEPTH = 3  # how deep below a tokenizer folder a tokenizer is looked for, to name it
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
 # What from_pretrained reads beside config.json (no variant): the weights, or their shards' index.
 LOADED_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -139,8 +140,8 @@ def require_gguf_folder(path: str, name: str, key: str) -> None:
 
 def require_tokenizer_folder(path: str, key: str) -> None:
     """Raise a `UserError` on `key` when the folder `path` holds no tokenizer file (TOKENIZER_FILES), saying what
-    it holds instead: a subfolder holding one, an adapter, a model's files alone (NOT_TOKENIZER, WEIGHTS), other
-    files, or nothing. Whether the files found make a tokenizer the loader decides."""
+    it holds instead: a subfolder holding one (`tokenizer_subfolder`), an adapter, a model's files alone
+    (NOT_TOKENIZER, WEIGHTS), other files, or nothing. Whether the files found make a tokenizer the loader decides."""
     folder = Path(path).expanduser()
     try:
         names = sorted(p.name for p in folder.iterdir())
@@ -151,10 +152,10 @@ def require_tokenizer_folder(path: str, key: str) -> None:
         raise UserError(key, f"'{path}' is empty; {fix}")
     if any(tokenizer_file(name) for name in names):
         return
-    holding = [name for name in names if holds_tokenizer(folder / name)]
-    if holding:  # ftbench's export, <run>/checkpoint: merged/ holds the tokenizer
-        raise UserError(key, f"'{path}' holds no tokenizer, but its subfolder {holding[0]} does; give "
-                        f"{key}={folder / holding[0]}")
+    deeper = tokenizer_subfolder(folder)
+    if deeper is not None:  # ftbench's export, <run>/checkpoint: merged/ holds the tokenizer
+        raise UserError(key, f"'{path}' holds no tokenizer, but its subfolder {deeper.relative_to(folder)} does; "
+                        f"give {key}={deeper}")
     if ADAPTER in names:
         raise UserError(key, f"'{path}' holds no tokenizer, only {adapter(folder)}; {fix}, such as the base model's")
     if all(name in NOT_TOKENIZER or name.endswith(WEIGHTS) for name in names):
@@ -165,6 +166,14 @@ def require_tokenizer_folder(path: str, key: str) -> None:
 def tokenizer_file(name: str) -> bool:
     """Whether a file of this name is a tokenizer's (TOKENIZER_FILES)."""
     return any(fnmatch(name, pattern) for pattern in TOKENIZER_FILES)
+
+
+def tokenizer_subfolder(folder: Path) -> Path | None:
+    """The subfolder of `folder` that holds a tokenizer file, the nearest first (up to SUBFOLDER_DEPTH deep; by name
+    among those as deep), else None. The config check (`require_tokenizer_folder`) and the tokenizer's load
+    (a folder of tokenizer_config.json alone) name it alike."""
+    patterns = ("/".join("*" * depth) for depth in range(1, SUBFOLDER_DEPTH + 1))
+    return next((sub for pattern in patterns for sub in sorted(folder.glob(pattern)) if holds_tokenizer(sub)), None)
 
 
 def holds_tokenizer(folder: Path) -> bool:

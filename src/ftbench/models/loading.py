@@ -16,7 +16,7 @@ from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldVal
 from safetensors import SafetensorError
 from torch import nn
 
-from ftbench.config.folders import holds_tokenizer
+from ftbench.config.folders import tokenizer_subfolder
 from ftbench.errors import UserError, first_line, integer_fix
 from ftbench.models import gguf
 from ftbench.models.architecture import bad_size
@@ -101,7 +101,7 @@ def load_tokenizer(mcfg):
                         "set model.tokenizer=DIR (a folder saved with tokenizer.save_pretrained)",
                         local=Path(source).is_dir()) from exc
     if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # its class built from tokenizer_config.json alone
-        deeper = _deeper_tokenizer(source)
+        deeper = tokenizer_subfolder(Path(source).expanduser())
         fix = (f"its subfolder {deeper} holds one: set model.tokenizer={deeper}" if deeper else
                "set model.tokenizer=DIR (a folder saved with tokenizer.save_pretrained)")
         raise UserError("model.tokenizer", f"the tokenizer of {source} holds no vocabulary, only its {len(tokenizer)} "
@@ -110,15 +110,6 @@ def load_tokenizer(mcfg):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
-
-
-def _deeper_tokenizer(source: str) -> Path | None:
-    """The first subfolder (up to 3 deep) of a local `source` that holds tokenizer files, else None."""
-    folder = Path(source).expanduser()
-    if not folder.is_dir():
-        return None
-    return next((sub for depth in ("*", "*/*", "*/*/*") for sub in sorted(folder.glob(depth))
-                 if sub.is_dir() and holds_tokenizer(sub)), None)
 
 
 def byte_level_tokenizer():
