@@ -226,6 +226,42 @@ def test_a_tokenizer_without_its_vocabulary_is_refused_not_trained_on_unk(tmp_pa
     assert done["status"] == "ok", done["error"]
 
 
+def sst2_data(folder: Path) -> list[str]:
+    """A 16-example SST-2 folder of the words of `wordpiece_folder`; the overrides of a quick run on it."""
+    rows = "".join(f"a {'fine' if i % 2 else 'dull'} film\t{i % 2}\n" for i in range(16))
+    for split in ("train", "dev"):
+        (folder / f"{split}.tsv").write_text(f"sentence\tlabel\n{rows}")
+    return ["task=sst2", f"task.data_dir={folder}", "train.max_steps=1", "task.batch_size=8", "eval.max_samples=8"]
+
+
+@pytest.mark.parametrize("files,held", [
+    (["special_tokens_map.json"], ", only special_tokens_map.json"),
+    (["added_tokens.json", "special_tokens_map.json"], ", only added_tokens.json, special_tokens_map.json"),
+    ([], " nor any tokenizer file"),  # a model.path folder of config.json and weights alone
+])
+def test_a_tokenizer_folder_the_library_builds_nothing_from_is_refused_as_without_vocabulary(tmp_path, files, held):
+    """special_tokens_map.json alone names no tokenizer class: was the library's ValueError, cut mid-sentence
+    ("Couldn't instantiate the backend tokenizer from one of: (1) a `tokenizers` library serialization file,")."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    folder = tmp_path / "given"
+    if files:  # model.tokenizer
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_text(json.dumps({"pad_token": "[PAD]"} if name.startswith("special") else {"a": 9}))
+        source = ["model=tiny-bert", f"model.tokenizer={folder}"]
+    else:  # the tokenizer of model.path: a LLaMA's class needs tokenizer.json or tokenizer.model
+        config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                             num_attention_heads=2)
+        AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+        source = ["model=tiny-llama", f"model.path={folder}"]
+    result = run(tmp_path / "run", *source, *sst2_data(tmp_path))
+    assert (result["exit_code"], result["run"]["phase"]) == (2, "setup"), result["error"]
+    assert result["error"] == (f"model.tokenizer: the tokenizer of {folder} holds no vocabulary{held}: the folder lacks "
+                               "its vocabulary file (vocab.txt, tokenizer.json, ...); set model.tokenizer=DIR (a folder "
+                               "saved with tokenizer.save_pretrained)"), result["error"]
+
+
 @pytest.mark.parametrize("content,message", [
     (b"", "is empty; download it again"),
     (b"GGUF\x03\x00\x00\x00", r"stops within its header \(8 bytes\): it is cut short"),

@@ -30,6 +30,8 @@ ADAPTER = "adapter_config.json"  # a PEFT adapter (save_pretrained of a PeftMode
 # vocab_files_names: vocab.txt, vocab.json and merges.txt, spiece.model, sentencepiece.bpe.model, bpe.codes, ...).
 TOKENIZER_FILES = ("tokenizer*", "*vocab*", "merges.txt", "*.model", "*.spm", "*.tiktoken", "tekken.json", "bpe.codes",
                    "special_tokens_map.json", "added_tokens.json")
+# The tokenizer files that hold its settings, not its vocabulary (the files beside them: TOKENIZER_FILES).
+TOKENIZER_SETTINGS = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 # A model's or an adapter's files, none of them a tokenizer's: a folder of these alone holds no tokenizer.
 NOT_TOKENIZER = {CONFIG, ADAPTER, "generation_config.json", "README.md", "training_args.bin"}
 SUBFOLDER_DEPTH = 3  # how deep below a tokenizer folder a tokenizer is looked for, to name it
@@ -174,6 +176,17 @@ def tokenizer_subfolder(folder: Path) -> Path | None:
     (a folder of tokenizer_config.json alone) name it alike."""
     patterns = ("/".join("*" * depth) for depth in range(1, SUBFOLDER_DEPTH + 1))
     return next((sub for pattern in patterns for sub in sorted(folder.glob(pattern)) if holds_tokenizer(sub)), None)
+
+
+def tokenizer_settings(folder: Path) -> list[str] | None:
+    """The tokenizer settings files (TOKENIZER_SETTINGS) of a folder holding no other tokenizer file, none
+    included: a folder without its vocabulary; None where it holds one, or is not a folder that can be listed."""
+    try:
+        names = sorted(p.name for p in folder.iterdir())
+    except OSError:
+        return None
+    held = [name for name in names if tokenizer_file(name)]
+    return None if any(name not in TOKENIZER_SETTINGS for name in held) else held
 
 
 def holds_tokenizer(folder: Path) -> bool:

@@ -16,7 +16,7 @@ from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldVal
 from safetensors import SafetensorError
 from torch import nn
 
-from ftbench.config.folders import tokenizer_subfolder
+from ftbench.config.folders import listing, tokenizer_settings, tokenizer_subfolder
 from ftbench.errors import UserError, first_line, integer_fix
 from ftbench.models import gguf
 from ftbench.models.architecture import bad_size
@@ -87,7 +87,9 @@ SHAPE_ERRORS = (StrictDataclassError, ValueError, TypeError, KeyError)
 def load_tokenizer(mcfg):
     """The model's tokenizer; a byte-level one built in-process for random-init models.
 
-    Raises UserError naming model.tokenizer when the tokenizer cannot be loaded."""
+    Raises UserError naming model.tokenizer when the tokenizer cannot be loaded, or when its folder lacks its
+    vocabulary file (`no_vocabulary`): the library built its class with the special tokens alone, or could build
+    nothing from the settings files it holds (special_tokens_map.json alone)."""
     from transformers import AutoTokenizer
 
     source = mcfg.tokenizer or local_source(mcfg)
@@ -97,19 +99,29 @@ def load_tokenizer(mcfg):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline_mode() or Path(source).is_dir())
     except LOAD_ERRORS as exc:
+        settings = tokenizer_settings(Path(source).expanduser())
+        if settings is not None:  # special_tokens_map.json alone: the library names no class it could build
+            raise no_vocabulary(source, f", only {listing(settings)}" if settings else " nor any tokenizer file") from exc
         raise hub_error("model.tokenizer", f"the tokenizer of {source}", exc,
                         "set model.tokenizer=DIR (a folder saved with tokenizer.save_pretrained)",
                         local=Path(source).is_dir()) from exc
     if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # its class built from tokenizer_config.json alone
-        deeper = tokenizer_subfolder(Path(source).expanduser())
-        fix = (f"its subfolder {deeper} holds one: set model.tokenizer={deeper}" if deeper else
-               "set model.tokenizer=DIR (a folder saved with tokenizer.save_pretrained)")
-        raise UserError("model.tokenizer", f"the tokenizer of {source} holds no vocabulary, only its {len(tokenizer)} "
-                        f"special tokens ({', '.join(tokenizer.all_special_tokens)}): the folder lacks its vocabulary "
-                        f"file (vocab.txt, tokenizer.json, ...); {fix}")
+        raise no_vocabulary(source, f", only its {len(tokenizer)} special tokens "
+                                    f"({', '.join(tokenizer.all_special_tokens)})")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
+
+
+def no_vocabulary(source: str, held: str) -> UserError:
+    """The refusal of a tokenizer folder that lacks its vocabulary file, `held` saying what it has instead (", only"
+    the special tokens its class was built with, or the settings files the library could build nothing from),
+    naming a subfolder that holds a tokenizer."""
+    deeper = tokenizer_subfolder(Path(source).expanduser())
+    fix = (f"its subfolder {deeper} holds one: set model.tokenizer={deeper}" if deeper else
+           "set model.tokenizer=DIR (a folder saved with tokenizer.save_pretrained)")
+    return UserError("model.tokenizer", f"the tokenizer of {source} holds no vocabulary{held}: the folder lacks its "
+                     f"vocabulary file (vocab.txt, tokenizer.json, ...); {fix}")
 
 
 def byte_level_tokenizer():
