@@ -80,6 +80,9 @@ MODEL_FOLDERS = [
      r"\(char 1\)\); " + FIX),
     (holding({"config.json": "[1, 2]", "model.safetensors": ""}),
      r"'{f}/config.json' holds a JSON array, not an object of the model's settings \(name: value\); " + FIX),
+    (holding({"config.json": json.dumps({"model_type": "lama"}), "model.safetensors": ""}),  # was transformers' text
+     r"'{f}/config.json': transformers knows no model_type 'lama' \(did you mean 'llama'\?\); fix its model_type, or "
+     r"give a folder written by save_pretrained \(config.json and weights\)$"),
 ]
 
 

@@ -75,6 +75,8 @@ def test_the_minilm_package_by_its_pip_name_names_model_package():
     (["model.shape.num_hidden_layers=0", "method=badam"], "model.shape.num_hidden_layers", "must be a positive"),
     (["mode=plan", "model.shape.hidden_size=63"], "model.shape", "is not a multiple of the number of attention"),
     (["mode=plan", "model.shape.num_attention_heads=0"], "model.shape.num_attention_heads", "must be a positive"),
+    (["model.shape.model_type=lama"], "model.shape.model_type", "transformers knows no model_type 'lama' (did you "
+                                                                 "mean 'llama'?); give one it knows"),
     (["model.shape.hidden_size=6.4e1"], "model.shape.hidden_size", "64.0 is not an integer (1e3 is read as a float); "
                                                                    "write it as one: 64"),
 ])

@@ -4,7 +4,8 @@ A model folder is what save_pretrained writes: config.json beside the weights. O
 refused naming its key (`require_model_folder`), saying what the folder holds instead: a PEFT adapter (the
 base model its adapter_config.json names, and how to start from the adapted weights), a subfolder holding
 the model or an adapter (ftbench's export, `<run>/checkpoint`: `merged/`, `adapter/`), a tokenizer alone,
-other files, or nothing; so is one whose config.json is empty, not JSON or not a JSON object. A command that
+other files, or nothing; so is one whose config.json is empty, not JSON, not a JSON object or names a
+model_type transformers does not know (`model_type_problem`: the known one nearest in spelling). A command that
 loads the weights (every one but a plan, which reads config.json alone) refuses a folder holding none of the
 files from_pretrained reads (`require_weights`), naming a GGUF file it holds instead. A folder given with
 model.gguf_file that holds no such file is refused on model.gguf_file, saying to drop it where the folder
@@ -19,6 +20,7 @@ such a folder before anything starts.
 from __future__ import annotations
 
 import json
+from difflib import get_close_matches
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -76,8 +78,9 @@ def require_model_folder(path: str, key: str) -> None:
 
 
 def require_config(file: Path, key: str) -> None:
-    """Raise a `UserError` on `key` when the model's config.json `file` is empty, not JSON or not a JSON object
-    (the model's settings, name: value); one that cannot be read is left to the loader."""
+    """Raise a `UserError` on `key` when the model's config.json `file` is empty, not JSON, not a JSON object
+    (the model's settings, name: value) or names a model_type transformers does not know (`model_type_problem`);
+    one that cannot be read is left to the loader."""
     fix = f"fix it, or {MODEL_FIX}"
     try:
         text = file.read_text(encoding="utf-8")
@@ -94,6 +97,20 @@ def require_config(file: Path, key: str) -> None:
     if not isinstance(value, dict):
         raise UserError(key, f"'{file}' holds a JSON {JSON_TYPES[type(value)]}, not an object of the "
                         f"model's settings (name: value); {fix}")
+    problem = "model_type" in value and model_type_problem(value["model_type"])
+    if problem:
+        raise UserError(key, f"'{file}': {problem}; fix its model_type, or {MODEL_FIX}")
+
+
+def model_type_problem(model_type) -> str | None:
+    """None when transformers knows `model_type` (a key of its CONFIG_MAPPING); else that it does not, with the
+    known one nearest in spelling (difflib): "transformers knows no model_type 'lama' (did you mean 'llama'?)"."""
+    from transformers import CONFIG_MAPPING
+
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        return None
+    near = get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=1)
+    return f"transformers knows no model_type {model_type!r}" + (f" (did you mean '{near[0]}'?)" if near else "")
 
 
 def require_weights(path: str, key: str) -> None:

@@ -16,7 +16,12 @@ from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldVal
 from safetensors import SafetensorError
 from torch import nn
 
-from ftbench.config.folders import listing, tokenizer_settings, tokenizer_subfolder
+from ftbench.config.folders import (
+    listing,
+    model_type_problem,
+    tokenizer_settings,
+    tokenizer_subfolder,
+)
 from ftbench.errors import UserError, first_line, integer_fix
 from ftbench.models import gguf
 from ftbench.models.architecture import bad_size
@@ -155,8 +160,9 @@ def architecture_config(mcfg, **overrides):
 
     shape = OmegaConf.to_container(mcfg.shape) if isinstance(mcfg.shape, DictConfig) else dict(mcfg.shape)
     model_type = shape.pop("model_type")
-    if model_type not in CONFIG_MAPPING:
-        raise UserError("model.shape.model_type", f"unknown architecture '{model_type}'")
+    problem = model_type_problem(model_type)
+    if problem:
+        raise UserError("model.shape.model_type", f"{problem}; give one it knows, or pick another model=")
     defaults = CONFIG_MAPPING[model_type]()
     read = bool(mcfg.path or mcfg.package)  # the shape of a checkpoint's config.json, not one written by hand
     for key in shape:
