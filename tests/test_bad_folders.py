@@ -281,9 +281,14 @@ def test_a_gguf_file_cut_short_or_not_gguf_is_named(tmp_path, content, message):
     assert result["error"].startswith("model.path: ") and re.search(message, result["error"]), result["error"]
 
 
-@pytest.mark.parametrize("weights", [b"", b"not a pickle at all"])
-def test_a_pytorch_model_bin_that_is_empty_or_not_a_pickle_names_model_path(tmp_path, weights):
-    """Was rc 1 `ftbench: failed: EOFError` (empty) and the unpickler's error (garbage)."""
+@pytest.mark.parametrize("weights,reason", [
+    (b"", ": pytorch_model.bin is empty (0 bytes; EOFError); copy or download it again, or save the model again"),
+    (b"\x80\x02", ": pytorch_model.bin ends before its data does (EOFError): it is cut short; copy or download it"),
+    (b"not a pickle at all", ": UnpicklingError: "),
+])
+def test_a_pytorch_model_bin_that_is_empty_or_not_a_pickle_names_model_path(tmp_path, weights, reason):
+    """Was rc 1 `ftbench: failed: EOFError` (empty) and the unpickler's error (garbage); then rc 2 with the bare
+    exception's name for an empty or cut-short file: the file is named, and what is wrong with it."""
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
@@ -292,7 +297,7 @@ def test_a_pytorch_model_bin_that_is_empty_or_not_a_pickle_names_model_path(tmp_
     (folder / "pytorch_model.bin").write_bytes(weights)
     result = run(tmp_path / "run", f"model.path={folder}", *QUICK)
     assert (result["exit_code"], result["status"]) == (2, "failed"), result["error"]
-    assert result["error"].startswith(f"model.path: could not load {folder}"), result["error"]
+    assert result["error"].startswith(f"model.path: could not load {folder}{reason}"), result["error"]
 
 
 def test_a_model_folders_own_tokenizer_too_large_for_its_embedding_is_not_advised_again(tmp_path):

@@ -80,7 +80,8 @@ def settle_source(mcfg) -> None:
 # an unknown model_type or a bad config value (ValueError, KeyError; StrictDataclassError: a value or a
 # combination the config class's validators refuse, e.g. hidden_size "x" or not a multiple of the heads),
 # weights that do not fit (RuntimeError), a corrupt weights file (SafetensorError; a pytorch_model.bin that is
-# empty: EOFError, or not a pickle: UnpicklingError). Out-of-memory is not among them (see load_error).
+# empty or cut short: a bare EOFError, said in words by SILENT; or not a pickle: UnpicklingError). Out-of-memory is
+# not among them (see load_error).
 LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError, StrictDataclassError, EOFError,
                pickle.UnpicklingError)
 
@@ -244,14 +245,34 @@ def pretrained_config(mcfg):
 
 
 def load_error(mcfg, source: str, exc: BaseException) -> UserError:
-    """One line naming the key that gave `source`, the library's reason and the fix (re-raises out-of-memory)."""
+    """One line naming the key that gave `source`, the library's reason (for an exception that gives none, the
+    folder's file it stopped in and what is wrong with it: SILENT) and the fix (re-raises out-of-memory)."""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         raise exc
     key = source_key(mcfg)
     if key == "model.hub_id":
         return hub_error(key, source, exc, "use model.path=DIR (a local copy) or model.random_init=true")
+    if type(exc) in SILENT and not first_line(str(exc)):
+        return UserError(key, f"could not load {source}: {SILENT[type(exc)](Path(source))}")
     return hub_error(key, source, exc, f"give {key} a folder written by save_pretrained (config.json and weights)",
                      local=True)
+
+
+def pickle_ends_early(folder: Path) -> str:
+    """Why loading the folder's weights met the end of a file (a bare EOFError): its pickled weights
+    (pytorch_model.bin, or its shards) are empty or cut short; the fix."""
+    pickled = sorted(p for p in folder.glob("*.bin") if p.name.startswith("pytorch_model") and p.is_file())
+    empty = [p.name for p in pickled if p.stat().st_size == 0]
+    fix = "copy or download it again, or save the model again (save_pretrained)"
+    if empty:
+        return f"{listing(empty)} {'is' if len(empty) == 1 else 'are'} empty (0 bytes; EOFError); {fix}"
+    named = listing([p.name for p in pickled]) if pickled else "a pickled weights file"
+    return f"{named} ends before its data does (EOFError): {'it is' if len(pickled) < 2 else 'one is'} cut short; {fix}"
+
+
+# What a LOAD_ERRORS exception that says nothing (no message: exception_line would give its name alone) means
+# for a local folder, in words, naming the file; the others carry the library's reason.
+SILENT = {EOFError: pickle_ends_early}
 
 
 def auto_class(head: str):
