@@ -90,43 +90,6 @@ def test_a_shape_transformers_refuses_names_the_shape_key(tmp_path, overrides, k
     assert error.startswith(f"{key}: ") and reason in error and "\n" not in error
 
 
-def integer_keys() -> list[tuple[str, str | None]]:
-    """(key, the group option that has it) of every integer knob: each schema field typed int (Optional[int]
-    too, in nested groups: eval.harness.limit) of every option of every group, and hardware.max_micro_batch_size
-    (auto | N | null: typed Any)."""
-    from omegaconf import DictConfig
-
-    from ftbench import methods
-    from ftbench.job.compose import config_dir
-
-    def leaves(node, prefix):
-        for name in node.keys():
-            child = node._get_node(name)
-            if isinstance(child, DictConfig):
-                yield from leaves(child, f"{prefix}{name}.")
-            elif child._metadata.ref_type is int:
-                yield f"{prefix}{name}"
-
-    found = {"hardware.max_micro_batch_size": None}
-    for group, names in (("method", methods.names()), ("task", [p.stem for p in (config_dir() / "task").glob("*.yaml")]), (None, [None])):
-        for option in names:
-            cfg = compose(*([f"{group}={option}"] if group else []))
-            for key in leaves(cfg, ""):
-                found.setdefault(key, f"{group}={option}" if group and key.startswith(f"{group}.") else None)
-    return sorted(found.items())
-
-
-@pytest.mark.parametrize("key,option", integer_keys())
-def test_every_integer_key_given_in_e_notation_says_the_integer_to_write(key, option):
-    """1e3 on the command line is the float 1000.0: every integer key, typed int or not, nullable or nested,
-    says the integer to write (errors.integer_fix). hardware.max_micro_batch_size said "must be auto, an integer
-    >= 1 or null (got 2.0)"."""
-    from ftbench.cli import validate
-
-    problem = validate([*([option] if option else []), f"{key}=2e0"], multirun=False)
-    assert problem == f"{key}: 2.0 is not an integer (1e3 is read as a float); write it as one: 2", problem
-
-
 def test_an_unexpected_error_is_one_line_that_does_not_stop_at_a_colon():
     from ftbench.errors import exception_line, first_line
     from ftbench.job.run import classify
