@@ -123,7 +123,7 @@ def integer_fix(value) -> str:
     """A non-integer `value` given to an integer key, and the fix: the integer to write where it is a whole number
     (1e3 is read as the float 1000.0: write 1000), else to write one. OmegaConf refuses it for a key typed int
     (`not_an_integer`); a key that also takes words (hardware.max_micro_batch_size: auto) or any value
-    (model.shape) is typed Any, and its check refuses a float with this same line."""
+    (model.shape) is typed Any, and its check refuses a whole float with this same line."""
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -95,7 +95,7 @@ class HardwareConfig:
         one_of(self.shard, ("none", "fsdp"), f"{key}.shard")
         one_of(self.attn_implementation, ("eager", "sdpa", "flash_attention_2"), f"{key}.attn_implementation")
         micro = self.max_micro_batch_size
-        if isinstance(micro, float) and micro >= 1:  # typed Any (auto | N | null): OmegaConf passes 2e0 as 2.0
+        if isinstance(micro, float) and micro >= 1 and micro.is_integer():  # typed Any: 2e0 passes as 2.0
             raise UserError(f"{key}.max_micro_batch_size", integer_fix(micro))
         if micro is not None and micro != "auto":
             require(isinstance(micro, int) and not isinstance(micro, bool) and micro >= 1,

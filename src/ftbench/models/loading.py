@@ -171,7 +171,7 @@ def architecture_config(mcfg, **overrides):
             raise UserError(f"model.shape.{key}", f"not a field of the {model_type} config")
     field = bad_size(shape)
     if field is not None:
-        if isinstance(shape[field], float) and shape[field] >= 1:  # 6.4e1
+        if isinstance(shape[field], float) and shape[field] >= 1 and shape[field].is_integer():  # 6.4e1
             raise UserError(f"model.shape.{field}", integer_fix(shape[field]))
         raise UserError(f"model.shape.{field}", f"must be a positive integer (got {shape[field]!r}): it sizes the "
                         f"{model_type} model; give 1 or more")
