@@ -80,6 +80,9 @@ MODEL_FOLDERS = [
      r"\(char 1\)\); " + FIX),
     (holding({"config.json": "[1, 2]", "model.safetensors": ""}),
      r"'{f}/config.json' holds a JSON array, not an object of the model's settings \(name: value\); " + FIX),
+    (holding({"config.json": json.dumps({"model_type": "lama"}), "model.safetensors": ""}),  # was transformers' text
+     r"'{f}/config.json': transformers knows no model_type 'lama' \(did you mean 'llama'\?\); fix its model_type, or "
+     r"give a folder written by save_pretrained \(config.json and weights\)$"),
 ]
 
 
@@ -163,6 +166,8 @@ def test_a_model_path_without_the_groups_gguf_file_says_what_to_drop(tmp_path, f
                                      r"tokenizer \(written by tokenizer.save_pretrained\)$"),
     (lambda d: tokenizer_only(an_export(d) / "merged").parent,  # ftbench's export: merged/ holds the tokenizer
      r"'{f}' holds no tokenizer, but its subfolder merged does; give model.tokenizer={f}/merged$"),
+    (lambda d: tokenizer_only(d / "a" / "b").parent.parent,  # was: "holds no tokenizer (it holds a)"
+     r"'{f}' holds no tokenizer, but its subfolder a/b does; give model.tokenizer={f}/a/b$"),
     (an_export, r"'{f}' holds no tokenizer \(it holds adapter, merged\); give a folder holding a tokenizer"),
 ])
 @pytest.mark.parametrize("command", [["task=sst2"], ["task=synthetic"], ["task=synthetic_lm"], ["mode=profile"],
@@ -224,6 +229,42 @@ def test_a_tokenizer_without_its_vocabulary_is_refused_not_trained_on_unk(tmp_pa
     assert done["status"] == "ok", done["error"]
 
 
+def sst2_data(folder: Path) -> list[str]:
+    """A 16-example SST-2 folder of the words of `wordpiece_folder`; the overrides of a quick run on it."""
+    rows = "".join(f"a {'fine' if i % 2 else 'dull'} film\t{i % 2}\n" for i in range(16))
+    for split in ("train", "dev"):
+        (folder / f"{split}.tsv").write_text(f"sentence\tlabel\n{rows}")
+    return ["task=sst2", f"task.data_dir={folder}", "train.max_steps=1", "task.batch_size=8", "eval.max_samples=8"]
+
+
+@pytest.mark.parametrize("files,held", [
+    (["special_tokens_map.json"], ", only special_tokens_map.json"),
+    (["added_tokens.json", "special_tokens_map.json"], ", only added_tokens.json, special_tokens_map.json"),
+    ([], " nor any tokenizer file"),  # a model.path folder of config.json and weights alone
+])
+def test_a_tokenizer_folder_the_library_builds_nothing_from_is_refused_as_without_vocabulary(tmp_path, files, held):
+    """special_tokens_map.json alone names no tokenizer class: was the library's ValueError, cut mid-sentence
+    ("Couldn't instantiate the backend tokenizer from one of: (1) a `tokenizers` library serialization file,")."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    folder = tmp_path / "given"
+    if files:  # model.tokenizer
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_text(json.dumps({"pad_token": "[PAD]"} if name.startswith("special") else {"a": 9}))
+        source = ["model=tiny-bert", f"model.tokenizer={folder}"]
+    else:  # the tokenizer of model.path: a LLaMA's class needs tokenizer.json or tokenizer.model
+        config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                             num_attention_heads=2)
+        AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+        source = ["model=tiny-llama", f"model.path={folder}"]
+    result = run(tmp_path / "run", *source, *sst2_data(tmp_path))
+    assert (result["exit_code"], result["run"]["phase"]) == (2, "setup"), result["error"]
+    assert result["error"] == (f"model.tokenizer: the tokenizer of {folder} holds no vocabulary{held}: the folder lacks "
+                               "its vocabulary file (vocab.txt, tokenizer.json, ...); set model.tokenizer=DIR (a folder "
+                               "saved with tokenizer.save_pretrained)"), result["error"]
+
+
 @pytest.mark.parametrize("content,message", [
     (b"", "is empty; download it again"),
     (b"GGUF\x03\x00\x00\x00", r"stops within its header \(8 bytes\): it is cut short"),
@@ -240,9 +281,14 @@ def test_a_gguf_file_cut_short_or_not_gguf_is_named(tmp_path, content, message):
     assert result["error"].startswith("model.path: ") and re.search(message, result["error"]), result["error"]
 
 
-@pytest.mark.parametrize("weights", [b"", b"not a pickle at all"])
-def test_a_pytorch_model_bin_that_is_empty_or_not_a_pickle_names_model_path(tmp_path, weights):
-    """Was rc 1 `ftbench: failed: EOFError` (empty) and the unpickler's error (garbage)."""
+@pytest.mark.parametrize("weights,reason", [
+    (b"", ": pytorch_model.bin is empty (0 bytes; EOFError); copy or download it again, or save the model again"),
+    (b"\x80\x02", ": pytorch_model.bin ends before its data does (EOFError): it is cut short; copy or download it"),
+    (b"not a pickle at all", ": UnpicklingError: "),
+])
+def test_a_pytorch_model_bin_that_is_empty_or_not_a_pickle_names_model_path(tmp_path, weights, reason):
+    """Was rc 1 `ftbench: failed: EOFError` (empty) and the unpickler's error (garbage); then rc 2 with the bare
+    exception's name for an empty or cut-short file: the file is named, and what is wrong with it."""
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
@@ -251,7 +297,7 @@ def test_a_pytorch_model_bin_that_is_empty_or_not_a_pickle_names_model_path(tmp_
     (folder / "pytorch_model.bin").write_bytes(weights)
     result = run(tmp_path / "run", f"model.path={folder}", *QUICK)
     assert (result["exit_code"], result["status"]) == (2, "failed"), result["error"]
-    assert result["error"].startswith(f"model.path: could not load {folder}"), result["error"]
+    assert result["error"].startswith(f"model.path: could not load {folder}{reason}"), result["error"]
 
 
 def test_a_model_folders_own_tokenizer_too_large_for_its_embedding_is_not_advised_again(tmp_path):

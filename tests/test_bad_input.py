@@ -75,6 +75,10 @@ def test_the_minilm_package_by_its_pip_name_names_model_package():
     (["model.shape.num_hidden_layers=0", "method=badam"], "model.shape.num_hidden_layers", "must be a positive"),
     (["mode=plan", "model.shape.hidden_size=63"], "model.shape", "is not a multiple of the number of attention"),
     (["mode=plan", "model.shape.num_attention_heads=0"], "model.shape.num_attention_heads", "must be a positive"),
+    (["model.shape.model_type=lama"], "model.shape.model_type", "transformers knows no model_type 'lama' (did you "
+                                                                 "mean 'llama'?); give one it knows"),
+    (["model.shape.hidden_size=6.4e1"], "model.shape.hidden_size", "64.0 is not an integer (1e3 is read as a float); "
+                                                                   "write it as one: 64"),
 ])
 def test_a_shape_transformers_refuses_names_the_shape_key(tmp_path, overrides, key, reason):
     from ftbench.job.run import run_job
@@ -84,7 +88,6 @@ def test_a_shape_transformers_refuses_names_the_shape_key(tmp_path, overrides, k
     error = json.loads((out / ("plan.json" if "mode=plan" in overrides else "result.json")).read_text())["error"]
     assert code == 2, error
     assert error.startswith(f"{key}: ") and reason in error and "\n" not in error
-
 
 
 def test_an_unexpected_error_is_one_line_that_does_not_stop_at_a_colon():

@@ -138,6 +138,46 @@ def test_bad_input_is_one_line_naming_the_key(overrides, expected):
     assert "\n" not in problem
 
 
+def integer_keys() -> list[tuple[str, str | None]]:
+    """(key, the group option that has it) of every integer knob: each schema field typed int (Optional[int]
+    too, in nested groups: eval.harness.limit) of the config, of every method and of every task family, and
+    hardware.max_micro_batch_size (auto | N | null: typed Any)."""
+    import dataclasses
+    from typing import Optional, get_type_hints
+
+    import yaml
+
+    from ftbench.config.schema import Config
+
+    def int_fields(schema, prefix):
+        hints = get_type_hints(schema)
+        for f in dataclasses.fields(schema):
+            if dataclasses.is_dataclass(hints[f.name]):
+                yield from int_fields(hints[f.name], f"{prefix}{f.name}.")
+            elif hints[f.name] in (int, Optional[int]):
+                yield f"{prefix}{f.name}"
+
+    family_option = {}  # a task family -> one of its task options (its YAML's schema: /schema/task/<family>)
+    for option in options("task"):
+        schema = yaml.safe_load((config_dir() / "task" / f"{option}.yaml").read_text())["defaults"][0]
+        family_option.setdefault(schema.split("/")[-1].split("@")[0], f"task={option}")
+    found = {"hardware.max_micro_batch_size": None, **dict.fromkeys(int_fields(Config, ""))}
+    for name in options("method"):
+        found.update(dict.fromkeys(int_fields(methods.config_class(name), "method."), f"method={name}"))
+    for family, schema in tasks.task_config_classes().items():
+        found.update(dict.fromkeys(int_fields(schema, "task."), family_option[family]))
+    return sorted(found.items())
+
+
+@pytest.mark.parametrize("key,option", integer_keys())
+def test_every_integer_key_given_in_e_notation_says_the_integer_to_write(key, option):
+    """1e3 on the command line is the float 1000.0: every integer key, typed int or not, nullable or nested,
+    says the integer to write (errors.integer_fix). hardware.max_micro_batch_size said "must be auto, an integer
+    >= 1 or null (got 2.0)"."""
+    problem = validate([*([option] if option else []), f"{key}=2e0"], multirun=False)
+    assert problem == f"{key}: 2.0 is not an integer (1e3 is read as a float); write it as one: 2", problem
+
+
 @pytest.mark.parametrize("overrides", [
     ["model=llama2-7b", "model.random_init=true"],  # the group's hub id, its shape built at random init
     ["model.hub_id=HuggingFaceTB/SmolLM2-135M", "model.random_init=false"],  # loaded (offline: refused when it loads)

@@ -313,7 +313,8 @@ def test_model_load_errors_name_the_key_and_the_fix(tmp_path, folders):
     with pytest.raises(UserError, match=r"^model.path: could not load .*broken: ValueError"):
         load_model(cfg.model, "causal_lm", 2, torch.device("cpu"), "fp32", "eager")
     cfg = compose("model=tiny-llama", f"model.tokenizer={empty}")
-    with pytest.raises(UserError, match=r"^model.tokenizer: could not load the tokenizer of .*empty"):
+    with pytest.raises(UserError, match=r"^model.tokenizer: the tokenizer of .*empty holds no vocabulary nor any "
+                                        r"tokenizer file: .*; set model.tokenizer=DIR"):
         load_tokenizer(cfg.model)
 
 

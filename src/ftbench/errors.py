@@ -113,19 +113,24 @@ def explain_compose_error(exc: BaseException) -> str:
 
 def not_an_integer(text: str) -> str | None:
     """OmegaConf's refusal of a non-integer for an integer key ("Value '1000.0' of type 'float' could not be
-    converted to Integer": 1e3 on the command line is a float) as the fix: the integer to write where the value
-    is a whole number (1000), else to write one; None for any other refusal. Every integer key, in a run's
-    config as in a comparison's spec, is refused so."""
+    converted to Integer": 1e3 on the command line is a float) as the fix (`integer_fix`); None for any other
+    refusal. Every integer key, in a run's config as in a comparison's spec, is refused so."""
     found = re.search(r"Value '(.*)' of type '\w+' could not be converted to Integer", text)
-    if not found:
-        return None
+    return integer_fix(found.group(1)) if found else None
+
+
+def integer_fix(value) -> str:
+    """A non-integer `value` given to an integer key, and the fix: the integer to write where it is a whole number
+    (1e3 is read as the float 1000.0: write 1000), else to write one. OmegaConf refuses it for a key typed int
+    (`not_an_integer`); a key that also takes words (hardware.max_micro_batch_size: auto) or any value
+    (model.shape) is typed Any, and its check refuses a whole float with this same line."""
     try:
-        number = float(found.group(1))
-    except ValueError:
-        return f"'{found.group(1)}' is not an integer; write a whole number"
+        number = float(value)
+    except (TypeError, ValueError):
+        return f"'{value}' is not an integer; write a whole number"
     if number.is_integer():
-        return f"{found.group(1)} is not an integer (1e3 is read as a float); write it as one: {int(number)}"
-    return f"{found.group(1)} is not an integer; write a whole number"
+        return f"{value} is not an integer (1e3 is read as a float); write it as one: {int(number)}"
+    return f"{value} is not an integer; write a whole number"
 
 
 def _quoted(text: str) -> str:

@@ -4,14 +4,15 @@ A model folder is what save_pretrained writes: config.json beside the weights. O
 refused naming its key (`require_model_folder`), saying what the folder holds instead: a PEFT adapter (the
 base model its adapter_config.json names, and how to start from the adapted weights), a subfolder holding
 the model or an adapter (ftbench's export, `<run>/checkpoint`: `merged/`, `adapter/`), a tokenizer alone,
-other files, or nothing; so is one whose config.json is empty, not JSON or not a JSON object. A command that
+other files, or nothing; so is one whose config.json is empty, not JSON, not a JSON object or names a
+model_type transformers does not know (`model_type_problem`: the known one nearest in spelling). A command that
 loads the weights (every one but a plan, which reads config.json alone) refuses a folder holding none of the
 files from_pretrained reads (`require_weights`), naming a GGUF file it holds instead. A folder given with
 model.gguf_file that holds no such file is refused on model.gguf_file, saying to drop it where the folder
 holds a save_pretrained model (`require_gguf_folder`: a model group such as smollm2-135m names its file).
 A tokenizer folder holding no tokenizer file (TOKENIZER_FILES) is refused the same way, saying what it holds
-instead: a subfolder holding a tokenizer, an adapter, a model's files alone, other files, or nothing
-(`require_tokenizer_folder`). Only file names and the small JSON files are read: nothing is loaded, so every
+instead: a subfolder holding a tokenizer (up to 3 deep: `tokenizer_subfolder`), an adapter, a model's files
+alone, other files, or nothing (`require_tokenizer_folder`). Only file names and the small JSON files are read: nothing is loaded, so every
 command that checks a config (a run, mode=profile, ftbench plan, each job of a sweep or a comparison) refuses
 such a folder before anything starts.
 """
@@ -19,6 +20,7 @@ such a folder before anything starts.
 from __future__ import annotations
 
 import json
+from difflib import get_close_matches
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -30,8 +32,11 @@ ADAPTER = "adapter_config.json"  # a PEFT adapter (save_pretrained of a PeftMode
 # vocab_files_names: vocab.txt, vocab.json and merges.txt, spiece.model, sentencepiece.bpe.model, bpe.codes, ...).
 TOKENIZER_FILES = ("tokenizer*", "*vocab*", "merges.txt", "*.model", "*.spm", "*.tiktoken", "tekken.json", "bpe.codes",
                    "special_tokens_map.json", "added_tokens.json")
+# The tokenizer files that hold its settings, not its vocabulary (the files beside them: TOKENIZER_FILES).
+TOKENIZER_SETTINGS = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 # A model's or an adapter's files, none of them a tokenizer's: a folder of these alone holds no tokenizer.
 NOT_TOKENIZER = {CONFIG, ADAPTER, "generation_config.json", "README.md", "training_args.bin"}
+SUBFOLDER_DEPTH = 3  # how deep below a tokenizer folder a tokenizer is looked for, to name it
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
 # What from_pretrained reads beside config.json (no variant): the weights, or their shards' index.
 LOADED_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -73,8 +78,9 @@ def require_model_folder(path: str, key: str) -> None:
 
 
 def require_config(file: Path, key: str) -> None:
-    """Raise a `UserError` on `key` when the model's config.json `file` is empty, not JSON or not a JSON object
-    (the model's settings, name: value); one that cannot be read is left to the loader."""
+    """Raise a `UserError` on `key` when the model's config.json `file` is empty, not JSON, not a JSON object
+    (the model's settings, name: value) or names a model_type transformers does not know (`model_type_problem`);
+    one that cannot be read is left to the loader."""
     fix = f"fix it, or {MODEL_FIX}"
     try:
         text = file.read_text(encoding="utf-8")
@@ -91,6 +97,20 @@ def require_config(file: Path, key: str) -> None:
     if not isinstance(value, dict):
         raise UserError(key, f"'{file}' holds a JSON {JSON_TYPES[type(value)]}, not an object of the "
                         f"model's settings (name: value); {fix}")
+    problem = "model_type" in value and model_type_problem(value["model_type"])
+    if problem:
+        raise UserError(key, f"'{file}': {problem}; fix its model_type, or {MODEL_FIX}")
+
+
+def model_type_problem(model_type) -> str | None:
+    """None when transformers knows `model_type` (a key of its CONFIG_MAPPING); else that it does not, with the
+    known one nearest in spelling (difflib): "transformers knows no model_type 'lama' (did you mean 'llama'?)"."""
+    from transformers import CONFIG_MAPPING
+
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        return None
+    near = get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=1)
+    return f"transformers knows no model_type {model_type!r}" + (f" (did you mean '{near[0]}'?)" if near else "")
 
 
 def require_weights(path: str, key: str) -> None:
@@ -139,8 +159,8 @@ def require_gguf_folder(path: str, name: str, key: str) -> None:
 
 def require_tokenizer_folder(path: str, key: str) -> None:
     """Raise a `UserError` on `key` when the folder `path` holds no tokenizer file (TOKENIZER_FILES), saying what
-    it holds instead: a subfolder holding one, an adapter, a model's files alone (NOT_TOKENIZER, WEIGHTS), other
-    files, or nothing. Whether the files found make a tokenizer the loader decides."""
+    it holds instead: a subfolder holding one (`tokenizer_subfolder`), an adapter, a model's files alone
+    (NOT_TOKENIZER, WEIGHTS), other files, or nothing. Whether the files found make a tokenizer the loader decides."""
     folder = Path(path).expanduser()
     try:
         names = sorted(p.name for p in folder.iterdir())
@@ -151,10 +171,10 @@ def require_tokenizer_folder(path: str, key: str) -> None:
         raise UserError(key, f"'{path}' is empty; {fix}")
     if any(tokenizer_file(name) for name in names):
         return
-    holding = [name for name in names if holds_tokenizer(folder / name)]
-    if holding:  # ftbench's export, <run>/checkpoint: merged/ holds the tokenizer
-        raise UserError(key, f"'{path}' holds no tokenizer, but its subfolder {holding[0]} does; give "
-                        f"{key}={folder / holding[0]}")
+    deeper = tokenizer_subfolder(folder)
+    if deeper is not None:  # ftbench's export, <run>/checkpoint: merged/ holds the tokenizer
+        raise UserError(key, f"'{path}' holds no tokenizer, but its subfolder {deeper.relative_to(folder)} does; "
+                        f"give {key}={deeper}")
     if ADAPTER in names:
         raise UserError(key, f"'{path}' holds no tokenizer, only {adapter(folder)}; {fix}, such as the base model's")
     if all(name in NOT_TOKENIZER or name.endswith(WEIGHTS) for name in names):
@@ -165,6 +185,25 @@ def require_tokenizer_folder(path: str, key: str) -> None:
 def tokenizer_file(name: str) -> bool:
     """Whether a file of this name is a tokenizer's (TOKENIZER_FILES)."""
     return any(fnmatch(name, pattern) for pattern in TOKENIZER_FILES)
+
+
+def tokenizer_subfolder(folder: Path) -> Path | None:
+    """The subfolder of `folder` that holds a tokenizer file, the nearest first (up to SUBFOLDER_DEPTH deep; by name
+    among those as deep), else None. The config check (`require_tokenizer_folder`) and the tokenizer's load
+    (a folder of tokenizer_config.json alone) name it alike."""
+    patterns = ("/".join("*" * depth) for depth in range(1, SUBFOLDER_DEPTH + 1))
+    return next((sub for pattern in patterns for sub in sorted(folder.glob(pattern)) if holds_tokenizer(sub)), None)
+
+
+def tokenizer_settings(folder: Path) -> list[str] | None:
+    """The tokenizer settings files (TOKENIZER_SETTINGS) of a folder holding no other tokenizer file, none
+    included: a folder without its vocabulary; None where it holds one, or is not a folder that can be listed."""
+    try:
+        names = sorted(p.name for p in folder.iterdir())
+    except OSError:
+        return None
+    held = [name for name in names if tokenizer_file(name)]
+    return None if any(name not in TOKENIZER_SETTINGS for name in held) else held
 
 
 def holds_tokenizer(folder: Path) -> bool:

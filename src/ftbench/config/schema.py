@@ -30,7 +30,7 @@ from ftbench.config.folders import (
     require_weights,
 )
 from ftbench.config.knobs import settle
-from ftbench.errors import UserError, one_of, require, require_kind
+from ftbench.errors import UserError, integer_fix, one_of, require, require_kind
 
 FLOAT32_MAX = (2 - 2 ** -23) * 2 ** 127  # the largest finite float32 (torch.finfo(torch.float32).max)
 PRECISIONS = ("auto", "bf16-mixed", "bf16-pure", "fp32")
@@ -95,6 +95,8 @@ class HardwareConfig:
         one_of(self.shard, ("none", "fsdp"), f"{key}.shard")
         one_of(self.attn_implementation, ("eager", "sdpa", "flash_attention_2"), f"{key}.attn_implementation")
         micro = self.max_micro_batch_size
+        if isinstance(micro, float) and micro >= 1 and micro.is_integer():  # typed Any: 2e0 passes as 2.0
+            raise UserError(f"{key}.max_micro_batch_size", integer_fix(micro))
         if micro is not None and micro != "auto":
             require(isinstance(micro, int) and not isinstance(micro, bool) and micro >= 1,
                     f"{key}.max_micro_batch_size", f"must be auto, an integer >= 1 or null (got {micro!r})")

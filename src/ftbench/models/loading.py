@@ -16,8 +16,13 @@ from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldVal
 from safetensors import SafetensorError
 from torch import nn
 
-from ftbench.config.folders import holds_tokenizer
-from ftbench.errors import UserError, first_line
+from ftbench.config.folders import (
+    listing,
+    model_type_problem,
+    tokenizer_settings,
+    tokenizer_subfolder,
+)
+from ftbench.errors import UserError, first_line, integer_fix
 from ftbench.models import gguf
 from ftbench.models.architecture import bad_size
 from ftbench.models.hub import hub_error, offline_mode
@@ -75,7 +80,8 @@ def settle_source(mcfg) -> None:
 # an unknown model_type or a bad config value (ValueError, KeyError; StrictDataclassError: a value or a
 # combination the config class's validators refuse, e.g. hidden_size "x" or not a multiple of the heads),
 # weights that do not fit (RuntimeError), a corrupt weights file (SafetensorError; a pytorch_model.bin that is
-# empty: EOFError, or not a pickle: UnpicklingError). Out-of-memory is not among them (see load_error).
+# empty or cut short: a bare EOFError, said in words by SILENT; or not a pickle: UnpicklingError). Out-of-memory is
+# not among them (see load_error).
 LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError, StrictDataclassError, EOFError,
                pickle.UnpicklingError)
 
@@ -87,7 +93,9 @@ SHAPE_ERRORS = (StrictDataclassError, ValueError, TypeError, KeyError)
 def load_tokenizer(mcfg):
     """The model's tokenizer; a byte-level one built in-process for random-init models.
 
-    Raises UserError naming model.tokenizer when the tokenizer cannot be loaded."""
+    Raises UserError naming model.tokenizer when the tokenizer cannot be loaded, or when its folder lacks its
+    vocabulary file (`no_vocabulary`): the library built its class with the special tokens alone, or could build
+    nothing from the settings files it holds (special_tokens_map.json alone)."""
     from transformers import AutoTokenizer
 
     source = mcfg.tokenizer or local_source(mcfg)
@@ -97,28 +105,29 @@ def load_tokenizer(mcfg):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline_mode() or Path(source).is_dir())
     except LOAD_ERRORS as exc:
+        settings = tokenizer_settings(Path(source).expanduser())
+        if settings is not None:  # special_tokens_map.json alone: the library names no class it could build
+            raise no_vocabulary(source, f", only {listing(settings)}" if settings else " nor any tokenizer file") from exc
         raise hub_error("model.tokenizer", f"the tokenizer of {source}", exc,
                         "set model.tokenizer=DIR (a folder saved with tokenizer.save_pretrained)",
                         local=Path(source).is_dir()) from exc
     if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # its class built from tokenizer_config.json alone
-        deeper = _deeper_tokenizer(source)
-        fix = (f"its subfolder {deeper} holds one: set model.tokenizer={deeper}" if deeper else
-               "set model.tokenizer=DIR (a folder saved with tokenizer.save_pretrained)")
-        raise UserError("model.tokenizer", f"the tokenizer of {source} holds no vocabulary, only its {len(tokenizer)} "
-                        f"special tokens ({', '.join(tokenizer.all_special_tokens)}): the folder lacks its vocabulary "
-                        f"file (vocab.txt, tokenizer.json, ...); {fix}")
+        raise no_vocabulary(source, f", only its {len(tokenizer)} special tokens "
+                                    f"({', '.join(tokenizer.all_special_tokens)})")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
 
 
-def _deeper_tokenizer(source: str) -> Path | None:
-    """The first subfolder (up to 3 deep) of a local `source` that holds tokenizer files, else None."""
-    folder = Path(source).expanduser()
-    if not folder.is_dir():
-        return None
-    return next((sub for depth in ("*", "*/*", "*/*/*") for sub in sorted(folder.glob(depth))
-                 if sub.is_dir() and holds_tokenizer(sub)), None)
+def no_vocabulary(source: str, held: str) -> UserError:
+    """The refusal of a tokenizer folder that lacks its vocabulary file, `held` saying what it has instead (", only"
+    the special tokens its class was built with, or the settings files the library could build nothing from),
+    naming a subfolder that holds a tokenizer."""
+    deeper = tokenizer_subfolder(Path(source).expanduser())
+    fix = (f"its subfolder {deeper} holds one: set model.tokenizer={deeper}" if deeper else
+           "set model.tokenizer=DIR (a folder saved with tokenizer.save_pretrained)")
+    return UserError("model.tokenizer", f"the tokenizer of {source} holds no vocabulary{held}: the folder lacks its "
+                     f"vocabulary file (vocab.txt, tokenizer.json, ...); {fix}")
 
 
 def byte_level_tokenizer():
@@ -152,8 +161,9 @@ def architecture_config(mcfg, **overrides):
 
     shape = OmegaConf.to_container(mcfg.shape) if isinstance(mcfg.shape, DictConfig) else dict(mcfg.shape)
     model_type = shape.pop("model_type")
-    if model_type not in CONFIG_MAPPING:
-        raise UserError("model.shape.model_type", f"unknown architecture '{model_type}'")
+    problem = model_type_problem(model_type)
+    if problem:
+        raise UserError("model.shape.model_type", f"{problem}; give one it knows, or pick another model=")
     defaults = CONFIG_MAPPING[model_type]()
     read = bool(mcfg.path or mcfg.package)  # the shape of a checkpoint's config.json, not one written by hand
     for key in shape:
@@ -161,6 +171,8 @@ def architecture_config(mcfg, **overrides):
             raise UserError(f"model.shape.{key}", f"not a field of the {model_type} config")
     field = bad_size(shape)
     if field is not None:
+        if isinstance(shape[field], float) and shape[field] >= 1 and shape[field].is_integer():  # 6.4e1
+            raise UserError(f"model.shape.{field}", integer_fix(shape[field]))
         raise UserError(f"model.shape.{field}", f"must be a positive integer (got {shape[field]!r}): it sizes the "
                         f"{model_type} model; give 1 or more")
     try:
@@ -233,14 +245,34 @@ def pretrained_config(mcfg):
 
 
 def load_error(mcfg, source: str, exc: BaseException) -> UserError:
-    """One line naming the key that gave `source`, the library's reason and the fix (re-raises out-of-memory)."""
+    """One line naming the key that gave `source`, the library's reason (for an exception that gives none, the
+    folder's file it stopped in and what is wrong with it: SILENT) and the fix (re-raises out-of-memory)."""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         raise exc
     key = source_key(mcfg)
     if key == "model.hub_id":
         return hub_error(key, source, exc, "use model.path=DIR (a local copy) or model.random_init=true")
+    if type(exc) in SILENT and not first_line(str(exc)):
+        return UserError(key, f"could not load {source}: {SILENT[type(exc)](Path(source))}")
     return hub_error(key, source, exc, f"give {key} a folder written by save_pretrained (config.json and weights)",
                      local=True)
+
+
+def pickle_ends_early(folder: Path) -> str:
+    """Why loading the folder's weights met the end of a file (a bare EOFError): its pickled weights
+    (pytorch_model.bin, or its shards) are empty or cut short; the fix."""
+    pickled = sorted(p for p in folder.glob("*.bin") if p.name.startswith("pytorch_model") and p.is_file())
+    empty = [p.name for p in pickled if p.stat().st_size == 0]
+    fix = "copy or download it again, or save the model again (save_pretrained)"
+    if empty:
+        return f"{listing(empty)} {'is' if len(empty) == 1 else 'are'} empty (0 bytes; EOFError); {fix}"
+    named = listing([p.name for p in pickled]) if pickled else "a pickled weights file"
+    return f"{named} ends before its data does (EOFError): {'it is' if len(pickled) < 2 else 'one is'} cut short; {fix}"
+
+
+# What a LOAD_ERRORS exception that says nothing (no message: exception_line would give its name alone) means
+# for a local folder, in words, naming the file; the others carry the library's reason.
+SILENT = {EOFError: pickle_ends_early}
 
 
 def auto_class(head: str):
