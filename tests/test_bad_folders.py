@@ -284,6 +284,7 @@ def test_a_gguf_file_cut_short_or_not_gguf_is_named(tmp_path, content, message):
 @pytest.mark.parametrize("weights,reason", [
     (b"", ": pytorch_model.bin is empty (0 bytes; EOFError); copy or download it again, or save the model again"),
     (b"\x80\x02", ": pytorch_model.bin ends before its data does (EOFError): it is cut short; copy or download it"),
+    (b"\x80\x04K", ": pytorch_model.bin ends before its data does (IndexError): it is cut short; copy or download it"),
     (b"not a pickle at all", ": UnpicklingError: "),
 ])
 def test_a_pytorch_model_bin_that_is_empty_or_not_a_pickle_names_model_path(tmp_path, weights, reason):

@@ -258,16 +258,22 @@ def load_error(mcfg, source: str, exc: BaseException) -> UserError:
                      local=True)
 
 
-def pickle_ends_early(folder: Path) -> str:
-    """Why loading the folder's weights met the end of a file (a bare EOFError): its pickled weights
-    (pytorch_model.bin, or its shards) are empty or cut short; the fix."""
-    pickled = sorted(p for p in folder.glob("*.bin") if p.name.startswith("pytorch_model") and p.is_file())
+def pickled_weights(folder: Path) -> list[Path]:
+    """The folder's pickled weights files (pytorch_model.bin, or its shards); none for a hub id."""
+    return sorted(p for p in folder.glob("*.bin") if p.name.startswith("pytorch_model") and p.is_file())
+
+
+def pickle_ends_early(folder: Path, error: str = "EOFError") -> str:
+    """Why loading the folder's weights met the end of a file (a bare EOFError; an IndexError from torch's
+    weights-only unpickler, which reads an opcode's argument past the end): its pickled weights are empty or
+    cut short; the fix."""
+    pickled = pickled_weights(folder)
     empty = [p.name for p in pickled if p.stat().st_size == 0]
     fix = "copy or download it again, or save the model again (save_pretrained)"
     if empty:
-        return f"{listing(empty)} {'is' if len(empty) == 1 else 'are'} empty (0 bytes; EOFError); {fix}"
+        return f"{listing(empty)} {'is' if len(empty) == 1 else 'are'} empty (0 bytes; {error}); {fix}"
     named = listing([p.name for p in pickled]) if pickled else "a pickled weights file"
-    return f"{named} ends before its data does (EOFError): {'it is' if len(pickled) < 2 else 'one is'} cut short; {fix}"
+    return f"{named} ends before its data does ({error}): {'it is' if len(pickled) < 2 else 'one is'} cut short; {fix}"
 
 
 # What a LOAD_ERRORS exception that says nothing (no message: exception_line would give its name alone) means
@@ -312,6 +318,11 @@ def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision
                                           ignore_mismatched_sizes=head != "causal_lm", output_loading_info=True)
     except LOAD_ERRORS as exc:
         raise load_error(mcfg, source, exc) from exc
+    except IndexError as exc:  # only from a pickle cut short: torch's weights-only unpickler indexes past its end
+        if not pickled_weights(Path(source)):
+            raise
+        raise UserError(source_key(mcfg), f"could not load {source}: "
+                        f"{pickle_ends_early(Path(source), 'IndexError')}") from exc
     replaced = sorted(str(k[0] if isinstance(k, (tuple, list)) else k) for k in info.get("mismatched_keys") or ())
     missing = sorted(str(k) for k in info.get("missing_keys") or ())
     if replaced:
