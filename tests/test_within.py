@@ -2,11 +2,17 @@
 the key (config/within.py): a warm-up as long as the run, a validation interval past its end, a
 rotation that never switches. Knobs that may exceed the run on purpose are accepted."""
 
+import dataclasses
+import random
 import re
+from types import SimpleNamespace
 
 import pytest
 
 from ftbench.cli import validate
+from ftbench.errors import UserError
+from ftbench.methods.block_rotation import length
+from ftbench.methods.block_rotation.units import Schedule
 from helpers import run
 
 SHORT = ["train.max_steps=6"]
@@ -220,3 +226,37 @@ def test_every_fix_a_length_refusal_names_trains(tmp_path, overrides, key, fixes
             key, value = next(f for f in fix if f.startswith("train.max_")).split("=")
             less = run(tmp_path / f"less{i}", *args, *fix[:-1], f"{key}={int(value) - 1}")
             assert less["status"] == "failed", (fix, less["error"])
+
+
+def test_every_fix_a_rotation_refusal_names_passes_and_its_steps_are_the_fewest():
+    """Over random rotations (orders, groups, blocks, per-cycle or per-step lr, warm-ups in steps and ratios) and
+    run lengths: length.check refuses exactly what length.trains rejects, every fix it names passes, and
+    length.fewest_steps is the first length that passes."""
+    draw = random.Random(0)
+    for _ in range(150):
+        units, order = draw.randint(1, 5), draw.choice(["down2up", "up2down", "random", "sample"])
+        s = Schedule(tuple(range(1, units + 1)), (), draw.randint(1, units if order == "sample" else units + 1),
+                     draw.randint(1, 3), order, order == "random" and draw.random() < 0.5, draw.randint(0, 3))
+        per_cycle = draw.random() < 0.5
+        optim = draw.choice([SimpleNamespace(warmup_steps=draw.randint(0, 3), warmup_ratio=0.0),
+                             SimpleNamespace(warmup_steps=None, warmup_ratio=draw.choice([0.0, 0.5, 0.7]))])
+        fewest = length.fewest_steps(s, per_cycle, optim)
+        assert fewest is None or length.trains(s, per_cycle, fewest, optim)
+        assert not any(length.trains(s, per_cycle, n, optim) for n in range(1, fewest or 200))
+        for steps in range(1, 16):
+            try:
+                length.check(s, [f"u{i}" for i in range(units + 1)], per_cycle, steps, optim)
+            except UserError as refused:
+                assert not length.trains(s, per_cycle, steps, optim)
+                for fix in followed(str(refused)):
+                    settings = dict(f.split("=") for f in fix)
+                    changed = dataclasses.replace(s, **{k.split(".")[1]: int(v) for k, v in settings.items()
+                                                        if k.startswith("method.")})
+                    warmup = next((k for k in settings if k.startswith("optim.")), None)
+                    fixed = SimpleNamespace(warmup_steps=int(settings[warmup]), warmup_ratio=0.0) \
+                        if warmup == "optim.warmup_steps" else SimpleNamespace(
+                            warmup_steps=None, warmup_ratio=float(settings[warmup])) if warmup else optim
+                    longer = int(settings.get("train.max_steps", steps))
+                    assert length.trains(changed, per_cycle, longer, fixed), (s, per_cycle, steps, optim, fix)
+            else:
+                assert length.trains(s, per_cycle, steps, optim)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from types import SimpleNamespace
 
 from ftbench.config import within
@@ -62,15 +63,16 @@ def check(s: Schedule, names: list[str], per_cycle: bool, steps: int, optim,
     if not within.fits(optim, schedule):
         within.check_warmup(optim, steps, schedule, longer(), shorter=not (rotates and idle(s, per_cycle, steps)))
     if rotates and within.warmup_length(optim, schedule) > 0:
-        check_warmup_start(s, names, per_cycle, steps, key, longer())
+        check_warmup_start(s, names, per_cycle, steps, key, longer)
 
 
-def check_warmup_start(s: Schedule, names: list[str], per_cycle: bool, steps: int, key: str, longer: str) -> None:
+def check_warmup_start(s: Schedule, names: list[str], per_cycle: bool, steps: int, key: str,
+                       longer: Callable[[], str]) -> None:
     """Refuse (`UserError` on the warm-up's `key`) a run in which a unit it visits is active only while the
     lr is 0: a warm-up starts at 0 for the schedule's first step, the run's first step (per-step) or its
     whole first cycle (per-cycle: every unit's first visit). Such a unit would never train (was: HiFT,
     5 steps over 4 units with optim.warmup_steps=1, trained the embedding alone, status ok). `longer`: the
-    advice of a run that passes ('set train.max_steps to at least 8'; empty: none does)."""
+    advice of a run that passes ('set train.max_steps to at least 8'; empty: none does), asked on refusal."""
     lost = idle(s, per_cycle, steps)
     if not lost:
         return
@@ -79,7 +81,7 @@ def check_warmup_start(s: Schedule, names: list[str], per_cycle: bool, steps: in
     raise UserError(key, f"a warm-up runs the first step of the learning-rate schedule at lr 0, here {span}, "
                     f"and {len(lost)} of the rotating units ({_shown([names[i] for i in lost])}) are active only "
                     f"then in this {steps}-step run, so they would never train; "
-                    + _either(longer, f"use no warm-up ({key}=0)"))
+                    + _either(longer(), f"use no warm-up ({key}=0)"))
 
 
 def schedule_length(s: Schedule, per_cycle: bool, steps: int) -> int:
