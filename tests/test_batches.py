@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from ftbench.engine.batches import MAX_TOKEN_EPOCHS, shuffled, steps_for_tokens
+from ftbench.engine.batches import MAX_TOKEN_EPOCHS, shuffled, steps_for_tokens, tokens_for_steps
 from ftbench.errors import UserError
 
 
@@ -24,6 +24,17 @@ def test_the_steps_a_token_budget_buys_are_the_first_to_reach_it(micro, world, t
     steps = steps_for_tokens(lengths, 8, micro, seed=3, tokens=tokens, world_size=world)
     seen = tokens_per_step(lengths, 8, micro, world, 3, steps)
     assert sum(seen) >= tokens > sum(seen[:-1])
+
+
+@pytest.mark.parametrize("examples,batch,micro,world", [(96, 8, 8, 1), (101, 8, 4, 1), (103, 12, 2, 2), (30, 64, 1, 1)])
+@pytest.mark.parametrize("steps", [1, 2, 7, 13, 40])  # 40: many epochs (each with its tail dropped)
+def test_the_fewest_tokens_that_buy_some_steps_buy_them(examples, batch, micro, world, steps):
+    """A refusal under a token budget advises the tokens of the steps it needs (within.Budget): the fewest
+    budget that buys them, one token less buys fewer."""
+    lengths = [random.Random(i).randint(1, 30) for i in range(examples)]
+    tokens = tokens_for_steps(lengths, batch, micro, 5, steps, world)
+    assert steps_for_tokens(lengths, batch, micro, 5, tokens, world) == steps
+    assert tokens == 1 or steps_for_tokens(lengths, batch, micro, 5, tokens - 1, world) < steps
 
 
 def test_a_budget_no_step_can_reach_is_refused_on_its_key():

@@ -230,7 +230,8 @@ def test_a_metric_the_task_does_not_report_stops_after_one_multirun(tmp_path):
     ({"tasks": ["nosuch"]}, "tasks: task=nosuch: no such option; choose one of: "),
     ({"model": "nosuch"}, "model: model=nosuch: no such option; choose one of: "),
     ({"set": [*TINY, "train.nosuch=1"]}, "set: train.nosuch: no such key"),
-    ({"set": [*TINY, "optim.warmup_steps=9"]}, "set: optim.warmup_steps: 9 is not below the run's 4 steps"),
+    ({"set": [*TINY, "optim.warmup_steps=9"]}, "set: optim.warmup_steps: 9 is not below the run's 4 steps: the "
+     "learning rate would never reach optim.lr; set optim.warmup_steps below 4, or set budget.steps to at least 10"),
     ({"set": [*TINY, "model.hub_id=x/y"]}, "set: model.hub_id: model=tiny-llama builds a random-init shape"),
     ({"methods": ["full", "v"], "variants": {"v": ["method=full", "method.nosuch=1"]}}, "variants.v: method.nosuch: "),
 ])

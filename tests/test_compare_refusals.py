@@ -3,6 +3,7 @@ spec and the tasks' data tell (a held-out split the training data cannot hold, a
 after the first multirun whose every run was refused alike (what only a run finds)."""
 
 import re
+from types import SimpleNamespace
 
 import pytest
 
@@ -74,12 +75,43 @@ def test_a_multirun_whose_every_run_is_refused_alike_stops_the_comparison(tmp_pa
     spec = five_rows(tmp_path, validation_from_train=1, methods=["badam", "full"], budget={"steps": 2, "batch_size": 2})
     done = cli("ftbench", "compare", str(spec), "--out", str(tmp_path / "out"))
     assert done.returncode == 2, done.stderr[-2000:]
-    assert done.stderr.strip().splitlines()[-1] == (
+    assert done.stderr.strip().splitlines() == [  # one line: the run leaves its own to the comparison
         "ftbench compare: error: methods: sst2 badam: every stage-1 run was refused: method.steps_per_block: 50 steps "
         "per block in a 2-step run: it never switches, so only layer.0 of the 2 rotating units would train; set "
-        "method.steps_per_block below 2 (or train.max_steps above 50)")
+        "method.steps_per_block=1, or set budget.steps to at least 51"]
     assert (tmp_path / "out/sst2/lr/badam").is_dir() and not (tmp_path / "out/sst2/lr/full").exists()
     assert "runs again" not in done.stdout and not (tmp_path / "out/comparison.md").exists()
+
+
+def test_a_refusal_under_a_token_budget_advises_budget_tokens_that_pass(tmp_path):
+    """A HiFT arm warmed up for one cycle in a 2-step budget: the run's refusal advises train.max_tokens, which the
+    comparison owns; its one line names the variant and budget.tokens, the tokens of the steps needed at every
+    seed, and the comparison with that budget runs (was: two lines, 'set train.max_steps to at least 4, or
+    method.group_size to at least 2', the one owned by budget.tokens, the other then refused on the warm-up)."""
+    spec = five_rows(tmp_path, validation_from_train=1, methods=["hift", "full"], lr={"hift": [1e-3], "full": [1e-4]},
+                     variants={"hift": ["method=hift", "optim.warmup_steps=1"]},
+                     budget={"steps": None, "tokens": 40, "batch_size": 2})
+    done = cli("ftbench", "compare", str(spec), "--out", str(tmp_path / "out"))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    advised = re.fullmatch(r"ftbench compare: error: variants.hift: sst2 hift: every stage-1 run was refused: "
+                           r"method.steps_per_block: .*; set budget.tokens to at least (\d+) \(the tokens of 8 steps "
+                           r"at every seed\), or method.group_size=4", lines[0])
+    assert advised, lines[0]
+    followed = cli("ftbench", "compare", str(spec), "--out", str(tmp_path / "advised"), "budget.steps=null",
+                   f"budget.tokens={advised[1]}")
+    assert followed.returncode == 0, followed.stderr[-2000:]
+
+
+def test_a_refusal_that_does_not_stop_the_comparison_is_printed_once(tmp_path, capsys):
+    """The runs leave their refusal lines to the comparison (job/run.py REFUSALS_TO_PARENT): one that does not
+    stop it (the other lr trained) is printed by it, once."""
+    spec = load(five_rows(tmp_path), [])
+    results = [SimpleNamespace(status="failed", error="optim.lr: too large", run=SimpleNamespace(exit_code=2)),
+               SimpleNamespace(status="ok", error=None, run=SimpleNamespace(exit_code=0))]
+    runs = [SimpleNamespace(result=lambda r=r: r, arm="full", task="sst2", stage="lr") for r in results]
+    runner.check_refused(None, spec, runs, 2)
+    assert capsys.readouterr().err == "ftbench: failed: optim.lr: too large\n"
 
 
 @pytest.mark.parametrize("overrides,line", [

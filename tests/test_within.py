@@ -2,11 +2,17 @@
 the key (config/within.py): a warm-up as long as the run, a validation interval past its end, a
 rotation that never switches. Knobs that may exceed the run on purpose are accepted."""
 
+import dataclasses
+import random
 import re
+from types import SimpleNamespace
 
 import pytest
 
 from ftbench.cli import validate
+from ftbench.errors import UserError
+from ftbench.methods.block_rotation import length
+from ftbench.methods.block_rotation.units import Schedule
 from helpers import run
 
 SHORT = ["train.max_steps=6"]
@@ -39,22 +45,41 @@ def test_a_knob_that_may_exceed_the_run_is_accepted(overrides):
     assert validate([*SHORT, *overrides], multirun=False) is None
 
 
-@pytest.mark.parametrize("overrides", [
-    ["train.max_steps=3", "optim.warmup_ratio=0.7"],  # 2/3: was "at most 0.667", itself refused
-    ["train.max_steps=9", "optim.warmup_ratio=0.95"],
-    ["train.max_steps=8", "method=badam", "method.steps_per_block=2", "optim.warmup_ratio=0.9"],  # per step
-    ["train.max_steps=7", "optim.warmup_steps=7"],
+@pytest.mark.parametrize("overrides,steps", [
+    (["train.max_steps=3", "optim.warmup_ratio=0.7"], 4),  # 2/3: was "at most 0.667", itself refused
+    (["train.max_steps=9", "optim.warmup_ratio=0.95"], 20),
+    (["train.max_steps=7", "optim.warmup_steps=7"], 8),
 ])
-def test_the_value_a_warmup_refusal_suggests_is_accepted(overrides):
+def test_the_value_a_warmup_refusal_suggests_is_accepted(overrides, steps):
+    """Both fixes it names pass: a shorter warm-up, or the fewest steps that fit this one (was: 'or train for
+    more steps', no count)."""
     problem = validate(overrides, multirun=False)
     key = overrides[-1].split("=")[0]
     assert validate([*overrides[:-1], f"{key}={advice(problem)}"], multirun=False) is None, problem
+    assert problem.endswith(f", or set train.max_steps to at least {steps}"), problem
+    assert validate([f"train.max_steps={steps}", overrides[-1]], multirun=False) is None
+    assert validate([f"train.max_steps={steps - 1}", overrides[-1]], multirun=False) is not None
 
 
 def advice(error: str) -> str:
     """The value a warm-up refusal suggests: its ratio ('at most R'), else the most steps below its bound."""
-    ratio = re.search(r"set optim.warmup_ratio to at most ([0-9.]+)$", error)
+    ratio = re.search(r"set optim.warmup_ratio to at most ([0-9.]+)", error)
     return ratio.group(1) if ratio else str(int(re.search(r"set optim.warmup_steps below (\d+)", error).group(1)) - 1)
+
+
+def followed(error: str) -> list[list[str]]:
+    """The overrides of each fix a refusal names after its last ';', joined by ', or ' (each fix whole: 'use no
+    warm-up (optim.warmup_steps=0) with train.max_steps to at least 8' is two overrides)."""
+    fixes = []
+    for fix in error.rsplit("; ", 1)[1].split(", or "):
+        overrides = [f"{key}={value}" for key, value in re.findall(r"(method\.\w+)=(\d+)", fix)]
+        overrides += [f"{key}=0" for key in re.findall(r"use no warm-up \((optim\.\w+)=0\)", fix)]
+        overrides += [f"{key}={value}" for key, value in re.findall(r"(train\.max_\w+) to at least (\d+)", fix)]
+        shorter = re.search(r"(optim.warmup_\w+) (below|to at most)", fix)
+        overrides += [f"{shorter.group(1)}={advice(fix)}"] if shorter else []
+        assert overrides, fix
+        fixes.append(overrides)
+    return fixes
 
 
 def refused_before_training(result: dict, key: str) -> None:
@@ -108,7 +133,8 @@ def test_a_rotation_that_never_switches_is_refused_before_a_warmup_advice_it_wou
     refused_before_training(run(tmp_path / "never", *args, "optim.warmup_ratio=0.9"),
                             "method.steps_per_block: 50 steps per block in a 4-step run")
     switching = [*args, "method.steps_per_block=3"]
-    problem = validate([*switching, "optim.warmup_ratio=0.9"], multirun=False)
+    assert validate([*switching, "optim.warmup_ratio=0.9"], multirun=False) is None  # the steps count the layers
+    problem = run(tmp_path / "warm", *switching, "optim.warmup_ratio=0.9")["error"]
     assert problem.startswith("optim.warmup_ratio: 0.9 warms up over all of the run's 4 steps"), problem
     assert run(tmp_path / "advised", *switching, f"optim.warmup_ratio={advice(problem)}")["status"] == "ok"
 
@@ -158,3 +184,79 @@ def test_a_unit_active_only_while_the_warmup_holds_the_lr_at_0_is_refused(tmp_pa
     assert done["status"] == "ok", done["error"]
     idle = [name for name, unit in done["engagement"]["units"].items() if unit["watched"] and not unit["changed"]]
     assert not idle, idle
+
+
+TOKENS = ["train.max_steps=null", "train.max_tokens=800"]  # 5 steps of 8 examples (seed 0)
+
+
+@pytest.mark.parametrize("overrides,key,fixes", [
+    # HiFT, 2 steps a block over 4 units: 8 steps are one cycle, one lr step, all of it the warm-up's
+    (["method=hift", "method.order=up2down", "method.steps_per_block=2", "optim.warmup_steps=1", "train.max_steps=8"],
+     "optim.warmup_steps: 1 is not below the 1 steps", [["optim.warmup_steps=0"], ["train.max_steps=15"]]),
+    (["method=hift", "method.order=up2down", "method.steps_per_block=2", "optim.warmup_steps=1", "train.max_steps=9"],
+     "optim.warmup_steps: a warm-up runs", [["train.max_steps=15"], ["optim.warmup_steps=0"]]),
+    (["method=hift", "optim.warmup_steps=1", *TOKENS], "optim.warmup_steps: a warm-up runs", 2),
+    (["method=hift", "optim.warmup_steps=1", "train.max_steps=null", "train.max_tokens=300"],  # 2 steps
+     "method.steps_per_block: ", 2),
+    (["method=badam", "method.steps_per_block=10", *TOKENS], "method.steps_per_block: ", 2),
+    (["method=badam", "method.steps_per_block=10", "optim.warmup_steps=1", *TOKENS], "method.steps_per_block: ", 2),
+    (["method=badam", "method.steps_per_block=2", "optim.warmup_ratio=0.9", "train.max_steps=8"],
+     "optim.warmup_ratio: 0.9 warms up", 2),
+    (["method=lisa", "method.group_size=1", "method.steps_per_block=1", "optim.warmup_steps=5", *TOKENS],
+     "optim.warmup_steps: 5 is not below", 2),
+    (["method=full", "optim.warmup_steps=5", *TOKENS], "optim.warmup_steps: 5 is not below", 2),
+])
+def test_every_fix_a_length_refusal_names_trains(tmp_path, overrides, key, fixes):
+    """A rotation's or a warm-up's refusal names the fewest steps that pass every check (length.py and the
+    warm-up's), in tokens under a token budget, and a setting that passes with the run's own length: each
+    trains (was: 'or train for more steps' with no count; 9 steps then refused again, 15 worked; under
+    train.max_tokens, 'train.max_steps to at least N', which is refused beside it; BAdam 'method.steps_per_block
+    below 2' under a warm-up, refused on its lr-0 first step)."""
+    args = [*QUICK, *overrides]
+    result = run(tmp_path / "refused", *args)
+    refused_before_training(result, key)
+    found = followed(result["error"])
+    assert found == fixes if isinstance(fixes, list) else len(found) == fixes, result["error"]
+    if "train.max_steps=null" in overrides:
+        assert "train.max_steps" not in result["error"] and "set train.max_tokens to at least" in result["error"]
+    for i, fix in enumerate(found):
+        done = run(tmp_path / f"fix{i}", *args, *fix)
+        assert done["status"] == "ok", (fix, done["error"])
+        if any(f.startswith("train.max_") for f in fix) and "optim" not in " ".join(fix):  # the fewest: one less refused
+            key, value = next(f for f in fix if f.startswith("train.max_")).split("=")
+            less = run(tmp_path / f"less{i}", *args, *fix[:-1], f"{key}={int(value) - 1}")
+            assert less["status"] == "failed", (fix, less["error"])
+
+
+def test_every_fix_a_rotation_refusal_names_passes_and_its_steps_are_the_fewest():
+    """Over random rotations (orders, groups, blocks, per-cycle or per-step lr, warm-ups in steps and ratios) and
+    run lengths: length.check refuses exactly what length.trains rejects, every fix it names passes, and
+    length.fewest_steps is the first length that passes."""
+    draw = random.Random(0)
+    for _ in range(150):
+        units, order = draw.randint(1, 5), draw.choice(["down2up", "up2down", "random", "sample"])
+        s = Schedule(tuple(range(1, units + 1)), (), draw.randint(1, units if order == "sample" else units + 1),
+                     draw.randint(1, 3), order, order == "random" and draw.random() < 0.5, draw.randint(0, 3))
+        per_cycle = draw.random() < 0.5
+        optim = draw.choice([SimpleNamespace(warmup_steps=draw.randint(0, 3), warmup_ratio=0.0),
+                             SimpleNamespace(warmup_steps=None, warmup_ratio=draw.choice([0.0, 0.5, 0.7]))])
+        fewest = length.fewest_steps(s, per_cycle, optim)
+        assert fewest is None or length.trains(s, per_cycle, fewest, optim)
+        assert not any(length.trains(s, per_cycle, n, optim) for n in range(1, fewest or 200))
+        for steps in range(1, 16):
+            try:
+                length.check(s, [f"u{i}" for i in range(units + 1)], per_cycle, steps, optim)
+            except UserError as refused:
+                assert not length.trains(s, per_cycle, steps, optim)
+                for fix in followed(str(refused)):
+                    settings = dict(f.split("=") for f in fix)
+                    changed = dataclasses.replace(s, **{k.split(".")[1]: int(v) for k, v in settings.items()
+                                                        if k.startswith("method.")})
+                    warmup = next((k for k in settings if k.startswith("optim.")), None)
+                    fixed = SimpleNamespace(warmup_steps=int(settings[warmup]), warmup_ratio=0.0) \
+                        if warmup == "optim.warmup_steps" else SimpleNamespace(
+                            warmup_steps=None, warmup_ratio=float(settings[warmup])) if warmup else optim
+                    longer = int(settings.get("train.max_steps", steps))
+                    assert length.trains(changed, per_cycle, longer, fixed), (s, per_cycle, steps, optim, fix)
+            else:
+                assert length.trains(s, per_cycle, steps, optim)

@@ -16,6 +16,7 @@ Hydra multirun of the ftbench CLI in a child process, so the launcher the spec's
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -32,11 +33,12 @@ from omegaconf.errors import OmegaConfBaseException
 from ftbench import results
 from ftbench.compare.spec import OWNED, Spec, arm_overrides, arms
 from ftbench.config.schema import check
-from ftbench.engine.batches import steps_for_tokens
+from ftbench.engine.batches import steps_for_tokens, tokens_for_steps
 from ftbench.errors import UserError, explain_compose_error
 from ftbench.job import children, lock, preflight
 from ftbench.job.checkpoint import differing_keys
 from ftbench.job.compose import config_dir, register_configs
+from ftbench.job.run import REFUSALS_TO_PARENT
 from ftbench.results import Result
 
 STAGES = {"lr": "stage 1: the lr on a validation split carved from the training data",
@@ -127,7 +129,7 @@ class Composer:
             message = explain_compose_error(exc)
             raise UserError(blame(self.spec, arm, message), message) from None
         except UserError as exc:
-            raise UserError(blame(self.spec, arm, str(exc)), str(exc)) from None
+            raise UserError(blame(self.spec, arm, str(exc)), in_spec_terms(self, None, str(exc))) from None
         return cfg
 
     def config(self, overrides: list[str], arm: str | None = None) -> dict:
@@ -219,6 +221,23 @@ def blame(spec: Spec, arm: str | None, message: str) -> str:
     return OWNED.get(key.split(".", 1)[0], "set")
 
 
+def in_spec_terms(composer: Composer, task: str | None, message: str) -> str:
+    """A refused run's line with the run's length advised on the spec's budget: train.max_steps as
+    budget.steps, and train.max_tokens as budget.tokens, the fewest tokens that buy the advised steps at
+    every seed of `task` (each seed's order has its own count, `Composer.budget_steps`; at least the run's
+    own). `task`: None where no tokens are advised (a config's check: it counts no tokens)."""
+    spec = composer.spec
+
+    def tokens(advice: re.Match) -> str:
+        steps, size = int(advice[2]), spec.budget.batch_size
+        fewest = max(int(advice[1]), *(tokens_for_steps(composer.train_lengths(task, seed), size, size, seed, steps)
+                                       for seed in spec.seeds))
+        return f"budget.tokens to at least {fewest} (the tokens of {steps} steps at every seed)"
+
+    message = re.sub(r"train\.max_tokens to at least (\d+) \(the tokens of (\d+) steps\)", tokens, message)
+    return message.replace("train.max_steps", "budget.steps")
+
+
 def make_runs(composer: Composer, spec: Spec, out: Path, stage: str, task: str, arm: str,
               lrs: list[float], seeds: list[int]) -> list[Run]:
     """The runs of one arm and stage (every lr at one seed, or one lr at every seed), surveyed."""
@@ -283,7 +302,8 @@ def execute(spec: Spec, pending: list[Run], out: Path) -> int:
     set_aside(pending, out)
     args = argv(spec, pending)
     print(f"\n[{pending[0].task} {pending[0].stage} {pending[0].arm}] {shown(args)}", flush=True)
-    code = children.run([sys.executable, "-c", "from ftbench.cli import main; main()", *args])
+    code = children.run([sys.executable, "-c", "from ftbench.cli import main; main()", *args],
+                        env={**os.environ, REFUSALS_TO_PARENT: "1"})  # runner.check_refused prints them
     if code == 130:
         raise KeyboardInterrupt
     return code

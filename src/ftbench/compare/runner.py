@@ -100,7 +100,7 @@ def describe(spec: Spec, stage: str, runs: list[Run], known: list[Run], waiting:
     return seconds
 
 
-def execute(spec: Spec, runs: list[Run], out: Path) -> None:
+def execute(composer: Composer, spec: Spec, runs: list[Run], out: Path) -> None:
     """Run what is pending, one multirun per task, arm and stage; after each, check that its runs were not all
     refused alike and report the deciding metric (either stops the comparison after one multirun, not after all)."""
     for task in spec.tasks:
@@ -108,24 +108,28 @@ def execute(spec: Spec, runs: list[Run], out: Path) -> None:
             mine = [r for r in runs if r.task == task and r.arm == arm and not r.done]
             if mine:
                 code = cells.execute(spec, mine, out)
-                check_refused(spec, mine, code)
+                check_refused(composer, spec, mine, code)
                 check_metric(spec, mine)
     for run in runs:
         run.why = cells.survey(run)
 
 
-def check_refused(spec: Spec, runs: list[Run], code: int) -> None:
-    """Raise UserError on the spec key it came from (cells.blame) when every run of a multirun (`code`: its
-    exit code) was refused as bad input with the same line (status failed, run.exit_code 2: a UserError,
-    not a crash): running the other arms, or these again, meets it again."""
+def check_refused(composer: Composer, spec: Spec, runs: list[Run], code: int) -> None:
+    """Raise UserError on the spec key it came from (cells.blame), its advice on the spec's budget
+    (cells.in_spec_terms), when every run of a multirun (`code`: its exit code) was refused as bad input with
+    the same line (status failed, run.exit_code 2: a UserError, not a crash): running the other arms, or these
+    again, meets it again. Else print each refused run's line, which the runs leave to this process
+    (job/run.py REFUSALS_TO_PARENT) so that a refusal is one line."""
     found = [run.result() for run in runs]
-    if code != 2 or any(r is None or r.status != "failed" or r.run.exit_code != 2 for r in found):
-        return
-    errors = {r.error for r in found}
-    if len(errors) == 1 and None not in errors:
+    refused = [r for r in found if r is not None and r.status == "failed" and r.run.exit_code == 2]
+    errors = {r.error for r in refused}
+    if code == 2 and len(refused) == len(found) and len(errors) == 1 and None not in errors:
         error, first = errors.pop(), runs[0]
         raise UserError(cells.blame(spec, first.arm, error), f"{first.task} {first.arm}: every "
-                        f"{'stage-1' if first.stage == 'lr' else 'stage-2'} run was refused: {error}")
+                        f"{'stage-1' if first.stage == 'lr' else 'stage-2'} run was refused: "
+                        + cells.in_spec_terms(composer, first.task, error))
+    for result in refused:
+        print(f"ftbench: {result.status}: {result.error}", file=sys.stderr)
 
 
 def check_metric(spec: Spec, runs: list[Run]) -> None:
@@ -159,7 +163,7 @@ def report_on(spec: Spec, name: str, out: Path, dry_run: bool, running: ExitStac
         total = describe(spec, "lr", first, first)
         if not dry_run:
             running.enter_context(lock.hold(out, "--out"))  # after the refusals found before any run
-            execute(spec, first, out)
+            execute(composer, spec, first, out)
         chosen = chosen_lrs(spec, first)
         second = stage_two(composer, spec, out, chosen)
         waiting = {task: len(arms(spec)) * len(spec.seeds) - len([r for r in second if r.task == task])
@@ -173,7 +177,7 @@ def report_on(spec: Spec, name: str, out: Path, dry_run: bool, running: ExitStac
             print(f"to do: ~{amount} (each run's start, steps, validations and evaluation: the "
                   "arm's finished runs where there are some, else the spec's estimate)")
             return 0
-        execute(spec, second, out)
+        execute(composer, spec, second, out)
         predicted = plans.predict(composer, spec, out, chosen)
     runs = first + second
     missing = [f"{r.folder.relative_to(out)}: {r.why or 'status ' + r.result().status}" for r in runs

@@ -345,7 +345,7 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
                 "best needs periodic evaluations; set eval.every_steps=N (or train.select=last)")
     if cfg.mode == "train":  # the steps the config alone gives (epochs need the data: the job checks again)
         steps, method = settle(cfg).steps, OmegaConf.to_object(cfg.method)
-        if not (steps and method.may_refuse_length(steps)):  # else the job checks the method's length first
+        if not (steps and method.may_refuse_length(steps, cfg.optim)):  # else the job checks the method's first
             within.check(cfg, steps, method.schedule_length(steps) if steps else None)
     if cfg.task.data_dir is not None and cfg.mode == "train":
         require_kind(cfg.task.data_dir, "folder", "task.data_dir", "point it at the folder holding the data files")

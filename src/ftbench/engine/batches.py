@@ -84,6 +84,25 @@ def steps_for_tokens(lengths: list[int], batch_size: int, micro_batch_size: int,
         seen, epoch = seen + int(counts[-1]), epoch + 1
 
 
+def tokens_for_steps(lengths: list[int], batch_size: int, micro_batch_size: int, seed: int, steps: int,
+                     world_size: int = 1) -> int:
+    """The fewest tokens whose budget buys `steps` steps or more (`steps_for_tokens`, same arguments): one more
+    than the examples of the first `steps` - 1 steps hold, in the order `steps_for_tokens` walks (a refusal's
+    advice under a token budget: within.Budget). The examples must hold a token (`steps_for_tokens` refuses
+    a budget over ones that hold none)."""
+    used_per_epoch = len(lengths) // micro_batch_size // world_size * micro_batch_size * world_size
+    sizes = torch.tensor(lengths, dtype=torch.int64)
+    epoch, left = 0, (steps - 1) * batch_size
+    if used_per_epoch == len(lengths):  # whole epochs in closed form when no tail is dropped
+        epoch, left = divmod(left, used_per_epoch)
+    held = epoch * int(sizes.sum())
+    while left:
+        order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed + epoch))
+        taken = min(left, used_per_epoch)
+        held, left, epoch = held + int(sizes[order[:taken]].sum()), left - taken, epoch + 1
+    return held + 1
+
+
 def random_tokens(batch_size: int, seq_len: int, vocab_size: int, head: str, num_labels: int,
                   seed: int, skip: int = 0, closing: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Profile batches: full-length random token ids (no padding), fixed per seed, each sequence ending

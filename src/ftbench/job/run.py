@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import os
 import sys
 import time
 import traceback
@@ -48,6 +49,9 @@ from ftbench.plan import report as plan_report
 from ftbench.plan.report import run_plan
 from ftbench.results import Params, Result, Run, Train
 from ftbench.tasks.harness import Harness
+
+# Set by a parent process that prints a refused job's line itself (ftbench compare: one line on its spec's key)
+REFUSALS_TO_PARENT = "FTBENCH_REFUSALS_TO_PARENT"
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +146,8 @@ class Job:
             self.result.status, self.result.error = status, error
             if self.cfg.get("debug") and not isinstance(exc, KeyboardInterrupt):
                 traceback.print_exc()  # debug=true: the traceback too; the exit code stays (2 for a user error)
-            print(f"ftbench: {status}: {error}", file=sys.stderr)
+            if not (code == 2 and os.environ.get(REFUSALS_TO_PARENT)):
+                print(f"ftbench: {status}: {error}", file=sys.stderr)
         self.result.run.exit_code = code  # a sweep whose launcher ran the job elsewhere reads it (job/sweep.py)
         self.write(finished_logger)
         if self.result.status == "ok" and distributed.is_main():

@@ -116,6 +116,13 @@ class Feed:
         return batches.steps_for_tokens(lengths, self.batch_size, micro, self.cfg.seed, tokens,
                                         distributed.world_size(), ("train.max_tokens", self.batch_key, "train.max_steps"))
 
+    def tokens_for_steps(self, steps: int, micro: int) -> int:
+        """The fewest tokens a train.max_tokens budget buys `steps` steps with (`steps_for_tokens` read
+        backwards: batches.tokens_for_steps): a refusal's advice under a token budget."""
+        lengths = [len(e["input_ids"]) for e in self.task.train_examples()]
+        return batches.tokens_for_steps(lengths, self.batch_size, micro, self.cfg.seed, steps,
+                                        distributed.world_size())
+
     def micro_loss(self, m: torch.nn.Module, batch: dict) -> torch.Tensor:
         """The loss of one micro-batch (moved to the device) under the job's autocast."""
         with self.s.hw.autocast():
@@ -183,13 +190,15 @@ def train_spec(cfg: DictConfig, method: Method, feed: Feed, s: Setup, calibratio
         warmup = method.warmup_steps(cfg.profile.warmup_steps, cfg.profile.steps)  # HiFT: past first visits
         steps, measure_from = warmup + cfg.profile.steps, warmup
     else:
+        budget = within.STEPS  # what a refusal advises to lengthen the run
         if steps_asked is None:  # train.max_tokens (knobs.settle)
             steps_asked = feed.steps_for_tokens(cfg.train.max_tokens, micro)
             log.info(f"train.max_tokens={cfg.train.max_tokens}: {steps_asked} steps of {feed.batch_size} examples")
+            budget = within.Budget(lambda n: feed.tokens_for_steps(n, micro))
         steps, measure_from = steps_asked, min(cfg.train.measure_warmup_steps, steps_asked - 1)
         if steps:  # the method's own schedule first: the run-wide knobs' advice then holds for a run it takes
-            method.check_length(steps, cfg.optim)
-        within.check(cfg, steps, method.schedule_length(steps))  # knobs the run cannot reach: refused
+            method.check_length(steps, cfg.optim, budget)
+        within.check(cfg, steps, method.schedule_length(steps), budget)  # knobs the run cannot reach: refused
     return TrainSpec(steps=steps, micro_batch_size=micro, accumulation=accumulation, measure_from=measure_from,
                      max_grad_norm=cfg.optim.max_grad_norm, eval_every=None if profiling else cfg.eval.every_steps,
                      log_every=cfg.train.log_every, progress=cfg.train.progress and distributed.is_main())

@@ -43,6 +43,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import nn
 
+from ftbench.config import within
 from ftbench.engine.optim import make_optimizer, make_scheduler
 from ftbench.measure.meters import tensor_bytes
 from ftbench.methods.config import MethodConfig
@@ -188,11 +189,13 @@ class Method(ABC):
         """How many scheduler steps the LR schedule spans for `total_steps` optimizer steps."""
         return total_steps
 
-    def check_length(self, steps: int, optim) -> None:
+    def check_length(self, steps: int, optim, budget: within.Budget = within.STEPS) -> None:
         """Refuse, with a `UserError` naming the key to change, a training run of `steps` optimizer steps
         too short for the method's own schedule to do what it claims, under the `optim` config's warm-up
-        (its first scheduler step runs at lr 0) (called after `prepare`, before training; the run-wide knobs
-        are config/within.py's). Most methods have no such schedule."""
+        (its first scheduler step runs at lr 0; a schedule shorter than the run checks its warm-up here), with
+        advice that passes every such check (`budget`: what sets the run's length, within.Budget) (called after
+        `prepare`, before training; the run-wide knobs are config/within.py's). Most methods have no such
+        schedule."""
 
     def optimizer_parameters(self) -> list[torch.Tensor]:
         assert self.optimizer is not None, "attach() the optimizer first"

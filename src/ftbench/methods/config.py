@@ -127,11 +127,12 @@ class MethodConfig:
         schedule stepped once per cycle of the model's units): config/within.py then leaves the warm-up to the job."""
         return steps
 
-    def may_refuse_length(self, steps: int) -> bool:
+    def may_refuse_length(self, steps: int, optim) -> bool:
         """Whether the method's own check of the run's length (`Method.check_length`, which needs the prepared
-        model) may refuse a run of `steps` steps, as far as the config alone tells. config.schema.check then
-        leaves the run-wide step knobs (config/within.py) to the job, which checks the method's length first:
-        a refusal there never advises a value (optim.warmup_ratio=0.75) that the method's then refuses."""
+        model) may refuse a run of `steps` steps under the warm-up of `optim`, or tell the fewest steps a
+        refusal advises, as far as the config alone tells. config.schema.check then leaves the run-wide step
+        knobs (config/within.py) to the job, which checks the method's length first: a refusal there never
+        advises a value (optim.warmup_ratio=0.75, train.max_steps to at least 2) that the method's then refuses."""
         return False
 
     def check_run(self, cfg) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ftbench.config import within
 from ftbench.errors import require
 from ftbench.methods.config import MethodConfig
 
@@ -38,8 +39,9 @@ class BlockRotationConfig(MethodConfig):
     def schedule_length(self, steps: int) -> int | None:
         return steps if self.lr_policy == "per_step" else None  # per cycle: the cycle counts the model's units
 
-    def may_refuse_length(self, steps: int) -> bool:
-        return steps <= self.steps_per_block  # it would never switch (a per-cycle one's cycle counts the model's units)
+    def may_refuse_length(self, steps: int, optim) -> bool:
+        # it would never switch, or a warm-up: the steps a refusal advises count the model's units (length.py)
+        return steps <= self.steps_per_block or within.warmup_length(optim, steps) > 0
 
     def probe_layers(self) -> int:
         return self.group_size  # a rotating group needs a whole group of layers

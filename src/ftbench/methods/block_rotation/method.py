@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ftbench.config import within
 from ftbench.errors import UserError, require
 from ftbench.measure.meters import tensor_bytes
 from ftbench.methods.base import Method, MethodContext, Trains, is_no_decay
@@ -201,15 +202,13 @@ class BlockRotation(Method):
         return self.cfg.lr_policy == "per_step" or self.steps_done % self.schedule.cycle_steps == 0
 
     def schedule_length(self, total_steps: int) -> int:
-        if self.cfg.lr_policy == "per_step":
-            return total_steps
-        return math.ceil(total_steps / self.schedule.cycle_steps)
+        return length.schedule_length(self.schedule, self.cfg.lr_policy == "per_cycle", total_steps)
 
-    def check_length(self, steps: int, optim) -> None:
-        """The run's length against the rotation (length.py): too short for the schedule, or a unit active
-        only while a warm-up holds the rate at 0; `UserError` on the key to change."""
+    def check_length(self, steps: int, optim, budget: within.Budget = within.STEPS) -> None:
+        """The run's length against the rotation (length.py): too short for the schedule or its warm-up, or a
+        unit active only while a warm-up holds the rate at 0; `UserError` on the key to change."""
         length.check(self.schedule, [u.name for u in self.units], self.cfg.lr_policy == "per_cycle", steps,
-                     self.schedule_length(steps), optim)
+                     optim, budget)
 
     def _switch(self, wanted: tuple[int, ...]) -> None:
         """Freeze the leaving units, unfreeze the arriving ones (before the step's forward)."""
