@@ -91,7 +91,7 @@ LABELS = [  # (overrides, run.model): the source the user gave, unless they name
 
 def test_run_model_names_the_model_loaded():
     """Two runs of different folders under one group are not reported as the same model (run.model)."""
-    from ftbench.config.schema import given_keys, model_label
+    from ftbench.config.sources import given_keys, model_label
     from helpers import compose
 
     for overrides, label in LABELS:

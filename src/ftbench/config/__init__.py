@@ -1,7 +1,8 @@
 """Configuration, torch-free: the schemas of the run-wide config groups (model, hardware, logger,
 train, optim, eval, profile, plan) with the checks that reject meaningless values (`schema`), and the
 one owner of every knob two groups can both set (`knobs`), the step-counting knobs a run of its
-length cannot reach (`within`), and what a model or tokenizer folder holds when it is not one (`folders`).
+length cannot reach (`within`), what a model or tokenizer folder holds when it is not one (`folders`),
+and where the model comes from as the user said it: the source loaded, and its name in results (`sources`).
 
 The bottom of what `ftbench --help` and `--cfg job` load. May import: `ftbench.errors`, omegaconf.
 Never torch, nor any other ftbench package.

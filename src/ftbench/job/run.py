@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftbench import files, results
 from ftbench.config.knobs import settle
-from ftbench.config.schema import check, given_keys, model_label
+from ftbench.config.schema import check
+from ftbench.config.sources import given_keys, model_label
 from ftbench.engine import loop
 from ftbench.engine.loggers import NullLogger, make_logger
 from ftbench.engine.loop import Compute, NonFiniteLoss, Trainee, Watchers, sigterm_cancels

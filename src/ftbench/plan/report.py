@@ -13,7 +13,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ftbench import files
-from ftbench.config.schema import check, given_keys, model_label
+from ftbench.config.schema import check
+from ftbench.config.sources import given_keys, model_label
 from ftbench.errors import Canceled, UserError
 from ftbench.results import GiB, Result
 
