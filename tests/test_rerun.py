@@ -165,3 +165,31 @@ def test_a_refused_attempt_leaves_the_runs_hydra_config_as_it_was(tmp_path):
     refused = cli("ftbench", *STEPS, "task.max_steps=1", "seed=5", f"hydra.run.dir={out}")
     assert refused.returncode == 2 and "hydra.run.dir" in refused.stderr
     assert (out / ".hydra" / "config.yaml").read_text() == recorded
+
+
+def test_a_run_whose_config_the_job_settles_skips_and_resumes_as_the_same_command(tmp_path, monkeypatch):
+    """model.path under the default random-init group (model.random_init settled to false) and a task.max_length
+    beyond the folder's 16 positions (cut to 16): the job records its config so settled, and the same command
+    was refused on both ('made with another config (differs in: model.random_init, task.max_length)'), as a
+    rerun of the finished run and as the resume of a killed one. It now skips, and resumes."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftbench.tasks.synthetic import SyntheticTask
+
+    model = tmp_path / "llama"
+    LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                 vocab_size=64, max_position_embeddings=16)).save_pretrained(model)
+    command = [*STEPS, f"model.path={model}", "task.max_length=24", "task.min_length=4"]
+    done = run(tmp_path / "done", *command)
+    assert done["status"] == "ok", done["error"]
+    assert (done["config"]["model"]["random_init"], done["config"]["task"]["max_length"]) == (False, 16)
+    written = (tmp_path / "done" / "result.json").read_bytes()
+    assert run(tmp_path / "done", *command)["exit_code"] == 0  # skipped: the result stands
+    assert (tmp_path / "done" / "result.json").read_bytes() == written
+
+    run_dir, killed = tmp_path / "killed", [*command, "train.checkpoint_every=1"]
+    killed_in_a_child(run_dir, killed, lambda: monkeypatch.setattr(
+        SyntheticTask, "evaluate", lambda *a: os.kill(os.getpid(), signal.SIGKILL)))
+    again = run(run_dir, *killed)
+    assert again["status"] == "ok", again["error"]
+    assert again["resumed_from"]["steps_before"] == 2 and not list(run_dir.glob("checkpoints.previous-*"))

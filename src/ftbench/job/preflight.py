@@ -65,12 +65,30 @@ class Inputs:
     shape_overrides: dict[str, int] = field(default_factory=dict)
 
 
+def settle(cfg) -> None:
+    """Settle in place the config values a run decides from the model before it loads it, each change with one
+    log line (a second call changes nothing): model.random_init (false when model.path or model.package names
+    the weights) and a checkpoint's task.max_length (cut to its position table, less the position of an
+    encoder-decoder classifier's closing eos). A run records its config so settled (result.json, checkpoints),
+    so an earlier run in its folder is compared with this one settled too (rerun.decide). What the model
+    cannot do is left for `inputs` to refuse."""
+    settle_source(cfg.model)
+    if cfg.mode != "train" or cfg.model.random_init:
+        return
+    try:
+        config = pretrained_config(cfg.model)
+        closing = closing_token(config, task_class(cfg.task.family).head)
+        fit_positions(cfg, config, "task.max_length", answer_length(cfg), closing=int(closing is not None))
+    except UserError:
+        return
+
+
 def inputs(cfg) -> Inputs:
     """Tokenizer and task built and checked against the model's config; raises UserError (see the table above).
 
     May settle two config values in place, each with a log line: model.random_init (false when
-    model.path or model.package names the weights) and task.max_length (cut to the position table)."""
-    settle_source(cfg.model)
+    model.path or model.package names the weights) and task.max_length (cut to the table): `settle`."""
+    settle(cfg)
     config = model_config(cfg.model)
     if cfg.mode == "profile":
         return Inputs(None, None, profile_head(cfg), 2, 0, check_profiled(cfg, config))

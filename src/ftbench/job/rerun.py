@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftbench import files, results
 from ftbench.errors import UserError
-from ftbench.job import checkpoint
+from ftbench.job import checkpoint, preflight
 
 SKIP, RUN, AFRESH = "skip", "run", "afresh"  # what `decide` says the job does
 FAILED = ("failed", "nan", "oom")  # statuses of an attempt that ended on its own, not stopped from outside
@@ -81,6 +81,7 @@ def decide(cfg: DictConfig, run_dir: Path, key: str | None = None) -> str:
     checkpoint train.resume names) or AFRESH (the checkpoints moved aside first). Raises `UserError` when
     the folder refuses the job, naming `key` (default: the key that names this job's folder)."""
     key = key or files.folder_key()
+    preflight.settle(cfg)  # as the job records its config (model.random_init, task.max_length)
     config = OmegaConf.to_container(cfg, resolve=True)
     existing = run_dir / results.FILENAME
     fix = f"move it aside or pick a new {key}"
