@@ -25,11 +25,12 @@ the root cause of every later mismatch (an encoder's tokenizer has no EOS for ge
 from __future__ import annotations
 
 import logging
+from copy import deepcopy
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ftbench.config.knobs import decoding as decoding_knobs
 from ftbench.errors import UserError
@@ -83,11 +84,32 @@ def settle(cfg) -> None:
         return
 
 
+# The modules whose log lines say what `settle` changed (models/loading.py, models/positions.py).
+SETTLING_LOGGERS = ("ftbench.models.loading", "ftbench.models.positions")
+
+
+def settled(cfg) -> DictConfig:
+    """A copy of `cfg` as `settle` leaves it, without its log lines (the job logs them as it settles its own
+    config): what a folder's earlier run recorded is compared with it (rerun.decide)."""
+    copy = deepcopy(cfg)
+    loggers = [logging.getLogger(name) for name in SETTLING_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        settle(copy)
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+    return copy
+
+
 def inputs(cfg) -> Inputs:
     """Tokenizer and task built and checked against the model's config; raises UserError (see the table above).
 
     May settle two config values in place, each with a log line: model.random_init (false when
     model.path or model.package names the weights) and task.max_length (cut to the table): `settle`."""
+    asked = cfg.task.max_length if cfg.mode == "train" else None  # before settle cuts it (cut_length_refusal)
     settle(cfg)
     config = model_config(cfg.model)
     if cfg.mode == "profile":
@@ -98,7 +120,6 @@ def inputs(cfg) -> Inputs:
     closing = closing_token(config, family.head)
     if tokenizer is not None:
         ensure_pad(cfg.model, tokenizer, closing)
-    asked = cfg.task.max_length
     overrides = fit_positions(cfg, config, "task.max_length", answer_length(cfg), closing=int(closing is not None))
     try:
         task = build_task(cfg.task, tokenizer, cfg.seed)

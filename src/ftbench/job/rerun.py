@@ -60,7 +60,8 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Path | None:
     if action == SKIP:
         return run_dir
     sweep_dir = files.sweep_dir()
-    elsewhere = sweep_dir and finished_elsewhere(OmegaConf.to_container(cfg, resolve=True), run_dir, sweep_dir)
+    elsewhere = sweep_dir and finished_elsewhere(OmegaConf.to_container(preflight.settled(cfg), resolve=True), run_dir,
+                                                     sweep_dir)
     if elsewhere:
         return elsewhere
     existing = run_dir / results.FILENAME
@@ -81,8 +82,7 @@ def decide(cfg: DictConfig, run_dir: Path, key: str | None = None) -> str:
     checkpoint train.resume names) or AFRESH (the checkpoints moved aside first). Raises `UserError` when
     the folder refuses the job, naming `key` (default: the key that names this job's folder)."""
     key = key or files.folder_key()
-    preflight.settle(cfg)  # as the job records its config (model.random_init, task.max_length)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = OmegaConf.to_container(preflight.settled(cfg), resolve=True)  # as the job records its config
     existing = run_dir / results.FILENAME
     fix = f"move it aside or pick a new {key}"
     old = files.read_json(existing, key, fix) if existing.exists() else None
