@@ -174,3 +174,15 @@ def test_a_comparison_or_recipe_another_process_runs_in_is_refused_before_any_ru
             f"{prog}: error: --out: {held} is in use by another ftbench process (pid {holder.pid}), which holds its "
             "lock run.lock; wait for it to end, or give another --out")
         assert [p.name for p in held.iterdir()] == ["run.lock"]  # no run started
+
+
+def test_a_folder_where_the_lock_file_goes_is_one_line(tmp_path):
+    """Was an IsADirectoryError traceback, exit 1."""
+    folder = tmp_path / "run"
+    (folder / "run.lock").mkdir(parents=True)
+    done = cli("ftbench", *QUICK, "train.progress=false", f"hydra.run.dir={folder}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"ftbench: error: hydra.run.dir: {folder / 'run.lock'} is a folder, where ftbench keeps the lock of the run "
+        f"in {folder}; remove it (it is not ftbench's), or give another hydra.run.dir")
+    assert [p.name for p in folder.iterdir()] == ["run.lock"]

@@ -42,9 +42,13 @@ def hold(folder: Path, key: str) -> Iterator[None]:
 
 
 def take(path: Path, key: str) -> int:
-    """An open descriptor of `path` holding its lock, the file emptied; raise `UserError` naming the holder."""
+    """An open descriptor of `path` holding its lock, the file emptied; raise `UserError` naming the holder, or
+    naming what stands where the lock file goes (a folder, a link to one)."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except IsADirectoryError:
+            raise a_folder(path, key) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -60,10 +64,19 @@ def take(path: Path, key: str) -> int:
         os.close(fd)  # its holder removed it as it ended, after this process opened it: lock a new one
 
 
+def a_folder(path: Path, key: str) -> UserError:
+    """The refusal of a folder standing where the lock file goes."""
+    return UserError(key, f"{path} is a folder, where ftbench keeps the lock of the run in {path.parent}; "
+                     f"remove it (it is not ftbench's), or give another {key}")
+
+
 def require_free(folder: Path, key: str) -> None:
     """Raise `UserError` on `key` when a process holds the lock on `folder`; takes nothing, creates nothing.
     Asked before anything starts: of a run's folder by the CLI (before Hydra opens its log there), of every
-    job folder by a sweep's preflight, of a folder a comparison or a recipe would move aside."""
+    job folder by a sweep's preflight, of a folder a comparison or a recipe would move aside. A folder where
+    the lock file goes is refused too (`take` could not make it)."""
+    if (Path(folder) / FILENAME).is_dir():
+        raise a_folder(Path(folder) / FILENAME, key)
     try:
         fd = os.open(Path(folder) / FILENAME, os.O_RDONLY)
     except OSError:  # no lock file (or no folder): nothing holds it
