@@ -77,7 +77,8 @@ def test_the_minilm_package_by_its_pip_name_names_model_package():
     (["mode=plan", "model.shape.num_attention_heads=0"], "model.shape.num_attention_heads", "must be a positive"),
     (["model.shape.model_type=lama"], "model.shape.model_type", "transformers knows no model_type 'lama' (did you "
                                                                  "mean 'llama'?); give one it knows"),
-    (["model.shape.hidden_size=6.4e1"], "model.shape.hidden_size", "64.0 is not an integer (1e3 is read as a float); "
+    (["model.shape.hidden_size=6.4e1"], "model.shape.hidden_size", "64.0 is not an integer (a number written with a point or an exponent, "
+        "as 8.0 or 1e3, is a float); "
                                                                    "write it as one: 64"),
 ])
 def test_a_shape_transformers_refuses_names_the_shape_key(tmp_path, overrides, key, reason):

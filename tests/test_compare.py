@@ -173,7 +173,8 @@ def test_a_bad_spec_is_one_line(tmp_path):
     (None, ["gpu=tpu-9000"], "gpu: 'tpu-9000' is not a hardware option; one of a100-80gb, "),
     (None, ["budget.step=5"], "budget.step: no such key; valid keys here: steps, tokens, batch_size"),
     (None, ["seeds=[abc]"], "seeds[0]: 'abc' is not an integer; write a whole number"),
-    (None, ["budget.tokens=1e3"], "budget.tokens: 1000.0 is not an integer (1e3 is read as a float); write it as one: 1000"),
+    (None, ["budget.tokens=1e3"], "budget.tokens: 1000.0 is not an integer (a number written with a point or an exponent, "
+        "as 8.0 or 1e3, is a float); write it as one: 1000"),
     (None, ["seeds=3"], "seeds: give a list in brackets, e.g. seeds=[a,b]"),
     (None, ["seeds=[0]"], "seeds: give two or more distinct seeds >= 0"),
     (None, ["methods=[full,lora,lora]"], "methods: 'lora' is listed twice"),

@@ -60,12 +60,16 @@ def test_every_model_carries_its_shape():
     (["method=full", "method.r=8"], "method.r: no such key"),
     (["train.max_steps=abc"], "train.max_steps: 'abc' is not an integer; write a whole number"),
     # an integer key given a float (e-notation is one): the integer to write (errors.not_an_integer), whatever the key
-    (["train.max_tokens=1e3"], "train.max_tokens: 1000.0 is not an integer (1e3 is read as a float); write it as one: 1000"),
-    (["train.max_steps=1e3"], "train.max_steps: 1000.0 is not an integer (1e3 is read as a float); write it as one: 1000"),
-    (["train.max_tokens=1e11"], "train.max_tokens: 100000000000.0 is not an integer (1e3 is read as a float); write it "
+    (["train.max_tokens=1e3"], "train.max_tokens: 1000.0 is not an integer (a number written with a point or an exponent, "
+        "as 8.0 or 1e3, is a float); write it as one: 1000"),
+    (["train.max_steps=1e3"], "train.max_steps: 1000.0 is not an integer (a number written with a point or an exponent, "
+        "as 8.0 or 1e3, is a float); write it as one: 1000"),
+    (["train.max_tokens=1e11"], "train.max_tokens: 100000000000.0 is not an integer (a number written with a point or an exponent, "
+        "as 8.0 or 1e3, is a float); write it "
      "as one: 100000000000"),
     (["task.batch_size=2.5"], "task.batch_size: 2.5 is not an integer; write a whole number"),
-    (["method=lora", "method.r=8e0"], "method.r: 8.0 is not an integer (1e3 is read as a float); write it as one: 8"),
+    (["method=lora", "method.r=8e0"], "method.r: 8.0 is not an integer (a number written with a point or an exponent, "
+        "as 8.0 or 1e3, is a float); write it as one: 8"),
     (["optim.lr=0"], "optim.lr: must be > 0"),
     (["optim.lr=-1e-3"], "optim.lr: must be > 0"),
     (["method.lr=0"], "method.lr: must be > 0"),
@@ -175,7 +179,8 @@ def test_every_integer_key_given_in_e_notation_says_the_integer_to_write(key, op
     says the integer to write (errors.integer_fix). hardware.max_micro_batch_size said "must be auto, an integer
     >= 1 or null (got 2.0)"."""
     problem = validate([*([option] if option else []), f"{key}=2e0"], multirun=False)
-    assert problem == f"{key}: 2.0 is not an integer (1e3 is read as a float); write it as one: 2", problem
+    assert problem == (f"{key}: 2.0 is not an integer (a number written with a point or an exponent, "
+                       "as 8.0 or 1e3, is a float); write it as one: 2"), problem
 
 
 @pytest.mark.parametrize("overrides", [

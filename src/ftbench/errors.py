@@ -121,7 +121,7 @@ def not_an_integer(text: str) -> str | None:
 
 def integer_fix(value) -> str:
     """A non-integer `value` given to an integer key, and the fix: the integer to write where it is a whole number
-    (1e3 is read as the float 1000.0: write 1000), else to write one. OmegaConf refuses it for a key typed int
+    (1e3 is the float 1000.0: write 1000), else to write one. OmegaConf refuses it for a key typed int
     (`not_an_integer`); a key that also takes words (hardware.max_micro_batch_size: auto) or any value
     (model.shape) is typed Any, and its check refuses a whole float with this same line."""
     try:
@@ -129,7 +129,7 @@ def integer_fix(value) -> str:
     except (TypeError, ValueError):
         return f"'{value}' is not an integer; write a whole number"
     if number.is_integer():
-        return f"{value} is not an integer (1e3 is read as a float); write it as one: {int(number)}"
+        return f"{value} is not an integer (a number written with a point or an exponent, as 8.0 or 1e3, is a float); write it as one: {int(number)}"
     return f"{value} is not an integer; write a whole number"
 
 
