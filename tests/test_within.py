@@ -154,14 +154,63 @@ def test_a_rotation_shorter_than_one_cycle_is_refused(tmp_path, overrides, cycle
 
 def test_a_rotation_of_one_cycle_or_sampled_groups_trains(tmp_path):
     """One whole cycle trains every unit; HiFT with a per-step schedule, and LISA's sampled layers, may end
-    within a cycle once they have switched (as BAdam may, above)."""
+    within a cycle once they have switched (as BAdam may, above): LISA once it has drawn a second layer
+    (seed 1: layer.0, then layer.1)."""
     hift = run(tmp_path / "hift", *QUICK, "method=hift", "task.max_steps=4")
     assert hift["status"] == "ok" and hift["method"]["steps_done"] == hift["method"]["cycle_steps"] == 4
     per_step = run(tmp_path / "per_step", *QUICK, "method=hift", "method.lr_policy=per_step", "task.max_steps=3")
     assert per_step["status"] == "ok" and per_step["train"]["steps"] == 3
     lisa = run(tmp_path / "lisa", *QUICK, "method=lisa", "method.steps_per_block=2", "method.group_size=1",
-               "task.max_steps=3")
-    assert lisa["status"] == "ok"
+               "task.max_steps=3", "seed=1")
+    assert lisa["status"] == "ok", lisa["error"]
+    assert all(lisa["engagement"]["units"][f"layer {i}"]["changed"] for i in (0, 1))
+
+
+@pytest.mark.parametrize("overrides,line", [
+    (["train.max_steps=5"], "method.steps_per_block: 20 steps per block in a 5-step run: it never switches, so "
+     "only layer.1 of the 2 rotating units would train; set method.steps_per_block=1, or set train.max_steps to "
+     "at least 81"),
+    (["method.steps_per_block=3", "optim.warmup_steps=3", "train.max_steps=4"], "method.steps_per_block: 3 steps "
+     "per block in a 4-step run: its 2 blocks all draw layer.1 (order=sample draws at random, seed 0), so only "
+     "layer.1 of the 2 rotating units would train; set train.max_steps to at least 13"),
+])
+def test_a_sampled_rotation_that_draws_its_first_group_alone_is_refused_and_each_fix_trains_another(
+        tmp_path, overrides, line):
+    """LISA draws its layers at random (seed 0: layer.1 for its first 4 intervals), so switching is not enough:
+    a run whose draws all repeat its first group trains that group alone. Was: 5 steps advised 4 steps per block
+    or 21 steps, each rc 0 with layer 0 unchanged; 4 steps of 3 a block under 3 warm-up steps, rc 0, layer 0
+    unchanged and no warning. Refused, and each fix it names trains layer 0 as well."""
+    args = [*QUICK, "method=lisa", "method.group_size=1", *overrides]
+    result = run(tmp_path / "refused", *args)
+    refused_before_training(result, "method.steps_per_block: ")
+    assert result["error"] == line, result["error"]
+    for i, fix in enumerate(followed(result["error"])):
+        done = run(tmp_path / f"fix{i}", *args, *fix)
+        assert done["status"] == "ok", (fix, done["error"])
+        assert all(done["engagement"]["units"][f"layer {n}"]["changed"] for n in (0, 1)), (fix, done["engagement"])
+
+
+def test_a_sampled_rotation_is_left_to_the_job_which_refuses_its_draws_first(tmp_path):
+    """Whether LISA's draws reach a second layer depends on the model's layers, so the command line leaves a
+    sampled rotation's run-wide knobs to the job (as it does a run within one block): there the rotation is
+    refused first (was: eval.every_steps refused on the command line, then the run refused on its draws)."""
+    args = [*QUICK, "method=lisa", "method.group_size=1", "method.steps_per_block=3", "train.max_steps=5",
+            "eval.every_steps=6"]
+    assert validate(args, multirun=False) is None
+    refused_before_training(run(tmp_path / "drawn", *args), "method.steps_per_block: 3 steps per block in a "
+                            "5-step run: its 2 blocks all draw layer.1")
+
+
+def test_a_per_cycle_rotation_visiting_every_unit_within_its_first_cycle_says_its_rate_never_steps():
+    """HiFT, 3 steps a block over 4 units in 10 steps: every unit is visited, but the per-cycle lr schedule has
+    no whole cycle to step on (was: 'so 0 of them () would never train')."""
+    with pytest.raises(UserError) as refused:
+        length.check(Schedule((0, 1, 2, 3), (), 1, 3, "down2up", False, 0), ["embedding", "layer.0", "layer.1",
+                     "head"], True, 10, length.NO_WARMUP)
+    assert str(refused.value) == ("method.steps_per_block: 3 steps per block in a 10-step run: one cycle of the 4 "
+                                  "rotating units takes 12 steps, so its learning-rate schedule, which steps once a "
+                                  "cycle, would never step; set train.max_steps to at least 12, or "
+                                  "method.steps_per_block=2")
 
 
 @pytest.mark.parametrize("overrides,steps,line,need", [
@@ -258,5 +307,14 @@ def test_every_fix_a_rotation_refusal_names_passes_and_its_steps_are_the_fewest(
                             warmup_steps=None, warmup_ratio=float(settings[warmup])) if warmup else optim
                     longer = int(settings.get("train.max_steps", steps))
                     assert length.trains(changed, per_cycle, longer, fixed), (s, per_cycle, steps, optim, fix)
+                    assert reaches_a_second_group(changed, longer), (s, per_cycle, steps, optim, fix)
             else:
                 assert length.trains(s, per_cycle, steps, optim)
+                assert reaches_a_second_group(s, steps), (s, per_cycle, steps, optim)
+
+
+def reaches_a_second_group(s: Schedule, steps: int) -> bool:
+    """Whether a run of `steps` steps makes a unit beyond its first group active (or has a single group),
+    read off the schedule's draws themselves."""
+    reached = set().union(*(s.rotating(i) for i in range(s.interval(steps - 1) + 1)))
+    return len(s.queue) <= s.group_size or bool(reached - set(s.rotating(0)))

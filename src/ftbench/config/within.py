@@ -9,7 +9,7 @@ alone tells its schedule's length, `MethodConfig.schedule_length`: a per-cycle s
 the model's units); the job calls it again once the data has counted the steps and the method has
 said how long its schedule is (`job/steps.train_spec`). A refusal that suggests a value suggests one
 the same check accepts, and a warm-up's names the fewest steps that fit it (`Budget`: in tokens under
-train.max_tokens). The method's own length check (`Method.check_length`: BAdam's first switch, a rotation's
+train.max_tokens). The method's own length check (`Method.check_length`: a rotation's first switch, its
 warm-up) comes first: where the config tells it may refuse the run (`MethodConfig.may_refuse_length`), the
 config's check leaves these to the job, so that no advice here (a warm-up ratio, a step count) is then
 refused on the method's key.

@@ -40,8 +40,9 @@ class BlockRotationConfig(MethodConfig):
         return steps if self.lr_policy == "per_step" else None  # per cycle: the cycle counts the model's units
 
     def may_refuse_length(self, steps: int, optim) -> bool:
-        # it would never switch, or a warm-up: the steps a refusal advises count the model's units (length.py)
-        return steps <= self.steps_per_block or within.warmup_length(optim, steps) > 0
+        # it would never switch (order=sample: its draws may repeat the first group for any number of blocks),
+        # or a warm-up: the steps a refusal advises count the model's units (length.py)
+        return self.order == "sample" or steps <= self.steps_per_block or within.warmup_length(optim, steps) > 0
 
     def probe_layers(self) -> int:
         return self.group_size  # a rotating group needs a whole group of layers

@@ -7,6 +7,7 @@ token budget: within.Budget) and a setting of the method or the warm-up that the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -26,8 +27,9 @@ def check(s: Schedule, names: list[str], per_cycle: bool, steps: int, optim,
     """Refuse (`UserError` on method.steps_per_block) a run of `steps` optimizer steps too short for the
     rotation `s` of the units `names`. Under a per-cycle lr schedule (HiFT) the run must last one whole cycle:
     a shorter one never steps its rate and leaves the cycle's later groups untrained. Under a per-step
-    schedule (BAdam, LISA) it must switch at least once: a run that ends within its first interval trains
-    that group alone. A run that switches but ends before a whole cycle is allowed there: it trains each
+    schedule (BAdam, LISA) it must reach a unit beyond its first group (`first_switch`): a run that ends
+    within its first interval trains that group alone, as does one whose sampled draws (order=sample) repeat
+    it. A run that switches but ends before a whole cycle is allowed there: it trains each
     group it reaches, as a longer run would (BAdam's claim over the run counts only those,
     `claimed_over_run`). Then the warm-up of `optim`: one that spans the whole schedule (within.check_warmup),
     or one whose lr-0 first step leaves a unit untrained (`check_warmup_start`). `budget`: what sets the
@@ -40,24 +42,29 @@ def check(s: Schedule, names: list[str], per_cycle: bool, steps: int, optim,
         fewest = fewest_steps(s, per_cycle, optim)
         if fewest is not None:
             return f"set {budget.at_least(fewest)}"
-        return f"use no warm-up ({key}=0) with {budget.at_least(fewest_steps(s, per_cycle, NO_WARMUP))}" \
-            if unwarmed else ""
+        unwarmed_fewest = fewest_steps(s, per_cycle, NO_WARMUP) if unwarmed else None
+        return "" if unwarmed_fewest is None else f"use no warm-up ({key}=0) with {budget.at_least(unwarmed_fewest)}"
 
     rotates = len(s.queue) > s.group_size  # else one group: every unit is active from the first step
     if rotates and per_cycle and steps < s.cycle_steps:
         visited = set().union(*(s.rotating(i) for i in range(math.ceil(steps / s.steps_per_block))))
         left = [names[i] for i in s.queue if i not in visited]
         per = f"{s.steps_per_block} step{'s' if s.steps_per_block > 1 else ''} per block"
+        lost = f" (the per-cycle lr schedule steps once a cycle), so {len(left)} of them ({_shown(left)}) would " \
+            "never train" if left else ", so its learning-rate schedule, which steps once a cycle, would never step"
         raise UserError("method.steps_per_block", f"{per} in a {steps}-step run: one cycle of the "
-                        f"{len(s.queue)} rotating units takes {s.cycle_steps} steps (the per-cycle lr schedule "
-                        f"steps once a cycle), so {len(left)} of them ({_shown(left)}) would never train; "
+                        f"{len(s.queue)} rotating units takes {s.cycle_steps} steps{lost}; "
                         + _either(longer(unwarmed=True), _other_groups(s, per_cycle, steps, optim)))
-    if rotates and steps <= s.steps_per_block:
+    switch = first_switch(s) if rotates else 0
+    if rotates and (switch is None or steps <= switch):
         first = ", ".join(names[i] for i in s.rotating(0))
+        blocks = s.interval(steps - 1) + 1
+        why = "it never switches" if blocks == 1 else (
+            f"its {blocks} blocks all draw {first} (order=sample draws at random, seed {s.seed})")
         fewer = next((f"set method.steps_per_block={k}" for k in range(steps - 1, 0, -1)
                       if trains(dataclasses.replace(s, steps_per_block=k), per_cycle, steps, optim)), "")
         raise UserError("method.steps_per_block", f"{s.steps_per_block} steps per block in a {steps}-step run: "
-                        f"it never switches, so only {first} of the {len(s.queue)} rotating units would "
+                        f"{why}, so only {first} of the {len(s.queue)} rotating units would "
                         f"train; " + _either(fewer, longer(unwarmed=True)))
     schedule = schedule_length(s, per_cycle, steps)
     if not within.fits(optim, schedule):
@@ -100,7 +107,8 @@ def idle(s: Schedule, per_cycle: bool, steps: int) -> list[int]:
 def trains(s: Schedule, per_cycle: bool, steps: int, optim) -> bool:
     """Whether a run of `steps` steps of the rotation `s` under the warm-up of `optim` passes `check`."""
     rotates = len(s.queue) > s.group_size
-    if rotates and (steps <= s.steps_per_block or per_cycle and steps < s.cycle_steps):
+    switch = first_switch(s) if rotates else 0
+    if rotates and (switch is None or steps <= switch or per_cycle and steps < s.cycle_steps):
         return False
     schedule = schedule_length(s, per_cycle, steps)
     warmup = within.warmup_length(optim, schedule)
@@ -109,11 +117,15 @@ def trains(s: Schedule, per_cycle: bool, steps: int, optim) -> bool:
 
 def fewest_steps(s: Schedule, per_cycle: bool, optim) -> int | None:
     """The fewest steps of a run of the rotation `s` that passes `check` under the warm-up of `optim` (None:
-    a unit of the first scheduler step is not visited again within HORIZON_CYCLES cycles). Each check holds
-    from a length on: one cycle (per-cycle) or a switch, a schedule longer than the warm-up, and past the
-    first scheduler step the next visit of every unit it held."""
+    no unit beyond the first group, or of the first scheduler step, is visited within HORIZON_CYCLES cycles).
+    Each check holds from a length on: one cycle (per-cycle) and a unit beyond the first group
+    (`first_switch`), a schedule longer than the warm-up, and past the first scheduler step the next visit of
+    every unit it held."""
     rotates = len(s.queue) > s.group_size
-    need = max(s.cycle_steps if per_cycle else 1, s.steps_per_block + 1) if rotates else 1
+    switch = first_switch(s) if rotates else 0
+    if switch is None:
+        return None
+    need = max(s.cycle_steps if per_cycle else 1, switch + 1) if rotates else 1
     first = within.fewest_schedule(optim)  # the fewest scheduler steps the warm-up fits
     need = max(need, (first - 1) * s.cycle_steps + 1 if per_cycle else first)
     if rotates and within.warmup_length(optim, schedule_length(s, per_cycle, need)) > 0:
@@ -124,6 +136,19 @@ def fewest_steps(s: Schedule, per_cycle: bool, optim) -> int | None:
             return None
         need = max(need, last + 1)
     return need
+
+
+@functools.lru_cache(maxsize=1024)
+def first_switch(s: Schedule) -> int | None:
+    """The first step at which a unit beyond the first group is active: the second interval's first step
+    under a deterministic order; under order=sample, whose draws may repeat the first group, that of the
+    first interval drawing another unit (None: none within HORIZON_CYCLES cycles)."""
+    first, interval = set(s.rotating(0)), 1
+    while set(s.rotating(interval)) <= first:
+        interval += 1
+        if interval * s.steps_per_block >= HORIZON_CYCLES * s.cycle_steps:
+            return None
+    return interval * s.steps_per_block
 
 
 def next_visit(s: Schedule, unit: int, step: int) -> int:
