@@ -257,3 +257,11 @@ def test_a_config_finished_in_a_folder_of_another_name_is_skipped(tmp_path, caps
     with (folder / "report.csv").open() as handle:
         runs = sorted(row["run"] for row in csv.DictReader(handle))
     assert runs == ["full optim.lr=0.001", "full optim.lr=0.01", "lora optim.lr=0.001", "lora optim.lr=0.01"]
+
+
+def test_overrides_before_the_multirun_flag_sweep_as_after_it(tmp_path, capsys):
+    """`ftbench a=1 -m b=x,y`: was Hydra's argparse usage dump, naming an override the user never typed."""
+    folder = tmp_path / "sweep"
+    code, err = sweep(["train.progress=false", "-m", *QUICK, "optim.lr=1e-3,1e-2", f"hydra.sweep.dir={folder}"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["optim.lr=0.001", "optim.lr=0.01"]

@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         print_help([a for a in argv if not a.startswith("-")], PLAN_HELP if planning else "")
         return
     folders: list[Path | None] | None = None
+    argv = multirun_first(argv)
     if not PASSTHROUGH.intersection(argv) or SHOWN.intersection(argv):
         multirun = "-m" in argv or "--multirun" in argv
         if multirun:
@@ -267,6 +268,13 @@ def main(argv: list[str] | None = None) -> None:
         if not isinstance(exc, Canceled):  # a canceled job printed its own line
             print("ftbench: canceled", file=sys.stderr)
         sys.exit(130)
+
+
+def multirun_first(argv: list[str]) -> list[str]:
+    """`-m`/`--multirun` moved before the overrides: Hydra's parser takes its overrides in one run of
+    arguments, so `ftbench a=1 -m b=2` was an argparse usage dump naming the overrides after the flag."""
+    flags = [arg for arg in argv if arg in ("-m", "--multirun")]
+    return [*flags, *(arg for arg in argv if arg not in flags)]
 
 
 def report_folder(paths: list[Path]) -> Path | None:
