@@ -63,7 +63,8 @@ def take(path: Path, key: str) -> int:
 def require_free(folder: Path, key: str) -> None:
     """Raise `UserError` on `key` when a process holds the lock on `folder`; takes nothing, creates nothing.
     Asked before anything starts: of a run's folder by the CLI (before Hydra opens its log there), of every
-    job folder by a sweep's preflight, of a folder a comparison or a recipe would move aside."""
+    job folder by a sweep's preflight, of every run folder a comparison or a recipe would use (before any run)
+    and of one it would move aside."""
     try:
         fd = os.open(Path(folder) / FILENAME, os.O_RDONLY)
     except OSError:  # no lock file (or no folder): nothing holds it
