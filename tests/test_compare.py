@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import warnings
 
 import pytest
 import yaml
@@ -272,6 +273,23 @@ def test_paired_tests_say_when_they_cannot_tell():
     assert clear.verdict == "better" and clear.p < 0.05
     assert stats.paired({0: 1.0}, {0: 0.0}, 0.05).verdict == "no test at n = 1"
     assert stats.paired({s: 1.0 + s for s in range(3)}, {s: 2.0 + s * 1.01 for s in range(3)}, 0.05).verdict == "worse"
+
+
+@pytest.mark.parametrize("a,b,p,verdict", [
+    ({0: 0.8, 1: 0.7}, {0: 0.8, 1: 0.7}, 1.0, "not distinguishable at n = 2"),  # identical values: no difference
+    ({0: 0.5092, 1: 0.5092}, {0: 0.4908, 1: 0.4908}, None, "no test at n = 2: the same difference at every seed"),
+    ({0: 0.3, 1: 0.7, 2: 0.9}, {0: 0.2, 1: 0.6, 2: 0.8}, None,  # 0.1 at every seed, to within rounding
+     "no test at n = 3: the same difference at every seed"),
+])
+def test_differences_that_do_not_vary_over_the_seeds_leave_the_test_undefined(a, b, p, verdict):
+    """Two arms each predicting one class at every seed: the paired t statistic divides by a spread of 0. The
+    verdict says there is no test (was "better"/"worse" at p = 0.000, scipy's precision-loss warning on
+    stderr); identical values stay not distinguishable, at p = 1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for x, y in ((a, b), (b, a)):
+            test = stats.paired(x, y, 0.05)
+            assert (test.p, test.verdict) == (p, verdict)
 
 
 def test_the_lr_choice_time_to_target_and_the_front():

@@ -203,3 +203,35 @@ def test_a_label_naming_no_method_or_variant_is_refused(tmp_path, override, refu
         load(spec, [override])
     assert str(error.value).startswith(f"{spec}: {refusal} is neither a method (adam-mini, ")
     assert str(error.value).endswith(f") nor a variant's label; {fix}")
+
+
+def test_an_lr_entry_keyed_by_the_method_a_variant_arm_runs_is_refused(tmp_path, capsys):
+    """lr={badam: [...]} beside a variant bk2 of method=badam is surely meant for bk2: refused (was: unused, bk2
+    at its default lr, no line). The same entry with badam an arm, or no arm running badam, is used or unused."""
+    spec = five_rows(tmp_path, validation_from_train=1)
+    bk2 = ["methods=[full,bk2]", "variants={bk2: [method=badam, method.steps_per_block=2]}"]
+    with pytest.raises(SpecError) as error:
+        load(spec, [*bk2, "lr={badam: [5e-4, 2e-3]}"])
+    assert str(error.value) == (f"{spec}: lr: 'badam' names no arm; the variant bk2 runs method=badam, so key its "
+                                "grid as bk2: lr={bk2:[...]}")
+    assert load(spec, [*bk2, "lr={bk2: [5e-4, 2e-3]}"]).lr == {"bk2": [5e-4, 2e-3]}
+    assert load(spec, ["methods=[full,badam,bk2]", bk2[1], "lr={badam: [5e-4]}"]).lr == {"badam": [5e-4]}
+    assert load(spec, ["methods=[full]", bk2[1], "lr={badam: [5e-4]}"]).lr == {"badam": [5e-4]}  # bk2 no arm
+
+
+@pytest.mark.parametrize("held", ["sst2/lr/full/lr0.001", "sst2/seeds/full/seed1", "sst2/plan/full"])
+@pytest.mark.parametrize("dry_run", [["--dry-run"], []])
+def test_a_run_folder_another_process_runs_in_is_refused_before_any_run(tmp_path, capsys, held, dry_run):
+    """Another ftbench process running in one of the comparison's folders (a stage-1 lr, a stage-2 seed, the
+    planner's with gpu:): the comparison is refused whole on --out, naming the folder and the process, before
+    any run (was: that arm's multirun refused on hydra.sweep.dir, the other arms run, a report, exit 1)."""
+    from test_lock import Holder
+
+    spec = five_rows(tmp_path, validation_from_train=2, lr={"full": [1e-3]}, gpu="h100-80gb")
+    with Holder(tmp_path / "out" / held) as holder:
+        error = refused(tmp_path, capsys, spec, *dry_run)
+        assert error == (f"ftbench compare: error: --out: {tmp_path / 'out' / held} is in use by another ftbench "
+                         f"process (pid {holder.pid}), which holds its lock run.lock; wait for it to end, or give "
+                         "another --out")
+        made = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+        assert made == [f"{held}/run.lock"]  # nothing run

@@ -186,3 +186,23 @@ def test_a_folder_where_the_lock_file_goes_is_one_line(tmp_path):
         f"ftbench: error: hydra.run.dir: {folder / 'run.lock'} is a folder, where ftbench keeps the lock of the run "
         f"in {folder}; remove it (it is not ftbench's), or give another hydra.run.dir")
     assert [p.name for p in folder.iterdir()] == ["run.lock"]
+
+
+@pytest.mark.parametrize("dry_run", [["--dry-run"], []])
+def test_a_recipe_whose_seed_folder_another_process_runs_in_is_refused_before_any_run(tmp_path, capsys, dry_run):
+    """Another ftbench process running in one cell's seed folder: the recipe is refused whole on --out, before
+    any cell runs (was: that cell's multirun refused on hydra.sweep.dir, the other cells run, exit 1)."""
+    from ftbench.paper import reproduce
+    from test_reproduce import TINY
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    held = tmp_path / "out" / "tiny" / "lora" / "seed0"
+    with Holder(held) as holder:
+        with pytest.raises(SystemExit) as stopped:
+            reproduce.main([str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "out"), *dry_run])
+        error = capsys.readouterr().err.strip()
+        assert stopped.value.code == 2 and error == (
+            f"ftbench-reproduce: error: --out: {held} is in use by another ftbench process (pid {holder.pid}), which "
+            "holds its lock run.lock; wait for it to end, or give another --out")
+        assert [str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()] == [
+            "tiny/lora/seed0/run.lock"]  # no cell ran

@@ -246,12 +246,16 @@ def make_runs(composer: Composer, spec: Spec, out: Path, stage: str, task: str, 
     made = []
     for lr in lrs:
         for seed in seeds:
-            name = f"lr{lr!r}" if stage == "lr" else f"seed{seed}"
             config = composer.config([*common, f"optim.lr={lr!r}", f"seed={seed}"], arm)
-            run = Run(stage, task, arm, lr, seed, out / task / stage / arm / name, config, steps)
+            run = Run(stage, task, arm, lr, seed, folder(out, stage, task, arm, lr, seed), config, steps)
             run.why = survey(run)
             made.append(run)
     return made
+
+
+def folder(out: Path, stage: str, task: str, arm: str, lr: float, seed: int) -> Path:
+    """The run's folder: by its lr in stage 1, by its seed in stage 2 (whatever lr stage 1 chooses)."""
+    return out / task / stage / arm / (f"lr{lr!r}" if stage == "lr" else f"seed{seed}")
 
 
 def survey(run: Run) -> str | None:

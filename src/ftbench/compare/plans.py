@@ -31,7 +31,7 @@ def predict(composer: cells.Composer, spec: Spec, out: Path, chosen: dict) -> di
         overrides = [*cells.overrides(spec, "seeds", task, arm, steps), f"optim.lr={lr!r}", f"seed={spec.seeds[0]}",
                      "mode=plan", f"hardware={spec.gpu}"]
         cfg = composer.compose(overrides, arm)
-        folder = out / task / "plan" / arm
+        folder = plan_folder(out, task, arm)
         plan = read(folder)
         if plan is not None and (plan.get("status") != "ok" or differing_keys(plan.get("config") or {},
                                                                               OmegaConf.to_container(cfg, resolve=True))):
@@ -46,6 +46,10 @@ def predict(composer: cells.Composer, spec: Spec, out: Path, chosen: dict) -> di
         if plan is not None and plan.get("status") == "ok":
             found.setdefault(task, {})[arm] = plan
     return found
+
+
+def plan_folder(out: Path, task: str, arm: str) -> Path:
+    return out / task / "plan" / arm
 
 
 def read(folder: Path) -> dict | None:

@@ -191,7 +191,8 @@ def markdown(summary: dict) -> str:
              "reported split.",
              "Means over seeds ± the half-width of a 95 % Student's t interval (n - 1 degrees of freedom). "
              f"`vs full`, `vs lora`: a paired t-test over seeds (scipy.stats.ttest_rel, two-sided, α = {spec['alpha']}); "
-             "\"not distinguishable at n = k\" where its p-value is above α.",
+             "\"not distinguishable at n = k\" where its p-value is above α; no test where the difference is the "
+             "same at every seed (no spread to weigh it against).",
              f"Time to target: training seconds (step × median step time) until the validation metric first reaches "
              f"{spec['target']:g} × full fine-tuning's final validation value (mean over its seeds).", ""]
     for task in summary["tasks"]:

@@ -6,7 +6,8 @@ read), and picks the lr with the best validation score. Stage 2 runs each arm at
 seed and scores the reported split. Both stages live in fixed folders (cells.py): a rerun runs only what
 is missing or was made from another config, and on a finished folder runs nothing and prints the same
 report. `--dry-run` lists the runs and their estimated time. Bad input is one line naming the spec's key,
-exit 2: found before any run where the spec and the tasks' data tell (spec.check, Composer.check_data),
+exit 2: found before any run where the spec, the tasks' data and the folders tell (spec.check,
+Composer.check_data, require_free: a run folder another ftbench process runs in),
 else after the first multirun whose every run was refused alike (check_refused).
 """
 
@@ -40,6 +41,19 @@ def stage_one(composer: Composer, spec: Spec, out: Path) -> list[Run]:
             default = composer.config(cells.overrides(spec, "lr", task, arm, steps), arm)["method"]["lr"]
             runs += cells.make_runs(composer, spec, out, "lr", task, arm, grid(spec, arm, default), spec.seeds[:1])
     return runs
+
+
+def require_free(spec: Spec, out: Path, first: list[Run]) -> None:
+    """Raise UserError on --out, naming the folder and its holder, when another ftbench process holds `out` or a
+    folder the comparison would use (stage 1's `first`, stage 2's every seed of every arm, with gpu: the
+    planner's): asked before any run (and by --dry-run), so that nothing runs, rather than every arm but the
+    one in use (job/lock.py)."""
+    used = [cells.folder(out, "seeds", task, arm, 0.0, seed) for task in spec.tasks for arm in arms(spec)
+            for seed in spec.seeds]
+    if spec.gpu is not None:
+        used += [plans.plan_folder(out, task, arm) for task in spec.tasks for arm in arms(spec)]
+    for folder in [out, *(run.folder for run in first), *used]:
+        lock.require_free(folder, "--out")
 
 
 def chosen_lrs(spec: Spec, runs: list[Run]) -> dict[tuple[str, str], float | None]:
@@ -160,6 +174,7 @@ def report_on(spec: Spec, name: str, out: Path, dry_run: bool, running: ExitStac
     """`compare`'s work; `out`'s lock goes on `running` before the first run."""
     with Composer(spec) as composer:
         first = stage_one(composer, spec, out)
+        require_free(spec, out, first)  # a folder another process runs in: refused before any run
         total = describe(spec, "lr", first, first)
         if not dry_run:
             running.enter_context(lock.hold(out, "--out"))  # after the refusals found before any run

@@ -161,6 +161,11 @@ def check(spec: Spec, path: Path) -> None:
             close = difflib.get_close_matches(label, labels, n=1)
             raise SpecError(path, key, f"'{label}' is neither a method ({', '.join(known)}) nor a variant's label; "
                             + (f"did you mean {close[0]}?" if close else "give one of them"))
+    for name in spec.lr:
+        runs_it = [a for a in arms(spec) if a in spec.variants and arm_method(spec, a) == name]
+        if name not in arms(spec) and runs_it:  # else an entry of one that is not an arm is unused (methods=[full])
+            raise SpecError(path, "lr", f"'{name}' names no arm; the variant {runs_it[0]} runs method={name}, so key "
+                            f"its grid as {runs_it[0]}: lr={{{runs_it[0]}:[...]}}")
     if (spec.budget.steps is None) == (spec.budget.tokens is None):
         raise SpecError(path, "budget", "give one budget: budget.steps=N, or budget.tokens=N with budget.steps=null")
     for key, value, what in (("steps", spec.budget.steps, "the optimizer steps every arm trains"),

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from scipy import stats
 
+SAME = 1e-12  # differences within this fraction of the values' largest magnitude are equal (float rounding)
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -50,19 +52,23 @@ class Paired:
 
 
 def paired(a: dict[int, float], b: dict[int, float], alpha: float, higher_is_better: bool = True) -> Paired:
-    """Test the arms' values on the seeds both have (scipy.stats.ttest_rel, two-sided). Identical
-    values give p = 1 (the limit of the test as the differences vanish); fewer than two shared seeds
-    give no test."""
+    """Test the arms' values on the seeds both have (scipy.stats.ttest_rel, two-sided). Fewer than two shared
+    seeds give no test. Differences that do not vary over the seeds (to within rounding, SAME) leave the test
+    undefined (no spread to weigh the mean difference against): identical values give p = 1 (the limit of the
+    test as the differences vanish, the same run under two labels); the same nonzero difference at every seed
+    gives no test (p None), never the p = 0 of a t statistic divided by zero."""
     seeds = sorted(set(a) & set(b))
     n = len(seeds)
     diffs = [a[s] - b[s] for s in seeds]
     difference = sum(diffs) / n if n else math.nan
     if n < 2:
         return Paired(difference, None, n, f"no test at n = {n}")
-    if all(d == diffs[0] for d in diffs) and diffs[0] == 0:
-        p = 1.0
-    else:
-        p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
+    scale = SAME * max(abs(v) for s in seeds for v in (a[s], b[s]))
+    if max(diffs) - min(diffs) <= scale:
+        if abs(difference) <= scale:
+            return Paired(difference, 1.0, n, f"not distinguishable at n = {n}")
+        return Paired(difference, None, n, f"no test at n = {n}: the same difference at every seed")
+    p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
     if p >= alpha or math.isnan(p):
         return Paired(difference, p, n, f"not distinguishable at n = {n}")
     better = (difference > 0) == higher_is_better

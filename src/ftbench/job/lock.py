@@ -73,8 +73,8 @@ def a_folder(path: Path, key: str) -> UserError:
 def require_free(folder: Path, key: str) -> None:
     """Raise `UserError` on `key` when a process holds the lock on `folder`; takes nothing, creates nothing.
     Asked before anything starts: of a run's folder by the CLI (before Hydra opens its log there), of every
-    job folder by a sweep's preflight, of a folder a comparison or a recipe would move aside. A folder where
-    the lock file goes is refused too (`take` could not make it)."""
+    job folder by a sweep's preflight, of every run folder a comparison or a recipe would use (before any run)
+    and of one it would move aside. A folder where the lock file goes is refused too (`take` could not make it)."""
     if (Path(folder) / FILENAME).is_dir():
         raise a_folder(Path(folder) / FILENAME, key)
     try:

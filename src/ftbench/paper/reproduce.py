@@ -214,6 +214,15 @@ def set_aside(cell_run: CellRun, recipe_dir: Path) -> None:
         print(f"  {cell_run.cell.id} seed {seed}: {why}; moved to {target}")
 
 
+def require_free(cell_runs: list[CellRun], recipe_dir: Path) -> None:
+    """Raise UserError on --out, naming the folder and its holder, when another ftbench process holds the
+    recipe's folder or a seed folder of a selected cell (job/lock.py)."""
+    selected = [cell_run for cell_run in cell_runs if cell_run.selected]
+    if selected:  # none: this invocation touches nothing there
+        for folder in [recipe_dir, *(cell_run.seed_dir(seed) for cell_run in selected for seed in cell_run.seeds)]:
+            lock.require_free(folder, "--out")
+
+
 def shown(argv: list[str]) -> str:
     return "ftbench " + " ".join(shlex.quote(a) for a in argv)
 
@@ -308,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ftbench-reproduce: error: {exc}", file=sys.stderr)
         sys.exit(2)
     try:
+        for recipe, cell_runs in surveyed:  # before any run (and --dry-run too): not every cell but the one in use
+            require_free(cell_runs, args.out / recipe.name)
         sys.exit(max(reproduce(recipe, cell_runs, args) for recipe, cell_runs in surveyed))
     except UserError as exc:  # a folder another process is running in
         print(f"ftbench-reproduce: error: {exc}", file=sys.stderr)
