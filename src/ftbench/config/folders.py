@@ -348,6 +348,6 @@ def adapter(folder: Path) -> str:
 
 
 def listing(names: list[str], shown: int = 5) -> str:
-    """Up to `shown` file names, and how many more."""
+    """Up to `shown` names (of files, units, parameters), and how many more."""
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
