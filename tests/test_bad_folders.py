@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from ftbench.errors import UserError
 from ftbench.models.loading import byte_level_tokenizer
 from helpers import peft_adapter, run
 
 QUICK = ["task.num_train=64", "task.num_eval=32", "train.max_steps=1"]
 
 @pytest.mark.parametrize("config,reason", [
-    ({"hidden_size": "x"}, "Validation error for field 'hidden_size': TypeError: Field 'hidden_size' expected int"),
+    ({"hidden_size": "x"}, "/config.json': hidden_size is \"x\", a string; transformers needs an integer: write one"),
     ({"num_attention_heads": 3}, "is not a multiple of the number of attention heads (3)"),
     ({"num_hidden_layers": 0}, "sets num_hidden_layers=0, but a size must be a positive integer"),
 ])
@@ -83,7 +84,72 @@ MODEL_FOLDERS = [
     (holding({"config.json": json.dumps({"model_type": "lama"}), "model.safetensors": ""}),  # was transformers' text
      r"'{f}/config.json': transformers knows no model_type 'lama' \(did you mean 'llama'\?\); fix its model_type, or "
      r"give a folder written by save_pretrained \(config.json and weights\)$"),
+    # values the family's config refuses: was transformers' text, at load, the fix "give a folder written by
+    # save_pretrained" (the folder was one)
+    (holding({"config.json": '{"model_type": "llama", "hidden_size": 6.4e1}', "model.safetensors": ""}),
+     r"'{f}/config.json': hidden_size is 64.0, a float; transformers needs an integer: write 64$"),
+    (holding({"config.json": json.dumps({"model_type": "llama", "num_hidden_layers": 2.0}), "model.safetensors": ""}),
+     r"'{f}/config.json': num_hidden_layers is 2.0, a float; transformers needs an integer: write 2$"),
+    (holding({"config.json": json.dumps({"model_type": "llama", "hidden_size": 64.5}), "model.safetensors": ""}),
+     r"'{f}/config.json': hidden_size is 64.5, a float; transformers needs an integer: write a whole number$"),
+    (holding({"config.json": json.dumps({"model_type": "llama", "hidden_size": "64"}), "model.safetensors": ""}),
+     r"'{f}/config.json': hidden_size is \"64\", a string; transformers needs an integer: write 64 \(no quotes\)$"),
+    (holding({"config.json": json.dumps({"model_type": "llama", "hidden_size": None}), "model.safetensors": ""}),
+     r"'{f}/config.json': hidden_size is null; transformers needs an integer: write one$"),
+    (holding({"config.json": json.dumps({"model_type": "llama", "rms_norm_eps": "1e-6"}), "model.safetensors": ""}),
+     r"'{f}/config.json': rms_norm_eps is \"1e-6\", a string; transformers needs a number: write 1e-06 \(no quotes\)$"),
+    (holding({"config.json": json.dumps({"model_type": "gpt2", "n_inner": 256.0}), "model.safetensors": ""}),
+     r"'{f}/config.json': n_inner is 256.0, a float; transformers needs an integer or null: write 256$"),
+    (holding({"config.json": json.dumps({"architectures": ["LlamaForCausalLM"]}), "model.safetensors": ""}),
+     r"'{f}/config.json' names no model_type, which transformers picks the model's class by; add \"model_type\": "
+     r"\"llama\" \(its architectures name LlamaForCausalLM\)$"),
+    (holding({"config.json": json.dumps({"hidden_size": 64}), "model.safetensors": ""}),
+     r"'{f}/config.json' names no model_type, .*; add the model's family, e.g. \"model_type\": \"llama\" or \"bert\"$"),
 ]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2", "t5", "bart", "bert",
+                                        "roberta"])
+def test_the_config_values_check_accepts_what_save_pretrained_writes_and_refuses_a_float_size(tmp_path, model_type):
+    """Each family ftbench knows: its config as save_pretrained writes it passes; its hidden width written as a
+    float (GPT-2 calls it n_embd, T5 and BART d_model) is refused naming the field, as from_pretrained would."""
+    from transformers import CONFIG_MAPPING
+
+    from ftbench.config.folders import require_config
+
+    CONFIG_MAPPING[model_type]().save_pretrained(tmp_path)
+    require_config(tmp_path / "config.json", "model.path")
+    values = json.loads((tmp_path / "config.json").read_text())
+    width = next(name for name in ("hidden_size", "n_embd", "d_model") if name in values)
+    (tmp_path / "config.json").write_text(json.dumps({**values, width: float(values[width])}))
+    with pytest.raises(UserError, match=rf"^model.path: '.*config.json': {width} is {values[width]}.0, a float; "
+                                        rf"transformers needs an integer( or null)?: write {values[width]}$"):
+        require_config(tmp_path / "config.json", "model.path")
+
+
+def test_a_packaged_model_whose_config_holds_a_float_names_model_package(tmp_path, monkeypatch):
+    """model.package's folder is checked where it loads (the package is imported then): the same line."""
+    from ftbench.models.loading import pretrained_config
+    from helpers import compose
+
+    holding({"config.json": json.dumps({"model_type": "llama", "hidden_size": 64.0})})(tmp_path / "model")
+    (tmp_path / "fake_model_pkg").mkdir()
+    (tmp_path / "fake_model_pkg" / "__init__.py").write_text(f"MODEL_DIR = {str(tmp_path / 'model')!r}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose("model.package=fake_model_pkg", "model.random_init=false")
+    with pytest.raises(UserError, match=r"^model.package: '.*/model/config.json': hidden_size is 64.0, a float; "
+                                        r"transformers needs an integer: write 64$"):
+        pretrained_config(cfg.model)
+
+
+def test_a_tokenizer_folder_whose_config_json_is_bad_is_left_to_the_tokenizer(tmp_path):
+    """The tokenizer loads without the model's config.json (tokenizer_config.json names its class): a bad
+    value there is the model's concern, not model.tokenizer's."""
+    from ftbench.cli import validate
+
+    folder = holding({"config.json": json.dumps({"model_type": "llama", "hidden_size": 64.0})})(
+        tokenizer_only(tmp_path / "tokenizer"))
+    assert validate([f"model.tokenizer={folder}"], multirun=False) is None
 
 
 @pytest.mark.parametrize("make,message", MODEL_FOLDERS)

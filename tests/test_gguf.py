@@ -170,6 +170,18 @@ def test_a_config_transformers_refuses_names_the_key_of_the_file(tmp_path, cache
     assert list(cache.iterdir()) == []
 
 
+def test_a_size_below_one_in_the_files_metadata_is_one_line(tmp_path, cache, monkeypatch):
+    """A width of -32 (an int32 the library takes as it is): was torch's "negative dimension" traceback."""
+    monkeypatch.setattr(gguf.GGUFWriter, "add_embedding_length",
+                        lambda writer, n: writer.add_int32(f"{writer.arch}.embedding_length", -n))
+    write_tiny_gguf(tmp_path / "odd.gguf")
+    cfg = compose("model=tiny-llama", "model.random_init=false", f"model.path={tmp_path / 'odd.gguf'}")
+    with pytest.raises(UserError, match=r"^model.path: odd.gguf: the config it holds sets hidden_size=-32, but a size "
+                                        r"must be a positive integer; .*model.path=DIR$"):
+        load_model(cfg.model, "causal_lm", 2, torch.device("cpu"), "fp32", "eager")
+    assert list(cache.iterdir()) == []
+
+
 def test_without_the_gguf_package_the_fix_is_named(tiny_file, cache, monkeypatch):
     import transformers.utils.import_utils as import_utils
 

@@ -309,8 +309,9 @@ def test_model_load_errors_name_the_key_and_the_fix(tmp_path, folders):
     cfg = compose("model=tiny-llama", f"model.path={broken}", "model.random_init=false")
     with pytest.raises(UserError, match=r"^model.path: could not load .*broken: \w+"):
         load_model(cfg.model, "causal_lm", 2, torch.device("cpu"), "fp32", "eager")
-    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
-    with pytest.raises(UserError, match=r"^model.path: could not load .*broken: ValueError"):
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')  # the config check's line, loaded
+    with pytest.raises(UserError, match=r"^model.path: '.*broken/config.json': transformers knows no model_type "
+                                        r"'no-such-architecture'; fix its model_type"):
         load_model(cfg.model, "causal_lm", 2, torch.device("cpu"), "fp32", "eager")
     cfg = compose("model=tiny-llama", f"model.tokenizer={empty}")
     with pytest.raises(UserError, match=r"^model.tokenizer: the tokenizer of .*empty holds no vocabulary nor any "

@@ -4,8 +4,10 @@ A model folder is what save_pretrained writes: config.json beside the weights. O
 refused naming its key (`require_model_folder`), saying what the folder holds instead: a PEFT adapter (the
 base model its adapter_config.json names, and how to start from the adapted weights), a subfolder holding
 the model or an adapter (ftbench's export, `<run>/checkpoint`: `merged/`, `adapter/`), a tokenizer alone,
-other files, or nothing; so is one whose config.json is empty, not JSON, not a JSON object or names a
-model_type transformers does not know (`model_type_problem`: the known one nearest in spelling). A command that
+other files, or nothing; so is one whose config.json is empty, not JSON, not a JSON object, names no model_type
+(`model_type_fix`: the one its architectures' classes are of), names one transformers does not know
+(`model_type_problem`: the known one nearest in spelling), or holds a value the family's config refuses
+(`value_problem`: hidden_size 64.0, a float, where an integer is needed: write 64). A command that
 loads the weights (every one but a plan, which reads config.json alone) refuses a folder holding none of the
 files from_pretrained reads (`require_weights`), naming a GGUF file it holds instead. A folder given with
 model.gguf_file that holds no such file is refused on model.gguf_file, saying to drop it where the folder
@@ -20,11 +22,14 @@ such a folder before anything starts.
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from difflib import get_close_matches
 from fnmatch import fnmatch
 from pathlib import Path
+from types import UnionType
+from typing import Union, get_args, get_origin
 
-from ftbench.errors import UserError
+from ftbench.errors import UserError, first_line
 
 CONFIG = "config.json"
 ADAPTER = "adapter_config.json"  # a PEFT adapter (save_pretrained of a PeftModel): no config.json
@@ -79,8 +84,9 @@ def require_model_folder(path: str, key: str) -> None:
 
 def require_config(file: Path, key: str) -> None:
     """Raise a `UserError` on `key` when the model's config.json `file` is empty, not JSON, not a JSON object
-    (the model's settings, name: value) or names a model_type transformers does not know (`model_type_problem`);
-    one that cannot be read is left to the loader."""
+    (the model's settings, name: value), names no model_type (`model_type_fix`; one whose own code defines its
+    config, auto_map, is left to the loader), names one transformers does not know (`model_type_problem`) or
+    holds a value its config class refuses (`value_problem`); one that cannot be read is left to the loader."""
     fix = f"fix it, or {MODEL_FIX}"
     try:
         text = file.read_text(encoding="utf-8")
@@ -97,9 +103,17 @@ def require_config(file: Path, key: str) -> None:
     if not isinstance(value, dict):
         raise UserError(key, f"'{file}' holds a JSON {JSON_TYPES[type(value)]}, not an object of the "
                         f"model's settings (name: value); {fix}")
-    problem = "model_type" in value and model_type_problem(value["model_type"])
+    if "model_type" not in value:
+        if "auto_map" not in value:  # a config class of the folder's own code: left to the loader
+            raise UserError(key, f"'{file}' names no model_type, which transformers picks the model's class by; "
+                            f"{model_type_fix(value.get('architectures'))}")
+        return
+    problem = model_type_problem(value["model_type"])
     if problem:
         raise UserError(key, f"'{file}': {problem}; fix its model_type, or {MODEL_FIX}")
+    problem = value_problem(settings(file))
+    if problem:
+        raise UserError(key, f"'{file}': {problem}")
 
 
 def model_type_problem(model_type) -> str | None:
@@ -111,6 +125,115 @@ def model_type_problem(model_type) -> str | None:
         return None
     near = get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=1)
     return f"transformers knows no model_type {model_type!r}" + (f" (did you mean '{near[0]}'?)" if near else "")
+
+
+def model_type_fix(architectures) -> str:
+    """How to add the model_type a config.json lacks: the one of the model classes its `architectures` name
+    (transformers' Auto mappings: LlamaForCausalLM is llama's; of several model types mapped to a class, the
+    one whose config class shares its prefix, LlamaConfig), else an example."""
+    from transformers.models.auto import modeling_auto
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    names = {n for n in architectures if isinstance(n, str)} if isinstance(architectures, list) else set()
+    mappings = [getattr(modeling_auto, n) for n in sorted(dir(modeling_auto)) if n.endswith("_MAPPING_NAMES")]
+    found = [model_type for mapping in mappings if isinstance(mapping, dict) for model_type, classes in mapping.items()
+             if names & set(classes if isinstance(classes, (list, tuple)) else [classes])]
+    found.sort(key=lambda model_type: not any(
+        name.startswith(CONFIG_MAPPING_NAMES.get(model_type, "").removesuffix("Config") or "-") for name in names))
+    if found:
+        return f'add "model_type": "{found[0]}" (its architectures name {", ".join(sorted(names))})'
+    return 'add the model\'s family, e.g. "model_type": "llama" or "bert"'
+
+
+def settings(file: Path) -> dict:
+    """The model's settings in a config.json `file` as from_pretrained reads them (its own encoding of inf and
+    nan decoded: {"__float__": "Infinity"})."""
+    from transformers import PreTrainedConfig
+
+    return PreTrainedConfig.get_config_dict(str(file.parent), local_files_only=True)[0]
+
+
+def value_problem(values: dict) -> str | None:
+    """The first value of a config.json (`values`, its model_type known to transformers) that the family's
+    config class refuses (its strict fields' validators, as from_pretrained runs them), in words with the fix:
+    "hidden_size is 64.0, a float; transformers needs an integer: write 64"; None when it refuses none. A
+    field the class does not declare, and what it checks of several fields together, are left to the loader."""
+    from transformers import CONFIG_MAPPING
+
+    config_class = CONFIG_MAPPING[values["model_type"]]
+    validators = getattr(config_class, "__validators__", {})
+    types = {f.name: f.type for f in fields(config_class)}
+    for name, value in values.items():
+        for validator in validators.get(name, ()):
+            try:
+                validator(value)
+            except (TypeError, ValueError) as exc:
+                return wrong_value(name, value, types.get(name), exc)
+    return None
+
+
+def wrong_value(name: str, value, expected, exc: Exception) -> str:
+    """A config.json value its field's validator refused (`exc`), and the fix: in words where the field's type
+    (`expected`) is one `type_words` says, else with the library's reason."""
+    from huggingface_hub.dataclasses import type_validator
+
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 40 else f"{shown[:37]}..."
+    given = f"{name} is {shown}" + ("" if value is None else f", {JSON_KINDS[type(value)]}")
+    words = type_words(expected)
+    try:
+        type_validator(name, value, expected)
+    except TypeError:
+        if words is not None:
+            return f"{given}; transformers needs {words}: write {written(value, expected)}"
+    return f"{given}; transformers refuses it ({first_line(str(exc))}); write a value it accepts"
+
+
+# A JSON value's kind in words, by the Python type json.loads gives it.
+JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a float",
+              bool: "a boolean"}
+TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null",
+              list: "an array", tuple: "an array", dict: "an object"}
+
+
+def type_words(expected) -> str | None:
+    """A config field's type in words ("an integer", "an integer or null"), or None for one it cannot say."""
+    if expected is None or expected in TYPE_WORDS:
+        return TYPE_WORDS[type(None) if expected is None else expected]
+    origin = get_origin(expected)
+    if origin in (Union, UnionType):
+        words = [type_words(arg) for arg in get_args(expected)]
+        if None in words:
+            return None
+        if "a number" in words and "an integer" in words:
+            words.remove("an integer")
+        return " or ".join(dict.fromkeys(words))
+    return TYPE_WORDS.get(origin)
+
+
+def written(value, expected) -> str:
+    """What to write for `value` where a field of type `expected` refused it: the same number as an integer
+    (64.0: 64), the number or word a string holds without its quotes, else one of the kind."""
+    from huggingface_hub.dataclasses import type_validator
+
+    candidates = []
+    if isinstance(value, float) and value.is_integer():
+        candidates.append(int(value))
+    if isinstance(value, str):
+        text = value.strip()
+        candidates += [{"true": True, "false": False, "null": None}.get(text.lower(), text)]
+        for number in (int, float):
+            try:
+                candidates.append(number(text))
+            except ValueError:
+                pass
+    for candidate in candidates:
+        try:
+            type_validator("", candidate, expected)
+        except TypeError:
+            continue
+        return json.dumps(candidate) + (" (no quotes)" if isinstance(value, str) else "")
+    return "a whole number" if isinstance(value, float) and type_words(expected) == "an integer" else "one"
 
 
 def require_weights(path: str, key: str) -> None:
@@ -225,6 +348,6 @@ def adapter(folder: Path) -> str:
 
 
 def listing(names: list[str], shown: int = 5) -> str:
-    """Up to `shown` file names, and how many more."""
+    """Up to `shown` names (of files, units, parameters), and how many more."""
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more

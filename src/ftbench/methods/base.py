@@ -96,6 +96,15 @@ class Trains(NamedTuple):
     must: set[str]
 
 
+class Claim(NamedTuple):
+    """What a method's steps, all of them, may change (`Method.claimed_over_run`): `elements`, and the
+    parameters they lie in (`names`, as `named_parameters` gives them; None: every one `trains` says may
+    change)."""
+
+    elements: int
+    names: frozenset[str] | None = None
+
+
 class Method(ABC):
     """Base class: the behaviour of a plain trainable model; subclasses override what differs."""
 
@@ -218,11 +227,12 @@ class Method(ABC):
         params = self.optimizer_parameters()
         return sum(p.numel() for p in params), sum(tensor_bytes(p) for p in params)
 
-    def claimed_over_run(self, steps: int) -> int:
-        """Elements the method says its first `steps` optimizer steps may change, all of them together
-        (engagement sets what changed against it): here the same set every step, `trainable_size`'s;
-        a method whose set moves from step to step overrides it."""
-        return self.trainable_size()[0]
+    def claimed_over_run(self, steps: int) -> Claim:
+        """What the method says its first `steps` optimizer steps may change, all of them together
+        (engagement sets what changed against it, and names what of it never changed): here the same set
+        every step, `trainable_size`'s, in every parameter `trains` names; a method whose set moves from step
+        to step overrides it."""
+        return Claim(self.trainable_size()[0])
 
     def clip_grad_norm(self, max_norm: float | None) -> torch.Tensor | None:
         """Clip over the tensors the optimizer updates (never over frozen weights)."""

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ftbench import files
 from ftbench.errors import UserError, first_line, kind_problem
+from ftbench.models.architecture import bad_size
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,8 @@ def convert(gguf_path: Path, folder: Path, key: str) -> None:
     folder beside it, then a rename), so an interrupted conversion never leaves half a cache.
     Raises UserError(model.gguf_file) when the gguf package is missing; UserError(`key`: the key that
     names the file, `file_key`) when transformers cannot de-quantize the file's architecture or refuses
-    the config the file holds (e.g. a width that is not a multiple of the heads)."""
+    the config the file holds (e.g. a width that is not a multiple of the heads), or that config sets a size
+    (architecture.py SIZES) below 1."""
     from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig, AutoTokenizer
     from transformers.utils.import_utils import is_gguf_available
@@ -176,7 +178,13 @@ def convert(gguf_path: Path, folder: Path, key: str) -> None:
             log.info("GGUF %s: de-quantizing it once (tens of seconds for 135M parameters)", gguf_path.name)
             with contextlib.redirect_stderr(io.StringIO()):
                 tokenizer = AutoTokenizer.from_pretrained(**where)
-                model = model_class(AutoConfig.from_pretrained(**where)).from_pretrained(**where)
+                config = AutoConfig.from_pretrained(**where)
+                field = bad_size(config.to_dict())
+                if field is not None:  # torch would refuse the tensor it sizes, in a traceback
+                    raise UserError(key, f"{gguf_path.name}: the config it holds sets {field}="
+                                    f"{getattr(config, field)!r}, but a size must be a positive integer; give a GGUF "
+                                    "file whose metadata is consistent, or a Hugging Face folder: model.path=DIR")
+                model = model_class(config).from_pretrained(**where, config=config)
         except StrictDataclassError as exc:  # the file's metadata makes a config the library refuses
             raise UserError(key, f"{gguf_path.name}: transformers refuses the config it holds "
                             f"({first_line(str(exc)).rstrip('.')}); give a GGUF file whose metadata is consistent, "

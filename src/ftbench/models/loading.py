@@ -17,8 +17,10 @@ from safetensors import SafetensorError
 from torch import nn
 
 from ftbench.config.folders import (
+    CONFIG,
     listing,
     model_type_problem,
+    require_config,
     tokenizer_settings,
     tokenizer_subfolder,
 )
@@ -246,7 +248,9 @@ def pretrained_config(mcfg):
 
 def load_error(mcfg, source: str, exc: BaseException) -> UserError:
     """One line naming the key that gave `source`, the library's reason (for an exception that gives none, the
-    folder's file it stopped in and what is wrong with it: SILENT) and the fix (re-raises out-of-memory)."""
+    folder's file it stopped in and what is wrong with it: SILENT; for a folder whose config.json holds a value
+    transformers refuses, that value in words: folders.py `require_config`) and the fix (re-raises
+    out-of-memory)."""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         raise exc
     key = source_key(mcfg)
@@ -254,6 +258,8 @@ def load_error(mcfg, source: str, exc: BaseException) -> UserError:
         return hub_error(key, source, exc, "use model.path=DIR (a local copy) or model.random_init=true")
     if type(exc) in SILENT and not first_line(str(exc)):
         return UserError(key, f"could not load {source}: {SILENT[type(exc)](Path(source))}")
+    if (Path(source) / CONFIG).is_file():  # a model.package folder: its config.json checked as model.path's is
+        require_config(Path(source) / CONFIG, key)
     return hub_error(key, source, exc, f"give {key} a folder written by save_pretrained (config.json and weights)",
                      local=True)
 

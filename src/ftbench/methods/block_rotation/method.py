@@ -33,7 +33,7 @@ from torch import nn
 from ftbench.config import within
 from ftbench.errors import UserError, require
 from ftbench.measure.meters import tensor_bytes
-from ftbench.methods.base import Method, MethodContext, Trains, is_no_decay
+from ftbench.methods.base import Claim, Method, MethodContext, Trains, is_no_decay
 from ftbench.methods.block_rotation import length
 from ftbench.methods.block_rotation.config import BlockRotationConfig
 from ftbench.methods.block_rotation.state_store import MASTER_DTYPE, Slot, StateStore
@@ -268,12 +268,14 @@ class BlockRotation(Method):
         return (self.schedule.largest_group([u.numel for u in self.units]),
                 self.schedule.largest_group([sum(_stepped_bytes(p) for _, p in u.params) for u in self.units]))
 
-    def claimed_over_run(self, steps: int) -> int:
+    def claimed_over_run(self, steps: int) -> Claim:
         """The units the schedule made active over `steps` steps (the always-active ones and each
-        interval's group), each counted once: a rotation claims a block only for the steps it holds it."""
+        interval's group), each counted once, and their parameters: a rotation claims a block only for the
+        steps it holds it."""
         intervals = range(math.ceil(steps / self.schedule.steps_per_block))
         visited = set(self.schedule.always).union(*(self.schedule.rotating(i) for i in intervals))
-        return sum(self.units[i].numel for i in visited)
+        return Claim(sum(self.units[i].numel for i in visited),
+                     frozenset(name for i in visited for name, _ in self.units[i].params))
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         sizes = [u.numel for u in self.units]

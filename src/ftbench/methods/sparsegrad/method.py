@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ftbench.measure.meters import tensor_bytes
-from ftbench.methods.base import Method, MethodContext, Trains, decay_split
+from ftbench.methods.base import Claim, Method, MethodContext, Trains, decay_split
 from ftbench.methods.sparsegrad.config import SparseGradConfig
 from ftbench.methods.sparsegrad.rotations import calibrate
 from ftbench.methods.sparsegrad.sparse_adam import SparseMlpOptimizer, clip_grad_norm
@@ -111,10 +111,10 @@ class SparseMlpMethod(Method):
         return elements, sum(tensor_bytes(p) for p in dense) + sum(
             layer.k * layer.weight.element_size() for layer in self.layers)
 
-    def claimed_over_run(self, steps: int) -> int:
-        """Every element the optimizer holds: a step moves each MLP weight's top-k entries, and any entry
-        may be among some step's."""
-        return sum(p.numel() for p in self.optimizer_parameters())
+    def claimed_over_run(self, steps: int) -> Claim:
+        """Every element the optimizer holds, in every parameter `trains` names: a step moves each MLP
+        weight's top-k entries, and any entry may be among some step's."""
+        return Claim(sum(p.numel() for p in self.optimizer_parameters()))
 
     def trains(self, model: nn.Module, head: str) -> Trains:
         """The MLP weights (their top-k entries each step) and, under `train_non_mlp`, every other
