@@ -161,6 +161,8 @@ def value_problem(values: dict) -> str | None:
     from transformers import CONFIG_MAPPING
 
     config_class = CONFIG_MAPPING[values["model_type"]]
+    # `__validators__` is huggingface_hub's strict-dataclass table (field name: its validators), not a
+    # documented API: from_pretrained runs the same functions, and no public call checks one field alone
     validators = getattr(config_class, "__validators__", {})
     types = {f.name: f.type for f in fields(config_class)}
     for name, value in values.items():
