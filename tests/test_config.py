@@ -141,6 +141,10 @@ def test_every_model_carries_its_shape():
                                                 "add method.reshuffle=false"),  # BAdam's reshuffle: true
     (["optim.lr=1e38"], "optim.lr: a learning rate of 1e+38 overflows the training dtype at the first step: an "
                         "Adam step moves by lr / (1 - optim.betas[0]) = 1e+39"),
+    # each knob is held to its own range before the learning-rate checks compute with it (check_learning_rates)
+    (["optim.betas=[1.0,0.999]"], "optim.betas: must be two numbers in [0, 1), e.g. [0.9,0.999]"),
+    (["optim.lr=-1", "optim.weight_decay=-2"], "optim.lr: must be > 0 (got -1"),
+    (["optim.lr=-1e39", "optim.weight_decay=-2"], "optim.lr: must be > 0 (got -1e+39"),
 ])
 def test_bad_input_is_one_line_naming_the_key(overrides, expected):
     problem = validate(overrides, multirun=False)
