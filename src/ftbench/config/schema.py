@@ -32,7 +32,7 @@ from ftbench.config.folders import (
     require_weights,
 )
 from ftbench.config.knobs import settle
-from ftbench.config.sources import check_given, given_keys
+from ftbench.config.sources import GGUF_WHERE, check_given, given_keys
 from ftbench.errors import UserError, integer_fix, one_of, require, require_kind
 
 FLOAT32_MAX = (2 - 2 ** -23) * 2 ** 127  # the largest finite float32 (torch.finfo(torch.float32).max)
@@ -67,6 +67,7 @@ class ModelConfig:
         if self.tokenizer is not None:
             require_kind(self.tokenizer, "folder", f"{key}.tokenizer", "give a folder holding a tokenizer")
             require_tokenizer_folder(self.tokenizer, f"{key}.tokenizer")
+        require(not self.gguf_file or self.path or self.package, f"{key}.gguf_file", GGUF_WHERE)
         sources = (self.path, self.package, self.hub_id)
         require(self.random_init or any(sources), f"{key}.random_init",
                 "this model has no hub_id, path or package; set model.random_init=true")
