@@ -363,6 +363,10 @@ PROFILE_REFUSALS = [
     pytest.param(["model=minilm", "profile.objective=causal_lm"], "model.package: model.package=", id="package"),
     pytest.param(["model=tiny-bert", "profile.objective=causal_lm"], "model.shape.model_type: the random-init",
                  id="random-init-encoder"),
+    # a count above the model's (tests/test_methods.py MORE_THAN_THE_MODEL): the planner's deeper probes hold it
+    pytest.param(["method=freeze", "method.layers=3"], "method.layers: 3 is more than the 2 blocks", id="freeze"),
+    pytest.param(["method=badam", "method.group_size=3"], "method.group_size: 3 is more than the 2 rotating units",
+                 id="badam"),
 ]
 
 
