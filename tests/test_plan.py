@@ -417,6 +417,13 @@ POSITIONS = [
                   "profile.batch_size=2"], None, 24, id="random-init-learned-table-grows"),
     pytest.param(["model=tiny-llama", "model.shape.max_position_embeddings=16", "profile.seq_len=24",
                   "profile.batch_size=2"], None, 24, id="random-init-rotary-table-grows"),
+    # a table grown to a sequence no machine holds (was: the probe allocated it, OOM-killed or a torch traceback)
+    pytest.param(["model=tiny-llama", "profile.seq_len=1000000000000"], "1000000000000 tokens grow the 512 positions "
+                 "of the random-init tiny-llama shape, and one sequence of them keeps at least 357627.9 GiB of hidden "
+                 "states (3 of 64 bf16 values per token), more than the", None, id="random-init-beyond-the-machine"),
+    pytest.param(["model=tiny-llama", "model.path={tmp_path}/t5", "profile.objective=seq_cls",
+                  "profile.seq_len=1000000000000"], "1000000000000 tokens in model.path=", None,
+                 id="relative-positions-beyond-the-machine"),
 ]
 
 
