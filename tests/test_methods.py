@@ -88,6 +88,9 @@ MORE_THAN_THE_MODEL = [
     (["method=sparsegrad", "method.k=8193"], "method.k: 8193 is more than the 8192 entries of "
      "model.layers.0.mlp.gate_proj.weight; give at most 8192"),
     (["method=meprop", "method.k=8193"], "method.k: 8193 is more than the 8192 entries of"),
+    (["method=galore", "method.rank=33"], "method.rank: 33 is more than the 32 singular vectors an SVD of "
+     "model.layers.0.self_attn.k_proj.weight has (its smaller side); give at most 32"),
+    (["method=apollo", "method.proj=svd", "method.rank=33"], "method.rank: 33 is more than the 32 singular vectors"),
 ]
 
 

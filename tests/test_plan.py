@@ -367,6 +367,8 @@ PROFILE_REFUSALS = [
     pytest.param(["method=freeze", "method.layers=3"], "method.layers: 3 is more than the 2 blocks", id="freeze"),
     pytest.param(["method=badam", "method.group_size=3"], "method.group_size: 3 is more than the 2 rotating units",
                  id="badam"),
+    pytest.param(["method=galore", "method.rank=33"], "method.rank: 33 is more than the 32 singular vectors",
+                 id="galore"),
 ]
 
 
