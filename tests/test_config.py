@@ -115,8 +115,14 @@ def test_every_model_carries_its_shape():
     (["model.hub_id=HuggingFaceTB/SmolLM2-135M"], "model.hub_id: model=tiny-llama builds a random-init shape "
      "(model.random_init=true), so HuggingFaceTB/SmolLM2-135M would not be loaded; add model.random_init=false"),
     (["model=tiny-bert", "+model.hub_id=x/y", "task=sst2"], "model.hub_id: model=tiny-bert builds a random-init"),
-    (["model.gguf_file=x.gguf"], "model.gguf_file: model=tiny-llama builds a random-init shape (model.random_init="
-     "true), so x.gguf would not be loaded; add model.random_init=false to load it, or drop model.gguf_file"),
+    # a GGUF file names a file inside model.path or model.package: without one, the fix is to give it, whatever
+    # model.random_init says (was: a loop, random_init=true -> drop it, random_init=false -> set it true)
+    (["model.gguf_file=x.gguf"], "model.gguf_file: names a file inside model.path (or model.package), and neither "
+     "is set; give model.path=DIR model.gguf_file=NAME, or model.path=FILE.gguf"),
+    (["model.gguf_file=x.gguf", "model.random_init=true"], "model.gguf_file: names a file inside model.path"),
+    (["model.gguf_file=x.gguf", "model.random_init=false"], "model.gguf_file: names a file inside model.path"),
+    (["model=minilm", "model.package=null", "model.hub_id=x/y", "model.gguf_file=x.gguf"],
+     "model.gguf_file: names a file inside model.path"),
     # both said (was: the hub id ignored without a word, run.model tiny-llama)
     (["model.hub_id=foo/bar", "model.random_init=true"], "model.hub_id: model.random_init=true builds the random-init "
      "shape of model=tiny-llama, so foo/bar would not be loaded (nor its tokenizer); give one: drop model.hub_id, or "
@@ -141,6 +147,10 @@ def test_every_model_carries_its_shape():
                                                 "add method.reshuffle=false"),  # BAdam's reshuffle: true
     (["optim.lr=1e38"], "optim.lr: a learning rate of 1e+38 overflows the training dtype at the first step: an "
                         "Adam step moves by lr / (1 - optim.betas[0]) = 1e+39"),
+    # each knob is held to its own range before the learning-rate checks compute with it (check_learning_rates)
+    (["optim.betas=[1.0,0.999]"], "optim.betas: must be two numbers in [0, 1), e.g. [0.9,0.999]"),
+    (["optim.lr=-1", "optim.weight_decay=-2"], "optim.lr: must be > 0 (got -1"),
+    (["optim.lr=-1e39", "optim.weight_decay=-2"], "optim.lr: must be > 0 (got -1e+39"),
 ])
 def test_bad_input_is_one_line_naming_the_key(overrides, expected):
     problem = validate(overrides, multirun=False)

@@ -75,3 +75,31 @@ def test_chunked_loss_trains_like_the_models_loss(tmp_path, name, overrides):
     assert chunked["plan"]["loss_chunk_tokens"] == 5 and whole["plan"]["loss_chunk_tokens"] is None
     curve = lambda r: [loss for _, loss in r["train"]["loss_curve"]]  # noqa: E731
     assert curve(chunked) == pytest.approx(curve(whole), rel=1e-5)
+
+
+# a count knob above what tiny-llama holds (2 layers; BAdam rotates 2 units, HiFT 4) is refused naming the knob and
+# the most it takes, never clamped silently (was: freeze layers=5 trained both layers, result.json said layers: 5)
+MORE_THAN_THE_MODEL = [
+    (["method=freeze", "method.layers=3"], "method.layers: 3 is more than the 2 blocks of this model's layer stack; "
+     "give at most 2"),
+    (["method=badam", "method.group_size=3"], "method.group_size: 3 is more than the 2 rotating units (order=random"),
+    (["method=hift", "method.group_size=5"], "method.group_size: 5 is more than the 4 rotating units (order=down2up"),
+    (["method=lisa", "method.group_size=3"], "method.group_size: 3 is more than the 2 rotating units (order=sample"),
+    (["method=sparsegrad", "method.k=8193"], "method.k: 8193 is more than the 8192 entries of "
+     "model.layers.0.mlp.gate_proj.weight; give at most 8192"),
+    (["method=meprop", "method.k=8193"], "method.k: 8193 is more than the 8192 entries of"),
+    (["method=galore", "method.rank=33"], "method.rank: 33 is more than the 32 singular vectors an SVD of "
+     "model.layers.0.self_attn.k_proj.weight has (its smaller side); give at most 32"),
+    (["method=apollo", "method.proj=svd", "method.rank=33"], "method.rank: 33 is more than the 32 singular vectors"),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", MORE_THAN_THE_MODEL)
+def test_a_count_above_the_models_is_refused_before_training(overrides, expected):
+    from ftbench.errors import UserError
+
+    method = build_method(compose(*overrides).method)
+    with pytest.raises(UserError) as refused:
+        method.prepare(tiny_model("tiny-llama"), method_context())
+    assert str(refused.value).startswith(expected), refused.value
+

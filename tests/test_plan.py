@@ -363,6 +363,12 @@ PROFILE_REFUSALS = [
     pytest.param(["model=minilm", "profile.objective=causal_lm"], "model.package: model.package=", id="package"),
     pytest.param(["model=tiny-bert", "profile.objective=causal_lm"], "model.shape.model_type: the random-init",
                  id="random-init-encoder"),
+    # a count above the model's (tests/test_methods.py MORE_THAN_THE_MODEL): the planner's deeper probes hold it
+    pytest.param(["method=freeze", "method.layers=3"], "method.layers: 3 is more than the 2 blocks", id="freeze"),
+    pytest.param(["method=badam", "method.group_size=3"], "method.group_size: 3 is more than the 2 rotating units",
+                 id="badam"),
+    pytest.param(["method=galore", "method.rank=33"], "method.rank: 33 is more than the 32 singular vectors",
+                 id="galore"),
 ]
 
 
@@ -413,6 +419,13 @@ POSITIONS = [
                   "profile.batch_size=2"], None, 24, id="random-init-learned-table-grows"),
     pytest.param(["model=tiny-llama", "model.shape.max_position_embeddings=16", "profile.seq_len=24",
                   "profile.batch_size=2"], None, 24, id="random-init-rotary-table-grows"),
+    # a table grown to a sequence no machine holds (was: the probe allocated it, OOM-killed or a torch traceback)
+    pytest.param(["model=tiny-llama", "profile.seq_len=1000000000000"], "1000000000000 tokens grow the 512 positions "
+                 "of the random-init tiny-llama shape, and one sequence of them keeps at least 357627.9 GiB of hidden "
+                 "states (3 of 64 bf16 values per token), more than the", None, id="random-init-beyond-the-machine"),
+    pytest.param(["model=tiny-llama", "model.path={tmp_path}/t5", "profile.objective=seq_cls",
+                  "profile.seq_len=1000000000000"], "1000000000000 tokens in model.path=", None,
+                 id="relative-positions-beyond-the-machine"),
 ]
 
 

@@ -181,6 +181,17 @@ def test_an_answer_cap_counts_only_where_the_task_generates(tmp_path):
     trained(run(tmp_path / "run", *common, "task.generate_samples=0"), 2)
 
 
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-bert"])  # rotary, a learned table
+def test_a_random_init_table_grown_beyond_what_the_machine_holds_is_refused(tmp_path, model):
+    """A random-init table is sized to task.max_length, but not to a sequence whose hidden states alone outgrow
+    the machine (was: the synthetic task drew 10^8-token sequences for minutes, and no step came)."""
+    error = refused(run(tmp_path / "run", f"model={model}", "task.max_length=1000000000000", "train.max_steps=1"),
+                    "task.max_length")
+    assert f"1000000000000 tokens grow the 512 positions of the random-init {model} shape" in error
+    assert "(3 of 64 bf16 values per token), more than the" in error
+    assert "GiB this machine has; give a far shorter task.max_length (this bound alone leaves at most" in error
+
+
 def test_a_task_refusal_says_when_the_position_table_cut_task_max_length(tmp_path):
     """Every held-out prompt fills the 256 positions the table cut task.max_length=1000 to: raising it cannot help."""
     error = refused(run(tmp_path / "run", *alpaca_inputs(tmp_path, 300), "task.max_length=1000",

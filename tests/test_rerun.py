@@ -75,6 +75,22 @@ def test_what_a_job_does_with_a_folder_is_read_off_the_disk(tmp_path, last, chec
     assert sorted(p.name for p in run_dir.rglob("*")) == before  # deciding changes nothing
 
 
+def test_a_checkpoint_of_another_config_is_refused_with_the_fix_its_source_takes(tmp_path):
+    """The folder's own checkpoint (train.resume=auto): the command that made it, or another folder; one the
+    user named (train.resume=PATH): another checkpoint, or none; a new folder would change nothing."""
+    other = OmegaConf.to_container(compose(*STEPS, "seed=7"), resolve=True)
+    own = folder(tmp_path / "own", None, other)
+    with pytest.raises(UserError) as refused:
+        rerun.decide(compose(*STEPS), own)
+    assert str(refused.value).endswith("run the same command, or set a new hydra.run.dir to start afresh")
+    named = own / "checkpoints" / "step-2"
+    with pytest.raises(UserError) as refused:
+        rerun.decide(compose(*STEPS, f"train.resume={named}"), tmp_path / "new")
+    assert refused.value.key == "train.resume" and str(refused.value).endswith(
+        f"{named} was made with another config (differs in: seed); give a checkpoint made with this config, or "
+        "drop train.resume (train.resume=auto) to start afresh")
+
+
 def test_checkpoints_move_aside_with_one_line_and_a_resume_keeps_them(tmp_path, capsys):
     cfg = compose(*STEPS)
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -206,7 +206,7 @@ def test_ties_keep_exactly_k_entries_deterministically():
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_k_all_with_sgd_equals_full_fine_tuning(method_class, config_class, accumulation):
     """SGD is rotation-invariant: with every entry kept, W += L(-lr Lᵀ G R)Rᵀ = W - lr G."""
-    method = method_class(config_class(k=10**9))
+    method = method_class(config_class(density=1.0))  # every entry (a k above a weight's entries is refused)
     model = prepared(method)
     reference = tiny_bert64()
     full = FullFineTuning(FullConfig())

@@ -3,9 +3,11 @@ fails at compose time naming the key; `check()` then rejects values that are
 well-typed but meaningless (lr <= 0, batch size 0, a missing data folder).
 
 Numbers have one rule for every group (`check_numbers`, before the groups' own checks): a float knob is
-a finite number (inf, -inf and nan are refused, whatever the key), and a learning rate the optimizer
-steps with fits the training dtype (at most float32's largest value: torch cannot convert a larger
-scalar to a float32 or bfloat16 weight; Adam's first step, lr / (1 - beta1), too). The groups' checks then hold each knob to its range.
+a finite number (inf, -inf and nan are refused, whatever the key). The groups' checks then hold each knob
+to its range, and only then does `check_learning_rates` compute with them (a value out of range is named
+by its own range, never met as a division by zero): a learning rate the optimizer steps with fits the
+training dtype (at most float32's largest value: torch cannot convert a larger scalar to a float32 or
+bfloat16 weight; Adam's first step, lr / (1 - beta1), too).
 
 The method and task groups are polymorphic: each option's YAML lists its own
 schema (`/schema/method/<name>`), registered here from the method and task
@@ -30,7 +32,7 @@ from ftbench.config.folders import (
     require_weights,
 )
 from ftbench.config.knobs import settle
-from ftbench.config.sources import check_given, given_keys
+from ftbench.config.sources import GGUF_WHERE, check_given, given_keys
 from ftbench.errors import UserError, integer_fix, one_of, require, require_kind
 
 FLOAT32_MAX = (2 - 2 ** -23) * 2 ** 127  # the largest finite float32 (torch.finfo(torch.float32).max)
@@ -65,6 +67,7 @@ class ModelConfig:
         if self.tokenizer is not None:
             require_kind(self.tokenizer, "folder", f"{key}.tokenizer", "give a folder holding a tokenizer")
             require_tokenizer_folder(self.tokenizer, f"{key}.tokenizer")
+        require(not self.gguf_file or self.path or self.package, f"{key}.gguf_file", GGUF_WHERE)
         sources = (self.path, self.package, self.hub_id)
         require(self.random_init or any(sources), f"{key}.random_init",
                 "this model has no hub_id, path or package; set model.random_init=true")
@@ -332,6 +335,7 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
     require(cfg.seed >= 0, "seed", "must be >= 0")
     for name in ("model", "hardware", "logger", "train", "optim", "eval", "profile", "plan", "method", "task"):
         OmegaConf.to_object(cfg[name]).check(name)
+    check_learning_rates(cfg)
     if cfg.mode != "plan" and OmegaConf.to_object(cfg.model).saved_folder():  # a plan reads config.json alone
         require_weights(cfg.model.path, "model.path")
     OmegaConf.to_object(cfg.method).check_run(cfg)  # what the method cannot train with, set in other groups
@@ -354,15 +358,20 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
 
 def check_numbers(cfg: DictConfig) -> None:
     """Refuse (`UserError` naming the key) a float anywhere in the config that is not a finite number
-    (inf, -inf, nan; in a list, the list's key is named), and a learning rate the optimizer would step
-    with that float32 cannot hold (above `FLOAT32_MAX`, or above it once divided by 1 - beta1 as Adam's first
-    step does: each method lists its learning rates, `MethodConfig.learning_rates`), and a weight decay that
-    would zero or flip the weights at one of them (lr x weight_decay >= 1)."""
+    (inf, -inf, nan; in a list, the list's key is named)."""
     groups = {name: OmegaConf.to_container(cfg[name], resolve=True) if OmegaConf.is_config(cfg[name]) else cfg[name]
               for name in cfg.keys() if name != "hydra"}
     for key, value in _leaves(groups, ""):
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(key, f"must be finite (got {value}); give a number")
+
+
+def check_learning_rates(cfg: DictConfig) -> None:
+    """Refuse (`UserError` naming the key) a learning rate the optimizer would step with that float32 cannot
+    hold (above `FLOAT32_MAX`, or above it once divided by 1 - beta1 as Adam's first step does: each method
+    lists its learning rates, `MethodConfig.learning_rates`), and a weight decay that would zero or flip the
+    weights at one of them (lr x weight_decay >= 1). Runs after the groups' checks: lr > 0, weight_decay >= 0
+    and beta1 < 1 hold here."""
     settings = settle(cfg)
     bias_correction = 1 - cfg.optim.betas[0]  # Adam's first step moves by lr / (1 - beta1)
     for key, value in OmegaConf.to_object(cfg.method).learning_rates(settings.owners["lr"], settings.lr).items():

@@ -10,6 +10,9 @@ from ftbench.errors import UserError
 
 # Where a model comes from, the first one set winning (models/loading.py: source_key).
 MODEL_SOURCES = ("path", "package", "hub_id")
+# model.gguf_file without the folder or package that holds the file (ModelConfig.check, models/gguf.locate)
+GGUF_WHERE = ("names a file inside model.path (or model.package), and neither is set; give model.path=DIR "
+              "model.gguf_file=NAME, or model.path=FILE.gguf")
 
 
 def given_keys(overrides) -> set[str]:
@@ -33,8 +36,9 @@ def check_given(cfg: DictConfig, given: set[str]) -> None:
     """Refuse (UserError naming the key) a model source the user gave (`given`: the keys set on the command
     line) that the run would not load: a model.package or model.hub_id under a model.path or model.package
     that wins over it (MODEL_SOURCES, whether the group or the user set the winner), model.random_init=true
-    under one (it is loaded), and a hub id or GGUF file under a group that builds a random-init shape
-    (model=tiny-llama: random_init: true) without model.random_init."""
+    under one (it is loaded), and a hub id under a group that builds a random-init shape (model=tiny-llama:
+    random_init: true) without model.random_init (a GGUF file without the folder or package holding it is
+    refused before, by ModelConfig.check)."""
     mcfg = cfg.model
     winner = next((name for name in MODEL_SOURCES[:2] if mcfg[name]), None)
     for name in MODEL_SOURCES[1:]:
@@ -46,12 +50,11 @@ def check_given(cfg: DictConfig, given: set[str]) -> None:
         raise UserError("model.random_init", f"model.{winner}={mcfg[winner]} is the model loaded (it wins over "
                         f"random init), so model.random_init=true would not be; give one: drop model.random_init, "
                         f"or add model.{winner}=null")
-    for name in ("hub_id", "gguf_file"):
-        if f"model.{name}" in given and mcfg.get(name) and mcfg.random_init and not winner:
-            if "model.random_init" in given:  # both said: which one is meant
-                raise UserError(f"model.{name}", f"model.random_init=true builds the random-init shape of model="
-                                f"{mcfg.name}, so {mcfg[name]} would not be loaded (nor its tokenizer); give one: "
-                                f"drop model.{name}, or model.random_init")
-            raise UserError(f"model.{name}", f"model={mcfg.name} builds a random-init shape (model.random_init="
-                            f"true), so {mcfg[name]} would not be loaded; add model.random_init=false to load it, "
-                            f"or drop model.{name}")
+    if "model.hub_id" in given and mcfg.hub_id and mcfg.random_init and not winner:
+        if "model.random_init" in given:  # both said: which one is meant
+            raise UserError("model.hub_id", f"model.random_init=true builds the random-init shape of model="
+                            f"{mcfg.name}, so {mcfg.hub_id} would not be loaded (nor its tokenizer); give one: "
+                            "drop model.hub_id, or model.random_init")
+        raise UserError("model.hub_id", f"model={mcfg.name} builds a random-init shape (model.random_init=true), "
+                        f"so {mcfg.hub_id} would not be loaded; add model.random_init=false to load it, or drop "
+                        "model.hub_id")

@@ -90,14 +90,18 @@ def config_differences(path: Path, config: dict) -> list[str]:
         raise unreadable(path / "meta.json", exc) from exc
 
 
-def check_config(path: Path, config: dict, folder: str | None = None) -> None:
+def check_config(path: Path, config: dict, resume: str, folder: str | None = None) -> None:
     """Refuse, in one line naming the keys, a checkpoint made under another config (or one that is unreadable);
-    `folder`: the key naming the run's folder in the message (default: `files.folder_key()`)."""
+    `resume`: train.resume (auto: the checkpoint is the run folder's own, and the fix is the command that made
+    it or another folder; a path the user gave: another checkpoint, or none); `folder`: the key naming the
+    run's folder in the message (default: `files.folder_key()`)."""
     keys = config_differences(path, config)
     if keys:
         shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
-        raise UserError("train.resume", f"{path} was made with another config (differs in: {shown}); run the "
-                        f"same command, or set a new {folder or files.folder_key()} to start afresh")
+        fix = (f"run the same command, or set a new {folder or files.folder_key()} to start afresh"
+               if resume == "auto" else
+               "give a checkpoint made with this config, or drop train.resume (train.resume=auto) to start afresh")
+        raise UserError("train.resume", f"{path} was made with another config (differs in: {shown}); {fix}")
 
 
 def to_resume(resume: str, run_dir: Path) -> Path | None:
@@ -156,7 +160,7 @@ class Checkpointer:
         path = to_resume(self.resume, self.run_dir)
         if path is None:
             return TrainLog()
-        check_config(path, self.result.config)
+        check_config(path, self.result.config, self.resume)
         from safetensors.torch import load_file
 
         try:  # our own file; it holds Python and NumPy RNG states, which weights_only refuses

@@ -97,7 +97,7 @@ def decide(cfg: DictConfig, run_dir: Path, key: str | None = None) -> str:
     found = checkpoint.to_resume(cfg.train.resume, run_dir)
     if found is not None and checkpoint.config_differences(found, config):
         if cfg.train.resume != "auto" or not trained_and_failed(old):
-            checkpoint.check_config(found, config, key)  # refused, naming the keys
+            checkpoint.check_config(found, config, cfg.train.resume, key)  # refused, naming the keys
         return AFRESH
     return RUN
 

@@ -99,7 +99,7 @@ class MethodConfig:
 
     def learning_rates(self, owner: str, lr: float) -> dict[str, float]:
         """The learning rates the method's optimizer steps with, by the key that sets each (`lr`: the winning
-        learning rate, set by `owner`, optim.lr or method.lr); `config.schema.check_numbers` holds each to
+        learning rate, set by `owner`, optim.lr or method.lr); `config.schema.check_learning_rates` holds each to
         the training dtype. Every parameter steps with `lr` unless a method says otherwise."""
         return {owner: lr}
 

@@ -75,7 +75,17 @@ class ProjectedStates(Method):
             param.requires_grad_(True)
         self.modules = projected_modules(model, self.cfg.target_modules)
         self.projected = {id(model.get_submodule(path).weight) for path in self.modules}
+        if self.svd_basis():  # the library keeps U[:, :r] of an SVD of at most min(m, n) vectors
+            side, path = min((min(model.get_submodule(path).weight.shape), path) for path in self.modules)
+            if self.cfg.rank > side:
+                raise UserError("method.rank", f"{self.cfg.rank} is more than the {side} singular vectors an SVD "
+                                f"of {path}.weight has (its smaller side); give at most {side}")
         return model
+
+    def svd_basis(self) -> bool:
+        """Whether the projection is an SVD basis (GaLore's; APOLLO's with proj: svd), which holds at most the
+        weight's smaller side of vectors, so a larger method.rank would be cut silently."""
+        return True
 
     @abstractmethod
     def projection(self) -> dict[str, Any]:

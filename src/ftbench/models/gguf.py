@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from ftbench import files
+from ftbench.config.sources import GGUF_WHERE
 from ftbench.errors import UserError, first_line, kind_problem
 from ftbench.models.architecture import bad_size
 
@@ -61,7 +62,7 @@ def locate(mcfg) -> Path:
     elif mcfg.package:
         path = package_folder(mcfg.package) / name
     else:
-        raise UserError("model.gguf_file", "names a file but not where it is; set model.path=DIR (or a package)")
+        raise UserError("model.gguf_file", GGUF_WHERE)
     if not path.is_file() and path.exists():
         raise UserError(key, f"'{path}' {kind_problem(path, 'file')}; give the {SUFFIX} file itself")
     if not path.is_file():

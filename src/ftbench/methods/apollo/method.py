@@ -24,6 +24,9 @@ from ftbench.methods.projected import ProjectedStates, library
 class Apollo(ProjectedStates):
     config_class = ApolloConfig
 
+    def svd_basis(self) -> bool:
+        return self.cfg.proj == "svd"  # a random projection of any rank is drawn as asked
+
     def projection(self) -> dict[str, Any]:
         cfg = self.cfg
         return {"rank": cfg.rank, "update_proj_gap": cfg.update_proj_gap, "scale": cfg.scale,

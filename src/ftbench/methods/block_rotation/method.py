@@ -72,9 +72,10 @@ class BlockRotation(Method):
             raise UserError("method.always_active", f"unit '{self.units[i].name}' is also in method.frozen_units")
         queue = [i for i in range(len(self.units)) if i not in frozen and i not in always]
         require(bool(queue or always), "method.frozen_units", "every unit is frozen: nothing would train")
-        if cfg.order == "sample":
-            require(cfg.group_size <= len(queue), "method.group_size",
-                    f"order=sample draws group_size of the {len(queue)} rotating units; use at most {len(queue)}")
+        require(cfg.group_size <= len(queue), "method.group_size",  # more would train every unit at once
+                f"{cfg.group_size} is more than the {len(queue)} rotating units (order={cfg.order} "
+                f"{'draws' if cfg.order == 'sample' else 'takes'} groups of group_size of them); use at most "
+                f"{len(queue)}")
         self.schedule = Schedule(tuple(queue), tuple(always), cfg.group_size, cfg.steps_per_block, cfg.order,
                                  cfg.reshuffle, ctx.seed)
         for param in model.parameters():

@@ -31,13 +31,19 @@ class Freeze(Method):
 
     def trained_modules(self, model: nn.Module, head: str) -> list[str]:
         """Module paths that train: the last `layers` blocks of every stack, and the task heads. Raises
-        UserError('method') when ftbench finds no stack of blocks in the model."""
+        UserError('method') when ftbench finds no stack of blocks in the model, UserError('method.layers') when
+        a stack has fewer blocks than `layers` (it would train them all, and result.json misreport it)."""
         arch = architecture(model)
         if not arch.blocks:
             raise UserError("method", f"freeze cannot serve this {arch.model_type} model: ftbench finds no stack of "
                             "repeated blocks in it; use method=full or lora")
-        stacks = sorted({block.stack for block in arch.blocks})
-        last = [b.name for s in stacks for b in [b for b in arch.blocks if b.stack == s][-self.cfg.layers:]]
+        stacks = {s: [b for b in arch.blocks if b.stack == s] for s in sorted({block.stack for block in arch.blocks})}
+        depth = min(len(blocks) for blocks in stacks.values())
+        if self.cfg.layers > depth:
+            raise UserError("method.layers", f"{self.cfg.layers} is more than the {depth} blocks of this model's "
+                            f"{'shortest ' if len(stacks) > 1 else ''}layer stack; give at most {depth} "
+                            f"(method.layers={depth} trains every block)")
+        last = [b.name for blocks in stacks.values() for b in blocks[-self.cfg.layers:]]
         return [*last, *arch.task_heads(head)]
 
     def trains(self, model: nn.Module, head: str) -> Trains:

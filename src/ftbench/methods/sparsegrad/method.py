@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ftbench.errors import require
 from ftbench.measure.meters import tensor_bytes
 from ftbench.methods.base import Claim, Method, MethodContext, Trains, decay_split
 from ftbench.methods.sparsegrad.config import SparseGradConfig
@@ -57,15 +58,23 @@ class SparseMlpMethod(Method):
 
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         named = mlp_layers(model, self.cfg.name)
+        ks = {name: self.k_for(name, layer) for group in named.values() for name, layer in group}  # before calibrating
         bases = self.bases(model, {kind: [m for _, m in group] for kind, group in named.items()}, ctx)
-        self.kinds = {kind: [wrap(model, name, bases[kind], self.k_for(layer)) for name, layer in group]
+        self.kinds = {kind: [wrap(model, name, bases[kind], ks[name]) for name, _ in group]
                       for kind, group in named.items()}
         self.layers = [layer for group in self.kinds.values() for layer in group]
         self._set_trainable(model, ctx.head)
         return model
 
-    def k_for(self, layer: nn.Linear) -> int:
-        return self.cfg.k if self.cfg.k is not None else max(1, round(self.cfg.density * layer.weight.numel()))
+    def k_for(self, name: str, layer: nn.Linear) -> int:
+        """The entries of the MLP weight `name` kept per step: method.k, else density x its size. Raises
+        UserError('method.k') when method.k is more than the weight holds."""
+        size = layer.weight.numel()
+        if self.cfg.k is None:
+            return max(1, round(self.cfg.density * size))
+        require(self.cfg.k <= size, "method.k", f"{self.cfg.k} is more than the {size} entries of {name}.weight; "
+                f"give at most {size}, or null (method.density x the layer's size)")
+        return self.cfg.k
 
     def _set_trainable(self, model: nn.Module, head: str) -> None:
         cfg = self.cfg
