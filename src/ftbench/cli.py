@@ -12,9 +12,12 @@ import argparse
 import gc
 import itertools
 import os
+import re
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ftbench import methods, report
@@ -123,7 +126,51 @@ def sweep_argv(argv: list[str]) -> list[str]:
     ranks = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun: every rank takes rank 0's clock instead
     if ranks or "hydra.sweep.dir" in given and "${" not in given["hydra.sweep.dir"].input_line:
         return [*argv, *named]
-    return [*(a for a in argv if not a.startswith("hydra.sweep.dir=")), *named, f"hydra.sweep.dir={folder}"]
+    return [*(a for a in argv if not a.startswith("hydra.sweep.dir=")), *named, pinned("hydra.sweep.dir", folder)]
+
+
+def run_argv(argv: list[str]) -> list[str]:
+    """A run's command line with its folder resolved once (`${now:...}`, `${method.name}`), as `sweep_argv`
+    does a sweep's: the folder the CLI locks before the launch (`folder_lock`) is the one the job writes."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    given = [a for a in argv if a.partition("=")[0].lstrip("+~") == "hydra.run.dir"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or given and "${" not in given[-1]:
+        return argv
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftbench"):
+        try:
+            folder = compose("config", overrides=overrides_in(argv), return_hydra_config=True).hydra.run.dir
+        except (HydraException, OmegaConfBaseException):
+            return argv  # validate() says what is wrong in one line
+    return [*(a for a in argv if a not in given), pinned("hydra.run.dir", folder)]
+
+
+def pinned(key: str, value: str) -> str:
+    """The override `key=value`, the value quoted for Hydra's parser where it holds more than a plain path."""
+    if re.fullmatch(r"[\w/.\-+:@%~]*", value, flags=re.ASCII):
+        return f"{key}={value}"
+    return f"{key}='" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value) + "'"
+
+
+@contextmanager
+def folder_lock(argv: list[str], multirun: bool) -> Iterator[None]:
+    """Hold the lock of the folder the command line names (job/lock.py) while the command runs: taken before
+    Hydra writes anything there (a sweep's multirun.yaml, a run's log), so a second process given the folder
+    is refused before it writes. Raises `UserError` on the key when another process holds it. Nothing to hold
+    under torchrun (rank 0's job takes it) or where the folder is resolved only at the launch."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    values = [a.partition("=")[2] for a in argv if a.partition("=")[0].lstrip("+~") == key]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not values or "${" in values[-1]:
+        yield
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    folder = OverridesParser.create().parse_override(f"{key}={values[-1]}").value()
+    with lock.hold(Path(str(folder)).expanduser(), key):
+        yield
 
 
 def launch(argv: list[str], folders: list[Path | None] | None = None) -> int:
@@ -251,8 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = multirun_first(argv)
     if not PASSTHROUGH.intersection(argv) or SHOWN.intersection(argv):
         multirun = "-m" in argv or "--multirun" in argv
-        if multirun:
-            argv, folders = sweep_argv(argv), []
+        argv, folders = (sweep_argv(argv), []) if multirun else (run_argv(argv), None)
         problem = output_dir_problem(argv) or validate(overrides_in(argv), multirun, folders)
         if problem:
             print(f"ftbench: error: {problem}", file=sys.stderr)
@@ -262,12 +308,19 @@ def main(argv: list[str] | None = None) -> None:
         from ftbench.parallel.distributed import launch_overrides  # torch
 
         argv = [*argv, *launch_overrides(argv, config_dir() / "config.yaml")]
-    try:
-        sys.exit(launch(argv, folders))
-    except KeyboardInterrupt as exc:
-        if not isinstance(exc, Canceled):  # a canceled job printed its own line
-            print("ftbench: canceled", file=sys.stderr)
-        sys.exit(130)
+    with ExitStack() as running:
+        if not PASSTHROUGH.intersection(argv):  # a command that launches jobs
+            try:
+                running.enter_context(folder_lock(argv, "-m" in argv or "--multirun" in argv))
+            except UserError as exc:  # another process took the folder since the checks
+                print(f"ftbench: error: {exc}", file=sys.stderr)
+                sys.exit(2)
+        try:
+            sys.exit(launch(argv, folders))
+        except KeyboardInterrupt as exc:
+            if not isinstance(exc, Canceled):  # a canceled job printed its own line
+                print("ftbench: canceled", file=sys.stderr)
+            sys.exit(130)
 
 
 def multirun_first(argv: list[str]) -> list[str]:
