@@ -158,11 +158,15 @@ def test_plan_json_and_temp_folders_have_the_umask_mode(tmp_path, umask_022):
     ("", "the file is empty"),
     ('{"schema": 1,, }', "not valid JSON"),
     ("[1, 2]", "holds a JSON list, not a result"),
+    (None, "is a directory, not a file"),  # a folder named result.json: was "result.json/result.json: cannot be read"
 ])
 def test_ftbench_report_on_a_broken_result_names_the_file(tmp_path, capsys, text, what):
     from ftbench.cli import report_main
 
-    (tmp_path / "result.json").write_text(text)
+    if text is None:
+        (tmp_path / "result.json").mkdir()
+    else:
+        (tmp_path / "result.json").write_text(text)
     with pytest.raises(SystemExit) as stop:
         report_main([str(tmp_path)])
     err = capsys.readouterr().err.strip()
@@ -176,6 +180,19 @@ def test_a_broken_plan_json_names_the_file(tmp_path):
     (tmp_path / "plan.json").write_text('{"run": {"method"')
     with pytest.raises(UserError, match=r"plan.json: truncated \(line 1 .*rerun `ftbench plan`"):
         plan_report.read(tmp_path / "plan.json")
+    (tmp_path / "plan.json").unlink()
+    (tmp_path / "plan.json").mkdir()  # was "cannot be read (Is a directory)"
+    with pytest.raises(UserError, match=r"plan.json: is a directory, not a file; rerun `ftbench plan`"):
+        plan_report.read(tmp_path / "plan.json")
+
+
+def test_a_broken_comparison_json_names_the_file(tmp_path):
+    """ftbench-report of a comparison's folder reads its comparison.json: was json's bare "Expecting value"."""
+    from ftbench.compare.report import rebuild
+
+    (tmp_path / "comparison.json").write_text('{"spec": ')
+    with pytest.raises(UserError, match=r"comparison.json: truncated \(line 1 .*run the comparison again"):
+        rebuild(tmp_path)
 
 
 def test_a_broken_result_in_the_run_dir_is_refused_and_kept(tmp_path, capsys):
