@@ -13,6 +13,7 @@ import gc
 import itertools
 import os
 import re
+import signal
 import sys
 import tempfile
 import textwrap
@@ -25,7 +26,7 @@ from ftbench.config.schema import check
 from ftbench.errors import Canceled, UserError, explain_compose_error, kind_problem
 from ftbench.job import lock, sweep
 from ftbench.job.compose import config_dir, register_configs
-from ftbench.quiet import quiet_libraries, quiet_transformers
+from ftbench.quiet import entry_point, quiet_libraries, quiet_transformers
 
 # The config groups a user sets (conf/<group>/), in the order `--help` lists them; experiment is listed by paper.
 USER_GROUPS = ("method", "model", "task", "hardware", "logger", "hydra/launcher")
@@ -36,6 +37,7 @@ PASSTHROUGH = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--c
                "--package", "-p", "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn",
                "--config-dir", "-cd", "--experimental-rerun"}
 SHOWN = {"--cfg", "-c"}  # print the composed config: a bad key or value is refused as a run's would be
+PRINT_ONLY = {"--hydra-help", "--version", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc"}  # no job runs
 WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
               "-cd"}  # Hydra flags followed by their value (--cfg job)
 PLAN_HELP = """ftbench plan [KEY=VALUE ...]: the peak GPU memory of the run the same keys would make, predicted from
@@ -281,6 +283,7 @@ def output_dir_problem(argv: list[str]) -> str | None:
     return None
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:  # `ftbench compare SPEC.yaml ...`: a two-stage comparison (compare/runner.py)
@@ -304,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"ftbench: error: {problem}", file=sys.stderr)
             sys.exit(2)
     quiet_libraries()
+    if PRINT_ONLY.intersection(argv):  # Hydra prints its traceback of a closed pipe (`--cfg job | head`) itself
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # nothing but stdout is written: end as SIGPIPE ends a tool
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: the ranks make one run (imports torch)
         from ftbench.parallel.distributed import launch_overrides  # torch
 
@@ -341,6 +346,7 @@ def report_folder(paths: list[Path]) -> Path | None:
     return None if common == common.parent else common
 
 
+@entry_point
 def report_main(argv: list[str] | None = None) -> None:
     """`ftbench-report DIR...`: one table (markdown, CSV) and one plot from any result files."""
     parser = argparse.ArgumentParser(prog="ftbench-report", description=report_main.__doc__)
