@@ -15,7 +15,7 @@ from ftbench import files
 from ftbench.errors import Canceled, UserError
 from ftbench.models.loading import byte_level_tokenizer
 from ftbench.tasks import build_task
-from helpers import compose, run
+from helpers import cli, compose, run
 
 QUICK = ["task.num_train=64", "task.num_eval=32", "train.max_steps=1"]
 
@@ -111,6 +111,28 @@ def test_debug_keeps_exit_2_for_a_user_error_and_shows_the_traceback(tmp_path, c
     assert result["exit_code"] == 2 and result["status"] == "failed"
     assert "Traceback" in err
     assert err.strip().splitlines()[-1].startswith("ftbench: failed: model.shape.model_type: ")
+
+
+@pytest.mark.parametrize("override,line", [
+    ("hydra.run.dir=/tmp/ünï", "hydra.run.dir: 'ü' and 'ï' are read by Hydra only in a quoted value; quote the value "
+     "inside the shell's quotes, e.g. \"hydra.run.dir='/tmp/ünï'\""),  # was LexerNoViableAltException, no key
+    ("task.data_dir=/data/it's", "task.data_dir: \"'\" is read by Hydra only in a quoted value; quote the value inside "
+     "the shell's quotes, e.g. \"task.data_dir=\\\"/data/it's\\\"\""),
+    ("method=[a", "method: Hydra cannot parse [a (no viable alternative at input '[a'); a value meant as written: "
+     "quote it inside the shell's quotes, e.g. \"method='[a'\""),
+])
+def test_an_override_hydra_cannot_parse_names_the_key_and_how_to_quote_it(override, line):
+    from ftbench.cli import validate
+
+    assert validate([override], multirun=False) == line
+    assert validate([override, "optim.lr=1e-3,1e-2"], multirun=True) == line
+
+
+def test_a_folder_quoted_as_the_refusal_says_runs_there(tmp_path):
+    folder = tmp_path / "ünï x"
+    done = cli("ftbench", "hardware=cpu", "train.progress=false", *QUICK, f"hydra.run.dir='{folder}'")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((folder / "result.json").read_text())["status"] == "ok"
 
 
 @pytest.mark.parametrize("raised,lines", [(Canceled("canceled by SIGTERM"), 0), (KeyboardInterrupt(), 1)])

@@ -164,15 +164,24 @@ def folder_lock(argv: list[str], multirun: bool) -> Iterator[None]:
     is refused before it writes. Raises `UserError` on the key when another process holds it. Nothing to hold
     under torchrun (rank 0's job takes it) or where the folder is resolved only at the launch."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    values = [a.partition("=")[2] for a in argv if a.partition("=")[0].lstrip("+~") == key]
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not values or "${" in values[-1]:
+    values = [unquoted(a) for a in argv if a.partition("=")[0].lstrip("+~") == key]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not values or values[-1] is None or "${" in values[-1]:
         yield
         return
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    folder = OverridesParser.create().parse_override(f"{key}={values[-1]}").value()
-    with lock.hold(Path(str(folder)).expanduser(), key):
+    with lock.hold(Path(values[-1]).expanduser(), key):
         yield
+
+
+def unquoted(override: str) -> str | None:
+    """The value of `override` (KEY=VALUE) as Hydra reads it (`'/tmp/a b'` is /tmp/a b), `${...}` kept as
+    written; None when Hydra cannot parse it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return str(OverridesParser.create().parse_override(override.lstrip("+~")).value())
+    except HydraException:
+        return None
 
 
 def launch(argv: list[str], folders: list[Path | None] | None = None) -> int:
@@ -264,7 +273,9 @@ def output_dir_problem(argv: list[str]) -> str | None:
         key, sep, value = arg.partition("=")
         if not sep or key.lstrip("+~") not in ("hydra.run.dir", "hydra.sweep.dir"):
             continue
-        key = key.lstrip("+~")
+        key, value = key.lstrip("+~"), unquoted(arg)
+        if value is None:  # `validate` names the key and how to quote it
+            continue
         if not value.strip():
             return f"{key}: empty; give a folder for the run's files (e.g. {key}=outputs/my-run)"
         path = Path(value).expanduser()

@@ -98,7 +98,7 @@ def explain_compose_error(exc: BaseException) -> str:
             return f"{group}={option}: no such option"
         return first_line(text)
     if isinstance(exc, OverrideParseException):
-        return f"could not parse the override: {first_line(text)}"
+        return unparsable(exc.override, first_line(text))
     cause = exc.__cause__ or exc
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         key = getattr(cause, "full_key", None) or _quoted(first_line(str(cause)))
@@ -109,6 +109,23 @@ def explain_compose_error(exc: BaseException) -> str:
         key = getattr(cause, "full_key", "") or "config"
         return f"{key}: {not_an_integer(str(cause)) or first_line(str(cause))}"
     return first_line(text)
+
+
+def unparsable(override: str, reason: str) -> str:
+    """Hydra's refusal of an override it cannot parse (`reason`: its first line), as the key and the fix: the
+    value quoted for Hydra inside the shell's quotes. A character its grammar takes only quoted (non-ASCII
+    as in a folder named /tmp/ünï, a quote) is named; other refusals (an unclosed bracket) keep Hydra's words."""
+    key, sep, value = override.partition("=")
+    if not sep:
+        return f"could not parse the override {override} ({reason}); write it as KEY=VALUE"
+    odd = list(dict.fromkeys(c for c in value if not c.isascii() or c in "'\"\\"))
+    example = f'"{key}=\\"{value}\\""' if "'" in value else f"\"{key}='{value}'\""
+    if odd and reason.startswith("LexerNoViableAlt"):
+        chars = " and ".join(map(repr, odd))
+        return (f"{key}: {chars} {'are' if len(odd) > 1 else 'is'} read by Hydra only in a quoted value; quote the "
+                f"value inside the shell's quotes, e.g. {example}")
+    return (f"{key}: Hydra cannot parse {value} ({reason}); a value meant as written: quote it inside the shell's "
+            f"quotes, e.g. {example}")
 
 
 def not_an_integer(text: str) -> str | None:
