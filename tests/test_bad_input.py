@@ -135,6 +135,25 @@ def test_a_folder_quoted_as_the_refusal_says_runs_there(tmp_path):
     assert json.loads((folder / "result.json").read_text())["status"] == "ok"
 
 
+@pytest.mark.parametrize("overrides,line", [
+    (["logger=tensorboard", "logger.tensorboard=/tmp/x"], "logger.tensorboard: holds keys (dir), not one value; set "
+     "one of them, e.g. logger.tensorboard.dir=/tmp/x"),  # was OmegaConf's "str is not a subclass of ..."
+    (["logger.mlflow=/tmp/x"], "logger.mlflow: holds keys (tracking_uri, experiment, timeout_s), not one value; set "
+     "one of them, e.g. logger.mlflow.tracking_uri=/tmp/x"),
+    (["eval.harness=yes"], "eval.harness: holds keys (tasks, limit, num_fewshot, batch_size, max_gen_toks, data_dir, "
+     "include_path), not one value; set one of them, e.g. eval.harness.tasks=yes"),
+    (["model.shape=5"], "model.shape: holds keys, not one value (5); set them one by one (model.shape.KEY=VALUE) or "
+     "whole (model.shape={KEY: VALUE})"),
+    (["hardware=5"], "hardware=5: no such option; choose one of: a100-80gb, auto, cpu, gpu-24gb, h100-80gb"),  # traceback
+    (["task=true"], "task=true: no such option; choose one of: alpaca, cola, commonsense, math, mnli, mrpc, qnli, qqp, "
+     "rte, sst2, stsb, synthetic, synthetic_lm"),
+])
+def test_one_value_for_a_node_of_keys_names_its_keys(overrides, line):
+    from ftbench.cli import validate
+
+    assert validate(overrides, multirun=False) == line
+
+
 @pytest.mark.parametrize("raised,lines", [(Canceled("canceled by SIGTERM"), 0), (KeyboardInterrupt(), 1)])
 def test_a_canceled_job_is_one_line(monkeypatch, capsys, raised, lines):
     from ftbench import cli

@@ -86,12 +86,30 @@ def validate(overrides: list[str], multirun: bool, folders: list[Path | None] | 
             return str(exc)
         except (HydraException, OmegaConfBaseException) as exc:
             return explain_compose_error(exc)
+        except ValueError:  # Hydra's refusal of a group given a number, a boolean or null (hardware=5)
+            problem = not_an_option(overrides)
+            if problem is None:
+                raise
+            return problem
     if not multirun:
         return None
     found, problem = sweep.preflight(jobs)
     if folders is not None:
         folders[:] = found
     return problem
+
+
+def not_an_option(overrides: list[str]) -> str | None:
+    """One line for the first override that gives a config group (conf/<group>/) a value none of its options
+    is named, with the options (as for a name that is not one); None when there is none."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        group = key.lstrip("+~")
+        if sep and (config_dir() / group).is_dir() and not (config_dir() / group / f"{value}.yaml").is_file():
+            options = methods.names() if group == "method" else sorted(
+                f.stem for f in (config_dir() / group).glob("*.yaml"))
+            return f"{group}={value}: no such option; choose one of: {', '.join(options)}"
+    return None
 
 
 def overrides_in(argv: list[str]) -> list[str]:
@@ -121,7 +139,7 @@ def sweep_argv(argv: list[str]) -> list[str]:
             parsed = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader()).parse_overrides(
                 overrides)
             folder = compose("config", overrides=expand(overrides, True)[0], return_hydra_config=True).hydra.sweep.dir
-        except (HydraException, OmegaConfBaseException):
+        except (HydraException, OmegaConfBaseException, ValueError):
             return argv  # validate() says what is wrong in one line
     given = {o.key_or_group: o for o in parsed}
     named = [] if "hydra.sweep.subdir" in given else sweep.naming(parsed)
@@ -145,7 +163,7 @@ def run_argv(argv: list[str]) -> list[str]:
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftbench"):
         try:
             folder = compose("config", overrides=overrides_in(argv), return_hydra_config=True).hydra.run.dir
-        except (HydraException, OmegaConfBaseException):
+        except (HydraException, OmegaConfBaseException, ValueError):
             return argv  # validate() says what is wrong in one line
     return [*(a for a in argv if a not in given), pinned("hydra.run.dir", folder)]
 

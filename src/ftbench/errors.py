@@ -107,7 +107,7 @@ def explain_compose_error(exc: BaseException) -> str:
         return f"{key}: no such key{hint}"
     if isinstance(cause, ValidationError):
         key = getattr(cause, "full_key", "") or "config"
-        return f"{key}: {not_an_integer(str(cause)) or first_line(str(cause))}"
+        return f"{key}: {not_an_integer(str(cause)) or value_for_a_group(cause) or first_line(str(cause))}"
     return first_line(text)
 
 
@@ -148,6 +148,28 @@ def integer_fix(value) -> str:
     if number.is_integer():
         return f"{value} is not an integer (a number written with a point or an exponent, as 8.0 or 1e3, is a float); write it as one: {int(number)}"
     return f"{value} is not an integer; write a whole number"
+
+
+def value_for_a_group(cause) -> str | None:
+    """OmegaConf's refusal of one value given to a node that holds keys (logger.tensorboard=/tmp/x, train=5,
+    model.shape=5) as the fix: the node's keys, and one set with the value; None for any other refusal."""
+    import typing
+
+    text, key, value = str(cause), getattr(cause, "full_key", ""), getattr(cause, "value", None)
+    if re.search(r"Cannot assign \w+ to Dict\[", text):  # a mapping of free keys (model.shape)
+        return (f"holds keys, not one value ({value}); set them one by one ({key}.KEY=VALUE) or whole "
+                f"({key}={{KEY: VALUE}})")
+    if "is not a subclass of" not in text or getattr(cause, "object_type", None) is None:
+        return None
+    try:
+        hint = typing.get_type_hints(cause.object_type)[cause.key]
+    except (KeyError, NameError, TypeError):
+        return None
+    node = next((t for t in (hint, *typing.get_args(hint)) if _field_names(t)), None)  # Optional[X]: X
+    if node is None:
+        return None
+    fields = _field_names(node)
+    return f"holds keys ({', '.join(fields)}), not one value; set one of them, e.g. {key}.{fields[0]}={value}"
 
 
 def _quoted(text: str) -> str:
