@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
 
         argv = [*argv, *launch_overrides(argv, config_dir() / "config.yaml")]
     with ExitStack() as running:
-        if not PASSTHROUGH.intersection(argv):  # a command that launches jobs
+        if not PASSTHROUGH.intersection(argv):  # a command checked above (not handed to Hydra as it is)
             try:
                 running.enter_context(folder_lock(argv, "-m" in argv or "--multirun" in argv))
             except UserError as exc:  # another process took the folder since the checks
