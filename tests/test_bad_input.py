@@ -15,7 +15,7 @@ from ftbench import files
 from ftbench.errors import Canceled, UserError
 from ftbench.models.loading import byte_level_tokenizer
 from ftbench.tasks import build_task
-from helpers import compose, run
+from helpers import cli, compose, run
 
 QUICK = ["task.num_train=64", "task.num_eval=32", "train.max_steps=1"]
 
@@ -113,6 +113,47 @@ def test_debug_keeps_exit_2_for_a_user_error_and_shows_the_traceback(tmp_path, c
     assert err.strip().splitlines()[-1].startswith("ftbench: failed: model.shape.model_type: ")
 
 
+@pytest.mark.parametrize("override,line", [
+    ("hydra.run.dir=/tmp/ünï", "hydra.run.dir: 'ü' and 'ï' are read by Hydra only in a quoted value; quote the value "
+     "inside the shell's quotes, e.g. \"hydra.run.dir='/tmp/ünï'\""),  # was LexerNoViableAltException, no key
+    ("task.data_dir=/data/it's", "task.data_dir: \"'\" is read by Hydra only in a quoted value; quote the value inside "
+     "the shell's quotes, e.g. \"task.data_dir=\\\"/data/it's\\\"\""),
+    ("method=[a", "method: Hydra cannot parse [a (no viable alternative at input '[a'); a value meant as written: "
+     "quote it inside the shell's quotes, e.g. \"method='[a'\""),
+])
+def test_an_override_hydra_cannot_parse_names_the_key_and_how_to_quote_it(override, line):
+    from ftbench.cli import validate
+
+    assert validate([override], multirun=False) == line
+    assert validate([override, "optim.lr=1e-3,1e-2"], multirun=True) == line
+
+
+def test_a_folder_quoted_as_the_refusal_says_runs_there(tmp_path):
+    folder = tmp_path / "ünï x"
+    done = cli("ftbench", "hardware=cpu", "train.progress=false", *QUICK, f"hydra.run.dir='{folder}'")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((folder / "result.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.parametrize("overrides,line", [
+    (["logger=tensorboard", "logger.tensorboard=/tmp/x"], "logger.tensorboard: holds keys (dir), not one value; set "
+     "one of them, e.g. logger.tensorboard.dir=/tmp/x"),  # was OmegaConf's "str is not a subclass of ..."
+    (["logger.mlflow=/tmp/x"], "logger.mlflow: holds keys (tracking_uri, experiment, timeout_s), not one value; set "
+     "one of them, e.g. logger.mlflow.tracking_uri=/tmp/x"),
+    (["eval.harness=yes"], "eval.harness: holds keys (tasks, limit, num_fewshot, batch_size, max_gen_toks, data_dir, "
+     "include_path), not one value; set one of them, e.g. eval.harness.tasks=yes"),
+    (["model.shape=5"], "model.shape: holds keys, not one value (5); set them one by one (model.shape.KEY=VALUE) or "
+     "whole (model.shape={KEY: VALUE})"),
+    (["hardware=5"], "hardware=5: no such option; choose one of: a100-80gb, auto, cpu, gpu-24gb, h100-80gb"),  # traceback
+    (["task=true"], "task=true: no such option; choose one of: alpaca, cola, commonsense, math, mnli, mrpc, qnli, qqp, "
+     "rte, sst2, stsb, synthetic, synthetic_lm"),
+])
+def test_one_value_for_a_node_of_keys_names_its_keys(overrides, line):
+    from ftbench.cli import validate
+
+    assert validate(overrides, multirun=False) == line
+
+
 @pytest.mark.parametrize("raised,lines", [(Canceled("canceled by SIGTERM"), 0), (KeyboardInterrupt(), 1)])
 def test_a_canceled_job_is_one_line(monkeypatch, capsys, raised, lines):
     from ftbench import cli
@@ -158,11 +199,15 @@ def test_plan_json_and_temp_folders_have_the_umask_mode(tmp_path, umask_022):
     ("", "the file is empty"),
     ('{"schema": 1,, }', "not valid JSON"),
     ("[1, 2]", "holds a JSON list, not a result"),
+    (None, "is a directory, not a file"),  # a folder named result.json: was "result.json/result.json: cannot be read"
 ])
 def test_ftbench_report_on_a_broken_result_names_the_file(tmp_path, capsys, text, what):
     from ftbench.cli import report_main
 
-    (tmp_path / "result.json").write_text(text)
+    if text is None:
+        (tmp_path / "result.json").mkdir()
+    else:
+        (tmp_path / "result.json").write_text(text)
     with pytest.raises(SystemExit) as stop:
         report_main([str(tmp_path)])
     err = capsys.readouterr().err.strip()
@@ -176,6 +221,19 @@ def test_a_broken_plan_json_names_the_file(tmp_path):
     (tmp_path / "plan.json").write_text('{"run": {"method"')
     with pytest.raises(UserError, match=r"plan.json: truncated \(line 1 .*rerun `ftbench plan`"):
         plan_report.read(tmp_path / "plan.json")
+    (tmp_path / "plan.json").unlink()
+    (tmp_path / "plan.json").mkdir()  # was "cannot be read (Is a directory)"
+    with pytest.raises(UserError, match=r"plan.json: is a directory, not a file; rerun `ftbench plan`"):
+        plan_report.read(tmp_path / "plan.json")
+
+
+def test_a_broken_comparison_json_names_the_file(tmp_path):
+    """ftbench-report of a comparison's folder reads its comparison.json: was json's bare "Expecting value"."""
+    from ftbench.compare.report import rebuild
+
+    (tmp_path / "comparison.json").write_text('{"spec": ')
+    with pytest.raises(UserError, match=r"comparison.json: truncated \(line 1 .*run the comparison again"):
+        rebuild(tmp_path)
 
 
 def test_a_broken_result_in_the_run_dir_is_refused_and_kept(tmp_path, capsys):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import CLI_ENV, cli, executable, run
+from helpers import CLI_ENV, REPO, cli, executable, run
 
 
 def one_line(stderr: str) -> str:
@@ -198,3 +198,17 @@ def test_a_shown_config_is_checked_as_a_run_would_be(capsys, argv, line):
         main(argv)
     error = capsys.readouterr().err.strip()
     assert code.value.code == 2 and error.startswith(line) and "\n" not in error
+
+
+@pytest.mark.parametrize("args", [["ftbench", "--help"], ["ftbench", "plan", "--help"], ["ftbench", "--cfg", "job"],
+                                  ["ftbench", "--hydra-help"]])
+def test_a_reader_that_stops_reading_ends_the_command_quietly(args):
+    """`ftbench --help | head -1`: was a BrokenPipeError traceback (ours, or Hydra's for --cfg), exit 1. Now
+    the exit of a tool that SIGPIPE stops: 141 from the shell (our entry points), or the signal itself."""
+    from ftbench.quiet import PIPE_CLOSED
+
+    process = subprocess.Popen([executable(args[0]), *args[1:]], cwd=REPO, env=CLI_ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader is gone before the command writes its first line
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) in (PIPE_CLOSED, -signal.SIGPIPE) and stderr == "", stderr

@@ -184,6 +184,8 @@ def test_a_bad_spec_is_one_line(tmp_path):
     (None, ["validations=0"], "validations: 0 is not >= 1"),
     (None, ["lr_factors=[]"], "lr_factors: give one or more factors, each > 0"),
     ("- model\n- tasks\n", [], "file: holds a list, not the spec's keys"),
+    ("", [], "file: is empty (no keys, comments at most); give the spec's keys"),  # was the default comparison
+    ("# to fill in\n\n", [], "file: is empty (no keys, comments at most)"),
     (None, ["data=/proc/self"], "data: /proc/self has no synthetic/ folder"),
     (None, ["methods=[full,lora]", "variants={full: [method=lora]}"], "variants.full: 'full' is a method's name"),
     (None, ["methods=[full,v]", "variants={v: [method=lora, optim.lr=0.01]}"], "variants.v: optim.lr=0.01: the "

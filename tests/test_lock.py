@@ -96,14 +96,29 @@ def test_a_run_refused_by_the_lock_names_the_holder_and_writes_nothing(tmp_path,
     from helpers import compose
 
     folder = tmp_path / "run"
-    with lock.hold(folder, "hydra.run.dir"):
-        assert (folder / "run.lock").read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+    folder.mkdir()
+    fd = lock.take(folder / "run.lock", "hydra.run.dir")  # not `hold`: a folder this process holds is re-entered
+    try:
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         assert run_job(compose(*QUICK), folder) == 2
         error = capsys.readouterr().err.strip()
         assert error == (f"ftbench: error: hydra.run.dir: {folder} is in use by another ftbench process (pid "
                          f"{os.getpid()}), which holds its lock run.lock; wait for it to end, or give another "
                          "hydra.run.dir")
         assert [p.name for p in folder.iterdir()] == ["run.lock"]
+    finally:
+        os.close(fd)
+
+
+def test_a_folder_this_process_holds_is_re_entered(tmp_path):
+    """The CLI holds the folder a command names while it runs, and the job in it takes the same lock."""
+    from ftbench.job import lock
+
+    folder = tmp_path / "run"
+    with lock.hold(folder, "hydra.run.dir"):
+        with lock.hold(folder, "hydra.run.dir"):
+            assert (folder / "run.lock").exists()
+        assert (folder / "run.lock").exists()  # still held: the first hold ends it
     assert list(folder.iterdir()) == []
 
 
@@ -206,3 +221,41 @@ def test_a_recipe_whose_seed_folder_another_process_runs_in_is_refused_before_an
             "holds its lock run.lock; wait for it to end, or give another --out")
         assert [str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()] == [
             "tiny/lora/seed0/run.lock"]  # no cell ran
+
+
+def test_a_sweep_into_a_folder_another_sweep_holds_is_refused_before_hydra_writes_there(tmp_path, capsys):
+    """A sweep holds its folder's lock from before Hydra writes multirun.yaml there until it ends: a second
+    sweep given the folder (its job folders not yet locked: the first sweep's job had not started) was launched,
+    rewrote the running sweep's multirun.yaml with its own overrides and ran its job beside the first's."""
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    (folder / "multirun.yaml").write_text("the running sweep's record\n")
+    with Holder(folder) as holder:
+        before = listing(folder)
+        code, stderr = sweep(["-m", "hardware=cpu", "train.progress=false", *QUICK, f"hydra.sweep.dir={folder}",
+                              "optim.lr=2e-3"], capsys)
+        lines = [line for line in stderr.splitlines() if line.startswith("ftbench")]
+        assert code == 2 and lines == [
+            f"ftbench: error: hydra.sweep.dir: {folder} is in use by another ftbench process (pid {holder.pid}), "
+            "which holds its lock run.lock; wait for it to end, or give another hydra.sweep.dir"], stderr
+        assert (folder / "multirun.yaml").read_text() == "the running sweep's record\n"
+        assert listing(folder) == before
+
+
+def test_a_run_whose_folder_is_taken_after_the_checks_is_refused_before_hydra_launches(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """Two runs given one folder at once both pass the check of the folder (`require_free`); the one that then
+    fails to take its lock is refused before Hydra opens anything there (its log), not by its job."""
+    from ftbench import cli as ftbench_cli
+    from ftbench.job import lock
+
+    folder = tmp_path / "run"
+    monkeypatch.setattr(lock, "require_free", lambda *args: None)  # the check ran before the holder started
+    monkeypatch.setattr(ftbench_cli, "launch", lambda *args: pytest.fail("launched into a folder in use"))
+    with Holder(folder) as holder:
+        with pytest.raises(SystemExit) as stopped:
+            ftbench_cli.main([*CPU_DEFAULTS, *QUICK, f"hydra.run.dir={folder}"])
+        assert stopped.value.code == 2 and capsys.readouterr().err.strip() == (
+            f"ftbench: error: hydra.run.dir: {folder} is in use by another ftbench process (pid {holder.pid}), which "
+            "holds its lock run.lock; wait for it to end, or give another hydra.run.dir")
+        assert [p.name for p in folder.iterdir()] == ["run.lock"]

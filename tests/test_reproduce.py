@@ -238,3 +238,15 @@ def test_the_console_script_exits_2_on_a_recipe_error(tmp_path):
     done = cli("ftbench-reproduce", str(path))
     assert done.returncode == 2
     assert done.stderr.strip() == f"ftbench-reproduce: error: {path}: cells: [] is not a non-empty list"
+
+
+@pytest.mark.parametrize("text", ["", "# to fill in\n\n"])
+def test_an_empty_recipe_says_so(tmp_path, capsys, text):
+    """An empty recipe (cut, never saved) or one of comments only: was "recipe: must be a mapping"."""
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    assert run_main(str(path), "--dry-run", "--out", str(tmp_path / "out")) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ftbench-reproduce: error: {path}: is empty (no fields, comments at most); give the recipe's fields "
+        "(name:, title:, seeds:, cells:, ...)")
+    assert not (tmp_path / "out").exists()

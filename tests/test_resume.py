@@ -230,9 +230,11 @@ def test_a_resumed_stream_continues_where_the_stopped_one_was():
         same(list(islice(random_tokens(2, 5, 50, head, 3, seed=1, skip=4), 2)), whole[4:])
 
 
-@pytest.mark.parametrize("broken", ["meta.json", "state.pt"])
-def test_an_unreadable_checkpoint_is_one_line_naming_train_resume(tmp_path, capsys, broken):
-    """A truncated checkpoint file: exit 2 and one line naming train.resume and the way out, never a traceback."""
+@pytest.mark.parametrize("broken,folder", [("meta.json", False), ("state.pt", False), ("meta.json", True),
+                                           ("state.pt", True), ("trainable.safetensors", True)])
+def test_an_unreadable_checkpoint_is_one_line_naming_train_resume(tmp_path, capsys, broken, folder):
+    """A truncated checkpoint file, or a folder in a file's place (named as one: was "cannot be read
+    (IsADirectoryError ...)"): exit 2 and one line naming train.resume and the way out, never a traceback."""
     from helpers import run
 
     args = ["method=sift", "task.max_steps=2", "task.num_train=16", "task.num_eval=8", "task.batch_size=4",
@@ -241,13 +243,18 @@ def test_an_unreadable_checkpoint_is_one_line_naming_train_resume(tmp_path, caps
     assert first["status"] == "ok"
     (tmp_path / "run" / "result.json").unlink()  # as if the process had been killed after its last checkpoint
     step = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
-    (step / broken).write_bytes((step / broken).read_bytes()[:20])
+    if folder:
+        (step / broken).unlink()
+        (step / broken).mkdir()
+    else:
+        (step / broken).write_bytes((step / broken).read_bytes()[:20])
     capsys.readouterr()
     from ftbench.job.run import run_job
     from helpers import compose
 
     assert run_job(compose(*args), tmp_path / "run", overrides=args) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ftbench")]
-    assert len(lines) == 1 and "train.resume:" in lines[0] and "cannot be read" in lines[0], lines
+    what = f"'{step / broken}' is a directory, not a file; resume from an older one" if folder else "cannot be read"
+    assert len(lines) == 1 and "train.resume:" in lines[0] and what in lines[0], lines
     written = tmp_path / "run" / "result.json"  # meta.json is read before the run starts; state.pt after
     assert not written.exists() or json.loads(written.read_text())["status"] == "failed"

@@ -12,9 +12,13 @@ import argparse
 import gc
 import itertools
 import os
+import re
+import signal
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ftbench import methods, report
@@ -22,7 +26,7 @@ from ftbench.config.schema import check
 from ftbench.errors import Canceled, UserError, explain_compose_error, kind_problem
 from ftbench.job import lock, sweep
 from ftbench.job.compose import config_dir, register_configs
-from ftbench.quiet import quiet_libraries, quiet_transformers
+from ftbench.quiet import entry_point, quiet_libraries, quiet_transformers
 
 # The config groups a user sets (conf/<group>/), in the order `--help` lists them; experiment is listed by paper.
 USER_GROUPS = ("method", "model", "task", "hardware", "logger", "hydra/launcher")
@@ -33,6 +37,7 @@ PASSTHROUGH = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--c
                "--package", "-p", "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn",
                "--config-dir", "-cd", "--experimental-rerun"}
 SHOWN = {"--cfg", "-c"}  # print the composed config: a bad key or value is refused as a run's would be
+PRINT_ONLY = {"--hydra-help", "--version", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc"}  # no job runs
 WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
               "-cd"}  # Hydra flags followed by their value (--cfg job)
 PLAN_HELP = """ftbench plan [KEY=VALUE ...]: the peak GPU memory of the run the same keys would make, predicted from
@@ -81,12 +86,30 @@ def validate(overrides: list[str], multirun: bool, folders: list[Path | None] | 
             return str(exc)
         except (HydraException, OmegaConfBaseException) as exc:
             return explain_compose_error(exc)
+        except ValueError:  # Hydra's refusal of a group given a number, a boolean or null (hardware=5)
+            problem = not_an_option(overrides)
+            if problem is None:
+                raise
+            return problem
     if not multirun:
         return None
     found, problem = sweep.preflight(jobs)
     if folders is not None:
         folders[:] = found
     return problem
+
+
+def not_an_option(overrides: list[str]) -> str | None:
+    """One line for the first override that gives a config group (conf/<group>/) a value none of its options
+    is named, with the options (as for a name that is not one); None when there is none."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        group = key.lstrip("+~")
+        if sep and (config_dir() / group).is_dir() and not (config_dir() / group / f"{value}.yaml").is_file():
+            options = methods.names() if group == "method" else sorted(
+                f.stem for f in (config_dir() / group).glob("*.yaml"))
+            return f"{group}={value}: no such option; choose one of: {', '.join(options)}"
+    return None
 
 
 def overrides_in(argv: list[str]) -> list[str]:
@@ -116,14 +139,67 @@ def sweep_argv(argv: list[str]) -> list[str]:
             parsed = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader()).parse_overrides(
                 overrides)
             folder = compose("config", overrides=expand(overrides, True)[0], return_hydra_config=True).hydra.sweep.dir
-        except (HydraException, OmegaConfBaseException):
+        except (HydraException, OmegaConfBaseException, ValueError):
             return argv  # validate() says what is wrong in one line
     given = {o.key_or_group: o for o in parsed}
     named = [] if "hydra.sweep.subdir" in given else sweep.naming(parsed)
     ranks = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun: every rank takes rank 0's clock instead
     if ranks or "hydra.sweep.dir" in given and "${" not in given["hydra.sweep.dir"].input_line:
         return [*argv, *named]
-    return [*(a for a in argv if not a.startswith("hydra.sweep.dir=")), *named, f"hydra.sweep.dir={folder}"]
+    return [*(a for a in argv if not a.startswith("hydra.sweep.dir=")), *named, pinned("hydra.sweep.dir", folder)]
+
+
+def run_argv(argv: list[str]) -> list[str]:
+    """A run's command line with its folder resolved once (`${now:...}`, `${method.name}`), as `sweep_argv`
+    does a sweep's: the folder the CLI locks before the launch (`folder_lock`) is the one the job writes."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    given = [a for a in argv if a.partition("=")[0].lstrip("+~") == "hydra.run.dir"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or given and "${" not in given[-1]:
+        return argv
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftbench"):
+        try:
+            folder = compose("config", overrides=overrides_in(argv), return_hydra_config=True).hydra.run.dir
+        except (HydraException, OmegaConfBaseException, ValueError):
+            return argv  # validate() says what is wrong in one line
+    return [*(a for a in argv if a not in given), pinned("hydra.run.dir", folder)]
+
+
+def pinned(key: str, value: str) -> str:
+    """The override `key=value`, the value quoted for Hydra's parser where it holds more than a plain path."""
+    if re.fullmatch(r"[\w/.\-+:@%~]*", value, flags=re.ASCII):
+        return f"{key}={value}"
+    return f"{key}='" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value) + "'"
+
+
+@contextmanager
+def folder_lock(argv: list[str], multirun: bool) -> Iterator[None]:
+    """Hold the lock of the folder the command line names (job/lock.py) while the command runs: taken before
+    Hydra writes anything there (a sweep's multirun.yaml, a run's log), so a second process given the folder
+    is refused before it writes. Raises `UserError` on the key when another process holds it. Nothing to hold
+    under torchrun (rank 0's job takes it) or where the folder is resolved only at the launch."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    values = [unquoted(a) for a in argv if a.partition("=")[0].lstrip("+~") == key]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not values or values[-1] is None or "${" in values[-1]:
+        yield
+        return
+    with lock.hold(Path(values[-1]).expanduser(), key):
+        yield
+
+
+def unquoted(override: str) -> str | None:
+    """The value of `override` (KEY=VALUE) as Hydra reads it (`'/tmp/a b'` is /tmp/a b), `${...}` kept as
+    written; None when Hydra cannot parse it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return str(OverridesParser.create().parse_override(override.lstrip("+~")).value())
+    except HydraException:
+        return None
 
 
 def launch(argv: list[str], folders: list[Path | None] | None = None) -> int:
@@ -215,7 +291,9 @@ def output_dir_problem(argv: list[str]) -> str | None:
         key, sep, value = arg.partition("=")
         if not sep or key.lstrip("+~") not in ("hydra.run.dir", "hydra.sweep.dir"):
             continue
-        key = key.lstrip("+~")
+        key, value = key.lstrip("+~"), unquoted(arg)
+        if value is None:  # `validate` names the key and how to quote it
+            continue
         if not value.strip():
             return f"{key}: empty; give a folder for the run's files (e.g. {key}=outputs/my-run)"
         path = Path(value).expanduser()
@@ -234,6 +312,7 @@ def output_dir_problem(argv: list[str]) -> str | None:
     return None
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:  # `ftbench compare SPEC.yaml ...`: a two-stage comparison (compare/runner.py)
@@ -251,23 +330,31 @@ def main(argv: list[str] | None = None) -> None:
     argv = multirun_first(argv)
     if not PASSTHROUGH.intersection(argv) or SHOWN.intersection(argv):
         multirun = "-m" in argv or "--multirun" in argv
-        if multirun:
-            argv, folders = sweep_argv(argv), []
+        argv, folders = (sweep_argv(argv), []) if multirun else (run_argv(argv), None)
         problem = output_dir_problem(argv) or validate(overrides_in(argv), multirun, folders)
         if problem:
             print(f"ftbench: error: {problem}", file=sys.stderr)
             sys.exit(2)
     quiet_libraries()
+    if PRINT_ONLY.intersection(argv):  # Hydra prints its traceback of a closed pipe (`--cfg job | head`) itself
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # nothing but stdout is written: end as SIGPIPE ends a tool
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: the ranks make one run (imports torch)
         from ftbench.parallel.distributed import launch_overrides  # torch
 
         argv = [*argv, *launch_overrides(argv, config_dir() / "config.yaml")]
-    try:
-        sys.exit(launch(argv, folders))
-    except KeyboardInterrupt as exc:
-        if not isinstance(exc, Canceled):  # a canceled job printed its own line
-            print("ftbench: canceled", file=sys.stderr)
-        sys.exit(130)
+    with ExitStack() as running:
+        if not PASSTHROUGH.intersection(argv):  # a command checked above (not handed to Hydra as it is)
+            try:
+                running.enter_context(folder_lock(argv, "-m" in argv or "--multirun" in argv))
+            except UserError as exc:  # another process took the folder since the checks
+                print(f"ftbench: error: {exc}", file=sys.stderr)
+                sys.exit(2)
+        try:
+            sys.exit(launch(argv, folders))
+        except KeyboardInterrupt as exc:
+            if not isinstance(exc, Canceled):  # a canceled job printed its own line
+                print("ftbench: canceled", file=sys.stderr)
+            sys.exit(130)
 
 
 def multirun_first(argv: list[str]) -> list[str]:
@@ -288,6 +375,7 @@ def report_folder(paths: list[Path]) -> Path | None:
     return None if common == common.parent else common
 
 
+@entry_point
 def report_main(argv: list[str] | None = None) -> None:
     """`ftbench-report DIR...`: one table (markdown, CSV) and one plot from any result files."""
     parser = argparse.ArgumentParser(prog="ftbench-report", description=report_main.__doc__)

@@ -98,7 +98,7 @@ def explain_compose_error(exc: BaseException) -> str:
             return f"{group}={option}: no such option"
         return first_line(text)
     if isinstance(exc, OverrideParseException):
-        return f"could not parse the override: {first_line(text)}"
+        return unparsable(exc.override, first_line(text))
     cause = exc.__cause__ or exc
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         key = getattr(cause, "full_key", None) or _quoted(first_line(str(cause)))
@@ -107,8 +107,25 @@ def explain_compose_error(exc: BaseException) -> str:
         return f"{key}: no such key{hint}"
     if isinstance(cause, ValidationError):
         key = getattr(cause, "full_key", "") or "config"
-        return f"{key}: {not_an_integer(str(cause)) or first_line(str(cause))}"
+        return f"{key}: {not_an_integer(str(cause)) or value_for_a_group(cause) or first_line(str(cause))}"
     return first_line(text)
+
+
+def unparsable(override: str, reason: str) -> str:
+    """Hydra's refusal of an override it cannot parse (`reason`: its first line), as the key and the fix: the
+    value quoted for Hydra inside the shell's quotes. A character its grammar takes only quoted (non-ASCII
+    as in a folder named /tmp/ünï, a quote) is named; other refusals (an unclosed bracket) keep Hydra's words."""
+    key, sep, value = override.partition("=")
+    if not sep:
+        return f"could not parse the override {override} ({reason}); write it as KEY=VALUE"
+    odd = list(dict.fromkeys(c for c in value if not c.isascii() or c in "'\"\\"))
+    example = f'"{key}=\\"{value}\\""' if "'" in value else f"\"{key}='{value}'\""
+    if odd and reason.startswith("LexerNoViableAlt"):
+        chars = " and ".join(map(repr, odd))
+        return (f"{key}: {chars} {'are' if len(odd) > 1 else 'is'} read by Hydra only in a quoted value; quote the "
+                f"value inside the shell's quotes, e.g. {example}")
+    return (f"{key}: Hydra cannot parse {value} ({reason}); a value meant as written: quote it inside the shell's "
+            f"quotes, e.g. {example}")
 
 
 def not_an_integer(text: str) -> str | None:
@@ -131,6 +148,28 @@ def integer_fix(value) -> str:
     if number.is_integer():
         return f"{value} is not an integer (a number written with a point or an exponent, as 8.0 or 1e3, is a float); write it as one: {int(number)}"
     return f"{value} is not an integer; write a whole number"
+
+
+def value_for_a_group(cause) -> str | None:
+    """OmegaConf's refusal of one value given to a node that holds keys (logger.tensorboard=/tmp/x, train=5,
+    model.shape=5) as the fix: the node's keys, and one set with the value; None for any other refusal."""
+    import typing
+
+    text, key, value = str(cause), getattr(cause, "full_key", ""), getattr(cause, "value", None)
+    if re.search(r"Cannot assign \w+ to Dict\[", text):  # a mapping of free keys (model.shape)
+        return (f"holds keys, not one value ({value}); set them one by one ({key}.KEY=VALUE) or whole "
+                f"({key}={{KEY: VALUE}})")
+    if "is not a subclass of" not in text or getattr(cause, "object_type", None) is None:
+        return None
+    try:
+        hint = typing.get_type_hints(cause.object_type)[cause.key]
+    except (KeyError, NameError, TypeError):
+        return None
+    node = next((t for t in (hint, *typing.get_args(hint)) if _field_names(t)), None)  # Optional[X]: X
+    if node is None:
+        return None
+    fields = _field_names(node)
+    return f"holds keys ({', '.join(fields)}), not one value; set one of them, e.g. {key}.{fields[0]}={value}"
 
 
 def _quoted(text: str) -> str:

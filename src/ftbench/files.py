@@ -20,7 +20,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from ftbench.errors import UserError
+from ftbench.errors import UserError, kind_problem
 
 
 def umask() -> int:
@@ -71,9 +71,11 @@ def free_number(folder: Path, names: tuple[str, ...]) -> int:
 
 
 def read_json(path: Path, key: str, fix: str) -> Any:
-    """The JSON document in `path`; raises UserError(key) naming the file, what is wrong (unreadable,
-    empty, truncated or invalid, with line and column) and `fix`."""
+    """The JSON document in `path`; raises UserError(key) naming the file, what is wrong (a folder in its
+    place, unreadable, empty, truncated or invalid, with line and column) and `fix`."""
     path = Path(path)
+    if path.is_dir():  # a folder where the file goes: say so, not "Is a directory" (nor look inside it)
+        raise UserError(key, f"{path}: {kind_problem(path, 'file')}; {fix}")
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -1,10 +1,33 @@
-"""Library chatter (deprecation warnings, init notices, progress bars) kept out of the user's terminal."""
+"""Library chatter (deprecation warnings, init notices, progress bars) kept out of the user's terminal, and
+the traceback of a reader that stopped reading (`ftbench --help | head`)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sys
 import warnings
+from collections.abc import Callable
+
+PIPE_CLOSED = 141  # the exit code of a process that SIGPIPE ends (128 + 13), as `yes | head` leaves `yes`
+
+
+def entry_point(main: Callable[..., None]) -> Callable[..., None]:
+    """`main` (a console script) ending quietly when the reader of its output closes the pipe
+    (`ftbench --help | head -1`): stdout is pointed at /dev/null, so the interpreter's last flush does not
+    fail again, and the process exits with PIPE_CLOSED, as a command that SIGPIPE stops."""
+
+    @functools.wraps(main)
+    def quiet_main(*args, **kwargs) -> None:
+        try:
+            main(*args, **kwargs)
+            sys.stdout.flush()  # what is still buffered fails here, not in the interpreter's exit
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(PIPE_CLOSED)
+
+    return quiet_main
 
 
 def quiet_libraries() -> None:

@@ -284,7 +284,7 @@ def load(path: Path) -> Result:
     Raises UserError (unreadable, empty, truncated or invalid JSON) or ValueError (not a valid result),
     each naming the file."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and path.name != FILENAME:  # a folder named result.json is refused as one (read_json)
         path = path / FILENAME
     data = files.read_json(path, "", "rerun that run (same command and hydra.run.dir) or move the file aside")
     if not isinstance(data, dict):

@@ -14,8 +14,8 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ftbench import files, results
 from ftbench import report as run_report
-from ftbench import results
 from ftbench.compare import stats
 from ftbench.results import Result
 
@@ -293,7 +293,7 @@ def counted(folder: Path, runs: list[str]) -> list[Counted]:
 def rebuild(folder: Path, out: Path | None = None) -> dict[str, Path]:
     """Write the comparison's files again (into `out`, default `folder`) from its comparison.json and the
     runs it lists."""
-    summary = json.loads((folder / FILES["json"]).read_text())
+    summary = files.read_json(folder / FILES["json"], "", "run the comparison again (ftbench compare) to write it")
     plans = {t["task"]: {r["arm"]: {"memory": {"train_peak_allocated_bytes": r["predicted_peak_bytes"]}}
                          for r in t["rows"] if r["predicted_peak_bytes"] is not None} for t in summary["tasks"]}
     return write(summarize(summary["spec"], counted(folder, summary["runs"]), summary["missing"], plans), out or folder)

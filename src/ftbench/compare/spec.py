@@ -102,6 +102,9 @@ def load(path: Path, overrides: list[str]) -> Spec:
         raise SpecError(path, "file", f"cannot be read as YAML ({first_line(exc)})") from None
     if not isinstance(loaded, DictConfig):
         raise SpecError(path, "file", "holds a list, not the spec's keys (title:, model:, tasks:, methods:, ...)")
+    if not loaded:  # an empty file (cut, never saved) is not "every default": the whole default comparison
+        raise SpecError(path, "file", "is empty (no keys, comments at most); give the spec's keys (title:, model:, "
+                        "tasks:, methods:, ...)")
     bad = next((o for o in overrides if "=" not in o), None)
     if bad is not None:
         raise SpecError(path, bad, "not KEY=VALUE (a spec key, e.g. seeds=[0,1] or budget.steps=50)")

@@ -36,7 +36,7 @@ import torch
 
 from ftbench import files
 from ftbench.engine.loop import Trainee, TrainLog, TrainSpec
-from ftbench.errors import UserError, exception_line
+from ftbench.errors import UserError, exception_line, require_kind
 from ftbench.parallel import distributed
 from ftbench.results import Result, Train
 
@@ -74,15 +74,18 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+RESUME_FIX = "resume from an older one (train.resume=PATH) or move its checkpoint folder aside"
+
+
 def unreadable(path: Path, exc: BaseException) -> UserError:
     """One line for a checkpoint whose files cannot be read back (truncated, corrupted)."""
-    return UserError("train.resume", f"{path} cannot be read ({exception_line(exc)}); resume from an "
-                     "older one (train.resume=PATH) or move its checkpoint folder aside")
+    return UserError("train.resume", f"{path} cannot be read ({exception_line(exc)}); {RESUME_FIX}")
 
 
 def config_differences(path: Path, config: dict) -> list[str]:
     """The keys whose values differ between the config the checkpoint at `path` was made under and
     `config` (neutral keys left out); raises a `UserError` when its meta.json cannot be read."""
+    require_kind(path / "meta.json", "file", "train.resume", RESUME_FIX)
     try:
         meta = json.loads((path / "meta.json").read_text())
         return differing_keys(meta["config"], config)
@@ -163,6 +166,8 @@ class Checkpointer:
         check_config(path, self.result.config, self.resume)
         from safetensors.torch import load_file
 
+        for name in ("state.pt", "trainable.safetensors"):  # a folder in a file's place: named as one
+            require_kind(path / name, "file", "train.resume", RESUME_FIX)
         try:  # our own file; it holds Python and NumPy RNG states, which weights_only refuses
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
             trained = load_file(str(path / "trainable.safetensors"))

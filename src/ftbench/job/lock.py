@@ -9,6 +9,10 @@ same folder resumes as before. A run that ends removes the file; a killed one ma
 nothing then (what locks is a live process's `flock`, never the file being there). The holder writes
 `<pid> <host>` into the file, for the refusal's line. Under data parallel (torchrun) the ranks are one
 run: rank 0 holds the lock (job/run.py takes it where rank 0 prepares the folder).
+
+The CLI takes the lock of the folder a command names (hydra.run.dir, hydra.sweep.dir) before Hydra writes
+anything there (a sweep's multirun.yaml, the job's log), and holds it until the command ends; the job
+then holding its own folder's lock in the same process re-enters it (`hold`).
 """
 
 from __future__ import annotations
@@ -23,19 +27,31 @@ from pathlib import Path
 from ftbench.errors import UserError
 
 FILENAME = "run.lock"
+_held: dict[Path, int] = {}  # the folders whose lock this process holds (`hold`), and how many holds each
 
 
 @contextmanager
 def hold(folder: Path, key: str) -> Iterator[None]:
     """Hold the lock on `folder` (made when missing) until the block ends; raise `UserError` on `key`, the
-    key that named the folder, when another process holds it."""
+    key that named the folder, when another process holds it. A folder this process holds already is
+    re-entered: the lock stays until its first hold ends."""
+    where = Path(folder).resolve()
+    if where in _held:
+        _held[where] += 1
+        try:
+            yield
+        finally:
+            _held[where] -= 1
+        return
     path = Path(folder) / FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = take(path, key)
     try:
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        _held[where] = 1
         yield
     finally:
+        _held.pop(where, None)
         if same_file(fd, path):  # still ours (not removed by hand and taken by another process since)
             path.unlink()  # before the release: a process that opened it meanwhile finds it gone (`take`)
         os.close(fd)

@@ -277,6 +277,9 @@ def load(path: Path | str) -> Recipe:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
         raise RecipeError(path, where, f"not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not body:
+        raise RecipeError(path, "", "is empty (no fields, comments at most); give the recipe's fields (name:, title:, "
+                          "seeds:, cells:, ...)")
     fields = _Fields(path, "", body)
     seeds = fields.get("seeds", (list,), check=lambda v: v and all(type(s) is int and s >= 0 for s in v),
                        why="a non-empty list of integers >= 0")

@@ -29,7 +29,7 @@ from ftbench.job.compose import config_dir, register_configs
 from ftbench.paper import comparison
 from ftbench.paper.comparison import CellResults
 from ftbench.paper.recipes import Cell, Recipe, RecipeError, load
-from ftbench.quiet import quiet_libraries
+from ftbench.quiet import entry_point, quiet_libraries
 
 ASIDE = "_aside"
 PROFILE_OVERRIDES = ("mode=profile", "model.random_init=true")  # what --only-memory forces
@@ -302,6 +302,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
 
