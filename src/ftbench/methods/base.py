@@ -181,14 +181,21 @@ class Method(ABC):
         until the probe holds what the real run holds at depth."""
         return self.warmup_steps(1, timed)
 
-    def unvisited_layers(self, steps: int) -> float:
+    def unvisited_layers(self, steps: int | None) -> float:
         """Layers' worth of optimizer state a probe warmed up by `probe_warmup_steps` holds and a run of
-        `steps` steps does not (the planner takes it off the extrapolated state): 0 for most methods."""
+        `steps` steps (None: a long run) does not (the planner takes it off the extrapolated state): 0 for
+        most methods."""
         return 0.0
 
-    def probe_groups(self, planned) -> None:
-        """Rearrange a planner's probe (a method prepared with `probe_settings`) so that it shows the costliest
-        step the `planned` run's config can produce: a no-op for most methods."""
+    def draws(self, start: int, steps: int) -> Any:
+        """What a run's steps `start` .. `start + steps - 1` train where it depends on the run's seed (a random
+        order's groups), for the planner's probes to replay (`probe_groups`): None for most methods."""
+        return None
+
+    def probe_groups(self, planned, draws: Any) -> None:
+        """Rearrange a planner's probe (a method prepared with `probe_settings`) so that it shows what the
+        `planned` run's steps hold: it replays the run's `draws`, or without them shows the costliest step
+        the config can produce: a no-op for most methods."""
 
     def scheduler_steps(self, step: int) -> bool:
         """Whether the LR scheduler advances after optimizer step `step`."""

@@ -19,11 +19,14 @@ and the optimizer's state.
 
 A method whose state grows with the units it has visited (LISA keeps every drawn layer's) is probed
 holding every unit's state (`Method.probe_warmup_steps`); the same meta-device preparation gives the
-schedule at full depth, and with it the layers the profiled run has not yet visited
-(`unvisited_layers`), whose state the plan takes off.
+schedule at full depth, and with it the layers the profiled run has not yet visited, whose state the
+plan takes off, and the groups a random order draws at the profiled steps, which the probes replay
+(`profiled_window`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -42,15 +45,19 @@ def counted_on_meta(cfg: DictConfig) -> bool:
     return methods.config_class(cfg.method.name).data_free is not None
 
 
-def unvisited_layers(cfg: DictConfig, head: str, precision: str, gradient_checkpointing: bool) -> float:
-    """`Method.unvisited_layers` of the profiled run (mode=profile's warm-up and steps, job/steps.py),
-    read off the method prepared on the full-depth meta model: 0 without building it for a method
-    that does not rotate."""
+def profiled_window(cfg: DictConfig, head: str, precision: str, gradient_checkpointing: bool) -> tuple[float, Any]:
+    """What the planned steps hold that depends on which steps they are, read off the method prepared on the
+    full-depth meta model: `Method.unvisited_layers` and `Method.draws`. The planned steps are the profiled
+    run's (mode=profile's warm-up and steps, job/steps.py) where the plan is of one (`ftbench plan`, a
+    profile's micro-batch); a training run's micro-batch plans a long run: every unit visited, any group its
+    order can draw. (0, None) without building it for a method that does not rotate."""
     if not methods.method_class(cfg.method.name).rotates:
-        return 0.0
+        return 0.0, None
     method, _ = _prepared(cfg, cfg.method, head, precision, gradient_checkpointing)
-    return method.unvisited_layers(method.warmup_steps(cfg.profile.warmup_steps, cfg.profile.steps)
-                                   + cfg.profile.steps)
+    if cfg.mode == "train":
+        return method.unvisited_layers(None), None
+    start = method.warmup_steps(cfg.profile.warmup_steps, cfg.profile.steps)
+    return method.unvisited_layers(start + cfg.profile.steps), method.draws(start, cfg.profile.steps)
 
 
 def _prepared(cfg: DictConfig, mcfg_method, head: str, precision: str, gradient_checkpointing: bool):

@@ -51,6 +51,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ from ftbench.plan.held_state import (
     WEIGHT_PART,
     counted_on_meta,
     held_state,
-    unvisited_layers,
+    profiled_window,
 )
 from ftbench.plan.probe import PHASES, Probe, run_probe
 from ftbench.results import GiB
@@ -117,6 +118,7 @@ class PlanFit:
     counted: dict[str, int] | None = None  # held state counted on the meta model at `counted_layers` (plan_held.py)
     counted_layers: int = 0
     unvisited: float = 0.0  # layers' worth of state the probes hold and the run not yet (Method.unvisited_layers)
+    draws: Any = None  # what the planned steps train, for the probes to replay (Method.draws)
     chunk_tokens: int | None = None  # the loss's chunk (engine/loss.py); None: the model's own loss
     seq_len: int = 0
     probe: Callable[[PlanFit, int], None] | None = None  # fills `corners[n]`: the probes of n loss chunks
@@ -238,8 +240,8 @@ def plan_fit(cfg: DictConfig, tgt: Target) -> PlanFit:
     chunk = chunk_tokens_of(architecture_config(cfg.model).model_type, tgt.head, cfg.train.loss_chunk_tokens)
     counted = held_state(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing) if counted_on_meta(
         cfg) else None
-    unvisited = unvisited_layers(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing)
-    the_fit = PlanFit({}, {}, [], divs, True, counted, tgt.layers, unvisited, chunk, tgt.seq_len,
+    unvisited, draws = profiled_window(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing)
+    the_fit = PlanFit({}, {}, [], divs, True, counted, tgt.layers, unvisited, draws, chunk, tgt.seq_len,
                       partial(probe_corners, cfg, tgt, layer_points))
     the_fit.corners_at(tgt.micro_batch)
     return the_fit
@@ -271,7 +273,7 @@ def probe_corners(cfg: DictConfig, tgt: Target, layer_points: tuple[int, int], t
             chunk_tokens = batch * tgt.seq_len if chunks == 1 else chunk  # 1: all in one chunk
             with one_thread():
                 runs = [run_probe(cfg, tgt.hw, layers, batch, d, accumulation, tgt.head, tgt.gpu, chunk_tokens,
-                                  chunks > 1) for d in divs]
+                                  chunks > 1, the_fit.draws) for d in divs]
             the_fit.probes += [_summary(p) for p in runs]
             corners[layers, batch], ok = at_full_width([steps_of(p.points) for p in runs], widths)
             the_fit.aligned &= ok

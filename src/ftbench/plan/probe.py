@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -143,9 +144,10 @@ def probe_optim_config(optim_cfg: DictConfig, width_div: int) -> DictConfig:
 
 
 def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div: int, accumulation: int,
-              head: str, gpu: bool, chunk_tokens: int | None, whole_chunks: bool) -> Probe:
+              head: str, gpu: bool, chunk_tokens: int | None, whole_chunks: bool, draws: Any = None) -> Probe:
     """Trace one probe; `hw` is the planned hardware (precision, checkpointing, attention); the causal LM's
-    loss in chunks of `chunk_tokens`, `whole_chunks` or not (engine/loss.py; the planner picks them)."""
+    loss in chunks of `chunk_tokens`, `whole_chunks` or not (engine/loss.py; the planner picks them); `draws`:
+    what the planned steps train, replayed (Method.draws, Method.probe_groups)."""
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
@@ -177,7 +179,7 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
                             gradient_checkpointing=hw.gradient_checkpointing, seed=cfg.seed,
                             calibration_batches=calibration_batches, loss=micro_loss, output_dir=Path(tmp))
         model = method.prepare(model, ctx)
-    method.probe_groups(planned)  # a random order's costliest group (BlockRotation.probe_groups)
+    method.probe_groups(planned, draws)  # the run's draws, replayed (BlockRotation.probe_groups)
     optimizer = optimizer_for(method, model, probe_optim_config(cfg.optim, width_div), settle(cfg).lr)
     traced = method.planned_steps()  # 1, or every state of a method whose steps differ (HiFT: a whole cycle)
     # Warmed up as mode=profile warms up: every unit visited once (its state, masters and host buffers exist).

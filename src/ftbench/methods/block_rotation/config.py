@@ -53,6 +53,8 @@ class BlockRotationConfig(MethodConfig):
         pairs: 4 and 6; 3 and 4 end in a group of one, then of two: another last step, and the line through
         them planned BAdam's and HiFT's peaks 7-10 % high). Drawn groups (order=sample) are not taken in turn."""
         group = self.group_size
+        if group == 1 and self.order == "random":  # a replayed block (probe_units) needs a middle layer: 3 and 4
+            return 3, 4
         if group == 1 or self.order == "sample":
             return super().probe_depths(layers)
         first = group + 1 + (layers - group - 1) % group
@@ -66,8 +68,9 @@ class BlockRotationConfig(MethodConfig):
                 f"only applies to {key}.order=random (got {self.order}); add {key}.reshuffle=false")
 
     def probe_settings(self) -> dict:
-        """A random order visits the same groups as the model's order, holding the same at each: the probes take
-        them bottom up, so the k-th step of a probe trains the k-th group at every depth."""
+        """A random order visits the same units as the model's order: the probes take them bottom up, so the k-th
+        step of a probe trains the k-th group at every depth (then they replay the groups the planned run draws:
+        BlockRotation.probe_groups)."""
         return {"order": "down2up", "reshuffle": False} if self.order == "random" else {}
 
 

@@ -32,6 +32,7 @@ from ftbench.models.architecture import architecture
 class Unit:
     name: str  # embedding | layer.<i> (or the block's path, with several stacks) | head
     params: list[tuple[str, nn.Parameter]]
+    place: tuple = ()  # (name,) for the embedding and the head; a block's (stack, index, the stack's depth)
 
     @property
     def numel(self) -> int:
@@ -59,7 +60,10 @@ def derive_units(model: nn.Module) -> list[Unit]:
         else:
             embedding.append((name, param))
     names = [f"layer.{b.index}" if len(arch.stacks) == 1 else b.name for b in arch.blocks]
-    units = [Unit("embedding", embedding), *(Unit(n, b) for n, b in zip(names, blocks)), Unit("head", head)]
+    depths = [sum(b.stack == s for b in arch.blocks) for s in range(len(arch.stacks))]
+    units = [Unit("embedding", embedding, ("embedding",)),
+             *(Unit(n, p, (b.stack, b.index, depths[b.stack])) for n, p, b in zip(names, blocks, arch.blocks)),
+             Unit("head", head, ("head",))]
     return [u for u in units if u.params]
 
 
@@ -80,6 +84,16 @@ def pick(units: list[Unit], wanted, key: str) -> list[int]:
 
 
 @dataclass(frozen=True)
+class Draws:
+    """The groups a run's steps train, in places (`Unit.place`), one per step from the step before them (a
+    run of one group cut to two steps: the second holds what the others hold); `layers`: the run's depth
+    (its stacks of that depth are the ones a probe cuts down)."""
+
+    groups: tuple[tuple[tuple, ...], ...]
+    layers: int
+
+
+@dataclass(frozen=True)
 class Schedule:
     """Which units are active at each optimizer step.
 
@@ -96,6 +110,7 @@ class Schedule:
     order: str
     reshuffle: bool
     seed: int
+    script: tuple[tuple[int, ...], ...] = ()  # the planner's probe: the queue units of each interval, given
 
     @property
     def groups_per_cycle(self) -> int:
@@ -120,6 +135,8 @@ class Schedule:
         """The queue units of an interval (without the always-active ones)."""
         if not self.queue:
             return []
+        if interval < len(self.script):
+            return list(self.script[interval])
         if self.order == "sample":
             draw = np.random.default_rng([self.seed, interval])
             return sorted(self.queue[i] for i in draw.choice(len(self.queue), self.group_size, replace=False))
@@ -136,3 +153,36 @@ class Schedule:
             return always + sum(sorted((sizes[i] for i in self.queue), reverse=True)[:self.group_size])
         groups = (self.rotating(g) for g in range(self.groups_per_cycle))
         return always + max(sum(sizes[i] for i in group) for group in groups)
+
+
+def probe_units(places: tuple[tuple, ...], units: list[Unit], layers: int, shallow: int) -> dict[tuple, int]:
+    """The units of a planner's probe (plan/probe.py, its stacks cut to `shallow` blocks or more) that train as
+    a run's `places` do: the embedding and the head as themselves; in a stack the probes cut down (the run's
+    `layers` deep), a group's lowest blocks at their position from the bottom and its highest at their position
+    from the top where the shallower probe has them so (then what a step holds is linear in the probe's depth,
+    and the line through the two probes gives the run's), a block neither way just above the group's block below
+    it, or as the lowest, as low as leaves room for the blocks above it (it keeps more for backward than the
+    run's: the safe side). By place."""
+    index = {u.place: i for i, u in enumerate(units)}
+    depth = {u.place[0]: u.place[2] for u in units if len(u.place) == 3}
+    picked = {p: index[p] for p in places if len(p) == 1}
+    for stack in sorted({p[0] for p in places if len(p) == 3}):
+        rows = sorted(p[1] for p in places if len(p) == 3 and p[0] == stack)
+        run_depth, here = next(p[2] for p in places if len(p) == 3 and p[0] == stack), depth[stack]
+        if run_depth != layers:  # a stack the probes keep whole (a decoder deeper than its encoder)
+            picked.update({(stack, i, run_depth): index[(stack, i, here)] for i in rows})
+            continue
+        at_shallow, at_here, bottom = -1, -1, True  # the block below's position in the shallower probe, in this one
+        for j, i in enumerate(rows):
+            above, top = len(rows) - 1 - j, shallow - (run_depth - i)
+            # a group's only block keeps its role: never the shallower probe's last layer, nor its first, for another
+            if bottom and i + above < shallow and (j or above or i == 0 or i < shallow - 1):
+                at_shallow = at_here = i
+            elif top > at_shallow and (j or above or top >= 1):
+                at_shallow, at_here, bottom = top, here - (run_depth - i), False
+            elif j:
+                at_shallow, at_here, bottom = at_shallow + 1, at_here + 1, False
+            else:
+                at_shallow = at_here = shallow - 1 - len(rows) if shallow - 1 - len(rows) >= 1 else shallow - len(rows)
+            picked[(stack, i, run_depth)] = index[(stack, at_here, here)]
+    return picked
