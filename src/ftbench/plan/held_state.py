@@ -53,11 +53,12 @@ def profiled_window(cfg: DictConfig, head: str, precision: str, gradient_checkpo
     order can draw. (0, None) without building it for a method that does not rotate."""
     if not methods.method_class(cfg.method.name).rotates:
         return 0.0, None
-    method, _ = _prepared(cfg, cfg.method, head, precision, gradient_checkpointing)
+    method, model = _prepared(cfg, cfg.method, head, precision, gradient_checkpointing)
     if cfg.mode == "train":
         return method.unvisited_layers(None), None
     start = method.warmup_steps(cfg.profile.warmup_steps, cfg.profile.steps)
-    return method.unvisited_layers(start + cfg.profile.steps), method.draws(start, cfg.profile.steps)
+    layers = int(model.config.num_hidden_layers)  # the planner's depth (planner.target: Target.layers)
+    return method.unvisited_layers(start + cfg.profile.steps), method.draws(start, cfg.profile.steps, layers)
 
 
 def _prepared(cfg: DictConfig, mcfg_method, head: str, precision: str, gradient_checkpointing: bool):

@@ -68,7 +68,6 @@ class BlockRotation(Method):
         self.units = derive_units(model)
         arch = architecture(model)
         self.depth = len(arch.blocks) / len(arch.stacks)  # the planner's layers: a block of every stack (T5: two)
-        self.layers = int(model.config.num_hidden_layers)  # the depth of the stacks a planner's probe cuts down
         frozen = pick(self.units, cfg.frozen_units, "method.frozen_units")
         always = pick(self.units, cfg.always_active, "method.always_active")
         for i in set(frozen) & set(always):
@@ -185,7 +184,7 @@ class BlockRotation(Method):
         blocks = [u.numel for u in self.units if u.name not in ("embedding", "head")]
         return sum(self.units[i].numel for i in s.queue if i not in visited) / (sum(blocks) / self.depth)
 
-    def draws(self, start: int, steps: int) -> Draws | None:
+    def draws(self, start: int, steps: int, layers: int) -> Draws | None:
         """The groups a random order draws at the run's steps `start` .. `start + steps - 1` and the step before
         them (units.Draws), for the planner's probes to replay (`probe_groups`); None for the model's own orders,
         whose groups the probes take in the same order, and for LISA's sampled layers beside an always-active
@@ -198,7 +197,7 @@ class BlockRotation(Method):
             group = tuple(self.units[i].place for i in sorted(s.rotating(s.interval(step))))
             if len(groups) < 2 or not groups[-1] == groups[-2] == group:
                 groups.append(group)
-        return Draws(tuple(groups), self.layers)
+        return Draws(tuple(groups), layers)
 
     def probe_groups(self, planned: BlockRotationConfig, draws: Draws | None) -> None:
         """A probe (plan/probe.py) of a run whose order is random takes its groups bottom up (`probe_settings`).
