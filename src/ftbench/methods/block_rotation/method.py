@@ -23,7 +23,6 @@ counted in steps, barely decays.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -36,8 +35,9 @@ from ftbench.measure.meters import tensor_bytes
 from ftbench.methods.base import Claim, Method, MethodContext, Trains, is_no_decay
 from ftbench.methods.block_rotation import length
 from ftbench.methods.block_rotation.config import BlockRotationConfig
+from ftbench.methods.block_rotation.planning import Planning
 from ftbench.methods.block_rotation.state_store import MASTER_DTYPE, Slot, StateStore
-from ftbench.methods.block_rotation.units import Draws, Schedule, derive_units, pick, probe_units
+from ftbench.methods.block_rotation.units import Schedule, derive_units, pick
 from ftbench.models.architecture import architecture
 
 
@@ -45,7 +45,7 @@ def _low_precision(param: torch.Tensor) -> bool:
     return param.is_floating_point() and param.dtype.itemsize < MASTER_DTYPE.itemsize
 
 
-class BlockRotation(Method):
+class BlockRotation(Planning, Method):
     config_class = BlockRotationConfig
     rotates = True
 
@@ -136,110 +136,6 @@ class BlockRotation(Method):
                 if slot.master is not None:
                     slot.param.copy_(slot.master)
         self.steps_done += 1
-
-    def planned_steps(self) -> int:
-        """A new group every step (HiFT) shows its states over a whole cycle; inside longer blocks (BAdam)
-        one step holds what the block's steps hold, and sampled groups (LISA) are alike; a probe that
-        replays a run's draws (`probe_groups`) traces them all."""
-        if self.scripted is not None:
-            return self.scripted[1]
-        s = self.schedule
-        return s.cycle_steps if s.steps_per_block == 1 and s.order != "sample" else 1
-
-    def warmup_steps(self, requested: int, timed: int) -> int:
-        """A unit's first visit creates its optimizer state, masters and (offload) host buffers: the
-        warm-up grows until the `timed` steps after it visit no unit for the first time (HiFT, one
-        unit per step: one cycle; BAdam's 50-step blocks: the requested warm-up usually suffices)."""
-        firsts = self._first_visits()
-        warmup = requested
-        while True:
-            inside = [step for step in firsts if warmup <= step < warmup + timed]
-            if not inside:
-                return warmup
-            warmup = inside[-1] + 1
-
-    def probe_warmup_steps(self, timed: int) -> int:
-        """Under keep a unit's state stays on the device once visited, so a probe warms up until every unit
-        has been visited: it then holds the state of all its layers, which grows linearly with depth
-        (LISA's random draws leave a varying number of a shallow probe's layers unvisited otherwise); a probe
-        that replays a run's draws after one pass over its units (`probe_groups`) warms up over that pass.
-        Under drop and offload the device holds the active group's state only (offload on the CPU, where
-        the host buffers are the run's own memory, is not modelled so)."""
-        if self.scripted is not None:
-            return self.scripted[0]
-        firsts = self._first_visits() if self.cfg.state_policy == "keep" else []
-        return self.warmup_steps(max(1, firsts[-1] + 1 if firsts else 1), timed)
-
-    def unvisited_layers(self, steps: int | None) -> float:
-        """Rotating units a run of `steps` steps has not yet visited at its last step, in layers' worth of
-        parameters as the planner counts layers (the model's blocks over its depth: one block of every stack,
-        an encoder's and a decoder's on T5): under keep their state, which a probe holds
-        (`probe_warmup_steps`), does not exist yet (LISA's 20-step intervals in a short profile); 0
-        under drop and offload (a probe holds the active group's state on the device, as the run does), and
-        for a long run (`steps` None: every unit is visited)."""
-        if steps is None or self.cfg.state_policy != "keep":
-            return 0.0
-        s = self.schedule
-        visited = set(s.always).union(*(s.rotating(i) for i in range(s.interval(max(steps, 1) - 1) + 1)))
-        blocks = [u.numel for u in self.units if u.name not in ("embedding", "head")]
-        return sum(self.units[i].numel for i in s.queue if i not in visited) / (sum(blocks) / self.depth)
-
-    def draws(self, start: int, steps: int, layers: int) -> Draws | None:
-        """The groups a random order draws at the run's steps `start` .. `start + steps - 1` and the step before
-        them (units.Draws), for the planner's probes to replay (`probe_groups`); None for the model's own orders,
-        whose groups the probes take in the same order, and for LISA's sampled layers beside an always-active
-        embedding (every layer keeps what backward needs whichever are drawn; replayed in the probes' fewer
-        layers, its draws planned BERT +4 %, against +2.6 % from the probes' own draws)."""
-        if self.cfg.order != "random":
-            return None
-        s, groups = self.schedule, []
-        for step in range(max(start - 1, 0), start + steps):
-            group = tuple(self.units[i].place for i in sorted(s.rotating(s.interval(step))))
-            if len(groups) < 2 or not groups[-1] == groups[-2] == group:
-                groups.append(group)
-        return Draws(tuple(groups), layers)
-
-    def probe_groups(self, planned: BlockRotationConfig, draws: Draws | None) -> None:
-        """A probe (plan/probe.py) of a run whose order is random takes its groups bottom up (`probe_settings`).
-        Given the run's `draws` (the planned steps': `draws`), it replays them: one pass over its units, then
-        the group of the step before the planned ones and each planned step's, in the probe's units as the
-        run's (units.probe_units), so that its traced steps train what the run's do, in the same order (a group
-        drawn twice in a row keeps its state through the second step's forward and backward under drop; a unit
-        of the run that stays stays in the probe, the others leave and arrive though they share probe units).
-        Without them (a long run, which can draw any group), a random order of groups of g > 1 units can group
-        any units, so the probe's queue is the lowest unit first and the others largest first (model order
-        among equals): its first group trains the lowest unit beside the largest ones (T5: an encoder block
-        beside a decoder block, which keeps more than the next encoder block)."""
-        s = self.schedule
-        if draws is not None:
-            shallow = planned.probe_depths(draws.layers)[0]
-            run = [probe_units(group, self.units, draws.layers, shallow) for group in draws.groups]
-            cycle = [s.queue[k:k + s.group_size] for k in range(0, len(s.queue), s.group_size)]  # every unit
-            self.scripted = (len(cycle) + 1, len(run) - 1)
-            self.renewed = {len(cycle) + k: tuple(sorted({*s.always, *(here[p] for p, i in run[k - 1].items()
-                                                                      if here.get(p) == i)}))
-                            for k, here in enumerate(run) if k and draws.groups[k] != draws.groups[k - 1]}
-            script = tuple(tuple(sorted(set(here.values()))) for here in run)
-            self.schedule = dataclasses.replace(s, steps_per_block=1, script=(*cycle, *script))
-        elif planned.order == "random" and self.cfg.group_size > 1:
-            first, *rest = s.queue
-            self.schedule = dataclasses.replace(s, queue=(first, *sorted(rest, key=lambda i: -self.units[i].numel)))
-        else:
-            return
-        self._switch(self.schedule.active(0))
-        self._install()
-
-    def _first_visits(self) -> list[int]:
-        """The steps at which some unit is active for the first time (order=sample: within 1000 cycles)."""
-        firsts, seen, interval = [], set(), 0
-        every = set(self.schedule.queue) | set(self.schedule.always)
-        while seen != every and interval < 1000 * self.schedule.groups_per_cycle:  # (order=sample draws at random)
-            new = set(self.schedule.active(interval)) - seen
-            if new:
-                firsts.append(interval * self.cfg.steps_per_block)
-                seen |= new
-            interval += 1
-        return firsts
 
     def scheduler_steps(self, step: int) -> bool:
         return self.cfg.lr_policy == "per_step" or self.steps_done % self.schedule.cycle_steps == 0
