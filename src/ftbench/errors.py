@@ -12,6 +12,7 @@ file is meant says so, never "no such file", and a file where a folder is meant 
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 
 
@@ -153,8 +154,6 @@ def integer_fix(value) -> str:
 def value_for_a_group(cause) -> str | None:
     """OmegaConf's refusal of one value given to a node that holds keys (logger.tensorboard=/tmp/x, train=5,
     model.shape=5) as the fix: the node's keys, and one set with the value; None for any other refusal."""
-    import typing
-
     text, key, value = str(cause), getattr(cause, "full_key", ""), getattr(cause, "value", None)
     if re.search(r"Cannot assign \w+ to Dict\[", text):  # a mapping of free keys (model.shape)
         return (f"holds keys, not one value ({value}); set them one by one ({key}.KEY=VALUE) or whole "
