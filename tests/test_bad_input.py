@@ -92,8 +92,8 @@ def test_a_shape_transformers_refuses_names_the_shape_key(tmp_path, overrides, k
 
 
 def test_an_unexpected_error_is_one_line_that_does_not_stop_at_a_colon():
+    from ftbench.engine.outcome import classify
     from ftbench.errors import exception_line, first_line
-    from ftbench.job.run import classify
 
     heading = RuntimeError("Class validation error for validator 'check':\n\n    ValueError: sizes differ")
     assert exception_line(heading) == "RuntimeError: Class validation error for validator 'check': ValueError: sizes differ"
