@@ -16,7 +16,12 @@ QUICK = ["task.num_train=64", "task.num_eval=32", "train.max_steps=1"]
 
 @pytest.mark.parametrize("config,reason", [
     ({"hidden_size": "x"}, "/config.json': hidden_size is \"x\", a string; transformers needs an integer: write one"),
-    ({"num_attention_heads": 3}, "is not a multiple of the number of attention heads (3)"),
+    # sizes that disagree (config/sizes.py): in our words (was transformers' text, the fix "give a folder written by
+    # save_pretrained"; grouped key/value heads: torch's RuntimeError at the first step, exit 1)
+    ({"num_attention_heads": 3}, "/config.json': hidden_size 64 is not a multiple of num_attention_heads 3: llama "
+                                 "cuts hidden_size into 3 heads of equal width; write num_attention_heads as a "
+                                 "divisor of 64 (2 or 4) or hidden_size as a multiple of 3 (63 or 66)"),
+    ({"num_key_value_heads": 3}, "/config.json': num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
     ({"num_hidden_layers": 0}, "sets num_hidden_layers=0, but a size must be a positive integer"),
 ])
 def test_a_folder_whose_config_transformers_refuses_names_model_path(tmp_path, config, reason):
@@ -100,6 +105,25 @@ MODEL_FOLDERS = [
      r"'{f}/config.json': rms_norm_eps is \"1e-6\", a string; transformers needs a number: write 1e-06 \(no quotes\)$"),
     (holding({"config.json": json.dumps({"model_type": "gpt2", "n_inner": 256.0}), "model.safetensors": ""}),
      r"'{f}/config.json': n_inner is 256.0, a float; transformers needs an integer or null: write 256$"),
+    # sizes that disagree with each other (config/sizes.py): was transformers' or torch's text, at load or at the
+    # first step (a plan: no plan.json)
+    (holding({"config.json": json.dumps({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+                                         "num_key_value_heads": 3}), "model.safetensors": ""}),
+     r"'{f}/config.json': num_attention_heads 4 is not a multiple of num_key_value_heads 3: each key/value head "
+     r"serves an equal group of query heads; write num_key_value_heads as a divisor of 4 \(2 or 4\)$"),
+    (holding({"config.json": json.dumps({"model_type": "bert", "hidden_size": 64, "num_attention_heads": 3}),
+              "model.safetensors": ""}),
+     r"'{f}/config.json': hidden_size 64 is not a multiple of num_attention_heads 3: bert cuts hidden_size into 3 "
+     r"heads of equal width; write num_attention_heads as a divisor of 64 \(2 or 4\) or hidden_size as a multiple "
+     r"of 3 \(63 or 66\)$"),
+    (holding({"config.json": json.dumps({"model_type": "qwen2", "hidden_size": 63, "num_attention_heads": 3,
+                                         "num_key_value_heads": 3}), "model.safetensors": ""}),
+     r"'{f}/config.json': the attention heads are 21 wide \(hidden_size 63 // num_attention_heads 3\), an odd width, "
+     r"and rotary position embeddings turn pairs of dimensions; write head_dim 20 or 22$"),
+    (holding({"config.json": json.dumps({"model_type": "t5", "vocab_size": 300, "decoder_start_token_id": 400}),
+              "model.safetensors": ""}),
+     r"'{f}/config.json': decoder_start_token_id 400 is past the embedding's last row \(ids 0 to 299: vocab_size "
+     r"300\), and t5 reads that row; write the tokenizer's decoder_start_token_id, below 300$"),
     (holding({"config.json": json.dumps({"architectures": ["LlamaForCausalLM"]}), "model.safetensors": ""}),
      r"'{f}/config.json' names no model_type, which transformers picks the model's class by; add \"model_type\": "
      r"\"llama\" \(its architectures name LlamaForCausalLM\)$"),
@@ -127,18 +151,24 @@ def test_the_config_values_check_accepts_what_save_pretrained_writes_and_refuses
         require_config(tmp_path / "config.json", "model.path")
 
 
-def test_a_packaged_model_whose_config_holds_a_float_names_model_package(tmp_path, monkeypatch):
+@pytest.mark.parametrize("config,message", [
+    ({"hidden_size": 64.0}, "hidden_size is 64.0, a float; transformers needs an integer: write 64$"),
+    ({"num_key_value_heads": 3}, "num_attention_heads 4 is not a multiple of num_key_value_heads 3: "),  # it loads
+])
+def test_a_packaged_model_whose_config_transformers_refuses_names_model_package(tmp_path, monkeypatch, config,
+                                                                                 message):
     """model.package's folder is checked where it loads (the package is imported then): the same line."""
     from ftbench.models.loading import pretrained_config
     from helpers import compose
 
-    holding({"config.json": json.dumps({"model_type": "llama", "hidden_size": 64.0})})(tmp_path / "model")
-    (tmp_path / "fake_model_pkg").mkdir()
-    (tmp_path / "fake_model_pkg" / "__init__.py").write_text(f"MODEL_DIR = {str(tmp_path / 'model')!r}\n")
+    values = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, **config}
+    holding({"config.json": json.dumps(values)})(tmp_path / "model")
+    package = f"fake_model_pkg_{next(iter(config))}"  # one per case: an imported package stays in sys.modules
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text(f"MODEL_DIR = {str(tmp_path / 'model')!r}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    cfg = compose("model.package=fake_model_pkg", "model.random_init=false")
-    with pytest.raises(UserError, match=r"^model.package: '.*/model/config.json': hidden_size is 64.0, a float; "
-                                        r"transformers needs an integer: write 64$"):
+    cfg = compose(f"model.package={package}", "model.random_init=false")
+    with pytest.raises(UserError, match=r"^model.package: '.*/model/config.json': " + message):
         pretrained_config(cfg.model)
 
 

@@ -59,11 +59,20 @@ def test_the_minilm_package_by_its_pip_name_names_model_package():
 
 
 # Kind 1b: a model shape or a model folder's config that transformers refuses, or that sizes nothing, names
-# model.shape[.<field>] or model.path with the library's reason (not cut at its colon) and the fix.
+# model.shape[.<field>] or model.path with the library's reason (not cut at its colon) and the fix; sizes that
+# disagree with each other (config/sizes.py), in a run, a profile and a plan alike, the fields and values (grouped
+# key/value heads that do not divide the heads: was torch's RuntimeError at the first step, exit 1).
 
 @pytest.mark.parametrize("overrides,key,reason", [
-    (["model.shape.hidden_size=63"], "model.shape", "hidden size (63) is not a multiple of the number of attention"),
-    (["model.shape.num_attention_heads=3"], "model.shape", "not a multiple of the number of attention heads (3)"),
+    (["model.shape.hidden_size=63"], "model.shape", "hidden_size 63 is not a multiple of num_attention_heads 4: llama "
+     "cuts hidden_size into 4 heads of equal width; write num_attention_heads as a divisor of 63 (3 or 7) or "
+     "hidden_size as a multiple of 4 (60 or 64)"),
+    (["model.shape.num_attention_heads=3"], "model.shape", "hidden_size 64 is not a multiple of num_attention_heads 3"),
+    (["model.shape.num_key_value_heads=3"], "model.shape", "num_attention_heads 4 is not a multiple of "
+     "num_key_value_heads 3: each key/value head serves an equal group of query heads; write num_key_value_heads as "
+     "a divisor of 4 (2 or 4)"),
+    (["mode=profile", "model.shape.num_key_value_heads=3"], "model.shape", "num_attention_heads 4 is not a multiple"),
+    (["mode=plan", "model.shape.num_key_value_heads=3"], "model.shape", "num_attention_heads 4 is not a multiple"),
     (["+model.shape.initializer_range=2.0"], "model.shape.initializer_range", "smaller or equal to 1.0, got 2.0"),
     (["+model.shape.hidden_act=5"], "model.shape.hidden_act", "expected str, got int"),
     (["model.shape.hidden_size=-64"], "model.shape.hidden_size", "must be a positive integer (got -64)"),
@@ -73,7 +82,7 @@ def test_the_minilm_package_by_its_pip_name_names_model_package():
     (["model.shape.num_hidden_layers=0"], "model.shape.num_hidden_layers", "must be a positive integer (got 0)"),
     (["model.shape.num_hidden_layers=0", "method=lisa"], "model.shape.num_hidden_layers", "must be a positive"),
     (["model.shape.num_hidden_layers=0", "method=badam"], "model.shape.num_hidden_layers", "must be a positive"),
-    (["mode=plan", "model.shape.hidden_size=63"], "model.shape", "is not a multiple of the number of attention"),
+    (["mode=plan", "model.shape.hidden_size=63"], "model.shape", "hidden_size 63 is not a multiple of"),
     (["mode=plan", "model.shape.num_attention_heads=0"], "model.shape.num_attention_heads", "must be a positive"),
     (["model.shape.model_type=lama"], "model.shape.model_type", "transformers knows no model_type 'lama' (did you "
                                                                  "mean 'llama'?); give one it knows"),
@@ -92,8 +101,8 @@ def test_a_shape_transformers_refuses_names_the_shape_key(tmp_path, overrides, k
 
 
 def test_an_unexpected_error_is_one_line_that_does_not_stop_at_a_colon():
+    from ftbench.engine.outcome import classify
     from ftbench.errors import exception_line, first_line
-    from ftbench.job.run import classify
 
     heading = RuntimeError("Class validation error for validator 'check':\n\n    ValueError: sizes differ")
     assert exception_line(heading) == "RuntimeError: Class validation error for validator 'check': ValueError: sizes differ"

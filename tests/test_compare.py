@@ -258,6 +258,24 @@ def test_a_model_path_that_holds_no_model_is_refused_before_any_run(tmp_path, ca
     assert not (tmp_path / "out" / "synthetic").exists()  # nothing ran
 
 
+def test_a_model_path_whose_sizes_disagree_is_refused_before_any_run(tmp_path, capsys):
+    """config/sizes.py: was torch's RuntimeError in every cell's first step."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+                                                    "num_key_value_heads": 3}))
+    (folder / "model.safetensors").touch()
+    spec = write_spec(tmp_path / "spec.yaml", set=[*TINY, f"model.path={folder}", "model.random_init=false"])
+    with pytest.raises(SystemExit) as code:
+        runner.main([str(spec), "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip()
+    assert code.value.code == 2 and error == (f"ftbench compare: error: set: model.path: '{folder}/config.json': "
+                                              "num_attention_heads 4 is not a multiple of num_key_value_heads 3: each "
+                                              "key/value head serves an equal group of query heads; write "
+                                              "num_key_value_heads as a divisor of 4 (2 or 4)")
+    assert not (tmp_path / "out" / "synthetic").exists()  # nothing ran
+
+
 @pytest.mark.parametrize("values", [[0.5, 0.7, 0.6], [1.0, 2.0], [3.0, 3.1, 2.9, 3.3, 2.7]])
 def test_the_interval_is_students_t(values):
     got = stats.interval(values)

@@ -104,7 +104,7 @@ def test_a_refusal_under_a_token_budget_advises_budget_tokens_that_pass(tmp_path
 
 
 def test_a_refusal_that_does_not_stop_the_comparison_is_printed_once(tmp_path, capsys):
-    """The runs leave their refusal lines to the comparison (job/run.py REFUSALS_TO_PARENT): one that does not
+    """The runs leave their refusal lines to the comparison (engine/outcome.py REFUSALS_TO_PARENT): one that does not
     stop it (the other lr trained) is printed by it, once."""
     spec = load(five_rows(tmp_path), [])
     results = [SimpleNamespace(status="failed", error="optim.lr: too large", run=SimpleNamespace(exit_code=2)),

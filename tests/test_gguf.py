@@ -29,9 +29,10 @@ def rope_permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_gguf(path, architecture: str = "llama", head_count: int = HEADS):
+def write_tiny_gguf(path, architecture: str = "llama", head_count: int = HEADS, kv_heads: int = KV_HEADS):
     """A 2-layer GQA LLaMA with a byte-level BPE tokenizer, as an unquantized (F32) GGUF file
-    (`head_count`: the heads its metadata says, HEADS unless a test writes an inconsistent file).
+    (`head_count`, `kv_heads`: the heads its metadata says, HEADS and KV_HEADS unless a test writes an inconsistent
+    file).
     Returns the model it was written from."""
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -47,7 +48,7 @@ def write_tiny_gguf(path, architecture: str = "llama", head_count: int = HEADS):
     writer.add_feed_forward_length(64)
     writer.add_block_count(2)
     writer.add_head_count(head_count)
-    writer.add_head_count_kv(KV_HEADS)
+    writer.add_head_count_kv(kv_heads)
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_rope_freq_base(10000.0)
     writer.add_vocab_size(261)
@@ -166,6 +167,19 @@ def test_a_config_transformers_refuses_names_the_key_of_the_file(tmp_path, cache
     with pytest.raises(UserError, match=rf"^{key}: odd.gguf: transformers refuses the config it holds \(.*"
                                         r"The hidden size \(32\) is not a multiple of the number of attention heads "
                                         r"\(3\)\); .*model.path=DIR"):
+        load_model(cfg.model, "causal_lm", 2, torch.device("cpu"), "fp32", "eager")
+    assert list(cache.iterdir()) == []
+
+
+def test_sizes_that_disagree_in_the_files_metadata_are_one_line(tmp_path, cache):
+    """config/sizes.py: was "transformers cannot de-quantize it (cannot reshape array of size 512 ...)"."""
+    write_tiny_gguf(tmp_path / "odd.gguf", kv_heads=3)
+    cfg = compose("model=tiny-llama", "model.random_init=false", f"model.path={tmp_path / 'odd.gguf'}")
+    with pytest.raises(UserError, match=r"^model.path: odd.gguf: in the config its metadata makes, num_attention_heads "
+                                        r"4 is not a multiple of num_key_value_heads 3: each key/value head serves an "
+                                        r"equal group of query heads; write num_key_value_heads as a divisor of 4 "
+                                        r"\(2 or 4\) \(in the file's metadata\); or give a Hugging Face folder: "
+                                        r"model.path=DIR$"):
         load_model(cfg.model, "causal_lm", 2, torch.device("cpu"), "fp32", "eager")
     assert list(cache.iterdir()) == []
 

@@ -36,15 +36,16 @@ def test_a_shape_key_the_architecture_lacks_is_named():
 
 
 @pytest.mark.parametrize("model,overrides,key,reason", [
-    ("tiny-llama", ["model.shape.hidden_size=63"], "model.shape", "The hidden size (63) is not a multiple of the "
-                                                                  "number of attention heads (4)"),
+    ("tiny-llama", ["model.shape.hidden_size=63"], "model.shape", "hidden_size 63 is not a multiple of "
+                                                                  "num_attention_heads 4"),
     ("tiny-llama", ["+model.shape.rms_norm_eps=x"], "model.shape.rms_norm_eps", "expected float, got str"),
     ("tiny-llama", ["model.shape.hidden_size=-64"], "model.shape.hidden_size", "positive integer (got -64)"),
     ("tiny-llama", ["model.shape.num_hidden_layers=0"], "model.shape.num_hidden_layers", "positive integer (got 0)"),
     ("tiny-llama", ["model.shape.num_key_value_heads=0"], "model.shape.num_key_value_heads", "positive integer"),
     ("tiny-llama", ["model.shape.vocab_size=64.5"], "model.shape.vocab_size", "positive integer (got 64.5)"),
     ("tiny-bert", ["model.shape.max_position_embeddings=0"], "model.shape.max_position_embeddings", "positive"),
-    ("tiny-bert", ["model.shape.num_attention_heads=5"], "model.shape", "not a multiple of the number of attention"),
+    ("tiny-bert", ["model.shape.num_attention_heads=5"], "model.shape", "hidden_size 64 is not a multiple of "
+                                                                        "num_attention_heads 5: bert cuts"),
 ])
 def test_a_shape_transformers_refuses_is_one_line_on_its_key(model, overrides, key, reason):
     cfg = compose(f"model={model}", *overrides)

@@ -478,6 +478,30 @@ def test_a_refused_plan_is_one_line_and_exit_2(tmp_path):
                                         "of model.hub_id=meta-llama/Llama-2-7b-hf; use profile.seq_len<=4096"]
 
 
+@pytest.mark.parametrize("debug", [False, True])
+def test_an_unexpected_error_in_a_plan_ends_as_in_a_run(tmp_path, monkeypatch, capsys, debug):
+    """A probe that raises what no check foresaw (torch's RuntimeError) fails the plan as it fails a run
+    (engine/outcome.py): plan.json says failed with the error's line, exit code 1, one line on stderr (the
+    traceback before it with debug=true); the folder's earlier files stay (was: no plan.json, Hydra's traceback)."""
+    from ftbench.plan import planner
+
+    def probe(*args, **kwargs):
+        raise RuntimeError("The size of tensor a (4) must match the size of tensor b (3)")
+
+    monkeypatch.setattr(planner, "run_probe", probe)
+    args = ["model=tiny-llama", "profile.batch_size=2", "profile.seq_len=16", f"debug={str(debug).lower()}"]
+    (tmp_path / "plan").mkdir()
+    (tmp_path / "plan" / "result.json").write_text("{}")  # a run's, in the folder the plan is given
+    code = run_job(compose("mode=plan", *args), tmp_path / "plan")
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    error = "RuntimeError: The size of tensor a (4) must match the size of tensor b (3) (debug=true shows the traceback)"
+    assert (code, plan["status"], plan["error"]) == (1, "failed", error)
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == f"ftbench: failed: {error}"
+    assert ("Traceback" in err) == debug
+    assert (tmp_path / "plan" / "result.json").read_text() == "{}"
+
+
 def test_the_default_auto_micro_batch_plans_the_whole_batch():
     """hardware.max_micro_batch_size=auto (every group's default) plans the batch at once; the plan says what fits."""
     tgt = target(compose("mode=plan", "model=tiny-llama", "profile.batch_size=4", "profile.seq_len=16", "method=lora"))

@@ -133,7 +133,7 @@ def check_refused(composer: Composer, spec: Spec, runs: list[Run], code: int) ->
     (cells.in_spec_terms), when every run of a multirun (`code`: its exit code) was refused as bad input with
     the same line (status failed, run.exit_code 2: a UserError, not a crash): running the other arms, or these
     again, meets it again. Else print each refused run's line, which the runs leave to this process
-    (job/run.py REFUSALS_TO_PARENT) so that a refusal is one line."""
+    (engine/outcome.py REFUSALS_TO_PARENT) so that a refusal is one line."""
     found = [run.result() for run in runs]
     refused = [r for r in found if r is not None and r.status == "failed" and r.run.exit_code == 2]
     errors = {r.error for r in refused}

@@ -11,10 +11,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import os
 import sys
 import time
-import traceback
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import datetime, timezone
@@ -29,9 +27,10 @@ from ftbench.config.schema import check
 from ftbench.config.sources import given_keys, model_label
 from ftbench.engine import loop
 from ftbench.engine.loggers import NullLogger, make_logger
-from ftbench.engine.loop import Compute, NonFiniteLoss, Trainee, Watchers, sigterm_cancels
+from ftbench.engine.loop import Compute, Trainee, Watchers, sigterm_cancels
 from ftbench.engine.loss import model_loss
-from ftbench.errors import Canceled, UserError, exception_line, first_line
+from ftbench.engine.outcome import stopped
+from ftbench.errors import Canceled, UserError
 from ftbench.job import engagement, lock, rerun, steps
 from ftbench.job.checkpoint import Checkpointer
 from ftbench.job.evaluation import Evaluation, Selector, eval_context
@@ -50,9 +49,6 @@ from ftbench.plan import report as plan_report
 from ftbench.plan.report import run_plan
 from ftbench.results import Params, Result, Run, Train
 from ftbench.tasks.harness import Harness
-
-# Set by a parent process that prints a refused job's line itself (ftbench compare: one line on its spec's key)
-REFUSALS_TO_PARENT = "FTBENCH_REFUSALS_TO_PARENT"
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +82,6 @@ def begin(cfg: DictConfig, output_dir: Path, running: ExitStack) -> Path | None:
     if not (output_dir / plan_report.FILENAME).exists():  # a refused plan leaves the folder's record as it was
         rerun.save_hydra_files(cfg, output_dir)
     return None
-
-
-def classify(exc: BaseException) -> tuple[str, str, int]:
-    """(status, one-line error, exit code) of a run that stopped with `exc`."""
-    if isinstance(exc, UserError):
-        return "failed", str(exc), 2
-    if isinstance(exc, KeyboardInterrupt):
-        return "canceled", str(exc) or "canceled by the user (Ctrl-C)", 130
-    if isinstance(exc, NonFiniteLoss):
-        return "nan", str(exc), 1
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return "oom", first_line(str(exc)) + " (lower the batch or hardware.max_micro_batch_size)", 1
-    return "failed", f"{exception_line(exc)} (debug=true shows the traceback)", 1
 
 
 class Job:
@@ -143,12 +126,7 @@ class Job:
                 finished_logger = self.logger
             self.result.status = "ok"
         except (Exception, KeyboardInterrupt) as exc:
-            status, error, code = classify(exc)
-            self.result.status, self.result.error = status, error
-            if self.cfg.get("debug") and not isinstance(exc, KeyboardInterrupt):
-                traceback.print_exc()  # debug=true: the traceback too; the exit code stays (2 for a user error)
-            if not (code == 2 and os.environ.get(REFUSALS_TO_PARENT)):
-                print(f"ftbench: {status}: {error}", file=sys.stderr)
+            self.result.status, self.result.error, code = stopped(exc, self.cfg.get("debug"))
         self.result.run.exit_code = code  # a sweep whose launcher ran the job elsewhere reads it (job/sweep.py)
         self.write(finished_logger)
         if self.result.status == "ok" and distributed.is_main():

@@ -15,7 +15,9 @@ From a loaded model (an `nn.Module`, usually a Hugging Face transformers model)
 - the attention and MLP *projections* of each block, by role.
 
 From a config (a named shape or a checkpoint's) it knows the fields that size a model (`SIZES`:
-each a positive integer, `bad_size`), and those that hold one entry per layer (`per_layer_fields`).
+each a positive integer, `bad_size`), and those that hold one entry per layer (`per_layer_fields`). Which
+sizes must agree with each other (heads that divide the width, ...) is `ftbench.config.sizes`, a layer below:
+a folder's config.json is checked with the config, before anything loads.
 
 Only the roles need a table, because a module's role cannot be read off its
 shape (BERT's four attention linears all map hidden -> hidden; BART registers

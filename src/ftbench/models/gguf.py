@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from ftbench import files
+from ftbench.config.sizes import size_problem
 from ftbench.config.sources import GGUF_WHERE
 from ftbench.errors import UserError, first_line, kind_problem
 from ftbench.models.architecture import bad_size
@@ -160,7 +161,7 @@ def convert(gguf_path: Path, folder: Path, key: str) -> None:
     Raises UserError(model.gguf_file) when the gguf package is missing; UserError(`key`: the key that
     names the file, `file_key`) when transformers cannot de-quantize the file's architecture or refuses
     the config the file holds (e.g. a width that is not a multiple of the heads), or that config sets a size
-    (architecture.py SIZES) below 1."""
+    (architecture.py SIZES) below 1 or sizes that disagree with each other (config/sizes.py)."""
     from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig, AutoTokenizer
     from transformers.utils.import_utils import is_gguf_available
@@ -185,6 +186,10 @@ def convert(gguf_path: Path, folder: Path, key: str) -> None:
                     raise UserError(key, f"{gguf_path.name}: the config it holds sets {field}="
                                     f"{getattr(config, field)!r}, but a size must be a positive integer; give a GGUF "
                                     "file whose metadata is consistent, or a Hugging Face folder: model.path=DIR")
+                problem = size_problem(config.to_dict())
+                if problem is not None:  # was the library's failure to reshape a tensor, or torch's at the first step
+                    raise UserError(key, f"{gguf_path.name}: in the config its metadata makes, {problem} (in the "
+                                    "file's metadata); or give a Hugging Face folder: model.path=DIR")
                 model = model_class(config).from_pretrained(**where, config=config)
         except StrictDataclassError as exc:  # the file's metadata makes a config the library refuses
             raise UserError(key, f"{gguf_path.name}: transformers refuses the config it holds "

@@ -24,6 +24,7 @@ from ftbench.config.folders import (
     tokenizer_settings,
     tokenizer_subfolder,
 )
+from ftbench.config.sizes import size_problem
 from ftbench.errors import UserError, first_line, integer_fix
 from ftbench.models import gguf
 from ftbench.models.architecture import bad_size
@@ -152,9 +153,10 @@ def byte_level_tokenizer():
 def architecture_config(mcfg, **overrides):
     """A transformers config built from the model's named shape.
 
-    Raises UserError naming model.shape.<field> (model.shape when the library refuses a combination of
-    fields) for an unknown architecture or field, a size that is not a positive integer (SIZES), or any
-    value the library's config refuses, with the library's reason. A field the family's config does not
+    Raises UserError naming model.shape.<field> (model.shape for a combination of fields) for an unknown
+    architecture or field, a size that is not a positive integer (SIZES), sizes that disagree with each other
+    (config/sizes.py: a width the heads do not divide, ...), or any value the library's config refuses, with the
+    library's reason. A field the family's config does not
     declare is refused in a shape written by hand only: with model.path or model.package the shape is that
     checkpoint's config (models/fit.py `planned_model`, `config_shape`), which may hold such fields. An
     encoder-decoder's decoder start token follows `start_decoder`."""
@@ -177,6 +179,9 @@ def architecture_config(mcfg, **overrides):
             raise UserError(f"model.shape.{field}", integer_fix(shape[field]))
         raise UserError(f"model.shape.{field}", f"must be a positive integer (got {shape[field]!r}): it sizes the "
                         f"{model_type} model; give 1 or more")
+    problem = size_problem({"model_type": model_type, **shape, **overrides})
+    if problem:
+        raise UserError(source_key(mcfg) if read else "model.shape", problem)
     try:
         config = AutoConfig.for_model(model_type, **{**shape, **overrides})
     except SHAPE_ERRORS as exc:
@@ -228,11 +233,14 @@ def pretrained_config(mcfg):
     """The architecture config of a checkpoint (no weights), from model.path, model.package or model.hub_id.
 
     Raises UserError naming that key, the library's reason and the fix when it cannot be read or the library
-    refuses it, or when it sets a size (SIZES) below 1. An encoder-decoder's decoder start token follows
+    refuses it, or when it sets a size (SIZES) below 1; a model.package folder's config.json is first checked as
+    model.path's is when the config is checked (folders.py `require_config`). An encoder-decoder's decoder start token follows
     `start_decoder`, as a random-init shape's does."""
     from transformers import AutoConfig
 
     source = local_source(mcfg) or mcfg.hub_id
+    if source_key(mcfg) == "model.package" and not gguf.wants_gguf(mcfg):  # model.path's: checked with the config
+        require_config(Path(source) / CONFIG, "model.package")  # sizes that load but disagree (folders.py)
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=offline_mode() or Path(source).is_dir())
     except LOAD_ERRORS as exc:

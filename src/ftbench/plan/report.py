@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,11 +25,13 @@ ROWS = (("weights", "weights_bytes"), ("fp32 masters", "master_bytes"), ("gradie
 
 
 def run_plan(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> int:
-    """One plan job: predict, print, write plan.json; return the exit code (2: a bad setting). Ctrl-C or
-    SIGTERM stop it at once, as they stop a run: plan.json says canceled, then `Canceled` is raised
-    (the entry point exits 130; a sweep stops)."""
+    """One plan job: predict, print, write plan.json; return the exit code. A plan that stops on an exception
+    ends as a run does (engine/outcome.py): plan.json says failed with the error's line (exit 2 for a bad
+    setting, 1 for anything else); Ctrl-C or SIGTERM stop it at once: plan.json says canceled, then `Canceled`
+    is raised (the entry point exits 130; a sweep stops)."""
     # torch: loaded by a plan job, not by ftbench-report
     from ftbench.engine.loop import sigterm_cancels
+    from ftbench.engine.outcome import stopped
     from ftbench.plan.planner import predict
 
     if (output_dir / FILENAME).exists():
@@ -49,16 +50,8 @@ def run_plan(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
         check(cfg)
         with sigterm_cancels():
             plan.update(predict(cfg))
-    except UserError as exc:
-        plan.update(status="failed", error=str(exc))
-        if cfg.get("debug"):
-            traceback.print_exc()  # debug=true: the traceback too; the exit code stays 2
-        print(f"ftbench: failed: {exc}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt as exc:
-        plan.update(status="canceled", error=str(exc) or "canceled by the user (Ctrl-C)")
-        print(f"ftbench: canceled: {plan['error']}", file=sys.stderr)
-        code = 130
+    except (Exception, KeyboardInterrupt) as exc:
+        plan["status"], plan["error"], code = stopped(exc, cfg.get("debug"))
     plan["config"] = OmegaConf.to_container(cfg, resolve=True)  # as settled (a random-init position table)
     plan["run"]["duration_s"] = round(time.time() - started, 3)
     write(plan, output_dir)
