@@ -285,6 +285,49 @@ def test_a_null_required_field_names_file_line_record_and_count(tmp_path, jsonl)
         build_task(cfg.task, byte_level_tokenizer(), seed=0)
 
 
+@pytest.mark.parametrize("field,value,what", [
+    ("output", 5, "has 'output' of type int, not text"),  # was accepted as the text "5"
+    ("instruction", True, "has 'instruction' of type bool, not text"),
+    ("input", ["a", "b"], "has 'input' of type list, not text"),  # was formatted into the prompt as a list
+])
+def test_a_field_of_the_wrong_type_names_file_line_record_and_field(tmp_path, field, value, what):
+    rows = [{"instruction": "a", "input": "", "output": "b"} for _ in range(4)]
+    rows[1][field] = value
+    cfg = compose("task=alpaca", f"task.data_dir={alpaca(tmp_path, rows, jsonl=True)}", "task.val_size=1")
+    with pytest.raises(UserError, match=rf"^task.data_dir: .*alpaca_data.json:2: record 2 {what}; give every "
+                                        r"record the text fields instruction, output$"):
+        build_task(cfg.task, byte_level_tokenizer(), seed=0)
+
+
+@pytest.mark.parametrize("task,name,answer,expected", [
+    ("math", "gsm8k", "banana", "a number"),  # was scored, always wrong
+    ("math", "gsm8k", "inf", "a number"),
+    ("math", "AQuA", "F", "one of A, B, C, D, E"),
+    ("commonsense", "boolq", "maybe", "one of true, false"),
+    ("commonsense", "piqa", 1, "one of solution1, solution2"),
+])
+def test_a_gold_answer_the_set_cannot_judge_is_refused(tmp_path, task, name, answer, expected):
+    (tmp_path / "train.train.json").write_text(json.dumps(llm_adapters_rows(4)))
+    good = {"gsm8k": "3", "AQuA": "A", "boolq": "true", "piqa": "solution1"}[name]
+    tests = [{"instruction": "q", "answer": answer if i == 2 else good} for i in range(4)]
+    (tmp_path / f"{name}.test.json").write_text("\n".join(json.dumps(row) for row in tests))
+    cfg = compose(f"task={task}", f"task.data_dir={tmp_path}", "task.train_files=[train.train.json]",
+                  "task.val_size=0", f"task.eval_sets=[{name}]")
+    with pytest.raises(UserError, match=rf"^task.data_dir: .*{name}.test.json:3: record 3 has 'answer' "
+                                        rf"'{answer}', not {expected}; give every record the text fields "
+                                        rf"instruction, answer \(answer: {expected}\)$"):
+        build_task(cfg.task, byte_level_tokenizer(), seed=0)
+
+
+def test_a_math_answer_stored_as_a_number_is_read(tmp_path):
+    (tmp_path / "train.train.json").write_text(json.dumps(llm_adapters_rows(4)))
+    (tmp_path / "gsm8k.test.json").write_text(json.dumps([{"instruction": "q", "answer": 42}, {"instruction": "r",
+                                                                                               "answer": "-1.5"}]))
+    cfg = compose("task=math", f"task.data_dir={tmp_path}", "task.train_files=[train.train.json]", "task.val_size=0")
+    task = build_task(cfg.task, byte_level_tokenizer(), seed=0)
+    assert [row["answer"] for row in task.tests["gsm8k"]] == ["42", "-1.5"]
+
+
 def glue(folder: Path, task: str, train: str, dev: str | None = None):
     folder.mkdir(exist_ok=True)
     (folder / "train.tsv").write_text(train)
@@ -294,9 +337,21 @@ def glue(folder: Path, task: str, train: str, dev: str | None = None):
 
 def test_a_malformed_tsv_line_is_named_with_the_count(tmp_path):
     good = "".join(f"film {i}\t{i % 2}\n" for i in range(20))
-    with pytest.raises(UserError, match=r"^task.data_dir: .*train.tsv:4: 1 columns, expected 2 or more \(2 of 24 "
-                                        r"lines are bad\)"):
+    with pytest.raises(UserError, match=r"^task.data_dir: .*train.tsv:4: 1 columns, expected 2 \(2 of 24 "
+                                        r"lines are bad\); fix those lines"):
         glue(tmp_path, "sst2", "sentence\tlabel\nfine\t1\nok\t0\nno tab here\n" + good + "bad\n")
+
+
+@pytest.mark.parametrize("task,train,message", [
+    ("sst2", "sentence\tlabel\nfine\t1\nok\t0\t\n", r"train.tsv:3: 3 columns, expected 2"),  # was accepted
+    ("cola", "fine .\t1\nok .\t0\textra\n", r"train.tsv:2: 3 columns, expected 2"),
+    ("cola", "gj04\t1\t\tfine .\ngj04\t0\tok .\n", r"train.tsv:2: 3 columns, expected 4"),
+    ("stsb", "sentence1\tsentence2\tscore\nA .\tB .\t4.2\nA .\tC .\tnan\n", r"train.tsv:3: label 'nan' is not "
+     r"one of STSB's \(a number\)"),
+])
+def test_a_line_whose_columns_do_not_line_up_is_bad(tmp_path, task, train, message):
+    with pytest.raises(UserError, match=r"^task.data_dir: .*" + message + r" \(1 of 2 lines are bad\)"):
+        glue(tmp_path, task, train)
 
 
 def test_a_rare_malformed_line_is_skipped_with_a_warning_naming_it(tmp_path, caplog):

@@ -4,6 +4,7 @@ before training."""
 
 import importlib.metadata
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -59,6 +60,16 @@ def test_the_copied_tasks_point_at_the_data_dir(tmp_path):
     assert config["dataset_kwargs"]["data_files"]["test"] == str((SHARED_DATA / "math" / "gsm8k.test.json").resolve())
     cfg = compose("eval.harness.tasks=[ftbench_math]", f"eval.harness.data_dir={tmp_path}")
     with pytest.raises(UserError, match=r"eval.harness.data_dir: .* has no math/\w+.test.json \(task ftbench_math_"):
+        local_tasks(cfg.eval.harness, tmp_path / "out")
+
+
+def test_a_gold_answer_the_rule_cannot_judge_is_refused_before_training(tmp_path):
+    (tmp_path / "math").mkdir()
+    rows = [{"instruction": "q", "answer": "3"}, {"instruction": "r", "answer": "banana"}]
+    (tmp_path / "math" / "gsm8k.test.json").write_text("\n".join(json.dumps(row) for row in rows))
+    cfg = compose("eval.harness.tasks=[ftbench_math_gsm8k]", f"eval.harness.data_dir={tmp_path}")
+    with pytest.raises(UserError, match=r"^eval.harness.data_dir: .*gsm8k.test.json:2: record 2 has 'answer' "
+                                        r"'banana', not a number; .* \(answer: a number\)$"):
         local_tasks(cfg.eval.harness, tmp_path / "out")
 
 

@@ -274,6 +274,25 @@ def test_plan_json_and_report_set_predicted_beside_measured(tmp_path, capsys):
     assert run_job(compose("mode=plan", *args), tmp_path / "run") == 2  # never overwrites a plan
 
 
+def test_a_plan_beside_no_run_is_listed_with_the_reason(tmp_path):
+    """Every plan named shows: one that predicts none of the runs (was: dropped without a word) gets its own
+    table, plan.md, and a line under the report's table saying why; a failed plan in a run's folder too."""
+    args = ["model=tiny-llama", "method=sift", "profile.seq_len=16"]
+    assert run_job(compose("mode=plan", *args, "profile.batch_size=2"), tmp_path / "plan") == 0
+    run(tmp_path / "run", "mode=profile", *args, "profile.batch_size=4", "profile.warmup_steps=1", "profile.steps=1")
+    failed = {"schema": 1, "status": "failed", "error": "model.path: no such folder", "run": {"method": "sift"}}
+    (tmp_path / "run" / "plan.json").write_text(json.dumps(failed))
+    written = report.build([tmp_path / "plan", tmp_path / "run"], tmp_path / "report")
+    text = written["markdown"].read_text()
+    assert "predicted peak" not in text and text.count("\n| sift ") == 1
+    assert (f"\n{tmp_path / 'plan' / 'plan.json'}: beside no run: no result.json in its folder, and no profile run "
+            "of sift on tiny-llama with micro-batch 2 x 16 tokens (a training run is set beside the plan in its own "
+            "folder only)\n") in text
+    assert f"\n{tmp_path / 'run' / 'plan.json'}: beside no run: the plan failed (model.path: no such folder)\n" in text
+    assert written["plans"] == tmp_path / "report" / "plan.md"
+    assert written["plans"].read_text().count("\n| sift |") == 2
+
+
 def llama_folder(path):  # another shape than tiny-llama's (hidden 96, 3 layers)
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -175,7 +175,8 @@ def build(paths: list[Path], out_dir: Path, grows: bool = False) -> dict[str, Pa
     """Read every result under `paths`; print the table; write report.md, report.csv, report.png into
     `out_dir`, an earlier report there that differs kept aside (`keep_previous`; `grows`: the sweep's
     own report, replaced while it only gains runs or finishes them). Plans (plan.json, `ftbench plan`)
-    are set beside the runs they predict; plans alone make plan.md.
+    are set beside the runs they predict; plans alone make plan.md, and so do the plans beside no run,
+    each named with the reason under the report's table.
 
     Raises ValueError when `paths` hold neither a result nor a plan, and what `results.load` raises for
     a result file that cannot be read."""
@@ -183,12 +184,15 @@ def build(paths: list[Path], out_dir: Path, grows: bool = False) -> dict[str, Pa
     plans = {p: plan_report.read(p) for p in plan_report.find(paths)}
     out_dir.mkdir(parents=True, exist_ok=True)
     if not found and plans:
-        return {"plans": plan_report.print_plans(paths, out_dir)}
+        return {"plans": plan_report.print_plans(list(plans.values()), out_dir)}
     if not found:
         raise ValueError(f"no {results.FILENAME} under {', '.join(map(str, paths))}")
     loaded = [results.load(p) for p in found]
-    table = rows(loaded, [plan_report.matching_plan(r, p, plans) for r, p in zip(loaded, found)])
-    text, table_csv = markdown(table), csv_text(table)
+    matched = [plan_report.matching_plan(r, p, plans) for r, p in zip(loaded, found)]
+    alone = {path: plan for path, plan in plans.items() if not any(plan is m for m in matched)}
+    notes = [plan_report.unmatched(path, plan) for path, plan in alone.items()]
+    table = rows(loaded, matched)
+    text, table_csv = markdown(table) + "".join(f"\n{note}\n" for note in notes), csv_text(table)
     kept = keep_previous(out_dir, text, table_csv, grows)
     written = {"markdown": files.write_atomic(out_dir / "report.md", text),
                "csv": files.write_atomic(out_dir / "report.csv", table_csv)}
@@ -196,6 +200,9 @@ def build(paths: list[Path], out_dir: Path, grows: bool = False) -> dict[str, Pa
     if image:
         written["plot"] = image
     print_table(table)
+    if alone:  # every plan named shows: those beside no run in their own table, each with the reason
+        print("\n".join(notes))
+        written["plans"] = plan_report.print_plans(list(alone.values()), out_dir)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     if kept:

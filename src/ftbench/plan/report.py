@@ -139,9 +139,8 @@ def markdown(plans: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def print_plans(paths: list[Path], out_dir: Path) -> Path | None:
-    """One table across the plans under `paths` (a `-m` sweep); written to plan.md."""
-    plans = [read(p) for p in find(paths)]
+def print_plans(plans: list[dict], out_dir: Path) -> Path | None:
+    """One table across `plans` (a `-m` sweep, or the plans no run was set beside); written to plan.md."""
     if not plans:
         return None
     from rich.console import Console
@@ -159,10 +158,11 @@ def print_plans(paths: list[Path], out_dir: Path) -> Path | None:
 
 
 def matching_plan(result: Result, result_path: Path, plans: dict[Path, dict]) -> dict | None:
-    """The plan of a measured run: in the same folder, else one of the same method, model, micro-batch
-    and sequence length."""
+    """The plan of a measured run: the plan in the same folder, else, for a profile run, one of the same
+    method, model, micro-batch and sequence length (a training run's batches vary in length). Only a plan
+    that ended ok predicts anything."""
     same_folder = plans.get(result_path.parent / FILENAME)
-    if same_folder is not None:
+    if same_folder is not None and same_folder["status"] == "ok":
         return same_folder
     config = result.config or {}
     key = (result.run.method, result.run.model, (result.plan or {}).get("micro_batch_size"),
@@ -173,3 +173,13 @@ def matching_plan(result: Result, result_path: Path, plans: dict[Path, dict]) ->
                                        p.get("seq_len")) == key and config.get("mode") == "profile":
             return plan
     return None
+
+
+def unmatched(path: Path, plan: dict) -> str:
+    """One line on why the plan at `path` stands beside no run of a report (`matching_plan`'s rule)."""
+    if plan["status"] != "ok":
+        return f"{path}: beside no run: the plan {plan['status']} ({plan.get('error')})"
+    p, run = plan.get("plan") or {}, plan["run"]
+    return (f"{path}: beside no run: no result.json in its folder, and no profile run of {run['method']} on "
+            f"{run['model']} with micro-batch {p.get('micro_batch_size')} x {p.get('seq_len')} tokens (a training "
+            "run is set beside the plan in its own folder only)")

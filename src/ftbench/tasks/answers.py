@@ -12,6 +12,7 @@ and their peers use, kept exactly, because each choice moves accuracy by points.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,20 +61,32 @@ class AnswerRule:
     name: str
     extract: Callable[[str], Any]
     judge: Callable[[Any, str], bool]  # (prediction, gold as stored in the data) -> correct
+    gold: str  # what a gold answer is, e.g. "a number" (said when a data file holds another)
+    accepts: Callable[[str], bool]  # whether a gold answer as stored in the data is one
 
     def score(self, output: str, gold: str) -> tuple[Any, bool]:
         prediction = self.extract(output)
         return prediction, prediction is not None and self.judge(prediction, gold)
 
 
+def is_number(text: str) -> bool:
+    """Whether `text` is a finite number as float() reads it (what NUMBER_RULE's judge compares against)."""
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def choice_rule(choices: tuple[str, ...]) -> AnswerRule:
     return AnswerRule(f"first match of {'|'.join(choices)} (lowercased)",
-                      lambda text: first_choice(text, choices), lambda pred, gold: pred == gold.lower())
+                      lambda text: first_choice(text, choices), lambda pred, gold: pred == gold.lower(),
+                      f"one of {', '.join(choices)}", lambda gold: gold.lower() in choices)
 
 
 NUMBER_RULE = AnswerRule(f"last number, commas stripped, |pred - gold| <= {TOLERANCE}", last_number,
-                         lambda pred, gold: abs(pred - float(gold)) <= TOLERANCE)
-LETTER_RULE = AnswerRule("first capital letter A-E anywhere", first_letter, lambda pred, gold: pred == gold)
+                         lambda pred, gold: abs(pred - float(gold)) <= TOLERANCE, "a number", is_number)
+LETTER_RULE = AnswerRule("first capital letter A-E anywhere", first_letter, lambda pred, gold: pred == gold,
+                         "one of A, B, C, D, E", lambda gold: gold in ("A", "B", "C", "D", "E"))
 KNOWN_SETS = (*COMMONSENSE_CHOICES, *NUMBER_SETS, *LETTER_SETS)
 
 

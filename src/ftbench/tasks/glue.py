@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,7 +113,10 @@ def convert_label(raw: str, spec: GlueSpec):
     """GLUE labels as the hub numbers them: class index, or a float score for STS-B."""
     raw = raw.strip()
     if spec.labels is None:
-        return float(raw)
+        score = float(raw)
+        if not math.isfinite(score):
+            raise ValueError(raw)
+        return score
     if raw in spec.labels:
         return spec.labels.index(raw)
     index = int(raw)
@@ -144,8 +148,9 @@ def read_tsv(path: Path, task: str, spec: GlueSpec) -> list[dict]:
     """Read one GLUE TSV: the distribution's headed files, or CoLA's header-less layouts.
 
     Raises UserError on task.data_dir naming the file: another task's file (by its header or its
-    labels), a missing column, or malformed lines (file:line of the first, and the count) beyond the
-    1% the GLUE distribution has (QQP); fewer are skipped with a warning that names them the same way."""
+    labels), a missing column, or malformed lines (file:line of the first, and the count: a column count
+    other than the header's, or a label that is not one of the task's / a finite number for STS-B) beyond
+    the 1% the GLUE distribution has (QQP); fewer are skipped with a warning that names them the same way."""
     reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     try:
         rows = [(reader.line_num, row) for row in reader if row]
@@ -165,6 +170,7 @@ def read_tsv(path: Path, task: str, spec: GlueSpec) -> list[dict]:
     if task == "cola" and header[1:2] and header[1].strip() in BINARY:
         # Header-less CoLA: `sentence<TAB>label`, or the original `source label star sentence`.
         columns = {"sentence": 0, "label": 1} if len(header) == 2 else {"sentence": 3, "label": 1}
+        width = 2 if len(header) == 2 else 4
         body = rows
     else:
         columns = {}
@@ -180,11 +186,12 @@ def read_tsv(path: Path, task: str, spec: GlueSpec) -> list[dict]:
                 raise UserError("task.data_dir", f"{path} has no {choices} column (header: {', '.join(header)}); "
                                 f"give the GLUE {name} TSV files")
             columns[column] = found
+        width = len(header)
         body = rows[1:]
     examples, bad = [], []
     for line, row in body:
-        if len(row) <= max(columns.values()):
-            bad.append(f"{path}:{line}: {len(row)} columns, expected {max(columns.values()) + 1} or more")
+        if len(row) != width:  # a tab too many or too few: the columns no longer line up with the header's
+            bad.append(f"{path}:{line}: {len(row)} columns, expected {width}")
             continue
         example = {column: row[i] for column, i in columns.items()}
         try:
@@ -195,8 +202,9 @@ def read_tsv(path: Path, task: str, spec: GlueSpec) -> list[dict]:
             continue
         examples.append(example)
     if bad and (not examples or len(bad) > 0.01 * len(body)):
-        raise UserError("task.data_dir", f"{bad[0]} ({len(bad)} of {len(body)} lines are bad); "
-                        f"give the GLUE {name} TSV files (is task={task} the task of this folder?)")
+        raise UserError("task.data_dir", f"{bad[0]} ({len(bad)} of {len(body)} lines are bad); fix those lines "
+                        f"(a tab inside a text?) or give the GLUE {name} TSV files (is task={task} the task "
+                        "of this folder?)")
     if not examples:
         raise UserError("task.data_dir", f"{path} holds a header and no examples; give the GLUE {name} TSV files")
     if bad:  # malformed lines exist in the GLUE distribution (e.g. QQP); skip them

@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 
 from ftbench.errors import UserError, exception_line, kind_problem
+from ftbench.tasks.answers import rule_for
+from ftbench.tasks.instruct import read_json_rows, require_keys
 
 SHIPPED = Path(__file__).with_name("harness_tasks")
 log = logging.getLogger(__name__)
@@ -33,7 +35,8 @@ def local_tasks(cfg, output_dir: Path) -> Path:
     """Copy the shipped tasks into `<output_dir>/harness_tasks/` with each task's `data_files` made
     absolute under `cfg.data_dir` (templates and their Python judge copied as they are); return that
     folder. Raises UserError (eval.harness.data_dir) naming the first test file that is not there, or is
-    not a file (a folder by its name), when a requested shipped task needs it."""
+    not a file (a folder by its name), when a requested shipped task needs it, and as `require_keys` when
+    one of its records has no instruction or an answer the set's rule cannot judge."""
     data_dir = Path(os.path.expanduser(cfg.data_dir)).resolve()
     folder = output_dir / "harness_tasks"
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,6 +56,10 @@ def local_tasks(cfg, output_dir: Path) -> Path:
         if _requested(config["task"], cfg.tasks) and problem is not None:
             raise UserError("eval.harness.data_dir", f"'{data_dir / test}' {problem} (task {config['task']}); "
                             f"{test} is a JSON file")
+        if _requested(config["task"], cfg.tasks):  # records the set's rule judges (tasks/answers.py)
+            rows = read_json_rows(data_dir / test, "eval.harness.data_dir")
+            require_keys(rows, ("instruction", "answer"), data_dir / test, "eval.harness.data_dir",
+                         gold=rule_for(Path(test).name.split(".")[0]))
         config["dataset_kwargs"]["data_files"] = {"test": str(data_dir / test)}
         (folder / path.name).write_text(yaml.safe_dump(config, sort_keys=False))
     return folder

@@ -31,6 +31,7 @@ from ftbench.models.architecture import IGNORE_INDEX
 from ftbench.models.hub import hub_error, use_cache_only_if_offline
 from ftbench.progress import Work
 from ftbench.tasks import generate
+from ftbench.tasks.answers import AnswerRule
 from ftbench.tasks.base import EvalContext, Example, Task, batched, read_text
 from ftbench.tasks.config import InstructConfig
 
@@ -121,62 +122,72 @@ def encode_pairs(tokenizer, prompts: list[str], targets: list[str], max_length: 
     return examples, dropped
 
 
-def read_json_rows(path: Path) -> list[dict]:
+def read_json_rows(path: Path, key: str = "task.data_dir") -> list[dict]:
     """A JSON list of objects, or JSON Lines (one object a line).
 
-    Raises UserError naming the file, the place of a syntax error and the fix."""
-    text = read_text(path)
+    Raises UserError on `key` naming the file, the place of a syntax error and the fix."""
+    text = read_text(path, key)
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as whole:
         lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
         if text.lstrip().startswith("[") or len(lines) < 2:  # meant as one JSON document
-            raise UserError("task.data_dir", f"{path}: invalid JSON at line {whole.lineno} column {whole.colno} "
+            raise UserError(key, f"{path}: invalid JSON at line {whole.lineno} column {whole.colno} "
                             f"({whole.msg}); fix the file (python -m json.tool {path.name} shows where)") from whole
         rows = []
         for number, line in lines:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise UserError("task.data_dir", f"{path}: line {number} is not a JSON object ({exc.msg}); give a "
+                raise UserError(key, f"{path}: line {number} is not a JSON object ({exc.msg}); give a "
                                 "JSON list of objects or JSON Lines (one object a line)") from exc
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-        raise UserError("task.data_dir", f"{path} must hold a list of objects, one per example "
+        raise UserError(key, f"{path} must hold a list of objects, one per example "
                         "(e.g. [{\"instruction\": ..., \"output\": ...}])")
     return rows
 
 
-def require_keys(rows: list[dict], keys: tuple[str, ...], where: Path | str, key: str = "task.data_dir") -> list[dict]:
-    """`rows` checked in place: each has text `keys` (numbers become text); an optional `input` that
-    is null is read as empty. Raises UserError naming the first bad record (file:line when `where`
-    is a local file), its field and what is wrong, and how many records have such a problem."""
+def require_keys(rows: list[dict], keys: tuple[str, ...], where: Path | str, key: str = "task.data_dir",
+                 gold: AnswerRule | None = None) -> list[dict]:
+    """`rows` checked in place: each has the text `keys`, and an optional `input` as text (null is read
+    as empty); with `gold` (the set's answer rule) an 'answer' that rule can judge (one stored as a JSON
+    number becomes its text). Raises UserError naming the first bad record (file:line when `where` is a
+    local file), its field and what is wrong, how many records have such a problem, and the fix."""
     if not rows:
         raise UserError(key, f"{where} holds no examples")
-    bad = []
-    for index, row in enumerate(rows):
-        if row.get("input", "") is None:  # "input": null in Alpaca-style data means no input
-            row["input"] = ""
-        for k in keys:  # numbers (e.g. an answer stored as 42) are text to the prompt
-            if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool):
-                row[k] = str(row[k])
-        missing = next((k for k in keys if not isinstance(row.get(k), str)), None)
-        if missing is not None:
-            bad.append((index, missing))
+    bad = [(index, problem) for index, row in enumerate(rows)
+           if (problem := record_problem(row, keys, gold)) is not None]
     if not bad:
         return rows
-    index, field = bad[0]
-    row = rows[index]
-    if field not in row:
-        what = f"has no '{field}' field (it has: {', '.join(sorted(row))})"
-    elif row[field] is None:
-        what = f"has '{field}': null"
-    else:
-        what = f"has '{field}' of type {type(row[field]).__name__}, not text"
+    index, what = bad[0]
     line = record_line(where, index) if isinstance(where, Path) else None
     place = f"{where}:{line}" if line else str(where)
     count = f" ({len(bad)} of {len(rows)} records have such a problem)" if len(bad) > 1 else ""
+    answer = f" (answer: {gold.gold})" if gold is not None else ""
     raise UserError(key, f"{place}: record {index + 1} {what}{count}; give every record the text fields "
-                    f"{', '.join(keys)}")
+                    f"{', '.join(keys)}{answer}")
+
+
+def record_problem(row: dict, keys: tuple[str, ...], gold: AnswerRule | None) -> str | None:
+    """What is wrong with one record's fields, e.g. "has 'output' of type int, not text" (None: nothing)."""
+    if row.get("input", "") is None:  # "input": null in Alpaca-style data means no input
+        row["input"] = ""
+    answer = row.get("answer")
+    if gold is not None and isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        row["answer"] = str(answer)  # an answer stored as 42 is the text "42" the rule reads
+    for field in (*keys, "input"):
+        if field not in row:
+            if field in keys:
+                return f"has no '{field}' field (it has: {', '.join(sorted(row))})"
+            continue
+        value = row[field]
+        if value is None:
+            return f"has '{field}': null"
+        if not isinstance(value, str):
+            return f"has '{field}' of type {type(value).__name__}, not text"
+        if field == "answer" and gold is not None and not gold.accepts(value):
+            return f"has 'answer' {value[:40]!r}, not {gold.gold}"
+    return None
 
 
 def record_line(path: Path, index: int) -> int | None:

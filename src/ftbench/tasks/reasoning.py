@@ -83,14 +83,15 @@ class ReasoningTask(InstructTask):
 
     def test_rows(self, name: str) -> list[dict] | None:
         """The set's questions and gold answers; None when the local folder has no file for it. Raises
-        UserError on task.data_dir when its file's name holds something else (a folder)."""
+        UserError on task.data_dir when its file's name holds something else (a folder), and as
+        `require_keys` on a record without text or with an answer the set's rule cannot judge."""
         cfg = self.cfg
         keys = ("instruction", "answer")
         if cfg.data_dir is None:
             url = f"{cfg.remote}/dataset/{name}/test.json"
             rows = load_remote_rows("task.data_dir", url, "download the test sets and set task.data_dir=DIR",
                                     "json", data_files=url)
-            return require_keys(rows, keys, url, key="task.remote")
+            return require_keys(rows, keys, url, key="task.remote", gold=answers.rule_for(name))
         folder = Path(cfg.data_dir).expanduser()
         candidates = (folder / f"{name}.test.json", folder / name / "test.json")
         path = next((p for p in candidates if p.is_file()), None)
@@ -98,7 +99,9 @@ class ReasoningTask(InstructTask):
         if other is not None:
             raise UserError("task.data_dir", f"'{other}' {kind_problem(other, 'file')}; the {name} test set is "
                             f"<set>.test.json or <set>/test.json")
-        return None if path is None else require_keys(read_json_rows(path), keys, path)
+        if path is None:
+            return None
+        return require_keys(read_json_rows(path), keys, path, gold=answers.rule_for(name))
 
     def evaluate(self, model, ctx: EvalContext) -> dict[str, float]:
         sets = {}
