@@ -212,3 +212,54 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(args):
     process.stdout.close()  # the reader is gone before the command writes its first line
     stderr = process.stderr.read()
     assert process.wait(timeout=120) in (PIPE_CLOSED, -signal.SIGPIPE) and stderr == "", stderr
+
+
+SHOW_FLAGS = [[["--cfg", "job"]], [["--cfg", "job"], ["--resolve"]], [["-c", "job"], ["--package", "method"]],
+              [["--cfg", "all"]], [["--resolve"], ["--cfg", "job"], ["-p", "train"]]]
+SHOWN_OVERRIDES = ["method=lora", "train.max_steps=3", "hydra.run.dir=/tmp/ftbench-unused"]
+
+
+def shown(capsys, argv: list[str]) -> tuple[int, str, str]:
+    from ftbench.cli import main
+
+    with pytest.raises(SystemExit) as code:
+        main(argv)
+    out = capsys.readouterr()
+    return code.value.code, out.out, out.err
+
+
+def interleaved(groups: list[list[str]]) -> list[str]:
+    """The overrides with the i-th flag (and its value) after the i-th override."""
+    return [a for i, o in enumerate(SHOWN_OVERRIDES) for a in [o, *(groups[i] if i < len(groups) else [])]]
+
+
+@pytest.mark.parametrize("plan", [[], ["plan"]])
+@pytest.mark.parametrize("groups", SHOW_FLAGS)
+def test_hydra_flags_go_anywhere_among_the_overrides(capsys, plan, groups):
+    """`ftbench method=lora --cfg job`, `ftbench plan method=lora --cfg job`: was exit 2 and argparse's usage
+    naming `hydra.run.dir=...` / `mode=plan`, the overrides ftbench appends. Every position prints what the
+    flags first print."""
+    flags = [a for group in groups for a in group]
+    first = shown(capsys, [*plan, *flags, *SHOWN_OVERRIDES])
+    assert first[0] == 0 and first[2] == "" and first[1].strip(), first
+    for argv in ([*SHOWN_OVERRIDES, *flags], [SHOWN_OVERRIDES[0], *flags, *SHOWN_OVERRIDES[1:]],
+                 interleaved(groups), interleaved(groups[::-1])):
+        assert shown(capsys, [*plan, *argv]) == first, argv
+
+
+def test_hydra_order_keeps_each_flag_with_its_value():
+    from ftbench.cli import hydra_order
+
+    assert hydra_order(["a=1", "-m", "b=2"]) == ["a=1", "b=2", "-m"]
+    assert hydra_order(["--info", "a=1", "-p", "method", "b=2", "-i", "config"]) == [
+        "a=1", "b=2", "--info", "-p", "method", "-i", "config"]  # a bare --info takes no override as its value
+    assert hydra_order(["--experimental-rerun", "x.pickle", "a=1"]) == ["a=1", "--experimental-rerun", "x.pickle"]
+
+
+@pytest.mark.parametrize("plan,flags", [(["plan"], ["--info", "config"]), ([], ["--info"])])
+def test_info_after_the_overrides_prints_what_it_prints_first(plan, flags):
+    """`ftbench plan method=lora --info config`: was argparse's usage naming `mode=plan`; a bare `ftbench --info
+    method=lora` was `invalid choice: 'method=lora'`."""
+    first, given = cli("ftbench", *plan, *flags, "method=lora"), cli("ftbench", *plan, "method=lora", *flags)
+    assert first.returncode == given.returncode == 0 and first.stderr == given.stderr == "", given.stderr
+    assert "Config search path" in first.stdout and given.stdout == first.stdout

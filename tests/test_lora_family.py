@@ -6,6 +6,8 @@ refused in one line when the config is composed."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -13,10 +15,19 @@ from transformers import AutoModelForCausalLM
 from ftbench.config.schema import check
 from ftbench.errors import UserError
 from ftbench.measure.meters import QUANT_STATE, QUANTIZED, optimizer_state_parts, weight_parts
-from ftbench.methods import build_method
+from ftbench.methods import build_method, config_class
+from ftbench.methods.lora.config import LoraMethodConfig
 from ftbench.models.architecture import architecture
 from ftbench.plan.planner import plan_fit, target
-from helpers import compose, method_context, synthetic_batches, tiny_model, train_steps
+from helpers import (
+    compose,
+    method_context,
+    method_table,
+    run,
+    synthetic_batches,
+    tiny_model,
+    train_steps,
+)
 
 STEPS = 3
 
@@ -164,6 +175,33 @@ def test_qlora_refuses_gpt2s_conv1d():
         method.prepare(_gpt2(), method_context(head="causal_lm"))
     assert refused.value.key == "method" and "qlora" in str(refused.value)
 
+
+
+TARGETED = [(name, quick) for name, quick in method_table("quick")
+            if "target_modules" in {f.name for f in dataclasses.fields(config_class(name))}]
+
+
+@pytest.mark.parametrize("name,quick", TARGETED, ids=[name for name, _ in TARGETED])
+def test_a_target_that_is_no_linear_layer_is_refused_on_the_key(tmp_path, name, quick):
+    """`method=lora method.target_modules=[norm]` (tiny-llama's final RMSNorm): was PEFT's ValueError, exit 1.
+    Every method that takes target_modules refuses it in one line on the key, before training (exit 2)."""
+    result = run(tmp_path / "run", f"method={name}", *quick, "method.target_modules=[norm]", "task.max_steps=2")
+    error = result["error"]
+    assert result["exit_code"] == 2 and result["status"] == "failed" and result["train"]["steps"] in (None, 0)
+    assert error.startswith("method.target_modules: ") and "\n" not in error, error
+    if issubclass(config_class(name), LoraMethodConfig):
+        assert "'norm' is a LlamaRMSNorm" in error and "name linear layers: down_proj, gate_proj" in error, error
+
+
+@pytest.mark.parametrize("name", [name for name, _ in TARGETED if issubclass(config_class(name), LoraMethodConfig)])
+def test_lora_family_adapts_what_peft_adapts_besides_nn_linear(name):
+    """Not refused: an embedding (every LoRA variant of PEFT wraps nn.Embedding) and GPT-2's Conv1D (QLoRA
+    refuses GPT-2 itself: test_qlora_refuses_gpt2s_conv1d)."""
+    models = [("embed_tokens", tiny_model(head="causal_lm"))] + ([] if name == "qlora" else [("c_attn", _gpt2())])
+    for module, model in models:
+        method = build_method(compose(f"method={name}", f"method.target_modules=[{module}]").method)
+        prepared = method.prepare(model, method_context(head="causal_lm"))
+        assert method.describe(prepared)["target_modules"] == [module]
 
 def _gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -259,6 +259,22 @@ def test_largest_micro_batch_is_the_last_that_fits():
     assert largest_micro_batch_from(the_fit, tgt, peaks[0] - 1) == 0
 
 
+
+def test_a_largest_micro_batch_at_the_search_cap_says_at_least(tmp_path, capsys):
+    """A tiny model on 24 GB: was "largest micro-batch that fits: 4096", the search's cap (MAX_MICRO_BATCH) given
+    as if it were what fits. Now "at least 4096 (the search's cap)", and plan.json says it was capped."""
+    from ftbench.plan.planner import MAX_MICRO_BATCH
+    from ftbench.plan.report import describe, run_plan, table_rows
+
+    assert run_plan(compose("mode=plan", *SHAPE, "method=galore", "hardware=gpu-24gb"), tmp_path) == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["plan"]["largest_micro_batch"] == MAX_MICRO_BATCH and plan["plan"]["largest_micro_batch_capped"]
+    said = f"largest micro-batch that fits: at least {MAX_MICRO_BATCH} (the search's cap)"
+    assert capsys.readouterr().out.rstrip().endswith(said)
+    assert describe(plan).endswith(said) and table_rows([plan])[0][-1] == said.split(": ")[1]
+    plan["plan"].update(largest_micro_batch=58, largest_micro_batch_capped=False)
+    assert describe(plan).endswith("largest micro-batch that fits: 58") and table_rows([plan])[0][-1] == "58"
+
 def test_plan_json_and_report_set_predicted_beside_measured(tmp_path, capsys):
     args = ["model=tiny-llama", "profile.batch_size=2", "profile.seq_len=16", "method=sift"]
     measured = run(tmp_path / "run", "mode=profile", *args, "profile.warmup_steps=1", "profile.steps=1")

@@ -34,7 +34,9 @@ PASSTHROUGH = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--c
 SHOWN = {"--cfg", "-c"}  # print the composed config: a bad key or value is refused as a run's would be
 PRINT_ONLY = {"--hydra-help", "--version", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc"}  # no job runs
 WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
-              "-cd"}  # Hydra flags followed by their value (--cfg job)
+              "-cd", "--experimental-rerun"}  # Hydra flags followed by their value (--cfg job)
+INFO = {"--info", "-i"}  # Hydra's flag whose value is optional: one of INFO_CHOICES, else none (--info = --info all)
+INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 
 
 def expand(overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -103,14 +105,32 @@ def not_an_option(overrides: list[str]) -> str | None:
     return None
 
 
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """A command line's Hydra flags (each followed by its value, if it takes one) and its KEY=VALUE overrides,
+    each in the order given."""
+    flags: list[str] = []
+    overrides: list[str] = []
+    previous = None
+    for arg in argv:
+        is_value = not arg.startswith("-") and (previous in WITH_VALUE or previous in INFO and arg in INFO_CHOICES)
+        (flags if arg.startswith("-") or is_value else overrides).append(arg)
+        previous = None if is_value else arg
+    return flags, overrides
+
+
 def overrides_in(argv: list[str]) -> list[str]:
     """The KEY=VALUE overrides of a command line: neither flags nor the values of the flags that take one."""
-    out, value_next = [], False
-    for arg in argv:
-        if not value_next and not arg.startswith("-"):
-            out.append(arg)
-        value_next = arg in WITH_VALUE and not value_next
-    return out
+    return split_argv(argv)[1]
+
+
+def hydra_order(argv: list[str]) -> list[str]:
+    """The command line as Hydra's argparse takes it: the overrides in one run of arguments, then the flags.
+    The user may put a flag anywhere (`ftbench method=lora --cfg job`, `ftbench a=1 -m b=2`), and ftbench
+    appends overrides of its own (`mode=plan`, the run's folder): interleaved, argparse took the overrides
+    after a flag as unrecognized arguments (a usage dump naming what the user never typed). A bare `--info`
+    last, no override is read as its value."""
+    flags, overrides = split_argv(argv)
+    return [*overrides, *flags]
 
 
 def sweep_argv(argv: list[str]) -> list[str]:
@@ -123,7 +143,7 @@ def sweep_argv(argv: list[str]) -> list[str]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = [a for a in argv if not a.startswith("-")]
+    overrides = overrides_in(argv)
     register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftbench"):
         try:
@@ -223,7 +243,7 @@ def launch(argv: list[str], folders: list[Path | None] | None = None) -> int:
         codes.append(code)
         return code
 
-    sys.argv = ["ftbench", *argv]
+    sys.argv = ["ftbench", *hydra_order(argv)]
     job()
     return max(codes, default=0) if folders is None else sweep.exit_code(folders, codes)
 
@@ -270,10 +290,9 @@ def main(argv: list[str] | None = None) -> None:
         argv = [*argv[1:], "mode=plan"]
     register_configs()
     if {"--help", "-h"}.intersection(argv):
-        usage.print_help([a for a in argv if not a.startswith("-")], usage.PLAN_HELP if planning else "")
+        usage.print_help(overrides_in(argv), usage.PLAN_HELP if planning else "")
         return
     folders: list[Path | None] | None = None
-    argv = multirun_first(argv)
     if not PASSTHROUGH.intersection(argv) or SHOWN.intersection(argv):
         multirun = "-m" in argv or "--multirun" in argv
         argv, folders = (sweep_argv(argv), []) if multirun else (run_argv(argv), None)
@@ -301,13 +320,6 @@ def main(argv: list[str] | None = None) -> None:
             if not isinstance(exc, Canceled):  # a canceled job printed its own line
                 print("ftbench: canceled", file=sys.stderr)
             sys.exit(130)
-
-
-def multirun_first(argv: list[str]) -> list[str]:
-    """`-m`/`--multirun` moved before the overrides: Hydra's parser takes its overrides in one run of
-    arguments, so `ftbench a=1 -m b=2` was an argparse usage dump naming the overrides after the flag."""
-    flags = [arg for arg in argv if arg in ("-m", "--multirun")]
-    return [*flags, *(arg for arg in argv if arg not in flags)]
 
 
 def report_folder(paths: list[Path]) -> Path | None:

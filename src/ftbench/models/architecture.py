@@ -241,7 +241,7 @@ class Architecture:
                         f"holds {other[0]} as a {type(model.get_submodule(other[0])).__name__}, not an nn.Linear")
                 raise UserError("method", f"{method} cannot serve this {self.model_type} model: block {block.name} "
                                 f"{what}; use method=full, lora or hift, or add the family to "
-                                "ftbench/architecture.py LAYOUTS")
+                                "ftbench/models/architecture.py LAYOUTS")
 
 
 def architecture(model: nn.Module) -> Architecture:

@@ -400,6 +400,7 @@ def predict(cfg: DictConfig) -> dict:
             "layers": tgt.layers, "phase_peaks_bytes": {p: int(v) for p, (v, _) in peaks.items()},
             "device_memory_bytes": total, "margin": cfg.plan.margin, "budget_bytes": usable,
             "fits": None if usable is None else top <= usable, "largest_micro_batch": largest,
+            "largest_micro_batch_capped": None if largest is None else largest == MAX_MICRO_BATCH,  # at least
             "gpu_additions_bytes": {  # what the GPU step adds to (or, fused AdamW, takes from) the CPU trace
                 "cublas_workspace": CUBLAS_WORKSPACE_BYTES if tgt.gpu else 0,
                 "flash_attention_backward": int(flash_backward_bytes(tgt, tgt.micro_batch)) if tgt.gpu else 0,

@@ -92,9 +92,17 @@ def describe(plan: dict) -> str:
     else:
         verdict = "fits" if p["fits"] else "does NOT fit"
         lines.append(f"  {'budget':<24}{_gib(p['budget_bytes']):>9} GiB   ({_gib(p['device_memory_bytes'])} GiB, "
-                     f"{p['margin']:.0%} kept free): {verdict}; largest micro-batch that fits: "
-                     f"{p['largest_micro_batch']}")
+                     f"{p['margin']:.0%} kept free): {verdict}; largest micro-batch that fits: {largest(p)}")
     return "\n".join(lines)
+
+
+def largest(p: dict) -> str:
+    """The largest micro-batch that fits, as said: the search stops at planner.MAX_MICRO_BATCH, so a plan
+    that reached it says "at least" (a small model fits far more)."""
+    if p["largest_micro_batch"] is None:
+        return "—"
+    capped = p.get("largest_micro_batch_capped")  # plan.json of an older ftbench: absent
+    return f"at least {p['largest_micro_batch']} (the search's cap)" if capped else str(p["largest_micro_batch"])
 
 
 def find(paths: list[Path]) -> list[Path]:
@@ -128,7 +136,7 @@ def table_rows(plans: list[dict]) -> list[list[str]]:
                      _gib(b["master_bytes"]), _gib(b["grad_bytes"]), _gib(b["optimizer_state_bytes"]),
                      _gib(b["activations_bytes"]), memory["train_peak_phase"],
                      "—" if p["fits"] is None else "yes" if p["fits"] else "no",
-                     "—" if p["largest_micro_batch"] is None else str(p["largest_micro_batch"])])
+                     largest(p)])
     return rows
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from ftbench.errors import UserError
 from ftbench.methods.base import Method, MethodContext, Trains
 from ftbench.methods.lora.config import LoraMethodConfig
-from ftbench.models.architecture import architecture
+from ftbench.models.architecture import architecture, is_projection
 from ftbench.models.loading import save_merged
 
 PEFT_TASK_TYPES = {"seq_cls": "SEQ_CLS", "regression": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
@@ -30,13 +30,9 @@ class Lora(Method):
 
         targets = self.cfg.target_modules
         targets = targets if isinstance(targets, str) else list(targets)
-        if not isinstance(targets, str) or targets != "all-linear":
-            names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-            missing = [t for t in ([targets] if isinstance(targets, str) else targets) if t not in names]
-            if missing:
-                raise UserError("method.target_modules", f"no module named {missing[0]!r} in this model; "
-                                f"linear layers here: {', '.join(sorted(_linear_names(model)))}")
         heads = architecture(model).task_heads(ctx.head)
+        if not isinstance(targets, str) or targets != "all-linear":
+            require_adaptable(model, [targets] if isinstance(targets, str) else targets, heads)
         model = self.base_model(model, ctx)
         config = LoraConfig(
             task_type=PEFT_TASK_TYPES[ctx.head],
@@ -90,5 +86,24 @@ class Lora(Method):
         return model.merge_and_unload()
 
 
-def _linear_names(model: nn.Module) -> set[str]:
-    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+# What PEFT's LoRA wraps beyond a linear layer (its default dispatch, peft/tuners/lora/layer.py), DoRA and PiSSA too
+PEFT_WRAPS = (nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention)
+
+
+def require_adaptable(model: nn.Module, targets: list[str], heads: list[str]) -> None:
+    """Raise UserError('method.target_modules') for the first name that matches no module of the model, or a
+    module PEFT cannot put an adapter on (a norm, a whole block: PEFT's ValueError at the launch), naming the
+    linear layers there are outside the task `heads` (trained densely): nn.Linear and transformers' Conv1D
+    (models/architecture.py `is_projection`)."""
+    linears = ", ".join(sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                                if is_projection(m) and n.split(".", 1)[0] not in heads}))
+    for target in targets:
+        found = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] == target]
+        if not found:
+            raise UserError("method.target_modules", f"no module named {target!r} in this model; "
+                            f"linear layers here: {linears}")
+        other = next((m for m in found if not is_projection(m) and not isinstance(m, PEFT_WRAPS)), None)
+        if other is not None:
+            raise UserError("method.target_modules", f"{target!r} is a {type(other).__name__} in this model, which "
+                            f"LoRA cannot adapt (PEFT adapts linear layers, embeddings and convolutions); name "
+                            f"linear layers: {linears} (or all-linear)")
