@@ -235,3 +235,66 @@ def test_a_run_folder_another_process_runs_in_is_refused_before_any_run(tmp_path
                          "another --out")
         made = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
         assert made == [f"{held}/run.lock"]  # nothing run
+
+
+@pytest.mark.parametrize("dry_run", [["--dry-run"], []])
+def test_a_metric_no_task_reports_is_refused_before_any_run(tmp_path, capsys, dry_run):
+    """metric names the deciding score: one the task does not report is refused with those it does, before any
+    run and by a dry run (was: every run made, exit 0, a report of '—' with no lr chosen)."""
+    spec = write_spec(tmp_path / "spec.yaml", methods=["full", "lora"], metric="nonsense")
+    assert refused(tmp_path, capsys, spec, *dry_run) == (
+        "ftbench compare: error: metric: 'nonsense' is not a metric synthetic reports (it reports acc, loss); set "
+        "metric to one of them, or null for the task's headline")
+    assert not (tmp_path / "out").exists()
+    passes(tmp_path, capsys, spec, "metric=loss")
+
+
+@pytest.mark.parametrize("key,value,problem", [
+    ("variants", "..", "'..' is the parent of the folder it would be in"),
+    ("variants", ".", "'.' is the folder it would be in, not one inside it"),
+    ("variants", "", "'' (empty) names no folder"),
+    ("variants", "a/b", "'a/b' holds a /, which no folder's name holds"),
+    ("variants", "../../../escape", "'../../../escape' holds a /, which no folder's name holds"),
+    ("variants", "a\0b", "'a\0b' holds a NUL, which no folder's name holds"),
+    ("tasks", "../sst2", "'../sst2' holds a /, which no folder's name holds"),
+])
+def test_a_label_that_is_not_a_plain_folder_name_is_refused(tmp_path, key, value, problem):
+    """A variant's label (or a task) names the arm's folders, <task>/lr/<label>/: '..' put its runs beside the
+    stage folders, '../../../x' outside --out (was: run there, exit 0)."""
+    keys = ({"variants": {value: ["method=lora"]}, "methods": ["full", value]} if key == "variants"
+            else {"tasks": [value]})
+    spec = write_spec(tmp_path / "spec.yaml", **keys)
+    example = "a label such as lora-r4" if key == "variants" else "a conf/task option such as sst2"
+    with pytest.raises(SpecError) as error:
+        load(spec, [])
+    assert str(error.value) == (f"{spec}: {key}: {problem}; each names a folder of the comparison (<task>/lr/<arm>/): "
+                                f"give {example}, a plain folder name (no '/', not '.' or '..')")
+
+
+def test_a_folder_hydra_would_read_as_a_sweep_is_quoted_in_the_multirun(tmp_path):
+    """A label or --out holding a comma (or a quote, a tilde): the multirun's hydra.sweep.dir is quoted for Hydra's
+    parser, so it names that folder (was: hydra.sweep.dir=OUT/sst2/lr/a,b, a sweep over 'OUT/sst2/lr/a' and 'b';
+    OUT/a~b, a syntax error)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    spec = load(five_rows(tmp_path, methods=["full", "a,b"], variants={"a,b": ["method=lora"]}), [])
+    for out, arm in ((tmp_path / "x,y'z", "a,b"), (tmp_path / "a~b", "full")):
+        run = cells.Run("lr", "sst2", arm, 1e-3, 0, cells.folder(out, "lr", "sst2", arm, 1e-3, 0), {}, 2)
+        [given] = [a for a in cells.argv(spec, [run]) if a.startswith("hydra.sweep.dir=")]
+        parsed = OverridesParser.create().parse_override(given)
+        assert not parsed.is_sweep_override() and parsed.value() == str(out / "sst2/lr" / arm)
+
+
+def test_the_planned_peak_is_planned_at_the_runs_shape(tmp_path, capsys):
+    """gpu: the plan of each arm's stage-2 run at its batch (budget.batch_size) and the task's longest training
+    sequence, padded to the hardware's multiple, as a run's micro-batch fit collates it (was: profile.batch_size=4
+    x profile.seq_len=512 whatever the runs trained)."""
+    from ftbench.compare import plans
+
+    spec = load(five_rows(tmp_path, validation_from_train=1, gpu="gpu-24gb"), [])
+    with cells.Composer(spec) as composer:
+        found = plans.predict(composer, spec, tmp_path / "out", {("sst2", "full"): 1e-3})
+        longest = max(composer.train_lengths("sst2", 0))
+    profile = found["sst2"]["full"]["config"]["profile"]
+    assert (profile["batch_size"], profile["seq_len"]) == (2, -(-longest // 8) * 8) and longest < 24
+    assert f"micro-batch 2 x {profile['seq_len']} tokens" in capsys.readouterr().out

@@ -12,7 +12,6 @@ import argparse
 import gc
 import itertools
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from ftbench import methods, report, usage
 from ftbench.config.schema import check
 from ftbench.errors import Canceled, UserError, explain_compose_error, kind_problem
 from ftbench.job import lock, sweep
-from ftbench.job.compose import config_dir, register_configs
+from ftbench.job.compose import config_dir, pinned, register_configs
 from ftbench.quiet import entry_point, quiet_libraries, quiet_transformers
 
 # Hydra flags that do not launch a run: hand them to Hydra untouched (--cfg's config is checked first: SHOWN).
@@ -177,13 +176,6 @@ def run_argv(argv: list[str]) -> list[str]:
         except (HydraException, OmegaConfBaseException, ValueError):
             return argv  # validate() says what is wrong in one line
     return [*(a for a in argv if a not in given), pinned("hydra.run.dir", folder)]
-
-
-def pinned(key: str, value: str) -> str:
-    """The override `key=value`, the value quoted for Hydra's parser where it holds more than a plain path."""
-    if re.fullmatch(r"[\w/.\-+:@%~]*", value, flags=re.ASCII):
-        return f"{key}={value}"
-    return f"{key}='" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value) + "'"
 
 
 @contextmanager

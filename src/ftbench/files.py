@@ -99,6 +99,17 @@ def sweep_dir() -> Path | None:
     return Path(HydraConfig.get().sweep.dir) if multirun else None
 
 
+def folder_name_problem(name: str) -> str | None:
+    """Why `name` cannot be one folder's name inside another (None when it can): a `/` nests it, `.` and `..`
+    name the folder itself or its parent, an empty name names nothing, and no path holds a NUL."""
+    if name in ("", ".", ".."):
+        return {"": "'' (empty) names no folder", ".": "'.' is the folder it would be in, not one inside it",
+                "..": "'..' is the parent of the folder it would be in"}[name]
+    if "/" in name or "\0" in name:
+        return f"'{name}' holds {'a /' if '/' in name else 'a NUL'}, which no folder's name holds"
+    return None
+
+
 def folder_key() -> str:
     """The key that names the running job's folder, for messages: hydra.sweep.dir in a multirun, else
     hydra.run.dir."""

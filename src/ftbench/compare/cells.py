@@ -38,7 +38,7 @@ from ftbench.engine.outcome import REFUSALS_TO_PARENT
 from ftbench.errors import UserError, explain_compose_error
 from ftbench.job import children, lock, preflight
 from ftbench.job.checkpoint import differing_keys
-from ftbench.job.compose import config_dir, register_configs
+from ftbench.job.compose import config_dir, pinned, register_configs
 from ftbench.results import Result
 
 STAGES = {"lr": "stage 1: the lr on a validation split carved from the training data",
@@ -112,6 +112,8 @@ class Composer:
     def __enter__(self):
         self._steps: dict[str, int] = {}  # task -> budget_steps
         self._lengths: dict[tuple[str, int], list[int]] = {}  # (task, seed) -> train_lengths
+        self._longest: dict[tuple[str, int], int] = {}  # (task, seed) -> longest
+        self._metrics: dict[str, list[str] | None] = {}  # task -> the names its stage-1 runs validate
         register_configs()
         self._context = initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftbench")
         self._context.__enter__()
@@ -146,16 +148,36 @@ class Composer:
             cfg = self.compose([*arm_overrides(spec, first), *task_overrides(spec, task),
                                 *stage_overrides(spec, "lr", 1), f"seed={seed}"], first)  # stage 1: dev unread
             try:
-                examples = preflight.inputs(cfg).task.train_examples()
+                built = preflight.inputs(cfg).task
+                examples = built.train_examples()
             except UserError as exc:
                 raise UserError(blame(spec, first, str(exc)), f"{task}: {exc}") from None
             self._lengths[task, seed] = [len(e["input_ids"]) for e in examples]
+            longest = max(examples, key=lambda e: len(e["input_ids"]))  # as a run's micro-batch fit collates it
+            self._longest[task, seed] = int(built.collate([longest])["input_ids"].shape[1])  # (job/steps.py)
+            names = built.validation_metrics()
+            self._metrics[task] = None if names is None else [n.split("/", 1)[1] for n in names]
         return self._lengths[task, seed]
+
+    def longest(self, task: str, seed: int) -> int:
+        """The tokens of the longest training sequence a run of `task` at `seed` trains on, collated as the
+        run collates it (its closing token appended), before any padding to a multiple."""
+        self.train_lengths(task, seed)
+        return self._longest[task, seed]
+
+    def check_metric(self, task: str) -> None:
+        """Raise UserError on `metric` when the spec names one the task's runs do not report: stage 1 decides
+        on `val/<metric>`, which a task knows before it runs (Task.validation_metrics)."""
+        names, metric = self._metrics.get(task), self.spec.metric
+        if metric is not None and names is not None and metric not in names:
+            raise UserError("metric", f"'{metric}' is not a metric {task} reports (it reports {', '.join(names)}); "
+                            "set metric to one of them, or null for the task's headline")
 
     def check_data(self) -> None:
         """Read every task's training data before any run (train_lengths; under budget.tokens each seed's, whose
         order decides its steps) and count the steps budget.tokens buys on each task (budget_steps). Raises
-        UserError on what some run would meet, or that a comparison makes: a training set smaller than one batch
+        UserError on what some run would meet, or that a comparison makes: a deciding metric a task does not
+        report (metric, Composer.check_metric), a training set smaller than one batch
         (budget.batch_size: a step would repeat examples, and budget.tokens counts whole batches), a token
         budget the count cannot walk (budget.tokens), more validations than steps (validations). Each refusal's
         advice is the bound of the task and seed that bind it most (the fewest examples, the fewest tokens an
@@ -163,6 +185,8 @@ class Composer:
         spec, size = self.spec, self.spec.budget.batch_size
         seeds = spec.seeds if spec.budget.tokens is not None else spec.seeds[:1]
         lengths = {(task, seed): self.train_lengths(task, seed) for task in spec.tasks for seed in seeds}
+        for task in spec.tasks:
+            self.check_metric(task)
         task, seed = min(lengths, key=lambda cell: len(lengths[cell]))
         held = len(lengths[task, seed])  # (a run whose micro-batch is the batch refuses it once started)
         if held < size:
@@ -293,7 +317,7 @@ def argv(spec: Spec, pending: list[Run]) -> list[str]:
     subdir = "lr${optim.lr}" if first.stage == "lr" else "seed${seed}"
     return ["-m", *overrides(spec, first.stage, first.task, first.arm, first.budget_steps),
             "optim.lr=" + ",".join(map(repr, lrs)), "seed=" + ",".join(map(str, seeds)),
-            f"hydra.sweep.dir={first.folder.parent}", f"hydra.sweep.subdir={subdir}", "~hydra.callbacks.report"]
+            pinned("hydra.sweep.dir", str(first.folder.parent)), f"hydra.sweep.subdir={subdir}", "~hydra.callbacks.report"]
 
 
 def shown(args: list[str]) -> str:

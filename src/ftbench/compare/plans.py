@@ -1,7 +1,9 @@
 """The planner's prediction of each arm's peak on the GPU a spec names (`gpu: h100-80gb`), beside the
-measured figures: `ftbench plan` of the arm's stage-2 config on that hardware, run in this process (no
-download, no GPU), kept in <out>/<task>/plan/<arm>/plan.json and made again only when the config moved
-(the old folder goes to <out>/_aside/).
+measured figures: `ftbench plan` of the arm's stage-2 config on that hardware at the runs' own shape (its
+effective batch, split into micro-batches as the hardware option splits a run's, at the task's longest
+training sequence, padded as a run on that hardware pads it: the micro-batch a run fits, job/steps.py),
+run in this process (no download, no GPU), kept in <out>/<task>/plan/<arm>/plan.json and made again only
+when the config moved (the old folder goes to <out>/_aside/).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ def predict(composer: cells.Composer, spec: Spec, out: Path, chosen: dict) -> di
         steps = composer.budget_steps(task)
         overrides = [*cells.overrides(spec, "seeds", task, arm, steps), f"optim.lr={lr!r}", f"seed={spec.seeds[0]}",
                      "mode=plan", f"hardware={spec.gpu}"]
+        hardware = composer.compose(overrides, arm).hardware
+        overrides += [f"profile.batch_size={spec.budget.batch_size}",
+                      f"profile.seq_len={padded(composer.longest(task, spec.seeds[0]), hardware)}"]
         cfg = composer.compose(overrides, arm)
         folder = plan_folder(out, task, arm)
         plan = read(folder)
@@ -46,6 +51,13 @@ def predict(composer: cells.Composer, spec: Spec, out: Path, chosen: dict) -> di
         if plan is not None and plan.get("status") == "ok":
             found.setdefault(task, {})[arm] = plan
     return found
+
+
+def padded(tokens: int, hardware) -> int:
+    """`tokens` padded to the hardware option's multiple, as a run on it pads a batch (engine/hardware.py: null is
+    8 on a GPU, none on the CPU)."""
+    multiple = hardware.pad_to_multiple_of or (8 if hardware.device != "cpu" else 1)
+    return -(-tokens // multiple) * multiple
 
 
 def plan_folder(out: Path, task: str, arm: str) -> Path:

@@ -193,8 +193,9 @@ def markdown(summary: dict) -> str:
              f"`vs full`, `vs lora`: a paired t-test over seeds (scipy.stats.ttest_rel, two-sided, α = {spec['alpha']}); "
              "\"not distinguishable at n = k\" where its p-value is above α; no test where the difference is the "
              "same at every seed (no spread to weigh it against).",
-             f"Time to target: training seconds (step × median step time) until the validation metric first reaches "
-             f"{spec['target']:g} × full fine-tuning's final validation value (mean over its seeds).", ""]
+             f"Time to target: training seconds (step × median step time) until the validation metric first comes "
+             f"within a ratio of {spec['target']:g} of full fine-tuning's final validation value (mean over its seeds): "
+             f"{spec['target']:g} × it where higher is better, it ÷ {spec['target']:g} where lower is (a loss).", ""]
     for task in summary["tasks"]:
         lines.append(f"## {task['task']} ({task['metric'] or 'no runs yet'})")
         if not task["rows"]:
@@ -207,7 +208,8 @@ def markdown(summary: dict) -> str:
         rows = task["rows"]
         columns = [c for c in SHOWN if c != "metric" and any(r[c] is not None for r in rows)] or list(SHOWN)
         peak_kinds = sorted({r["peak_kind"] for r in rows if r["peak_kind"]})
-        planned = f"; planned peak: `ftbench plan` on hardware={spec['gpu']}" if spec["gpu"] else ""
+        planned = (f"; planned peak: `ftbench plan` on hardware={spec['gpu']} of each arm's stage-2 run at its batch "
+                   "and the longest training sequence" if spec["gpu"] else "")
         lines += ["", f"Peak: {' / '.join(peak_kinds) or '—'}{planned}; {target_text(task)}.", "",
                   "| " + " | ".join(SHOWN[c] for c in columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(fmt(c, r[c]) for c in columns) + " |" for r in rows]

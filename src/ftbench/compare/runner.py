@@ -116,14 +116,13 @@ def describe(spec: Spec, stage: str, runs: list[Run], known: list[Run], waiting:
 
 def execute(composer: Composer, spec: Spec, runs: list[Run], out: Path) -> None:
     """Run what is pending, one multirun per task, arm and stage; after each, check that its runs were not all
-    refused alike and report the deciding metric (either stops the comparison after one multirun, not after all)."""
+    refused alike (which stops the comparison after one multirun, not after all)."""
     for task in spec.tasks:
         for arm in arms(spec):
             mine = [r for r in runs if r.task == task and r.arm == arm and not r.done]
             if mine:
                 code = cells.execute(spec, mine, out)
                 check_refused(composer, spec, mine, code)
-                check_metric(spec, mine)
     for run in runs:
         run.why = cells.survey(run)
 
@@ -144,22 +143,6 @@ def check_refused(composer: Composer, spec: Spec, runs: list[Run], code: int) ->
                         + cells.in_spec_terms(composer, first.task, error))
     for result in refused:
         print(f"ftbench: {result.status}: {result.error}", file=sys.stderr)
-
-
-def check_metric(spec: Spec, runs: list[Run]) -> None:
-    """Raise UserError on `metric` when a finished ok stage-1 run (whose final evaluation scores the
-    validation split) reports no value of the deciding metric."""
-    for run in runs:
-        result = run.result()
-        if run.stage != "lr" or result is None or result.status != "ok":
-            continue
-        _, name = report.metric_name(asdict(spec), run.config["task"]["metric"])
-        if f"val/{name}" not in result.metrics:
-            reported = sorted({k.split("/", 1)[1] for k in result.metrics if k.startswith("val/")})
-            raise UserError("metric", f"'{name}' is not a metric {run.task} reports (its runs report "
-                            f"{', '.join(reported) or 'none on val'}); set metric to one of them, or null for "
-                            "the task's headline")
-        return
 
 
 def compare(spec: Spec, name: str, out: Path, dry_run: bool) -> int:

@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from ftbench import methods
 from ftbench.errors import explain_compose_error, first_line, kind_problem
+from ftbench.files import folder_name_problem
 from ftbench.job.compose import config_dir
 
 LR_FACTORS = [1 / 3, 1.0, 3.0]  # the default grid: each method's own lr times these
@@ -67,7 +68,8 @@ class Spec:
     metric: Optional[str] = None                  # the deciding metric's name (acc, mcc); null = each task's headline
     validation_from_train: float = 0.1            # task.validation_from_train: stage 1's split, stage 2's validations
     validations: int = 10                         # stage 2: validations over the run (the time-to-target curve)
-    target: float = 0.9                           # time-to-target: this fraction of full fine-tuning's final validation
+    target: float = 0.9                           # time-to-target: within this ratio of full fine-tuning's final
+                                                  # validation (× it, higher is better; ÷ it, lower: stats.target)
     alpha: float = 0.05                           # the paired tests' significance level
     gpu: Optional[str] = None                     # a conf/hardware option: the planner's predicted peak on it
     set: list[str] = field(default_factory=list)  # ftbench overrides for every run (hardware=cpu, eval.max_samples=...)
@@ -140,6 +142,12 @@ def integer_lrs_as_floats(conf: DictConfig) -> DictConfig:
 
 
 def check(spec: Spec, path: Path) -> None:
+    for key, names, example in (("variants", spec.variants, "a label such as lora-r4"),
+                                ("tasks", spec.tasks, "a conf/task option such as sst2")):
+        problem = next(filter(None, map(folder_name_problem, names)), None)  # each names a folder (cells.folder)
+        if problem is not None:
+            raise SpecError(path, key, f"{problem}; each names a folder of the comparison (<task>/lr/<arm>/): give "
+                            f"{example}, a plain folder name (no '/', not '.' or '..')")
     known = methods.names()
     for label, overrides in spec.variants.items():
         named = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "method"]
@@ -224,12 +232,13 @@ def check(spec: Spec, path: Path) -> None:
 
 
 # ftbench keys the comparison owns (set per stage), each from the spec's key that a refusal of it names
-# (cells.blame; optim.lr: lr.<arm> where the spec gives the arm's lrs; mode=plan: the planner for gpu)
+# (cells.blame; optim.lr: lr.<arm> where the spec gives the arm's lrs; mode=plan and the planned shape: the
+# planner for gpu, plans.predict)
 OWNED = {"seed": "seeds", "optim.lr": "lr_factors", "train.max_steps": "budget.steps",
          "train.max_tokens": "budget.tokens", "train.batch_size": "budget.batch_size",
          "task.validation_from_train": "validation_from_train", "task.evaluate_reported": "validation_from_train",
          "eval.every_steps": "validations", "method": "methods", "model": "model", "task": "tasks",
-         "task.data_dir": "data", "mode": "gpu"}
+         "task.data_dir": "data", "mode": "gpu", "profile.batch_size": "budget.batch_size", "profile.seq_len": "gpu"}
 
 
 def arms(spec: Spec) -> list[str]:

@@ -86,13 +86,17 @@ def choose(scores: dict[float, float | None], higher_is_better: bool = True) -> 
 
 
 def target(fraction: float, full_final: list[float], higher_is_better: bool = True) -> float | None:
-    """What time to target waits for: `fraction` of full fine-tuning's final validation (mean over its
-    seeds). None when there is none to reach: no final validation, or (higher is better) a mean at or
-    below 0 (an MCC at chance: any fraction of it is reached before training)."""
+    """What time to target waits for: a value within the ratio `fraction` of full fine-tuning's final
+    validation (mean over its seeds): `fraction` × it where higher is better (accuracy), it ÷ `fraction` where
+    lower is better (a loss, never below 0: reached from above), so that full fine-tuning reaches its own target
+    either way. None when there is none to reach: no final validation, or (higher is better) a mean at or below
+    0 (an MCC at chance: any fraction of it is reached before training)."""
     if not full_final:
         return None
     reached = sum(full_final) / len(full_final)
-    return fraction * reached if reached > 0 or not higher_is_better else None
+    if not higher_is_better:
+        return reached / fraction
+    return fraction * reached if reached > 0 else None
 
 
 def time_to_target(history: list[tuple[int, float]], target: float, step_s: float | None,

@@ -6,6 +6,7 @@ and task registries' `config.py` modules), never a method's or a task's code.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ftbench import methods, tasks
@@ -37,3 +38,11 @@ def register_configs() -> None:
             store.store(group="method", name=name, node=schema)
     for family, schema in tasks.task_config_classes().items():
         store.store(group="schema/task", name=family, node=schema)
+
+
+def pinned(key: str, value: str) -> str:
+    """The override `key=value`, the value quoted for Hydra's parser where it holds more than a plain path (a
+    folder named `a,b` is not a sweep over two, nor `a~b` a syntax error)."""
+    if re.fullmatch(r"[\w/.\-+:@%]*", value, flags=re.ASCII):
+        return f"{key}={value}"
+    return f"{key}='" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value) + "'"

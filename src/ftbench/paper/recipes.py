@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftbench import files
 from ftbench.errors import kind_problem
 from ftbench.results import BREAKDOWN, REQUIRED
 
@@ -167,7 +168,7 @@ def _kind(types: tuple) -> str:
 
 
 def _folder_name(name: str) -> bool:
-    return bool(name) and "/" not in name and name[0] not in "._"
+    return files.folder_name_problem(name) is None and name[0] not in "._"
 
 
 def _number_or(*words: str):

@@ -25,7 +25,7 @@ from pathlib import Path
 from ftbench.config.schema import check
 from ftbench.errors import UserError, explain_compose_error, kind_problem
 from ftbench.job import children, lock
-from ftbench.job.compose import config_dir, register_configs
+from ftbench.job.compose import config_dir, pinned, register_configs
 from ftbench.paper import comparison
 from ftbench.paper.comparison import CellResults
 from ftbench.paper.recipes import Cell, Recipe, RecipeError, load
@@ -59,7 +59,7 @@ class CellRun:
     def argv(self, seeds: list[int]) -> list[str]:
         """The ftbench command line that runs `seeds` of this cell as one multirun (without the sweep's
         own table: the recipe's comparison replaces it)."""
-        return ["-m", *self.overrides, "seed=" + ",".join(map(str, seeds)), f"hydra.sweep.dir={self.folder}",
+        return ["-m", *self.overrides, "seed=" + ",".join(map(str, seeds)), pinned("hydra.sweep.dir", str(self.folder)),
                 "hydra.sweep.subdir=seed${seed}", "~hydra.callbacks.report"]
 
 
