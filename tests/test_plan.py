@@ -553,6 +553,26 @@ def test_a_refused_plan_is_one_line_and_exit_2(tmp_path):
                                         "of model.hub_id=meta-llama/Llama-2-7b-hf; use profile.seq_len<=4096"]
 
 
+
+def test_a_folder_whose_plan_failed_is_planned_again_and_an_ok_plan_refuses(tmp_path):
+    """probe10 F3: a failed plan.json is an earlier attempt, moved aside as a run's result.json is (job/rerun.py);
+    an ok one still refuses the folder (was: any plan.json refused it)."""
+    folder = tmp_path / "plan"
+    args = ["ftbench", "plan", "model=tiny-bert", "hardware=cpu", "profile.seq_len=16", "profile.batch_size=2",
+            f"hydra.run.dir={folder}"]
+    failed = cli(*args, "profile.objective=causal_lm", timeout=120)
+    assert failed.returncode == 2 and json.loads((folder / "plan.json").read_text())["status"] == "failed"
+    fixed = cli(*args, timeout=120)
+    assert fixed.returncode == 0, fixed.stderr
+    assert json.loads((folder / "plan.json").read_text())["status"] == "ok"
+    kept = json.loads((folder / "plan.previous-1.json").read_text())
+    assert kept["status"] == "failed" and kept["config"]["profile"]["objective"] == "causal_lm"
+    again = cli(*args, timeout=120)
+    assert again.returncode == 2 and again.stderr.splitlines() == [
+        f"ftbench: error: hydra.run.dir: {folder} already holds a plan; pick a new directory"]
+    assert sorted(p.name for p in folder.glob("plan*.json")) == ["plan.json", "plan.previous-1.json"]
+    assert report.results.OTHER_JSON.fullmatch("plan.previous-1.json")  # ftbench-report passes it over
+
 @pytest.mark.parametrize("debug", [False, True])
 def test_an_unexpected_error_in_a_plan_ends_as_in_a_run(tmp_path, monkeypatch, capsys, debug):
     """A probe that raises what no check foresaw (torch's RuntimeError) fails the plan as it fails a run
