@@ -29,9 +29,9 @@ STATUSES = ("ok", "failed", "oom", "nan", "canceled")
 FILENAME = "result.json"
 PREVIOUS = "result.previous-{}.json"  # an earlier attempt's result, kept when a rerun replaces it (job/rerun.py)
 # The JSON files ftbench writes beside results, which a glob over a run, sweep or comparison folder hands
-# in: earlier attempts kept aside, `ftbench plan`'s plan.json (read as a plan), `ftbench compare`'s
+# in: earlier attempts kept aside (results', plans'), `ftbench plan`'s plan.json (read as a plan), `ftbench compare`'s
 # comparison.json. Not results.
-OTHER_JSON = re.compile(r"result\.previous-\d+\.json|plan\.json|comparison\.json")
+OTHER_JSON = re.compile(r"(result|plan)\.previous-\d+\.json|plan\.json|comparison\.json")
 
 
 @dataclass

@@ -75,12 +75,12 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = Non
 
 def begin(cfg: DictConfig, output_dir: Path, running: ExitStack) -> Path | None:
     """On rank 0: take the folder's lock (released when `running` closes), then make the folder ready for
-    the job (`rerun.prepare`, whose value this returns; a plan: its Hydra files, unless it holds a plan)."""
+    the job (`rerun.prepare`, whose value this returns; a plan: `plan_report.prepare`, then its Hydra files)."""
     running.enter_context(lock.hold(output_dir, files.folder_key()))
     if cfg.mode != "plan":
         return rerun.prepare(cfg, output_dir)
-    if not (output_dir / plan_report.FILENAME).exists():  # a refused plan leaves the folder's record as it was
-        rerun.save_hydra_files(cfg, output_dir)
+    plan_report.prepare(output_dir)  # refused (an ok plan): the folder's record left as it was
+    rerun.save_hydra_files(cfg, output_dir)
     return None
 
 

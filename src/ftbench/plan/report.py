@@ -4,7 +4,7 @@ plans beside each other (a `-m` sweep) and beside measured runs (`ftbench-report
 from __future__ import annotations
 
 import json
-import sys
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +18,7 @@ from ftbench.errors import Canceled, UserError
 from ftbench.results import GiB, Result
 
 FILENAME = "plan.json"
+PREVIOUS = "plan.previous-{}.json"  # an earlier plan that did not end ok, kept when a plan replaces it (`prepare`)
 PARTS = {  # the breakdown rows listed by kind beneath them (a row of one kind alone is not)
     "weights_bytes": "weights_parts_bytes", "optimizer_state_bytes": "optimizer_state_parts_bytes"}
 ROWS = (("weights", "weights_bytes"), ("fp32 masters", "master_bytes"), ("gradients", "grad_bytes"),
@@ -34,10 +35,6 @@ def run_plan(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
     from ftbench.engine.outcome import stopped
     from ftbench.plan.planner import predict
 
-    if (output_dir / FILENAME).exists():
-        print(f"ftbench: error: {files.folder_key()}: {output_dir} already holds a plan; pick a new directory",
-              file=sys.stderr)
-        return 2
     started = time.time()
     plan = {"schema": 1, "status": "ok", "error": None,
             "run": {"method": cfg.method.name, "model": model_label(cfg.model, given_keys(overrides or [])),
@@ -60,6 +57,23 @@ def run_plan(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
     if code == 0:
         print(describe(plan))
     return code
+
+
+def prepare(output_dir: Path) -> None:
+    """Make `output_dir` ready for a plan, as a run's folder is made ready (job/rerun.py): a plan.json that ended
+    ok refuses it (UserError naming the folder's key); one that did not (failed, canceled) is an earlier
+    attempt, moved aside as plan.previous-N.json (never deleted), and the plan runs again."""
+    existing = output_dir / FILENAME
+    if not existing.exists():
+        return
+    key = files.folder_key()
+    fix = f"move it aside or pick a new {key}"
+    old = files.read_json(existing, key, fix)
+    if not isinstance(old, dict):
+        raise UserError(key, f"{existing} is not a plan (a JSON object); {fix}")
+    if old.get("status") == "ok":
+        raise UserError(key, f"{output_dir} already holds a plan; pick a new directory")
+    os.replace(existing, output_dir / PREVIOUS.format(files.free_number(output_dir, (PREVIOUS,))))
 
 
 def write(plan: dict, directory: Path) -> Path:
