@@ -186,10 +186,13 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
     warmup = method.probe_warmup_steps(traced)
     scheduler = scheduler_for(optimizer, method, cfg.optim, warmup + traced)
     # The warm-up only has to create what the traced steps hold (optimizer state, masters, host buffers), none
-    # of which depends on the batch: one short sequence per micro-batch makes it cheap.
+    # of which depends on the batch: one short sequence per micro-batch makes it cheap; but its last step is a
+    # full one, traced and its points dropped, so that what a step leaves alive into the next (PEFT DoRA's B·A
+    # product of each GPT-2 Conv1D layer, 49,152 B a layer at width 32) counts in the traced steps, as in a
+    # run's second traced step and later ones.
     warmup_stream = batches.random_tokens(1, min(WARMUP_TOKENS, cfg.profile.seq_len), vocab, head, 2, cfg.seed + 1,
                                           closing=closing)
-    spec = TrainSpec(steps=warmup + traced, micro_batch_size=batch, accumulation=accumulation, measure_from=warmup,
+    spec = TrainSpec(steps=warmup + traced, micro_batch_size=batch, accumulation=accumulation, measure_from=warmup - 1,
                 max_grad_norm=cfg.optim.max_grad_norm, progress=False, stop_at_once=True)
     meter = ProbeMeter(device)
     store = getattr(method, "store", None)
@@ -201,7 +204,7 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
     level, quiet.level = quiet.level, logging.WARNING  # a probe's step logs would read as the run's
     try:
         train(Trainee(model, method, optimizer, scheduler),
-              chain(islice(warmup_stream, warmup * accumulation), stream(cfg.seed)), spec,
+              chain(islice(warmup_stream, (warmup - 1) * accumulation), stream(cfg.seed)), spec,
               Compute(accelerator, head, autocast=cpu_hw.autocast, loss_fn=loss_fn),
               Watchers(meter, SpeedMeter(), NullLogger()))
     finally:
@@ -209,7 +212,8 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
         quiet.setLevel(level)
     params = method.optimizer_parameters()
     for_loop_adamw = isinstance(optimizer, torch.optim.AdamW) and not optimizer.defaults.get("fused")
-    return Probe(layers=layers, batch=batch, width=1 / width_div, points=meter.tracer.points,
+    points = [(b, phase, op, step - 1, size) for b, phase, op, step, size in meter.tracer.points if step > 0]
+    return Probe(layers=layers, batch=batch, width=1 / width_div, points=points,
                  weights_bytes=model_bytes(model, masters), trainable_bytes=method.trainable_size()[1],
                  master_bytes=method.master_bytes(), grad_bytes=meter.grad_bytes,
                  optimizer_state_bytes=meter.optimizer_state_bytes, state_parts=dict(meter.optimizer_state_parts),
