@@ -277,7 +277,7 @@ def test_a_largest_micro_batch_at_the_search_cap_says_at_least(tmp_path, capsys)
 
 def test_plan_json_and_report_set_predicted_beside_measured(tmp_path, capsys):
     args = ["model=tiny-llama", "profile.batch_size=2", "profile.seq_len=16", "method=sift"]
-    measured = run(tmp_path / "run", "mode=profile", *args, "profile.warmup_steps=1", "profile.steps=1")
+    measured = run(tmp_path / "run", "mode=profile", *args, "profile.warmup_steps=1", "profile.steps=2")
     assert run_job(compose("mode=plan", *args), tmp_path / "run") == 0
     assert "predicted peak" in capsys.readouterr().out
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
