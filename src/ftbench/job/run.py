@@ -170,7 +170,7 @@ class Job:
         model, method, optimizer, masters = self.trainee.model, self.trainee.method, self.trainee.optimizer, self.masters
         s.meter.mark_loaded()
         s.meter.held_bytes = lambda: model_bytes(model, masters)
-        s.meter.held_tensors = lambda: [*method.master_parameters(), *optimizer_state_tensors(optimizer, s.device)]
+        s.meter.held_tensors = lambda: [*method.held_tensors(), *optimizer_state_tensors(optimizer, s.device)]
         n_trainable = self.trainable[0]
         total = parameter_count(model, masters)  # masters may live inside the model (SIFT) or beside it (HiFT)
         result.params = Params(total=total, trainable=n_trainable, trainable_pct=100.0 * n_trainable / max(total, 1))

@@ -254,6 +254,11 @@ class Method(ABC):
         """Trainable copies held beside the model's own weights (e.g. fp32 masters); overrides add theirs to these."""
         return self.masters.tensors()
 
+    def held_tensors(self) -> list[torch.Tensor]:
+        """What the method holds between steps besides the optimizer's state, counted by a traced peak until it is
+        freed (measure/trace.LiveTensorPeak.hold): its masters; overrides add theirs (a rotation's host buffers)."""
+        return self.master_parameters()
+
     def master_bytes(self) -> int:
         """Device bytes of the masters at their peak (methods whose masters come and go override it)."""
         return sum(tensor_bytes(t) for t in self.master_parameters())

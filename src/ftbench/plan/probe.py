@@ -199,7 +199,7 @@ def run_probe(cfg: DictConfig, hw: Hardware, layers: int, batch: int, width_div:
     meter.tracer = Timeline(host_bytes=(lambda: store.arena.nbytes) if gpu and store is not None else (lambda: 0))
     masters = method.master_parameters()
     meter.held_bytes = lambda: model_bytes(model, masters)
-    meter.held_tensors = lambda: [*method.master_parameters(), *optimizer_state_tensors(optimizer, device)]
+    meter.held_tensors = lambda: [*method.held_tensors(), *optimizer_state_tensors(optimizer, device)]
     quiet = logging.getLogger("ftbench.engine.loop")
     level, quiet.level = quiet.level, logging.WARNING  # a probe's step logs would read as the run's
     try:

@@ -198,6 +198,11 @@ class BlockRotation(Planning, Method):
     def master_parameters(self) -> list[torch.Tensor]:
         return [s.master for s in self.active_slots if s.master is not None]
 
+    def held_tensors(self) -> list[torch.Tensor]:
+        """The masters, and under offload every host buffer and in-flight copy (StateStore.held_tensors): a buffer
+        of a unit active when tracing starts is in no optimizer state then, yet holds memory on the CPU."""
+        return [*self.master_parameters(), *self.store.held_tensors()]
+
     def master_bytes(self) -> int:
         return self.peak_master_bytes
 

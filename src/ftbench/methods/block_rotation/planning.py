@@ -40,9 +40,10 @@ class Planning:
         """Under keep a unit's state stays on the device once visited, so a probe warms up until every unit
         has been visited: it then holds the state of all its layers, which grows linearly with depth
         (LISA's random draws leave a varying number of a shallow probe's layers unvisited otherwise); a probe
-        that replays a run's draws after one pass over its units (`probe_groups`) warms up over that pass.
-        Under drop and offload the device holds the active group's state only (offload on the CPU, where
-        the host buffers are the run's own memory, is not modelled so)."""
+        that replays a run's draws after one pass over its units (`probe_groups`) warms up over that pass, and
+        one of sampled groups under drop or offload until every unit has left once (`probe_groups`). Under drop
+        and offload the device holds the active group's state only (the units a step shares with the step
+        before it: `probe_groups`), and on the CPU offload's host buffers."""
         if self.scripted is not None:
             return self.scripted[0]
         firsts = self._first_visits() if self.cfg.state_policy == "keep" else []
@@ -66,9 +67,10 @@ class Planning:
         """The groups a random order draws at the run's steps `start` .. `start + steps - 1` and the step before
         them (units.Draws), for the planner's probes to replay (`probe_groups`); None for the model's own orders,
         whose groups the probes take in the same order, and for LISA's sampled layers beside an always-active
-        embedding (every layer keeps what backward needs whichever are drawn; replayed in the probes' fewer
-        layers, its draws planned BERT +4 %, against +2.6 % from the probes' own draws)."""
-        if self.cfg.order != "random":
+        embedding under keep (every layer keeps what backward needs whichever are drawn; replayed in the probes'
+        fewer layers, its draws planned BERT +4 %, against +2.6 % from the probes' own draws); under drop and
+        offload the probes take from them how many units a step shares with the step before it (`probe_groups`)."""
+        if self.cfg.order != "random" and not self._staying_counts():
             return None
         s, groups = self.schedule, []
         for step in range(max(start - 1, 0), start + steps):
@@ -87,9 +89,28 @@ class Planning:
         Without them (a long run, which can draw any group), a random order of groups of g > 1 units can group
         any units, so the probe's queue is the lowest unit first and the others largest first (model order
         among equals): its first group trains the lowest unit beside the largest ones (T5: an encoder block
-        beside a decoder block, which keeps more than the next encoder block)."""
+        beside a decoder block, which keeps more than the next encoder block).
+
+        Sampled groups (LISA) whose state leaves with them (drop, offload): a step holds the state of the units
+        the step before it trained too through its forward and backward, the others' from the optimizer step
+        (drop) or their arrival (offload), and on the CPU offload's host buffers of every unit that has left once.
+        The probe's own draws share a varying number of units with the step before (a 6-layer BERT under drop:
+        two at 3 layers, none at 4, and the line through them planned -8.8 %), and a shallow probe's unit may
+        never have left (a 6-layer LLaMA under offload: +6.4 %). So the probe visits every unit, then its first group
+        again (each has left once), then a group that shares with its own draw as many units as the planned steps' draws
+        share with the step before them at most (`draws`; a long run's: all g, a group drawn again), then traces
+        that draw."""
         s = self.schedule
-        if draws is not None:
+        if self._staying_counts():
+            g, queue = self.cfg.group_size, s.queue
+            stays = g if draws is None else max((len(set(a) & set(b)) for a, b in
+                                                  zip(draws.groups, draws.groups[1:])), default=0)
+            cycle = [queue[k:k + g] for k in range(0, len(queue), g)]  # every unit visited
+            traced = tuple(s.rotating(len(cycle) + 2))  # the probe's own draw
+            before = tuple(sorted({*traced[:stays], *[i for i in queue if i not in traced][:g - stays]}))
+            self.scripted = (len(cycle) + 2, 1)  # the first group again: every unit has left once (its host buffers)
+            self.schedule = dataclasses.replace(s, steps_per_block=1, script=(*cycle, cycle[0], before, traced))
+        elif draws is not None:
             shallow = planned.probe_depths(draws.layers)[0]
             run = [probe_units(group, self.units, draws.layers, shallow) for group in draws.groups]
             cycle = [s.queue[k:k + s.group_size] for k in range(0, len(s.queue), s.group_size)]  # every unit
@@ -106,6 +127,12 @@ class Planning:
             return
         self._switch(self.schedule.active(0))
         self._install()
+
+    def _staying_counts(self) -> bool:
+        """Whether what a step holds depends on how many of its units the step before it trained: sampled groups
+        (LISA) whose state leaves with them (drop, offload) hold the state of those that stay through the step's
+        forward and backward, and the others' only from the optimizer step on (drop: new) or from their arrival."""
+        return self.cfg.order == "sample" and self.cfg.state_policy != "keep"
 
     def _first_visits(self) -> list[int]:
         """The steps at which some unit is active for the first time (order=sample: within 1000 cycles)."""

@@ -193,6 +193,11 @@ class StateStore:
                 slot.master.data = slot.param.detach().to(MASTER_DTYPE, copy=True)
         self._fold()
 
+    def held_tensors(self) -> list[torch.Tensor]:
+        """The host arena's chunks (every unit's buffers, whether its state is on the host now or not) and the
+        copy-ins not yet installed."""
+        return [*self.arena.chunks, *(t for tensors, _ in self.fetched.values() for t in tensors.values())]
+
     # -- resume -----------------------------------------------------------------------
     def adopt(self, slot: Slot, key: str, value: torch.Tensor, active: bool) -> torch.Tensor:
         """Place a loaded tensor where this policy keeps it: the device, or (offload, inactive) the host."""
