@@ -273,8 +273,7 @@ def test_a_checkpoint_with_fewer_rows_than_the_tokenizer_is_refused_with_both_si
 @pytest.mark.parametrize("model", ["t5", "bert-short"])
 def test_a_causal_lm_run_refuses_a_model_that_is_not_decoder_only(tmp_path, folders, model):
     result = run(tmp_path / "run", "mode=profile", "model.random_init=false", f"model.path={folders[model]}",
-                 "profile.objective=causal_lm", "profile.seq_len=16", "profile.batch_size=2", "profile.steps=1",
-                 "profile.warmup_steps=0")  # auto: the folder's own objective (test_plan.py AUTO_OBJECTIVES)
+                 "profile.seq_len=16", "profile.batch_size=2", "profile.steps=1", "profile.warmup_steps=0")
     error = refused(result, "model.path")
     assert ("encoder-decoder" if model == "t5" else "not a decoder-only") in error
 
