@@ -71,7 +71,7 @@ def settle(cfg) -> None:
     log line (a second call changes nothing): model.random_init (false when model.path or model.package names
     the weights), a checkpoint's task.max_length (cut to its position table, less the position of an
     encoder-decoder classifier's closing eos) and a profile run's profile.objective=auto (the loaded model's,
-    models/fit.py `profile_head`, no log line). A run records its config so settled (result.json, checkpoints),
+    models/fit.py `profile_head`). A run records its config so settled (result.json, checkpoints),
     so an earlier run in its folder is compared with this one settled too (rerun.decide). What the model
     cannot do is left for `inputs` to refuse."""
     settle_source(cfg.model)
@@ -90,8 +90,8 @@ def settle(cfg) -> None:
         return
 
 
-# The modules whose log lines say what `settle` changed (models/loading.py, models/positions.py).
-SETTLING_LOGGERS = ("ftbench.models.loading", "ftbench.models.positions")
+# The modules whose log lines say what `settle` changed (models/loading.py, models/positions.py, models/fit.py).
+SETTLING_LOGGERS = ("ftbench.models.loading", "ftbench.models.positions", "ftbench.models.fit")
 
 
 def settled(cfg) -> DictConfig:

@@ -34,10 +34,12 @@ def profile_head(cfg, config) -> str:
 
 
 def settle_objective(cfg, config) -> None:
-    """profile.objective=auto settled in place to `profile_head` (no log line: auto asks for it), so a profile
-    run and its plan record the objective they trained (result.json, plan.json)."""
+    """profile.objective=auto settled in place to `profile_head`, with one log line: the run and its plan
+    record the objective they trained (result.json, plan.json)."""
     if cfg.profile.objective == "auto":
         cfg.profile.objective = profile_head(cfg, config)
+        log.info("profile.objective=auto: %s for %s (%s)", cfg.profile.objective, describe(cfg.model),
+                 config.model_type)
 
 
 def decoder_only(config) -> bool:
