@@ -111,20 +111,6 @@ def test_a_gguf_file_loads_with_the_logits_it_was_written_with(tiny_file, cache,
     assert getattr(model.config, "quantization_config", None) is None  # the cache is a plain HF folder
 
 
-
-@pytest.mark.parametrize("mode", ["profile", "plan"])
-def test_an_auto_objective_is_the_gguf_files_under_an_encoder_group(tiny_file, cache, mode):
-    """profile.objective=auto follows the model loaded (a LLaMA file: causal_lm), not model=tiny-bert's kind."""
-    from ftbench.job import preflight
-    from ftbench.models.fit import planned_model
-
-    cfg = compose("model=tiny-bert", f"model.path={tiny_file[0]}", f"mode={mode}", "profile.seq_len=16")
-    if mode == "plan":
-        planned_model(cfg)
-    else:
-        preflight.inputs(cfg)
-    assert cfg.profile.objective == "causal_lm"
-
 def test_the_first_load_converts_later_loads_read_the_cache(tiny_file, cache, monkeypatch, capfd):
     path, _ = tiny_file
     cfg = compose("model=tiny-llama", "model.random_init=false", f"model.path={path}")

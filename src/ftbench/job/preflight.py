@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from ftbench.config.knobs import decoding as decoding_knobs
 from ftbench.errors import UserError
 from ftbench.models.architecture import closing_token
-from ftbench.models.fit import check_head, check_profiled, fit_vocab, settle_objective
+from ftbench.models.fit import check_head, check_profiled, fit_vocab, profile_head
 from ftbench.models.loading import (
     architecture_config,
     describe,
@@ -69,17 +69,11 @@ class Inputs:
 def settle(cfg) -> None:
     """Settle in place the config values a run decides from the model before it loads it, each change with one
     log line (a second call changes nothing): model.random_init (false when model.path or model.package names
-    the weights), a checkpoint's task.max_length (cut to its position table, less the position of an
-    encoder-decoder classifier's closing eos) and a profile run's profile.objective=auto (the loaded model's,
-    models/fit.py `profile_head`). A run records its config so settled (result.json, checkpoints),
+    the weights) and a checkpoint's task.max_length (cut to its position table, less the position of an
+    encoder-decoder classifier's closing eos). A run records its config so settled (result.json, checkpoints),
     so an earlier run in its folder is compared with this one settled too (rerun.decide). What the model
     cannot do is left for `inputs` to refuse."""
     settle_source(cfg.model)
-    if cfg.mode == "profile":
-        try:
-            settle_objective(cfg, model_config(cfg.model))
-        except UserError:
-            return
     if cfg.mode != "train" or cfg.model.random_init:
         return
     try:
@@ -90,8 +84,8 @@ def settle(cfg) -> None:
         return
 
 
-# The modules whose log lines say what `settle` changed (models/loading.py, models/positions.py, models/fit.py).
-SETTLING_LOGGERS = ("ftbench.models.loading", "ftbench.models.positions", "ftbench.models.fit")
+# The modules whose log lines say what `settle` changed (models/loading.py, models/positions.py).
+SETTLING_LOGGERS = ("ftbench.models.loading", "ftbench.models.positions")
 
 
 def settled(cfg) -> DictConfig:
@@ -119,7 +113,7 @@ def inputs(cfg) -> Inputs:
     settle(cfg)
     config = model_config(cfg.model)
     if cfg.mode == "profile":
-        return Inputs(None, None, cfg.profile.objective, 2, 0, check_profiled(cfg, config))
+        return Inputs(None, None, profile_head(cfg), 2, 0, check_profiled(cfg, config))
     family = task_class(cfg.task.family)
     check_head(cfg.model, config, family.head)  # the model first: a wrong model is the root cause of the rest
     tokenizer = load_tokenizer(cfg.model) if family.needs_tokenizer else None

@@ -24,43 +24,18 @@ from ftbench.models.positions import fit_positions
 log = logging.getLogger(__name__)
 
 
-def profile_head(cfg, config) -> str:
-    """The head a profile run (and its plan) trains: profile.objective, else (auto) the one the model it loads
-    (`config`: model.path's, model.package's, a GGUF file's, else the shape's) leads with: causal_lm for a
-    decoder-only model, seq_cls for the rest (encoders, encoder-decoders). The model group's kind has no say."""
+def profile_head(cfg) -> str:
+    """The head a profile run (and its plan) trains: profile.objective, else (auto) the model group's kind's."""
     if cfg.profile.objective != "auto":
         return cfg.profile.objective
-    return "causal_lm" if decoder_only(config) else "seq_cls"
-
-
-def settle_objective(cfg, config) -> None:
-    """profile.objective=auto settled in place to `profile_head`, with one log line: the run and its plan
-    record the objective they trained (result.json, plan.json)."""
-    if cfg.profile.objective == "auto":
-        cfg.profile.objective = profile_head(cfg, config)
-        log.info("profile.objective=auto: %s for %s (%s)", cfg.profile.objective, describe(cfg.model),
-                 config.model_type)
-
-
-def decoder_only(config) -> bool:
-    """Whether transformers builds `config`'s architecture as a causal LM on its own (no encoder)."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    kind = config.model_type
-    encoder_only = kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
-    return (kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not encoder_only
-            and not getattr(config, "is_encoder_decoder", False))
+    return "causal_lm" if cfg.model.kind == "decoder" else "seq_cls"
 
 
 def check_profiled(cfg, config) -> dict[str, int]:
     """What a profile run checks of its model, and a plan of the same run (`planned_model`): the head against
     the architecture, profile.seq_len against the position table (fit_positions), and a model.tokenizer given
     against the embedding (fit_vocab: the embedding the run would train); the random-init overrides returned."""
-    settle_objective(cfg, config)
-    check_head(cfg.model, config, cfg.profile.objective)
+    check_head(cfg.model, config, profile_head(cfg))
     overrides = fit_positions(cfg, config, "profile.seq_len")
     if cfg.model.tokenizer:
         overrides.update(fit_vocab(cfg.model, config, load_tokenizer(cfg.model), None))
@@ -87,17 +62,20 @@ def planned_model(cfg) -> None:
 def check_head(mcfg, config, head: str) -> None:
     """Refuse a model that cannot carry the head the run needs (e.g. an encoder-decoder in a causal-LM run)."""
     from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
 
     key = "model.shape.model_type" if mcfg.random_init else source_key(mcfg)
     kind = config.model_type
     if head == "causal_lm":
-        fix = ("causal-LM runs (generative tasks, profile.objective=causal_lm) need a decoder-only model such as "
+        fix = ("causal-LM runs (generative tasks, mode=profile with a decoder) need a decoder-only model such as "
                "model=tiny-llama; for a classifier use a GLUE task (or profile.objective=seq_cls)")
         if getattr(config, "is_encoder_decoder", False):
             raise UserError(key, f"{describe(mcfg)} is an encoder-decoder ({kind}); {fix}")
-        if not decoder_only(config):
+        encoder_only = kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
+        if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or encoder_only:
             raise UserError(key, f"{describe(mcfg)} is not a decoder-only model ({kind}); {fix}")
     elif kind not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
         raise UserError(key, f"{describe(mcfg)} ({kind}) has no sequence-classification head in transformers; "

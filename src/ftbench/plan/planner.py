@@ -187,9 +187,9 @@ def target(cfg: DictConfig) -> Target:
     cap = None if hcfg.max_micro_batch_size == "auto" else hcfg.max_micro_batch_size
     hw = Hardware(torch.device("cuda" if gpu else "cpu"), precision, checkpointing, cap,
                   hcfg.attn_implementation, hcfg.pad_to_multiple_of)
+    head = profile_head(cfg)
     micro, accumulation = split_batch(cfg.profile.batch_size, cap)
     config = architecture_config(cfg.model)  # every family's sizes under the common names (attribute_map)
-    head = profile_head(cfg, config)
     return Target(hw=hw, gpu=gpu, head=head, layers=int(config.num_hidden_layers), micro_batch=micro,
                   accumulation=accumulation, seq_len=cfg.profile.seq_len, hidden=int(config.hidden_size),
                   heads=int(config.num_attention_heads))
