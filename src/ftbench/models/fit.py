@@ -70,7 +70,7 @@ def check_head(mcfg, config, head: str) -> None:
     key = "model.shape.model_type" if mcfg.random_init else source_key(mcfg)
     kind = config.model_type
     if head == "causal_lm":
-        fix = ("causal-LM runs (generative tasks, mode=profile with a decoder) need a decoder-only model such as "
+        fix = ("causal-LM runs (generative tasks, mode=profile under a decoder's model group) need a decoder-only model such as "
                "model=tiny-llama; for a classifier use a GLUE task (or profile.objective=seq_cls)")
         if getattr(config, "is_encoder_decoder", False):
             raise UserError(key, f"{describe(mcfg)} is an encoder-decoder ({kind}); {fix}")
