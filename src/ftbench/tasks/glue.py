@@ -125,6 +125,20 @@ def convert_label(raw: str, spec: GlueSpec):
     return index
 
 
+def example_problem(example: dict, task: str, spec: GlueSpec) -> str | None:
+    """What is wrong with one example's fields, e.g. "empty 'sentence'" (None: nothing); its label is
+    converted in place (`convert_label`). A text to classify must hold more than white space."""
+    for column in spec.fields:
+        if not example[column].strip():
+            return f"empty '{column}'"
+    try:
+        example["label"] = convert_label(example["label"], spec)
+    except ValueError:
+        expected = ", ".join(spec.labels) if spec.labels else "a number"
+        return f"label {example['label'].strip()!r} is not one of {task.upper()}'s ({expected})"
+    return None
+
+
 def read_tsv_splits(cfg: GlueConfig, spec: GlueSpec, splits: tuple[str, ...]) -> dict[str, list[dict]]:
     """The rows of each split's TSV in task.data_dir. Raises UserError on task.data_dir when a split's file
     is missing (naming what the folder holds) or is not a file (a folder by its name), and as `read_tsv`."""
@@ -149,8 +163,9 @@ def read_tsv(path: Path, task: str, spec: GlueSpec) -> list[dict]:
 
     Raises UserError on task.data_dir naming the file: another task's file (by its header or its
     labels), a missing column, or malformed lines (file:line of the first, and the count: a column count
-    other than the header's, or a label that is not one of the task's / a finite number for STS-B) beyond
-    the 1% the GLUE distribution has (QQP); fewer are skipped with a warning that names them the same way."""
+    other than the header's, an empty text, or a label that is not one of the task's / a finite number for
+    STS-B) beyond the 1% the GLUE distribution has (QQP); fewer are skipped with a warning that names them
+    the same way."""
     reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     try:
         rows = [(reader.line_num, row) for row in reader if row]
@@ -194,11 +209,9 @@ def read_tsv(path: Path, task: str, spec: GlueSpec) -> list[dict]:
             bad.append(f"{path}:{line}: {len(row)} columns, expected {width}")
             continue
         example = {column: row[i] for column, i in columns.items()}
-        try:
-            example["label"] = convert_label(example["label"], spec)
-        except ValueError:
-            expected = ", ".join(spec.labels) if spec.labels else "a number"
-            bad.append(f"{path}:{line}: label {example['label'].strip()!r} is not one of {name}'s ({expected})")
+        problem = example_problem(example, task, spec)
+        if problem is not None:
+            bad.append(f"{path}:{line}: {problem}")
             continue
         examples.append(example)
     if bad and (not examples or len(bad) > 0.01 * len(body)):
