@@ -299,6 +299,35 @@ def test_a_field_of_the_wrong_type_names_file_line_record_and_field(tmp_path, fi
         build_task(cfg.task, byte_level_tokenizer(), seed=0)
 
 
+@pytest.mark.parametrize("instruction", ["", " \n"])
+def test_an_empty_instruction_names_file_line_and_record(tmp_path, instruction):
+    """An Alpaca record {"instruction": "", "input": "", "output": ""} was trained on (a prompt asking nothing)."""
+    rows = [{"instruction": "a", "input": "", "output": "b"} for _ in range(4)]
+    rows[2] = {"instruction": instruction, "input": "", "output": ""}
+    cfg = compose("task=alpaca", f"task.data_dir={alpaca(tmp_path, rows, jsonl=True)}", "task.val_size=1")
+    with pytest.raises(UserError, match=r"^task.data_dir: .*alpaca_data.json:3: record 3 has an empty "
+                                        r"'instruction'; give every record the text fields instruction, output$"):
+        build_task(cfg.task, byte_level_tokenizer(), seed=0)
+
+
+def test_an_empty_input_or_output_is_accepted(tmp_path):
+    """No input is the common case; an empty output is a target of the EOS alone (the public Alpaca and
+    Math10K releases hold a few such records)."""
+    rows = [{"instruction": f"say {i}", "input": "", "output": "" if i == 1 else str(i)} for i in range(6)]
+    cfg = compose("task=alpaca", f"task.data_dir={alpaca(tmp_path, rows)}", "task.val_size=1")
+    assert len(build_task(cfg.task, byte_level_tokenizer(), seed=0).train_examples()) == 5
+
+
+def test_an_empty_question_in_an_eval_set_is_refused(tmp_path):
+    (tmp_path / "train.train.json").write_text(json.dumps(llm_adapters_rows(4)))
+    tests = [{"instruction": "" if i == 1 else "q", "answer": "true"} for i in range(3)]
+    (tmp_path / "boolq.test.json").write_text("\n".join(json.dumps(row) for row in tests))
+    cfg = compose("task=commonsense", f"task.data_dir={tmp_path}", "task.train_files=[train.train.json]",
+                  "task.val_size=0", "task.eval_sets=[boolq]")
+    with pytest.raises(UserError, match=r"^task.data_dir: .*boolq.test.json:2: record 2 has an empty 'instruction'"):
+        build_task(cfg.task, byte_level_tokenizer(), seed=0)
+
+
 @pytest.mark.parametrize("task,name,answer,expected", [
     ("math", "gsm8k", "banana", "a number"),  # was scored, always wrong
     ("math", "gsm8k", "inf", "a number"),
@@ -350,6 +379,17 @@ def test_a_malformed_tsv_line_is_named_with_the_count(tmp_path):
      r"one of STSB's \(a number\)"),
 ])
 def test_a_line_whose_columns_do_not_line_up_is_bad(tmp_path, task, train, message):
+    with pytest.raises(UserError, match=r"^task.data_dir: .*" + message + r" \(1 of 2 lines are bad\)"):
+        glue(tmp_path, task, train)
+
+
+@pytest.mark.parametrize("task,train,message", [
+    ("sst2", "sentence\tlabel\nfine\t1\n\t0\n", r"train.tsv:3: empty 'sentence'"),  # was trained on
+    ("cola", "fine .\t1\n \t0\n", r"train.tsv:2: empty 'sentence'"),
+    ("rte", "index\tsentence1\tsentence2\tlabel\n0\tA .\tB .\tentailment\n1\tA .\t \tentailment\n",
+     r"train.tsv:3: empty 'sentence2'"),
+])
+def test_a_line_with_an_empty_text_is_bad(tmp_path, task, train, message):
     with pytest.raises(UserError, match=r"^task.data_dir: .*" + message + r" \(1 of 2 lines are bad\)"):
         glue(tmp_path, task, train)
 

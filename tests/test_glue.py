@@ -111,3 +111,47 @@ def test_validation_knobs_refuse_what_cannot_work(overrides, key):
 
     with pytest.raises(UserError, match=key):
         check(compose(*overrides))
+
+
+def hub_set(monkeypatch, train: dict, validation: dict | None = None):
+    """datasets.load_dataset answering with a local DatasetDict in the hub's layout (never the network)."""
+    import datasets
+
+    splits = {"train": train, "validation": validation or {"sentence": ["ok ."], "label": [1], "idx": [0]}}
+    data = datasets.DatasetDict({name: datasets.Dataset.from_dict(rows) for name, rows in splits.items()})
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: data)
+
+
+def test_hub_rows_load_as_tsv_lines_do(monkeypatch):
+    hub_set(monkeypatch, {"sentence": ["a fine film", "dull and slow"], "label": [1, 0], "idx": [0, 1]})
+    task = build_task(compose("task=sst2").task, byte_level_tokenizer(), seed=0)
+    assert [e["labels"] for e in task.splits["train"]] == [1, 0] and len(task.splits["validation"]) == 1
+
+
+@pytest.mark.parametrize("sentence,label,problem", [
+    ("", 0, "empty 'sentence'"),  # was trained on
+    (None, 0, "'sentence' is None, not text"),  # was the tokenizer's TypeError (exit 1)
+    ("fine", 5, r"label '5' is not one of SST2's \(0, 1\)"),  # was a label past the head's classes
+    ("fine", -1, r"label '-1' is not one of SST2's \(0, 1\)"),  # the hub's unlabeled test rows
+])
+def test_a_bad_hub_row_is_refused_as_a_tsv_line_is(monkeypatch, sentence, label, problem):
+    hub_set(monkeypatch, {"sentence": ["a fine film", sentence], "label": [1, label], "idx": [0, 1]})
+    with pytest.raises(UserError, match=rf"^task.hub_id: nyu-mll/glue/sst2 train row 2: {problem} \(1 of 2 rows "
+                                        r"are bad\); give task.data_dir the GLUE TSV files"):
+        build_task(compose("task=sst2").task, byte_level_tokenizer(), seed=0)
+
+
+def test_a_rare_bad_hub_row_is_skipped_with_a_warning(monkeypatch, caplog):
+    sentences = [f"film {i}" for i in range(200)]
+    sentences[50] = " "
+    hub_set(monkeypatch, {"sentence": sentences, "label": [i % 2 for i in range(200)], "idx": list(range(200))})
+    task = build_task(compose("task=sst2").task, byte_level_tokenizer(), seed=0)
+    assert len(task.splits["train"]) == 199
+    assert "nyu-mll/glue/sst2 train row 51: empty 'sentence' (1 of 200 rows like it skipped)" in caplog.text
+
+
+def test_a_hub_set_without_a_column_names_it(monkeypatch):
+    hub_set(monkeypatch, {"text": ["a fine film"], "label": [1]})
+    with pytest.raises(UserError, match=r"^task.hub_id: nyu-mll/glue/sst2 train has no 'sentence' column \(it has "
+                                        r"text, label\)"):
+        build_task(compose("task=sst2").task, byte_level_tokenizer(), seed=0)

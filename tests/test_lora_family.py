@@ -193,6 +193,32 @@ def test_a_target_that_is_no_linear_layer_is_refused_on_the_key(tmp_path, name, 
         assert "'norm' is a LlamaRMSNorm" in error and "name linear layers: down_proj, gate_proj" in error, error
 
 
+@pytest.mark.parametrize("value", ["q_proj", ".*proj"])
+@pytest.mark.parametrize("name", [name for name, _ in TARGETED], ids=[name for name, _ in TARGETED])
+def test_a_string_other_than_all_linear_is_refused_when_composed(name, value):
+    """`method=lora method.target_modules=q_proj`: PEFT read the string as a regex over whole module paths
+    (NoMatchingPeftModuleError, exit 1) while ftbench checked it as one name (`.*proj`, which PEFT matches, was
+    refused as no module); GaLore and APOLLO took it as one name. A string is all-linear (or SIFT's presets) only."""
+    with pytest.raises(UserError) as refused:
+        check(compose(f"method={name}", f"method.target_modules={value}"))
+    assert refused.value.key == "method.target_modules" and "list of module names" in str(refused.value)
+
+
+def test_a_bare_module_name_is_refused_before_training(tmp_path):
+    result = run(tmp_path / "run", "method=lora", "method.target_modules=q_proj", "task.max_steps=2")
+    assert result["exit_code"] == 2 and result["status"] == "failed" and result["train"]["steps"] in (None, 0)
+    assert result["error"].startswith("method.target_modules: 'q_proj' is not all-linear,"), result["error"]
+
+
+@pytest.mark.parametrize("name", [name for name, _ in TARGETED if issubclass(config_class(name), LoraMethodConfig)])
+def test_a_listed_path_end_is_adapted_as_peft_matches_it(name):
+    """`[self_attn.q_proj]`: PEFT matches a list's entry against the end of a module's path; the check did
+    against its last name only and refused it."""
+    method = build_method(compose(f"method={name}", "method.target_modules=[self_attn.q_proj]").method)
+    prepared = method.prepare(tiny_model(head="causal_lm"), method_context(head="causal_lm"))
+    assert method.describe(prepared)["target_modules"] == ["q_proj"]
+
+
 @pytest.mark.parametrize("name", [name for name, _ in TARGETED if issubclass(config_class(name), LoraMethodConfig)])
 def test_lora_family_adapts_what_peft_adapts_besides_nn_linear(name):
     """Not refused: an embedding (every LoRA variant of PEFT wraps nn.Embedding) and GPT-2's Conv1D (QLoRA

@@ -192,6 +192,24 @@ def test_a_random_init_table_grown_beyond_what_the_machine_holds_is_refused(tmp_
     assert "GiB this machine has; give a far shorter task.max_length (this bound alone leaves at most" in error
 
 
+def test_a_plan_bounds_one_sequence_by_the_planned_device(tmp_path):
+    """A plan (mode=plan) for a device with hardware.memory_gib (here 10^6 GiB) sizes the table to a sequence that
+    device holds and this machine does not (10^12 tokens of tiny-llama: 357,628 GiB of hidden states; was refused
+    on this machine's memory); without memory_gib a plan, and a run whatever memory_gib says, keep this machine's."""
+    length = "profile.seq_len=1000000000000"
+    planned = compose("model=tiny-llama", "mode=plan", "hardware.memory_gib=1000000", length)
+    planned_model(planned)
+    assert planned.model.shape.max_position_embeddings == 10**12
+    with pytest.raises(UserError, match=r"GiB this machine has; give a far shorter profile.seq_len"):
+        planned_model(compose("model=tiny-llama", "mode=plan", length))
+    small = compose("model=tiny-llama", "mode=plan", "hardware.memory_gib=1", length)
+    with pytest.raises(UserError, match=r"more than the 1.0 GiB the planned device has \(hardware.memory_gib\)"):
+        planned_model(small)
+    error = refused(run(tmp_path / "run", "model=tiny-llama", "hardware.memory_gib=1000000",
+                        "task.max_length=1000000000000", "train.max_steps=1"), "task.max_length")
+    assert "GiB this machine has; give a far shorter task.max_length" in error
+
+
 def test_a_task_refusal_says_when_the_position_table_cut_task_max_length(tmp_path):
     """Every held-out prompt fills the 256 positions the table cut task.max_length=1000 to: raising it cannot help."""
     error = refused(run(tmp_path / "run", *alpaca_inputs(tmp_path, 300), "task.max_length=1000",

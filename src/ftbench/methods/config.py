@@ -20,6 +20,18 @@ from ftbench.errors import one_of, require
 MASTER_DTYPES = ("fp32", "weight")  # fp32 masters for low-precision weights, or step the weight's own dtype
 
 
+def check_targets(targets: Any, key: str) -> None:
+    """`target_modules` (the LoRA family's, GaLore's, APOLLO's) is the word all-linear or a non-empty list of
+    module names. A string is that word only: PEFT would read `q_proj` or `.*proj` as a regex over whole
+    module paths, galore-torch as one name; ftbench gives a string one meaning and refuses the others."""
+    if isinstance(targets, str):
+        require(targets == "all-linear", key, f"{targets!r} is not all-linear, the one string it takes (not a module "
+                "name, not a regex): give a list of module names, e.g. [q_proj,v_proj]")
+    require(isinstance(targets, str) or (isinstance(targets, list) and targets
+                                         and all(isinstance(t, str) and t for t in targets)), key,
+            "give all-linear or a list of module names, e.g. [q_proj,v_proj]")
+
+
 @dataclass(frozen=True)
 class GpuTarget:
     """What `make gpu-check` (scripts/gpu_check.py) holds a method to in one of its sweeps, as the docs
@@ -156,6 +168,4 @@ class ProjectedConfig(MethodConfig):
         require(self.rank >= 1, f"{key}.rank", "must be >= 1")
         require(self.update_proj_gap >= 1, f"{key}.update_proj_gap", "must be >= 1 (steps between new projections)")
         require(self.scale > 0, f"{key}.scale", "must be > 0")
-        targets = self.target_modules
-        require(isinstance(targets, str) or (isinstance(targets, list) and targets), f"{key}.target_modules",
-                "give 'all-linear' or a list of module names, e.g. [q_proj,v_proj]")
+        check_targets(self.target_modules, f"{key}.target_modules")

@@ -2,8 +2,8 @@
 to a sequence longer than that (a run's preflight and a plan's, before its probes: job/preflight.py).
 
 A random-init table is sized to the sequences (one log line), unless one sequence of that length cannot fit
-the machine at all (`UserError` on the length's key, before anything is allocated: `require_one_sequence`;
-relative positions too); a checkpoint's cuts task.max_length
+the machine (a plan's planned device) at all (`UserError` on the length's key, before anything is allocated:
+`require_one_sequence`; relative positions too); a checkpoint's cuts task.max_length
 (one log line) and refuses a longer profile.seq_len (`UserError`, exit 2). Generation adds its answer
 (max_new_tokens) after a prompt: a random-init table also holds a task.max_length prompt and its answer,
 a checkpoint's refuses an answer cap that leaves no room for a prompt, and prompts longer than the rest
@@ -90,22 +90,27 @@ def prompt_room(config, new_tokens: int) -> int | None:
 HIDDEN_BYTES = 2  # a bf16 hidden state: the least a training forward keeps of a token at a layer's boundary
 
 
-def machine_bytes() -> int:
-    """The most memory one sequence could be given here: the host's physical memory, or the largest visible
-    GPU's when larger (a run's device or a plan's probes: both on this machine)."""
+def machine_bytes(cfg) -> tuple[int, str]:
+    """The most memory one sequence could be given, and where: a plan's (mode=plan) planned device when
+    hardware.memory_gib states it (the plan is for that device, not this machine); else this machine's, its
+    physical memory or its largest visible GPU's when larger (a run's device, or the device a plan without
+    hardware.memory_gib plans)."""
+    planned = cfg.hardware.memory_gib if cfg.mode == "plan" else None
+    if planned is not None:
+        return int(planned * 2**30), "the planned device has (hardware.memory_gib)"
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     gpus = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
-    return max([host, *gpus])
+    return max([host, *gpus]), "this machine has"
 
 
 def require_one_sequence(cfg, config, key: str, length: int, tokens: int, limit: int | None) -> None:
     """Refuse (`UserError` on `key`, which set `length`) sequences of `tokens` that not even one of could be
     held: a random-init table grown past its `limit` positions to them, or relative positions (`limit` None).
     A sequence keeps at least one bf16 hidden state per token at every layer's boundary (gradient
-    checkpointing keeps no fewer), here more bytes than this machine has (`machine_bytes`); the run would
-    build its data and model for a step that never comes."""
+    checkpointing keeps no fewer), here more bytes than the device has (`machine_bytes`: this machine's, a
+    plan's planned device's); the run would build its data and model for a step that never comes."""
     per_token = config.hidden_size * (config.num_hidden_layers + 1) * HIDDEN_BYTES
-    have = machine_bytes()
+    have, where = machine_bytes(cfg)
     if tokens * per_token <= have:
         return
     most = max(limit or 1, have // per_token - (tokens - length))
@@ -113,5 +118,5 @@ def require_one_sequence(cfg, config, key: str, length: int, tokens: int, limit:
              f"{length} tokens in {describe(cfg.model)}: one sequence")
     raise UserError(key, f"{grows} of them keeps at least {tokens * per_token / 2**30:.1f} GiB of hidden states "
                     f"({config.num_hidden_layers + 1} of {config.hidden_size} bf16 values per token), more than the "
-                    f"{have / 2**30:.1f} GiB this machine has; give a far shorter {key} (this bound alone leaves at "
+                    f"{have / 2**30:.1f} GiB {where}; give a far shorter {key} (this bound alone leaves at "
                     f"most {most})")

@@ -70,7 +70,7 @@ class GlueTask(Task):
         self.num_labels = 1 if self.spec.labels is None else len(self.spec.labels)
         # task.evaluate_reported=false: the reported splits are never read (ftbench compare's lr search)
         splits = ("train", *self.spec.eval_splits) if cfg.evaluate_reported else ("train",)
-        rows = read_tsv_splits(cfg, self.spec, splits) if cfg.data_dir else read_hub_splits(cfg, splits)
+        rows = read_tsv_splits(cfg, self.spec, splits) if cfg.data_dir else read_hub_splits(cfg, self.spec, splits)
         self.splits = {name: self._tokenize(rows[name]) for name in splits}
         self.splits["train"], self.val = classify.hold_out(self.splits["train"], cfg.validation_from_train, seed)
 
@@ -109,9 +109,10 @@ class GlueTask(Task):
                 "padding": "dynamic", "sizes": sizes}
 
 
-def convert_label(raw: str, spec: GlueSpec):
-    """GLUE labels as the hub numbers them: class index, or a float score for STS-B."""
-    raw = raw.strip()
+def convert_label(raw: str | int | float, spec: GlueSpec):
+    """GLUE labels as the hub numbers them: class index, or a float score for STS-B (from a TSV's text, or a
+    hub row's number)."""
+    raw = str(raw).strip()
     if spec.labels is None:
         score = float(raw)
         if not math.isfinite(score):
@@ -123,6 +124,35 @@ def convert_label(raw: str, spec: GlueSpec):
     if not 0 <= index < len(spec.labels):
         raise ValueError(raw)
     return index
+
+
+def example_problem(example: dict, task: str, spec: GlueSpec) -> str | None:
+    """What is wrong with one example's fields, a TSV line's or a hub row's, e.g. "empty 'sentence'" (None:
+    nothing); its label is converted in place (`convert_label`). A text to classify must hold more than white
+    space."""
+    for column in spec.fields:
+        text = example[column]
+        if not isinstance(text, str):
+            return f"'{column}' is {text!r}, not text"
+        if not text.strip():
+            return f"empty '{column}'"
+    try:
+        example["label"] = convert_label(example["label"], spec)
+    except ValueError:
+        expected = ", ".join(spec.labels) if spec.labels else "a number"
+        return f"label {str(example['label']).strip()!r} is not one of {task.upper()}'s ({expected})"
+    return None
+
+
+def well_formed(examples: list[dict], bad: list[str], total: int, key: str, unit: str, fix: str) -> list[dict]:
+    """`examples`, when the `bad` ones ("place: problem", the first first) are at most 1% of the `total` (the
+    GLUE distribution's QQP has malformed lines) and some examples are left: those few are skipped with a
+    warning naming the first. Else raises UserError on `key` naming the first, the count and `fix`."""
+    if bad and (not examples or len(bad) > 0.01 * total):
+        raise UserError(key, f"{bad[0]} ({len(bad)} of {total} {unit} are bad); {fix}")
+    if bad:
+        log.warning("%s (%d of %d %s like it skipped)", bad[0], len(bad), total, unit)
+    return examples
 
 
 def read_tsv_splits(cfg: GlueConfig, spec: GlueSpec, splits: tuple[str, ...]) -> dict[str, list[dict]]:
@@ -149,8 +179,9 @@ def read_tsv(path: Path, task: str, spec: GlueSpec) -> list[dict]:
 
     Raises UserError on task.data_dir naming the file: another task's file (by its header or its
     labels), a missing column, or malformed lines (file:line of the first, and the count: a column count
-    other than the header's, or a label that is not one of the task's / a finite number for STS-B) beyond
-    the 1% the GLUE distribution has (QQP); fewer are skipped with a warning that names them the same way."""
+    other than the header's, an empty text, or a label that is not one of the task's / a finite number for
+    STS-B) beyond the 1% the GLUE distribution has (QQP); fewer are skipped with a warning that names them
+    the same way."""
     reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     try:
         rows = [(reader.line_num, row) for row in reader if row]
@@ -188,31 +219,27 @@ def read_tsv(path: Path, task: str, spec: GlueSpec) -> list[dict]:
             columns[column] = found
         width = len(header)
         body = rows[1:]
+    if not body:
+        raise UserError("task.data_dir", f"{path} holds a header and no examples; give the GLUE {name} TSV files")
     examples, bad = [], []
     for line, row in body:
         if len(row) != width:  # a tab too many or too few: the columns no longer line up with the header's
             bad.append(f"{path}:{line}: {len(row)} columns, expected {width}")
             continue
         example = {column: row[i] for column, i in columns.items()}
-        try:
-            example["label"] = convert_label(example["label"], spec)
-        except ValueError:
-            expected = ", ".join(spec.labels) if spec.labels else "a number"
-            bad.append(f"{path}:{line}: label {example['label'].strip()!r} is not one of {name}'s ({expected})")
+        problem = example_problem(example, task, spec)
+        if problem is not None:
+            bad.append(f"{path}:{line}: {problem}")
             continue
         examples.append(example)
-    if bad and (not examples or len(bad) > 0.01 * len(body)):
-        raise UserError("task.data_dir", f"{bad[0]} ({len(bad)} of {len(body)} lines are bad); fix those lines "
-                        f"(a tab inside a text?) or give the GLUE {name} TSV files (is task={task} the task "
-                        "of this folder?)")
-    if not examples:
-        raise UserError("task.data_dir", f"{path} holds a header and no examples; give the GLUE {name} TSV files")
-    if bad:  # malformed lines exist in the GLUE distribution (e.g. QQP); skip them
-        log.warning("%s (%d of %d lines like it skipped)", bad[0], len(bad), len(body))
-    return examples
+    return well_formed(examples, bad, len(body), "task.data_dir", "lines", f"fix those lines (a tab inside a "
+                       f"text?) or give the GLUE {name} TSV files (is task={task} the task of this folder?)")
 
 
-def read_hub_splits(cfg: GlueConfig, splits: tuple[str, ...]) -> dict[str, list[dict]]:
+def read_hub_splits(cfg: GlueConfig, spec: GlueSpec, splits: tuple[str, ...]) -> dict[str, list[dict]]:
+    """The rows of each split of task.hub_id's GLUE set, checked as TSV lines are (`example_problem`,
+    `well_formed`: the first bad row and the count). Raises UserError on task.hub_id when a split or a
+    column is missing, or bad rows are more than 1%; on task.data_dir when the set cannot be loaded."""
     import datasets
 
     use_cache_only_if_offline()
@@ -221,4 +248,24 @@ def read_hub_splits(cfg: GlueConfig, splits: tuple[str, ...]) -> dict[str, list[
     except Exception as exc:  # no network, no cache, or a hub error: say so in one line
         raise hub_error("task.data_dir", f"{cfg.hub_id}/{cfg.name}", exc,
                         "download the GLUE TSVs and set task.data_dir=DIR") from exc
-    return {split: [dict(row) for row in data[split]] for split in splits}
+    where = f"{cfg.hub_id}/{cfg.name}"
+    fix = "give task.data_dir the GLUE TSV files, or task.hub_id a copy of nyu-mll/glue"
+    out = {}
+    for split in splits:
+        if split not in data:
+            raise UserError("task.hub_id", f"{where} has no {split} split (it has {', '.join(data)}); {fix}")
+        table = data[split]
+        missing = [c for c in (*spec.fields, "label") if c not in table.column_names]
+        if missing:
+            raise UserError("task.hub_id", f"{where} {split} has no {missing[0]!r} column (it has "
+                            f"{', '.join(table.column_names)}); {fix}")
+        examples, bad = [], []
+        for index, row in enumerate(table):
+            example = {column: row[column] for column in (*spec.fields, "label")}
+            problem = example_problem(example, cfg.name, spec)
+            if problem is not None:
+                bad.append(f"{where} {split} row {index + 1}: {problem}")
+                continue
+            examples.append(example)
+        out[split] = well_formed(examples, bad, len(table), "task.hub_id", "rows", fix)
+    return out

@@ -149,10 +149,12 @@ def read_json_rows(path: Path, key: str = "task.data_dir") -> list[dict]:
 
 def require_keys(rows: list[dict], keys: tuple[str, ...], where: Path | str, key: str = "task.data_dir",
                  gold: AnswerRule | None = None) -> list[dict]:
-    """`rows` checked in place: each has the text `keys`, and an optional `input` as text (null is read
-    as empty); with `gold` (the set's answer rule) an 'answer' that rule can judge (one stored as a JSON
-    number becomes its text). Raises UserError naming the first bad record (file:line when `where` is a
-    local file), its field and what is wrong, how many records have such a problem, and the fix."""
+    """`rows` checked in place: each has the text `keys`, an 'instruction' not empty, and an optional `input`
+    as text (null is read as empty); with `gold` (the set's answer rule) an 'answer' that rule can judge (one
+    stored as a JSON number becomes its text). An empty `input` or `output` is accepted: no input is the
+    common case, and an empty output is a target of the EOS alone (the public Alpaca and Math10K releases
+    hold a few). Raises UserError naming the first bad record (file:line when `where` is a local file), its
+    field and what is wrong, how many records have such a problem, and the fix."""
     if not rows:
         raise UserError(key, f"{where} holds no examples")
     bad = [(index, problem) for index, row in enumerate(rows)
@@ -185,6 +187,8 @@ def record_problem(row: dict, keys: tuple[str, ...], gold: AnswerRule | None) ->
             return f"has '{field}': null"
         if not isinstance(value, str):
             return f"has '{field}' of type {type(value).__name__}, not text"
+        if field == "instruction" and not value.strip():  # the prompt would ask nothing
+            return "has an empty 'instruction'"
         if field == "answer" and gold is not None and not gold.accepts(value):
             return f"has 'answer' {value[:40]!r}, not {gold.gold}"
     return None

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ftbench.errors import require
-from ftbench.methods.config import GpuTarget, MethodConfig
+from ftbench.methods.config import GpuTarget, MethodConfig, check_targets
 
 
 @dataclass
@@ -29,6 +29,4 @@ class LoraMethodConfig(MethodConfig):
         require(self.alpha > 0, f"{key}.alpha", "must be > 0")
         require(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
         require(self.bias in ("none", "all", "lora_only"), f"{key}.bias", "must be none, all or lora_only")
-        targets = self.target_modules
-        require(isinstance(targets, str) or (isinstance(targets, list) and targets), f"{key}.target_modules",
-                "give 'all-linear' or a list of module names, e.g. [q_proj,v_proj]")
+        check_targets(self.target_modules, f"{key}.target_modules")

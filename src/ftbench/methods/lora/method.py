@@ -28,11 +28,11 @@ class Lora(Method):
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         from peft import LoraConfig, get_peft_model
 
-        targets = self.cfg.target_modules
+        targets = self.cfg.target_modules  # all-linear or a list of names (methods/config.py check_targets)
         targets = targets if isinstance(targets, str) else list(targets)
         heads = architecture(model).task_heads(ctx.head)
-        if not isinstance(targets, str) or targets != "all-linear":
-            require_adaptable(model, [targets] if isinstance(targets, str) else targets, heads)
+        if not isinstance(targets, str):
+            require_adaptable(model, targets, heads)
         model = self.base_model(model, ctx)
         config = LoraConfig(
             task_type=PEFT_TASK_TYPES[ctx.head],
@@ -94,11 +94,12 @@ def require_adaptable(model: nn.Module, targets: list[str], heads: list[str]) ->
     """Raise UserError('method.target_modules') for the first name that matches no module of the model, or a
     module PEFT cannot put an adapter on (a norm, a whole block: PEFT's ValueError at the launch), naming the
     linear layers there are outside the task `heads` (trained densely): nn.Linear and transformers' Conv1D
-    (models/architecture.py `is_projection`)."""
+    (models/architecture.py `is_projection`). A name matches as PEFT matches a list's entries: the module's
+    whole path or its end after a dot (`q_proj`, `self_attn.q_proj`)."""
     linears = ", ".join(sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                                 if is_projection(m) and n.split(".", 1)[0] not in heads}))
     for target in targets:
-        found = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] == target]
+        found = [m for n, m in model.named_modules() if n == target or n.endswith(f".{target}")]
         if not found:
             raise UserError("method.target_modules", f"no module named {target!r} in this model; "
                             f"linear layers here: {linears}")
