@@ -36,6 +36,18 @@ def _seeded():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: a second intra-op thread only adds its spinning (half a planner test file's CPU time). The
+    planner's test files (test_plan_*.py) use it for every test."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # Test files whose module fixture trains several runs (minutes on 2 cores) or reads SmolLM2's tokenizer out of
 # its GGUF file (~35 s of CPU). Under pytest-xdist (`make test`) each of these files runs whole on one worker,
 # so its fixture runs once; every other test goes to whichever worker is free.

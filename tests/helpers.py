@@ -1,4 +1,4 @@
-"""Shared test helpers: compose configs, run jobs in-process, build tiny models, train a few steps."""
+"""Shared test helpers: compose configs, run jobs in-process, build tiny models and folders, train a few steps."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # The whole batch per micro-batch: a test never depends on this machine's free memory (test_fit_batch
 # tests hardware.max_micro_batch_size=auto, the default, on its own).
 CPU_DEFAULTS = ["hardware=cpu", "train.progress=false", "hardware.max_micro_batch_size=null"]
+# A one-step run on the synthetic task's small sets (the bad-input and bad-folder tests' runs)
+QUICK = ["task.num_train=64", "task.num_eval=32", "train.max_steps=1"]
 
 
 def method_table(*purposes: str) -> list[tuple[str, list[str]]]:
@@ -75,6 +77,52 @@ def peft_adapter(folder: Path, base: str | None) -> Path:
     save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 64)},
               folder / "adapter_model.safetensors")
     return folder
+
+
+def tokenizer_only(folder: Path) -> Path:
+    """A folder holding a byte-level tokenizer and no model."""
+    from ftbench.models.loading import byte_level_tokenizer
+
+    byte_level_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def an_export(folder: Path) -> Path:
+    """ftbench's export of a LoRA run (<run>/checkpoint): the adapter and the merged model, each in a subfolder."""
+    peft_adapter(folder / "adapter", None)
+    (folder / "merged").mkdir()
+    (folder / "merged" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return folder
+
+
+def holding(files: dict[str, str]):
+    """A maker of a folder holding these files (name: text)."""
+    def make(folder: Path) -> Path:
+        for name, text in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+        return folder
+    return make
+
+
+def llm_adapters_rows(n: int) -> list[dict]:
+    """Records in the LLM-Adapters format (task=math, task=commonsense): an 'answer' beside the output."""
+    return [{"instruction": f"q{i}", "input": "", "output": f"a {i}", "answer": str(i)} for i in range(n)]
+
+
+def refused(result: dict, key: str) -> str:
+    """The error of a run stopped before training with exit 2 naming `key`."""
+    assert result["exit_code"] == 2 and result["status"] == "failed", result["error"]
+    assert result["error"].startswith(f"{key}: ") and "\n" not in result["error"]
+    assert not (result["train"] or {}).get("loss_curve")  # stopped before the first step
+    return result["error"]
+
+
+def trained(result: dict, steps: int) -> dict:
+    """The result of a run that trained `steps` steps."""
+    assert result["exit_code"] == 0, result["error"]
+    assert len(result["train"]["loss_curve"]) == steps
+    return result
 
 
 def cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

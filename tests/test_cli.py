@@ -1,10 +1,12 @@
-"""The real entry points, as a user meets them: one clear line and exit code 2 for bad input,
-result.json for every run that started, Ctrl-C recorded, nothing overwritten."""
+"""The real entry points, as a user meets them (`python -m ftbench` too): one clear line and exit code 2 for bad
+input, result.json for every run that started, Ctrl-C recorded, nothing overwritten."""
 
 import json
 import re
+import runpy
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -263,3 +265,14 @@ def test_info_after_the_overrides_prints_what_it_prints_first(plan, flags):
     first, given = cli("ftbench", *plan, *flags, "method=lora"), cli("ftbench", *plan, "method=lora", *flags)
     assert first.returncode == given.returncode == 0 and first.stderr == given.stderr == "", given.stderr
     assert "Config search path" in first.stdout and given.stdout == first.stdout
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy: the CLI module is imported
+@pytest.mark.parametrize("module", ["ftbench", "ftbench.cli"])
+def test_python_dash_m_runs_the_cli(module, monkeypatch, capsys):
+    """`python -m ftbench ...` / `python -m ftbench.cli ...` (and torchrun -m ftbench), run in-process."""
+    monkeypatch.setattr(sys, "argv", [module, "method=nonexistent"])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.startswith("ftbench: error: method=nonexistent: no such option")

@@ -3,7 +3,7 @@ schema and a `Method` subclass, no YAML) composes as `method=toy`, and every che
 over the registry takes it without a list being edited: each test file's table (collected with
 FTBENCH_TEST_TOY_METHOD=1; the quick ones run), the GPU check's jobs, the benchmarks' method lists and
 `ftbench --help`. The whole toy run, every table's cases but the data-parallel launch:
-`FTBENCH_TEST_TOY_METHOD=1 pytest -k toy tests/test_{methods,architecture,plan,resume,hygiene,masters}.py`."""
+`FTBENCH_TEST_TOY_METHOD=1 pytest -k toy tests/test_{methods,architecture,plan_methods,resume,hygiene,masters}.py`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from helpers import CLI_ENV, REPO, compose
 
 # Every test file with a table over the registry, and the toy's cases run here: those of a few seconds each
 # (whole training runs, the planner's probes and the data-parallel launch are left to the command above).
-TABLE_DRIVEN = ["test_methods.py", "test_architecture.py", "test_plan.py", "test_resume.py", "test_distributed.py",
+TABLE_DRIVEN = ["test_methods.py", "test_architecture.py", "test_plan_methods.py", "test_resume.py", "test_distributed.py",
                 "test_hygiene.py", "test_masters.py", "test_gpu.py", "test_generative.py", "test_config.py"]
 RUN = ["test_architecture.py", "test_masters.py", "test_generative.py", "test_config.py",
        "test_methods.py::test_checkpointing_gives_every_trainable_tensor_a_gradient"]

@@ -2,7 +2,7 @@
 checked on a folder's config.json before anything is built (folders.py `value_problem`: every command that checks
 its config), and on a random-init model.shape where its config is built (models/loading.py `architecture_config`).
 
-Each rule is one the family's own classes break on (tests/test_bad_folders.py builds and steps each case with
+Each rule is one the family's own classes break on (tests/test_config_sizes.py builds and steps each case with
 transformers): its config refuses it (LLaMA's equal heads, RoPE's even head width), its model cannot be built (BERT's,
 GPT-2's and BART's equal heads; an embedding whose padding row is past its last row) or its first forward fails
 (grouped key/value heads, an odd head width under RoPE, a decoder start or eos id past the embedding). What a family

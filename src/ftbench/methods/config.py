@@ -52,7 +52,7 @@ class Variant:
     a row of its own beside the method's (`MethodConfig.variants`)."""
 
     overrides: tuple[str, ...]  # added after the method's own overrides for the check
-    # tests/test_plan.py plans it and holds the plan to the traced peak, as it does the method; False where the
+    # tests/test_plan_methods.py plans it and holds the plan to the traced peak, as it does the method; False where the
     # planner's CPU probes cannot run it or cannot yet predict it (the schema says which, the docs why).
     plan_check: bool = True
     # `make gpu-check`'s sweeps it joins and what each holds it to, as `MethodConfig.gpu_targets`.
@@ -99,7 +99,7 @@ class MethodConfig:
     # gpu_targets: the `make gpu-check` sweeps the method joins (scripts/gpu_check.py SWEEPS: its profile at
     # the LLaMA2-7B shape, the RoBERTa-large table) and what each holds it to.
     gpu_targets: ClassVar[dict[str, GpuTarget]] = {"llama2-7b": GpuTarget()}
-    # variants: label -> a setting that changes what a step holds (`Variant`), planned (tests/test_plan.py) and
+    # variants: label -> a setting that changes what a step holds (`Variant`), planned (tests/test_plan_methods.py) and
     # profiled on a GPU (scripts/gpu_check.py, the row "<name> (<label>)") beside the defaults. The other checks
     # run the defaults only; a variant's own behaviour is its method's own test file's to check.
     variants: ClassVar[dict[str, Variant]] = {}

@@ -1,0 +1,139 @@
+"""A plan refuses what its profile run refuses, in one line and exit code 2, and holds profile.seq_len to the
+position table as a run does (a random-init table sized to it); a failed plan is planned again, and an unexpected
+error ends a plan as it ends a run."""
+
+import json
+
+import pytest
+
+from ftbench import report
+from ftbench.job.run import run_job
+from helpers import cli, compose, run
+from plan_helpers import FOLDERS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# A plan refuses what its profile run refuses, with the same line on the same key (job/preflight.py
+# check_profiled): an encoder-decoder folder under a causal-LM objective (the default model group's), an
+# encoder asked for a causal LM
+PROFILE_REFUSALS = [
+    pytest.param(["model.path={tmp_path}/t5"], "model.path: model.path=", id="t5-folder-causal-lm"),
+    pytest.param(["model.path={tmp_path}/bart"], "model.path: model.path=", id="bart-folder-causal-lm"),
+    pytest.param(["model=minilm", "profile.objective=causal_lm"], "model.package: model.package=", id="package"),
+    pytest.param(["model=tiny-bert", "profile.objective=causal_lm"], "model.shape.model_type: the random-init",
+                 id="random-init-encoder"),
+    # a count above the model's (tests/test_methods.py MORE_THAN_THE_MODEL): the planner's deeper probes hold it
+    pytest.param(["method=freeze", "method.layers=3"], "method.layers: 3 is more than the 2 blocks", id="freeze"),
+    pytest.param(["method=badam", "method.group_size=3"], "method.group_size: 3 is more than the 2 rotating units",
+                 id="badam"),
+    pytest.param(["method=galore", "method.rank=33"], "method.rank: 33 is more than the 32 singular vectors",
+                 id="galore"),
+]
+
+
+@pytest.mark.parametrize("overrides,refusal", PROFILE_REFUSALS)
+def test_a_plan_refuses_what_its_profile_run_refuses(tmp_path, overrides, refusal):
+    for family in ("t5", "bart"):
+        FOLDERS[family](tmp_path / family)
+    args = [o.format(tmp_path=tmp_path) for o in overrides] + ["profile.batch_size=2", "profile.seq_len=16"]
+    real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=1", "profile.steps=1")
+    code = run_job(compose("mode=plan", *args), tmp_path / "plan")
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    assert (real["exit_code"], code, plan["status"]) == (2, 2, "failed")
+    assert plan["error"] == real["error"] and plan["error"].startswith(refusal), plan["error"]
+
+
+# profile.seq_len against the position table, by the rule a run applies (models/positions.py), read from model.shape
+# before any probe: a checkpoint's refuses a longer one (probes of llama2-7b at 100 000 tokens ran for minutes), a
+# random-init table is sized to it (BERT's learned table: the probe's position ids index it).
+# (overrides, the refusal's start, the planned table: None when refused)
+POSITIONS = [
+    pytest.param(["model=llama2-7b", "profile.seq_len=100000"], "100000 tokens exceed the 4096 positions of "
+                 "model.hub_id=meta-llama/Llama-2-7b-hf; use profile.seq_len<=4096", None, id="rotary-checkpoint"),
+    pytest.param(["model=llama2-7b", "profile.seq_len=5000", "method=lora"], "5000 tokens exceed the 4096",
+                 None, id="rotary-checkpoint-lora"),
+    pytest.param(["model=roberta-base", "profile.seq_len=513"], "513 tokens exceed the 512 positions", None,
+                 id="offset-positions"),  # 514 rows, positions from pad_token_id + 1
+    pytest.param(["model=tiny-llama", "model.path={tmp_path}/llama", "profile.seq_len=513"],
+                 "513 tokens exceed the 512 positions of model.path=", None, id="a-path-wins-over-random-init"),
+    pytest.param(["model=tiny-llama", "model.path={tmp_path}/gpt2", "profile.seq_len=64"],  # the folder's table
+                 "64 tokens exceed the 32 positions of model.path=", None, id="a-path-of-another-family"),
+    pytest.param(["model=tiny-bert", "model.shape.max_position_embeddings=16", "profile.seq_len=24",
+                  "profile.batch_size=2"], None, 24, id="random-init-learned-table-grows"),
+    pytest.param(["model=tiny-llama", "model.shape.max_position_embeddings=16", "profile.seq_len=24",
+                  "profile.batch_size=2"], None, 24, id="random-init-rotary-table-grows"),
+    # a table grown to a sequence no machine holds (was: the probe allocated it, OOM-killed or a torch traceback)
+    pytest.param(["model=tiny-llama", "profile.seq_len=1000000000000"], "1000000000000 tokens grow the 512 positions "
+                 "of the random-init tiny-llama shape, and one sequence of them keeps at least 357627.9 GiB of hidden "
+                 "states (3 of 64 bf16 values per token), more than the", None, id="random-init-beyond-the-machine"),
+    pytest.param(["model=tiny-llama", "model.path={tmp_path}/t5", "profile.objective=seq_cls",
+                  "profile.seq_len=1000000000000"], "1000000000000 tokens in model.path=", None,
+                 id="relative-positions-beyond-the-machine"),
+]
+
+
+@pytest.mark.parametrize("overrides,refusal,rows", POSITIONS)
+def test_a_plan_longer_than_the_position_table(tmp_path, overrides, refusal, rows):
+    for family, folder in FOLDERS.items():
+        folder(tmp_path / family)
+    code = run_job(compose("mode=plan", *(o.format(tmp_path=tmp_path) for o in overrides)), tmp_path / "plan")
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    if refusal is not None:
+        assert (code, plan["status"]) == (2, "failed")
+        assert plan["error"].startswith(f"profile.seq_len: {refusal}")
+    else:
+        assert (code, plan["status"]) == (0, "ok")
+        assert plan["config"]["model"]["shape"]["max_position_embeddings"] == rows
+
+
+def test_a_refused_plan_is_one_line_and_exit_2(tmp_path):
+    done = cli("ftbench", "plan", "model=llama2-7b", "hardware=h100-80gb", "profile.seq_len=100000",
+               f"hydra.run.dir={tmp_path / 'plan'}", timeout=120)  # the probes at 100 000 tokens ran for minutes
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == ["ftbench: failed: profile.seq_len: 100000 tokens exceed the 4096 positions "
+                                        "of model.hub_id=meta-llama/Llama-2-7b-hf; use profile.seq_len<=4096"]
+
+
+def test_a_folder_whose_plan_failed_is_planned_again_and_an_ok_plan_refuses(tmp_path):
+    """probe10 F3: a failed plan.json is an earlier attempt, moved aside as a run's result.json is (job/rerun.py);
+    an ok one still refuses the folder (was: any plan.json refused it)."""
+    folder = tmp_path / "plan"
+    args = ["ftbench", "plan", "model=tiny-bert", "hardware=cpu", "profile.seq_len=16", "profile.batch_size=2",
+            f"hydra.run.dir={folder}"]
+    failed = cli(*args, "profile.objective=causal_lm", timeout=120)
+    assert failed.returncode == 2 and json.loads((folder / "plan.json").read_text())["status"] == "failed"
+    fixed = cli(*args, timeout=120)
+    assert fixed.returncode == 0, fixed.stderr
+    assert json.loads((folder / "plan.json").read_text())["status"] == "ok"
+    kept = json.loads((folder / "plan.previous-1.json").read_text())
+    assert kept["status"] == "failed" and kept["config"]["profile"]["objective"] == "causal_lm"
+    again = cli(*args, timeout=120)
+    assert again.returncode == 2 and again.stderr.splitlines() == [
+        f"ftbench: error: hydra.run.dir: {folder} already holds a plan; pick a new directory"]
+    assert sorted(p.name for p in folder.glob("plan*.json")) == ["plan.json", "plan.previous-1.json"]
+    assert report.results.OTHER_JSON.fullmatch("plan.previous-1.json")  # ftbench-report passes it over
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_an_unexpected_error_in_a_plan_ends_as_in_a_run(tmp_path, monkeypatch, capsys, debug):
+    """A probe that raises what no check foresaw (torch's RuntimeError) fails the plan as it fails a run
+    (engine/outcome.py): plan.json says failed with the error's line, exit code 1, one line on stderr (the
+    traceback before it with debug=true); the folder's earlier files stay (was: no plan.json, Hydra's traceback)."""
+    from ftbench.plan import planner
+
+    def probe(*args, **kwargs):
+        raise RuntimeError("The size of tensor a (4) must match the size of tensor b (3)")
+
+    monkeypatch.setattr(planner, "run_probe", probe)
+    args = ["model=tiny-llama", "profile.batch_size=2", "profile.seq_len=16", f"debug={str(debug).lower()}"]
+    (tmp_path / "plan").mkdir()
+    (tmp_path / "plan" / "result.json").write_text("{}")  # a run's, in the folder the plan is given
+    code = run_job(compose("mode=plan", *args), tmp_path / "plan")
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    error = "RuntimeError: The size of tensor a (4) must match the size of tensor b (3) (debug=true shows the traceback)"
+    assert (code, plan["status"], plan["error"]) == (1, "failed", error)
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == f"ftbench: failed: {error}"
+    assert ("Traceback" in err) == debug
+    assert (tmp_path / "plan" / "result.json").read_text() == "{}"
