@@ -127,6 +127,15 @@ class MethodConfig:
         group = self.probe_layers()
         return group + 1, group + 2
 
+    def planner_depths(self, layers: int) -> tuple[int, int]:
+        """The layer counts the memory planner probes a run of `layers` layers at: `probe_depths(layers)`, and a
+        run shallower than the shallower of those at its own depth and that one, the plan then its own probe's
+        timeline. Not extrapolated down: the deeper probes run the ops of layers the run lacks, and the line
+        through them at such an op keeps a layer's activations the run does not hold (a 1-layer GPT-2 planned from
+        2 and 3 layers: its absent second layer's GELU backward, 212,480 B over the loss's peak, +18 %)."""
+        shallow, deep = self.probe_depths(layers)
+        return (layers, shallow) if layers < shallow else (shallow, deep)
+
     def probe_settings(self) -> dict[str, Any]:
         """Settings the planner's probes (plan/probe.py) train with instead of this config's: ones that change
         which step holds what, never what a step holds, so that probes of different depths take their steps

@@ -23,8 +23,9 @@ The model of the peak, and where each part comes from:
   the first layer, which keeps less when nothing below it trains, and the last are then
   different layers; rotating groups of g > 1 taken in turn: L in (l, l + g), l the least
   over g congruent to the planned depth modulo g, so that the last groups are alike:
-  `probe_depths`), B in (2, 3) (a single sequence takes shortcuts: views where larger
-  batches copy).
+  `probe_depths`); a run shallower than l at its own depth and l (`planner_depths`: a
+  line carried down from deeper probes runs ops of layers the run lacks), B in (2, 3)
+  (a single sequence takes shortcuts: views where larger batches copy).
 - **The chunked loss** (a causal LM's, engine/loss.py) is not linear in B: up to
   `train.loss_chunk_tokens` tokens it is one chunk, whose logits grow with B; beyond, the
   largest chunk's are `loss_chunk_tokens` whatever B, its backward behind the LM head's
@@ -233,8 +234,9 @@ def plan_fit(cfg: DictConfig, tgt: Target) -> PlanFit:
     # rotating method's group, freeze's last N): probes of that group (`probe_layers()`, else 1) plus one
     # and plus two layers, so that in both the first layer and the last are different layers and every op
     # pairs with the same role (with one layer alone it is first and last, and grows as neither); groups
-    # taken in turn, as many layers over whole groups as the run (the schema's `probe_depths`).
-    layer_points = OmegaConf.to_object(cfg.method).probe_depths(tgt.layers)
+    # taken in turn, as many layers over whole groups as the run (the schema's `probe_depths`); a run shallower
+    # than those is probed at its own depth (`planner_depths`).
+    layer_points = OmegaConf.to_object(cfg.method).planner_depths(tgt.layers)
     div = width_divisor(cfg, tgt, layer_points[1])
     divs = (div,) if div == 1 else (div, 2 * div, 4 * div)
     chunk = chunk_tokens_of(architecture_config(cfg.model).model_type, tgt.head, cfg.train.loss_chunk_tokens)

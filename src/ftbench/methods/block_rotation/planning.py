@@ -111,7 +111,7 @@ class Planning:
             self.scripted = (len(cycle) + 2, 1)  # the first group again: every unit has left once (its host buffers)
             self.schedule = dataclasses.replace(s, steps_per_block=1, script=(*cycle, cycle[0], before, traced))
         elif draws is not None:
-            shallow = planned.probe_depths(draws.layers)[0]
+            shallow = planned.planner_depths(draws.layers)[0]
             run = [probe_units(group, self.units, draws.layers, shallow) for group in draws.groups]
             cycle = [s.queue[k:k + s.group_size] for k in range(0, len(s.queue), s.group_size)]  # every unit
             self.scripted = (len(cycle) + 1, len(run) - 1)
