@@ -89,10 +89,11 @@ def test_minilm_loads_offline_from_its_package():
 
 
 # Encoder-decoder shapes given on the command line as a tiny-bert shape of another family (layer counts and
-# widths under T5's and BART's own names in their configs; T5 sets no decoder start token).
+# widths under T5's and BART's (mBART's) own names in their configs; T5 sets no decoder start token).
 ENCODER_DECODERS = {"t5": ["model.shape.model_type=t5", "~model.shape.intermediate_size",
                            "~model.shape.max_position_embeddings"],
-                    "bart": ["model.shape.model_type=bart", "~model.shape.intermediate_size"]}
+                    "bart": ["model.shape.model_type=bart", "~model.shape.intermediate_size"],
+                    "mbart": ["model.shape.model_type=mbart", "~model.shape.intermediate_size"]}
 
 
 @pytest.mark.parametrize("task", ["sst2", "synthetic"])
@@ -210,3 +211,60 @@ def test_an_encoder_decoder_classifier_without_an_eos_is_refused_on_the_models_k
     result = run(tmp_path / "run", *folder, *synthetic, "train.max_steps=2", "task.batch_size=8")
     assert (result["exit_code"], result["run"]["phase"]) == (2, "setup"), result["error"]
     assert "with no eos_token_id" in result["error"], result["error"]
+
+
+def special_tokenizer(specials: list[str], **roles: str):
+    """A byte-level tokenizer of `specials` (ids 0, 1, ...) then the 256 bytes, `roles` naming its pad, eos, unk."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate([*specials, *sorted(pre_tokenizers.ByteLevel.alphabet())])}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=roles.get("unk_token")))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    return PreTrainedTokenizerFast(tokenizer_object=core, **roles)
+
+
+# Tokenizers whose eos is not the model's eos_token_id 2: none at all (id 2 is the text token '"'), or another
+# (id 1; id 2 is its unk).
+FOREIGN_EOS = {"no eos": (special_tokenizer(["<pad>"], pad_token="<pad>"), "no eos token", "'\"'"),
+               "another eos": (special_tokenizer(["[P]", "<|end|>", "<?>"], pad_token="[P]", eos_token="<|end|>",
+                                                 unk_token="<?>"), "eos <|end|> (id 1)", "'<?>'")}
+
+
+@pytest.mark.parametrize("case", sorted(FOREIGN_EOS))
+@pytest.mark.parametrize("family", sorted(ENCODER_DECODERS))
+def test_an_encoder_decoder_classifiers_eos_is_its_tokenizers(tmp_path, family, case):
+    """BART's, mBART's and T5's heads read the state at `input_ids == config.eos_token_id`. A tokenizer whose eos
+    is not that id gives it to a token of text (was: rc 0 without a word, the head reading at each '"' too, or
+    the library's 'All examples must have the same number of <eos> tokens'). A checkpoint is refused on
+    model.tokenizer naming both ids; a random-init shape takes the tokenizer's eos (one added to a tokenizer with
+    none), and each sequence holds it once."""
+    from transformers import AutoModelForSequenceClassification
+
+    from ftbench.job import preflight
+
+    tokenizer, has, as_text = FOREIGN_EOS[case]
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    rows = "".join(f"a {'fine' if i % 2 else 'dull'} \"film\"{'!' * (i % 3)}\t{i % 2}\n" for i in range(16))
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.tsv").write_text(f"sentence\tlabel\n{rows}")
+    quick = [f"model.tokenizer={tmp_path / 'tokenizer'}", "task=sst2", f"task.data_dir={tmp_path}",
+             "train.max_steps=2", "task.batch_size=8", "eval.max_samples=8"]
+    shape = ["model=tiny-bert", *ENCODER_DECODERS[family], "+model.shape.eos_token_id=2", "+model.shape.pad_token_id=0"]
+    config = architecture_config(compose(*shape).model, vocab_size=300, decoder_start_token_id=0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / family)
+    result = run(tmp_path / "checkpoint", "model=minilm", f"model.path={tmp_path / family}", *quick)
+    assert (result["exit_code"], result["run"]["phase"]) == (2, "setup"), result["error"]
+    assert result["error"] == (f"model.tokenizer: the tokenizer of {tmp_path / 'tokenizer'} has {has}, but model.path="
+                               f"{tmp_path / family} reads each sequence's class at its eos_token_id 2 ({as_text} in the "
+                               "tokenizer): the encoder-decoder's classification head needs the one eos of each "
+                               "sequence, which no text may hold; give a tokenizer whose eos is id 2 (the model's "
+                               "own: model.tokenizer=null)"), result["error"]
+    cfg = compose(*shape, *quick)
+    checked = preflight.inputs(cfg)
+    eos = checked.tokenizer.eos_token_id
+    assert eos not in (None, 2) and checked.shape_overrides["eos_token_id"] == checked.task.closing_id == eos
+    model = load_model(cfg.model, "seq_cls", 2, torch.device("cpu"), "fp32", "eager", checked.shape_overrides)
+    batch = checked.task.collate(checked.task.train_examples()[:8])
+    assert model.config.eos_token_id == eos and (batch["input_ids"] == eos).sum(1).tolist() == [1] * 8
+    assert model(**batch).logits.shape == (8, 2)

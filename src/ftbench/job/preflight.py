@@ -12,6 +12,7 @@ the root cause of every later mismatch (an encoder's tokenizer has no EOS for ge
 | model.path / model.package vs random_init     | the given folder is loaded            |                                         |
 | the head the task needs vs the architecture  |                                       | model.path (or hub_id, shape.model_type) |
 | pad token (pad, else eos, else unk)          | random init: a `<pad>` token is added | a checkpoint: model.tokenizer           |
+| an encoder-decoder classifier's eos vs its tokenizer's | random init: the shape takes the tokenizer's eos (`</s>` added to one with none) | a checkpoint: model.tokenizer, both ids |
 | an encoder-decoder classifier's pad is its eos | random init: a `<pad>` token is added | a checkpoint: model.tokenizer (task=synthetic: the model's key) |
 | token ids vs embedding rows (mode=profile: model.tokenizer's) | random init: rows sized to the ids | a checkpoint: model.tokenizer, both sizes |
 | task.max_length vs the position table        | random init: table sized to it; a checkpoint: cut to the table | |
@@ -118,9 +119,13 @@ def inputs(cfg) -> Inputs:
     check_head(cfg.model, config, family.head)  # the model first: a wrong model is the root cause of the rest
     tokenizer = load_tokenizer(cfg.model) if family.needs_tokenizer else None
     closing = closing_token(config, family.head)
+    overrides = {}
     if tokenizer is not None:
+        overrides = settle_eos(cfg.model, tokenizer, closing)
+        closing = overrides.get("eos_token_id", closing)
         ensure_pad(cfg.model, tokenizer, closing)
-    overrides = fit_positions(cfg, config, "task.max_length", answer_length(cfg), closing=int(closing is not None))
+    overrides.update(fit_positions(cfg, config, "task.max_length", answer_length(cfg),
+                                   closing=int(closing is not None)))
     try:
         task = build_task(cfg.task, tokenizer, cfg.seed)
     except UserError as exc:
@@ -158,6 +163,34 @@ def answer_length(cfg) -> tuple[str, int] | None:
     if not OmegaConf.to_object(cfg.task).generates():
         return None
     return decoding_knobs(cfg.eval.num_beams, cfg.eval.max_new_tokens, cfg.task)["max_new_tokens"]
+
+
+def settle_eos(mcfg, tokenizer, closing: int | None) -> dict[str, int]:
+    """`closing`, an encoder-decoder classifier's eos_token_id, is where its head reads the state of each sequence
+    (transformers' BART, mBART and T5 classifiers count `input_ids == config.eos_token_id`), so no text may hold
+    it: it must be the tokenizer's eos. A tokenizer with none, or with another, gives that id to a token of text
+    (a `"`, its unk). A random-init shape takes the tokenizer's eos (`</s>` added to a tokenizer with none), one
+    log line: {"eos_token_id": its id}; a checkpoint is refused on model.tokenizer, naming both ids. {} when
+    they agree or the model reads no eos."""
+    if closing is None or tokenizer.eos_token_id == closing:
+        return {}
+    held = tokenizer.convert_ids_to_tokens(closing) if closing < len(tokenizer) else None
+    as_text = f"{held!r} in the tokenizer" if held is not None else "past the tokenizer's tokens"
+    if mcfg.random_init:  # no checkpoint to keep: the shape's eos is the tokenizer's
+        added = tokenizer.eos_token is None
+        if added:
+            tokenizer.add_special_tokens({"eos_token": "</s>"})
+        log.warning("model.shape.eos_token_id %d is %s, not its eos: set to the tokenizer's eos %s (id %d%s), the "
+                    "one token of each sequence the encoder-decoder's classification head reads", closing, as_text,
+                    tokenizer.eos_token, tokenizer.eos_token_id, ", added" if added else "")
+        return {"eos_token_id": tokenizer.eos_token_id}
+    where = mcfg.tokenizer or local_source(mcfg) or mcfg.hub_id
+    has = "no eos token" if tokenizer.eos_token is None else f"eos {tokenizer.eos_token} (id {tokenizer.eos_token_id})"
+    own = " (the model's own: model.tokenizer=null)" if mcfg.tokenizer else ""
+    raise UserError("model.tokenizer", f"the tokenizer of {where} has {has}, but {describe(mcfg)} reads each "
+                    f"sequence's class at its eos_token_id {closing} ({as_text}): the encoder-decoder's "
+                    f"classification head needs the one eos of each sequence, which no text may hold; give a "
+                    f"tokenizer whose eos is id {closing}{own}")
 
 
 def ensure_pad(mcfg, tokenizer, closing: int | None) -> None:
