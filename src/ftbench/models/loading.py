@@ -24,6 +24,7 @@ from ftbench.config.folders import (
     tokenizer_settings,
     tokenizer_subfolder,
 )
+from ftbench.config.rope import rope_problem
 from ftbench.config.sizes import size_problem
 from ftbench.errors import UserError, first_line, integer_fix
 from ftbench.models import gguf
@@ -155,8 +156,8 @@ def architecture_config(mcfg, **overrides):
 
     Raises UserError naming model.shape.<field> (model.shape for a combination of fields) for an unknown
     architecture or field, a size that is not a positive integer (SIZES), sizes that disagree with each other
-    (config/sizes.py: a width the heads do not divide, ...), or any value the library's config refuses, with the
-    library's reason. A field the family's config does not
+    (config/sizes.py: a width the heads do not divide, ...), a RoPE setting the library's config refuses but only
+    logs (config/rope.py), or any value the library's config refuses, with the library's reason. A field the family's config does not
     declare is refused in a shape written by hand only: with model.path or model.package the shape is that
     checkpoint's config (models/fit.py `planned_model`, `config_shape`), which may hold such fields. An
     encoder-decoder's decoder start token follows `start_decoder`."""
@@ -179,7 +180,8 @@ def architecture_config(mcfg, **overrides):
             raise UserError(f"model.shape.{field}", integer_fix(shape[field]))
         raise UserError(f"model.shape.{field}", f"must be a positive integer (got {shape[field]!r}): it sizes the "
                         f"{model_type} model; give 1 or more")
-    problem = size_problem({"model_type": model_type, **shape, **overrides})
+    values = {"model_type": model_type, **shape, **overrides}
+    problem = size_problem(values) or rope_problem(values)  # the library only logs the RoPE settings it refuses
     if problem:
         raise UserError(source_key(mcfg) if read else "model.shape", problem)
     try:
