@@ -30,6 +30,7 @@ from ftbench.errors import UserError, first_line, integer_fix
 from ftbench.models import gguf
 from ftbench.models.architecture import bad_size
 from ftbench.models.hub import hub_error, offline_mode
+from ftbench.models.mismatch import mismatch_problem
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +312,9 @@ def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision
     transformers refuses raises UserError naming model.shape[.<field>] (architecture_config). A checkpoint
     whose classification head does not fit the task (another number of labels, or regression vs
     classes: intermediate-task fine-tuning) gets a new head of the task's size, said in one log line.
-    Raises UserError naming model.path / model.package / model.hub_id when the checkpoint cannot be loaded."""
+    Raises UserError naming model.path / model.package / model.hub_id when the checkpoint cannot be loaded, or
+    when other tensors of it do not fit the model its config describes (mismatch.py: the tensor, both shapes and
+    the config field that sized it)."""
     dtype = DTYPES[precision]
     cls = auto_class(head)
     if mcfg.random_init:
@@ -331,7 +334,7 @@ def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision
     try:
         model, info = cls.from_pretrained(source, config=config, dtype=dtype, attn_implementation=attn_implementation,
                                           local_files_only=offline_mode() or Path(source).is_dir(),
-                                          ignore_mismatched_sizes=head != "causal_lm", output_loading_info=True)
+                                          ignore_mismatched_sizes=True, output_loading_info=True)
     except LOAD_ERRORS as exc:
         raise load_error(mcfg, source, exc) from exc
     except IndexError as exc:  # only from a pickle cut short: torch's weights-only unpickler indexes past its end
@@ -339,7 +342,12 @@ def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision
             raise
         raise UserError(source_key(mcfg), f"could not load {source}: "
                         f"{pickle_ends_early(Path(source), 'IndexError')}") from exc
-    replaced = sorted(str(k[0] if isinstance(k, (tuple, list)) else k) for k in info.get("mismatched_keys") or ())
+    mismatched = {str(key): (ckpt, shape) for key, ckpt, shape in info.get("mismatched_keys") or ()}
+    wrong = {k: v for k, v in mismatched.items() if head == "causal_lm" or k.startswith(f"{model.base_model_prefix}.")}
+    if wrong:  # not a new head of the task's size: tensors of the body that the config sized otherwise
+        raise UserError(source_key(mcfg), f"could not load {source}: "
+                        f"{mismatch_problem(config, source, wrong, list(model.state_dict()))}")
+    replaced = sorted(set(mismatched) - set(wrong))
     missing = sorted(str(k) for k in info.get("missing_keys") or ())
     if replaced:
         log.info("%s: the checkpoint's head (%s) does not fit this task's %d output(s); training a new head",
