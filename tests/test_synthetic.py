@@ -3,11 +3,16 @@
 import contextlib
 import random
 
+import pytest
 import torch
+from transformers import AutoModelForSequenceClassification
 
+from ftbench.errors import UserError
+from ftbench.job import preflight
+from ftbench.models.loading import architecture_config, byte_level_tokenizer
 from ftbench.tasks.base import EvalContext
 from ftbench.tasks.synthetic import MARKERS, SyntheticConfig, SyntheticTask, generate
-from helpers import run, tiny_model
+from helpers import compose, run, tiny_model
 
 
 def test_deterministic_per_seed_and_balanced():
@@ -31,3 +36,19 @@ def test_full_fine_tuning_of_the_default_run_learns_it(tmp_path):
     result = run(tmp_path / "run")  # the embedded default: full fine-tuning of tiny-llama
     assert result["exit_code"] == 0, result["error"]
     assert result["metrics"]["dev/acc"] >= 0.95
+
+
+def test_a_min_length_above_the_cut_position_table_is_refused(tmp_path):
+    """A checkpoint's position table cuts task.max_length (24 positions here); a task.min_length left above the
+    cut is refused on its key before the task is built (was: rc 1, ValueError: empty range for randrange())."""
+    config = architecture_config(compose("model=tiny-llama").model, max_position_embeddings=24)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path)
+    byte_level_tokenizer().save_pretrained(tmp_path)
+    cfg = compose("model=tiny-llama", f"model.path={tmp_path}", "task=synthetic", "task.min_length=30")
+    with pytest.raises(UserError) as refused:
+        preflight.inputs(cfg)
+    assert str(refused.value) == (f"task.min_length: must be between 2 and task.max_length, and task.max_length=32 was "
+                                  f"cut to the 24 positions of model.path={tmp_path}; give a task.min_length that "
+                                  "fits 24 tokens, or a model with a longer position table")
+    cut = compose("model=tiny-llama", f"model.path={tmp_path}", "task=synthetic", "task.min_length=20")
+    assert preflight.inputs(cut).task is not None and cut.task.max_length == 24  # one that fits the cut trains

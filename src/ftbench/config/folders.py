@@ -7,8 +7,9 @@ the model or an adapter (ftbench's export, `<run>/checkpoint`: `merged/`, `adapt
 other files, or nothing; so is one whose config.json is empty, not JSON, not a JSON object, names no model_type
 (`model_type_fix`: the one its architectures' classes are of), names one transformers does not know
 (`model_type_problem`: the known one nearest in spelling), or holds a value the family's config refuses
-(`value_problem`: hidden_size 64.0, a float, where an integer is needed: write 64) or sizes that disagree with each
-other (sizes.py: a width the heads do not divide, grouped key/value heads that do not, ...). A command that
+(`value_problem`: hidden_size 64.0, a float, where an integer is needed: write 64), sizes that disagree with each
+other (sizes.py: a width the heads do not divide, grouped key/value heads that do not, ...) or a RoPE setting its
+config refuses (rope.py: a scaling factor below 1). A command that
 loads the weights (every one but a plan, which reads config.json alone) refuses a folder holding none of the
 files from_pretrained reads (`require_weights`), naming a GGUF file it holds instead. A folder given with
 model.gguf_file that holds no such file is refused on model.gguf_file, saying to drop it where the folder
@@ -30,6 +31,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Union, get_args, get_origin
 
+from ftbench.config.rope import rope_problem
 from ftbench.config.sizes import size_problem
 from ftbench.errors import UserError, first_line
 
@@ -160,7 +162,8 @@ def value_problem(values: dict) -> str | None:
     config class refuses (its strict fields' validators, as from_pretrained runs them), in words with the fix:
     "hidden_size is 64.0, a float; transformers needs an integer: write 64"; else the first of its sizes that
     disagree with each other (sizes.py `size_problem`: "hidden_size 64 is not a multiple of num_attention_heads 3:
-    ..."); None when there is neither. A field the class does not declare is left to the loader."""
+    ..."); else a RoPE setting the config refuses (rope.py `rope_problem`: "rope_scaling.factor is -2.0; ...");
+    None when there is none. A field the class does not declare is left to the loader."""
     from transformers import CONFIG_MAPPING
 
     config_class = CONFIG_MAPPING[values["model_type"]]
@@ -174,7 +177,7 @@ def value_problem(values: dict) -> str | None:
                 validator(value)
             except (TypeError, ValueError) as exc:
                 return wrong_value(name, value, types.get(name), exc)
-    return size_problem(values)
+    return size_problem(values) or rope_problem(values)
 
 
 def wrong_value(name: str, value, expected, exc: Exception) -> str:

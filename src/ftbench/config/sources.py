@@ -38,7 +38,8 @@ def check_given(cfg: DictConfig, given: set[str]) -> None:
     that wins over it (MODEL_SOURCES, whether the group or the user set the winner), model.random_init=true
     under one (it is loaded), and a hub id under a group that builds a random-init shape (model=tiny-llama:
     random_init: true) without model.random_init (a GGUF file without the folder or package holding it is
-    refused before, by ModelConfig.check)."""
+    refused before, by ModelConfig.check), and a model.shape (or one of its fields) under a model.path or
+    model.package: the checkpoint's config.json is its shape (the group's own shape is left unused unsaid)."""
     mcfg = cfg.model
     winner = next((name for name in MODEL_SOURCES[:2] if mcfg[name]), None)
     for name in MODEL_SOURCES[1:]:
@@ -50,6 +51,11 @@ def check_given(cfg: DictConfig, given: set[str]) -> None:
         raise UserError("model.random_init", f"model.{winner}={mcfg[winner]} is the model loaded (it wins over "
                         f"random init), so model.random_init=true would not be; give one: drop model.random_init, "
                         f"or add model.{winner}=null")
+    shape = sorted(key for key in given if key == "model.shape" or key.startswith("model.shape."))
+    if shape and winner:
+        raise UserError(shape[0], f"model.{winner}={mcfg[winner]} is the model loaded, its shape from its config.json, "
+                        f"so {shape[0]} would not be used; give one: drop {shape[0]}, or add model.{winner}=null"
+                        f"{'' if mcfg.random_init else ' model.random_init=true'} to build that shape at random init")
     if "model.hub_id" in given and mcfg.hub_id and mcfg.random_init and not winner:
         if "model.random_init" in given:  # both said: which one is meant
             raise UserError("model.hub_id", f"model.random_init=true builds the random-init shape of model="

@@ -15,7 +15,7 @@ the root cause of every later mismatch (an encoder's tokenizer has no EOS for ge
 | an encoder-decoder classifier's eos vs its tokenizer's | random init: the shape takes the tokenizer's eos (`</s>` added to one with none) | a checkpoint: model.tokenizer, both ids |
 | an encoder-decoder classifier's pad is its eos | random init: a `<pad>` token is added | a checkpoint: model.tokenizer (task=synthetic: the model's key) |
 | token ids vs embedding rows (mode=profile: model.tokenizer's) | random init: rows sized to the ids | a checkpoint: model.tokenizer, both sizes |
-| task.max_length vs the position table        | random init: table sized to it; a checkpoint: cut to the table | |
+| task.max_length vs the position table        | random init: table sized to it; a checkpoint: cut to the table | a knob held to it left above the cut: its key (task.min_length) |
 | an encoder-decoder classifier's eos          | appended to each sequence without it (Task.closing_id), a position kept for it | none in its config: model.path (shape.eos_token_id) |
 | max_new_tokens vs the position table         | random init: table holds task.max_length + it; longer prompts: cut from the left when generating | a checkpoint: its key, when it fills the table |
 | profile.seq_len vs the position table        | random init: table sized to it        | a checkpoint: profile.seq_len           |
@@ -126,6 +126,7 @@ def inputs(cfg) -> Inputs:
         ensure_pad(cfg.model, tokenizer, closing)
     overrides.update(fit_positions(cfg, config, "task.max_length", answer_length(cfg),
                                    closing=int(closing is not None)))
+    require_held_to_cut(cfg, asked)
     try:
         task = build_task(cfg.task, tokenizer, cfg.seed)
     except UserError as exc:
@@ -141,6 +142,20 @@ def inputs(cfg) -> Inputs:
     overrides.update(fit_vocab(cfg.model, config, tokenizer, task))
     check_plan(cfg, task)
     return Inputs(tokenizer, task, task.head, task.num_labels, task.pad_id, overrides)
+
+
+def require_held_to_cut(cfg, asked: int | None) -> None:
+    """The task's own checks again once the position table cut task.max_length (from `asked`: settle): a knob
+    held to task.max_length (task.min_length) that the cut left above it is refused on its key, the cut said."""
+    cut = cfg.task.max_length
+    if asked is None or cut >= asked:
+        return
+    try:
+        OmegaConf.to_object(cfg.task).check("task")
+    except UserError as exc:
+        raise UserError(exc.key, f"{exc.reason}, and task.max_length={asked} was cut to the {cut} positions of "
+                        f"{describe(cfg.model)}; give a {exc.key} that fits {cut} tokens, or a model with a longer "
+                        "position table") from exc
 
 
 def cut_length_refusal(exc: UserError, asked: int, cfg) -> UserError:

@@ -24,11 +24,13 @@ from ftbench.config.folders import (
     tokenizer_settings,
     tokenizer_subfolder,
 )
+from ftbench.config.rope import rope_problem
 from ftbench.config.sizes import size_problem
 from ftbench.errors import UserError, first_line, integer_fix
 from ftbench.models import gguf
 from ftbench.models.architecture import bad_size
 from ftbench.models.hub import hub_error, offline_mode
+from ftbench.models.mismatch import mismatch_problem
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +157,8 @@ def architecture_config(mcfg, **overrides):
 
     Raises UserError naming model.shape.<field> (model.shape for a combination of fields) for an unknown
     architecture or field, a size that is not a positive integer (SIZES), sizes that disagree with each other
-    (config/sizes.py: a width the heads do not divide, ...), or any value the library's config refuses, with the
-    library's reason. A field the family's config does not
+    (config/sizes.py: a width the heads do not divide, ...), a RoPE setting the library's config refuses but only
+    logs (config/rope.py), or any value the library's config refuses, with the library's reason. A field the family's config does not
     declare is refused in a shape written by hand only: with model.path or model.package the shape is that
     checkpoint's config (models/fit.py `planned_model`, `config_shape`), which may hold such fields. An
     encoder-decoder's decoder start token follows `start_decoder`."""
@@ -179,7 +181,8 @@ def architecture_config(mcfg, **overrides):
             raise UserError(f"model.shape.{field}", integer_fix(shape[field]))
         raise UserError(f"model.shape.{field}", f"must be a positive integer (got {shape[field]!r}): it sizes the "
                         f"{model_type} model; give 1 or more")
-    problem = size_problem({"model_type": model_type, **shape, **overrides})
+    values = {"model_type": model_type, **shape, **overrides}
+    problem = size_problem(values) or rope_problem(values)  # the library only logs the RoPE settings it refuses
     if problem:
         raise UserError(source_key(mcfg) if read else "model.shape", problem)
     try:
@@ -309,7 +312,9 @@ def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision
     transformers refuses raises UserError naming model.shape[.<field>] (architecture_config). A checkpoint
     whose classification head does not fit the task (another number of labels, or regression vs
     classes: intermediate-task fine-tuning) gets a new head of the task's size, said in one log line.
-    Raises UserError naming model.path / model.package / model.hub_id when the checkpoint cannot be loaded."""
+    Raises UserError naming model.path / model.package / model.hub_id when the checkpoint cannot be loaded, or
+    when other tensors of it do not fit the model its config describes (mismatch.py: the tensor, both shapes and
+    the config field that sized it)."""
     dtype = DTYPES[precision]
     cls = auto_class(head)
     if mcfg.random_init:
@@ -329,7 +334,7 @@ def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision
     try:
         model, info = cls.from_pretrained(source, config=config, dtype=dtype, attn_implementation=attn_implementation,
                                           local_files_only=offline_mode() or Path(source).is_dir(),
-                                          ignore_mismatched_sizes=head != "causal_lm", output_loading_info=True)
+                                          ignore_mismatched_sizes=True, output_loading_info=True)
     except LOAD_ERRORS as exc:
         raise load_error(mcfg, source, exc) from exc
     except IndexError as exc:  # only from a pickle cut short: torch's weights-only unpickler indexes past its end
@@ -337,7 +342,12 @@ def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision
             raise
         raise UserError(source_key(mcfg), f"could not load {source}: "
                         f"{pickle_ends_early(Path(source), 'IndexError')}") from exc
-    replaced = sorted(str(k[0] if isinstance(k, (tuple, list)) else k) for k in info.get("mismatched_keys") or ())
+    mismatched = {str(key): (ckpt, shape) for key, ckpt, shape in info.get("mismatched_keys") or ()}
+    wrong = {k: v for k, v in mismatched.items() if head == "causal_lm" or k.startswith(f"{model.base_model_prefix}.")}
+    if wrong:  # not a new head of the task's size: tensors of the body that the config sized otherwise
+        raise UserError(source_key(mcfg), f"could not load {source}: "
+                        f"{mismatch_problem(config, source, wrong, list(model.state_dict()))}")
+    replaced = sorted(set(mismatched) - set(wrong))
     missing = sorted(str(k) for k in info.get("missing_keys") or ())
     if replaced:
         log.info("%s: the checkpoint's head (%s) does not fit this task's %d output(s); training a new head",

@@ -1,0 +1,62 @@
+"""A checkpoint whose tensors do not fit the model its config.json describes (models/mismatch.py): refused on
+model.path naming the tensor, both shapes and the field that sized it, with the fix; only a classifier's head
+of another size is replaced (was: rc 2 with transformers' "look at the above report", which no one saw, and the
+wrong fix; a classification run trained a random embedding of the default 32000 rows, logged as a new head)."""
+
+import json
+
+import pytest
+import torch
+import transformers as T
+
+from ftbench.errors import UserError
+from ftbench.models.loading import load_model
+from ftbench.models.mismatch import mismatch_problem
+from helpers import compose
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A 1-layer LLaMA of 300 token rows, as save_pretrained writes it."""
+    path = tmp_path_factory.mktemp("llama300")
+    T.LlamaForCausalLM(T.LlamaConfig(vocab_size=300, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=2)).save_pretrained(path)
+    return path
+
+
+def loaded(path, head: str):
+    mcfg = compose("model=tiny-llama", f"model.path={path}", "model.random_init=false").model
+    return load_model(mcfg, head, 2, torch.device("cpu"), "fp32", "eager")
+
+
+@pytest.mark.parametrize("head,more", [("causal_lm", " (and 1 more tensor)"), ("seq_cls", "")])
+@pytest.mark.parametrize("vocab,said", [
+    (None, "its config.json sets no vocab_size, so the llama default 32000 is taken"),
+    (500, "its config.json sets vocab_size 500"),
+])
+def test_a_config_json_size_the_tensors_disagree_with_is_named(folder, tmp_path, head, more, vocab, said):
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("vocab_size") if vocab is None else config.update(vocab_size=vocab)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").symlink_to(folder / "model.safetensors")
+    rows = 32000 if vocab is None else vocab
+    with pytest.raises(UserError) as refused:
+        loaded(tmp_path, head)
+    assert str(refused.value) == (f"model.path: could not load {tmp_path}: {said}, but the checkpoint's "
+                                  f"model.embed_tokens.weight is [300, 16] against the model's [{rows}, 16]{more}; "
+                                  'write "vocab_size": 300 in its config.json')
+
+
+def test_only_a_classifier_head_of_another_size_is_replaced(tmp_path):
+    T.LlamaForSequenceClassification(T.LlamaConfig(
+        vocab_size=300, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, num_labels=5, pad_token_id=0)).save_pretrained(tmp_path)
+    assert loaded(tmp_path, "seq_cls").score.out_features == 2
+
+
+def test_tensors_no_single_field_explains_are_named_with_the_generic_fix():
+    config = T.LlamaConfig(hidden_size=16, num_attention_heads=2, num_key_value_heads=2)
+    problem = mismatch_problem(config, "org/name", {"model.layers.0.mlp.up_proj.weight": ((48, 24), (32, 16))},
+                               [])
+    assert problem == ("the checkpoint's model.layers.0.mlp.up_proj.weight is [48, 24] against the model's [32, 16]; "
+                       "fix its config.json's sizes to the checkpoint's, or give a folder written by save_pretrained")
