@@ -1,8 +1,8 @@
 """Held state counted on the planned model itself, for methods whose held state is not
 linear in the layer count.
 
-The planner extrapolates what a step holds from probes of two and three layers
-(plan.py). That is exact when every layer adds the same bytes, as it does for
+The planner extrapolates what a step holds from shallow probes (two and three layers
+for most methods: planner.py). That is exact when every layer adds the same bytes, as it does for
 full fine-tuning, LoRA, SIFT (k per weight) or HiFT. S2FT's global allocation
 draws ⌊layers × units × ratio⌋ heads and channels over all layers at once: the
 count rounds down once for the whole model (0, 0 and 1 O heads at 1, 2 and 8

@@ -63,7 +63,7 @@ class BatchFit:
     fixed_bytes: int  # what a step adds whatever its batch (gradients, loss buffers)
     optimizer_state_bytes: int  # predicted (the state appears at the first optimizer step)
     measured_by: str  # "cuda max_memory_allocated" | "traced live tensors" | the planner's probes
-    chosen_by: str = "probe"  # probe: two steps of the model itself | planner: plan.py's prediction
+    chosen_by: str = "probe"  # probe: two steps of the model itself | planner: plan/planner.py's prediction
 
     def summary(self) -> dict:
         return asdict(self)
@@ -226,7 +226,7 @@ def planned(cfg, hw, head: str, model, sequence: dict[str, torch.Tensor], batch_
                         f"{max(budget, 0) / GiB:.1f} GiB are free (memory planner); reduce memory with {REDUCE_MEMORY}")
     state = int(the_fit.scalar("optimizer_state_bytes", tgt.layers))
     chosen = BatchFit(int(micro), seq_len, int(budget), int(two - one), int(2 * one - two - held_now - state),
-                      state, "memory planner: traced steps of 2 and 3 layers (plan.py)", "planner")
+                      state, "memory planner: traced steps of shallow probes (plan/planner.py)", "planner")
     log.info("micro-batch for %s: %d of %d sequences at %d tokens (memory planner: %.2f GiB per sequence, "
              "budget %.1f GiB)", what, micro, batch_per_rank, seq_len, chosen.per_sequence_bytes / GiB, budget / GiB)
     return chosen
