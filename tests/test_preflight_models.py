@@ -15,7 +15,7 @@ from ftbench.errors import UserError
 from ftbench.job import preflight
 from ftbench.models.fit import planned_model
 from ftbench.models.loading import byte_level_tokenizer, load_model, load_tokenizer
-from helpers import compose, refused, run, trained
+from helpers import QUICK, compose, refused, run, trained
 
 TINY_BERT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 SST2_QUICK = ["task=sst2", "task.batch_size=4", "train.max_steps=2", "eval.max_samples=8"]
@@ -262,6 +262,15 @@ def test_a_random_init_embedding_is_sized_to_a_task_of_token_ids(tmp_path):
     result = run(tmp_path / "run", "model.shape.vocab_size=32", "task.vocab_size=64", "task.num_train=64",
                  "task.num_eval=16", "task.max_steps=1")
     trained(result, 1)
+
+
+def test_a_task_of_token_ids_over_a_checkpoints_embedding_is_refused_with_its_own_fix(tmp_path, folders):
+    """task=synthetic uses no tokenizer: the fix is task.vocab_size, and the ids named are all it draws."""
+    result = run(tmp_path / "run", "model=tiny-llama", f"model.path={folders['llama']}", "task=synthetic",
+                 "task.vocab_size=600", *QUICK)
+    assert refused(result, "task.vocab_size") == (
+        "task.vocab_size: the task uses token ids 0..599 (task.vocab_size=600) but the embedding of "
+        f"model.path={folders['llama']} has 512 rows; set task.vocab_size to at most 512, or give a model whose vocabulary covers it")
 
 
 def test_a_checkpoint_with_fewer_rows_than_the_tokenizer_is_refused_with_both_sizes(tmp_path, folders):
