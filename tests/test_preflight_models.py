@@ -200,6 +200,20 @@ def test_a_task_refusal_says_when_the_position_table_cut_task_max_length(tmp_pat
     assert "task.max_length=1000 was cut to the 256 positions of model.path=" in error and "raise" not in error
 
 
+def test_a_training_set_emptied_by_a_cut_task_max_length_is_refused_before_training(tmp_path):
+    """synthetic_lm problems all longer than a checkpoint's 24 positions: refused on task.max_length, saying the
+    table cut it (the micro-batch fit took the max of no examples: a ValueError, exit 1)."""
+    folder = save(tmp_path / "llama-24", T.LlamaForCausalLM(T.LlamaConfig(
+        vocab_size=260, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=24, bos_token_id=1, eos_token_id=2)))
+    error = refused(run(tmp_path / "run", "model=tiny-llama", f"model.path={folder}", "task=synthetic_lm",
+                        "task.max_operand=1000000000000", "task.num_train=64", "task.max_length=32",
+                        "train.max_steps=1", "hardware.max_micro_batch_size=auto"), "task.max_length")
+    assert error == ("task.max_length: every training prompt fills the 24 tokens of task.max_length, leaving no "
+                     f"room for its answer: task.max_length=32 was cut to the 24 positions of model.path={folder}; "
+                     "use shorter examples or a model with a longer position table")
+
+
 def test_a_random_init_position_table_holds_the_answer_too():
     """GPT-2's learned table (16 positions): task.max_length=32 plus max_new_tokens=8; 32 for a task that does not
     generate."""
