@@ -205,3 +205,22 @@ def test_fewer_examples_than_a_micro_batch_per_process():
     with pytest.raises(UserError, match=r"^task.batch_size: the training set has 6 examples, fewer than one "
                                         r"micro-batch of 4 on each of 2 processes; lower task.batch_size to 6 or less"):
         next(shuffled([{"input_ids": [1]}] * 6, 4, list, seed=0, rank=0, world_size=2))
+
+
+EMPTIED = ("task.max_length: every training prompt fills the 12 tokens of task.max_length, leaving no room for its "
+           "answer; raise task.max_length")
+
+
+@pytest.mark.parametrize("task", ["synthetic_lm", "alpaca"])
+def test_a_training_set_emptied_by_max_length_is_refused_for_every_task(tmp_path, task):
+    """Every prompt fills task.max_length: no example is left to train on (synthetic_lm crashed in the
+    micro-batch fit, max() of nothing), and alpaca says so before its held-out set's emptiness."""
+    if task == "alpaca":
+        rows = [{"instruction": f"a long instruction {i}", "input": "", "output": str(i)} for i in range(6)]
+        source = [f"task.data_dir={alpaca(tmp_path, rows)}", "task.val_size=1"]
+    else:
+        source = ["task.max_operand=1000000000000", "task.num_train=64"]  # "a+b=" of ~13-digit operands
+    cfg = compose(f"task={task}", *source, "task.max_length=12")
+    with pytest.raises(UserError) as refusal:
+        build_task(cfg.task, byte_level_tokenizer(), seed=0)
+    assert str(refusal.value) == EMPTIED

@@ -71,12 +71,44 @@ def test_ctrl_c_records_a_canceled_run(tmp_path):
     assert result["status"] == "canceled" and result["error"]
     said = [line for line in process.stdout.read().splitlines() if line.startswith("ftbench: canceled")]
     assert len(said) == 1, said  # once: the job says it, the entry point does not repeat it
+    trained_before(result["train"], at_least=3)
+
+
+def trained_before(train: dict, at_least: int) -> int:
+    """The steps a run that stopped in training reports: each one's loss, finite, as the run logged them."""
+    steps, curve = train["steps"], train["loss_curve"]
+    assert steps >= at_least and [step for step, _ in curve] == list(range(1, steps + 1)), train
+    assert (train["loss_first"], train["loss_last"]) == (curve[0][1], curve[-1][1]) and train["samples"] > 0
+    return steps
 
 
 def test_a_diverging_run_stops_with_status_nan(tmp_path):
     result = run(tmp_path / "run", "optim.name=sgd", "optim.lr=1e12", "optim.max_grad_norm=null", "task.max_steps=50")
     assert result["status"] == "nan" and result["exit_code"] == 1
     assert "lower optim.lr" in result["error"]
+
+
+def test_a_run_that_diverges_after_some_steps_keeps_them_and_names_the_step_that_went_nan(tmp_path):
+    """Step 1's loss is finite, step 2's nan: result.json holds step 1 (the curve a user lowers the lr by), and
+    the error names step 2 (it named step 1, and train was empty)."""
+    result = run(tmp_path / "run", "model=tiny-bert", "optim.lr=1e8", "optim.max_grad_norm=null", "train.max_steps=40",
+                 "task.num_train=512", "task.num_eval=16", "train.batch_size=8")
+    assert result["status"] == "nan", result["error"]
+    steps = trained_before(result["train"], at_least=1)
+    assert result["error"] == f"loss became nan at step {steps + 1}; lower optim.lr or check the data"
+
+
+def test_a_run_that_fails_after_some_steps_keeps_them(tmp_path, monkeypatch):
+    from ftbench.engine import loop
+
+    def fail_at_step_3(self, step, *args):
+        if step == 3:
+            raise RuntimeError("broken at step 3")
+
+    monkeypatch.setattr(loop.Progress, "update", fail_at_step_3)
+    result = run(tmp_path / "run", "task.num_train=64", "task.num_eval=16", "train.max_steps=10")
+    assert (result["status"], result["exit_code"]) == ("failed", 1), result["error"]
+    assert trained_before(result["train"], at_least=3) == 3
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -15,7 +15,7 @@ from ftbench.errors import UserError
 from ftbench.job import preflight
 from ftbench.models.fit import planned_model
 from ftbench.models.loading import byte_level_tokenizer, load_model, load_tokenizer
-from helpers import compose, refused, run, trained
+from helpers import QUICK, compose, refused, run, trained
 
 TINY_BERT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 SST2_QUICK = ["task=sst2", "task.batch_size=4", "train.max_steps=2", "eval.max_samples=8"]
@@ -200,6 +200,20 @@ def test_a_task_refusal_says_when_the_position_table_cut_task_max_length(tmp_pat
     assert "task.max_length=1000 was cut to the 256 positions of model.path=" in error and "raise" not in error
 
 
+def test_a_training_set_emptied_by_a_cut_task_max_length_is_refused_before_training(tmp_path):
+    """synthetic_lm problems all longer than a checkpoint's 24 positions: refused on task.max_length, saying the
+    table cut it (the micro-batch fit took the max of no examples: a ValueError, exit 1)."""
+    folder = save(tmp_path / "llama-24", T.LlamaForCausalLM(T.LlamaConfig(
+        vocab_size=260, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=24, bos_token_id=1, eos_token_id=2)))
+    error = refused(run(tmp_path / "run", "model=tiny-llama", f"model.path={folder}", "task=synthetic_lm",
+                        "task.max_operand=1000000000000", "task.num_train=64", "task.max_length=32",
+                        "train.max_steps=1", "hardware.max_micro_batch_size=auto"), "task.max_length")
+    assert error == ("task.max_length: every training prompt fills the 24 tokens of task.max_length, leaving no "
+                     f"room for its answer: task.max_length=32 was cut to the 24 positions of model.path={folder}; "
+                     "use shorter examples or a model with a longer position table")
+
+
 def test_a_random_init_position_table_holds_the_answer_too():
     """GPT-2's learned table (16 positions): task.max_length=32 plus max_new_tokens=8; 32 for a task that does not
     generate."""
@@ -262,6 +276,15 @@ def test_a_random_init_embedding_is_sized_to_a_task_of_token_ids(tmp_path):
     result = run(tmp_path / "run", "model.shape.vocab_size=32", "task.vocab_size=64", "task.num_train=64",
                  "task.num_eval=16", "task.max_steps=1")
     trained(result, 1)
+
+
+def test_a_task_of_token_ids_over_a_checkpoints_embedding_is_refused_with_its_own_fix(tmp_path, folders):
+    """task=synthetic uses no tokenizer: the fix is task.vocab_size, and the ids named are all it draws."""
+    result = run(tmp_path / "run", "model=tiny-llama", f"model.path={folders['llama']}", "task=synthetic",
+                 "task.vocab_size=600", *QUICK)
+    assert refused(result, "task.vocab_size") == (
+        "task.vocab_size: the task uses token ids 0..599 (task.vocab_size=600) but the embedding of "
+        f"model.path={folders['llama']} has 512 rows; set task.vocab_size to at most 512, or give a model whose vocabulary covers it")
 
 
 def test_a_checkpoint_with_fewer_rows_than_the_tokenizer_is_refused_with_both_sizes(tmp_path, folders):

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(Exception):
+    """The loss of optimizer step `step` (counted from 1, as the log counts) was NaN or infinite."""
+
     def __init__(self, step: int, value: float):
         super().__init__(f"loss became {value} at step {step}; lower optim.lr or check the data")
 
@@ -118,9 +120,10 @@ def synchronize(device: torch.device) -> None:
 def train(trainee: Trainee, batches: Iterator[dict], spec: TrainSpec, compute: Compute, watchers: Watchers,
           history: TrainLog | None = None) -> TrainLog:
     """Train from `history` (a resumed run's log; None: step 0) to `spec.steps` optimizer steps of
-    `spec.accumulation` micro-batches each, drawn from `batches` (CPU tensors). Returns the log.
-    Raises NonFiniteLoss (a NaN or infinite loss) and KeyboardInterrupt (Ctrl-C, SIGTERM: at a
-    step's end, after its checkpoint; at once with `spec.stop_at_once`)."""
+    `spec.accumulation` micro-batches each, drawn from `batches` (CPU tensors). Returns the log, filled
+    in place step by step (so `history` of a run that raised holds the steps done before). Raises
+    NonFiniteLoss (a NaN or infinite loss) and KeyboardInterrupt (Ctrl-C, SIGTERM: at a step's end,
+    after its checkpoint; at once with `spec.stop_at_once`)."""
     model, method, optimizer, scheduler = trainee.model, trainee.method, trainee.optimizer, trainee.scheduler
     accelerator, head, autocast, loss_fn = compute.accelerator, compute.head, compute.autocast, compute.loss_fn
     meter, speed, logger, evaluate, checkpoint = (watchers.meter, watchers.speed, watchers.logger,
@@ -179,7 +182,7 @@ def train(trainee: Trainee, batches: Iterator[dict], spec: TrainSpec, compute: C
             seconds = time.perf_counter() - started
 
             if not math.isfinite(loss_value):
-                raise NonFiniteLoss(step, loss_value)
+                raise NonFiniteLoss(step + 1, loss_value)
             if step >= spec.measure_from:
                 speed.record(seconds, step_counts.samples, step_counts.tokens, step_counts.nonpad, step_counts.loss_units)
             meter.after_step(optimizer)

@@ -38,7 +38,7 @@ from ftbench import files
 from ftbench.engine.loop import Trainee, TrainLog, TrainSpec
 from ftbench.errors import UserError, exception_line, require_kind
 from ftbench.parallel import distributed
-from ftbench.results import Result, Train
+from ftbench.results import Result
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,6 @@ class Checkpointer:
         os.replace(temp, target)
         entry.update(bytes=folder_bytes(target), write_s=round(time.perf_counter() - started, 4))
         self.result.checkpoints.append(entry)
-        self.result.train = Train.from_log(log)  # a run stopped now reports the training its checkpoint holds
         self._prune()
         return target
 

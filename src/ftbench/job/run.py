@@ -205,12 +205,12 @@ class Job:
                                           saver), history)
         finally:
             s.meter.end_train()  # also stops the memory trace of a run that failed
+            self.result.train = Train.from_log(history)  # the steps done, also before a failure (nan, Ctrl-C)
         result, model, method = self.result, trainee.model, trainee.method
         # what the method claims to train that changed (and a warning): its claim over the steps done, and one step's
         claim = method.claimed_over_run(history.steps)
         result.engagement = self.watched.report(claim.elements, self.trainable[0], claim.names)
         result.method = method.describe(model)  # again: what training measured (e.g. HiFT's copy times)
-        result.train = Train.from_log(history)
         result.memory = s.meter.summary(model_bytes(model, self.masters), method.master_bytes())
         result.memory.breakdown.trainable_bytes = self.trainable[1]
         seq_len = speed.tokens / max(speed.samples, 1)

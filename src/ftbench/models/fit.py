@@ -88,22 +88,22 @@ def check_head(mcfg, config, head: str) -> None:
 
 
 def fit_vocab(mcfg, config, tokenizer, task=None) -> dict[str, int]:
-    """Embedding rows against the tokenizer's tokens (else the token ids of `task`, a tasks/base.py Task that
-    speaks them): {} when the model's are enough, the vocab_size to build for random init; raises UserError
+    """Embedding rows against the tokenizer's tokens (else the task.vocab_size of `task`, a tasks/base.py Task
+    that speaks token ids): {} when the model's are enough, the vocab_size to build for random init; raises UserError
     for a checkpoint with too few rows."""
+    rows = config.vocab_size
     if tokenizer is not None:
         needed, key, what = len(tokenizer), "model.tokenizer", f"the tokenizer has {len(tokenizer)} tokens"
-    else:  # tasks that speak token ids directly (synthetic)
-        needed = 1 + max((max(e["input_ids"]) for e in task.train_examples() if e["input_ids"]), default=-1)
-        key = "task.vocab_size" if hasattr(task.cfg, "vocab_size") else "task"
-        what = f"the task uses token ids up to {needed - 1}"
-    rows = config.vocab_size
+        own = ("the model's own tokenizer (model.tokenizer=null) or " if mcfg.tokenizer else
+               f"a tokenizer of at most {rows} tokens (model.tokenizer=DIR) or ")  # (unset: the model's own is this one)
+        fix = f"give {own}a model whose vocabulary covers it"
+    else:  # a task that speaks token ids directly (synthetic: ids 0..task.vocab_size-1, in every split)
+        needed, key = task.cfg.vocab_size, "task.vocab_size"
+        what = f"the task uses token ids 0..{needed - 1} (task.vocab_size={needed})"
+        fix = f"set task.vocab_size to at most {rows}, or give a model whose vocabulary covers it"
     if needed <= rows:
         return {}
     if mcfg.random_init:
         log.warning("%s but model.shape.vocab_size=%d: the random-init embedding gets %d rows", what, rows, needed)
         return {"vocab_size": needed}
-    own = ("the model's own tokenizer (model.tokenizer=null) or " if mcfg.tokenizer else
-           f"a tokenizer of at most {rows} tokens (model.tokenizer=DIR) or ")  # (unset: the model's own is this one)
-    raise UserError(key, f"{what} but the embedding of {describe(mcfg)} has {rows} rows; give {own}a model whose "
-                    "vocabulary covers it")
+    raise UserError(key, f"{what} but the embedding of {describe(mcfg)} has {rows} rows; {fix}")

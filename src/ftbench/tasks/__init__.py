@@ -38,11 +38,14 @@ def task_class(family: str):
 
 
 def build_task(cfg, tokenizer, seed: int):
-    """The task of config `cfg` (a DictConfig or its schema object) over `tokenizer`."""
+    """The task of config `cfg` (a DictConfig or its schema object) over `tokenizer`; raises UserError when
+    task.max_length left it nothing to train on (Task.check_sets)."""
     from omegaconf import OmegaConf
 
     typed = OmegaConf.to_object(cfg) if not isinstance(cfg, TaskConfig) else cfg
-    return _load(REGISTRY[typed.family])(typed, tokenizer, seed)
+    task = _load(REGISTRY[typed.family])(typed, tokenizer, seed)
+    task.check_sets()
+    return task
 
 
 __all__ = ["REGISTRY", "build_task", "task_class", "task_config_classes"]

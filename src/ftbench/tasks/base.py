@@ -69,6 +69,13 @@ class Task(ABC):
         Tasks whose evaluation is expensive (generation) return a cheap validation loss here."""
         return self.evaluate(model, ctx)
 
+    def check_sets(self) -> None:
+        """Raise UserError when truncation to task.max_length emptied a set (build_task calls it): an
+        example whose prompt fills it has no room for its answer and is dropped (instruct.encode_pairs)."""
+        if not self.train_examples():
+            raise UserError("task.max_length", f"every training prompt fills the {self.cfg.max_length} tokens of "
+                            "task.max_length, leaving no room for its answer; raise task.max_length")
+
     def validation_metrics(self) -> list[str] | None:
         """The keys `validate` returns, known before training (None: known only once it runs).
         Raises UserError when the task has nothing to validate on."""

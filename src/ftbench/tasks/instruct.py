@@ -277,8 +277,10 @@ class InstructTask(Task):
         self.dropped = dropped + dropped_val
         if self.dropped:
             log.warning("%d examples dropped: their prompt fills task.max_length=%d", self.dropped, cfg.max_length)
-        if not self.train:
-            raise UserError("task.max_length", f"every training prompt is longer than {cfg.max_length} tokens")
+
+    def check_sets(self) -> None:
+        super().check_sets()
+        cfg = self.cfg
         if self.val_rows and not self.val:
             raise UserError("task.max_length", f"all {len(self.val_rows)} held-out examples (task.val_size="
                             f"{cfg.val_size}) have prompts of {cfg.max_length} tokens or more and are dropped; raise "

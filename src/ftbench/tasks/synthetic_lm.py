@@ -10,6 +10,7 @@ the task measures how fast a method fits, not how it generalizes.
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -17,6 +18,8 @@ from ftbench.tasks import answers, generate
 from ftbench.tasks.base import EvalContext, Example, Task
 from ftbench.tasks.config import SyntheticLMConfig
 from ftbench.tasks.instruct import encode_pairs, encode_prompts
+
+log = logging.getLogger(__name__)
 
 
 def problems(count: int, max_operand: int, rng: random.Random) -> list[tuple[str, str]]:
@@ -36,8 +39,11 @@ class SyntheticLMTask(Task):
         rng = random.Random(seed)
         train = problems(cfg.num_train, cfg.max_operand, rng)
         self.dev = problems(cfg.num_eval, cfg.max_operand, rng)
-        self.train, _ = encode_pairs(tokenizer, [p for p, _ in train], [a for _, a in train], cfg.max_length,
-                                     train_on_input=False)
+        self.train, dropped = encode_pairs(tokenizer, [p for p, _ in train], [a for _, a in train],
+                                           cfg.max_length, train_on_input=False)
+        if dropped:
+            log.warning("%d of %d training problems dropped: their prompt fills task.max_length=%d", dropped,
+                        len(train), cfg.max_length)
 
     def train_examples(self) -> list[Example]:
         return self.train
