@@ -51,8 +51,10 @@ class Planning:
 
     def unvisited_layers(self, steps: int | None) -> float:
         """Rotating units a run of `steps` steps has not yet visited at its last step, in layers' worth of
-        parameters as the planner counts layers (the model's blocks over its depth: one block of every stack,
-        an encoder's and a decoder's on T5): under keep their state, which a probe holds
+        parameters as the planner counts layers (the blocks of the stacks its probes cut, those as deep as the
+        model's `num_hidden_layers`, over that depth: an encoder's and a decoder's block on T5, an encoder's on a
+        BART whose decoder is deeper, which its probes keep whole: counted over every block, a 1 + 2-layer BART
+        took off a third of its decoder block's state, +3.4 %): under keep their state, which a probe holds
         (`probe_warmup_steps`), does not exist yet (LISA's 20-step intervals in a short profile); 0
         under drop and offload (a probe holds the active group's state on the device, as the run does), and
         for a long run (`steps` None: every unit is visited)."""
@@ -60,7 +62,7 @@ class Planning:
             return 0.0
         s = self.schedule
         visited = set(s.always).union(*(s.rotating(i) for i in range(s.interval(max(steps, 1) - 1) + 1)))
-        blocks = [u.numel for u in self.units if u.name not in ("embedding", "head")]
+        blocks = [u.numel for u in self.units if len(u.place) == 3 and u.place[2] == self.depth]
         return sum(self.units[i].numel for i in s.queue if i not in visited) / (sum(blocks) / self.depth)
 
     def draws(self, start: int, steps: int, layers: int) -> Draws | None:
@@ -71,7 +73,8 @@ class Planning:
         needs whichever are drawn; replayed in the probes' fewer layers, its draws planned BERT +4 %, against
         +2.6 % from the probes' own draws). Under drop and offload they are replayed: which units a step draws,
         and how many it shares with the step before, move its peak."""
-        if self.cfg.order != "random" and not self._staying_counts():
+        own_depth = self.cfg.planner_depths(layers)[0] == layers  # probed unit for unit (`probe_groups`)
+        if self.cfg.order != "random" and not (self._staying_counts() or self.cfg.order == "sample" and own_depth):
             return None
         s, groups, first = self.schedule, [], max(start - 1, 0)
         for step in range(first, start + steps):
@@ -108,7 +111,7 @@ class Planning:
         the next encoder block)."""
         s = self.schedule
         shallow = planned.planner_depths(draws.layers)[0] if draws is not None else 0
-        if draws is not None and (not self._staying_counts() or shallow == draws.layers):
+        if draws is not None and (planned.order == "random" or shallow == draws.layers):
             run = [probe_units(group, self.units, draws.layers, shallow) for group in draws.groups]
             before = self._before_draws(draws, shallow)
             self.scripted = (len(before) + 1, len(run) - 1)
