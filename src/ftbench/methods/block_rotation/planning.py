@@ -69,10 +69,11 @@ class Planning:
         """The groups a random order draws at the run's steps `start` .. `start + steps - 1` and the step before
         them, and the units that have left before that one (units.Draws), for the planner's probes to replay
         (`probe_groups`); None for the model's own orders, whose groups the probes take in the same order, and
-        for LISA's sampled layers beside an always-active embedding under keep (every layer keeps what backward
-        needs whichever are drawn; replayed in the probes' fewer layers, its draws planned BERT +4 %, against
-        +2.6 % from the probes' own draws). Under drop and offload they are replayed: which units a step draws,
-        and how many it shares with the step before, move its peak."""
+        for LISA's sampled layers beside an always-active embedding under keep in a run deeper than its probes
+        (every layer keeps what backward needs whichever are drawn; replayed in the probes' fewer layers, its
+        draws planned BERT +4 %, against +2.6 % from the probes' own draws). Under drop and offload, and in a run
+        probed at its own depth, they are replayed: which units a step draws, and how many it shares with the
+        step before, move its peak."""
         own_depth = self.cfg.planner_depths(layers)[0] == layers  # probed unit for unit (`probe_groups`)
         if self.cfg.order != "random" and not (self._staying_counts() or self.cfg.order == "sample" and own_depth):
             return None
