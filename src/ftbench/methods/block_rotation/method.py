@@ -38,7 +38,6 @@ from ftbench.methods.block_rotation.config import BlockRotationConfig
 from ftbench.methods.block_rotation.planning import Planning
 from ftbench.methods.block_rotation.state_store import MASTER_DTYPE, Slot, StateStore
 from ftbench.methods.block_rotation.units import Schedule, derive_units, pick
-from ftbench.models.architecture import architecture
 
 
 def _low_precision(param: torch.Tensor) -> bool:
@@ -66,8 +65,7 @@ class BlockRotation(Planning, Method):
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         cfg = self.cfg
         self.units = derive_units(model)
-        arch = architecture(model)
-        self.depth = len(arch.blocks) / len(arch.stacks)  # the planner's layers: a block of every stack (T5: two)
+        self.depth = int(model.config.num_hidden_layers)  # the planner's layers: the stacks this deep are cut
         frozen = pick(self.units, cfg.frozen_units, "method.frozen_units")
         always = pick(self.units, cfg.always_active, "method.always_active")
         for i in set(frozen) & set(always):

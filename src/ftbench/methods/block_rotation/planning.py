@@ -51,8 +51,10 @@ class Planning:
 
     def unvisited_layers(self, steps: int | None) -> float:
         """Rotating units a run of `steps` steps has not yet visited at its last step, in layers' worth of
-        parameters as the planner counts layers (the model's blocks over its depth: one block of every stack,
-        an encoder's and a decoder's on T5): under keep their state, which a probe holds
+        parameters as the planner counts layers (the blocks of the stacks its probes cut, those as deep as the
+        model's `num_hidden_layers`, over that depth: an encoder's and a decoder's block on T5, an encoder's on a
+        BART whose decoder is deeper, which its probes keep whole: counted over every block, a 1 + 2-layer BART
+        took off a third of its decoder block's state, +3.4 %): under keep their state, which a probe holds
         (`probe_warmup_steps`), does not exist yet (LISA's 20-step intervals in a short profile); 0
         under drop and offload (a probe holds the active group's state on the device, as the run does), and
         for a long run (`steps` None: every unit is visited)."""
@@ -60,66 +62,78 @@ class Planning:
             return 0.0
         s = self.schedule
         visited = set(s.always).union(*(s.rotating(i) for i in range(s.interval(max(steps, 1) - 1) + 1)))
-        blocks = [u.numel for u in self.units if u.name not in ("embedding", "head")]
+        blocks = [u.numel for u in self.units if len(u.place) == 3 and u.place[2] == self.depth]
         return sum(self.units[i].numel for i in s.queue if i not in visited) / (sum(blocks) / self.depth)
 
     def draws(self, start: int, steps: int, layers: int) -> Draws | None:
         """The groups a random order draws at the run's steps `start` .. `start + steps - 1` and the step before
-        them (units.Draws), for the planner's probes to replay (`probe_groups`); None for the model's own orders,
-        whose groups the probes take in the same order, and for LISA's sampled layers beside an always-active
-        embedding under keep (every layer keeps what backward needs whichever are drawn; replayed in the probes'
-        fewer layers, its draws planned BERT +4 %, against +2.6 % from the probes' own draws); under drop and
-        offload the probes take from them how many units a step shares with the step before it (`probe_groups`)."""
-        if self.cfg.order != "random" and not self._staying_counts():
+        them, and the units that have left before that one (units.Draws), for the planner's probes to replay
+        (`probe_groups`); None for the model's own orders, whose groups the probes take in the same order, and
+        for LISA's sampled layers beside an always-active embedding under keep in a run deeper than its probes
+        (every layer keeps what backward needs whichever are drawn; replayed in the probes' fewer layers, its
+        draws planned BERT +4 %, against +2.6 % from the probes' own draws). Under drop and offload, and in a run
+        probed at its own depth, they are replayed: which units a step draws, and how many it shares with the
+        step before, move its peak."""
+        own_depth = self.cfg.planner_depths(layers)[0] == layers  # probed unit for unit (`probe_groups`)
+        if self.cfg.order != "random" and not (self._staying_counts() or self.cfg.order == "sample" and own_depth):
             return None
-        s, groups = self.schedule, []
-        for step in range(max(start - 1, 0), start + steps):
+        s, groups, first = self.schedule, [], max(start - 1, 0)
+        for step in range(first, start + steps):
             group = tuple(self.units[i].place for i in sorted(s.rotating(s.interval(step))))
             if len(groups) < 2 or not groups[-1] == groups[-2] == group:
                 groups.append(group)
-        return Draws(tuple(groups), layers)
+        drawn = [set(s.rotating(i)) for i in range(s.interval(first) + 1)]
+        left = set().union(*(a - b for a, b in zip(drawn, drawn[1:])))
+        return Draws(tuple(groups), layers,
+                     None if left == set(s.queue) else tuple(self.units[i].place for i in sorted(left)))
 
     def probe_groups(self, planned: BlockRotationConfig, draws: Draws | None) -> None:
-        """A probe (plan/probe.py) of a run whose order is random takes its groups bottom up (`probe_settings`).
-        Given the run's `draws` (the planned steps': `draws`), it replays them: one pass over its units, then
-        the group of the step before the planned ones and each planned step's, in the probe's units as the
-        run's (units.probe_units), so that its traced steps train what the run's do, in the same order (a group
-        drawn twice in a row keeps its state through the second step's forward and backward under drop; a unit
-        of the run that stays stays in the probe, the others leave and arrive though they share probe units).
-        Without them (a long run, which can draw any group), a random order of groups of g > 1 units can group
-        any units, so the probe's queue is the lowest unit first and the others largest first (model order
-        among equals): its first group trains the lowest unit beside the largest ones (T5: an encoder block
-        beside a decoder block, which keeps more than the next encoder block).
+        """A probe (plan/probe.py) of a run whose order is random or sampled takes its groups bottom up
+        (`probe_settings`). Given the run's `draws` (the planned steps': `draws`), it replays them: first what
+        the run holds from before them (`_before_draws`), then the group of the step before the planned ones and
+        each planned step's, in the probe's units as the run's (units.probe_units), so that its traced steps
+        train what the run's do, in the same order (a group drawn twice in a row keeps its state through the
+        second step's forward and backward under drop and offload; a unit of the run that stays stays in the
+        probe, the others leave and arrive though they share probe units).
 
-        Sampled groups (LISA) whose state leaves with them (drop, offload): a step holds the state of the units
-        the step before it trained too through its forward and backward, the others' from the optimizer step
-        (drop) or their arrival (offload), and on the CPU offload's host buffers of every unit that has left once.
-        The probe's own draws share a varying number of units with the step before (a 6-layer BERT under drop:
-        two at 3 layers, none at 4, and the line through them planned -8.8 %), and a shallow probe's unit may
-        never have left (a 6-layer LLaMA under offload: +6.4 %). So the probe visits every unit, then its first group
-        again (each has left once), then a group that shares with its own draw as many units as the planned steps' draws
-        share with the step before them at most (`draws`; a long run's: all g, a group drawn again), then traces
-        that draw."""
+        Sampled groups (LISA) whose state leaves with them (drop, offload) are replayed so only in a run probed
+        at its own depth (`planner_depths`: unit for unit; a 1 + 2-layer BART's own draw was another pair of
+        blocks, -3.7 %). In a deeper run's, replayed in the probes' fewer layers, they plan high (a 6-layer BERT
+        under drop +4 %): a step holds the state of the units the step before it trained too through its forward
+        and backward, the others' from the optimizer step (drop) or their arrival (offload), so the probe traces
+        its own draw after a group that shares with it as many units as the planned steps' draws share with the
+        step before them at most (without draws, a long run's: all g, a group drawn again), after (offload)
+        every unit has left once where a unit of the run leaves by the planned steps' last (the safe side), or
+        none where none does (a profile of 20 steps per block never switches: no host buffer).
+
+        Without draws, a random order of groups of g > 1 units can group any units, so the probe's queue is the
+        lowest unit first and the others largest first (model order among equals): its first group trains the
+        lowest unit beside the largest ones (T5: an encoder block beside a decoder block, which keeps more than
+        the next encoder block)."""
         s = self.schedule
-        if self._staying_counts():
+        shallow = planned.planner_depths(draws.layers)[0] if draws is not None else 0
+        if draws is not None and (planned.order == "random" or shallow == draws.layers):
+            run = [probe_units(group, self.units, draws.layers, shallow) for group in draws.groups]
+            before = self._before_draws(draws, shallow)
+            self.scripted = (len(before) + 1, len(run) - 1)
+            self.renewed = {len(before) + k: tuple(sorted({*s.always, *(here[p] for p, i in run[k - 1].items()
+                                                                        if here.get(p) == i)}))
+                            for k, here in enumerate(run) if k and draws.groups[k] != draws.groups[k - 1]}
+            script = tuple(tuple(sorted(set(here.values()))) for here in run)
+            self.schedule = dataclasses.replace(s, steps_per_block=1, script=(*before, *script))
+        elif self._staying_counts():
             g, queue = self.cfg.group_size, s.queue
             stays = g if draws is None else max((len(set(a) & set(b)) for a, b in
                                                   zip(draws.groups, draws.groups[1:])), default=0)
             cycle = [queue[k:k + g] for k in range(0, len(queue), g)]  # every unit visited
+            leaves = draws is None or draws.left != () or any(set(a) - set(b) for a, b in zip(draws.groups,
+                                                                                           draws.groups[1:]))
+            left = [*cycle, cycle[0]] if draws is None else self._before_draws(
+                dataclasses.replace(draws, left=None if leaves else ()), shallow)
             traced = tuple(s.rotating(len(cycle) + 2))  # the probe's own draw
             before = tuple(sorted({*traced[:stays], *[i for i in queue if i not in traced][:g - stays]}))
-            self.scripted = (len(cycle) + 2, 1)  # the first group again: every unit has left once (its host buffers)
-            self.schedule = dataclasses.replace(s, steps_per_block=1, script=(*cycle, cycle[0], before, traced))
-        elif draws is not None:
-            shallow = planned.planner_depths(draws.layers)[0]
-            run = [probe_units(group, self.units, draws.layers, shallow) for group in draws.groups]
-            cycle = [s.queue[k:k + s.group_size] for k in range(0, len(s.queue), s.group_size)]  # every unit
-            self.scripted = (len(cycle) + 1, len(run) - 1)
-            self.renewed = {len(cycle) + k: tuple(sorted({*s.always, *(here[p] for p, i in run[k - 1].items()
-                                                                      if here.get(p) == i)}))
-                            for k, here in enumerate(run) if k and draws.groups[k] != draws.groups[k - 1]}
-            script = tuple(tuple(sorted(set(here.values()))) for here in run)
-            self.schedule = dataclasses.replace(s, steps_per_block=1, script=(*cycle, *script))
+            self.scripted = (len(left) + 1, 1)
+            self.schedule = dataclasses.replace(s, steps_per_block=1, script=(*left, before, traced))
         elif planned.order == "random" and self.cfg.group_size > 1:
             first, *rest = s.queue
             self.schedule = dataclasses.replace(s, queue=(first, *sorted(rest, key=lambda i: -self.units[i].numel)))
@@ -127,6 +141,23 @@ class Planning:
             return
         self._switch(self.schedule.active(0))
         self._install()
+
+    def _before_draws(self, draws: Draws, shallow: int) -> list[tuple[int, ...]]:
+        """The probe's steps before the replayed draws, which leave it holding what the run holds from the steps
+        before them: under keep one pass over its units (every unit's state; the run's not yet visited are taken
+        off: `unvisited_layers`); under offload the units that have left before them (`Draws.left`: every unit,
+        or each in the probe's units as the run's), together, then a step of none: each leaves, its host buffers
+        (on the CPU the run's own memory) exist; under drop none (a unit that has left holds nothing). A profile
+        that never switches holds no host buffer (a 1 + 2-layer BART: the probes' pass over every unit planned
+        +18 %)."""
+        queue, g = self.schedule.queue, self.schedule.group_size
+        if self.cfg.state_policy == "keep":
+            return [queue[k:k + g] for k in range(0, len(queue), g)]
+        if self.cfg.state_policy == "drop":
+            return []
+        left = set(queue) if draws.left is None else {
+            i for place in draws.left for i in probe_units((place,), self.units, draws.layers, shallow).values()}
+        return [tuple(sorted(left)), ()] if left else []
 
     def _staying_counts(self) -> bool:
         """Whether what a step holds depends on how many of its units the step before it trained: sampled groups

@@ -87,10 +87,12 @@ def pick(units: list[Unit], wanted, key: str) -> list[int]:
 class Draws:
     """The groups a run's steps train, in places (`Unit.place`), one per step from the step before them (a
     run of one group cut to two steps: the second holds what the others hold); `layers`: the run's depth
-    (its stacks of that depth are the ones a probe cuts down)."""
+    (its stacks of that depth are the ones a probe cuts down); `left`: the places of the units that have left
+    before those steps (offload: their host buffers exist), None where every unit has."""
 
     groups: tuple[tuple[tuple, ...], ...]
     layers: int
+    left: tuple[tuple, ...] | None = None
 
 
 @dataclass(frozen=True)
