@@ -143,3 +143,23 @@ def test_one_value_for_a_node_of_keys_names_its_keys(overrides, line):
     from ftbench.cli import validate
 
     assert validate(overrides, multirun=False) == line
+
+
+@pytest.mark.parametrize("overrides,line", [  # each was OmegaConf's "field 'KEY' is not Optional", with no fix
+    (["method=lora", "method.r=null"], "method.r: null is not allowed here; write a whole number, or leave method.r "
+     "out for its default"),
+    (["method=freeze", "method.layers=null"], "method.layers: null is not allowed here; write a whole number, or "
+     "leave method.layers out for its default"),
+    (["method=sift", "method.sparse_rate=null"], "method.sparse_rate: null is not allowed here; write a number, or "
+     "leave method.sparse_rate out for its default"),
+    (["method=hift", "method.group_size=null"], "method.group_size: null is not allowed here; write a whole number, "
+     "or leave method.group_size out for its default"),
+    (["optim.name=null"], "optim.name: null is not allowed here; write a name such as adamw, or leave optim.name out "
+     "for its default"),
+    (["method=freeze", "method.master_dtype=null"], "method.master_dtype: null is not allowed here; write a name such "
+     "as fp32, or leave method.master_dtype out for its default"),
+])
+def test_null_for_a_key_that_takes_none_names_the_kind_of_value(overrides, line):
+    from ftbench.cli import validate
+
+    assert validate(overrides, multirun=False) == line

@@ -229,6 +229,27 @@ def test_lora_family_adapts_what_peft_adapts_besides_nn_linear(name):
         prepared = method.prepare(model, method_context(head="causal_lm"))
         assert method.describe(prepared)["target_modules"] == [module]
 
+LORA_FAMILY = [name for name, _ in TARGETED if issubclass(config_class(name), LoraMethodConfig)]
+
+
+@pytest.mark.parametrize("model,head,linear", [("tiny-llama", "score", "q_proj"), ("tiny-bert", "classifier", "query")])
+@pytest.mark.parametrize("name", LORA_FAMILY)
+def test_a_list_naming_only_the_task_head_is_refused_and_a_mixed_one_adapts_the_rest(name, model, head, linear):
+    """`method=lora method.target_modules=[score]`: PEFT leaves the head to modules_to_save, found nothing to
+    adapt and raised NoMatchingPeftModuleError (exit 1); refused on the key, naming the linear layers. The head
+    beside a real linear is not refused: PEFT adapts the linear and not the head."""
+    method = build_method(compose(f"method={name}", f"method.target_modules=[{head}]").method)
+    with pytest.raises(UserError) as refused:
+        method.prepare(tiny_model(model), method_context())
+    assert refused.value.key == "method.target_modules", refused.value
+    assert f"[{head}] names only the task head ({head})" in str(refused.value), refused.value
+    assert "name linear layers: " in str(refused.value) and linear in str(refused.value), refused.value
+    method = build_method(compose(f"method={name}", f"method.target_modules=[{head},{linear}]").method)
+    prepared = method.prepare(tiny_model(model), method_context())
+    assert method.describe(prepared)["target_modules"] == [linear]
+    assert not [n for n, _ in prepared.named_parameters() if "lora_" in n and f".{head}." in n]
+
+
 def _gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 

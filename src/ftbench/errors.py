@@ -11,6 +11,7 @@ file is meant says so, never "no such file", and a file where a folder is meant 
 
 from __future__ import annotations
 
+import enum
 import re
 import typing
 from pathlib import Path
@@ -108,7 +109,8 @@ def explain_compose_error(exc: BaseException) -> str:
         return f"{key}: no such key{hint}"
     if isinstance(cause, ValidationError):
         key = getattr(cause, "full_key", "") or "config"
-        return f"{key}: {not_an_integer(str(cause)) or value_for_a_group(cause) or first_line(str(cause))}"
+        fix = not_an_integer(str(cause)) or value_for_a_group(cause) or not_optional(cause)
+        return f"{key}: {fix or first_line(str(cause))}"
     return first_line(text)
 
 
@@ -169,6 +171,30 @@ def value_for_a_group(cause) -> str | None:
         return None
     fields = _field_names(node)
     return f"holds keys ({', '.join(fields)}), not one value; set one of them, e.g. {key}.{fields[0]}={value}"
+
+
+def not_optional(cause) -> str | None:
+    """OmegaConf's refusal of null for a key that takes no null (method.r=null: "field 'method.r' is not
+    Optional") as the fix: the kind of value the key's type takes, or leaving the key out for its default;
+    None for any other refusal."""
+    import dataclasses
+
+    object_type = getattr(cause, "object_type", None)
+    if not first_line(str(cause)).endswith("is not Optional") or not dataclasses.is_dataclass(object_type):
+        return None
+    try:
+        hint = typing.get_type_hints(object_type)[cause.key]
+    except (KeyError, NameError, TypeError):
+        hint = None
+    fields = {f.name: f for f in dataclasses.fields(object_type)}
+    default = getattr(fields.get(cause.key), "default", None)
+    example = f" such as {default}" if isinstance(default, str) and default else ""
+    kinds = {int: "a whole number", float: "a number", bool: "true or false", str: f"a name{example}"}
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        wanted = f"one of: {', '.join(m.name for m in hint)}"
+    else:
+        wanted = kinds.get(hint, "a value")
+    return f"null is not allowed here; write {wanted}, or leave {cause.full_key} out for its default"
 
 
 def _quoted(text: str) -> str:

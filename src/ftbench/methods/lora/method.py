@@ -95,11 +95,16 @@ def require_adaptable(model: nn.Module, targets: list[str], heads: list[str]) ->
     module PEFT cannot put an adapter on (a norm, a whole block: PEFT's ValueError at the launch), naming the
     linear layers there are outside the task `heads` (trained densely): nn.Linear and transformers' Conv1D
     (models/architecture.py `is_projection`). A name matches as PEFT matches a list's entries: the module's
-    whole path or its end after a dot (`q_proj`, `self_attn.q_proj`)."""
+    whole path or its end after a dot (`q_proj`, `self_attn.q_proj`). A list naming only task heads is refused
+    too: PEFT leaves a head to `modules_to_save` and finds nothing to adapt (NoMatchingPeftModuleError)."""
     linears = ", ".join(sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                                 if is_projection(m) and n.split(".", 1)[0] not in heads}))
+    in_heads = []
     for target in targets:
-        found = [m for n, m in model.named_modules() if n == target or n.endswith(f".{target}")]
+        named = [(n, m) for n, m in model.named_modules() if n == target or n.endswith(f".{target}")]
+        found = [m for _, m in named]
+        if named and all(n.split(".", 1)[0] in heads for n, _ in named):
+            in_heads.append(target)
         if not found:
             raise UserError("method.target_modules", f"no module named {target!r} in this model; "
                             f"linear layers here: {linears}")
@@ -108,3 +113,7 @@ def require_adaptable(model: nn.Module, targets: list[str], heads: list[str]) ->
             raise UserError("method.target_modules", f"{target!r} is a {type(other).__name__} in this model, which "
                             f"LoRA cannot adapt (PEFT adapts linear layers, embeddings and convolutions); name "
                             f"linear layers: {linears} (or all-linear)")
+    if targets and len(in_heads) == len(targets):
+        raise UserError("method.target_modules", f"[{', '.join(in_heads)}] names only the task head "
+                        f"({', '.join(heads)}), which trains densely, not through adapters, so nothing is left "
+                        f"to adapt; name linear layers: {linears} (or all-linear)")
