@@ -250,6 +250,16 @@ def test_bad_targets_name_the_key_and_the_linear_layers(spec, layouts, monkeypat
     assert caught.value.key == "method.target_modules" and "attention.self.query" in str(caught.value)
 
 
+def test_a_target_list_of_the_exception_modules_alone_lists_the_layers_outside_them():
+    """[score] under exception_modules=head selects nothing; the layers offered exclude the head (it listed score)."""
+    llama = fresh("tiny-llama")
+    with pytest.raises(UserError, match=r"^method.target_modules: \['score'\] selects no layer outside the exception "
+                                        r"modules") as caught:
+        resolve_targets(llama, ["score"], head_modules(llama, "seq_cls"))
+    offered = str(caught.value).split("linear layers outside them: ")[1].split(", ")
+    assert "self_attn.q_proj" in offered and "score" not in offered
+
+
 def test_bad_values_end_the_run_with_a_user_error(tmp_path):
     result = run(tmp_path / "a", "method=sift", "method.sparse_rate=0")
     assert result["exit_code"] == 2 and result["error"].startswith("method.sparse_rate")

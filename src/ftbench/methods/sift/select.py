@@ -105,8 +105,10 @@ def resolve_targets(model: nn.Module, spec, excluded: list[str]) -> dict[str, nn
             chosen += [n for n in matched if n in linears]
         chosen = [n for n in linears if n in set(chosen)]
     if not chosen:
-        raise UserError("method.target_modules", f"{spec!r} selects no layer outside the exception modules; "
-                        f"linear layers here: {', '.join(linear_names(model))}")
+        outside = sorted({short_name(n) for n in linears if not _inside(n, heads)})
+        raise UserError("method.target_modules", f"{spec!r} selects no layer outside the exception modules "
+                        f"(method.exception_modules: trained densely); linear layers outside them: "
+                        f"{', '.join(outside)}")
     return {n: linears[n] for n in chosen}
 
 
