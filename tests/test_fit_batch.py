@@ -1,12 +1,14 @@
 """hardware.max_micro_batch_size=auto (the choice from a fake budget, the effective batch kept, the
-one-line refusal, a probe that leaves no trace) and train.max_steps=0 (the untouched model scored)."""
+one-line refusal, a probe that leaves no trace, a calibration fit only for a method that calibrates) and
+train.max_steps=0 (the untouched model scored)."""
 
 import pytest
 import torch
 
 from ftbench.errors import UserError
+from ftbench.job import steps
 from ftbench.plan import micro_batch
-from helpers import run, tiny_model
+from helpers import method_table, run, tiny_model
 
 QUICK = ["train.max_steps=2", "task.batch_size=16", "train.measure_warmup_steps=0"]
 
@@ -103,8 +105,8 @@ def test_max_steps_zero_scores_the_untouched_model(tmp_path):
 
 
 def test_auto_takes_the_training_micro_batch_from_the_planner(tmp_path, monkeypatch):
-    """auto: the memory planner sizes the training micro-batch (no probe step of the model); the
-    calibration passes, which it does not plan, are still probed; result.json says which way."""
+    """auto: the memory planner sizes the training micro-batch (no probe step of the model), and full
+    fine-tuning, which does not calibrate, fits no calibration micro-batch; result.json says which way."""
     from ftbench.plan import planner
 
     probed, budgets = [], []
@@ -125,7 +127,7 @@ def test_auto_takes_the_training_micro_batch_from_the_planner(tmp_path, monkeypa
     assert auto["status"] == "ok", auto["error"]
     fits = auto["plan"]["micro_batch_fit"]
     assert fits["training"]["chosen_by"] == "planner" and fits["training"]["micro_batch_size"] == 3
-    assert fits["calibration"]["chosen_by"] == "probe" and probed == ["calibration"]
+    assert "calibration" not in fits and probed == []
     assert auto["plan"]["micro_batch_size"] == 2 and budgets  # 3 -> the largest divisor of 16
 
     def broken(*args, **kwargs):
@@ -155,3 +157,22 @@ def test_the_planner_changes_nothing_a_run_draws(tmp_path):
     assert auto["plan"]["micro_batch_fit"]["training"]["chosen_by"] == "planner"
     fixed = run(tmp_path / "fixed", *lora, f"hardware.max_micro_batch_size={auto['plan']['micro_batch_size']}")
     assert auto["train"]["loss_curve"] == fixed["train"]["loss_curve"]
+
+
+# Every registered method at its defaults (SIFT selects by gradient, S2FT at random), and the settings under which
+# SIFT and S2FT do the other: (name, overrides, whether prepare draws calibration batches).
+CALIBRATION_TABLE = [(name, overrides, name in ("sift", "sparsegrad"))
+                     for name, overrides in method_table("short_setup")] + [
+    ("sift", ["method.selection=random"], False), ("s2ft", ["method.strategy=activation"], True)]
+
+
+@pytest.mark.parametrize("name,overrides,calibrates", CALIBRATION_TABLE)
+def test_only_a_method_that_calibrates_fits_a_calibration_micro_batch(tmp_path, monkeypatch, name, overrides,
+                                                                      calibrates):
+    drawn, real = [], steps.Feed.calibration
+    monkeypatch.setattr(steps.Feed, "calibration",
+                        lambda feed, micro: lambda n: drawn.append(n) or real(feed, micro)(n))
+    result = run(tmp_path / "r", f"method={name}", *overrides, "train.max_steps=0", "task.batch_size=16",
+                 "eval.max_samples=8", "hardware.max_micro_batch_size=auto")  # no step: the fits before training only
+    assert result["status"] == "ok", result["error"]
+    assert bool(drawn) == calibrates and ("calibration" in result["plan"]["micro_batch_fit"]) == calibrates

@@ -158,15 +158,18 @@ class Feed:
 
 
 def method_and_optimizer(cfg: DictConfig, feed: Feed, s: Setup, output_dir: Path, job_end: ExitStack,
-                         lr: float) -> tuple[torch.nn.Module, Method, torch.optim.Optimizer, int]:
-    """Build the method, let it prepare `feed.model` (calibrating on micro-batches of the size that fits),
-    and make its optimizer. Returns (model, method, optimizer, calibration micro-batch size)."""
-    calibration_micro = split_batch(feed.batch_size, feed.max_micro("calibration"), distributed.world_size())[0]
+                         lr: float) -> tuple[torch.nn.Module, Method, torch.optim.Optimizer, int | None]:
+    """Build the method, let it prepare `feed.model` (calibrating on micro-batches of the size that fits,
+    when its settings calibrate: `MethodConfig.calibrates`), and make its optimizer. Returns (model, method,
+    optimizer, calibration micro-batch size or None when it does not calibrate)."""
     method = build_method(cfg.method)
     job_end.callback(method.close)
+    calibration_micro = split_batch(feed.batch_size, feed.max_micro("calibration"), distributed.world_size())[0] \
+        if method.cfg.calibrates() else None
     ctx = MethodContext(head=feed.head, device=s.device,
                         precision=s.hw.precision, gradient_checkpointing=s.hw.gradient_checkpointing, seed=cfg.seed,
-                        calibration_batches=feed.calibration(calibration_micro), loss=feed.micro_loss,
+                        calibration_batches=_undeclared if calibration_micro is None else feed.calibration(
+                            calibration_micro), loss=feed.micro_loss,
                         output_dir=output_dir if distributed.is_main() else None)
     model = method.prepare(feed.model, ctx)
     s.sharded = sharding.shard(model, cfg)  # FSDP2 before the optimizer sees the parameters
@@ -174,7 +177,12 @@ def method_and_optimizer(cfg: DictConfig, feed: Feed, s: Setup, output_dir: Path
     return model, method, optimizer_for(method, model, cfg.optim, lr), calibration_micro
 
 
-def train_spec(cfg: DictConfig, method: Method, feed: Feed, s: Setup, calibration_micro: int,
+def _undeclared(n: int) -> Iterator[dict]:
+    """The calibration batches of a method whose config says it does not calibrate: drawing one is a bug."""
+    raise RuntimeError("prepare drew calibration batches, but the method's config.calibrates() says it does not")
+
+
+def train_spec(cfg: DictConfig, method: Method, feed: Feed, s: Setup, calibration_micro: int | None,
                steps_asked: int | None) -> TrainSpec:
     """The micro-batch that fits the optimizer's state too, the steps and the measured window.
     `steps_asked` is the training run's step count (profiling counts its own; None under
@@ -182,8 +190,9 @@ def train_spec(cfg: DictConfig, method: Method, feed: Feed, s: Setup, calibratio
     are dropped."""
     profiling = s.profiling
     optimizer_state = micro_batch.predicted_optimizer_state_bytes(method.trainable_size()[1], cfg.optim)
-    scoring_only = not profiling and steps_asked == 0  # no step: the calibration fit sizes the eval batch
-    training_micro = calibration_micro if scoring_only else feed.max_micro("training", optimizer_state)
+    scoring_only = not profiling and steps_asked == 0  # no step: the calibration fit (or its own) sizes the eval
+    training_micro = (calibration_micro or feed.max_micro("evaluation")) if scoring_only else \
+        feed.max_micro("training", optimizer_state)
     micro, accumulation = split_batch(feed.batch_size, training_micro, distributed.world_size())
     method.discard_grads(feed.model)
     if profiling:

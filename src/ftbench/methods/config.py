@@ -156,6 +156,11 @@ class MethodConfig:
         advises a value (optim.warmup_ratio=0.75, train.max_steps to at least 2) that the method's then refuses."""
         return False
 
+    def calibrates(self) -> bool:
+        """Whether `prepare` draws calibration batches (`MethodContext.calibration_batches`) under these
+        settings: only then does the job fit a micro-batch for calibration before it (job/steps.py)."""
+        return False
+
     def check_run(self, cfg) -> None:
         """Refuse, with a UserError naming the key, a setting of another group (`cfg`: the whole config)
         that this method cannot train with; called by `config.schema.check` after every group's `check`."""

@@ -41,6 +41,9 @@ class S2ftConfig(MethodConfig):
     # The docs' GPU figure: traced on the CPU and projected to 32 layers, without CUDA's kernel workspaces (+10 %).
     gpu_targets: ClassVar[dict[str, GpuTarget]] = {"llama2-7b": GpuTarget("14.1–14.3 GiB", max_gib=14.3 * 1.1)}
 
+    def calibrates(self) -> bool:
+        return self.strategy not in ("random", "weight")  # the others score units on data (select.py)
+
     def check(self, key: str) -> None:
         super().check(key)
         for p in S2FT_PROJECTIONS:

@@ -42,6 +42,9 @@ class SiftConfig(MethodConfig):
     variants: ClassVar[dict[str, Variant]] = {path: Variant((f"method.weight_grad={path}",), gpu_targets={
         "llama2-7b": GpuTarget("14.3–14.5 GiB", max_gib=14.5 * 1.1)}) for path in ("sampled", "dense")}
 
+    def calibrates(self) -> bool:
+        return self.selection == "grad"  # the top-k of |∂L/∂W| (select.py); random and magnitude need no data
+
     def check(self, key: str) -> None:
         super().check(key)
         require(0 < self.sparse_rate <= 1, f"{key}.sparse_rate",

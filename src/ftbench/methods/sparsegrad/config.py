@@ -45,6 +45,9 @@ class SparseGradConfig(SparseMlpConfig):
         "llama2-7b": GpuTarget(max_time_ratio=1.25),
         "roberta-large": GpuTarget("2748 MiB (0.945 of full)", max_ratio=2748 / 2908 + 0.05)}
 
+    def calibrates(self) -> bool:
+        return True  # its rotations (rotations.py)
+
     def check(self, key: str) -> None:
         super().check(key)
         require(self.calibration_steps >= 1, f"{key}.calibration_steps", "must be >= 1")
