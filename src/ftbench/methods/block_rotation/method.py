@@ -65,7 +65,10 @@ class BlockRotation(Planning, Method):
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         cfg = self.cfg
         self.units = derive_units(model)
-        self.depth = int(model.config.num_hidden_layers)  # the planner's layers: the stacks this deep are cut
+        # the planner's layers (config.num_hidden_layers): the stacks this deep are the ones its probes cut; a model
+        # whose config has no such field (a family registered outside transformers) cuts its deepest stack
+        stacks = [u.place[2] for u in self.units if len(u.place) == 3]
+        self.depth = int(getattr(model.config, "num_hidden_layers", 0) or max(stacks, default=1))
         frozen = pick(self.units, cfg.frozen_units, "method.frozen_units")
         always = pick(self.units, cfg.always_active, "method.always_active")
         for i in set(frozen) & set(always):
