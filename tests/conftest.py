@@ -39,7 +39,7 @@ def _seeded():
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models: a second intra-op thread only adds its spinning (half a planner test file's CPU time). The
-    planner's test files (test_plan_*.py) use it for every test."""
+    planner's test files (test_plan_*.py) and test_resume.py use it for every test."""
     import torch
 
     threads = torch.get_num_threads()

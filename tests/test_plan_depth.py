@@ -5,7 +5,6 @@ a 1-layer GPT-2 (Conv1D, a GELU MLP four times as wide, dropout) planned +18 % f
 layer's GELU backward over the loss's peak; a 1-layer Qwen2's layer keeps less than its loss and planned right."""
 
 import pytest
-import torch
 
 from ftbench.methods import config_class, names
 from ftbench.plan.planner import predict
@@ -54,13 +53,7 @@ LAYOUTS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a second intra-op thread only adds its spinning."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny models
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -24,13 +24,7 @@ COMMAND = ["task.num_train=48", "task.num_eval=8", "task.max_length=16", "task.m
            "hardware.max_micro_batch_size=4", "train.checkpoint_every=2", "eval.every_steps=2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is faster than two fighting over a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny models
 
 
 def signal_at(monkeypatch, micro_batch: int, signum: int) -> None:
