@@ -75,6 +75,35 @@ def test_qlora_merged_export_is_the_dequantized_base_plus_the_adapters(tmp_path)
     assert torch.allclose(logits(merged, BATCH), expected, atol=1e-5)
 
 
+def test_qlora_trains_the_same_after_an_evaluation():
+    """An evaluation (eval mode, no grad) between training steps changes nothing training computes: the
+    loss and every adapter's gradient are those of the same model never evaluated. bitsandbytes' AVX512-BF16
+    CPU kernel, which repacks the weight at such a forward and has no backward, is kept off (the method)."""
+    import bitsandbytes as bnb
+
+    def step(evaluate_first: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        method = build_method(compose("method=qlora", "method.dropout=0").method)
+        model = method.prepare(tiny_model(head="causal_lm"), method_context(head="causal_lm"))
+        for name, param in model.named_parameters():  # B starts at 0: give every adapter a gradient to compare
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.1, generator=torch.Generator().manual_seed(len(name)))
+        if evaluate_first:
+            logits(model, BATCH)
+        assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules()
+                       if isinstance(m, bnb.nn.Linear4bit))
+        model.train()
+        loss = model(input_ids=BATCH["input_ids"], attention_mask=BATCH["attention_mask"], labels=BATCH["input_ids"]).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if "lora_" in n}
+
+    loss, grads = step(evaluate_first=True)
+    fresh_loss, fresh_grads = step(evaluate_first=False)
+    assert torch.equal(loss, fresh_loss)
+    assert grads.keys() == fresh_grads.keys() and len(grads) > 0
+    assert all(torch.equal(grads[n], fresh_grads[n]) for n in grads)
+
+
 def test_pissa_adapter_converts_to_plain_lora_over_the_original_base(tmp_path):
     """PiSSA changes the base weights; its exported adapter (rank 2r) applies to the unchanged base."""
     from peft import PeftModel

@@ -21,7 +21,8 @@ dequantized to the compute dtype plus its adapter's delta (PEFT's `get_delta_wei
 `nn.Linear` weights, so it loads with plain `from_pretrained` and computes what the trained model
 computed. It is not the original base plus the delta: the quantization error stays in it.
 
-bitsandbytes 0.50.2 runs the 4-bit forward and backward on the CPU as on a GPU.
+bitsandbytes 0.50.2 runs the 4-bit forward and backward on the CPU as on a GPU (its AVX512-BF16 inference
+kernel is kept off: `base_model`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ class Qlora(Lora):
                                              compress_statistics=cfg.double_quant, quant_type=cfg.quant_type)
             if linear.bias is not None:
                 layer.bias = nn.Parameter(linear.bias.detach(), requires_grad=False)
+            # A private attribute of bitsandbytes' Linear4bit, set off on purpose: on a CPU with AVX512-BF16,
+            # bitsandbytes 0.50 repacks the weight in place at the first forward in eval mode without grad and
+            # from then on runs a bf16 inference kernel, in training too, where it has no backward (the input
+            # gradient is lost without a word; with a bias, autograd's in-place error). Off, every forward
+            # dequantizes to the compute dtype: evaluation computes what training computes, and exports read
+            # the weight in its one layout.
+            layer.support_avx512bf16_for_cpu = False
             return layer.to(weight.device)  # quantizes the weight where it lives
 
         # The modules a transformers model keeps in full precision (T5's `wo`, whose forward casts its input to
