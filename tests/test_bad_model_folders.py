@@ -178,7 +178,7 @@ def test_a_run_given_a_peft_adapter_as_model_path_is_refused_before_training(tmp
 ])
 def test_a_model_path_without_weights_is_refused_where_they_load(tmp_path, files, message):
     """A run, mode=profile (any task) loads the folder's weights: refused when its config is checked. A plan
-    reads its config.json alone: planned. Each file from_pretrained reads is weights."""
+    loads no weights: planned from its config.json. Each file from_pretrained reads is weights."""
     from ftbench.cli import validate
 
     folder = holding({"config.json": LLAMA, **files})(tmp_path / "given")

@@ -5,6 +5,8 @@ error ends a plan as it ends a run."""
 import json
 
 import pytest
+import torch
+import transformers as T
 
 from ftbench import report
 from ftbench.job.run import run_job
@@ -42,6 +44,96 @@ def test_a_plan_refuses_what_its_profile_run_refuses(tmp_path, overrides, refusa
     plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
     assert (real["exit_code"], code, plan["status"]) == (2, 2, "failed")
     assert plan["error"] == real["error"] and plan["error"].startswith(refusal), plan["error"]
+
+
+def saved(model: str, weights: str = "model.safetensors", **config):
+    """A maker of a folder holding a 1-layer tiny `model` (llama: a causal LM of 300 token rows; llama5: a classifier
+    of 5 labels; bert: a BertModel, its tensors' names without the "bert." its classifier adds) as save_pretrained
+    writes it, its weights as `weights` (shards under model.safetensors.index.json, or a pytorch_model.bin that
+    torch.save wrote), then `config` written into its config.json (None: the field left out)."""
+    def make(folder):
+        sizes = {"vocab_size": 300, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                 "num_attention_heads": 2}
+        built = {"llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(**sizes, num_key_value_heads=2)),
+                 "llama5": lambda: T.LlamaForSequenceClassification(T.LlamaConfig(**sizes, num_labels=5,
+                                                                                  pad_token_id=0)),
+                 "bert": lambda: T.BertModel(T.BertConfig(**sizes, max_position_embeddings=32))}[model]()
+        if weights == "pytorch_model.bin":
+            built.config.save_pretrained(folder)
+            torch.save(built.state_dict(), folder / weights)
+        else:
+            built.save_pretrained(folder, max_shard_size="8KB" if weights.endswith(".index.json") else "1GB")
+        assert (folder / weights).is_file()
+        written = json.loads((folder / "config.json").read_text())
+        written.update(config)
+        (folder / "config.json").write_text(json.dumps({k: v for k, v in written.items() if v is not None}))
+        return folder
+    return make
+
+
+# A folder whose weights disagree with its config.json: its profile run's load refuses it on model.path, naming the
+# tensor, both shapes and the field that sized it (models/mismatch.py); its plan, which loads no weights, reads their
+# shapes from the weight files' headers and refuses it with the same line (was: planned at the config's sizes,
+# exit 0). (folder, profile.objective, the line after "model.path: could not load <folder>: ")
+MISMATCHES = [
+    pytest.param(saved("llama", vocab_size=None), "causal_lm",
+                 "its config.json sets no vocab_size, so the llama default 32000 is taken, but the checkpoint's "
+                 "model.embed_tokens.weight is [300, 16] against the model's [32000, 16] (and 1 more tensor); "
+                 'write "vocab_size": 300 in its config.json', id="vocab_size-default"),
+    pytest.param(saved("llama", "pytorch_model.bin", vocab_size=None), "seq_cls",
+                 "its config.json sets no vocab_size, so the llama default 32000 is taken, but the checkpoint's "
+                 "model.embed_tokens.weight is [300, 16] against the model's [32000, 16]; "
+                 'write "vocab_size": 300 in its config.json', id="pytorch_model.bin"),
+    pytest.param(saved("llama", "model.safetensors.index.json", intermediate_size=48), "causal_lm",
+                 "its config.json sets intermediate_size 48, but the checkpoint's model.layers.0.mlp.gate_proj.weight "
+                 "is [32, 16] against the model's [48, 16] (and 2 more tensors); "
+                 'write "intermediate_size": 32 in its config.json', id="intermediate_size-shards"),
+    pytest.param(saved("bert", hidden_size=24), "seq_cls",
+                 "its config.json sets hidden_size 24, but the checkpoint's bert.embeddings.word_embeddings.weight is "
+                 "[300, 16] against the model's [300, 24] (and 21 more tensors); "
+                 'write "hidden_size": 16 in its config.json', id="hidden_size-base-model-names"),
+]
+
+
+@pytest.mark.parametrize("make,objective,problem", MISMATCHES)
+def test_a_plan_refuses_a_folder_whose_weights_disagree_with_its_config(tmp_path, make, objective, problem):
+    folder = make(tmp_path / "model")
+    args = [f"model.path={folder}", f"profile.objective={objective}", "profile.batch_size=2", "profile.seq_len=16"]
+    real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=1", "profile.steps=1")
+    code = run_job(compose("mode=plan", *args), tmp_path / "plan")
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    assert (real["exit_code"], code, plan["status"]) == (2, 2, "failed")
+    assert plan["error"] == real["error"] == f"model.path: could not load {folder}: {problem}"
+
+
+# Weights its run cannot read: the plan, which now reads their headers, refuses them with the run's line (was:
+# planned from config.json, exit 0, and the run refused them)
+@pytest.mark.parametrize("weights,content", [("model.safetensors", b""), ("pytorch_model.bin", b""),
+                                             ("pytorch_model.bin", b"\x80\x04K")], ids=["empty", "empty-bin", "cut-bin"])
+def test_a_plan_refuses_weights_its_run_cannot_read(tmp_path, weights, content):
+    folder = saved("llama")(tmp_path / "model")
+    (folder / "model.safetensors").unlink()
+    (folder / weights).write_bytes(content)
+    args = [f"model.path={folder}", "profile.batch_size=2", "profile.seq_len=16"]
+    real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=1", "profile.steps=1")
+    code = run_job(compose("mode=plan", *args), tmp_path / "plan")
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    assert (real["exit_code"], code, plan["status"]) == (2, 2, "failed")
+    assert plan["error"] == real["error"] and plan["error"].startswith(f"model.path: could not load {folder}: ")
+
+
+# Weights that fit: planned, from each kind of weight files; a classifier's head of another size than the task's is
+# a new head, not a mismatch (models/loading.py load_model replaces it)
+@pytest.mark.parametrize("make,objective", [
+    pytest.param(saved("llama", "model.safetensors.index.json"), "causal_lm", id="shards"),
+    pytest.param(saved("llama", "pytorch_model.bin"), "causal_lm", id="pytorch_model.bin"),
+    pytest.param(saved("llama5"), "seq_cls", id="head-of-5-labels"),
+    pytest.param(saved("bert"), "seq_cls", id="base-model-names"),
+])
+def test_a_plan_plans_a_folder_whose_weights_fit_its_config(tmp_path, make, objective):
+    args = [f"model.path={make(tmp_path / 'model')}", f"profile.objective={objective}", "profile.batch_size=2",
+            "profile.seq_len=16"]
+    assert run_job(compose("mode=plan", *args), tmp_path / "plan") == 0
 
 
 # profile.seq_len against the position table, by the rule a run applies (models/positions.py), read from model.shape

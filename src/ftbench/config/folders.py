@@ -10,7 +10,7 @@ other files, or nothing; so is one whose config.json is empty, not JSON, not a J
 (`value_problem`: hidden_size 64.0, a float, where an integer is needed: write 64), sizes that disagree with each
 other (sizes.py: a width the heads do not divide, grouped key/value heads that do not, ...) or a RoPE setting its
 config refuses (rope.py: a scaling factor below 1). A command that
-loads the weights (every one but a plan, which reads config.json alone) refuses a folder holding none of the
+loads the weights (every one but a plan, which loads none: a folder of config.json alone is planned) refuses a folder holding none of the
 files from_pretrained reads (`require_weights`), naming a GGUF file it holds instead. A folder given with
 model.gguf_file that holds no such file is refused on model.gguf_file, saying to drop it where the folder
 holds a save_pretrained model (`require_gguf_folder`: a model group such as smollm2-135m names its file).

@@ -336,7 +336,7 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
     for name in ("model", "hardware", "logger", "train", "optim", "eval", "profile", "plan", "method", "task"):
         OmegaConf.to_object(cfg[name]).check(name)
     check_learning_rates(cfg)
-    if cfg.mode != "plan" and OmegaConf.to_object(cfg.model).saved_folder():  # a plan reads config.json alone
+    if cfg.mode != "plan" and OmegaConf.to_object(cfg.model).saved_folder():  # a plan loads no weights
         require_weights(cfg.model.path, "model.path")
     OmegaConf.to_object(cfg.method).check_run(cfg)  # what the method cannot train with, set in other groups
     check_sharding(cfg)

@@ -1,23 +1,37 @@
 """The model against what a run asks of it, read from its config before any weight loads: the head the
 run trains (`check_head`), the embedding rows against the tokens (`fit_vocab`), and for a profile run and
 its plan both with the position table (`check_profiled`, `planned_model`). The run's preflight
-(job/preflight.py) and the planner (plan/planner.py) share them, so a plan refuses what its run refuses.
+(job/preflight.py) and the planner (plan/planner.py) share them, so a plan refuses what its run refuses; a plan,
+which loads no weights, also holds a folder's config to its weight files' shapes (`check_weights`), as the run's
+load does.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+
+import torch
 
 from ftbench.errors import UserError
 from ftbench.models.architecture import closing_token
 from ftbench.models.loading import (
     architecture_config,
+    auto_class,
     config_shape,
     describe,
     load_tokenizer,
+    local_source,
     pretrained_config,
+    refused_as_load,
     settle_source,
     source_key,
+)
+from ftbench.models.mismatch import (
+    body_mismatches,
+    checkpoint_shapes,
+    mismatch_error,
+    shapes_against,
 )
 from ftbench.models.positions import fit_positions
 
@@ -46,7 +60,8 @@ def planned_model(cfg) -> None:
     """What a plan (mode=plan) settles before its probes: the model it plans, checked as its profile run checks
     it (`check_profiled`: the same refusals, on the same keys). A folder the user names (model.path,
     model.package: its config.json, read locally) is planned as a run loads it, its config written into
-    model.shape (the probes build that shape at random init, `config_shape`); else model.shape (a plan
+    model.shape (the probes build that shape at random init, `config_shape`), once its weight files' shapes are
+    found to fit it (`check_weights`); else model.shape (a plan
     downloads nothing). A random-init shape's position table is sized to profile.seq_len in place (model.shape)."""
     mcfg = cfg.model
     settle_source(mcfg)
@@ -54,9 +69,28 @@ def planned_model(cfg) -> None:
     config = pretrained_config(mcfg) if local else architecture_config(mcfg)
     rows = check_profiled(cfg, config)
     if local:
+        check_weights(mcfg, config, profile_head(cfg))
         mcfg.shape = config_shape(config)
     for name, value in rows.items():
         mcfg.shape[name] = value
+
+
+def check_weights(mcfg, config, head: str) -> None:
+    """Refuse the folder of model.path / model.package whose weight files (their headers: mismatch.py
+    `checkpoint_shapes`, no data read) hold a tensor of another shape than the model `config` builds under `head`
+    (on the meta device), with the line its run's load gives (`body_mismatches`, `mismatch_error`: a classifier's
+    head of another size is replaced, not refused); or whose weights cannot be read, as the run's load words it
+    (`refused_as_load`). A folder that holds no weights (config.json alone) is planned from its config."""
+    source = local_source(mcfg)
+    with refused_as_load(mcfg, source):
+        shapes = checkpoint_shapes(Path(source))
+    if not shapes:
+        return
+    with torch.device("meta"):
+        model = auto_class(head).from_config(config)
+    wrong = body_mismatches(shapes_against(model, shapes), head, model.base_model_prefix)
+    if wrong:
+        raise mismatch_error(source_key(mcfg), source, config, wrong, list(model.state_dict()))
 
 
 def check_head(mcfg, config, head: str) -> None:

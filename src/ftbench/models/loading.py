@@ -30,7 +30,7 @@ from ftbench.errors import UserError, first_line, integer_fix
 from ftbench.models import gguf
 from ftbench.models.architecture import bad_size
 from ftbench.models.hub import hub_error, offline_mode
-from ftbench.models.mismatch import mismatch_problem
+from ftbench.models.mismatch import body_mismatches, mismatch_error
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +298,23 @@ def pickle_ends_early(folder: Path, error: str = "EOFError") -> str:
 SILENT = {EOFError: pickle_ends_early}
 
 
+@contextmanager
+def refused_as_load(mcfg, source: str):
+    """Reading the weights of `source` (a run's from_pretrained, a plan's headers: mismatch.py `checkpoint_shapes`):
+    what it raises for weights it cannot use, as one UserError naming the key that gave them (`load_error`); an
+    IndexError, which only a pickle cut short raises (torch's weights-only unpickler indexes past its end), in
+    words (`pickle_ends_early`)."""
+    try:
+        yield
+    except LOAD_ERRORS as exc:
+        raise load_error(mcfg, source, exc) from exc
+    except IndexError as exc:
+        if not pickled_weights(Path(source)):
+            raise
+        raise UserError(source_key(mcfg), f"could not load {source}: "
+                        f"{pickle_ends_early(Path(source), 'IndexError')}") from exc
+
+
 def auto_class(head: str):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -331,22 +348,14 @@ def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision
         config.problem_type = None  # the checkpoint's (e.g. regression) would refuse the new label count
         config.num_labels = num_labels
         config.problem_type = PROBLEM_TYPES[head]
-    try:
+    with refused_as_load(mcfg, source):
         model, info = cls.from_pretrained(source, config=config, dtype=dtype, attn_implementation=attn_implementation,
                                           local_files_only=offline_mode() or Path(source).is_dir(),
                                           ignore_mismatched_sizes=True, output_loading_info=True)
-    except LOAD_ERRORS as exc:
-        raise load_error(mcfg, source, exc) from exc
-    except IndexError as exc:  # only from a pickle cut short: torch's weights-only unpickler indexes past its end
-        if not pickled_weights(Path(source)):
-            raise
-        raise UserError(source_key(mcfg), f"could not load {source}: "
-                        f"{pickle_ends_early(Path(source), 'IndexError')}") from exc
     mismatched = {str(key): (ckpt, shape) for key, ckpt, shape in info.get("mismatched_keys") or ()}
-    wrong = {k: v for k, v in mismatched.items() if head == "causal_lm" or k.startswith(f"{model.base_model_prefix}.")}
+    wrong = body_mismatches(mismatched, head, model.base_model_prefix)
     if wrong:  # not a new head of the task's size: tensors of the body that the config sized otherwise
-        raise UserError(source_key(mcfg), f"could not load {source}: "
-                        f"{mismatch_problem(config, source, wrong, list(model.state_dict()))}")
+        raise mismatch_error(source_key(mcfg), source, config, wrong, list(model.state_dict()))
     replaced = sorted(set(mismatched) - set(wrong))
     missing = sorted(str(k) for k in info.get("missing_keys") or ())
     if replaced:

@@ -1,8 +1,10 @@
-"""A checkpoint's tensors that do not fit the model its config describes (models/loading.py `load_model`), in
-words: the tensor, its shape in the checkpoint and in the model, and the config field that sized it wrong where
-one is found (a field config.json leaves out takes the family's default: LLaMA's vocab_size 32000 against an
-embedding of 300 rows), with the fix. transformers only logs its own table of them and raises a line that
-points at it ("look at the above report"), or, told to ignore them, starts those tensors at random.
+"""A checkpoint's tensors that do not fit the model its config describes, in words: the tensor, its shape in the
+checkpoint and in the model, and the config field that sized it wrong where one is found (a field config.json
+leaves out takes the family's default: LLaMA's vocab_size 32000 against an embedding of 300 rows), with the fix.
+A run finds them where it loads the weights (models/loading.py `load_model`: transformers only logs its own table
+of them and raises a line that points at it, "look at the above report", or, told to ignore them, starts those
+tensors at random); its plan from the weight files' headers, no data read (`checkpoint_shapes`,
+`shapes_against`; models/fit.py `check_weights`). Both refuse with `mismatch_error`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,63 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ftbench.config.folders import CONFIG
+import torch
+from safetensors import safe_open
+
+from ftbench.config.folders import CONFIG, LOADED_WEIGHTS
+from ftbench.errors import UserError
+
+
+def checkpoint_shapes(folder: Path) -> dict[str, list[int]]:
+    """Each tensor's shape in the checkpoint `folder` holds (the first of LOADED_WEIGHTS there: one file, or an
+    index whose "weight_map" names the shard file of each tensor), read without its data:
+    a safetensors file's header; a pytorch_model.bin unpickled onto the meta device (torch 2.13 reads no storage
+    of the zip format torch.save writes since 1.6; a file of the legacy format is read whole). {} when the folder
+    holds none of them. Raises what the readers raise for a file they cannot read (SafetensorError, OSError,
+    EOFError, pickle.UnpicklingError, ...: models/loading.py `refused_as_load` words them)."""
+    found = next((folder / name for name in LOADED_WEIGHTS if (folder / name).is_file()), None)
+    if found is None:
+        return {}
+    files = [found]
+    if found.name.endswith(".index.json"):
+        shards = json.loads(found.read_text(encoding="utf-8"))["weight_map"].values()
+        files = [folder / name for name in dict.fromkeys(shards)]
+    shapes = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            with safe_open(file, framework="pt") as weights:
+                shapes.update({name: list(weights.get_slice(name).get_shape()) for name in weights.keys()})
+        else:
+            tensors = torch.load(file, map_location="meta", weights_only=True)
+            shapes.update({name: list(t.shape) for name, t in tensors.items() if isinstance(t, torch.Tensor)})
+    return shapes
+
+
+def shapes_against(model: torch.nn.Module, shapes: dict[str, list[int]]) -> dict[str, tuple[list[int], list[int]]]:
+    """The checkpoint's tensors (`shapes`: name -> shape) whose shape differs from the model's tensor that
+    from_pretrained loads them into: the same name, else without or with the model's base_model_prefix (a
+    BertModel's checkpoint under BertForSequenceClassification); name -> (checkpoint, model) shapes. A tensor the
+    model lacks, or lacks under those names, is not compared (from_pretrained leaves it out too)."""
+    own = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    prefix = f"{model.base_model_prefix}."
+    differ = {}
+    for name, shape in shapes.items():
+        target = next((key for key in (name, name.removeprefix(prefix), prefix + name) if key in own), None)
+        if target is not None and own[target] != shape:
+            differ[target] = (shape, own[target])
+    return differ
+
+
+def body_mismatches(mismatched: dict, head: str, base_model_prefix: str) -> dict:
+    """The tensors of `mismatched` (name -> shapes) a run refuses: every one under a causal-LM head, else those of
+    the body (under `base_model_prefix`): a classifier's head of another size is replaced by one of the task's."""
+    return {k: v for k, v in mismatched.items() if head == "causal_lm" or k.startswith(f"{base_model_prefix}.")}
+
+
+def mismatch_error(key: str, source: str, config, mismatched: dict, order: list[str]) -> UserError:
+    """The refusal, on `key`, of the checkpoint at `source` whose tensors `mismatched` (name -> (checkpoint, model)
+    shapes, `body_mismatches`) do not fit the model `config` builds (`mismatch_problem`)."""
+    return UserError(key, f"could not load {source}: {mismatch_problem(config, source, mismatched, order)}")
 
 
 def mismatch_problem(config, source: str, mismatched: dict, order: list[str]) -> str:

@@ -370,7 +370,8 @@ def budget(cfg: DictConfig, tgt: Target) -> tuple[int | None, int | None]:
 def predict(cfg: DictConfig) -> dict:
     """The plan of one run: plan.json's content (result.json's memory field names). Raises UserError
     before any probe where its profile run would refuse the model (models/fit.py `planned_model`, the same
-    line): naming model.path / model.package when its config cannot be read or the model cannot carry the
+    line): naming model.path / model.package when its config cannot be read, its weights cannot be read or hold a
+    tensor of another shape than the config builds (models/fit.py `check_weights`), or the model cannot carry the
     head, model.shape[.<field>] when transformers cannot build the shape, and on profile.seq_len over a
     checkpoint's position table (a random-init shape's is sized to it in model.shape)."""
     planned_model(cfg)  # the planned model: model.path's config, else the shape's
