@@ -5,7 +5,8 @@ GQA, GPT-2 (Conv1D, tied LM head), Phi-3 (fused qkv_proj / gate_up_proj), T5 and
 each crossed with every registered method, for a sequence classifier and, for decoders, a causal LM. A
 run either trains exactly what the method says it trains (`Method.trains`: the intended tensors change
 within as many steps as the model has units, nothing else does, a new task head trains densely) or, for a
-method that `needs_linear` on GPT-2's Conv1D blocks, is refused up front with a UserError naming the key.
+method that `needs_linear` on GPT-2's Conv1D blocks, is refused up front with a UserError naming the key
+(`Method.check_model` first, which reads the structure only, then `prepare` with the same line).
 """
 
 from __future__ import annotations
@@ -199,15 +200,43 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+def checked(method, model: nn.Module, head: str) -> None:
+    """`Method.check_model`'s invariants: it runs no forward and changes nothing in the model (its modules, values,
+    `requires_grad`); it draws no data (it is given none)."""
+    modules = [(n, type(m)) for n, m in model.named_modules()]
+    before = {n: (t.detach().clone(), t.requires_grad) for n, t in model.state_dict(keep_vars=True).items()}
+
+    def no_forward(module, args):
+        raise AssertionError("check_model ran a forward")
+
+    handle = model.register_forward_pre_hook(no_forward)
+    try:
+        method.check_model(model, head)
+    finally:
+        handle.remove()
+        assert [(n, type(m)) for n, m in model.named_modules()] == modules
+        after = model.state_dict(keep_vars=True)
+        assert after.keys() == before.keys()
+        for n, (value, requires_grad) in before.items():
+            assert torch.equal(after[n].detach(), value) and after[n].requires_grad == requires_grad, n
+
+
 @pytest.mark.parametrize("layout,name,head", CASES)
 def test_each_method_trains_what_it_says_on_each_layout(layout, name, head):
+    """Every method checks the model's structure first (`check_model`: the job calls it before any calibration): it
+    passes a model `prepare` serves, and refuses GPT-2's Conv1D blocks for a method that `needs_linear` with the
+    line `prepare` gives."""
     model = tiny(layout, head)
     method = build_method(method_config(name))
     if layout in CONV1D and method.needs_linear:
+        with pytest.raises(UserError) as first:
+            checked(method, model, head)
         with pytest.raises(UserError) as refused:
             method.prepare(model, context(model, head))
         assert refused.value.key == "method" and name in str(refused.value)
+        assert str(first.value) == str(refused.value)
         return
+    checked(method, model, head)
     trains_as_claimed(model, method, head)
 
 

@@ -1,6 +1,6 @@
 """hardware.max_micro_batch_size=auto (the choice from a fake budget, the effective batch kept, the
-one-line refusal, a probe that leaves no trace, a calibration fit only for a method that calibrates) and
-train.max_steps=0 (the untouched model scored)."""
+one-line refusal, a probe that leaves no trace, a calibration fit only for a method that calibrates and never
+before a refusal the model's structure decides) and train.max_steps=0 (the untouched model scored)."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ import torch
 from ftbench.errors import UserError
 from ftbench.job import steps
 from ftbench.plan import micro_batch
-from helpers import method_table, run, tiny_model
+from helpers import method_table, refused, run, tiny_model
 
 QUICK = ["train.max_steps=2", "task.batch_size=16", "train.measure_warmup_steps=0"]
 
@@ -176,3 +176,49 @@ def test_only_a_method_that_calibrates_fits_a_calibration_micro_batch(tmp_path, 
                  "eval.max_samples=8", "hardware.max_micro_batch_size=auto")  # no step: the fits before training only
     assert result["status"] == "ok", result["error"]
     assert bool(drawn) == calibrates and ("calibration" in result["plan"]["micro_batch_fit"]) == calibrates
+
+
+# A setting the model's structure rules out, under settings that calibrate: refused by `Method.check_model` with the
+# line `prepare` gave, before the calibration micro-batch fit and any calibration batch (was: both ran first, then
+# prepare refused; on a 7B model, minutes). The momentum `SparseMlpOptimizer` refuses once calibrated is the
+# config's to refuse (`SparseMlpConfig.check_run`). "{gpt2}": a GPT-2 folder, whose projections are Conv1D.
+STRUCTURE_REFUSALS = [
+    (["method=sift", "method.target_modules=[nosuch]"], "method.target_modules: 'nosuch' names no linear layer; "
+     "linear layers here: mlp.down_proj, mlp.gate_proj, mlp.up_proj, score, self_attn.k_proj, self_attn.o_proj, "
+     "self_attn.q_proj, self_attn.v_proj"),
+    (["method=sift", "method.exception_modules=[nosuch]"], "method.exception_modules: no module named 'nosuch' in "
+     "this model; top-level modules: model, score"),
+    (["method=sift", "method.target_modules=[score]"], "method.target_modules: ['score'] selects no layer outside the "
+     "exception modules (method.exception_modules: trained densely); linear layers outside them: mlp.down_proj, "
+     "mlp.gate_proj, mlp.up_proj, self_attn.k_proj, self_attn.o_proj, self_attn.q_proj, self_attn.v_proj"),
+    (["method=sift", "model.path={gpt2}"], "method: sift trains nn.Linear weights; this gpt2 model holds "
+     "transformer.h.0.attn.c_attn as a Conv1D: use method=full, lora or hift"),
+    (["method=s2ft", "method.strategy=gradient", "method.o_ratio=0.001", "method.d_ratio=0"], "method.o_ratio: the "
+     "ratios select no head or channel in this model; raise v_ratio, o_ratio, u_ratio or d_ratio"),
+    (["method=s2ft", "method.strategy=activation", "model.path={gpt2}"], "method: s2ft cannot serve this gpt2 model: "
+     "block transformer.h.0 holds transformer.h.0.attn.c_attn as a Conv1D, not an nn.Linear; use method=full, lora "
+     "or hift, or add the family to ftbench/models/architecture.py LAYOUTS"),
+    (["method=sparsegrad", "method.k=8193"], "method.k: 8193 is more than the 8192 entries of "
+     "model.layers.0.mlp.gate_proj.weight; give at most 8192, or null (method.density x the layer's size)"),
+    (["method=sparsegrad", "model.path={gpt2}"], "method: sparsegrad cannot serve this gpt2 model: block "
+     "transformer.h.0 holds transformer.h.0.mlp.c_fc as a Conv1D, not an nn.Linear; use method=full, lora or hift, "
+     "or add the family to ftbench/models/architecture.py LAYOUTS"),
+    (["method=sparsegrad", "optim.name=sgd", "optim.momentum=0.9"], "optim.momentum: sparse MLP methods support "
+     "plain SGD only; set 0 or use adamw"),
+]
+
+
+@pytest.mark.parametrize("overrides,line", STRUCTURE_REFUSALS)
+def test_a_setting_the_model_rules_out_is_refused_before_any_calibration(tmp_path, monkeypatch, overrides, line):
+    from plan_helpers import gpt2_folder
+
+    if any("{gpt2}" in o for o in overrides):
+        gpt2_folder(tmp_path / "gpt2")
+    asked, fit, draws = [], steps.Feed.max_micro, steps.Feed.calibration
+    monkeypatch.setattr(steps.Feed, "max_micro", lambda feed, what, *a: asked.append(f"{what} fit") or fit(feed, what, *a))
+    monkeypatch.setattr(steps.Feed, "calibration",
+                        lambda feed, micro: lambda n: asked.append("calibration batches") or draws(feed, micro)(n))
+    result = run(tmp_path / "r", *(o.format(gpt2=tmp_path / "gpt2") for o in overrides),
+                 "hardware.max_micro_batch_size=auto", "task.num_train=64", "task.num_eval=32", "train.max_steps=1")
+    assert refused(result, line.split(":")[0]) == line
+    assert asked == []

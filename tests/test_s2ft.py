@@ -264,6 +264,28 @@ def test_bad_settings_name_the_key():
     assert error.value.key == "method"
 
 
+
+@pytest.mark.parametrize("ratio,refused", [(0.001, True), (1 / 256, False)])  # 2 layers x 128 channels: 1/256 picks one
+def test_ratios_that_pick_no_unit_are_refused_before_scoring_on_data(ratio, refused):
+    """How many units a ratio picks depends on the blocks alone: the refusal comes before the calibration (was: a
+    gradient strategy scored 256 calibration samples first), from `check_model` and from `prepare` alike."""
+    drawn, ctx = [], method_context()
+    calibration = ctx.calibration_batches
+    ctx.calibration_batches = lambda n: drawn.append(n) or calibration(n)
+    method = S2ft(S2ftConfig(strategy="gradient", calibration_samples=2, o_ratio=0.0, d_ratio=ratio))
+    model = base_model(dtype=torch.float32)
+    if not refused:
+        method.check_model(model, "seq_cls")
+        method.prepare(model, ctx)
+        assert drawn and sum(layer.index.numel() for layer in method.layers) == 1
+        return
+    for step in (lambda: method.check_model(model, "seq_cls"), lambda: method.prepare(model, ctx)):
+        with pytest.raises(UserError, match="^method.o_ratio: the ratios select no head or channel in this model; "
+                                            "raise v_ratio, o_ratio, u_ratio or d_ratio$"):
+            step()
+    assert drawn == []
+
+
 # -- the adapter -----------------------------------------------------------------------------
 
 @functools.cache

@@ -159,11 +159,13 @@ class Feed:
 
 def method_and_optimizer(cfg: DictConfig, feed: Feed, s: Setup, output_dir: Path, job_end: ExitStack,
                          lr: float) -> tuple[torch.nn.Module, Method, torch.optim.Optimizer, int | None]:
-    """Build the method, let it prepare `feed.model` (calibrating on micro-batches of the size that fits,
-    when its settings calibrate: `MethodConfig.calibrates`), and make its optimizer. Returns (model, method,
-    optimizer, calibration micro-batch size or None when it does not calibrate)."""
+    """Build the method, let it check `feed.model`'s structure (`Method.check_model`: a refusal costs no
+    calibration) and prepare it (calibrating on micro-batches of the size that fits, when its settings
+    calibrate: `MethodConfig.calibrates`), and make its optimizer. Returns (model, method, optimizer,
+    calibration micro-batch size or None when it does not calibrate)."""
     method = build_method(cfg.method)
     job_end.callback(method.close)
+    method.check_model(feed.model, feed.head)
     calibration_micro = split_batch(feed.batch_size, feed.max_micro("calibration"), distributed.world_size())[0] \
         if method.cfg.calibrates() else None
     ctx = MethodContext(head=feed.head, device=s.device,

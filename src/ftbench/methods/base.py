@@ -3,6 +3,7 @@ owns everything specific to it. The training loop never asks which method runs.
 
 Call order, per run:
 
+    method.check_model(model, head)         # the loaded model: before the calibration micro-batch fit and prepare
     model = method.prepare(model, ctx)
     optimizer = method.build_optimizer(method.param_groups(model, weight_decay), optim_cfg)
     method.attach(optimizer)
@@ -111,8 +112,8 @@ class Method(ABC):
     config_class: type[MethodConfig] = MethodConfig
     # What the checks need to know of the method's class (tests/test_architecture.py, test_distributed.py):
     # needs_linear: it replaces or slices projections, or splits their rows into blocks (Adam-mini's heads), so
-    #   they must be nn.Linear: `prepare` refuses a model that holds them otherwise (GPT-2's Conv1D) with
-    #   UserError("method") before anything trains.
+    #   they must be nn.Linear: `check_model` (and `prepare`) refuses a model that holds them otherwise (GPT-2's
+    #   Conv1D) with UserError("method") before anything trains.
     needs_linear: ClassVar[bool] = False
     # rotates: what trains changes between optimizer steps: a step's gradients, and what data parallel reduces,
     #   are the active part's; `trainable_size` reports the largest step.
@@ -131,6 +132,16 @@ class Method(ABC):
         self.masters = Masters()  # fp32 masters of the low-precision tensors the optimizer steps
 
     # -- building ---------------------------------------------------------
+    def check_model(self, model: nn.Module, head: str) -> None:
+        """Refuse, with the `UserError` `prepare` would raise (the same line), a setting that the loaded `model`'s
+        structure rules out (task head `head`): a target the model lacks, a projection that is not an `nn.Linear`,
+        a count the layers cannot hold. It reads the config and the module tree, types and shapes only: it draws no
+        data, runs no forward and changes nothing in the model. The job calls it once, after the model is loaded
+        and before the calibration micro-batch fit and `prepare` (job/steps.py), so that such a refusal costs no
+        calibration; `prepare` still refuses alike when called without it. A method whose settings calibrate
+        (`MethodConfig.calibrates`) refuses here whatever its `prepare` would refuse before drawing data, and
+        every method that `needs_linear` refuses here a projection held otherwise. Here: nothing to refuse."""
+
     @abstractmethod
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         """Freeze, wrap or replace modules; return the model to train."""

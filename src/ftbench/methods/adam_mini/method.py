@@ -36,17 +36,24 @@ NAME_SETS = ("embd_names", "output_names", "wqk_names", "wv_names", "attn_proj_n
 
 class AdamMini(Method):
     config_class = AdamMiniConfig
-    needs_linear = True  # a head is a block of a q/k/v/o weight's rows: GPT-2's Conv1D is refused in prepare
+    needs_linear = True  # a head is a block of a q/k/v/o weight's rows: GPT-2's Conv1D is refused up front
+
+    def check_model(self, model: nn.Module, head: str) -> None:
+        """A head is a block of the q/k/v/o weights' rows: they are `nn.Linear`s, and the heads span the hidden
+        width as the library sizes them."""
+        arch = architecture(model)
+        arch.require_linear(model, ("q", "k", "v", "o"), "adam-mini")
+        heads, _, head_dim = arch.attention_heads(model, arch.blocks[0])
+        dim = model.get_submodule(arch.path_of(arch.blocks[0], "q")).in_features
+        if heads * head_dim != dim:
+            raise UserError("method", f"adam-mini 1.1.1 sizes a head as hidden^2 / heads, and this model's heads are "
+                            f"{head_dim} wide x {heads} != hidden {dim}; use method=full")
 
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
+        self.check_model(model, ctx.head)
         arch = architecture(model)
-        arch.require_linear(model, ("q", "k", "v", "o"), "adam-mini")  # a head is a block of a weight's rows
-        heads, kv_heads, head_dim = arch.attention_heads(model, arch.blocks[0])
+        self.heads, self.kv_heads, _ = arch.attention_heads(model, arch.blocks[0])
         self.dim = model.get_submodule(arch.path_of(arch.blocks[0], "q")).in_features
-        if heads * head_dim != self.dim:
-            raise UserError("method", f"adam-mini 1.1.1 sizes a head as hidden^2 / heads, and this model's heads are "
-                            f"{head_dim} wide x {heads} != hidden {self.dim}; use method=full")
-        self.heads, self.kv_heads = heads, kv_heads
         for param in model.parameters():
             param.requires_grad_(True)
         self.kinds = self.block_kinds(model)

@@ -36,19 +36,24 @@ from ftbench.methods.projected import library
 from ftbench.methods.qlora.config import QloraConfig
 from ftbench.models.architecture import ATTENTION_ROLES, MLP_ROLES, architecture, replace_module
 
+QUANTIZED = (*ATTENTION_ROLES, *MLP_ROLES)  # the block projections' roles (architecture.py): stored in 4 bits
+
 
 class Qlora(Lora):
     config_class = QloraConfig
-    needs_linear = True  # it replaces projections by Linear4bit: GPT-2's Conv1D is refused in prepare
+    needs_linear = True  # it replaces projections by Linear4bit: GPT-2's Conv1D is refused up front
     quantizes_base = True
+
+    def check_model(self, model: nn.Module, head: str) -> None:
+        """The block projections it quantizes are `nn.Linear`s."""
+        arch = architecture(model)
+        arch.require_linear(model, [r for r in QUANTIZED if arch.blocks and arch.has(arch.blocks[0], r)], "qlora")
 
     def base_model(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         """Replace every block projection by a `Linear4bit` holding its weight quantized (module docstring)."""
         bnb = library("bitsandbytes", "bitsandbytes", "qlora")
-        arch = architecture(model)
-        roles = (*ATTENTION_ROLES, *MLP_ROLES)
-        arch.require_linear(model, [r for r in roles if arch.blocks and arch.has(arch.blocks[0], r)], "qlora")
-        cfg = self.cfg
+        self.check_model(model, ctx.head)
+        arch, cfg = architecture(model), self.cfg
 
         def quantized(linear: nn.Linear) -> nn.Module:
             weight = linear.weight
@@ -73,7 +78,7 @@ class Qlora(Lora):
         # class attributes `_keep_in_fp32_modules(_strict)` are where transformers declares them.
         keep = {*(getattr(model, "_keep_in_fp32_modules", None) or ()),
                 *(getattr(model, "_keep_in_fp32_modules_strict", None) or ())}
-        paths = [p for p in arch.projections(roles) if not keep & set(p.split("."))]
+        paths = [p for p in arch.projections(QUANTIZED) if not keep & set(p.split("."))]
         for path in paths:
             replace_module(model, path, quantized)
         model.is_loaded_in_4bit = True  # how PEFT knows to wrap Linear4bit in its bnb LoRA layer

@@ -49,6 +49,7 @@ from ftbench.methods.s2ft.select import (
     ROLES,
     UNIT_NAMES,
     find_blocks,
+    require_units,
     select_units,
 )
 from ftbench.models.architecture import architecture
@@ -69,17 +70,21 @@ class S2ft(PartialMethod):
         self.base: adapter.Adapter = {}
         self.selection_file: Path | None = None
 
+    def check_model(self, model: nn.Module, head: str) -> None:
+        """The blocks' heads and channels map onto their V/O/Up/Down `nn.Linear`s, and the ratios pick some of
+        them, before a scoring strategy calibrates."""
+        require_units(find_blocks(model), self.cfg)
+
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         model.requires_grad_(False)
         self.blocks = find_blocks(model)
+        require_units(self.blocks, self.cfg)
         self.units = select_units(model, self.blocks, self.cfg, ctx)
         selections = {}
         for p, per_block in self.units.items():
             for block, units in zip(self.blocks, per_block):
                 if units.numel():
                     selections[block[p].name] = Selection(KIND[p], block[p].index(units))
-        require(bool(selections), "method.o_ratio",
-                "the ratios select no head or channel in this model; raise v_ratio, o_ratio, u_ratio or d_ratio")
         self.layers = wrap(model, selections, MASTER_DTYPES[self.cfg.master_dtype])
         self.named_layers = dict(zip(selections, self.layers))
         self.model = model  # load_state_dict re-captures the base slices of a loaded selection

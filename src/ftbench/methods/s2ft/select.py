@@ -121,6 +121,19 @@ def find_blocks(model: nn.Module) -> list[Block]:
     return blocks
 
 
+def drawn_count(layers: int, units: int, ratio: float) -> int:
+    """T = ⌊layers × units × ratio⌋: the (layer, unit) pairs a projection's allocation picks."""
+    return math.floor(layers * units * ratio + 1e-9)  # the reference's int(); the epsilon absorbs 0.29*100
+
+
+def require_units(blocks: list[Block], cfg) -> None:
+    """Refuse ratios that pick no unit in these blocks (whatever the strategy scores: the count depends on the
+    ratios and the blocks' units alone). Raises UserError('method.o_ratio')."""
+    if not any(drawn_count(len(blocks), blocks[0][p].units, getattr(cfg, f"{p}_ratio")) for p in PROJECTIONS):
+        raise UserError("method.o_ratio", "the ratios select no head or channel in this model; "
+                        "raise v_ratio, o_ratio, u_ratio or d_ratio")
+
+
 def select_units(model: nn.Module, blocks: list[Block], cfg, ctx) -> dict[str, list[torch.Tensor]]:
     """Per projection with a nonzero ratio: the selected unit ids of every block (sorted, on the CPU)."""
     ratios = {p: getattr(cfg, f"{p}_ratio") for p in PROJECTIONS}
@@ -138,7 +151,7 @@ def allocate(scores: torch.Tensor, ratio: float, allocation: str, order: str,
              generator: torch.Generator) -> list[torch.Tensor]:
     """Pick ⌊layers × units × ratio⌋ (layer, unit) pairs from a (layers, units) score table."""
     layers, units = scores.shape
-    total = math.floor(layers * units * ratio + 1e-9)  # the reference's int(); the epsilon absorbs 0.29*100
+    total = drawn_count(layers, units, ratio)
     largest = order == "largest"
     if allocation == "global":
         flat = scores.reshape(-1).topk(total, largest=largest).indices

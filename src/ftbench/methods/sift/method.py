@@ -100,6 +100,11 @@ class SiftLinear(PartialLinear):
 class Sift(PartialMethod):
     config_class = SiftConfig
 
+    def check_model(self, model: nn.Module, head: str) -> None:
+        """The exception and target modules resolve in this model (select.py's refusals), before the gradient
+        selection calibrates."""
+        resolve_targets(model, self.cfg.target_modules, resolve_exceptions(model, self.cfg.exception_modules, head))
+
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         cfg = self.cfg
         model.requires_grad_(False)

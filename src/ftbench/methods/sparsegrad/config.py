@@ -24,6 +24,8 @@ class SparseMlpConfig(MethodConfig):
         if cfg.optim.name not in ("adamw", "sgd"):  # its lazy Adam shares one state dict with the dense groups'
             raise UserError("optim.name", f"{self.name} steps its sparse MLP weights with its own lazy Adam and "
                             f"the rest with adamw or sgd beside it, not {cfg.optim.name}; set optim.name=adamw")
+        if cfg.optim.name == "sgd" and cfg.optim.momentum:  # sparse_adam.SparseMlpOptimizer's rule, before calibrating
+            raise UserError("optim.momentum", "sparse MLP methods support plain SGD only; set 0 or use adamw")
 
     def check(self, key: str) -> None:
         super().check(key)

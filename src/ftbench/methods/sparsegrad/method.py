@@ -56,6 +56,12 @@ class SparseMlpMethod(Method):
     def bases(self, model: nn.Module, layers: dict[str, list[nn.Linear]], ctx: MethodContext) -> dict[str, Basis | None]:
         """One basis per MLP layer kind (None: the original basis)."""
 
+    def check_model(self, model: nn.Module, head: str) -> None:
+        """The MLP projections are `nn.Linear`s and each holds method.k entries, before the rotations calibrate."""
+        for group in mlp_layers(model, self.cfg.name).values():
+            for name, layer in group:
+                self.k_for(name, layer)
+
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         named = mlp_layers(model, self.cfg.name)
         ks = {name: self.k_for(name, layer) for group in named.values() for name, layer in group}  # before calibrating
