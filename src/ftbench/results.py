@@ -192,7 +192,7 @@ class Result:
     memory: Memory = field(default_factory=Memory)
     throughput: Throughput = field(default_factory=Throughput)
     env: Env = field(default_factory=Env)
-    checkpoints: list[dict] = field(default_factory=list)  # [{step, path, bytes, write_s}]
+    checkpoints: list[dict] = field(default_factory=list)  # [{step, path, bytes, write_s, removed}]: every one written
     resumed_from: dict | None = None  # {path, steps_before}; None: started at step 0
     method: dict | None = None  # the method's describe()
     plan: dict | None = None

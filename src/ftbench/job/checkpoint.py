@@ -12,7 +12,8 @@ A checkpoint is a folder `<run>/checkpoints/step-N/` (N optimizer steps done):
 - `meta.json`: the step and the resolved config, read to refuse a resume under another config.
 
 It is written into a temporary folder in `checkpoints/` and then renamed, so a run killed
-while writing leaves whole checkpoints only. The last `train.keep_checkpoints` are kept.
+while writing leaves whole checkpoints only. The last `train.keep_checkpoints` are kept; result.json's
+`checkpoints` lists every one written (what each write cost), `removed: true` on those no longer on disk.
 
 Restoring follows the method contract's one timing rule (methods/base.py): after
 `prepare` and `attach`, before the first step. Everything the next step reads is then as
@@ -142,7 +143,8 @@ class Checkpointer:
 
     `selector` (the best-checkpoint choice: `state_dict`/`load_state_dict`, and its `validations`)
     is the run's own, restored in place; `result` gets the `checkpoints` written (step, path,
-    bytes, write_s), `resumed_from` (path, steps_before) and the `train` section a checkpoint holds.
+    bytes, write_s, removed: whether `train.keep_checkpoints` has deleted it since), `resumed_from`
+    (path, steps_before) and the `train` section a checkpoint holds.
     """
 
     def __init__(self, cfg, run_dir: Path, trainee: Trainee, spec: TrainSpec, selector, result: Result):
@@ -186,6 +188,7 @@ class Checkpointer:
         self.selector.validations[:] = state["validations"]
         self.result.checkpoints = state["checkpoints"]
         self.result.checkpoints[-1]["bytes"] = folder_bytes(path)  # known once it was written
+        mark_removed(self.result.checkpoints)  # the list was saved before the newer ones were pruned
         self.result.resumed_from = {"path": str(path), "steps_before": state["log"]["steps"]}
         self.micro_batches = state["micro_batches"]  # this rank's: every rank draws as many
         set_rng_states(state["rng_ranks"][distributed.rank()])
@@ -209,7 +212,7 @@ class Checkpointer:
             shutil.rmtree(stale)
         temp = files.temp_dir(self.folder, f".{PREFIX}{log.steps}.")
         save_file(self.method.snapshot(self.model), str(temp / "trainable.safetensors"))
-        entry = {"step": log.steps, "path": str(self.folder / f"{PREFIX}{log.steps}")}
+        entry = {"step": log.steps, "path": str(self.folder / f"{PREFIX}{log.steps}"), "removed": False}
         torch.save({
             "method": self.method.state_dict(),
             "optimizer": self.method.optimizer_state_dict(),
@@ -239,3 +242,10 @@ class Checkpointer:
             return
         for old in checkpoints(self.run_dir)[:-self.keep]:
             shutil.rmtree(old)
+        mark_removed(self.result.checkpoints)
+
+
+def mark_removed(entries: list[dict]) -> None:
+    """Set each written checkpoint's `removed` (result.json `checkpoints`): True when its folder is gone."""
+    for entry in entries:
+        entry["removed"] = not Path(entry["path"]).is_dir()
