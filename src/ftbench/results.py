@@ -54,7 +54,8 @@ class Run:
 
 @dataclass
 class Params:
-    """Parameter counts (elements): the model's, masters beside it excluded, and what a step updates."""
+    """Parameter counts (elements): the model's as a user counts them (the base plus what the method adds, each
+    weight once: masters and copies left out, `Method.uncounted_parameters`), and what a step updates."""
 
     total: int | None = None
     trainable: int | None = None
