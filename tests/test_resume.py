@@ -136,6 +136,28 @@ def test_a_checkpoint_of_another_config_is_refused_naming_the_keys(tmp_path, mon
     assert "train.resume: '/nonexistent' is not a checkpoint folder" in capsys.readouterr().err
 
 
+def test_a_checkpoint_of_another_micro_batch_is_refused_saying_why_and_the_command_that_made_it(
+        tmp_path, monkeypatch, capsys):
+    """The effective batch is the same, but the split is not the same arithmetic (dropout draws, float sums, the
+    examples an epoch leaves out): refused, saying so, and giving the command that made it (meta.json's overrides)."""
+    command = ["method=lora", *COMMAND]  # hardware.max_micro_batch_size=4
+    with monkeypatch.context() as patch:
+        signal_at(patch, 2, signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "run", *command)
+    capsys.readouterr()
+    from ftbench.job.run import run_job
+    from helpers import compose
+
+    smaller = [*command, "hardware.max_micro_batch_size=2"]
+    assert run_job(compose(*smaller), tmp_path / "run", overrides=smaller) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "(differs in: hardware.max_micro_batch_size); hardware.max_micro_batch_size splits each batch" in error
+    assert error.endswith(f"; run the command that made it (ftbench {' '.join(command)}) in the same "
+                          "hydra.run.dir, or set a new hydra.run.dir to start afresh")
+
+
 def test_the_checkpoints_listed_say_which_are_still_on_disk(tmp_path, monkeypatch):
     """keep_checkpoints=1: every checkpoint written stays listed (its write's cost), `removed` on those deleted
     since, in the run that wrote them and in one resumed from a checkpoint saved before they were deleted."""
