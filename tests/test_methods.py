@@ -21,6 +21,7 @@ def test_trains_scores_and_exports(tmp_path, name, overrides, model):
     assert result["exit_code"] == 0, result["error"]
     assert results.problems(result) == []
     assert 0 < result["params"]["trainable"] <= result["params"]["total"] + result["memory"]["breakdown"]["master_bytes"]
+    assert result["params"]["total"] == total_by_hand(name, overrides, model)
     curve = [loss for _, loss in result["train"]["loss_curve"]]
     assert sum(curve[-5:]) < sum(curve[:5]), "the loss should fall"
     assert result["memory"]["breakdown"]["optimizer_state_bytes"] > 0
@@ -38,6 +39,44 @@ def test_trains_scores_and_exports(tmp_path, name, overrides, model):
     ctx = EvalContext(device=torch.device("cpu"), autocast=contextlib.nullcontext, batch_size=64, max_samples=None,
                       output_dir=tmp_path, pad_to_multiple_of=None)
     assert task.evaluate(merged, ctx)["dev/acc"] == pytest.approx(result["metrics"]["dev/acc"], abs=1e-9)
+
+
+def lora_adds(model, heads: list[str], r: int, magnitude: bool = False) -> int:
+    """LoRA's adapters counted by hand: r x (in + out) on every linear outside the task heads (all-linear), and with
+    `magnitude` (DoRA) one magnitude per output too."""
+    linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.split(".")[0] not in heads]
+    return sum(r * (m.in_features + m.out_features) + (m.out_features if magnitude else 0) for m in linears)
+
+
+# What each method adds to the base model's parameters, by hand (model, task heads, method config); every other
+# registered method adds none (masters are copies, not new parameters).
+ADDS = {"lora": lambda m, h, c: lora_adds(m, h, c.r), "qlora": lambda m, h, c: lora_adds(m, h, c.r),
+        "pissa": lambda m, h, c: lora_adds(m, h, c.r), "loraplus": lambda m, h, c: lora_adds(m, h, c.r),
+        "dora": lambda m, h, c: lora_adds(m, h, c.r, magnitude=True)}
+
+
+@pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-bert"])
+@pytest.mark.parametrize("name,overrides", METHODS)
+def test_params_total_is_the_base_plus_what_the_method_adds(name, overrides, model_name):
+    """result.json's params.total counts each weight once: PEFT's two copies of a task head (modules_to_save) and
+    a method's masters count as one weight; run.py counts it so (Method.uncounted_parameters)."""
+    from ftbench.measure.meters import parameter_count
+
+    cfg = compose(f"method={name}", *overrides)
+    method = build_method(cfg.method)
+    model = method.prepare(tiny_model(model_name), method_context())
+    method.attach(method.build_optimizer(method.param_groups(model, 0.0), cfg.optim, 1e-3))
+    assert parameter_count(model, method.uncounted_parameters(model)) == total_by_hand(name, overrides, model_name)
+
+
+def total_by_hand(name: str, overrides: list[str], model_name: str) -> int:
+    """The base model's parameters (a sequence classifier's) and what method `name` adds to them (ADDS)."""
+    from ftbench.models.architecture import architecture
+
+    base = tiny_model(model_name)
+    adds = ADDS.get(name, lambda *_: 0)(base, architecture(base).task_heads("seq_cls"),
+                                        compose(f"method={name}", *overrides).method)
+    return sum(p.numel() for p in base.parameters()) + adds
 
 
 @pytest.mark.parametrize("name,overrides", METHODS)

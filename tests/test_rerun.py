@@ -82,7 +82,8 @@ def test_a_checkpoint_of_another_config_is_refused_with_the_fix_its_source_takes
     own = folder(tmp_path / "own", None, other)
     with pytest.raises(UserError) as refused:
         rerun.decide(compose(*STEPS), own)
-    assert str(refused.value).endswith("run the same command, or set a new hydra.run.dir to start afresh")
+    assert str(refused.value).endswith("run the same command in the same hydra.run.dir, or set a new "
+                                       "hydra.run.dir to start afresh")  # its meta.json records no overrides
     named = own / "checkpoints" / "step-2"
     with pytest.raises(UserError) as refused:
         rerun.decide(compose(*STEPS, f"train.resume={named}"), tmp_path / "new")

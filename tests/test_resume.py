@@ -136,6 +136,45 @@ def test_a_checkpoint_of_another_config_is_refused_naming_the_keys(tmp_path, mon
     assert "train.resume: '/nonexistent' is not a checkpoint folder" in capsys.readouterr().err
 
 
+def test_a_checkpoint_of_another_micro_batch_is_refused_saying_why_and_the_command_that_made_it(
+        tmp_path, monkeypatch, capsys):
+    """The effective batch is the same, but the split is not the same arithmetic (dropout draws, float sums, the
+    examples an epoch leaves out): refused, saying so, and giving the command that made it (meta.json's overrides)."""
+    command = ["method=lora", *COMMAND]  # hardware.max_micro_batch_size=4
+    with monkeypatch.context() as patch:
+        signal_at(patch, 2, signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "run", *command)
+    capsys.readouterr()
+    from ftbench.job.run import run_job
+    from helpers import compose
+
+    smaller = [*command, "hardware.max_micro_batch_size=2"]
+    assert run_job(compose(*smaller), tmp_path / "run", overrides=smaller) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "(differs in: hardware.max_micro_batch_size); hardware.max_micro_batch_size splits each batch" in error
+    assert error.endswith(f"; run the command that made it (ftbench {' '.join(command)}) in the same "
+                          "hydra.run.dir, or set a new hydra.run.dir to start afresh")
+
+
+def test_the_checkpoints_listed_say_which_are_still_on_disk(tmp_path, monkeypatch):
+    """keep_checkpoints=1: every checkpoint written stays listed (its write's cost), `removed` on those deleted
+    since, in the run that wrote them and in one resumed from a checkpoint saved before they were deleted."""
+    command = ["method=full", *COMMAND, "eval.every_steps=null", "train.keep_checkpoints=1"]
+    folder = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        signal_at(patch, 6, signal.SIGINT)  # stopped at the end of step 4: checkpoints 2 and 4 written
+        with pytest.raises(KeyboardInterrupt):
+            run(folder, *command)
+    stopped = json.loads((folder / "result.json").read_text())["checkpoints"]
+    assert [(c["step"], c["removed"]) for c in stopped] == [(2, True), (4, False)]
+    resumed = run(folder, *command)["checkpoints"]
+    assert [(c["step"], c["removed"]) for c in resumed] == [(2, True), (4, True), (5, False)]
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-5"] == [
+        os.path.basename(c["path"]) for c in resumed if not c["removed"]]
+
+
 def test_a_sweep_goes_on_past_a_failed_job_and_its_rerun_runs_only_that_job(tmp_path, capsys):
     folder = tmp_path / "sweep"
     command = ["-m", "optim.lr=1e-3,1e12,2e-3,3e-3", "optim.name=sgd", "optim.max_grad_norm=null", *COMMAND,

@@ -54,7 +54,8 @@ class Run:
 
 @dataclass
 class Params:
-    """Parameter counts (elements): the model's, masters beside it excluded, and what a step updates."""
+    """Parameter counts (elements): the model's as a user counts them (the base plus what the method adds, each
+    weight once: masters and copies left out, `Method.uncounted_parameters`), and what a step updates."""
 
     total: int | None = None
     trainable: int | None = None
@@ -192,7 +193,7 @@ class Result:
     memory: Memory = field(default_factory=Memory)
     throughput: Throughput = field(default_factory=Throughput)
     env: Env = field(default_factory=Env)
-    checkpoints: list[dict] = field(default_factory=list)  # [{step, path, bytes, write_s}]
+    checkpoints: list[dict] = field(default_factory=list)  # [{step, path, bytes, write_s, removed}]: every one written
     resumed_from: dict | None = None  # {path, steps_before}; None: started at step 0
     method: dict | None = None  # the method's describe()
     plan: dict | None = None

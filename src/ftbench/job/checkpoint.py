@@ -9,10 +9,12 @@ A checkpoint is a folder `<run>/checkpoints/step-N/` (N optimizer steps done):
   number generators (Python, NumPy, torch, CUDA) of every data-parallel rank, the position in the data stream
   (micro-batches drawn), the loss curve, the validation history and the best-checkpoint
   selection;
-- `meta.json`: the step and the resolved config, read to refuse a resume under another config.
+- `meta.json`: the step, the resolved config and the command line's overrides, read to refuse a resume
+  under another config (naming the keys, and the command that made it).
 
 It is written into a temporary folder in `checkpoints/` and then renamed, so a run killed
-while writing leaves whole checkpoints only. The last `train.keep_checkpoints` are kept.
+while writing leaves whole checkpoints only. The last `train.keep_checkpoints` are kept; result.json's
+`checkpoints` lists every one written (what each write cost), `removed: true` on those no longer on disk.
 
 Restoring follows the method contract's one timing rule (methods/base.py): after
 `prepare` and `attach`, before the first step. Everything the next step reads is then as
@@ -26,6 +28,7 @@ import json
 import logging
 import os
 import random
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -93,18 +96,37 @@ def config_differences(path: Path, config: dict) -> list[str]:
         raise unreadable(path / "meta.json", exc) from exc
 
 
+# Why a checkpoint made with another micro-batch is refused too, though the effective batch is the same: the split
+# sets the dropout draws, the order of the float sums and which examples each epoch leaves out (batches.shuffled).
+MICRO_BATCH = "hardware.max_micro_batch_size"
+MICRO_BATCH_WHY = (f"{MICRO_BATCH} splits each batch, and with the split go the dropout draws, the order of the "
+                   "float sums and which examples an epoch leaves out, so it would not continue the run that made it")
+
+
 def check_config(path: Path, config: dict, resume: str, folder: str | None = None) -> None:
     """Refuse, in one line naming the keys, a checkpoint made under another config (or one that is unreadable);
     `resume`: train.resume (auto: the checkpoint is the run folder's own, and the fix is the command that made
-    it or another folder; a path the user gave: another checkpoint, or none); `folder`: the key naming the
-    run's folder in the message (default: `files.folder_key()`)."""
+    it, as its meta.json records the overrides, or another folder; a path the user gave: another checkpoint, or
+    none); `folder`: the key naming the run's folder in the message (default: `files.folder_key()`)."""
     keys = config_differences(path, config)
     if keys:
         shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
-        fix = (f"run the same command, or set a new {folder or files.folder_key()} to start afresh"
+        why = f"; {MICRO_BATCH_WHY}" if MICRO_BATCH in keys else ""
+        folder = folder or files.folder_key()
+        fix = (f"run {made_by(path, folder)} in the same {folder}, or set a new {folder} to start afresh"
                if resume == "auto" else
                "give a checkpoint made with this config, or drop train.resume (train.resume=auto) to start afresh")
-        raise UserError("train.resume", f"{path} was made with another config (differs in: {shown}); {fix}")
+        raise UserError("train.resume", f"{path} was made with another config (differs in: {shown}){why}; {fix}")
+
+
+def made_by(path: Path, folder: str) -> str:
+    """The command that made the checkpoint at `path`, as its meta.json records the overrides (a sweep's: its
+    job's); "the same command" for a checkpoint written before meta.json recorded them."""
+    overrides = json.loads((path / "meta.json").read_text()).get("overrides")
+    if not isinstance(overrides, list):
+        return "the same command"
+    line = shlex.join(["ftbench", *map(str, overrides)])
+    return f"the sweep whose job made it ({line})" if folder == "hydra.sweep.dir" else f"the command that made it ({line})"
 
 
 def to_resume(resume: str, run_dir: Path) -> Path | None:
@@ -142,7 +164,8 @@ class Checkpointer:
 
     `selector` (the best-checkpoint choice: `state_dict`/`load_state_dict`, and its `validations`)
     is the run's own, restored in place; `result` gets the `checkpoints` written (step, path,
-    bytes, write_s), `resumed_from` (path, steps_before) and the `train` section a checkpoint holds.
+    bytes, write_s, removed: whether `train.keep_checkpoints` has deleted it since), `resumed_from`
+    (path, steps_before) and the `train` section a checkpoint holds.
     """
 
     def __init__(self, cfg, run_dir: Path, trainee: Trainee, spec: TrainSpec, selector, result: Result):
@@ -186,6 +209,7 @@ class Checkpointer:
         self.selector.validations[:] = state["validations"]
         self.result.checkpoints = state["checkpoints"]
         self.result.checkpoints[-1]["bytes"] = folder_bytes(path)  # known once it was written
+        mark_removed(self.result.checkpoints)  # the list was saved before the newer ones were pruned
         self.result.resumed_from = {"path": str(path), "steps_before": state["log"]["steps"]}
         self.micro_batches = state["micro_batches"]  # this rank's: every rank draws as many
         set_rng_states(state["rng_ranks"][distributed.rank()])
@@ -209,7 +233,7 @@ class Checkpointer:
             shutil.rmtree(stale)
         temp = files.temp_dir(self.folder, f".{PREFIX}{log.steps}.")
         save_file(self.method.snapshot(self.model), str(temp / "trainable.safetensors"))
-        entry = {"step": log.steps, "path": str(self.folder / f"{PREFIX}{log.steps}")}
+        entry = {"step": log.steps, "path": str(self.folder / f"{PREFIX}{log.steps}"), "removed": False}
         torch.save({
             "method": self.method.state_dict(),
             "optimizer": self.method.optimizer_state_dict(),
@@ -223,7 +247,8 @@ class Checkpointer:
             "validations": list(self.selector.validations),
             "checkpoints": [*self.result.checkpoints, entry],
         }, temp / "state.pt")
-        (temp / "meta.json").write_text(json.dumps({"step": log.steps, "config": self.result.config}, indent=1))
+        (temp / "meta.json").write_text(json.dumps({"step": log.steps, "config": self.result.config,
+                                                    "overrides": self.result.run.overrides}, indent=1))
         files.normal_modes(temp)  # safetensors writes 0600
         target = self.folder / f"{PREFIX}{log.steps}"
         if target.exists():  # written by an earlier attempt at this very step, under this config
@@ -239,3 +264,10 @@ class Checkpointer:
             return
         for old in checkpoints(self.run_dir)[:-self.keep]:
             shutil.rmtree(old)
+        mark_removed(self.result.checkpoints)
+
+
+def mark_removed(entries: list[dict]) -> None:
+    """Set each written checkpoint's `removed` (result.json `checkpoints`): True when its folder is gone."""
+    for entry in entries:
+        entry["removed"] = not Path(entry["path"]).is_dir()

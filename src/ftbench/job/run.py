@@ -172,7 +172,7 @@ class Job:
         s.meter.held_bytes = lambda: model_bytes(model, masters)
         s.meter.held_tensors = lambda: [*method.held_tensors(), *optimizer_state_tensors(optimizer, s.device)]
         n_trainable = self.trainable[0]
-        total = parameter_count(model, masters)  # masters may live inside the model (SIFT) or beside it (HiFT)
+        total = parameter_count(model, method.uncounted_parameters(model))  # each weight once: no masters, copies
         result.params = Params(total=total, trainable=n_trainable, trainable_pct=100.0 * n_trainable / max(total, 1))
         result.method = method.describe(model)
         result.plan = {"batch_size": feed.batch_size, "micro_batch_size": spec.micro_batch_size,

@@ -265,6 +265,12 @@ class Method(ABC):
         """Trainable copies held beside the model's own weights (e.g. fp32 masters); overrides add theirs to these."""
         return self.masters.tensors()
 
+    def uncounted_parameters(self, model: nn.Module) -> list[torch.Tensor]:
+        """Tensors that result.json's `params.total` leaves out as copies of weights it counts, so that the total is
+        the model's parameters as a user counts them (the base, plus what the method adds, each weight once): the
+        masters; overrides add theirs (PEFT's frozen original of a head it trains as a copy)."""
+        return self.master_parameters()
+
     def held_tensors(self) -> list[torch.Tensor]:
         """What the method holds between steps besides the optimizer's state, counted by a traced peak until it is
         freed (measure/trace.LiveTensorPeak.hold): its masters; overrides add theirs (a rotation's host buffers)."""

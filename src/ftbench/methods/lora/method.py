@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ftbench.errors import UserError
@@ -70,6 +71,15 @@ class Lora(Method):
         copies = {n for n in names if ".modules_to_save." in n and n.split(".")[2] in heads}  # base_model.model.<head>
         biases = {n for n in names if n.endswith(".bias")} if self.cfg.bias != "none" else set()
         return Trains(adapters | copies | biases, adapters | {n for n in copies if n.endswith("weight")})
+
+    def uncounted_parameters(self, model: nn.Module) -> list[torch.Tensor]:
+        """The masters, and the frozen original of each task head PEFT trains as a copy (`modules_to_save` keeps
+        both: `original_module` and `modules_to_save`): the head counts once in `params.total`."""
+        from peft.utils import ModulesToSaveWrapper
+
+        originals = [p for m in model.modules() if isinstance(m, ModulesToSaveWrapper)
+                     for p in m.original_module.parameters()]
+        return [*super().uncounted_parameters(model), *originals]
 
     def export(self, model: nn.Module, tokenizer, path: Path) -> dict[str, str]:
         """The adapter (PEFT's `save_pretrained`: loads over the base with `PeftModel.from_pretrained`) and the
