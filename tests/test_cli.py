@@ -139,6 +139,7 @@ def test_an_unknown_target_module_names_the_key(tmp_path):
     ("", "hydra.run.dir: empty"),
     ("FILE", "is a file, not a folder"),
     ("/proc/nope/run", "cannot create folders under /proc"),
+    ("LOG", "cli.log is a directory, not a file, where ftbench writes the run's log"),  # Hydra crashed opening it
 ])
 def test_an_unusable_run_dir_is_one_line_and_exit_2(tmp_path, capsys, value, expected):
     from ftbench.cli import main
@@ -146,6 +147,9 @@ def test_an_unusable_run_dir_is_one_line_and_exit_2(tmp_path, capsys, value, exp
     if value == "FILE":
         value = str(tmp_path / "afile")
         (tmp_path / "afile").write_text("x")
+    if value == "LOG":
+        value = str(tmp_path / "run")
+        (tmp_path / "run" / "cli.log").mkdir(parents=True)
     with pytest.raises(SystemExit) as stop:
         main([f"hydra.run.dir={value}", "train.max_steps=1"])
     assert stop.value.code == 2

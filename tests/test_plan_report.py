@@ -94,3 +94,18 @@ def test_the_planners_probes_leave_the_jobs_accelerate_state_alone(monkeypatch):
     monkeypatch.setattr(hardware, "reset_accelerator_state", lambda: made.append("reset"))
     predict(compose("mode=plan", "model=tiny-llama", "profile.batch_size=2", "profile.seq_len=16", "method=full"))
     assert made == []
+
+
+def test_an_earlier_plan_md_is_kept_as_a_report_is(tmp_path):
+    """plan.md was written over whatever was there: a folder in its place crashed ftbench-report (IsADirectoryError),
+    an earlier table was lost. Now either is kept as plan.previous-N.md; the same table written again keeps nothing."""
+    assert run_job(compose("mode=plan", "model=tiny-llama", "method=lora", "profile.seq_len=16"), tmp_path / "plan") == 0
+    out = tmp_path / "report"
+    (out / "plan.md").mkdir(parents=True)
+    assert report.build([tmp_path / "plan"], out)["plans"].read_text().count("\n| lora |") == 1
+    assert (out / "plan.previous-1.md").is_dir()
+    (out / "plan.md").write_text("mine")
+    report.build([tmp_path / "plan"], out)
+    assert (out / "plan.previous-2.md").read_text() == "mine"
+    report.build([tmp_path / "plan"], out)
+    assert sorted(p.name for p in out.iterdir()) == ["plan.md", "plan.previous-1.md", "plan.previous-2.md"]

@@ -210,3 +210,72 @@ def test_a_run_whose_config_the_job_settles_skips_and_resumes_as_the_same_comman
     again = run(run_dir, *killed)
     assert again["status"] == "ok", again["error"]
     assert again["resumed_from"]["steps_before"] == 2 and not list(run_dir.glob("checkpoints.previous-*"))
+
+
+def test_an_export_folder_already_there_is_moved_aside_not_overwritten(tmp_path, capsys):
+    """train.save=last into a folder that holds a checkpoint/ (the user's, or an earlier attempt's): it is moved
+    to checkpoint.previous-N/ with one line, as an earlier result.json is kept; train.save=none leaves it."""
+    def holding_an_export(name):
+        run_dir = tmp_path / name
+        (run_dir / "checkpoint" / "merged").mkdir(parents=True)
+        (run_dir / "checkpoint" / "merged" / "config.json").write_text("precious")
+        (run_dir / "result.json").write_text(json.dumps(attempt("failed", "evaluate", {})))
+        return run_dir
+
+    left = holding_an_export("none")
+    assert run(left, *STEPS)["status"] == "ok"
+    assert (left / "checkpoint" / "merged" / "config.json").read_text() == "precious"
+    assert not list(left.glob("checkpoint.previous-*")) and capsys.readouterr().err == ""
+
+    moved = holding_an_export("last")
+    result = run(moved, *STEPS, "train.save=last")
+    assert result["status"] == "ok" and result["export"]["merged"] == str(moved / "checkpoint" / "merged")
+    assert (moved / "checkpoint.previous-1" / "merged" / "config.json").read_text() == "precious"
+    assert (moved / "result.previous-1.json").is_file()  # the attempt it replaces, under the same number
+    assert json.loads((moved / "checkpoint" / "merged" / "config.json").read_text())["architectures"]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ftbench")]
+    assert len(lines) == 1 and "checkpoint.previous-1" in lines[0] and "train.save=last" in lines[0]
+
+
+# What stands where a run writes: (name in the folder, a file or a folder, the overrides under which it writes there)
+IN_THE_WAY = [
+    ("checkpoints", "file", []),  # every run: a checkpoint at train.checkpoint_every, and at a stop
+    ("checkpoint", "file", ["train.save=last"]),  # the export, after all training
+    (".hydra", "file", []),
+    ("generations.jsonl", "folder", ["task=synthetic_lm"]),
+    ("harness_tasks", "file", ["eval.harness.tasks=[ftbench_math]"]),
+    ("sift_selection.safetensors", "folder", ["method=sift"]),
+    ("s2ft_selection.json", "folder", ["method=s2ft"]),
+]
+
+
+@pytest.mark.parametrize("name,kind,overrides", IN_THE_WAY)
+def test_what_stands_where_a_run_writes_refuses_the_folder_changing_nothing(tmp_path, name, kind, overrides):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / name).mkdir() if kind == "folder" else (run_dir / name).write_text("x")
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    with pytest.raises(UserError) as refused:
+        rerun.decide(compose(*STEPS, *overrides), run_dir)
+    other = "is a directory, not a file" if kind == "folder" else "is a file, not a directory"
+    assert refused.value.key == "hydra.run.dir" and str(refused.value).startswith(
+        f"hydra.run.dir: {run_dir / name} {other}, where ftbench writes ")
+    assert sorted(p.name for p in run_dir.rglob("*")) == before
+    if overrides:  # a run that does not write there takes the folder
+        assert rerun.decide(compose(*STEPS), run_dir) == rerun.RUN
+
+
+@pytest.mark.parametrize("name,overrides", [("checkpoints", ["train.checkpoint_every=1"]),
+                                            ("checkpoint", ["train.save=last"])])
+def test_a_file_where_a_run_makes_a_folder_ends_it_before_training(tmp_path, capsys, name, overrides):
+    """It crashed after training had started (FileExistsError at the first checkpoint, or after all training at
+    the export, which was lost): now exit 2 with one line, before anything is written."""
+    from ftbench.job.run import run_job
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / name).write_text("x")
+    assert run_job(compose(*STEPS, *overrides), run_dir, overrides=[*STEPS, *overrides]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ftbench")]
+    assert len(lines) == 1 and f"{run_dir / name} is a file, not a directory" in lines[0], lines
+    assert sorted(p.name for p in run_dir.iterdir()) == [name] and (run_dir / name).read_text() == "x"

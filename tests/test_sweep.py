@@ -171,6 +171,25 @@ def test_a_sweep_its_folder_cannot_take_is_refused_before_any_job_runs(tmp_path,
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before  # nothing ran, nothing moved
 
 
+@pytest.mark.parametrize("in_the_way,named", [
+    ("seed=1", "seed=1 is a file, not a directory, where ftbench writes job 1's run"),  # Hydra: FileExistsError
+    ("multirun.yaml/", "multirun.yaml is a directory, not a file, where ftbench writes Hydra's record of the sweep"),
+    ("seed=0/checkpoints", "seed=0/checkpoints is a file, not a directory, where ftbench writes the run's checkpoints"),
+])
+def test_what_stands_where_a_sweep_writes_refuses_it_before_any_job_runs(tmp_path, capsys, in_the_way, named):
+    """Hydra crashed with a traceback on the first two (exit 1), the job after training started on the third."""
+    folder = tmp_path / "sweep"
+    path = folder / in_the_way.rstrip("/")
+    path.parent.mkdir(parents=True)
+    path.mkdir() if in_the_way.endswith("/") else path.write_text("x")
+    before = sorted(folder.rglob("*"))
+    code, stderr = sweep(["-m", *QUICK, f"hydra.sweep.dir={folder}", "seed=0,1"], capsys)
+    lines = [line for line in stderr.splitlines() if line.startswith("ftbench")]
+    assert code == 2 and len(lines) == 1, stderr
+    assert lines[0].startswith("ftbench: error: hydra.sweep.dir: ") and f"{folder}/{named}" in lines[0], lines[0]
+    assert sorted(folder.rglob("*")) == before  # nothing ran
+
+
 def test_job_folders_that_do_not_tell_configs_apart_are_refused_before_any_job_runs(tmp_path, capsys):
     """hydra.sweep.subdir=same: two configs, one folder; the second job would be refused (or overwrite)."""
     folder = tmp_path / "sweep"

@@ -22,7 +22,7 @@ from pathlib import Path
 from ftbench import methods, report, usage
 from ftbench.config.schema import check
 from ftbench.errors import Canceled, UserError, explain_compose_error, kind_problem
-from ftbench.job import lock, sweep
+from ftbench.job import lock, places, sweep
 from ftbench.job.compose import config_dir, pinned, register_configs
 from ftbench.quiet import entry_point, quiet_libraries, quiet_transformers
 
@@ -242,9 +242,10 @@ def launch(argv: list[str], folders: list[Path | None] | None = None) -> int:
 
 def output_dir_problem(argv: list[str]) -> str | None:
     """One line when `hydra.run.dir` / `hydra.sweep.dir` cannot hold a run: empty (it would write into the
-    current folder), an existing file, under a folder this user cannot write, or a run folder another ftbench
-    process is running in (job/lock.py: refused before Hydra opens its log there; each job of a sweep is
-    asked in `validate`); else None."""
+    current folder), an existing file, under a folder this user cannot write, a run folder whose Hydra log
+    or a sweep folder whose multirun.yaml is not a file (job/places.py; the job checks the rest of what it
+    writes), or a run folder another ftbench process is running in (job/lock.py: refused before Hydra opens
+    its log there; each job of a sweep is asked in `validate`); else None."""
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep or key.lstrip("+~") not in ("hydra.run.dir", "hydra.sweep.dir"):
@@ -257,9 +258,15 @@ def output_dir_problem(argv: list[str]) -> str | None:
         path = Path(value).expanduser()
         if path.exists() and not path.is_dir():
             return f"{key}: {value} is a file, not a folder; give a folder (new or holding an earlier run)"
+        if key == "hydra.sweep.dir":
+            try:
+                places.require_place(path / places.MULTIRUN, "file", "Hydra's record of the sweep", key)
+            except UserError as exc:
+                return str(exc)
         if key == "hydra.run.dir" and not {"-m", "--multirun"} & set(argv):
             try:
                 lock.require_free(path, key)
+                places.require_place(path / places.HYDRA_LOG, "file", "the run's log", key)  # Hydra opens it first
             except UserError as exc:
                 return str(exc)
         existing = next(p for p in (path, *path.parents) if p.exists())

@@ -46,6 +46,7 @@ from ftbench.results import Result
 log = logging.getLogger(__name__)
 
 FOLDER = "checkpoints"
+EXPORT = "checkpoint"  # <run>/checkpoint/: the trained model exported after training (train.save; evaluation.py)
 PREFIX = "step-"
 # Keys that do not change what is trained: a checkpoint made under other values still resumes.
 NEUTRAL_KEYS = ("train.resume", "train.checkpoint_every", "train.keep_checkpoints", "train.progress",

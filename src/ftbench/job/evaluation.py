@@ -12,6 +12,7 @@ from ftbench import files, results
 from ftbench.config.knobs import Settings
 from ftbench.engine.loop import Trainee
 from ftbench.errors import UserError
+from ftbench.job import checkpoint
 from ftbench.job.steps import Setup
 from ftbench.models.loading import exported_as_loaded
 from ftbench.parallel import distributed, sharding
@@ -70,11 +71,11 @@ class Evaluation:
             if cfg.train.save != "none" and self.s.sharded:
                 state = sharding.full_state(self.model)  # a collective: every rank gathers, rank 0 keeps
                 if main:
-                    result.export = sharding.export(self.model, tokenizer, output_dir / "checkpoint", state)
+                    result.export = sharding.export(self.model, tokenizer, output_dir / checkpoint.EXPORT, state)
             elif cfg.train.save != "none" and main:
-                result.export = self.method.export(self.model, tokenizer, output_dir / "checkpoint")
+                result.export = self.method.export(self.model, tokenizer, output_dir / checkpoint.EXPORT)
         if cfg.train.save != "none" and main:  # safetensors writes 0600: the umask's mode, as any file
-            files.normal_modes(output_dir / "checkpoint")
+            files.normal_modes(output_dir / checkpoint.EXPORT)
         result.run.phase = "evaluate"
         if main:  # on disk too, should the process die in the evaluation (replaced when the run ends)
             results.write(dataclasses.replace(result, error="stopped in the final evaluation, after training"),

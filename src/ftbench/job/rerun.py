@@ -25,10 +25,13 @@ evaluation). An attempt refused in its set-up (a broken checkpoint, a config it 
 says nothing about the run: it never turns a resumable run into one started afresh.
 
 Nothing is deleted: the result a new attempt will replace is moved aside as
-`result.previous-N.json`, checkpoints as `checkpoints.previous-N/` (reports pass both over,
-results.find). Hydra's `.hydra/` record of the config (conf/config.yaml sets
-`hydra.output_subdir: null`) is written here, once the folder has accepted the job: a refused
-attempt leaves the run's record as it was.
+`result.previous-N.json`, checkpoints as `checkpoints.previous-N/`, and the export folder `checkpoint/`
+of a run that exports (train.save=last/best) as `checkpoint.previous-N/`, whoever wrote it (an earlier
+attempt, or the user), with one line saying so (reports pass them over, results.find). Before any of
+that, every path the job writes in the folder is held to the kind it must be (job/places.py): a file
+where the job makes a folder (`checkpoints`, `checkpoint`) refuses the folder. Hydra's `.hydra/` record
+of the config (conf/config.yaml sets `hydra.output_subdir: null`) is written here, once the folder
+has accepted the job: a refused attempt leaves the run's record as it was.
 """
 
 from __future__ import annotations
@@ -43,11 +46,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftbench import files, results
 from ftbench.errors import UserError
-from ftbench.job import checkpoint, preflight
+from ftbench.job import checkpoint, places, preflight
 
 SKIP, RUN, AFRESH = "skip", "run", "afresh"  # what `decide` says the job does
 FAILED = ("failed", "nan", "oom")  # statuses of an attempt that ended on its own, not stopped from outside
-HYDRA_FILES = ".hydra"
 
 
 def prepare(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -65,7 +67,8 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Path | None:
     if elsewhere:
         return elsewhere
     existing = run_dir / results.FILENAME
-    attempt = files.free_number(run_dir, (results.PREVIOUS, f"{checkpoint.FOLDER}.previous-{{}}"))
+    attempt = files.free_number(run_dir, (results.PREVIOUS, *(f"{name}.previous-{{}}" for name in
+                                                              (checkpoint.FOLDER, checkpoint.EXPORT))))
     if existing.exists():
         os.replace(existing, run_dir / results.PREVIOUS.format(attempt))
     if action == AFRESH:
@@ -73,6 +76,12 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Path | None:
         os.replace(run_dir / checkpoint.FOLDER, aside)
         print(f"ftbench: {run_dir}: the last attempt failed and its checkpoints were made with another config; "
               f"moved them to {aside.name}, starting afresh", file=sys.stderr)
+    export = run_dir / checkpoint.EXPORT
+    if cfg.mode == "train" and cfg.train.save != "none" and os.path.lexists(export):
+        aside = run_dir / f"{checkpoint.EXPORT}.previous-{attempt}"
+        os.replace(export, aside)
+        print(f"ftbench: {run_dir}: moved the {checkpoint.EXPORT}/ folder already there to {aside.name}; this run "
+              f"exports its trained model to {checkpoint.EXPORT}/ (train.save={cfg.train.save})", file=sys.stderr)
     save_hydra_files(cfg, run_dir)
     return None
 
@@ -82,6 +91,7 @@ def decide(cfg: DictConfig, run_dir: Path, key: str | None = None) -> str:
     checkpoint train.resume names) or AFRESH (the checkpoints moved aside first). Raises `UserError` when
     the folder refuses the job, naming `key` (default: the key that names this job's folder)."""
     key = key or files.folder_key()
+    places.require(cfg, run_dir, key)
     config = OmegaConf.to_container(preflight.settled(cfg), resolve=True)  # as the job records its config
     existing = run_dir / results.FILENAME
     fix = f"move it aside or pick a new {key}"
@@ -134,7 +144,7 @@ def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
     if not HydraConfig.initialized():
         return
     hydra_cfg = HydraConfig.instance().cfg  # {"hydra": ...}
-    folder = run_dir / HYDRA_FILES
+    folder = run_dir / places.HYDRA_FILES
     folder.mkdir(parents=True, exist_ok=True)
     for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg),
                        ("overrides.yaml", hydra_cfg.hydra.overrides.task)):

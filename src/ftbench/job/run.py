@@ -31,7 +31,7 @@ from ftbench.engine.loop import Compute, Trainee, Watchers, sigterm_cancels
 from ftbench.engine.loss import model_loss
 from ftbench.engine.outcome import stopped
 from ftbench.errors import Canceled, UserError
-from ftbench.job import engagement, lock, rerun, steps
+from ftbench.job import engagement, lock, places, rerun, steps
 from ftbench.job.checkpoint import Checkpointer
 from ftbench.job.evaluation import Evaluation, Selector, eval_context
 from ftbench.measure.environment import environment
@@ -75,10 +75,12 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = Non
 
 def begin(cfg: DictConfig, output_dir: Path, running: ExitStack) -> Path | None:
     """On rank 0: take the folder's lock (released when `running` closes), then make the folder ready for
-    the job (`rerun.prepare`, whose value this returns; a plan: `plan_report.prepare`, then its Hydra files)."""
+    the job (`rerun.prepare`, whose value this returns; a plan: what stands where it writes checked (places.py),
+    `plan_report.prepare`, then its Hydra files)."""
     running.enter_context(lock.hold(output_dir, files.folder_key()))
     if cfg.mode != "plan":
         return rerun.prepare(cfg, output_dir)
+    places.require(cfg, output_dir, files.folder_key())
     plan_report.prepare(output_dir)  # refused (an ok plan): the folder's record left as it was
     rerun.save_hydra_files(cfg, output_dir)
     return None

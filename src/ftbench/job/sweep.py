@@ -30,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ftbench import files, results
 from ftbench.errors import UserError
-from ftbench.job import lock
+from ftbench.job import lock, places
 
 SWEPT_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 BASIC = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"  # numbers its jobs' ids by place too
@@ -65,7 +65,8 @@ def folder(job: DictConfig, number: int) -> Path | None:
 def preflight(jobs: list[DictConfig]) -> tuple[list[Path | None], str | None]:
     """Each job's result folder (`exit_code` reads them), and one line naming hydra.sweep.dir when the
     sweep's folder cannot take every job (an ok result made with another config, a checkpoint of another
-    config that would be refused, a job folder another process is running in), or hydra.sweep.subdir when
+    config that would be refused, a job folder another process is running in, a file where a job's folder goes
+    or where its job writes: job/places.py), or hydra.sweep.subdir when
     two jobs of different configs share a folder or one named by a job's place in the sweep holds another
     config's run; None when it can. A job's result folder is its own (`folder`) unless its config finished
     ok only in another job's folder, which then holds its result (job/rerun.py)."""
@@ -84,6 +85,7 @@ def preflight(jobs: list[DictConfig]) -> tuple[list[Path | None], str | None]:
             found.append(where)
             continue
         try:
+            places.require_place(where, "folder", f"job {number}'s run", "hydra.sweep.dir")  # Hydra makes it
             lock.require_free(where, "hydra.sweep.dir")  # a job folder another process is running in
         except UserError as exc:
             return found, f"hydra.sweep.dir: job {where.name} (nothing was run): {exc.reason}"

@@ -19,6 +19,7 @@ from ftbench.results import GiB, Result
 
 FILENAME = "plan.json"
 PREVIOUS = "plan.previous-{}.json"  # an earlier plan that did not end ok, kept when a plan replaces it (`prepare`)
+PREVIOUS_TABLE = "plan.previous-{}.md"  # an earlier plan.md that differs, kept when a report replaces it (`print_plans`)
 PARTS = {  # the breakdown rows listed by kind beneath them (a row of one kind alone is not)
     "weights_bytes": "weights_parts_bytes", "optimizer_state_bytes": "optimizer_state_parts_bytes"}
 ROWS = (("weights", "weights_bytes"), ("fp32 masters", "master_bytes"), ("gradients", "grad_bytes"),
@@ -162,7 +163,8 @@ def markdown(plans: list[dict]) -> str:
 
 
 def print_plans(plans: list[dict], out_dir: Path) -> Path | None:
-    """One table across `plans` (a `-m` sweep, or the plans no run was set beside); written to plan.md."""
+    """One table across `plans` (a `-m` sweep, or the plans no run was set beside); written to plan.md, an
+    earlier plan.md there that differs (or whatever stands in its place) kept as plan.previous-N.md."""
     if not plans:
         return None
     from rich.console import Console
@@ -174,9 +176,12 @@ def print_plans(plans: list[dict], out_dir: Path) -> Path | None:
     for row in table_rows(plans):
         shown.add_row(*row)
     Console(width=200).print(shown)
-    target = out_dir / "plan.md"
-    target.write_text(markdown(plans))
-    return target
+    target, text = out_dir / "plan.md", markdown(plans)
+    if os.path.lexists(target) and not (target.is_file() and target.read_bytes() == text.encode()):
+        kept = out_dir / PREVIOUS_TABLE.format(files.free_number(out_dir, (PREVIOUS_TABLE,)))
+        os.replace(target, kept)  # as an earlier report that differs is kept (report.keep_previous)
+        print(f"the earlier plan.md, which differs, is kept as {kept}")
+    return files.write_atomic(target, text)
 
 
 def matching_plan(result: Result, result_path: Path, plans: dict[Path, dict]) -> dict | None:
