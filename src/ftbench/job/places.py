@@ -33,7 +33,6 @@ from ftbench.errors import UserError, kind_problem
 HYDRA_FILES = ".hydra"
 HYDRA_LOG = "cli.log"  # <hydra.job.name>.log: Hydra names a job after the file of its task function (cli.py)
 MULTIRUN = "multirun.yaml"  # Hydra's record of a sweep, in hydra.sweep.dir
-HARNESS_TASKS = "harness_tasks"
 
 
 def written(cfg: DictConfig) -> list[tuple[str, str, str]]:
@@ -43,6 +42,7 @@ def written(cfg: DictConfig) -> list[tuple[str, str, str]]:
     from ftbench.methods.s2ft.method import SELECTION_FILE as S2FT_SELECTION
     from ftbench.methods.sift.method import SELECTION_FILE as SIFT_SELECTION
     from ftbench.tasks.generate import GENERATIONS_FILE
+    from ftbench.tasks.harness import COPIED as HARNESS_TASKS
 
     places = [(HYDRA_FILES, "folder", "Hydra's record of the run's config"), (HYDRA_LOG, "file", "the run's log")]
     if cfg.mode == "plan":

@@ -28,6 +28,7 @@ from ftbench.tasks.answers import rule_for
 from ftbench.tasks.instruct import read_json_rows, require_keys
 
 SHIPPED = Path(__file__).with_name("harness_tasks")
+COPIED = "harness_tasks"  # the folder in the run's folder the shipped tasks are copied into (job/places.py)
 log = logging.getLogger(__name__)
 
 
@@ -38,7 +39,7 @@ def local_tasks(cfg, output_dir: Path) -> Path:
     not a file (a folder by its name), when a requested shipped task needs it, and as `require_keys` when
     one of its records has no instruction or an answer the set's rule cannot judge."""
     data_dir = Path(os.path.expanduser(cfg.data_dir)).resolve()
-    folder = output_dir / "harness_tasks"
+    folder = output_dir / COPIED
     folder.mkdir(parents=True, exist_ok=True)
     for path in sorted(SHIPPED.iterdir()):
         if path.suffix not in (".yaml", ".py"):
