@@ -149,11 +149,43 @@ def test_a_line_with_an_empty_text_is_bad(tmp_path, task, train, message):
         glue(tmp_path, task, train)
 
 
-def test_a_rare_malformed_line_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+@pytest.mark.parametrize("line,problem", [("no tab here", "1 columns, expected 2"),
+                                          ("a fine film\t2", "label '2' is not one of SST2's (0, 1)")])
+def test_a_rare_malformed_line_is_skipped_with_a_warning_and_recorded(tmp_path, caplog, line, problem):
+    """At most 1% of a GLUE file's lines may be malformed (the public QQP file has a few): skipped, named in a
+    warning and, so that the numbers compared say what trained, in result.json's protocol (was: the warning
+    alone)."""
     good = [f"film {i}\t{i % 2}\n" for i in range(200)]
-    task = glue(tmp_path, "sst2", "".join(["sentence\tlabel\n", *good[:100], "no tab here\n", *good[100:]]))
+    task = glue(tmp_path, "sst2", "".join(["sentence\tlabel\n", *good[:100], line + "\n", *good[100:]]),
+                dev="".join(["sentence\tlabel\n", *good[:10]]))
     assert len(task.train_examples()) == 200
-    assert "train.tsv:102: 1 columns" in caplog.text and "1 of 201 lines like it skipped" in caplog.text
+    assert f"train.tsv:102: {problem} (1 of 201 lines like it skipped" in caplog.text
+    protocol = task.protocol()
+    assert protocol["sizes"] == {"train": 200, "dev": 10}
+    assert protocol["skipped_malformed"] == {"train": {"count": 1, "of": 201, "unit": "lines",
+                                                       "first": f"{tmp_path / 'train.tsv'}:102: {problem}"}}
+
+
+def test_a_glue_file_without_malformed_lines_records_none_skipped(tmp_path):
+    task = glue(tmp_path, "sst2", "sentence\tlabel\n" + "".join(f"film {i}\t{i % 2}\n" for i in range(20)))
+    assert task.protocol()["skipped_malformed"] == {}
+
+
+@pytest.mark.parametrize("task,header,column,places", [
+    ("sst2", "sentence\tlabel\tlabel", "label", "2, 3"),  # was: the first label column read, silently
+    ("sst2", "sentence\tsentence\tlabel", "sentence", "1, 2"),
+    ("mnli", "index\tsentence1\tsentence2\tgold_label\tgold_label", "gold_label", "4, 5"),  # an alias
+])
+def test_a_header_naming_a_column_twice_is_refused(tmp_path, task, header, column, places):
+    labels = ("1", "0") if task == "sst2" else ("entailment", "neutral")
+    width = header.count("\t") + 1
+    rows = "".join("\t".join([*(["0"] if task == "mnli" else []), f"text {i}",
+                              *(["more"] * (width - 2 - (task == "mnli"))), labels[i % 2]]) + "\n"
+                   for i in range(4))
+    with pytest.raises(UserError, match=rf"^task.data_dir: .*train.tsv: the header names the column '{column}' more "
+                                        rf"than once \(columns {places} of: {header.replace(chr(9), ', ')}\); keep "
+                                        "one column of that name$"):
+        glue(tmp_path, task, header + "\n" + rows)
 
 
 # Kind 9: a file of another task is refused naming task.data_dir, what was found and what was expected.
@@ -171,6 +203,32 @@ def test_a_rare_malformed_line_is_skipped_with_a_warning_naming_it(tmp_path, cap
 def test_a_glue_file_of_another_task_is_refused(tmp_path, task, train, message):
     with pytest.raises(UserError, match=r"^task.data_dir: .*" + message):
         glue(tmp_path, task, train)
+
+
+@pytest.mark.parametrize("jsonl", [False, True])
+def test_a_record_naming_a_field_twice_is_refused_with_file_line_and_count(tmp_path, jsonl):
+    """JSON keeps the last of two values silently (was: trained on it); the first such record and the count."""
+    rows = [{"instruction": f"say {i}", "input": "", "output": str(i)} for i in range(5)]
+    text = "\n".join(json.dumps(r) for r in rows) if jsonl else json.dumps(rows, indent=1)
+    twice = '"output": "3", "output": "three"' if jsonl else '"output": "3",\n  "output": "three"'
+    text = text.replace('"output": "3"', twice).replace('"output": "4"', '"output": "4", "output": "four"')
+    (tmp_path / "alpaca_data.json").write_text(text)
+    line = 4 if jsonl else 17  # indent=1: five lines per record after the opening bracket
+    cfg = compose("task=alpaca", f"task.data_dir={tmp_path}", "task.val_size=1")
+    with pytest.raises(UserError, match=rf"^task.data_dir: .*alpaca_data.json:{line}: record 4 names the field "
+                                        r"'output' more than once \(2 of 5 records do\); JSON keeps the last "
+                                        r"silently: keep one$"):
+        build_task(cfg.task, byte_level_tokenizer(), seed=0)
+
+
+def test_a_test_set_record_naming_a_field_twice_is_refused(tmp_path):
+    """The reasoning tasks' files are read the same way: here an eval set's answer given twice."""
+    (tmp_path / "math_data.train.json").write_text(json.dumps(llm_adapters_rows(4)))
+    (tmp_path / "gsm8k.test.json").write_text('[{"instruction": "1+1?", "answer": "2", "answer": "3"}]')
+    cfg = compose("task=math", f"task.data_dir={tmp_path}", "task.val_size=0")
+    with pytest.raises(UserError, match=r"^task.data_dir: .*gsm8k.test.json:1: record 1 names the field 'answer' "
+                                        r"more than once; JSON keeps the last silently: keep one$"):
+        build_task(cfg.task, byte_level_tokenizer(), seed=0)
 
 
 def test_alpaca_refuses_llm_adapters_data(tmp_path):

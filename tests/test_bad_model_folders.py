@@ -175,6 +175,8 @@ def test_a_run_given_a_peft_adapter_as_model_path_is_refused_before_training(tmp
      r"tokenizer.json\); give a folder written by save_pretrained .*"),
     ({"model.Q4_1.gguf": ""}, r"'{f}' holds config.json but no weights from_pretrained reads \(.*\), only the GGUF "
                               r"file model.Q4_1.gguf; to load it, add model.gguf_file=model.Q4_1.gguf$"),
+    ({"M.GGUF": ""}, r"'{f}' holds config.json but no weights from_pretrained reads \(.*\), only the GGUF file M.GGUF; "
+                     r"to load it, add model.gguf_file=M.GGUF$"),  # was: "(it holds config.json, M.GGUF)"
 ])
 def test_a_model_path_without_weights_is_refused_where_they_load(tmp_path, files, message):
     """A run, mode=profile (any task) loads the folder's weights: refused when its config is checked. A plan
@@ -199,6 +201,8 @@ def test_a_model_path_without_weights_is_refused_where_they_load(tmp_path, files
      r"save_pretrained \(config.json\); to load that model, add model.gguf_file=null$"),
     ({"other.gguf": ""}, r"SmolLM2-135M-Instruct.Q4_1.gguf is not in '{f}' \(model.path\), which holds the GGUF "
                          r"file other.gguf; give model.gguf_file=other.gguf$"),
+    ({"OTHER.GGUF": ""}, r"SmolLM2-135M-Instruct.Q4_1.gguf is not in '{f}' \(model.path\), which holds the GGUF "
+                         r"file OTHER.GGUF; give model.gguf_file=OTHER.GGUF$"),  # was: "(it holds OTHER.GGUF)"
     ({"notes.txt": ""}, r"SmolLM2-135M-Instruct.Q4_1.gguf is not in '{f}' \(model.path\) \(it holds notes.txt\); "
                         r"give model.path the folder that holds it$"),
 ])

@@ -3,6 +3,8 @@ same logits as the model it was written from, is converted once and then read fr
 and every way it can go wrong ends in one line naming the key."""
 
 import importlib.util
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -29,15 +31,16 @@ def rope_permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_gguf(path, architecture: str = "llama", head_count: int = HEADS, kv_heads: int = KV_HEADS):
+def write_tiny_gguf(path, architecture: str = "llama", head_count: int = HEADS, kv_heads: int = KV_HEADS,
+                    seed: int = 0):
     """A 2-layer GQA LLaMA with a byte-level BPE tokenizer, as an unquantized (F32) GGUF file
     (`head_count`, `kv_heads`: the heads its metadata says, HEADS and KV_HEADS unless a test writes an inconsistent
-    file).
+    file; `seed`: its random weights, the file's size is the same for any).
     Returns the model it was written from."""
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=HEADS,
                          num_key_value_heads=KV_HEADS, vocab_size=261, max_position_embeddings=64,
                          tie_word_embeddings=False)
@@ -128,6 +131,61 @@ def test_the_first_load_converts_later_loads_read_the_cache(tiny_file, cache, mo
     assert ftbench_gguf.local_folder(cfg.model) == folder
 
 
+def logits_match(cfg, reference) -> bool:
+    """Whether the model `cfg` loads gives `reference`'s logits, exactly, on a short text."""
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_model(cfg.model, "causal_lm", 2, torch.device("cpu"), "fp32", "sdpa").eval()
+    ids = tokenizer("hello there", return_tensors="pt")
+    with torch.no_grad():
+        return torch.equal(model(**ids).logits, reference(**ids).logits)
+
+
+def test_a_file_rewritten_with_its_old_size_and_times_is_converted_again(tmp_path, cache):
+    """Was: the copy was keyed on path, size and mtime, so new weights written in place with the old time
+    stamps (touch -r) loaded the old copy ("using the converted copy in ..."). The key is the content's."""
+    path = tmp_path / "tiny.gguf"
+    old = write_tiny_gguf(path, seed=0)
+    cfg = compose("model=tiny-llama", "model.random_init=false", f"model.path={path}")
+    assert logits_match(cfg, old)
+    size, times = path.stat().st_size, (path.stat().st_atime_ns, path.stat().st_mtime_ns)
+    new = write_tiny_gguf(path, seed=1)
+    os.utime(path, ns=times)
+    assert path.stat().st_size == size
+    ftbench_gguf._converted.cache_clear()  # a new process
+    assert logits_match(cfg, new) and not logits_match(cfg, old)
+    assert len(list(cache.iterdir())) == 2
+
+
+@pytest.mark.parametrize("left", [{"config.json": "{}"}, {"config.json": "{}", "gguf-source.json": "{}"},
+                                  {"config.json": "{}", "gguf-source.json": '{"sha256": "0"}'}])
+def test_a_copy_cut_short_is_never_used(tiny_file, cache, left):
+    """A folder where the copy goes whose gguf-source.json (written last) is missing or names another digest is
+    no whole copy: converted again in its place (was: any folder holding a config.json was used)."""
+    path, reference = tiny_file
+    folder = ftbench_gguf.cache_folder(path, ftbench_gguf.content_digest(path))
+    folder.mkdir(parents=True)
+    for name, text in left.items():
+        (folder / name).write_text(text)
+    cfg = compose("model=tiny-llama", "model.random_init=false", f"model.path={path}")
+    assert ftbench_gguf.local_folder(cfg.model) == folder and logits_match(cfg, reference)
+    assert ftbench_gguf.complete_copy(folder, ftbench_gguf.content_digest(path))
+
+
+def test_an_upper_case_gguf_suffix_reads_as_gguf(tiny_file, cache, tmp_path):
+    """Was: model.path=TINY.GGUF refused ("is a file, not a directory"), and transformers reads a file not named
+    .gguf as a torch pickle."""
+    from ftbench.cli import validate
+
+    path, reference = tiny_file
+    upper = tmp_path / "TINY.GGUF"
+    shutil.copy(path, upper)
+    given = ["model=tiny-llama", "model.random_init=false", f"model.path={upper}", "task=synthetic_lm"]
+    assert validate(given, multirun=False) is None
+    assert logits_match(compose(*given), reference)
+    assert validate([*given[:2], f"model.path={tmp_path}", "model.gguf_file=TINY.GGUF", "task=synthetic_lm"],
+                    multirun=False) is None
+
+
 def test_the_cache_follows_ftbench_cache_then_hf_home(monkeypatch, tmp_path):
     monkeypatch.delenv("FTBENCH_CACHE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -145,7 +203,7 @@ def test_an_interrupted_conversion_leaves_no_cache(tiny_file, cache, monkeypatch
 
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", crash)
     with pytest.raises(KeyboardInterrupt):
-        ftbench_gguf.convert(path, cache / "tiny", "model.path")
+        ftbench_gguf.convert(path, cache / "tiny", "model.path", ftbench_gguf.content_digest(path))
     assert list(cache.iterdir()) == []
 
 

@@ -147,7 +147,9 @@ def test_a_rare_bad_hub_row_is_skipped_with_a_warning(monkeypatch, caplog):
     hub_set(monkeypatch, {"sentence": sentences, "label": [i % 2 for i in range(200)], "idx": list(range(200))})
     task = build_task(compose("task=sst2").task, byte_level_tokenizer(), seed=0)
     assert len(task.splits["train"]) == 199
-    assert "nyu-mll/glue/sst2 train row 51: empty 'sentence' (1 of 200 rows like it skipped)" in caplog.text
+    assert "nyu-mll/glue/sst2 train row 51: empty 'sentence' (1 of 200 rows like it skipped" in caplog.text
+    assert task.protocol()["skipped_malformed"] == {"train": {"count": 1, "of": 200, "unit": "rows",
+                                                              "first": "nyu-mll/glue/sst2 train row 51: empty 'sentence'"}}
 
 
 def test_a_hub_set_without_a_column_names_it(monkeypatch):

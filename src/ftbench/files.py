@@ -47,6 +47,19 @@ def temp_dir(parent: Path, prefix: str) -> Path:
     return path
 
 
+def sync_tree(folder: Path) -> None:
+    """Flush every file under `folder`, then the folders themselves, to disk (fsync): a rename that publishes
+    `folder` afterwards cannot survive a crash of the machine that loses what it holds."""
+    folder = Path(folder)
+    paths = sorted(folder.rglob("*"), key=lambda p: p.is_dir())  # files first, then the folders under it
+    for path in [*paths, folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def write_atomic(path: Path, text: str) -> Path:
     """Write `text` to `path` through a temp file in the same folder and a rename: readers never
     see half a file, and the file gets the umask's mode."""

@@ -49,11 +49,16 @@ SUBFOLDER_DEPTH = 3  # how deep below a tokenizer folder a tokenizer is looked f
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
 # What from_pretrained reads beside config.json (no variant): the weights, or their shards' index.
 LOADED_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-GGUF = ".gguf"
+GGUF = ".gguf"  # in any case: llama.cpp writes .gguf, a copy from another system may say .GGUF
 JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 MODEL_FIX = "give a folder written by save_pretrained (config.json and weights)"
 MERGE = ("to start from the adapted weights, merge the adapter first (peft: PeftModel.from_pretrained(base, "
          "adapter).merge_and_unload().save_pretrained(DIR)) and give DIR")
+
+
+def gguf_name(name: str) -> bool:
+    """Whether a file name (or path) ends in .gguf, in any case (M.GGUF too)."""
+    return name.lower().endswith(GGUF)
 
 
 def require_model_folder(path: str, key: str) -> None:
@@ -254,7 +259,7 @@ def require_weights(path: str, key: str) -> None:
         return
     if any(name in LOADED_WEIGHTS for name in names):
         return
-    ggufs = [name for name in names if name.endswith(GGUF)]
+    ggufs = [name for name in names if gguf_name(name)]
     wanted = "model.safetensors, pytorch_model.bin or their shards' .index.json"
     if ggufs:
         raise UserError(key, f"'{path}' holds config.json but no weights from_pretrained reads ({wanted}), only the "
@@ -275,7 +280,7 @@ def require_gguf_folder(path: str, name: str, key: str) -> None:
         names = sorted(p.name for p in folder.iterdir())
     except OSError:
         return
-    ggufs = [other for other in names if other.endswith(GGUF)]
+    ggufs = [other for other in names if gguf_name(other)]
     missing = f"{name} is not in '{path}' (model.path)"
     if CONFIG in names:
         raise UserError(key, f"{missing}, which holds a model written by save_pretrained (config.json); to load that "
@@ -308,7 +313,7 @@ def require_tokenizer_folder(path: str, key: str) -> None:
                         f"give {key}={deeper}")
     if ADAPTER in names:
         raise UserError(key, f"'{path}' holds no tokenizer, only {adapter(folder)}; {fix}, such as the base model's")
-    if all(name in NOT_TOKENIZER or name.endswith(WEIGHTS) for name in names):
+    if all(name in NOT_TOKENIZER or name.lower().endswith(WEIGHTS) for name in names):
         raise UserError(key, f"'{path}' holds no tokenizer, only a model's files ({listing(names)}); {fix}")
     raise UserError(key, f"'{path}' holds no tokenizer (it holds {listing(names)}); {fix}")
 

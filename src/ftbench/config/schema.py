@@ -26,6 +26,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ftbench.config import within
 from ftbench.config.folders import (
+    gguf_name,
     require_gguf_folder,
     require_model_folder,
     require_tokenizer_folder,
@@ -57,7 +58,7 @@ class ModelConfig:
     def check(self, key: str) -> None:
         one_of(self.kind, ("encoder", "decoder"), f"{key}.kind")
         require("model_type" in self.shape, f"{key}.shape", "needs model_type (e.g. llama, bert)")
-        if self.path is not None and not (self.path.endswith(".gguf") and Path(self.path).expanduser().is_file()):
+        if self.path is not None and not (gguf_name(self.path) and Path(self.path).expanduser().is_file()):
             require_kind(self.path, "folder", f"{key}.path",
                          "give a folder saved with save_pretrained (or a .gguf file)")
             if self.gguf_file:
@@ -75,7 +76,7 @@ class ModelConfig:
     def saved_folder(self) -> bool:
         """Whether model.path names a folder written by save_pretrained (config.json and weights), not a GGUF
         file or a folder model.gguf_file names a file in."""
-        return self.path is not None and not (self.gguf_file or self.path.endswith(".gguf"))
+        return self.path is not None and not (self.gguf_file or gguf_name(self.path))
 
 
 @dataclass

