@@ -117,8 +117,8 @@ def load(path: Path, overrides: list[str]) -> Spec:
     except (ValueError, yaml.YAMLError, OmegaConfBaseException) as exc:
         raise SpecError(path, "command line", f"cannot be read as KEY=VALUE in YAML ({first_line(exc)})") from None
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Spec), integer_lrs_as_floats(loaded),
-                                 integer_lrs_as_floats(given))
+        merged = OmegaConf.merge(OmegaConf.structured(Spec), held_out_as_number(integer_lrs_as_floats(loaded)),
+                                 held_out_as_number(integer_lrs_as_floats(given)))
         spec: Spec = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "spec"
@@ -140,6 +140,19 @@ def integer_lrs_as_floats(conf: DictConfig) -> DictConfig:
     for label, values in (lrs.items() if isinstance(lrs, DictConfig) else ()):
         if isinstance(values, ListConfig):
             lrs[label] = [float(v) if type(v) is int else v for v in values]
+    return conf
+
+
+def held_out_as_number(conf: DictConfig) -> DictConfig:
+    """`conf` with a `validation_from_train` written as a word that reads as a float (inf, nan: YAML reads them as
+    words) made that float, which `check` then refuses as neither a fraction nor a count (a float key took them as
+    floats; the key is int or float, so that an integer stays a count: tasks/config.held_out_problem)."""
+    held = conf.get("validation_from_train")
+    if isinstance(held, str):
+        try:
+            conf.validation_from_train = float(held)
+        except ValueError:
+            pass  # not a number: the merge refuses it
     return conf
 
 
