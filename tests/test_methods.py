@@ -93,11 +93,11 @@ MORE_THAN_THE_MODEL = [
     (["method=apollo", "method.proj=svd", "method.rank=33"], "method.rank: 33 is more than the 32 singular vectors"),
     # a random projection to more rows than the side it compresses enlarges the gradient (was: accepted, its moments
     # 30x the weights at rank 1000), and an SVD-started adapter has no more components (was: cut silently by PEFT)
-    (["method=apollo", "method.rank=33"], "method.rank: 33 is more than the 32 the random projection of "
-     "model.layers.0.self_attn.k_proj.weight compresses (method.proj_type=std): a larger rank enlarges the gradient, "
-     "and its moments outgrow AdamW's of the whole weight; give at most 32"),
-    (["method=apollo", "method.proj_type=reverse_std", "method.rank=65"], "method.rank: 65 is more than the 64 the "
-     "random projection of model.layers.0.self_attn.k_proj.weight compresses (method.proj_type=reverse_std)"),
+    (["method=apollo", "method.rank=33"], "method.rank: 33 is more than 32, the side of "
+     "model.layers.0.self_attn.k_proj.weight its random projection compresses (method.proj_type=std): a larger rank "
+     "enlarges the gradient instead, and its moments outgrow AdamW's of the whole weight; give at most 32"),
+    (["method=apollo", "method.proj_type=reverse_std", "method.rank=65"], "method.rank: 65 is more than 64, the side "
+     "of model.layers.0.self_attn.k_proj.weight its random projection compresses (method.proj_type=reverse_std)"),
     (["method=pissa", "method.r=33"], "method.r: 33 is more than the 32 principal components an SVD of "
      "model.layers.0.self_attn.k_proj.weight has (its smaller side); give at most 32"),
 ]

@@ -38,8 +38,9 @@ class Apollo(ProjectedStates):
     def rank_bound(self, side: int, weight: str) -> str:
         if self.cfg.proj == "svd":
             return super().rank_bound(side, weight)
-        return (f"the {side} the random projection of {weight} compresses (method.proj_type={self.cfg.proj_type}): "
-                f"a larger rank enlarges the gradient, and its moments outgrow AdamW's of the whole weight")
+        return (f"{side}, the side of {weight} its random projection compresses (method.proj_type="
+                f"{self.cfg.proj_type}): a larger rank enlarges the gradient instead, and its moments outgrow AdamW's "
+                "of the whole weight")
 
     def projection(self) -> dict[str, Any]:
         cfg = self.cfg
