@@ -178,6 +178,12 @@ def test_a_bad_spec_is_one_line(tmp_path):
         "as 8.0 or 1e3, is a float); write it as one: 1000"),
     (None, ["seeds=3"], "seeds: give a list in brackets, e.g. seeds=[a,b]"),
     (None, ["seeds=[0]"], "seeds: give two or more distinct seeds >= 0"),
+    # a seed numpy cannot take (was: accepted by --dry-run; stage 2 would fail after stage 1 ran)
+    (None, ["seeds=[0,4294967296]"], "seeds: 4294967296 is not between 0 and 4294967295 (2**32 - 1, the seeds numpy "
+     "takes); give seeds in that range, e.g. seeds=[0,1,2]"),
+    (None, ["seeds=[-1,0]"], "seeds: -1 is not between 0 and 4294967295"),
+    # a float is a fraction: 1.0 would hold out the whole training set (was: read as one example)
+    (None, ["validation_from_train=1.0"], "validation_from_train: 1.0 has a point, so it is read as a fraction"),
     (None, ["methods=[full,lora,lora]"], "methods: 'lora' is listed twice"),
     (None, ["tasks=[synthetic,synthetic]"], "tasks: 'synthetic' is listed twice"),
     (None, ["alpha=2"], "alpha: 2.0 is not in (0, 1)"),

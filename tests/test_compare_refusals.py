@@ -119,7 +119,7 @@ def test_a_refusal_that_does_not_stop_the_comparison_is_printed_once(tmp_path, c
     (["budget.steps=-3"], "budget.steps: -3 is not >= 1; give the optimizer steps every arm trains"),
     (["budget.steps=null", "budget.tokens=0"], "budget.tokens: 0 is not >= 1; give the training tokens"),
     (["budget.batch_size=0"], "budget.batch_size: 0 is not >= 1; give the effective batch"),
-    (["validation_from_train=0"], "validation_from_train: 0.0 is neither a fraction in (0, 1) nor a whole number"),
+    (["validation_from_train=0"], "validation_from_train: 0 is neither a fraction in (0, 1) nor a whole number"),
     (["validation_from_train=2.5"], "validation_from_train: 2.5 is neither a fraction in (0, 1) nor a whole number"),
     (["validation_from_train=inf"], "validation_from_train: inf is neither a fraction in (0, 1) nor a whole number"),
     (["lr={full: [-1e-4]}"], "lr.full: give one or more learning rates, each > 0"),

@@ -143,8 +143,23 @@ def test_every_model_carries_its_shape():
     (["optim.weight_decay=1e300"], "optim.weight_decay: 1e+300 at method.lr=0.0001: each step multiplies a weight by "
                                    "1 - lr x weight_decay = -1e+296, which zeroes or flips it; give optim.weight_decay "
                                    "below 1e+04"),
-    (["method=badam", "method.order=down2up"], "method.reshuffle: only applies to method.order=random (got down2up); "
-                                                "add method.reshuffle=false"),  # BAdam's reshuffle: true
+    # a seed numpy cannot take (was: exit 1, ValueError at setup, a run folder and a failed result.json)
+    (["seed=4294967296"], "seed: 4294967296 is not between 0 and 4294967295 (2**32 - 1, the seeds numpy takes); "
+                          "give a seed in that range"),
+    (["seed=-1"], "seed: -1 is not between 0 and 4294967295"),
+    # a float is a fraction: 1.0 is all of the training set, not one example (was: held out one example)
+    (["task.validation_from_train=1.0"], "task.validation_from_train: 1.0 has a point, so it is read as a fraction of "
+     "the training set, and a fraction must be below 1 (this one would hold out all of it); for a count of examples "
+     "write the integer 1"),
+    (["task.validation_from_train=400.0"], "task.validation_from_train: 400.0 has a point"),
+    (["task.validation_from_train=0"], "task.validation_from_train: 0 is neither a fraction in (0, 1) nor a whole "
+     "number >= 1 of training examples; give one (0.1, or 400)"),
+    # two knobs that disagree: refused on the one the user set (was: task.min_length for task.max_length=1)
+    (["task.max_length=1"], "task.max_length: 1 is below task.min_length=8, the shortest sequence the task draws; "
+     "give at least 8, or lower task.min_length as well (to 2 at least)"),
+    (["task.min_length=33"], "task.min_length: 33 is above task.max_length=32; give at most 32, or raise "
+     "task.max_length as well"),
+    (["task.min_length=33", "task.max_length=20"], "task.max_length: 20 is below task.min_length=33"),
     (["optim.lr=1e38"], "optim.lr: a learning rate of 1e+38 overflows the training dtype at the first step: an "
                         "Adam step moves by lr / (1 - optim.betas[0]) = 1e+39"),
     # each knob is held to its own range before the learning-rate checks compute with it (check_learning_rates)

@@ -130,6 +130,15 @@ MORE_THAN_THE_MODEL = [
     (["method=galore", "method.rank=33"], "method.rank: 33 is more than the 32 singular vectors an SVD of "
      "model.layers.0.self_attn.k_proj.weight has (its smaller side); give at most 32"),
     (["method=apollo", "method.proj=svd", "method.rank=33"], "method.rank: 33 is more than the 32 singular vectors"),
+    # a random projection to more rows than the side it compresses enlarges the gradient (was: accepted, its moments
+    # 30x the weights at rank 1000), and an SVD-started adapter has no more components (was: cut silently by PEFT)
+    (["method=apollo", "method.rank=33"], "method.rank: 33 is more than 32, the side of "
+     "model.layers.0.self_attn.k_proj.weight its random projection compresses (method.proj_type=std): a larger rank "
+     "enlarges the gradient instead, and its moments outgrow AdamW's of the whole weight; give at most 32"),
+    (["method=apollo", "method.proj_type=reverse_std", "method.rank=65"], "method.rank: 65 is more than 64, the side "
+     "of model.layers.0.self_attn.k_proj.weight its random projection compresses (method.proj_type=reverse_std)"),
+    (["method=pissa", "method.r=33"], "method.r: 33 is more than the 32 principal components an SVD of "
+     "model.layers.0.self_attn.k_proj.weight has (its smaller side); give at most 32"),
 ]
 
 
@@ -141,4 +150,13 @@ def test_a_count_above_the_models_is_refused_before_training(overrides, expected
     with pytest.raises(UserError) as refused:
         method.prepare(tiny_model("tiny-llama"), method_context())
     assert str(refused.value).startswith(expected), refused.value
+
+
+@pytest.mark.parametrize("overrides", [["method=apollo", "method.proj_type=reverse_std", "method.rank=64"],
+                                       ["method=lora", "method.r=64"]])
+def test_a_rank_that_still_compresses_or_adds_capacity_is_taken(overrides):
+    """APOLLO's random projection of the larger side (reverse_std) to more rows than the smaller side still
+    compresses; a LoRA rank above a weight's smaller side is PEFT's to take (more adapter, no cut)."""
+    method = build_method(compose(*overrides).method)
+    assert method.prepare(tiny_model("tiny-llama"), method_context()) is not None
 

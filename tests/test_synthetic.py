@@ -47,7 +47,7 @@ def test_a_min_length_above_the_cut_position_table_is_refused(tmp_path):
     cfg = compose("model=tiny-llama", f"model.path={tmp_path}", "task=synthetic", "task.min_length=30")
     with pytest.raises(UserError) as refused:
         preflight.inputs(cfg)
-    assert str(refused.value) == (f"task.min_length: must be between 2 and task.max_length, and task.max_length=32 was "
+    assert str(refused.value) == (f"task.min_length: 30 is above task.max_length=24, and task.max_length=32 was "
                                   f"cut to the 24 positions of model.path={tmp_path}; give a task.min_length that "
                                   "fits 24 tokens, or a model with a longer position table")
     cut = compose("model=tiny-llama", f"model.path={tmp_path}", "task=synthetic", "task.min_length=20")

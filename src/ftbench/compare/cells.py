@@ -84,7 +84,7 @@ def task_overrides(spec: Spec, task: str) -> list[str]:
     return [*overrides, *spec.set]
 
 
-def held_out(value: float) -> str:
+def held_out(value: int | float) -> str:
     """task.validation_from_train as given: a count (400) or a fraction (0.1)."""
     return str(int(value)) if value >= 1 else repr(value)
 

@@ -221,7 +221,7 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def held(size: float) -> str:
+def held(size: int | float) -> str:
     return f"{100 * size:g} %" if size < 1 else f"{int(size)} examples"
 
 

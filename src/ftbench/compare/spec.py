@@ -10,16 +10,18 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from ftbench import methods
+from ftbench.config.schema import SEED_MAX
 from ftbench.errors import explain_compose_error, first_line, kind_problem
 from ftbench.files import folder_name_problem
 from ftbench.job.compose import config_dir
+from ftbench.tasks.config import held_out_problem
 
 LR_FACTORS = [1 / 3, 1.0, 3.0]  # the default grid: each method's own lr times these
 LR_DIGITS = 3  # significant digits of a grid lr (its folder name: lr3.33e-05)
@@ -66,7 +68,7 @@ class Spec:
     lr: dict[str, list[float]] = field(default_factory=dict)  # an arm's own grid of lrs (replaces the factors)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # stage 2; stage 1 uses the first
     metric: Optional[str] = None                  # the deciding metric's name (acc, mcc); null = each task's headline
-    validation_from_train: float = 0.1            # task.validation_from_train: stage 1's split, stage 2's validations
+    validation_from_train: Union[int, float] = 0.1  # task.validation_from_train: stage 1's split, stage 2's validations
     validations: int = 10                         # stage 2: validations over the run (the time-to-target curve)
     target: float = 0.9                           # time-to-target: within this ratio of full fine-tuning's final
                                                   # validation (× it, higher is better; ÷ it, lower: stats.target)
@@ -115,8 +117,8 @@ def load(path: Path, overrides: list[str]) -> Spec:
     except (ValueError, yaml.YAMLError, OmegaConfBaseException) as exc:
         raise SpecError(path, "command line", f"cannot be read as KEY=VALUE in YAML ({first_line(exc)})") from None
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Spec), integer_lrs_as_floats(loaded),
-                                 integer_lrs_as_floats(given))
+        merged = OmegaConf.merge(OmegaConf.structured(Spec), held_out_as_number(integer_lrs_as_floats(loaded)),
+                                 held_out_as_number(integer_lrs_as_floats(given)))
         spec: Spec = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "spec"
@@ -138,6 +140,19 @@ def integer_lrs_as_floats(conf: DictConfig) -> DictConfig:
     for label, values in (lrs.items() if isinstance(lrs, DictConfig) else ()):
         if isinstance(values, ListConfig):
             lrs[label] = [float(v) if type(v) is int else v for v in values]
+    return conf
+
+
+def held_out_as_number(conf: DictConfig) -> DictConfig:
+    """`conf` with a `validation_from_train` written as a word that reads as a float (inf, nan: YAML reads them as
+    words) made that float, which `check` then refuses as neither a fraction nor a count (a float key took them as
+    floats; the key is int or float, so that an integer stays a count: tasks/config.held_out_problem)."""
+    held = conf.get("validation_from_train")
+    if isinstance(held, str):
+        try:
+            conf.validation_from_train = float(held)
+        except ValueError:
+            pass  # not a number: the merge refuses it
     return conf
 
 
@@ -184,13 +199,16 @@ def check(spec: Spec, path: Path) -> None:
                              ("batch_size", spec.budget.batch_size, "the effective batch every arm trains at")):
         if value is not None and value < 1:
             raise SpecError(path, f"budget.{key}", f"{value} is not >= 1; give {what}")
-    held = spec.validation_from_train
-    if not (0 < held < 1 or (held >= 1 and float(held).is_integer())):
-        raise SpecError(path, "validation_from_train", f"{held} is neither a fraction in (0, 1) nor a whole number of "
-                        "training examples; give one (0.1, or 400)")
-    if len(spec.seeds) < 2 or len(set(spec.seeds)) != len(spec.seeds) or min(spec.seeds) < 0:
+    problem = held_out_problem(spec.validation_from_train)
+    if problem is not None:
+        raise SpecError(path, "validation_from_train", problem)
+    if len(spec.seeds) < 2 or len(set(spec.seeds)) != len(spec.seeds):
         raise SpecError(path, "seeds", "give two or more distinct seeds >= 0, e.g. seeds=[0,1,2] (the intervals "
                         "and paired tests need two)")
+    wrong = next((s for s in spec.seeds if not 0 <= s <= SEED_MAX), None)
+    if wrong is not None:
+        raise SpecError(path, "seeds", f"{wrong} is not between 0 and {SEED_MAX} (2**32 - 1, the seeds numpy takes); "
+                        "give seeds in that range, e.g. seeds=[0,1,2]")
     if not spec.tasks:
         raise SpecError(path, "tasks", "give at least one task (a conf/task option)")
     if not spec.lr_factors or min(spec.lr_factors) <= 0:

@@ -33,7 +33,9 @@ from ftbench.config.folders import (
     require_weights,
 )
 from ftbench.config.knobs import settle
+from ftbench.config import unused
 from ftbench.config.sources import GGUF_WHERE, check_given, given_keys
+from ftbench.config.unused import Unused
 from ftbench.errors import UserError, integer_fix, one_of, require, require_kind
 
 FLOAT32_MAX = (2 - 2 ** -23) * 2 ** 127  # the largest finite float32 (torch.finfo(torch.float32).max)
@@ -41,6 +43,7 @@ PRECISIONS = ("auto", "bf16-mixed", "bf16-pure", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("adamw", "adamw8bit", "sgd", "adagrad", "adafactor")
 SCHEDULERS = ("linear", "cosine", "constant")
+SEED_MAX = 2**32 - 1  # numpy's legacy seed (accelerate.utils.set_seed seeds it with the run's seed) takes 0 .. 2**32 - 1
 
 
 @dataclass
@@ -238,6 +241,15 @@ class OptimConfig:
         if self.warmup_steps is not None:
             require(self.warmup_steps >= 0, f"{key}.warmup_steps", "must be >= 0")
 
+    def unused(self, key: str, cfg) -> list[Unused]:
+        """The knobs of one optimizer that another optim.name leaves unused (config/unused.py)."""
+        found = []
+        if self.momentum and self.name != "sgd":
+            found.append(Unused(f"{key}.momentum", f"{key}.name=sgd", f"{key}.name={self.name}"))
+        if self.name != "adamw8bit":
+            found.append(Unused(f"{key}.min_8bit_size", f"{key}.name=adamw8bit", f"{key}.name={self.name}"))
+        return found
+
 
 @dataclass
 class HarnessConfig:
@@ -280,6 +292,21 @@ class EvalConfig:
             if value is not None:
                 require(value >= 1, f"{key}.{name}", "must be >= 1, or null for the default")
         self.harness.check(f"{key}.harness")
+
+    def unused(self, key: str, cfg) -> list[Unused]:
+        """The decoding knobs under a task that generates no text, and the harness's knobs without harness tasks
+        (config/unused.py)."""
+        found = []
+        task = OmegaConf.to_object(cfg.task)
+        if not task.generates():
+            here = "task.generate_samples=0" if hasattr(task, "generate_samples") else f"task={task.name}"
+            found += [Unused(f"{key}.{name}", "a task that generates text (e.g. task=synthetic_lm)", here)
+                      for name in ("num_beams", "max_new_tokens") if getattr(self, name) is not None]
+        if not self.harness.tasks:
+            found += [Unused(f"{key}.harness.{name}", f"{key}.harness.tasks=[TASK,...]", f"{key}.harness.tasks=[]")
+                      for name in ("limit", "num_fewshot", "batch_size", "max_gen_toks", "data_dir", "include_path")
+                      if getattr(self.harness, name) is not None]
+        return found
 
 
 @dataclass
@@ -333,7 +360,7 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
         raise UserError(extra[0], f"no such top-level key; valid keys: {', '.join(sorted(known))}")
     check_numbers(cfg)
     one_of(cfg.mode, ("train", "profile", "plan"), "mode")
-    require(cfg.seed >= 0, "seed", "must be >= 0")
+    check_seed(cfg.seed, "seed")
     for name in ("model", "hardware", "logger", "train", "optim", "eval", "profile", "plan", "method", "task"):
         OmegaConf.to_object(cfg[name]).check(name)
     check_learning_rates(cfg)
@@ -342,6 +369,11 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
     OmegaConf.to_object(cfg.method).check_run(cfg)  # what the method cannot train with, set in other groups
     check_sharding(cfg)
     check_given(cfg, given_keys(overrides))
+    from ftbench.job.compose import config_dir  # (job.compose imports this module)
+
+    given = unused.set_keys(overrides, config_dir(), cfg)
+    OmegaConf.to_object(cfg.task).check_given("task", given)
+    unused.check(cfg, given)
     require(not (cfg.eval.harness.tasks and cfg.hardware.shard == "fsdp"), "eval.harness.tasks",
             "the harness scores the model on rank 0 alone, and hardware.shard=fsdp splits it over the ranks; "
             "export it (train.save=last), then score the export unsharded: model.path=<run>/checkpoint/merged "
@@ -355,6 +387,12 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
             within.check(cfg, steps, method.schedule_length(steps) if steps else None)
     if cfg.task.data_dir is not None and cfg.mode == "train":
         require_kind(cfg.task.data_dir, "folder", "task.data_dir", "point it at the folder holding the data files")
+
+
+def check_seed(seed: int, key: str) -> None:
+    """Refuse (`UserError` on `key`) a seed numpy cannot be seeded with: below 0 or above `SEED_MAX`."""
+    require(0 <= seed <= SEED_MAX, key, f"{seed} is not between 0 and {SEED_MAX} (2**32 - 1, the seeds numpy "
+            "takes); give a seed in that range")
 
 
 def check_numbers(cfg: DictConfig) -> None:

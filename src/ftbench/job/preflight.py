@@ -146,14 +146,18 @@ def inputs(cfg) -> Inputs:
 
 def require_held_to_cut(cfg, asked: int | None) -> None:
     """The task's own checks again once the position table cut task.max_length (from `asked`: settle): a knob
-    held to task.max_length (task.min_length) that the cut left above it is refused on its key, the cut said."""
+    held to task.max_length (task.min_length) that the cut left above it is refused on its key (as though the
+    user set it alone: the cut, not the user, set task.max_length), the cut said, with the fix the cut leaves."""
     cut = cfg.task.max_length
     if asked is None or cut >= asked:
         return
     try:
-        OmegaConf.to_object(cfg.task).check("task")
+        task = OmegaConf.to_object(cfg.task)
+        task.check("task")
+        task.check_given("task", {"task.min_length"})
     except UserError as exc:
-        raise UserError(exc.key, f"{exc.reason}, and task.max_length={asked} was cut to the {cut} positions of "
+        what = exc.reason.split("; ")[0]  # the task's finding, without its advice on task.max_length
+        raise UserError(exc.key, f"{what}, and task.max_length={asked} was cut to the {cut} positions of "
                         f"{describe(cfg.model)}; give a {exc.key} that fits {cut} tokens, or a model with a longer "
                         "position table") from exc
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
+from ftbench.config.unused import Unused
 from ftbench.errors import one_of, require
 
 MASTER_DTYPES = ("fp32", "weight")  # fp32 masters for low-precision weights, or step the weight's own dtype
@@ -164,6 +165,11 @@ class MethodConfig:
     def check_run(self, cfg) -> None:
         """Refuse, with a UserError naming the key, a setting of another group (`cfg`: the whole config)
         that this method cannot train with; called by `config.schema.check` after every group's `check`."""
+
+    def unused(self, key: str, cfg) -> list[Unused]:
+        """The method's knobs that its other settings (or `cfg`, the whole config) leave unused, each only while
+        its value would change the run (config/unused.py refuses those the user set). None by default."""
+        return []
 
 
 @dataclass

@@ -75,17 +75,20 @@ class ProjectedStates(Method):
             param.requires_grad_(True)
         self.modules = projected_modules(model, self.cfg.target_modules)
         self.projected = {id(model.get_submodule(path).weight) for path in self.modules}
-        if self.svd_basis():  # the library keeps U[:, :r] of an SVD of at most min(m, n) vectors
-            side, path = min((min(model.get_submodule(path).weight.shape), path) for path in self.modules)
-            if self.cfg.rank > side:
-                raise UserError("method.rank", f"{self.cfg.rank} is more than the {side} singular vectors an SVD "
-                                f"of {path}.weight has (its smaller side); give at most {side}")
+        side, path = min((self.largest_rank(model.get_submodule(path).weight.shape), path) for path in self.modules)
+        if self.cfg.rank > side:
+            raise UserError("method.rank", f"{self.cfg.rank} is more than {self.rank_bound(side, f'{path}.weight')}; "
+                            f"give at most {side}")
         return model
 
-    def svd_basis(self) -> bool:
-        """Whether the projection is an SVD basis (GaLore's; APOLLO's with proj: svd), which holds at most the
-        weight's smaller side of vectors, so a larger method.rank would be cut silently."""
-        return True
+    def largest_rank(self, shape: torch.Size) -> int:
+        """The largest method.rank a weight of `shape` (m x n) is projected to: its smaller side, the most vectors
+        an SVD basis (GaLore's) holds, so a larger rank would be cut silently."""
+        return min(shape)
+
+    def rank_bound(self, side: int, weight: str) -> str:
+        """`largest_rank` of the weight named `weight` (`side`), in words for the refusal of a larger rank."""
+        return f"the {side} singular vectors an SVD of {weight} has (its smaller side)"
 
     @abstractmethod
     def projection(self) -> dict[str, Any]:

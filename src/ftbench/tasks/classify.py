@@ -42,7 +42,7 @@ def score(model: torch.nn.Module, examples: list[Example], ctx: EvalContext,
     return {f"{split}/{name}": value for name, value in values.items()}
 
 
-def hold_out(examples: list[Example], size: float | None, seed: int) -> tuple[list[Example], list[Example]]:
+def hold_out(examples: list[Example], size: int | float | None, seed: int) -> tuple[list[Example], list[Example]]:
     """(train, validation): `size` of `examples` held out (a fraction < 1, or a count), drawn with `seed`,
     both in their first order (task.validation_from_train; None: all train, no validation).
     Raises UserError when either would be empty."""

@@ -10,11 +10,11 @@ Adding a task family: its schema here, a row in `CONFIGS`, its class in tasks/__
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import ClassVar, Optional, Union
 
 from omegaconf import MISSING
 
-from ftbench.errors import one_of, require
+from ftbench.errors import UserError, one_of, require
 from ftbench.tasks.answers import KNOWN_SETS
 
 
@@ -31,9 +31,10 @@ class TaskConfig:
     max_steps: Optional[int] = None
     metric: str = MISSING
     data_dir: Optional[str] = None
-    # Training examples held out (drawn with the run's seed) as the split `val`: a fraction (< 1) or a count
-    # (>= 1). The validations during training score it, and training never sees it. null = none.
-    validation_from_train: Optional[float] = None
+    # Training examples held out (drawn with the run's seed) as the split `val`: a fraction (a number with a
+    # point, in (0, 1)) or a count (an integer >= 1; `held_out_problem`). The validations during training score
+    # it, and training never sees it. null = none.
+    validation_from_train: Optional[Union[int, float]] = None
     # false: the reported split (GLUE's dev set) is never read; the final evaluation scores `val` instead
     # (ftbench compare's lr search). Needs validation_from_train.
     evaluate_reported: bool = True
@@ -51,11 +52,26 @@ class TaskConfig:
         if self.validation_from_train is not None:
             require(self.CARVES, f"{key}.validation_from_train", f"the {self.family} tasks hold out their own "
                     "validation examples (val_size); leave it null")
-            value = self.validation_from_train
-            require(0 < value < 1 or (value >= 1 and value == int(value)), f"{key}.validation_from_train",
-                    f"must be a fraction in (0, 1) or a whole number of training examples (got {value})")
+            problem = held_out_problem(self.validation_from_train)
+            require(problem is None, f"{key}.validation_from_train", problem)
         require(self.evaluate_reported or self.validation_from_train is not None, f"{key}.evaluate_reported",
                 "false needs a split to score instead: set task.validation_from_train (e.g. 0.1)")
+
+    def check_given(self, key: str, given: set[str]) -> None:
+        """Refuse (UserError) knobs that disagree with each other on the one of them the user set (`given`: the
+        keys of the command line and the chosen experiment, config/unused.set_keys); after `check`. None here."""
+
+
+def held_out_problem(held: int | float) -> str | None:
+    """What is wrong with `held` as a number of training examples to hold out, as the fix; None when it is a
+    fraction (a float in (0, 1)) or a count (an integer >= 1). A float is a fraction whatever its value: 1.0 would
+    hold out the whole training set, not one example (task.validation_from_train, compare's spec key)."""
+    if isinstance(held, float) and 0 < held < 1 or isinstance(held, int) and held >= 1:
+        return None
+    if isinstance(held, float) and held >= 1 and held.is_integer():
+        return (f"{held} has a point, so it is read as a fraction of the training set, and a fraction must be below 1 "
+                f"(this one would hold out all of it); for a count of examples write the integer {int(held)}")
+    return f"{held} is neither a fraction in (0, 1) nor a whole number >= 1 of training examples; give one (0.1, or 400)"
 
 
 SYNTHETIC_FIRST_FILLER = 5  # ids below are special (pad, the two markers, ...); fillers are drawn from here up
@@ -100,8 +116,19 @@ class SyntheticConfig(GeneratedConfig):
     def check(self, key: str) -> None:
         super().check(key)
         require(self.vocab_size > SYNTHETIC_FIRST_FILLER, f"{key}.vocab_size", f"must be > {SYNTHETIC_FIRST_FILLER}")
-        require(2 <= self.min_length <= self.max_length, f"{key}.min_length",
-                "must be between 2 and task.max_length")
+        require(self.min_length >= 2, f"{key}.min_length", f"must be >= 2 (got {self.min_length})")
+
+    def check_given(self, key: str, given: set[str]) -> None:
+        """task.min_length above task.max_length, refused on task.min_length where the user set it and not
+        task.max_length, else on task.max_length."""
+        if self.min_length <= self.max_length:
+            return
+        if f"{key}.min_length" in given and f"{key}.max_length" not in given:
+            raise UserError(f"{key}.min_length", f"{self.min_length} is above {key}.max_length={self.max_length}; "
+                            f"give at most {self.max_length}, or raise {key}.max_length as well")
+        raise UserError(f"{key}.max_length", f"{self.max_length} is below {key}.min_length={self.min_length}, the "
+                        f"shortest sequence the task draws; give at least {self.min_length}, or lower {key}.min_length "
+                        "as well (to 2 at least)")
 
 
 @dataclass

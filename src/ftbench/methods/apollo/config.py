@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ftbench.config.unused import Unused
 from ftbench.errors import UserError
 from ftbench.methods.config import MASTER_DTYPES, ProjectedConfig, Variant
 
@@ -32,6 +33,12 @@ class ApolloConfig(ProjectedConfig):
         # at 7B its plan is still pessimistic (the limiter's data-dependent ops, docs/methods/apollo.md).
         "mini": Variant(("method.rank=1", "method.scale_type=tensor", "method.scale=128")),
     }
+
+    def unused(self, key: str, cfg) -> list[Unused]:
+        if not self.scale_front or self.norm_growth_limit:
+            return []
+        # sqrt(scale) before or after a limiter that is off: the same update
+        return [Unused(f"{key}.scale_front", f"{key}.norm_growth_limit=true", f"{key}.norm_growth_limit=false")]
 
     def check_run(self, cfg) -> None:
         if cfg.optim.name != "adamw":

@@ -24,8 +24,23 @@ from ftbench.methods.projected import ProjectedStates, library
 class Apollo(ProjectedStates):
     config_class = ApolloConfig
 
-    def svd_basis(self) -> bool:
-        return self.cfg.proj == "svd"  # a random projection of any rank is drawn as asked
+    def largest_rank(self, shape: torch.Size) -> int:
+        """An SVD basis (proj: svd) holds the smaller side's vectors; a random projection maps the side proj_type
+        names (the library's: std the smaller, reverse_std the larger, left the rows, right the columns) to r
+        rows, and more than that side enlarges the gradient instead of compressing it: its moments (r x the other
+        side) would outgrow AdamW's of the whole weight."""
+        if self.cfg.proj == "svd":
+            return super().largest_rank(shape)
+        rows, columns = shape
+        return {"std": min(rows, columns), "reverse_std": max(rows, columns), "left": rows,
+                "right": columns}[self.cfg.proj_type]
+
+    def rank_bound(self, side: int, weight: str) -> str:
+        if self.cfg.proj == "svd":
+            return super().rank_bound(side, weight)
+        return (f"{side}, the side of {weight} its random projection compresses (method.proj_type="
+                f"{self.cfg.proj_type}): a larger rank enlarges the gradient instead, and its moments outgrow AdamW's "
+                "of the whole weight")
 
     def projection(self) -> dict[str, Any]:
         cfg = self.cfg

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ftbench.config import within
+from ftbench.config.unused import Unused
 from ftbench.errors import require
 from ftbench.methods.config import MethodConfig
 
@@ -64,8 +65,15 @@ class BlockRotationConfig(MethodConfig):
         super().check(key)
         require(self.group_size >= 1, f"{key}.group_size", "must be >= 1")
         require(self.steps_per_block >= 1, f"{key}.steps_per_block", "must be >= 1")
-        require(not self.reshuffle or self.order == "random", f"{key}.reshuffle",
-                f"only applies to {key}.order=random (got {self.order}); add {key}.reshuffle=false")
+
+    def unused(self, key: str, cfg) -> list[Unused]:
+        found = []
+        if self.reshuffle and self.order != "random":  # a new permutation every cycle: of a random order alone
+            found.append(Unused(f"{key}.reshuffle", f"{key}.order=random", f"{key}.order={self.order}"))
+        if self.prefetch_ahead and self.state_policy != "offload":  # it copies offloaded state in early
+            found.append(Unused(f"{key}.prefetch_ahead", f"{key}.state_policy=offload",
+                                f"{key}.state_policy={self.state_policy}"))
+        return found
 
     def probe_settings(self) -> dict:
         """A random order visits the same units as the model's order: the probes take them bottom up, so the k-th

@@ -233,7 +233,7 @@ class BlockRotation(Planning, Method):
             "frozen_units": [u.name for i, u in enumerate(self.units) if i not in self.slots],
             "group_size": cfg.group_size, "groups_per_cycle": self.schedule.groups_per_cycle,
             "steps_per_block": cfg.steps_per_block, "cycle_steps": self.schedule.cycle_steps,
-            "order": cfg.order, "reshuffle": cfg.reshuffle, "state_policy": cfg.state_policy,
+            "order": cfg.order, "reshuffle": cfg.reshuffle and cfg.order == "random", "state_policy": cfg.state_policy,
             "prefetch_ahead": cfg.prefetch_ahead and cfg.state_policy == "offload", "lr_policy": cfg.lr_policy,
             "trainable_total": sum(sizes[i] for i in self.slots),
             "trainable_per_step_max": self.schedule.largest_group(sizes),

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ftbench.errors import UserError
 from ftbench.methods.base import MethodContext
 from ftbench.methods.lora.method import Lora
 from ftbench.methods.pissa.config import PissaConfig
@@ -36,7 +37,13 @@ class Pissa(Lora):
         return {"init_lora_weights": "pissa" if self.cfg.niter == 0 else f"pissa_niter_{self.cfg.niter}"}
 
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
+        """LoRA's adapters started from the principal components; raises UserError (method.r) when r exceeds an
+        adapted weight's smaller side: its SVD has no more components, and PEFT would cut the adapter silently."""
         model = super().prepare(model, ctx)
+        side, path = min((min(m.base_layer.weight.shape), n) for n, m in model.named_modules() if hasattr(m, "lora_A"))
+        if self.cfg.r > side:
+            raise UserError("method.r", f"{self.cfg.r} is more than the {side} principal components an SVD of "
+                            f"{path.removeprefix('base_model.model.')}.weight has (its smaller side); give at most {side}")
         self.initial = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if ".lora_" in n}
         return model
 

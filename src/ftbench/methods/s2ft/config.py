@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ftbench.config.unused import Unused
 from ftbench.errors import require
 from ftbench.methods.config import MASTER_DTYPES, GpuTarget, MethodConfig
 
@@ -43,6 +44,17 @@ class S2ftConfig(MethodConfig):
 
     def calibrates(self) -> bool:
         return self.strategy not in ("random", "weight")  # the others score units on data (select.py)
+
+    def unused(self, key: str, cfg) -> list[Unused]:
+        found = []
+        here = f"{key}.strategy={self.strategy}"
+        if not self.calibrates():
+            found.append(Unused(f"{key}.calibration_samples", f"{key}.strategy=activation (or weight_x_activation, "
+                                "gradient: those that score on data)", here))
+        if self.strategy == "random":  # a uniform draw: no scores to take the smallest or the largest of
+            found.append(Unused(f"{key}.order", f"{key}.strategy=weight (or any other but random: those "
+                                "that score)", here))
+        return found
 
     def check(self, key: str) -> None:
         super().check(key)

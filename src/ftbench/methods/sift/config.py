@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ftbench.config.unused import Unused
 from ftbench.errors import require
 from ftbench.methods.config import MASTER_DTYPES, GpuTarget, MethodConfig, Variant
 
@@ -44,6 +45,11 @@ class SiftConfig(MethodConfig):
 
     def calibrates(self) -> bool:
         return self.selection == "grad"  # the top-k of |∂L/∂W| (select.py); random and magnitude need no data
+
+    def unused(self, key: str, cfg) -> list[Unused]:
+        if self.calibrates():
+            return []
+        return [Unused(f"{key}.calibration_batches", f"{key}.selection=grad", f"{key}.selection={self.selection}")]
 
     def check(self, key: str) -> None:
         super().check(key)

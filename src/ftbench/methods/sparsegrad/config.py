@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ftbench.config.unused import Unused
 from ftbench.errors import UserError, require
 from ftbench.methods.config import GpuTarget, MethodConfig
 
@@ -32,6 +33,14 @@ class SparseMlpConfig(MethodConfig):
         if self.k is not None:
             require(self.k >= 1, f"{key}.k", f"must be >= 1, or null for density × layer size (got {self.k})")
         require(0 < self.density <= 1, f"{key}.density", f"must be in (0, 1] (got {self.density})")
+
+    def unused(self, key: str, cfg) -> list[Unused]:
+        found = []
+        if self.k is not None:  # k entries per layer, whatever the layer's size
+            found.append(Unused(f"{key}.density", f"{key}.k=null", f"{key}.k={self.k}"))
+        if self.freeze_norms and not self.train_non_mlp:  # the norms train only beside the MLP weights
+            found.append(Unused(f"{key}.freeze_norms", f"{key}.train_non_mlp=true", f"{key}.train_non_mlp=false"))
+        return found
 
 
 @dataclass
