@@ -152,6 +152,8 @@ def test_every_model_carries_its_shape():
      "the training set, and a fraction must be below 1 (this one would hold out all of it); for a count of examples "
      "write the integer 1"),
     (["task.validation_from_train=400.0"], "task.validation_from_train: 400.0 has a point"),
+    (["task.validation_from_train=abc"], "task.validation_from_train: 'abc' is not a number; write a whole number or "
+                                         "one with a point"),
     (["task.validation_from_train=0"], "task.validation_from_train: 0 is neither a fraction in (0, 1) nor a whole "
      "number >= 1 of training examples; give one (0.1, or 400)"),
     # two knobs that disagree: refused on the one the user set (was: task.min_length for task.max_length=1)

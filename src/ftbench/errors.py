@@ -109,7 +109,7 @@ def explain_compose_error(exc: BaseException) -> str:
         return f"{key}: no such key{hint}"
     if isinstance(cause, ValidationError):
         key = getattr(cause, "full_key", "") or "config"
-        fix = not_an_integer(str(cause)) or value_for_a_group(cause) or not_optional(cause)
+        fix = not_an_integer(str(cause)) or not_a_number(str(cause)) or value_for_a_group(cause) or not_optional(cause)
         return f"{key}: {fix or first_line(str(cause))}"
     return first_line(text)
 
@@ -137,6 +137,15 @@ def not_an_integer(text: str) -> str | None:
     refusal. Every integer key, in a run's config as in a comparison's spec, is refused so."""
     found = re.search(r"Value '(.*)' of type '\w+' could not be converted to Integer", text)
     return integer_fix(found.group(1)) if found else None
+
+
+def not_a_number(text: str) -> str | None:
+    """OmegaConf's refusal of a word for a key that takes a whole number or a number with a point ("Value 'abc'
+    of type 'str' is incompatible with type hint 'Optional[Union[int, float]]'": task.validation_from_train) as
+    the fix; None for any other refusal."""
+    found = re.search(r"Value '(.*)' of type '\w+' is incompatible with type hint '(?:Optional\[)?Union\[int, float\]",
+                      text)
+    return f"'{found.group(1)}' is not a number; write a whole number or one with a point" if found else None
 
 
 def integer_fix(value) -> str:
