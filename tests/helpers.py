@@ -17,7 +17,8 @@ import torch
 from omegaconf import DictConfig
 
 import toy_method
-from ftbench.job.compose import config_dir, register_configs
+from ftbench.config.tree import config_dir
+from ftbench.job.compose import register_configs
 from ftbench.methods import config_class, names
 
 if os.environ.get(toy_method.ENV):  # before any test module builds its table of methods (tests/test_registry.py)

@@ -201,7 +201,7 @@ def test_a_run_imports_no_library_its_method_and_metric_do_not_need(tmp_path):
 
 def test_help_lists_the_groups_a_user_sets_the_presets_by_paper_and_the_docs(capsys):
     from ftbench.cli import main
-    from ftbench.job.compose import config_dir
+    from ftbench.config.tree import config_dir
     from ftbench.methods import names
 
     main(["--help"])

@@ -42,7 +42,8 @@ def test_the_exit_code_reflects_the_jobs_with_a_launcher_that_runs_them_elsewher
 def test_the_slurm_group_asks_one_task_per_gpu():
     from hydra import compose, initialize_config_dir
 
-    from ftbench.job.compose import config_dir, register_configs
+    from ftbench.config.tree import config_dir
+    from ftbench.job.compose import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from ftbench import methods, tasks
 from ftbench.cli import validate
 from ftbench.config.schema import check
-from ftbench.job.compose import config_dir
+from ftbench.config.tree import config_dir
 from helpers import compose
 
 GROUPS = ["method", "model", "task", "hardware", "logger", "experiment"]

@@ -4,8 +4,8 @@ one that the other settings leave unused; never refused when left at their defau
 import pytest
 
 from ftbench.cli import validate
+from ftbench.config.tree import config_dir
 from ftbench.config.unused import experiment_keys, set_keys
-from ftbench.job.compose import config_dir
 from helpers import compose
 
 # Each conditional knob, set by the user where another setting rules it out (was: accepted and ignored: exit 0,

@@ -129,8 +129,8 @@ class _Props:
 def test_hardware_auto_reads_the_device_it_finds(monkeypatch, props, precision, tf32):
     from omegaconf import OmegaConf
 
+    from ftbench.config.tree import config_dir
     from ftbench.engine.hardware import resolve, restored_process_settings
-    from ftbench.job.compose import config_dir
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ftbench.job.compose import config_dir
+from ftbench.config.tree import config_dir
 from ftbench.paper.recipes import recipes_dir
 from helpers import REPO
 

@@ -355,7 +355,7 @@ def test_presets_compose_for_every_model_and_task():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from ftbench.job.compose import config_dir
+    from ftbench.config.tree import config_dir
     from helpers import CPU_DEFAULTS
 
     presets = sorted(p.stem for p in (config_dir() / "experiment").glob("sparsegrad-*.yaml"))

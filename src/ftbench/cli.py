@@ -21,9 +21,10 @@ from pathlib import Path
 
 from ftbench import methods, report, usage
 from ftbench.config.schema import check
+from ftbench.config.tree import config_dir
 from ftbench.errors import Canceled, UserError, explain_compose_error, kind_problem
 from ftbench.job import lock, places, sweep
-from ftbench.job.compose import config_dir, pinned, register_configs
+from ftbench.job.compose import pinned, register_configs
 from ftbench.quiet import entry_point, quiet_libraries, quiet_transformers
 
 # Hydra flags that do not launch a run: hand them to Hydra untouched (--cfg's config is checked first: SHOWN).

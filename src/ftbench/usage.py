@@ -6,7 +6,7 @@ from __future__ import annotations
 import textwrap
 
 from ftbench import methods
-from ftbench.job.compose import config_dir
+from ftbench.config.tree import config_dir
 
 # The config groups a user sets (conf/<group>/), in the order `--help` lists them; experiment is listed by paper.
 USER_GROUPS = ("method", "model", "task", "hardware", "logger", "hydra/launcher")

@@ -33,12 +33,13 @@ from omegaconf.errors import OmegaConfBaseException
 from ftbench import results
 from ftbench.compare.spec import OWNED, Spec, arm_overrides, arms
 from ftbench.config.schema import check
+from ftbench.config.tree import config_dir
 from ftbench.engine.batches import steps_for_tokens, tokens_for_steps
 from ftbench.engine.outcome import REFUSALS_TO_PARENT
 from ftbench.errors import UserError, explain_compose_error
 from ftbench.job import children, lock, preflight
 from ftbench.job.checkpoint import differing_keys
-from ftbench.job.compose import config_dir, pinned, register_configs
+from ftbench.job.compose import pinned, register_configs
 from ftbench.results import Result
 
 STAGES = {"lr": "stage 1: the lr on a validation split carved from the training data",

@@ -18,9 +18,9 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from ftbench import methods
 from ftbench.config.schema import SEED_MAX
+from ftbench.config.tree import config_dir
 from ftbench.errors import explain_compose_error, first_line, kind_problem
 from ftbench.files import folder_name_problem
-from ftbench.job.compose import config_dir
 from ftbench.tasks.config import held_out_problem
 
 LR_FACTORS = [1 / 3, 1.0, 3.0]  # the default grid: each method's own lr times these

@@ -16,7 +16,6 @@ registries.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ftbench.config import within
+from ftbench.config import unused, within
 from ftbench.config.folders import (
     gguf_name,
     require_gguf_folder,
@@ -33,8 +32,9 @@ from ftbench.config.folders import (
     require_weights,
 )
 from ftbench.config.knobs import settle
-from ftbench.config import unused
+from ftbench.config.loggers import LoggerConfig, require_extra
 from ftbench.config.sources import GGUF_WHERE, check_given, given_keys
+from ftbench.config.tree import config_dir
 from ftbench.config.unused import Unused
 from ftbench.errors import UserError, integer_fix, one_of, require, require_kind
 
@@ -110,63 +110,6 @@ class HardwareConfig:
                     f"{key}.max_micro_batch_size", f"must be auto, an integer >= 1 or null (got {micro!r})")
         if self.pad_to_multiple_of is not None:
             require(self.pad_to_multiple_of >= 1, f"{key}.pad_to_multiple_of", "must be >= 1")
-
-
-EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "lm_eval": "harness"}  # module -> ftbench extra
-
-
-def require_extra(module: str, key: str) -> None:
-    """Raise a `UserError` on `key` naming the extra to install when `module` is not importable (checked
-    without importing it)."""
-    require(importlib.util.find_spec(module) is not None, key,
-            f"needs {module}, which is not installed; pip install 'ftbench[{EXTRAS[module]}]'")
-
-
-@dataclass
-class WandbConfig:
-    project: str = "ftbench"
-    entity: Optional[str] = None
-    mode: Optional[str] = None
-    group: Optional[str] = None
-    tags: list[str] = field(default_factory=list)
-
-    def check(self, key: str) -> None:
-        if self.mode is not None:
-            one_of(self.mode, ("online", "offline", "disabled"), f"{key}.mode")
-
-
-@dataclass
-class TensorBoardConfig:
-    dir: Optional[str] = None  # null: <sweep folder, or run folder>/tensorboard
-
-    def check(self, key: str) -> None:
-        require_extra("tensorboard", key)
-
-
-@dataclass
-class MlflowConfig:
-    tracking_uri: Optional[str] = None  # null: sqlite:///<sweep folder, or run folder>/mlflow.db
-    experiment: Optional[str] = None  # null: the sweep folder's name, "ftbench" for a single run
-    timeout_s: float = 10.0  # a server that does not answer within it is given up (one warning line)
-
-    def check(self, key: str) -> None:
-        require_extra("mlflow", key)
-        require(self.timeout_s > 0, f"{key}.timeout_s", "must be > 0 (seconds)")
-
-
-@dataclass
-class LoggerConfig:
-    """The metric loggers of a run: each selected option of the `logger` group fills its own key
-    (`logger=[tensorboard,mlflow]` sets `logger.tensorboard` and `logger.mlflow`); null = not used."""
-
-    wandb: Optional[WandbConfig] = None
-    tensorboard: Optional[TensorBoardConfig] = None
-    mlflow: Optional[MlflowConfig] = None
-
-    def check(self, key: str) -> None:
-        for name in ("wandb", "tensorboard", "mlflow"):
-            if getattr(self, name) is not None:
-                getattr(self, name).check(f"{key}.{name}")
 
 
 @dataclass
@@ -369,8 +312,6 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
     OmegaConf.to_object(cfg.method).check_run(cfg)  # what the method cannot train with, set in other groups
     check_sharding(cfg)
     check_given(cfg, given_keys(overrides))
-    from ftbench.job.compose import config_dir  # (job.compose imports this module)
-
     given = unused.set_keys(overrides, config_dir(), cfg)
     OmegaConf.to_object(cfg.task).check_given("task", given)
     unused.check(cfg, given)

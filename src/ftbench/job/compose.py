@@ -7,19 +7,10 @@ and task registries' `config.py` modules), never a method's or a task's code.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from ftbench import methods, tasks
 from ftbench.config.schema import Config
-
-
-def config_dir() -> Path:
-    """The Hydra tree: inside the package (wheel), else at the top of the checkout (editable)."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "conf", package.parents[1] / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise SystemExit("ftbench: error: the config tree (conf/config.yaml) is missing; reinstall ftbench")
+from ftbench.config.tree import config_dir
 
 
 def register_configs() -> None:

@@ -23,9 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ftbench.config.schema import check
+from ftbench.config.tree import config_dir
 from ftbench.errors import UserError, explain_compose_error, kind_problem
 from ftbench.job import children, lock
-from ftbench.job.compose import config_dir, pinned, register_configs
+from ftbench.job.compose import pinned, register_configs
 from ftbench.paper import comparison
 from ftbench.paper.comparison import CellResults
 from ftbench.paper.recipes import Cell, Recipe, RecipeError, load

@@ -67,8 +67,9 @@ from ftbench.bench.peers.table import (
 )
 from ftbench.config.knobs import settle
 from ftbench.config.schema import check
+from ftbench.config.tree import config_dir
 from ftbench.errors import UserError, explain_compose_error
-from ftbench.job.compose import config_dir, register_configs
+from ftbench.job.compose import register_configs
 from ftbench.methods import config_classes, names
 
 # The CPU shape: a 4-layer LLaMA of hidden 512, 4 x 256 tokens, fp32, checkpointing. Each key applies
