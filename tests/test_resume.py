@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import ftbench.engine.batches
+from ftbench.job.checkpoint import MICRO_BATCH_WHY
 from helpers import killed_in_a_child, method_table, run, sweep
 
 # method -> overrides: a short setup, and what trains switches within the few steps (HiFT's cycle wraps after
@@ -157,6 +158,76 @@ def test_a_checkpoint_of_another_micro_batch_is_refused_saying_why_and_the_comma
     assert error.endswith(f"; run the command that made it (ftbench {' '.join(command)}) in the same "
                           "hydra.run.dir, or set a new hydra.run.dir to start afresh")
 
+
+def planner_fits(patch, micro: int) -> None:
+    """hardware.max_micro_batch_size=auto resolves to `micro` (the memory planner's answer, whatever is free)."""
+    from ftbench.plan import planner
+
+    patch.setattr(planner, "largest_micro_batch_from", lambda the_fit, tgt, budget, most: micro)
+
+
+AUTO = ["method=lora", *[o for o in COMMAND if not o.startswith("hardware.max_micro_batch_size=")],
+        "hardware.max_micro_batch_size=auto"]
+
+
+def stopped_at_micro_batch_2(folder, monkeypatch) -> None:
+    """AUTO run with `auto` resolving to 2 (4 micro-batches a step), stopped by Ctrl-C at the end of step 3."""
+    with monkeypatch.context() as patch:
+        planner_fits(patch, 2)
+        signal_at(patch, 3 * 4 - 1, signal.SIGINT)  # while drawing step 3's last micro-batch
+        with pytest.raises(KeyboardInterrupt):
+            run(folder, *AUTO)
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-3"]
+
+
+def test_auto_resumes_at_the_micro_batch_the_checkpoint_was_made_with(tmp_path, monkeypatch):
+    """`auto` resolves to 2 while the checkpoint is made and to 4 on resume (more free memory, another machine):
+    the run keeps 2, so it continues from the right place in the data and ends bitwise the run that never stopped."""
+    with monkeypatch.context() as patch:
+        planner_fits(patch, 2)
+        straight = run(tmp_path / "straight", *AUTO)
+    folder = tmp_path / "run"
+    stopped_at_micro_batch_2(folder, monkeypatch)
+    with monkeypatch.context() as patch:
+        planner_fits(patch, 4)
+        resumed = run(folder, *AUTO)
+    assert resumed["resumed_from"]["steps_before"] == 3
+    assert_same_run(resumed, straight, folder, tmp_path / "straight")
+    assert resumed["plan"]["micro_batch_fit"]["training"]["micro_batch_size"] == 4  # what auto resolved to
+    assert (resumed["plan"]["micro_batch_size"], resumed["plan"]["accumulation"]) == (2, 4)  # what trained
+
+
+def test_auto_refuses_to_resume_at_a_micro_batch_that_no_longer_fits(tmp_path, monkeypatch):
+    """Made at 2, and now only 1 fits: one line on hardware.max_micro_batch_size (why, and the fix), exit 2."""
+    folder = tmp_path / "run"
+    stopped_at_micro_batch_2(folder, monkeypatch)
+    planner_fits(monkeypatch, 1)
+    result = run(folder, *AUTO)
+    assert result["exit_code"] == 2 and result["status"] == "failed"
+    assert result["error"] == (
+        f"hardware.max_micro_batch_size: auto resolves to 1 now, but {folder / 'checkpoints' / 'step-3'} was made "
+        f"with micro-batch 2; {MICRO_BATCH_WHY}; resume it where 2 fits (more free memory), or set a new "
+        "hydra.run.dir to start afresh")
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-3"]  # nothing lost
+
+
+def test_an_older_checkpoint_under_auto_resumes_only_where_auto_resolves_to_its_micro_batch(tmp_path, monkeypatch):
+    """A checkpoint from before meta.json recorded the micro-batch: its position in the data says which it was."""
+    folder = tmp_path / "run"
+    stopped_at_micro_batch_2(folder, monkeypatch)
+    for step in (folder / "checkpoints").iterdir():
+        meta = json.loads((step / "meta.json").read_text())
+        meta.pop("micro_batch_size", None)
+        (step / "meta.json").write_text(json.dumps(meta))
+    planner_fits(monkeypatch, 4)
+    result = run(folder, *AUTO)
+    assert result["exit_code"] == 2
+    assert result["error"] == (
+        f"hardware.max_micro_batch_size: auto resolves to 4 now, but {folder / 'checkpoints' / 'step-3'} was made "
+        f"with micro-batch 2 (its position in the data says so); {MICRO_BATCH_WHY}; set a new hydra.run.dir to "
+        "start afresh")
+    planner_fits(monkeypatch, 2)
+    assert run(folder, *AUTO)["resumed_from"]["steps_before"] == 3
 
 def test_the_checkpoints_listed_say_which_are_still_on_disk(tmp_path, monkeypatch):
     """keep_checkpoints=1: every checkpoint written stays listed (its write's cost), `removed` on those deleted

@@ -9,8 +9,9 @@ A checkpoint is a folder `<run>/checkpoints/step-N/` (N optimizer steps done):
   number generators (Python, NumPy, torch, CUDA) of every data-parallel rank, the position in the data stream
   (micro-batches drawn), the loss curve, the validation history and the best-checkpoint
   selection;
-- `meta.json`: the step, the resolved config and the command line's overrides, read to refuse a resume
-  under another config (naming the keys, and the command that made it).
+- `meta.json`: the step, the resolved config, the command line's overrides and the micro-batch trained
+  with (what `hardware.max_micro_batch_size=auto` resolved to), read to refuse a resume under another
+  config (naming the keys, and the command that made it) and to resume `auto` at the same micro-batch.
 
 It is written into a temporary folder in `checkpoints/` and then renamed, so a run killed
 while writing leaves whole checkpoints only. The last `train.keep_checkpoints` are kept; result.json's
@@ -104,6 +105,19 @@ MICRO_BATCH_WHY = (f"{MICRO_BATCH} splits each batch, and with the split go the 
                    "float sums and which examples an epoch leaves out, so it would not continue the run that made it")
 
 
+def kept_micro_batch(path: Path, made_with: int, fits: int) -> int:
+    """`made_with`, the micro-batch the checkpoint at `path` was trained with, when it is no more than what
+    `hardware.max_micro_batch_size=auto` resolves to now (`fits`); raises UserError(hardware.max_micro_batch_size)
+    otherwise: a smaller one would not continue the run that made the checkpoint."""
+    if made_with > fits:
+        raise UserError(MICRO_BATCH, f"auto resolves to {fits} now, but {path} was made with micro-batch {made_with}; "
+                        f"{MICRO_BATCH_WHY}; resume it where {made_with} fits (more free memory), or set a new "
+                        f"{files.folder_key()} to start afresh")
+    if made_with != fits:
+        log.info("micro-batch for training: %d, as %s was made with (auto resolves to %d now)", made_with, path, fits)
+    return made_with
+
+
 def check_config(path: Path, config: dict, resume: str, folder: str | None = None) -> None:
     """Refuse, in one line naming the keys, a checkpoint made under another config (or one that is unreadable);
     `resume`: train.resume (auto: the checkpoint is the run folder's own, and the fix is the command that made
@@ -128,6 +142,24 @@ def made_by(path: Path, folder: str) -> str:
         return "the same command"
     line = shlex.join(["ftbench", *map(str, overrides)])
     return f"the sweep whose job made it ({line})" if folder == "hydra.sweep.dir" else f"the command that made it ({line})"
+
+
+def recorded_micro_batch(resume: str, run_dir: Path, config: dict) -> tuple[Path, int] | None:
+    """(checkpoint, its per-rank micro-batch) for the checkpoint a run under `config` continues from, as its
+    meta.json records it; None when there is none to resume, or it is unreadable, made under another config
+    (restore refuses these, naming why) or older than the record (restore checks its position in the data
+    against the micro-batch the run resolves to)."""
+    path = to_resume(resume, run_dir)
+    if path is None:
+        return None
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        micro = meta.get("micro_batch_size")
+        if differing_keys(meta["config"], config):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return (path, micro) if isinstance(micro, int) else None
 
 
 def to_resume(resume: str, run_dir: Path) -> Path | None:
@@ -176,7 +208,7 @@ class Checkpointer:
         self.run_dir = Path(run_dir)
         self.model, self.method, self.scheduler = trainee.model, trainee.method, trainee.scheduler
         self.selector = selector
-        self.accumulation, self.steps = spec.accumulation, spec.steps
+        self.micro_batch, self.accumulation, self.steps = spec.micro_batch_size, spec.accumulation, spec.steps
         self.result = result
         self.micro_batches = 0  # the position in the training stream to continue from
 
@@ -201,6 +233,10 @@ class Checkpointer:
         if saved_world != distributed.world_size():
             raise UserError("train.resume", f"{path} was made by {saved_world} process(es), this run has "
                             f"{distributed.world_size()}; relaunch with {saved_world} (the data split follows it)")
+        made_with = self.micro_batch * self.accumulation * state["log"]["steps"] // max(state["micro_batches"], 1)
+        if made_with != self.micro_batch:  # a checkpoint older than meta.json's micro_batch_size, under auto
+            raise UserError(MICRO_BATCH, f"auto resolves to {self.micro_batch} now, but {path} was made with "
+                            f"micro-batch {made_with} (its position in the data says so); {MICRO_BATCH_WHY}; set a new {files.folder_key()} to start afresh")
         log.info("resuming from %s (step %d)", path, state["log"]["steps"])
         self.method.load_state_dict(state["method"])
         self.method.load_optimizer_state_dict(state["optimizer"])
@@ -249,7 +285,8 @@ class Checkpointer:
             "checkpoints": [*self.result.checkpoints, entry],
         }, temp / "state.pt")
         (temp / "meta.json").write_text(json.dumps({"step": log.steps, "config": self.result.config,
-                                                    "overrides": self.result.run.overrides}, indent=1))
+                                                    "overrides": self.result.run.overrides,
+                                                    "micro_batch_size": self.micro_batch}, indent=1))
         files.normal_modes(temp)  # safetensors writes 0600
         target = self.folder / f"{PREFIX}{log.steps}"
         if target.exists():  # written by an earlier attempt at this very step, under this config

@@ -32,7 +32,7 @@ from ftbench.engine.loss import model_loss
 from ftbench.engine.outcome import stopped
 from ftbench.errors import Canceled, UserError
 from ftbench.job import engagement, lock, places, rerun, steps
-from ftbench.job.checkpoint import Checkpointer
+from ftbench.job.checkpoint import Checkpointer, recorded_micro_batch
 from ftbench.job.evaluation import Evaluation, Selector, eval_context
 from ftbench.measure.environment import environment
 from ftbench.measure.meters import (
@@ -153,7 +153,8 @@ class Job:
         self.feed = steps.Feed(cfg, self.inputs, steps.model(cfg, self.inputs, s), s, self.settings.batch_size)
         model, method, optimizer, calibration_micro = steps.method_and_optimizer(cfg, self.feed, s, self.output_dir,
                                                                                  job_end, self.settings.lr)
-        self.spec = steps.train_spec(cfg, method, self.feed, s, calibration_micro, self.settings.steps)
+        resumed = recorded_micro_batch(cfg.train.resume, self.output_dir, self.result.config)  # auto keeps it
+        self.spec = steps.train_spec(cfg, method, self.feed, s, calibration_micro, self.settings.steps, resumed)
         self.trainee = Trainee(model, method, optimizer, scheduler_for(optimizer, method, cfg.optim, self.spec.steps))
         self.sync = steps.distribute(s, self.spec)  # data parallel: the gradients summed over ranks (distributed.py)
         # Counted before training: what HiFT holds beside the model changes as it rotates.

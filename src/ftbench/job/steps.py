@@ -28,7 +28,7 @@ from ftbench.engine.hardware import (
 )
 from ftbench.engine.loop import TrainSpec
 from ftbench.engine.loss import make_loss
-from ftbench.job import preflight
+from ftbench.job import checkpoint, preflight
 from ftbench.measure.meters import MemoryMeter
 from ftbench.methods import build_method
 from ftbench.methods.base import Method, MethodContext, optimizer_for
@@ -185,16 +185,20 @@ def _undeclared(n: int) -> Iterator[dict]:
 
 
 def train_spec(cfg: DictConfig, method: Method, feed: Feed, s: Setup, calibration_micro: int | None,
-               steps_asked: int | None) -> TrainSpec:
+               steps_asked: int | None, resumed: tuple[Path, int] | None) -> TrainSpec:
     """The micro-batch that fits the optimizer's state too, the steps and the measured window.
     `steps_asked` is the training run's step count (profiling counts its own; None under
-    train.max_tokens: counted here, once the micro-batch is known). The gradients the probes left
-    are dropped."""
+    train.max_tokens: counted here, once the micro-batch is known). `resumed`: (checkpoint, the
+    micro-batch it was made with) of the run to continue (checkpoint.recorded_micro_batch): under
+    `auto` that micro-batch is kept, so the run continues bitwise; raises UserError
+    (hardware.max_micro_batch_size) when it no longer fits. The gradients the probes left are dropped."""
     profiling = s.profiling
     optimizer_state = micro_batch.predicted_optimizer_state_bytes(method.trainable_size()[1], cfg.optim)
     scoring_only = not profiling and steps_asked == 0  # no step: the calibration fit (or its own) sizes the eval
     training_micro = (calibration_micro or feed.max_micro("evaluation")) if scoring_only else \
         feed.max_micro("training", optimizer_state)
+    if resumed is not None and s.hw.max_micro_batch_size == "auto" and not scoring_only:
+        training_micro = checkpoint.kept_micro_batch(*resumed, training_micro)
     micro, accumulation = split_batch(feed.batch_size, training_micro, distributed.world_size())
     method.discard_grads(feed.model)
     if profiling:
