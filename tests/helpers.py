@@ -82,7 +82,7 @@ def peft_adapter(folder: Path, base: str | None) -> Path:
 
 def tokenizer_only(folder: Path) -> Path:
     """A folder holding a byte-level tokenizer and no model."""
-    from ftbench.models.loading import byte_level_tokenizer
+    from ftbench.models.tokenizer import byte_level_tokenizer
 
     byte_level_tokenizer().save_pretrained(folder)
     return folder

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ftbench.errors import UserError
-from ftbench.models.loading import byte_level_tokenizer
+from ftbench.models.tokenizer import byte_level_tokenizer
 from ftbench.tasks import build_task
 from helpers import compose, llm_adapters_rows, run
 

@@ -9,7 +9,7 @@ import pytest
 
 from ftbench import files
 from ftbench.errors import UserError
-from ftbench.models.loading import byte_level_tokenizer
+from ftbench.models.tokenizer import byte_level_tokenizer
 from ftbench.tasks import build_task
 from helpers import QUICK, compose, llm_adapters_rows, run
 

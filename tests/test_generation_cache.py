@@ -6,7 +6,7 @@ import contextlib
 import pytest
 import torch
 
-from ftbench.models.loading import byte_level_tokenizer
+from ftbench.models.tokenizer import byte_level_tokenizer
 from ftbench.tasks import generate
 from ftbench.tasks.base import EvalContext
 from ftbench.tasks.instruct import encode_prompts

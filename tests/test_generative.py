@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from ftbench import results
 from ftbench.errors import UserError
 from ftbench.methods import build_method, names
-from ftbench.models.loading import byte_level_tokenizer
+from ftbench.models.tokenizer import byte_level_tokenizer
 from ftbench.tasks import answers, build_task, generate
 from ftbench.tasks.base import EvalContext
 from ftbench.tasks.instruct import (

@@ -12,7 +12,8 @@ import torch
 
 from ftbench.errors import UserError
 from ftbench.models import gguf as ftbench_gguf
-from ftbench.models.loading import load_model, load_tokenizer
+from ftbench.models.loading import load_model
+from ftbench.models.tokenizer import load_tokenizer
 from helpers import compose
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install gguf)")

@@ -3,7 +3,7 @@
 import pytest
 
 from ftbench.errors import UserError
-from ftbench.models.loading import byte_level_tokenizer
+from ftbench.models.tokenizer import byte_level_tokenizer
 from ftbench.tasks import build_task
 from helpers import compose, run
 

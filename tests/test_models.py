@@ -4,13 +4,8 @@ import pytest
 import torch
 
 from ftbench.errors import UserError
-from ftbench.models.loading import (
-    architecture_config,
-    auto_class,
-    byte_level_tokenizer,
-    load_model,
-    load_tokenizer,
-)
+from ftbench.models.loading import architecture_config, auto_class, load_model
+from ftbench.models.tokenizer import byte_level_tokenizer, load_tokenizer
 from helpers import compose, run
 
 # Parameter counts of the real checkpoints (causal-LM head for decoders, bare encoder + pooler for encoders).

@@ -14,7 +14,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from ftbench.errors import UserError
 from ftbench.job import preflight
 from ftbench.models.fit import planned_model
-from ftbench.models.loading import byte_level_tokenizer, load_model, load_tokenizer
+from ftbench.models.loading import load_model
+from ftbench.models.tokenizer import byte_level_tokenizer, load_tokenizer
 from helpers import QUICK, compose, refused, run, trained
 
 TINY_BERT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)

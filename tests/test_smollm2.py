@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ftbench.methods import build_method
-from ftbench.models.loading import load_model, load_tokenizer
+from ftbench.models.loading import load_model
+from ftbench.models.tokenizer import load_tokenizer
 from ftbench.tasks.instruct import encode_pairs
 from helpers import compose, method_context, train_steps
 

@@ -9,7 +9,8 @@ from transformers import AutoModelForSequenceClassification
 
 from ftbench.errors import UserError
 from ftbench.job import preflight
-from ftbench.models.loading import architecture_config, byte_level_tokenizer
+from ftbench.models.loading import architecture_config
+from ftbench.models.tokenizer import byte_level_tokenizer
 from ftbench.tasks.base import EvalContext
 from ftbench.tasks.synthetic import MARKERS, SyntheticConfig, SyntheticTask, generate
 from helpers import compose, run, tiny_model

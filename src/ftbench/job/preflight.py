@@ -40,13 +40,13 @@ from ftbench.models.fit import check_head, check_profiled, fit_vocab, profile_he
 from ftbench.models.loading import (
     architecture_config,
     describe,
-    load_tokenizer,
     local_source,
     pretrained_config,
     settle_source,
     source_key,
 )
 from ftbench.models.positions import fit_positions
+from ftbench.models.tokenizer import load_tokenizer
 from ftbench.tasks import build_task, task_class
 from ftbench.tasks.base import Task
 from ftbench.tasks.generate import Decoding

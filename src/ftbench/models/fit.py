@@ -20,7 +20,6 @@ from ftbench.models.loading import (
     auto_class,
     config_shape,
     describe,
-    load_tokenizer,
     local_source,
     pretrained_config,
     refused_as_load,
@@ -34,6 +33,7 @@ from ftbench.models.mismatch import (
     shapes_against,
 )
 from ftbench.models.positions import fit_positions
+from ftbench.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
