@@ -54,3 +54,17 @@ def test_llama_7b_units_match_hifts_figures():
     assert all(units[f"layer.{i}"] == layer == 202_383_360 for i in range(32))
     assert round(layer * 4 / 2**20, 2) == 772.03 and round(layer * 8 / 2**20, 2) == 1544.06
     assert units["embedding"] == 32000 * 4096 and units["head"] == 32000 * 4096 + 4096
+
+
+# (a run's group of blocks, its depth, the least shallower probe): a middle block of a 6-layer stack has its place
+# from the bottom or the top in probes of 4 layers, not 3 (there it was placed lower: BAdam +13 %); the last block
+# never becomes the first of a probe nor the first its last
+REPLAYED = [(((0, 3, 6),), 6, 4), (((0, 2, 6),), 6, 4), (((0, 1, 6),), 6, 3), (((0, 5, 6),), 6, 3),
+            (((0, 4, 8),), 8, 5), (((0, 0, 6), (0, 5, 6)), 6, 3), (((0, 3, 6),), 3, 3)]
+
+
+@pytest.mark.parametrize("group,layers,depth", REPLAYED)
+def test_replayed_blocks_are_probed_at_their_place(group, layers, depth):
+    from ftbench.methods.block_rotation.units import replay_depth
+
+    assert replay_depth((group, (("head",),)), layers, 3) == depth

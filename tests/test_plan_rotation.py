@@ -98,6 +98,7 @@ def test_a_plan_of_dropped_states_predicts_the_peak_whatever_the_traced_steps(tm
 # pairs with a trainable embedding -7.5 %; a unit drawn last in a cycle and first in the next keeps its state through
 # the second step (drop): -5.7 % (trainable embedding, one step per block). (model, overrides, profile steps)
 BERT6 = ["model=tiny-bert", "model.shape.num_hidden_layers=6", "profile.batch_size=4", "profile.seq_len=32"]
+LLAMA = ["model=tiny-llama", "profile.batch_size=2", "profile.seq_len=32"]
 DRAWS = {
     "t5-badam-pairs": ("t5", ["method=badam", "method.steps_per_block=1", "method.group_size=2"], 12),
     "bert-badam-threes": (BERT6, ["method=badam", "method.steps_per_block=1", "method.group_size=3"], 12),
@@ -105,6 +106,15 @@ DRAWS = {
                                            "method.frozen_units=[]"], 14),
     "bert-badam-reshuffled-embedding": (BERT6, ["method=badam", "method.steps_per_block=1",
                                                 "method.frozen_units=[]"], 14),
+    # HiFT has no always-active unit: under offload the probe's step of no unit before the draws (to make the units
+    # that have left leave) trained nothing, and its backward failed ("element 0 of tensors does not require grad")
+    "llama-hift-random": (LLAMA, ["method=hift", "method.order=random"], 2),
+    "llama-hift-random-pairs": (LLAMA, ["method=hift", "method.order=random", "method.group_size=2"], 2),
+    # a middle block (seed 0 draws layer.3 of 6) the probes of 3 and 4 layers placed lower, two more layers kept for
+    # backward in the line through them: BAdam's 50-step block +13.1 % (tiny LLaMA), +21.2 % (tiny BERT); the probes
+    # are now as deep as puts it at its place (units.replay_depth: 4 and 5)
+    "llama-badam-middle-block": ([*LLAMA, "model.shape.num_hidden_layers=6"], ["method=badam"], 2),
+    "bert-badam-middle-block": ([*BERT6, "profile.batch_size=2"], ["method=badam"], 2),
 }
 
 

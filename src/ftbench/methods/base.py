@@ -201,7 +201,8 @@ class Method(ABC):
     def draws(self, start: int, steps: int, layers: int) -> Any:
         """What a run's steps `start` .. `start + steps - 1` train where it depends on the run's seed (a random
         order's groups), for the planner's probes to replay (`probe_groups`); `layers`: the run's depth as the
-        planner counts it (its stacks of that depth are the ones a probe cuts down). None for most methods."""
+        planner counts it (its stacks of that depth are the ones a probe cuts down). Its `depths`: the layer counts
+        the planner probes at to replay it (plan/planner.py). None for most methods."""
         return None
 
     def probe_groups(self, planned, draws: Any) -> None:

@@ -236,13 +236,14 @@ def plan_fit(cfg: DictConfig, tgt: Target) -> PlanFit:
     # pairs with the same role (with one layer alone it is first and last, and grows as neither); groups
     # taken in turn, as many layers over whole groups as the run (the schema's `probe_depths`); a run shallower
     # than those is probed at its own depth (`planner_depths`).
-    layer_points = OmegaConf.to_object(cfg.method).planner_depths(tgt.layers)
+    # Replayed draws (a random order's groups) set their own: as deep as puts each drawn block at its place.
+    unvisited, draws = profiled_window(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing)
+    layer_points = OmegaConf.to_object(cfg.method).planner_depths(tgt.layers) if draws is None else draws.depths
     div = width_divisor(cfg, tgt, layer_points[1])
     divs = (div,) if div == 1 else (div, 2 * div, 4 * div)
     chunk = chunk_tokens_of(architecture_config(cfg.model).model_type, tgt.head, cfg.train.loss_chunk_tokens)
     counted = held_state(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing) if counted_on_meta(
         cfg) else None
-    unvisited, draws = profiled_window(cfg, tgt.head, tgt.hw.precision, tgt.hw.gradient_checkpointing)
     the_fit = PlanFit({}, {}, [], divs, True, counted, tgt.layers, unvisited, draws, chunk, tgt.seq_len,
                       partial(probe_corners, cfg, tgt, layer_points))
     the_fit.corners_at(tgt.micro_batch)

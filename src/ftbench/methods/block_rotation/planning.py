@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from ftbench.methods.block_rotation.config import BlockRotationConfig
-from ftbench.methods.block_rotation.units import Draws, probe_units
+from ftbench.methods.block_rotation.units import Draws, probe_units, replay_depth
 
 
 class Planning:
@@ -73,8 +73,11 @@ class Planning:
         (every layer keeps what backward needs whichever are drawn; replayed in the probes' fewer layers, its
         draws planned BERT +4 %, against +2.6 % from the probes' own draws). Under drop and offload, and in a run
         probed at its own depth, they are replayed: which units a step draws, and how many it shares with the
-        step before, move its peak."""
-        own_depth = self.cfg.planner_depths(layers)[0] == layers  # probed unit for unit (`probe_groups`)
+        step before, move its peak. Replayed in a deeper run's probes (a random order's), the probes are as deep
+        as puts each drawn block at its place (`units.replay_depth`: a middle block of a 6-layer run, 4 and 5
+        layers), else at the schema's `planner_depths`."""
+        shallow, deep = self.cfg.planner_depths(layers)
+        own_depth = shallow == layers  # probed unit for unit (`probe_groups`)
         if self.cfg.order != "random" and not (self._staying_counts() or self.cfg.order == "sample" and own_depth):
             return None
         s, groups, first = self.schedule, [], max(start - 1, 0)
@@ -84,7 +87,8 @@ class Planning:
                 groups.append(group)
         drawn = [set(s.rotating(i)) for i in range(s.interval(first) + 1)]
         left = set().union(*(a - b for a, b in zip(drawn, drawn[1:])))
-        return Draws(tuple(groups), layers,
+        placed = replay_depth(tuple(groups), layers, shallow) if self.cfg.order == "random" else shallow
+        return Draws(tuple(groups), layers, (placed, placed + deep - shallow),
                      None if left == set(s.queue) else tuple(self.units[i].place for i in sorted(left)))
 
     def probe_groups(self, planned: BlockRotationConfig, draws: Draws | None) -> None:
@@ -111,15 +115,15 @@ class Planning:
         lowest unit beside the largest ones (T5: an encoder block beside a decoder block, which keeps more than
         the next encoder block)."""
         s = self.schedule
-        shallow = planned.planner_depths(draws.layers)[0] if draws is not None else 0
+        shallow = draws.depths[0] if draws is not None else 0
         if draws is not None and (planned.order == "random" or shallow == draws.layers):
             run = [probe_units(group, self.units, draws.layers, shallow) for group in draws.groups]
-            before = self._before_draws(draws, shallow)
+            script = tuple(tuple(sorted(set(here.values()))) for here in run)
+            before = self._before_draws(draws, shallow, script[0])
             self.scripted = (len(before) + 1, len(run) - 1)
             self.renewed = {len(before) + k: tuple(sorted({*s.always, *(here[p] for p, i in run[k - 1].items()
                                                                         if here.get(p) == i)}))
                             for k, here in enumerate(run) if k and draws.groups[k] != draws.groups[k - 1]}
-            script = tuple(tuple(sorted(set(here.values()))) for here in run)
             self.schedule = dataclasses.replace(s, steps_per_block=1, script=(*before, *script))
         elif self._staying_counts():
             g, queue = self.cfg.group_size, s.queue
@@ -128,10 +132,10 @@ class Planning:
             cycle = [queue[k:k + g] for k in range(0, len(queue), g)]  # every unit visited
             leaves = draws is None or draws.left != () or any(set(a) - set(b) for a, b in zip(draws.groups,
                                                                                            draws.groups[1:]))
-            left = [*cycle, cycle[0]] if draws is None else self._before_draws(
-                dataclasses.replace(draws, left=None if leaves else ()), shallow)
             traced = tuple(s.rotating(len(cycle) + 2))  # the probe's own draw
             before = tuple(sorted({*traced[:stays], *[i for i in queue if i not in traced][:g - stays]}))
+            left = [*cycle, cycle[0]] if draws is None else self._before_draws(
+                dataclasses.replace(draws, left=None if leaves else ()), shallow, before)
             self.scripted = (len(left) + 1, 1)
             self.schedule = dataclasses.replace(s, steps_per_block=1, script=(*left, before, traced))
         elif planned.order == "random" and self.cfg.group_size > 1:
@@ -142,14 +146,17 @@ class Planning:
         self._switch(self.schedule.active(0))
         self._install()
 
-    def _before_draws(self, draws: Draws, shallow: int) -> list[tuple[int, ...]]:
-        """The probe's steps before the replayed draws, which leave it holding what the run holds from the steps
-        before them: under keep one pass over its units (every unit's state; the run's not yet visited are taken
-        off: `unvisited_layers`); under offload the units that have left before them (`Draws.left`: every unit,
-        or each in the probe's units as the run's), together, then a step of none: each leaves, its host buffers
-        (on the CPU the run's own memory) exist; under drop none (a unit that has left holds nothing). A profile
-        that never switches holds no host buffer (a 1 + 2-layer BART: the probes' pass over every unit planned
-        +18 %)."""
+    def _before_draws(self, draws: Draws, shallow: int, first: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """The probe's steps before the replayed draws, whose first group (in the probe's units) is `first`, which
+        leave it holding what the run holds from the steps before them: under keep one pass over its units (every
+        unit's state; the run's not yet visited are taken off: `unvisited_layers`); under offload the units that
+        have left before them (`Draws.left`: every unit, or each in the probe's units as the run's), together, and
+        each then leaves, so that its host buffers (on the CPU the run's own memory) exist: at `first`, or where
+        `first` trains it, a step before, at a step of the others, to arrive again at `first` as the run's do (of
+        none only where `first` trains them all: the always-active units train then; HiFT has none, and a step of
+        none, always taken before, failed its backward: "element 0 of tensors does not require grad"); under drop
+        none (a unit that has left holds nothing). A profile that never switches holds no host buffer (a 1 + 2-layer
+        BART: the probes' pass over every unit planned +18 %)."""
         queue, g = self.schedule.queue, self.schedule.group_size
         if self.cfg.state_policy == "keep":
             return [queue[k:k + g] for k in range(0, len(queue), g)]
@@ -157,7 +164,9 @@ class Planning:
             return []
         left = set(queue) if draws.left is None else {
             i for place in draws.left for i in probe_units((place,), self.units, draws.layers, shallow).values()}
-        return [tuple(sorted(left)), ()] if left else []
+        if not left:
+            return []
+        return [tuple(sorted(left)), tuple(sorted(left - set(first)))] if left & set(first) else [tuple(sorted(left))]
 
     def _staying_counts(self) -> bool:
         """Whether what a step holds depends on how many of its units the step before it trained: sampled groups

@@ -87,11 +87,14 @@ def pick(units: list[Unit], wanted, key: str) -> list[int]:
 class Draws:
     """The groups a run's steps train, in places (`Unit.place`), one per step from the step before them (a
     run of one group cut to two steps: the second holds what the others hold); `layers`: the run's depth
-    (its stacks of that depth are the ones a probe cuts down); `left`: the places of the units that have left
-    before those steps (offload: their host buffers exist), None where every unit has."""
+    (its stacks of that depth are the ones a probe cuts down); `depths`: the layer counts of the planner's
+    probes (plan/planner.py), those at which every replayed block has its place (`replay_depth`); `left`: the
+    places of the units that have left before those steps (offload: their host buffers exist), None where every
+    unit has."""
 
     groups: tuple[tuple[tuple, ...], ...]
     layers: int
+    depths: tuple[int, int]
     left: tuple[tuple, ...] | None = None
 
 
@@ -160,11 +163,8 @@ class Schedule:
 def probe_units(places: tuple[tuple, ...], units: list[Unit], layers: int, shallow: int) -> dict[tuple, int]:
     """The units of a planner's probe (plan/probe.py, its stacks cut to `shallow` blocks or more) that train as
     a run's `places` do: the embedding and the head as themselves; in a stack the probes cut down (the run's
-    `layers` deep), a group's lowest blocks at their position from the bottom and its highest at their position
-    from the top where the shallower probe has them so (then what a step holds is linear in the probe's depth,
-    and the line through the two probes gives the run's), a block neither way just above the group's block below
-    it, or as the lowest, as low as leaves room for the blocks above it (it keeps more for backward than the
-    run's: the safe side). By place."""
+    `layers` deep), each block where `_placed` puts it in the shallower probe, at the same place counted from the
+    bottom, or from the top in this one. By place."""
     index = {u.place: i for i, u in enumerate(units)}
     depth = {u.place[0]: u.place[2] for u in units if len(u.place) == 3}
     picked = {p: index[p] for p in places if len(p) == 1}
@@ -174,17 +174,44 @@ def probe_units(places: tuple[tuple, ...], units: list[Unit], layers: int, shall
         if run_depth != layers:  # a stack the probes keep whole (a decoder deeper than its encoder)
             picked.update({(stack, i, run_depth): index[(stack, i, here)] for i in rows})
             continue
-        at_shallow, at_here, bottom = -1, -1, True  # the block below's position in the shallower probe, in this one
-        for j, i in enumerate(rows):
-            above, top = len(rows) - 1 - j, shallow - (run_depth - i)
-            # a group's only block keeps its role: never the shallower probe's last layer, nor its first, for another
-            if bottom and i + above < shallow and (j or above or i == 0 or i < shallow - 1):
-                at_shallow = at_here = i
-            elif top > at_shallow and (j or above or top >= 1):
-                at_shallow, at_here, bottom = top, here - (run_depth - i), False
-            elif j:
-                at_shallow, at_here, bottom = at_shallow + 1, at_here + 1, False
-            else:
-                at_shallow = at_here = shallow - 1 - len(rows) if shallow - 1 - len(rows) >= 1 else shallow - len(rows)
-            picked[(stack, i, run_depth)] = index[(stack, at_here, here)]
+        for i, (at, from_top, _) in zip(rows, _placed(rows, run_depth, shallow)):
+            picked[(stack, i, run_depth)] = index[(stack, here - (shallow - at) if from_top else at, here)]
     return picked
+
+
+def replay_depth(groups: tuple[tuple[tuple, ...], ...], layers: int, shallow: int) -> int:
+    """The least depth from `shallow` on at which a probe has every block of `groups` (places, a run's `layers`
+    deep) at its place (`_placed`): from there the step a probe replays holds what the run's does, linearly in
+    the probes' depth. At the run's own depth every block is at its place. A block placed lower (a 6-layer
+    LLaMA's layer.3 at layer.1 of probes of 3 and 4 layers) keeps every layer above it for backward, in the line
+    through the probes two more than the run: BAdam planned +13 %."""
+    rows = [sorted(p[1] for p in group if len(p) == 3 and p[0] == stack and p[2] == layers)
+            for group in groups for stack in {p[0] for p in group if len(p) == 3}]
+    while not all(exact for r in rows if r for _, _, exact in _placed(r, layers, shallow)):
+        shallow += 1
+    return shallow
+
+
+def _placed(rows: list[int], run_depth: int, shallow: int) -> list[tuple[int, bool, bool]]:
+    """Where a group's blocks of one stack (`rows`, ascending, of a stack `run_depth` deep) train in the shallower
+    probe (`shallow` blocks): (position, counted from its top in a deeper probe, at the run's place). A group's
+    lowest blocks at their position from the bottom and its highest at their position from the top where the
+    shallower probe has them so (at the run's place: then what a step holds is linear in the probe's depth, and
+    the line through the two probes gives the run's), a block neither way just above the group's block below it,
+    or as the lowest, as low as leaves room for the blocks above it (it keeps more for backward than the run's:
+    the safe side). A group's only block keeps its role: never the shallower probe's last layer, nor its first,
+    for another."""
+    placed, at, bottom = [], -1, True  # the block below's position in the shallower probe
+    for j, i in enumerate(rows):
+        above, top = len(rows) - 1 - j, shallow - (run_depth - i)
+        if bottom and i + above < shallow and (j or above or i == 0 or i < shallow - 1):
+            at, from_top, exact = i, False, True
+        elif top > at and (j or above or top >= 1):
+            at, from_top, exact, bottom = top, True, True, False
+        elif j:
+            at, from_top, exact, bottom = at + 1, placed[-1][1], False, False
+        else:
+            at = shallow - 1 - len(rows) if shallow - 1 - len(rows) >= 1 else shallow - len(rows)
+            from_top, exact = False, False
+        placed.append((at, from_top, exact))
+    return placed
