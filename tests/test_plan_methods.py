@@ -56,17 +56,19 @@ def test_plan_from_fewer_layers_predicts_the_traced_peak(tmp_path, stack, method
 
 
 # Rotating groups of two layers on an 8-layer encoder: probes of 3 and 4 layers ended in a group of one, then of
-# two, and the line through them missed (6 layers: BAdam +10 %, HiFT +7 %); probes of 4 and 6 end in whole groups
+# two, and the line through them missed (6 layers: BAdam +10 %, HiFT +7 %); probes of 4 and 6 end in whole groups.
+# BAdam's random order replays the groups its profile draws, each probed at its place (units.replay_depth): a group
+# with layers above it needs probes that deep, here up to the run's own 8 layers.
 GROUPS = [pytest.param(method, ["model.shape.num_hidden_layers=8", "method.steps_per_block=1", "method.group_size=2"],
-                       id=f"{method}-pairs") for method in ("badam", "hift")]
+                       method != "badam", id=f"{method}-pairs") for method in ("badam", "hift")]
 
 
-@pytest.mark.parametrize("method,overrides", GROUPS)
-def test_a_plan_of_rotating_groups_predicts_the_traced_peak(tmp_path, method, overrides):
-    assert_plan_predicts_the_traced_peak(tmp_path, "encoder", method, overrides)
+@pytest.mark.parametrize("method,overrides,shallower", GROUPS)
+def test_a_plan_of_rotating_groups_predicts_the_traced_peak(tmp_path, method, overrides, shallower):
+    assert_plan_predicts_the_traced_peak(tmp_path, "encoder", method, overrides, shallower)
 
 
-def assert_plan_predicts_the_traced_peak(tmp_path, stack, method, overrides):
+def assert_plan_predicts_the_traced_peak(tmp_path, stack, method, overrides, shallower=True):
     shape, head = STACKS[stack]
     args = [*shape, f"method={method}", *overrides]
     steps = planned_steps(compose(*args), head)
@@ -78,7 +80,8 @@ def assert_plan_predicts_the_traced_peak(tmp_path, stack, method, overrides):
     assert abs(predicted / traced - 1) < 0.03, (predicted, traced)
     for key in ("weights_bytes", "master_bytes", "grad_bytes", "optimizer_state_bytes"):  # held state: exact
         assert plan["memory"]["breakdown"][key] == pytest.approx(real["memory"]["breakdown"][key], rel=1e-3, abs=64), key
-    assert max(p["layers"] for p in plan["plan"]["probes"]) < plan["plan"]["layers"]  # made from fewer layers
+    deepest = max(p["layers"] for p in plan["plan"]["probes"])
+    assert deepest < plan["plan"]["layers"] if shallower else deepest <= plan["plan"]["layers"]
 
 
 # A causal LM's micro-batch over train.loss_chunk_tokens: the loss's largest chunk holds loss_chunk_tokens' logits
