@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 from ftbench.config.sources import given_keys
 from ftbench.errors import UserError
 
-GROUPS = ("optim", "eval", "method")
-MISSING_DEFAULT = object()  # `default_of` a key without one: never equal to a value  # the groups that have knobs used only under another setting
+GROUPS = ("optim", "eval", "method")  # the groups that have knobs used only under another setting
+MISSING_DEFAULT = object()  # `default_of` a key without one: never equal to a value
 
 
 @dataclass(frozen=True)

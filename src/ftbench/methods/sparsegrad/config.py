@@ -25,8 +25,7 @@ class SparseMlpConfig(MethodConfig):
         if cfg.optim.name not in ("adamw", "sgd"):  # its lazy Adam shares one state dict with the dense groups'
             raise UserError("optim.name", f"{self.name} steps its sparse MLP weights with its own lazy Adam and "
                             f"the rest with adamw or sgd beside it, not {cfg.optim.name}; set optim.name=adamw")
-        if cfg.optim.name == "sgd" and cfg.optim.momentum:  # sparse_adam.SparseMlpOptimizer's rule, before calibrating
-            raise UserError("optim.momentum", "sparse MLP methods support plain SGD only; set 0 or use adamw")
+        require_plain_sgd(cfg.optim)  # the optimizer's rule, checked again here before calibrating
 
     def check(self, key: str) -> None:
         super().check(key)
@@ -41,6 +40,13 @@ class SparseMlpConfig(MethodConfig):
         if self.freeze_norms and not self.train_non_mlp:  # the norms train only beside the MLP weights
             found.append(Unused(f"{key}.freeze_norms", f"{key}.train_non_mlp=true", f"{key}.train_non_mlp=false"))
         return found
+
+
+def require_plain_sgd(optim_cfg) -> None:
+    """Raise UserError('optim.momentum') for sgd with momentum: the sparse MLP step (sparse_adam.py) has no
+    momentum buffer for the entries it updates."""
+    if optim_cfg.name == "sgd" and optim_cfg.momentum:
+        raise UserError("optim.momentum", "sparse MLP methods support plain SGD only; set 0 or use adamw")
 
 
 @dataclass

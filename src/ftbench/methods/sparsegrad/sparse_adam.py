@@ -21,6 +21,7 @@ import torch
 
 from ftbench.engine.optim import make_optimizer
 from ftbench.errors import UserError
+from ftbench.methods.sparsegrad.config import require_plain_sgd
 from ftbench.methods.sparsegrad.sparse_linear import Basis
 
 
@@ -93,8 +94,7 @@ class SparseMlpOptimizer(torch.optim.Optimizer):
         if optim_cfg.name not in ("adamw", "sgd"):
             raise UserError("optim.name", f"sparse MLP methods train with adamw (lazy Adam on the MLP weights) "
                             f"or sgd, not {optim_cfg.name}")
-        if optim_cfg.name == "sgd" and optim_cfg.momentum:
-            raise UserError("optim.momentum", "sparse MLP methods support plain SGD only; set 0 or use adamw")
+        require_plain_sgd(optim_cfg)
         self.rule = "adam" if optim_cfg.name == "adamw" else "sgd"
         self.bases, self.entries = bases, entries or {}  # entries: each sparse weight's k (unique_entries)
         super().__init__(groups, {"lr": lr, "betas": tuple(optim_cfg.betas), "eps": optim_cfg.eps,
