@@ -5,8 +5,9 @@ floors in docs/results/peers.md ("What explains each ratio").
     PYTHONPATH=src python scripts/floor_costs.py
 
 Prints milliseconds per call (the minimum of 30 calls after 3 warm-ups: the least disturbed) of
-- SparseGrad's rotated gradient Lᵀ gᵀ x R (`Basis.rotated_gradient`) beside the plain gᵀ x that full
-  fine-tuning and MeProp form, and its update L S Rᵀ (`Basis.unrotate_entries`);
+- SparseGrad's rotated gradient Lᵀ gᵀ x R (`Basis.rotated_gradient`), with an fp32 pair and with a bf16
+  one (method.rotation_dtype), beside the plain gᵀ x that full fine-tuning and MeProp form, and its update
+  L S Rᵀ (`Basis.unrotate_entries`, in fp32 either way);
 - the exact top-k of an MLP gradient (`top_k`, SparseGrad's default density) beside a full `torch.topk`;
 - SIFT's sampled entries (`sampled_entries`, rate 0.01) beside their two parts: the token-major copies of
   g and x, and the sampled products on copies made beforehand.
@@ -45,13 +46,16 @@ def orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
 def sparse_mlp(name: str, d_out: int, d_in: int, generator: torch.Generator) -> None:
     g, x = torch.randn(TOKENS, d_out, generator=generator), torch.randn(TOKENS, d_in, generator=generator)
     basis = Basis(orthogonal(d_out, generator), orthogonal(d_in, generator))
+    bf16 = Basis(basis.left.bfloat16(), basis.right.bfloat16())  # method.rotation_dtype=bfloat16, the default
     k = round(SPARSEGRAD_DENSITY * d_out * d_in)
     rotated = basis.rotated_gradient(g, x).reshape(-1)
     flat = top_k(rotated.abs(), k)
     values = rotated.index_select(0, flat)
     rows = [("gᵀ x (full fine-tuning, MeProp)", lambda: g.t() @ x),
-            ("Lᵀ gᵀ x R (SparseGrad)", lambda: basis.rotated_gradient(g, x)),
-            ("L S Rᵀ, the update (SparseGrad)", lambda: basis.unrotate_entries(flat, values, (d_out, d_in))),
+            ("Lᵀ gᵀ x R (SparseGrad, rotation_dtype=float32)", lambda: basis.rotated_gradient(g, x)),
+            ("Lᵀ gᵀ x R (SparseGrad, rotation_dtype=bfloat16)", lambda: bf16.rotated_gradient(g, x)),
+            ("L S Rᵀ, the update (float32)", lambda: basis.unrotate_entries(flat, values, (d_out, d_in))),
+            ("L S Rᵀ, the update (bfloat16 pair, widened)", lambda: bf16.unrotate_entries(flat, values, (d_out, d_in))),
             (f"top-k, k = {k} (SparseGrad, MeProp)", lambda: top_k(rotated.abs(), k)),
             ("full torch.topk, the same k", lambda: rotated.abs().topk(k, sorted=False))]
     for what, call in rows:

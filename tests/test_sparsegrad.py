@@ -1,6 +1,7 @@
 """SparseGrad and MeProp against dense references (float64 where exactness is claimed)."""
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -44,8 +45,12 @@ def prepared(method, model=None, calibration_steps=2):
 
 
 def rotated(layer: TopKGradLinear) -> torch.Tensor:
-    w = layer.weight.detach().clone()
-    return w if layer.basis is None else layer.basis.left.t() @ w @ layer.basis.right
+    """W̃ with W = L W̃ Rᵀ, in fp64 (L⁻¹ W R⁻ᵀ; Lᵀ W R for an orthogonal pair)."""
+    w = layer.weight.detach().double()
+    if layer.basis is None:
+        return w.clone()
+    left, right = layer.basis.left.double(), layer.basis.right.double()
+    return torch.linalg.solve(left, w) @ torch.linalg.inv(right).t()
 
 
 # -- the MLP layers and the calibration ---------------------------------------------------------
@@ -67,7 +72,7 @@ def test_mlp_kinds_per_architecture():
 def test_calibration_gives_the_unfoldings_singular_vectors_and_changes_nothing():
     model = tiny_bert64()
     before = copy.deepcopy(model.state_dict())
-    method = SparseGrad(SparseGradConfig())
+    method = SparseGrad(SparseGradConfig(rotation_dtype="float32"))
     prepared(method, model, calibration_steps=3)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), f"calibration changed {key}"
@@ -96,6 +101,18 @@ def test_calibration_gives_the_unfoldings_singular_vectors_and_changes_nothing()
         for mine, theirs in ((basis.left, u2), (basis.right.t(), u3)):
             overlap = (mine[:, :4].t() @ theirs[:, :4]).abs()
             assert overlap.diagonal().min() > 1 - 1e-6, f"{kind}: {overlap.diagonal()}"
+
+
+def test_a_bf16_basis_is_the_fp32_basis_rounded():
+    """method.rotation_dtype=bfloat16 (the default) stores the same calibrated pair, rounded to bf16."""
+    exact, rounded = SparseGrad(SparseGradConfig(rotation_dtype="float32")), SparseGrad(SparseGradConfig())
+    for method in (exact, rounded):
+        prepared(method)
+    for kind in exact.kinds:
+        a, b = exact.kinds[kind][0].basis, rounded.kinds[kind][0].basis
+        assert b.left.dtype == b.right.dtype == torch.bfloat16
+        assert torch.equal(b.left, a.left.to(torch.bfloat16)) and torch.equal(b.right, a.right.to(torch.bfloat16))
+        assert b.left.t().is_contiguous() and b.right.t().is_contiguous()  # column-major, as the update reads them
 
 
 def test_warm_start_fine_tunes_during_calibration():
@@ -152,6 +169,27 @@ def test_the_rotated_gradient_is_the_same_in_every_order(tokens, d_out, d_in):
     torch.testing.assert_close(basis.rotated_gradient(g, x), basis.left.t() @ g.t() @ x @ basis.right)
 
 
+@pytest.mark.parametrize("tokens", [16, 64, 256])  # L and R on the tokens, R only, neither
+@pytest.mark.parametrize("d_out,d_in", [(96, 48), (48, 96)])
+def test_a_bf16_basis_keeps_the_top_k_but_at_its_margin(tokens, d_out, d_in):
+    """rotation_dtype=bfloat16: the products run in bf16 (fp32 accumulation), so the k kept entries are the
+    top-k of Lᵀ G R for the stored pair except at the margin: each within 2 % of the k-th largest
+    magnitude (fp64), nearly all the same entries, and the values within bf16's rounding."""
+    generator = torch.Generator().manual_seed(0)
+    basis = Basis(orthogonal(d_out, 1).to(torch.bfloat16), orthogonal(d_in, 2).to(torch.bfloat16))
+    g, x = (torch.randn(tokens, n, generator=generator) for n in (d_out, d_in))
+    layer = TopKGradLinear(nn.Linear(d_in, d_out, bias=False), basis, k=200)
+    got = layer.weight_grad(g, x)[0]
+    assert got.dtype == torch.float32 and got._nnz() == 200 and got.is_coalesced()
+    exact = (basis.left.double().t() @ g.double().t() @ x.double() @ basis.right.double()).reshape(-1)
+    rows, cols = got._indices()
+    kept = rows * d_in + cols
+    top = exact.abs().topk(200)
+    assert exact.abs()[kept].min() >= 0.98 * top.values.min()
+    assert len(set(kept.tolist()) ^ set(top.indices.tolist())) <= 2 * 200 // 25  # at most 4 % swapped
+    torch.testing.assert_close(got._values().double(), exact[kept], rtol=2**-7, atol=2**-7 * exact.abs().max())
+
+
 @pytest.mark.parametrize("tokens", [3, 7, 12])
 @pytest.mark.parametrize("d_out,d_in", [(9, 6), (6, 9)])
 def test_the_top_k_of_the_rotated_gradient_is_the_same_in_either_memory_order(tokens, d_out, d_in):
@@ -202,10 +240,14 @@ def test_ties_keep_exactly_k_entries_deterministically():
 
 # -- training against full fine-tuning ------------------------------------------------------------
 
-@pytest.mark.parametrize("method_class,config_class", [(SparseGrad, SparseGradConfig), (MeProp, MePropConfig)])
+EXACT = [(SparseGrad, functools.partial(SparseGradConfig, rotation_dtype="float32")), (MeProp, MePropConfig)]
+
+
+@pytest.mark.parametrize("method_class,config_class", EXACT)
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_k_all_with_sgd_equals_full_fine_tuning(method_class, config_class, accumulation):
-    """SGD is rotation-invariant: with every entry kept, W += L(-lr Lᵀ G R)Rᵀ = W - lr G."""
+    """SGD is rotation-invariant: with every entry kept, W += L(-lr Lᵀ G R)Rᵀ = W - lr G (an orthogonal pair:
+    rotation_dtype=float32, in the fp64 model's precision)."""
     method = method_class(config_class(density=1.0))  # every entry (a k above a weight's entries is refused)
     model = prepared(method)
     reference = tiny_bert64()
@@ -219,8 +261,10 @@ def test_k_all_with_sgd_equals_full_fine_tuning(method_class, config_class, accu
         torch.testing.assert_close(trained[name], param, rtol=1e-9, atol=1e-10, msg=name)
 
 
-@pytest.mark.parametrize("method_class,config_class", [(SparseGrad, SparseGradConfig), (MeProp, MePropConfig)])
+@pytest.mark.parametrize("method_class,config_class", [*EXACT, (SparseGrad, SparseGradConfig)])
 def test_exactly_k_entries_of_the_rotated_weight_change_per_step(method_class, config_class):
+    """W̃ = L⁻¹ W R⁻ᵀ: the rotated weight of W = L W̃ Rᵀ, also for a bf16 pair (orthogonal only to bf16's
+    precision); the fp64 model's update runs in fp64 whatever the pair's dtype."""
     method = method_class(config_class(k=11))
     model = prepared(method)
     # Weight decay applies to the dense groups only: decaying W̃ would move every entry.
@@ -345,7 +389,8 @@ def test_protocol_options_choose_what_trains():
 
 
 @pytest.mark.parametrize("override,key", [("method.k=0", "method.k"), ("method.density=0", "method.density"),
-                                          ("method.calibration_steps=0", "method.calibration_steps")])
+                                          ("method.calibration_steps=0", "method.calibration_steps"),
+                                          ("method.rotation_dtype=float16", "method.rotation_dtype")])
 def test_bad_values_name_their_key(override, key):
     with pytest.raises(UserError, match=key):
         check(compose("method=sparsegrad", override))
@@ -366,6 +411,7 @@ def test_presets_compose_for_every_model_and_task():
     for cfg in configs:
         check(cfg)
         assert cfg.method.name == "sparsegrad" and cfg.train.select == "best" and cfg.eval.every_steps
+        assert cfg.method.rotation_dtype == "float32"  # the reference's precision, not ftbench's bf16 default
         assert cfg.optim.scheduler == "constant" and cfg.task.max_length == 128 and cfg.train.epochs == 20
 
 

@@ -49,12 +49,16 @@ def require_plain_sgd(optim_cfg) -> None:
         raise UserError("optim.momentum", "sparse MLP methods support plain SGD only; set 0 or use adamw")
 
 
+ROTATION_DTYPES = ("bfloat16", "float32")  # the precision of the basis and of the rotated gradient's products
+
+
 @dataclass
 class SparseGradConfig(SparseMlpConfig):
     name: str = "sparsegrad"
     calibration_steps: int = 11
     warm_start: bool = False
     core_basis: bool = False
+    rotation_dtype: str = "bfloat16"
     short_setup: ClassVar[tuple[str, ...]] = ("method.calibration_steps=2",)
     gpu_targets: ClassVar[dict[str, GpuTarget]] = {  # the RoBERTa-large table (traced MiB), as a ratio to full;
         # the 7B step at most 1.25 x full fine-tuning's (issue 28), below what its rotations and update cost
@@ -68,3 +72,5 @@ class SparseGradConfig(SparseMlpConfig):
     def check(self, key: str) -> None:
         super().check(key)
         require(self.calibration_steps >= 1, f"{key}.calibration_steps", "must be >= 1")
+        require(self.rotation_dtype in ROTATION_DTYPES, f"{key}.rotation_dtype",
+                f"must be one of {', '.join(ROTATION_DTYPES)} (got {self.rotation_dtype})")

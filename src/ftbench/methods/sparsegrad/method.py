@@ -24,6 +24,10 @@ Differences from the reference code (sayankotor/sparse_grads, lora_benchmark), f
 - LayerNorm trains as in full fine-tuning; the reference's optimizer skipped it in
   SparseGrad runs only (method.freeze_norms=true reproduces that);
 - U/V live in non-persistent buffers of one shared module per kind, never class globals.
+A deviation, by default: the reference rotates in fp32; here the pair is stored in bf16 and the
+rotated gradient's products run in bf16 (method.rotation_dtype=bfloat16, half their time where bf16
+products run at twice fp32's rate). Its top-k then differs from the fp32 one at the margin
+(docs/results/peers.md, "SparseGrad's rotations in bf16"); method.rotation_dtype=float32 is the reference's.
 MeProp (meprop.py) is the same layer and optimizer without the rotation.
 """
 
@@ -162,12 +166,14 @@ class SparseGrad(SparseMlpMethod):
 
     def bases(self, model: nn.Module, layers: dict[str, list[nn.Linear]], ctx: MethodContext) -> dict[str, Basis]:
         cfg = self.cfg
-        return calibrate(model, layers, ctx, cfg.calibration_steps, cfg.warm_start, cfg.lr, cfg.core_basis)
+        return calibrate(model, layers, ctx, cfg.calibration_steps, cfg.warm_start, cfg.lr, cfg.core_basis,
+                         cfg.rotation_dtype == "bfloat16")
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         cfg = self.cfg
         return {**super().describe(model), "calibration_steps": cfg.calibration_steps, "warm_start": cfg.warm_start,
-                "basis": "u2ᵀ W u3 (HOSVD core)" if cfg.core_basis else "u2ᵀ W u3ᵀ (paper)"}
+                "basis": "u2ᵀ W u3 (HOSVD core)" if cfg.core_basis else "u2ᵀ W u3ᵀ (paper)",
+                "rotation_dtype": cfg.rotation_dtype}
 
     def state_dict(self) -> dict[str, Any]:
         """The rotations: a resumed run must keep them (recalibrating would change the basis)."""

@@ -35,10 +35,12 @@ class GramAccumulator:
         self.out_gram.addmm_(g, g.t())
         self.in_gram.addmm_(g.t(), g)
 
-    def basis(self, core: bool) -> Basis:
+    def basis(self, core: bool, bf16: bool) -> Basis:
         """u2, u3: eigenvectors by decreasing eigenvalue (= the unfoldings' left singular vectors).
-        W̃ = u2ᵀ W u3ᵀ as the paper's code (core=False), or the HOSVD core u2ᵀ W u3 (core=True)."""
-        u2, u3 = (_eigenvectors(gram).to(self.dtype) for gram in (self.out_gram, self.in_gram))
+        W̃ = u2ᵀ W u3ᵀ as the paper's code (core=False), or the HOSVD core u2ᵀ W u3 (core=True). Stored in
+        bf16 (bf16=True, method.rotation_dtype=bfloat16) or in the Gram matrices' fp32-or-better dtype."""
+        dtype = torch.bfloat16 if bf16 else self.dtype
+        u2, u3 = (_eigenvectors(gram).to(dtype) for gram in (self.out_gram, self.in_gram))
         return Basis(u2, u3 if core else u3.t())
 
 
@@ -50,8 +52,9 @@ def _eigenvectors(gram: torch.Tensor) -> torch.Tensor:
 
 
 def calibrate(model: nn.Module, layers: dict[str, list[nn.Linear]], ctx: MethodContext, steps: int,
-              warm_start: bool, lr: float, core: bool) -> dict[str, Basis]:
-    """Run `steps` backward passes on calibration batches and return one basis per kind.
+              warm_start: bool, lr: float, core: bool, bf16: bool) -> dict[str, Basis]:
+    """Run `steps` backward passes on calibration batches and return one basis per kind (in bf16 when
+    `bf16`, else fp32 or the weights' wider dtype).
 
     warm_start=False: only gradients are taken; the model leaves exactly as it came.
     warm_start=True reproduces the reference's accidental warm start: each pass is also a step
@@ -86,7 +89,7 @@ def calibrate(model: nn.Module, layers: dict[str, list[nn.Linear]], ctx: MethodC
         for param, flag in trainable.items():
             param.grad = None
             param.requires_grad_(flag)
-    bases = {kind: acc.basis(core) for kind, acc in accumulators.items()}
+    bases = {kind: acc.basis(core, bf16) for kind, acc in accumulators.items()}
     log.info("sparsegrad: calibrated %s from %d backward passes%s", ", ".join(bases), steps,
              " (warm start: the model was fine-tuned meanwhile)" if warm_start else "")
     return bases

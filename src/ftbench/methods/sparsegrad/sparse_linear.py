@@ -39,6 +39,12 @@ def mlp_layers(model: nn.Module, method: str) -> dict[str, list[tuple[str, nn.Li
 class Basis(nn.Module):
     """One orthogonal pair shared by every layer of a kind: W̃ = leftᵀ W right.
 
+    The pair's dtype is the rotated gradient's precision (method.rotation_dtype): in bf16 its products run
+    at bf16's rate, with fp32 accumulation, on bf16 copies of g and x. A bf16 pair is orthogonal only to
+    bf16's precision (LᵀL = I within about 2⁻⁸); W = L W̃ Rᵀ stays an exact reparametrisation all the same,
+    and Lᵀ G R is then exactly ∂L/∂W̃ for the pair as stored. The update (`unrotate_entries`) runs in fp32
+    or better whatever the pair's dtype: torch's CPU sparse kernels take no bf16.
+
     Buffers are non-persistent: they move with the model but never enter a checkpoint. Both are kept
     column-major (their transposes contiguous): the update's sparse products read Lᵀ and Rᵀ
     (`unrotate_entries`), and torch's sparse-times-dense kernel copies a dense operand that is not
@@ -51,11 +57,11 @@ class Basis(nn.Module):
         self.register_buffer("right", column_major(right), persistent=False)
 
     def rotate(self, dense: torch.Tensor) -> torch.Tensor:
-        """Lᵀ G R, in the basis's precision (fp32 or better)."""
+        """Lᵀ G R, in the basis's precision."""
         return self.left.t() @ dense.to(self.left.dtype) @ self.right
 
     def rotated_gradient(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Lᵀ gᵀ x R (d_out × d_in, the basis's precision) for output gradients g (tokens × d_out) and
+        """Lᵀ gᵀ x R (d_out × d_in, the basis's dtype) for output gradients g (tokens × d_out) and
         inputs x (tokens × d_in). Each rotation goes where it costs least: L on the tokens (g L:
         tokens·d_out² multiply-adds) when there are fewer tokens than d_in, else on the weight gradient
         (Lᵀ G: d_out²·d_in); R likewise (x R against G R) when there are fewer tokens than d_out. A
@@ -79,16 +85,18 @@ class Basis(nn.Module):
         (repeats add). The sparse product comes first, on the side that leaves the smaller dense one:
         (L S) Rᵀ costs k·d_out + d_out·d_in² multiply-adds, L (S Rᵀ) k·d_in + d_out²·d_in (L X Rᵀ of a
         dense X: d_out·d_in·(d_out + d_in)). The sparse operand is CSR (faster than COO in torch's CPU
-        kernels), built without a host sync."""
+        kernels), built without a host sync. Runs in the wider of fp32, the pair's and the values' dtypes: a
+        bf16 pair is widened for the call (a transient of its size; the strides, column-major, are kept)."""
         d_out, d_in = shape
         rows, cols = flat // d_in, flat % d_in
-        values = values.to(self.left.dtype)
+        dtype = torch.promote_types(torch.promote_types(self.left.dtype, values.dtype), torch.float32)
+        left, right, values = self.left.to(dtype), self.right.to(dtype), values.to(dtype)
         if d_out >= d_in:
             order = cols.argsort(stable=True)  # Sᵀ row by row
             s_t = _csr(cols.index_select(0, order), rows.index_select(0, order), values.index_select(0, order),
                        (d_in, d_out))
-            return (s_t @ self.left.t()).t() @ self.right.t()  # (Sᵀ Lᵀ)ᵀ Rᵀ
-        return self.left @ (_csr(rows, cols, values, (d_out, d_in)) @ self.right.t())
+            return (s_t @ left.t()).t() @ right.t()  # (Sᵀ Lᵀ)ᵀ Rᵀ
+        return left @ (_csr(rows, cols, values, (d_out, d_in)) @ right.t())
 
 
 def column_major(matrix: torch.Tensor) -> torch.Tensor:
