@@ -240,6 +240,36 @@ def test_each_method_trains_what_it_says_on_each_layout(layout, name, head):
     trains_as_claimed(model, method, head)
 
 
+def pissa_targets(layout: str) -> list[str]:
+    """A list of targets for `layout`: the end of its v (or fused qkv) projection's name and of its down projection's
+    (BERT's `dense`, which RoBERTa's classification head holds too)."""
+    roles = EXPECTED_ROLES[layout]
+    return [roles["v" if "v" in roles else "qkv"].rsplit(".", 1)[-1], roles["down"].rsplit(".", 1)[-1]]
+
+
+@pytest.mark.parametrize("layout,head", [(layout, "seq_cls") for layout in SHAPES] +
+                         [(layout, "causal_lm") for layout in CAUSAL])
+@pytest.mark.parametrize("listed", [False, True])
+def test_pissa_refuses_a_rank_above_an_adapted_weight_before_any_svd(layout, head, listed):
+    """`check_model` bounds method.r by the smallest side of the weights PEFT adapts (all-linear or a list; a head it
+    keeps whole is not adapted), found without wrapping, with the line the refusal gave after PEFT's wrap and SVD
+    of every target (was: only then). Here the wrapped model says what PEFT adapted, and r one above its smallest
+    side is refused, the side itself served."""
+    cfg = method_config("pissa")
+    cfg.target_modules = pissa_targets(layout) if listed else "all-linear"
+    cfg.r = 1
+    wrapped = build_method(cfg).prepare(tiny(layout, head), context(tiny(layout, head), head))
+    side, path = min((min(m.base_layer.weight.shape), n.removeprefix("base_model.model."))
+                     for n, m in wrapped.named_modules() if hasattr(m, "lora_A"))
+    cfg.r = side + 1
+    with pytest.raises(UserError) as refused:
+        checked(build_method(cfg), tiny(layout, head), head)
+    assert str(refused.value) == (f"method.r: {side + 1} is more than the {side} principal components an SVD of "
+                                  f"{path}.weight has (its smaller side); give at most {side}")
+    cfg.r = side
+    checked(build_method(cfg), tiny(layout, head), head)
+
+
 def test_lora_trains_a_copy_of_each_new_head():
     """PEFT finds a new head by the names classifier and score only: T5's and BART's
     classification_head must be named to it (lora/method.py), or it stays random and frozen."""

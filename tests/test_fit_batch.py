@@ -1,6 +1,7 @@
 """hardware.max_micro_batch_size=auto (the choice from a fake budget, the effective batch kept, the
-one-line refusal, a probe that leaves no trace, a calibration fit only for a method that calibrates and never
-before a refusal the model's structure decides) and train.max_steps=0 (the untouched model scored)."""
+one-line refusal, a probe that leaves no trace, a calibration fit only for a method that calibrates, and neither
+it nor `prepare` before a refusal the model's structure decides) and train.max_steps=0 (the untouched model
+scored)."""
 
 import pytest
 import torch
@@ -178,9 +179,9 @@ def test_only_a_method_that_calibrates_fits_a_calibration_micro_batch(tmp_path, 
     assert bool(drawn) == calibrates and ("calibration" in result["plan"]["micro_batch_fit"]) == calibrates
 
 
-# A setting the model's structure rules out, under settings that calibrate: refused by `Method.check_model` with the
-# line `prepare` gave, before the calibration micro-batch fit and any calibration batch (was: both ran first, then
-# prepare refused; on a 7B model, minutes). The momentum `SparseMlpOptimizer` refuses once calibrated is the
+# A setting the model's structure rules out, under settings that calibrate or a `prepare` that is costly: refused by
+# `Method.check_model` with the line `prepare` gave, before the calibration micro-batch fit, any calibration batch
+# and `prepare` (was: they ran first, then prepare refused; on a 7B model, minutes: PiSSA's SVD of every target). The momentum `SparseMlpOptimizer` refuses once calibrated is the
 # config's to refuse (`SparseMlpConfig.check_run`). "{gpt2}": a GPT-2 folder, whose projections are Conv1D.
 STRUCTURE_REFUSALS = [
     (["method=sift", "method.target_modules=[nosuch]"], "method.target_modules: 'nosuch' names no linear layer; "
@@ -205,19 +206,34 @@ STRUCTURE_REFUSALS = [
      "or add the family to ftbench/models/architecture.py LAYOUTS"),
     (["method=sparsegrad", "optim.name=sgd", "optim.momentum=0.9"], "optim.momentum: sparse MLP methods support "
      "plain SGD only; set 0 or use adamw"),
+    (["method=pissa", "method.r=100000"], "method.r: 100000 is more than the 32 principal components an SVD of "
+     "model.layers.0.self_attn.k_proj.weight has (its smaller side); give at most 32"),
+    (["method=pissa", "method.target_modules=[up_proj,score]", "method.r=65"], "method.r: 65 is more than the 64 "
+     "principal components an SVD of model.layers.0.mlp.up_proj.weight has (its smaller side); give at most 64"),
+    (["method=pissa", "method.target_modules=[nosuch]"], "method.target_modules: no module named 'nosuch' in this "
+     "model; linear layers here: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"),
 ]
 
 
 @pytest.mark.parametrize("overrides,line", STRUCTURE_REFUSALS)
-def test_a_setting_the_model_rules_out_is_refused_before_any_calibration(tmp_path, monkeypatch, overrides, line):
+def test_a_setting_the_model_rules_out_is_refused_before_calibration_or_prepare(tmp_path, monkeypatch, overrides,
+                                                                                 line):
     from plan_helpers import gpt2_folder
 
     if any("{gpt2}" in o for o in overrides):
         gpt2_folder(tmp_path / "gpt2")
-    asked, fit, draws = [], steps.Feed.max_micro, steps.Feed.calibration
+    asked, fit, draws, build = [], steps.Feed.max_micro, steps.Feed.calibration, steps.build_method
     monkeypatch.setattr(steps.Feed, "max_micro", lambda feed, what, *a: asked.append(f"{what} fit") or fit(feed, what, *a))
     monkeypatch.setattr(steps.Feed, "calibration",
                         lambda feed, micro: lambda n: asked.append("calibration batches") or draws(feed, micro)(n))
+
+    def spied(cfg):
+        method = build(cfg)
+        prepare = method.prepare
+        method.prepare = lambda model, ctx: asked.append("prepare") or prepare(model, ctx)
+        return method
+
+    monkeypatch.setattr(steps, "build_method", spied)
     result = run(tmp_path / "r", *(o.format(gpt2=tmp_path / "gpt2") for o in overrides),
                  "hardware.max_micro_batch_size=auto", "task.num_train=64", "task.num_eval=32", "train.max_steps=1")
     assert refused(result, line.split(":")[0]) == line

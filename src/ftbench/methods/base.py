@@ -139,7 +139,8 @@ class Method(ABC):
         data, runs no forward and changes nothing in the model. The job calls it once, after the model is loaded
         and before the calibration micro-batch fit and `prepare` (job/steps.py), so that such a refusal costs no
         calibration; `prepare` still refuses alike when called without it. A method whose settings calibrate
-        (`MethodConfig.calibrates`) refuses here whatever its `prepare` would refuse before drawing data, and
+        (`MethodConfig.calibrates`) refuses here whatever its `prepare` would refuse before drawing data, any
+        method what the structure decides that its `prepare` would refuse after costly work (PiSSA's SVD), and
         every method that `needs_linear` refuses here a projection held otherwise. Here: nothing to refuse."""
 
     @abstractmethod

@@ -26,14 +26,20 @@ PEFT_TASK_TYPES = {"seq_cls": "SEQ_CLS", "regression": "SEQ_CLS", "causal_lm": "
 class Lora(Method):
     config_class = LoraMethodConfig
 
+    def check_model(self, model: nn.Module, head: str) -> None:
+        """A listed target names modules PEFT can adapt, not only the task heads (`require_adaptable`: raises
+        UserError('method.target_modules')); all-linear always does."""
+        targets = self.cfg.target_modules  # all-linear or a list of names (methods/config.py check_targets)
+        if not isinstance(targets, str):
+            require_adaptable(model, list(targets), architecture(model).task_heads(head))
+
     def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         from peft import LoraConfig, get_peft_model
 
-        targets = self.cfg.target_modules  # all-linear or a list of names (methods/config.py check_targets)
+        self.check_model(model, ctx.head)
+        targets = self.cfg.target_modules
         targets = targets if isinstance(targets, str) else list(targets)
         heads = architecture(model).task_heads(ctx.head)
-        if not isinstance(targets, str):
-            require_adaptable(model, targets, heads)
         model = self.base_model(model, ctx)
         config = LoraConfig(
             task_type=PEFT_TASK_TYPES[ctx.head],
@@ -98,6 +104,8 @@ class Lora(Method):
 
 # What PEFT's LoRA wraps beyond a linear layer (its default dispatch, peft/tuners/lora/layer.py), DoRA and PiSSA too
 PEFT_WRAPS = (nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention)
+# The heads PEFT keeps whole for a classifier whatever the config names (PeftModelForSequenceClassification)
+PEFT_CLASSIFIERS = ("classifier", "score")
 
 
 def require_adaptable(model: nn.Module, targets: list[str], heads: list[str]) -> None:
@@ -127,3 +135,21 @@ def require_adaptable(model: nn.Module, targets: list[str], heads: list[str]) ->
         raise UserError("method.target_modules", f"[{', '.join(in_heads)}] names only the task head "
                         f"({', '.join(heads)}), which trains densely, not through adapters, so nothing is left "
                         f"to adapt; name linear layers: {linears} (or all-linear)")
+
+
+def adapted(model: nn.Module, targets: str | list[str], head: str) -> list[tuple[str, nn.Module]]:
+    """(path, module) of every module `get_peft_model` puts an adapter on for `targets` (all-linear or a list of
+    names) under task head `head`, found as PEFT matches them (peft/tuners/tuners_utils.py), with nothing
+    wrapped: all-linear takes every nn.Linear and Conv1D (`is_projection`) but the output embedding, a list every
+    module whose path is an entry or ends in '.<entry>'. Neither takes a module inside one PEFT keeps whole
+    (`modules_to_save`): the task heads and, for a classifier or regressor, any module named classifier or score."""
+    arch = architecture(model)
+    whole = {*arch.task_heads(head), *(PEFT_CLASSIFIERS if PEFT_TASK_TYPES[head] == "SEQ_CLS" else ())}
+
+    def chosen(path: str, module: nn.Module) -> bool:
+        if isinstance(targets, str):  # all-linear: the config's check allows no other string
+            return is_projection(module) and path != arch.output_embedding
+        return any(path == target or path.endswith(f".{target}") for target in targets)
+
+    return [(path, module) for path, module in model.named_modules()
+            if path and not whole & set(path.split(".")) and chosen(path, module)]

@@ -26,7 +26,7 @@ from torch import nn
 
 from ftbench.errors import UserError
 from ftbench.methods.base import MethodContext
-from ftbench.methods.lora.method import Lora
+from ftbench.methods.lora.method import Lora, adapted
 from ftbench.methods.pissa.config import PissaConfig
 
 
@@ -36,14 +36,20 @@ class Pissa(Lora):
     def adapter_options(self) -> dict[str, Any]:
         return {"init_lora_weights": "pissa" if self.cfg.niter == 0 else f"pissa_niter_{self.cfg.niter}"}
 
-    def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
-        """LoRA's adapters started from the principal components; raises UserError (method.r) when r exceeds an
-        adapted weight's smaller side: its SVD has no more components, and PEFT would cut the adapter silently."""
-        model = super().prepare(model, ctx)
-        side, path = min((min(m.base_layer.weight.shape), n) for n, m in model.named_modules() if hasattr(m, "lora_A"))
+    def check_model(self, model: nn.Module, head: str) -> None:
+        """LoRA's target check, then method.r against every weight PEFT will adapt (`adapted`), before its SVD
+        of each: raises UserError('method.r') when r exceeds an adapted weight's smaller side, for its SVD has no
+        more components, and PEFT would cut the adapter silently."""
+        super().check_model(model, head)
+        sides = [(min(m.weight.shape), path) for path, m in adapted(model, self.cfg.target_modules, head)]
+        side, path = min(sides, default=(self.cfg.r, None))  # none: PEFT refuses such targets itself at the wrap
         if self.cfg.r > side:
             raise UserError("method.r", f"{self.cfg.r} is more than the {side} principal components an SVD of "
-                            f"{path.removeprefix('base_model.model.')}.weight has (its smaller side); give at most {side}")
+                            f"{path}.weight has (its smaller side); give at most {side}")
+
+    def prepare(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
+        """LoRA's adapters started from the principal components (LoRA's `prepare` runs `check_model` first)."""
+        model = super().prepare(model, ctx)
         self.initial = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if ".lora_" in n}
         return model
 

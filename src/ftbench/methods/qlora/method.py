@@ -45,14 +45,14 @@ class Qlora(Lora):
     quantizes_base = True
 
     def check_model(self, model: nn.Module, head: str) -> None:
-        """The block projections it quantizes are `nn.Linear`s."""
+        """LoRA's target check, then: the block projections it quantizes are `nn.Linear`s."""
+        super().check_model(model, head)
         arch = architecture(model)
         arch.require_linear(model, [r for r in QUANTIZED if arch.blocks and arch.has(arch.blocks[0], r)], "qlora")
 
     def base_model(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         """Replace every block projection by a `Linear4bit` holding its weight quantized (module docstring)."""
         bnb = library("bitsandbytes", "bitsandbytes", "qlora")
-        self.check_model(model, ctx.head)
         arch, cfg = architecture(model), self.cfg
 
         def quantized(linear: nn.Linear) -> nn.Module:
