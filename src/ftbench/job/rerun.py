@@ -25,9 +25,11 @@ evaluation). An attempt refused in its set-up (a broken checkpoint, a config it 
 says nothing about the run: it never turns a resumable run into one started afresh.
 
 Nothing is deleted: the result a new attempt will replace is moved aside as
-`result.previous-N.json`, checkpoints as `checkpoints.previous-N/`, and the export folder `checkpoint/`
-of a run that exports (train.save=last/best) as `checkpoint.previous-N/`, whoever wrote it (an earlier
-attempt, or the user), with one line saying so (reports pass them over, results.find). Before any of
+`result.previous-N.json`, with it the files that recorded that attempt (places.records: its generated
+answers as `generations.previous-N.jsonl`, a method's selection as `sift_selection.previous-N.safetensors`,
+`s2ft_selection.previous-N.json`), checkpoints as `checkpoints.previous-N/`, and the export folder
+`checkpoint/` of a run that exports (train.save=last/best) as `checkpoint.previous-N/`, whoever wrote it
+(an earlier attempt, or the user), with one line saying so (reports pass them over, results.find). Before any of
 that, every path the job writes in the folder is held to the kind it must be (job/places.py): a file
 where the job makes a folder (`checkpoints`, `checkpoint`) refuses the folder. Hydra's `.hydra/` record
 of the config (conf/config.yaml sets `hydra.output_subdir: null`) is written here, once the folder
@@ -68,9 +70,16 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Path | None:
         return elsewhere
     existing = run_dir / results.FILENAME
     attempt = files.free_number(run_dir, (results.PREVIOUS, *(f"{name}.previous-{{}}" for name in
-                                                              (checkpoint.FOLDER, checkpoint.EXPORT))))
+                                                              (checkpoint.FOLDER, checkpoint.EXPORT)),
+                                          *map(places.previous, places.records())))
     if existing.exists():
         os.replace(existing, run_dir / results.PREVIOUS.format(attempt))
+    records = [name for name in places.records() if os.path.lexists(run_dir / name)]
+    for name in records:
+        os.replace(run_dir / name, run_dir / places.previous(name).format(attempt))
+    if records:
+        kept = ", ".join(f"{name} to {places.previous(name).format(attempt)}" for name in records)
+        print(f"ftbench: {run_dir}: moved the earlier attempt's {kept}; this run writes its own", file=sys.stderr)
     if action == AFRESH:
         aside = run_dir / f"{checkpoint.FOLDER}.previous-{attempt}"
         os.replace(run_dir / checkpoint.FOLDER, aside)
