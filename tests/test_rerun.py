@@ -12,6 +12,7 @@ import signal
 import pytest
 from omegaconf import OmegaConf
 
+from ftbench import results
 from ftbench.errors import UserError
 from ftbench.job import rerun
 from helpers import cli, compose, killed_in_a_child, run
@@ -266,6 +267,7 @@ def test_an_earlier_attempts_selection_is_kept_even_by_a_run_of_another_method(t
     assert (run_dir / "s2ft_selection.previous-1.json").read_text() == "precious"
     assert (run_dir / "result.previous-1.json").is_file() and not (run_dir / "s2ft_selection.json").exists()
     assert "s2ft_selection.previous-1.json" in capsys.readouterr().err
+    assert results.find(list(run_dir.iterdir())) == [run_dir / "result.json"]  # ftbench-report RUN/* reads no selection
 
 
 # What stands where a run writes: (name in the folder, a file or a folder, the overrides under which it writes there)

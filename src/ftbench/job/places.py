@@ -66,19 +66,13 @@ def written(cfg: DictConfig) -> list[tuple[str, str, str]]:
 
 def records() -> tuple[str, ...]:
     """The files in a job's folder that record its attempt, read by no later one: the task's generated
-    answers and a method's selection. A rerun keeps an earlier attempt's under `previous(name)`."""
-    from ftbench.methods.s2ft.method import SELECTION_FILE as S2FT_SELECTION  # torch, as in `written`
+    answers and a method's selection. A rerun keeps an earlier attempt's under `files.previous(name)`.
+    Imported here as in `written` (torch)."""
+    from ftbench.methods.s2ft.method import SELECTION_FILE as S2FT_SELECTION
     from ftbench.methods.sift.method import SELECTION_FILE as SIFT_SELECTION
     from ftbench.tasks.generate import GENERATIONS_FILE
 
     return GENERATIONS_FILE, SIFT_SELECTION, S2FT_SELECTION
-
-
-def previous(name: str) -> str:
-    """The name, with a `{}` for N, under which a rerun keeps an earlier attempt's file `name`:
-    generations.jsonl -> generations.previous-{}.jsonl."""
-    path = Path(name)
-    return f"{path.stem}.previous-{{}}{path.suffix}"
 
 
 def require(cfg: DictConfig, run_dir: Path, key: str) -> None:

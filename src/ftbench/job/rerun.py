@@ -71,14 +71,14 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Path | None:
     existing = run_dir / results.FILENAME
     attempt = files.free_number(run_dir, (results.PREVIOUS, *(f"{name}.previous-{{}}" for name in
                                                               (checkpoint.FOLDER, checkpoint.EXPORT)),
-                                          *map(places.previous, places.records())))
+                                          *map(files.previous, places.records())))
     if existing.exists():
         os.replace(existing, run_dir / results.PREVIOUS.format(attempt))
     records = [name for name in places.records() if os.path.lexists(run_dir / name)]
     for name in records:
-        os.replace(run_dir / name, run_dir / places.previous(name).format(attempt))
+        os.replace(run_dir / name, run_dir / files.previous(name).format(attempt))
     if records:
-        kept = ", ".join(f"{name} to {places.previous(name).format(attempt)}" for name in records)
+        kept = ", ".join(f"{name} to {files.previous(name).format(attempt)}" for name in records)
         print(f"ftbench: {run_dir}: moved the earlier attempt's {kept}; this run writes its own", file=sys.stderr)
     if action == AFRESH:
         aside = run_dir / f"{checkpoint.FOLDER}.previous-{attempt}"
