@@ -252,8 +252,7 @@ def test_an_earlier_attempts_generations_are_kept_beside_its_result(tmp_path, ca
     assert (run_dir / "generations.previous-1.jsonl").read_text() == "older"
     assert json.loads((run_dir / "generations.jsonl").read_text().splitlines()[0])["output"] is not None
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ftbench")]
-    assert lines == [f"ftbench: {run_dir}: moved the earlier attempt's generations.jsonl to "
-                     "generations.previous-2.jsonl; this run writes its own"]
+    assert lines == [f"ftbench: {run_dir}: kept the earlier attempt's generations.jsonl as generations.previous-2.jsonl"]
 
 
 def test_an_earlier_attempts_selection_is_kept_even_by_a_run_of_another_method(tmp_path, capsys):
