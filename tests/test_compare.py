@@ -9,6 +9,7 @@ import pytest
 import yaml
 from scipy import stats as scipy_stats
 
+from ftbench import results
 from ftbench.compare import cells, runner, stats
 from ftbench.compare.spec import SpecError, load
 from helpers import cli, peft_adapter
@@ -86,6 +87,27 @@ def test_a_rerun_on_a_finished_folder_runs_nothing_and_prints_the_same_report(tw
     rebuilt = cli("ftbench-report", str(out), "--out", str(tmp_path))
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert (tmp_path / "comparison.md").read_text() == before
+
+
+def test_a_comparison_written_where_another_stands_keeps_it(twins, tmp_path):
+    """`ftbench-report DIR --out OUT` (and `ftbench compare` with another spec into a folder) wrote over the
+    comparison.json/.md/.csv/.png already in OUT: now kept as comparison.previous-N.*, with one line; the
+    same comparison written again replaces itself."""
+    _, out, _ = twins
+    (tmp_path / "comparison.json").write_text('{"spec": "another"}')
+    (tmp_path / "comparison.png").write_bytes(b"another plot")
+    rebuilt = cli("ftbench-report", str(out), "--out", str(tmp_path))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (tmp_path / "comparison.previous-1.json").read_text() == '{"spec": "another"}'
+    assert (tmp_path / "comparison.previous-1.png").read_bytes() == b"another plot"
+    assert (tmp_path / "comparison.json").read_bytes() == (out / "comparison.json").read_bytes()
+    assert (f"the earlier comparison, which differs, is kept as {tmp_path / 'comparison.previous-1.json'}, "
+            f"{tmp_path / 'comparison.previous-1.png'}") in rebuilt.stdout
+    before = sorted(p.name for p in tmp_path.iterdir())
+    again = cli("ftbench-report", str(out), "--out", str(tmp_path))
+    assert again.returncode == 0 and "kept" not in again.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert results.find(list(tmp_path.iterdir())) == []  # ftbench-report OUT/* passes the kept copy over
 
 
 def test_a_dry_run_with_another_budget_lists_every_run_as_made_from_another_config(twins):

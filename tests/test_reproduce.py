@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ftbench.paper import reproduce
+from ftbench.paper import comparison, reproduce
 from ftbench.paper.comparison import CellResults, compare_line, lines
 from ftbench.paper.recipes import Compare, load
 from helpers import REPO, cli
@@ -153,6 +153,31 @@ def test_a_failed_or_outdated_result_is_moved_aside_never_deleted(tiny_run, tmp_
     assert not (copy / "lora" / "seed0").exists() and len(moved) == 1
     assert json.loads((moved[0] / "result.json").read_text())["status"] == "oom"
     assert "moved to" in capsys.readouterr().out
+
+
+def test_a_comparison_written_where_another_stands_keeps_it(tiny_run, tmp_path, capsys):
+    """comparison.md/.csv and the plots were written over whatever stood there (another recipe's, or this
+    recipe's before an edit): now kept as comparison.previous-N.*, with one line; the same written again
+    replaces itself."""
+    recipe, folder, code = tiny_run
+    assert code == 0
+    copy = tmp_path / "tiny"
+    shutil.copytree(folder, copy)
+    (copy / "comparison.md").write_text("another recipe's table")
+    args = reproduce.parse([str(recipe), "--out", str(tmp_path)])
+    found = [reproduce.found(cell_run) for cell_run in reproduce.cells(load(recipe), args)]
+    comparison.build(load(recipe), found, copy)
+    assert (copy / "comparison.previous-1.md").read_text() == "another recipe's table"
+    assert (copy / "comparison.previous-1.csv").read_bytes() == (folder / "comparison.csv").read_bytes()
+    assert (copy / "memory_vs_quality.previous-1.png").is_file() and (copy / "step_time.previous-1.png").is_file()
+    assert (copy / "comparison.csv").read_bytes() == (folder / "comparison.csv").read_bytes()
+    kept = [line for line in capsys.readouterr().out.splitlines() if "kept" in line]
+    assert kept == [f"the earlier comparison, which differs, is kept as {copy / 'comparison.previous-1.md'}, "
+                    f"{copy / 'comparison.previous-1.csv'}, {copy / 'memory_vs_quality.previous-1.png'}, "
+                    f"{copy / 'step_time.previous-1.png'}"]
+    before = sorted(p.name for p in copy.iterdir())
+    comparison.build(load(recipe), found, copy)
+    assert sorted(p.name for p in copy.iterdir()) == before and "kept" not in capsys.readouterr().out
 
 
 def fake(status: str, value: float | None = None) -> dict:

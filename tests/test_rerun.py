@@ -12,6 +12,7 @@ import signal
 import pytest
 from omegaconf import OmegaConf
 
+from ftbench import results
 from ftbench.errors import UserError
 from ftbench.job import rerun
 from helpers import cli, compose, killed_in_a_child, run
@@ -235,6 +236,37 @@ def test_an_export_folder_already_there_is_moved_aside_not_overwritten(tmp_path,
     assert json.loads((moved / "checkpoint" / "merged" / "config.json").read_text())["architectures"]
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ftbench")]
     assert len(lines) == 1 and "checkpoint.previous-1" in lines[0] and "train.save=last" in lines[0]
+
+
+def test_an_earlier_attempts_generations_are_kept_beside_its_result(tmp_path, capsys):
+    """A rerun wrote its generations.jsonl over the earlier attempt's, so result.previous-N.json's answers
+    were gone: now they are kept as generations.previous-N.jsonl, the same N, with one line saying so."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "result.json").write_text(json.dumps(attempt("failed", "evaluate", {})))
+    (run_dir / "generations.previous-1.jsonl").write_text("older")  # taken: both move to N = 2
+    (run_dir / "generations.jsonl").write_text("precious")
+    assert run(run_dir, *STEPS, "task=synthetic_lm")["status"] == "ok"
+    assert (run_dir / "generations.previous-2.jsonl").read_text() == "precious"
+    assert (run_dir / "result.previous-2.json").is_file() and not (run_dir / "result.previous-1.json").exists()
+    assert (run_dir / "generations.previous-1.jsonl").read_text() == "older"
+    assert json.loads((run_dir / "generations.jsonl").read_text().splitlines()[0])["output"] is not None
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ftbench")]
+    assert lines == [f"ftbench: {run_dir}: kept the earlier attempt's generations.jsonl as generations.previous-2.jsonl"]
+
+
+def test_an_earlier_attempts_selection_is_kept_even_by_a_run_of_another_method(tmp_path, capsys):
+    """s2ft_selection.json records the attempt whose result.json names it (method.selection_file): kept as
+    s2ft_selection.previous-N.json with that result, also when the rerun writes none (method=full)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "result.json").write_text(json.dumps(attempt("failed", "train", {})))
+    (run_dir / "s2ft_selection.json").write_text("precious")
+    assert run(run_dir, *STEPS, "method=full")["status"] == "ok"
+    assert (run_dir / "s2ft_selection.previous-1.json").read_text() == "precious"
+    assert (run_dir / "result.previous-1.json").is_file() and not (run_dir / "s2ft_selection.json").exists()
+    assert "s2ft_selection.previous-1.json" in capsys.readouterr().err
+    assert results.find(list(run_dir.iterdir())) == [run_dir / "result.json"]  # ftbench-report RUN/* reads no selection
 
 
 # What stands where a run writes: (name in the folder, a file or a folder, the overrides under which it writes there)

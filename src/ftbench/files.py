@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,34 @@ def free_number(folder: Path, names: tuple[str, ...]) -> int:
     while any((Path(folder) / name.format(number)).exists() for name in names):
         number += 1
     return number
+
+
+def previous(name: str) -> str:
+    """The name, with a `{}` for N, under which an earlier `name` is kept when something replaces it:
+    generations.jsonl -> generations.previous-{}.jsonl, comparison.md -> comparison.previous-{}.md."""
+    path = Path(name)
+    return f"{path.stem}.previous-{{}}{path.suffix}"
+
+
+def keep_previous(folder: Path, names: tuple[str, ...], texts: dict[str, str],
+                  replaceable: Callable[[], bool] | None = None) -> list[Path]:
+    """Before a report's files `names` are written into `folder`: move whatever stands at those names aside
+    as `previous(name)`, one N (the first free for all of them) for the lot, and return where each went.
+    Nothing moves (returns []) when nothing is there, when it is what is about to be written (each name in
+    `texts`, name -> the text to be written, already a file holding that text), or when `replaceable()`
+    says the old may go (a sweep's own report, growing as the sweep finishes jobs)."""
+    folder = Path(folder)
+    present = [folder / name for name in names if os.path.lexists(folder / name)]
+    same = all((folder / name).is_file() and (folder / name).read_bytes() == text.encode()
+               for name, text in texts.items())
+    if not present or same or (replaceable is not None and replaceable()):
+        return []
+    number = free_number(folder, tuple(map(previous, names)))
+    kept = []
+    for path in present:
+        kept.append(folder / previous(path.name).format(number))
+        os.replace(path, kept[-1])
+    return kept
 
 
 def read_json(path: Path, key: str, fix: str) -> Any:

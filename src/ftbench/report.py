@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +172,7 @@ def print_table(table: list[dict]) -> None:
 
 def build(paths: list[Path], out_dir: Path, grows: bool = False) -> dict[str, Path]:
     """Read every result under `paths`; print the table; write report.md, report.csv, report.png into
-    `out_dir`, an earlier report there that differs kept aside (`keep_previous`; `grows`: the sweep's
+    `out_dir`, an earlier report there that differs kept aside (`files.keep_previous`; `grows`: the sweep's
     own report, replaced while it only gains runs or finishes them). Plans (plan.json, `ftbench plan`)
     are set beside the runs they predict; plans alone make plan.md, and so do the plans beside no run,
     each named with the reason under the report's table.
@@ -193,7 +192,8 @@ def build(paths: list[Path], out_dir: Path, grows: bool = False) -> dict[str, Pa
     notes = [plan_report.unmatched(path, plan) for path, plan in alone.items()]
     table = rows(loaded, matched)
     text, table_csv = markdown(table) + "".join(f"\n{note}\n" for note in notes), csv_text(table)
-    kept = keep_previous(out_dir, text, table_csv, grows)
+    kept = files.keep_previous(out_dir, REPORT, {"report.md": text, "report.csv": table_csv},
+                               (lambda: _grown(out_dir, table_csv)) if grows else None)
     written = {"markdown": files.write_atomic(out_dir / "report.md", text),
                "csv": files.write_atomic(out_dir / "report.csv", table_csv)}
     image = plot(table, out_dir / "report.png")
@@ -211,28 +211,6 @@ def build(paths: list[Path], out_dir: Path, grows: bool = False) -> dict[str, Pa
 
 
 REPORT = ("report.md", "report.csv", "report.png")
-PREVIOUS = tuple(f"report.previous-{{}}{Path(name).suffix}" for name in REPORT)
-
-
-def keep_previous(out_dir: Path, text: str, table_csv: str, grows: bool) -> list[Path]:
-    """Move the report in `out_dir` aside as report.previous-N.* (returned) unless it is the one about to
-    be written (the same markdown and CSV) or, when it may `grow` (a sweep's own), one whose runs are all
-    still in the new one, those that ended ok unchanged."""
-    present = [out_dir / name for name in REPORT if (out_dir / name).exists()]
-    if not present or _same(out_dir, text, table_csv) or (grows and _grown(out_dir, table_csv)):
-        return []
-    number = files.free_number(out_dir, PREVIOUS)
-    kept = []
-    for path in present:
-        kept.append(out_dir / f"report.previous-{number}{path.suffix}")
-        os.replace(path, kept[-1])
-    return kept
-
-
-def _same(out_dir: Path, text: str, table_csv: str) -> bool:
-    md, table = out_dir / "report.md", out_dir / "report.csv"
-    return (md.is_file() and table.is_file() and md.read_bytes() == text.encode()
-            and table.read_bytes() == table_csv.encode())
 
 
 def _grown(out_dir: Path, table_csv: str) -> bool:

@@ -30,8 +30,9 @@ FILENAME = "result.json"
 PREVIOUS = "result.previous-{}.json"  # an earlier attempt's result, kept when a rerun replaces it (job/rerun.py)
 # The JSON files ftbench writes beside results, which a glob over a run, sweep or comparison folder hands
 # in: earlier attempts kept aside (results', plans'), `ftbench plan`'s plan.json (read as a plan), `ftbench compare`'s
-# comparison.json. Not results.
-OTHER_JSON = re.compile(r"(result|plan)\.previous-\d+\.json|plan\.json|comparison\.json")
+# comparison.json and an earlier one kept aside, method=s2ft's selection and an earlier attempt's. Not results.
+OTHER_JSON = re.compile(r"(result|plan|comparison|s2ft_selection)\.previous-\d+\.json|plan\.json|comparison\.json"
+                        r"|s2ft_selection\.json")
 
 
 @dataclass

@@ -9,6 +9,7 @@ the comparison's folder. `ftbench-report <folder>` rebuilds the same files from 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -225,12 +226,13 @@ def held(size: int | float) -> str:
     return f"{100 * size:g} %" if size < 1 else f"{int(size)} examples"
 
 
-def write_csv(summary: dict, path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        for task in summary["tasks"]:
-            writer.writerows(task["rows"])
+def csv_text(summary: dict) -> str:
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+    writer.writeheader()
+    for task in summary["tasks"]:
+        writer.writerows(task["rows"])
+    return handle.getvalue()
 
 
 def plot(summary: dict, path: Path) -> Path | None:
@@ -271,14 +273,18 @@ def plot(summary: dict, path: Path) -> Path | None:
 
 
 def write(summary: dict, folder: Path) -> dict[str, Path]:
-    """comparison.json, .md, .csv and .png into `folder`; returns what was written."""
+    """comparison.json, .md, .csv and .png into `folder`; returns what was written. An earlier comparison
+    there that differs (another spec's, or this one's before more of its runs finished) is kept as
+    comparison.previous-N.json/.md/.csv/.png (files.keep_previous), with one line saying so."""
     folder.mkdir(parents=True, exist_ok=True)
-    written = {key: folder / name for key, name in FILES.items()}
-    written["json"].write_text(json.dumps(summary, indent=1, default=_plain) + "\n")
-    written["markdown"].write_text(markdown(summary))
-    write_csv(summary, written["csv"])
-    if plot(summary, written["plot"]) is None:
-        written.pop("plot")
+    texts = {"json": json.dumps(summary, indent=1, default=_plain) + "\n", "markdown": markdown(summary),
+             "csv": csv_text(summary)}
+    kept = files.keep_previous(folder, tuple(FILES.values()), {FILES[key]: text for key, text in texts.items()})
+    if kept:
+        print(f"the earlier comparison, which differs, is kept as {', '.join(str(p) for p in kept)}")
+    written = {key: files.write_atomic(folder / FILES[key], text) for key, text in texts.items()}
+    if plot(summary, folder / FILES["plot"]) is not None:
+        written["plot"] = folder / FILES["plot"]
     return written
 
 

@@ -18,7 +18,9 @@ Hydra writes some before any job runs, so the CLI and a sweep's preflight check 
 
 result.json and plan.json are read before they are replaced (files.read_json refuses a folder in their
 place), run.lock is the lock's (job/lock.py), and the `.previous-N` names a rerun moves things to are
-free by construction (files.free_number).
+free by construction (files.free_number). The files that record one attempt beside its result (`records`:
+the generated answers, a method's selection) are moved aside by a rerun with that result, under the same N
+(`generations.previous-N.jsonl` beside `result.previous-N.json`: rerun.prepare).
 """
 
 from __future__ import annotations
@@ -60,6 +62,17 @@ def written(cfg: DictConfig) -> list[tuple[str, str, str]]:
     if cfg.eval.harness.tasks:
         places.append((HARNESS_TASKS, "folder", "the lm-evaluation-harness tasks (eval.harness.tasks)"))
     return places
+
+
+def records() -> tuple[str, ...]:
+    """The files in a job's folder that record its attempt, read by no later one: the task's generated
+    answers and a method's selection. A rerun keeps an earlier attempt's under `files.previous(name)`.
+    Imported here as in `written` (torch)."""
+    from ftbench.methods.s2ft.method import SELECTION_FILE as S2FT_SELECTION
+    from ftbench.methods.sift.method import SELECTION_FILE as SIFT_SELECTION
+    from ftbench.tasks.generate import GENERATIONS_FILE
+
+    return GENERATIONS_FILE, SIFT_SELECTION, S2FT_SELECTION
 
 
 def require(cfg: DictConfig, run_dir: Path, key: str) -> None:

@@ -25,9 +25,12 @@ evaluation). An attempt refused in its set-up (a broken checkpoint, a config it 
 says nothing about the run: it never turns a resumable run into one started afresh.
 
 Nothing is deleted: the result a new attempt will replace is moved aside as
-`result.previous-N.json`, checkpoints as `checkpoints.previous-N/`, and the export folder `checkpoint/`
-of a run that exports (train.save=last/best) as `checkpoint.previous-N/`, whoever wrote it (an earlier
-attempt, or the user), with one line saying so (reports pass them over, results.find). Before any of
+`result.previous-N.json`, with it the files that recorded that attempt (places.records: its generated
+answers as `generations.previous-N.jsonl`, a method's selection as `sift_selection.previous-N.safetensors`,
+`s2ft_selection.previous-N.json`; an attempt killed before its result, which a resume continues, keeps
+them in place), checkpoints as `checkpoints.previous-N/`, and the export folder
+`checkpoint/` of a run that exports (train.save=last/best) as `checkpoint.previous-N/`, whoever wrote it
+(an earlier attempt, or the user), with one line saying so (reports pass them over, results.find). Before any of
 that, every path the job writes in the folder is held to the kind it must be (job/places.py): a file
 where the job makes a folder (`checkpoints`, `checkpoint`) refuses the folder. Hydra's `.hydra/` record
 of the config (conf/config.yaml sets `hydra.output_subdir: null`) is written here, once the folder
@@ -67,10 +70,11 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Path | None:
     if elsewhere:
         return elsewhere
     existing = run_dir / results.FILENAME
-    attempt = files.free_number(run_dir, (results.PREVIOUS, *(f"{name}.previous-{{}}" for name in
-                                                              (checkpoint.FOLDER, checkpoint.EXPORT))))
+    movable = (checkpoint.FOLDER, checkpoint.EXPORT, *places.records())  # each kept as files.previous(name)
+    attempt = files.free_number(run_dir, (results.PREVIOUS, *map(files.previous, movable)))
     if existing.exists():
         os.replace(existing, run_dir / results.PREVIOUS.format(attempt))
+        keep_records(run_dir, attempt)
     if action == AFRESH:
         aside = run_dir / f"{checkpoint.FOLDER}.previous-{attempt}"
         os.replace(run_dir / checkpoint.FOLDER, aside)
@@ -84,6 +88,17 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Path | None:
               f"exports its trained model to {checkpoint.EXPORT}/ (train.save={cfg.train.save})", file=sys.stderr)
     save_hydra_files(cfg, run_dir)
     return None
+
+
+def keep_records(run_dir: Path, attempt: int) -> None:
+    """Move the files in `run_dir` that recorded the attempt whose result was just kept as
+    result.previous-`attempt`.json (places.records) aside under the same number, with one line saying so."""
+    records = [name for name in places.records() if os.path.lexists(run_dir / name)]
+    for name in records:
+        os.replace(run_dir / name, run_dir / files.previous(name).format(attempt))
+    if records:
+        kept = ", ".join(f"{name} as {files.previous(name).format(attempt)}" for name in records)
+        print(f"ftbench: {run_dir}: kept the earlier attempt's {kept}", file=sys.stderr)
 
 
 def decide(cfg: DictConfig, run_dir: Path, key: str | None = None) -> str:

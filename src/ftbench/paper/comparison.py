@@ -9,16 +9,19 @@ so that a mismatch can be explained rather than guessed at.
 from __future__ import annotations
 
 import csv
+import io
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftbench import files
 from ftbench.paper.recipes import OOM, Compare, Recipe, lookup, measured
 from ftbench.results import GiB
 
 COLUMNS = ("group", "row", "column", "unit", "published", "ours", "mean", "std", "seeds", "diff", "tolerance",
            "verdict", "status", "protocol", "cell", "note")
+FILES = ("comparison.md", "comparison.csv", "memory_vs_quality.png", "step_time.png")  # what `build` writes
 DIGITS = {"percent": 1, "value": 2, "GB": 2, "GiB": 2, "MB": 1, "MiB": 1, "ms": 1, "s": 3, "steps/s": 2}
 MARKS = {"within": "✓", "OUTSIDE": "✗"}
 
@@ -195,11 +198,12 @@ def markdown(recipe: Recipe, table: list[dict], out_dir: Path) -> str:
     return "\n".join(head + body) + "\n"
 
 
-def write_csv(table: list[dict], path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(table)
+def csv_text(table: list[dict]) -> str:
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(table)
+    return handle.getvalue()
 
 
 def _median_of(found: CellResults, path: str) -> float | None:
@@ -283,12 +287,16 @@ def plot_step_time(found: list[CellResults], path: Path) -> Path | None:
 
 
 def build(recipe: Recipe, found: list[CellResults], out_dir: Path) -> dict[str, Path]:
-    """Write comparison.md, comparison.csv and the plots into `out_dir`; print the summary."""
+    """Write comparison.md, comparison.csv and the plots (`FILES`) into `out_dir`; print the summary. An
+    earlier comparison there that differs (another recipe's, or this one's before more cells ran) is kept
+    as comparison.previous-N.md/.csv, memory_vs_quality.previous-N.png, ... (files.keep_previous), with
+    one line saying so."""
     table = lines(recipe, found)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {"markdown": out_dir / "comparison.md", "csv": out_dir / "comparison.csv"}
-    written["markdown"].write_text(markdown(recipe, table, out_dir))
-    write_csv(table, written["csv"])
+    texts = {"comparison.md": markdown(recipe, table, out_dir), "comparison.csv": csv_text(table)}
+    kept = files.keep_previous(out_dir, FILES, texts)
+    written = {kind: files.write_atomic(out_dir / name, texts[name])
+               for kind, name in (("markdown", "comparison.md"), ("csv", "comparison.csv"))}
     for kind, plot in (("memory vs quality", plot_memory_vs_quality), ("step time", plot_step_time)):
         image = plot(found, out_dir / f"{kind.replace(' ', '_')}.png")
         if image:
@@ -296,4 +304,6 @@ def build(recipe: Recipe, found: list[CellResults], out_dir: Path) -> dict[str, 
     print(f"\n{recipe.title}\n\n{summary(table)}")
     for kind, path in written.items():
         print(f"{kind}: {path}")
+    if kept:
+        print(f"the earlier comparison, which differs, is kept as {', '.join(str(p) for p in kept)}")
     return written

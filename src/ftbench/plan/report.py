@@ -19,7 +19,7 @@ from ftbench.results import GiB, Result
 
 FILENAME = "plan.json"
 PREVIOUS = "plan.previous-{}.json"  # an earlier plan that did not end ok, kept when a plan replaces it (`prepare`)
-PREVIOUS_TABLE = "plan.previous-{}.md"  # an earlier plan.md that differs, kept when a report replaces it (`print_plans`)
+TABLE = "plan.md"  # the plans' table; an earlier one that differs is kept as plan.previous-N.md (`print_plans`)
 PARTS = {  # the breakdown rows listed by kind beneath them (a row of one kind alone is not)
     "weights_bytes": "weights_parts_bytes", "optimizer_state_bytes": "optimizer_state_parts_bytes"}
 ROWS = (("weights", "weights_bytes"), ("fp32 masters", "master_bytes"), ("gradients", "grad_bytes"),
@@ -176,12 +176,10 @@ def print_plans(plans: list[dict], out_dir: Path) -> Path | None:
     for row in table_rows(plans):
         shown.add_row(*row)
     Console(width=200).print(shown)
-    target, text = out_dir / "plan.md", markdown(plans)
-    if os.path.lexists(target) and not (target.is_file() and target.read_bytes() == text.encode()):
-        kept = out_dir / PREVIOUS_TABLE.format(files.free_number(out_dir, (PREVIOUS_TABLE,)))
-        os.replace(target, kept)  # as an earlier report that differs is kept (report.keep_previous)
-        print(f"the earlier plan.md, which differs, is kept as {kept}")
-    return files.write_atomic(target, text)
+    text = markdown(plans)
+    for kept in files.keep_previous(out_dir, (TABLE,), {TABLE: text}):
+        print(f"the earlier {TABLE}, which differs, is kept as {kept}")
+    return files.write_atomic(out_dir / TABLE, text)
 
 
 def matching_plan(result: Result, result_path: Path, plans: dict[Path, dict]) -> dict | None:
