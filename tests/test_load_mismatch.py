@@ -10,6 +10,7 @@ import torch
 import transformers as T
 
 from ftbench.errors import UserError
+from ftbench.models.architecture import architecture
 from ftbench.models.loading import load_model
 from ftbench.models.mismatch import mismatch_problem
 from helpers import compose
@@ -52,6 +53,20 @@ def test_only_a_classifier_head_of_another_size_is_replaced(tmp_path):
         vocab_size=300, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
         num_key_value_heads=2, num_labels=5, pad_token_id=0)).save_pretrained(tmp_path)
     assert loaded(tmp_path, "seq_cls").score.out_features == 2
+
+
+# A checkpoint of as many layers as its config sets loads whatever it holds outside them (mismatch.py check_depths
+# refuses only layers beyond the config's count or missing from it): a causal LM's lm_head and BERT's pretraining
+# heads (cls.predictions.*) are left unused by a classifier
+@pytest.mark.parametrize("build,head", [
+    (lambda sizes: T.LlamaForCausalLM(T.LlamaConfig(**sizes, num_key_value_heads=2)), "causal_lm"),
+    (lambda sizes: T.LlamaForCausalLM(T.LlamaConfig(**sizes, num_key_value_heads=2)), "seq_cls"),
+    (lambda sizes: T.BertForPreTraining(T.BertConfig(**sizes, max_position_embeddings=32)), "seq_cls"),
+], ids=["llama", "llama-lm-head-unused", "bert-pretraining-heads-unused"])
+def test_a_checkpoint_of_its_config_s_layers_loads_whatever_else_it_holds(tmp_path, build, head):
+    build({"vocab_size": 300, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+           "num_attention_heads": 2}).save_pretrained(tmp_path)
+    assert len(architecture(loaded(tmp_path, head)).blocks) == 2
 
 
 def test_tensors_no_single_field_explains_are_named_with_the_generic_fix():
