@@ -12,6 +12,7 @@ starts missing ones at random, and only logs either.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -117,12 +118,13 @@ def check_depths(key: str, source: str, config, model: torch.nn.Module, names) -
     """Refuse, on `key`, the checkpoint at `source` whose tensors `names` (its own names, with or without the
     model's base_model_prefix, as `shapes_against` reads them) hold another number of layers in a stack of `model`
     (built from `config`) than the config's field that sets its depth (architecture.py `depth_fields`): layers
-    beyond it, which from_pretrained leaves out, or fewer, whose missing layers it starts at random. A stack the
-    checkpoint holds no layer of is not compared. Raises UserError naming the field, the layers held, the first
-    tensor (by layer, then name) of the layers that would be left out or start at random and the count of the
-    others, with the fix."""
+    beyond it, which from_pretrained leaves out, or fewer, whose missing layers it starts at random. Tensors the
+    load ignores are not counted (`ignored_on_load`); a stack the checkpoint holds no layer of is not compared.
+    Raises UserError naming the field, the layers held, the first tensor (by layer, then name) of the layers that
+    would be left out or start at random and the count of the others, with the fix."""
+    ignored = ignored_on_load(model)
     for stack, field in architecture(model).depth_fields(config).items():
-        held = layers_in(stack, names, model.base_model_prefix)
+        held = layers_in(stack, names, model.base_model_prefix, ignored)
         depth, count = (max(held) + 1 if held else None), getattr(config, field)
         if depth in (None, count):
             continue
@@ -130,7 +132,7 @@ def check_depths(key: str, source: str, config, model: torch.nn.Module, names) -
             tensors = [name for index in sorted(held) if index >= count for name in sorted(held[index])]
             fate = "would be left out"
         else:
-            model_layers = layers_in(stack, model.state_dict(), "")
+            model_layers = layers_in(stack, model.state_dict(), "", ignored)
             tensors = [name for index in range(depth, count) for name in sorted(model_layers[index])]
             fate = "would start at random"
         more = len(tensors) - 1
@@ -142,17 +144,27 @@ def check_depths(key: str, source: str, config, model: torch.nn.Module, names) -
         raise UserError(key, f"could not load {source}: {problem}")
 
 
-def layers_in(stack: str, names, prefix: str) -> dict[int, list[str]]:
+def ignored_on_load(model: torch.nn.Module) -> re.Pattern | None:
+    """The tensor names from_pretrained neither reports unexpected nor missing (the model's
+    _keys_to_ignore_on_load_unexpected and _keys_to_ignore_on_load_missing, its submodules' included): DeepSeek-V3's
+    multi-token-prediction layer 61 beyond its num_hidden_layers 61, a buffer its checkpoints lack; None when none."""
+    patterns = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
+    patterns |= set(getattr(model, "_keys_to_ignore_on_load_missing", None) or ())
+    return re.compile("|".join(f"({pattern})" for pattern in sorted(patterns))) if patterns else None
+
+
+def layers_in(stack: str, names, prefix: str, ignored: re.Pattern | None) -> dict[int, list[str]]:
     """The tensors of `names` inside the layers of `stack` (a module path of the model, e.g. model.layers), by layer
     index, named as the model names them: as given, else with the model's base_model `prefix` ("bert") added or
-    taken off."""
+    taken off; those the load ignores (`ignored_on_load`) left out."""
     found: dict[int, list[str]] = {}
     for name in names:
         forms = (name, f"{prefix}.{name}", name.removeprefix(f"{prefix}.")) if prefix else (name,)
         for form in forms:
             index, _, rest = form.removeprefix(f"{stack}.").partition(".")
             if form.startswith(f"{stack}.") and index.isdigit() and rest:
-                found.setdefault(int(index), []).append(form)
+                if ignored is None or not ignored.search(form):
+                    found.setdefault(int(index), []).append(form)
                 break
     return found
 
