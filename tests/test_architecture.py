@@ -146,6 +146,30 @@ def test_the_registry_derives_stacks_roles_heads_and_tied_weights(layout):
         assert any(len(group) == 3 for group in arch.tied)  # shared, encoder and decoder embed_tokens
 
 
+# The config field that sets each stack's depth, under the family's own name (mismatch.py check_depths names it)
+DEPTH_FIELDS = {
+    "bert": {"bert.encoder.layer": "num_hidden_layers"},
+    "roberta": {"roberta.encoder.layer": "num_hidden_layers"},
+    "llama": {"model.layers": "num_hidden_layers"},
+    "qwen2": {"model.layers": "num_hidden_layers"},
+    "gpt2": {"transformer.h": "n_layer"},
+    "phi3": {"model.layers": "num_hidden_layers"},
+    "t5": {"transformer.encoder.block": "num_layers", "transformer.decoder.block": "num_decoder_layers"},
+    "bart": {"model.encoder.layers": "encoder_layers", "model.decoder.layers": "decoder_layers"},
+}
+
+
+@pytest.mark.parametrize("layout", list(SHAPES))
+def test_each_stack_is_named_by_the_config_field_of_its_depth(layout):
+    model = tiny(layout)
+    arch = architecture(model)
+    assert arch.depth_fields(model.config) == DEPTH_FIELDS[layout]
+    deeper = copy.deepcopy(model.config)
+    for field in DEPTH_FIELDS[layout].values():
+        setattr(deeper, field, 3)
+    assert arch.depth_fields(deeper) == {}  # a field that does not hold its stack's length names no stack
+
+
 def test_tied_lm_head_and_fused_rows():
     gpt2 = architecture(tiny("gpt2", "causal_lm"))
     assert gpt2.output_embedding == "lm_head" and ("transformer.wte.weight", "lm_head.weight") in gpt2.tied

@@ -46,18 +46,24 @@ def test_a_plan_refuses_what_its_profile_run_refuses(tmp_path, overrides, refusa
     assert plan["error"] == real["error"] and plan["error"].startswith(refusal), plan["error"]
 
 
-def saved(model: str, weights: str = "model.safetensors", **config):
-    """A maker of a folder holding a 1-layer tiny `model` (llama: a causal LM of 300 token rows; llama5: a classifier
-    of 5 labels; bert: a BertModel, its tensors' names without the "bert." its classifier adds) as save_pretrained
-    writes it, its weights as `weights` (shards under model.safetensors.index.json, or a pytorch_model.bin that
-    torch.save wrote), then `config` written into its config.json (None: the field left out)."""
+def saved(model: str, weights: str = "model.safetensors", layers: int = 1, **config):
+    """A maker of a folder holding a tiny `model` of `layers` layers (llama: a causal LM of 300 token rows; llama5: a
+    classifier of 5 labels; bert: a BertModel, its tensors' names without the "bert." its classifier adds;
+    bert-pretraining: a BertForPreTraining, whose cls.predictions a classifier leaves unused; t5: a T5Model, its
+    encoder and decoder each of `layers`) as save_pretrained writes it, its weights as `weights` (shards under
+    model.safetensors.index.json, or a pytorch_model.bin that torch.save wrote), then `config` written into its
+    config.json (None: the field left out)."""
     def make(folder):
-        sizes = {"vocab_size": 300, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+        sizes = {"vocab_size": 300, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": layers,
                  "num_attention_heads": 2}
         built = {"llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(**sizes, num_key_value_heads=2)),
                  "llama5": lambda: T.LlamaForSequenceClassification(T.LlamaConfig(**sizes, num_labels=5,
                                                                                   pad_token_id=0)),
-                 "bert": lambda: T.BertModel(T.BertConfig(**sizes, max_position_embeddings=32))}[model]()
+                 "bert": lambda: T.BertModel(T.BertConfig(**sizes, max_position_embeddings=32)),
+                 "bert-pretraining": lambda: T.BertForPreTraining(T.BertConfig(**sizes, max_position_embeddings=32)),
+                 "t5": lambda: T.T5Model(T.T5Config(d_model=16, d_ff=32, d_kv=8, num_layers=layers, num_heads=2,
+                                                    vocab_size=300, pad_token_id=0, eos_token_id=1,
+                                                    decoder_start_token_id=0))}[model]()
         if weights == "pytorch_model.bin":
             built.config.save_pretrained(folder)
             torch.save(built.state_dict(), folder / weights)
@@ -106,6 +112,57 @@ def test_a_plan_refuses_a_folder_whose_weights_disagree_with_its_config(tmp_path
     assert plan["error"] == real["error"] == f"model.path: could not load {folder}: {problem}"
 
 
+# A folder whose config.json sets another number of layers than its weights hold, in a stack of either layout
+# (architecture.py depth_fields: the field of that stack): its profile run's load refuses it on model.path, naming the
+# field, the layers held and the tensors that would be left out or start at random; its plan, from the weight files'
+# headers, with the same line (was: both exit 0; transformers dropped the layers beyond the config's count, or
+# started the missing ones at random, and only logged it). (folder, profile.objective, the line after
+# "model.path: could not load <folder>: ")
+DEPTHS = [
+    pytest.param(saved("llama", layers=4, num_hidden_layers=2), "causal_lm",
+                 "its config.json sets num_hidden_layers 2, but the checkpoint holds layers 0-3 of model.layers "
+                 "(model.layers.2.input_layernorm.weight and 17 more tensors of layers 2-3 would be left out); "
+                 'write "num_hidden_layers": 4 in its config.json', id="llama-layers-beyond"),
+    pytest.param(saved("llama", layers=2, num_hidden_layers=4), "causal_lm",
+                 "its config.json sets num_hidden_layers 4, but the checkpoint holds layers 0-1 of model.layers "
+                 "(model.layers.2.input_layernorm.weight and 17 more tensors of layers 2-3 would start at random); "
+                 'write "num_hidden_layers": 2 in its config.json', id="llama-layers-missing"),
+    pytest.param(saved("llama", layers=2, num_hidden_layers=None), "seq_cls",
+                 "its config.json sets no num_hidden_layers, so the llama default 32 is taken, but the checkpoint "
+                 "holds layers 0-1 of model.layers (model.layers.2.input_layernorm.weight and 269 more tensors of "
+                 'layers 2-31 would start at random); write "num_hidden_layers": 2 in its config.json',
+                 id="llama-default-depth"),
+    pytest.param(saved("llama5", layers=2, num_hidden_layers=1), "seq_cls",
+                 "its config.json sets num_hidden_layers 1, but the checkpoint holds layers 0-1 of model.layers "
+                 "(model.layers.1.input_layernorm.weight and 8 more tensors of layer 1 would be left out); "
+                 'write "num_hidden_layers": 2 in its config.json', id="llama-classifier-one-layer-beyond"),
+    pytest.param(saved("bert", layers=4, num_hidden_layers=2), "seq_cls",
+                 "its config.json sets num_hidden_layers 2, but the checkpoint holds layers 0-3 of bert.encoder.layer "
+                 "(bert.encoder.layer.2.attention.output.LayerNorm.bias and 31 more tensors of layers 2-3 would be "
+                 'left out); write "num_hidden_layers": 4 in its config.json', id="bert-layers-beyond"),
+    pytest.param(saved("bert", layers=2, num_hidden_layers=3), "seq_cls",
+                 "its config.json sets num_hidden_layers 3, but the checkpoint holds layers 0-1 of bert.encoder.layer "
+                 "(bert.encoder.layer.2.attention.output.LayerNorm.bias and 15 more tensors of layer 2 would start at "
+                 'random); write "num_hidden_layers": 2 in its config.json', id="bert-layers-missing"),
+    pytest.param(saved("t5", layers=2, num_decoder_layers=3), "seq_cls",
+                 "its config.json sets num_decoder_layers 3, but the checkpoint holds layers 0-1 of "
+                 "transformer.decoder.block (transformer.decoder.block.2.layer.0.SelfAttention.k.weight and 12 more "
+                 'tensors of layer 2 would start at random); write "num_decoder_layers": 2 in its config.json',
+                 id="t5-decoder-layers-missing"),
+]
+
+
+@pytest.mark.parametrize("make,objective,problem", DEPTHS)
+def test_a_plan_and_its_run_refuse_a_folder_of_other_layers_than_its_config(tmp_path, make, objective, problem):
+    folder = make(tmp_path / "model")
+    args = [f"model.path={folder}", f"profile.objective={objective}", "profile.batch_size=2", "profile.seq_len=16"]
+    real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=1", "profile.steps=1")
+    code = run_job(compose("mode=plan", *args), tmp_path / "plan")
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    assert (real["exit_code"], code, plan["status"]) == (2, 2, "failed")
+    assert plan["error"] == real["error"] == f"model.path: could not load {folder}: {problem}"
+
+
 # Weights its run cannot read: the plan, which now reads their headers, refuses them with the run's line (was:
 # planned from config.json, exit 0, and the run refused them)
 @pytest.mark.parametrize("weights,content", [("model.safetensors", b""), ("pytorch_model.bin", b""),
@@ -129,6 +186,10 @@ def test_a_plan_refuses_weights_its_run_cannot_read(tmp_path, weights, content):
     pytest.param(saved("llama", "pytorch_model.bin"), "causal_lm", id="pytorch_model.bin"),
     pytest.param(saved("llama5"), "seq_cls", id="head-of-5-labels"),
     pytest.param(saved("bert"), "seq_cls", id="base-model-names"),
+    # tensors outside the layers that a classifier leaves unused: an LM head, BERT's pretraining heads
+    pytest.param(saved("llama", layers=2), "seq_cls", id="lm-head-unused"),
+    pytest.param(saved("bert-pretraining", layers=2), "seq_cls", id="pretraining-heads-unused"),
+    pytest.param(saved("t5", layers=2), "seq_cls", id="encoder-decoder"),
 ])
 def test_a_plan_plans_a_folder_whose_weights_fit_its_config(tmp_path, make, objective):
     args = [f"model.path={make(tmp_path / 'model')}", f"profile.objective={objective}", "profile.batch_size=2",

@@ -109,6 +109,7 @@ SIZES = frozenset({
 # The fields that set the depth of one stack (the attribute each family maps num_hidden_layers to among them,
 # and a decoder's own), and those that set a width: hidden, FFN (FFN_WIDTHS), head dimension, vocabulary.
 DEPTHS = ("num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers", "encoder_layers", "decoder_layers")
+DECODER_DEPTHS = ("num_decoder_layers", "decoder_layers")  # those of DEPTHS that set an encoder-decoder's decoder's
 FFN_WIDTHS = ("intermediate_size", "n_inner", "d_ff", "encoder_ffn_dim", "decoder_ffn_dim")
 WIDTHS = ("hidden_size", "n_embd", "d_model", *FFN_WIDTHS, "head_dim", "d_kv", "vocab_size")
 
@@ -181,6 +182,22 @@ class Architecture:
         """The heads a task adds at random init (trained densely by the sparse methods): every head of
         a classifier or regressor; none for a causal LM, whose head is the pretrained output embedding."""
         return [] if head == CAUSAL_LM else list(self.heads)
+
+    def depth_fields(self, config) -> dict[str, str]:
+        """Each stack (module path) -> the field of `config` that sets its depth, under the family's own name: a
+        stack of blocks with cross-attention (an encoder-decoder's decoder, BartForCausalLM's lone one) reads
+        num_decoder_layers or decoder_layers, any other stack num_hidden_layers as the config maps it (GPT-2's
+        n_layer, T5's num_layers, BART's encoder_layers). A stack whose field does not hold its length is left
+        out (a depth ftbench cannot name: ALBERT's one shared layer, a family of other names)."""
+        own = getattr(config, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
+        fields = {}
+        for index, stack in enumerate(self.stacks):
+            blocks = [block for block in self.blocks if block.stack == index]
+            names = DECODER_DEPTHS if any("cross_o" in block.roles for block in blocks) else (own,)
+            field = next((name for name in names if isinstance(getattr(config, name, None), int)), None)
+            if field is not None and getattr(config, field) == len(blocks):
+                fields[stack] = field
+        return fields
 
     def projections(self, roles) -> list[str]:
         """Module paths of the given roles in every block, in forward order."""

@@ -28,6 +28,7 @@ from ftbench.models.loading import (
 )
 from ftbench.models.mismatch import (
     body_mismatches,
+    check_depths,
     checkpoint_shapes,
     mismatch_error,
     shapes_against,
@@ -79,8 +80,9 @@ def check_weights(mcfg, config, head: str) -> None:
     """Refuse the folder of model.path / model.package whose weight files (their headers: mismatch.py
     `checkpoint_shapes`, no data read) hold a tensor of another shape than the model `config` builds under `head`
     (on the meta device), with the line its run's load gives (`body_mismatches`, `mismatch_error`: a classifier's
-    head of another size is replaced, not refused); or whose weights cannot be read, as the run's load words it
-    (`refused_as_load`). A folder that holds no weights (config.json alone) is planned from its config."""
+    head of another size is replaced, not refused), or another number of layers than the config sets
+    (`check_depths`); or whose weights cannot be read, as the run's load words it (`refused_as_load`). A folder
+    that holds no weights (config.json alone) is planned from its config."""
     source = local_source(mcfg)
     with refused_as_load(mcfg, source):
         shapes = checkpoint_shapes(Path(source))
@@ -91,6 +93,7 @@ def check_weights(mcfg, config, head: str) -> None:
     wrong = body_mismatches(shapes_against(model, shapes), head, model.base_model_prefix)
     if wrong:
         raise mismatch_error(source_key(mcfg), source, config, wrong, list(model.state_dict()))
+    check_depths(source_key(mcfg), source, config, model, shapes)
 
 
 def check_head(mcfg, config, head: str) -> None:

@@ -28,7 +28,7 @@ from ftbench.errors import UserError, first_line, integer_fix
 from ftbench.models import gguf
 from ftbench.models.architecture import bad_size
 from ftbench.models.hub import hub_error, offline_mode
-from ftbench.models.mismatch import body_mismatches, mismatch_error
+from ftbench.models.mismatch import body_mismatches, check_depths, mismatch_error
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,8 @@ def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision
     classes: intermediate-task fine-tuning) gets a new head of the task's size, said in one log line.
     Raises UserError naming model.path / model.package / model.hub_id when the checkpoint cannot be loaded, or
     when other tensors of it do not fit the model its config describes (mismatch.py: the tensor, both shapes and
-    the config field that sized it)."""
+    the config field that sized it), or when it holds another number of layers than the config sets
+    (mismatch.py `check_depths`)."""
     dtype = DTYPES[precision]
     cls = auto_class(head)
     if mcfg.random_init:
@@ -297,8 +298,10 @@ def load_model(mcfg, head: str, num_labels: int, device: torch.device, precision
     wrong = body_mismatches(mismatched, head, model.base_model_prefix)
     if wrong:  # not a new head of the task's size: tensors of the body that the config sized otherwise
         raise mismatch_error(source_key(mcfg), source, config, wrong, list(model.state_dict()))
-    replaced = sorted(set(mismatched) - set(wrong))
     missing = sorted(str(k) for k in info.get("missing_keys") or ())
+    held = [*set(model.state_dict()) - set(missing), *(str(k) for k in info.get("unexpected_keys") or ())]
+    check_depths(source_key(mcfg), source, config, model, held)  # the checkpoint's tensors, under either naming
+    replaced = sorted(set(mismatched) - set(wrong))
     if replaced:
         log.info("%s: the checkpoint's head (%s) does not fit this task's %d output(s); training a new head",
                  source_key(mcfg), ", ".join(replaced), num_labels)

@@ -4,12 +4,15 @@ leaves out takes the family's default: LLaMA's vocab_size 32000 against an embed
 A run finds them where it loads the weights (models/loading.py `load_model`: transformers only logs its own table
 of them and raises a line that points at it, "look at the above report", or, told to ignore them, starts those
 tensors at random); its plan from the weight files' headers, no data read (`checkpoint_shapes`,
-`shapes_against`; models/fit.py `check_weights`). Both refuse with `mismatch_error`.
+`shapes_against`; models/fit.py `check_weights`). Both refuse with `mismatch_error`. Both also hold the layers the
+checkpoint holds in each stack to the config's depth (`check_depths`): transformers leaves layers beyond it out and
+starts missing ones at random, and only logs either.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -17,6 +20,7 @@ from safetensors import safe_open
 
 from ftbench.config.folders import CONFIG, LOADED_WEIGHTS
 from ftbench.errors import UserError
+from ftbench.models.architecture import architecture
 
 
 def checkpoint_shapes(folder: Path) -> dict[str, list[int]]:
@@ -90,10 +94,15 @@ def mismatch_problem(config, source: str, mismatched: dict, order: list[str]) ->
     fields = sorted((k for k, v in values.items() if type(v) is int and v == have), key=lambda k: k in given)
     if not fields:
         return f"{found}; fix its config.json's sizes to the checkpoint's, or give a folder written by save_pretrained"
-    field = fields[0]
-    said = (f"its config.json sets {field} {have}" if field in given else
-            f"its config.json sets no {field}, so the {config.model_type} default {have} is taken")
-    return f"{said}, but {found}; write \"{field}\": {want} in its config.json"
+    return f"{config_sets(source, config, fields[0], have)}, but {found}; write \"{fields[0]}\": {want} in its config.json"
+
+
+def config_sets(source: str, config, field: str, value: int) -> str:
+    """What the config.json of `source` says of `field` (`value` in `config`): its value, or that it leaves it out
+    and the family's default is taken."""
+    if field in given_fields(source, config):
+        return f"its config.json sets {field} {value}"
+    return f"its config.json sets no {field}, so the {config.model_type} default {value} is taken"
 
 
 def given_fields(source: str, config) -> set[str]:
@@ -103,3 +112,63 @@ def given_fields(source: str, config) -> set[str]:
         return set(json.loads((Path(source) / CONFIG).read_text(encoding="utf-8")))
     except (OSError, ValueError):
         return set(config.to_diff_dict())
+
+
+def check_depths(key: str, source: str, config, model: torch.nn.Module, names) -> None:
+    """Refuse, on `key`, the checkpoint at `source` whose tensors `names` (its own names, with or without the
+    model's base_model_prefix, as `shapes_against` reads them) hold another number of layers in a stack of `model`
+    (built from `config`) than the config's field that sets its depth (architecture.py `depth_fields`): layers
+    beyond it, which from_pretrained leaves out, or fewer, whose missing layers it starts at random. Tensors the
+    load ignores are not counted (`ignored_on_load`); a stack the checkpoint holds no layer of is not compared.
+    Raises UserError naming the field, the layers held, the first tensor (by layer, then name) of the layers that
+    would be left out or start at random and the count of the others, with the fix."""
+    ignored = ignored_on_load(model)
+    for stack, field in architecture(model).depth_fields(config).items():
+        held = layers_in(stack, names, model.base_model_prefix, ignored)
+        depth, count = (max(held) + 1 if held else None), getattr(config, field)
+        if depth in (None, count):
+            continue
+        if depth > count:
+            tensors = [name for index in sorted(held) if index >= count for name in sorted(held[index])]
+            fate = "would be left out"
+        else:
+            model_layers = layers_in(stack, model.state_dict(), "", ignored)
+            tensors = [name for index in range(depth, count) for name in sorted(model_layers[index])]
+            fate = "would start at random"
+        more = len(tensors) - 1
+        named = tensors[0] + (f" and {more} more tensor{'s' if more > 1 else ''}" if more else "")
+        beyond = layer_span(min(depth, count), max(depth, count) - 1)
+        problem = (f"{config_sets(source, config, field, count)}, but the checkpoint holds "
+                   f"{layer_span(0, depth - 1)} of {stack} ({named} of {beyond} {fate}); "
+                   f"write \"{field}\": {depth} in its config.json")
+        raise UserError(key, f"could not load {source}: {problem}")
+
+
+def ignored_on_load(model: torch.nn.Module) -> re.Pattern | None:
+    """The tensor names from_pretrained neither reports unexpected nor missing (the model's
+    _keys_to_ignore_on_load_unexpected and _keys_to_ignore_on_load_missing, its submodules' included): DeepSeek-V3's
+    multi-token-prediction layer 61 beyond its num_hidden_layers 61, a buffer its checkpoints lack; None when none."""
+    patterns = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
+    patterns |= set(getattr(model, "_keys_to_ignore_on_load_missing", None) or ())
+    return re.compile("|".join(f"({pattern})" for pattern in sorted(patterns))) if patterns else None
+
+
+def layers_in(stack: str, names, prefix: str, ignored: re.Pattern | None) -> dict[int, list[str]]:
+    """The tensors of `names` inside the layers of `stack` (a module path of the model, e.g. model.layers), by layer
+    index, named as the model names them: as given, else with the model's base_model `prefix` ("bert") added or
+    taken off; those the load ignores (`ignored_on_load`) left out."""
+    found: dict[int, list[str]] = {}
+    for name in names:
+        forms = (name, f"{prefix}.{name}", name.removeprefix(f"{prefix}.")) if prefix else (name,)
+        for form in forms:
+            index, _, rest = form.removeprefix(f"{stack}.").partition(".")
+            if form.startswith(f"{stack}.") and index.isdigit() and rest:
+                if ignored is None or not ignored.search(form):
+                    found.setdefault(int(index), []).append(form)
+                break
+    return found
+
+
+def layer_span(first: int, last: int) -> str:
+    """Layer indices in words: "layer 0", "layers 2-3"."""
+    return f"layer {first}" if first == last else f"layers {first}-{last}"
