@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -60,6 +61,15 @@ def run(out_dir: Path, *overrides: str) -> dict:
 
 
 CLI_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def gpu_check_script():
+    """scripts/gpu_check.py (`make gpu-check`) imported as the module gpu_check."""
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # (dataclasses look their module up there)
+    spec.loader.exec_module(module)
+    return module
 
 
 def executable(name: str) -> str:

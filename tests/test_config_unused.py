@@ -1,12 +1,16 @@
 """Knobs that apply only under another setting (config/unused.py): refused, naming both keys, when the user set
 one that the other settings leave unused; never refused when left at their defaults."""
 
+import re
+import shlex
+
 import pytest
 
 from ftbench.cli import validate
 from ftbench.config.tree import config_dir
 from ftbench.config.unused import experiment_keys, set_keys
-from helpers import compose
+from ftbench.methods import names
+from helpers import REPO, compose, gpu_check_script
 
 # Each conditional knob, set by the user where another setting rules it out (was: accepted and ignored: exit 0,
 # result.json recording prefetch_ahead false; BAdam's order refused only for its default reshuffle)
@@ -45,6 +49,24 @@ SET_WHERE_UNUSED = [
     # the setting that rules it out from the experiment the user chose (SparseGrad's k per model)
     (["experiment=sparsegrad-bert-base-cola", "method.density=0.02"], "method.density: only applies to method.k=null, "
      "and method.k=28000 here"),
+    # a mode's knobs under another mode (was: a training run with profile.steps=5 ran, exit 0, result.json
+    # recording profile.steps 5; plan.margin likewise)
+    (["method=lora", "model=tiny-llama", "profile.steps=5"], "profile.steps: only applies to mode=profile (or "
+     "ftbench plan), and mode=train here, so it would not be used; drop profile.steps, or set mode=profile (or "
+     "ftbench plan)"),
+    (["profile.batch_size=2"], "profile.batch_size: only applies to mode=profile (or ftbench plan), and mode=train"),
+    (["profile.objective=causal_lm"], "profile.objective: only applies to mode=profile (or ftbench plan)"),
+    (["profile.trace_memory=false"], "profile.trace_memory: only applies to mode=profile, and mode=train here"),
+    (["mode=plan", "profile.trace_memory=false"], "profile.trace_memory: only applies to mode=profile, and mode=plan "
+     "here, so it would not be used; drop profile.trace_memory, or set mode=profile"),
+    (["plan.margin=0.2"], "plan.margin: only applies to mode=plan (ftbench plan ...), and mode=train here, so it "
+     "would not be used; drop plan.margin, or set mode=plan (ftbench plan ...)"),
+    (["mode=profile", "plan.margin=0.2"], "plan.margin: only applies to mode=plan (ftbench plan ...), and "
+     "mode=profile here"),
+    (["mode=plan", "hardware=cpu", "plan.margin=0.2"], "plan.margin: only applies to hardware.memory_gib=GIB (or a "
+     "GPU: hardware.device=auto), and hardware.device=cpu, hardware.memory_gib=null here"),
+    (["experiment=hift-llama-7b-e2e-memory", "mode=train"], "profile.warmup_steps: only applies to mode=profile (or "
+     "ftbench plan), and mode=train here"),
 ]
 
 
@@ -81,6 +103,65 @@ DEFAULTS_UNUSED = [
 @pytest.mark.parametrize("overrides", DEFAULTS_UNUSED)
 def test_a_knob_left_at_its_default_is_never_refused_as_unused(overrides):
     assert validate(overrides, multirun=False) is None
+
+
+# A mode's knobs where that mode reads them: a plan plans the profile shape (every profile knob but trace_memory)
+# and keeps plan.margin of a budget (hardware.memory_gib, or a GPU: hardware=auto, the default)
+USED = [
+    ["mode=profile", "profile.batch_size=2", "profile.seq_len=64", "profile.warmup_steps=0", "profile.steps=2",
+     "profile.objective=causal_lm", "profile.trace_memory=false"],
+    ["mode=plan", "profile.batch_size=2", "profile.seq_len=64", "profile.warmup_steps=0", "profile.steps=2",
+     "profile.objective=causal_lm", "plan.margin=0.2"],
+    ["mode=plan", "hardware=cpu", "hardware.memory_gib=8", "plan.margin=0.2"],
+]
+
+
+@pytest.mark.parametrize("overrides", USED)
+def test_a_modes_knob_where_that_mode_reads_it_passes(overrides):
+    assert validate(overrides, multirun=False) is None
+
+
+def makefile_runs(target: str) -> list[list[str]]:
+    """The runs `make TARGET` starts: its recipe's `ftbench -m` line, BENCH_ARGS at the Makefile's default, one run
+    per method of its method=glob(*)."""
+    text = (REPO / "Makefile").read_text()
+    bench_args = re.search(r"^BENCH_ARGS \?= (.*)$", text, re.M).group(1)
+    recipe = text.split(f"\n{target}:", 1)[1]
+    line = next(line for line in recipe.splitlines() if "bin/ftbench -m " in line)
+    args = shlex.split(line.split("bin/ftbench -m ", 1)[1].replace("$(BENCH_ARGS)", bench_args))
+    return [[f"method={m}" if arg == "method=glob(*)" else arg for arg in args] for m in names()]
+
+
+def gpu_check_runs() -> list[list[str]]:
+    """The profile runs `make gpu-check` starts (scripts/gpu_check.py: every sweep's jobs)."""
+    gpu_check = gpu_check_script()
+    return [[*gpu_check.SWEEPS[job.sweep], *job.overrides] for job in gpu_check.jobs(None)]
+
+
+def bench_peers_runs(tmp_path) -> list[list[str]]:
+    """The ftbench runs `make bench-peers` starts (bench/peers/timing.py, its defaults): each method's timed run, and
+    the first one's memory run (traced: the same keys at other values)."""
+    from ftbench.bench.peers.timing import Benchmark
+
+    bench = Benchmark(names(), [], tmp_path, memory_steps=1, timeout=1)
+    timed = [bench.ftbench_overrides(m, bench.cfg.profile.steps, trace=False) for m in bench.methods]
+    return [*timed, bench.ftbench_overrides(bench.methods[0], bench.memory_steps, trace=True)]
+
+
+SHIPPED = {"demo": lambda tmp_path: makefile_runs("demo"), "bench": lambda tmp_path: makefile_runs("bench"),
+           "gpu-check": lambda tmp_path: gpu_check_runs(), "bench-peers": bench_peers_runs}
+
+
+@pytest.mark.parametrize("command", SHIPPED)
+def test_every_run_a_shipped_command_starts_passes_the_check(command, tmp_path):
+    """Every run passes; a profile command's runs set profile keys that only their mode reads, so its first run in
+    mode=train is refused on one (the recipes' cells: test_reproduce.py, which composes them with this check)."""
+    runs = SHIPPED[command](tmp_path)
+    for overrides in runs:
+        assert validate(overrides, multirun=False) is None, overrides
+    if "mode=profile" in runs[0]:
+        refused = validate([*runs[0], "mode=train"], multirun=False)
+        assert refused is not None and refused.startswith("profile."), refused
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml")))

@@ -1,21 +1,12 @@
 """`make gpu-check`: its dry mode runs end to end on any machine; its table judges what the sweeps measured."""
 
-import importlib.util
 import subprocess
 import sys
 
 from ftbench.methods import config_class, names
-from helpers import REPO
+from helpers import REPO, gpu_check_script
 
 SCRIPT = REPO / "scripts" / "gpu_check.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # (dataclasses look their module up there)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_dry_mode_lists_every_step_and_runs_nothing(tmp_path):
@@ -35,7 +26,7 @@ def test_the_dry_mode_lists_every_step_and_runs_nothing(tmp_path):
 
 
 def test_the_table_compares_each_method_with_full_in_the_same_sweep():
-    gpu_check = _module()
+    gpu_check = gpu_check_script()
     gib = 2**30
 
     def measured(peak_gib, step_s=0.5):
@@ -57,7 +48,7 @@ def test_the_table_compares_each_method_with_full_in_the_same_sweep():
 
 
 def test_the_table_holds_a_step_time_bound_beside_full_in_the_same_sweep():
-    gpu_check = _module()
+    gpu_check = gpu_check_script()
     result = {"status": "ok", "memory": {"train_peak_allocated_bytes": 2**30, "train_peak_reserved_bytes": 2**31}}
     full = gpu_check.Job("llama2-7b", "full (bf16 updates)", [], result={**result, "throughput": {"step_time_s_p50": 2.0}})
     fast = gpu_check.Job("llama2-7b", "sift", [], max_time_ratio=0.85, result={

@@ -33,6 +33,7 @@ from ftbench.config.folders import (
 )
 from ftbench.config.knobs import settle
 from ftbench.config.loggers import LoggerConfig, require_extra
+from ftbench.config.modes import PlanConfig, ProfileConfig
 from ftbench.config.sources import GGUF_WHERE, check_given, given_keys
 from ftbench.config.tree import config_dir
 from ftbench.config.unused import Unused
@@ -250,31 +251,6 @@ class EvalConfig:
                       for name in ("limit", "num_fewshot", "batch_size", "max_gen_toks", "data_dir", "include_path")
                       if getattr(self.harness, name) is not None]
         return found
-
-
-@dataclass
-class ProfileConfig:
-    batch_size: int = 4
-    seq_len: int = 512
-    warmup_steps: int = 3
-    steps: int = 10
-    objective: str = "auto"
-    trace_memory: bool = True
-
-    def check(self, key: str) -> None:
-        require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
-        require(self.seq_len >= 2, f"{key}.seq_len", "must be >= 2")
-        require(self.warmup_steps >= 0, f"{key}.warmup_steps", "must be >= 0")
-        require(self.steps >= 1, f"{key}.steps", "must be >= 1")
-        one_of(self.objective, ("auto", "causal_lm", "seq_cls"), f"{key}.objective")
-
-
-@dataclass
-class PlanConfig:
-    margin: float = 0.1
-
-    def check(self, key: str) -> None:
-        require(0 <= self.margin < 1, f"{key}.margin", "must be in [0, 1): the share of device memory kept free")
 
 
 @dataclass

@@ -1,14 +1,15 @@
 """Knobs that apply only under another setting, refused when the user set one that would not be used.
 
-A knob such as optim.momentum (sgd only) or method.prefetch_ahead (state_policy=offload only) does nothing
-under other settings. One rule for all of them: a knob the user set (`set_keys`: on the command line, or in
-the experiment they chose) that the other settings leave unused is refused in one line naming both keys; a
-knob left at its default is never refused for that, so choosing a documented value of one knob never needs a
+A knob such as optim.momentum (sgd only), method.prefetch_ahead (state_policy=offload only) or profile.steps
+(mode=profile and `ftbench plan` only) does nothing under other settings. One rule for all of them: a knob the
+user set (`set_keys`: on the command line, or in the experiment they chose) that the other settings leave unused
+is refused in one line naming both keys; a knob left at its default is never refused for that, so choosing a documented value of one knob never needs a
 second override to quiet another. A knob set to its inert value (momentum 0, prefetch_ahead false: nothing
 it would change) is not unused: the groups list a knob only when its value would change the run.
 
-The groups declare their conditional knobs (`unused`: OptimConfig, EvalConfig, MethodConfig.unused);
-`check` refuses the ones the user set. Torch-free.
+The groups declare their conditional knobs (`unused`: OptimConfig, EvalConfig, MethodConfig.unused, and the
+groups of one mode, ProfileConfig and PlanConfig in config/modes.py); `check` refuses the ones the user set.
+Torch-free.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from omegaconf import OmegaConf
 from ftbench.config.sources import given_keys
 from ftbench.errors import UserError
 
-GROUPS = ("optim", "eval", "method")  # the groups that have knobs used only under another setting
+GROUPS = ("optim", "eval", "method", "profile", "plan")  # the groups that have knobs used only under another setting
 MISSING_DEFAULT = object()  # `default_of` a key without one: never equal to a value
 
 
