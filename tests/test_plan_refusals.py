@@ -101,17 +101,6 @@ MISMATCHES = [
 ]
 
 
-@pytest.mark.parametrize("make,objective,problem", MISMATCHES)
-def test_a_plan_refuses_a_folder_whose_weights_disagree_with_its_config(tmp_path, make, objective, problem):
-    folder = make(tmp_path / "model")
-    args = [f"model.path={folder}", f"profile.objective={objective}", "profile.batch_size=2", "profile.seq_len=16"]
-    real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=1", "profile.steps=1")
-    code = run_job(compose("mode=plan", *args), tmp_path / "plan")
-    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
-    assert (real["exit_code"], code, plan["status"]) == (2, 2, "failed")
-    assert plan["error"] == real["error"] == f"model.path: could not load {folder}: {problem}"
-
-
 # A folder whose config.json sets another number of layers than its weights hold, in a stack of either layout
 # (architecture.py depth_fields: the field of that stack): its profile run's load refuses it on model.path, naming the
 # field, the layers held and the tensors that would be left out or start at random; its plan, from the weight files'
@@ -152,8 +141,9 @@ DEPTHS = [
 ]
 
 
-@pytest.mark.parametrize("make,objective,problem", DEPTHS)
-def test_a_plan_and_its_run_refuse_a_folder_of_other_layers_than_its_config(tmp_path, make, objective, problem):
+@pytest.mark.parametrize("make,objective,problem", MISMATCHES + DEPTHS)
+def test_a_plan_refuses_a_folder_whose_weights_disagree_with_its_config(tmp_path, make, objective, problem):
+    """Its sizes (MISMATCHES) or its layer counts (DEPTHS): the plan and its profile run refuse with one line."""
     folder = make(tmp_path / "model")
     args = [f"model.path={folder}", f"profile.objective={objective}", "profile.batch_size=2", "profile.seq_len=16"]
     real = run(tmp_path / "real", "mode=profile", *args, "profile.warmup_steps=1", "profile.steps=1")
