@@ -163,3 +163,15 @@ def test_null_for_a_key_that_takes_none_names_the_kind_of_value(overrides, line)
     from ftbench.cli import validate
 
     assert validate(overrides, multirun=False) == line
+
+
+@pytest.mark.parametrize("overrides,line", [  # each was Hydra's first line, "Could not append to config. An item is
+    # already at 'KEY'.", without the fix Hydra gives on its second
+    (["method=sparsegrad", "+method.rotation_dtype=float32"], "method.rotation_dtype: already in the config, so '+' "
+     "cannot add it; write method.rotation_dtype=float32 (no '+')"),
+    (["+seed=3"], "seed: already in the config, so '+' cannot add it; write seed=3 (no '+')"),
+])
+def test_a_plus_on_a_key_the_config_has_names_the_override_without_it(overrides, line):
+    from ftbench.cli import validate
+
+    assert validate(overrides, multirun=False) == line

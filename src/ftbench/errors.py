@@ -101,6 +101,9 @@ def explain_compose_error(exc: BaseException) -> str:
         return first_line(text)
     if isinstance(exc, OverrideParseException):
         return unparsable(exc.override, first_line(text))
+    appended = re.search(r"An item is already at '([^']+)'.\s*Either remove \+ prefix: '([^']+)'", text)
+    if appended:  # `+key=value` on a key the config has: Hydra's fix is on its second line
+        return f"{appended.group(1)}: already in the config, so '+' cannot add it; write {appended.group(2)} (no '+')"
     cause = exc.__cause__ or exc
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         key = getattr(cause, "full_key", None) or _quoted(first_line(str(cause)))
