@@ -148,6 +148,8 @@ def ignored_on_load(model: torch.nn.Module) -> re.Pattern | None:
     """The tensor names from_pretrained neither reports unexpected nor missing (the model's
     _keys_to_ignore_on_load_unexpected and _keys_to_ignore_on_load_missing, its submodules' included): DeepSeek-V3's
     multi-token-prediction layer 61 beyond its num_hidden_layers 61, a buffer its checkpoints lack; None when none."""
+    # Private attributes of transformers' PreTrainedModel, read (never written) because they are the only place it
+    # keeps the names its from_pretrained ignores; getattr with a default, so a release without them ignores nothing.
     patterns = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
     patterns |= set(getattr(model, "_keys_to_ignore_on_load_missing", None) or ())
     return re.compile("|".join(f"({pattern})" for pattern in sorted(patterns))) if patterns else None
